@@ -1,0 +1,1 @@
+"""The HTTP gateway: Litestar served by Granian."""

@@ -1,0 +1,421 @@
+"""The Litestar application: routes, auth, and the translation of events into HTTP answers."""
+
+from __future__ import annotations
+
+import hmac
+import time
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.middleware import ASGIMiddleware
+
+from gateway.core import GatewayCore
+from gateway.errors import ApiError, exception_handlers, from_validation_error
+from ledger.money import MoneyFormatError, format_credits, micros_to_decimal, parse_credits
+from ledger.pricing import ModelPrice, price_micros
+from projections.usage_store import UsageFilter, UsageRow
+from projections.views import ApiToken
+from schemas.api import ChatCompletionRequest, ChatMessage, CreateOrganization, CreateToken, GrantCreditsBody
+from schemas.events import HoldCaptured, HoldRejected, JobCompleted, JobFailed
+from schemas.units import Units
+from workers.backends import message_text
+
+# Decimal amounts go out as JSON numbers with their exact digits, never through a float.
+_encoder = msgspec.json.Encoder(decimal_format="number")
+tokens_per_message_bound = 8
+tokens_per_request_bound = 16
+usage_page_size_max = 200
+
+
+def _json(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response[bytes]:
+    return Response(
+        content=_encoder.encode(content), status_code=status_code, media_type="application/json", headers=headers
+    )
+
+
+def _core(request: Request) -> GatewayCore:
+    return request.app.state.core  # type: ignore[no-any-return]
+
+
+def _request_id(request: Request) -> str:
+    return request.scope["state"]["request_id"]  # type: ignore[no-any-return]
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise ApiError(401, "Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key")
+    return secret.strip()
+
+
+def _is_admin(core: GatewayCore, secret: str) -> bool:
+    return bool(core.admin_token) and hmac.compare_digest(secret.encode(), core.admin_token.encode())
+
+
+def authorize(request: Request, scope: str) -> ApiToken:
+    core = _core(request)
+    token = core.authenticate(_bearer(request))
+    if token is None:
+        raise ApiError(401, "Incorrect API key provided. Create a key with POST /v1/organizations/{id}/tokens.",
+                       code="invalid_api_key")
+    if scope not in token.scopes:
+        raise ApiError(403, f"This API key lacks the '{scope}' scope needed here.", code="insufficient_scope")
+    return token
+
+
+def authorize_admin(request: Request, org_id: str | None = None, scope: str = "admin:write") -> None:
+    """The platform admin token, or (for its own organization) a token with an admin scope."""
+    core = _core(request)
+    secret = _bearer(request)
+    if _is_admin(core, secret):
+        if org_id is not None and org_id not in core.tenants.organizations:
+            raise ApiError(404, f"No organization '{org_id}'.", code="organization_not_found")
+        return
+    token = core.authenticate(secret)
+    if token is None:
+        raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+    if org_id is None or token.org_id != org_id:
+        # Another organization's ids do not exist for this caller.
+        raise ApiError(404, "Not found.", code="not_found") if org_id else ApiError(
+            403, "This endpoint needs the platform admin token.", code="insufficient_scope")
+    if scope not in token.scopes:
+        raise ApiError(403, f"This API key lacks the '{scope}' scope needed here.", code="insufficient_scope")
+
+
+async def _decode(request: Request, kind: type[Any]) -> Any:
+    body = await request.body()
+    if len(body) > _core(request).settings.request_body_bytes_max:
+        raise ApiError(413, "Request body too large.", code="request_too_large")
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except (msgspec.ValidationError, msgspec.DecodeError) as error:
+        raise from_validation_error(error) from None
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# --- admin ---
+
+
+@post("/v1/organizations", operation_id="createOrganization", status_code=201)
+async def create_organization(request: Request) -> Response[bytes]:
+    authorize_admin(request)
+    body: CreateOrganization = await _decode(request, CreateOrganization)
+    event = await _core(request).create_organization(body.name, body.plan)
+    return _json(
+        {"id": event.org_id, "object": "organization", "name": event.name, "plan": event.plan,
+         "created_at": _iso(event.occurred_at)},
+        status_code=201,
+    )
+
+
+@post("/v1/organizations/{org_id:str}/credits", operation_id="grantCredits", status_code=201)
+async def grant_credits(request: Request, org_id: str) -> Response[bytes]:
+    authorize_admin(request)
+    if org_id not in _core(request).tenants.organizations:
+        raise ApiError(404, f"No organization '{org_id}'.", code="organization_not_found")
+    body: GrantCreditsBody = await _decode(request, GrantCreditsBody)
+    try:
+        micros = parse_credits(body.amount)
+    except MoneyFormatError as error:
+        raise ApiError(400, str(error), code="invalid_amount", param="amount") from None
+    if micros <= 0:
+        raise ApiError(400, "amount must be positive.", code="invalid_amount", param="amount")
+    core = _core(request)
+    granted = await core.grant_credits(org_id, micros, body.kind)
+    return _json(
+        {"id": granted.grant_id, "object": "credit_grant", "org_id": org_id, "kind": granted.kind,
+         "amount": micros_to_decimal(granted.amount_micros), "amount_micros": granted.amount_micros,
+         "created_at": _iso(granted.occurred_at), "balance": _balance(core, org_id)},
+        status_code=201,
+    )
+
+
+@post("/v1/organizations/{org_id:str}/tokens", operation_id="createToken", status_code=201)
+async def create_token(request: Request, org_id: str) -> Response[bytes]:
+    authorize_admin(request, org_id)
+    body: CreateToken = await _decode(request, CreateToken)
+    event, secret = await _core(request).create_token(org_id, body.name, list(dict.fromkeys(body.scopes)))
+    return _json(
+        {"token": {"id": event.token_id, "name": event.name, "scopes": list(event.scopes), "status": "active",
+                   "created_at": _iso(event.occurred_at)},
+         "secret": secret},
+        status_code=201,
+    )
+
+
+# --- models ---
+
+
+def _model_card(price: ModelPrice, version: str) -> dict[str, Any]:
+    def per_million(rate: int) -> Decimal:
+        return micros_to_decimal(rate)  # a rate is micros per 1M units, so this is credits per 1M units
+
+    return {
+        "id": price.model,
+        "object": "model",
+        "created": 0,
+        "owned_by": price.owned_by,
+        "category": price.category,
+        "context_length": price.context_length,
+        "max_output_tokens": price.max_output_tokens,
+        "pricing": {
+            "currency": "USD",
+            "price_version": version,
+            "unit": "per_million_tokens",
+            "input": per_million(price.input_token_rate),
+            "cached_input": per_million(price.cached_input_token_rate),
+            "output": per_million(price.output_token_rate),
+            "minimum_charge": micros_to_decimal(price.minimum_charge_micros),
+        },
+    }
+
+
+@get("/v1/models", operation_id="listModels")
+async def list_models(request: Request) -> Response[bytes]:
+    authorize(request, "user:read")
+    book = _core(request).price_book
+    return _json({"object": "list", "data": [_model_card(p, book.version) for p in book.models.values()]})
+
+
+# --- chat ---
+
+
+def chat_input_tokens_bound(messages: list[ChatMessage]) -> int:
+    """An upper bound on prompt tokens for any byte-level tokenizer: a token is at least one byte."""
+    return tokens_per_request_bound + sum(
+        len(message_text({"content": m.content}).encode()) + tokens_per_message_bound for m in messages
+    )
+
+
+@post("/v1/chat/completions", operation_id="createChatCompletion", status_code=200)
+async def chat_completions(request: Request) -> Response[bytes]:
+    started = time.perf_counter()
+    core = _core(request)
+    request_id = _request_id(request)
+    token = authorize(request, "user:write")
+    body = await request.body()
+    if len(body) > core.settings.request_body_bytes_max:
+        raise ApiError(413, "Request body too large.", code="request_too_large")
+    try:
+        chat = msgspec.json.decode(body, type=ChatCompletionRequest)
+    except (msgspec.ValidationError, msgspec.DecodeError) as error:
+        raise from_validation_error(error) from None
+    price = core.price_book.model(chat.model)
+    if price is None or price.category != "chat":
+        raise ApiError(404, f"The model '{chat.model}' does not exist or is not a chat model; see GET /v1/models.",
+                       code="model_not_found", param="model")
+    if chat.stream:
+        raise ApiError(400, "Streaming is not supported yet; send stream: false.", code="unsupported_parameter",
+                       param="stream")
+    if chat.n != 1:
+        raise ApiError(400, "Only n=1 is supported.", code="unsupported_parameter", param="n")
+    max_output = chat.max_completion_tokens or chat.max_tokens or price.max_output_tokens
+    if max_output > price.max_output_tokens:
+        raise ApiError(400, f"max_tokens may be at most {price.max_output_tokens} for {price.model}.",
+                       code="invalid_parameter",
+                       param="max_completion_tokens" if chat.max_completion_tokens else "max_tokens")
+    hold = price_micros(price, Units(input_tokens=chat_input_tokens_bound(chat.messages), output_tokens=max_output))
+    try:
+        outcome = await core.run_metered(token, request_id, "/v1/chat/completions", price.model, price.pool, body, hold)
+    except TimeoutError:
+        raise ApiError(504, "The job did not finish in time. Its hold settles on its own; check /v1/account/usage.",
+                       code="timeout") from None
+    rejected = outcome.get(HoldRejected)
+    if isinstance(rejected, HoldRejected):
+        core.record_rejection(token, request_id, "/v1/chat/completions", price.model, 402, rejected.code)
+        raise ApiError(
+            402,
+            f"Insufficient credits: this request may cost up to {format_credits(rejected.requested_micros)} credits "
+            f"and {format_credits(max(rejected.available_micros, 0))} are available. Add credits, or lower max_tokens.",
+            code="insufficient_credits",
+        )
+    failed = outcome.get(JobFailed)
+    if isinstance(failed, JobFailed):
+        raise ApiError(502, f"The model backend failed: {failed.message}. Nothing was charged.", code=failed.code)
+    completed, captured = outcome[JobCompleted], outcome[HoldCaptured]
+    assert isinstance(completed, JobCompleted) and isinstance(captured, HoldCaptured)
+    result = msgspec.json.decode(completed.result)
+    units = captured.units
+    prompt_tokens = units.input_tokens + units.cached_input_tokens
+    result.update(
+        id=f"chatcmpl-{request_id.removeprefix('req_')}",
+        created=int(completed.occurred_at.timestamp()),
+        model=price.model,
+        usage={
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": units.output_tokens,
+            "total_tokens": prompt_tokens + units.output_tokens,
+            "prompt_tokens_details": {"cached_tokens": units.cached_input_tokens},
+            "cost_usd": micros_to_decimal(captured.amount_micros),
+            "cost_micros": captured.amount_micros,
+            "price_version": captured.price_version,
+        },
+    )
+    added_ms = (time.perf_counter() - started) * 1000 - completed.duration_ms
+    return _json(
+        result,
+        headers={
+            "x-credits-used": format_credits(captured.amount_micros),
+            "x-model-used": price.model,
+            "x-gateway-added-ms": f"{max(added_ms, 0):.2f}",
+        },
+    )
+
+
+# --- account ---
+
+
+def _balance(core: GatewayCore, org_id: str) -> dict[str, Any]:
+    balance = core.balances.get(org_id)
+    amount = balance.credited_micros - balance.captured_micros
+    return {
+        "amount": micros_to_decimal(amount),
+        "amount_micros": amount,
+        "available": micros_to_decimal(balance.available_micros),
+        "available_micros": balance.available_micros,
+        "held": micros_to_decimal(balance.held_micros),
+        "held_micros": balance.held_micros,
+        "currency": "USD",
+        "auto_topup_enabled": False,
+        "updated_at": _iso(balance.updated_at),
+    }
+
+
+def _parse_time(request: Request, name: str) -> datetime | None:
+    value = request.query_params.get(name)
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(400, f"{name} must be an ISO 8601 date-time, e.g. 2026-11-01T00:00:00Z.",
+                       code="invalid_parameter", param=name) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _choice(request: Request, name: str, allowed: tuple[str, ...] | None) -> str | None:
+    value = request.query_params.get(name)
+    if value is not None and allowed is not None and value not in allowed:
+        raise ApiError(400, f"{name} must be one of {', '.join(allowed)}.", code="invalid_parameter", param=name)
+    return value
+
+
+def _usage_event(row: UsageRow) -> dict[str, Any]:
+    return {
+        "id": row.event_id,
+        "object": "usage_event",
+        "created_at": _iso(row.created_at),
+        "source": row.source,
+        "model": row.model,
+        "endpoint": row.endpoint,
+        "status": row.status,
+        "status_code": row.status_code,
+        "error": row.error or None,
+        "request_id": row.request_id,
+        "job_id": row.job_id or None,
+        "latency_ms": row.latency_ms,
+        "tokens": {
+            "input": row.input_tokens,
+            "output": row.output_tokens,
+            "cache_read": row.cached_input_tokens,
+            "cache_write": 0,
+            "total": row.input_tokens + row.cached_input_tokens + row.output_tokens,
+        },
+        "cost": {"amount": micros_to_decimal(row.cost_micros), "amount_micros": row.cost_micros, "currency": "USD"},
+        "output_urls": [],
+        "metadata": {"source": row.source, "token_id": row.token_id, "price_version": row.price_version},
+    }
+
+
+@get("/v1/account/usage", operation_id="retrieveAccountUsage")
+async def account_usage(request: Request) -> Response[bytes]:
+    token = authorize(request, "user:read")
+    core = _core(request)
+    raw_limit = request.query_params.get("limit", "100")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= usage_page_size_max:
+        raise ApiError(400, f"limit must be an integer from 1 to {usage_page_size_max}.", code="invalid_parameter",
+                       param="limit")
+    start, end = _parse_time(request, "from"), _parse_time(request, "to")
+    selection = UsageFilter(
+        org_id=token.org_id,
+        limit=int(raw_limit),
+        before=_parse_time(request, "before"),
+        start=start,
+        end=end,
+        source=_choice(request, "source", ("api", "playground", "gpu_cloud", "hosted_agents")),
+        model=_choice(request, "model", None),
+        status=_choice(request, "status", ("success", "error")),
+    )
+    if core.usage_store is None:
+        raise ApiError(503, "Usage history is not served by this gateway: set TOLLGATE_CLICKHOUSE_URL.",
+                       code="usage_unavailable")
+    rows = core.usage_store.events(selection)
+    summary = core.usage_store.summary(msgspec.structs.replace(selection, before=None, source=None, model=None,
+                                                               status=None))
+    spend = micros_to_decimal(summary.cost_micros)
+    return _json({
+        "object": "account_usage",
+        "balance": _balance(core, token.org_id),
+        "summary": {
+            "requests": summary.requests,
+            "total_cost": spend,
+            "total_cost_micros": summary.cost_micros,
+            "total_tokens": summary.input_tokens + summary.cached_input_tokens + summary.output_tokens,
+            "input_tokens": summary.input_tokens + summary.cached_input_tokens,
+            "output_tokens": summary.output_tokens,
+            "cache_read_tokens": summary.cached_input_tokens,
+            "cache_write_tokens": 0,
+            "errors": summary.errors,
+            "avg_latency_ms": summary.avg_latency_ms,
+        },
+        "spend": {"currency": "USD", "total": spend, "model": spend, "gpu_cloud": 0, "hosted_agents": 0,
+                  "from": _iso(start), "to": _iso(end)},
+        "data": [_usage_event(row) for row in rows],
+        "next_cursor": _iso(rows[-1].created_at) if len(rows) == selection.limit else None,
+    })
+
+
+@get("/healthz", operation_id="health", include_in_schema=False)
+async def health(request: Request) -> Response[bytes]:
+    core = _core(request)
+    return _json({"status": "ok", "inflight": core.inflight, "waiting": len(core.waiters)})
+
+
+# --- wiring ---
+
+
+class RequestIdMiddleware(ASGIMiddleware):
+    """Every response, errors included, carries the request's id in ``x-request-id``."""
+
+    async def handle(self, scope: Any, receive: Any, send: Any, next_app: Any) -> None:
+        request_id = f"req_{uuid.uuid4().hex}"
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", []) if h[0].lower() != b"x-request-id"]
+                headers.append((b"x-request-id", request_id.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        await next_app(scope, receive, send_with_id)
+
+
+def create_app(core: GatewayCore) -> Litestar:
+    return Litestar(
+        route_handlers=[create_organization, grant_credits, create_token, list_models, chat_completions,
+                        account_usage, health],
+        exception_handlers=exception_handlers,  # type: ignore[arg-type]
+        middleware=[RequestIdMiddleware()],
+        state=State({"core": core}),
+        debug=False,
+    )

@@ -1,0 +1,320 @@
+"""What a gateway instance knows and does, apart from HTTP: read models folded from the log, the
+waiters that turn events back into responses, and the use cases (create an organization, grant
+credits, issue a token, run a metered request).
+
+Two follower threads read the log: one folds tenants and ledger events from the beginning (so every
+instance authenticates and shows balances from the same facts), the other follows job events from
+the end (only in-flight requests need them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from ledger.log import EventLog, Outgoing
+from ledger.pricing import PriceBook
+from ledger.settings import Settings
+from projections.usage_store import UsageStore
+from projections.views import ApiToken, BalancesView, TenantsView
+from schemas import topics
+from schemas.codec import decode_event, encode
+from schemas.commands import GrantCredits, JobSpec, PlaceHold
+from schemas.events import (
+    ApiTokenCreated,
+    CreditsGranted,
+    Event,
+    HoldCaptured,
+    HoldRejected,
+    HoldReleased,
+    JobCompleted,
+    JobFailed,
+    OrganizationCreated,
+    RequestAccepted,
+    RequestRejected,
+)
+
+logger = logging.getLogger(__name__)
+
+token_secret_prefix = "tg_"
+catch_up_wait_s_max = 120.0
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(slots=True)
+class _Waiter:
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[dict[type, Event]]
+    is_done: Callable[[dict[type, Event]], bool]
+    seen: dict[type, Event] = field(default_factory=dict)
+
+
+class Waiters:
+    """Futures keyed by request id (or event id), resolved by the follower threads."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, _Waiter] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def expect(self, key: str, is_done: Callable[[dict[type, Event]], bool]) -> asyncio.Future[dict[type, Event]]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[type, Event]] = loop.create_future()
+        with self._lock:
+            self._waiting[key] = _Waiter(loop, future, is_done)
+        return future
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._waiting.pop(key, None)
+
+    def offer(self, key: str, event: Event) -> None:
+        if key not in self._waiting:  # the common case, checked without the lock
+            return
+        with self._lock:
+            waiter = self._waiting.get(key)
+            if waiter is None:
+                return
+            waiter.seen[type(event)] = event
+            if not waiter.is_done(waiter.seen):
+                return
+            del self._waiting[key]
+        waiter.loop.call_soon_threadsafe(_resolve, waiter.future, waiter.seen)
+
+
+def _resolve(future: asyncio.Future[dict[type, Event]], seen: dict[type, Event]) -> None:
+    if not future.done():
+        future.set_result(seen)
+
+
+def _keys(event: Event) -> tuple[str, ...]:
+    request_id = getattr(event, "request_id", None)
+    if request_id:
+        return (request_id,)
+    if isinstance(event, CreditsGranted):
+        return (event.grant_id,)
+    return (event.event_id,)
+
+
+def request_finished(seen: dict[type, Event]) -> bool:
+    """A metered request is answered once its charge (or its refusal) is on the ledger."""
+    return (
+        HoldRejected in seen
+        or (JobCompleted in seen and HoldCaptured in seen)
+        or (JobFailed in seen and HoldReleased in seen)
+    )
+
+
+class GatewayCore:
+    def __init__(
+        self,
+        log: EventLog,
+        settings: Settings,
+        price_book: PriceBook,
+        usage_store: UsageStore | None,
+        admin_token: str,
+    ) -> None:
+        self.log = log
+        self.settings = settings
+        self.price_book = price_book
+        self.usage_store = usage_store
+        self.admin_token = admin_token
+        self.tenants = TenantsView()
+        self.balances = BalancesView()
+        self.waiters = Waiters()
+        self._producer = log.producer(f"tollgate-gateway-{settings.instance_id}")
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._caught_up = threading.Event()
+        self.inflight = 0
+
+    # --- following the log ---
+
+    def start(self) -> None:
+        history = self.log.consumer(
+            [topics.TENANTS, topics.LEDGER], client_id=f"tollgate-gateway-history-{self.settings.instance_id}"
+        )
+        jobs = self.log.consumer(
+            [topics.JOBS], client_id=f"tollgate-gateway-jobs-{self.settings.instance_id}", from_beginning=False
+        )
+        for name, consumer, fold in (("history", history, True), ("jobs", jobs, False)):
+            thread = threading.Thread(target=self._follow, args=(consumer, fold), name=f"follow-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        if not self._caught_up.wait(catch_up_wait_s_max):
+            raise RuntimeError("the gateway could not read the log to its end; is the broker reachable?")
+
+    def _follow(self, consumer: Any, fold: bool) -> None:
+        try:
+            while not self._stop.is_set():
+                records = consumer.poll(self.settings.batch_records_max, self.settings.poll_wait_ms)
+                for record in records:
+                    try:
+                        event = decode_event(record.value)
+                    except msgspec.DecodeError:
+                        logger.error("skipping an undecodable record at %s/%d@%d", record.topic, record.partition, record.offset)
+                        continue
+                    if fold:
+                        self.tenants.apply(event)
+                        self.balances.apply(event)
+                    for key in _keys(event):
+                        self.waiters.offer(key, event)
+                if fold and not records and not self._caught_up.is_set() and consumer.caught_up():
+                    self._caught_up.set()
+        except Exception:
+            logger.exception("log follower stopped")
+            raise
+        finally:
+            consumer.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._producer.flush(5)
+        self._producer.close()
+
+    # --- use cases ---
+
+    def authenticate(self, secret: str) -> ApiToken | None:
+        return self.tenants.tokens_by_secret_sha256.get(hash_secret(secret))
+
+    async def _append_and_wait(self, key: str, records: list[Outgoing], timeout_s: float) -> dict[type, Event]:
+        future = self.waiters.expect(key, lambda seen: bool(seen))
+        try:
+            self._producer.send(records)
+            return await asyncio.wait_for(future, timeout_s)
+        finally:
+            self.waiters.forget(key)
+
+    async def create_organization(self, name: str, plan: str) -> OrganizationCreated:
+        org_id = new_id("org")
+        event = OrganizationCreated(
+            event_id=new_id("evt"), occurred_at=utc_now(), org_id=org_id, name=name, plan=plan
+        )
+        await self._append_and_wait(event.event_id, [Outgoing(topics.TENANTS, org_id, encode(event))], 30)
+        return event
+
+    async def create_token(self, org_id: str, name: str, scopes: list[str]) -> tuple[ApiTokenCreated, str]:
+        secret = token_secret_prefix + secrets.token_urlsafe(32)
+        event = ApiTokenCreated(
+            event_id=new_id("evt"),
+            occurred_at=utc_now(),
+            org_id=org_id,
+            token_id=new_id("tok"),
+            name=name,
+            scopes=tuple(scopes),
+            secret_sha256=hash_secret(secret),
+            secret_prefix=secret[:8],
+        )
+        await self._append_and_wait(event.event_id, [Outgoing(topics.TENANTS, org_id, encode(event))], 30)
+        return event, secret
+
+    async def grant_credits(self, org_id: str, amount_micros: int, kind: str) -> CreditsGranted:
+        grant_id = new_id("grant")
+        command = GrantCredits(
+            command_id=grant_id,
+            org_id=org_id,
+            issued_at=utc_now(),
+            grant_id=grant_id,
+            amount_micros=amount_micros,
+            kind="promo" if kind == "promo" else "paid",
+        )
+        seen = await self._append_and_wait(grant_id, [Outgoing(topics.COMMANDS, org_id, encode(command))], 30)
+        granted = seen[CreditsGranted]
+        assert isinstance(granted, CreditsGranted)
+        return granted
+
+    async def run_metered(
+        self,
+        token: ApiToken,
+        request_id: str,
+        endpoint: str,
+        model: str,
+        pool: str,
+        payload: bytes,
+        hold_micros: int,
+    ) -> dict[type, Event]:
+        """Ask the ledger for a hold (it queues the job with it) and wait for the charge or refusal."""
+        now = utc_now()
+        job_id = new_id("job")
+        command = PlaceHold(
+            command_id=request_id,
+            org_id=token.org_id,
+            issued_at=now,
+            correlation_id=request_id,
+            hold_id=request_id,
+            request_id=request_id,
+            amount_micros=hold_micros,
+            ttl_s=self.settings.hold_ttl_s,
+            job=JobSpec(
+                job_id=job_id,
+                token_id=token.token_id,
+                model=model,
+                endpoint=endpoint,
+                pool=pool,
+                payload=msgspec.Raw(payload),
+            ),
+        )
+        accepted = RequestAccepted(
+            event_id=new_id("evt"),
+            occurred_at=now,
+            org_id=token.org_id,
+            correlation_id=request_id,
+            request_id=request_id,
+            token_id=token.token_id,
+            endpoint=endpoint,
+            model=model,
+            hold_micros=hold_micros,
+        )
+        future = self.waiters.expect(request_id, request_finished)
+        self.inflight += 1
+        try:
+            self._producer.send(
+                [
+                    Outgoing(topics.REQUESTS, token.org_id, encode(accepted)),
+                    Outgoing(topics.COMMANDS, token.org_id, encode(command)),
+                ]
+            )
+            return await asyncio.wait_for(future, self.settings.request_wait_s_max)
+        finally:
+            self.inflight -= 1
+            self.waiters.forget(request_id)
+
+    def record_rejection(self, token: ApiToken, request_id: str, endpoint: str, model: str, status: int, code: str) -> None:
+        event = RequestRejected(
+            event_id=new_id("evt"),
+            occurred_at=utc_now(),
+            org_id=token.org_id,
+            correlation_id=request_id,
+            request_id=request_id,
+            token_id=token.token_id,
+            endpoint=endpoint,
+            model=model,
+            status_code=status,
+            code=code,
+        )
+        self._producer.send([Outgoing(topics.REQUESTS, token.org_id, encode(event))])

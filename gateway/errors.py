@@ -1,0 +1,113 @@
+"""One map from error categories to status codes and the OpenAI error envelope.
+
+Every error the gateway returns has this shape: {"error": {"message", "type", "code", "param"}}.
+Messages say how to fix the problem.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+
+from schemas.api import ErrorBody, ErrorEnvelope
+
+logger = logging.getLogger(__name__)
+
+_types_by_status = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "insufficient_quota",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "service_unavailable_error",
+    504: "timeout_error",
+}
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+
+_path_pattern = re.compile(r"at `\$\.?([^`]*)`")
+
+
+def from_validation_error(error: msgspec.ValidationError | msgspec.DecodeError) -> ApiError:
+    """A msgspec decode error as a 400 that names the offending field."""
+    text = str(error)
+    match = _path_pattern.search(text)
+    param = match.group(1) if match else None
+    if isinstance(error, msgspec.ValidationError):
+        return ApiError(400, f"Invalid request body: {text}", code="invalid_parameter", param=param or None)
+    return ApiError(400, f"Request body is not valid JSON: {text}", code="invalid_json")
+
+
+def error_response(error: ApiError, request_id: str | None = None) -> Response[bytes]:
+    body = ErrorEnvelope(
+        error=ErrorBody(
+            message=error.message,
+            type=_types_by_status.get(error.status_code, "api_error"),
+            code=error.code,
+            param=error.param,
+        )
+    )
+    headers = {"x-request-id": request_id or f"req_{uuid.uuid4().hex}", **error.headers}
+    return Response(
+        content=msgspec.json.encode(body),
+        status_code=error.status_code,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def _request_id(request: Request) -> str | None:
+    return request.scope.get("state", {}).get("request_id")  # type: ignore[no-any-return]
+
+
+def handle_api_error(request: Request, error: ApiError) -> Response[bytes]:
+    return error_response(error, _request_id(request))
+
+
+def handle_http_exception(request: Request, error: HTTPException) -> Response[bytes]:
+    if isinstance(error, NotFoundException):
+        api_error = ApiError(404, f"No such route: {request.method} {request.url.path}", code="not_found")
+    elif isinstance(error, ValidationException):
+        api_error = ApiError(400, f"Invalid request: {error.detail}", code="invalid_parameter")
+    else:
+        api_error = ApiError(error.status_code, str(error.detail), code=None)
+    return error_response(api_error, _request_id(request))
+
+
+def handle_unexpected(request: Request, error: Exception) -> Response[bytes]:
+    logger.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error_response(ApiError(500, "Internal error. Retry later; quote the x-request-id header when reporting it."), _request_id(request))
+
+
+exception_handlers = {
+    ApiError: handle_api_error,
+    HTTPException: handle_http_exception,
+    Exception: handle_unexpected,
+}

@@ -1,0 +1,249 @@
+"""`tollgate`: one entry point per role, each wiring its own dependencies.
+
+    tollgate dev        all roles in one process on the embedded backends, with a demo organization
+    tollgate gateway    the HTTP gateway on Kafka
+    tollgate ledger     the ledger role on Kafka
+    tollgate worker     a worker for the pools in TOLLGATE_WORKER_POOLS on Kafka
+    tollgate projector  the ClickHouse projector on Kafka
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ledger.log import EventLog
+from ledger.pricing import default_price_book
+from ledger.settings import Settings
+from schemas import topics
+
+logger = logging.getLogger("tollgate")
+
+
+def _open_log(settings: Settings) -> EventLog:
+    if settings.embedded:
+        from ledger.log.embedded import EmbeddedLog
+
+        return EmbeddedLog(settings.data_dir / "log.sqlite3", partitions=topics.partitions_per_topic)
+    from ledger.log.kafka import KafkaLog
+
+    log = KafkaLog(settings.kafka_bootstrap, partitions=topics.partitions_per_topic)
+    pools = tuple(sorted({p.pool for p in default_price_book().models.values()} | set(settings.worker_pools)))
+    log.ensure_topics(topics.all_topics(pools))
+    return log
+
+
+def _usage_store(settings: Settings) -> Any:
+    from projections.usage_store import UsageStore
+
+    return UsageStore(url=settings.clickhouse_url, path=settings.data_dir / "clickhouse")
+
+
+def _backend(settings: Settings) -> Any:
+    from workers.backends import SimulatedChatBackend, UpstreamChatBackend
+
+    if settings.upstream_url:
+        return UpstreamChatBackend(settings.upstream_url, settings.upstream_api_key)
+    return SimulatedChatBackend(settings.sim_latency_ms)
+
+
+def _start_thread(name: str, target: Any, stop: threading.Event) -> threading.Thread:
+    def run() -> None:
+        try:
+            target(stop)
+        except Exception:
+            logger.exception("%s stopped with an error", name)
+            stop.set()
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def _install_signal_handlers(stop: threading.Event, on_stop: Any = None) -> None:
+    def handle(signum: int, frame: Any) -> None:
+        stop.set()
+        if on_stop is not None:
+            on_stop()
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+
+
+def run_role(role: str, settings: Settings) -> None:
+    """A Kafka role in the foreground until SIGINT/SIGTERM."""
+    if settings.embedded:
+        sys.exit(f"tollgate {role} needs Kafka: set TOLLGATE_KAFKA_BOOTSTRAP (or use `tollgate dev`).")
+    stop = threading.Event()
+    _install_signal_handlers(stop)
+    log = _open_log(settings)
+    price_book = default_price_book()
+    if role == "ledger":
+        from ledger.role import LedgerRole
+
+        LedgerRole(log, settings, price_book).run(stop)
+    elif role == "worker":
+        from workers.role import WorkerRole
+
+        WorkerRole(log, settings, _backend(settings)).run(stop)
+    elif role == "projector":
+        from projections.role import ProjectorRole
+
+        store = _usage_store(settings)
+        try:
+            ProjectorRole(log, settings, store).run(stop)
+        finally:
+            store.close()
+
+
+async def _serve(core: Any, settings: Settings, stop: threading.Event, before_serving: Any = None) -> None:
+    from granian.constants import Interfaces
+    from granian.server.embed import Server
+
+    from gateway.app import create_app
+
+    server = Server(create_app(core), address=settings.host, port=settings.port, interface=Interfaces.ASGI,
+                    log_access=False)
+    loop = asyncio.get_running_loop()
+
+    def watch_stop() -> None:
+        stop.wait()
+        loop.call_soon_threadsafe(server.stop)
+
+    threading.Thread(target=watch_stop, name="stop-watch", daemon=True).start()
+    serving = asyncio.create_task(server.serve())
+    if before_serving is not None:
+        await before_serving()
+    await serving
+
+
+def run_gateway(settings: Settings, with_projector: bool | None, with_roles: bool = False) -> None:
+    """The gateway; ``with_roles`` also runs ledger, worker and projector in this process (dev)."""
+    from gateway.core import GatewayCore
+
+    stop = threading.Event()
+    _install_signal_handlers(stop)
+    log = _open_log(settings)
+    price_book = default_price_book()
+    admin_token = settings.admin_token or "tga_" + secrets.token_urlsafe(24)
+    own_clickhouse = with_projector if with_projector is not None else not settings.clickhouse_url
+    store = _usage_store(settings) if (own_clickhouse or settings.clickhouse_url) else None
+    threads = []
+    if with_roles:
+        from ledger.role import LedgerRole
+        from workers.role import WorkerRole
+
+        threads.append(_start_thread("ledger", LedgerRole(log, settings, price_book).run, stop))
+        threads.append(_start_thread("worker", WorkerRole(log, settings, _backend(settings)).run, stop))
+    if own_clickhouse and store is not None:
+        from projections.role import ProjectorRole
+
+        threads.append(_start_thread("projector", ProjectorRole(log, settings, store).run, stop))
+    core = GatewayCore(log, settings, price_book, store, admin_token)
+    core.start()
+
+    async def announce() -> None:
+        if with_roles:
+            demo = await _ensure_demo(core, settings.data_dir)
+            _print_banner(settings, admin_token, demo)
+        else:
+            print(f"tollgate gateway listening on http://{settings.host}:{settings.port}", flush=True)
+            if not settings.admin_token:
+                print(f"  admin token (generated): {admin_token}", flush=True)
+
+    try:
+        asyncio.run(_serve(core, settings, stop, announce))
+    finally:
+        stop.set()
+        core.stop()
+        for thread in threads:
+            thread.join(timeout=10)
+        if store is not None:
+            store.close()
+        log.close()
+
+
+async def _ensure_demo(core: Any, data_dir: Path) -> dict[str, str]:
+    """A demo organization with credits and a key, created once and kept in the data directory."""
+    demo_file = data_dir / "demo.json"
+    if demo_file.exists():
+        demo: dict[str, str] = json.loads(demo_file.read_text())
+        if demo.get("org_id") in core.tenants.organizations:
+            return demo
+    org = await core.create_organization("Demo organization", "pro")
+    await core.grant_credits(org.org_id, 100_000_000, "promo")
+    _, secret = await core.create_token(org.org_id, "demo key", ["user:read", "user:write"])
+    demo = {"org_id": org.org_id, "api_key": secret}
+    demo_file.write_text(json.dumps(demo))
+    os.chmod(demo_file, 0o600)
+    return demo
+
+
+def _print_banner(settings: Settings, admin_token: str, demo: dict[str, str]) -> None:
+    url = f"http://{settings.host}:{settings.port}"
+    print(
+        f"""
+Tollgate is running at {url}  (embedded log and ClickHouse in {settings.data_dir})
+  admin token:       {admin_token}
+  demo organization: {demo['org_id']}
+  demo API key:      {demo['api_key']}
+
+Try it:
+  curl -s {url}/v1/chat/completions \\
+    -H "Authorization: Bearer {demo['api_key']}" -H "Content-Type: application/json" \\
+    -d '{{"model": "sim-chat-small", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+  curl -s {url}/v1/account/usage -H "Authorization: Bearer {demo['api_key']}"
+""",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="tollgate", description="Event-sourced billing and metering ledger.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    dev = sub.add_parser("dev", help="all roles in one process on the embedded backends")
+    dev.add_argument("--host", help="listen address (TOLLGATE_HOST, default 127.0.0.1)")
+    dev.add_argument("--port", type=int, help="listen port (TOLLGATE_PORT, default 8000)")
+    dev.add_argument("--data-dir", type=Path, help="where data lives (TOLLGATE_DATA_DIR, default .tollgate)")
+    gateway = sub.add_parser("gateway", help="the HTTP gateway on Kafka")
+    gateway.add_argument("--host")
+    gateway.add_argument("--port", type=int)
+    gateway.add_argument("--data-dir", type=Path)
+    gateway.add_argument(
+        "--projector", choices=("auto", "on", "off"), default="auto",
+        help="run the ClickHouse projector in this process (auto: when TOLLGATE_CLICKHOUSE_URL is unset, "
+        "since one process owns an embedded ClickHouse path)",
+    )
+    for role in ("ledger", "worker", "projector"):
+        role_parser = sub.add_parser(role, help=f"the {role} role on Kafka")
+        role_parser.add_argument("--data-dir", type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("TOLLGATE_LOG_LEVEL", "WARNING"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    overrides = {k: v for k, v in (("host", getattr(args, "host", None)), ("port", getattr(args, "port", None)),
+                                   ("data_dir", getattr(args, "data_dir", None))) if v is not None}
+    settings = replace(settings, **overrides)
+    if args.command == "dev":
+        settings = replace(settings, kafka_bootstrap="", clickhouse_url="")
+        run_gateway(settings, with_projector=True, with_roles=True)
+    elif args.command == "gateway":
+        if settings.embedded:
+            sys.exit("tollgate gateway needs Kafka: set TOLLGATE_KAFKA_BOOTSTRAP (or use `tollgate dev`).")
+        run_gateway(settings, with_projector={"auto": None, "on": True, "off": False}[args.projector])
+    else:
+        run_role(args.command, settings)
+
+
+if __name__ == "__main__":
+    main()

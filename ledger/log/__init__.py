@@ -1,0 +1,127 @@
+"""The event log: the interface every role uses, with Kafka and embedded implementations beside it.
+
+Semantics both implementations keep (and tests/test_log_contract.py checks on both):
+- records are keyed; one key always lands in the same partition, in append order;
+- consumers see committed data only (Kafka: read_committed);
+- a processor's transaction makes its output records and its input positions visible together,
+  or neither (read-process-write, exactly-once effects);
+- every read takes a limit (``max_records``).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+
+class Record(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    key: bytes
+    value: bytes
+    timestamp_ms: int
+
+
+class Outgoing(NamedTuple):
+    topic: str
+    key: str
+    value: bytes
+
+
+class LogError(RuntimeError):
+    """The log could not do what was asked; the message says what to check."""
+
+
+class Producer(abc.ABC):
+    """Idempotent, non-transactional appends (the gateway's requests and commands)."""
+
+    @abc.abstractmethod
+    def send(self, records: Sequence[Outgoing]) -> None: ...
+
+    @abc.abstractmethod
+    def flush(self, timeout_s: float) -> None: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+class Consumer(abc.ABC):
+    @abc.abstractmethod
+    def poll(self, max_records: int, timeout_ms: int) -> list[Record]: ...
+
+    @abc.abstractmethod
+    def commit(self) -> None:
+        """Commit the positions after every record polled so far (group consumers only)."""
+
+    @abc.abstractmethod
+    def caught_up(self) -> bool:
+        """True when every assigned partition has been read up to its last committed record."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+class Processor(abc.ABC):
+    """A group consumer and a transactional producer: consume, decide, append, commit as one."""
+
+    @abc.abstractmethod
+    def poll(self, max_records: int, timeout_ms: int) -> list[Record]: ...
+
+    @abc.abstractmethod
+    def commit_transaction(self, outputs: Sequence[Outgoing]) -> None:
+        """Append ``outputs`` and commit the positions after every record polled so far, atomically."""
+
+    @abc.abstractmethod
+    def abort_transaction(self) -> None:
+        """Drop uncommitted outputs and rewind to the last committed positions."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+AssignmentListener = Callable[[set[int]], None]
+
+
+class EventLog(abc.ABC):
+    partitions: int
+
+    @abc.abstractmethod
+    def ensure_topics(self, topics: Sequence[str]) -> None: ...
+
+    @abc.abstractmethod
+    def producer(self, client_id: str) -> Producer: ...
+
+    @abc.abstractmethod
+    def consumer(
+        self,
+        topics: Sequence[str],
+        *,
+        client_id: str,
+        group: str | None = None,
+        from_beginning: bool = True,
+        partitions: Sequence[int] | None = None,
+    ) -> Consumer:
+        """A group consumer when ``group`` is set, else one assigned ``partitions`` (default: all)."""
+
+    @abc.abstractmethod
+    def processor(
+        self,
+        topics: Sequence[str],
+        *,
+        group: str,
+        transactional_id: str,
+        on_assigned: AssignmentListener,
+    ) -> Processor:
+        """``on_assigned`` is told the input partitions this member owns, before their records come."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """Kafka's default partitioner (murmur2 of the key), so both logs place a key alike."""
+    from kafka.partitioner.default import murmur2
+
+    return (murmur2(key) & 0x7FFFFFFF) % partitions

@@ -1,0 +1,234 @@
+"""The embedded log: one SQLite file, for `tollgate dev` and for a newcomer's laptop.
+
+One process owns the file. A transaction is one SQLite transaction, so output records and input
+positions become visible together, which is the same exactly-once contract the Kafka log gives.
+Partitions follow Kafka's partitioner. A group has a single member, which owns every partition.
+Transactional ids are accepted and not needed: within one process there is no zombie to fence.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ledger.log import (
+    AssignmentListener,
+    Consumer,
+    EventLog,
+    LogError,
+    Outgoing,
+    Processor,
+    Producer,
+    Record,
+    partition_for,
+)
+
+_schema = """
+CREATE TABLE IF NOT EXISTS records (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
+    key BLOB NOT NULL, value BLOB NOT NULL, timestamp_ms INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition, offset)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS group_offsets (
+    grp TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
+    PRIMARY KEY (grp, topic, partition)
+) WITHOUT ROWID;
+"""
+
+TopicPartition = tuple[str, int]
+
+
+class EmbeddedLog(EventLog):
+    def __init__(self, path: Path, partitions: int = 4, durable_fsync: bool = False) -> None:
+        self.partitions = partitions
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._connection = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._connection.execute("PRAGMA journal_mode=WAL")
+        # NORMAL survives a killed process; FULL also survives power loss, at an fsync per commit.
+        self._connection.execute(f"PRAGMA synchronous={'FULL' if durable_fsync else 'NORMAL'}")
+        self._connection.executescript(_schema)
+        self._lock = threading.RLock()
+        self._appended = threading.Condition(self._lock)
+        self._end_offsets: dict[TopicPartition, int] = {
+            (topic, partition): end
+            for topic, partition, end in self._connection.execute(
+                "SELECT topic, partition, MAX(offset) + 1 FROM records GROUP BY topic, partition"
+            )
+        }
+        self._closed = False
+
+    # --- used by the clients below ---
+
+    def append(
+        self, records: Sequence[Outgoing], group: str | None = None, positions: dict[TopicPartition, int] | None = None
+    ) -> None:
+        now_ms = int(time.time() * 1000)
+        with self._lock:
+            if self._closed:
+                raise LogError("the embedded log is closed")
+            rows = []
+            pending_ends: dict[TopicPartition, int] = {}
+            for topic, key, value in records:
+                key_bytes = key.encode()
+                partition = partition_for(key_bytes, self.partitions)
+                tp = (topic, partition)
+                offset = pending_ends.get(tp, self._end_offsets.get(tp, 0))
+                pending_ends[tp] = offset + 1
+                rows.append((topic, partition, offset, key_bytes, value, now_ms))
+            cursor = self._connection.cursor()
+            cursor.execute("BEGIN IMMEDIATE")
+            try:
+                cursor.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)", rows)
+                if group is not None and positions:
+                    cursor.executemany(
+                        "INSERT INTO group_offsets VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (grp, topic, partition) DO UPDATE SET offset = excluded.offset",
+                        [(group, topic, partition, offset) for (topic, partition), offset in positions.items()],
+                    )
+                cursor.execute("COMMIT")
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+            self._end_offsets.update(pending_ends)
+            self._appended.notify_all()
+
+    def read(self, positions: dict[TopicPartition, int], max_records: int, timeout_ms: int) -> list[Record]:
+        deadline = time.monotonic() + timeout_ms / 1000
+        with self._lock:
+            while True:
+                records = self._read_now(positions, max_records)
+                remaining = deadline - time.monotonic()
+                if records or remaining <= 0 or self._closed:
+                    return records
+                self._appended.wait(remaining)
+
+    def _read_now(self, positions: dict[TopicPartition, int], max_records: int) -> list[Record]:
+        records: list[Record] = []
+        for (topic, partition), position in positions.items():
+            if len(records) >= max_records:
+                break
+            if self._end_offsets.get((topic, partition), 0) <= position:
+                continue
+            rows = self._connection.execute(
+                "SELECT offset, key, value, timestamp_ms FROM records "
+                "WHERE topic = ? AND partition = ? AND offset >= ? ORDER BY offset LIMIT ?",
+                (topic, partition, position, max_records - len(records)),
+            ).fetchall()
+            records.extend(Record(topic, partition, offset, key, value, ts) for offset, key, value, ts in rows)
+        return records
+
+    def end_offset(self, tp: TopicPartition) -> int:
+        with self._lock:
+            return self._end_offsets.get(tp, 0)
+
+    def committed(self, group: str, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        with self._lock:
+            found = {
+                (topic, partition): offset
+                for topic, partition, offset in self._connection.execute(
+                    "SELECT topic, partition, offset FROM group_offsets WHERE grp = ?", (group,)
+                )
+            }
+        return {tp: found.get(tp, 0) for tp in tps}
+
+    # --- EventLog ---
+
+    def ensure_topics(self, topics: Sequence[str]) -> None:
+        """Topics exist implicitly in the embedded log."""
+
+    def producer(self, client_id: str) -> Producer:
+        return _EmbeddedProducer(self)
+
+    def consumer(
+        self,
+        topics: Sequence[str],
+        *,
+        client_id: str,
+        group: str | None = None,
+        from_beginning: bool = True,
+        partitions: Sequence[int] | None = None,
+    ) -> Consumer:
+        tps = [(topic, p) for topic in topics for p in (partitions if partitions is not None else range(self.partitions))]
+        if group is not None:
+            positions = self.committed(group, tps)
+        elif from_beginning:
+            positions = dict.fromkeys(tps, 0)
+        else:
+            positions = {tp: self.end_offset(tp) for tp in tps}
+        return _EmbeddedConsumer(self, positions, group)
+
+    def processor(
+        self, topics: Sequence[str], *, group: str, transactional_id: str, on_assigned: AssignmentListener
+    ) -> Processor:
+        consumer = _EmbeddedConsumer(self, self.committed(group, [(t, p) for t in topics for p in range(self.partitions)]), group)
+        on_assigned(set(range(self.partitions)))
+        return _EmbeddedProcessor(self, consumer, group)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._appended.notify_all()
+            self._connection.close()
+
+
+class _EmbeddedProducer(Producer):
+    def __init__(self, log: EmbeddedLog) -> None:
+        self._log = log
+
+    def send(self, records: Sequence[Outgoing]) -> None:
+        self._log.append(records)
+
+    def flush(self, timeout_s: float) -> None:
+        """Appends are synchronous."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class _EmbeddedConsumer(Consumer):
+    def __init__(self, log: EmbeddedLog, positions: dict[TopicPartition, int], group: str | None) -> None:
+        self._log = log
+        self.positions = positions
+        self.committed_positions = dict(positions)
+        self._group = group
+
+    def poll(self, max_records: int, timeout_ms: int) -> list[Record]:
+        assert max_records > 0, "every read takes a limit"
+        records = self._log.read(self.positions, max_records, timeout_ms)
+        for record in records:
+            self.positions[(record.topic, record.partition)] = record.offset + 1
+        return records
+
+    def commit(self) -> None:
+        assert self._group is not None, "only a group consumer commits"
+        self._log.append([], self._group, dict(self.positions))
+        self.committed_positions = dict(self.positions)
+
+    def caught_up(self) -> bool:
+        return all(self._log.end_offset(tp) <= position for tp, position in self.positions.items())
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class _EmbeddedProcessor(Processor):
+    def __init__(self, log: EmbeddedLog, consumer: _EmbeddedConsumer, group: str) -> None:
+        self._log = log
+        self._consumer = consumer
+        self._group = group
+
+    def poll(self, max_records: int, timeout_ms: int) -> list[Record]:
+        return self._consumer.poll(max_records, timeout_ms)
+
+    def commit_transaction(self, outputs: Sequence[Outgoing]) -> None:
+        self._log.append(outputs, self._group, dict(self._consumer.positions))
+        self._consumer.committed_positions = dict(self._consumer.positions)
+
+    def abort_transaction(self) -> None:
+        self._consumer.positions = dict(self._consumer.committed_positions)
+
+    def close(self) -> None:
+        """Nothing to release."""

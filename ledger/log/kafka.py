@@ -1,0 +1,220 @@
+"""The Kafka log (kafka-python): the log of record.
+
+- Producers are idempotent (acks=all, enable_idempotence).
+- Consumers read committed data only (isolation_level=read_committed).
+- A processor pairs a group consumer with a transactional producer; its input offsets are sent to
+  the transaction with the consumer's group metadata (KIP-447), so a zombie member whose generation
+  is stale cannot commit, and output plus offsets commit atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata
+
+from ledger.log import AssignmentListener, Consumer, EventLog, Outgoing, Processor, Producer, Record
+
+logger = logging.getLogger(__name__)
+
+fetch_wait_ms_max = 5  # a consumer waits at most this long for data when the broker has none
+linger_ms = 1  # short batching window; commands wait on the reply, so latency matters more
+metadata_wait_s_max = 30.0
+
+
+class KafkaLog(EventLog):
+    def __init__(self, bootstrap: str, partitions: int = 4) -> None:
+        self.bootstrap = bootstrap
+        self.partitions = partitions
+
+    def ensure_topics(self, topics: Sequence[str]) -> None:
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="tollgate-admin")
+        try:
+            existing = set(admin.list_topics())
+            missing = [t for t in topics if t not in existing]
+            if missing:
+                try:
+                    admin.create_topics(
+                        [NewTopic(name=t, num_partitions=self.partitions, replication_factor=1) for t in missing]
+                    )
+                except TopicAlreadyExistsError:
+                    pass  # another role created it first
+        finally:
+            admin.close()
+
+    def producer(self, client_id: str) -> Producer:
+        return _KafkaProducer(
+            KafkaProducer(
+                bootstrap_servers=self.bootstrap,
+                client_id=client_id,
+                enable_idempotence=True,
+                acks="all",
+                linger_ms=linger_ms,
+            )
+        )
+
+    def _consumer_config(self, client_id: str, group: str | None, from_beginning: bool) -> dict[str, Any]:
+        return {
+            "bootstrap_servers": self.bootstrap,
+            "client_id": client_id,
+            "group_id": group,
+            "isolation_level": "read_committed",
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest" if from_beginning else "latest",
+            "fetch_max_wait_ms": fetch_wait_ms_max,
+        }
+
+    def consumer(
+        self,
+        topics: Sequence[str],
+        *,
+        client_id: str,
+        group: str | None = None,
+        from_beginning: bool = True,
+        partitions: Sequence[int] | None = None,
+    ) -> Consumer:
+        consumer = KafkaConsumer(**self._consumer_config(client_id, group, from_beginning))
+        if group is not None:
+            consumer.subscribe(list(topics))
+        else:
+            consumer.assign(
+                [
+                    TopicPartition(topic, p)
+                    for topic in topics
+                    for p in (partitions if partitions is not None else range(self.partitions))
+                ]
+            )
+            if from_beginning:
+                consumer.seek_to_beginning()
+            else:
+                consumer.seek_to_end()
+        return _KafkaConsumer(consumer)
+
+    def processor(
+        self, topics: Sequence[str], *, group: str, transactional_id: str, on_assigned: AssignmentListener
+    ) -> Processor:
+        consumer = KafkaConsumer(**self._consumer_config(transactional_id, group, True))
+        producer = KafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            client_id=transactional_id,
+            transactional_id=transactional_id,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=0,
+        )
+        producer.init_transactions()
+        consumer.subscribe(list(topics), listener=_Listener(on_assigned))
+        return _KafkaProcessor(consumer, producer)
+
+    def close(self) -> None:
+        """Clients own their connections."""
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, on_assigned: AssignmentListener) -> None:
+        self._on_assigned = on_assigned
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        """Nothing is pending here: a processor commits before it polls again."""
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self._on_assigned({tp.partition for tp in assigned})
+
+
+def _records(batches: dict[Any, list[Any]]) -> list[Record]:
+    return [
+        Record(r.topic, r.partition, r.offset, r.key or b"", r.value or b"", r.timestamp)
+        for records in batches.values()
+        for r in records
+    ]
+
+
+class _KafkaProducer(Producer):
+    def __init__(self, producer: KafkaProducer) -> None:
+        self._producer = producer
+
+    def send(self, records: Sequence[Outgoing]) -> None:
+        for topic, key, value in records:
+            self._producer.send(topic, value=value, key=key.encode())
+
+    def flush(self, timeout_s: float) -> None:
+        self._producer.flush(timeout=timeout_s)
+
+    def close(self) -> None:
+        self._producer.close(timeout=5)
+
+
+class _KafkaConsumer(Consumer):
+    def __init__(self, consumer: KafkaConsumer) -> None:
+        self._consumer = consumer
+
+    def poll(self, max_records: int, timeout_ms: int) -> list[Record]:
+        assert max_records > 0, "every read takes a limit"
+        return _records(self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records))
+
+    def commit(self) -> None:
+        self._consumer.commit()
+
+    def caught_up(self) -> bool:
+        assigned = self._consumer.assignment()
+        if not assigned:
+            return False
+        ends = self._consumer.end_offsets(list(assigned))
+        return all(self._consumer.position(tp) >= ends[tp] for tp in assigned)
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
+
+
+class _KafkaProcessor(Processor):
+    def __init__(self, consumer: KafkaConsumer, producer: KafkaProducer) -> None:
+        self._consumer = consumer
+        self._producer = producer
+        self._uncommitted: dict[TopicPartition, int] = {}
+
+    def poll(self, max_records: int, timeout_ms: int) -> list[Record]:
+        assert max_records > 0, "every read takes a limit"
+        records = _records(self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records))
+        for record in records:
+            self._uncommitted[TopicPartition(record.topic, record.partition)] = record.offset + 1
+        return records
+
+    def commit_transaction(self, outputs: Sequence[Outgoing]) -> None:
+        if not outputs and not self._uncommitted:
+            return
+        started = time.perf_counter()
+        self._producer.begin_transaction()
+        for topic, key, value in outputs:
+            self._producer.send(topic, value=value, key=key.encode())
+        if self._uncommitted:
+            self._producer.send_offsets_to_transaction(
+                {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in self._uncommitted.items()},
+                self._consumer.group_metadata(),
+            )
+        self._producer.commit_transaction()
+        self._uncommitted.clear()
+        logger.debug("transaction of %d records in %.1f ms", len(outputs), (time.perf_counter() - started) * 1000)
+
+    def abort_transaction(self) -> None:
+        try:
+            self._producer.abort_transaction()
+        except Exception:  # not in a transaction: nothing to abort
+            logger.debug("abort with no open transaction", exc_info=True)
+        for tp in list(self._uncommitted):
+            committed = self._consumer.committed(tp)
+            if committed is None:
+                self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek(tp, committed)
+        self._uncommitted.clear()
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
+        self._producer.close(timeout=5)

@@ -1,0 +1,139 @@
+"""The ledger role: the only writer of ledger events.
+
+It consumes commands, decides against the wallets of the partitions it owns, and appends the
+resulting events together with its input offsets in one transaction. Kafka's partition ownership
+plus the transactional producer's fencing make it the single writer of each account partition.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import msgspec
+
+from ledger.log import EventLog, Outgoing, partition_for
+from ledger.pricing import PriceBook
+from ledger.settings import Settings
+from ledger.wallet import Rejection, Wallet, decide, evolve
+from schemas import topics
+from schemas.codec import decode_command, decode_event, encode
+from schemas.events import Event, JobQueued
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def topic_for(event: Event) -> str:
+    if isinstance(event, JobQueued):
+        return topics.dispatch_topic(event.pool)
+    return topics.LEDGER
+
+
+class LedgerRole:
+    group = "tollgate-ledger"
+
+    def __init__(self, log: EventLog, settings: Settings, price_book: PriceBook, clock: Clock = utc_now) -> None:
+        self._log = log
+        self._settings = settings
+        self._price_book = price_book
+        self._clock = clock
+        self.wallets: dict[str, Wallet] = {}
+        self.rejections: Counter[str] = Counter()
+        self._owned: set[int] = set()
+        self._rebuild_needed: set[int] = set()
+
+    def _on_assigned(self, partitions: set[int]) -> None:
+        self._rebuild_needed = partitions
+        self._owned = partitions
+
+    def rebuild(self, partitions: set[int]) -> None:
+        """Derive the wallets of ``partitions`` from the committed ledger events."""
+
+        def partition_of(org_id: str) -> int:
+            return partition_for(org_id.encode(), self._log.partitions)
+
+        # Forget wallets this member no longer owns and those about to be derived afresh.
+        self.wallets = {
+            org: wallet
+            for org, wallet in self.wallets.items()
+            if partition_of(org) in self._owned and partition_of(org) not in partitions
+        }
+        consumer = self._log.consumer(
+            [topics.LEDGER], client_id=f"tollgate-ledger-rebuild-{self._settings.instance_id}", partitions=sorted(partitions)
+        )
+        try:
+            count = 0
+            while not consumer.caught_up():
+                for record in consumer.poll(self._settings.batch_records_max, self._settings.poll_wait_ms):
+                    event = decode_event(record.value)
+                    evolve(self._wallet(event.org_id), event)
+                    count += 1
+            logger.info("ledger rebuilt partitions %s from %d events", sorted(partitions), count)
+        finally:
+            consumer.close()
+
+    def _wallet(self, org_id: str) -> Wallet:
+        wallet = self.wallets.get(org_id)
+        if wallet is None:
+            wallet = self.wallets[org_id] = Wallet(org_id=org_id)
+            wallet.collect_events()
+        return wallet
+
+    def decide_batch(self, values: list[bytes]) -> list[Outgoing]:
+        """Decide each command in order, evolving wallets as we go; the events to append."""
+        outputs: list[Outgoing] = []
+        now = self._clock()
+        for value in values:
+            try:
+                command = decode_command(value)
+            except msgspec.DecodeError as error:
+                # A malformed command must not block its partition: count it, log it, move on.
+                self.rejections["malformed_command"] += 1
+                logger.error("skipping a malformed command: %s", error)
+                continue
+            wallet = self._wallet(command.org_id)
+            result = decide(wallet, command, now, self._price_book)
+            if isinstance(result, Rejection):
+                self.rejections[result.value] += 1
+                logger.warning("command %s rejected: %s", command.command_id, result.value)
+                continue
+            for event in result:
+                evolve(wallet, event)
+                outputs.append(Outgoing(topic_for(event), event.org_id, encode(event)))
+        return outputs
+
+    def run(self, stop: threading.Event, ready: threading.Event | None = None) -> None:
+        processor = self._log.processor(
+            [topics.COMMANDS],
+            group=self.group,
+            transactional_id=f"tollgate-ledger-{self._settings.instance_id}",
+            on_assigned=self._on_assigned,
+        )
+        try:
+            while not stop.is_set():
+                records = processor.poll(self._settings.batch_records_max, self._settings.poll_wait_ms)
+                if self._rebuild_needed:
+                    self.rebuild(self._rebuild_needed)
+                    self._rebuild_needed = set()
+                if ready is not None and self._owned:
+                    ready.set()
+                if not records:
+                    continue
+                outputs = self.decide_batch([record.value for record in records])
+                try:
+                    processor.commit_transaction(outputs)
+                except Exception:
+                    logger.exception("ledger transaction failed; aborting and rebuilding owned partitions")
+                    processor.abort_transaction()
+                    self.rebuild(self._owned)
+        finally:
+            processor.close()

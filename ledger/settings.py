@@ -1,0 +1,64 @@
+"""Every setting in one place: a type, an environment variable, a default and one line of why.
+
+Limits follow the unit-last naming of the style guide (``hold_ttl_s``, ``batch_records_max``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    # Where the log lives: a Kafka bootstrap address, or empty for the embedded log in data_dir.
+    kafka_bootstrap: str = field(default_factory=lambda: _env("TOLLGATE_KAFKA_BOOTSTRAP", ""))
+    # Embedded log, embedded ClickHouse and demo files live here.
+    data_dir: Path = field(default_factory=lambda: Path(_env("TOLLGATE_DATA_DIR", ".tollgate")))
+    # A ClickHouse server (http://host:8123); empty uses the embedded chdb engine in data_dir.
+    clickhouse_url: str = field(default_factory=lambda: _env("TOLLGATE_CLICKHOUSE_URL", ""))
+    # The gateway's listening address.
+    host: str = field(default_factory=lambda: _env("TOLLGATE_HOST", "127.0.0.1"))
+    port: int = field(default_factory=lambda: int(_env("TOLLGATE_PORT", "8000")))
+    # The secret for admin endpoints; `tollgate dev` generates one when empty.
+    admin_token: str = field(default_factory=lambda: _env("TOLLGATE_ADMIN_TOKEN", ""))
+    # Names this process in transactional ids and client ids; two live instances must differ.
+    instance_id: str = field(default_factory=lambda: _env("TOLLGATE_INSTANCE_ID", "0"))
+    # Model pools this worker serves (comma separated).
+    worker_pools: tuple[str, ...] = field(
+        default_factory=lambda: tuple(_env("TOLLGATE_WORKER_POOLS", "default").split(","))
+    )
+    # Simulated backend latency per job, to model GPU time in demos and benchmarks.
+    sim_latency_ms: int = field(default_factory=lambda: int(_env("TOLLGATE_SIM_LATENCY_MS", "0")))
+    # An OpenAI-compatible server the worker forwards to instead of simulating (vLLM, SGLang...).
+    upstream_url: str = field(default_factory=lambda: _env("TOLLGATE_UPSTREAM_URL", ""))
+    upstream_api_key: str = field(default_factory=lambda: _env("TOLLGATE_UPSTREAM_API_KEY", ""))
+    # An unresolved hold expires after this; longer than any sync request may take.
+    hold_ttl_s: int = field(default_factory=lambda: int(_env("TOLLGATE_HOLD_TTL_S", "900")))
+    # How long a sync request waits for its job before answering 504 (the hold then resolves alone).
+    request_wait_s_max: float = field(default_factory=lambda: float(_env("TOLLGATE_REQUEST_WAIT_S_MAX", "120")))
+    # Records a role takes from the log per poll / per transaction.
+    batch_records_max: int = field(default_factory=lambda: int(_env("TOLLGATE_BATCH_RECORDS_MAX", "500")))
+    # How long a poll waits when the log is idle; bounds shutdown time, not latency.
+    poll_wait_ms: int = field(default_factory=lambda: int(_env("TOLLGATE_POLL_WAIT_MS", "100")))
+    # The projector flushes to ClickHouse at this many rows, or after this wait, whichever first.
+    sink_batch_rows_max: int = field(default_factory=lambda: int(_env("TOLLGATE_SINK_BATCH_ROWS_MAX", "5000")))
+    sink_flush_wait_ms_max: int = field(default_factory=lambda: int(_env("TOLLGATE_SINK_FLUSH_WAIT_MS_MAX", "200")))
+    # Largest request body the gateway reads.
+    request_body_bytes_max: int = field(
+        default_factory=lambda: int(_env("TOLLGATE_REQUEST_BODY_BYTES_MAX", str(4 * 1024 * 1024)))
+    )
+    # Requests a gateway keeps waiting at once; past it, new ones get 503 instead of queueing.
+    inflight_requests_max: int = field(default_factory=lambda: int(_env("TOLLGATE_INFLIGHT_REQUESTS_MAX", "4096")))
+
+    @property
+    def embedded(self) -> bool:
+        return not self.kafka_bootstrap
+
+    def describe(self) -> dict[str, str]:
+        return {f.name: str(getattr(self, f.name)) for f in fields(self) if f.name != "admin_token"}

@@ -1,0 +1,147 @@
+"""The projector role: ledger events to usage rows and ledger entries in ClickHouse.
+
+It flushes in bounded batches, by row count or by wait, and always in this order: write ClickHouse,
+then commit the consumed offsets. A crash between the two redelivers the batch; rows are
+deduplicated by event id, so no total changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from ledger.log import EventLog
+from ledger.settings import Settings
+from projections.usage_store import LedgerEntryRow, UsageRow, UsageStore
+from schemas import topics
+from schemas.codec import decode_event
+from schemas.events import CreditsGranted, Event, HoldCaptured, HoldPlaced, HoldRejected, HoldReleased
+
+logger = logging.getLogger(__name__)
+
+
+def rows_for(event: Event) -> tuple[UsageRow | None, LedgerEntryRow | None]:
+    """The ClickHouse rows one ledger event becomes. Pure."""
+    if isinstance(event, HoldCaptured):
+        units = event.units
+        usage = UsageRow(
+            event_id=event.event_id,
+            created_at=event.occurred_at,
+            org_id=event.org_id,
+            token_id=event.token_id,
+            model=event.model,
+            endpoint=event.endpoint,
+            source="api",
+            status="success",
+            status_code=200,
+            error="",
+            request_id=event.request_id,
+            job_id=event.job_id,
+            latency_ms=event.latency_ms,
+            input_tokens=units.input_tokens,
+            cached_input_tokens=units.cached_input_tokens,
+            output_tokens=units.output_tokens,
+            images=units.images,
+            audio_seconds=units.audio_seconds,
+            video_seconds=units.video_seconds,
+            characters=units.characters,
+            calls=units.calls,
+            cost_micros=event.amount_micros,
+            price_version=event.price_version,
+        )
+        entry = LedgerEntryRow(
+            event_id=event.event_id,
+            created_at=event.occurred_at,
+            org_id=event.org_id,
+            kind="hold.captured",
+            held_micros=-(event.amount_micros + event.released_micros),
+            captured_micros=event.amount_micros,
+        )
+        return usage, entry
+    if isinstance(event, HoldRejected):
+        usage = UsageRow(
+            event_id=event.event_id,
+            created_at=event.occurred_at,
+            org_id=event.org_id,
+            token_id=event.token_id,
+            model=event.model,
+            endpoint=event.endpoint,
+            source="api",
+            status="error",
+            status_code=402,
+            error=event.code,
+            request_id=event.request_id,
+            job_id="",
+            latency_ms=0,
+        )
+        return usage, None
+    if isinstance(event, HoldPlaced):
+        return None, LedgerEntryRow(
+            event_id=event.event_id,
+            created_at=event.occurred_at,
+            org_id=event.org_id,
+            kind="hold.placed",
+            held_micros=event.amount_micros,
+        )
+    if isinstance(event, HoldReleased):
+        return None, LedgerEntryRow(
+            event_id=event.event_id,
+            created_at=event.occurred_at,
+            org_id=event.org_id,
+            kind="hold.released",
+            held_micros=-event.amount_micros,
+        )
+    if isinstance(event, CreditsGranted):
+        return None, LedgerEntryRow(
+            event_id=event.event_id,
+            created_at=event.occurred_at,
+            org_id=event.org_id,
+            kind="credits.granted",
+            credited_micros=event.amount_micros,
+        )
+    return None, None
+
+
+class ProjectorRole:
+    group = "tollgate-projector"
+
+    def __init__(self, log: EventLog, settings: Settings, store: UsageStore) -> None:
+        self._log = log
+        self._settings = settings
+        self._store = store
+        self.rows_written = 0
+
+    def run(self, stop: threading.Event) -> None:
+        consumer = self._log.consumer(
+            [topics.LEDGER], client_id=f"tollgate-projector-{self._settings.instance_id}", group=self.group
+        )
+        usage: list[UsageRow] = []
+        entries: list[LedgerEntryRow] = []
+        pending_records = 0
+        batch_started = time.monotonic()
+        wait_s_max = self._settings.sink_flush_wait_ms_max / 1000
+        try:
+            while not stop.is_set():
+                room = max(self._settings.sink_batch_rows_max - pending_records, 1)
+                records = consumer.poll(min(room, self._settings.batch_records_max), self._settings.poll_wait_ms)
+                if records and pending_records == 0:
+                    batch_started = time.monotonic()
+                for record in records:
+                    usage_row, entry = rows_for(decode_event(record.value))
+                    if usage_row is not None:
+                        usage.append(usage_row)
+                    if entry is not None:
+                        entries.append(entry)
+                pending_records += len(records)
+                full = pending_records >= self._settings.sink_batch_rows_max
+                waited = pending_records > 0 and time.monotonic() - batch_started >= wait_s_max
+                if full or waited or (pending_records > 0 and not records):
+                    # Order matters: ClickHouse first, offsets after. A crash in between redelivers
+                    # the batch, and event-id deduplication makes the second write a no-op.
+                    self._store.insert(usage, entries)
+                    consumer.commit()
+                    self.rows_written += len(usage) + len(entries)
+                    usage, entries, pending_records = [], [], 0
+        finally:
+            consumer.close()

@@ -1,0 +1,254 @@
+"""Usage rows and ledger entries in ClickHouse, through clickhouse-connect only.
+
+One client class serves both modes: a server by URL (production) or the embedded chdb engine
+(clickhouse-connect's chdb interface) in the data directory. One process owns an embedded path.
+
+Rows are deduplicated by event id: ReplacingMergeTree whose sorting key ends in the event id, read
+with FINAL, so a redelivered batch changes no total.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import clickhouse_connect
+import msgspec
+
+usage_columns = (
+    "event_id",
+    "created_at",
+    "org_id",
+    "token_id",
+    "model",
+    "endpoint",
+    "source",
+    "status",
+    "status_code",
+    "error",
+    "request_id",
+    "job_id",
+    "latency_ms",
+    "input_tokens",
+    "cached_input_tokens",
+    "output_tokens",
+    "images",
+    "audio_seconds",
+    "video_seconds",
+    "characters",
+    "calls",
+    "cost_micros",
+    "price_version",
+)
+
+ledger_columns = ("event_id", "created_at", "org_id", "kind", "credited_micros", "held_micros", "captured_micros")
+
+_migrations = (
+    """
+    CREATE TABLE IF NOT EXISTS usage_events (
+        event_id String,
+        created_at DateTime64(3, 'UTC') CODEC(Delta, ZSTD),
+        org_id String,
+        token_id String,
+        model LowCardinality(String),
+        endpoint LowCardinality(String),
+        source LowCardinality(String),
+        status LowCardinality(String),
+        status_code UInt16,
+        error String,
+        request_id String,
+        job_id String,
+        latency_ms UInt32,
+        input_tokens UInt64,
+        cached_input_tokens UInt64,
+        output_tokens UInt64,
+        images UInt32,
+        audio_seconds UInt32,
+        video_seconds UInt32,
+        characters UInt64,
+        calls UInt32,
+        cost_micros Int64,
+        price_version LowCardinality(String)
+    ) ENGINE = ReplacingMergeTree
+    PARTITION BY toYYYYMM(created_at)
+    ORDER BY (org_id, created_at, event_id)
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS ledger_entries (
+        event_id String,
+        created_at DateTime64(3, 'UTC'),
+        org_id String,
+        kind LowCardinality(String),
+        credited_micros Int64,
+        held_micros Int64,
+        captured_micros Int64
+    ) ENGINE = ReplacingMergeTree
+    ORDER BY (org_id, event_id)
+    """,
+)
+
+
+class UsageRow(msgspec.Struct, frozen=True, kw_only=True):
+    event_id: str
+    created_at: datetime
+    org_id: str
+    token_id: str
+    model: str
+    endpoint: str
+    source: str
+    status: str
+    status_code: int
+    error: str
+    request_id: str
+    job_id: str
+    latency_ms: int
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+    images: int = 0
+    audio_seconds: int = 0
+    video_seconds: int = 0
+    characters: int = 0
+    calls: int = 0
+    cost_micros: int = 0
+    price_version: str = ""
+
+
+class LedgerEntryRow(msgspec.Struct, frozen=True, kw_only=True):
+    event_id: str
+    created_at: datetime
+    org_id: str
+    kind: str
+    credited_micros: int = 0
+    held_micros: int = 0
+    captured_micros: int = 0
+
+
+class UsageFilter(msgspec.Struct, frozen=True, kw_only=True):
+    org_id: str
+    limit: int = 100
+    before: datetime | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    source: str | None = None
+    model: str | None = None
+    status: str | None = None
+
+
+class UsageSummary(msgspec.Struct, frozen=True, kw_only=True):
+    requests: int
+    cost_micros: int
+    input_tokens: int
+    cached_input_tokens: int
+    output_tokens: int
+    errors: int
+    avg_latency_ms: int
+
+
+class UsageStore:
+    def __init__(self, url: str = "", path: Path | None = None) -> None:
+        if url:
+            self._client = clickhouse_connect.get_client(dsn=url)
+        else:
+            assert path is not None, "the embedded engine needs a path"
+            path.mkdir(parents=True, exist_ok=True)
+            self._client = clickhouse_connect.get_client(interface="chdb", path=str(path))
+        # clickhouse-connect clients are not safe for concurrent use; the gateway and projector share one.
+        self._lock = threading.Lock()
+        self.migrate()
+
+    def migrate(self) -> None:
+        with self._lock:
+            for statement in _migrations:
+                self._client.command(statement)
+
+    def insert(self, usage: Sequence[UsageRow], ledger: Sequence[LedgerEntryRow]) -> None:
+        with self._lock:
+            if usage:
+                self._client.insert(
+                    "usage_events",
+                    [[getattr(row, c) for c in usage_columns] for row in usage],
+                    column_names=list(usage_columns),
+                )
+            if ledger:
+                self._client.insert(
+                    "ledger_entries",
+                    [[getattr(row, c) for c in ledger_columns] for row in ledger],
+                    column_names=list(ledger_columns),
+                )
+
+    def _where(self, selection: UsageFilter) -> tuple[str, dict[str, Any]]:
+        clauses = ["org_id = {org_id:String}"]
+        parameters: dict[str, Any] = {"org_id": selection.org_id}
+        for column, op, name, value in (
+            ("created_at", "<", "before", selection.before),
+            ("created_at", ">=", "start", selection.start),
+            ("created_at", "<=", "end", selection.end),
+        ):
+            if value is not None:
+                clauses.append(f"{column} {op} {{{name}:DateTime64(3, 'UTC')}}")
+                parameters[name] = value
+        for column, value in (("source", selection.source), ("model", selection.model), ("status", selection.status)):
+            if value is not None:
+                clauses.append(f"{column} = {{{column}:String}}")
+                parameters[column] = value
+        return " AND ".join(clauses), parameters
+
+    def events(self, selection: UsageFilter) -> list[UsageRow]:
+        where, parameters = self._where(selection)
+        parameters["limit"] = selection.limit
+        query = (
+            f"SELECT {', '.join(usage_columns)} FROM usage_events FINAL WHERE {where} "
+            "ORDER BY created_at DESC, event_id DESC LIMIT {limit:UInt32}"
+        )
+        with self._lock:
+            result = self._client.query(query, parameters=parameters)
+        return [UsageRow(**dict(zip(usage_columns, row, strict=True))) for row in result.result_rows]
+
+    def summary(self, selection: UsageFilter) -> UsageSummary:
+        where, parameters = self._where(selection)
+        query = (
+            "SELECT count(), sum(cost_micros), sum(input_tokens), sum(cached_input_tokens), sum(output_tokens), "
+            f"countIf(status = 'error'), avg(latency_ms) FROM usage_events FINAL WHERE {where}"
+        )
+        with self._lock:
+            row = self._client.query(query, parameters=parameters).result_rows[0]
+        requests, cost, input_tokens, cached, output, errors, latency = row
+        return UsageSummary(
+            requests=int(requests),
+            cost_micros=int(cost or 0),
+            input_tokens=int(input_tokens or 0),
+            cached_input_tokens=int(cached or 0),
+            output_tokens=int(output or 0),
+            errors=int(errors),
+            avg_latency_ms=0 if requests == 0 or latency != latency else round(latency),
+        )
+
+    def totals_by_org(self) -> dict[str, tuple[int, int]]:
+        """org -> (sum of usage cost, sum of captured in ledger entries): they must agree."""
+        with self._lock:
+            usage = dict(
+                self._client.query("SELECT org_id, sum(cost_micros) FROM usage_events FINAL GROUP BY org_id").result_rows
+            )
+            captured = dict(
+                self._client.query(
+                    "SELECT org_id, sum(captured_micros) FROM ledger_entries FINAL GROUP BY org_id"
+                ).result_rows
+            )
+        return {org: (int(usage.get(org, 0)), int(captured.get(org, 0))) for org in set(usage) | set(captured)}
+
+    def balances(self) -> dict[str, tuple[int, int, int]]:
+        """org -> (credited, held, captured) summed from ledger entries."""
+        with self._lock:
+            rows = self._client.query(
+                "SELECT org_id, sum(credited_micros), sum(held_micros), sum(captured_micros) "
+                "FROM ledger_entries FINAL GROUP BY org_id"
+            ).result_rows
+        return {org: (int(c), int(h), int(p)) for org, c, h, p in rows}
+
+    def close(self) -> None:
+        with self._lock:
+            self._client.close()

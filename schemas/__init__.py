@@ -1,0 +1,1 @@
+"""Wire types: events, commands and API bodies (msgspec Structs, JSON on the wire)."""

@@ -1,0 +1,63 @@
+"""HTTP API bodies. Requests are validated at the boundary (decode); responses are built from these."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+Scope = Literal["user:read", "user:write", "admin:read", "admin:write"]
+all_scopes: tuple[Scope, ...] = ("user:read", "user:write", "admin:read", "admin:write")
+Plan = Literal["free", "pro", "enterprise"]
+
+
+class CreateOrganization(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    plan: Plan = "free"
+
+
+class GrantCreditsBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``amount`` in credits: a JSON number or a decimal string, exact to 6 places (msgspec decodes
+    JSON numbers into Decimal from their text, so no float is ever involved)."""
+
+    amount: Decimal
+    kind: Literal["paid", "promo"] = "paid"
+
+
+class CreateToken(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    scopes: Annotated[list[Scope], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["user:read", "user:write"]
+    )
+
+
+class ChatMessage(msgspec.Struct, frozen=True, kw_only=True):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+
+class ChatCompletionRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """The fields Tollgate reads; everything else in the body is forwarded to the backend untouched."""
+
+    model: Annotated[str, msgspec.Meta(min_length=1)]
+    messages: Annotated[list[ChatMessage], msgspec.Meta(min_length=1)]
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    n: Annotated[int, msgspec.Meta(ge=1)] = 1
+    stream: bool = False
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    user: str | None = None
+
+
+class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
+    message: str
+    type: str
+    code: str | None = None
+    param: str | None = None
+
+
+class ErrorEnvelope(msgspec.Struct, frozen=True, kw_only=True):
+    error: ErrorBody

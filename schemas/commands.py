@@ -1,0 +1,57 @@
+"""Commands to the ledger role. Imperative names; each carries an id that makes it idempotent."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+from schemas.units import Units
+
+
+class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    command_id: str
+    org_id: str
+    issued_at: datetime
+    correlation_id: str = ""
+
+
+class GrantCredits(Command, frozen=True, kw_only=True, tag="grant_credits.v1"):
+    grant_id: str
+    amount_micros: int
+    kind: Literal["paid", "promo"]
+
+
+class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """What to run once the hold is placed; the ledger queues it in the same transaction."""
+
+    job_id: str
+    token_id: str
+    model: str
+    endpoint: str
+    pool: str
+    payload: msgspec.Raw
+
+
+class PlaceHold(Command, frozen=True, kw_only=True, tag="place_hold.v1"):
+    hold_id: str
+    request_id: str
+    amount_micros: int
+    ttl_s: int
+    job: JobSpec
+
+
+class CaptureHold(Command, frozen=True, kw_only=True, tag="capture_hold.v1"):
+    hold_id: str
+    job_id: str
+    units: Units
+    latency_ms: int = 0
+
+
+class ReleaseHold(Command, frozen=True, kw_only=True, tag="release_hold.v1"):
+    hold_id: str
+    reason: str
+
+
+AnyCommand = GrantCredits | PlaceHold | CaptureHold | ReleaseHold

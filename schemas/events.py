@@ -1,0 +1,188 @@
+"""Events: the immutable facts on the log.
+
+Every event is a frozen, keyword-only msgspec Struct in one tagged union. The tag (`type` on the
+wire) carries a version suffix so that an old shape can be upcast when read. JSON on the wire, so
+that kafka-console-consumer and friends can read the log as it is.
+
+Schema evolution rules: new fields get defaults; a field never changes type; a renamed field keeps
+its wire name (``msgspec.field(name=...)``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+from schemas.units import Units
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """The envelope every event shares."""
+
+    event_id: str
+    occurred_at: datetime
+    org_id: str
+    correlation_id: str = ""
+    causation_id: str = ""
+
+
+# --- tenants (written by the gateway's admin API) -------------------------------------------------
+
+
+class OrganizationCreated(Event, frozen=True, kw_only=True, tag="organization.created.v1"):
+    name: str
+    plan: str
+
+
+class ApiTokenCreated(Event, frozen=True, kw_only=True, tag="api_token.created.v1"):
+    token_id: str
+    name: str
+    scopes: tuple[str, ...]
+    secret_sha256: str
+    secret_prefix: str
+
+
+# --- requests (written by the gateway) --------------------------------------------------------------
+
+
+class RequestAccepted(Event, frozen=True, kw_only=True, tag="request.accepted.v1"):
+    request_id: str
+    token_id: str
+    endpoint: str
+    model: str
+    hold_micros: int
+
+
+class RequestRejected(Event, frozen=True, kw_only=True, tag="request.rejected.v1"):
+    request_id: str
+    token_id: str
+    endpoint: str
+    model: str
+    status_code: int
+    code: str
+
+
+# --- ledger (written only by the ledger role) ------------------------------------------------------
+
+
+class CreditsGranted(Event, frozen=True, kw_only=True, tag="credits.granted.v1"):
+    grant_id: str
+    amount_micros: int
+    kind: Literal["paid", "promo"]
+
+
+class HoldPlaced(Event, frozen=True, kw_only=True, tag="hold.placed.v1"):
+    hold_id: str
+    request_id: str
+    job_id: str
+    token_id: str
+    model: str
+    endpoint: str
+    amount_micros: int
+    expires_at: datetime
+
+
+class HoldRejected(Event, frozen=True, kw_only=True, tag="hold.rejected.v1"):
+    hold_id: str
+    request_id: str
+    token_id: str
+    model: str
+    endpoint: str
+    code: str
+    requested_micros: int
+    available_micros: int
+
+
+class HoldCaptured(Event, frozen=True, kw_only=True, tag="hold.captured.v1"):
+    """The charge. ``amount_micros`` is what the organization paid; the rest of the hold is released."""
+
+    hold_id: str
+    request_id: str
+    job_id: str
+    token_id: str
+    model: str
+    endpoint: str
+    amount_micros: int
+    released_micros: int
+    priced_micros: int
+    price_version: str
+    units: Units
+    latency_ms: int = 0
+
+
+class HoldReleased(Event, frozen=True, kw_only=True, tag="hold.released.v1"):
+    hold_id: str
+    request_id: str
+    token_id: str
+    model: str
+    endpoint: str
+    amount_micros: int
+    reason: str
+
+
+# --- jobs (queued by the ledger with its hold; the rest by workers) --------------------------------
+
+
+class JobQueued(Event, frozen=True, kw_only=True, tag="job.queued.v1"):
+    job_id: str
+    request_id: str
+    hold_id: str
+    token_id: str
+    model: str
+    endpoint: str
+    pool: str
+    payload: msgspec.Raw
+    accepted_at: datetime
+
+
+class JobStarted(Event, frozen=True, kw_only=True, tag="job.started.v1"):
+    job_id: str
+    request_id: str
+    worker_id: str
+    attempt: int
+
+
+class UsageRecorded(Event, frozen=True, kw_only=True, tag="usage.recorded.v1"):
+    job_id: str
+    request_id: str
+    model: str
+    units: Units
+
+
+class JobCompleted(Event, frozen=True, kw_only=True, tag="job.completed.v1"):
+    job_id: str
+    request_id: str
+    model: str
+    result: msgspec.Raw
+    units: Units
+    duration_ms: int
+
+
+class JobFailed(Event, frozen=True, kw_only=True, tag="job.failed.v1"):
+    job_id: str
+    request_id: str
+    model: str
+    code: str
+    message: str
+
+
+AnyEvent = (
+    OrganizationCreated
+    | ApiTokenCreated
+    | RequestAccepted
+    | RequestRejected
+    | CreditsGranted
+    | HoldPlaced
+    | HoldRejected
+    | HoldCaptured
+    | HoldReleased
+    | JobQueued
+    | JobStarted
+    | UsageRecorded
+    | JobCompleted
+    | JobFailed
+)
+
+LedgerEvent = CreditsGranted | HoldPlaced | HoldRejected | HoldCaptured | HoldReleased
