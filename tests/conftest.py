@@ -1,0 +1,49 @@
+"""Shared fixtures. The Kafka fixture starts a real broker with compose/kafka.sh: tests of the Kafka
+path never skip; if the broker cannot start, they fail and say why."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+repo = Path(__file__).resolve().parent.parent
+kafka_script = repo / "compose" / "kafka.sh"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real single-node KRaft broker for the session (or TOLLGATE_TEST_KAFKA_BOOTSTRAP if set)."""
+    given = os.environ.get("TOLLGATE_TEST_KAFKA_BOOTSTRAP")
+    if given:
+        yield given
+        return
+    port = int(os.environ.get("TOLLGATE_TEST_KAFKA_PORT", "19392"))
+    env = {
+        **os.environ,
+        "TOLLGATE_KAFKA_PORT": str(port),
+        "TOLLGATE_KAFKA_DATA": str(tmp_path_factory.mktemp("kafka")),
+    }
+    started = subprocess.run(["bash", str(kafka_script), "start"], env=env, capture_output=True, text=True)
+    if started.returncode != 0:
+        pytest.fail(f"compose/kafka.sh start failed:\n{started.stdout}\n{started.stderr}", pytrace=False)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run(["bash", str(kafka_script), "stop"], env=env, capture_output=True, text=True)
+
+
+@pytest.fixture
+def unique() -> str:
+    return uuid.uuid4().hex[:10]

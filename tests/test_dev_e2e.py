@@ -1,0 +1,192 @@
+"""`tollgate dev` as a user runs it: one process, embedded backends, the official openai SDK as client."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import free_port
+from tests.processes import Admin, Role, usage, wait_for_text, wait_until_serving
+
+admin_token = "tga_test_admin"
+
+
+class Dev:
+    def __init__(self, data_dir: Path, log_dir: Path) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.role = Role(
+            "dev",
+            ["dev", "--port", str(self.port), "--data-dir", str(data_dir)],
+            {"TOLLGATE_ADMIN_TOKEN": admin_token, "TOLLGATE_KAFKA_BOOTSTRAP": ""},
+            log_dir,
+        )
+        wait_until_serving(self.base_url, self.role)
+        wait_for_text(self.role, "demo API key")
+        self.demo = json.loads((data_dir / "demo.json").read_text())
+        self.admin = Admin(self.base_url, admin_token)
+
+    def client(self, key: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.base_url}/v1", api_key=key, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
+    data_dir = tmp_path_factory.mktemp("dev-data")
+    server = Dev(data_dir, data_dir)
+    yield server
+    server.role.stop()
+
+
+def chat(client: openai.OpenAI, content: str = "Hello!", **extra: object) -> tuple[dict[str, object], httpx.Headers]:
+    raw = client.chat.completions.with_raw_response.create(
+        model="sim-chat-small", messages=[{"role": "user", "content": content}], **extra  # type: ignore[arg-type]
+    )
+    completion = raw.parse()
+    assert completion.choices[0].message.content
+    return json.loads(raw.http_response.text, parse_float=Decimal), raw.headers
+
+
+def test_demo_key_gets_a_completion_from_the_openai_sdk(dev: Dev) -> None:
+    body, headers = chat(dev.client(dev.demo["api_key"]))
+    assert headers["x-request-id"].startswith("req_")
+    assert body["object"] == "chat.completion"
+
+
+def test_credits_used_equals_cost_equals_balance_drop(dev: Dev) -> None:
+    org = dev.admin.organization()
+    dev.admin.grant(org, "1.5")
+    key = dev.admin.token(org)
+    before = usage(dev.base_url, key)["balance"]["amount_micros"]
+    assert before == 1_500_000
+    body, headers = chat(dev.client(key), "Count the micro-credits, exactly.")
+    cost = body["usage"]["cost_usd"]  # type: ignore[index]
+    assert isinstance(cost, Decimal)
+    assert Decimal(headers["x-credits-used"]) == cost
+    assert body["usage"]["cost_micros"] == int(cost * 1_000_000) > 0  # type: ignore[index]
+    after = usage(dev.base_url, key)["balance"]
+    assert before - after["amount_micros"] == int(cost * 1_000_000)
+    assert after["held_micros"] == 0
+
+
+def test_a_request_the_balance_cannot_cover_gets_402_and_changes_nothing(dev: Dev) -> None:
+    org = dev.admin.organization()
+    dev.admin.grant(org, "0.00001")  # 10 micros: less than any worst case
+    key = dev.admin.token(org)
+    before = usage(dev.base_url, key)
+    with pytest.raises(openai.APIStatusError) as caught:
+        chat(dev.client(key))
+    assert caught.value.status_code == 402
+    error = caught.value.response.json()["error"]
+    assert error["code"] == "insufficient_credits" and "credits" in error["message"]
+    after = usage(dev.base_url, key)
+    assert after["balance"] == before["balance"]
+    assert after["summary"]["total_cost_micros"] == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "sim-chat-small", "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        ({"model": "sim-chat-small", "messages": []}, "messages"),
+        ({"model": "sim-chat-small", "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user", "content": "x"}]}, None),
+        ({"model": "sim-chat-small", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens"),
+        ({"model": "sim-chat-small", "messages": [{"role": "user", "content": "x"}], "max_tokens": 10**6},
+         "max_tokens"),
+        ({"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}, "model"),
+    ],
+)
+def test_invalid_bodies_get_a_clear_error_naming_the_field(dev: Dev, body: dict[str, object], param: str) -> None:
+    response = httpx.post(f"{dev.base_url}/v1/chat/completions", json=body,
+                          headers={"Authorization": f"Bearer {dev.demo['api_key']}"})
+    assert response.status_code in (400, 404), response.text
+    error = response.json()["error"]
+    assert error["type"] in ("invalid_request_error", "not_found_error")
+    if param is not None:
+        assert error["param"] == param
+    assert "x-request-id" in response.headers
+
+
+def test_malformed_json_is_a_400(dev: Dev) -> None:
+    response = httpx.post(f"{dev.base_url}/v1/chat/completions", content=b"{not json",
+                          headers={"Authorization": f"Bearer {dev.demo['api_key']}"})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_json"
+
+
+def test_an_unknown_key_gets_401(dev: Dev) -> None:
+    with pytest.raises(openai.AuthenticationError) as caught:
+        chat(dev.client("tg_not_a_key"))
+    assert caught.value.response.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_admin_endpoints_need_the_admin_token(dev: Dev) -> None:
+    response = httpx.post(f"{dev.base_url}/v1/organizations", json={"name": "x"},
+                          headers={"Authorization": f"Bearer {dev.demo['api_key']}"})
+    assert response.status_code == 403
+    response = httpx.post(f"{dev.base_url}/v1/organizations", json={"name": "x"})
+    assert response.status_code == 401
+
+
+def test_models_list_shows_prices(dev: Dev) -> None:
+    models = dev.client(dev.demo["api_key"]).models.list()
+    ids = {m.id for m in models.data}
+    assert "sim-chat-small" in ids
+    raw = httpx.get(f"{dev.base_url}/v1/models", headers={"Authorization": f"Bearer {dev.demo['api_key']}"})
+    card = next(m for m in raw.json()["data"] if m["id"] == "sim-chat-small")
+    assert card["category"] == "chat" and card["pricing"]["price_version"]
+
+
+def test_many_requests_agree_to_the_micro_credit(dev: Dev) -> None:
+    org = dev.admin.organization()
+    dev.admin.grant(org, 5)
+    key = dev.admin.token(org)
+    client = dev.client(key)
+    prompts = [f"request number {i} " + "word " * (i % 17) for i in range(60)]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda p: chat(client, p), prompts))
+    charged = sum(int(Decimal(headers["x-credits-used"]) * 1_000_000) for _, headers in results)
+    assert charged == sum(body["usage"]["cost_micros"] for body, _ in results)  # type: ignore[index]
+    report = usage(dev.base_url, key, limit=200)
+    assert report["balance"]["amount_micros"] == 5_000_000 - charged
+    assert report["balance"]["held_micros"] == 0
+    # ClickHouse rows land within the projector's flush wait.
+    import time
+
+    deadline = time.monotonic() + 10
+    while report["summary"]["requests"] < 60 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        report = usage(dev.base_url, key, limit=200)
+    assert report["summary"]["requests"] == 60
+    assert report["summary"]["total_cost_micros"] == charged
+    assert sum(event["cost"]["amount_micros"] for event in report["data"]) == charged
+
+
+def test_restart_with_the_same_data_directory_loses_nothing(tmp_path: Path) -> None:
+    first = Dev(tmp_path, tmp_path)
+    client = first.client(first.demo["api_key"])
+    for i in range(5):
+        chat(client, f"before restart {i}")
+    import time
+
+    time.sleep(1)  # past the projector's flush wait
+    before = usage(first.base_url, first.demo["api_key"])
+    first.role.stop()
+    second = Dev(tmp_path, tmp_path)
+    try:
+        assert second.demo == first.demo
+        after = usage(second.base_url, second.demo["api_key"])
+        assert after["balance"] == before["balance"]
+        assert after["summary"] == before["summary"]
+        assert [e["id"] for e in after["data"]] == [e["id"] for e in before["data"]]
+        chat(second.client(second.demo["api_key"]), "after restart")
+    finally:
+        second.role.stop()

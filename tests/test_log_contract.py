@@ -1,0 +1,201 @@
+"""One contract suite for the event log, run against every implementation.
+
+Each subclass provides only a factory (and how to die in the middle of a transaction)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ledger.log import Consumer, EventLog, Outgoing, Processor, Record
+
+wait_s_max = 30.0
+
+
+def poll_until(reader: Consumer | Processor, count: int, timeout_s: float = wait_s_max) -> list[Record]:
+    records: list[Record] = []
+    deadline = time.monotonic() + timeout_s
+    while len(records) < count and time.monotonic() < deadline:
+        records.extend(reader.poll(max_records=count - len(records), timeout_ms=200))
+    return records
+
+
+def poll_quiet(reader: Consumer | Processor, seconds: float = 1.5) -> list[Record]:
+    records: list[Record] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        records.extend(reader.poll(max_records=100, timeout_ms=100))
+    return records
+
+
+class LogContract:
+    log: EventLog
+
+    @pytest.fixture
+    def log(self) -> Iterator[EventLog]:
+        raise NotImplementedError
+
+    def die_mid_transaction(self, processor: Processor, outputs: list[Outgoing]) -> None:
+        """Leave outputs appended but uncommitted, as a crash would, then abort."""
+        raise NotImplementedError
+
+    def test_a_key_keeps_its_order_in_one_partition(self, log: EventLog, unique: str) -> None:
+        topic = f"t-order-{unique}"
+        log.ensure_topics([topic])
+        producer = log.producer("test")
+        producer.send([Outgoing(topic, f"org_{i % 3}", f"{i}".encode()) for i in range(60)])
+        producer.flush(10)
+        consumer = log.consumer([topic], client_id="test")
+        records = poll_until(consumer, 60)
+        assert len(records) == 60
+        for key in (b"org_0", b"org_1", b"org_2"):
+            mine = [r for r in records if r.key == key]
+            assert len({r.partition for r in mine}) == 1
+            assert [int(r.value) for r in sorted(mine, key=lambda r: r.offset)] == [
+                i for i in range(60) if f"org_{i % 3}".encode() == key
+            ]
+        consumer.close()
+        producer.close()
+
+    def test_every_read_takes_a_limit(self, log: EventLog, unique: str) -> None:
+        topic = f"t-limit-{unique}"
+        log.ensure_topics([topic])
+        producer = log.producer("test")
+        producer.send([Outgoing(topic, "k", b"x") for _ in range(30)])
+        producer.flush(10)
+        consumer = log.consumer([topic], client_id="test")
+        poll_until(consumer, 1)  # let the first fetch arrive
+        assert len(consumer.poll(max_records=5, timeout_ms=1000)) <= 5
+        consumer.close()
+
+    def test_caught_up_reports_the_end(self, log: EventLog, unique: str) -> None:
+        topic = f"t-end-{unique}"
+        log.ensure_topics([topic])
+        producer = log.producer("test")
+        producer.send([Outgoing(topic, "k", b"x") for _ in range(10)])
+        producer.flush(10)
+        consumer = log.consumer([topic], client_id="test")
+        assert len(poll_until(consumer, 10)) == 10
+        assert consumer.caught_up()
+        consumer.close()
+
+    def test_a_group_consumer_resumes_after_its_commit(self, log: EventLog, unique: str) -> None:
+        topic, group = f"t-group-{unique}", f"g-{unique}"
+        log.ensure_topics([topic])
+        producer = log.producer("test")
+        producer.send([Outgoing(topic, "k", f"{i}".encode()) for i in range(10)])
+        producer.flush(10)
+        first = log.consumer([topic], client_id="test", group=group)
+        assert len(poll_until(first, 10)) == 10
+        first.commit()
+        first.close()
+        producer.send([Outgoing(topic, "k", b"10")])
+        producer.flush(10)
+        second = log.consumer([topic], client_id="test", group=group)
+        assert [r.value for r in poll_until(second, 1)] == [b"10"]
+        assert poll_quiet(second, 1.0) == []
+        second.close()
+
+    def test_a_transaction_makes_outputs_and_offsets_visible_together(self, log: EventLog, unique: str) -> None:
+        source, sink, group = f"t-in-{unique}", f"t-out-{unique}", f"g-{unique}"
+        log.ensure_topics([source, sink])
+        producer = log.producer("test")
+        producer.send([Outgoing(source, "org", f"{i}".encode()) for i in range(5)])
+        producer.flush(10)
+        processor = log.processor([source], group=group, transactional_id=f"tx-{unique}", on_assigned=lambda p: None)
+        inputs = poll_until(processor, 5)
+        assert len(inputs) == 5
+        processor.commit_transaction([Outgoing(sink, "org", b"out-" + r.value) for r in inputs])
+        processor.close()
+        reader = log.consumer([sink], client_id="test")
+        assert sorted(r.value for r in poll_until(reader, 5)) == [f"out-{i}".encode() for i in range(5)]
+        reader.close()
+        again = log.processor([source], group=group, transactional_id=f"tx-{unique}", on_assigned=lambda p: None)
+        assert poll_quiet(again) == [], "committed inputs are never delivered again"
+        again.close()
+
+    def test_an_aborted_transaction_leaves_nothing_and_redelivers(self, log: EventLog, unique: str) -> None:
+        source, sink, group = f"t-in-{unique}", f"t-out-{unique}", f"g-{unique}"
+        log.ensure_topics([source, sink])
+        producer = log.producer("test")
+        producer.send([Outgoing(source, "org", f"{i}".encode()) for i in range(3)])
+        producer.flush(10)
+        assigned: list[set[int]] = []
+        processor = log.processor([source], group=group, transactional_id=f"tx-{unique}", on_assigned=assigned.append)
+        inputs = poll_until(processor, 3)
+        assert len(inputs) == 3
+        assert assigned and assigned[-1], "the processor is told which partitions it owns"
+        self.die_mid_transaction(processor, [Outgoing(sink, "org", b"never")])
+        redelivered = poll_until(processor, 3)
+        assert sorted(r.value for r in redelivered) == sorted(r.value for r in inputs)
+        processor.commit_transaction([Outgoing(sink, "org", b"once")])
+        processor.close()
+        reader = log.consumer([sink], client_id="test")
+        assert [r.value for r in poll_until(reader, 2, timeout_s=5)] == [b"once"], "read_committed hides aborts"
+        reader.close()
+
+
+class TestEmbeddedLog(LogContract):
+    @pytest.fixture
+    def log(self, tmp_path: Path) -> Iterator[EventLog]:
+        from ledger.log.embedded import EmbeddedLog
+
+        log = EmbeddedLog(tmp_path / "log.sqlite3")
+        yield log
+        log.close()
+
+    def die_mid_transaction(self, processor: Processor, outputs: list[Outgoing]) -> None:
+        processor.abort_transaction()  # a SQLite transaction that never committed leaves nothing
+
+    def test_records_survive_reopening(self, tmp_path: Path) -> None:
+        from ledger.log.embedded import EmbeddedLog
+
+        first = EmbeddedLog(tmp_path / "log.sqlite3")
+        first.producer("t").send([Outgoing("t", "k", b"kept")])
+        first.close()
+        second = EmbeddedLog(tmp_path / "log.sqlite3")
+        assert [r.value for r in poll_until(second.consumer(["t"], client_id="t"), 1)] == [b"kept"]
+        second.producer("t").send([Outgoing("t", "k", b"next")])
+        assert [r.offset for r in poll_until(second.consumer(["t"], client_id="t"), 2)] == [0, 1]
+        second.close()
+
+
+@pytest.mark.kafka
+class TestKafkaLog(LogContract):
+    @pytest.fixture
+    def log(self, kafka_bootstrap: str) -> Iterator[EventLog]:
+        from ledger.log.kafka import KafkaLog
+
+        yield KafkaLog(kafka_bootstrap)
+
+    def die_mid_transaction(self, processor: Processor, outputs: list[Outgoing]) -> None:
+        producer = processor._producer  # type: ignore[attr-defined]
+        producer.begin_transaction()
+        for topic, key, value in outputs:
+            producer.send(topic, value=value, key=key.encode())
+        producer.flush()
+        processor.abort_transaction()
+
+    def test_a_zombie_cannot_commit(self, log: EventLog, unique: str) -> None:
+        """Two processors with one transactional id: the newer fences the older."""
+        from kafka.errors import KafkaError
+
+        source, sink = f"t-in-{unique}", f"t-out-{unique}"
+        log.ensure_topics([source, sink])
+        producer = log.producer("test")
+        producer.send([Outgoing(source, "org", b"1")])
+        producer.flush(10)
+        zombie = log.processor([source], group=f"g-{unique}", transactional_id=f"tx-{unique}", on_assigned=lambda p: None)
+        assert len(poll_until(zombie, 1)) == 1
+        successor = log.processor(
+            [source], group=f"g2-{unique}", transactional_id=f"tx-{unique}", on_assigned=lambda p: None
+        )
+        with pytest.raises(KafkaError):
+            zombie.commit_transaction([Outgoing(sink, "org", b"zombie")])
+        successor.close()
+        reader = log.consumer([sink], client_id="test")
+        assert poll_quiet(reader) == []
+        reader.close()

@@ -1,0 +1,75 @@
+"""Money and pricing: exact integers, one rounding rule, applied once."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ledger.money import MoneyFormatError, format_credits, micros_to_decimal, parse_credits
+from ledger.pricing import ModelPrice, default_price_book, price_micros
+from schemas.units import Units
+
+
+@pytest.mark.parametrize(
+    ("micros", "text"),
+    [(0, "0"), (1, "0.000001"), (33, "0.000033"), (150_000, "0.15"), (2_000_000, "2"), (123_456_789, "123.456789")],
+)
+def test_format_credits_is_exact(micros: int, text: str) -> None:
+    assert format_credits(micros) == text
+    assert micros_to_decimal(micros) == Decimal(text)
+
+
+@pytest.mark.parametrize(
+    ("value", "micros"),
+    [(5, 5_000_000), ("0.000001", 1), ("10.5", 10_500_000), (Decimal("0.25"), 250_000), (" 3 ", 3_000_000)],
+)
+def test_parse_credits(value: str | int | Decimal, micros: int) -> None:
+    assert parse_credits(value) == micros
+
+
+@pytest.mark.parametrize("value", ["0.0000001", "abc", "NaN", "Infinity", True])
+def test_parse_credits_rejects_inexact_or_invalid(value: str | bool) -> None:
+    with pytest.raises(MoneyFormatError):
+        parse_credits(value)
+
+
+@given(st.integers(min_value=-(10**15), max_value=10**15))
+def test_format_then_parse_round_trips(micros: int) -> None:
+    assert parse_credits(format_credits(micros)) == micros
+
+
+price = ModelPrice(model="m", category="chat", pool="p", input_token_rate=150_000, output_token_rate=600_000)
+
+
+@pytest.mark.parametrize(
+    ("units", "expected"),
+    [
+        (Units(), 0),
+        (Units(input_tokens=1), 1),  # 0.15 micros rounds up to 1
+        (Units(input_tokens=6), 1),  # 0.9 -> 1
+        (Units(input_tokens=7), 2),  # 1.05 -> 2
+        (Units(input_tokens=1_000_000), 150_000),
+        (Units(input_tokens=8, output_tokens=53), 33),  # (1.2 + 31.8) = 33 exactly
+        (Units(input_tokens=9, output_tokens=53), 34),  # 33.15 -> 34: rounding happens once, on the total
+    ],
+)
+def test_price_rounds_up_once_on_the_total(units: Units, expected: int) -> None:
+    assert price_micros(price, units) == expected
+
+
+def test_minimum_charge_applies() -> None:
+    large = default_price_book().models["sim-chat-large"]
+    assert price_micros(large, Units(input_tokens=1)) == large.minimum_charge_micros
+
+
+@given(
+    st.integers(0, 10**7), st.integers(0, 10**7), st.integers(0, 10**7), st.integers(0, 10**7)
+)
+def test_price_is_monotonic(input_a: int, output_a: int, input_extra: int, output_extra: int) -> None:
+    """What keeps a capture within its hold: more units never cost less."""
+    smaller = price_micros(price, Units(input_tokens=input_a, output_tokens=output_a))
+    larger = price_micros(price, Units(input_tokens=input_a + input_extra, output_tokens=output_a + output_extra))
+    assert smaller <= larger
