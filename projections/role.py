@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 
-from ledger.log import EventLog
+from ledger.log import Consumer, EventLog
 from ledger.settings import Settings
 from projections.usage_store import LedgerEntryRow, UsageRow, UsageStore
 from schemas import topics
@@ -137,11 +137,16 @@ class ProjectorRole:
                 full = pending_records >= self._settings.sink_batch_rows_max
                 waited = pending_records > 0 and time.monotonic() - batch_started >= wait_s_max
                 if full or waited or (pending_records > 0 and not records):
-                    # Order matters: ClickHouse first, offsets after. A crash in between redelivers
-                    # the batch, and event-id deduplication makes the second write a no-op.
-                    self._store.insert(usage, entries)
-                    consumer.commit()
-                    self.rows_written += len(usage) + len(entries)
+                    self._flush(consumer, usage, entries)
                     usage, entries, pending_records = [], [], 0
+            if pending_records:
+                self._flush(consumer, usage, entries)
         finally:
             consumer.close()
+
+    def _flush(self, consumer: Consumer, usage: list[UsageRow], entries: list[LedgerEntryRow]) -> None:
+        # Order matters: ClickHouse first, offsets after. A crash in between redelivers the batch,
+        # and event-id deduplication makes the second write a no-op.
+        self._store.insert(usage, entries)
+        consumer.commit()
+        self.rows_written += len(usage) + len(entries)

@@ -1,0 +1,154 @@
+"""End-to-end benchmark: sync chat completions on the simulated backend (zero latency) at a fixed
+concurrency, in embedded mode (`tollgate dev`) or Kafka mode (broker + separate role processes).
+
+Prints requests/s, client-observed latency and the gateway's added latency (server-side time minus
+the backend's job duration, from the x-gateway-added-ms header) at p50/p99, and saves JSON.
+
+    .venv/bin/python bench/e2e.py --mode embedded --requests 3000 --concurrency 32
+    .venv/bin/python bench/e2e.py --mode kafka --requests 3000 --concurrency 32
+
+Traffic goes to 127.0.0.1 only and stops after --requests or --duration-s, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+repo = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(repo))
+
+from tests.conftest import free_port  # noqa: E402
+from tests.processes import Admin, Role, wait_until_serving  # noqa: E402
+
+admin_token = "tga_bench"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def start_stack(mode: str, root: Path, bootstrap: str) -> tuple[str, list[Role]]:
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    env = {"TOLLGATE_ADMIN_TOKEN": admin_token, "TOLLGATE_SIM_LATENCY_MS": "0"}
+    if mode == "embedded":
+        env["TOLLGATE_KAFKA_BOOTSTRAP"] = ""
+        roles = [Role("dev", ["dev", "--port", str(port), "--data-dir", str(root / "dev")], env, root)]
+    else:
+        env["TOLLGATE_KAFKA_BOOTSTRAP"] = bootstrap
+        roles = [
+            Role("ledger", ["ledger"], env, root),
+            Role("worker", ["worker"], env, root),
+            Role("gateway", ["gateway", "--port", str(port), "--data-dir", str(root / "gateway")], env, root),
+        ]
+    wait_until_serving(base_url, roles[-1])
+    return base_url, roles
+
+
+async def load(base_url: str, key: str, requests_max: int, duration_s: float, concurrency: int) -> dict[str, Any]:
+    body = {"model": "sim-chat-small", "messages": [{"role": "user", "content": "benchmark me, exactly once"}],
+            "max_tokens": 32}
+    latencies_ms: list[float] = []
+    added_ms: list[float] = []
+    errors: dict[int, int] = {}
+    issued = 0
+    deadline = time.monotonic() + duration_s
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, limits=limits,
+                                 timeout=60) as client:
+
+        async def one_client() -> None:
+            nonlocal issued
+            while issued < requests_max and time.monotonic() < deadline:
+                issued += 1
+                started = time.perf_counter()
+                response = await client.post("/v1/chat/completions", json=body)
+                elapsed = (time.perf_counter() - started) * 1000
+                if response.status_code == 200:
+                    latencies_ms.append(elapsed)
+                    added_ms.append(float(response.headers["x-gateway-added-ms"]))
+                else:
+                    errors[response.status_code] = errors.get(response.status_code, 0) + 1
+
+        # Warm up connections and JIT-free paths before timing.
+        for _ in range(20):
+            await client.post("/v1/chat/completions", json=body)
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client() for _ in range(concurrency)))
+        wall_s = time.perf_counter() - started
+    return {
+        "requests_ok": len(latencies_ms),
+        "errors": errors,
+        "wall_s": round(wall_s, 3),
+        "requests_per_s": round(len(latencies_ms) / wall_s, 1),
+        "client_latency_ms": {"p50": round(percentile(latencies_ms, 50), 2),
+                              "p99": round(percentile(latencies_ms, 99), 2),
+                              "mean": round(statistics.fmean(latencies_ms), 2) if latencies_ms else None},
+        "gateway_added_ms": {"p50": round(percentile(added_ms, 50), 2), "p99": round(percentile(added_ms, 99), 2)},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mode", choices=("embedded", "kafka"), default="embedded")
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--duration-s", type=float, default=60)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--bootstrap", default=os.environ.get("TOLLGATE_KAFKA_BOOTSTRAP", ""),
+                        help="an existing broker; default: start one with compose/kafka.sh")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix=f"tollgate-bench-{args.mode}-"))
+    kafka_env: dict[str, str] | None = None
+    bootstrap = args.bootstrap
+    if args.mode == "kafka" and not bootstrap:
+        kafka_port = free_port()
+        kafka_env = {**os.environ, "TOLLGATE_KAFKA_PORT": str(kafka_port), "TOLLGATE_KAFKA_DATA": str(root / "kafka")}
+        subprocess.run(["bash", str(repo / "compose" / "kafka.sh"), "start"], env=kafka_env, check=True)
+        bootstrap = f"127.0.0.1:{kafka_port}"
+    roles: list[Role] = []
+    try:
+        base_url, roles = start_stack(args.mode, root, bootstrap)
+        admin = Admin(base_url, admin_token)
+        org = admin.organization("bench")
+        admin.grant(org, 1_000_000)
+        key = admin.token(org)
+        result = asyncio.run(load(base_url, key, args.requests, args.duration_s, args.concurrency))
+    finally:
+        for role in roles:
+            role.stop()
+        if kafka_env is not None:
+            subprocess.run(["bash", str(repo / "compose" / "kafka.sh"), "stop"], env=kafka_env, check=False)
+    report = {
+        "benchmark": "e2e_sync_chat",
+        "mode": args.mode,
+        "concurrency": args.concurrency,
+        "backend_latency_ms": 0,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        **result,
+    }
+    out = args.out or repo / "bench" / "results" / f"e2e-{args.mode}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
