@@ -63,16 +63,20 @@ def start_stack(mode: str, root: Path, bootstrap: str) -> tuple[str, list[Role]]
 
 
 async def load(base_url: str, key: str, requests_max: int, duration_s: float, concurrency: int) -> dict[str, Any]:
-    body = {"model": "sim-chat-small", "messages": [{"role": "user", "content": "benchmark me, exactly once"}],
-            "max_tokens": 32}
+    body = {
+        "model": "sim-chat-small",
+        "messages": [{"role": "user", "content": "benchmark me, exactly once"}],
+        "max_tokens": 32,
+    }
     latencies_ms: list[float] = []
     added_ms: list[float] = []
     errors: dict[int, int] = {}
     issued = 0
     deadline = time.monotonic() + duration_s
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, limits=limits,
-                                 timeout=60) as client:
+    async with httpx.AsyncClient(
+        base_url=base_url, headers={"Authorization": f"Bearer {key}"}, limits=limits, timeout=60
+    ) as client:
 
         async def one_client() -> None:
             nonlocal issued
@@ -98,9 +102,11 @@ async def load(base_url: str, key: str, requests_max: int, duration_s: float, co
         "errors": errors,
         "wall_s": round(wall_s, 3),
         "requests_per_s": round(len(latencies_ms) / wall_s, 1),
-        "client_latency_ms": {"p50": round(percentile(latencies_ms, 50), 2),
-                              "p99": round(percentile(latencies_ms, 99), 2),
-                              "mean": round(statistics.fmean(latencies_ms), 2) if latencies_ms else None},
+        "client_latency_ms": {
+            "p50": round(percentile(latencies_ms, 50), 2),
+            "p99": round(percentile(latencies_ms, 99), 2),
+            "mean": round(statistics.fmean(latencies_ms), 2) if latencies_ms else None,
+        },
         "gateway_added_ms": {"p50": round(percentile(added_ms, 50), 2), "p99": round(percentile(added_ms, 99), 2)},
     }
 
@@ -111,8 +117,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--duration-s", type=float, default=60)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--bootstrap", default=os.environ.get("TOLLGATE_KAFKA_BOOTSTRAP", ""),
-                        help="an existing broker; default: start one with compose/kafka.sh")
+    parser.add_argument(
+        "--bootstrap",
+        default=os.environ.get("TOLLGATE_KAFKA_BOOTSTRAP", ""),
+        help="an existing broker; default: start one with compose/kafka.sh",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix=f"tollgate-bench-{args.mode}-"))

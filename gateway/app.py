@@ -39,11 +39,12 @@ def _json(content: Any, status_code: int = 200, headers: dict[str, str] | None =
 
 
 def _core(request: Request) -> GatewayCore:
-    return request.app.state.core  # type: ignore[no-any-return]
+    core: GatewayCore = request.app.state.core
+    return core
 
 
 def _request_id(request: Request) -> str:
-    return request.scope["state"]["request_id"]  # type: ignore[no-any-return]
+    return str(request.scope["state"]["request_id"])
 
 
 def _bearer(request: Request) -> str:
@@ -62,8 +63,11 @@ def authorize(request: Request, scope: str) -> ApiToken:
     core = _core(request)
     token = core.authenticate(_bearer(request))
     if token is None:
-        raise ApiError(401, "Incorrect API key provided. Create a key with POST /v1/organizations/{id}/tokens.",
-                       code="invalid_api_key")
+        raise ApiError(
+            401,
+            "Incorrect API key provided. Create a key with POST /v1/organizations/{id}/tokens.",
+            code="invalid_api_key",
+        )
     if scope not in token.scopes:
         raise ApiError(403, f"This API key lacks the '{scope}' scope needed here.", code="insufficient_scope")
     return token
@@ -82,8 +86,11 @@ def authorize_admin(request: Request, org_id: str | None = None, scope: str = "a
         raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
     if org_id is None or token.org_id != org_id:
         # Another organization's ids do not exist for this caller.
-        raise ApiError(404, "Not found.", code="not_found") if org_id else ApiError(
-            403, "This endpoint needs the platform admin token.", code="insufficient_scope")
+        raise (
+            ApiError(404, "Not found.", code="not_found")
+            if org_id
+            else ApiError(403, "This endpoint needs the platform admin token.", code="insufficient_scope")
+        )
     if scope not in token.scopes:
         raise ApiError(403, f"This API key lacks the '{scope}' scope needed here.", code="insufficient_scope")
 
@@ -111,8 +118,13 @@ async def create_organization(request: Request) -> Response[bytes]:
     body: CreateOrganization = await _decode(request, CreateOrganization)
     event = await _core(request).create_organization(body.name, body.plan)
     return _json(
-        {"id": event.org_id, "object": "organization", "name": event.name, "plan": event.plan,
-         "created_at": _iso(event.occurred_at)},
+        {
+            "id": event.org_id,
+            "object": "organization",
+            "name": event.name,
+            "plan": event.plan,
+            "created_at": _iso(event.occurred_at),
+        },
         status_code=201,
     )
 
@@ -132,9 +144,16 @@ async def grant_credits(request: Request, org_id: str) -> Response[bytes]:
     core = _core(request)
     granted = await core.grant_credits(org_id, micros, body.kind)
     return _json(
-        {"id": granted.grant_id, "object": "credit_grant", "org_id": org_id, "kind": granted.kind,
-         "amount": micros_to_decimal(granted.amount_micros), "amount_micros": granted.amount_micros,
-         "created_at": _iso(granted.occurred_at), "balance": _balance(core, org_id)},
+        {
+            "id": granted.grant_id,
+            "object": "credit_grant",
+            "org_id": org_id,
+            "kind": granted.kind,
+            "amount": micros_to_decimal(granted.amount_micros),
+            "amount_micros": granted.amount_micros,
+            "created_at": _iso(granted.occurred_at),
+            "balance": _balance(core, org_id),
+        },
         status_code=201,
     )
 
@@ -145,9 +164,16 @@ async def create_token(request: Request, org_id: str) -> Response[bytes]:
     body: CreateToken = await _decode(request, CreateToken)
     event, secret = await _core(request).create_token(org_id, body.name, list(dict.fromkeys(body.scopes)))
     return _json(
-        {"token": {"id": event.token_id, "name": event.name, "scopes": list(event.scopes), "status": "active",
-                   "created_at": _iso(event.occurred_at)},
-         "secret": secret},
+        {
+            "token": {
+                "id": event.token_id,
+                "name": event.name,
+                "scopes": list(event.scopes),
+                "status": "active",
+                "created_at": _iso(event.occurred_at),
+            },
+            "secret": secret,
+        },
         status_code=201,
     )
 
@@ -211,24 +237,33 @@ async def chat_completions(request: Request) -> Response[bytes]:
         raise from_validation_error(error) from None
     price = core.price_book.model(chat.model)
     if price is None or price.category != "chat":
-        raise ApiError(404, f"The model '{chat.model}' does not exist or is not a chat model; see GET /v1/models.",
-                       code="model_not_found", param="model")
+        raise ApiError(
+            404,
+            f"The model '{chat.model}' does not exist or is not a chat model; see GET /v1/models.",
+            code="model_not_found",
+            param="model",
+        )
     if chat.stream:
-        raise ApiError(400, "Streaming is not supported yet; send stream: false.", code="unsupported_parameter",
-                       param="stream")
+        raise ApiError(
+            400, "Streaming is not supported yet; send stream: false.", code="unsupported_parameter", param="stream"
+        )
     if chat.n != 1:
         raise ApiError(400, "Only n=1 is supported.", code="unsupported_parameter", param="n")
     max_output = chat.max_completion_tokens or chat.max_tokens or price.max_output_tokens
     if max_output > price.max_output_tokens:
-        raise ApiError(400, f"max_tokens may be at most {price.max_output_tokens} for {price.model}.",
-                       code="invalid_parameter",
-                       param="max_completion_tokens" if chat.max_completion_tokens else "max_tokens")
+        raise ApiError(
+            400,
+            f"max_tokens may be at most {price.max_output_tokens} for {price.model}.",
+            code="invalid_parameter",
+            param="max_completion_tokens" if chat.max_completion_tokens else "max_tokens",
+        )
     hold = price_micros(price, Units(input_tokens=chat_input_tokens_bound(chat.messages), output_tokens=max_output))
     try:
         outcome = await core.run_metered(token, request_id, "/v1/chat/completions", price.model, price.pool, body, hold)
     except TimeoutError:
-        raise ApiError(504, "The job did not finish in time. Its hold settles on its own; check /v1/account/usage.",
-                       code="timeout") from None
+        raise ApiError(
+            504, "The job did not finish in time. Its hold settles on its own; check /v1/account/usage.", code="timeout"
+        ) from None
     rejected = outcome.get(HoldRejected)
     if isinstance(rejected, HoldRejected):
         core.record_rejection(token, request_id, "/v1/chat/completions", price.model, 402, rejected.code)
@@ -297,8 +332,12 @@ def _parse_time(request: Request, name: str) -> datetime | None:
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise ApiError(400, f"{name} must be an ISO 8601 date-time, e.g. 2026-11-01T00:00:00Z.",
-                       code="invalid_parameter", param=name) from None
+        raise ApiError(
+            400,
+            f"{name} must be an ISO 8601 date-time, e.g. 2026-11-01T00:00:00Z.",
+            code="invalid_parameter",
+            param=name,
+        ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -342,8 +381,9 @@ async def account_usage(request: Request) -> Response[bytes]:
     core = _core(request)
     raw_limit = request.query_params.get("limit", "100")
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= usage_page_size_max:
-        raise ApiError(400, f"limit must be an integer from 1 to {usage_page_size_max}.", code="invalid_parameter",
-                       param="limit")
+        raise ApiError(
+            400, f"limit must be an integer from 1 to {usage_page_size_max}.", code="invalid_parameter", param="limit"
+        )
     start, end = _parse_time(request, "from"), _parse_time(request, "to")
     selection = UsageFilter(
         org_id=token.org_id,
@@ -356,32 +396,43 @@ async def account_usage(request: Request) -> Response[bytes]:
         status=_choice(request, "status", ("success", "error")),
     )
     if core.usage_store is None:
-        raise ApiError(503, "Usage history is not served by this gateway: set TOLLGATE_CLICKHOUSE_URL.",
-                       code="usage_unavailable")
+        raise ApiError(
+            503, "Usage history is not served by this gateway: set TOLLGATE_CLICKHOUSE_URL.", code="usage_unavailable"
+        )
     rows = core.usage_store.events(selection)
-    summary = core.usage_store.summary(msgspec.structs.replace(selection, before=None, source=None, model=None,
-                                                               status=None))
+    summary = core.usage_store.summary(
+        msgspec.structs.replace(selection, before=None, source=None, model=None, status=None)
+    )
     spend = micros_to_decimal(summary.cost_micros)
-    return _json({
-        "object": "account_usage",
-        "balance": _balance(core, token.org_id),
-        "summary": {
-            "requests": summary.requests,
-            "total_cost": spend,
-            "total_cost_micros": summary.cost_micros,
-            "total_tokens": summary.input_tokens + summary.cached_input_tokens + summary.output_tokens,
-            "input_tokens": summary.input_tokens + summary.cached_input_tokens,
-            "output_tokens": summary.output_tokens,
-            "cache_read_tokens": summary.cached_input_tokens,
-            "cache_write_tokens": 0,
-            "errors": summary.errors,
-            "avg_latency_ms": summary.avg_latency_ms,
-        },
-        "spend": {"currency": "USD", "total": spend, "model": spend, "gpu_cloud": 0, "hosted_agents": 0,
-                  "from": _iso(start), "to": _iso(end)},
-        "data": [_usage_event(row) for row in rows],
-        "next_cursor": _iso(rows[-1].created_at) if len(rows) == selection.limit else None,
-    })
+    return _json(
+        {
+            "object": "account_usage",
+            "balance": _balance(core, token.org_id),
+            "summary": {
+                "requests": summary.requests,
+                "total_cost": spend,
+                "total_cost_micros": summary.cost_micros,
+                "total_tokens": summary.input_tokens + summary.cached_input_tokens + summary.output_tokens,
+                "input_tokens": summary.input_tokens + summary.cached_input_tokens,
+                "output_tokens": summary.output_tokens,
+                "cache_read_tokens": summary.cached_input_tokens,
+                "cache_write_tokens": 0,
+                "errors": summary.errors,
+                "avg_latency_ms": summary.avg_latency_ms,
+            },
+            "spend": {
+                "currency": "USD",
+                "total": spend,
+                "model": spend,
+                "gpu_cloud": 0,
+                "hosted_agents": 0,
+                "from": _iso(start),
+                "to": _iso(end),
+            },
+            "data": [_usage_event(row) for row in rows],
+            "next_cursor": _iso(rows[-1].created_at) if len(rows) == selection.limit else None,
+        }
+    )
 
 
 @get("/healthz", operation_id="health", include_in_schema=False)
@@ -412,8 +463,15 @@ class RequestIdMiddleware(ASGIMiddleware):
 
 def create_app(core: GatewayCore) -> Litestar:
     return Litestar(
-        route_handlers=[create_organization, grant_credits, create_token, list_models, chat_completions,
-                        account_usage, health],
+        route_handlers=[
+            create_organization,
+            grant_credits,
+            create_token,
+            list_models,
+            chat_completions,
+            account_usage,
+            health,
+        ],
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         middleware=[RequestIdMiddleware()],
         state=State({"core": core}),

@@ -175,7 +175,9 @@ class GatewayCore:
                     try:
                         event = decode_event(record.value)
                     except msgspec.DecodeError:
-                        logger.error("skipping an undecodable record at %s/%d@%d", record.topic, record.partition, record.offset)
+                        logger.error(
+                            "skipping an undecodable record at %s/%d@%d", record.topic, record.partition, record.offset
+                        )
                         continue
                     if fold:
                         self.tenants.apply(event)
@@ -212,9 +214,7 @@ class GatewayCore:
 
     async def create_organization(self, name: str, plan: str) -> OrganizationCreated:
         org_id = new_id("org")
-        event = OrganizationCreated(
-            event_id=new_id("evt"), occurred_at=utc_now(), org_id=org_id, name=name, plan=plan
-        )
+        event = OrganizationCreated(event_id=new_id("evt"), occurred_at=utc_now(), org_id=org_id, name=name, plan=plan)
         await self._append_and_wait(event.event_id, [Outgoing(topics.TENANTS, org_id, encode(event))], 30)
         return event
 
@@ -304,7 +304,9 @@ class GatewayCore:
             self.inflight -= 1
             self.waiters.forget(request_id)
 
-    def record_rejection(self, token: ApiToken, request_id: str, endpoint: str, model: str, status: int, code: str) -> None:
+    def record_rejection(
+        self, token: ApiToken, request_id: str, endpoint: str, model: str, status: int, code: str
+    ) -> None:
         event = RequestRejected(
             event_id=new_id("evt"),
             occurred_at=utc_now(),

@@ -84,7 +84,8 @@ def error_response(error: ApiError, request_id: str | None = None) -> Response[b
 
 
 def _request_id(request: Request) -> str | None:
-    return request.scope.get("state", {}).get("request_id")  # type: ignore[no-any-return]
+    request_id = request.scope.get("state", {}).get("request_id")
+    return str(request_id) if request_id else None
 
 
 def handle_api_error(request: Request, error: ApiError) -> Response[bytes]:
@@ -103,7 +104,10 @@ def handle_http_exception(request: Request, error: HTTPException) -> Response[by
 
 def handle_unexpected(request: Request, error: Exception) -> Response[bytes]:
     logger.exception("unexpected error on %s %s", request.method, request.url.path)
-    return error_response(ApiError(500, "Internal error. Retry later; quote the x-request-id header when reporting it."), _request_id(request))
+    return error_response(
+        ApiError(500, "Internal error. Retry later; quote the x-request-id header when reporting it."),
+        _request_id(request),
+    )
 
 
 exception_handlers = {

@@ -1,10 +1,10 @@
 """`tollgate`: one entry point per role, each wiring its own dependencies.
 
-    tollgate dev        all roles in one process on the embedded backends, with a demo organization
-    tollgate gateway    the HTTP gateway on Kafka
-    tollgate ledger     the ledger role on Kafka
-    tollgate worker     a worker for the pools in TOLLGATE_WORKER_POOLS on Kafka
-    tollgate projector  the ClickHouse projector on Kafka
+tollgate dev        all roles in one process on the embedded backends, with a demo organization
+tollgate gateway    the HTTP gateway on Kafka
+tollgate ledger     the ledger role on Kafka
+tollgate worker     a worker for the pools in TOLLGATE_WORKER_POOLS on Kafka
+tollgate projector  the ClickHouse projector on Kafka
 """
 
 from __future__ import annotations
@@ -112,8 +112,9 @@ async def _serve(core: Any, settings: Settings, stop: threading.Event, before_se
 
     from gateway.app import create_app
 
-    server = Server(create_app(core), address=settings.host, port=settings.port, interface=Interfaces.ASGI,
-                    log_access=False)
+    server = Server(
+        create_app(core), address=settings.host, port=settings.port, interface=Interfaces.ASGI, log_access=False
+    )
     loop = asyncio.get_running_loop()
 
     def watch_stop() -> None:
@@ -195,14 +196,14 @@ def _print_banner(settings: Settings, admin_token: str, demo: dict[str, str]) ->
         f"""
 Tollgate is running at {url}  (embedded log and ClickHouse in {settings.data_dir})
   admin token:       {admin_token}
-  demo organization: {demo['org_id']}
-  demo API key:      {demo['api_key']}
+  demo organization: {demo["org_id"]}
+  demo API key:      {demo["api_key"]}
 
 Try it:
   curl -s {url}/v1/chat/completions \\
-    -H "Authorization: Bearer {demo['api_key']}" -H "Content-Type: application/json" \\
+    -H "Authorization: Bearer {demo["api_key"]}" -H "Content-Type: application/json" \\
     -d '{{"model": "sim-chat-small", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
-  curl -s {url}/v1/account/usage -H "Authorization: Bearer {demo['api_key']}"
+  curl -s {url}/v1/account/usage -H "Authorization: Bearer {demo["api_key"]}"
 """,
         flush=True,
     )
@@ -220,7 +221,9 @@ def main(argv: list[str] | None = None) -> None:
     gateway.add_argument("--port", type=int)
     gateway.add_argument("--data-dir", type=Path)
     gateway.add_argument(
-        "--projector", choices=("auto", "on", "off"), default="auto",
+        "--projector",
+        choices=("auto", "on", "off"),
+        default="auto",
         help="run the ClickHouse projector in this process (auto: when TOLLGATE_CLICKHOUSE_URL is unset, "
         "since one process owns an embedded ClickHouse path)",
     )
@@ -228,11 +231,19 @@ def main(argv: list[str] | None = None) -> None:
         role_parser = sub.add_parser(role, help=f"the {role} role on Kafka")
         role_parser.add_argument("--data-dir", type=Path)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("TOLLGATE_LOG_LEVEL", "WARNING"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("TOLLGATE_LOG_LEVEL", "WARNING"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     settings = Settings()
-    overrides = {k: v for k, v in (("host", getattr(args, "host", None)), ("port", getattr(args, "port", None)),
-                                   ("data_dir", getattr(args, "data_dir", None))) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (
+            ("host", getattr(args, "host", None)),
+            ("port", getattr(args, "port", None)),
+            ("data_dir", getattr(args, "data_dir", None)),
+        )
+        if v is not None
+    }
     settings = replace(settings, **overrides)
     if args.command == "dev":
         settings = replace(settings, kafka_bootstrap="", clickhouse_url="")

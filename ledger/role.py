@@ -68,7 +68,9 @@ class LedgerRole:
             if partition_of(org) in self._owned and partition_of(org) not in partitions
         }
         consumer = self._log.consumer(
-            [topics.LEDGER], client_id=f"tollgate-ledger-rebuild-{self._settings.instance_id}", partitions=sorted(partitions)
+            [topics.LEDGER],
+            client_id=f"tollgate-ledger-rebuild-{self._settings.instance_id}",
+            partitions=sorted(partitions),
         )
         try:
             count = 0

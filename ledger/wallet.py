@@ -13,6 +13,7 @@ import enum
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from eventsourcing.domain import Aggregate, event
 
@@ -114,9 +115,7 @@ def event_id_for(command_id: str, kind: str) -> str:
     return str(uuid.uuid5(_event_id_namespace, f"{command_id}/{kind}"))
 
 
-def decide(
-    wallet: Wallet, command: AnyCommand, now: datetime, price_book: PriceBook
-) -> list[Event] | Rejection:
+def decide(wallet: Wallet, command: AnyCommand, now: datetime, price_book: PriceBook) -> list[Event] | Rejection:
     """The events ``command`` causes against ``wallet`` at ``now``; [] for an exact duplicate."""
     if isinstance(command, PlaceHold):
         return _decide_place_hold(wallet, command, now)
@@ -153,7 +152,7 @@ def _decide_place_hold(wallet: Wallet, command: PlaceHold, now: datetime) -> lis
     existing = wallet.holds.get(command.hold_id)
     if existing is not None:
         return [] if existing.amount_micros == command.amount_micros else Rejection.exists_with_different_amount
-    envelope = {
+    envelope: dict[str, Any] = {
         "occurred_at": now,
         "org_id": command.org_id,
         "correlation_id": command.correlation_id,

@@ -183,18 +183,24 @@ class UsageStore:
     def _where(self, selection: UsageFilter) -> tuple[str, dict[str, Any]]:
         clauses = ["org_id = {org_id:String}"]
         parameters: dict[str, Any] = {"org_id": selection.org_id}
-        for column, op, name, value in (
-            ("created_at", "<", "before", selection.before),
-            ("created_at", ">=", "start", selection.start),
-            ("created_at", "<=", "end", selection.end),
-        ):
-            if value is not None:
-                clauses.append(f"{column} {op} {{{name}:DateTime64(3, 'UTC')}}")
-                parameters[name] = value
-        for column, value in (("source", selection.source), ("model", selection.model), ("status", selection.status)):
-            if value is not None:
+        bounds: tuple[tuple[str, str, datetime | None], ...] = (
+            ("<", "before", selection.before),
+            (">=", "start", selection.start),
+            ("<=", "end", selection.end),
+        )
+        for op, name, moment in bounds:
+            if moment is not None:
+                clauses.append(f"created_at {op} {{{name}:DateTime64(3, 'UTC')}}")
+                parameters[name] = moment
+        labels: tuple[tuple[str, str | None], ...] = (
+            ("source", selection.source),
+            ("model", selection.model),
+            ("status", selection.status),
+        )
+        for column, label in labels:
+            if label is not None:
                 clauses.append(f"{column} = {{{column}:String}}")
-                parameters[column] = value
+                parameters[column] = label
         return " AND ".join(clauses), parameters
 
     def events(self, selection: UsageFilter) -> list[UsageRow]:
@@ -230,15 +236,15 @@ class UsageStore:
     def totals_by_org(self) -> dict[str, tuple[int, int]]:
         """org -> (sum of usage cost, sum of captured in ledger entries): they must agree."""
         with self._lock:
-            usage = dict(
-                self._client.query("SELECT org_id, sum(cost_micros) FROM usage_events FINAL GROUP BY org_id").result_rows
-            )
-            captured = dict(
-                self._client.query(
-                    "SELECT org_id, sum(captured_micros) FROM ledger_entries FINAL GROUP BY org_id"
-                ).result_rows
-            )
-        return {org: (int(usage.get(org, 0)), int(captured.get(org, 0))) for org in set(usage) | set(captured)}
+            usage_rows = self._client.query(
+                "SELECT org_id, sum(cost_micros) FROM usage_events FINAL GROUP BY org_id"
+            ).result_rows
+            captured_rows = self._client.query(
+                "SELECT org_id, sum(captured_micros) FROM ledger_entries FINAL GROUP BY org_id"
+            ).result_rows
+        usage: dict[str, int] = {str(org): int(total) for org, total in usage_rows}
+        captured: dict[str, int] = {str(org): int(total) for org, total in captured_rows}
+        return {org: (usage.get(org, 0), captured.get(org, 0)) for org in set(usage) | set(captured)}
 
     def balances(self) -> dict[str, tuple[int, int, int]]:
         """org -> (credited, held, captured) summed from ledger entries."""

@@ -8,8 +8,8 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx

@@ -47,7 +47,9 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
 
 def chat(client: openai.OpenAI, content: str = "Hello!", **extra: object) -> tuple[dict[str, object], httpx.Headers]:
     raw = client.chat.completions.with_raw_response.create(
-        model="sim-chat-small", messages=[{"role": "user", "content": content}], **extra  # type: ignore[arg-type]
+        model="sim-chat-small",
+        messages=[{"role": "user", "content": content}],
+        **extra,  # type: ignore[arg-type]
     )
     completion = raw.parse()
     assert completion.choices[0].message.content
@@ -99,14 +101,17 @@ def test_a_request_the_balance_cannot_cover_gets_402_and_changes_nothing(dev: De
         ({"model": "sim-chat-small", "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
         ({"messages": [{"role": "user", "content": "x"}]}, None),
         ({"model": "sim-chat-small", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens"),
-        ({"model": "sim-chat-small", "messages": [{"role": "user", "content": "x"}], "max_tokens": 10**6},
-         "max_tokens"),
+        (
+            {"model": "sim-chat-small", "messages": [{"role": "user", "content": "x"}], "max_tokens": 10**6},
+            "max_tokens",
+        ),
         ({"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}, "model"),
     ],
 )
 def test_invalid_bodies_get_a_clear_error_naming_the_field(dev: Dev, body: dict[str, object], param: str) -> None:
-    response = httpx.post(f"{dev.base_url}/v1/chat/completions", json=body,
-                          headers={"Authorization": f"Bearer {dev.demo['api_key']}"})
+    response = httpx.post(
+        f"{dev.base_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {dev.demo['api_key']}"}
+    )
     assert response.status_code in (400, 404), response.text
     error = response.json()["error"]
     assert error["type"] in ("invalid_request_error", "not_found_error")
@@ -116,8 +121,11 @@ def test_invalid_bodies_get_a_clear_error_naming_the_field(dev: Dev, body: dict[
 
 
 def test_malformed_json_is_a_400(dev: Dev) -> None:
-    response = httpx.post(f"{dev.base_url}/v1/chat/completions", content=b"{not json",
-                          headers={"Authorization": f"Bearer {dev.demo['api_key']}"})
+    response = httpx.post(
+        f"{dev.base_url}/v1/chat/completions",
+        content=b"{not json",
+        headers={"Authorization": f"Bearer {dev.demo['api_key']}"},
+    )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_json"
 
@@ -129,8 +137,11 @@ def test_an_unknown_key_gets_401(dev: Dev) -> None:
 
 
 def test_admin_endpoints_need_the_admin_token(dev: Dev) -> None:
-    response = httpx.post(f"{dev.base_url}/v1/organizations", json={"name": "x"},
-                          headers={"Authorization": f"Bearer {dev.demo['api_key']}"})
+    response = httpx.post(
+        f"{dev.base_url}/v1/organizations",
+        json={"name": "x"},
+        headers={"Authorization": f"Bearer {dev.demo['api_key']}"},
+    )
     assert response.status_code == 403
     response = httpx.post(f"{dev.base_url}/v1/organizations", json={"name": "x"})
     assert response.status_code == 401

@@ -188,7 +188,9 @@ class TestKafkaLog(LogContract):
         producer = log.producer("test")
         producer.send([Outgoing(source, "org", b"1")])
         producer.flush(10)
-        zombie = log.processor([source], group=f"g-{unique}", transactional_id=f"tx-{unique}", on_assigned=lambda p: None)
+        zombie = log.processor(
+            [source], group=f"g-{unique}", transactional_id=f"tx-{unique}", on_assigned=lambda p: None
+        )
         assert len(poll_until(zombie, 1)) == 1
         successor = log.processor(
             [source], group=f"g2-{unique}", transactional_id=f"tx-{unique}", on_assigned=lambda p: None

@@ -65,9 +65,7 @@ def test_minimum_charge_applies() -> None:
     assert price_micros(large, Units(input_tokens=1)) == large.minimum_charge_micros
 
 
-@given(
-    st.integers(0, 10**7), st.integers(0, 10**7), st.integers(0, 10**7), st.integers(0, 10**7)
-)
+@given(st.integers(0, 10**7), st.integers(0, 10**7), st.integers(0, 10**7), st.integers(0, 10**7))
 def test_price_is_monotonic(input_a: int, output_a: int, input_extra: int, output_extra: int) -> None:
     """What keeps a capture within its hold: more units never cost less."""
     smaller = price_micros(price, Units(input_tokens=input_a, output_tokens=output_a))

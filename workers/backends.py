@@ -20,9 +20,34 @@ from schemas.units import Units
 
 _token_pattern = re.compile(r"\w+|[^\w\s]")
 _vocabulary = (
-    "the ledger holds credits for every request and charges exactly once after the worker measures "
-    "usage tokens flow through kafka partitions while projections rebuild balances from events"
-).split()
+    "the",
+    "ledger",
+    "holds",
+    "credits",
+    "for",
+    "every",
+    "request",
+    "and",
+    "charges",
+    "exactly",
+    "once",
+    "after",
+    "the",
+    "worker",
+    "measures",
+    "usage",
+    "tokens",
+    "flow",
+    "through",
+    "kafka",
+    "partitions",
+    "while",
+    "projections",
+    "rebuild",
+    "balances",
+    "from",
+    "events",
+)
 tokens_per_message_overhead = 4
 tokens_per_reply_overhead = 2
 sim_reply_tokens_max = 64

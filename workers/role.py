@@ -70,7 +70,11 @@ def job_outcome(
             hold_id=job.hold_id,
             reason=f"job_failed:{outcome.code}",
         )
-        return [*records, Outgoing(topics.JOBS, job.org_id, encode(failed)), Outgoing(topics.COMMANDS, job.org_id, encode(release))]
+        return [
+            *records,
+            Outgoing(topics.JOBS, job.org_id, encode(failed)),
+            Outgoing(topics.COMMANDS, job.org_id, encode(release)),
+        ]
     latency_ms = int((finished_at - job.accepted_at).total_seconds() * 1000)
     usage = UsageRecorded(
         event_id=_id(job.job_id, "usage"),

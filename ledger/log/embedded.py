@@ -151,7 +151,9 @@ class EmbeddedLog(EventLog):
         from_beginning: bool = True,
         partitions: Sequence[int] | None = None,
     ) -> Consumer:
-        tps = [(topic, p) for topic in topics for p in (partitions if partitions is not None else range(self.partitions))]
+        tps = [
+            (topic, p) for topic in topics for p in (partitions if partitions is not None else range(self.partitions))
+        ]
         if group is not None:
             positions = self.committed(group, tps)
         elif from_beginning:
@@ -163,7 +165,9 @@ class EmbeddedLog(EventLog):
     def processor(
         self, topics: Sequence[str], *, group: str, transactional_id: str, on_assigned: AssignmentListener
     ) -> Processor:
-        consumer = _EmbeddedConsumer(self, self.committed(group, [(t, p) for t in topics for p in range(self.partitions)]), group)
+        consumer = _EmbeddedConsumer(
+            self, self.committed(group, [(t, p) for t in topics for p in range(self.partitions)]), group
+        )
         on_assigned(set(range(self.partitions)))
         return _EmbeddedProcessor(self, consumer, group)
 

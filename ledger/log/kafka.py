@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -40,12 +41,10 @@ class KafkaLog(EventLog):
             existing = set(admin.list_topics())
             missing = [t for t in topics if t not in existing]
             if missing:
-                try:
+                with contextlib.suppress(TopicAlreadyExistsError):  # another role created it first
                     admin.create_topics(
                         [NewTopic(name=t, num_partitions=self.partitions, replication_factor=1) for t in missing]
                     )
-                except TopicAlreadyExistsError:
-                    pass  # another role created it first
         finally:
             admin.close()
 
@@ -117,7 +116,7 @@ class KafkaLog(EventLog):
         """Clients own their connections."""
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Listener(ConsumerRebalanceListener):
     def __init__(self, on_assigned: AssignmentListener) -> None:
         self._on_assigned = on_assigned
 

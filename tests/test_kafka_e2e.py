@@ -1,0 +1,151 @@
+"""The roles as separate processes on the real broker, with the official openai SDK as the client.
+
+gateway (which owns an embedded ClickHouse and projects into it), ledger, worker and a standalone
+projector (its own ClickHouse path) all run as `tollgate <role>` processes against Kafka.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+
+import openai
+import pytest
+
+from ledger.log.kafka import KafkaLog
+from schemas import topics
+from schemas.codec import decode_event
+from schemas.events import HoldCaptured, HoldPlaced, HoldReleased
+from tests.conftest import free_port
+from tests.processes import Admin, Role, usage, wait_until_serving
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+admin_token = "tga_kafka_e2e"
+
+
+class Stack:
+    def __init__(self, bootstrap: str, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        env = {"TOLLGATE_KAFKA_BOOTSTRAP": bootstrap, "TOLLGATE_ADMIN_TOKEN": admin_token, "TOLLGATE_LOG_LEVEL": "INFO"}
+        self.projector_dir = root / "projector"
+        self.roles = {
+            "ledger": Role("ledger", ["ledger"], env, root),
+            "worker": Role("worker", ["worker"], env, root),
+            "projector": Role("projector", ["projector", "--data-dir", str(self.projector_dir)], env, root),
+            "gateway": Role(
+                "gateway", ["gateway", "--port", str(self.port), "--data-dir", str(root / "gateway")], env, root
+            ),
+        }
+        wait_until_serving(self.base_url, self.roles["gateway"])
+        self.admin = Admin(self.base_url, admin_token)
+
+    def client(self, key: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.base_url}/v1", api_key=key, max_retries=0, timeout=120)
+
+    def stop(self) -> None:
+        for role in self.roles.values():
+            role.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    running = Stack(kafka_bootstrap, tmp_path_factory.mktemp("stack"))
+    yield running
+    running.stop()
+
+
+def chat(client: openai.OpenAI, content: str) -> tuple[dict[str, object], dict[str, str]]:
+    raw = client.chat.completions.with_raw_response.create(
+        model="sim-chat-small", messages=[{"role": "user", "content": content}]
+    )
+    assert raw.parse().choices[0].message.content
+    return json.loads(raw.http_response.text, parse_float=Decimal), dict(raw.headers)
+
+
+def ledger_totals(bootstrap: str, org_id: str) -> tuple[int, int, int]:
+    """(captured, holds placed, holds resolved) for one organization, read from the ledger topic."""
+    consumer = KafkaLog(bootstrap).consumer([topics.LEDGER], client_id="test-audit")
+    captured = placed = resolved = 0
+    deadline = time.monotonic() + 60
+    while not consumer.caught_up() and time.monotonic() < deadline:
+        for record in consumer.poll(1000, 200):
+            event = decode_event(record.value)
+            if event.org_id != org_id:
+                continue
+            if isinstance(event, HoldCaptured):
+                captured += event.amount_micros
+                resolved += 1
+            elif isinstance(event, HoldReleased):
+                resolved += 1
+            elif isinstance(event, HoldPlaced):
+                placed += 1
+    consumer.close()
+    return captured, placed, resolved
+
+
+def test_a_chat_completion_is_held_run_and_charged_through_kafka(stack: Stack) -> None:
+    org = stack.admin.organization()
+    stack.admin.grant(org, "2")
+    key = stack.admin.token(org)
+    body, headers = chat(stack.client(key), "Hello over Kafka")
+    cost = body["usage"]["cost_usd"]  # type: ignore[index]
+    assert Decimal(headers["x-credits-used"]) == cost
+    balance = usage(stack.base_url, key)["balance"]
+    assert balance["amount_micros"] == 2_000_000 - body["usage"]["cost_micros"]  # type: ignore[index]
+    assert balance["held_micros"] == 0
+
+
+def test_402_through_kafka_changes_nothing(stack: Stack, kafka_bootstrap: str) -> None:
+    org = stack.admin.organization()
+    stack.admin.grant(org, "0.000005")
+    key = stack.admin.token(org)
+    with pytest.raises(openai.APIStatusError) as caught:
+        chat(stack.client(key), "too expensive")
+    assert caught.value.status_code == 402
+    assert usage(stack.base_url, key)["balance"]["amount_micros"] == 5
+    assert ledger_totals(kafka_bootstrap, org) == (0, 0, 0)
+
+
+def test_balance_ledger_and_clickhouse_agree_after_many_requests(stack: Stack, kafka_bootstrap: str) -> None:
+    org = stack.admin.organization()
+    stack.admin.grant(org, 10)
+    key = stack.admin.token(org)
+    client = stack.client(key)
+    count = 150
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(lambda i: chat(client, f"message {i} " + "token " * (i % 23)), range(count)))
+    charged = sum(int(Decimal(h["x-credits-used"]) * 1_000_000) for _, h in results)
+    assert charged == sum(b["usage"]["cost_micros"] for b, _ in results)  # type: ignore[index]
+    assert charged > 0
+
+    report = usage(stack.base_url, key, limit=200)
+    assert report["balance"]["amount_micros"] == 10_000_000 - charged
+    assert report["balance"]["held_micros"] == 0
+    assert ledger_totals(kafka_bootstrap, org) == (charged, count, count)
+
+    deadline = time.monotonic() + 15
+    while report["summary"]["requests"] < count and time.monotonic() < deadline:
+        time.sleep(0.3)
+        report = usage(stack.base_url, key, limit=200)
+    assert report["summary"]["total_cost_micros"] == charged
+    assert report["summary"]["requests"] == count
+
+    # The standalone projector wrote its own ClickHouse; stop it (it flushes) and read that store.
+    time.sleep(1)
+    stack.roles["projector"].stop()
+    from projections.usage_store import UsageStore
+
+    store = UsageStore(path=stack.projector_dir / "clickhouse")
+    try:
+        usage_cost, captured = store.totals_by_org()[org]
+        assert usage_cost == captured == charged
+        credited, held, spent = store.balances()[org]
+        assert (credited, held, spent) == (10_000_000, 0, charged)
+    finally:
+        store.close()
