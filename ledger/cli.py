@@ -10,6 +10,7 @@ tollgate projector  the ClickHouse projector on Kafka
 from __future__ import annotations
 
 import argparse
+import hashlib
 import asyncio
 import json
 import logging
@@ -47,6 +48,15 @@ def _usage_store(settings: Settings) -> Any:
     from projections.usage_store import UsageStore
 
     return UsageStore(url=settings.clickhouse_url, path=settings.data_dir / "clickhouse")
+
+
+def _projector_group(settings: Settings) -> str:
+    """Projectors writing one ClickHouse server share a group; an embedded store is one process's own,
+    so its projector needs every partition, in a group named after the store's path."""
+    if settings.clickhouse_url:
+        return "tollgate-projector"
+    path = str((settings.data_dir / "clickhouse").resolve())
+    return f"tollgate-projector-{hashlib.sha256(path.encode()).hexdigest()[:12]}"
 
 
 def _backend(settings: Settings) -> Any:
@@ -101,7 +111,7 @@ def run_role(role: str, settings: Settings) -> None:
 
         store = _usage_store(settings)
         try:
-            ProjectorRole(log, settings, store).run(stop)
+            ProjectorRole(log, settings, store, _projector_group(settings)).run(stop)
         finally:
             store.close()
 
@@ -149,7 +159,9 @@ def run_gateway(settings: Settings, with_projector: bool | None, with_roles: boo
     if own_clickhouse and store is not None:
         from projections.role import ProjectorRole
 
-        threads.append(_start_thread("projector", ProjectorRole(log, settings, store).run, stop))
+        threads.append(
+            _start_thread("projector", ProjectorRole(log, settings, store, _projector_group(settings)).run, stop)
+        )
     core = GatewayCore(log, settings, price_book, store, admin_token)
     core.start()
 

@@ -104,9 +104,9 @@ def rows_for(event: Event) -> tuple[UsageRow | None, LedgerEntryRow | None]:
 
 
 class ProjectorRole:
-    group = "tollgate-projector"
-
-    def __init__(self, log: EventLog, settings: Settings, store: UsageStore) -> None:
+    def __init__(self, log: EventLog, settings: Settings, store: UsageStore, group: str = "tollgate-projector") -> None:
+        """``group``: projectors writing one ClickHouse share a group; each embedded store needs its own."""
+        self.group = group
         self._log = log
         self._settings = settings
         self._store = store
