@@ -10,8 +10,8 @@ tollgate projector  the ClickHouse projector on Kafka
 from __future__ import annotations
 
 import argparse
-import hashlib
 import asyncio
+import hashlib
 import json
 import logging
 import os
