@@ -25,8 +25,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 repo = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(repo))
 
@@ -62,41 +60,78 @@ def start_stack(mode: str, root: Path, bootstrap: str) -> tuple[str, list[Role]]
     return base_url, roles
 
 
+class Connection:
+    """A minimal HTTP/1.1 keep-alive client: the load generator shares two cores with everything it
+    measures, so it must cost far less per request than httpx does."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> Connection:
+        return cls(*await asyncio.open_connection(host, port))
+
+    async def request(self, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        body = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        return status, headers, body
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def chat_request(host: str, port: int, key: str) -> bytes:
+    body = json.dumps(
+        {
+            "model": "sim-chat-small",
+            "messages": [{"role": "user", "content": "benchmark me, exactly once"}],
+            "max_tokens": 32,
+        }
+    ).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
 async def load(base_url: str, key: str, requests_max: int, duration_s: float, concurrency: int) -> dict[str, Any]:
-    body = {
-        "model": "sim-chat-small",
-        "messages": [{"role": "user", "content": "benchmark me, exactly once"}],
-        "max_tokens": 32,
-    }
+    host, port = base_url.removeprefix("http://").split(":")
+    raw = chat_request(host, int(port), key)
     latencies_ms: list[float] = []
     added_ms: list[float] = []
     errors: dict[int, int] = {}
     issued = 0
     deadline = time.monotonic() + duration_s
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(
-        base_url=base_url, headers={"Authorization": f"Bearer {key}"}, limits=limits, timeout=60
-    ) as client:
 
-        async def one_client() -> None:
-            nonlocal issued
+    async def one_client() -> None:
+        nonlocal issued
+        connection = await Connection.open(host, int(port))
+        try:
             while issued < requests_max and time.monotonic() < deadline:
                 issued += 1
                 started = time.perf_counter()
-                response = await client.post("/v1/chat/completions", json=body)
+                status, headers, _ = await connection.request(raw)
                 elapsed = (time.perf_counter() - started) * 1000
-                if response.status_code == 200:
+                if status == 200:
                     latencies_ms.append(elapsed)
-                    added_ms.append(float(response.headers["x-gateway-added-ms"]))
+                    added_ms.append(float(headers["x-gateway-added-ms"]))
                 else:
-                    errors[response.status_code] = errors.get(response.status_code, 0) + 1
+                    errors[status] = errors.get(status, 0) + 1
+        finally:
+            connection.close()
 
-        # Warm up connections and JIT-free paths before timing.
-        for _ in range(20):
-            await client.post("/v1/chat/completions", json=body)
-        started = time.perf_counter()
-        await asyncio.gather(*(one_client() for _ in range(concurrency)))
-        wall_s = time.perf_counter() - started
+    warmup = await Connection.open(host, int(port))
+    for _ in range(20):
+        await warmup.request(raw)
+    warmup.close()
+    started = time.perf_counter()
+    await asyncio.gather(*(one_client() for _ in range(concurrency)))
+    wall_s = time.perf_counter() - started
     return {
         "requests_ok": len(latencies_ms),
         "errors": errors,
