@@ -14,7 +14,7 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.middleware import ASGIMiddleware
 
-from gateway.core import GatewayCore
+from gateway.core import GatewayCore, Overloaded
 from gateway.errors import ApiError, exception_handlers, from_validation_error
 from ledger.money import MoneyFormatError, format_credits, micros_to_decimal, parse_credits
 from ledger.pricing import ModelPrice, price_micros
@@ -260,6 +260,13 @@ async def chat_completions(request: Request) -> Response[bytes]:
     hold = price_micros(price, Units(input_tokens=chat_input_tokens_bound(chat.messages), output_tokens=max_output))
     try:
         outcome = await core.run_metered(token, request_id, "/v1/chat/completions", price.model, price.pool, body, hold)
+    except Overloaded:
+        raise ApiError(
+            503,
+            "This gateway is at its limit of requests in flight; retry shortly.",
+            code="overloaded",
+            headers={"retry-after": "1"},
+        ) from None
     except TimeoutError:
         raise ApiError(
             504, "The job did not finish in time. Its hold settles on its own; check /v1/account/usage.", code="timeout"
@@ -475,5 +482,6 @@ def create_app(core: GatewayCore) -> Litestar:
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         middleware=[RequestIdMiddleware()],
         state=State({"core": core}),
+        request_max_body_size=core.settings.request_body_bytes_max,
         debug=False,
     )

@@ -62,6 +62,10 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+class Overloaded(Exception):
+    """This gateway already waits on its maximum of requests; a bound, not a queue."""
+
+
 @dataclass(slots=True)
 class _Waiter:
     loop: asyncio.AbstractEventLoop
@@ -290,6 +294,8 @@ class GatewayCore:
             model=model,
             hold_micros=hold_micros,
         )
+        if self.inflight >= self.settings.inflight_requests_max:
+            raise Overloaded(self.settings.inflight_requests_max)
         future = self.waiters.expect(request_id, request_finished)
         self.inflight += 1
         try:

@@ -201,3 +201,23 @@ def test_restart_with_the_same_data_directory_loses_nothing(tmp_path: Path) -> N
         chat(second.client(second.demo["api_key"]), "after restart")
     finally:
         second.role.stop()
+
+
+def test_an_oversized_body_is_refused_with_413(dev: Dev) -> None:
+    body = (
+        b'{"model": "sim-chat-small", "messages": [{"role": "user", "content": "' + b"x" * (5 * 1024 * 1024) + b'"}]}'
+    )
+    response = httpx.post(
+        f"{dev.base_url}/v1/chat/completions",
+        content=body,
+        headers={"Authorization": f"Bearer {dev.demo['api_key']}", "Content-Type": "application/json"},
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_unknown_routes_answer_in_the_error_envelope(dev: Dev) -> None:
+    response = httpx.get(f"{dev.base_url}/v1/nothing-here")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+    assert "x-request-id" in response.headers
