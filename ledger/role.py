@@ -7,6 +7,7 @@ plus the transactional producer's fencing make it the single writer of each acco
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 from collections import Counter
@@ -18,10 +19,10 @@ import msgspec
 from ledger.log import EventLog, Outgoing, partition_for
 from ledger.pricing import PriceBook
 from ledger.settings import Settings
-from ledger.wallet import Rejection, Wallet, decide, evolve
+from ledger.wallet import Rejection, Wallet, decide, decide_expiry, evolve
 from schemas import topics
 from schemas.codec import decode_command, decode_event, encode
-from schemas.events import Event, JobQueued
+from schemas.events import Event, HoldPlaced, JobQueued
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class LedgerRole:
         self.rejections: Counter[str] = Counter()
         self._owned: set[int] = set()
         self._rebuild_needed: set[int] = set()
+        # Open holds by expiry time; resolved ones are skipped when they come due.
+        self._expiries: list[tuple[datetime, str, str]] = []
 
     def _on_assigned(self, partitions: set[int]) -> None:
         self._rebuild_needed = partitions
@@ -67,6 +70,8 @@ class LedgerRole:
             for org, wallet in self.wallets.items()
             if partition_of(org) in self._owned and partition_of(org) not in partitions
         }
+        self._expiries = [entry for entry in self._expiries if entry[1] in self.wallets]
+        heapq.heapify(self._expiries)
         consumer = self._log.consumer(
             [topics.LEDGER],
             client_id=f"tollgate-ledger-rebuild-{self._settings.instance_id}",
@@ -76,12 +81,29 @@ class LedgerRole:
             count = 0
             while not consumer.caught_up():
                 for record in consumer.poll(self._settings.batch_records_max, self._settings.poll_wait_ms):
-                    event = decode_event(record.value)
-                    evolve(self._wallet(event.org_id), event)
+                    self._apply(decode_event(record.value))
                     count += 1
             logger.info("ledger rebuilt partitions %s from %d events", sorted(partitions), count)
         finally:
             consumer.close()
+
+    def _apply(self, event: Event) -> None:
+        evolve(self._wallet(event.org_id), event)
+        if isinstance(event, HoldPlaced):
+            heapq.heappush(self._expiries, (event.expires_at, event.org_id, event.hold_id))
+
+    def expire_due_holds(self, now: datetime) -> list[Outgoing]:
+        """Release every open hold whose time-to-live has passed, by event."""
+        outputs: list[Outgoing] = []
+        while self._expiries and self._expiries[0][0] <= now:
+            _, org_id, hold_id = heapq.heappop(self._expiries)
+            wallet = self.wallets.get(org_id)
+            if wallet is None:
+                continue
+            for event in decide_expiry(wallet, hold_id, now):
+                self._apply(event)
+                outputs.append(Outgoing(topic_for(event), event.org_id, encode(event)))
+        return outputs
 
     def _wallet(self, org_id: str) -> Wallet:
         wallet = self.wallets.get(org_id)
@@ -109,7 +131,7 @@ class LedgerRole:
                 logger.warning("command %s rejected: %s", command.command_id, result.value)
                 continue
             for event in result:
-                evolve(wallet, event)
+                self._apply(event)
                 outputs.append(Outgoing(topic_for(event), event.org_id, encode(event)))
         return outputs
 
@@ -128,9 +150,10 @@ class LedgerRole:
                     self._rebuild_needed = set()
                 if ready is not None and self._owned:
                     ready.set()
-                if not records:
+                outputs = self.decide_batch([record.value for record in records]) if records else []
+                outputs += self.expire_due_holds(self._clock())
+                if not records and not outputs:
                     continue
-                outputs = self.decide_batch([record.value for record in records])
                 try:
                     processor.commit_transaction(outputs)
                 except Exception:

@@ -29,6 +29,7 @@ from schemas.events import (
     JobQueued,
 )
 
+hold_expired_reason = "hold_expired"
 _event_id_namespace = uuid.UUID("6c4d7d1e-59a4-4c55-9b0a-6f1f0c8e2a11")
 
 
@@ -43,6 +44,7 @@ class Rejection(enum.Enum):
     hold_already_released = "hold_already_released"
     units_must_not_be_negative = "units_must_not_be_negative"
     model_not_priced = "model_not_priced"
+    hold_expired = "hold_expired"
 
 
 class HoldStatus(enum.Enum):
@@ -221,6 +223,9 @@ def _decide_capture(
     hold = _open_hold(wallet, command.hold_id)
     if isinstance(hold, Rejection):
         return hold
+    if now >= hold.expires_at:
+        # Past its time-to-live the hold no longer reserves anything; the expiry event releases it.
+        return Rejection.hold_expired
     if any(value < 0 for value in _unit_values(command)):
         return Rejection.units_must_not_be_negative
     price = price_book.model(hold.model)
@@ -274,6 +279,29 @@ def _decide_release(wallet: Wallet, command: ReleaseHold, now: datetime) -> list
             endpoint=hold.endpoint,
             amount_micros=hold.amount_micros,
             reason=command.reason,
+        )
+    ]
+
+
+def decide_expiry(wallet: Wallet, hold_id: str, now: datetime) -> list[Event]:
+    """Release a hold whose time-to-live has passed; [] when it is resolved already or not yet due."""
+    hold = wallet.holds.get(hold_id)
+    if hold is None or hold.status is not HoldStatus.open or now < hold.expires_at:
+        return []
+    return [
+        HoldReleased(
+            event_id=event_id_for(f"expire:{hold.hold_id}", "hold.released"),
+            occurred_at=now,
+            org_id=wallet.org_id,
+            correlation_id=hold.request_id,
+            causation_id=hold.hold_id,
+            hold_id=hold.hold_id,
+            request_id=hold.request_id,
+            token_id=hold.token_id,
+            model=hold.model,
+            endpoint=hold.endpoint,
+            amount_micros=hold.amount_micros,
+            reason=hold_expired_reason,
         )
     ]
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 import pytest
 
 from ledger.pricing import default_price_book
-from ledger.wallet import Rejection, Wallet, decide, evolve
+from ledger.wallet import Rejection, Wallet, decide, decide_expiry, evolve
 from schemas.commands import AnyCommand, CaptureHold, GrantCredits, JobSpec, PlaceHold, ReleaseHold
 from schemas.events import CreditsGranted, HoldCaptured, HoldPlaced, HoldRejected, HoldReleased, JobQueued
 from schemas.units import Units
@@ -116,8 +116,9 @@ def test_decision_table(setup: list[AnyCommand], command: AnyCommand, expected: 
 
 def test_every_rejection_code_has_a_row() -> None:
     covered = {expected for _, _, expected in decision_table if isinstance(expected, Rejection)}
-    # insufficient_credits is not a rejection value but a HoldRejected event (rows above cover it).
-    assert covered | {Rejection.insufficient_credits} == set(Rejection)
+    # insufficient_credits is not a rejection value but a HoldRejected event (rows above cover it);
+    # hold_expired needs a later clock: test_a_hold_past_its_ttl_cannot_be_captured covers it.
+    assert covered | {Rejection.insufficient_credits, Rejection.hold_expired} == set(Rejection)
 
 
 def test_capture_charges_the_priced_amount_and_releases_the_rest() -> None:
@@ -147,3 +148,28 @@ def test_event_ids_are_deterministic() -> None:
     first = decide(Wallet(org_id=org), grant(5), now, book)
     second = decide(Wallet(org_id=org), grant(5), now, book)
     assert first == second
+
+
+def test_a_hold_past_its_ttl_cannot_be_captured() -> None:
+    wallet, _ = run([grant(1000), hold(100)])
+    later = now + timedelta(seconds=60)
+    assert decide(wallet, capture(), later, book) == Rejection.hold_expired
+    assert kinds(decide(wallet, capture(), later - timedelta(microseconds=1), book)) == [HoldCaptured]
+
+
+def test_expiry_releases_an_open_hold_once_it_is_due() -> None:
+    wallet, _ = run([grant(1000), hold(100)])
+    assert decide_expiry(wallet, "h1", now + timedelta(seconds=59)) == []
+    released = decide_expiry(wallet, "h1", now + timedelta(seconds=60))
+    assert [type(e) for e in released] == [HoldReleased]
+    assert released[0].reason == "hold_expired"  # type: ignore[attr-defined]
+    for event in released:
+        evolve(wallet, event)
+    assert (wallet.held_micros, wallet.available_micros) == (0, 1000)
+    assert decide_expiry(wallet, "h1", now + timedelta(hours=1)) == [], "an expiry happens once"
+    assert decide(wallet, capture(), now + timedelta(seconds=61), book) == Rejection.hold_already_released
+
+
+def test_expiry_leaves_resolved_holds_alone() -> None:
+    wallet, _ = run([grant(1000), hold(100), capture()])
+    assert decide_expiry(wallet, "h1", now + timedelta(hours=1)) == []

@@ -1,0 +1,84 @@
+"""The ledger role around the pure core: batches, expiry by event, rebuild from the log."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import msgspec
+
+from ledger.log import Outgoing
+from ledger.log.embedded import EmbeddedLog
+from ledger.pricing import default_price_book
+from ledger.role import LedgerRole
+from ledger.settings import Settings
+from schemas import topics
+from schemas.codec import decode_event, encode
+from schemas.commands import GrantCredits, JobSpec, PlaceHold
+from schemas.events import HoldReleased
+
+start = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def place(hold_id: str, amount: int, ttl_s: int = 30) -> bytes:
+    return encode(
+        PlaceHold(
+            command_id=hold_id,
+            org_id="org",
+            issued_at=start,
+            hold_id=hold_id,
+            request_id=hold_id,
+            amount_micros=amount,
+            ttl_s=ttl_s,
+            job=JobSpec(
+                job_id="j-" + hold_id,
+                token_id="t",
+                model="sim-chat-small",
+                endpoint="/v1/chat/completions",
+                pool="default",
+                payload=msgspec.Raw(b"{}"),
+            ),
+        )
+    )
+
+
+def grant(amount: int) -> bytes:
+    return encode(
+        GrantCredits(command_id="g", org_id="org", issued_at=start, grant_id="g", amount_micros=amount, kind="paid")
+    )
+
+
+def test_holds_expire_by_event_when_their_ttl_passes(tmp_path: Path) -> None:
+    clock = Clock()
+    role = LedgerRole(EmbeddedLog(tmp_path / "log.sqlite3"), Settings(), default_price_book(), clock)
+    role.decide_batch([grant(1000), place("h1", 300, ttl_s=30), place("h2", 300, ttl_s=90)])
+    assert role.wallets["org"].available_micros == 400
+    clock.now = start + timedelta(seconds=29)
+    assert role.expire_due_holds(clock.now) == []
+    clock.now = start + timedelta(seconds=30)
+    released = [decode_event(o.value) for o in role.expire_due_holds(clock.now)]
+    assert [(type(e), e.hold_id) for e in released] == [(HoldReleased, "h1")]  # type: ignore[union-attr]
+    assert role.wallets["org"].available_micros == 700
+    assert role.expire_due_holds(start + timedelta(seconds=31)) == []
+
+
+def test_a_rebuilt_role_derives_the_same_wallets_and_pending_expiries(tmp_path: Path) -> None:
+    clock = Clock()
+    log = EmbeddedLog(tmp_path / "log.sqlite3")
+    first = LedgerRole(log, Settings(), default_price_book(), clock)
+    outputs = first.decide_batch([grant(1000), place("h1", 300, ttl_s=30)])
+    log.producer("t").send([o for o in outputs if o.topic == topics.LEDGER] + [Outgoing("x", "k", b"")])
+    second = LedgerRole(log, Settings(), default_price_book(), clock)
+    second._owned = set(range(log.partitions))
+    second.rebuild(set(range(log.partitions)))
+    assert second.wallets["org"].available_micros == first.wallets["org"].available_micros == 700
+    released = second.expire_due_holds(start + timedelta(seconds=30))
+    assert len(released) == 1
