@@ -18,6 +18,7 @@ from gateway.core import GatewayCore, Overloaded
 from gateway.errors import ApiError, exception_handlers, from_validation_error
 from ledger.money import MoneyFormatError, format_credits, micros_to_decimal, parse_credits
 from ledger.pricing import ModelPrice, price_micros
+from ledger.wallet import Grant
 from projections.usage_store import UsageFilter, UsageRow
 from projections.views import ApiToken
 from schemas.api import ChatCompletionRequest, ChatMessage, CreateOrganization, CreateToken, GrantCreditsBody
@@ -317,18 +318,34 @@ async def chat_completions(request: Request) -> Response[bytes]:
 
 
 def _balance(core: GatewayCore, org_id: str) -> dict[str, Any]:
-    balance = core.balances.get(org_id)
-    amount = balance.credited_micros - balance.captured_micros
+    """The balance, split into available, held and by grant (burn order first)."""
+    wallet = core.balances.get(org_id)
+    grants = sorted(wallet.grants.values(), key=Grant.burn_key)
     return {
-        "amount": micros_to_decimal(amount),
-        "amount_micros": amount,
-        "available": micros_to_decimal(balance.available_micros),
-        "available_micros": balance.available_micros,
-        "held": micros_to_decimal(balance.held_micros),
-        "held_micros": balance.held_micros,
+        "amount": micros_to_decimal(wallet.balance_micros),
+        "amount_micros": wallet.balance_micros,
+        "available": micros_to_decimal(wallet.available_micros),
+        "available_micros": wallet.available_micros,
+        "held": micros_to_decimal(wallet.held_micros),
+        "held_micros": wallet.held_micros,
+        "credit_limit_micros": wallet.credit_limit_micros,
+        "spendable_micros": wallet.spendable_micros,
         "currency": "USD",
+        "grants": [
+            {
+                "id": grant.grant_id,
+                "kind": grant.kind,
+                "amount_micros": grant.amount_micros,
+                "remaining_micros": grant.remaining_micros,
+                "expires_at": _iso(grant.expires_at),
+                "priority": grant.priority,
+                "expired": grant.expired,
+            }
+            for grant in grants
+            if grant.remaining_micros > 0
+        ],
         "auto_topup_enabled": False,
-        "updated_at": _iso(balance.updated_at),
+        "updated_at": _iso(core.balances.updated_at.get(org_id)),
     }
 
 

@@ -19,10 +19,10 @@ import msgspec
 from ledger.log import EventLog, Outgoing, partition_for
 from ledger.pricing import PriceBook
 from ledger.settings import Settings
-from ledger.wallet import Rejection, Wallet, decide, decide_expiry, evolve
+from ledger.wallet import Rejection, Wallet, decide, decide_expiry, decide_grant_expiry, evolve
 from schemas import topics
 from schemas.codec import decode_command, decode_event, encode
-from schemas.events import Event, HoldPlaced, JobQueued
+from schemas.events import CreditsGranted, Event, HoldCaptured, HoldPlaced, HoldReleased, JobQueued
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +51,8 @@ class LedgerRole:
         self.rejections: Counter[str] = Counter()
         self._owned: set[int] = set()
         self._rebuild_needed: set[int] = set()
-        # Open holds by expiry time; resolved ones are skipped when they come due.
-        self._expiries: list[tuple[datetime, str, str]] = []
+        # (due time, org, "hold" or "grant", id); entries already resolved are skipped when due.
+        self._expiries: list[tuple[datetime, str, str, str]] = []
 
     def _on_assigned(self, partitions: set[int]) -> None:
         self._rebuild_needed = partitions
@@ -88,19 +88,28 @@ class LedgerRole:
             consumer.close()
 
     def _apply(self, event: Event) -> None:
-        evolve(self._wallet(event.org_id), event)
+        wallet = self._wallet(event.org_id)
+        evolve(wallet, event)
         if isinstance(event, HoldPlaced):
-            heapq.heappush(self._expiries, (event.expires_at, event.org_id, event.hold_id))
+            heapq.heappush(self._expiries, (event.expires_at, event.org_id, "hold", event.hold_id))
+        elif isinstance(event, CreditsGranted) and event.expires_at is not None:
+            heapq.heappush(self._expiries, (event.expires_at, event.org_id, "grant", event.grant_id))
+        elif isinstance(event, (HoldCaptured, HoldReleased)):
+            # An expired grant whose remainder open holds still needed can now expire further.
+            for grant in wallet.grants.values():
+                if grant.expired and grant.remaining_micros > 0:
+                    heapq.heappush(self._expiries, (event.occurred_at, event.org_id, "grant", grant.grant_id))
 
-    def expire_due_holds(self, now: datetime) -> list[Outgoing]:
-        """Release every open hold whose time-to-live has passed, by event."""
+    def expire_due(self, now: datetime) -> list[Outgoing]:
+        """Release every hold and expire every grant whose time has come, by event."""
         outputs: list[Outgoing] = []
         while self._expiries and self._expiries[0][0] <= now:
-            _, org_id, hold_id = heapq.heappop(self._expiries)
+            _, org_id, kind, item_id = heapq.heappop(self._expiries)
             wallet = self.wallets.get(org_id)
             if wallet is None:
                 continue
-            for event in decide_expiry(wallet, hold_id, now):
+            due = decide_expiry(wallet, item_id, now) if kind == "hold" else decide_grant_expiry(wallet, item_id, now)
+            for event in due:
                 self._apply(event)
                 outputs.append(Outgoing(topic_for(event), event.org_id, encode(event)))
         return outputs
@@ -151,7 +160,7 @@ class LedgerRole:
                 if ready is not None and self._owned:
                     ready.set()
                 outputs = self.decide_batch([record.value for record in records]) if records else []
-                outputs += self.expire_due_holds(self._clock())
+                outputs += self.expire_due(self._clock())
                 if not records and not outputs:
                     continue
                 try:

@@ -5,6 +5,17 @@ code. ``evolve(wallet, event)`` applies one event. Neither does IO nor reads the
 passed in), so the ledger role, replay and tests all run the same code.
 
 The aggregate's ``@event`` methods are the evolve step: replaying the log calls them in order.
+
+Money model (integer micros):
+- ``balance`` = what the grants still hold - ``debt`` (charges beyond the grants, within the credit
+  limit). It is the ``{org}/wallet`` account of the double-entry book.
+- ``spendable`` = balance - held + credit limit. A hold needs ``amount ≤ spendable``; nothing ever
+  takes spendable below zero, so concurrent requests can never pass the limit.
+- Charges burn grants at capture, in burn order: grants already expired (their money was reserved
+  before expiry) first, then higher ``priority``, then promotional before paid, then earlier expiry,
+  then older. A new grant repays debt first.
+- A grant's unused remainder moves to breakage at its expiry, except what open holds still need:
+  that part expires when those holds resolve.
 """
 
 from __future__ import annotations
@@ -18,10 +29,24 @@ from typing import Any
 from eventsourcing.domain import Aggregate, event
 
 from ledger.pricing import PriceBook, price_micros
-from schemas.commands import AnyCommand, CaptureHold, GrantCredits, PlaceHold, ReleaseHold
+from schemas.commands import (
+    AdjustCredits,
+    AnyCommand,
+    CaptureHold,
+    GrantCredits,
+    PlaceHold,
+    RefundCredits,
+    ReleaseHold,
+    SetCreditLimit,
+)
 from schemas.events import (
+    CreditLimitSet,
+    CreditsAdjusted,
     CreditsGranted,
+    CreditsRefunded,
     Event,
+    GrantBurn,
+    GrantExpired,
     HoldCaptured,
     HoldPlaced,
     HoldRejected,
@@ -31,6 +56,7 @@ from schemas.events import (
 
 hold_expired_reason = "hold_expired"
 _event_id_namespace = uuid.UUID("6c4d7d1e-59a4-4c55-9b0a-6f1f0c8e2a11")
+_never = datetime.max.replace(tzinfo=None)
 
 
 class Rejection(enum.Enum):
@@ -45,6 +71,12 @@ class Rejection(enum.Enum):
     units_must_not_be_negative = "units_must_not_be_negative"
     model_not_priced = "model_not_priced"
     hold_expired = "hold_expired"
+    grant_already_expired = "grant_already_expired"
+    reference_not_found = "reference_not_found"
+    refund_exceeds_charge = "refund_exceeds_charge"
+    limit_must_not_be_negative = "limit_must_not_be_negative"
+    limit_below_current_use = "limit_below_current_use"
+    amount_must_not_be_zero = "amount_must_not_be_zero"
 
 
 class HoldStatus(enum.Enum):
@@ -64,6 +96,37 @@ class Hold:
     amount_micros: int
     expires_at: datetime
     status: HoldStatus = HoldStatus.open
+    captured_micros: int = 0
+    refunded_micros: int = 0
+
+
+@dataclass(slots=True)
+class Grant:
+    grant_id: str
+    kind: str
+    amount_micros: int
+    remaining_micros: int
+    expires_at: datetime | None
+    priority: int
+    sequence: int
+    expired: bool = False
+
+    def burn_key(self) -> tuple[int, int, int, datetime, int]:
+        expiry = self.expires_at.replace(tzinfo=None) if self.expires_at else _never
+        return (0 if self.expired else 1, -self.priority, 0 if self.kind == "promo" else 1, expiry, self.sequence)
+
+
+def burn_plan(grants: list[Grant], amount_micros: int) -> tuple[list[tuple[Grant, int]], int]:
+    """Which grants pay ``amount_micros`` and how much each; the rest is new debt. Pure."""
+    plan: list[tuple[Grant, int]] = []
+    left = amount_micros
+    for grant in sorted((g for g in grants if g.remaining_micros > 0), key=Grant.burn_key):
+        if left == 0:
+            break
+        take = min(grant.remaining_micros, left)
+        plan.append((grant, take))
+        left -= take
+    return plan, left
 
 
 class Wallet(Aggregate):
@@ -71,29 +134,73 @@ class Wallet(Aggregate):
 
     def __init__(self, org_id: str) -> None:
         self.org_id = org_id
-        self.credited_micros = 0
-        self.captured_micros = 0
+        self.grants: dict[str, Grant] = {}
+        self.debt_micros = 0
         self.held_micros = 0
-        self.grants: dict[str, int] = {}
+        self.captured_micros = 0
+        self.credit_limit_micros = 0
         self.holds: dict[str, Hold] = {}
+        self.refunds: dict[str, int] = {}
+        self.adjustments: dict[str, int] = {}
 
     @staticmethod
     def create_id(org_id: str) -> uuid.UUID:
         return uuid.uuid5(_event_id_namespace, "wallet:" + org_id)
 
     @property
+    def granted_remaining_micros(self) -> int:
+        return sum(g.remaining_micros for g in self.grants.values())
+
+    @property
+    def balance_micros(self) -> int:
+        return self.granted_remaining_micros - self.debt_micros
+
+    @property
     def available_micros(self) -> int:
-        return self.credited_micros - self.captured_micros - self.held_micros
+        """Balance not reserved by holds (negative while the credit limit is in use)."""
+        return self.balance_micros - self.held_micros
+
+    @property
+    def spendable_micros(self) -> int:
+        return self.available_micros + self.credit_limit_micros
+
+    def _check(self) -> None:
+        assert self.held_micros >= 0, "holds never reserve a negative amount"
+        assert self.debt_micros >= 0, "debt is never negative"
+        assert self.spendable_micros >= 0, "nothing takes an organization past its credit limit"
+
+    def _credit(self, grant: Grant) -> None:
+        """A new grant repays debt first."""
+        repaid = min(self.debt_micros, grant.remaining_micros)
+        self.debt_micros -= repaid
+        grant.remaining_micros -= repaid
+        self.grants[grant.grant_id] = grant
+
+    def _burn(self, amount_micros: int) -> list[tuple[Grant, int]]:
+        plan, debt = burn_plan(list(self.grants.values()), amount_micros)
+        for grant, take in plan:
+            grant.remaining_micros -= take
+        self.debt_micros += debt
+        return plan
 
     @event("CreditsGranted")
-    def record_grant(self, grant_id: str, amount_micros: int) -> None:
-        self.grants[grant_id] = amount_micros
-        self.credited_micros += amount_micros
+    def record_grant(self, grant: Grant) -> None:
+        self._credit(grant)
+        self._check()
+
+    @event("GrantExpired")
+    def record_grant_expiry(self, grant_id: str, amount_micros: int) -> None:
+        grant = self.grants[grant_id]
+        assert 0 <= amount_micros <= grant.remaining_micros, "breakage never exceeds what a grant holds"
+        grant.expired = True
+        grant.remaining_micros -= amount_micros
+        self._check()
 
     @event("HoldPlaced")
     def record_hold(self, hold: Hold) -> None:
         self.holds[hold.hold_id] = hold
         self.held_micros += hold.amount_micros
+        self._check()
 
     @event("HoldCaptured")
     def record_capture(self, hold_id: str, amount_micros: int) -> None:
@@ -101,8 +208,11 @@ class Wallet(Aggregate):
         assert hold.status is HoldStatus.open, "a hold is captured at most once"
         assert 0 <= amount_micros <= hold.amount_micros, "a capture never exceeds its hold"
         hold.status = HoldStatus.captured
+        hold.captured_micros = amount_micros
         self.held_micros -= hold.amount_micros
         self.captured_micros += amount_micros
+        self._burn(amount_micros)
+        self._check()
 
     @event("HoldReleased")
     def record_release(self, hold_id: str) -> None:
@@ -110,11 +220,45 @@ class Wallet(Aggregate):
         assert hold.status is HoldStatus.open, "only an open hold is released"
         hold.status = HoldStatus.released
         self.held_micros -= hold.amount_micros
+        self._check()
+
+    @event("CreditsRefunded")
+    def record_refund(self, refund_id: str, hold_id: str, amount_micros: int, grant: Grant) -> None:
+        self.refunds[refund_id] = amount_micros
+        self.holds[hold_id].refunded_micros += amount_micros
+        self._credit(grant)
+        self._check()
+
+    @event("CreditsAdjusted")
+    def record_adjustment(self, adjustment_id: str, amount_micros: int, grant: Grant | None) -> None:
+        self.adjustments[adjustment_id] = amount_micros
+        if grant is not None:
+            self._credit(grant)
+        else:
+            self._burn(-amount_micros)
+        self._check()
+
+    @event("CreditLimitSet")
+    def record_credit_limit(self, limit_micros: int) -> None:
+        self.credit_limit_micros = limit_micros
+        self._check()
+
+    def burn_sequence(self) -> int:
+        return len(self.grants)
 
 
 def event_id_for(command_id: str, kind: str) -> str:
     """Deterministic, so that deciding the same command twice yields the same event ids."""
     return str(uuid.uuid5(_event_id_namespace, f"{command_id}/{kind}"))
+
+
+def _envelope(command: AnyCommand, now: datetime) -> dict[str, Any]:
+    return {
+        "occurred_at": now,
+        "org_id": command.org_id,
+        "correlation_id": command.correlation_id,
+        "causation_id": command.command_id,
+    }
 
 
 def decide(wallet: Wallet, command: AnyCommand, now: datetime, price_book: PriceBook) -> list[Event] | Rejection:
@@ -125,7 +269,13 @@ def decide(wallet: Wallet, command: AnyCommand, now: datetime, price_book: Price
         return _decide_capture(wallet, command, now, price_book)
     if isinstance(command, ReleaseHold):
         return _decide_release(wallet, command, now)
-    return _decide_grant(wallet, command, now)
+    if isinstance(command, GrantCredits):
+        return _decide_grant(wallet, command, now)
+    if isinstance(command, RefundCredits):
+        return _decide_refund(wallet, command, now)
+    if isinstance(command, AdjustCredits):
+        return _decide_adjustment(wallet, command, now)
+    return _decide_credit_limit(wallet, command, now)
 
 
 def _decide_grant(wallet: Wallet, command: GrantCredits, now: datetime) -> list[Event] | Rejection:
@@ -133,17 +283,19 @@ def _decide_grant(wallet: Wallet, command: GrantCredits, now: datetime) -> list[
         return Rejection.amount_must_be_positive
     existing = wallet.grants.get(command.grant_id)
     if existing is not None:
-        return [] if existing == command.amount_micros else Rejection.exists_with_different_amount
+        return [] if existing.amount_micros == command.amount_micros else Rejection.exists_with_different_amount
+    if command.expires_at is not None and command.expires_at <= now:
+        return Rejection.grant_already_expired
     return [
         CreditsGranted(
             event_id=event_id_for(command.command_id, "credits.granted"),
-            occurred_at=now,
-            org_id=command.org_id,
-            correlation_id=command.correlation_id,
-            causation_id=command.command_id,
             grant_id=command.grant_id,
             amount_micros=command.amount_micros,
             kind=command.kind,
+            expires_at=command.expires_at,
+            priority=command.priority,
+            reference=command.reference,
+            **_envelope(command, now),
         )
     ]
 
@@ -154,29 +306,24 @@ def _decide_place_hold(wallet: Wallet, command: PlaceHold, now: datetime) -> lis
     existing = wallet.holds.get(command.hold_id)
     if existing is not None:
         return [] if existing.amount_micros == command.amount_micros else Rejection.exists_with_different_amount
-    envelope: dict[str, Any] = {
-        "occurred_at": now,
-        "org_id": command.org_id,
-        "correlation_id": command.correlation_id,
-        "causation_id": command.command_id,
-    }
-    if command.amount_micros > wallet.available_micros:
+    envelope = _envelope(command, now)
+    job = command.job
+    if command.amount_micros > wallet.spendable_micros:
         # A rejected hold is still a fact on the log: the gateway answers 402 from it, audit sees it.
         return [
             HoldRejected(
                 event_id=event_id_for(command.command_id, "hold.rejected"),
                 hold_id=command.hold_id,
                 request_id=command.request_id,
-                token_id=command.job.token_id,
-                model=command.job.model,
-                endpoint=command.job.endpoint,
+                token_id=job.token_id,
+                model=job.model,
+                endpoint=job.endpoint,
                 code=Rejection.insufficient_credits.value,
                 requested_micros=command.amount_micros,
-                available_micros=wallet.available_micros,
+                available_micros=wallet.spendable_micros,
                 **envelope,
             )
         ]
-    job = command.job
     return [
         HoldPlaced(
             event_id=event_id_for(command.command_id, "hold.placed"),
@@ -226,20 +373,18 @@ def _decide_capture(
     if now >= hold.expires_at:
         # Past its time-to-live the hold no longer reserves anything; the expiry event releases it.
         return Rejection.hold_expired
-    if any(value < 0 for value in _unit_values(command)):
+    units = command.units
+    if any(getattr(units, name) < 0 for name in units.__struct_fields__):
         return Rejection.units_must_not_be_negative
     price = price_book.model(hold.model)
     if price is None:
         return Rejection.model_not_priced
-    priced = price_micros(price, command.units)
+    priced = price_micros(price, units)
     charged = min(priced, hold.amount_micros)
+    plan, _ = burn_plan(list(wallet.grants.values()), charged)
     return [
         HoldCaptured(
             event_id=event_id_for(command.command_id, "hold.captured"),
-            occurred_at=now,
-            org_id=command.org_id,
-            correlation_id=command.correlation_id,
-            causation_id=command.command_id,
             hold_id=hold.hold_id,
             request_id=hold.request_id,
             job_id=hold.job_id,
@@ -250,35 +395,94 @@ def _decide_capture(
             released_micros=hold.amount_micros - charged,
             priced_micros=priced,
             price_version=price_book.version,
-            units=command.units,
+            units=units,
             latency_ms=command.latency_ms,
+            grant_burns=tuple(GrantBurn(grant_id=g.grant_id, amount_micros=take) for g, take in plan),
+            **_envelope(command, now),
         )
     ]
 
 
-def _unit_values(command: CaptureHold) -> list[int]:
-    units = command.units
-    return [getattr(units, name) for name in units.__struct_fields__]
+def _released(wallet: Wallet, hold: Hold, event_id: str, now: datetime, reason: str, causation: str) -> HoldReleased:
+    return HoldReleased(
+        event_id=event_id,
+        occurred_at=now,
+        org_id=wallet.org_id,
+        correlation_id=hold.request_id,
+        causation_id=causation,
+        hold_id=hold.hold_id,
+        request_id=hold.request_id,
+        token_id=hold.token_id,
+        model=hold.model,
+        endpoint=hold.endpoint,
+        amount_micros=hold.amount_micros,
+        reason=reason,
+    )
 
 
 def _decide_release(wallet: Wallet, command: ReleaseHold, now: datetime) -> list[Event] | Rejection:
     hold = _open_hold(wallet, command.hold_id)
     if isinstance(hold, Rejection):
         return hold
+    event_id = event_id_for(command.command_id, "hold.released")
+    return [_released(wallet, hold, event_id, now, command.reason, command.command_id)]
+
+
+def _decide_refund(wallet: Wallet, command: RefundCredits, now: datetime) -> list[Event] | Rejection:
+    if command.amount_micros <= 0:
+        return Rejection.amount_must_be_positive
+    existing = wallet.refunds.get(command.refund_id)
+    if existing is not None:
+        return [] if existing == command.amount_micros else Rejection.exists_with_different_amount
+    hold = wallet.holds.get(command.reference)
+    if hold is None or hold.status is not HoldStatus.captured:
+        return Rejection.reference_not_found
+    if hold.refunded_micros + command.amount_micros > hold.captured_micros:
+        return Rejection.refund_exceeds_charge
     return [
-        HoldReleased(
-            event_id=event_id_for(command.command_id, "hold.released"),
-            occurred_at=now,
-            org_id=command.org_id,
-            correlation_id=command.correlation_id,
-            causation_id=command.command_id,
-            hold_id=hold.hold_id,
-            request_id=hold.request_id,
-            token_id=hold.token_id,
-            model=hold.model,
-            endpoint=hold.endpoint,
-            amount_micros=hold.amount_micros,
+        CreditsRefunded(
+            event_id=event_id_for(command.command_id, "credits.refunded"),
+            refund_id=command.refund_id,
+            amount_micros=command.amount_micros,
             reason=command.reason,
+            reference=command.reference,
+            **_envelope(command, now),
+        )
+    ]
+
+
+def _decide_adjustment(wallet: Wallet, command: AdjustCredits, now: datetime) -> list[Event] | Rejection:
+    if command.amount_micros == 0:
+        return Rejection.amount_must_not_be_zero
+    existing = wallet.adjustments.get(command.adjustment_id)
+    if existing is not None:
+        return [] if existing == command.amount_micros else Rejection.exists_with_different_amount
+    if command.amount_micros < 0 and -command.amount_micros > wallet.spendable_micros:
+        return Rejection.insufficient_credits
+    return [
+        CreditsAdjusted(
+            event_id=event_id_for(command.command_id, "credits.adjusted"),
+            adjustment_id=command.adjustment_id,
+            amount_micros=command.amount_micros,
+            reason=command.reason,
+            reference=command.reference,
+            **_envelope(command, now),
+        )
+    ]
+
+
+def _decide_credit_limit(wallet: Wallet, command: SetCreditLimit, now: datetime) -> list[Event] | Rejection:
+    if command.limit_micros < 0:
+        return Rejection.limit_must_not_be_negative
+    if command.limit_micros == wallet.credit_limit_micros:
+        return []
+    if wallet.available_micros + command.limit_micros < 0:
+        return Rejection.limit_below_current_use
+    return [
+        CreditLimitSet(
+            event_id=event_id_for(command.command_id, "credit_limit.set"),
+            limit_micros=command.limit_micros,
+            **_envelope(command, now),
         )
     ]
 
@@ -288,22 +492,41 @@ def decide_expiry(wallet: Wallet, hold_id: str, now: datetime) -> list[Event]:
     hold = wallet.holds.get(hold_id)
     if hold is None or hold.status is not HoldStatus.open or now < hold.expires_at:
         return []
+    event_id = event_id_for(f"expire:{hold.hold_id}", "hold.released")
+    return [_released(wallet, hold, event_id, now, hold_expired_reason, hold.hold_id)]
+
+
+def decide_grant_expiry(wallet: Wallet, grant_id: str, now: datetime) -> list[Event]:
+    """Move a due grant's remainder to breakage, except what open holds still need (see module doc)."""
+    grant = wallet.grants.get(grant_id)
+    if grant is None or grant.expires_at is None or now < grant.expires_at or grant.remaining_micros == 0:
+        return []
+    amount = min(grant.remaining_micros, max(wallet.spendable_micros, 0))
+    if amount == 0:
+        return []
+    step = grant.amount_micros - grant.remaining_micros + amount  # unique per partial expiry of one grant
     return [
-        HoldReleased(
-            event_id=event_id_for(f"expire:{hold.hold_id}", "hold.released"),
+        GrantExpired(
+            event_id=event_id_for(f"expire-grant:{grant_id}:{step}", "grant.expired"),
             occurred_at=now,
             org_id=wallet.org_id,
-            correlation_id=hold.request_id,
-            causation_id=hold.hold_id,
-            hold_id=hold.hold_id,
-            request_id=hold.request_id,
-            token_id=hold.token_id,
-            model=hold.model,
-            endpoint=hold.endpoint,
-            amount_micros=hold.amount_micros,
-            reason=hold_expired_reason,
+            causation_id=grant_id,
+            grant_id=grant_id,
+            amount_micros=amount,
         )
     ]
+
+
+def _grant(event: CreditsGranted, sequence: int) -> Grant:
+    return Grant(
+        grant_id=event.grant_id,
+        kind=event.kind,
+        amount_micros=event.amount_micros,
+        remaining_micros=event.amount_micros,
+        expires_at=event.expires_at,
+        priority=event.priority,
+        sequence=sequence,
+    )
 
 
 def evolve(wallet: Wallet, event: Event) -> None:
@@ -326,7 +549,35 @@ def evolve(wallet: Wallet, event: Event) -> None:
     elif isinstance(event, HoldReleased):
         wallet.record_release(event.hold_id)
     elif isinstance(event, CreditsGranted):
-        wallet.record_grant(event.grant_id, event.amount_micros)
+        wallet.record_grant(_grant(event, wallet.burn_sequence()))
+    elif isinstance(event, GrantExpired):
+        wallet.record_grant_expiry(event.grant_id, event.amount_micros)
+    elif isinstance(event, CreditsRefunded):
+        refund = Grant(
+            grant_id=event.refund_id,
+            kind="refund",
+            amount_micros=event.amount_micros,
+            remaining_micros=event.amount_micros,
+            expires_at=None,
+            priority=0,
+            sequence=wallet.burn_sequence(),
+        )
+        wallet.record_refund(event.refund_id, event.reference, event.amount_micros, refund)
+    elif isinstance(event, CreditsAdjusted):
+        credit = None
+        if event.amount_micros > 0:
+            credit = Grant(
+                grant_id=event.adjustment_id,
+                kind="adjustment",
+                amount_micros=event.amount_micros,
+                remaining_micros=event.amount_micros,
+                expires_at=None,
+                priority=0,
+                sequence=wallet.burn_sequence(),
+            )
+        wallet.record_adjustment(event.adjustment_id, event.amount_micros, credit)
+    elif isinstance(event, CreditLimitSet):
+        wallet.record_credit_limit(event.limit_micros)
     # HoldRejected and JobQueued change no balance.
     # The aggregate keeps its domain events until collected; Kafka is our store, so drop them.
     wallet.collect_events()

@@ -11,21 +11,22 @@ import logging
 import threading
 import time
 
+from ledger.accounts import postings
 from ledger.log import Consumer, EventLog
 from ledger.settings import Settings
-from projections.usage_store import LedgerEntryRow, UsageRow, UsageStore
+from projections.usage_store import PostingRow, UsageRow, UsageStore
 from schemas import topics
 from schemas.codec import decode_event
-from schemas.events import CreditsGranted, Event, HoldCaptured, HoldPlaced, HoldRejected, HoldReleased
+from schemas.events import Event, HoldCaptured, HoldRejected
 
 logger = logging.getLogger(__name__)
 
 
-def rows_for(event: Event) -> tuple[UsageRow | None, LedgerEntryRow | None]:
-    """The ClickHouse rows one ledger event becomes. Pure."""
+def usage_row(event: Event) -> UsageRow | None:
+    """The usage row a ledger event becomes, if any: a charge or a refusal. Pure."""
     if isinstance(event, HoldCaptured):
         units = event.units
-        usage = UsageRow(
+        return UsageRow(
             event_id=event.event_id,
             created_at=event.occurred_at,
             org_id=event.org_id,
@@ -50,17 +51,8 @@ def rows_for(event: Event) -> tuple[UsageRow | None, LedgerEntryRow | None]:
             cost_micros=event.amount_micros,
             price_version=event.price_version,
         )
-        entry = LedgerEntryRow(
-            event_id=event.event_id,
-            created_at=event.occurred_at,
-            org_id=event.org_id,
-            kind="hold.captured",
-            held_micros=-(event.amount_micros + event.released_micros),
-            captured_micros=event.amount_micros,
-        )
-        return usage, entry
     if isinstance(event, HoldRejected):
-        usage = UsageRow(
+        return UsageRow(
             event_id=event.event_id,
             created_at=event.occurred_at,
             org_id=event.org_id,
@@ -75,32 +67,25 @@ def rows_for(event: Event) -> tuple[UsageRow | None, LedgerEntryRow | None]:
             job_id="",
             latency_ms=0,
         )
-        return usage, None
-    if isinstance(event, HoldPlaced):
-        return None, LedgerEntryRow(
+    return None
+
+
+def posting_rows(event: Event, kind: str) -> list[PostingRow]:
+    """The double-entry postings of a ledger event, as ClickHouse rows. Pure."""
+    return [
+        PostingRow(
             event_id=event.event_id,
+            posting=index,
             created_at=event.occurred_at,
             org_id=event.org_id,
-            kind="hold.placed",
-            held_micros=event.amount_micros,
+            kind=kind,
+            debit=debit,
+            credit=credit,
+            amount_micros=amount,
         )
-    if isinstance(event, HoldReleased):
-        return None, LedgerEntryRow(
-            event_id=event.event_id,
-            created_at=event.occurred_at,
-            org_id=event.org_id,
-            kind="hold.released",
-            held_micros=-event.amount_micros,
-        )
-    if isinstance(event, CreditsGranted):
-        return None, LedgerEntryRow(
-            event_id=event.event_id,
-            created_at=event.occurred_at,
-            org_id=event.org_id,
-            kind="credits.granted",
-            credited_micros=event.amount_micros,
-        )
-    return None, None
+        for index, (debit, credit, amount) in enumerate(postings(event))
+        if amount > 0
+    ]
 
 
 class ProjectorRole:
@@ -117,7 +102,7 @@ class ProjectorRole:
             [topics.LEDGER], client_id=f"tollgate-projector-{self._settings.instance_id}", group=self.group
         )
         usage: list[UsageRow] = []
-        entries: list[LedgerEntryRow] = []
+        entries: list[PostingRow] = []
         pending_records = 0
         batch_started = time.monotonic()
         wait_s_max = self._settings.sink_flush_wait_ms_max / 1000
@@ -128,11 +113,11 @@ class ProjectorRole:
                 if records and pending_records == 0:
                     batch_started = time.monotonic()
                 for record in records:
-                    usage_row, entry = rows_for(decode_event(record.value))
-                    if usage_row is not None:
-                        usage.append(usage_row)
-                    if entry is not None:
-                        entries.append(entry)
+                    event = decode_event(record.value)
+                    row = usage_row(event)
+                    if row is not None:
+                        usage.append(row)
+                    entries.extend(posting_rows(event, type(event).__struct_config__.tag))  # type: ignore[arg-type]
                 pending_records += len(records)
                 full = pending_records >= self._settings.sink_batch_rows_max
                 waited = pending_records > 0 and time.monotonic() - batch_started >= wait_s_max
@@ -144,7 +129,7 @@ class ProjectorRole:
         finally:
             consumer.close()
 
-    def _flush(self, consumer: Consumer, usage: list[UsageRow], entries: list[LedgerEntryRow]) -> None:
+    def _flush(self, consumer: Consumer, usage: list[UsageRow], entries: list[PostingRow]) -> None:
         # Order matters: ClickHouse first, offsets after. A crash in between redelivers the batch,
         # and event-id deduplication makes the second write a no-op.
         self._store.insert(usage, entries)

@@ -44,7 +44,7 @@ usage_columns = (
     "price_version",
 )
 
-ledger_columns = ("event_id", "created_at", "org_id", "kind", "credited_micros", "held_micros", "captured_micros")
+posting_columns = ("event_id", "posting", "created_at", "org_id", "kind", "debit", "credit", "amount_micros")
 
 _migrations = (
     """
@@ -77,16 +77,17 @@ _migrations = (
     ORDER BY (org_id, created_at, event_id)
     """,
     """
-    CREATE TABLE IF NOT EXISTS ledger_entries (
+    CREATE TABLE IF NOT EXISTS ledger_postings (
         event_id String,
+        posting UInt8,
         created_at DateTime64(3, 'UTC'),
         org_id String,
         kind LowCardinality(String),
-        credited_micros Int64,
-        held_micros Int64,
-        captured_micros Int64
+        debit LowCardinality(String),
+        credit LowCardinality(String),
+        amount_micros Int64
     ) ENGINE = ReplacingMergeTree
-    ORDER BY (org_id, event_id)
+    ORDER BY (org_id, event_id, posting)
     """,
 )
 
@@ -117,14 +118,17 @@ class UsageRow(msgspec.Struct, frozen=True, kw_only=True):
     price_version: str = ""
 
 
-class LedgerEntryRow(msgspec.Struct, frozen=True, kw_only=True):
+class PostingRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One double-entry posting: ``amount_micros`` leaves ``debit`` and enters ``credit``."""
+
     event_id: str
+    posting: int
     created_at: datetime
     org_id: str
     kind: str
-    credited_micros: int = 0
-    held_micros: int = 0
-    captured_micros: int = 0
+    debit: str
+    credit: str
+    amount_micros: int
 
 
 class UsageFilter(msgspec.Struct, frozen=True, kw_only=True):
@@ -165,7 +169,7 @@ class UsageStore:
             for statement in _migrations:
                 self._client.command(statement)
 
-    def insert(self, usage: Sequence[UsageRow], ledger: Sequence[LedgerEntryRow]) -> None:
+    def insert(self, usage: Sequence[UsageRow], ledger: Sequence[PostingRow]) -> None:
         with self._lock:
             if usage:
                 self._client.insert(
@@ -175,9 +179,9 @@ class UsageStore:
                 )
             if ledger:
                 self._client.insert(
-                    "ledger_entries",
-                    [[getattr(row, c) for c in ledger_columns] for row in ledger],
-                    column_names=list(ledger_columns),
+                    "ledger_postings",
+                    [[getattr(row, c) for c in posting_columns] for row in ledger],
+                    column_names=list(posting_columns),
                 )
 
     def _where(self, selection: UsageFilter) -> tuple[str, dict[str, Any]]:
@@ -234,26 +238,28 @@ class UsageStore:
         )
 
     def totals_by_org(self) -> dict[str, tuple[int, int]]:
-        """org -> (sum of usage cost, sum of captured in ledger entries): they must agree."""
+        """org -> (sum of usage cost, sum of its postings to revenue): they must agree."""
         with self._lock:
             usage_rows = self._client.query(
                 "SELECT org_id, sum(cost_micros) FROM usage_events FINAL GROUP BY org_id"
             ).result_rows
-            captured_rows = self._client.query(
-                "SELECT org_id, sum(captured_micros) FROM ledger_entries FINAL GROUP BY org_id"
+            revenue_rows = self._client.query(
+                "SELECT org_id, sum(amount_micros) FROM ledger_postings FINAL WHERE credit = 'revenue' GROUP BY org_id"
             ).result_rows
         usage: dict[str, int] = {str(org): int(total) for org, total in usage_rows}
-        captured: dict[str, int] = {str(org): int(total) for org, total in captured_rows}
-        return {org: (usage.get(org, 0), captured.get(org, 0)) for org in set(usage) | set(captured)}
+        revenue: dict[str, int] = {str(org): int(total) for org, total in revenue_rows}
+        return {org: (usage.get(org, 0), revenue.get(org, 0)) for org in set(usage) | set(revenue)}
 
-    def balances(self) -> dict[str, tuple[int, int, int]]:
-        """org -> (credited, held, captured) summed from ledger entries."""
+    def account_balances(self) -> dict[str, int]:
+        """Every account's balance (credits minus debits) from the postings; they sum to zero."""
         with self._lock:
             rows = self._client.query(
-                "SELECT org_id, sum(credited_micros), sum(held_micros), sum(captured_micros) "
-                "FROM ledger_entries FINAL GROUP BY org_id"
+                "SELECT account, sum(delta) FROM ("
+                " SELECT credit AS account, amount_micros AS delta FROM ledger_postings FINAL"
+                " UNION ALL SELECT debit AS account, -amount_micros AS delta FROM ledger_postings FINAL"
+                ") GROUP BY account"
             ).result_rows
-        return {org: (int(c), int(h), int(p)) for org, c, h, p in rows}
+        return {str(account): int(total) for account, total in rows}
 
     def close(self) -> None:
         with self._lock:

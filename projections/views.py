@@ -9,58 +9,33 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from schemas.events import (
-    ApiTokenCreated,
-    CreditsGranted,
-    Event,
-    HoldCaptured,
-    HoldPlaced,
-    HoldReleased,
-    OrganizationCreated,
-)
+from ledger.accounts import Book
+from ledger.wallet import Wallet, evolve
+from schemas.events import ApiTokenCreated, Event, HoldRejected, LedgerEvent, OrganizationCreated
 
 
-@dataclass(slots=True)
-class Balance:
-    credited_micros: int = 0
-    held_micros: int = 0
-    captured_micros: int = 0
-    updated_at: datetime | None = None
-
-    @property
-    def available_micros(self) -> int:
-        return self.credited_micros - self.held_micros - self.captured_micros
-
-
-@dataclass(slots=True)
 class BalancesView:
-    balances: dict[str, Balance] = field(default_factory=dict)
-    open_holds: dict[str, int] = field(default_factory=dict)
+    """Every organization's wallet, folded with the ledger's own evolve, plus the double-entry book."""
 
-    def get(self, org_id: str) -> Balance:
-        return self.balances.get(org_id) or Balance()
+    def __init__(self) -> None:
+        self.wallets: dict[str, Wallet] = {}
+        self.book = Book()
+        self.updated_at: dict[str, datetime] = {}
+
+    def get(self, org_id: str) -> Wallet:
+        wallet = self.wallets.get(org_id)
+        return wallet if wallet is not None else Wallet(org_id=org_id)
 
     def apply(self, event: Event) -> None:
-        if isinstance(event, HoldPlaced):
-            balance = self._balance(event)
-            self.open_holds[event.hold_id] = event.amount_micros
-            balance.held_micros += event.amount_micros
-        elif isinstance(event, HoldCaptured):
-            balance = self._balance(event)
-            balance.held_micros -= self.open_holds.pop(event.hold_id)
-            balance.captured_micros += event.amount_micros
-        elif isinstance(event, HoldReleased):
-            balance = self._balance(event)
-            balance.held_micros -= self.open_holds.pop(event.hold_id)
-        elif isinstance(event, CreditsGranted):
-            self._balance(event).credited_micros += event.amount_micros
-
-    def _balance(self, event: Event) -> Balance:
-        balance = self.balances.get(event.org_id)
-        if balance is None:
-            balance = self.balances[event.org_id] = Balance()
-        balance.updated_at = event.occurred_at
-        return balance
+        if not isinstance(event, LedgerEvent):
+            return
+        wallet = self.wallets.get(event.org_id)
+        if wallet is None:
+            wallet = self.wallets[event.org_id] = Wallet(org_id=event.org_id)
+        evolve(wallet, event)
+        self.book.apply(event)
+        if not isinstance(event, HoldRejected):  # a refusal changes no balance
+            self.updated_at[event.org_id] = event.occurred_at
 
 
 @dataclass(frozen=True, slots=True)

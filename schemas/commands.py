@@ -21,6 +21,27 @@ class GrantCredits(Command, frozen=True, kw_only=True, tag="grant_credits.v1"):
     grant_id: str
     amount_micros: int
     kind: Literal["paid", "promo"]
+    expires_at: datetime | None = None
+    priority: int = 0
+    reference: str = ""
+
+
+class RefundCredits(Command, frozen=True, kw_only=True, tag="refund_credits.v1"):
+    refund_id: str
+    amount_micros: int
+    reason: str
+    reference: str  # the hold (request) id whose charge this refunds
+
+
+class AdjustCredits(Command, frozen=True, kw_only=True, tag="adjust_credits.v1"):
+    adjustment_id: str
+    amount_micros: int  # signed
+    reason: str
+    reference: str = ""
+
+
+class SetCreditLimit(Command, frozen=True, kw_only=True, tag="set_credit_limit.v1"):
+    limit_micros: int
 
 
 class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -54,4 +75,4 @@ class ReleaseHold(Command, frozen=True, kw_only=True, tag="release_hold.v1"):
     reason: str
 
 
-AnyCommand = GrantCredits | PlaceHold | CaptureHold | ReleaseHold
+AnyCommand = GrantCredits | RefundCredits | AdjustCredits | SetCreditLimit | PlaceHold | CaptureHold | ReleaseHold

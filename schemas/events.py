@@ -71,6 +71,43 @@ class CreditsGranted(Event, frozen=True, kw_only=True, tag="credits.granted.v1")
     grant_id: str
     amount_micros: int
     kind: Literal["paid", "promo"]
+    expires_at: datetime | None = None
+    priority: int = 0
+    reference: str = ""
+
+
+class GrantExpired(Event, frozen=True, kw_only=True, tag="grant.expired.v1"):
+    """The unused remainder of a grant, moved to breakage at (or after) its expiry."""
+
+    grant_id: str
+    amount_micros: int
+
+
+class CreditsRefunded(Event, frozen=True, kw_only=True, tag="credits.refunded.v1"):
+    """Money given back for a charge; ``reference`` is the hold (request) id it corrects."""
+
+    refund_id: str
+    amount_micros: int
+    reason: str
+    reference: str
+
+
+class CreditsAdjusted(Event, frozen=True, kw_only=True, tag="credits.adjusted.v1"):
+    """A signed correction with a reason; the original events are never changed."""
+
+    adjustment_id: str
+    amount_micros: int
+    reason: str
+    reference: str = ""
+
+
+class CreditLimitSet(Event, frozen=True, kw_only=True, tag="credit_limit.set.v1"):
+    limit_micros: int
+
+
+class GrantBurn(msgspec.Struct, frozen=True, kw_only=True):
+    grant_id: str
+    amount_micros: int
 
 
 class HoldPlaced(Event, frozen=True, kw_only=True, tag="hold.placed.v1"):
@@ -110,6 +147,8 @@ class HoldCaptured(Event, frozen=True, kw_only=True, tag="hold.captured.v1"):
     price_version: str
     units: Units
     latency_ms: int = 0
+    # Which grants paid, in burn order; any rest of amount_micros came from the credit limit.
+    grant_burns: tuple[GrantBurn, ...] = ()
 
 
 class HoldReleased(Event, frozen=True, kw_only=True, tag="hold.released.v1"):
@@ -174,6 +213,10 @@ AnyEvent = (
     | RequestAccepted
     | RequestRejected
     | CreditsGranted
+    | GrantExpired
+    | CreditsRefunded
+    | CreditsAdjusted
+    | CreditLimitSet
     | HoldPlaced
     | HoldRejected
     | HoldCaptured
@@ -185,4 +228,14 @@ AnyEvent = (
     | JobFailed
 )
 
-LedgerEvent = CreditsGranted | HoldPlaced | HoldRejected | HoldCaptured | HoldReleased
+LedgerEvent = (
+    CreditsGranted
+    | GrantExpired
+    | CreditsRefunded
+    | CreditsAdjusted
+    | CreditLimitSet
+    | HoldPlaced
+    | HoldRejected
+    | HoldCaptured
+    | HoldReleased
+)

@@ -143,10 +143,12 @@ def test_balance_ledger_and_clickhouse_agree_after_many_requests(stack: Stack, k
 
     store = UsageStore(path=stack.projector_dir / "clickhouse")
     try:
-        usage_cost, captured = store.totals_by_org()[org]
-        assert usage_cost == captured == charged
-        credited, held, spent = store.balances()[org]
-        assert (credited, held, spent) == (10_000_000, 0, charged)
+        usage_cost, revenue = store.totals_by_org()[org]
+        assert usage_cost == revenue == charged
+        accounts = store.account_balances()
+        assert accounts[f"{org}/wallet"] == 10_000_000 - charged
+        assert accounts.get(f"{org}/held", 0) == 0
+        assert sum(accounts.values()) == 0, "double entry: every account sums to zero"
     finally:
         store.close()
 

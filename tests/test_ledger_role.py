@@ -62,12 +62,12 @@ def test_holds_expire_by_event_when_their_ttl_passes(tmp_path: Path) -> None:
     role.decide_batch([grant(1000), place("h1", 300, ttl_s=30), place("h2", 300, ttl_s=90)])
     assert role.wallets["org"].available_micros == 400
     clock.now = start + timedelta(seconds=29)
-    assert role.expire_due_holds(clock.now) == []
+    assert role.expire_due(clock.now) == []
     clock.now = start + timedelta(seconds=30)
-    released = [decode_event(o.value) for o in role.expire_due_holds(clock.now)]
+    released = [decode_event(o.value) for o in role.expire_due(clock.now)]
     assert [(type(e), e.hold_id) for e in released] == [(HoldReleased, "h1")]  # type: ignore[union-attr]
     assert role.wallets["org"].available_micros == 700
-    assert role.expire_due_holds(start + timedelta(seconds=31)) == []
+    assert role.expire_due(start + timedelta(seconds=31)) == []
 
 
 def test_a_rebuilt_role_derives_the_same_wallets_and_pending_expiries(tmp_path: Path) -> None:
@@ -80,5 +80,32 @@ def test_a_rebuilt_role_derives_the_same_wallets_and_pending_expiries(tmp_path: 
     second._owned = set(range(log.partitions))
     second.rebuild(set(range(log.partitions)))
     assert second.wallets["org"].available_micros == first.wallets["org"].available_micros == 700
-    released = second.expire_due_holds(start + timedelta(seconds=30))
+    released = second.expire_due(start + timedelta(seconds=30))
     assert len(released) == 1
+
+
+def test_grants_expire_by_event_and_wait_for_the_holds_that_need_them(tmp_path: Path) -> None:
+    clock = Clock()
+    role = LedgerRole(EmbeddedLog(tmp_path / "log.sqlite3"), Settings(), default_price_book(), clock)
+    promo = encode(
+        GrantCredits(
+            command_id="p",
+            org_id="org",
+            issued_at=start,
+            grant_id="promo",
+            amount_micros=500,
+            kind="promo",
+            expires_at=start + timedelta(seconds=60),
+        )
+    )
+    role.decide_batch([promo, place("h1", 200, ttl_s=120)])
+    expired = [decode_event(o.value) for o in role.expire_due(start + timedelta(seconds=60))]
+    assert [(type(e).__name__, e.amount_micros) for e in expired] == [("GrantExpired", 300)]  # type: ignore[union-attr]
+    assert role.wallets["org"].spendable_micros == 0
+    # The hold's release frees the rest of the expired grant, which expires in the same pass.
+    released = [decode_event(o.value) for o in role.expire_due(start + timedelta(seconds=120))]
+    assert [(type(e).__name__, e.amount_micros) for e in released] == [  # type: ignore[union-attr]
+        ("HoldReleased", 200),
+        ("GrantExpired", 200),
+    ]
+    assert role.wallets["org"].balance_micros == 0

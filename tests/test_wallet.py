@@ -8,9 +8,30 @@ import msgspec
 import pytest
 
 from ledger.pricing import default_price_book
-from ledger.wallet import Rejection, Wallet, decide, decide_expiry, evolve
-from schemas.commands import AnyCommand, CaptureHold, GrantCredits, JobSpec, PlaceHold, ReleaseHold
-from schemas.events import CreditsGranted, HoldCaptured, HoldPlaced, HoldRejected, HoldReleased, JobQueued
+from ledger.wallet import Rejection, Wallet, decide, decide_expiry, decide_grant_expiry, evolve
+from schemas.commands import (
+    AdjustCredits,
+    AnyCommand,
+    CaptureHold,
+    GrantCredits,
+    JobSpec,
+    PlaceHold,
+    RefundCredits,
+    ReleaseHold,
+    SetCreditLimit,
+)
+from schemas.events import (
+    CreditLimitSet,
+    CreditsAdjusted,
+    CreditsGranted,
+    CreditsRefunded,
+    GrantExpired,
+    HoldCaptured,
+    HoldPlaced,
+    HoldRejected,
+    HoldReleased,
+    JobQueued,
+)
 from schemas.units import Units
 
 now = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -64,6 +85,46 @@ def release(hold_id: str = "h1", n: int = 0) -> ReleaseHold:
     return ReleaseHold(command_id=f"rel-{hold_id}-{n}", org_id=org, issued_at=now, hold_id=hold_id, reason="test")
 
 
+def refund(amount: int, reference: str = "h1", refund_id: str = "r1") -> RefundCredits:
+    return RefundCredits(
+        command_id=f"ref-{refund_id}-{amount}",
+        org_id=org,
+        issued_at=now,
+        refund_id=refund_id,
+        amount_micros=amount,
+        reason="test",
+        reference=reference,
+    )
+
+
+def adjust(amount: int, adjustment_id: str = "a1") -> AdjustCredits:
+    return AdjustCredits(
+        command_id=f"adj-{adjustment_id}-{amount}",
+        org_id=org,
+        issued_at=now,
+        adjustment_id=adjustment_id,
+        amount_micros=amount,
+        reason="test",
+    )
+
+
+def limit(amount: int) -> SetCreditLimit:
+    return SetCreditLimit(command_id=f"lim-{amount}", org_id=org, issued_at=now, limit_micros=amount)
+
+
+def expiring_grant(amount: int, grant_id: str, seconds: int, kind: str = "promo", priority: int = 0) -> GrantCredits:
+    return GrantCredits(
+        command_id=f"c-{grant_id}",
+        org_id=org,
+        issued_at=now,
+        grant_id=grant_id,
+        amount_micros=amount,
+        kind=kind,  # type: ignore[arg-type]
+        expires_at=now + timedelta(seconds=seconds),
+        priority=priority,
+    )
+
+
 def run(commands: list[AnyCommand]) -> tuple[Wallet, list[object]]:
     """Apply each command in turn; the outcome of each (events or rejection)."""
     wallet = Wallet(org_id=org)
@@ -103,6 +164,27 @@ decision_table: list[tuple[list[AnyCommand], AnyCommand, object]] = [
     ([grant(1000), hold(100)], release(), [HoldReleased]),
     ([grant(1000), hold(100), release()], release(n=1), Rejection.hold_already_released),
     ([grant(1000), hold(100), capture()], release(), Rejection.hold_already_captured),
+    ([], expiring_grant(100, "g2", seconds=0), Rejection.grant_already_expired),
+    ([], expiring_grant(100, "g2", seconds=10), [CreditsGranted]),
+    ([grant(1000), hold(100), capture()], refund(33), [CreditsRefunded]),
+    ([grant(1000), hold(100), capture()], refund(0), Rejection.amount_must_be_positive),
+    ([grant(1000), hold(100), capture()], refund(34), Rejection.refund_exceeds_charge),
+    ([grant(1000), hold(100), capture(), refund(20)], refund(14, refund_id="r2"), Rejection.refund_exceeds_charge),
+    ([grant(1000), hold(100), capture(), refund(20)], refund(20), []),
+    ([grant(1000), hold(100), capture(), refund(20)], refund(21), Rejection.exists_with_different_amount),
+    ([grant(1000), hold(100)], refund(10), Rejection.reference_not_found),
+    ([grant(1000)], refund(10, reference="nope"), Rejection.reference_not_found),
+    ([grant(1000)], adjust(50), [CreditsAdjusted]),
+    ([grant(1000)], adjust(-50), [CreditsAdjusted]),
+    ([grant(1000)], adjust(0), Rejection.amount_must_not_be_zero),
+    ([grant(1000)], adjust(-1001), Rejection.insufficient_credits),
+    ([grant(1000), adjust(5)], adjust(6), Rejection.exists_with_different_amount),
+    ([grant(100)], limit(500), [CreditLimitSet]),
+    ([grant(100)], limit(-1), Rejection.limit_must_not_be_negative),
+    ([grant(100), limit(500)], limit(500), []),
+    ([grant(100), limit(500), hold(550)], limit(0), Rejection.limit_below_current_use),
+    ([grant(100), limit(500)], hold(600), [HoldPlaced, JobQueued]),
+    ([grant(100), limit(500)], hold(601), [HoldRejected]),
 ]
 
 
@@ -173,3 +255,76 @@ def test_expiry_releases_an_open_hold_once_it_is_due() -> None:
 def test_expiry_leaves_resolved_holds_alone() -> None:
     wallet, _ = run([grant(1000), hold(100), capture()])
     assert decide_expiry(wallet, "h1", now + timedelta(hours=1)) == []
+
+
+def test_usage_burns_promo_before_paid_and_earlier_expiry_first() -> None:
+    wallet, outcomes = run(
+        [
+            grant(1000, "paid"),
+            expiring_grant(10, "promo-late", seconds=7200),
+            expiring_grant(10, "promo-soon", seconds=3600),
+            hold(100),
+            capture(input_tokens=8, output_tokens=53),  # 33 micros
+        ]
+    )
+    captured = outcomes[-1][0]  # type: ignore[index]
+    assert [(b.grant_id, b.amount_micros) for b in captured.grant_burns] == [
+        ("promo-soon", 10),
+        ("promo-late", 10),
+        ("paid", 13),
+    ]
+    assert [wallet.grants[g].remaining_micros for g in ("promo-soon", "promo-late", "paid")] == [0, 0, 987]
+
+
+def test_priority_overrides_the_default_order() -> None:
+    wallet, _ = run(
+        [
+            grant(1000, "paid"),
+            expiring_grant(100, "promo", seconds=3600),
+            GrantCredits(
+                command_id="c-vip",
+                org_id=org,
+                issued_at=now,
+                grant_id="vip",
+                amount_micros=100,
+                kind="paid",
+                priority=5,
+            ),
+            hold(100),
+            capture(input_tokens=8, output_tokens=53),
+        ]
+    )
+    assert wallet.grants["vip"].remaining_micros == 67
+
+
+def test_expired_promo_moves_its_remainder_to_breakage_but_not_what_holds_need() -> None:
+    wallet, _ = run([expiring_grant(100, "promo", seconds=60), hold(80)])
+    later = now + timedelta(seconds=60)
+    first = decide_grant_expiry(wallet, "promo", later)
+    assert [(type(e), e.amount_micros) for e in first] == [(GrantExpired, 20)]  # type: ignore[attr-defined]
+    for event in first:
+        evolve(wallet, event)
+    assert wallet.spendable_micros == 0
+    assert decide_grant_expiry(wallet, "promo", later) == [], "nothing more while the hold needs it"
+    evolve(wallet, decide(wallet, release(), later, book)[0])  # type: ignore[index]
+    second = decide_grant_expiry(wallet, "promo", later)
+    assert [e.amount_micros for e in second] == [80]  # type: ignore[attr-defined]
+    for event in second:
+        evolve(wallet, event)
+    assert (wallet.balance_micros, wallet.grants["promo"].remaining_micros) == (0, 0)
+
+
+def test_credit_limit_lets_a_balance_go_negative_but_never_past_the_limit() -> None:
+    wallet, outcomes = run([grant(10), limit(100), hold(110), capture(input_tokens=100, output_tokens=150)])
+    charged = outcomes[-1][0].amount_micros  # type: ignore[index]
+    assert charged == 105
+    assert (wallet.balance_micros, wallet.debt_micros, wallet.spendable_micros) == (-95, 95, 5)
+    assert kinds(decide(wallet, hold(6, "h2"), now, book)) == [HoldRejected]
+    evolve(wallet, decide(wallet, grant(200, "topup"), now, book)[0])  # type: ignore[index]
+    assert (wallet.debt_micros, wallet.balance_micros, wallet.grants["topup"].remaining_micros) == (0, 105, 105)
+
+
+def test_a_refund_returns_money_as_a_burnable_credit() -> None:
+    wallet, _ = run([grant(1000), hold(100), capture(), refund(33)])
+    assert wallet.balance_micros == 1000
+    assert wallet.grants["r1"].kind == "refund"

@@ -21,7 +21,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
-from ledger.log import AssignmentListener, Consumer, EventLog, Outgoing, Processor, Producer, Record
+from ledger.log import AssignmentListener, Consumer, EventLog, LogError, Outgoing, Processor, Producer, Record
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ class KafkaLog(EventLog):
     ) -> Consumer:
         consumer = KafkaConsumer(**self._consumer_config(client_id, group, from_beginning))
         if group is not None:
+            _await_metadata(consumer, topics)
             consumer.subscribe(list(topics))
         else:
             consumer.assign(
@@ -116,11 +117,24 @@ class KafkaLog(EventLog):
             retry_backoff_ms=retry_backoff_ms,
         )
         producer.init_transactions()
+        _await_metadata(consumer, topics)
         consumer.subscribe(list(topics), listener=_Listener(on_assigned))
         return _KafkaProcessor(consumer, producer)
 
     def close(self) -> None:
         """Clients own their connections."""
+
+
+def _await_metadata(consumer: KafkaConsumer, topics: Sequence[str]) -> None:
+    """Know every topic's partitions before joining a group. A member that joins first assigns
+    itself nothing and must rebalance again at once; with kafka-python 3.0.12 that second
+    rebalance was seen to hang (the restarted ledger in tests/test_kafka_e2e.py)."""
+    deadline = time.monotonic() + metadata_wait_s_max
+    for topic in topics:
+        while not consumer.partitions_for_topic(topic):
+            if time.monotonic() > deadline:
+                raise LogError(f"no metadata for topic {topic!r} after {metadata_wait_s_max}s; is the broker up?")
+            time.sleep(0.05)
 
 
 class _Listener(ConsumerRebalanceListener):
