@@ -14,15 +14,35 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.middleware import ASGIMiddleware
 
-from gateway.core import GatewayCore, Overloaded
+from gateway.core import GatewayCore, Overloaded, new_id, utc_now
 from gateway.errors import ApiError, exception_handlers, from_validation_error
 from ledger.money import MoneyFormatError, format_credits, micros_to_decimal, parse_credits
 from ledger.pricing import ModelPrice, price_micros
 from ledger.wallet import Grant
-from projections.usage_store import UsageFilter, UsageRow
+from projections.usage_store import CursorError, UsageFilter, UsageRow, posting_cursor
 from projections.views import ApiToken
-from schemas.api import ChatCompletionRequest, ChatMessage, CreateOrganization, CreateToken, GrantCreditsBody
-from schemas.events import HoldCaptured, HoldRejected, JobCompleted, JobFailed
+from schemas.api import (
+    AdjustmentBody,
+    ChatCompletionRequest,
+    ChatMessage,
+    CreateOrganization,
+    CreateToken,
+    CreditLimitBody,
+    GrantCreditsBody,
+    RefundBody,
+)
+from schemas.commands import AdjustCredits, AnyCommand, GrantCredits, RefundCredits, SetCreditLimit
+from schemas.events import (
+    CommandRejected,
+    CreditsAdjusted,
+    CreditsGranted,
+    CreditsRefunded,
+    Event,
+    HoldCaptured,
+    HoldRejected,
+    JobCompleted,
+    JobFailed,
+)
 from schemas.units import Units
 from workers.backends import message_text
 
@@ -130,20 +150,67 @@ async def create_organization(request: Request) -> Response[bytes]:
     )
 
 
-@post("/v1/organizations/{org_id:str}/credits", operation_id="grantCredits", status_code=201)
-async def grant_credits(request: Request, org_id: str) -> Response[bytes]:
-    authorize_admin(request)
-    if org_id not in _core(request).tenants.organizations:
-        raise ApiError(404, f"No organization '{org_id}'.", code="organization_not_found")
-    body: GrantCreditsBody = await _decode(request, GrantCreditsBody)
+# Ledger rejection codes as HTTP statuses; anything not listed is a 400.
+_rejection_status = {
+    "insufficient_credits": 402,
+    "reference_not_found": 404,
+    "hold_not_found": 404,
+    "exists_with_different_amount": 409,
+}
+
+
+async def _ledger(request: Request, command: AnyCommand) -> Event:
+    """Run an admin ledger command; a refusal becomes an error in the OpenAI envelope."""
     try:
-        micros = parse_credits(body.amount)
+        outcome = await _core(request).ledger_command(command)
+    except TimeoutError:
+        raise ApiError(504, "The ledger did not answer in time; the command may still apply.", code="timeout") from None
+    if isinstance(outcome, CommandRejected):
+        raise ApiError(
+            _rejection_status.get(outcome.code, 400), f"The ledger refused this: {outcome.code}.", code=outcome.code
+        )
+    return outcome
+
+
+def _known_org(request: Request, org_id: str) -> GatewayCore:
+    authorize_admin(request)
+    core = _core(request)
+    if org_id not in core.tenants.organizations:
+        raise ApiError(404, f"No organization '{org_id}'.", code="organization_not_found")
+    return core
+
+
+def _micros(amount: Decimal, allow_zero: bool = False, allow_negative: bool = False) -> int:
+    try:
+        micros = parse_credits(amount)
     except MoneyFormatError as error:
         raise ApiError(400, str(error), code="invalid_amount", param="amount") from None
-    if micros <= 0:
+    if (micros == 0 and not allow_zero) or (micros < 0 and not allow_negative):
         raise ApiError(400, "amount must be positive.", code="invalid_amount", param="amount")
-    core = _core(request)
-    granted = await core.grant_credits(org_id, micros, body.kind)
+    return micros
+
+
+@post("/v1/organizations/{org_id:str}/credits", operation_id="grantCredits", status_code=201)
+async def grant_credits(request: Request, org_id: str) -> Response[bytes]:
+    core = _known_org(request, org_id)
+    body: GrantCreditsBody = await _decode(request, GrantCreditsBody)
+    grant_id = new_id("grant")
+    expires_at = body.expires_at
+    if expires_at is not None and expires_at.tzinfo is None:
+        expires_at = expires_at.replace(tzinfo=UTC)
+    command = GrantCredits(
+        command_id=grant_id,
+        org_id=org_id,
+        issued_at=utc_now(),
+        grant_id=grant_id,
+        amount_micros=_micros(body.amount),
+        kind=body.kind,
+        expires_at=expires_at,
+        priority=body.priority,
+        reference=body.reference,
+    )
+    granted = await _ledger(request, command)
+    assert isinstance(granted, CreditsGranted)
     return _json(
         {
             "id": granted.grant_id,
@@ -152,10 +219,128 @@ async def grant_credits(request: Request, org_id: str) -> Response[bytes]:
             "kind": granted.kind,
             "amount": micros_to_decimal(granted.amount_micros),
             "amount_micros": granted.amount_micros,
+            "expires_at": _iso(granted.expires_at),
+            "priority": granted.priority,
             "created_at": _iso(granted.occurred_at),
             "balance": _balance(core, org_id),
         },
         status_code=201,
+    )
+
+
+@post("/v1/organizations/{org_id:str}/credit-limit", operation_id="setCreditLimit", status_code=200)
+async def set_credit_limit(request: Request, org_id: str) -> Response[bytes]:
+    core = _known_org(request, org_id)
+    body: CreditLimitBody = await _decode(request, CreditLimitBody)
+    command = SetCreditLimit(
+        command_id=new_id("cmd"), org_id=org_id, issued_at=utc_now(), limit_micros=_micros(body.amount, True)
+    )
+    if command.limit_micros != core.balances.get(org_id).credit_limit_micros:
+        await _ledger(request, command)
+    return _json({"object": "credit_limit", "org_id": org_id, "balance": _balance(core, org_id)})
+
+
+@post("/v1/organizations/{org_id:str}/refunds", operation_id="refundCharge", status_code=201)
+async def refund_charge(request: Request, org_id: str) -> Response[bytes]:
+    core = _known_org(request, org_id)
+    body: RefundBody = await _decode(request, RefundBody)
+    refund_id = new_id("refund")
+    command = RefundCredits(
+        command_id=refund_id,
+        org_id=org_id,
+        issued_at=utc_now(),
+        refund_id=refund_id,
+        amount_micros=_micros(body.amount),
+        reason=body.reason,
+        reference=body.reference,
+    )
+    refunded = await _ledger(request, command)
+    assert isinstance(refunded, CreditsRefunded)
+    return _json(
+        {
+            "id": refund_id,
+            "object": "refund",
+            "org_id": org_id,
+            "amount_micros": refunded.amount_micros,
+            "reason": refunded.reason,
+            "reference": refunded.reference,
+            "created_at": _iso(refunded.occurred_at),
+            "balance": _balance(core, org_id),
+        },
+        status_code=201,
+    )
+
+
+@post("/v1/organizations/{org_id:str}/adjustments", operation_id="adjustCredits", status_code=201)
+async def adjust_credits(request: Request, org_id: str) -> Response[bytes]:
+    core = _known_org(request, org_id)
+    body: AdjustmentBody = await _decode(request, AdjustmentBody)
+    adjustment_id = new_id("adj")
+    command = AdjustCredits(
+        command_id=adjustment_id,
+        org_id=org_id,
+        issued_at=utc_now(),
+        adjustment_id=adjustment_id,
+        amount_micros=_micros(body.amount, allow_negative=True),
+        reason=body.reason,
+        reference=body.reference,
+    )
+    adjusted = await _ledger(request, command)
+    assert isinstance(adjusted, CreditsAdjusted)
+    return _json(
+        {
+            "id": adjustment_id,
+            "object": "adjustment",
+            "org_id": org_id,
+            "amount_micros": adjusted.amount_micros,
+            "reason": adjusted.reason,
+            "reference": adjusted.reference,
+            "created_at": _iso(adjusted.occurred_at),
+            "balance": _balance(core, org_id),
+        },
+        status_code=201,
+    )
+
+
+@get("/v1/organizations/{org_id:str}/balance", operation_id="getOrganizationBalance")
+async def organization_balance(request: Request, org_id: str) -> Response[bytes]:
+    authorize_admin(request, org_id, scope="admin:read")
+    return _json({"object": "balance", "org_id": org_id, **_balance(_core(request), org_id)})
+
+
+@get("/v1/organizations/{org_id:str}/ledger", operation_id="listLedgerEntries")
+async def ledger_entries(request: Request, org_id: str) -> Response[bytes]:
+    """The organization's double-entry postings, newest first; ``cursor`` pages back."""
+    authorize_admin(request, org_id, scope="admin:read")
+    core = _core(request)
+    if core.usage_store is None:
+        raise ApiError(
+            503, "Ledger history is not served by this gateway: set TOLLGATE_CLICKHOUSE_URL.", code="usage_unavailable"
+        )
+    limit = _limit(request)
+    cursor = request.query_params.get("cursor")
+    try:
+        rows = core.usage_store.postings(org_id, limit, cursor)
+    except CursorError as error:
+        raise ApiError(400, str(error), code="invalid_parameter", param="cursor") from None
+    return _json(
+        {
+            "object": "list",
+            "data": [
+                {
+                    "event_id": r.event_id,
+                    "posting": r.posting,
+                    "created_at": _iso(r.created_at),
+                    "kind": r.kind,
+                    "debit": r.debit,
+                    "credit": r.credit,
+                    "amount_micros": r.amount_micros,
+                    "amount": micros_to_decimal(r.amount_micros),
+                }
+                for r in rows
+            ],
+            "next_cursor": posting_cursor(rows[-1]) if len(rows) == limit else None,
+        }
     )
 
 
@@ -349,6 +534,15 @@ def _balance(core: GatewayCore, org_id: str) -> dict[str, Any]:
     }
 
 
+def _limit(request: Request) -> int:
+    raw_limit = request.query_params.get("limit", "100")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= usage_page_size_max:
+        raise ApiError(
+            400, f"limit must be an integer from 1 to {usage_page_size_max}.", code="invalid_parameter", param="limit"
+        )
+    return int(raw_limit)
+
+
 def _parse_time(request: Request, name: str) -> datetime | None:
     value = request.query_params.get(name)
     if value is None:
@@ -411,7 +605,7 @@ async def account_usage(request: Request) -> Response[bytes]:
     start, end = _parse_time(request, "from"), _parse_time(request, "to")
     selection = UsageFilter(
         org_id=token.org_id,
-        limit=int(raw_limit),
+        limit=_limit(request),
         before=_parse_time(request, "before"),
         start=start,
         end=end,
@@ -490,6 +684,11 @@ def create_app(core: GatewayCore) -> Litestar:
         route_handlers=[
             create_organization,
             grant_credits,
+            set_credit_limit,
+            refund_charge,
+            adjust_credits,
+            organization_balance,
+            ledger_entries,
             create_token,
             list_models,
             chat_completions,

@@ -29,10 +29,9 @@ from projections.usage_store import UsageStore
 from projections.views import ApiToken, BalancesView, TenantsView
 from schemas import topics
 from schemas.codec import decode_event, encode
-from schemas.commands import GrantCredits, JobSpec, PlaceHold
+from schemas.commands import AnyCommand, JobSpec, PlaceHold
 from schemas.events import (
     ApiTokenCreated,
-    CreditsGranted,
     Event,
     HoldCaptured,
     HoldRejected,
@@ -114,13 +113,15 @@ def _resolve(future: asyncio.Future[dict[type, Event]], seen: dict[type, Event])
         future.set_result(seen)
 
 
-def _keys(event: Event) -> tuple[str, ...]:
+def _keys(event: Event) -> set[str]:
+    """Who may wait for this event: its request, the command that caused it, or the event itself."""
+    keys = {event.event_id}
+    if event.causation_id:
+        keys.add(event.causation_id)
     request_id = getattr(event, "request_id", None)
     if request_id:
-        return (request_id,)
-    if isinstance(event, CreditsGranted):
-        return (event.grant_id,)
-    return (event.event_id,)
+        keys.add(request_id)
+    return keys
 
 
 def request_finished(seen: dict[type, Event]) -> bool:
@@ -237,20 +238,12 @@ class GatewayCore:
         await self._append_and_wait(event.event_id, [Outgoing(topics.TENANTS, org_id, encode(event))], 30)
         return event, secret
 
-    async def grant_credits(self, org_id: str, amount_micros: int, kind: str) -> CreditsGranted:
-        grant_id = new_id("grant")
-        command = GrantCredits(
-            command_id=grant_id,
-            org_id=org_id,
-            issued_at=utc_now(),
-            grant_id=grant_id,
-            amount_micros=amount_micros,
-            kind="promo" if kind == "promo" else "paid",
+    async def ledger_command(self, command: AnyCommand) -> Event:
+        """Send a command to the ledger; its outcome: the first event it caused, or CommandRejected."""
+        seen = await self._append_and_wait(
+            command.command_id, [Outgoing(topics.COMMANDS, command.org_id, encode(command))], 30
         )
-        seen = await self._append_and_wait(grant_id, [Outgoing(topics.COMMANDS, org_id, encode(command))], 30)
-        granted = seen[CreditsGranted]
-        assert isinstance(granted, CreditsGranted)
-        return granted
+        return next(iter(seen.values()))
 
     async def run_metered(
         self,

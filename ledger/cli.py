@@ -188,13 +188,25 @@ def run_gateway(settings: Settings, with_projector: bool | None, with_roles: boo
 
 async def _ensure_demo(core: Any, data_dir: Path) -> dict[str, str]:
     """A demo organization with credits and a key, created once and kept in the data directory."""
+    from gateway.core import new_id, utc_now
+    from schemas.commands import GrantCredits
+
     demo_file = data_dir / "demo.json"
     if demo_file.exists():
         demo: dict[str, str] = json.loads(demo_file.read_text())
         if demo.get("org_id") in core.tenants.organizations:
             return demo
     org = await core.create_organization("Demo organization", "pro")
-    await core.grant_credits(org.org_id, 100_000_000, "promo")
+    await core.ledger_command(
+        GrantCredits(
+            command_id=new_id("grant"),
+            org_id=org.org_id,
+            issued_at=utc_now(),
+            grant_id=new_id("grant"),
+            amount_micros=100_000_000,
+            kind="promo",
+        )
+    )
     _, secret = await core.create_token(org.org_id, "demo key", ["user:read", "user:write"])
     demo = {"org_id": org.org_id, "api_key": secret}
     demo_file.write_text(json.dumps(demo))

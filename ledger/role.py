@@ -19,10 +19,11 @@ import msgspec
 from ledger.log import EventLog, Outgoing, partition_for
 from ledger.pricing import PriceBook
 from ledger.settings import Settings
-from ledger.wallet import Rejection, Wallet, decide, decide_expiry, decide_grant_expiry, evolve
+from ledger.wallet import Rejection, Wallet, decide, decide_expiry, decide_grant_expiry, event_id_for, evolve
 from schemas import topics
 from schemas.codec import decode_command, decode_event, encode
-from schemas.events import CreditsGranted, Event, HoldCaptured, HoldPlaced, HoldReleased, JobQueued
+from schemas.commands import AnyCommand
+from schemas.events import CommandRejected, CreditsGranted, Event, HoldCaptured, HoldPlaced, HoldReleased, JobQueued
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,19 @@ def topic_for(event: Event) -> str:
     if isinstance(event, JobQueued):
         return topics.dispatch_topic(event.pool)
     return topics.LEDGER
+
+
+def rejected(command: AnyCommand, rejection: Rejection, now: datetime) -> CommandRejected:
+    """A refusal is a fact too: the caller learns the code, an auditor sees what was refused."""
+    return CommandRejected(
+        event_id=event_id_for(command.command_id, "command.rejected"),
+        occurred_at=now,
+        org_id=command.org_id,
+        correlation_id=command.correlation_id,
+        causation_id=command.command_id,
+        command_type=type(command).__struct_config__.tag,  # type: ignore[arg-type]
+        code=rejection.value,
+    )
 
 
 class LedgerRole:
@@ -138,7 +152,7 @@ class LedgerRole:
             if isinstance(result, Rejection):
                 self.rejections[result.value] += 1
                 logger.warning("command %s rejected: %s", command.command_id, result.value)
-                continue
+                result = [rejected(command, result, now)]
             for event in result:
                 self._apply(event)
                 outputs.append(Outgoing(topic_for(event), event.org_id, encode(event)))

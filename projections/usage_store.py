@@ -131,6 +131,22 @@ class PostingRow(msgspec.Struct, frozen=True, kw_only=True):
     amount_micros: int
 
 
+class CursorError(ValueError):
+    """A cursor this store did not hand out."""
+
+
+def posting_cursor(row: PostingRow) -> str:
+    return f"{row.created_at.isoformat()}~{row.event_id}~{row.posting}"
+
+
+def _parse_cursor(cursor: str) -> tuple[datetime, str, int]:
+    try:
+        created_at, event_id, posting = cursor.split("~")
+        return datetime.fromisoformat(created_at), event_id, int(posting)
+    except ValueError as error:
+        raise CursorError(f"cursor {cursor!r} is not one this API returned") from error
+
+
 class UsageFilter(msgspec.Struct, frozen=True, kw_only=True):
     org_id: str
     limit: int = 100
@@ -236,6 +252,25 @@ class UsageStore:
             errors=int(errors),
             avg_latency_ms=0 if requests == 0 or latency != latency else round(latency),
         )
+
+    def postings(self, org_id: str, limit: int, cursor: str | None) -> list[PostingRow]:
+        """An organization's postings, newest first, after ``cursor`` (from ``posting_cursor``)."""
+        parameters: dict[str, Any] = {"org_id": org_id, "limit": limit}
+        after = ""
+        if cursor:
+            created_at, event_id, posting = _parse_cursor(cursor)
+            parameters.update(created_at=created_at, event_id=event_id, posting=posting)
+            after = (
+                " AND (created_at, event_id, posting) < "
+                "({created_at:DateTime64(3, 'UTC')}, {event_id:String}, {posting:UInt8})"
+            )
+        query = (
+            f"SELECT {', '.join(posting_columns)} FROM ledger_postings FINAL WHERE org_id = {{org_id:String}}{after} "
+            "ORDER BY created_at DESC, event_id DESC, posting DESC LIMIT {limit:UInt32}"
+        )
+        with self._lock:
+            rows = self._client.query(query, parameters=parameters).result_rows
+        return [PostingRow(**dict(zip(posting_columns, row, strict=True))) for row in rows]
 
     def totals_by_org(self) -> dict[str, tuple[int, int]]:
         """org -> (sum of usage cost, sum of its postings to revenue): they must agree."""

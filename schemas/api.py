@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -23,6 +24,27 @@ class GrantCreditsBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
 
     amount: Decimal
     kind: Literal["paid", "promo"] = "paid"
+    expires_at: datetime | None = None
+    priority: Annotated[int, msgspec.Meta(ge=-1000, le=1000)] = 0
+    reference: Annotated[str, msgspec.Meta(max_length=200)] = ""
+
+
+class CreditLimitBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How far below zero the organization's balance may go, in credits (0: no overdraft)."""
+
+    amount: Decimal
+
+
+class RefundBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    amount: Decimal
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+    reference: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]  # the request id of the charge
+
+
+class AdjustmentBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    amount: Decimal  # signed: positive credits the organization, negative debits it
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+    reference: Annotated[str, msgspec.Meta(max_length=200)] = ""
 
 
 class CreateToken(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -105,6 +105,13 @@ class CreditLimitSet(Event, frozen=True, kw_only=True, tag="credit_limit.set.v1"
     limit_micros: int
 
 
+class CommandRejected(Event, frozen=True, kw_only=True, tag="command.rejected.v1"):
+    """A ledger command refused for a business reason; ``causation_id`` is the command id."""
+
+    command_type: str
+    code: str
+
+
 class GrantBurn(msgspec.Struct, frozen=True, kw_only=True):
     grant_id: str
     amount_micros: int
@@ -217,6 +224,7 @@ AnyEvent = (
     | CreditsRefunded
     | CreditsAdjusted
     | CreditLimitSet
+    | CommandRejected
     | HoldPlaced
     | HoldRejected
     | HoldCaptured
@@ -234,6 +242,7 @@ LedgerEvent = (
     | CreditsRefunded
     | CreditsAdjusted
     | CreditLimitSet
+    | CommandRejected
     | HoldPlaced
     | HoldRejected
     | HoldCaptured

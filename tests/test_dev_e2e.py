@@ -221,3 +221,72 @@ def test_unknown_routes_answer_in_the_error_envelope(dev: Dev) -> None:
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
     assert "x-request-id" in response.headers
+
+
+def test_grants_limits_refunds_and_adjustments_through_the_admin_api(dev: Dev) -> None:
+    admin = dev.admin.client
+    org = dev.admin.organization()
+    dev.admin.grant(org, "0.0001")  # 100 micros paid
+    promo = admin.post(
+        f"/v1/organizations/{org}/credits",
+        json={"amount": "0.00005", "kind": "promo", "expires_at": "2099-01-01T00:00:00Z"},
+    )
+    assert promo.status_code == 201, promo.text
+    key = dev.admin.token(org)
+    balance = usage(dev.base_url, key)["balance"]
+    assert balance["amount_micros"] == 150
+    assert [g["kind"] for g in balance["grants"]] == ["promo", "paid"], "promo burns first"
+
+    # With no credit limit, a worst case above 150 micros is refused; with one, it runs.
+    with pytest.raises(openai.APIStatusError) as caught:
+        chat(dev.client(key), "needs the credit line", max_tokens=1000)
+    assert caught.value.status_code == 402
+    response = admin.post(f"/v1/organizations/{org}/credit-limit", json={"amount": "0.01"})
+    assert response.status_code == 200, response.text
+    body, headers = chat(dev.client(key), "needs the credit line", max_tokens=1000)
+    cost = int(body["usage"]["cost_micros"])  # type: ignore[index,call-overload]
+    balance = usage(dev.base_url, key)["balance"]
+    assert balance["amount_micros"] == 150 - cost
+    assert balance["spendable_micros"] == 150 - cost + 10_000
+
+    # A refund names the request it corrects; more than was charged is refused.
+    request_id = headers["x-request-id"]
+    too_much = admin.post(
+        f"/v1/organizations/{org}/refunds",
+        json={"amount": str(Decimal(cost + 1) / 1_000_000), "reason": "x", "reference": request_id},
+    )
+    assert too_much.status_code == 400 and too_much.json()["error"]["code"] == "refund_exceeds_charge"
+    unknown = admin.post(
+        f"/v1/organizations/{org}/refunds", json={"amount": "0.000001", "reason": "x", "reference": "req_nope"}
+    )
+    assert unknown.status_code == 404
+    refund = admin.post(
+        f"/v1/organizations/{org}/refunds",
+        json={"amount": str(Decimal(cost) / 1_000_000), "reason": "bad answer", "reference": request_id},
+    )
+    assert refund.status_code == 201, refund.text
+    assert refund.json()["balance"]["amount_micros"] == 150
+
+    adjustment = admin.post(f"/v1/organizations/{org}/adjustments", json={"amount": "-0.00005", "reason": "fix"})
+    assert adjustment.status_code == 201, adjustment.text
+    assert adjustment.json()["balance"]["amount_micros"] == 100
+
+    # The postings in ClickHouse explain the balance exactly.
+    import time
+
+    deadline = time.monotonic() + 10
+    while True:
+        entries = admin.get(f"/v1/organizations/{org}/ledger", params={"limit": 200}).json()["data"]
+        wallet = f"{org}/wallet"
+        total = sum(e["amount_micros"] for e in entries if e["credit"] == wallet) - sum(
+            e["amount_micros"] for e in entries if e["debit"] == wallet
+        )
+        if total == 100 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert total == 100
+    page = admin.get(f"/v1/organizations/{org}/ledger", params={"limit": 2}).json()
+    assert len(page["data"]) == 2 and page["next_cursor"]
+    rest = admin.get(f"/v1/organizations/{org}/ledger", params={"limit": 200, "cursor": page["next_cursor"]}).json()
+    assert len(rest["data"]) == len(entries) - 2
+    assert admin.get(f"/v1/organizations/{org}/ledger", params={"cursor": "junk"}).status_code == 400
