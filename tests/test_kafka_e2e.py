@@ -28,11 +28,16 @@ admin_token = "tga_kafka_e2e"
 
 
 class Stack:
-    def __init__(self, bootstrap: str, root: Path) -> None:
+    def __init__(self, bootstrap: str, root: Path, extra_env: dict[str, str] | None = None) -> None:
         self.root = root
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        env = {"TOLLGATE_KAFKA_BOOTSTRAP": bootstrap, "TOLLGATE_ADMIN_TOKEN": admin_token, "TOLLGATE_LOG_LEVEL": "INFO"}
+        env = {
+            "TOLLGATE_KAFKA_BOOTSTRAP": bootstrap,
+            "TOLLGATE_ADMIN_TOKEN": admin_token,
+            "TOLLGATE_LOG_LEVEL": "INFO",
+            **(extra_env or {}),
+        }
         self.projector_dir = root / "projector"
         self.roles = {
             "ledger": Role("ledger", ["ledger"], env, root),
