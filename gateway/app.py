@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -16,6 +17,7 @@ from litestar.middleware import ASGIMiddleware
 
 from gateway.core import GatewayCore, Overloaded, new_id, utc_now
 from gateway.errors import ApiError, exception_handlers, from_validation_error
+from gateway.idempotency import fingerprint, idempotency_key_chars_max, key_hash
 from ledger.money import MoneyFormatError, format_credits, micros_to_decimal, parse_credits
 from ledger.pricing import ModelPrice, price_micros
 from ledger.wallet import Grant
@@ -130,12 +132,80 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+# --- idempotency ---
+
+Runner = Callable[[str | None], Awaitable[Response[bytes]]]
+_replayed_headers = ("x-credits-used", "x-model-used", "content-type")
+
+
+async def _idempotently(request: Request, scope: str, run: Runner) -> Response[bytes]:
+    """Run ``run`` once per Idempotency-Key: replay its first 2xx answer, 409 on a different body.
+
+    ``run`` gets an id suffix derived from the key (or None without one), for the ids it creates."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return await run(None)
+    if not key.strip() or len(key) > idempotency_key_chars_max:
+        raise ApiError(
+            400,
+            f"Idempotency-Key must be 1 to {idempotency_key_chars_max} characters.",
+            code="invalid_idempotency_key",
+            param="Idempotency-Key",
+        )
+    core = _core(request)
+    hashed = key_hash(scope, key)
+    derived = hashed[:32]
+    request.scope["state"]["request_id"] = f"req_{derived}"  # a replay carries the first answer's id
+    body_print = fingerprint(request.method, request.url.path, await request.body())
+    reply = core.idempotency.get(hashed, utc_now())
+    if reply is not None:
+        if reply.fingerprint != body_print:
+            raise ApiError(
+                409,
+                "This Idempotency-Key was used with a different request; use a new key.",
+                code="idempotency_key_reused",
+                param="Idempotency-Key",
+            )
+        return Response(
+            content=reply.body,
+            status_code=reply.status_code,
+            media_type="application/json",
+            headers={**reply.headers, "idempotent-replayed": "true"},
+        )
+    if hashed in core.idempotency.in_flight:
+        raise ApiError(
+            409,
+            "A request with this Idempotency-Key is still running; retry when it has finished.",
+            code="idempotency_key_in_use",
+            param="Idempotency-Key",
+            headers={"retry-after": "1"},
+        )
+    core.idempotency.in_flight.add(hashed)
+    try:
+        response = await run(derived)
+        status = response.status_code or 200
+        if 200 <= status < 300 and isinstance(response.content, bytes):
+            kept = {k: v for k, v in response.headers.items() if k.lower() in _replayed_headers}
+            core.record_reply(scope, hashed, body_print, status, response.content, kept)
+        return response
+    finally:
+        core.idempotency.in_flight.discard(hashed)
+
+
+def _make_id(prefix: str, derived: str | None) -> str:
+    return f"{prefix}_{derived}" if derived else new_id(prefix)
+
+
 # --- admin ---
 
 
 @post("/v1/organizations", operation_id="createOrganization", status_code=201)
 async def create_organization(request: Request) -> Response[bytes]:
     authorize_admin(request)
+    return await _idempotently(request, "admin", lambda derived: _create_organization(request))
+
+
+async def _create_organization(request: Request) -> Response[bytes]:
     body: CreateOrganization = await _decode(request, CreateOrganization)
     event = await _core(request).create_organization(body.name, body.plan)
     return _json(
@@ -192,9 +262,14 @@ def _micros(amount: Decimal, allow_zero: bool = False, allow_negative: bool = Fa
 
 @post("/v1/organizations/{org_id:str}/credits", operation_id="grantCredits", status_code=201)
 async def grant_credits(request: Request, org_id: str) -> Response[bytes]:
-    core = _known_org(request, org_id)
+    _known_org(request, org_id)
+    return await _idempotently(request, "admin", lambda derived: _grant_credits(request, org_id, derived))
+
+
+async def _grant_credits(request: Request, org_id: str, derived: str | None) -> Response[bytes]:
+    core = _core(request)
     body: GrantCreditsBody = await _decode(request, GrantCreditsBody)
-    grant_id = new_id("grant")
+    grant_id = _make_id("grant", derived)
     expires_at = body.expires_at
     if expires_at is not None and expires_at.tzinfo is None:
         expires_at = expires_at.replace(tzinfo=UTC)
@@ -230,10 +305,15 @@ async def grant_credits(request: Request, org_id: str) -> Response[bytes]:
 
 @post("/v1/organizations/{org_id:str}/credit-limit", operation_id="setCreditLimit", status_code=200)
 async def set_credit_limit(request: Request, org_id: str) -> Response[bytes]:
-    core = _known_org(request, org_id)
+    _known_org(request, org_id)
+    return await _idempotently(request, "admin", lambda derived: _set_credit_limit(request, org_id, derived))
+
+
+async def _set_credit_limit(request: Request, org_id: str, derived: str | None) -> Response[bytes]:
+    core = _core(request)
     body: CreditLimitBody = await _decode(request, CreditLimitBody)
     command = SetCreditLimit(
-        command_id=new_id("cmd"), org_id=org_id, issued_at=utc_now(), limit_micros=_micros(body.amount, True)
+        command_id=_make_id("cmd", derived), org_id=org_id, issued_at=utc_now(), limit_micros=_micros(body.amount, True)
     )
     if command.limit_micros != core.balances.get(org_id).credit_limit_micros:
         await _ledger(request, command)
@@ -242,9 +322,14 @@ async def set_credit_limit(request: Request, org_id: str) -> Response[bytes]:
 
 @post("/v1/organizations/{org_id:str}/refunds", operation_id="refundCharge", status_code=201)
 async def refund_charge(request: Request, org_id: str) -> Response[bytes]:
-    core = _known_org(request, org_id)
+    _known_org(request, org_id)
+    return await _idempotently(request, "admin", lambda derived: _refund_charge(request, org_id, derived))
+
+
+async def _refund_charge(request: Request, org_id: str, derived: str | None) -> Response[bytes]:
+    core = _core(request)
     body: RefundBody = await _decode(request, RefundBody)
-    refund_id = new_id("refund")
+    refund_id = _make_id("refund", derived)
     command = RefundCredits(
         command_id=refund_id,
         org_id=org_id,
@@ -273,9 +358,14 @@ async def refund_charge(request: Request, org_id: str) -> Response[bytes]:
 
 @post("/v1/organizations/{org_id:str}/adjustments", operation_id="adjustCredits", status_code=201)
 async def adjust_credits(request: Request, org_id: str) -> Response[bytes]:
-    core = _known_org(request, org_id)
+    _known_org(request, org_id)
+    return await _idempotently(request, "admin", lambda derived: _adjust_credits(request, org_id, derived))
+
+
+async def _adjust_credits(request: Request, org_id: str, derived: str | None) -> Response[bytes]:
+    core = _core(request)
     body: AdjustmentBody = await _decode(request, AdjustmentBody)
-    adjustment_id = new_id("adj")
+    adjustment_id = _make_id("adj", derived)
     command = AdjustCredits(
         command_id=adjustment_id,
         org_id=org_id,
@@ -410,10 +500,14 @@ def chat_input_tokens_bound(messages: list[ChatMessage]) -> int:
 
 @post("/v1/chat/completions", operation_id="createChatCompletion", status_code=200)
 async def chat_completions(request: Request) -> Response[bytes]:
+    token = authorize(request, "user:write")
+    return await _idempotently(request, token.org_id, lambda derived: _chat_completion(request, token))
+
+
+async def _chat_completion(request: Request, token: ApiToken) -> Response[bytes]:
     started = time.perf_counter()
     core = _core(request)
-    request_id = _request_id(request)
-    token = authorize(request, "user:write")
+    request_id = _request_id(request)  # derived from the Idempotency-Key when one was sent
     body = await request.body()
     if len(body) > core.settings.request_body_bytes_max:
         raise ApiError(413, "Request body too large.", code="request_too_large")
@@ -457,6 +551,9 @@ async def chat_completions(request: Request) -> Response[bytes]:
         raise ApiError(
             504, "The job did not finish in time. Its hold settles on its own; check /v1/account/usage.", code="timeout"
         ) from None
+    if CommandRejected in outcome:
+        # The same hold id with another amount: an Idempotency-Key reused across instances at once.
+        raise ApiError(409, "This Idempotency-Key was used with a different request.", code="idempotency_key_reused")
     rejected = outcome.get(HoldRejected)
     if isinstance(rejected, HoldRejected):
         core.record_rejection(token, request_id, "/v1/chat/completions", price.model, 402, rejected.code)
@@ -671,8 +768,10 @@ class RequestIdMiddleware(ASGIMiddleware):
 
         async def send_with_id(message: Any) -> None:
             if message["type"] == "http.response.start":
+                # Read at send time: an Idempotency-Key replaces the id with one derived from the key.
+                current = str(scope["state"]["request_id"])
                 headers = [h for h in message.get("headers", []) if h[0].lower() != b"x-request-id"]
-                headers.append((b"x-request-id", request_id.encode()))
+                headers.append((b"x-request-id", current.encode()))
                 message["headers"] = headers
             await send(message)
 

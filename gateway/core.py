@@ -22,6 +22,7 @@ from typing import Any
 
 import msgspec
 
+from gateway.idempotency import IdempotencyView
 from ledger.log import EventLog, Outgoing
 from ledger.pricing import PriceBook
 from ledger.settings import Settings
@@ -32,10 +33,12 @@ from schemas.codec import decode_event, encode
 from schemas.commands import AnyCommand, JobSpec, PlaceHold
 from schemas.events import (
     ApiTokenCreated,
+    CommandRejected,
     Event,
     HoldCaptured,
     HoldRejected,
     HoldReleased,
+    IdempotentReplyRecorded,
     JobCompleted,
     JobFailed,
     OrganizationCreated,
@@ -128,6 +131,7 @@ def request_finished(seen: dict[type, Event]) -> bool:
     """A metered request is answered once its charge (or its refusal) is on the ledger."""
     return (
         HoldRejected in seen
+        or CommandRejected in seen
         or (JobCompleted in seen and HoldCaptured in seen)
         or (JobFailed in seen and HoldReleased in seen)
     )
@@ -149,6 +153,7 @@ class GatewayCore:
         self.admin_token = admin_token
         self.tenants = TenantsView()
         self.balances = BalancesView()
+        self.idempotency = IdempotencyView()
         self.waiters = Waiters()
         self._producer = log.producer(f"tollgate-gateway-{settings.instance_id}")
         self._stop = threading.Event()
@@ -160,7 +165,8 @@ class GatewayCore:
 
     def start(self) -> None:
         history = self.log.consumer(
-            [topics.TENANTS, topics.LEDGER], client_id=f"tollgate-gateway-history-{self.settings.instance_id}"
+            [topics.TENANTS, topics.LEDGER, topics.IDEMPOTENCY],
+            client_id=f"tollgate-gateway-history-{self.settings.instance_id}",
         )
         jobs = self.log.consumer(
             [topics.JOBS], client_id=f"tollgate-gateway-jobs-{self.settings.instance_id}", from_beginning=False
@@ -187,6 +193,7 @@ class GatewayCore:
                     if fold:
                         self.tenants.apply(event)
                         self.balances.apply(event)
+                        self.idempotency.apply(event)
                     for key in _keys(event):
                         self.waiters.offer(key, event)
                 if fold and not records and not self._caught_up.is_set() and consumer.caught_up():
@@ -302,6 +309,23 @@ class GatewayCore:
         finally:
             self.inflight -= 1
             self.waiters.forget(request_id)
+
+    def record_reply(
+        self, scope: str, key_sha256: str, fingerprint: str, status: int, body: bytes, headers: dict[str, str]
+    ) -> None:
+        """Keep the first answer to an Idempotency-Key for every gateway instance to replay."""
+        event = IdempotentReplyRecorded(
+            event_id=new_id("evt"),
+            occurred_at=utc_now(),
+            org_id=scope,
+            key_sha256=key_sha256,
+            fingerprint=fingerprint,
+            status_code=status,
+            body=msgspec.Raw(body),
+            headers=headers,
+        )
+        self.idempotency.apply(event)  # this instance answers replays at once; others via the log
+        self._producer.send([Outgoing(topics.IDEMPOTENCY, scope, encode(event))])
 
     def record_rejection(
         self, token: ApiToken, request_id: str, endpoint: str, model: str, status: int, code: str

@@ -14,8 +14,8 @@ Money model (integer micros):
 - Charges burn grants at capture, in burn order: grants already expired (their money was reserved
   before expiry) first, then higher ``priority``, then promotional before paid, then earlier expiry,
   then older. A new grant repays debt first.
-- A grant's unused remainder moves to breakage at its expiry, except what open holds still need:
-  that part expires when those holds resolve.
+- A grant's unused remainder moves to breakage at its expiry, except what open holds still need
+  (holds are backed by grants before the credit line): that part expires when those holds resolve.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from eventsourcing.domain import Aggregate, event
@@ -112,7 +112,8 @@ class Grant:
     expired: bool = False
 
     def burn_key(self) -> tuple[int, int, int, datetime, int]:
-        expiry = self.expires_at.replace(tzinfo=None) if self.expires_at else _never
+        # Compare instants: convert to UTC before dropping the offset (naive _never sorts last).
+        expiry = self.expires_at.astimezone(UTC).replace(tzinfo=None) if self.expires_at else _never
         return (0 if self.expired else 1, -self.priority, 0 if self.kind == "promo" else 1, expiry, self.sequence)
 
 
@@ -501,9 +502,12 @@ def decide_grant_expiry(wallet: Wallet, grant_id: str, now: datetime) -> list[Ev
     grant = wallet.grants.get(grant_id)
     if grant is None or grant.expires_at is None or now < grant.expires_at or grant.remaining_micros == 0:
         return []
-    amount = min(grant.remaining_micros, max(wallet.spendable_micros, 0))
-    if amount == 0:
+    # Holds are backed by grants before the credit line, so only money no hold needs may break.
+    amount = min(grant.remaining_micros, max(wallet.available_micros, 0))
+    if amount == 0 and grant.expired:
         return []
+    # A first expiry is recorded even when holds need all of it (amount 0): from then on the grant
+    # burns first and breaks as soon as those holds resolve.
     step = grant.amount_micros - grant.remaining_micros + amount  # unique per partial expiry of one grant
     return [
         GrantExpired(

@@ -64,6 +64,16 @@ class RequestRejected(Event, frozen=True, kw_only=True, tag="request.rejected.v1
     code: str
 
 
+class IdempotentReplyRecorded(Event, frozen=True, kw_only=True, tag="idempotent_reply.recorded.v1"):
+    """The first answer to a request sent with an Idempotency-Key; ``org_id`` is the key's scope."""
+
+    key_sha256: str
+    fingerprint: str
+    status_code: int
+    body: msgspec.Raw
+    headers: dict[str, str]
+
+
 # --- ledger (written only by the ledger role) ------------------------------------------------------
 
 
@@ -219,6 +229,7 @@ AnyEvent = (
     | ApiTokenCreated
     | RequestAccepted
     | RequestRejected
+    | IdempotentReplyRecorded
     | CreditsGranted
     | GrantExpired
     | CreditsRefunded

@@ -8,6 +8,7 @@ REQUESTS = "tollgate.requests"
 COMMANDS = "tollgate.commands"
 LEDGER = "tollgate.ledger"
 JOBS = "tollgate.jobs"
+IDEMPOTENCY = "tollgate.idempotency"
 DISPATCH_PREFIX = "tollgate.dispatch."
 
 partitions_per_topic = 4
@@ -18,4 +19,4 @@ def dispatch_topic(pool: str) -> str:
 
 
 def all_topics(pools: tuple[str, ...]) -> list[str]:
-    return [TENANTS, REQUESTS, COMMANDS, LEDGER, JOBS, *(dispatch_topic(pool) for pool in pools)]
+    return [TENANTS, REQUESTS, COMMANDS, LEDGER, JOBS, IDEMPOTENCY, *(dispatch_topic(pool) for pool in pools)]

@@ -29,7 +29,8 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if given:
         yield given
         return
-    port = int(os.environ.get("TOLLGATE_TEST_KAFKA_PORT", "19392"))
+    # A free port: a broker someone else left running must never stand in for ours.
+    port = int(os.environ.get("TOLLGATE_TEST_KAFKA_PORT", "0")) or free_port()
     env = {
         **os.environ,
         "TOLLGATE_KAFKA_PORT": str(port),

@@ -290,3 +290,49 @@ def test_grants_limits_refunds_and_adjustments_through_the_admin_api(dev: Dev) -
     rest = admin.get(f"/v1/organizations/{org}/ledger", params={"limit": 200, "cursor": page["next_cursor"]}).json()
     assert len(rest["data"]) == len(entries) - 2
     assert admin.get(f"/v1/organizations/{org}/ledger", params={"cursor": "junk"}).status_code == 400
+
+
+def test_idempotency_key_returns_the_first_answer_and_charges_once(dev: Dev) -> None:
+    org = dev.admin.organization()
+    dev.admin.grant(org, 1)
+    key = dev.admin.token(org)
+    client = dev.client(key)
+    headers = {"Idempotency-Key": "order-42"}
+    messages = [{"role": "user", "content": "charge me once"}]
+    first = client.chat.completions.with_raw_response.create(
+        model="sim-chat-small",
+        messages=messages,
+        extra_headers=headers,  # type: ignore[arg-type]
+    )
+    second = client.chat.completions.with_raw_response.create(
+        model="sim-chat-small",
+        messages=messages,
+        extra_headers=headers,  # type: ignore[arg-type]
+    )
+    assert second.http_response.text == first.http_response.text
+    assert second.headers["idempotent-replayed"] == "true"
+    assert second.headers["x-credits-used"] == first.headers["x-credits-used"]
+    cost = int(Decimal(first.headers["x-credits-used"]) * 1_000_000)
+    assert usage(dev.base_url, key)["balance"]["amount_micros"] == 1_000_000 - cost
+
+    with pytest.raises(openai.ConflictError) as caught:
+        client.chat.completions.create(
+            model="sim-chat-small",
+            messages=[{"role": "user", "content": "a different body"}],
+            extra_headers=headers,
+        )
+    assert caught.value.response.json()["error"]["code"] == "idempotency_key_reused"
+    # Another organization's identical key is its own.
+    other = dev.admin.organization()
+    dev.admin.grant(other, 1)
+    other_client = dev.client(dev.admin.token(other))
+    other_client.chat.completions.create(model="sim-chat-small", messages=messages, extra_headers=headers)  # type: ignore[arg-type]
+
+    grant = {"amount": "2", "kind": "paid"}
+    replies = [
+        dev.admin.client.post(f"/v1/organizations/{org}/credits", json=grant, headers={"Idempotency-Key": "g-1"})
+        for _ in range(2)
+    ]
+    assert [r.status_code for r in replies] == [201, 201]
+    assert replies[0].json()["id"] == replies[1].json()["id"]
+    assert usage(dev.base_url, key)["balance"]["amount_micros"] == 3_000_000 - cost
