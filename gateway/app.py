@@ -25,6 +25,7 @@ from projections.usage_store import CursorError, UsageFilter, UsageRow, posting_
 from projections.views import ApiToken
 from schemas.api import (
     AdjustmentBody,
+    AutoTopUpBody,
     ChatCompletionRequest,
     ChatMessage,
     CreateOrganization,
@@ -33,7 +34,14 @@ from schemas.api import (
     GrantCreditsBody,
     RefundBody,
 )
-from schemas.commands import AdjustCredits, AnyCommand, GrantCredits, RefundCredits, SetCreditLimit
+from schemas.commands import (
+    AdjustCredits,
+    AnyCommand,
+    ConfigureAutoTopUp,
+    GrantCredits,
+    RefundCredits,
+    SetCreditLimit,
+)
 from schemas.events import (
     CommandRejected,
     CreditsAdjusted,
@@ -318,6 +326,27 @@ async def _set_credit_limit(request: Request, org_id: str, derived: str | None) 
     if command.limit_micros != core.balances.get(org_id).credit_limit_micros:
         await _ledger(request, command)
     return _json({"object": "credit_limit", "org_id": org_id, "balance": _balance(core, org_id)})
+
+
+@post("/v1/organizations/{org_id:str}/auto-topup", operation_id="configureAutoTopUp", status_code=200)
+async def configure_auto_topup(request: Request, org_id: str) -> Response[bytes]:
+    _known_org(request, org_id)
+    return await _idempotently(request, "admin", lambda derived: _configure_auto_topup(request, org_id, derived))
+
+
+async def _configure_auto_topup(request: Request, org_id: str, derived: str | None) -> Response[bytes]:
+    body: AutoTopUpBody = await _decode(request, AutoTopUpBody)
+    command = ConfigureAutoTopUp(
+        command_id=_make_id("cmd", derived),
+        org_id=org_id,
+        issued_at=utc_now(),
+        enabled=body.enabled,
+        threshold_micros=_micros(body.threshold, allow_zero=True),
+        amount_micros=_micros(body.amount) if body.amount is not None else 0,
+        target_micros=_micros(body.target) if body.target is not None else 0,
+    )
+    await _ledger(request, command)
+    return _json({"object": "auto_topup", "org_id": org_id, "balance": _balance(_core(request), org_id)})
 
 
 @post("/v1/organizations/{org_id:str}/refunds", operation_id="refundCharge", status_code=201)
@@ -626,7 +655,10 @@ def _balance(core: GatewayCore, org_id: str) -> dict[str, Any]:
             for grant in grants
             if grant.remaining_micros > 0
         ],
-        "auto_topup_enabled": False,
+        "auto_topup_enabled": wallet.auto_topup is not None,
+        "auto_topup_threshold_micros": wallet.auto_topup.threshold_micros if wallet.auto_topup else None,
+        "auto_topup_amount_micros": wallet.auto_topup.amount_micros or None if wallet.auto_topup else None,
+        "auto_topup_target_micros": wallet.auto_topup.target_micros or None if wallet.auto_topup else None,
         "updated_at": _iso(core.balances.updated_at.get(org_id)),
     }
 
@@ -784,6 +816,7 @@ def create_app(core: GatewayCore) -> Litestar:
             create_organization,
             grant_credits,
             set_credit_limit,
+            configure_auto_topup,
             refund_charge,
             adjust_credits,
             organization_balance,

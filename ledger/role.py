@@ -19,7 +19,16 @@ import msgspec
 from ledger.log import EventLog, Outgoing, partition_for
 from ledger.pricing import PriceBook
 from ledger.settings import Settings
-from ledger.wallet import Rejection, Wallet, decide, decide_expiry, decide_grant_expiry, event_id_for, evolve
+from ledger.wallet import (
+    Rejection,
+    Wallet,
+    decide,
+    decide_auto_topup,
+    decide_expiry,
+    decide_grant_expiry,
+    event_id_for,
+    evolve,
+)
 from schemas import topics
 from schemas.codec import decode_command, decode_event, encode
 from schemas.commands import AnyCommand
@@ -123,7 +132,8 @@ class LedgerRole:
             if wallet is None:
                 continue
             due = decide_expiry(wallet, item_id, now) if kind == "hold" else decide_grant_expiry(wallet, item_id, now)
-            for event in due:
+            cause = due[0].event_id if due else ""
+            for event in [*due, *(decide_auto_topup(wallet, now, cause) if due else [])]:
                 self._apply(event)
                 outputs.append(Outgoing(topic_for(event), event.org_id, encode(event)))
         return outputs
@@ -153,7 +163,7 @@ class LedgerRole:
                 self.rejections[result.value] += 1
                 logger.warning("command %s rejected: %s", command.command_id, result.value)
                 result = [rejected(command, result, now)]
-            for event in result:
+            for event in [*result, *decide_auto_topup(wallet, now, command.command_id)]:
                 self._apply(event)
                 outputs.append(Outgoing(topic_for(event), event.org_id, encode(event)))
         return outputs

@@ -33,6 +33,7 @@ from schemas.commands import (
     AdjustCredits,
     AnyCommand,
     CaptureHold,
+    ConfigureAutoTopUp,
     GrantCredits,
     PlaceHold,
     RefundCredits,
@@ -40,6 +41,8 @@ from schemas.commands import (
     SetCreditLimit,
 )
 from schemas.events import (
+    AutoTopUpConfigured,
+    AutoTopUpTriggered,
     CreditLimitSet,
     CreditsAdjusted,
     CreditsGranted,
@@ -77,6 +80,7 @@ class Rejection(enum.Enum):
     limit_must_not_be_negative = "limit_must_not_be_negative"
     limit_below_current_use = "limit_below_current_use"
     amount_must_not_be_zero = "amount_must_not_be_zero"
+    invalid_auto_topup = "invalid_auto_topup"
 
 
 class HoldStatus(enum.Enum):
@@ -98,6 +102,16 @@ class Hold:
     status: HoldStatus = HoldStatus.open
     captured_micros: int = 0
     refunded_micros: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AutoTopUp:
+    threshold_micros: int
+    amount_micros: int
+    target_micros: int
+
+    def amount_for(self, balance_micros: int) -> int:
+        return self.amount_micros or self.target_micros - balance_micros
 
 
 @dataclass(slots=True)
@@ -140,6 +154,8 @@ class Wallet(Aggregate):
         self.held_micros = 0
         self.captured_micros = 0
         self.credit_limit_micros = 0
+        self.auto_topup: AutoTopUp | None = None
+        self.auto_topup_armed = True
         self.holds: dict[str, Hold] = {}
         self.refunds: dict[str, int] = {}
         self.adjustments: dict[str, int] = {}
@@ -244,6 +260,21 @@ class Wallet(Aggregate):
         self.credit_limit_micros = limit_micros
         self._check()
 
+    @event("AutoTopUpConfigured")
+    def record_auto_topup(self, setting: AutoTopUp | None) -> None:
+        self.auto_topup = setting
+        self.auto_topup_armed = True
+
+    @event("AutoTopUpTriggered")
+    def record_auto_topup_triggered(self) -> None:
+        assert self.auto_topup_armed, "a top-up triggers once per crossing of the threshold"
+        self.auto_topup_armed = False
+
+    def rearm_auto_topup(self) -> None:
+        """Armed again only once the balance is back at or above the threshold."""
+        if self.auto_topup is not None and self.balance_micros >= self.auto_topup.threshold_micros:
+            self.auto_topup_armed = True
+
     def burn_sequence(self) -> int:
         return len(self.grants)
 
@@ -276,6 +307,8 @@ def decide(wallet: Wallet, command: AnyCommand, now: datetime, price_book: Price
         return _decide_refund(wallet, command, now)
     if isinstance(command, AdjustCredits):
         return _decide_adjustment(wallet, command, now)
+    if isinstance(command, ConfigureAutoTopUp):
+        return _decide_auto_topup_setting(wallet, command, now)
     return _decide_credit_limit(wallet, command, now)
 
 
@@ -488,6 +521,54 @@ def _decide_credit_limit(wallet: Wallet, command: SetCreditLimit, now: datetime)
     ]
 
 
+def _decide_auto_topup_setting(wallet: Wallet, command: ConfigureAutoTopUp, now: datetime) -> list[Event] | Rejection:
+    if command.enabled:
+        one_way = (command.amount_micros > 0) != (command.target_micros > 0)
+        if command.threshold_micros < 0 or not one_way or 0 < command.target_micros <= command.threshold_micros:
+            return Rejection.invalid_auto_topup
+    return [
+        AutoTopUpConfigured(
+            event_id=event_id_for(command.command_id, "auto_topup.configured"),
+            enabled=command.enabled,
+            threshold_micros=command.threshold_micros,
+            amount_micros=command.amount_micros,
+            target_micros=command.target_micros,
+            **_envelope(command, now),
+        )
+    ]
+
+
+def decide_auto_topup(wallet: Wallet, now: datetime, cause_id: str) -> list[Event]:
+    """Top up once when the balance has fallen below the threshold (the settled balance: a hold that
+    dips below it for the length of one request is no reason to charge a card). The card on file is
+    assumed to pay at once, so the paid grant follows the trigger in the same decision."""
+    setting = wallet.auto_topup
+    if setting is None or not wallet.auto_topup_armed or wallet.balance_micros >= setting.threshold_micros:
+        return []
+    amount = setting.amount_for(wallet.balance_micros)
+    topup_id = event_id_for(cause_id, "auto_topup")
+    grant_id = f"topup_{topup_id}"
+    envelope: dict[str, Any] = {"occurred_at": now, "org_id": wallet.org_id, "causation_id": cause_id}
+    return [
+        AutoTopUpTriggered(
+            event_id=event_id_for(cause_id, "auto_topup.triggered"),
+            topup_id=topup_id,
+            grant_id=grant_id,
+            amount_micros=amount,
+            balance_micros=wallet.balance_micros,
+            **envelope,
+        ),
+        CreditsGranted(
+            event_id=event_id_for(cause_id, "auto_topup.granted"),
+            grant_id=grant_id,
+            amount_micros=amount,
+            kind="paid",
+            reference=topup_id,
+            **envelope,
+        ),
+    ]
+
+
 def decide_expiry(wallet: Wallet, hold_id: str, now: datetime) -> list[Event]:
     """Release a hold whose time-to-live has passed; [] when it is resolved already or not yet due."""
     hold = wallet.holds.get(hold_id)
@@ -582,6 +663,13 @@ def evolve(wallet: Wallet, event: Event) -> None:
         wallet.record_adjustment(event.adjustment_id, event.amount_micros, credit)
     elif isinstance(event, CreditLimitSet):
         wallet.record_credit_limit(event.limit_micros)
+    elif isinstance(event, AutoTopUpConfigured):
+        setting = AutoTopUp(event.threshold_micros, event.amount_micros, event.target_micros) if event.enabled else None
+        wallet.record_auto_topup(setting)
+    elif isinstance(event, AutoTopUpTriggered):
+        wallet.record_auto_topup_triggered()
+    if not wallet.auto_topup_armed:
+        wallet.rearm_auto_topup()
     # HoldRejected and JobQueued change no balance.
     # The aggregate keeps its domain events until collected; Kafka is our store, so drop them.
     wallet.collect_events()

@@ -35,6 +35,15 @@ class CreditLimitBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     amount: Decimal
 
 
+class AutoTopUpBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Below ``threshold`` credits available, add ``amount`` credits, or enough to reach ``target``."""
+
+    enabled: bool = True
+    threshold: Decimal = Decimal(0)
+    amount: Decimal | None = None
+    target: Decimal | None = None
+
+
 class RefundBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     amount: Decimal
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]

@@ -44,6 +44,13 @@ class SetCreditLimit(Command, frozen=True, kw_only=True, tag="set_credit_limit.v
     limit_micros: int
 
 
+class ConfigureAutoTopUp(Command, frozen=True, kw_only=True, tag="configure_auto_topup.v1"):
+    enabled: bool
+    threshold_micros: int
+    amount_micros: int = 0
+    target_micros: int = 0
+
+
 class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     """What to run once the hold is placed; the ledger queues it in the same transaction."""
 
@@ -75,4 +82,13 @@ class ReleaseHold(Command, frozen=True, kw_only=True, tag="release_hold.v1"):
     reason: str
 
 
-AnyCommand = GrantCredits | RefundCredits | AdjustCredits | SetCreditLimit | PlaceHold | CaptureHold | ReleaseHold
+AnyCommand = (
+    GrantCredits
+    | RefundCredits
+    | AdjustCredits
+    | SetCreditLimit
+    | ConfigureAutoTopUp
+    | PlaceHold
+    | CaptureHold
+    | ReleaseHold
+)

@@ -115,6 +115,25 @@ class CreditLimitSet(Event, frozen=True, kw_only=True, tag="credit_limit.set.v1"
     limit_micros: int
 
 
+class AutoTopUpConfigured(Event, frozen=True, kw_only=True, tag="auto_topup.configured.v1"):
+    """When the balance falls below ``threshold_micros``, top up by ``amount_micros``, or up to
+    ``target_micros`` when that is set. ``enabled`` false turns it off."""
+
+    enabled: bool
+    threshold_micros: int
+    amount_micros: int = 0
+    target_micros: int = 0
+
+
+class AutoTopUpTriggered(Event, frozen=True, kw_only=True, tag="auto_topup.triggered.v1"):
+    """The balance crossed the threshold; the paid grant with ``grant_id`` follows in the same decision."""
+
+    topup_id: str
+    grant_id: str
+    amount_micros: int
+    balance_micros: int
+
+
 class CommandRejected(Event, frozen=True, kw_only=True, tag="command.rejected.v1"):
     """A ledger command refused for a business reason; ``causation_id`` is the command id."""
 
@@ -235,6 +254,8 @@ AnyEvent = (
     | CreditsRefunded
     | CreditsAdjusted
     | CreditLimitSet
+    | AutoTopUpConfigured
+    | AutoTopUpTriggered
     | CommandRejected
     | HoldPlaced
     | HoldRejected
@@ -253,6 +274,8 @@ LedgerEvent = (
     | CreditsRefunded
     | CreditsAdjusted
     | CreditLimitSet
+    | AutoTopUpConfigured
+    | AutoTopUpTriggered
     | CommandRejected
     | HoldPlaced
     | HoldRejected

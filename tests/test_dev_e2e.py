@@ -336,3 +336,22 @@ def test_idempotency_key_returns_the_first_answer_and_charges_once(dev: Dev) -> 
     assert [r.status_code for r in replies] == [201, 201]
     assert replies[0].json()["id"] == replies[1].json()["id"]
     assert usage(dev.base_url, key)["balance"]["amount_micros"] == 3_000_000 - cost
+
+
+def test_auto_topup_through_the_api_fires_once(dev: Dev) -> None:
+    org = dev.admin.organization()
+    dev.admin.grant(org, "0.01")
+    key = dev.admin.token(org)
+    response = dev.admin.client.post(
+        f"/v1/organizations/{org}/auto-topup", json={"threshold": "0.009999", "amount": "0.000001"}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["balance"]["auto_topup_enabled"] is True
+    bad = dev.admin.client.post(f"/v1/organizations/{org}/auto-topup", json={"threshold": "1"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_auto_topup"
+    client = dev.client(key)
+    costs = [int(chat(client, f"spend {i}")[0]["usage"]["cost_micros"]) for i in range(3)]  # type: ignore[index,call-overload]
+    balance = usage(dev.base_url, key)["balance"]
+    topups = [g for g in balance["grants"] if g["id"].startswith("topup_")]
+    assert len(topups) == 1, "one crossing of the threshold, one top-up"
+    assert balance["amount_micros"] == 10_000 + 1 - sum(costs)

@@ -8,11 +8,12 @@ import msgspec
 import pytest
 
 from ledger.pricing import default_price_book
-from ledger.wallet import Rejection, Wallet, decide, decide_expiry, decide_grant_expiry, evolve
+from ledger.wallet import Rejection, Wallet, decide, decide_auto_topup, decide_expiry, decide_grant_expiry, evolve
 from schemas.commands import (
     AdjustCredits,
     AnyCommand,
     CaptureHold,
+    ConfigureAutoTopUp,
     GrantCredits,
     JobSpec,
     PlaceHold,
@@ -21,6 +22,8 @@ from schemas.commands import (
     SetCreditLimit,
 )
 from schemas.events import (
+    AutoTopUpConfigured,
+    AutoTopUpTriggered,
     CreditLimitSet,
     CreditsAdjusted,
     CreditsGranted,
@@ -125,6 +128,18 @@ def expiring_grant(amount: int, grant_id: str, seconds: int, kind: str = "promo"
     )
 
 
+def topup(threshold: int, amount: int = 0, target: int = 0, enabled: bool = True) -> ConfigureAutoTopUp:
+    return ConfigureAutoTopUp(
+        command_id=f"top-{threshold}-{amount}-{target}-{enabled}",
+        org_id=org,
+        issued_at=now,
+        enabled=enabled,
+        threshold_micros=threshold,
+        amount_micros=amount,
+        target_micros=target,
+    )
+
+
 def run(commands: list[AnyCommand]) -> tuple[Wallet, list[object]]:
     """Apply each command in turn; the outcome of each (events or rejection)."""
     wallet = Wallet(org_id=org)
@@ -185,6 +200,12 @@ decision_table: list[tuple[list[AnyCommand], AnyCommand, object]] = [
     ([grant(100), limit(500), hold(550)], limit(0), Rejection.limit_below_current_use),
     ([grant(100), limit(500)], hold(600), [HoldPlaced, JobQueued]),
     ([grant(100), limit(500)], hold(601), [HoldRejected]),
+    ([], topup(threshold=500, amount=1000), [AutoTopUpConfigured]),
+    ([], topup(threshold=500, target=2000), [AutoTopUpConfigured]),
+    ([], topup(threshold=500), Rejection.invalid_auto_topup),
+    ([], topup(threshold=500, amount=10, target=2000), Rejection.invalid_auto_topup),
+    ([], topup(threshold=500, target=400), Rejection.invalid_auto_topup),
+    ([], topup(threshold=-1, amount=10), Rejection.invalid_auto_topup),
 ]
 
 
@@ -328,3 +349,28 @@ def test_a_refund_returns_money_as_a_burnable_credit() -> None:
     wallet, _ = run([grant(1000), hold(100), capture(), refund(33)])
     assert wallet.balance_micros == 1000
     assert wallet.grants["r1"].kind == "refund"
+
+
+def test_auto_topup_fires_once_per_crossing_of_the_threshold() -> None:
+    wallet, _ = run([grant(600), topup(threshold=500, amount=50), hold(300)])
+    assert decide_auto_topup(wallet, now, "c0") == [], "a hold is no reason to top up: the balance is 600"
+    for event in decide(wallet, adjust(-200), now, book):  # type: ignore[union-attr]
+        evolve(wallet, event)
+    fired = decide_auto_topup(wallet, now, "c1")
+    assert [type(e) for e in fired] == [AutoTopUpTriggered, CreditsGranted]
+    assert fired[1].amount_micros == 50 and fired[1].kind == "paid"  # type: ignore[attr-defined]
+    for event in fired:
+        evolve(wallet, event)
+    assert wallet.balance_micros == 450
+    for event in decide(wallet, adjust(-10, "a2"), now, book):  # type: ignore[union-attr]
+        evolve(wallet, event)
+    assert decide_auto_topup(wallet, now, "c2") == [], "still below the threshold: no second top-up"
+    for event in decide(wallet, grant(100, "g2"), now, book):  # type: ignore[union-attr]
+        evolve(wallet, event)
+    assert wallet.balance_micros == 540 and wallet.auto_topup_armed, "back above: armed again"
+
+
+def test_auto_topup_to_a_target() -> None:
+    wallet, _ = run([grant(600), topup(threshold=500, target=2000), adjust(-300)])
+    fired = decide_auto_topup(wallet, now, "c1")
+    assert fired[1].amount_micros == 1700  # type: ignore[attr-defined]
