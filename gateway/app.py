@@ -19,7 +19,7 @@ from gateway.core import GatewayCore, Overloaded, new_id, utc_now
 from gateway.errors import ApiError, exception_handlers, from_validation_error
 from gateway.idempotency import fingerprint, idempotency_key_chars_max, key_hash
 from ledger.money import MoneyFormatError, format_credits, micros_to_decimal, parse_credits
-from ledger.pricing import ModelPrice, price_micros
+from ledger.pricing import ModelPrice, PriceBook, price_micros
 from ledger.wallet import Grant
 from projections.usage_store import CursorError, UsageFilter, UsageRow, posting_cursor
 from projections.views import ApiToken
@@ -513,8 +513,63 @@ def _model_card(price: ModelPrice, version: str) -> dict[str, Any]:
 @get("/v1/models", operation_id="listModels")
 async def list_models(request: Request) -> Response[bytes]:
     authorize(request, "user:read")
-    book = _core(request).price_book
+    book = _core(request).prices.current
     return _json({"object": "list", "data": [_model_card(p, book.version) for p in book.models.values()]})
+
+
+@get("/v1/models/{model_id:path}", operation_id="retrieveModel")
+async def retrieve_model(request: Request, model_id: str) -> Response[bytes]:
+    authorize(request, "user:read")
+    book = _core(request).prices.current
+    price = book.model(model_id.lstrip("/"))
+    if price is None:
+        raise ApiError(
+            404,
+            f"The model '{model_id.lstrip('/')}' does not exist; see GET /v1/models.",
+            code="model_not_found",
+            param="model",
+        )
+    return _json(_model_card(price, book.version))
+
+
+@get("/v1/price-books", operation_id="listPriceBooks")
+async def list_price_books(request: Request) -> Response[bytes]:
+    authorize_admin(request, scope="admin:read")
+    prices = _core(request).prices
+    return _json(
+        {
+            "object": "list",
+            "current": prices.current.version,
+            "versions": prices.versions(),
+            "data": [msgspec.to_builtins(prices.current)],
+        }
+    )
+
+
+@post("/v1/price-books", operation_id="publishPriceBook", status_code=201)
+async def publish_price_book(request: Request) -> Response[bytes]:
+    """A new price book version. It prices holds placed from now on; in-flight ones keep theirs."""
+    authorize_admin(request)
+    book: PriceBook = await _decode(request, PriceBook)
+    core = _core(request)
+    if core.prices.at_version(book.version) is not None:
+        raise ApiError(
+            409,
+            f"Price book version '{book.version}' exists; versions never change.",
+            code="price_version_exists",
+            param="version",
+        )
+    for model_id, price in book.models.items():
+        rates = [v for k, v in msgspec.structs.asdict(price).items() if k.endswith("_rate") or k.endswith("_micros")]
+        if model_id != price.model or any(isinstance(v, int) and v < 0 for v in rates):
+            raise ApiError(
+                400,
+                f"Model '{model_id}': the key must equal its model id and rates must not be negative.",
+                code="invalid_price_book",
+                param="models",
+            )
+    await core.publish_price_book(book)
+    return _json({"object": "price_book", "version": book.version, "models": sorted(book.models)}, status_code=201)
 
 
 # --- chat ---
@@ -544,7 +599,8 @@ async def _chat_completion(request: Request, token: ApiToken) -> Response[bytes]
         chat = msgspec.json.decode(body, type=ChatCompletionRequest)
     except (msgspec.ValidationError, msgspec.DecodeError) as error:
         raise from_validation_error(error) from None
-    price = core.price_book.model(chat.model)
+    book = core.prices.current
+    price = book.model(chat.model)
     if price is None or price.category != "chat":
         raise ApiError(
             404,
@@ -568,7 +624,9 @@ async def _chat_completion(request: Request, token: ApiToken) -> Response[bytes]
         )
     hold = price_micros(price, Units(input_tokens=chat_input_tokens_bound(chat.messages), output_tokens=max_output))
     try:
-        outcome = await core.run_metered(token, request_id, "/v1/chat/completions", price.model, price.pool, body, hold)
+        outcome = await core.run_metered(
+            token, request_id, "/v1/chat/completions", price.model, price.pool, body, hold, book.version
+        )
     except Overloaded:
         raise ApiError(
             503,
@@ -823,6 +881,9 @@ def create_app(core: GatewayCore) -> Litestar:
             ledger_entries,
             create_token,
             list_models,
+            retrieve_model,
+            list_price_books,
+            publish_price_book,
             chat_completions,
             account_usage,
             health,

@@ -24,7 +24,7 @@ import msgspec
 
 from gateway.idempotency import IdempotencyView
 from ledger.log import EventLog, Outgoing
-from ledger.pricing import PriceBook
+from ledger.pricing import PriceBook, PriceBooks
 from ledger.settings import Settings
 from projections.usage_store import UsageStore
 from projections.views import ApiToken, BalancesView, TenantsView
@@ -42,6 +42,7 @@ from schemas.events import (
     JobCompleted,
     JobFailed,
     OrganizationCreated,
+    PriceBookPublished,
     RequestAccepted,
     RequestRejected,
 )
@@ -142,13 +143,14 @@ class GatewayCore:
         self,
         log: EventLog,
         settings: Settings,
-        price_book: PriceBook,
+        prices: PriceBooks,
         usage_store: UsageStore | None,
         admin_token: str,
     ) -> None:
         self.log = log
         self.settings = settings
-        self.price_book = price_book
+        self.prices = prices
+        self._logged_price_versions: set[str] = set()
         self.usage_store = usage_store
         self.admin_token = admin_token
         self.tenants = TenantsView()
@@ -165,7 +167,7 @@ class GatewayCore:
 
     def start(self) -> None:
         history = self.log.consumer(
-            [topics.TENANTS, topics.LEDGER, topics.IDEMPOTENCY],
+            [topics.TENANTS, topics.LEDGER, topics.IDEMPOTENCY, topics.PRICING],
             client_id=f"tollgate-gateway-history-{self.settings.instance_id}",
         )
         jobs = self.log.consumer(
@@ -177,6 +179,20 @@ class GatewayCore:
             self._threads.append(thread)
         if not self._caught_up.wait(catch_up_wait_s_max):
             raise RuntimeError("the gateway could not read the log to its end; is the broker reachable?")
+        built_in = self.prices.at_version(self.prices.versions()[0])
+        if built_in is not None and built_in.version not in self._logged_price_versions:
+            # Price book versions are events: put the built-in one on the log for auditors. Racing
+            # gateways may both do so; readers keep the first of a version.
+            self._producer.send([self._price_book_record(built_in)])
+
+    def _price_book_record(self, book: PriceBook) -> Outgoing:
+        event = PriceBookPublished(event_id=new_id("evt"), occurred_at=utc_now(), org_id="platform", book=book)
+        return Outgoing(topics.PRICING, "platform", encode(event))
+
+    async def publish_price_book(self, book: PriceBook) -> None:
+        record = self._price_book_record(book)
+        event_id = decode_event(record.value).event_id
+        await self._append_and_wait(event_id, [record], 30)
 
     def _follow(self, consumer: Any, fold: bool) -> None:
         try:
@@ -194,6 +210,9 @@ class GatewayCore:
                         self.tenants.apply(event)
                         self.balances.apply(event)
                         self.idempotency.apply(event)
+                        if isinstance(event, PriceBookPublished):
+                            self.prices.publish(event.book)
+                            self._logged_price_versions.add(event.book.version)
                     for key in _keys(event):
                         self.waiters.offer(key, event)
                 if fold and not records and not self._caught_up.is_set() and consumer.caught_up():
@@ -261,6 +280,7 @@ class GatewayCore:
         pool: str,
         payload: bytes,
         hold_micros: int,
+        price_version: str,
     ) -> dict[type, Event]:
         """Ask the ledger for a hold (it queues the job with it) and wait for the charge or refusal."""
         now = utc_now()
@@ -274,6 +294,7 @@ class GatewayCore:
             request_id=request_id,
             amount_micros=hold_micros,
             ttl_s=self.settings.hold_ttl_s,
+            price_version=price_version,
             job=JobSpec(
                 job_id=job_id,
                 token_id=token.token_id,

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.log import EventLog
-from ledger.pricing import default_price_book
+from ledger.pricing import PriceBooks, default_price_book
 from ledger.settings import Settings
 from schemas import topics
 
@@ -162,7 +162,7 @@ def run_gateway(settings: Settings, with_projector: bool | None, with_roles: boo
         threads.append(
             _start_thread("projector", ProjectorRole(log, settings, store, _projector_group(settings)).run, stop)
         )
-    core = GatewayCore(log, settings, price_book, store, admin_token)
+    core = GatewayCore(log, settings, PriceBooks(price_book), store, admin_token)
     core.start()
 
     async def announce() -> None:

@@ -9,41 +9,43 @@ never exceeds the cost of the worst case it was held for.
 
 from __future__ import annotations
 
-from typing import Literal
-
-import msgspec
-
+from schemas.prices import Category, ContextTier, ModelPrice, PriceBook
 from schemas.units import Units
+
+__all__ = ["Category", "ContextTier", "ModelPrice", "PriceBook", "PriceBooks", "default_price_book", "price_micros"]
 
 units_per_rate = 1_000_000
 
-Category = Literal["chat", "embedding", "image", "audio", "video"]
+
+class PriceBooks:
+    """Every published version, and the current one. A charge is priced by the version its hold
+    recorded, so publishing a new book never changes what an in-flight request costs."""
+
+    def __init__(self, initial: PriceBook) -> None:
+        self._versions: dict[str, PriceBook] = {initial.version: initial}
+        self.current = initial
+
+    def publish(self, book: PriceBook) -> bool:
+        """Add a version and make it current; False for a version already known (first one wins)."""
+        if book.version in self._versions:
+            return False
+        self._versions[book.version] = book
+        self.current = book
+        return True
+
+    def at_version(self, version: str) -> PriceBook | None:
+        return self.current if not version else self._versions.get(version)
+
+    def versions(self) -> list[str]:
+        return list(self._versions)
 
 
-class ModelPrice(msgspec.Struct, frozen=True, kw_only=True):
-    model: str
-    category: Category
-    pool: str
-    owned_by: str = "tollgate"
-    context_length: int = 32_768
-    max_output_tokens: int = 4_096
-    input_token_rate: int = 0
-    cached_input_token_rate: int = 0
-    output_token_rate: int = 0
-    image_rate: int = 0
-    audio_second_rate: int = 0
-    video_second_rate: int = 0
-    character_rate: int = 0
-    call_rate: int = 0
-    minimum_charge_micros: int = 0
-
-
-class PriceBook(msgspec.Struct, frozen=True, kw_only=True):
-    version: str
-    models: dict[str, ModelPrice]
-
-    def model(self, model_id: str) -> ModelPrice | None:
-        return self.models.get(model_id)
+def _token_rates(price: ModelPrice, prompt_tokens: int) -> tuple[int, int, int]:
+    rates = (price.input_token_rate, price.cached_input_token_rate, price.output_token_rate)
+    for tier in sorted(price.context_tiers, key=lambda t: t.above_tokens):
+        if prompt_tokens > tier.above_tokens:
+            rates = (tier.input_token_rate, tier.cached_input_token_rate, tier.output_token_rate)
+    return rates
 
 
 def _ceil_div(numerator: int, denominator: int) -> int:
@@ -52,11 +54,13 @@ def _ceil_div(numerator: int, denominator: int) -> int:
 
 def price_micros(price: ModelPrice, units: Units) -> int:
     """The cost of ``units`` under ``price`` in micro-credits. The single rounding point."""
+    input_rate, cached_rate, output_rate = _token_rates(price, units.input_tokens + units.cached_input_tokens)
+    image_rate = price.image_variant_rates.get(units.variant, price.image_rate) if units.variant else price.image_rate
     scaled = (
-        units.input_tokens * price.input_token_rate
-        + units.cached_input_tokens * price.cached_input_token_rate
-        + units.output_tokens * price.output_token_rate
-        + units.images * price.image_rate
+        units.input_tokens * input_rate
+        + units.cached_input_tokens * cached_rate
+        + units.output_tokens * output_rate
+        + units.images * image_rate
         + units.audio_seconds * price.audio_second_rate
         + units.video_seconds * price.video_second_rate
         + units.characters * price.character_rate
@@ -89,6 +93,54 @@ def default_price_book() -> PriceBook:
             cached_input_token_rate=1_250_000,
             output_token_rate=10_000_000,
             minimum_charge_micros=10,
+            context_tiers=(
+                ContextTier(
+                    above_tokens=32_768,
+                    input_token_rate=5_000_000,
+                    cached_input_token_rate=2_500_000,
+                    output_token_rate=15_000_000,
+                ),
+            ),
+        ),
+        ModelPrice(
+            model="sim-embed-small",
+            category="embedding",
+            pool="default",
+            context_length=8_192,
+            max_output_tokens=0,
+            input_token_rate=20_000,
+        ),
+        ModelPrice(
+            model="sim-image",
+            category="image",
+            pool="default",
+            image_rate=40_000_000_000,  # 0.04 credits per image
+            image_variant_rates={
+                "1024x1024/standard": 40_000_000_000,
+                "1024x1024/hd": 80_000_000_000,
+                "1792x1024/standard": 80_000_000_000,
+                "1792x1024/hd": 120_000_000_000,
+            },
+        ),
+        ModelPrice(
+            model="sim-tts",
+            category="audio",
+            pool="default",
+            character_rate=15_000_000,  # 15 credits per 1M characters
+        ),
+        ModelPrice(
+            model="sim-whisper",
+            category="audio",
+            pool="default",
+            audio_second_rate=100_000_000,  # 0.0001 credits per second
+        ),
+        ModelPrice(
+            model="sim-video",
+            category="video",
+            pool="default",
+            video_second_rate=50_000_000_000,  # 0.05 credits per second
+            call_rate=0,
+            minimum_charge_micros=10_000,
         ),
     ]
     return PriceBook(version="2026-11-01", models={price.model: price for price in models})

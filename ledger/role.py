@@ -10,14 +10,15 @@ from __future__ import annotations
 import heapq
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 import msgspec
 
-from ledger.log import EventLog, Outgoing, partition_for
-from ledger.pricing import PriceBook
+from ledger.log import Consumer, EventLog, Outgoing, partition_for
+from ledger.pricing import PriceBook, PriceBooks
 from ledger.settings import Settings
 from ledger.wallet import (
     Rejection,
@@ -32,9 +33,20 @@ from ledger.wallet import (
 from schemas import topics
 from schemas.codec import decode_command, decode_event, encode
 from schemas.commands import AnyCommand
-from schemas.events import CommandRejected, CreditsGranted, Event, HoldCaptured, HoldPlaced, HoldReleased, JobQueued
+from schemas.events import (
+    CommandRejected,
+    CreditsGranted,
+    Event,
+    HoldCaptured,
+    HoldPlaced,
+    HoldReleased,
+    JobQueued,
+    PriceBookPublished,
+)
 
 logger = logging.getLogger(__name__)
+
+pricing_wait_s_max = 5.0  # how long a capture waits for a price book version it does not know yet
 
 Clock = Callable[[], datetime]
 
@@ -65,10 +77,13 @@ def rejected(command: AnyCommand, rejection: Rejection, now: datetime) -> Comman
 class LedgerRole:
     group = "tollgate-ledger"
 
-    def __init__(self, log: EventLog, settings: Settings, price_book: PriceBook, clock: Clock = utc_now) -> None:
+    def __init__(
+        self, log: EventLog, settings: Settings, prices: PriceBook | PriceBooks, clock: Clock = utc_now
+    ) -> None:
         self._log = log
         self._settings = settings
-        self._price_book = price_book
+        self.prices = prices if isinstance(prices, PriceBooks) else PriceBooks(prices)
+        self._pricing: Consumer | None = None
         self._clock = clock
         self.wallets: dict[str, Wallet] = {}
         self.rejections: Counter[str] = Counter()
@@ -138,6 +153,22 @@ class LedgerRole:
                 outputs.append(Outgoing(topic_for(event), event.org_id, encode(event)))
         return outputs
 
+    def follow_pricing(self, until_caught_up: bool = False) -> bool:
+        """Fold newly published price books; True when one was added."""
+        if self._pricing is None:
+            self._pricing = self._log.consumer(
+                [topics.PRICING], client_id=f"tollgate-ledger-pricing-{self._settings.instance_id}"
+            )
+        added = False
+        deadline = time.monotonic() + pricing_wait_s_max
+        while True:
+            for record in self._pricing.poll(self._settings.batch_records_max, 0):
+                event = decode_event(record.value)
+                if isinstance(event, PriceBookPublished):
+                    added = self.prices.publish(event.book) or added
+            if not until_caught_up or self._pricing.caught_up() or time.monotonic() > deadline:
+                return added
+
     def _wallet(self, org_id: str) -> Wallet:
         wallet = self.wallets.get(org_id)
         if wallet is None:
@@ -158,7 +189,9 @@ class LedgerRole:
                 logger.error("skipping a malformed command: %s", error)
                 continue
             wallet = self._wallet(command.org_id)
-            result = decide(wallet, command, now, self._price_book)
+            result = decide(wallet, command, now, self.prices)
+            if result is Rejection.price_version_unknown and self.follow_pricing(until_caught_up=True):
+                result = decide(wallet, command, now, self.prices)
             if isinstance(result, Rejection):
                 self.rejections[result.value] += 1
                 logger.warning("command %s rejected: %s", command.command_id, result.value)
@@ -178,6 +211,7 @@ class LedgerRole:
         try:
             while not stop.is_set():
                 records = processor.poll(self._settings.batch_records_max, self._settings.poll_wait_ms)
+                self.follow_pricing()
                 if self._rebuild_needed:
                     self.rebuild(self._rebuild_needed)
                     self._rebuild_needed = set()
@@ -195,3 +229,5 @@ class LedgerRole:
                     self.rebuild(self._owned)
         finally:
             processor.close()
+            if self._pricing is not None:
+                self._pricing.close()

@@ -1,6 +1,6 @@
 """An organization's wallet: pure decisions over an eventsourcing aggregate.
 
-``decide(wallet, command, now, price_book)`` returns the events a command causes, or a rejection
+``decide(wallet, command, now, prices)`` returns the events a command causes, or a rejection
 code. ``evolve(wallet, event)`` applies one event. Neither does IO nor reads the clock (time is
 passed in), so the ledger role, replay and tests all run the same code.
 
@@ -28,7 +28,7 @@ from typing import Any
 
 from eventsourcing.domain import Aggregate, event
 
-from ledger.pricing import PriceBook, price_micros
+from ledger.pricing import PriceBook, PriceBooks, price_micros
 from schemas.commands import (
     AdjustCredits,
     AnyCommand,
@@ -57,6 +57,7 @@ from schemas.events import (
     JobQueued,
 )
 
+Prices = PriceBook | PriceBooks  # a single book (tests, tools) or every published version
 hold_expired_reason = "hold_expired"
 _event_id_namespace = uuid.UUID("6c4d7d1e-59a4-4c55-9b0a-6f1f0c8e2a11")
 _never = datetime.max.replace(tzinfo=None)
@@ -81,6 +82,7 @@ class Rejection(enum.Enum):
     limit_below_current_use = "limit_below_current_use"
     amount_must_not_be_zero = "amount_must_not_be_zero"
     invalid_auto_topup = "invalid_auto_topup"
+    price_version_unknown = "price_version_unknown"
 
 
 class HoldStatus(enum.Enum):
@@ -100,6 +102,7 @@ class Hold:
     amount_micros: int
     expires_at: datetime
     status: HoldStatus = HoldStatus.open
+    price_version: str = ""
     captured_micros: int = 0
     refunded_micros: int = 0
 
@@ -293,12 +296,12 @@ def _envelope(command: AnyCommand, now: datetime) -> dict[str, Any]:
     }
 
 
-def decide(wallet: Wallet, command: AnyCommand, now: datetime, price_book: PriceBook) -> list[Event] | Rejection:
+def decide(wallet: Wallet, command: AnyCommand, now: datetime, prices: Prices) -> list[Event] | Rejection:
     """The events ``command`` causes against ``wallet`` at ``now``; [] for an exact duplicate."""
     if isinstance(command, PlaceHold):
         return _decide_place_hold(wallet, command, now)
     if isinstance(command, CaptureHold):
-        return _decide_capture(wallet, command, now, price_book)
+        return _decide_capture(wallet, command, now, prices)
     if isinstance(command, ReleaseHold):
         return _decide_release(wallet, command, now)
     if isinstance(command, GrantCredits):
@@ -369,6 +372,7 @@ def _decide_place_hold(wallet: Wallet, command: PlaceHold, now: datetime) -> lis
             endpoint=job.endpoint,
             amount_micros=command.amount_micros,
             expires_at=now + timedelta(seconds=command.ttl_s),
+            price_version=command.price_version,
             **envelope,
         ),
         JobQueued(
@@ -398,9 +402,7 @@ def _open_hold(wallet: Wallet, hold_id: str) -> Hold | Rejection:
     return hold
 
 
-def _decide_capture(
-    wallet: Wallet, command: CaptureHold, now: datetime, price_book: PriceBook
-) -> list[Event] | Rejection:
+def _decide_capture(wallet: Wallet, command: CaptureHold, now: datetime, prices: Prices) -> list[Event] | Rejection:
     hold = _open_hold(wallet, command.hold_id)
     if isinstance(hold, Rejection):
         return hold
@@ -408,9 +410,12 @@ def _decide_capture(
         # Past its time-to-live the hold no longer reserves anything; the expiry event releases it.
         return Rejection.hold_expired
     units = command.units
-    if any(getattr(units, name) < 0 for name in units.__struct_fields__):
+    if any(isinstance(value, int) and value < 0 for value in (getattr(units, f) for f in units.__struct_fields__)):
         return Rejection.units_must_not_be_negative
-    price = price_book.model(hold.model)
+    book = prices.at_version(hold.price_version)
+    if book is None:
+        return Rejection.price_version_unknown
+    price = book.model(hold.model)
     if price is None:
         return Rejection.model_not_priced
     priced = price_micros(price, units)
@@ -428,7 +433,7 @@ def _decide_capture(
             amount_micros=charged,
             released_micros=hold.amount_micros - charged,
             priced_micros=priced,
-            price_version=price_book.version,
+            price_version=book.version,
             units=units,
             latency_ms=command.latency_ms,
             grant_burns=tuple(GrantBurn(grant_id=g.grant_id, amount_micros=take) for g, take in plan),
@@ -629,6 +634,7 @@ def evolve(wallet: Wallet, event: Event) -> None:
                 endpoint=event.endpoint,
                 amount_micros=event.amount_micros,
                 expires_at=event.expires_at,
+                price_version=event.price_version,
             )
         )
     elif isinstance(event, HoldReleased):

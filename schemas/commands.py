@@ -68,6 +68,7 @@ class PlaceHold(Command, frozen=True, kw_only=True, tag="place_hold.v1"):
     amount_micros: int
     ttl_s: int
     job: JobSpec
+    price_version: str = ""
 
 
 class CaptureHold(Command, frozen=True, kw_only=True, tag="capture_hold.v1"):

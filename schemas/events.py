@@ -15,6 +15,7 @@ from typing import Literal
 
 import msgspec
 
+from schemas.prices import PriceBook
 from schemas.units import Units
 
 
@@ -72,6 +73,12 @@ class IdempotentReplyRecorded(Event, frozen=True, kw_only=True, tag="idempotent_
     status_code: int
     body: msgspec.Raw
     headers: dict[str, str]
+
+
+class PriceBookPublished(Event, frozen=True, kw_only=True, tag="price_book.published.v1"):
+    """A new price book version; it prices every hold placed after it (``org_id`` is "platform")."""
+
+    book: PriceBook
 
 
 # --- ledger (written only by the ledger role) ------------------------------------------------------
@@ -155,6 +162,7 @@ class HoldPlaced(Event, frozen=True, kw_only=True, tag="hold.placed.v1"):
     endpoint: str
     amount_micros: int
     expires_at: datetime
+    price_version: str = ""  # the price book version that will price the capture
 
 
 class HoldRejected(Event, frozen=True, kw_only=True, tag="hold.rejected.v1"):
@@ -249,6 +257,7 @@ AnyEvent = (
     | RequestAccepted
     | RequestRejected
     | IdempotentReplyRecorded
+    | PriceBookPublished
     | CreditsGranted
     | GrantExpired
     | CreditsRefunded

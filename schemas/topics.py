@@ -9,6 +9,7 @@ COMMANDS = "tollgate.commands"
 LEDGER = "tollgate.ledger"
 JOBS = "tollgate.jobs"
 IDEMPOTENCY = "tollgate.idempotency"
+PRICING = "tollgate.pricing"
 DISPATCH_PREFIX = "tollgate.dispatch."
 
 partitions_per_topic = 4
@@ -19,4 +20,4 @@ def dispatch_topic(pool: str) -> str:
 
 
 def all_topics(pools: tuple[str, ...]) -> list[str]:
-    return [TENANTS, REQUESTS, COMMANDS, LEDGER, JOBS, IDEMPOTENCY, *(dispatch_topic(pool) for pool in pools)]
+    return [TENANTS, REQUESTS, COMMANDS, LEDGER, JOBS, IDEMPOTENCY, PRICING, *(dispatch_topic(pool) for pool in pools)]

@@ -1,4 +1,4 @@
-"""Measured usage: the quantities a price book prices. Integers only."""
+"""Measured usage: the quantities a price book prices. Integers only (and a variant label)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ class Units(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     video_seconds: int = 0
     characters: int = 0
     calls: int = 0
+    # Which rate applies where one dimension has several, e.g. an image's "1024x1024/hd".
+    variant: str = ""
 
     @property
     def total_tokens(self) -> int:

@@ -355,3 +355,32 @@ def test_auto_topup_through_the_api_fires_once(dev: Dev) -> None:
     topups = [g for g in balance["grants"] if g["id"].startswith("topup_")]
     assert len(topups) == 1, "one crossing of the threshold, one top-up"
     assert balance["amount_micros"] == 10_000 + 1 - sum(costs)
+
+
+def test_price_books_are_versioned_and_each_charge_names_its_version(dev: Dev) -> None:
+    key = dev.demo["api_key"]
+    model = dev.client(key).models.retrieve("sim-chat-small")
+    assert model.id == "sim-chat-small"
+    missing = httpx.get(f"{dev.base_url}/v1/models/nope", headers={"Authorization": f"Bearer {key}"})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+
+    books = dev.admin.client.get("/v1/price-books").json()
+    current = books["data"][0]
+    before, _ = chat(dev.client(key), "priced by the first book")
+    assert before["usage"]["price_version"] == current["version"]  # type: ignore[index]
+
+    dearer = {**current, "version": "2026-12-01"}
+    dearer["models"] = {
+        **current["models"],
+        "sim-chat-small": {**current["models"]["sim-chat-small"], "output_token_rate": 6_000_000},
+    }
+    published = dev.admin.client.post("/v1/price-books", json=dearer)
+    assert published.status_code == 201, published.text
+    again = dev.admin.client.post("/v1/price-books", json=dearer)
+    assert again.status_code == 409
+    after, _ = chat(dev.client(key), "priced by the first book")
+    assert after["usage"]["price_version"] == "2026-12-01"  # type: ignore[index]
+    assert after["usage"]["completion_tokens"] == before["usage"]["completion_tokens"]  # type: ignore[index]
+    assert after["usage"]["cost_micros"] > before["usage"]["cost_micros"]  # type: ignore[index,operator]
+    card = httpx.get(f"{dev.base_url}/v1/models/sim-chat-small", headers={"Authorization": f"Bearer {key}"}).json()
+    assert card["pricing"]["price_version"] == "2026-12-01" and card["pricing"]["output"] == 6

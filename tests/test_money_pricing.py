@@ -71,3 +71,30 @@ def test_price_is_monotonic(input_a: int, output_a: int, input_extra: int, outpu
     smaller = price_micros(price, Units(input_tokens=input_a, output_tokens=output_a))
     larger = price_micros(price, Units(input_tokens=input_a + input_extra, output_tokens=output_a + output_extra))
     assert smaller <= larger
+
+
+def test_longer_prompts_are_priced_at_their_context_tier() -> None:
+    large = default_price_book().models["sim-chat-large"]
+    short = price_micros(large, Units(input_tokens=32_768, output_tokens=1000))
+    long = price_micros(large, Units(input_tokens=32_769, output_tokens=1000))
+    assert short == -(-(32_768 * 2_500_000 + 1000 * 10_000_000) // 1_000_000)
+    assert long == -(-(32_769 * 5_000_000 + 1000 * 15_000_000) // 1_000_000)
+
+
+@pytest.mark.parametrize(
+    ("variant", "expected"),
+    [("1024x1024/standard", 40_000), ("1024x1024/hd", 80_000), ("1792x1024/hd", 120_000), ("odd/size", 40_000)],
+)
+def test_images_are_priced_by_size_and_quality(variant: str, expected: int) -> None:
+    image = default_price_book().models["sim-image"]
+    assert price_micros(image, Units(images=1, variant=variant)) == expected
+
+
+def test_seconds_characters_and_calls_are_priced() -> None:
+    book = default_price_book().models
+    assert price_micros(book["sim-tts"], Units(characters=1000)) == 15_000
+    assert price_micros(book["sim-whisper"], Units(audio_seconds=60)) == 6_000
+    assert price_micros(book["sim-video"], Units(video_seconds=5)) == 250_000
+    assert price_micros(book["sim-video"], Units(video_seconds=0)) == 10_000  # the minimum charge
+    per_call = ModelPrice(model="m", category="chat", pool="p", call_rate=5_000_000_000)
+    assert price_micros(per_call, Units(calls=3)) == 15_000

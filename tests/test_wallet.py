@@ -206,6 +206,11 @@ decision_table: list[tuple[list[AnyCommand], AnyCommand, object]] = [
     ([], topup(threshold=500, amount=10, target=2000), Rejection.invalid_auto_topup),
     ([], topup(threshold=500, target=400), Rejection.invalid_auto_topup),
     ([], topup(threshold=-1, amount=10), Rejection.invalid_auto_topup),
+    (
+        [grant(1000), msgspec.structs.replace(hold(100), price_version="v-unknown")],
+        capture(),
+        Rejection.price_version_unknown,
+    ),
 ]
 
 
@@ -374,3 +379,26 @@ def test_auto_topup_to_a_target() -> None:
     wallet, _ = run([grant(600), topup(threshold=500, target=2000), adjust(-300)])
     fired = decide_auto_topup(wallet, now, "c1")
     assert fired[1].amount_micros == 1700  # type: ignore[attr-defined]
+
+
+def test_a_capture_is_priced_by_the_version_its_hold_recorded() -> None:
+    from ledger.pricing import PriceBooks
+
+    old_book = default_price_book()
+    expensive = msgspec.structs.replace(
+        old_book,
+        version="v2",
+        models={
+            **old_book.models,
+            "sim-chat-small": msgspec.structs.replace(old_book.models["sim-chat-small"], output_token_rate=6_000_000),
+        },
+    )
+    books = PriceBooks(old_book)
+    wallet, _ = run([grant(10_000), msgspec.structs.replace(hold(5000), price_version=old_book.version)])
+    books.publish(expensive)
+    captured = decide(wallet, capture(), now, books)[0]  # type: ignore[index]
+    assert (captured.price_version, captured.amount_micros) == (old_book.version, 33)  # type: ignore[union-attr]
+    for event in decide(wallet, msgspec.structs.replace(hold(5000, "h2"), price_version="v2"), now, books):  # type: ignore[union-attr]
+        evolve(wallet, event)
+    second = decide(wallet, capture("h2"), now, books)[0]  # type: ignore[index]
+    assert (second.price_version, second.amount_micros) == ("v2", 320)  # type: ignore[union-attr]
