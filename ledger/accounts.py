@@ -2,8 +2,9 @@
 to another. The sum over all accounts is zero after every event, by construction and by assertion.
 
 Accounts:
-- ``{org}/wallet``: what the organization holds (negative when it uses its credit limit);
-- ``{org}/held``: what its open holds reserve;
+- ``{org}/wallet``: what the organization can still reserve (its available balance; negative when it
+  uses its credit limit);
+- ``{org}/held``: what its open holds reserve (wallet + held is the balance);
 - system accounts: ``revenue``, ``promo_issuance``, ``paid_topups``, ``refunds``, ``breakage``
   (expired credits), ``adjustments``.
 

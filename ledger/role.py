@@ -199,6 +199,18 @@ class LedgerRole:
             for event in [*result, *decide_auto_topup(wallet, now, command.command_id)]:
                 self._apply(event)
                 outputs.append(Outgoing(topic_for(event), event.org_id, encode(event)))
+            # Money an expired grant kept for a hold that just resolved breaks now, before the next
+            # command in this batch could reserve it.
+            outputs += self._expire_freed_grants(wallet, now)
+        return outputs
+
+    def _expire_freed_grants(self, wallet: Wallet, now: datetime) -> list[Outgoing]:
+        outputs: list[Outgoing] = []
+        for grant in list(wallet.grants.values()):
+            if grant.expired and grant.remaining_micros > 0:
+                for event in decide_grant_expiry(wallet, grant.grant_id, now):
+                    self._apply(event)
+                    outputs.append(Outgoing(topic_for(event), event.org_id, encode(event)))
         return outputs
 
     def run(self, stop: threading.Event, ready: threading.Event | None = None) -> None:

@@ -8,7 +8,8 @@ The aggregate's ``@event`` methods are the evolve step: replaying the log calls 
 
 Money model (integer micros):
 - ``balance`` = what the grants still hold - ``debt`` (charges beyond the grants, within the credit
-  limit). It is the ``{org}/wallet`` account of the double-entry book.
+  limit). In the double-entry book it is the ``{org}/wallet`` account plus the ``{org}/held`` account
+  (a hold moves money from the first to the second), so ``{org}/wallet`` alone is ``available``.
 - ``spendable`` = balance - held + credit limit. A hold needs ``amount ≤ spendable``; nothing ever
   takes spendable below zero, so concurrent requests can never pass the limit.
 - Charges burn grants at capture, in burn order: grants already expired (their money was reserved
