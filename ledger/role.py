@@ -47,6 +47,7 @@ from schemas.events import (
 logger = logging.getLogger(__name__)
 
 pricing_wait_s_max = 5.0  # how long a capture waits for a price book version it does not know yet
+pricing_check_interval_s = 1.0  # how often an idle ledger looks for new price book versions
 
 Clock = Callable[[], datetime]
 
@@ -220,10 +221,15 @@ class LedgerRole:
             transactional_id=f"tollgate-ledger-{self._settings.instance_id}",
             on_assigned=self._on_assigned,
         )
+        next_pricing_check = 0.0
         try:
             while not stop.is_set():
                 records = processor.poll(self._settings.batch_records_max, self._settings.poll_wait_ms)
-                self.follow_pricing()
+                if time.monotonic() >= next_pricing_check:
+                    # New versions only matter to captures of holds that name them, and an unknown
+                    # version makes decide_batch catch up at once; so a periodic look is enough.
+                    self.follow_pricing()
+                    next_pricing_check = time.monotonic() + pricing_check_interval_s
                 if self._rebuild_needed:
                     self.rebuild(self._rebuild_needed)
                     self._rebuild_needed = set()
