@@ -6,7 +6,7 @@ Limits follow the unit-last naming of the style guide (``hold_ttl_s``, ``batch_r
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -59,6 +59,3 @@ class Settings:
     @property
     def embedded(self) -> bool:
         return not self.kafka_bootstrap
-
-    def describe(self) -> dict[str, str]:
-        return {f.name: str(getattr(self, f.name)) for f in fields(self) if f.name != "admin_token"}

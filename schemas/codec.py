@@ -10,7 +10,6 @@ from schemas.events import AnyEvent
 _encoder = msgspec.json.Encoder()
 _event_decoder: msgspec.json.Decoder[AnyEvent] = msgspec.json.Decoder(AnyEvent)
 _command_decoder: msgspec.json.Decoder[AnyCommand] = msgspec.json.Decoder(AnyCommand)
-_message_decoder: msgspec.json.Decoder[AnyEvent | AnyCommand] = msgspec.json.Decoder(AnyEvent | AnyCommand)
 
 
 def encode(message: msgspec.Struct) -> bytes:
@@ -23,7 +22,3 @@ def decode_event(data: bytes) -> AnyEvent:
 
 def decode_command(data: bytes) -> AnyCommand:
     return _command_decoder.decode(data)
-
-
-def decode_message(data: bytes) -> AnyEvent | AnyCommand:
-    return _message_decoder.decode(data)
