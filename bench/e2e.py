@@ -28,7 +28,7 @@ from typing import Any
 repo = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(repo))
 
-from tests.conftest import free_port  # noqa: E402
+from tests.conftest import free_port, free_port_pair  # noqa: E402
 from tests.processes import Admin, Role, wait_until_serving  # noqa: E402
 
 admin_token = "tga_bench"
@@ -163,7 +163,7 @@ def main() -> None:
     kafka_env: dict[str, str] | None = None
     bootstrap = args.bootstrap
     if args.mode == "kafka" and not bootstrap:
-        kafka_port = free_port()
+        kafka_port = free_port_pair()
         kafka_env = {**os.environ, "TOLLGATE_KAFKA_PORT": str(kafka_port), "TOLLGATE_KAFKA_DATA": str(root / "kafka")}
         subprocess.run(["bash", str(repo / "compose" / "kafka.sh"), "start"], env=kafka_env, check=True)
         bootstrap = f"127.0.0.1:{kafka_port}"

@@ -24,7 +24,7 @@ sys.path.insert(0, str(repo))
 
 from ledger.log import Outgoing  # noqa: E402
 from ledger.log.kafka import KafkaLog  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from tests.conftest import free_port_pair  # noqa: E402
 
 
 def summary(values_ms: list[float]) -> dict[str, float]:
@@ -77,7 +77,7 @@ def main() -> None:
     env = None
     bootstrap = args.bootstrap
     if not bootstrap:
-        port = free_port()
+        port = free_port_pair()
         env = {**os.environ, "TOLLGATE_KAFKA_PORT": str(port), "TOLLGATE_KAFKA_DATA": tempfile.mkdtemp()}
         subprocess.run(["bash", str(repo / "compose" / "kafka.sh"), "start"], env=env, check=True)
         bootstrap = f"127.0.0.1:{port}"

@@ -656,9 +656,9 @@ def print_phase(phase: str, result: dict[str, Any]) -> None:
 
 def start_broker(root: Path) -> tuple[str, dict[str, str]]:
     sys.path.insert(0, str(repo))
-    from tests.conftest import free_port
+    from tests.conftest import free_port_pair
 
-    port = free_port()
+    port = free_port_pair()
     env = {**os.environ, "TOLLGATE_KAFKA_PORT": str(port), "TOLLGATE_KAFKA_DATA": str(root / "kafka")}
     subprocess.run(["bash", str(kafka_script), "start"], env=env, check=True)
     return f"127.0.0.1:{port}", env

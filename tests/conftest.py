@@ -22,6 +22,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port_pair() -> int:
+    """A free port whose successor is free too: compose/kafka.sh puts the controller on port + 1."""
+    for _ in range(50):
+        port = free_port()
+        if port < 65535 and _port_free(port + 1):
+            return port
+    raise RuntimeError("no two adjacent free ports on 127.0.0.1")
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real single-node KRaft broker for the session (or TOLLGATE_TEST_KAFKA_BOOTSTRAP if set)."""
@@ -30,7 +48,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield given
         return
     # A free port: a broker someone else left running must never stand in for ours.
-    port = int(os.environ.get("TOLLGATE_TEST_KAFKA_PORT", "0")) or free_port()
+    port = int(os.environ.get("TOLLGATE_TEST_KAFKA_PORT", "0")) or free_port_pair()
     env = {
         **os.environ,
         "TOLLGATE_KAFKA_PORT": str(port),
