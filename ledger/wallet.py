@@ -22,6 +22,7 @@ Money model (integer micros):
 from __future__ import annotations
 
 import enum
+import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -57,10 +58,12 @@ from schemas.events import (
     HoldReleased,
     JobQueued,
 )
+from schemas.units import Units
 
 Prices = PriceBook | PriceBooks  # a single book (tests, tools) or every published version
 hold_expired_reason = "hold_expired"
 _event_id_namespace = uuid.UUID("6c4d7d1e-59a4-4c55-9b0a-6f1f0c8e2a11")
+_event_id_key = _event_id_namespace.bytes
 _never = datetime.max.replace(tzinfo=None)
 
 
@@ -284,8 +287,9 @@ class Wallet(Aggregate):
 
 
 def event_id_for(command_id: str, kind: str) -> str:
-    """Deterministic, so that deciding the same command twice yields the same event ids."""
-    return str(uuid.uuid5(_event_id_namespace, f"{command_id}/{kind}"))
+    """Deterministic, so that deciding the same command twice yields the same event ids. A keyed
+    128-bit BLAKE2b digest in hex: as unique as a uuid5 and about six times cheaper (bench/ledger.py)."""
+    return hashlib.blake2b(f"{command_id}/{kind}".encode(), digest_size=16, key=_event_id_key).hexdigest()
 
 
 def _envelope(command: AnyCommand, now: datetime) -> dict[str, Any]:
@@ -403,6 +407,22 @@ def _open_hold(wallet: Wallet, hold_id: str) -> Hold | Rejection:
     return hold
 
 
+def _has_negative(units: Units) -> bool:
+    return (
+        min(
+            units.input_tokens,
+            units.cached_input_tokens,
+            units.output_tokens,
+            units.images,
+            units.audio_seconds,
+            units.video_seconds,
+            units.characters,
+            units.calls,
+        )
+        < 0
+    )
+
+
 def _decide_capture(wallet: Wallet, command: CaptureHold, now: datetime, prices: Prices) -> list[Event] | Rejection:
     hold = _open_hold(wallet, command.hold_id)
     if isinstance(hold, Rejection):
@@ -411,7 +431,7 @@ def _decide_capture(wallet: Wallet, command: CaptureHold, now: datetime, prices:
         # Past its time-to-live the hold no longer reserves anything; the expiry event releases it.
         return Rejection.hold_expired
     units = command.units
-    if any(isinstance(value, int) and value < 0 for value in (getattr(units, f) for f in units.__struct_fields__)):
+    if _has_negative(units):
         return Rejection.units_must_not_be_negative
     book = prices.at_version(hold.price_version)
     if book is None:
