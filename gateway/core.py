@@ -15,9 +15,9 @@ import logging
 import secrets
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -26,20 +26,24 @@ from gateway.idempotency import IdempotencyView
 from ledger.log import EventLog, Outgoing
 from ledger.pricing import PriceBook, PriceBooks
 from ledger.settings import Settings
+from projections.jobs import JobsView
 from projections.usage_store import UsageStore
 from projections.views import ApiToken, BalancesView, TenantsView
 from schemas import topics
 from schemas.codec import decode_event, encode
-from schemas.commands import AnyCommand, JobSpec, PlaceHold
+from schemas.commands import AnyCommand, CancelJob, JobSpec, PlaceHold
 from schemas.events import (
     ApiTokenCreated,
     CommandRejected,
     Event,
     HoldCaptured,
+    HoldPlaced,
     HoldRejected,
     HoldReleased,
     IdempotentReplyRecorded,
+    JobCancelled,
     JobCompleted,
+    JobDeadLettered,
     JobFailed,
     OrganizationCreated,
     PriceBookPublished,
@@ -69,12 +73,16 @@ class Overloaded(Exception):
     """This gateway already waits on its maximum of requests; a bound, not a queue."""
 
 
+stream_events_max = 4096  # events a streamed request may have waiting for its client
+
+
 @dataclass(slots=True)
 class _Waiter:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[dict[type, Event]]
     is_done: Callable[[dict[type, Event]], bool]
     seen: dict[type, Event] = field(default_factory=dict)
+    stream: asyncio.Queue[Event] | None = None
 
 
 class Waiters:
@@ -94,6 +102,17 @@ class Waiters:
             self._waiting[key] = _Waiter(loop, future, is_done)
         return future
 
+    def subscribe(
+        self, key: str, is_done: Callable[[dict[type, Event]], bool]
+    ) -> tuple[asyncio.Future[dict[type, Event]], asyncio.Queue[Event]]:
+        """Like ``expect``, and every event for ``key`` also goes to the returned queue, in order."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[type, Event]] = loop.create_future()
+        events: asyncio.Queue[Event] = asyncio.Queue(stream_events_max)
+        with self._lock:
+            self._waiting[key] = _Waiter(loop, future, is_done, stream=events)
+        return future, events
+
     def forget(self, key: str) -> None:
         with self._lock:
             self._waiting.pop(key, None)
@@ -106,10 +125,19 @@ class Waiters:
             if waiter is None:
                 return
             waiter.seen[type(event)] = event
+            if waiter.stream is not None:
+                waiter.loop.call_soon_threadsafe(_put, waiter.stream, event)
             if not waiter.is_done(waiter.seen):
                 return
             del self._waiting[key]
         waiter.loop.call_soon_threadsafe(_resolve, waiter.future, waiter.seen)
+
+
+def _put(events: asyncio.Queue[Event], event: Event) -> None:
+    try:
+        events.put_nowait(event)
+    except asyncio.QueueFull:
+        logger.warning("a stream's client reads too slowly; dropping %s", type(event).__name__)
 
 
 def _resolve(future: asyncio.Future[dict[type, Event]], seen: dict[type, Event]) -> None:
@@ -134,8 +162,15 @@ def request_finished(seen: dict[type, Event]) -> bool:
         HoldRejected in seen
         or CommandRejected in seen
         or (JobCompleted in seen and HoldCaptured in seen)
+        or (JobCancelled in seen and (HoldCaptured in seen or HoldReleased in seen))
         or (JobFailed in seen and HoldReleased in seen)
+        or (JobDeadLettered in seen and HoldReleased in seen)
     )
+
+
+def request_admitted(seen: dict[type, Event]) -> bool:
+    """An async request is answered once its hold (with its queued job) or its refusal is on the ledger."""
+    return HoldPlaced in seen or HoldRejected in seen or CommandRejected in seen
 
 
 class GatewayCore:
@@ -157,6 +192,7 @@ class GatewayCore:
         self.balances = BalancesView()
         self.idempotency = IdempotencyView()
         self.waiters = Waiters()
+        self.jobs = JobsView(timedelta(seconds=settings.job_retention_s))
         self._producer = log.producer(f"tollgate-gateway-{settings.instance_id}")
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -171,7 +207,10 @@ class GatewayCore:
             client_id=f"tollgate-gateway-history-{self.settings.instance_id}",
         )
         jobs = self.log.consumer(
-            [topics.JOBS], client_id=f"tollgate-gateway-jobs-{self.settings.instance_id}", from_beginning=False
+            # From the beginning: finished jobs stay visible for the retention window after a restart
+            # (the topic's own retention bounds this read).
+            [topics.JOBS],
+            client_id=f"tollgate-gateway-jobs-{self.settings.instance_id}",
         )
         for name, consumer, fold in (("history", history, True), ("jobs", jobs, False)):
             thread = threading.Thread(target=self._follow, args=(consumer, fold), name=f"follow-{name}", daemon=True)
@@ -206,6 +245,7 @@ class GatewayCore:
                             "skipping an undecodable record at %s/%d@%d", record.topic, record.partition, record.offset
                         )
                         continue
+                    self.jobs.apply(event)
                     if fold:
                         self.tenants.apply(event)
                         self.balances.apply(event)
@@ -271,7 +311,7 @@ class GatewayCore:
         )
         return next(iter(seen.values()))
 
-    async def run_metered(
+    def _metered_records(
         self,
         token: ApiToken,
         request_id: str,
@@ -281,8 +321,8 @@ class GatewayCore:
         payload: bytes,
         hold_micros: int,
         price_version: str,
-    ) -> dict[type, Event]:
-        """Ask the ledger for a hold (it queues the job with it) and wait for the charge or refusal."""
+        stream: bool = False,
+    ) -> tuple[str, list[Outgoing]]:
         now = utc_now()
         job_id = new_id("job")
         command = PlaceHold(
@@ -302,6 +342,8 @@ class GatewayCore:
                 endpoint=endpoint,
                 pool=pool,
                 payload=msgspec.Raw(payload),
+                attempts_max=self.settings.job_attempts_max,
+                stream=stream,
             ),
         )
         accepted = RequestAccepted(
@@ -315,21 +357,105 @@ class GatewayCore:
             model=model,
             hold_micros=hold_micros,
         )
+        return job_id, [
+            Outgoing(topics.REQUESTS, token.org_id, encode(accepted)),
+            Outgoing(topics.COMMANDS, token.org_id, encode(command)),
+        ]
+
+    async def run_metered(
+        self,
+        token: ApiToken,
+        request_id: str,
+        endpoint: str,
+        model: str,
+        pool: str,
+        payload: bytes,
+        hold_micros: int,
+        price_version: str,
+        wait_for: Callable[[dict[type, Event]], bool] = request_finished,
+    ) -> dict[type, Event]:
+        """Ask the ledger for a hold (it queues the job with it) and wait for the charge or refusal
+        (or, with ``wait_for=request_admitted``, only for the hold)."""
+        _, records = self._metered_records(
+            token, request_id, endpoint, model, pool, payload, hold_micros, price_version
+        )
         if self.inflight >= self.settings.inflight_requests_max:
             raise Overloaded(self.settings.inflight_requests_max)
-        future = self.waiters.expect(request_id, request_finished)
+        future = self.waiters.expect(request_id, wait_for)
         self.inflight += 1
         try:
-            self._producer.send(
-                [
-                    Outgoing(topics.REQUESTS, token.org_id, encode(accepted)),
-                    Outgoing(topics.COMMANDS, token.org_id, encode(command)),
-                ]
-            )
+            self._producer.send(records)
             return await asyncio.wait_for(future, self.settings.request_wait_s_max)
         finally:
             self.inflight -= 1
             self.waiters.forget(request_id)
+
+    async def stream_metered(
+        self,
+        token: ApiToken,
+        request_id: str,
+        endpoint: str,
+        model: str,
+        pool: str,
+        payload: bytes,
+        hold_micros: int,
+        price_version: str,
+    ) -> AsyncIterator[Event]:
+        """Like ``run_metered``, yielding every event of the request as it comes, up to its end.
+        A client that goes away before the end cancels the job: it is charged for the work done."""
+        job_id, records = self._metered_records(
+            token, request_id, endpoint, model, pool, payload, hold_micros, price_version, stream=True
+        )
+        if self.inflight >= self.settings.inflight_requests_max:
+            raise Overloaded(self.settings.inflight_requests_max)
+        future, events = self.waiters.subscribe(request_id, request_finished)
+        self.inflight += 1
+        finished = False
+        deadline = asyncio.get_running_loop().time() + self.settings.request_wait_s_max
+        try:
+            self._producer.send(records)
+            while True:
+                if future.done() and events.empty():
+                    finished = True
+                    return
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    raise TimeoutError
+                try:
+                    event = await asyncio.wait_for(events.get(), min(remaining, 1.0))
+                except TimeoutError:
+                    continue
+                yield event
+        finally:
+            self.inflight -= 1
+            self.waiters.forget(request_id)
+            if not finished:
+                self.cancel_job_soon(token.org_id, request_id, job_id, "client_disconnected")
+
+    def cancel_job_soon(self, org_id: str, hold_id: str, job_id: str, reason: str) -> None:
+        """Ask the ledger to cancel without waiting for its answer (a stream whose client left)."""
+        command = CancelJob(
+            command_id=f"cancel:{hold_id}",
+            org_id=org_id,
+            issued_at=utc_now(),
+            correlation_id=hold_id,
+            hold_id=hold_id,
+            job_id=job_id,
+            reason=reason,
+        )
+        self._producer.send([Outgoing(topics.COMMANDS, org_id, encode(command))])
+
+    async def cancel_job(self, org_id: str, hold_id: str, job_id: str) -> Event:
+        command = CancelJob(
+            command_id=f"cancel:{hold_id}",
+            org_id=org_id,
+            issued_at=utc_now(),
+            correlation_id=hold_id,
+            hold_id=hold_id,
+            job_id=job_id,
+            reason="client_request",
+        )
+        return await self.ledger_command(command)
 
     def record_reply(
         self, scope: str, key_sha256: str, fingerprint: str, status: int, body: bytes, headers: dict[str, str]

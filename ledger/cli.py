@@ -60,11 +60,11 @@ def _projector_group(settings: Settings) -> str:
 
 
 def _backend(settings: Settings) -> Any:
-    from workers.backends import SimulatedChatBackend, UpstreamChatBackend
+    from workers.backends import SimulatedBackend, UpstreamChatBackend
 
     if settings.upstream_url:
         return UpstreamChatBackend(settings.upstream_url, settings.upstream_api_key)
-    return SimulatedChatBackend(settings.sim_latency_ms)
+    return SimulatedBackend(settings.sim_latency_ms, settings.sim_token_ms, settings.sim_video_second_ms)
 
 
 def _start_thread(name: str, target: Any, stop: threading.Event) -> threading.Thread:

@@ -40,6 +40,10 @@ from schemas.events import (
     HoldCaptured,
     HoldPlaced,
     HoldReleased,
+    JobCancelRequested,
+    JobDeadLettered,
+    JobLeased,
+    JobLeaseLost,
     JobQueued,
     PriceBookPublished,
 )
@@ -56,10 +60,16 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def topic_for(event: Event) -> str:
+def outgoing(event: Event) -> list[Outgoing]:
+    """Where an event the ledger decided goes: jobs to their pool, ledger facts to the ledger topic,
+    and the stop signals (cancel, dead letter) to both, so the worker running the job hears them."""
+    value = encode(event)
     if isinstance(event, JobQueued):
-        return topics.dispatch_topic(event.pool)
-    return topics.LEDGER
+        return [Outgoing(topics.dispatch_topic(event.pool), event.org_id, value)]
+    records = [Outgoing(topics.LEDGER, event.org_id, value)]
+    if isinstance(event, (JobCancelRequested, JobDeadLettered)) and event.pool:
+        records.append(Outgoing(topics.dispatch_topic(event.pool), event.org_id, value))
+    return records
 
 
 def rejected(command: AnyCommand, rejection: Rejection, now: datetime) -> CommandRejected:
@@ -131,6 +141,10 @@ class LedgerRole:
         evolve(wallet, event)
         if isinstance(event, HoldPlaced):
             heapq.heappush(self._expiries, (event.expires_at, event.org_id, "hold", event.hold_id))
+        elif isinstance(event, JobLeased):
+            heapq.heappush(self._expiries, (event.lease_expires_at, event.org_id, "hold", event.hold_id))
+        elif isinstance(event, JobLeaseLost):
+            heapq.heappush(self._expiries, (event.expires_at, event.org_id, "hold", event.hold_id))
         elif isinstance(event, CreditsGranted) and event.expires_at is not None:
             heapq.heappush(self._expiries, (event.expires_at, event.org_id, "grant", event.grant_id))
         elif isinstance(event, (HoldCaptured, HoldReleased)):
@@ -151,7 +165,7 @@ class LedgerRole:
             cause = due[0].event_id if due else ""
             for event in [*due, *(decide_auto_topup(wallet, now, cause) if due else [])]:
                 self._apply(event)
-                outputs.append(Outgoing(topic_for(event), event.org_id, encode(event)))
+                outputs += outgoing(event)
         return outputs
 
     def follow_pricing(self, until_caught_up: bool = False) -> bool:
@@ -199,7 +213,7 @@ class LedgerRole:
                 result = [rejected(command, result, now)]
             for event in [*result, *decide_auto_topup(wallet, now, command.command_id)]:
                 self._apply(event)
-                outputs.append(Outgoing(topic_for(event), event.org_id, encode(event)))
+                outputs += outgoing(event)
             # Money an expired grant kept for a hold that just resolved breaks now, before the next
             # command in this batch could reserve it.
             outputs += self._expire_freed_grants(wallet, now)
@@ -211,7 +225,7 @@ class LedgerRole:
             if grant.expired and grant.remaining_micros > 0:
                 for event in decide_grant_expiry(wallet, grant.grant_id, now):
                     self._apply(event)
-                    outputs.append(Outgoing(topic_for(event), event.org_id, encode(event)))
+                    outputs += outgoing(event)
         return outputs
 
     def run(self, stop: threading.Event, ready: threading.Event | None = None) -> None:

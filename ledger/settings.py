@@ -35,6 +35,19 @@ class Settings:
     )
     # Simulated backend latency per job, to model GPU time in demos and benchmarks.
     sim_latency_ms: int = field(default_factory=lambda: int(_env("TOLLGATE_SIM_LATENCY_MS", "0")))
+    # Simulated GPU time per generated token and per rendered second of video (streams and cancels
+    # need jobs that take a while; 0 makes text jobs instant).
+    sim_token_ms: int = field(default_factory=lambda: int(_env("TOLLGATE_SIM_TOKEN_MS", "0")))
+    sim_video_second_ms: int = field(default_factory=lambda: int(_env("TOLLGATE_SIM_VIDEO_SECOND_MS", "50")))
+    # A running job's lease: the worker renews it every third of this; a job whose lease runs out is
+    # redelivered to another run (or dead-lettered after its attempts).
+    job_lease_s: int = field(default_factory=lambda: int(_env("TOLLGATE_JOB_LEASE_S", "30")))
+    # Runs of one job before it is dead-lettered (crashes and retryable failures both count).
+    job_attempts_max: int = field(default_factory=lambda: int(_env("TOLLGATE_JOB_ATTEMPTS_MAX", "3")))
+    # The first retry waits this long; each next one twice as long.
+    job_retry_backoff_ms: int = field(default_factory=lambda: int(_env("TOLLGATE_JOB_RETRY_BACKOFF_MS", "200")))
+    # Finished jobs stay visible in GET /v1/jobs at least this long.
+    job_retention_s: int = field(default_factory=lambda: int(_env("TOLLGATE_JOB_RETENTION_S", "3600")))
     # An OpenAI-compatible server the worker forwards to instead of simulating (vLLM, SGLang...).
     upstream_url: str = field(default_factory=lambda: _env("TOLLGATE_UPSTREAM_URL", ""))
     upstream_api_key: str = field(default_factory=lambda: _env("TOLLGATE_UPSTREAM_API_KEY", ""))

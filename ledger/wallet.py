@@ -34,6 +34,7 @@ from ledger.pricing import PriceBook, PriceBooks, price_micros
 from schemas.commands import (
     AdjustCredits,
     AnyCommand,
+    CancelJob,
     CaptureHold,
     ConfigureAutoTopUp,
     GrantCredits,
@@ -41,6 +42,7 @@ from schemas.commands import (
     RefundCredits,
     ReleaseHold,
     SetCreditLimit,
+    StartJob,
 )
 from schemas.events import (
     AutoTopUpConfigured,
@@ -56,12 +58,18 @@ from schemas.events import (
     HoldPlaced,
     HoldRejected,
     HoldReleased,
+    JobCancelRequested,
+    JobDeadLettered,
+    JobLeased,
+    JobLeaseLost,
     JobQueued,
 )
 from schemas.units import Units
 
 Prices = PriceBook | PriceBooks  # a single book (tests, tools) or every published version
 hold_expired_reason = "hold_expired"
+cancelled_reason = "cancelled"
+dead_letter_reason = "dead_letter"
 _event_id_namespace = uuid.UUID("6c4d7d1e-59a4-4c55-9b0a-6f1f0c8e2a11")
 _event_id_key = _event_id_namespace.bytes
 _never = datetime.max.replace(tzinfo=None)
@@ -87,6 +95,8 @@ class Rejection(enum.Enum):
     amount_must_not_be_zero = "amount_must_not_be_zero"
     invalid_auto_topup = "invalid_auto_topup"
     price_version_unknown = "price_version_unknown"
+    job_cancelled = "job_cancelled"
+    lease_must_be_positive = "lease_must_be_positive"
 
 
 class HoldStatus(enum.Enum):
@@ -109,6 +119,15 @@ class Hold:
     price_version: str = ""
     captured_micros: int = 0
     refunded_micros: int = 0
+    # The job's life as the ledger sees it: how long the hold waits for a (re)run, which run holds
+    # the lease, how many runs there were, and whether the client asked to stop.
+    pool: str = ""
+    ttl_s: int = 0
+    attempts_max: int = 3
+    attempts: int = 0
+    run_id: str = ""
+    leased: bool = False
+    cancel_requested: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +257,16 @@ class Wallet(Aggregate):
         self._burn(amount_micros)
         self._check()
 
+    @event("JobChanged")
+    def record_job(
+        self, hold_id: str, run_id: str, attempts: int, leased: bool, expires_at: datetime, cancel_requested: bool
+    ) -> None:
+        hold = self.holds[hold_id]
+        assert hold.status is HoldStatus.open, "only an open hold's job changes"
+        assert attempts <= hold.attempts_max, "a job never runs more often than it may"
+        hold.run_id, hold.attempts, hold.leased = run_id, attempts, leased
+        hold.expires_at, hold.cancel_requested = expires_at, cancel_requested
+
     @event("HoldReleased")
     def record_release(self, hold_id: str) -> None:
         hold = self.holds[hold_id]
@@ -315,6 +344,10 @@ def decide(wallet: Wallet, command: AnyCommand, now: datetime, prices: Prices) -
         return _decide_refund(wallet, command, now)
     if isinstance(command, AdjustCredits):
         return _decide_adjustment(wallet, command, now)
+    if isinstance(command, StartJob):
+        return _decide_start_job(wallet, command, now)
+    if isinstance(command, CancelJob):
+        return _decide_cancel_job(wallet, command, now)
     if isinstance(command, ConfigureAutoTopUp):
         return _decide_auto_topup_setting(wallet, command, now)
     return _decide_credit_limit(wallet, command, now)
@@ -378,6 +411,8 @@ def _decide_place_hold(wallet: Wallet, command: PlaceHold, now: datetime) -> lis
             amount_micros=command.amount_micros,
             expires_at=now + timedelta(seconds=command.ttl_s),
             price_version=command.price_version,
+            pool=job.pool,
+            attempts_max=job.attempts_max,
             **envelope,
         ),
         JobQueued(
@@ -391,6 +426,8 @@ def _decide_place_hold(wallet: Wallet, command: PlaceHold, now: datetime) -> lis
             pool=job.pool,
             payload=job.payload,
             accepted_at=command.issued_at,
+            attempts_max=job.attempts_max,
+            stream=job.stream,
             **envelope,
         ),
     ]
@@ -486,6 +523,85 @@ def _decide_release(wallet: Wallet, command: ReleaseHold, now: datetime) -> list
         return hold
     event_id = event_id_for(command.command_id, "hold.released")
     return [_released(wallet, hold, event_id, now, command.reason, command.command_id)]
+
+
+def _job_envelope(wallet: Wallet, hold: Hold, now: datetime, causation: str) -> dict[str, Any]:
+    return {
+        "occurred_at": now,
+        "org_id": wallet.org_id,
+        "correlation_id": hold.request_id,
+        "causation_id": causation,
+        "hold_id": hold.hold_id,
+        "job_id": hold.job_id,
+        "request_id": hold.request_id,
+    }
+
+
+def _dead_lettered(wallet: Wallet, hold: Hold, now: datetime, cause: str, code: str) -> list[Event]:
+    """The job used up its runs: say so (the worker still running it stops) and release the hold."""
+    return [
+        JobDeadLettered(
+            event_id=event_id_for(cause, "job.dead_lettered"),
+            pool=hold.pool,
+            attempts=hold.attempts,
+            code=code,
+            **_job_envelope(wallet, hold, now, cause),
+        ),
+        _released(wallet, hold, event_id_for(cause, "hold.released"), now, dead_letter_reason, cause),
+    ]
+
+
+def _decide_start_job(wallet: Wallet, command: StartJob, now: datetime) -> list[Event] | Rejection:
+    """A run takes (new ``run_id``) or renews (same ``run_id``) the lease on its hold's job; a run past
+    the job's allowed attempts dead-letters it instead. Runs are counted here, not by workers, so a job
+    that kills every worker that takes it still ends."""
+    if command.lease_s <= 0:
+        return Rejection.lease_must_be_positive
+    hold = _open_hold(wallet, command.hold_id)
+    if isinstance(hold, Rejection):
+        return hold
+    if now >= hold.expires_at:
+        return Rejection.hold_expired
+    if hold.cancel_requested:
+        return Rejection.job_cancelled
+    renewal = command.run_id == hold.run_id
+    attempt = hold.attempts if renewal else hold.attempts + 1
+    if attempt > hold.attempts_max:
+        return _dead_lettered(wallet, hold, now, command.command_id, "attempts_exhausted")
+    return [
+        JobLeased(
+            event_id=event_id_for(command.command_id, "job.leased"),
+            worker_id=command.worker_id,
+            run_id=command.run_id,
+            attempt=attempt,
+            lease_expires_at=now + timedelta(seconds=command.lease_s),
+            **_job_envelope(wallet, hold, now, command.command_id),
+        )
+    ]
+
+
+def _decide_cancel_job(wallet: Wallet, command: CancelJob, now: datetime) -> list[Event] | Rejection:
+    """Cancel: a job no run holds is released at once; a running one stops at its next progress point
+    and its run captures the work done (or its lease runs out and the hold is released)."""
+    hold = _open_hold(wallet, command.hold_id)
+    if isinstance(hold, Rejection):
+        return hold
+    if hold.cancel_requested:
+        return []
+    requested: list[Event] = [
+        JobCancelRequested(
+            event_id=event_id_for(command.command_id, "job.cancel_requested"),
+            pool=hold.pool,
+            reason=command.reason,
+            **_job_envelope(wallet, hold, now, command.command_id),
+        )
+    ]
+    if hold.leased:
+        return requested
+    released = _released(
+        wallet, hold, event_id_for(command.command_id, "hold.released"), now, cancelled_reason, command.command_id
+    )
+    return [*requested, released]
 
 
 def _decide_refund(wallet: Wallet, command: RefundCredits, now: datetime) -> list[Event] | Rejection:
@@ -596,12 +712,32 @@ def decide_auto_topup(wallet: Wallet, now: datetime, cause_id: str) -> list[Even
 
 
 def decide_expiry(wallet: Wallet, hold_id: str, now: datetime) -> list[Event]:
-    """Release a hold whose time-to-live has passed; [] when it is resolved already or not yet due."""
+    """What a hold's due time means; [] when it is resolved already or not yet due.
+
+    - a job that waited its whole time-to-live without a run: released (``hold_expired``);
+    - a lease that ran out (no heartbeat): ``JobLeaseLost``, and the hold waits one more time-to-live
+      for the log to redeliver the job to another run, unless the job used up its attempts
+      (dead-lettered) or was cancelled (released).
+    """
     hold = wallet.holds.get(hold_id)
     if hold is None or hold.status is not HoldStatus.open or now < hold.expires_at:
         return []
-    event_id = event_id_for(f"expire:{hold.hold_id}", "hold.released")
-    return [_released(wallet, hold, event_id, now, hold_expired_reason, hold.hold_id)]
+    cause = f"expire:{hold.hold_id}:{hold.attempts}:{hold.leased}"
+    if hold.leased and hold.cancel_requested:
+        return [_released(wallet, hold, event_id_for(cause, "hold.released"), now, cancelled_reason, hold.hold_id)]
+    if hold.leased and hold.attempts >= hold.attempts_max:
+        return _dead_lettered(wallet, hold, now, cause, "lease_expired")
+    if hold.leased:
+        return [
+            JobLeaseLost(
+                event_id=event_id_for(cause, "job.lease_lost"),
+                attempt=hold.attempts,
+                expires_at=now + timedelta(seconds=max(hold.ttl_s, 1)),
+                **_job_envelope(wallet, hold, now, hold.hold_id),
+            )
+        ]
+    reason = cancelled_reason if hold.cancel_requested else hold_expired_reason
+    return [_released(wallet, hold, event_id_for(cause, "hold.released"), now, reason, hold.hold_id)]
 
 
 def decide_grant_expiry(wallet: Wallet, grant_id: str, now: datetime) -> list[Event]:
@@ -656,8 +792,22 @@ def evolve(wallet: Wallet, event: Event) -> None:
                 amount_micros=event.amount_micros,
                 expires_at=event.expires_at,
                 price_version=event.price_version,
+                pool=event.pool,
+                ttl_s=int((event.expires_at - event.occurred_at).total_seconds()),
+                attempts_max=event.attempts_max,
             )
         )
+    elif isinstance(event, JobLeased):
+        hold = wallet.holds[event.hold_id]
+        wallet.record_job(
+            hold.hold_id, event.run_id, event.attempt, True, event.lease_expires_at, hold.cancel_requested
+        )
+    elif isinstance(event, JobLeaseLost):
+        hold = wallet.holds[event.hold_id]
+        wallet.record_job(hold.hold_id, hold.run_id, hold.attempts, False, event.expires_at, hold.cancel_requested)
+    elif isinstance(event, JobCancelRequested):
+        hold = wallet.holds[event.hold_id]
+        wallet.record_job(hold.hold_id, hold.run_id, hold.attempts, hold.leased, hold.expires_at, True)
     elif isinstance(event, HoldReleased):
         wallet.record_release(event.hold_id)
     elif isinstance(event, CreditsGranted):

@@ -60,6 +60,8 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     endpoint: str
     pool: str
     payload: msgspec.Raw
+    attempts_max: int = 3
+    stream: bool = False
 
 
 class PlaceHold(Command, frozen=True, kw_only=True, tag="place_hold.v1"):
@@ -83,6 +85,22 @@ class ReleaseHold(Command, frozen=True, kw_only=True, tag="release_hold.v1"):
     reason: str
 
 
+class StartJob(Command, frozen=True, kw_only=True, tag="start_job.v1"):
+    """A worker starts (new ``run_id``) or still runs (same ``run_id``: a heartbeat) the hold's job."""
+
+    hold_id: str
+    job_id: str
+    run_id: str
+    worker_id: str
+    lease_s: int
+
+
+class CancelJob(Command, frozen=True, kw_only=True, tag="cancel_job.v1"):
+    hold_id: str
+    job_id: str
+    reason: str
+
+
 AnyCommand = (
     GrantCredits
     | RefundCredits
@@ -92,4 +110,6 @@ AnyCommand = (
     | PlaceHold
     | CaptureHold
     | ReleaseHold
+    | StartJob
+    | CancelJob
 )

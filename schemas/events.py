@@ -163,6 +163,8 @@ class HoldPlaced(Event, frozen=True, kw_only=True, tag="hold.placed.v1"):
     amount_micros: int
     expires_at: datetime
     price_version: str = ""  # the price book version that will price the capture
+    pool: str = ""  # the worker pool its job runs in (where the ledger sends stop signals)
+    attempts_max: int = 3  # runs of its job the ledger allows before it dead-letters the job
 
 
 class HoldRejected(Event, frozen=True, kw_only=True, tag="hold.rejected.v1"):
@@ -218,6 +220,88 @@ class JobQueued(Event, frozen=True, kw_only=True, tag="job.queued.v1"):
     pool: str
     payload: msgspec.Raw
     accepted_at: datetime
+    attempts_max: int = 3
+    stream: bool = False  # the client reads progress as it happens: report output at every progress point
+
+
+class JobLeased(Event, frozen=True, kw_only=True, tag="job.leased.v1"):
+    """A worker runs (or still runs) the job: the hold now expires at ``lease_expires_at`` unless renewed.
+    ``attempt`` counts distinct runs (``run_id``); a heartbeat of the same run renews with the same attempt."""
+
+    hold_id: str
+    job_id: str
+    request_id: str
+    worker_id: str
+    run_id: str
+    attempt: int
+    lease_expires_at: datetime
+
+
+class JobLeaseLost(Event, frozen=True, kw_only=True, tag="job.lease_lost.v1"):
+    """A lease ran out without a heartbeat (a dead or stuck worker). The log redelivers the job to the
+    pool; the hold waits for another run until ``expires_at``."""
+
+    hold_id: str
+    job_id: str
+    request_id: str
+    attempt: int
+    expires_at: datetime
+
+
+class JobCancelRequested(Event, frozen=True, kw_only=True, tag="job.cancel_requested.v1"):
+    """Written to the ledger and to the job's dispatch topic: a running job stops at its next progress
+    point and is charged for the work done; a job not yet started is released at once."""
+
+    hold_id: str
+    job_id: str
+    request_id: str
+    pool: str
+    reason: str
+
+
+class JobDeadLettered(Event, frozen=True, kw_only=True, tag="job.dead_lettered.v1"):
+    """The job used up its attempts; its hold is released in the same decision. Also sent to the
+    dispatch topic so that a worker still running it stops."""
+
+    hold_id: str
+    job_id: str
+    request_id: str
+    pool: str
+    attempts: int
+    code: str
+
+
+class JobProgressed(Event, frozen=True, kw_only=True, tag="job.progressed.v1"):
+    """A progress point: ``progress_milli`` of 1000, the output produced since the last point
+    (``delta``, text for streams) and the units measured so far."""
+
+    job_id: str
+    request_id: str
+    attempt: int
+    sequence: int
+    progress_milli: int
+    delta: str = ""
+    units: Units = msgspec.field(default_factory=Units)
+
+
+class JobRetryScheduled(Event, frozen=True, kw_only=True, tag="job.retry_scheduled.v1"):
+    job_id: str
+    request_id: str
+    attempt: int  # the attempt that failed
+    code: str
+    message: str
+    backoff_ms: int
+
+
+class JobCancelled(Event, frozen=True, kw_only=True, tag="job.cancelled.v1"):
+    """The worker stopped the job on request; ``units`` is the work done, which is what it charges."""
+
+    job_id: str
+    request_id: str
+    model: str
+    units: Units
+    partial_result: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
+    reason: str = ""
 
 
 class JobStarted(Event, frozen=True, kw_only=True, tag="job.started.v1"):
@@ -249,6 +333,8 @@ class JobFailed(Event, frozen=True, kw_only=True, tag="job.failed.v1"):
     model: str
     code: str
     message: str
+    attempt: int = 1
+    retryable: bool = False
 
 
 AnyEvent = (
@@ -275,6 +361,13 @@ AnyEvent = (
     | UsageRecorded
     | JobCompleted
     | JobFailed
+    | JobLeased
+    | JobLeaseLost
+    | JobCancelRequested
+    | JobDeadLettered
+    | JobProgressed
+    | JobRetryScheduled
+    | JobCancelled
 )
 
 LedgerEvent = (
@@ -290,4 +383,8 @@ LedgerEvent = (
     | HoldRejected
     | HoldCaptured
     | HoldReleased
+    | JobLeased
+    | JobLeaseLost
+    | JobCancelRequested
+    | JobDeadLettered
 )

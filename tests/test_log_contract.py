@@ -117,6 +117,27 @@ class LogContract:
         assert poll_quiet(again) == [], "committed inputs are never delivered again"
         again.close()
 
+    def test_a_transaction_commits_only_the_positions_it_names(self, log: EventLog, unique: str) -> None:
+        source, sink, group = f"t-in-{unique}", f"t-out-{unique}", f"g-{unique}"
+        log.ensure_topics([source, sink])
+        producer = log.producer("test")
+        producer.send([Outgoing(source, "org", f"{i}".encode()) for i in range(5)])
+        producer.flush(10)
+        processor = log.processor([source], group=group, transactional_id=f"tx-{unique}", on_assigned=lambda p: None)
+        inputs = sorted(poll_until(processor, 5), key=lambda r: r.offset)
+        assert len(inputs) == 5
+        processor.commit_transaction([Outgoing(sink, "org", b"progress")], {})  # outputs alone
+        tp = (inputs[0].topic, inputs[0].partition)
+        processor.commit_transaction([Outgoing(sink, "org", b"done-0-1")], {tp: inputs[2].offset})
+        processor.close()
+        reader = log.consumer([sink], client_id="test")
+        assert sorted(r.value for r in poll_until(reader, 2)) == [b"done-0-1", b"progress"]
+        reader.close()
+        again = log.processor([source], group=group, transactional_id=f"tx-{unique}", on_assigned=lambda p: None)
+        redelivered = poll_until(again, 3)
+        assert [r.value for r in sorted(redelivered, key=lambda r: r.offset)] == [b"2", b"3", b"4"]
+        again.close()
+
     def test_an_aborted_transaction_leaves_nothing_and_redelivers(self, log: EventLog, unique: str) -> None:
         source, sink, group = f"t-in-{unique}", f"t-out-{unique}", f"g-{unique}"
         log.ensure_topics([source, sink])

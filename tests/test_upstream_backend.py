@@ -16,7 +16,7 @@ from ledger.pricing import default_price_book, price_micros
 from schemas.units import Units
 from tests.conftest import free_port
 from tests.processes import Admin, Role, usage, wait_until_serving
-from workers.backends import BackendError, UpstreamChatBackend
+from workers.backends import BackendError, JobContext, UpstreamChatBackend
 
 reported_usage = {
     "prompt_tokens": 120,
@@ -70,7 +70,9 @@ def upstream() -> Iterator[str]:
 
 def test_meters_the_usage_the_upstream_reports(upstream: str) -> None:
     FakeUpstream.mode = "ok"
-    output = UpstreamChatBackend(upstream).run("job", "sim-chat-small", {"messages": [], "stream": True})
+    output = UpstreamChatBackend(upstream).run(
+        JobContext("job", "sim-chat-small", "/v1/chat/completions", {"messages": [], "stream": True})
+    )
     assert output.units == Units(input_tokens=100, cached_input_tokens=20, output_tokens=45)
     assert "usage" not in output.result
     assert FakeUpstream.seen[-1]["stream"] is False
@@ -79,20 +81,22 @@ def test_meters_the_usage_the_upstream_reports(upstream: str) -> None:
 def test_no_usage_fails_the_job_rather_than_guessing(upstream: str) -> None:
     FakeUpstream.mode = "no_usage"
     with pytest.raises(BackendError) as caught:
-        UpstreamChatBackend(upstream).run("job", "m", {"messages": []})
+        UpstreamChatBackend(upstream).run(JobContext("job", "m", "/v1/chat/completions", {"messages": []}))
     assert caught.value.code == "upstream_no_usage"
 
 
 def test_server_errors_are_retryable(upstream: str) -> None:
     FakeUpstream.mode = "error"
     with pytest.raises(BackendError) as caught:
-        UpstreamChatBackend(upstream).run("job", "m", {"messages": []})
+        UpstreamChatBackend(upstream).run(JobContext("job", "m", "/v1/chat/completions", {"messages": []}))
     assert caught.value.retryable
 
 
 def test_unreachable_upstream_is_retryable() -> None:
     with pytest.raises(BackendError) as caught:
-        UpstreamChatBackend(f"http://127.0.0.1:{free_port()}", timeout_s=2).run("job", "m", {"messages": []})
+        UpstreamChatBackend(f"http://127.0.0.1:{free_port()}", timeout_s=2).run(
+            JobContext("job", "m", "/v1/chat/completions", {"messages": []})
+        )
     assert caught.value.code == "upstream_unreachable"
 
 

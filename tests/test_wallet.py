@@ -12,6 +12,7 @@ from ledger.wallet import Rejection, Wallet, decide, decide_auto_topup, decide_e
 from schemas.commands import (
     AdjustCredits,
     AnyCommand,
+    CancelJob,
     CaptureHold,
     ConfigureAutoTopUp,
     GrantCredits,
@@ -20,6 +21,7 @@ from schemas.commands import (
     RefundCredits,
     ReleaseHold,
     SetCreditLimit,
+    StartJob,
 )
 from schemas.events import (
     AutoTopUpConfigured,
@@ -33,6 +35,10 @@ from schemas.events import (
     HoldPlaced,
     HoldRejected,
     HoldReleased,
+    JobCancelRequested,
+    JobDeadLettered,
+    JobLeased,
+    JobLeaseLost,
     JobQueued,
 )
 from schemas.units import Units
@@ -108,6 +114,25 @@ def adjust(amount: int, adjustment_id: str = "a1") -> AdjustCredits:
         adjustment_id=adjustment_id,
         amount_micros=amount,
         reason="test",
+    )
+
+
+def start(run_id: str = "run1", hold_id: str = "h1", lease_s: int = 30, n: int = 0) -> StartJob:
+    return StartJob(
+        command_id=f"start-{run_id}-{n}",
+        org_id=org,
+        issued_at=now,
+        hold_id=hold_id,
+        job_id=f"j-{hold_id}",
+        run_id=run_id,
+        worker_id="w1",
+        lease_s=lease_s,
+    )
+
+
+def cancel(hold_id: str = "h1", n: int = 0) -> CancelJob:
+    return CancelJob(
+        command_id=f"cancel-{hold_id}-{n}", org_id=org, issued_at=now, hold_id=hold_id, job_id="j", reason="t"
     )
 
 
@@ -211,6 +236,22 @@ decision_table: list[tuple[list[AnyCommand], AnyCommand, object]] = [
         capture(),
         Rejection.price_version_unknown,
     ),
+    # jobs: runs take leases, heartbeats renew them, the fourth run of a 3-attempt job dead-letters it
+    ([grant(1000), hold(100)], start(), [JobLeased]),
+    ([grant(1000), hold(100), start()], start(n=1), [JobLeased]),
+    ([grant(1000), hold(100), start("r1"), start("r2"), start("r3")], start("r4"), [JobDeadLettered, HoldReleased]),
+    ([grant(1000), hold(100)], start(lease_s=0), Rejection.lease_must_be_positive),
+    ([grant(1000)], start(), Rejection.hold_not_found),
+    ([grant(1000), hold(100), capture()], start(), Rejection.hold_already_captured),
+    ([grant(1000), hold(100), release()], start(), Rejection.hold_already_released),
+    ([grant(1000), hold(100), start(), cancel()], start("r2"), Rejection.job_cancelled),
+    # cancel: a queued job is released at once; a running one is asked to stop and captures its work
+    ([grant(1000), hold(100)], cancel(), [JobCancelRequested, HoldReleased]),
+    ([grant(1000), hold(100), start()], cancel(), [JobCancelRequested]),
+    ([grant(1000), hold(100), start(), cancel()], cancel(n=1), []),
+    ([grant(1000), hold(100), start(), cancel()], capture(), [HoldCaptured]),
+    ([grant(1000), hold(100), cancel()], capture(), Rejection.hold_already_released),
+    ([grant(1000)], cancel(), Rejection.hold_not_found),
 ]
 
 
@@ -402,3 +443,47 @@ def test_a_capture_is_priced_by_the_version_its_hold_recorded() -> None:
         evolve(wallet, event)
     second = decide(wallet, capture("h2"), now, books)[0]  # type: ignore[index]
     assert (second.price_version, second.amount_micros) == ("v2", 320)  # type: ignore[union-attr]
+
+
+def test_a_lost_lease_waits_for_a_redelivery_then_dead_letters_at_the_last_attempt() -> None:
+    wallet, _ = run([grant(1000), hold(100), start("r1", lease_s=10)])
+    assert decide_expiry(wallet, "h1", now + timedelta(seconds=9)) == []
+    lost = decide_expiry(wallet, "h1", now + timedelta(seconds=10))
+    assert kinds(lost) == [JobLeaseLost]
+    for event in lost:
+        evolve(wallet, event)
+    hold_ = wallet.holds["h1"]
+    assert not hold_.leased and hold_.expires_at == now + timedelta(seconds=70), "waits one more ttl"
+    assert wallet.held_micros == 100, "the money stays held while the job may still run"
+    for run_id in ("r2", "r3"):
+        for event in decide(wallet, start(run_id, lease_s=10), now + timedelta(seconds=11), book):  # type: ignore[union-attr]
+            evolve(wallet, event)
+    assert wallet.holds["h1"].attempts == 3
+    last = decide_expiry(wallet, "h1", now + timedelta(seconds=30))
+    assert kinds(last) == [JobDeadLettered, HoldReleased]
+    assert isinstance(last[1], HoldReleased) and last[1].reason == "dead_letter"
+
+
+def test_a_queued_job_nobody_runs_is_released_at_its_ttl() -> None:
+    wallet, _ = run([grant(1000), hold(100)])
+    expired = decide_expiry(wallet, "h1", now + timedelta(seconds=60))
+    assert kinds(expired) == [HoldReleased]
+    assert isinstance(expired[0], HoldReleased) and expired[0].reason == "hold_expired"
+
+
+def test_a_cancelled_running_job_whose_lease_ends_is_released_as_cancelled() -> None:
+    wallet, _ = run([grant(1000), hold(100), start("r1", lease_s=5), cancel()])
+    expired = decide_expiry(wallet, "h1", now + timedelta(seconds=5))
+    assert kinds(expired) == [HoldReleased]
+    assert isinstance(expired[0], HoldReleased) and expired[0].reason == "cancelled"
+    assert wallet.holds["h1"].cancel_requested
+
+
+def test_a_heartbeat_extends_the_lease_and_a_capture_after_it_lapses_is_refused() -> None:
+    wallet, _ = run([grant(1000), hold(100), start("r1", lease_s=10)])
+    later = now + timedelta(seconds=8)
+    for event in decide(wallet, start("r1", lease_s=10, n=1), later, book):  # type: ignore[union-attr]
+        evolve(wallet, event)
+    assert wallet.holds["h1"].expires_at == later + timedelta(seconds=10)
+    assert wallet.holds["h1"].attempts == 1, "a heartbeat is not a new attempt"
+    assert decide(wallet, capture(), later + timedelta(seconds=10), book) is Rejection.hold_expired

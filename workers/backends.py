@@ -1,22 +1,28 @@
 """Inference backends. A backend runs one job and returns its result with the usage it measured.
 
-- ``SimulatedChatBackend``: deterministic; token counts derive from the input; optional latency.
-- ``UpstreamChatBackend``: forwards to any OpenAI-compatible server (vLLM, SGLang, llama.cpp) and
-  meters the usage that server reports. A response without usage fails the job: we never guess.
+- ``SimulatedBackend``: deterministic, one simulation per endpoint, producing real output of the
+  right type (text, embeddings, a valid PNG, WAV audio, an AVI video). It reports progress points,
+  where a job can be stopped (cancel, disconnect) and charged for the work done so far.
+- ``UpstreamChatBackend``: forwards chat to any OpenAI-compatible server (vLLM, SGLang, llama.cpp)
+  and meters the usage that server reports. A response without usage fails the job: we never guess.
 """
 
 from __future__ import annotations
 
 import abc
+import base64
 import hashlib
+import math
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import msgspec
 
 from schemas.units import Units
+from workers import media
 
 _token_pattern = re.compile(r"\w+|[^\w\s]")
 _vocabulary = (
@@ -62,9 +68,49 @@ class BackendError(Exception):
         self.retryable = retryable
 
 
+class JobStopped(Exception):
+    """Raised at a progress point when the job must stop (cancelled, or dead-lettered elsewhere)."""
+
+
 class JobOutput(msgspec.Struct, frozen=True, kw_only=True):
     result: dict[str, Any]
     units: Units
+
+
+ProgressListener = Callable[[int, Units, str], None]
+
+
+class JobContext:
+    """What a backend sees of its job. ``progress`` is the progress point: it records the units
+    measured so far and raises ``JobStopped`` when the job must stop there."""
+
+    def __init__(
+        self,
+        job_id: str,
+        model: str,
+        endpoint: str,
+        payload: dict[str, Any],
+        attempt: int = 1,
+        should_stop: Callable[[], bool] = lambda: False,
+        on_progress: ProgressListener | None = None,
+    ) -> None:
+        self.job_id = job_id
+        self.model = model
+        self.endpoint = endpoint
+        self.payload = payload
+        self.attempt = attempt
+        self.units = Units()
+        self.output = ""  # text produced so far, for a partial result
+        self._should_stop = should_stop
+        self._on_progress = on_progress
+
+    def progress(self, progress_milli: int, units: Units, delta: str = "") -> None:
+        self.units = units
+        self.output += delta
+        if self._on_progress is not None:
+            self._on_progress(progress_milli, units, delta)
+        if self._should_stop():
+            raise JobStopped(self.job_id)
 
 
 def message_text(message: dict[str, Any]) -> str:
@@ -81,48 +127,192 @@ def count_sim_tokens(text: str) -> int:
     return len(_token_pattern.findall(text))
 
 
-class ChatBackend(abc.ABC):
+class Backend(abc.ABC):
     @abc.abstractmethod
-    def run(self, job_id: str, model: str, payload: dict[str, Any]) -> JobOutput: ...
+    def run(self, job: JobContext) -> JobOutput: ...
 
 
-class SimulatedChatBackend(ChatBackend):
-    def __init__(self, latency_ms: int = 0) -> None:
+ChatBackend = Backend  # the name before every endpoint had a backend
+
+stream_chunk_tokens = 4  # tokens between two progress points of a text job
+embedding_dimensions_default = 64
+video_width, video_height, video_fps = 64, 36, 2
+speech_ms_per_character = 60
+
+
+def _seed(*parts: Any) -> bytes:
+    return hashlib.sha256(msgspec.json.encode(parts)).digest()
+
+
+def _words(seed: bytes, count: int) -> list[str]:
+    return [_vocabulary[(seed[i % len(seed)] + i) % len(_vocabulary)] for i in range(count)]
+
+
+class SimulatedBackend(Backend):
+    """Deterministic output for every endpoint. ``latency_ms`` is spent per job; ``token_ms`` per
+    generated token and ``video_second_ms`` per rendered second model GPU time.
+
+    Fault injection for tests and demos: a payload field ``sim`` with ``fail_attempts`` (the first
+    n attempts fail with ``fail_code``, retryably unless ``fatal``) and ``token_ms``."""
+
+    def __init__(self, latency_ms: int = 0, token_ms: int = 0, video_second_ms: int = 50) -> None:
         self._latency_s = latency_ms / 1000
+        self._token_s = token_ms / 1000
+        self._video_second_s = video_second_ms / 1000
 
-    def run(self, job_id: str, model: str, payload: dict[str, Any]) -> JobOutput:
-        messages = payload.get("messages") or []
+    def run(self, job: JobContext) -> JobOutput:
+        sim = job.payload.get("sim") or {}
+        if isinstance(sim, dict) and job.attempt <= int(sim.get("fail_attempts", 0)):
+            code = str(sim.get("fail_code", "sim_failure"))
+            raise BackendError(code, f"simulated failure on attempt {job.attempt}", retryable=not sim.get("fatal"))
+        token_s = int(sim.get("token_ms", 0)) / 1000 if isinstance(sim, dict) and "token_ms" in sim else self._token_s
+        if self._latency_s:
+            time.sleep(self._latency_s)
+        runner = {
+            "/v1/chat/completions": self._chat,
+            "/v1/completions": self._completion,
+            "/v1/embeddings": self._embeddings,
+            "/v1/images/generations": self._images,
+            "/v1/audio/speech": self._speech,
+            "/v1/audio/transcriptions": self._transcription,
+            "/v1/videos/generations": self._video,
+        }.get(job.endpoint)
+        if runner is None:
+            raise BackendError("unsupported_endpoint", f"the simulated backend cannot run {job.endpoint}")
+        return runner(job, token_s)
+
+    def _generate(self, job: JobContext, prompt_tokens: int, seed: bytes, token_s: float) -> tuple[str, int, bool]:
+        """Generate text token by token with a progress point every few tokens; (text, tokens, truncated)."""
+        payload = job.payload
+        natural_length = 8 + seed[0] % (sim_reply_tokens_max - 8)
+        limit = payload.get("max_completion_tokens") or payload.get("max_tokens") or natural_length
+        total = min(natural_length, int(limit))
+        words = _words(seed, total)
+        produced: list[str] = []
+        for start in range(0, total, stream_chunk_tokens):
+            chunk = words[start : start + stream_chunk_tokens]
+            if token_s:
+                time.sleep(token_s * len(chunk))
+            delta = ("" if start == 0 else " ") + " ".join(chunk)
+            produced.append(delta)
+            done = start + len(chunk)
+            job.progress(1000 * done // total, Units(input_tokens=prompt_tokens, output_tokens=done), delta)
+        return "".join(produced), total, total < natural_length
+
+    def _chat(self, job: JobContext, token_s: float) -> JobOutput:
+        messages = job.payload.get("messages") or []
         prompt_tokens = tokens_per_reply_overhead + sum(
             count_sim_tokens(message_text(m)) + tokens_per_message_overhead for m in messages
         )
-        seed = hashlib.sha256(msgspec.json.encode(messages)).digest()
-        natural_length = 8 + seed[0] % (sim_reply_tokens_max - 8)
-        limit = payload.get("max_completion_tokens") or payload.get("max_tokens") or natural_length
-        completion_tokens = min(natural_length, int(limit))
-        words = [_vocabulary[(seed[i % len(seed)] + i) % len(_vocabulary)] for i in range(completion_tokens)]
-        if self._latency_s:
-            time.sleep(self._latency_s)
+        text, tokens, truncated = self._generate(job, prompt_tokens, _seed(messages), token_s)
         result = {
             "object": "chat.completion",
-            "model": model,
+            "model": job.model,
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": " ".join(words)},
-                    "finish_reason": "length" if completion_tokens < natural_length else "stop",
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "length" if truncated else "stop",
                 }
             ],
         }
-        return JobOutput(result=result, units=Units(input_tokens=prompt_tokens, output_tokens=completion_tokens))
+        return JobOutput(result=result, units=Units(input_tokens=prompt_tokens, output_tokens=tokens))
+
+    def _completion(self, job: JobContext, token_s: float) -> JobOutput:
+        prompt = job.payload.get("prompt")
+        prompts = prompt if isinstance(prompt, list) else [prompt or ""]
+        prompt_tokens = sum(count_sim_tokens(str(p)) for p in prompts)
+        text, tokens, truncated = self._generate(job, prompt_tokens, _seed(prompts), token_s)
+        result = {
+            "object": "text_completion",
+            "model": job.model,
+            "choices": [
+                {"index": 0, "text": text, "logprobs": None, "finish_reason": "length" if truncated else "stop"}
+            ],
+        }
+        return JobOutput(result=result, units=Units(input_tokens=prompt_tokens, output_tokens=tokens))
+
+    def _embeddings(self, job: JobContext, token_s: float) -> JobOutput:
+        given = job.payload.get("input")
+        inputs = given if isinstance(given, list) else [given]
+        dimensions = int(job.payload.get("dimensions") or embedding_dimensions_default)
+        data = []
+        tokens = 0
+        for index, item in enumerate(inputs):
+            text = item if isinstance(item, str) else " ".join(str(t) for t in item)
+            tokens += count_sim_tokens(text) if isinstance(item, str) else len(item)
+            raw = b"".join(_seed(text, i) for i in range(math.ceil(dimensions / 32)))[:dimensions]
+            vector = [round((byte - 127.5) / 127.5, 6) for byte in raw]
+            norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+            vector = [round(v / norm, 6) for v in vector]
+            if job.payload.get("encoding_format") == "base64":
+                import array
+
+                encoded: Any = base64.b64encode(array.array("f", vector).tobytes()).decode()
+            else:
+                encoded = vector
+            data.append({"object": "embedding", "index": index, "embedding": encoded})
+        job.progress(1000, Units(input_tokens=tokens))
+        result = {"object": "list", "model": job.model, "data": data}
+        return JobOutput(result=result, units=Units(input_tokens=tokens))
+
+    def _images(self, job: JobContext, token_s: float) -> JobOutput:
+        payload = job.payload
+        count = int(payload.get("n") or 1)
+        size = str(payload.get("size") or "1024x1024")
+        quality = str(payload.get("quality") or "standard")
+        width, height = (int(side) for side in size.split("x"))
+        variant = f"{size}/{quality}"
+        data = []
+        for index in range(count):
+            image = media.png_image(width, height, _seed(payload.get("prompt"), index, size))
+            data.append({"b64_json": base64.b64encode(image).decode(), "revised_prompt": payload.get("prompt")})
+            job.progress(1000 * (index + 1) // count, Units(images=index + 1, variant=variant))
+        return JobOutput(result={"data": data}, units=Units(images=count, variant=variant))
+
+    def _speech(self, job: JobContext, token_s: float) -> JobOutput:
+        text = str(job.payload.get("input") or "")
+        audio = media.wav_audio(len(text) * speech_ms_per_character, _seed(text, job.payload.get("voice")))
+        job.progress(1000, Units(characters=len(text)))
+        result = {"content_type": "audio/wav", "audio_b64": base64.b64encode(audio).decode()}
+        return JobOutput(result=result, units=Units(characters=len(text)))
+
+    def _transcription(self, job: JobContext, token_s: float) -> JobOutput:
+        try:
+            audio = base64.b64decode(str(job.payload.get("file_b64") or ""), validate=True)
+            duration_ms = media.wav_duration_ms(audio)
+        except ValueError as error:
+            raise BackendError("invalid_audio", f"the uploaded file is not WAV audio: {error}") from None
+        seconds = max(1, math.ceil(duration_ms / 1000))
+        text = media.transcript_for(audio)
+        job.progress(1000, Units(audio_seconds=seconds))
+        result = {"text": text, "duration": duration_ms / 1000, "language": "english"}
+        return JobOutput(result=result, units=Units(audio_seconds=seconds))
+
+    def _video(self, job: JobContext, token_s: float) -> JobOutput:
+        seconds = int(job.payload.get("duration") or 5)
+        seed = _seed(job.payload.get("prompt"), seconds)
+        for second in range(1, seconds + 1):
+            if self._video_second_s:
+                time.sleep(self._video_second_s)
+            job.progress(1000 * second // seconds, Units(video_seconds=second))
+        clip = media.video_clip(seconds, video_width, video_height, video_fps, seed)
+        result = {"data": [{"b64_json": base64.b64encode(clip).decode(), "content_type": "video/x-msvideo"}]}
+        return JobOutput(result=result, units=Units(video_seconds=seconds))
 
 
-class UpstreamChatBackend(ChatBackend):
+SimulatedChatBackend = SimulatedBackend
+
+
+class UpstreamChatBackend(Backend):
     def __init__(self, base_url: str, api_key: str = "", timeout_s: float = 120.0) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s)
 
-    def run(self, job_id: str, model: str, payload: dict[str, Any]) -> JobOutput:
-        body = {**payload, "model": model, "stream": False}
+    def run(self, job: JobContext) -> JobOutput:
+        if job.endpoint != "/v1/chat/completions":
+            raise BackendError("unsupported_endpoint", f"the upstream backend forwards chat only, not {job.endpoint}")
+        body = {**job.payload, "model": job.model, "stream": False}
         try:
             response = self._client.post("/v1/chat/completions", json=body)
         except httpx.HTTPError as error:
@@ -140,4 +330,5 @@ class UpstreamChatBackend(ChatBackend):
         units = Units(
             input_tokens=prompt - cached, cached_input_tokens=cached, output_tokens=int(usage["completion_tokens"])
         )
+        job.progress(1000, units)
         return JobOutput(result=data, units=units)

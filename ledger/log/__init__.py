@@ -11,7 +11,7 @@ Semantics both implementations keep (and tests/test_log_contract.py checks on bo
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 
@@ -70,8 +70,13 @@ class Processor(abc.ABC):
     def poll(self, max_records: int, timeout_ms: int) -> list[Record]: ...
 
     @abc.abstractmethod
-    def commit_transaction(self, outputs: Sequence[Outgoing]) -> None:
-        """Append ``outputs`` and commit the positions after every record polled so far, atomically."""
+    def commit_transaction(
+        self, outputs: Sequence[Outgoing], positions: Mapping[tuple[str, int], int] | None = None
+    ) -> None:
+        """Append ``outputs`` and commit input positions, atomically. The positions are those after
+        every record polled so far, or when given exactly ``positions`` ((topic, partition) -> the
+        next offset to read; ``{}`` commits outputs alone). A member that works on several records at
+        once (a worker) commits only up to its oldest unfinished one."""
 
     @abc.abstractmethod
     def abort_transaction(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ledger.log import (
@@ -227,9 +227,12 @@ class _EmbeddedProcessor(Processor):
     def poll(self, max_records: int, timeout_ms: int) -> list[Record]:
         return self._consumer.poll(max_records, timeout_ms)
 
-    def commit_transaction(self, outputs: Sequence[Outgoing]) -> None:
-        self._log.append(outputs, self._group, dict(self._consumer.positions))
-        self._consumer.committed_positions = dict(self._consumer.positions)
+    def commit_transaction(
+        self, outputs: Sequence[Outgoing], positions: Mapping[TopicPartition, int] | None = None
+    ) -> None:
+        committing = dict(self._consumer.positions) if positions is None else dict(positions)
+        self._log.append(outputs, self._group, committing)
+        self._consumer.committed_positions.update(committing)
 
     def abort_transaction(self) -> None:
         self._consumer.positions = dict(self._consumer.committed_positions)

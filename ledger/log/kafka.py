@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -210,20 +210,29 @@ class _KafkaProcessor(Processor):
             self._uncommitted[TopicPartition(record.topic, record.partition)] = record.offset + 1
         return records
 
-    def commit_transaction(self, outputs: Sequence[Outgoing]) -> None:
-        if not outputs and not self._uncommitted:
+    def commit_transaction(
+        self, outputs: Sequence[Outgoing], positions: Mapping[tuple[str, int], int] | None = None
+    ) -> None:
+        offsets = (
+            dict(self._uncommitted)
+            if positions is None
+            else {TopicPartition(topic, partition): offset for (topic, partition), offset in positions.items()}
+        )
+        if not outputs and not offsets:
             return
         started = time.perf_counter()
         self._producer.begin_transaction()
         for topic, key, value in outputs:
             self._producer.send(topic, value=value, key=key.encode())
-        if self._uncommitted:
+        if offsets:
             self._producer.send_offsets_to_transaction(
-                {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in self._uncommitted.items()},
+                {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()},
                 self._consumer.group_metadata(),
             )
         self._producer.commit_transaction()
-        self._uncommitted.clear()
+        for tp, offset in offsets.items():
+            if self._uncommitted.get(tp, -1) <= offset:
+                self._uncommitted.pop(tp, None)
         logger.debug("transaction of %d records in %.1f ms", len(outputs), (time.perf_counter() - started) * 1000)
 
     def abort_transaction(self) -> None:

@@ -1,0 +1,192 @@
+"""Job state: a fold of the ledger's job facts and the workers' job events.
+
+The terminal status comes from the money, which the ledger decides in one order per organization,
+so every gateway instance agrees on it: a capture is ``completed`` (``cancelled`` when the job was
+stopped on request and charged for its work), a release is ``cancelled``, ``dead_letter`` or
+``failed`` by its reason. The workers' events add what the ledger does not carry: progress, the
+result and the error message. A job shows ``completed`` only once both its charge and its result are
+in, so a client never sees a completed job without its result.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import msgspec
+
+from schemas.events import (
+    Event,
+    HoldCaptured,
+    HoldPlaced,
+    HoldReleased,
+    JobCancelled,
+    JobCancelRequested,
+    JobCompleted,
+    JobDeadLettered,
+    JobFailed,
+    JobLeased,
+    JobLeaseLost,
+    JobProgressed,
+    JobRetryScheduled,
+)
+from schemas.units import Units
+
+terminal_statuses = frozenset({"completed", "failed", "cancelled", "dead_letter"})
+jobs_per_org_listed_max = 100
+
+
+@dataclass(slots=True)
+class JobState:
+    job_id: str
+    org_id: str
+    request_id: str
+    token_id: str
+    model: str
+    endpoint: str
+    created_at: datetime
+    status: str = "pending"
+    progress_milli: int = 0
+    attempt: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result: msgspec.Raw | None = None
+    error_code: str = ""
+    error_message: str = ""
+    cancel_requested: bool = False
+    cost_micros: int = 0
+    units: Units = field(default_factory=Units)
+    price_version: str = ""
+    charged: HoldCaptured | None = None
+    released_reason: str = ""
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in terminal_statuses
+
+
+def _release_status(reason: str) -> str:
+    if reason == "cancelled":
+        return "cancelled"
+    if reason.startswith("dead_letter"):
+        return "dead_letter"
+    return "failed"
+
+
+class JobsView:
+    """Every job of the retention window, by id and by organization (newest last)."""
+
+    def __init__(self, retention: timedelta = timedelta(hours=1)) -> None:
+        self.jobs: dict[str, JobState] = {}
+        self._by_org: dict[str, dict[str, None]] = {}  # insertion-ordered set of job ids
+        self._by_request: dict[str, str] = {}
+        self._finished: deque[tuple[datetime, str]] = deque()
+        self._retention = retention
+        self._lock = threading.Lock()
+
+    def get(self, job_id: str) -> JobState | None:
+        return self.jobs.get(job_id)
+
+    def by_request(self, request_id: str) -> JobState | None:
+        job_id = self._by_request.get(request_id)
+        return self.jobs.get(job_id) if job_id else None
+
+    def list(self, org_id: str, limit: int, after: str | None = None) -> list[JobState]:
+        """Newest first; ``after`` is the last job id of the previous page."""
+        with self._lock:
+            ids = list(self._by_org.get(org_id, {}))
+        ids.reverse()
+        if after is not None and after in ids:
+            ids = ids[ids.index(after) + 1 :]
+        return [self.jobs[job_id] for job_id in ids[:limit] if job_id in self.jobs]
+
+    def apply(self, event: Event) -> None:
+        with self._lock:
+            self._apply(event)
+
+    def _apply(self, event: Event) -> None:
+        if isinstance(event, HoldPlaced):
+            if event.job_id not in self.jobs:
+                self.jobs[event.job_id] = JobState(
+                    job_id=event.job_id,
+                    org_id=event.org_id,
+                    request_id=event.request_id,
+                    token_id=event.token_id,
+                    model=event.model,
+                    endpoint=event.endpoint,
+                    created_at=event.occurred_at,
+                )
+                self._by_org.setdefault(event.org_id, {})[event.job_id] = None
+                self._by_request[event.request_id] = event.job_id
+            return
+        job_id = getattr(event, "job_id", None)
+        job = self.jobs.get(job_id) if isinstance(job_id, str) else None
+        if job is None:
+            return
+        if isinstance(event, JobLeased):
+            job.attempt = max(job.attempt, event.attempt)
+            job.started_at = job.started_at or event.occurred_at
+            if not job.terminal:
+                job.status = "running"
+        elif isinstance(event, JobLeaseLost):
+            if not job.terminal:
+                job.status = "pending"
+        elif isinstance(event, JobProgressed):
+            job.progress_milli = max(job.progress_milli, event.progress_milli)
+            if not job.terminal:
+                job.status = "running"
+        elif isinstance(event, JobRetryScheduled):
+            job.error_code, job.error_message = event.code, event.message
+        elif isinstance(event, JobCancelRequested):
+            job.cancel_requested = True
+        elif isinstance(event, JobCompleted):
+            job.result = event.result
+            job.progress_milli = 1000
+            self._settle(job, event.occurred_at)
+        elif isinstance(event, JobCancelled):
+            job.cancel_requested = True
+            job.result = event.partial_result
+            self._settle(job, event.occurred_at)
+        elif isinstance(event, JobFailed):
+            job.error_code, job.error_message = event.code, event.message
+        elif isinstance(event, JobDeadLettered):
+            job.error_code = job.error_code or event.code
+            job.error_message = job.error_message or f"gave up after {event.attempts} attempts"
+        elif isinstance(event, HoldCaptured):
+            job.charged = event
+            job.cost_micros, job.units, job.price_version = event.amount_micros, event.units, event.price_version
+            self._settle(job, event.occurred_at)
+        elif isinstance(event, HoldReleased):
+            job.released_reason = event.reason
+            if event.reason == "hold_expired" and not job.error_code:
+                job.error_code, job.error_message = "hold_expired", "no worker finished the job in time"
+            self._settle(job, event.occurred_at)
+        self._prune(event.occurred_at)
+
+    def _settle(self, job: JobState, now: datetime) -> None:
+        if job.terminal:
+            return
+        if job.charged is not None:
+            if job.cancel_requested:
+                job.status = "cancelled"
+            elif job.result is not None:
+                job.status = "completed"
+            else:
+                return  # charged; its result is on its way
+        elif job.released_reason:
+            job.status = _release_status(job.released_reason)
+        else:
+            return
+        job.finished_at = now
+        self._finished.append((now, job.job_id))
+
+    def _prune(self, now: datetime) -> None:
+        horizon = now - self._retention
+        while self._finished and self._finished[0][0] < horizon:
+            _, job_id = self._finished.popleft()
+            job = self.jobs.pop(job_id, None)
+            if job is not None:
+                self._by_org.get(job.org_id, {}).pop(job_id, None)
+                self._by_request.pop(job.request_id, None)

@@ -1,0 +1,483 @@
+"""Deterministic, real media for the simulated backends: same inputs give identical bytes.
+
+- Images are 8-bit RGB PNG (signature, IHDR, one zlib IDAT, IEND, real CRCs).
+- Audio is mono 16-bit PCM WAV written with the standard ``wave`` module: a sequence of sine tones
+  and pauses picked from the seed, a stand-in for synthesised speech.
+- Video is an uncompressed RIFF AVI (``hdrl``/``avih``/``strl``/``strh``/``strf`` with a 24-bit BI_RGB
+  BITMAPINFOHEADER, ``00db`` frames in ``movi``, and an ``idx1`` index). It is the simplest container
+  that ffmpeg, VLC and other standard tools play without any codec: frames are raw DIBs, so the
+  standard library alone can write it honestly. Keep frames tiny (e.g. 64x36 at 4 fps) so clips stay small.
+
+The parsers (``png_size``, ``wav_duration_ms``, ``video_info``) validate structure and raise ``ValueError``
+on anything else; they count what the bytes actually hold rather than what a header claims.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import struct
+import wave
+import zlib
+
+__all__ = [
+    "png_image",
+    "png_size",
+    "transcript_for",
+    "video_clip",
+    "video_info",
+    "wav_audio",
+    "wav_duration_ms",
+]
+
+# ---------------------------------------------------------------------------------------------- common
+
+
+def _stream(label: bytes, seed: bytes, length: int) -> bytes:
+    """``length`` deterministic pseudo-random bytes for one purpose (``label``) and one seed."""
+    return hashlib.shake_256(b"tollgate-media\0" + label + b"\0" + seed).digest(length)
+
+
+def _check_int(name: str, value: int, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+
+
+# ------------------------------------------------------------------------------------------------- PNG
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+png_max_side = 16384
+_png_cell = 16  # background gradient cells: runs of identical pixels and rows compress very well
+_png_rectangles = 4
+_png_colour_depths = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png_image(width: int, height: int, seed: bytes) -> bytes:
+    """An 8-bit RGB PNG: a blocky gradient tinted by the seed with a few seed-coloured rectangles."""
+    _check_int("width", width, 1, png_max_side)
+    _check_int("height", height, 1, png_max_side)
+    noise = _stream(b"png", seed, 4 + 8 * _png_rectangles)
+    tint_r, tint_g, blue = noise[0], noise[1], noise[2]
+    columns = -(-width // _png_cell)
+    bands = -(-height // _png_cell)
+    cells = b"".join(
+        bytes(((c * 255 // max(columns - 1, 1) * 3 + tint_r) // 4, 0, blue)) * _png_cell for c in range(columns)
+    )[: 3 * width]
+    band_rows: list[bytes] = []
+    for band in range(bands):
+        green = (band * 255 // max(bands - 1, 1) * 3 + tint_g) // 4
+        row = bytearray(cells)
+        row[1::3] = bytes((green,)) * width
+        band_rows.append(bytes(row))
+
+    rectangles: list[tuple[int, int, int, int, bytes]] = []
+    for k in range(_png_rectangles):
+        d = noise[4 + 8 * k : 12 + 8 * k]
+        rect_w = max(1, width // 8 + d[0] * (width // 4) // 256)
+        rect_h = max(1, height // 8 + d[1] * (height // 4) // 256)
+        x0 = d[2] * width // 256
+        y0 = d[3] * height // 256
+        x1, y1 = min(width, x0 + rect_w), min(height, y0 + rect_h)
+        rectangles.append((x0, y0, x1, y1, bytes(d[4:7]) * (x1 - x0)))
+
+    rows: list[bytes] = []
+    for y in range(height):
+        base = band_rows[y // _png_cell]
+        covering = [r for r in rectangles if r[1] <= y < r[3]]
+        if covering:
+            row = bytearray(base)
+            for x0, _, x1, _, pixels in covering:
+                row[3 * x0 : 3 * x1] = pixels
+            base = bytes(row)
+        rows.append(b"\x00")  # filter type None
+        rows.append(base)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"".join(
+        (
+            PNG_SIGNATURE,
+            _png_chunk(b"IHDR", header),
+            _png_chunk(b"IDAT", zlib.compress(b"".join(rows), 6)),
+            _png_chunk(b"IEND", b""),
+        )
+    )
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of a PNG. Checks the signature, IHDR, every chunk's length and CRC, at least one IDAT
+    and a final IEND (bytes after IEND are ignored, as libpng does). Raises ValueError otherwise."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ValueError("PNG data must be bytes")
+    data = bytes(data)
+    if not data.startswith(PNG_SIGNATURE):
+        raise ValueError("not a PNG: bad signature")
+    position = len(PNG_SIGNATURE)
+    size: tuple[int, int] | None = None
+    seen_idat = False
+    while True:
+        if position + 12 > len(data):
+            raise ValueError("truncated PNG: chunk header or IEND missing")
+        (length,) = struct.unpack_from(">I", data, position)
+        kind = data[position + 4 : position + 8]
+        if length > 0x7FFFFFFF:
+            raise ValueError(f"corrupt PNG: chunk length {length} too large")
+        if not kind.isalpha() or not kind.isascii():
+            raise ValueError(f"corrupt PNG: bad chunk type {kind!r}")
+        end = position + 8 + length
+        if end + 4 > len(data):
+            raise ValueError(f"truncated PNG: chunk {kind.decode()} runs past the end of the data")
+        body = data[position + 8 : end]
+        (crc,) = struct.unpack_from(">I", data, end)
+        if zlib.crc32(kind + body) != crc:
+            raise ValueError(f"corrupt PNG: bad CRC in chunk {kind.decode()}")
+        if size is None:
+            if kind != b"IHDR" or length != 13:
+                raise ValueError("corrupt PNG: first chunk must be a 13-byte IHDR")
+            width, height, depth, colour, compression, filtering, interlace = struct.unpack(">IIBBBBB", body)
+            if not (0 < width <= 0x7FFFFFFF and 0 < height <= 0x7FFFFFFF):
+                raise ValueError(f"corrupt PNG: bad dimensions {width}x{height}")
+            if depth not in _png_colour_depths.get(colour, ()):
+                raise ValueError(f"corrupt PNG: bit depth {depth} is invalid for colour type {colour}")
+            if compression != 0 or filtering != 0 or interlace not in (0, 1):
+                raise ValueError("corrupt PNG: unknown compression, filter or interlace method")
+            size = (width, height)
+        elif kind == b"IHDR":
+            raise ValueError("corrupt PNG: more than one IHDR")
+        elif kind == b"IDAT":
+            seen_idat = True
+        elif kind == b"IEND":
+            if not seen_idat:
+                raise ValueError("corrupt PNG: no IDAT before IEND")
+            return size
+        position = end + 4
+
+
+# ------------------------------------------------------------------------------------------------- WAV
+
+_wav_segment_ms = 160
+_wav_fade_ms = 8
+_wav_amplitude = 9000  # about -11 dBFS
+# Pauses (0 Hz) stand for the gaps between words.
+_wav_notes = (0, 196, 220, 247, 262, 294, 330, 0, 392, 440, 494, 523, 587)
+_wav_format_pcm = 1
+_wav_format_float = 3
+_wav_format_extensible = 0xFFFE
+
+
+def _tone(frequency: int, frames: int, sample_rate: int) -> bytes:
+    """``frames`` little-endian 16-bit samples of a sine tone with short linear fades at both ends."""
+    if frequency == 0:
+        return bytes(2 * frames)
+    fade = max(1, sample_rate * _wav_fade_ms // 1000)
+    step = 2 * math.pi * frequency / sample_rate
+    samples = [
+        round(_wav_amplitude * min(1.0, i / fade, (frames - 1 - i) / fade) * math.sin(step * i)) for i in range(frames)
+    ]
+    return struct.pack(f"<{frames}h", *samples)
+
+
+def wav_audio(seconds_milli: int, seed: bytes, sample_rate: int = 16000) -> bytes:
+    """A mono 16-bit PCM WAV lasting ``seconds_milli`` ms (``wav_duration_ms`` reads back exactly that):
+    160 ms tones and pauses picked from the seed."""
+    _check_int("seconds_milli", seconds_milli, 0, 24 * 3600 * 1000)
+    _check_int("sample_rate", sample_rate, 1000, 384000)  # >= 1000 Hz: the frame count is exact to the ms
+    frames = seconds_milli * sample_rate // 1000
+    if 2 * frames > 0xFFFFFFFF - 36:
+        raise ValueError("audio too long for a WAV file")
+    segment = max(1, sample_rate * _wav_segment_ms // 1000)
+    notes = _stream(b"wav", seed, -(-frames // segment))
+    cache: dict[tuple[int, int], bytes] = {}
+    parts: list[bytes] = []
+    for index, start in enumerate(range(0, frames, segment)):
+        key = (_wav_notes[notes[index] % len(_wav_notes)], min(segment, frames - start))
+        if key not in cache:
+            cache[key] = _tone(key[0], key[1], sample_rate)
+        parts.append(cache[key])
+    out = io.BytesIO()
+    with wave.open(out, "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(sample_rate)
+        writer.writeframes(b"".join(parts))
+    return out.getvalue()
+
+
+def wav_duration_ms(data: bytes) -> int:
+    """Duration in ms (rounded up) of a RIFF/WAVE file with PCM (or IEEE float, or extensible PCM/float) samples,
+    any channel count, rate and sample width. Counts the whole frames actually present: a data chunk whose header
+    claims more than the file holds (truncated or streamed output) is measured by its real length.
+    Raises ValueError for anything that is not such a WAV."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ValueError("WAV data must be bytes")
+    data = bytes(data)
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise ValueError("not a WAV file: missing RIFF/WAVE header")
+    position = 12
+    fmt: tuple[int, int, int, int] | None = None  # channels, rate, block align, bits
+    data_bytes: int | None = None
+    while position + 8 <= len(data) and data_bytes is None:
+        kind = data[position : position + 4]
+        (length,) = struct.unpack_from("<I", data, position + 4)
+        start = position + 8
+        available = len(data) - start
+        if kind == b"fmt ":
+            if length < 16 or available < 16:
+                raise ValueError("corrupt WAV: fmt chunk shorter than 16 bytes")
+            tag, channels, rate, _, block_align, bits = struct.unpack_from("<HHIIHH", data, start)
+            if tag == _wav_format_extensible:
+                if length < 40 or available < 40:
+                    raise ValueError("corrupt WAV: extensible fmt chunk shorter than 40 bytes")
+                (tag,) = struct.unpack_from("<H", data, start + 24)
+            if tag not in (_wav_format_pcm, _wav_format_float):
+                raise ValueError(f"unsupported WAV: sample format {tag:#06x} is not PCM")
+            if channels < 1 or rate < 1 or bits < 1:
+                raise ValueError(f"corrupt WAV: {channels} channels, {rate} Hz, {bits} bits per sample")
+            if block_align != channels * ((bits + 7) // 8):
+                raise ValueError(f"corrupt WAV: block align {block_align} does not match {channels}x{bits} bits")
+            fmt = (channels, rate, block_align, bits)
+        elif kind == b"data":
+            if fmt is None:
+                raise ValueError("corrupt WAV: data chunk before fmt chunk")
+            data_bytes = min(length, available)
+        position = start + length + (length & 1)
+    if fmt is None:
+        raise ValueError("corrupt WAV: no fmt chunk")
+    if data_bytes is None:
+        raise ValueError("corrupt WAV: no data chunk")
+    _, rate, block_align, _ = fmt
+    frames = data_bytes // block_align
+    return -(-frames * 1000 // rate)
+
+
+# ------------------------------------------------------------------------------------------------- AVI
+
+_avi_keyframe = 0x10  # AVIIF_KEYFRAME
+_avi_has_index = 0x10  # AVIF_HASINDEX
+_avi_max_bytes = 1 << 30  # AVI 1.0 files (without OpenDML extensions) stop at 1 GiB
+video_max_side = 4096
+video_max_fps = 240
+
+
+def _riff_chunk(kind: bytes, body: bytes) -> bytes:
+    return kind + struct.pack("<I", len(body)) + body + (b"\x00" if len(body) & 1 else b"")
+
+
+def _riff_list(kind: bytes, *chunks: bytes) -> bytes:
+    return _riff_chunk(b"LIST", kind + b"".join(chunks))
+
+
+def _dib_stride(width: int, bit_count: int) -> int:
+    return (width * bit_count + 31) // 32 * 4
+
+
+def video_clip(seconds: int, width: int, height: int, fps: int, seed: bytes) -> bytes:
+    """An uncompressed RIFF AVI of ``seconds * fps`` 24-bit frames: a seed-coloured vertical bar sliding across
+    a seed-tinted vertical gradient."""
+    _check_int("seconds", seconds, 1, 24 * 3600)
+    _check_int("width", width, 1, video_max_side)
+    _check_int("height", height, 1, video_max_side)
+    _check_int("fps", fps, 1, video_max_fps)
+    frame_count = seconds * fps
+    stride = _dib_stride(width, 24)
+    frame_bytes = stride * height
+    if frame_count * (frame_bytes + 24) + 4096 > _avi_max_bytes:
+        raise ValueError("video too large for an AVI 1.0 file; use smaller frames, a lower fps or fewer seconds")
+
+    noise = _stream(b"avi", seed, 16)
+    bar = bytes((noise[0], noise[1], noise[2]))  # stored as BGR
+    bar_width = max(1, width // 8)
+    step = 1 + noise[3] % 4
+    offset = noise[4] * width // 256
+    padding = bytes(stride - 3 * width)
+    background_rows: list[bytes] = []
+    for y in range(height):  # top to bottom; a DIB with positive height stores rows bottom-up
+        shade = y * 255 // max(height - 1, 1)
+        pixel = bytes(((noise[5] + shade) // 2 % 256, (noise[6] * 3 + shade) // 4 % 256, noise[7] // 2))
+        background_rows.append(pixel * width)
+
+    cache: dict[int, bytes] = {}
+    movi: list[bytes] = [b"movi"]
+    index: list[bytes] = []
+    movi_offset = 4  # idx1 offsets count from the "movi" list type
+    for frame in range(frame_count):
+        x = (offset + frame * step) % width
+        if x not in cache:
+            columns = [(x, min(width, x + bar_width))]
+            if x + bar_width > width:
+                columns.append((0, x + bar_width - width))
+            rows = []
+            for background in reversed(background_rows):
+                row = bytearray(background)
+                for start, end in columns:
+                    row[3 * start : 3 * end] = bar * (end - start)
+                rows.append(bytes(row) + padding)
+            cache[x] = b"".join(rows)
+        chunk = _riff_chunk(b"00db", cache[x])
+        movi.append(chunk)
+        index.append(struct.pack("<4sIII", b"00db", _avi_keyframe, movi_offset, frame_bytes))
+        movi_offset += len(chunk)
+
+    avih = struct.pack(
+        "<14I",
+        1_000_000 // fps,  # dwMicroSecPerFrame
+        frame_bytes * fps,  # dwMaxBytesPerSec
+        0,  # dwPaddingGranularity
+        _avi_has_index,  # dwFlags
+        frame_count,  # dwTotalFrames
+        0,  # dwInitialFrames
+        1,  # dwStreams
+        frame_bytes,  # dwSuggestedBufferSize
+        width,
+        height,
+        0,
+        0,
+        0,
+        0,  # dwReserved
+    )
+    strh = struct.pack(
+        "<4s4sIHHIIIIIIIIhhhh",
+        b"vids",
+        b"DIB ",
+        0,  # dwFlags
+        0,  # wPriority
+        0,  # wLanguage
+        0,  # dwInitialFrames
+        1,  # dwScale
+        fps,  # dwRate: fps = dwRate / dwScale
+        0,  # dwStart
+        frame_count,  # dwLength
+        frame_bytes,  # dwSuggestedBufferSize
+        0xFFFFFFFF,  # dwQuality: default
+        0,  # dwSampleSize: varies (one frame per chunk)
+        0,
+        0,
+        min(width, 0x7FFF),
+        min(height, 0x7FFF),  # rcFrame
+    )
+    strf = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, frame_bytes, 0, 0, 0, 0)
+    hdrl = _riff_list(
+        b"hdrl",
+        _riff_chunk(b"avih", avih),
+        _riff_list(b"strl", _riff_chunk(b"strh", strh), _riff_chunk(b"strf", strf)),
+    )
+    body = b"AVI " + hdrl + _riff_list(b"movi", *movi[1:]) + _riff_chunk(b"idx1", b"".join(index))
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def _riff_children(data: bytes, start: int, end: int) -> list[tuple[bytes, bytes, int, int]]:
+    """The chunks between ``start`` and ``end``: (id, list type or b"", body start, body end)."""
+    children: list[tuple[bytes, bytes, int, int]] = []
+    position = start
+    while position < end:
+        if position + 8 > end:
+            raise ValueError("corrupt AVI: truncated chunk header")
+        kind = data[position : position + 4]
+        (length,) = struct.unpack_from("<I", data, position + 4)
+        body = position + 8
+        if body + length > end:
+            raise ValueError(f"corrupt AVI: chunk {kind!r} runs past its container")
+        list_type = b""
+        if kind in (b"LIST", b"RIFF"):
+            if length < 4:
+                raise ValueError("corrupt AVI: LIST chunk without a type")
+            list_type = data[body : body + 4]
+        children.append((kind, list_type, body, body + length))
+        position = min(end, body + length + (length & 1))
+    return children
+
+
+def _find(children: list[tuple[bytes, bytes, int, int]], kind: bytes, list_type: bytes = b"") -> tuple[int, int]:
+    for child_kind, child_type, start, end in children:
+        if child_kind == kind and child_type == list_type:
+            return (start + 4, end) if list_type else (start, end)
+    what = f"LIST {list_type.decode(errors='replace')}" if list_type else kind.decode(errors="replace")
+    raise ValueError(f"corrupt AVI: no {what} chunk")
+
+
+def video_info(data: bytes) -> tuple[int, int, int, int]:
+    """(width, height, fps, frame_count) of a RIFF AVI's first video stream. ``frame_count`` is the number of that
+    stream's frame chunks actually present in ``movi``; ``fps`` is dwRate/dwScale rounded to an integer.
+    Raises ValueError for anything that is not a structurally valid AVI."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ValueError("AVI data must be bytes")
+    data = bytes(data)
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"AVI ":
+        raise ValueError("not an AVI file: missing RIFF/AVI header")
+    (riff_size,) = struct.unpack_from("<I", data, 4)
+    if riff_size + 8 > len(data):
+        raise ValueError(f"truncated AVI: RIFF declares {riff_size + 8} bytes, only {len(data)} present")
+    top = _riff_children(data, 12, riff_size + 8)
+    hdrl = _riff_children(data, *_find(top, b"LIST", b"hdrl"))
+    avih_start, avih_end = _find(hdrl, b"avih")
+    if avih_end - avih_start < 56:
+        raise ValueError("corrupt AVI: avih shorter than 56 bytes")
+
+    video: tuple[int, int, int, int, int] | None = None  # stream, width, height, rate, scale
+    expected: int | None = None  # the size of every frame chunk, when frames are uncompressed DIBs
+    streams = [child for child in hdrl if child[0] == b"LIST" and child[1] == b"strl"]
+    for number, (_, _, start, end) in enumerate(streams):
+        strl = _riff_children(data, start + 4, end)
+        strh_start, strh_end = _find(strl, b"strh")
+        if strh_end - strh_start < 48:
+            raise ValueError("corrupt AVI: strh shorter than 48 bytes")
+        if data[strh_start : strh_start + 4] != b"vids":
+            continue
+        scale, rate = struct.unpack_from("<II", data, strh_start + 20)
+        strf_start, strf_end = _find(strl, b"strf")
+        if strf_end - strf_start < 40:
+            raise ValueError("corrupt AVI: video strf is not a BITMAPINFOHEADER")
+        _, width, height, _planes, bit_count, compression, _ = struct.unpack_from("<IiiHHII", data, strf_start)
+        if width <= 0 or height == 0:
+            raise ValueError(f"corrupt AVI: bad frame size {width}x{height}")
+        if scale == 0 or rate == 0:
+            raise ValueError(f"corrupt AVI: bad frame rate {rate}/{scale}")
+        video = (number, width, abs(height), rate, scale)
+        expected = _dib_stride(width, bit_count) * abs(height) if compression == 0 and bit_count else None
+        break
+    if video is None:
+        raise ValueError("corrupt AVI: no video stream")
+    number, width, height, rate, scale = video
+    fps = round(rate / scale)
+    if fps < 1:
+        raise ValueError(f"unsupported AVI: frame rate {rate}/{scale} is below 0.5 fps")
+
+    prefix = f"{number:02d}".encode()
+    frames = 0
+    pending = [_find(top, b"LIST", b"movi")]
+    while pending:
+        for kind, list_type, start, end in _riff_children(data, *pending.pop()):
+            if kind == b"LIST" and list_type == b"rec ":
+                pending.append((start + 4, end))
+            elif kind[:2] == prefix and kind[2:] in (b"db", b"dc"):
+                if expected is not None and end - start not in (0, expected):
+                    raise ValueError(f"corrupt AVI: frame of {end - start} bytes, expected {expected}")
+                frames += 1
+    return width, height, fps, frames
+
+
+# ---------------------------------------------------------------------------------------------- speech
+
+_transcript_words = (
+    "the", "meter", "counts", "every", "second", "of", "audio", "and", "the", "ledger", "settles", "each",
+    "charge", "once", "credits", "flow", "from", "wallets", "to", "invoices", "while", "workers", "listen",
+    "speak", "render", "frames", "tokens", "prices", "balance", "event", "stream", "replay",
+)  # fmt: skip
+_transcript_words_per_second = 2
+
+
+def transcript_for(audio: bytes) -> str:
+    """A deterministic pseudo-transcript of a WAV: about two words per second of audio (at least one), chosen
+    from a small vocabulary by the audio's SHA-256. Raises ValueError if ``audio`` is not a WAV."""
+    duration_ms = wav_duration_ms(audio)
+    count = max(1, -(-duration_ms * _transcript_words_per_second // 1000))
+    digest = hashlib.sha256(bytes(audio)).digest()
+    picks = hashlib.shake_256(b"tollgate-transcript\0" + digest).digest(count)
+    words = [_transcript_words[b % len(_transcript_words)] for b in picks]
+    return " ".join(words).capitalize() + "."
