@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -15,18 +14,17 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.middleware import ASGIMiddleware
 
-from gateway.core import GatewayCore, Overloaded, new_id, utc_now
+from gateway.core import GatewayCore, new_id, utc_now
 from gateway.errors import ApiError, exception_handlers, from_validation_error
 from gateway.idempotency import fingerprint, idempotency_key_chars_max, key_hash
-from ledger.money import MoneyFormatError, format_credits, micros_to_decimal, parse_credits
-from ledger.pricing import ModelPrice, PriceBook, price_micros
+from ledger.money import MoneyFormatError, micros_to_decimal, parse_credits
+from ledger.pricing import ModelPrice, PriceBook
 from ledger.wallet import Grant
 from projections.usage_store import CursorError, UsageFilter, UsageRow, posting_cursor
 from projections.views import ApiToken
 from schemas.api import (
     AdjustmentBody,
     AutoTopUpBody,
-    ChatCompletionRequest,
     ChatMessage,
     CreateOrganization,
     CreateToken,
@@ -48,12 +46,7 @@ from schemas.events import (
     CreditsGranted,
     CreditsRefunded,
     Event,
-    HoldCaptured,
-    HoldRejected,
-    JobCompleted,
-    JobFailed,
 )
-from schemas.units import Units
 from workers.backends import message_text
 
 # Decimal amounts go out as JSON numbers with their exact digits, never through a float.
@@ -582,107 +575,6 @@ def chat_input_tokens_bound(messages: list[ChatMessage]) -> int:
     )
 
 
-@post("/v1/chat/completions", operation_id="createChatCompletion", status_code=200)
-async def chat_completions(request: Request) -> Response[bytes]:
-    token = authorize(request, "user:write")
-    return await _idempotently(request, token.org_id, lambda derived: _chat_completion(request, token))
-
-
-async def _chat_completion(request: Request, token: ApiToken) -> Response[bytes]:
-    started = time.perf_counter()
-    core = _core(request)
-    request_id = _request_id(request)  # derived from the Idempotency-Key when one was sent
-    body = await request.body()
-    if len(body) > core.settings.request_body_bytes_max:
-        raise ApiError(413, "Request body too large.", code="request_too_large")
-    try:
-        chat = msgspec.json.decode(body, type=ChatCompletionRequest)
-    except (msgspec.ValidationError, msgspec.DecodeError) as error:
-        raise from_validation_error(error) from None
-    book = core.prices.current
-    price = book.model(chat.model)
-    if price is None or price.category != "chat":
-        raise ApiError(
-            404,
-            f"The model '{chat.model}' does not exist or is not a chat model; see GET /v1/models.",
-            code="model_not_found",
-            param="model",
-        )
-    if chat.stream:
-        raise ApiError(
-            400, "Streaming is not supported yet; send stream: false.", code="unsupported_parameter", param="stream"
-        )
-    if chat.n != 1:
-        raise ApiError(400, "Only n=1 is supported.", code="unsupported_parameter", param="n")
-    max_output = chat.max_completion_tokens or chat.max_tokens or price.max_output_tokens
-    if max_output > price.max_output_tokens:
-        raise ApiError(
-            400,
-            f"max_tokens may be at most {price.max_output_tokens} for {price.model}.",
-            code="invalid_parameter",
-            param="max_completion_tokens" if chat.max_completion_tokens else "max_tokens",
-        )
-    hold = price_micros(price, Units(input_tokens=chat_input_tokens_bound(chat.messages), output_tokens=max_output))
-    try:
-        outcome = await core.run_metered(
-            token, request_id, "/v1/chat/completions", price.model, price.pool, body, hold, book.version
-        )
-    except Overloaded:
-        raise ApiError(
-            503,
-            "This gateway is at its limit of requests in flight; retry shortly.",
-            code="overloaded",
-            headers={"retry-after": "1"},
-        ) from None
-    except TimeoutError:
-        raise ApiError(
-            504, "The job did not finish in time. Its hold settles on its own; check /v1/account/usage.", code="timeout"
-        ) from None
-    if CommandRejected in outcome:
-        # The same hold id with another amount: an Idempotency-Key reused across instances at once.
-        raise ApiError(409, "This Idempotency-Key was used with a different request.", code="idempotency_key_reused")
-    rejected = outcome.get(HoldRejected)
-    if isinstance(rejected, HoldRejected):
-        core.record_rejection(token, request_id, "/v1/chat/completions", price.model, 402, rejected.code)
-        raise ApiError(
-            402,
-            f"Insufficient credits: this request may cost up to {format_credits(rejected.requested_micros)} credits "
-            f"and {format_credits(max(rejected.available_micros, 0))} are available. Add credits, or lower max_tokens.",
-            code="insufficient_credits",
-        )
-    failed = outcome.get(JobFailed)
-    if isinstance(failed, JobFailed):
-        raise ApiError(502, f"The model backend failed: {failed.message}. Nothing was charged.", code=failed.code)
-    completed, captured = outcome[JobCompleted], outcome[HoldCaptured]
-    assert isinstance(completed, JobCompleted) and isinstance(captured, HoldCaptured)
-    result = msgspec.json.decode(completed.result)
-    units = captured.units
-    prompt_tokens = units.input_tokens + units.cached_input_tokens
-    result.update(
-        id=f"chatcmpl-{request_id.removeprefix('req_')}",
-        created=int(completed.occurred_at.timestamp()),
-        model=price.model,
-        usage={
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": units.output_tokens,
-            "total_tokens": prompt_tokens + units.output_tokens,
-            "prompt_tokens_details": {"cached_tokens": units.cached_input_tokens},
-            "cost_usd": micros_to_decimal(captured.amount_micros),
-            "cost_micros": captured.amount_micros,
-            "price_version": captured.price_version,
-        },
-    )
-    added_ms = (time.perf_counter() - started) * 1000 - completed.duration_ms
-    return _json(
-        result,
-        headers={
-            "x-credits-used": format_credits(captured.amount_micros),
-            "x-model-used": price.model,
-            "x-gateway-added-ms": f"{max(added_ms, 0):.2f}",
-        },
-    )
-
-
 # --- account ---
 
 
@@ -869,6 +761,8 @@ class RequestIdMiddleware(ASGIMiddleware):
 
 
 def create_app(core: GatewayCore) -> Litestar:
+    from gateway import generation, jobs  # they build on this module's helpers
+
     return Litestar(
         route_handlers=[
             create_organization,
@@ -884,7 +778,8 @@ def create_app(core: GatewayCore) -> Litestar:
             retrieve_model,
             list_price_books,
             publish_price_book,
-            chat_completions,
+            *generation.route_handlers,
+            *jobs.route_handlers,
             account_usage,
             health,
         ],

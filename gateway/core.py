@@ -15,7 +15,7 @@ import logging
 import secrets
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -42,6 +42,7 @@ from schemas.events import (
     HoldReleased,
     IdempotentReplyRecorded,
     JobCancelled,
+    JobCancelRequested,
     JobCompleted,
     JobDeadLettered,
     JobFailed,
@@ -400,7 +401,7 @@ class GatewayCore:
         payload: bytes,
         hold_micros: int,
         price_version: str,
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Like ``run_metered``, yielding every event of the request as it comes, up to its end.
         A client that goes away before the end cancels the job: it is charged for the work done."""
         job_id, records = self._metered_records(
@@ -445,7 +446,9 @@ class GatewayCore:
         )
         self._producer.send([Outgoing(topics.COMMANDS, org_id, encode(command))])
 
-    async def cancel_job(self, org_id: str, hold_id: str, job_id: str) -> Event:
+    async def cancel_job(self, org_id: str, hold_id: str, job_id: str) -> dict[type, Event]:
+        """Cancel and wait for the ledger's answer: the release of a job not started yet, the request
+        to stop a running one, or a refusal."""
         command = CancelJob(
             command_id=f"cancel:{hold_id}",
             org_id=org_id,
@@ -455,7 +458,19 @@ class GatewayCore:
             job_id=job_id,
             reason="client_request",
         )
-        return await self.ledger_command(command)
+
+        def answered(seen: dict[type, Event]) -> bool:
+            if CommandRejected in seen or HoldReleased in seen:
+                return True
+            hold = self.balances.get(org_id).holds.get(hold_id)
+            return JobCancelRequested in seen and hold is not None and hold.leased
+
+        future = self.waiters.expect(command.command_id, answered)
+        try:
+            self._producer.send([Outgoing(topics.COMMANDS, org_id, encode(command))])
+            return await asyncio.wait_for(future, 30)
+        finally:
+            self.waiters.forget(command.command_id)
 
     def record_reply(
         self, scope: str, key_sha256: str, fingerprint: str, status: int, body: bytes, headers: dict[str, str]

@@ -122,6 +122,8 @@ class JobsView:
                 self._by_request[event.request_id] = event.job_id
             return
         job_id = getattr(event, "job_id", None)
+        if job_id is None and isinstance(event, HoldReleased):
+            job_id = self._by_request.get(event.request_id)  # a release names the hold (the request), not the job
         job = self.jobs.get(job_id) if isinstance(job_id, str) else None
         if job is None:
             return

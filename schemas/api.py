@@ -92,3 +92,50 @@ class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
 
 class ErrorEnvelope(msgspec.Struct, frozen=True, kw_only=True):
     error: ErrorBody
+
+
+class CompletionRequest(msgspec.Struct, frozen=True, kw_only=True):
+    model: Annotated[str, msgspec.Meta(min_length=1)]
+    prompt: str | Annotated[list[str], msgspec.Meta(min_length=1, max_length=64)]
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)] = 16  # OpenAI's default for completions
+    n: Annotated[int, msgspec.Meta(ge=1)] = 1
+    stream: bool = False
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+
+
+class EmbeddingRequest(msgspec.Struct, frozen=True, kw_only=True):
+    model: Annotated[str, msgspec.Meta(min_length=1)]
+    # A string, a list of strings, a list of token ids or a list of such lists (msgspec's unions take
+    # one array type, so the gateway checks the items).
+    input: (
+        Annotated[str, msgspec.Meta(min_length=1)] | Annotated[list[Any], msgspec.Meta(min_length=1, max_length=2048)]
+    )
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, msgspec.Meta(ge=1, le=4096)] | None = None
+    user: str | None = None
+
+
+class ImageRequest(msgspec.Struct, frozen=True, kw_only=True):
+    model: Annotated[str, msgspec.Meta(min_length=1)] = "sim-image"
+    prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=4000)]
+    n: Annotated[int, msgspec.Meta(ge=1, le=4)] = 1
+    size: Literal["1024x1024", "1792x1024"] = "1024x1024"
+    quality: Literal["standard", "hd"] = "standard"
+    response_format: Literal["b64_json"] = "b64_json"
+    user: str | None = None
+
+
+class SpeechRequest(msgspec.Struct, frozen=True, kw_only=True):
+    model: Annotated[str, msgspec.Meta(min_length=1)]
+    input: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+    voice: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "alloy"
+    response_format: Literal["wav"] = "wav"
+    speed: Annotated[float, msgspec.Meta(ge=0.25, le=4.0)] = 1.0
+
+
+class VideoRequest(msgspec.Struct, frozen=True, kw_only=True):
+    model: Annotated[str, msgspec.Meta(min_length=1)] = "sim-video"
+    prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=4000)]
+    duration: Annotated[int, msgspec.Meta(ge=1, le=10)] = 5
+    resolution: str | None = None
+    aspect_ratio: str | None = None

@@ -235,6 +235,8 @@ class SimulatedBackend(Backend):
     def _embeddings(self, job: JobContext, token_s: float) -> JobOutput:
         given = job.payload.get("input")
         inputs = given if isinstance(given, list) else [given]
+        if inputs and all(isinstance(item, int) for item in inputs):
+            inputs = [inputs]  # one list of token ids
         dimensions = int(job.payload.get("dimensions") or embedding_dimensions_default)
         data = []
         tokens = 0

@@ -1,0 +1,108 @@
+"""Jobs: ``GET /v1/jobs``, ``GET /v1/jobs/{id}`` and ``DELETE /v1/jobs/{id}`` (cancel).
+
+Another organization's job does not exist for the caller (404, never 403)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, delete, get
+
+from gateway.app import _core, _iso, _json, authorize
+from gateway.errors import ApiError
+from gateway.generation import shape_result
+from ledger.money import micros_to_decimal
+from projections.jobs import JobState
+from schemas.events import CommandRejected, HoldReleased
+
+jobs_page_size_max = 100
+
+
+def job_body(job: JobState) -> dict[str, Any]:
+    result: Any = None
+    if job.result is not None and job.charged is not None and job.status == "completed":
+        result = shape_result(job.endpoint, job.request_id, msgspec.json.decode(job.result), job.charged)
+    elif job.result is not None and job.status == "cancelled":
+        result = msgspec.json.decode(job.result)
+    error = None
+    if job.status in ("failed", "dead_letter") or (job.error_code and job.status != "completed"):
+        error = {"code": job.error_code or job.status, "message": job.error_message or job.status}
+    return {
+        "id": job.job_id,
+        "job_id": job.job_id,
+        "object": "job",
+        "status": job.status,
+        "progress": Decimal(job.progress_milli) / 1000,
+        "model": job.model,
+        "endpoint": job.endpoint,
+        "request_id": job.request_id,
+        "attempt": job.attempt,
+        "cancel_requested": job.cancel_requested,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "completed_at": _iso(job.finished_at),
+        "cost_usd": micros_to_decimal(job.cost_micros),
+        "cost_micros": job.cost_micros,
+        "result": result,
+        "error": error,
+    }
+
+
+def _own_job(request: Request, job_id: str, scope: str) -> JobState:
+    token = authorize(request, scope)
+    job = _core(request).jobs.get(job_id)
+    if job is None or job.org_id != token.org_id:
+        raise ApiError(404, f"No job '{job_id}'.", code="job_not_found", param="job_id")
+    return job
+
+
+@get("/v1/jobs", operation_id="listJobs")
+async def list_jobs(request: Request) -> Response[bytes]:
+    token = authorize(request, "user:read")
+    raw_limit = request.query_params.get("limit", "20")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= jobs_page_size_max:
+        raise ApiError(400, f"limit must be 1 to {jobs_page_size_max}.", code="invalid_parameter", param="limit")
+    limit = int(raw_limit)
+    after = request.query_params.get("after")
+    status = request.query_params.get("status")
+    jobs = _core(request).jobs.list(token.org_id, limit + 1 if status is None else 10_000, after)
+    if status is not None:
+        jobs = [job for job in jobs if job.status == status][: limit + 1]
+    page = jobs[:limit]
+    return _json(
+        {
+            "object": "list",
+            "data": [job_body(job) for job in page],
+            "has_more": len(jobs) > limit,
+            "last_id": page[-1].job_id if page else None,
+        }
+    )
+
+
+@get("/v1/jobs/{job_id:str}", operation_id="retrieveJob")
+async def retrieve_job(request: Request, job_id: str) -> Response[bytes]:
+    return _json(job_body(_own_job(request, job_id, "user:read")))
+
+
+@delete("/v1/jobs/{job_id:str}", operation_id="cancelJob", status_code=200)
+async def cancel_job(request: Request, job_id: str) -> Response[bytes]:
+    """A job not started yet is cancelled at once; a running one stops at its next progress point and
+    is charged for the work done."""
+    job = _own_job(request, job_id, "user:write")
+    if job.terminal:
+        raise ApiError(409, f"The job is already {job.status}.", code="job_already_finished", param="job_id")
+    seen = await _core(request).cancel_job(job.org_id, job.request_id, job.job_id)
+    rejected = seen.get(CommandRejected)
+    if isinstance(rejected, CommandRejected):
+        raise ApiError(409, f"The job cannot be cancelled now: {rejected.code}.", code=rejected.code, param="job_id")
+    body = job_body(job)
+    body["cancel_requested"] = True
+    released = seen.get(HoldReleased)
+    if isinstance(released, HoldReleased) and released.reason == "cancelled":
+        body["status"] = "cancelled"
+    return _json(body)
+
+
+route_handlers = [list_jobs, retrieve_job, cancel_job]
