@@ -43,6 +43,7 @@ def job_body(job: JobState) -> dict[str, Any]:
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),
         "completed_at": _iso(job.finished_at),
+        "run_finished_at": _iso(job.run_finished_at),
         "cost_usd": micros_to_decimal(job.cost_micros),
         "cost_micros": job.cost_micros,
         "result": result,

@@ -11,7 +11,7 @@ in, so a client never sees a completed job without its result.
 from __future__ import annotations
 
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -35,7 +35,7 @@ from schemas.events import (
 from schemas.units import Units
 
 terminal_statuses = frozenset({"completed", "failed", "cancelled", "dead_letter"})
-jobs_per_org_listed_max = 100
+early_jobs_max = 10_000  # jobs whose worker events arrived before the ledger's HoldPlaced
 
 
 @dataclass(slots=True)
@@ -52,6 +52,7 @@ class JobState:
     attempt: int = 0
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    run_finished_at: datetime | None = None  # when the worker finished (finished_at adds the charge)
     result: msgspec.Raw | None = None
     error_code: str = ""
     error_message: str = ""
@@ -83,6 +84,9 @@ class JobsView:
         self._by_org: dict[str, dict[str, None]] = {}  # insertion-ordered set of job ids
         self._by_request: dict[str, str] = {}
         self._finished: deque[tuple[datetime, str]] = deque()
+        # The ledger and jobs topics are read by different threads, so a job's result can arrive
+        # before the hold that created the job: keep such events until it does (bounded).
+        self._early: OrderedDict[str, list[Event]] = OrderedDict()
         self._retention = retention
         self._lock = threading.Lock()
 
@@ -105,6 +109,7 @@ class JobsView:
     def apply(self, event: Event) -> None:
         with self._lock:
             self._apply(event)
+            self._prune(event.occurred_at)
 
     def _apply(self, event: Event) -> None:
         if isinstance(event, HoldPlaced):
@@ -120,12 +125,18 @@ class JobsView:
                 )
                 self._by_org.setdefault(event.org_id, {})[event.job_id] = None
                 self._by_request[event.request_id] = event.job_id
+                for early in self._early.pop(event.job_id, []):
+                    self._apply(early)
             return
         job_id = getattr(event, "job_id", None)
         if job_id is None and isinstance(event, HoldReleased):
             job_id = self._by_request.get(event.request_id)  # a release names the hold (the request), not the job
         job = self.jobs.get(job_id) if isinstance(job_id, str) else None
         if job is None:
+            if isinstance(job_id, str) and not isinstance(event, HoldReleased):
+                self._early.setdefault(job_id, []).append(event)
+                while len(self._early) > early_jobs_max:
+                    self._early.popitem(last=False)
             return
         if isinstance(event, JobLeased):
             job.attempt = max(job.attempt, event.attempt)
@@ -145,6 +156,7 @@ class JobsView:
             job.cancel_requested = True
         elif isinstance(event, JobCompleted):
             job.result = event.result
+            job.run_finished_at = event.occurred_at
             job.progress_milli = 1000
             self._settle(job, event.occurred_at)
         elif isinstance(event, JobCancelled):
@@ -165,7 +177,6 @@ class JobsView:
             if event.reason == "hold_expired" and not job.error_code:
                 job.error_code, job.error_message = "hold_expired", "no worker finished the job in time"
             self._settle(job, event.occurred_at)
-        self._prune(event.occurred_at)
 
     def _settle(self, job: JobState, now: datetime) -> None:
         if job.terminal:

@@ -1,0 +1,168 @@
+"""The job state projection: statuses from the ledger's money, results from the workers, in any
+arrival order across the two topics."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from itertools import permutations
+
+import msgspec
+import pytest
+
+from projections.jobs import JobsView
+from schemas.events import (
+    Event,
+    HoldCaptured,
+    HoldPlaced,
+    HoldReleased,
+    JobCancelled,
+    JobCancelRequested,
+    JobCompleted,
+    JobFailed,
+    JobLeased,
+    JobProgressed,
+)
+from schemas.units import Units
+
+now = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+envelope = {"occurred_at": now, "org_id": "org_a"}
+job = {"job_id": "job_1", "request_id": "req_1"}
+placed = HoldPlaced(
+    event_id="e1",
+    hold_id="req_1",
+    token_id="t",
+    model="m",
+    endpoint="/v1/chat/completions",
+    amount_micros=100,
+    expires_at=now + timedelta(minutes=15),
+    **job,
+    **envelope,
+)
+leased = JobLeased(
+    event_id="e2",
+    hold_id="req_1",
+    worker_id="w",
+    run_id="r",
+    attempt=1,
+    lease_expires_at=now + timedelta(seconds=30),
+    **job,
+    **envelope,
+)
+progressed = JobProgressed(event_id="e3", attempt=1, sequence=1, progress_milli=500, **job, **envelope)
+completed = JobCompleted(
+    event_id="e4",
+    model="m",
+    result=msgspec.Raw(b'{"ok": true}'),
+    units=Units(output_tokens=3),
+    duration_ms=5,
+    **job,
+    **envelope,
+)
+captured = HoldCaptured(
+    event_id="e5",
+    hold_id="req_1",
+    token_id="t",
+    model="m",
+    endpoint="/v1/chat/completions",
+    amount_micros=40,
+    released_micros=60,
+    priced_micros=40,
+    price_version="v",
+    units=Units(output_tokens=3),
+    **job,
+    **envelope,
+)
+
+
+def released(reason: str) -> HoldReleased:
+    return HoldReleased(
+        event_id="e6",
+        hold_id="req_1",
+        request_id="req_1",
+        token_id="t",
+        model="m",
+        endpoint="e",
+        amount_micros=100,
+        reason=reason,
+        **envelope,
+    )
+
+
+def fold(events: list[Event]) -> JobsView:
+    view = JobsView()
+    for event in events:
+        view.apply(event)
+    return view
+
+
+@pytest.mark.parametrize("order", list(permutations([completed, captured, progressed])))
+def test_completed_needs_the_charge_and_the_result_in_any_order(order: tuple[Event, ...]) -> None:
+    # Worker events may come before the hold that created the job: they wait for it.
+    view = fold([*order[:1], placed, leased, *order[1:]])
+    state = view.get("job_1")
+    assert state is not None and state.status == "completed"
+    assert state.cost_micros == 40 and state.result is not None and state.progress_milli == 1000
+
+
+@pytest.mark.parametrize(
+    ("reason", "status"),
+    [
+        ("cancelled", "cancelled"),
+        ("dead_letter", "dead_letter"),
+        ("dead_letter:gpu_oom", "dead_letter"),
+        ("job_failed:bad_input", "failed"),
+        ("hold_expired", "failed"),
+    ],
+)
+def test_a_release_ends_the_job_by_its_reason(reason: str, status: str) -> None:
+    view = fold([placed, leased, released(reason)])
+    state = view.get("job_1")
+    assert state is not None and state.status == status and state.cost_micros == 0
+
+
+def test_a_cancelled_job_charged_for_its_work_is_cancelled_not_completed() -> None:
+    cancel = JobCancelRequested(event_id="e7", hold_id="req_1", pool="default", reason="client", **job, **envelope)
+    stopped = JobCancelled(event_id="e8", model="m", units=Units(output_tokens=1), **job, **envelope)
+    view = fold([placed, leased, cancel, stopped, captured])
+    state = view.get("job_1")
+    assert state is not None and (state.status, state.cost_micros) == ("cancelled", 40)
+
+
+def test_a_failure_message_comes_from_the_worker() -> None:
+    failed = JobFailed(event_id="e9", model="m", code="bad_input", message="no", **job, **envelope)
+    state = fold([placed, failed, released("job_failed:bad_input")]).get("job_1")
+    assert state is not None and (state.status, state.error_code, state.error_message) == ("failed", "bad_input", "no")
+
+
+def test_finished_jobs_are_kept_for_the_retention_window_then_pruned() -> None:
+    view = fold([placed, leased, completed, captured])
+    later = HoldPlaced(
+        event_id="x",
+        hold_id="req_2",
+        request_id="req_2",
+        job_id="job_2",
+        token_id="t",
+        model="m",
+        endpoint="e",
+        amount_micros=1,
+        expires_at=now,
+        occurred_at=now + timedelta(minutes=59),
+        org_id="org_a",
+    )
+    view.apply(later)
+    assert view.get("job_1") is not None
+    view.apply(
+        msgspec.structs.replace(
+            later, event_id="y", job_id="job_3", request_id="req_3", occurred_at=now + timedelta(minutes=61)
+        )
+    )
+    assert view.get("job_1") is None and view.get("job_2") is not None
+
+
+def test_listing_is_per_organization_newest_first() -> None:
+    other = msgspec.structs.replace(placed, event_id="o", org_id="org_b", job_id="job_b", request_id="req_b")
+    second = msgspec.structs.replace(placed, event_id="s", job_id="job_2", request_id="req_2")
+    view = fold([placed, other, second])
+    assert [j.job_id for j in view.list("org_a", 10)] == ["job_2", "job_1"]
+    assert [j.job_id for j in view.list("org_a", 10, after="job_2")] == ["job_1"]
+    assert [j.job_id for j in view.list("org_b", 10)] == ["job_b"]
