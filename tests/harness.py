@@ -57,7 +57,7 @@ def write_jwks(path: Path, signers: list[Signer]) -> None:
 
 
 class Gateway:
-    def __init__(self, root: Path, **overrides: Any) -> None:
+    def __init__(self, root: Path, with_usage: bool = False, **overrides: Any) -> None:
         self.root = root
         self.jwks_path = root / "jwks.json"
         self.signer = Signer("key-1")
@@ -90,7 +90,16 @@ class Gateway:
         ]
         for thread in self.threads:
             thread.start()
-        self.core = GatewayCore(self.log, self.settings, PriceBooks(book), None, admin_token)
+        self.store: Any = None
+        if with_usage:
+            from projections.role import ProjectorRole
+            from projections.usage_store import UsageStore
+
+            self.store = UsageStore(url="", path=root / "clickhouse")
+            projector = ProjectorRole(self.log, self.settings, self.store, "tollgate-projector-harness")
+            self.threads.append(threading.Thread(target=projector.run, args=(self.stop_event,), daemon=True))
+            self.threads[-1].start()
+        self.core = GatewayCore(self.log, self.settings, PriceBooks(book), self.store, admin_token)
         self.core.start()
         self.app = create_app(self.core)
         self.client = TestClient(self.app)
@@ -102,6 +111,8 @@ class Gateway:
         self.core.stop()
         for thread in self.threads:
             thread.join(timeout=10)
+        if self.store is not None:
+            self.store.close()
         self.log.close()
 
     def call(self, method: str, path: str, key: str | None = None, **kwargs: Any) -> Any:
