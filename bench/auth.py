@@ -1,8 +1,9 @@
 """Authentication benchmark: what an API key and a service token (EdDSA JWT) cost per request.
 
 Two parts:
-- in process: microseconds per authentication (API key: sha256 and a lookup; JWT: header parse,
-  Ed25519 verify, claim checks) and per rate-limit admission, on the real GatewayCore;
+- in process: microseconds per authentication (API key: sha256 and a lookup; JWT uncached: header
+  parse, Ed25519 verify, claim checks; JWT cached: a lookup), per rate-limit admission, and per
+  append of its event to the embedded log, on the real GatewayCore;
 - over HTTP against `tollgate dev`: requests/s and client latency p50/p99 of one admin:read route
   (GET /v1/organizations/{id}/limits) with the platform admin token (the baseline: a constant-time
   compare, no rate limit), an API key and a JWT; "added" is the difference to the baseline (latency
@@ -30,7 +31,8 @@ repo = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(repo))
 
 from bench.e2e import Connection, percentile  # noqa: E402
-from gateway.auth import verify_service_token  # noqa: E402
+from gateway.auth import _verify_service_token, verify_service_token  # noqa: E402
+from gateway.ratelimit import record  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.harness import Gateway, Signer, audience, issuer, write_jwks  # noqa: E402
 from tests.processes import Admin, Role, wait_until_serving  # noqa: E402
@@ -58,12 +60,16 @@ def in_process(iterations: int) -> dict[str, float]:
                 fn()
             return round((time.perf_counter() - started) / iterations * 1e6, 2)
 
+        admission = core.limiter.admit(principal, {"requests": 1}, "r", "/v1/models")
         return {
             "api_key_us": per_call_us(lambda: core.authenticate(secret)),
-            "jwt_us": per_call_us(lambda: verify_service_token(core, token)),
+            "jwt_cached_us": per_call_us(lambda: verify_service_token(core, token)),
+            "jwt_uncached_us": per_call_us(lambda: _verify_service_token(core, core.jwks, token)),
             "ratelimit_admit_us": per_call_us(
                 lambda: core.limiter.admit(principal, {"requests": 1}, "r", "/v1/models")
             ),
+            # What every limited request also pays in embedded mode: one synchronous SQLite append.
+            "embedded_log_append_us": per_call_us(lambda: core.send([record(admission)])),
         }
     finally:
         gateway.close()

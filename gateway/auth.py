@@ -20,12 +20,14 @@ Another organization's resources do not exist for a caller: 404, never 403.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
 import threading
 import time
 import urllib.request
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +56,7 @@ route_rates = ("requests", "jobs", "none")
 jwt_algorithms = ["EdDSA"]  # Ed25519 only: no algorithm confusion, no "none"
 jwks_bytes_max = 1 << 20
 jwks_keys_max = 100
+verified_tokens_max = 10_000
 org_claim = "org_id"
 scope_claim = "scope"  # space-separated, as in OAuth 2.0 (RFC 8693 / RFC 9068)
 _admin = "platform-admin"  # the principal of the platform admin token
@@ -94,6 +97,10 @@ class JwksKeys:
         self._fetched_at: float | None = None
         self._lock = threading.Lock()
         self.fetches = 0
+        self.generation = 0  # bumped whenever the key set changes; verified tokens cached before are dropped
+        # Verified service tokens by their text: a service reuses one token for many requests, and an
+        # Ed25519 verify costs far more than a lookup. Valid while unexpired and the keys unchanged.
+        self.verified: OrderedDict[str, tuple[ApiToken, float, int]] = OrderedDict()
 
     @property
     def configured(self) -> bool:
@@ -124,6 +131,11 @@ class JwksKeys:
                 if entry.get("kty") != "OKP" or entry.get("crv") != "Ed25519" or not entry.get("kid"):
                     continue
                 keys[str(entry["kid"])] = jwt.PyJWK.from_dict(entry, algorithm="EdDSA").key
+            if {k: v.public_bytes_raw() for k, v in keys.items()} != {
+                k: v.public_bytes_raw() for k, v in self._keys.items()
+            }:
+                self.generation += 1
+                self.verified.clear()
             self._keys = keys
         except Exception as error:  # an unreachable or bad JWKS must not take the gateway down
             logger.warning("could not load the JWKS (%s): keeping %d known keys", error, len(self._keys))
@@ -148,6 +160,22 @@ class JwksKeys:
 def verify_service_token(core: GatewayCore, token: str) -> ApiToken:
     """A JWT as a principal, or 401. Keys must already be fetched (``JwksKeys.fetch_if_needed``)."""
     keys: JwksKeys = core.jwks
+    cached = keys.verified.get(token)
+    if cached is not None:
+        principal, expires_at, generation = cached
+        if generation == keys.generation and time.time() < expires_at + core.settings.jwt_leeway_s:
+            return principal
+        keys.verified.pop(token, None)
+    principal = _verify_service_token(core, keys, token)
+    if len(keys.verified) >= verified_tokens_max:
+        with contextlib.suppress(KeyError):  # a JWKS refresh may have just cleared it
+            keys.verified.popitem(last=False)
+    assert principal.expires_at is not None
+    keys.verified[token] = (principal, principal.expires_at.timestamp(), keys.generation)
+    return principal
+
+
+def _verify_service_token(core: GatewayCore, keys: JwksKeys, token: str) -> ApiToken:
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError:

@@ -71,6 +71,7 @@ class Gateway:
             jwt_issuer=issuer,
             jwt_audience=audience,
             jwks_refresh_s_min=0.2,
+            jwt_leeway_s=1,
             ip_requests_per_window_max=1_000_000,
             poll_wait_ms=20,
         )

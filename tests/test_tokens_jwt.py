@@ -189,10 +189,11 @@ def test_keys_rotate_without_restart(gw: Gateway) -> None:
     write_jwks(gw.jwks_path, [gw.signer, new])
     time.sleep(0.3)  # jwks_refresh_s_min in the harness is 0.2 s
     assert _models(gw, new.token(org, "user:read")) == 200
-    assert _models(gw, gw.signer.token(org, "user:read")) == 200  # both during the overlap
+    old_token = gw.signer.token(org, "user:read")
+    assert _models(gw, old_token) == 200  # both during the overlap (and the old one is now cached)
     write_jwks(gw.jwks_path, [new])
     gw.core.jwks._fetched_at = None  # as if jwks_age_s_max had passed
-    assert _jwt_error(gw, gw.signer.token(org, "user:read"))[0] == 401
+    assert _jwt_error(gw, old_token)[0] == 401  # a retired key's tokens fail, cached or not
     assert _models(gw, new.token(org, "user:read")) == 200
     write_jwks(gw.jwks_path, [gw.signer, new])
     gw.core.jwks._fetched_at = None
@@ -205,6 +206,16 @@ def test_unknown_key_ids_refetch_at_most_once_per_interval(gw: Gateway) -> None:
     for i in range(20):
         assert _jwt_error(gw, Signer(f"forged-{i}").token(org, "user:read"))[0] == 401
     assert gw.core.jwks.fetches - before <= 2  # 20 unknown kids within ~0.2 s: one or two fetches
+
+
+def test_verified_tokens_are_cached_but_expire(gw: Gateway) -> None:
+    org = gw.organization()
+    token = gw.signer.token(org, "user:read", exp=int(time.time()) + 2)
+    assert _models(gw, token) == 200
+    assert token in gw.core.jwks.verified
+    assert _models(gw, token) == 200
+    time.sleep(3.2)  # past exp plus the harness's 1 s leeway
+    assert _jwt_error(gw, token) == (401, "token_expired")
 
 
 def test_service_tokens_are_refused_without_a_jwks(tmp_path: Path) -> None:
