@@ -267,3 +267,43 @@ def test_per_ip_net_before_authentication(tmp_path: Path) -> None:
         assert response.json()["error"]["type"] == "rate_limit_error"
     finally:
         gateway.close()
+
+
+def test_a_restarted_gateway_remembers_the_last_minute(tmp_path: Path) -> None:
+    """The windows are rebuilt from tollgate.requests (read from one minute ago) before serving."""
+    gateway = Gateway(tmp_path)
+    org = gateway.organization("free", limits={"requests": 3})
+    key, _ = gateway.key(org, ["user:read"])
+    assert [gateway.call("GET", "/v1/models", key).status_code for _ in range(3)] == [200, 200, 200]
+    gateway.close()
+    restarted = Gateway(tmp_path)
+    try:
+        response = restarted.call("GET", "/v1/models", key)
+        assert response.status_code == 429, response.text
+    finally:
+        restarted.close()
+
+
+def test_old_charges_open_no_windows() -> None:
+    clock = Clock()
+    limiter = _limiter(_tenants("free"), clock, "one")
+    old = datetime.fromtimestamp(clock.at_s - 3600, UTC)
+    limiter.apply(
+        HoldCaptured(
+            event_id="e",
+            occurred_at=old,
+            org_id="org_a",
+            hold_id="h",
+            request_id="r",
+            job_id="j",
+            token_id="tok_1",
+            model="m",
+            endpoint="/",
+            amount_micros=1,
+            released_micros=0,
+            priced_micros=1,
+            price_version="v",
+            units=Units(input_tokens=60),
+        )
+    )
+    assert limiter.stats()["admitted"] == 0 and not limiter._windows
