@@ -27,6 +27,7 @@ import logging
 import threading
 import time
 import urllib.request
+import uuid
 from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -254,7 +255,7 @@ def _mark_used(core: GatewayCore, token: ApiToken, now: datetime) -> None:
         return
     last_sent[token.token_id] = moment
     event = ApiTokenUsed(
-        event_id=f"evt_used_{token.token_id}_{int(moment)}",
+        event_id=f"evt_{uuid.uuid4().hex}",
         occurred_at=now,
         org_id=token.org_id,
         token_id=token.token_id,

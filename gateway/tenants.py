@@ -18,7 +18,7 @@ from gateway.errors import ApiError
 from ledger.limits import kinds, organization_limits
 from projections.views import ApiToken
 from schemas.api import CreateToken, RateLimits, SetPlanBody
-from schemas.events import ApiTokenRevoked, OrganizationLimitsSet, OrganizationPlanChanged
+from schemas.events import ApiTokenLimitsSet, ApiTokenRevoked, OrganizationLimitsSet, OrganizationPlanChanged
 
 
 def _core(request: Request[Any, Any, Any]) -> GatewayCore:
@@ -143,6 +143,26 @@ async def revoke_token(request: Request[Any, Any, Any], org_id: str, token_id: s
     return _json(token_card(core, token))
 
 
+@post(
+    "/v1/organizations/{org_id:str}/tokens/{token_id:str}/limits",
+    operation_id="setTokenLimits",
+    opt={"scope": "admin:write"},
+)
+async def set_token_limits(request: Request[Any, Any, Any], org_id: str, token_id: str) -> Response[bytes]:
+    """Replace a key's own limits (on top of the organization's); an empty body removes them."""
+    from gateway.app import _decode
+
+    authorize_admin(request, org_id)
+    core = _core(request)
+    _own_token(core, org_id, token_id)
+    body: RateLimits = await _decode(request, RateLimits)
+    event = ApiTokenLimitsSet(
+        event_id=new_id("evt"), occurred_at=utc_now(), org_id=org_id, token_id=token_id, rate_limits=body.as_dict()
+    )
+    await core.record_tenant_event(event)
+    return _json(token_card(core, core.tenants.tokens_by_id[token_id]))
+
+
 def _limits_card(core: GatewayCore, org_id: str) -> dict[str, Any]:
     org = core.tenants.organizations[org_id]
     overrides = core.tenants.limit_overrides.get(org_id, {})
@@ -189,4 +209,13 @@ async def set_plan(request: Request[Any, Any, Any], org_id: str) -> Response[byt
     return _json(_limits_card(core, org_id))
 
 
-route_handlers = [create_token, list_tokens, get_token, revoke_token, get_limits, set_limits, set_plan]
+route_handlers = [
+    create_token,
+    list_tokens,
+    get_token,
+    revoke_token,
+    set_token_limits,
+    get_limits,
+    set_limits,
+    set_plan,
+]

@@ -6,13 +6,14 @@ from the same facts. They can be thrown away and rebuilt by replaying the log.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from ledger.accounts import Book
 from ledger.wallet import Wallet, evolve
 from schemas.events import (
     ApiTokenCreated,
+    ApiTokenLimitsSet,
     ApiTokenRevoked,
     ApiTokenUsed,
     Event,
@@ -106,6 +107,14 @@ class TenantsView:
             secret_sha256 = self.secret_sha256_by_token_id.get(event.token_id)
             if secret_sha256 is not None:
                 self.tokens_by_secret_sha256.pop(secret_sha256, None)
+        elif isinstance(event, ApiTokenLimitsSet):
+            current = self.tokens_by_id.get(event.token_id)
+            if current is not None:
+                updated = replace(current, rate_limits=dict(event.rate_limits))
+                self.tokens_by_id[event.token_id] = updated
+                secret_sha256 = self.secret_sha256_by_token_id[event.token_id]
+                if secret_sha256 in self.tokens_by_secret_sha256:
+                    self.tokens_by_secret_sha256[secret_sha256] = updated
         elif isinstance(event, ApiTokenUsed):
             self.mark_used(event.token_id, event.occurred_at)
         elif isinstance(event, OrganizationPlanChanged):

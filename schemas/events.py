@@ -278,6 +278,13 @@ class OrganizationLimitsSet(Event, frozen=True, kw_only=True, tag="organization.
     rate_limits: dict[str, int]
 
 
+class ApiTokenLimitsSet(Event, frozen=True, kw_only=True, tag="api_token.limits_set.v1"):
+    """A key's own limits (kind -> per minute), replacing those it was created with."""
+
+    token_id: str
+    rate_limits: dict[str, int]
+
+
 class RequestAdmitted(Event, frozen=True, kw_only=True, tag="request.admitted.v1"):
     """A request passed the rate limits; every gateway instance counts these in its shared windows.
     ``amounts`` is what it counts against each kind of limit (``requests``/``jobs``: 1, ``tokens``: estimate)."""
@@ -332,6 +339,7 @@ AnyEvent = (
     | OrganizationLimitsSet
     | RequestAdmitted
     | RequestThrottled
+    | ApiTokenLimitsSet
 )
 
 LedgerEvent = (

@@ -244,6 +244,17 @@ def test_per_key_override_through_the_api(gw: Gateway) -> None:
     assert gw.call("GET", "/v1/models", other).status_code == 200
 
 
+def test_per_key_limits_can_be_changed(gw: Gateway) -> None:
+    org = gw.organization("pro")
+    key, token_id = gw.key(org, ["user:read"])
+    path = f"/v1/organizations/{org}/tokens/{token_id}/limits"
+    response = gw.admin("POST", path, json={"requests": 1})
+    assert response.status_code == 200 and response.json()["rate_limits"] == {"requests": 1}
+    assert [gw.call("GET", "/v1/models", key).status_code for _ in range(2)] == [200, 429]
+    assert gw.admin("POST", path, json={}).json()["rate_limits"] == {}
+    assert gw.call("GET", "/v1/models", key).status_code == 200
+
+
 def test_chat_counts_a_request_and_its_tokens(gw: Gateway) -> None:
     org = gw.organization("pro", limits={"tokens": 30}, credits="5")
     key, _ = gw.key(org, ["user:write"])
