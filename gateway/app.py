@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -10,24 +9,26 @@ from decimal import Decimal
 from typing import Any
 
 import msgspec
-from litestar import Litestar, Request, Response, get, post
+from litestar import Litestar, Request, Response, Router, get, post
 from litestar.datastructures import State
-from litestar.middleware import ASGIMiddleware
+from litestar.middleware import ASGIMiddleware, DefineMiddleware
+from litestar.openapi import OpenAPIConfig
 
+from gateway import tenants
+from gateway.auth import authorize, authorize_admin, scope_guard
 from gateway.core import GatewayCore, new_id, utc_now
 from gateway.errors import ApiError, exception_handlers, from_validation_error
 from gateway.idempotency import fingerprint, idempotency_key_chars_max, key_hash
+from gateway.ratelimit import IpLimiter, RateLimitMiddleware
 from ledger.money import MoneyFormatError, micros_to_decimal, parse_credits
 from ledger.pricing import ModelPrice, PriceBook
 from ledger.wallet import Grant
 from projections.usage_store import CursorError, UsageFilter, UsageRow, posting_cursor
-from projections.views import ApiToken
 from schemas.api import (
     AdjustmentBody,
     AutoTopUpBody,
     ChatMessage,
     CreateOrganization,
-    CreateToken,
     CreditLimitBody,
     GrantCreditsBody,
     RefundBody,
@@ -69,54 +70,6 @@ def _core(request: Request) -> GatewayCore:
 
 def _request_id(request: Request) -> str:
     return str(request.scope["state"]["request_id"])
-
-
-def _bearer(request: Request) -> str:
-    header = request.headers.get("authorization", "")
-    scheme, _, secret = header.partition(" ")
-    if scheme.lower() != "bearer" or not secret.strip():
-        raise ApiError(401, "Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key")
-    return secret.strip()
-
-
-def _is_admin(core: GatewayCore, secret: str) -> bool:
-    return bool(core.admin_token) and hmac.compare_digest(secret.encode(), core.admin_token.encode())
-
-
-def authorize(request: Request, scope: str) -> ApiToken:
-    core = _core(request)
-    token = core.authenticate(_bearer(request))
-    if token is None:
-        raise ApiError(
-            401,
-            "Incorrect API key provided. Create a key with POST /v1/organizations/{id}/tokens.",
-            code="invalid_api_key",
-        )
-    if scope not in token.scopes:
-        raise ApiError(403, f"This API key lacks the '{scope}' scope needed here.", code="insufficient_scope")
-    return token
-
-
-def authorize_admin(request: Request, org_id: str | None = None, scope: str = "admin:write") -> None:
-    """The platform admin token, or (for its own organization) a token with an admin scope."""
-    core = _core(request)
-    secret = _bearer(request)
-    if _is_admin(core, secret):
-        if org_id is not None and org_id not in core.tenants.organizations:
-            raise ApiError(404, f"No organization '{org_id}'.", code="organization_not_found")
-        return
-    token = core.authenticate(secret)
-    if token is None:
-        raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
-    if org_id is None or token.org_id != org_id:
-        # Another organization's ids do not exist for this caller.
-        raise (
-            ApiError(404, "Not found.", code="not_found")
-            if org_id
-            else ApiError(403, "This endpoint needs the platform admin token.", code="insufficient_scope")
-        )
-    if scope not in token.scopes:
-        raise ApiError(403, f"This API key lacks the '{scope}' scope needed here.", code="insufficient_scope")
 
 
 async def _decode(request: Request, kind: type[Any]) -> Any:
@@ -200,7 +153,7 @@ def _make_id(prefix: str, derived: str | None) -> str:
 # --- admin ---
 
 
-@post("/v1/organizations", operation_id="createOrganization", status_code=201)
+@post("/v1/organizations", operation_id="createOrganization", opt={"scope": "platform"}, status_code=201)
 async def create_organization(request: Request) -> Response[bytes]:
     authorize_admin(request)
     return await _idempotently(request, "admin", lambda derived: _create_organization(request))
@@ -261,7 +214,7 @@ def _micros(amount: Decimal, allow_zero: bool = False, allow_negative: bool = Fa
     return micros
 
 
-@post("/v1/organizations/{org_id:str}/credits", operation_id="grantCredits", status_code=201)
+@post("/v1/organizations/{org_id:str}/credits", operation_id="grantCredits", opt={"scope": "platform"}, status_code=201)
 async def grant_credits(request: Request, org_id: str) -> Response[bytes]:
     _known_org(request, org_id)
     return await _idempotently(request, "admin", lambda derived: _grant_credits(request, org_id, derived))
@@ -304,7 +257,12 @@ async def _grant_credits(request: Request, org_id: str, derived: str | None) -> 
     )
 
 
-@post("/v1/organizations/{org_id:str}/credit-limit", operation_id="setCreditLimit", status_code=200)
+@post(
+    "/v1/organizations/{org_id:str}/credit-limit",
+    operation_id="setCreditLimit",
+    opt={"scope": "platform"},
+    status_code=200,
+)
 async def set_credit_limit(request: Request, org_id: str) -> Response[bytes]:
     _known_org(request, org_id)
     return await _idempotently(request, "admin", lambda derived: _set_credit_limit(request, org_id, derived))
@@ -321,7 +279,12 @@ async def _set_credit_limit(request: Request, org_id: str, derived: str | None) 
     return _json({"object": "credit_limit", "org_id": org_id, "balance": _balance(core, org_id)})
 
 
-@post("/v1/organizations/{org_id:str}/auto-topup", operation_id="configureAutoTopUp", status_code=200)
+@post(
+    "/v1/organizations/{org_id:str}/auto-topup",
+    operation_id="configureAutoTopUp",
+    opt={"scope": "platform"},
+    status_code=200,
+)
 async def configure_auto_topup(request: Request, org_id: str) -> Response[bytes]:
     _known_org(request, org_id)
     return await _idempotently(request, "admin", lambda derived: _configure_auto_topup(request, org_id, derived))
@@ -342,7 +305,7 @@ async def _configure_auto_topup(request: Request, org_id: str, derived: str | No
     return _json({"object": "auto_topup", "org_id": org_id, "balance": _balance(_core(request), org_id)})
 
 
-@post("/v1/organizations/{org_id:str}/refunds", operation_id="refundCharge", status_code=201)
+@post("/v1/organizations/{org_id:str}/refunds", operation_id="refundCharge", opt={"scope": "platform"}, status_code=201)
 async def refund_charge(request: Request, org_id: str) -> Response[bytes]:
     _known_org(request, org_id)
     return await _idempotently(request, "admin", lambda derived: _refund_charge(request, org_id, derived))
@@ -378,7 +341,12 @@ async def _refund_charge(request: Request, org_id: str, derived: str | None) -> 
     )
 
 
-@post("/v1/organizations/{org_id:str}/adjustments", operation_id="adjustCredits", status_code=201)
+@post(
+    "/v1/organizations/{org_id:str}/adjustments",
+    operation_id="adjustCredits",
+    opt={"scope": "platform"},
+    status_code=201,
+)
 async def adjust_credits(request: Request, org_id: str) -> Response[bytes]:
     _known_org(request, org_id)
     return await _idempotently(request, "admin", lambda derived: _adjust_credits(request, org_id, derived))
@@ -414,13 +382,13 @@ async def _adjust_credits(request: Request, org_id: str, derived: str | None) ->
     )
 
 
-@get("/v1/organizations/{org_id:str}/balance", operation_id="getOrganizationBalance")
+@get("/v1/organizations/{org_id:str}/balance", operation_id="getOrganizationBalance", opt={"scope": "admin:read"})
 async def organization_balance(request: Request, org_id: str) -> Response[bytes]:
     authorize_admin(request, org_id, scope="admin:read")
     return _json({"object": "balance", "org_id": org_id, **_balance(_core(request), org_id)})
 
 
-@get("/v1/organizations/{org_id:str}/ledger", operation_id="listLedgerEntries")
+@get("/v1/organizations/{org_id:str}/ledger", operation_id="listLedgerEntries", opt={"scope": "admin:read"})
 async def ledger_entries(request: Request, org_id: str) -> Response[bytes]:
     """The organization's double-entry postings, newest first; ``cursor`` pages back."""
     authorize_admin(request, org_id, scope="admin:read")
@@ -456,26 +424,6 @@ async def ledger_entries(request: Request, org_id: str) -> Response[bytes]:
     )
 
 
-@post("/v1/organizations/{org_id:str}/tokens", operation_id="createToken", status_code=201)
-async def create_token(request: Request, org_id: str) -> Response[bytes]:
-    authorize_admin(request, org_id)
-    body: CreateToken = await _decode(request, CreateToken)
-    event, secret = await _core(request).create_token(org_id, body.name, list(dict.fromkeys(body.scopes)))
-    return _json(
-        {
-            "token": {
-                "id": event.token_id,
-                "name": event.name,
-                "scopes": list(event.scopes),
-                "status": "active",
-                "created_at": _iso(event.occurred_at),
-            },
-            "secret": secret,
-        },
-        status_code=201,
-    )
-
-
 # --- models ---
 
 
@@ -503,14 +451,14 @@ def _model_card(price: ModelPrice, version: str) -> dict[str, Any]:
     }
 
 
-@get("/v1/models", operation_id="listModels")
+@get("/v1/models", operation_id="listModels", opt={"scope": "user:read"})
 async def list_models(request: Request) -> Response[bytes]:
     authorize(request, "user:read")
     book = _core(request).prices.current
     return _json({"object": "list", "data": [_model_card(p, book.version) for p in book.models.values()]})
 
 
-@get("/v1/models/{model_id:path}", operation_id="retrieveModel")
+@get("/v1/models/{model_id:path}", operation_id="retrieveModel", opt={"scope": "user:read"})
 async def retrieve_model(request: Request, model_id: str) -> Response[bytes]:
     authorize(request, "user:read")
     book = _core(request).prices.current
@@ -525,7 +473,7 @@ async def retrieve_model(request: Request, model_id: str) -> Response[bytes]:
     return _json(_model_card(price, book.version))
 
 
-@get("/v1/price-books", operation_id="listPriceBooks")
+@get("/v1/price-books", operation_id="listPriceBooks", opt={"scope": "platform"})
 async def list_price_books(request: Request) -> Response[bytes]:
     authorize_admin(request, scope="admin:read")
     prices = _core(request).prices
@@ -539,7 +487,7 @@ async def list_price_books(request: Request) -> Response[bytes]:
     )
 
 
-@post("/v1/price-books", operation_id="publishPriceBook", status_code=201)
+@post("/v1/price-books", operation_id="publishPriceBook", opt={"scope": "platform"}, status_code=201)
 async def publish_price_book(request: Request) -> Response[bytes]:
     """A new price book version. It prices holds placed from now on; in-flight ones keep theirs."""
     authorize_admin(request)
@@ -672,7 +620,7 @@ def _usage_event(row: UsageRow) -> dict[str, Any]:
     }
 
 
-@get("/v1/account/usage", operation_id="retrieveAccountUsage")
+@get("/v1/account/usage", operation_id="retrieveAccountUsage", opt={"scope": "user:read"})
 async def account_usage(request: Request) -> Response[bytes]:
     token = authorize(request, "user:read")
     core = _core(request)
@@ -732,10 +680,12 @@ async def account_usage(request: Request) -> Response[bytes]:
     )
 
 
-@get("/healthz", operation_id="health", include_in_schema=False)
+@get("/healthz", operation_id="health", opt={"scope": "public", "rate": "none"}, include_in_schema=False)
 async def health(request: Request) -> Response[bytes]:
     core = _core(request)
-    return _json({"status": "ok", "inflight": core.inflight, "waiting": len(core.waiters)})
+    return _json(
+        {"status": "ok", "inflight": core.inflight, "waiting": len(core.waiters), "ratelimit": core.limiter.stats()}
+    )
 
 
 # --- wiring ---
@@ -773,7 +723,6 @@ def create_app(core: GatewayCore) -> Litestar:
             adjust_credits,
             organization_balance,
             ledger_entries,
-            create_token,
             list_models,
             retrieve_model,
             list_price_books,
@@ -782,9 +731,25 @@ def create_app(core: GatewayCore) -> Litestar:
             *jobs.route_handlers,
             account_usage,
             health,
+            *tenants.route_handlers,
         ],
+        guards=[scope_guard],
+        # The OpenAPI document is public, and declared so like every other route.
+        openapi_config=OpenAPIConfig(
+            title="Tollgate",
+            version="0.1.0",
+            openapi_router=Router("/schema", route_handlers=[], opt={"scope": "public", "rate": "none"}),
+        ),  # every route's declared scope and rate limit (gateway/auth.py)
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
-        middleware=[RequestIdMiddleware()],
+        middleware=[
+            RequestIdMiddleware(),
+            DefineMiddleware(
+                RateLimitMiddleware,
+                ip_limiter=IpLimiter(
+                    core.settings.ip_requests_per_window_max, core.settings.ip_window_s, core.settings.ips_tracked_max
+                ),
+            ),
+        ],
         state=State({"core": core}),
         request_max_body_size=core.settings.request_body_bytes_max,
         debug=False,

@@ -22,7 +22,9 @@ from typing import Any
 
 import msgspec
 
+from gateway.auth import JwksKeys
 from gateway.idempotency import IdempotencyView
+from gateway.ratelimit import RateLimiter
 from ledger.log import EventLog, Outgoing
 from ledger.pricing import PriceBook, PriceBooks
 from ledger.settings import Settings
@@ -199,6 +201,10 @@ class GatewayCore:
         self._threads: list[threading.Thread] = []
         self._caught_up = threading.Event()
         self.inflight = 0
+        # --- issue 5: service-token keys, shared rate-limit windows, last-used bookkeeping ---
+        self.jwks = JwksKeys(settings)
+        self.limiter = RateLimiter(settings, self.tenants)
+        self.token_used_sent: dict[str, float] = {}
 
     # --- following the log ---
 
@@ -219,6 +225,7 @@ class GatewayCore:
             self._threads.append(thread)
         if not self._caught_up.wait(catch_up_wait_s_max):
             raise RuntimeError("the gateway could not read the log to its end; is the broker reachable?")
+        self.limiter.start(self.log, catch_up_wait_s_max)
         built_in = self.prices.at_version(self.prices.versions()[0])
         if built_in is not None and built_in.version not in self._logged_price_versions:
             # Price book versions are events: put the built-in one on the log for auditors. Racing
@@ -251,6 +258,7 @@ class GatewayCore:
                         self.tenants.apply(event)
                         self.balances.apply(event)
                         self.idempotency.apply(event)
+                        self.limiter.apply(event)  # tokens of charges, for tokens-per-minute
                         if isinstance(event, PriceBookPublished):
                             self.prices.publish(event.book)
                             self._logged_price_versions.add(event.book.version)
@@ -265,6 +273,7 @@ class GatewayCore:
             consumer.close()
 
     def stop(self) -> None:
+        self.limiter.stop()
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=5)
@@ -290,7 +299,22 @@ class GatewayCore:
         await self._append_and_wait(event.event_id, [Outgoing(topics.TENANTS, org_id, encode(event))], 30)
         return event
 
-    async def create_token(self, org_id: str, name: str, scopes: list[str]) -> tuple[ApiTokenCreated, str]:
+    def send(self, records: list[Outgoing]) -> None:
+        """Append without waiting (rate-limit and last-used events)."""
+        self._producer.send(records)
+
+    async def record_tenant_event(self, event: Event) -> None:
+        """Append a tenants event and wait until this instance has folded it."""
+        await self._append_and_wait(event.event_id, [Outgoing(topics.TENANTS, event.org_id, encode(event))], 30)
+
+    async def create_token(
+        self,
+        org_id: str,
+        name: str,
+        scopes: list[str],
+        expires_at: datetime | None = None,
+        rate_limits: dict[str, int] | None = None,
+    ) -> tuple[ApiTokenCreated, str]:
         secret = token_secret_prefix + secrets.token_urlsafe(32)
         event = ApiTokenCreated(
             event_id=new_id("evt"),
@@ -301,6 +325,8 @@ class GatewayCore:
             scopes=tuple(scopes),
             secret_sha256=hash_secret(secret),
             secret_prefix=secret[:8],
+            expires_at=expires_at,
+            rate_limits=rate_limits or {},
         )
         await self._append_and_wait(event.event_id, [Outgoing(topics.TENANTS, org_id, encode(event))], 30)
         return event, secret

@@ -271,7 +271,12 @@ def _text_bound(price: ModelPrice, input_tokens: int, max_output: int, param: st
     return Units(input_tokens=input_tokens, output_tokens=max_output)
 
 
-@post("/v1/chat/completions", operation_id="createChatCompletion", status_code=200)
+@post(
+    "/v1/chat/completions",
+    operation_id="createChatCompletion",
+    opt={"scope": "user:write", "tokens": True},
+    status_code=200,
+)
 async def chat_completions(request: Request) -> Response[bytes] | Stream:
     token = authorize(request, "user:write")
     body = await _body(request)
@@ -293,7 +298,7 @@ async def chat_completions(request: Request) -> Response[bytes] | Stream:
     return await _idempotently(request, token.org_id, lambda derived: _respond_json(request, token, metered))
 
 
-@post("/v1/completions", operation_id="createCompletion", status_code=200)
+@post("/v1/completions", operation_id="createCompletion", opt={"scope": "user:write", "tokens": True}, status_code=200)
 async def completions(request: Request) -> Response[bytes] | Stream:
     token = authorize(request, "user:write")
     body = await _body(request)
@@ -419,7 +424,7 @@ def _final_chunk(kind: str, request_id: str, model: str, created: int, ended: di
 # --- embeddings, images, audio, video ---
 
 
-@post("/v1/embeddings", operation_id="createEmbedding", status_code=200)
+@post("/v1/embeddings", operation_id="createEmbedding", opt={"scope": "user:write"}, status_code=200)
 async def embeddings(request: Request) -> Response[bytes]:
     token = authorize(request, "user:write")
     body = await _body(request)
@@ -449,7 +454,7 @@ async def embeddings(request: Request) -> Response[bytes]:
     return await _idempotently(request, token.org_id, lambda derived: _respond_json(request, token, metered))
 
 
-@post("/v1/images/generations", operation_id="createImage", status_code=200)
+@post("/v1/images/generations", operation_id="createImage", opt={"scope": "user:write"}, status_code=200)
 async def images(request: Request) -> Response[bytes]:
     token = authorize(request, "user:write")
     body = await _body(request)
@@ -463,7 +468,7 @@ async def images(request: Request) -> Response[bytes]:
     return await _idempotently(request, token.org_id, lambda derived: _respond_json(request, token, metered))
 
 
-@post("/v1/audio/speech", operation_id="createSpeech", status_code=200)
+@post("/v1/audio/speech", operation_id="createSpeech", opt={"scope": "user:write"}, status_code=200)
 async def speech(request: Request) -> Response[bytes]:
     token = authorize(request, "user:write")
     body = await _body(request)
@@ -484,7 +489,7 @@ async def speech(request: Request) -> Response[bytes]:
     return await _idempotently(request, token.org_id, respond)
 
 
-@post("/v1/audio/transcriptions", operation_id="createTranscription", status_code=200)
+@post("/v1/audio/transcriptions", operation_id="createTranscription", opt={"scope": "user:write"}, status_code=200)
 async def transcriptions(request: Request) -> Response[bytes]:
     token = authorize(request, "user:write")
     core = _core(request)
@@ -525,7 +530,9 @@ async def transcriptions(request: Request) -> Response[bytes]:
     return await _respond_json(request, token, metered)
 
 
-@post("/v1/videos/generations", operation_id="createVideo", status_code=202)
+@post(
+    "/v1/videos/generations", operation_id="createVideo", opt={"scope": "user:write", "rate": "jobs"}, status_code=202
+)
 async def videos(request: Request) -> Response[bytes]:
     """Always async: the answer is a job to poll."""
     token = authorize(request, "user:write")

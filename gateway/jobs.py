@@ -59,7 +59,7 @@ def _own_job(request: Request, job_id: str, scope: str) -> JobState:
     return job
 
 
-@get("/v1/jobs", operation_id="listJobs")
+@get("/v1/jobs", operation_id="listJobs", opt={"scope": "user:read"})
 async def list_jobs(request: Request) -> Response[bytes]:
     token = authorize(request, "user:read")
     raw_limit = request.query_params.get("limit", "20")
@@ -82,12 +82,12 @@ async def list_jobs(request: Request) -> Response[bytes]:
     )
 
 
-@get("/v1/jobs/{job_id:str}", operation_id="retrieveJob")
+@get("/v1/jobs/{job_id:str}", operation_id="retrieveJob", opt={"scope": "user:read"})
 async def retrieve_job(request: Request, job_id: str) -> Response[bytes]:
     return _json(job_body(_own_job(request, job_id, "user:read")))
 
 
-@delete("/v1/jobs/{job_id:str}", operation_id="cancelJob", status_code=200)
+@delete("/v1/jobs/{job_id:str}", operation_id="cancelJob", opt={"scope": "user:write"}, status_code=200)
 async def cancel_job(request: Request, job_id: str) -> Response[bytes]:
     """A job not started yet is cancelled at once; a running one stops at its next progress point and
     is charged for the work done."""

@@ -68,6 +68,30 @@ class Settings:
     )
     # Requests a gateway keeps waiting at once; past it, new ones get 503 instead of queueing.
     inflight_requests_max: int = field(default_factory=lambda: int(_env("TOLLGATE_INFLIGHT_REQUESTS_MAX", "4096")))
+    # Service tokens (JWTs, EdDSA): their JWKS by URL or file; neither set means JWTs are refused.
+    jwks_url: str = field(default_factory=lambda: _env("TOLLGATE_JWKS_URL", ""))
+    jwks_file: str = field(default_factory=lambda: _env("TOLLGATE_JWKS_FILE", ""))
+    # The issuer and audience every service token must name.
+    jwt_issuer: str = field(default_factory=lambda: _env("TOLLGATE_JWT_ISSUER", "tollgate"))
+    jwt_audience: str = field(default_factory=lambda: _env("TOLLGATE_JWT_AUDIENCE", "tollgate"))
+    # Clock skew allowed on exp/nbf/iat between the issuer and the gateway.
+    jwt_leeway_s: int = field(default_factory=lambda: int(_env("TOLLGATE_JWT_LEEWAY_S", "30")))
+    # An unknown key id refetches the JWKS, at most this often (a stream of forged kids cannot
+    # hammer the issuer); the JWKS is also refetched when older than jwks_age_s_max (keys retire).
+    jwks_refresh_s_min: float = field(default_factory=lambda: float(_env("TOLLGATE_JWKS_REFRESH_S_MIN", "10")))
+    jwks_age_s_max: float = field(default_factory=lambda: float(_env("TOLLGATE_JWKS_AGE_S_MAX", "300")))
+    jwks_fetch_timeout_s: float = field(default_factory=lambda: float(_env("TOLLGATE_JWKS_FETCH_TIMEOUT_S", "3")))
+    # Per-IP safety net before authentication (reference: 5k requests / 10 min per IP); per instance.
+    ip_requests_per_window_max: int = field(
+        default_factory=lambda: int(_env("TOLLGATE_IP_REQUESTS_PER_WINDOW_MAX", "5000"))
+    )
+    ip_window_s: int = field(default_factory=lambda: int(_env("TOLLGATE_IP_WINDOW_S", "600")))
+    # Addresses the per-IP net remembers; the least recent are forgotten first (bounded memory).
+    ips_tracked_max: int = field(default_factory=lambda: int(_env("TOLLGATE_IPS_TRACKED_MAX", "100000")))
+    # A key's last-used time goes to the log at most this often per key and instance.
+    token_last_used_interval_s: int = field(
+        default_factory=lambda: int(_env("TOLLGATE_TOKEN_LAST_USED_INTERVAL_S", "60"))
+    )
 
     @property
     def embedded(self) -> bool:

@@ -6,12 +6,23 @@ from the same facts. They can be thrown away and rebuilt by replaying the log.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from ledger.accounts import Book
 from ledger.wallet import Wallet, evolve
-from schemas.events import ApiTokenCreated, Event, HoldRejected, LedgerEvent, OrganizationCreated
+from schemas.events import (
+    ApiTokenCreated,
+    ApiTokenLimitsSet,
+    ApiTokenRevoked,
+    ApiTokenUsed,
+    Event,
+    HoldRejected,
+    LedgerEvent,
+    OrganizationCreated,
+    OrganizationLimitsSet,
+    OrganizationPlanChanged,
+)
 
 
 class BalancesView:
@@ -54,22 +65,69 @@ class ApiToken:
     scopes: frozenset[str]
     secret_prefix: str
     created_at: datetime
+    expires_at: datetime | None = None
+    rate_limits: dict[str, int] = field(default_factory=dict)  # per-key limits, kind -> per minute
+    kind: str = "api_key"  # or "jwt": a service token's principal, never stored here
 
 
 @dataclass(slots=True)
 class TenantsView:
+    """Organizations (plan, limit overrides) and their API keys (by secret hash and by id).
+
+    A revoked key leaves ``tokens_by_secret_sha256`` at once, so it no longer authenticates."""
+
     organizations: dict[str, Organization] = field(default_factory=dict)
     tokens_by_secret_sha256: dict[str, ApiToken] = field(default_factory=dict)
+    tokens_by_id: dict[str, ApiToken] = field(default_factory=dict)
+    secret_sha256_by_token_id: dict[str, str] = field(default_factory=dict)
+    revoked_at: dict[str, datetime] = field(default_factory=dict)
+    last_used_at: dict[str, datetime] = field(default_factory=dict)
+    limit_overrides: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def apply(self, event: Event) -> None:
         if isinstance(event, OrganizationCreated):
             self.organizations[event.org_id] = Organization(event.org_id, event.name, event.plan, event.occurred_at)
         elif isinstance(event, ApiTokenCreated):
-            self.tokens_by_secret_sha256[event.secret_sha256] = ApiToken(
+            token = ApiToken(
                 token_id=event.token_id,
                 org_id=event.org_id,
                 name=event.name,
                 scopes=frozenset(event.scopes),
                 secret_prefix=event.secret_prefix,
                 created_at=event.occurred_at,
+                expires_at=event.expires_at,
+                rate_limits=dict(event.rate_limits),
             )
+            self.tokens_by_id[token.token_id] = token
+            self.secret_sha256_by_token_id[token.token_id] = event.secret_sha256
+            if token.token_id not in self.revoked_at:
+                self.tokens_by_secret_sha256[event.secret_sha256] = token
+        elif isinstance(event, ApiTokenRevoked):
+            self.revoked_at.setdefault(event.token_id, event.occurred_at)
+            secret_sha256 = self.secret_sha256_by_token_id.get(event.token_id)
+            if secret_sha256 is not None:
+                self.tokens_by_secret_sha256.pop(secret_sha256, None)
+        elif isinstance(event, ApiTokenLimitsSet):
+            current = self.tokens_by_id.get(event.token_id)
+            if current is not None:
+                updated = replace(current, rate_limits=dict(event.rate_limits))
+                self.tokens_by_id[event.token_id] = updated
+                secret_sha256 = self.secret_sha256_by_token_id[event.token_id]
+                if secret_sha256 in self.tokens_by_secret_sha256:
+                    self.tokens_by_secret_sha256[secret_sha256] = updated
+        elif isinstance(event, ApiTokenUsed):
+            self.mark_used(event.token_id, event.occurred_at)
+        elif isinstance(event, OrganizationPlanChanged):
+            org = self.organizations.get(event.org_id)
+            if org is not None:
+                self.organizations[event.org_id] = Organization(org.org_id, org.name, event.plan, org.created_at)
+        elif isinstance(event, OrganizationLimitsSet):
+            self.limit_overrides[event.org_id] = dict(event.rate_limits)
+
+    def mark_used(self, token_id: str, at: datetime) -> None:
+        previous = self.last_used_at.get(token_id)
+        if previous is None or at > previous:
+            self.last_used_at[token_id] = at
+
+    def tokens_of(self, org_id: str) -> list[ApiToken]:
+        return sorted((t for t in self.tokens_by_id.values() if t.org_id == org_id), key=lambda t: t.created_at)

@@ -56,11 +56,32 @@ class AdjustmentBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     reference: Annotated[str, msgspec.Meta(max_length=200)] = ""
 
 
+LimitPerMin = Annotated[int, msgspec.Meta(ge=0, le=100_000_000)]
+
+
+class RateLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Per-minute limits by kind; a field left out keeps the plan's (or the organization's) limit."""
+
+    requests: LimitPerMin | None = None
+    jobs: LimitPerMin | None = None
+    tokens: LimitPerMin | None = None
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: v for k, v in msgspec.structs.asdict(self).items() if v is not None}
+
+
 class CreateToken(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     scopes: Annotated[list[Scope], msgspec.Meta(min_length=1)] = msgspec.field(
         default_factory=lambda: ["user:read", "user:write"]
     )
+    expires_at: datetime | None = None  # or expires_in (seconds); absent: the key never expires
+    expires_in: Annotated[int, msgspec.Meta(ge=1, le=10 * 366 * 86400)] | None = None
+    rate_limits: RateLimits | None = None  # this key's own limits, on top of the organization's
+
+
+class SetPlanBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    plan: Plan
 
 
 class ChatMessage(msgspec.Struct, frozen=True, kw_only=True):

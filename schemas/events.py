@@ -43,6 +43,9 @@ class ApiTokenCreated(Event, frozen=True, kw_only=True, tag="api_token.created.v
     scopes: tuple[str, ...]
     secret_sha256: str
     secret_prefix: str
+    expires_at: datetime | None = None
+    # Per-key rate limits on top of the organization's (kind -> per minute; absent: the org's only).
+    rate_limits: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 # --- requests (written by the gateway) --------------------------------------------------------------
@@ -337,6 +340,61 @@ class JobFailed(Event, frozen=True, kw_only=True, tag="job.failed.v1"):
     retryable: bool = False
 
 
+# --- tenants and rate limits (issue 5; appended, the union order above is unchanged) --------------
+
+
+class ApiTokenRevoked(Event, frozen=True, kw_only=True, tag="api_token.revoked.v1"):
+    token_id: str
+    revoked_by: str = ""
+
+
+class ApiTokenUsed(Event, frozen=True, kw_only=True, tag="api_token.used.v1"):
+    """A key was used; written at most once per ``token_last_used_interval_s`` per key and instance."""
+
+    token_id: str
+
+
+class OrganizationPlanChanged(Event, frozen=True, kw_only=True, tag="organization.plan_changed.v1"):
+    plan: str
+
+
+class OrganizationLimitsSet(Event, frozen=True, kw_only=True, tag="organization.limits_set.v1"):
+    """Per-organization overrides of the plan's limits (kind -> per minute); replaces earlier ones."""
+
+    rate_limits: dict[str, int]
+
+
+class ApiTokenLimitsSet(Event, frozen=True, kw_only=True, tag="api_token.limits_set.v1"):
+    """A key's own limits (kind -> per minute), replacing those it was created with."""
+
+    token_id: str
+    rate_limits: dict[str, int]
+
+
+class RequestAdmitted(Event, frozen=True, kw_only=True, tag="request.admitted.v1"):
+    """A request passed the rate limits; every gateway instance counts these in its shared windows.
+    ``amounts`` is what it counts against each kind of limit (``requests``/``jobs``: 1, ``tokens``: estimate)."""
+
+    request_id: str
+    token_id: str
+    endpoint: str
+    amounts: dict[str, int]
+    instance_id: str = ""
+
+
+class RequestThrottled(Event, frozen=True, kw_only=True, tag="request.throttled.v1"):
+    """A request refused with 429; ``kind`` and ``scope`` name the limit that refused it."""
+
+    request_id: str
+    token_id: str
+    endpoint: str
+    kind: str
+    scope: str
+    limit: int
+    retry_after_ms: int
+    instance_id: str = ""
+
+
 AnyEvent = (
     OrganizationCreated
     | ApiTokenCreated
@@ -368,6 +426,13 @@ AnyEvent = (
     | JobProgressed
     | JobRetryScheduled
     | JobCancelled
+    | ApiTokenRevoked
+    | ApiTokenUsed
+    | OrganizationPlanChanged
+    | OrganizationLimitsSet
+    | RequestAdmitted
+    | RequestThrottled
+    | ApiTokenLimitsSet
 )
 
 LedgerEvent = (

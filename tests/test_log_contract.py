@@ -82,6 +82,28 @@ class LogContract:
         assert consumer.caught_up()
         consumer.close()
 
+    def test_a_consumer_can_start_at_a_time(self, log: EventLog, unique: str) -> None:
+        """``start_ms``: the first record stamped at or after it (the rate-limit windows' last minute)."""
+        topic = f"t-time-{unique}"
+        log.ensure_topics([topic])
+        producer = log.producer("test")
+        producer.send([Outgoing(topic, f"k{i}", b"old") for i in range(8)])
+        producer.flush(10)
+        time.sleep(0.3)
+        start_ms = int(time.time() * 1000)
+        time.sleep(0.05)
+        producer.send([Outgoing(topic, f"k{i}", b"new") for i in range(8)])
+        producer.flush(10)
+        consumer = log.consumer([topic], client_id="test", start_ms=start_ms)
+        records = poll_until(consumer, 8)
+        assert [r.value for r in records] == [b"new"] * 8
+        assert poll_quiet(consumer, 0.5) == []
+        consumer.close()
+        future = log.consumer([topic], client_id="test", start_ms=int(time.time() * 1000) + 60_000)
+        assert poll_quiet(future, 0.5) == []  # nothing stamped that late: start at the end
+        future.close()
+        producer.close()
+
     def test_a_group_consumer_resumes_after_its_commit(self, log: EventLog, unique: str) -> None:
         topic, group = f"t-group-{unique}", f"g-{unique}"
         log.ensure_topics([topic])

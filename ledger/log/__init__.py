@@ -107,8 +107,10 @@ class EventLog(abc.ABC):
         group: str | None = None,
         from_beginning: bool = True,
         partitions: Sequence[int] | None = None,
+        start_ms: int | None = None,
     ) -> Consumer:
-        """A group consumer when ``group`` is set, else one assigned ``partitions`` (default: all)."""
+        """A group consumer when ``group`` is set, else one assigned ``partitions`` (default: all).
+        ``start_ms`` (assigned consumers only): start at the first record stamped at or after it."""
 
     @abc.abstractmethod
     def processor(

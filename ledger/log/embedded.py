@@ -124,6 +124,15 @@ class EmbeddedLog(EventLog):
         with self._lock:
             return self._end_offsets.get(tp, 0)
 
+    def offset_for_time(self, tp: TopicPartition, start_ms: int) -> int:
+        """The first offset stamped at or after ``start_ms`` (the end offset when none is)."""
+        with self._lock:
+            row = self._connection.execute(
+                "SELECT MIN(offset) FROM records WHERE topic = ? AND partition = ? AND timestamp_ms >= ?",
+                (tp[0], tp[1], start_ms),
+            ).fetchone()
+            return int(row[0]) if row and row[0] is not None else self._end_offsets.get(tp, 0)
+
     def committed(self, group: str, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         with self._lock:
             found = {
@@ -150,12 +159,15 @@ class EmbeddedLog(EventLog):
         group: str | None = None,
         from_beginning: bool = True,
         partitions: Sequence[int] | None = None,
+        start_ms: int | None = None,
     ) -> Consumer:
         tps = [
             (topic, p) for topic in topics for p in (partitions if partitions is not None else range(self.partitions))
         ]
         if group is not None:
             positions = self.committed(group, tps)
+        elif start_ms is not None:
+            positions = {tp: self.offset_for_time(tp, start_ms) for tp in tps}
         elif from_beginning:
             positions = dict.fromkeys(tps, 0)
         else:

@@ -88,6 +88,7 @@ class KafkaLog(EventLog):
         group: str | None = None,
         from_beginning: bool = True,
         partitions: Sequence[int] | None = None,
+        start_ms: int | None = None,
     ) -> Consumer:
         consumer = KafkaConsumer(**self._consumer_config(client_id, group, from_beginning))
         if group is not None:
@@ -101,7 +102,14 @@ class KafkaLog(EventLog):
                     for p in (partitions if partitions is not None else range(self.partitions))
                 ]
             )
-            if from_beginning:
+            if start_ms is not None:
+                assigned = list(consumer.assignment())
+                found = consumer.offsets_for_times(dict.fromkeys(assigned, start_ms))
+                ends = consumer.end_offsets(assigned)
+                for tp in assigned:
+                    at = found.get(tp)
+                    consumer.seek(tp, at.offset if at is not None else ends[tp])
+            elif from_beginning:
                 consumer.seek_to_beginning()
             else:
                 consumer.seek_to_end()

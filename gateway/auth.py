@@ -1,0 +1,407 @@
+"""Who is calling, and may they: API keys, signed service tokens (JWTs), the platform admin token,
+scopes declared per route, and the rate-limit admission that follows authentication.
+
+Every route declares what it needs in its handler ``opt``:
+
+    @get("/v1/models", opt={"scope": "user:read"})
+
+``scope`` is one of ``user:read``, ``user:write``, ``admin:read``, ``admin:write`` (an organization's
+key with that scope; on a path with ``{org_id}`` only for that organization, or the platform admin
+token), ``platform`` (the platform admin token only) or ``public``. ``rate`` (default ``requests``)
+names the limit the route counts against: ``requests``, ``jobs`` (job submissions), or ``none``;
+``tokens: True`` also requires room in the tokens-per-minute window (the chat endpoint).
+``scope_guard`` enforces this for every route before its handler runs; a route without a declared
+scope is refused (and tests/test_auth_scopes.py fails). Handlers call ``authorize`` /
+``authorize_admin`` to get the caller, which reuses what the guard established.
+
+Another organization's resources do not exist for a caller: 404, never 403.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import threading
+import time
+import urllib.request
+import uuid
+from collections import OrderedDict
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import jwt
+from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+
+from gateway.errors import ApiError
+from gateway.ratelimit import headers_for, record, throttled_error
+from ledger.log import Outgoing
+from ledger.settings import Settings
+from projections.views import ApiToken
+from schemas import topics
+from schemas.api import all_scopes
+from schemas.codec import encode
+from schemas.events import ApiTokenUsed
+
+if TYPE_CHECKING:
+    from gateway.core import GatewayCore
+
+logger = logging.getLogger(__name__)
+
+route_scopes = (*all_scopes, "platform", "public")
+route_rates = ("requests", "jobs", "none")
+jwt_algorithms = ["EdDSA"]  # Ed25519 only: no algorithm confusion, no "none"
+jwks_bytes_max = 1 << 20
+jwks_keys_max = 100
+verified_tokens_max = 10_000
+org_claim = "org_id"
+scope_claim = "scope"  # space-separated, as in OAuth 2.0 (RFC 8693 / RFC 9068)
+_admin = "platform-admin"  # the principal of the platform admin token
+_state_key = "principal"
+
+
+def _core(connection: ASGIConnection[Any, Any, Any, Any]) -> GatewayCore:
+    core: GatewayCore = connection.app.state.core
+    return core
+
+
+def _bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    header = connection.headers.get("authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise ApiError(401, "Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key")
+    return secret.strip()
+
+
+def _unauthorized(message: str, code: str = "invalid_api_key") -> ApiError:
+    return ApiError(401, message, code=code)
+
+
+# --- JWKS ---
+
+
+class JwksKeys:
+    """The service-token verification keys by key id, from ``TOLLGATE_JWKS_URL`` or ``_FILE``.
+
+    Cached; an unknown key id refetches, at most once per ``jwks_refresh_s_min`` (so keys rotate
+    without a restart and forged key ids cannot hammer the issuer), and a JWKS older than
+    ``jwks_age_s_max`` is refetched on use (so retired keys stop verifying)."""
+
+    def __init__(self, settings: Settings, clock: Any = time.monotonic) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._keys: dict[str, Any] = {}
+        self._fetched_at: float | None = None
+        self._lock = threading.Lock()
+        self.fetches = 0
+        self.generation = 0  # bumped whenever the key set changes; verified tokens cached before are dropped
+        # Verified service tokens by their text: a service reuses one token for many requests, and an
+        # Ed25519 verify costs far more than a lookup. Valid while unexpired and the keys unchanged.
+        self.verified: OrderedDict[str, tuple[ApiToken, float, int]] = OrderedDict()
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.settings.jwks_url or self.settings.jwks_file)
+
+    def _read(self) -> dict[str, Any]:
+        if self.settings.jwks_file:
+            with open(self.settings.jwks_file, "rb") as source:
+                raw = source.read(jwks_bytes_max + 1)
+        else:
+            with urllib.request.urlopen(self.settings.jwks_url, timeout=self.settings.jwks_fetch_timeout_s) as answer:
+                raw = answer.read(jwks_bytes_max + 1)
+        if len(raw) > jwks_bytes_max:
+            raise ValueError(f"JWKS larger than {jwks_bytes_max} bytes")
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("a JWKS is a JSON object with a 'keys' list")
+        return data
+
+    def _refresh(self) -> None:
+        """Fetch and replace the key set; a failed fetch keeps the keys we had."""
+        self._fetched_at = self._clock()
+        self.fetches += 1
+        try:
+            data = self._read()
+            keys: dict[str, Any] = {}
+            for entry in data.get("keys", [])[:jwks_keys_max]:
+                if entry.get("kty") != "OKP" or entry.get("crv") != "Ed25519" or not entry.get("kid"):
+                    continue
+                keys[str(entry["kid"])] = jwt.PyJWK.from_dict(entry, algorithm="EdDSA").key
+            if {k: v.public_bytes_raw() for k, v in keys.items()} != {
+                k: v.public_bytes_raw() for k, v in self._keys.items()
+            }:
+                self.generation += 1
+                self.verified.clear()
+            self._keys = keys
+        except Exception as error:  # an unreachable or bad JWKS must not take the gateway down
+            logger.warning("could not load the JWKS (%s): keeping %d known keys", error, len(self._keys))
+
+    def needs_fetch(self, kid: str) -> bool:
+        now = self._clock()
+        if self._fetched_at is None:
+            return True
+        if now - self._fetched_at >= self.settings.jwks_age_s_max:
+            return True
+        return kid not in self._keys and now - self._fetched_at >= self.settings.jwks_refresh_s_min
+
+    def fetch_if_needed(self, kid: str) -> None:
+        with self._lock:
+            if self.needs_fetch(kid):
+                self._refresh()
+
+    def key(self, kid: str) -> Any:
+        return self._keys.get(kid)
+
+
+def verify_service_token(core: GatewayCore, token: str) -> ApiToken:
+    """A JWT as a principal, or 401. Keys must already be fetched (``JwksKeys.fetch_if_needed``)."""
+    keys: JwksKeys = core.jwks
+    cached = keys.verified.get(token)
+    if cached is not None:
+        principal, expires_at, generation = cached
+        if generation == keys.generation and time.time() < expires_at + core.settings.jwt_leeway_s:
+            return principal
+        keys.verified.pop(token, None)
+    principal = _verify_service_token(core, keys, token)
+    if len(keys.verified) >= verified_tokens_max:
+        with contextlib.suppress(KeyError):  # a JWKS refresh may have just cleared it
+            keys.verified.popitem(last=False)
+    assert principal.expires_at is not None
+    keys.verified[token] = (principal, principal.expires_at.timestamp(), keys.generation)
+    return principal
+
+
+def _verify_service_token(core: GatewayCore, keys: JwksKeys, token: str) -> ApiToken:
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        raise _unauthorized("Malformed service token.", "invalid_token") from None
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise _unauthorized("The service token has no key id (kid).", "invalid_token")
+    key = keys.key(kid)
+    if key is None:
+        raise _unauthorized(f"Unknown signing key '{kid}': the JWKS does not list it.", "invalid_token")
+    settings = core.settings
+    try:
+        claims = jwt.decode(
+            token,
+            key=key,
+            algorithms=jwt_algorithms,
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            leeway=settings.jwt_leeway_s,
+            options={"require": ["exp", "iss", "aud", "sub"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise _unauthorized("The service token has expired.", "token_expired") from None
+    except jwt.InvalidAudienceError:
+        raise _unauthorized(
+            f"The service token's audience must be '{settings.jwt_audience}'.", "invalid_token"
+        ) from None
+    except jwt.InvalidIssuerError:
+        raise _unauthorized(f"The service token's issuer must be '{settings.jwt_issuer}'.", "invalid_token") from None
+    except jwt.PyJWTError as error:
+        raise _unauthorized(f"Invalid service token: {error}.", "invalid_token") from None
+    org_id = claims.get(org_claim)
+    if not isinstance(org_id, str) or org_id not in core.tenants.organizations:
+        raise _unauthorized(f"The service token's '{org_claim}' claim names no organization.", "invalid_token")
+    raw_scopes = claims.get(scope_claim, "")
+    scopes = frozenset(s for s in raw_scopes.split() if s in all_scopes) if isinstance(raw_scopes, str) else frozenset()
+    subject = str(claims["sub"])
+    return ApiToken(
+        token_id=f"jwt:{subject}",
+        org_id=org_id,
+        name=subject,
+        scopes=scopes,
+        secret_prefix="",
+        created_at=datetime.fromtimestamp(int(claims.get("iat", 0)), UTC),
+        expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC),
+        kind="jwt",
+    )
+
+
+def _looks_like_jwt(secret: str) -> bool:
+    return secret.count(".") == 2 and secret.startswith("eyJ")
+
+
+# --- API keys ---
+
+
+def _api_key(core: GatewayCore, secret: str) -> ApiToken:
+    token = core.authenticate(secret)
+    if token is None:
+        raise _unauthorized(
+            "Incorrect API key provided (unknown or revoked). Create a key with POST /v1/organizations/{id}/tokens."
+        )
+    now = datetime.now(UTC)
+    if token.expires_at is not None and token.expires_at <= now:
+        raise _unauthorized("This API key has expired; create a new one.", "api_key_expired")
+    _mark_used(core, token, now)
+    return token
+
+
+def _mark_used(core: GatewayCore, token: ApiToken, now: datetime) -> None:
+    """Last-used time: kept here at once, and put on the log at most once per interval per key."""
+    last_sent: dict[str, float] = core.token_used_sent
+    moment = now.timestamp()
+    core.tenants.mark_used(token.token_id, now)
+    if moment - last_sent.get(token.token_id, 0.0) < core.settings.token_last_used_interval_s:
+        return
+    last_sent[token.token_id] = moment
+    event = ApiTokenUsed(
+        event_id=f"evt_{uuid.uuid4().hex}",
+        occurred_at=now,
+        org_id=token.org_id,
+        token_id=token.token_id,
+    )
+    core.send([Outgoing(topics.TENANTS, token.org_id, encode(event))])
+
+
+# --- principals ---
+
+
+def _is_admin(core: GatewayCore, secret: str) -> bool:
+    return bool(core.admin_token) and hmac.compare_digest(secret.encode(), core.admin_token.encode())
+
+
+async def principal_async(connection: ASGIConnection[Any, Any, Any, Any]) -> ApiToken | None:
+    """The caller (None: the platform admin), authenticated once per request; 401 otherwise."""
+    state = connection.scope.setdefault("state", {})
+    if _state_key in state:
+        cached: ApiToken | None = state[_state_key]
+        return cached
+    core = _core(connection)
+    secret = _bearer(connection)
+    if _looks_like_jwt(secret) and core.jwks.configured:
+        kid = _unverified_kid(secret)
+        if kid is not None and core.jwks.needs_fetch(kid):
+            await asyncio.to_thread(core.jwks.fetch_if_needed, kid)
+    return _authenticate(connection, core, secret)
+
+
+def principal(connection: ASGIConnection[Any, Any, Any, Any]) -> ApiToken | None:
+    state = connection.scope.setdefault("state", {})
+    if _state_key in state:
+        cached: ApiToken | None = state[_state_key]
+        return cached
+    core = _core(connection)
+    secret = _bearer(connection)
+    if _looks_like_jwt(secret) and core.jwks.configured:
+        kid = _unverified_kid(secret)
+        if kid is not None:
+            core.jwks.fetch_if_needed(kid)
+    return _authenticate(connection, core, secret)
+
+
+def _unverified_kid(secret: str) -> str | None:
+    try:
+        kid = jwt.get_unverified_header(secret).get("kid")
+    except jwt.PyJWTError:
+        return None
+    return kid if isinstance(kid, str) else None
+
+
+def _authenticate(connection: ASGIConnection[Any, Any, Any, Any], core: GatewayCore, secret: str) -> ApiToken | None:
+    state = connection.scope["state"]
+    if _is_admin(core, secret):
+        state[_state_key] = None
+        return None
+    if _looks_like_jwt(secret):
+        if not core.jwks.configured:
+            raise _unauthorized("Service tokens are not accepted here: no JWKS is configured.", "invalid_token")
+        token = verify_service_token(core, secret)
+    else:
+        token = _api_key(core, secret)
+    state[_state_key] = token
+    return token
+
+
+def _missing_scope(scope: str) -> ApiError:
+    return ApiError(403, f"This API key lacks the '{scope}' scope needed here.", code="insufficient_scope")
+
+
+def authorize(request: Request[Any, Any, Any], scope: str) -> ApiToken:
+    """The organization's key (or service token) calling, with ``scope``; 401 or 403 otherwise."""
+    token = principal(request)
+    if token is None:
+        raise ApiError(
+            403,
+            f"The platform admin token is not an organization's key; use an API key with the '{scope}' scope.",
+            code="insufficient_scope",
+        )
+    if scope not in token.scopes:
+        raise _missing_scope(scope)
+    return token
+
+
+def authorize_admin(request: Request[Any, Any, Any], org_id: str | None = None, scope: str = "admin:write") -> None:
+    """The platform admin token, or (for its own organization) a key with an admin scope."""
+    core = _core(request)
+    token = principal(request)
+    if token is None:
+        if org_id is not None and org_id not in core.tenants.organizations:
+            raise ApiError(404, f"No organization '{org_id}'.", code="organization_not_found")
+        return
+    if org_id is None:
+        raise ApiError(403, "This endpoint needs the platform admin token.", code="insufficient_scope")
+    if token.org_id != org_id:
+        raise ApiError(404, "Not found.", code="not_found")  # another organization's ids do not exist
+    if scope not in token.scopes:
+        raise _missing_scope(scope)
+
+
+# --- the guard every route passes ---
+
+
+async def scope_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """Enforce the route's declared scope, then its rate limit; see the module docstring."""
+    scope = handler.opt.get("scope")
+    if scope not in route_scopes:
+        logger.error("route %s declares no valid scope (%r): refused", handler, scope)
+        raise ApiError(403, "This route declares no scope, so nobody may call it.", code="insufficient_scope")
+    if scope == "public":
+        return
+    token = await principal_async(connection)
+    org_id = connection.path_params.get("org_id")
+    if scope == "platform":
+        if token is not None:
+            if org_id is not None and token.org_id != org_id:
+                raise ApiError(404, "Not found.", code="not_found")
+            raise ApiError(403, "This endpoint needs the platform admin token.", code="insufficient_scope")
+    elif token is None:
+        if scope.startswith("user:"):
+            authorize(connection, scope)  # type: ignore[arg-type]  # raises: the admin token is no key
+        if org_id is not None and org_id not in _core(connection).tenants.organizations:
+            raise ApiError(404, f"No organization '{org_id}'.", code="organization_not_found")
+    else:
+        if org_id is not None and token.org_id != org_id:
+            raise ApiError(404, "Not found.", code="not_found")
+        if scope.startswith("admin:") and org_id is None:
+            raise ApiError(403, "This endpoint needs the platform admin token.", code="insufficient_scope")
+        if scope not in token.scopes:
+            raise _missing_scope(scope)
+    if token is not None:
+        admit(connection, token, handler.opt.get("rate", "requests"), bool(handler.opt.get("tokens")))
+
+
+def admit(connection: ASGIConnection[Any, Any, Any, Any], token: ApiToken, rate: str, tokens: bool) -> None:
+    """Count the request against its organization's (and key's) limits, or answer 429."""
+    if rate == "none":
+        return
+    assert rate in route_rates, rate
+    amounts = {rate: 1}
+    if tokens:
+        amounts["tokens"] = 0
+    core = _core(connection)
+    request_id = str(connection.scope["state"].get("request_id", ""))
+    admission = core.limiter.admit(token, amounts, request_id, connection.url.path)
+    core.send([record(admission)])
+    if not admission.decision.admitted:
+        raise throttled_error(admission.decision)
+    connection.scope["state"]["ratelimit_headers"] = headers_for(admission.decision)
