@@ -276,6 +276,8 @@ num.network.threads=2
 num.io.threads=4
 log.retention.hours=24
 log.segment.bytes=67108864
+# Transcription uploads ride in their job records (ledger/log/kafka.py record_bytes_max).
+message.max.bytes=8388608
 log.retention.check.interval.ms=300000
 EOF
     cat >"$LOG4J_CONFIG" <<'EOF'

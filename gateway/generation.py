@@ -173,17 +173,23 @@ def _refusal(core: GatewayCore, token: ApiToken, request_id: str, metered: Meter
         )
     if HoldCaptured in seen and JobCancelled not in seen:
         return
+    ran = {"x-model-used": metered.price.model}
     if JobCancelled in seen:
-        raise ApiError(409, "The job was cancelled; it was charged for the work done.", code="job_cancelled")
+        raise ApiError(
+            409, "The job was cancelled; it was charged for the work done.", code="job_cancelled", headers=ran
+        )
     dead = seen.get(JobDeadLettered)
     if isinstance(dead, JobDeadLettered):
         raise ApiError(
-            502, f"The job failed {dead.attempts} times and was given up. Nothing was charged.", code="dead_letter"
+            502,
+            f"The job failed {dead.attempts} times and was given up. Nothing was charged.",
+            code="dead_letter",
+            headers=ran,
         )
     failed = seen.get(JobFailed)
     if isinstance(failed, JobFailed):
         code = "dead_letter" if failed.retryable else failed.code
-        raise ApiError(502, f"The model backend failed: {failed.message}. Nothing was charged.", code=code)
+        raise ApiError(502, f"The model backend failed: {failed.message}. Nothing was charged.", code=code, headers=ran)
     released = seen.get(HoldReleased)
     reason = released.reason if isinstance(released, HoldReleased) else "unknown"
     raise ApiError(502, f"The job ended without a result ({reason}). Nothing was charged.", code="job_failed")

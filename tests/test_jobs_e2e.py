@@ -222,6 +222,27 @@ def test_transcription_of_a_multipart_upload_is_priced_per_second(stack: Stack) 
     assert body["usage"]["cost_micros"] == price_micros(book.models["sim-whisper"], Units(audio_seconds=3))
 
 
+def test_an_upload_of_megabytes_fits_one_record_on_every_log(stack: Stack) -> None:
+    _, key = stack.org()
+    audio = wav_bytes(170_000)  # 2.7 MB: more than Kafka's default 1 MB record
+    assert len(audio) > 2_500_000
+    raw = stack.client(key).audio.transcriptions.with_raw_response.create(
+        model="sim-whisper", file=("long.wav", audio, "audio/wav")
+    )
+    body = raw_json(raw)
+    assert body["usage"]["seconds"] == 170
+    assert body["usage"]["cost_micros"] == price_micros(book.models["sim-whisper"], Units(audio_seconds=170))
+
+
+def test_an_upload_over_the_limit_is_a_413(stack: Stack) -> None:
+    _, key = stack.org()
+    with pytest.raises(openai.APIStatusError) as caught:
+        stack.client(key).audio.transcriptions.create(
+            model="sim-whisper", file=("huge.wav", wav_bytes(200_000), "audio/wav")
+        )
+    assert caught.value.status_code == 413
+
+
 def test_a_transcription_of_something_not_audio_is_a_400(stack: Stack) -> None:
     _, key = stack.org()
     with pytest.raises(openai.BadRequestError) as caught:
@@ -378,6 +399,7 @@ def test_a_job_that_keeps_failing_is_dead_lettered_and_nothing_is_charged(stack:
             extra_body={"sim": {"fail_attempts": 99}},
         )
     assert caught.value.status_code == 502 and caught.value.code == "dead_letter"
+    assert caught.value.response.headers["x-model-used"] == "sim-chat-small", "a job ran"
     request_id = caught.value.response.headers["x-request-id"]
     jobs = client.get("/jobs", cast_to=httpx.Response).json()["data"]
     job = next(job for job in jobs if job["request_id"] == request_id)

@@ -34,6 +34,12 @@ fetch_wait_ms_max = 200
 retry_backoff_ms = 10
 linger_ms = 1  # short batching window; commands wait on the reply, so latency matters more
 metadata_wait_s_max = 30.0
+# Largest record: a transcription upload rides in its job (3 MiB of audio, as base64, in a command
+# and then in the job). Topics are created with this limit and every client allows it.
+record_bytes_max = 8 * 1024 * 1024
+# Job results and progress are read from the start of tollgate.jobs by every gateway: a day of it
+# covers the hour that finished jobs stay visible, with room for a gateway that was down.
+jobs_retention_ms = 24 * 3600 * 1000
 
 
 class KafkaLog(EventLog):
@@ -48,11 +54,15 @@ class KafkaLog(EventLog):
             missing = [t for t in topics if t not in existing]
             if missing:
                 with contextlib.suppress(TopicAlreadyExistsError):  # another role created it first
-                    admin.create_topics(
-                        [NewTopic(name=t, num_partitions=self.partitions, replication_factor=1) for t in missing]
-                    )
+                    admin.create_topics([self._new_topic(t) for t in missing])
         finally:
             admin.close()
+
+    def _new_topic(self, name: str) -> NewTopic:
+        configs = {"max.message.bytes": str(record_bytes_max)}
+        if name == "tollgate.jobs":
+            configs["retention.ms"] = str(jobs_retention_ms)
+        return NewTopic(name=name, num_partitions=self.partitions, replication_factor=1, topic_configs=configs)
 
     def producer(self, client_id: str) -> Producer:
         return _KafkaProducer(
@@ -62,6 +72,7 @@ class KafkaLog(EventLog):
                 enable_idempotence=True,
                 acks="all",
                 linger_ms=linger_ms,
+                max_request_size=record_bytes_max,
             )
         )
 
@@ -78,6 +89,7 @@ class KafkaLog(EventLog):
             "enable_auto_commit": False,
             "auto_offset_reset": "earliest" if from_beginning else "latest",
             "fetch_max_wait_ms": fetch_wait_ms_max,
+            "max_partition_fetch_bytes": record_bytes_max,
         }
 
     def consumer(
@@ -127,6 +139,7 @@ class KafkaLog(EventLog):
             acks="all",
             linger_ms=0,
             retry_backoff_ms=retry_backoff_ms,
+            max_request_size=record_bytes_max,
         )
         producer.init_transactions()
         _await_metadata(consumer, topics)
