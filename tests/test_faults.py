@@ -121,8 +121,12 @@ def test_killed_roles_lose_no_charge_and_double_none(cluster: Cluster, kafka_boo
     key = cluster.admin.token(org)
     stop = threading.Event()
     outcomes: Counter[str] = Counter()
-    submitter = threading.Thread(target=submit, args=(cluster.base_url, key, stop, outcomes), daemon=True)
-    submitter.start()
+    # Three clients at once, so the kills find requests in flight.
+    submitters = [
+        threading.Thread(target=submit, args=(cluster.base_url, key, stop, outcomes), daemon=True) for _ in range(3)
+    ]
+    for submitter in submitters:
+        submitter.start()
     try:
         time.sleep(2.5)
         cluster.kill_and_restart("worker", down_s=4)  # longer than a lease: the ledger sees it lost
@@ -130,7 +134,8 @@ def test_killed_roles_lose_no_charge_and_double_none(cluster: Cluster, kafka_boo
         cluster.kill_and_restart("gateway", down_s=1)
         time.sleep(2.0)
         cluster.kill_and_restart("ledger", down_s=1)
-        submitter.join(120)
+        for submitter in submitters:
+            submitter.join(120)
     finally:
         stop.set()
     assert sum(v for k, v in outcomes.items() if k.endswith((":200", ":202"))) > requests_total // 3, outcomes

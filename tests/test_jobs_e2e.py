@@ -30,6 +30,8 @@ stack_env = {
     "TOLLGATE_ADMIN_TOKEN": admin_token,
     "TOLLGATE_SIM_VIDEO_SECOND_MS": "150",
     "TOLLGATE_JOB_RETRY_BACKOFF_MS": "50",
+    # Short leases: the longer jobs here (a 10 s video renders in 1.5 s) live only by heartbeats.
+    "TOLLGATE_JOB_LEASE_S": "2",
     "TOLLGATE_LOG_LEVEL": "INFO",
 }
 
@@ -261,7 +263,7 @@ def test_video_is_always_async_and_its_job_holds_a_real_video(stack: Stack) -> N
     job_id = submitted.json()["job_id"]
     assert submitted.json()["poll_url"] == f"/v1/jobs/{job_id}"
     job = wait_job(client, job_id, {"completed", "failed", "dead_letter"})
-    assert job["status"] == "completed" and job["progress"] == 1
+    assert job["status"] == "completed" and job["progress"] == 1 and job["attempt"] == 1
     clip = base64.b64decode(job["result"]["data"][0]["b64_json"])
     width, height, fps, frames = media.video_info(clip)
     assert frames == 3 * fps and (width, height) == (64, 36)
@@ -314,6 +316,7 @@ def test_cancelling_a_running_video_charges_the_seconds_rendered(stack: Stack) -
     assert cancelled.status_code == 200, cancelled.text
     job = wait_job(client, job_id, {"cancelled", "completed"})
     assert job["status"] == "cancelled"
+    assert job["attempt"] == 1, "heartbeats kept the lease of the one run"
     seconds = next(
         s for s in range(1, 10) if price_micros(book.models["sim-video"], Units(video_seconds=s)) == job["cost_micros"]
     )
