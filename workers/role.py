@@ -380,6 +380,7 @@ class WorkerRole:
             on_assigned=lambda partitions: logger.info("worker owns dispatch partitions %s", sorted(partitions)),
         )
         executor = ThreadPoolExecutor(max_workers=jobs_in_parallel_max, thread_name_prefix="job")
+        committed: dict[tuple[str, int], int] = {}
         try:
             while not stop.is_set():
                 busy = bool(self._running or self._backlog)
@@ -406,15 +407,18 @@ class WorkerRole:
                             finished += 1
                     else:
                         outputs += item
-                if not outputs and not finished and not self._polled_to:
-                    continue
+                positions = self._positions()
+                if not outputs and positions == committed:
+                    continue  # nothing new: an idle or busy loop must not commit empty transactions
                 try:
-                    processor.commit_transaction(outputs, self._positions())
+                    processor.commit_transaction(outputs, positions)
+                    committed = positions
                     self.jobs_done += finished
                 except Exception:
                     logger.exception("worker transaction failed; its unfinished jobs will be redelivered")
                     processor.abort_transaction()
                     self._abandon_all()
+                    committed = {}
         finally:
             for running in self._running.values():
                 running.stop_reason = "shutdown"
