@@ -711,7 +711,7 @@ class RequestIdMiddleware(ASGIMiddleware):
 
 
 def create_app(core: GatewayCore) -> Litestar:
-    from gateway import generation, jobs  # they build on this module's helpers
+    from gateway import audit, generation, jobs  # they build on this module's helpers
 
     return Litestar(
         route_handlers=[
@@ -729,6 +729,7 @@ def create_app(core: GatewayCore) -> Litestar:
             publish_price_book,
             *generation.route_handlers,
             *jobs.route_handlers,
+            *audit.route_handlers,
             account_usage,
             health,
             *tenants.route_handlers,

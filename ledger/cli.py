@@ -5,6 +5,7 @@ tollgate gateway    the HTTP gateway on Kafka
 tollgate ledger     the ledger role on Kafka
 tollgate worker     a worker for the pools in TOLLGATE_WORKER_POOLS on Kafka
 tollgate projector  the ClickHouse projector on Kafka
+tollgate audit      verify the ledger from the log alone (chain, signatures, balances, charges)
 """
 
 from __future__ import annotations
@@ -59,6 +60,12 @@ def _projector_group(settings: Settings) -> str:
     return f"tollgate-projector-{hashlib.sha256(path.encode()).hexdigest()[:12]}"
 
 
+def _signer(settings: Settings) -> Any:
+    from ledger.chain import Signer, load_or_create_signing_key
+
+    return Signer(load_or_create_signing_key(settings.signing_key_path))
+
+
 def _backend(settings: Settings) -> Any:
     from workers.backends import SimulatedBackend, UpstreamChatBackend
 
@@ -101,7 +108,7 @@ def run_role(role: str, settings: Settings) -> None:
     if role == "ledger":
         from ledger.role import LedgerRole
 
-        LedgerRole(log, settings, price_book).run(stop)
+        LedgerRole(log, settings, price_book, signer=_signer(settings)).run(stop)
     elif role == "worker":
         from workers.role import WorkerRole
 
@@ -154,7 +161,8 @@ def run_gateway(settings: Settings, with_projector: bool | None, with_roles: boo
         from ledger.role import LedgerRole
         from workers.role import WorkerRole
 
-        threads.append(_start_thread("ledger", LedgerRole(log, settings, price_book).run, stop))
+        ledger_role = LedgerRole(log, settings, price_book, signer=_signer(settings))
+        threads.append(_start_thread("ledger", ledger_role.run, stop))
         threads.append(_start_thread("worker", WorkerRole(log, settings, _backend(settings)).run, stop))
     if own_clickhouse and store is not None:
         from projections.role import ProjectorRole
@@ -254,6 +262,9 @@ def main(argv: list[str] | None = None) -> None:
     for role in ("ledger", "worker", "projector"):
         role_parser = sub.add_parser(role, help=f"the {role} role on Kafka")
         role_parser.add_argument("--data-dir", type=Path)
+    from ledger import audit_cli
+
+    audit_cli.add_parsers(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=os.environ.get("TOLLGATE_LOG_LEVEL", "WARNING"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -269,6 +280,12 @@ def main(argv: list[str] | None = None) -> None:
         if v is not None
     }
     settings = replace(settings, **overrides)
+    if args.command == "audit":
+        if args.kafka:
+            settings = replace(settings, kafka_bootstrap=args.kafka)
+        elif args.data_dir is not None:
+            settings = replace(settings, kafka_bootstrap="")
+        sys.exit(audit_cli.run(args, settings))
     if args.command == "dev":
         settings = replace(settings, kafka_bootstrap="", clickhouse_url="")
         run_gateway(settings, with_projector=True, with_roles=True)

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
+from ledger.chain import ChainHead, Signer
 from ledger.log import Consumer, EventLog, Outgoing, partition_for
 from ledger.pricing import PriceBook, PriceBooks
 from ledger.settings import Settings
@@ -34,6 +35,7 @@ from schemas import topics
 from schemas.codec import decode_command, decode_event, encode
 from schemas.commands import AnyCommand
 from schemas.events import (
+    ChainCheckpoint,
     CommandRejected,
     CreditsGranted,
     Event,
@@ -60,16 +62,12 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def outgoing(event: Event) -> list[Outgoing]:
-    """Where an event the ledger decided goes: jobs to their pool, ledger facts to the ledger topic,
-    and the stop signals (cancel, dead letter) to both, so the worker running the job hears them."""
-    value = encode(event)
-    if isinstance(event, JobQueued):
-        return [Outgoing(topics.dispatch_topic(event.pool), event.org_id, value)]
-    records = [Outgoing(topics.LEDGER, event.org_id, value)]
-    if isinstance(event, (JobCancelRequested, JobDeadLettered)) and event.pool:
-        records.append(Outgoing(topics.dispatch_topic(event.pool), event.org_id, value))
-    return records
+def dispatch_copy(event: Event) -> Outgoing | None:
+    """Jobs go to their pool, and so do the stop signals (cancel, dead letter), so that the worker
+    running the job hears them; everything else the ledger decides goes only to the ledger topic."""
+    if isinstance(event, (JobQueued, JobCancelRequested, JobDeadLettered)) and event.pool:
+        return Outgoing(topics.dispatch_topic(event.pool), event.org_id, encode(event))
+    return None
 
 
 def rejected(command: AnyCommand, rejection: Rejection, now: datetime) -> CommandRejected:
@@ -89,7 +87,12 @@ class LedgerRole:
     group = "tollgate-ledger"
 
     def __init__(
-        self, log: EventLog, settings: Settings, prices: PriceBook | PriceBooks, clock: Clock = utc_now
+        self,
+        log: EventLog,
+        settings: Settings,
+        prices: PriceBook | PriceBooks,
+        clock: Clock = utc_now,
+        signer: Signer | None = None,
     ) -> None:
         self._log = log
         self._settings = settings
@@ -102,6 +105,10 @@ class LedgerRole:
         self._rebuild_needed: set[int] = set()
         # (due time, org, "hold" or "grant", id); entries already resolved are skipped when due.
         self._expiries: list[tuple[datetime, str, str, str]] = []
+        # The hash chain of each owned ledger partition, and who signs its checkpoints.
+        self.chains: dict[int, ChainHead] = {}
+        self._signer = signer
+        self._checkpointed_at = time.monotonic()
 
     def _on_assigned(self, partitions: set[int]) -> None:
         self._rebuild_needed = partitions
@@ -121,6 +128,9 @@ class LedgerRole:
         }
         self._expiries = [entry for entry in self._expiries if entry[1] in self.wallets]
         heapq.heapify(self._expiries)
+        self.chains = {p: head for p, head in self.chains.items() if p in self._owned and p not in partitions}
+        for partition in partitions:
+            self.chains[partition] = ChainHead()
         consumer = self._log.consumer(
             [topics.LEDGER],
             client_id=f"tollgate-ledger-rebuild-{self._settings.instance_id}",
@@ -130,7 +140,9 @@ class LedgerRole:
             count = 0
             while not consumer.caught_up():
                 for record in consumer.poll(self._settings.batch_records_max, self._settings.poll_wait_ms):
-                    self._apply(decode_event(record.value))
+                    event = decode_event(record.value)
+                    self._apply(event)
+                    self.chains.setdefault(record.partition, ChainHead()).advance(record.value, event.org_id)
                     count += 1
             logger.info("ledger rebuilt partitions %s from %d events", sorted(partitions), count)
         finally:
@@ -165,7 +177,47 @@ class LedgerRole:
             cause = due[0].event_id if due else ""
             for event in [*due, *(decide_auto_topup(wallet, now, cause) if due else [])]:
                 self._apply(event)
-                outputs += outgoing(event)
+                outputs += self._emit(event)
+        return outputs
+
+    def _emit(self, event: Event) -> list[Outgoing]:
+        """The records of a decided (and applied) event: a ledger record linked into its partition's
+        chain, and its dispatch copy if it has one."""
+        copy = dispatch_copy(event)
+        if isinstance(event, JobQueued):
+            return [copy] if copy is not None else []
+        partition = partition_for(event.org_id.encode(), self._log.partitions)
+        chain = self.chains.setdefault(partition, ChainHead())
+        value = encode(msgspec.structs.replace(event, prev_hash=chain.head))
+        chain.advance(value, event.org_id)
+        record = Outgoing(topics.LEDGER, event.org_id, value)
+        return [record] if copy is None else [record, copy]
+
+    def checkpoints(self, now: datetime, force: bool = False) -> list[Outgoing]:
+        """Signed checkpoints for partitions with enough new records, or new records and enough time."""
+        if self._signer is None:
+            return []
+        due_by_time = time.monotonic() - self._checkpointed_at >= self._settings.checkpoint_interval_s
+        outputs: list[Outgoing] = []
+        for partition, chain in sorted(self.chains.items()):
+            if chain.since_checkpoint == 0 or not chain.key:
+                continue
+            if not (force or due_by_time or chain.since_checkpoint >= self._settings.checkpoint_records_max):
+                continue
+            checkpoint = ChainCheckpoint(
+                event_id=event_id_for(f"checkpoint:{partition}:{chain.count}:{chain.head}", "chain.checkpoint"),
+                occurred_at=now,
+                org_id=chain.key,
+                partition=partition,
+                count=chain.count,
+                head=chain.head,
+                key_id=self._signer.key_id,
+                signature=self._signer.sign(partition, chain.count, chain.head),
+            )
+            outputs += self._emit(checkpoint)
+            chain.since_checkpoint = 0
+        if due_by_time:
+            self._checkpointed_at = time.monotonic()
         return outputs
 
     def follow_pricing(self, until_caught_up: bool = False) -> bool:
@@ -213,7 +265,7 @@ class LedgerRole:
                 result = [rejected(command, result, now)]
             for event in [*result, *decide_auto_topup(wallet, now, command.command_id)]:
                 self._apply(event)
-                outputs += outgoing(event)
+                outputs += self._emit(event)
             # Money an expired grant kept for a hold that just resolved breaks now, before the next
             # command in this batch could reserve it.
             outputs += self._expire_freed_grants(wallet, now)
@@ -225,7 +277,7 @@ class LedgerRole:
             if grant.expired and grant.remaining_micros > 0:
                 for event in decide_grant_expiry(wallet, grant.grant_id, now):
                     self._apply(event)
-                    outputs += outgoing(event)
+                    outputs += self._emit(event)
         return outputs
 
     def run(self, stop: threading.Event, ready: threading.Event | None = None) -> None:
@@ -251,6 +303,7 @@ class LedgerRole:
                     ready.set()
                 outputs = self.decide_batch([record.value for record in records]) if records else []
                 outputs += self.expire_due(self._clock())
+                outputs += self.checkpoints(self._clock())
                 if not records and not outputs:
                     continue
                 try:

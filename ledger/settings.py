@@ -48,6 +48,12 @@ class Settings:
     job_retry_backoff_ms: int = field(default_factory=lambda: int(_env("TOLLGATE_JOB_RETRY_BACKOFF_MS", "200")))
     # Finished jobs stay visible in GET /v1/jobs at least this long.
     job_retention_s: int = field(default_factory=lambda: int(_env("TOLLGATE_JOB_RETENTION_S", "3600")))
+    # The ledger's Ed25519 key for chain checkpoints (created when missing; empty: in data_dir). The
+    # gateway publishes its public half at GET /v1/audit/public-key.
+    ledger_signing_key_file: str = field(default_factory=lambda: _env("TOLLGATE_LEDGER_SIGNING_KEY_FILE", ""))
+    # A signed checkpoint after this many ledger records in a partition, or this long after new ones.
+    checkpoint_records_max: int = field(default_factory=lambda: int(_env("TOLLGATE_CHECKPOINT_RECORDS_MAX", "1000")))
+    checkpoint_interval_s: float = field(default_factory=lambda: float(_env("TOLLGATE_CHECKPOINT_INTERVAL_S", "5")))
     # An OpenAI-compatible server the worker forwards to instead of simulating (vLLM, SGLang...).
     upstream_url: str = field(default_factory=lambda: _env("TOLLGATE_UPSTREAM_URL", ""))
     upstream_api_key: str = field(default_factory=lambda: _env("TOLLGATE_UPSTREAM_API_KEY", ""))
@@ -96,3 +102,9 @@ class Settings:
     @property
     def embedded(self) -> bool:
         return not self.kafka_bootstrap
+
+    @property
+    def signing_key_path(self) -> Path:
+        if self.ledger_signing_key_file:
+            return Path(self.ledger_signing_key_file)
+        return self.data_dir / "ledger-signing-key.pem"

@@ -87,7 +87,27 @@ class PriceBookPublished(Event, frozen=True, kw_only=True, tag="price_book.publi
 # --- ledger (written only by the ledger role) ------------------------------------------------------
 
 
-class CreditsGranted(Event, frozen=True, kw_only=True, tag="credits.granted.v1"):
+class LedgerFact(Event, frozen=True, kw_only=True):
+    """An event on tollgate.ledger. ``prev_hash`` chains each partition: the sha256 (hex) of the
+    previous record's bytes in the partition (64 zeros for the first), so that altering, removing,
+    inserting or reordering any event breaks a link an auditor can find (ledger/audit.py)."""
+
+    prev_hash: str = ""
+
+
+class ChainCheckpoint(LedgerFact, frozen=True, kw_only=True, tag="chain.checkpoint.v1"):
+    """The ledger's Ed25519 signature over a partition's chain: ``count`` records precede this one
+    and the last of them hashes to ``head`` (= this record's ``prev_hash``). ``org_id`` is only the
+    key that places it in its partition."""
+
+    partition: int
+    count: int
+    head: str
+    key_id: str
+    signature: str
+
+
+class CreditsGranted(LedgerFact, frozen=True, kw_only=True, tag="credits.granted.v1"):
     grant_id: str
     amount_micros: int
     kind: Literal["paid", "promo"]
@@ -96,14 +116,14 @@ class CreditsGranted(Event, frozen=True, kw_only=True, tag="credits.granted.v1")
     reference: str = ""
 
 
-class GrantExpired(Event, frozen=True, kw_only=True, tag="grant.expired.v1"):
+class GrantExpired(LedgerFact, frozen=True, kw_only=True, tag="grant.expired.v1"):
     """The unused remainder of a grant, moved to breakage at (or after) its expiry."""
 
     grant_id: str
     amount_micros: int
 
 
-class CreditsRefunded(Event, frozen=True, kw_only=True, tag="credits.refunded.v1"):
+class CreditsRefunded(LedgerFact, frozen=True, kw_only=True, tag="credits.refunded.v1"):
     """Money given back for a charge; ``reference`` is the hold (request) id it corrects."""
 
     refund_id: str
@@ -112,7 +132,7 @@ class CreditsRefunded(Event, frozen=True, kw_only=True, tag="credits.refunded.v1
     reference: str
 
 
-class CreditsAdjusted(Event, frozen=True, kw_only=True, tag="credits.adjusted.v1"):
+class CreditsAdjusted(LedgerFact, frozen=True, kw_only=True, tag="credits.adjusted.v1"):
     """A signed correction with a reason; the original events are never changed."""
 
     adjustment_id: str
@@ -121,11 +141,11 @@ class CreditsAdjusted(Event, frozen=True, kw_only=True, tag="credits.adjusted.v1
     reference: str = ""
 
 
-class CreditLimitSet(Event, frozen=True, kw_only=True, tag="credit_limit.set.v1"):
+class CreditLimitSet(LedgerFact, frozen=True, kw_only=True, tag="credit_limit.set.v1"):
     limit_micros: int
 
 
-class AutoTopUpConfigured(Event, frozen=True, kw_only=True, tag="auto_topup.configured.v1"):
+class AutoTopUpConfigured(LedgerFact, frozen=True, kw_only=True, tag="auto_topup.configured.v1"):
     """When the balance falls below ``threshold_micros``, top up by ``amount_micros``, or up to
     ``target_micros`` when that is set. ``enabled`` false turns it off."""
 
@@ -135,7 +155,7 @@ class AutoTopUpConfigured(Event, frozen=True, kw_only=True, tag="auto_topup.conf
     target_micros: int = 0
 
 
-class AutoTopUpTriggered(Event, frozen=True, kw_only=True, tag="auto_topup.triggered.v1"):
+class AutoTopUpTriggered(LedgerFact, frozen=True, kw_only=True, tag="auto_topup.triggered.v1"):
     """The balance crossed the threshold; the paid grant with ``grant_id`` follows in the same decision."""
 
     topup_id: str
@@ -144,7 +164,7 @@ class AutoTopUpTriggered(Event, frozen=True, kw_only=True, tag="auto_topup.trigg
     balance_micros: int
 
 
-class CommandRejected(Event, frozen=True, kw_only=True, tag="command.rejected.v1"):
+class CommandRejected(LedgerFact, frozen=True, kw_only=True, tag="command.rejected.v1"):
     """A ledger command refused for a business reason; ``causation_id`` is the command id."""
 
     command_type: str
@@ -156,7 +176,7 @@ class GrantBurn(msgspec.Struct, frozen=True, kw_only=True):
     amount_micros: int
 
 
-class HoldPlaced(Event, frozen=True, kw_only=True, tag="hold.placed.v1"):
+class HoldPlaced(LedgerFact, frozen=True, kw_only=True, tag="hold.placed.v1"):
     hold_id: str
     request_id: str
     job_id: str
@@ -170,7 +190,7 @@ class HoldPlaced(Event, frozen=True, kw_only=True, tag="hold.placed.v1"):
     attempts_max: int = 3  # runs of its job the ledger allows before it dead-letters the job
 
 
-class HoldRejected(Event, frozen=True, kw_only=True, tag="hold.rejected.v1"):
+class HoldRejected(LedgerFact, frozen=True, kw_only=True, tag="hold.rejected.v1"):
     hold_id: str
     request_id: str
     token_id: str
@@ -181,7 +201,7 @@ class HoldRejected(Event, frozen=True, kw_only=True, tag="hold.rejected.v1"):
     available_micros: int
 
 
-class HoldCaptured(Event, frozen=True, kw_only=True, tag="hold.captured.v1"):
+class HoldCaptured(LedgerFact, frozen=True, kw_only=True, tag="hold.captured.v1"):
     """The charge. ``amount_micros`` is what the organization paid; the rest of the hold is released."""
 
     hold_id: str
@@ -200,7 +220,7 @@ class HoldCaptured(Event, frozen=True, kw_only=True, tag="hold.captured.v1"):
     grant_burns: tuple[GrantBurn, ...] = ()
 
 
-class HoldReleased(Event, frozen=True, kw_only=True, tag="hold.released.v1"):
+class HoldReleased(LedgerFact, frozen=True, kw_only=True, tag="hold.released.v1"):
     hold_id: str
     request_id: str
     token_id: str
@@ -227,7 +247,7 @@ class JobQueued(Event, frozen=True, kw_only=True, tag="job.queued.v1"):
     stream: bool = False  # the client reads progress as it happens: report output at every progress point
 
 
-class JobLeased(Event, frozen=True, kw_only=True, tag="job.leased.v1"):
+class JobLeased(LedgerFact, frozen=True, kw_only=True, tag="job.leased.v1"):
     """A worker runs (or still runs) the job: the hold now expires at ``lease_expires_at`` unless renewed.
     ``attempt`` counts distinct runs (``run_id``); a heartbeat of the same run renews with the same attempt."""
 
@@ -240,7 +260,7 @@ class JobLeased(Event, frozen=True, kw_only=True, tag="job.leased.v1"):
     lease_expires_at: datetime
 
 
-class JobLeaseLost(Event, frozen=True, kw_only=True, tag="job.lease_lost.v1"):
+class JobLeaseLost(LedgerFact, frozen=True, kw_only=True, tag="job.lease_lost.v1"):
     """A lease ran out without a heartbeat (a dead or stuck worker). The log redelivers the job to the
     pool; the hold waits for another run until ``expires_at``."""
 
@@ -251,7 +271,7 @@ class JobLeaseLost(Event, frozen=True, kw_only=True, tag="job.lease_lost.v1"):
     expires_at: datetime
 
 
-class JobCancelRequested(Event, frozen=True, kw_only=True, tag="job.cancel_requested.v1"):
+class JobCancelRequested(LedgerFact, frozen=True, kw_only=True, tag="job.cancel_requested.v1"):
     """Written to the ledger and to the job's dispatch topic: a running job stops at its next progress
     point and is charged for the work done; a job not yet started is released at once."""
 
@@ -262,7 +282,7 @@ class JobCancelRequested(Event, frozen=True, kw_only=True, tag="job.cancel_reque
     reason: str
 
 
-class JobDeadLettered(Event, frozen=True, kw_only=True, tag="job.dead_lettered.v1"):
+class JobDeadLettered(LedgerFact, frozen=True, kw_only=True, tag="job.dead_lettered.v1"):
     """The job used up its attempts; its hold is released in the same decision. Also sent to the
     dispatch topic so that a worker still running it stops."""
 
@@ -396,7 +416,8 @@ class RequestThrottled(Event, frozen=True, kw_only=True, tag="request.throttled.
 
 
 AnyEvent = (
-    OrganizationCreated
+    ChainCheckpoint
+    | OrganizationCreated
     | ApiTokenCreated
     | RequestAccepted
     | RequestRejected
@@ -452,4 +473,5 @@ LedgerEvent = (
     | JobLeaseLost
     | JobCancelRequested
     | JobDeadLettered
+    | ChainCheckpoint
 )

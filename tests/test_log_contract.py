@@ -104,6 +104,19 @@ class LogContract:
         future.close()
         producer.close()
 
+    def test_lag_counts_what_is_left_to_read(self, log: EventLog, unique: str) -> None:
+        topic = f"t-lag-{unique}"
+        log.ensure_topics([topic])
+        producer = log.producer("test")
+        producer.send([Outgoing(topic, "org", f"{i}".encode()) for i in range(7)])
+        producer.flush(10)
+        consumer = log.consumer([topic], client_id="test")
+        assert len(poll_until(consumer, 3)) == 3
+        assert 4 <= consumer.lag() <= 4 + 1  # Kafka's idempotent, non-transactional appends add no markers
+        poll_until(consumer, 4)
+        assert consumer.lag() == 0
+        consumer.close()
+
     def test_a_group_consumer_resumes_after_its_commit(self, log: EventLog, unique: str) -> None:
         topic, group = f"t-group-{unique}", f"g-{unique}"
         log.ensure_topics([topic])

@@ -60,6 +60,11 @@ class Consumer(abc.ABC):
         """True when every assigned partition has been read up to its last committed record."""
 
     @abc.abstractmethod
+    def lag(self) -> int:
+        """Offsets left to read up to the end of every assigned partition (an upper bound on records:
+        Kafka's transaction markers take offsets too). For progress and time-left estimates."""
+
+    @abc.abstractmethod
     def close(self) -> None: ...
 
 

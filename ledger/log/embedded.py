@@ -241,6 +241,9 @@ class _EmbeddedConsumer(Consumer):
     def caught_up(self) -> bool:
         return all(self._log.end_offset(tp) <= position for tp, position in self.positions.items())
 
+    def lag(self) -> int:
+        return sum(max(self._log.end_offset(tp) - position, 0) for tp, position in self.positions.items())
+
     def close(self) -> None:
         """Nothing to release."""
 

@@ -214,6 +214,11 @@ class _KafkaConsumer(Consumer):
         ends = self._consumer.end_offsets(list(assigned))
         return all(self._consumer.position(tp) >= ends[tp] for tp in assigned)
 
+    def lag(self) -> int:
+        assigned = list(self._consumer.assignment())
+        ends = self._consumer.end_offsets(assigned) if assigned else {}
+        return sum(max(ends[tp] - self._consumer.position(tp), 0) for tp in assigned)
+
     def close(self) -> None:
         self._consumer.close(autocommit=False)
 

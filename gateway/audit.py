@@ -1,0 +1,63 @@
+"""Audit endpoints: the ledger's public key (to verify checkpoints) and a balance as of a past moment."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from litestar import Request, Response, get
+
+from gateway.app import _core, _json
+from gateway.errors import ApiError
+from ledger.audit import Auditor
+from ledger.audit_cli import read_topic
+from ledger.chain import load_public_key, public_key_jwk, public_key_pem
+from ledger.log import partition_for
+from ledger.money import micros_to_decimal
+from ledger.pricing import PriceBooks, default_price_book
+from schemas import topics
+
+
+@get("/v1/audit/public-key", operation_id="getLedgerPublicKey", opt={"scope": "public", "rate": "none"})
+async def ledger_public_key(request: Request) -> Response[bytes]:
+    """The key that signs the ledger's chain checkpoints, as a JWK set and as PEM."""
+    path = _core(request).settings.signing_key_path
+    if not path.exists():
+        raise ApiError(404, "This gateway has no ledger key configured (TOLLGATE_LEDGER_SIGNING_KEY_FILE).")
+    public_key = load_public_key(path.read_bytes())
+    return _json({"keys": [public_key_jwk(public_key)], "pem": public_key_pem(public_key)})
+
+
+@get(
+    "/v1/organizations/{org_id:str}/balance-at", operation_id="getOrganizationBalanceAt", opt={"scope": "admin:read"}
+)
+async def balance_at(request: Request, org_id: str) -> Response[bytes]:
+    """The balance as of ``at``, derived from the organization's ledger partition (read to its end)."""
+    raw = request.query_params.get("at")
+    try:
+        at = datetime.fromisoformat((raw or "").replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(400, "Give 'at' as an ISO 8601 moment, e.g. 2026-11-01T00:00:00Z.", param="at") from None
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    core = _core(request)
+    partition = partition_for(org_id.encode(), core.log.partitions)
+
+    def derive() -> Auditor:
+        auditor = Auditor(public_key=None, prices=PriceBooks(default_price_book()), until=at)
+        for batch in read_topic(core.log, topics.LEDGER, partitions=[partition], quiet=True):
+            auditor.feed(record for record in batch if record.key == org_id.encode())
+        return auditor
+
+    derived = (await asyncio.to_thread(derive)).balance(org_id)
+    return _json(
+        {
+            "org_id": org_id,
+            "at": at.isoformat().replace("+00:00", "Z"),
+            "amount": micros_to_decimal(derived["amount_micros"]),
+            **{k: v for k, v in derived.items() if not k.startswith("book_")},
+        }
+    )
+
+
+route_handlers = [ledger_public_key, balance_at]

@@ -1,0 +1,186 @@
+"""Audit: prove every balance from the ledger topic alone.
+
+``Auditor`` is fed the ledger records of each partition in offset order (any interleaving of
+partitions). It checks the hash chain and the signed checkpoints (``ledger/chain.py``), re-derives
+every wallet with the ledger's own ``evolve`` and the double-entry book, checks that the book sums to
+zero and that every capture is exactly its priced usage under the price book version its hold named.
+Every problem becomes a ``Finding`` naming the record; the first one is what ``tollgate audit verify``
+reports. IO (reading the log, asking the gateway) lives in ``ledger/cli.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from ledger.accounts import Book, held_account, wallet_account
+from ledger.chain import ChainHead, key_id_of, signature_valid
+from ledger.log import Record
+from ledger.pricing import PriceBooks, price_micros
+from ledger.wallet import Wallet, evolve
+from schemas.codec import decode_event
+from schemas.events import ChainCheckpoint, Event, HoldCaptured, LedgerFact
+
+findings_max = 1000  # a broken log can break every later link; the first ones are what matter
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    partition: int
+    offset: int
+    event_id: str
+    kind: str
+    message: str
+
+    def __str__(self) -> str:
+        return (
+            f"partition {self.partition} offset {self.offset} event {self.event_id or '?'}: {self.kind}: {self.message}"
+        )
+
+
+@dataclass(slots=True)
+class PartitionAudit:
+    records: int = 0
+    checkpoints: int = 0
+    signed_records: int = 0  # records covered by the last valid checkpoint
+
+
+@dataclass(slots=True)
+class Auditor:
+    public_key: Ed25519PublicKey | None
+    prices: PriceBooks
+    until: datetime | None = None  # fold only events that occurred at or before this moment
+    wallets: dict[str, Wallet] = field(default_factory=dict)
+    book: Book = field(default_factory=Book)
+    partitions: dict[int, PartitionAudit] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    captures_checked: int = 0
+    _chains: dict[int, ChainHead] = field(default_factory=dict)
+    _previous: dict[int, tuple[int, str]] = field(default_factory=dict)  # partition -> (offset, event id)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def _find(self, record: Record, event_id: str, kind: str, message: str) -> None:
+        if len(self.findings) < findings_max:
+            self.findings.append(Finding(record.partition, record.offset, event_id, kind, message))
+
+    def feed(self, records: Iterable[Record]) -> None:
+        for record in records:
+            self._feed_one(record)
+
+    def _feed_one(self, record: Record) -> None:
+        audit = self.partitions.setdefault(record.partition, PartitionAudit())
+        audit.records += 1
+        chain = self._chains.setdefault(record.partition, ChainHead())
+        try:
+            event = decode_event(record.value)
+        except msgspec.DecodeError as error:
+            self._find(record, "", "undecodable", f"the record is not an event: {error}")
+            chain.advance(record.value, "")
+            self._previous[record.partition] = (record.offset, "?")
+            return
+        if not isinstance(event, LedgerFact):
+            self._find(record, event.event_id, "foreign_event", f"{type(event).__name__} does not belong on the ledger")
+        elif event.prev_hash != chain.head:
+            before = self._previous.get(record.partition)
+            follows = f"event {before[1]} at offset {before[0]}" if before is not None else "the start of the partition"
+            self._find(
+                record,
+                event.event_id,
+                "broken_chain",
+                f"links to {event.prev_hash[:12] or 'nothing'} but follows {follows} (hash {chain.head[:12]}): "
+                "that event was altered, or events were removed, inserted or moved between the two",
+            )
+        if isinstance(event, ChainCheckpoint):
+            self._check_checkpoint(record, event, chain, audit)
+        chain.advance(record.value, event.org_id)
+        self._previous[record.partition] = (record.offset, event.event_id)
+        if self.until is None or event.occurred_at <= self.until:
+            self._fold(record, event)
+
+    def _check_checkpoint(
+        self, record: Record, checkpoint: ChainCheckpoint, chain: ChainHead, audit: PartitionAudit
+    ) -> None:
+        audit.checkpoints += 1
+        if (checkpoint.partition, checkpoint.count, checkpoint.head) != (record.partition, chain.count, chain.head):
+            self._find(
+                record,
+                checkpoint.event_id,
+                "checkpoint_mismatch",
+                f"signs {checkpoint.count} records ending in {checkpoint.head[:12]}, but {chain.count} records "
+                f"ending in {chain.head[:12]} precede it",
+            )
+            return
+        if self.public_key is None:
+            return
+        if checkpoint.key_id != key_id_of(self.public_key) or not signature_valid(
+            self.public_key, checkpoint.partition, checkpoint.count, checkpoint.head, checkpoint.signature
+        ):
+            self._find(record, checkpoint.event_id, "bad_signature", "the checkpoint is not signed by the ledger's key")
+            return
+        audit.signed_records = chain.count
+
+    def _fold(self, record: Record, event: Event) -> None:
+        if isinstance(event, ChainCheckpoint):
+            return
+        wallet = self.wallets.get(event.org_id)
+        if wallet is None:
+            wallet = self.wallets[event.org_id] = Wallet(org_id=event.org_id)
+        if isinstance(event, HoldCaptured):
+            self._check_capture(record, wallet, event)
+        try:
+            evolve(wallet, event)
+            self.book.apply(event)
+        except (AssertionError, KeyError) as error:
+            self._find(record, event.event_id, "impossible_event", f"{type(event).__name__} cannot follow: {error!r}")
+
+    def _check_capture(self, record: Record, wallet: Wallet, captured: HoldCaptured) -> None:
+        self.captures_checked += 1
+        hold = wallet.holds.get(captured.hold_id)
+        book = self.prices.at_version(captured.price_version)
+        price = book.model(captured.model) if book is not None else None
+        if hold is None or price is None:
+            self._find(record, captured.event_id, "capture_unpriceable", "no hold or no price for this capture")
+            return
+        priced = price_micros(price, captured.units)
+        charged = min(priced, hold.amount_micros)
+        if (captured.priced_micros, captured.amount_micros, captured.released_micros) != (
+            priced,
+            charged,
+            hold.amount_micros - charged,
+        ):
+            self._find(
+                record,
+                captured.event_id,
+                "capture_mismatch",
+                f"charged {captured.amount_micros} (priced {captured.priced_micros}) but the usage prices at "
+                f"{priced} and the hold was {hold.amount_micros}",
+            )
+
+    def finish(self) -> None:
+        """Checks that need the whole log: the book sums to zero."""
+        if self.book.total_micros() != 0:
+            self.findings.append(
+                Finding(-1, -1, "", "unbalanced_book", f"the accounts sum to {self.book.total_micros()}, not 0")
+            )
+
+    def balance(self, org_id: str) -> dict[str, int]:
+        wallet = self.wallets.get(org_id) or Wallet(org_id=org_id)
+        return {
+            "amount_micros": wallet.balance_micros,
+            "available_micros": wallet.available_micros,
+            "held_micros": wallet.held_micros,
+            "captured_micros": wallet.captured_micros,
+            "book_wallet_micros": self.book.balance(wallet_account(org_id)),
+            "book_held_micros": self.book.balance(held_account(org_id)),
+        }
+
+    def unsigned_records(self) -> int:
+        """Records after each partition's last valid checkpoint: protected by the chain, not yet signed."""
+        return sum(audit.records - audit.signed_records for audit in self.partitions.values())

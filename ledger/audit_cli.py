@@ -1,0 +1,220 @@
+"""`tollgate audit verify|balance|public-key`: the auditor's side of ``ledger/audit.py``, with its IO.
+
+The log is the embedded one in ``--data-dir`` or Kafka at ``--kafka`` (default: the settings). Every
+read takes a limit; long reads show a progress line (records, rate, time left) on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+
+from ledger.audit import Auditor
+from ledger.chain import load_public_key, public_key_jwk, public_key_pem
+from ledger.log import EventLog, Record
+from ledger.pricing import PriceBooks, default_price_book
+from ledger.settings import Settings
+from schemas import topics
+from schemas.codec import decode_event
+from schemas.events import PriceBookPublished
+
+read_batch_records_max = 5000
+progress_interval_s = 1.0
+
+
+class Progress:
+    """A one-line progress report on a terminal (or every interval in a log): records, rate, time left."""
+
+    def __init__(self, label: str, total: int, out: TextIO = sys.stderr) -> None:
+        self.label, self.total, self.out = label, total, out
+        self.done = 0
+        self.started = self._shown = time.monotonic()
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        now = time.monotonic()
+        if now - self._shown >= progress_interval_s:
+            self._shown = now
+            self.show(final=False)
+
+    def show(self, final: bool = True) -> None:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        rate = self.done / elapsed
+        left = max(self.total - self.done, 0)
+        eta = f"{left / rate:.0f}s left" if rate > 0 and not final else f"{elapsed:.1f}s"
+        share = min(self.done / self.total, 1.0) if self.total else 1.0
+        bar = "#" * int(share * 30)
+        end = "\n" if final else "\r"
+        self.out.write(f"{self.label} [{bar:<30}] {self.done:,}/{self.total:,} {rate:,.0f}/s {eta}{end}")
+        self.out.flush()
+
+
+def open_log(settings: Settings) -> EventLog:
+    if settings.embedded:
+        from ledger.log.embedded import EmbeddedLog
+
+        path = settings.data_dir / "log.sqlite3"
+        if not path.exists():
+            sys.exit(f"no embedded log at {path}; pass --data-dir (or --kafka)")
+        return EmbeddedLog(path, partitions=topics.partitions_per_topic)
+    from ledger.log.kafka import KafkaLog
+
+    return KafkaLog(settings.kafka_bootstrap, partitions=topics.partitions_per_topic)
+
+
+def read_topic(
+    log: EventLog, topic: str, partitions: Sequence[int] | None = None, label: str = "", quiet: bool = False
+) -> Iterator[list[Record]]:
+    """Every committed record of ``topic`` from the beginning, in batches, each partition in order."""
+    consumer = log.consumer([topic], client_id=f"tollgate-audit-{time.monotonic_ns()}", partitions=partitions)
+    progress = Progress(label or topic, consumer.lag(), sys.stderr)
+    try:
+        while not consumer.caught_up():
+            batch = consumer.poll(read_batch_records_max, 200)
+            if batch:
+                if not quiet:
+                    progress.advance(len(batch))
+                yield batch
+        if not quiet:
+            progress.show()
+    finally:
+        consumer.close()
+
+
+def price_books(log: EventLog) -> PriceBooks:
+    books = PriceBooks(default_price_book())
+    for batch in read_topic(log, topics.PRICING, quiet=True):
+        for record in batch:
+            event = decode_event(record.value)
+            if isinstance(event, PriceBookPublished):
+                books.publish(event.book)
+    return books
+
+
+def audit_log(log: EventLog, public_key: Any, until: datetime | None = None, quiet: bool = False) -> Auditor:
+    auditor = Auditor(public_key=public_key, prices=price_books(log), until=until)
+    for batch in read_topic(log, topics.LEDGER, label="verifying tollgate.ledger", quiet=quiet):
+        auditor.feed(batch)
+    auditor.finish()
+    return auditor
+
+
+def compare_with_gateway(auditor: Auditor, gateway: str, admin_token: str) -> list[str]:
+    """The balances read model (the gateway's) against the balances derived here."""
+    mismatches = []
+    with httpx.Client(base_url=gateway, headers={"Authorization": f"Bearer {admin_token}"}, timeout=30) as client:
+        for org_id in sorted(auditor.wallets):
+            response = client.get(f"/v1/organizations/{org_id}/balance")
+            if response.status_code != 200:
+                mismatches.append(f"{org_id}: the gateway answered {response.status_code}")
+                continue
+            live = response.json()
+            derived = auditor.balance(org_id)
+            for name in ("amount_micros", "held_micros"):
+                if live.get(name) != derived[name]:
+                    mismatches.append(
+                        f"{org_id}: {name} is {live.get(name)} in the read model, {derived[name]} in the log"
+                    )
+    return mismatches
+
+
+def _public_key(settings: Settings, given: str | None) -> Any:
+    path = Path(given) if given else settings.signing_key_path
+    if not path.exists():
+        sys.exit(f"no public key at {path}: pass --public-key (a PEM or JWK file; GET /v1/audit/public-key serves it)")
+    return load_public_key(path.read_bytes())
+
+
+def verify(args: argparse.Namespace, settings: Settings) -> int:
+    public_key = _public_key(settings, args.public_key)
+    log = open_log(settings)
+    started = time.monotonic()
+    auditor = audit_log(log, public_key, quiet=args.json)
+    problems = [str(finding) for finding in auditor.findings]
+    if args.gateway:
+        problems += [f"read model: {m}" for m in compare_with_gateway(auditor, args.gateway, args.admin_token or "")]
+    records = sum(p.records for p in auditor.partitions.values())
+    report = {
+        "ok": not problems,
+        "records": records,
+        "records_per_s": round(records / max(time.monotonic() - started, 1e-9)),
+        "partitions": {
+            str(p): {"records": a.records, "checkpoints": a.checkpoints, "signed_records": a.signed_records}
+            for p, a in sorted(auditor.partitions.items())
+        },
+        "unsigned_records": auditor.unsigned_records(),
+        "organizations": len(auditor.wallets),
+        "captures_checked": auditor.captures_checked,
+        "book_total_micros": auditor.book.total_micros(),
+        "first_problem": problems[0] if problems else None,
+        "problems": problems[:50],
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        partitions = len(auditor.partitions)
+        print(f"{records:,} ledger records in {partitions} partitions, {report['organizations']} organizations")
+        print(
+            f"chain and checkpoints: {sum(a.checkpoints for a in auditor.partitions.values())} checkpoints, "
+            f"{report['unsigned_records']} records after the last checkpoint (chained, not yet signed)"
+        )
+        print(
+            f"captures checked against the price book: {auditor.captures_checked}; book sums to "
+            f"{report['book_total_micros']}"
+        )
+        print("OK: the log proves every balance" if not problems else f"FAILED: {problems[0]}")
+        for problem in problems[1:10]:
+            print(f"  also: {problem}")
+    return 0 if not problems else 1
+
+
+def balance_at(args: argparse.Namespace, settings: Settings) -> int:
+    at = datetime.fromisoformat(args.at.replace("Z", "+00:00"))
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    log = open_log(settings)
+    auditor = audit_log(log, None, until=at, quiet=True)
+    print(json.dumps({"org_id": args.org, "at": at.isoformat(), **auditor.balance(args.org)}, indent=2))
+    return 0
+
+
+def show_public_key(args: argparse.Namespace, settings: Settings) -> int:
+    public_key = _public_key(settings, None)
+    print(json.dumps(public_key_jwk(public_key)) if args.jwk else public_key_pem(public_key), end="")
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    audit = sub.add_parser("audit", help="verify the ledger from the log alone")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    for name, help_text in (
+        ("verify", "check the hash chain, the signed checkpoints, every balance and every charge"),
+        ("balance", "an organization's balance as of a past moment, from the log"),
+        ("public-key", "the ledger's public key (PEM, or --jwk)"),
+    ):
+        parser = audit_sub.add_parser(name, help=help_text)
+        parser.add_argument("--data-dir", type=Path, help="the embedded log's data directory")
+        parser.add_argument("--kafka", help="a Kafka bootstrap address (default: TOLLGATE_KAFKA_BOOTSTRAP)")
+        if name == "verify":
+            parser.add_argument("--public-key", help="the ledger's public key file (PEM or JWK)")
+            parser.add_argument("--gateway", help="also compare with this gateway's balances read model")
+            parser.add_argument("--admin-token", help="the platform admin token for --gateway")
+            parser.add_argument("--json", action="store_true", help="print the report as JSON")
+        if name == "balance":
+            parser.add_argument("--org", required=True)
+            parser.add_argument("--at", required=True, help="an ISO 8601 moment, e.g. 2026-11-01T00:00:00Z")
+        if name == "public-key":
+            parser.add_argument("--jwk", action="store_true")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    command = {"verify": verify, "balance": balance_at, "public-key": show_public_key}[args.audit_command]
+    return command(args, settings)

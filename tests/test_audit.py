@@ -1,0 +1,277 @@
+"""Audit from the log alone: a clean log verifies; altering, removing, inserting or reordering any
+ledger event in a copy of the log is caught and named; balances as of a past moment come from the log."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from ledger.chain import record_hash
+from schemas.codec import decode_event, encode
+from tests.conftest import free_port
+from tests.processes import Admin, Role, wait_for_text, wait_until_serving
+
+admin_token = "tga_audit"
+partition_with_money = 0
+
+
+class AuditedRun:
+    """`tollgate dev` after a mixed run: grants, charges, a refund, an adjustment, a failed and a
+    cancelled job, with checkpoints every few records."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.data_dir = root / "dev"
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        env = {
+            "TOLLGATE_ADMIN_TOKEN": admin_token,
+            "TOLLGATE_KAFKA_BOOTSTRAP": "",
+            "TOLLGATE_CHECKPOINT_RECORDS_MAX": "7",
+            "TOLLGATE_CHECKPOINT_INTERVAL_S": "0.5",
+            "TOLLGATE_SIM_VIDEO_SECOND_MS": "200",
+        }
+        self.role = Role("dev", ["dev", "--port", str(self.port), "--data-dir", str(self.data_dir)], env, root)
+        wait_until_serving(self.base_url, self.role)
+        wait_for_text(self.role, "demo API key")
+        self.admin = Admin(self.base_url, admin_token)
+        self.orgs: list[str] = []
+        self.before_second_grant = ""
+        self.traffic()
+
+    def traffic(self) -> None:
+        for n in range(3):
+            org = self.admin.organization(f"audited-{n}")
+            self.orgs.append(org)
+            self.admin.grant(org, "5")
+            key = self.admin.token(org)
+            headers = {"Authorization": f"Bearer {key}"}
+            with httpx.Client(base_url=self.base_url, headers=headers, timeout=60) as client:
+                for i in range(4):
+                    body = {"model": "sim-chat-small", "messages": [{"role": "user", "content": f"q{i}"}]}
+                    reply = client.post("/v1/chat/completions", json=body)
+                    assert reply.status_code == 200, reply.text
+                failing = {
+                    "model": "sim-chat-small",
+                    "messages": [{"role": "user", "content": "x"}],
+                    "sim": {"fail_attempts": 9},
+                }
+                assert client.post("/v1/chat/completions", json=failing).status_code == 502
+                video = client.post("/v1/videos/generations", json={"prompt": "p", "duration": 8}).json()
+                time.sleep(0.3)
+                client.delete(f"/v1/jobs/{video['job_id']}")
+            refund_of = reply.headers["x-request-id"]
+            refund = self.admin.client.post(
+                f"/v1/organizations/{org}/refunds",
+                json={"amount": "0.000001", "reason": "audit", "reference": refund_of},
+            )
+            assert refund.status_code == 201, refund.text
+            adjust = self.admin.client.post(f"/v1/organizations/{org}/adjustments", json={"amount": "1", "reason": "t"})
+            assert adjust.status_code == 201, adjust.text
+        time.sleep(0.3)
+        self.before_second_grant = datetime.now(UTC).isoformat()
+        time.sleep(0.3)
+        self.admin.grant(self.orgs[0], "2")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if all(usage_of(self, org)["balance"]["held_micros"] == 0 for org in self.orgs):
+                break
+            time.sleep(0.2)
+        time.sleep(1.5)  # the last checkpoint
+
+
+def usage_of(run: AuditedRun, org: str) -> dict[str, Any]:
+    return {"balance": run.admin.client.get(f"/v1/organizations/{org}/balance").json()}
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditedRun]:
+    run = AuditedRun(tmp_path_factory.mktemp("audit"))
+    yield run
+    run.role.stop()
+
+
+def tollgate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ledger.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def verify(data_dir: Path, key: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return tollgate("audit", "verify", "--data-dir", str(data_dir), "--public-key", str(key), *extra)
+
+
+def copy_of(run: AuditedRun, tmp_path: Path) -> Path:
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    source = sqlite3.connect(str(run.data_dir / "log.sqlite3"))
+    target = sqlite3.connect(str(copy / "log.sqlite3"))
+    source.backup(target)  # a consistent copy of a live WAL database
+    source.close()
+    target.close()
+    return copy
+
+
+def ledger_rows(copy: Path) -> list[tuple[int, int, bytes, bytes, int]]:
+    with sqlite3.connect(str(copy / "log.sqlite3")) as db:
+        return db.execute(
+            "SELECT partition, offset, key, value, timestamp_ms FROM records WHERE topic = 'tollgate.ledger' "
+            "ORDER BY partition, offset"
+        ).fetchall()
+
+
+def rewrite_partition(copy: Path, partition: int, rows: list[tuple[bytes, bytes, int]]) -> None:
+    """Replace a partition's ledger records with ``rows`` (key, value, timestamp), renumbered from 0."""
+    with sqlite3.connect(str(copy / "log.sqlite3")) as db:
+        db.execute("DELETE FROM records WHERE topic = 'tollgate.ledger' AND partition = ?", (partition,))
+        db.executemany(
+            "INSERT INTO records VALUES ('tollgate.ledger', ?, ?, ?, ?, ?)",
+            [(partition, offset, key, value, ts) for offset, (key, value, ts) in enumerate(rows)],
+        )
+
+
+def busiest_partition(copy: Path) -> tuple[int, list[tuple[bytes, bytes, int]]]:
+    rows = ledger_rows(copy)
+    counts: dict[int, list[tuple[bytes, bytes, int]]] = {}
+    for partition, _, key, value, ts in rows:
+        counts.setdefault(partition, []).append((key, value, ts))
+    partition = max(counts, key=lambda p: len(counts[p]))
+    return partition, counts[partition]
+
+
+def first_index(rows: list[tuple[bytes, bytes, int]], type_tag: str) -> int:
+    return next(i for i, (_, value, _) in enumerate(rows) if json.loads(value)["type"] == type_tag)
+
+
+@pytest.fixture
+def key_file(audited: AuditedRun) -> Path:
+    return audited.data_dir / "ledger-signing-key.pem"
+
+
+def test_a_clean_log_verifies_and_matches_the_read_model(audited: AuditedRun, key_file: Path, tmp_path: Path) -> None:
+    live = verify(audited.data_dir, key_file, "--gateway", audited.base_url, "--admin-token", admin_token, "--json")
+    assert live.returncode == 0, live.stdout + live.stderr
+    report = json.loads(live.stdout)
+    assert report["ok"] and report["records"] > 50 and report["captures_checked"] >= 12
+    assert sum(p["checkpoints"] for p in report["partitions"].values()) >= 3
+    assert report["book_total_micros"] == 0
+    assert verify(copy_of(audited, tmp_path), key_file).returncode == 0
+
+
+def test_the_public_key_is_published_and_verifies(audited: AuditedRun, tmp_path: Path) -> None:
+    published = httpx.get(f"{audited.base_url}/v1/audit/public-key").json()
+    jwk = tmp_path / "ledger.jwk"
+    jwk.write_text(json.dumps(published["keys"][0]))
+    assert verify(audited.data_dir, jwk).returncode == 0
+    pem = tmp_path / "ledger.pem"
+    pem.write_text(published["pem"])
+    assert verify(audited.data_dir, pem).returncode == 0
+
+
+def test_another_key_does_not_verify_the_checkpoints(audited: AuditedRun, tmp_path: Path) -> None:
+    from ledger.chain import load_or_create_signing_key, public_key_pem
+
+    other = tmp_path / "other.pem"
+    other.write_text(public_key_pem(load_or_create_signing_key(tmp_path / "other-private.pem").public_key()))
+    result = verify(audited.data_dir, other)
+    assert result.returncode == 1 and "bad_signature" in result.stdout
+
+
+def test_an_altered_event_is_caught_and_named(audited: AuditedRun, key_file: Path, tmp_path: Path) -> None:
+    copy = copy_of(audited, tmp_path)
+    partition, rows = busiest_partition(copy)
+    index = first_index(rows, "credits.granted.v1")
+    key, value, ts = rows[index]
+    granted = json.loads(value)
+    granted["amount_micros"] += 1_000_000  # a quiet extra credit
+    rows[index] = (key, json.dumps(granted, separators=(",", ":")).encode(), ts)
+    rewrite_partition(copy, partition, rows)
+    result = verify(copy, key_file)
+    assert result.returncode == 1
+    assert "broken_chain" in result.stdout and granted["event_id"] in result.stdout, result.stdout
+
+
+def test_a_removed_event_is_caught_at_the_gap(audited: AuditedRun, key_file: Path, tmp_path: Path) -> None:
+    copy = copy_of(audited, tmp_path)
+    partition, rows = busiest_partition(copy)
+    index = first_index(rows, "hold.captured.v1")
+    after = json.loads(rows[index + 1][1])["event_id"]
+    del rows[index]
+    rewrite_partition(copy, partition, rows)
+    result = verify(copy, key_file)
+    assert result.returncode == 1 and "broken_chain" in result.stdout and after in result.stdout, result.stdout
+
+
+def test_an_inserted_event_is_caught_even_when_linked_in(audited: AuditedRun, key_file: Path, tmp_path: Path) -> None:
+    copy = copy_of(audited, tmp_path)
+    partition, rows = busiest_partition(copy)
+    index = first_index(rows, "credits.granted.v1")
+    key, value, ts = rows[index]
+    forged = json.loads(value)
+    forged["event_id"] = "forged-grant"
+    forged["grant_id"] = "forged-grant"
+    forged["prev_hash"] = record_hash(value)  # linked to its predecessor, as a careful forger would
+    rows.insert(index + 1, (key, json.dumps(forged, separators=(",", ":")).encode(), ts))
+    rewrite_partition(copy, partition, rows)
+    result = verify(copy, key_file)
+    assert result.returncode == 1 and "forged-grant" in result.stdout, result.stdout
+
+
+def test_a_rechained_forgery_fails_the_signed_checkpoints(audited: AuditedRun, key_file: Path, tmp_path: Path) -> None:
+    """Insert an event and recompute every later link: only the signatures can tell."""
+    copy = copy_of(audited, tmp_path)
+    partition, rows = busiest_partition(copy)
+    index = first_index(rows, "credits.granted.v1")
+    forged = decode_event(rows[index][1])
+    forged = msgspec.structs.replace(forged, event_id="forged-grant-2", grant_id="forged-grant-2")  # type: ignore[call-arg]
+    rows.insert(index + 1, (rows[index][0], encode(forged), rows[index][2]))
+    head = "0" * 64
+    rechained = []
+    for key, value, ts in rows:
+        event = msgspec.structs.replace(decode_event(value), prev_hash=head)  # type: ignore[call-arg]
+        if json.loads(value)["type"] == "chain.checkpoint.v1":
+            event = msgspec.structs.replace(event, count=len(rechained), head=head)  # type: ignore[call-arg]
+        value = encode(event)
+        rechained.append((key, value, ts))
+        head = record_hash(value)
+    rewrite_partition(copy, partition, rechained)
+    result = verify(copy, key_file)
+    assert result.returncode == 1 and "bad_signature" in result.stdout, result.stdout
+
+
+def test_reordered_events_are_caught(audited: AuditedRun, key_file: Path, tmp_path: Path) -> None:
+    copy = copy_of(audited, tmp_path)
+    partition, rows = busiest_partition(copy)
+    index = first_index(rows, "hold.placed.v1")
+    rows[index], rows[index + 1] = rows[index + 1], rows[index]
+    rewrite_partition(copy, partition, rows)
+    result = verify(copy, key_file)
+    assert result.returncode == 1 and "broken_chain" in result.stdout, result.stdout
+
+
+def test_a_balance_as_of_a_past_moment(audited: AuditedRun) -> None:
+    org = audited.orgs[0]
+    now = audited.admin.client.get(f"/v1/organizations/{org}/balance").json()["amount_micros"]
+    cli = tollgate(
+        "audit", "balance", "--data-dir", str(audited.data_dir), "--org", org, "--at", audited.before_second_grant
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["amount_micros"] == now - 2_000_000, "before the second grant of 2 credits"
+    api = audited.admin.client.get(f"/v1/organizations/{org}/balance-at", params={"at": audited.before_second_grant})
+    assert api.status_code == 200 and api.json()["amount_micros"] == now - 2_000_000
+    today = audited.admin.client.get(
+        f"/v1/organizations/{org}/balance-at", params={"at": datetime.now(UTC).isoformat()}
+    )
+    assert today.json()["amount_micros"] == now
+    assert (
+        audited.admin.client.get(f"/v1/organizations/{org}/balance-at", params={"at": "yesterday"}).status_code == 400
+    )
