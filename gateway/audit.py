@@ -44,7 +44,7 @@ async def balance_at(request: Request, org_id: str) -> Response[bytes]:
     partition = partition_for(org_id.encode(), core.log.partitions)
 
     def derive() -> Auditor:
-        auditor = Auditor(public_key=None, prices=PriceBooks(default_price_book()), until=at)
+        auditor = Auditor(public_keys=None, prices=PriceBooks(default_price_book()), until=at)
         for batch in read_topic(core.log, topics.LEDGER, partitions=[partition], quiet=True):
             auditor.feed(record for record in batch if record.key == org_id.encode())
         return auditor

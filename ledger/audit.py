@@ -51,7 +51,7 @@ class PartitionAudit:
 
 @dataclass(slots=True)
 class Auditor:
-    public_key: Ed25519PublicKey | None
+    public_keys: list[Ed25519PublicKey] | None  # every key the ledger signed with (rotation); None: skip signatures
     prices: PriceBooks
     until: datetime | None = None  # fold only events that occurred at or before this moment
     wallets: dict[str, Wallet] = field(default_factory=dict)
@@ -117,10 +117,11 @@ class Auditor:
                 f"ending in {chain.head[:12]} precede it",
             )
             return
-        if self.public_key is None:
+        if self.public_keys is None:
             return
-        if checkpoint.key_id != key_id_of(self.public_key) or not signature_valid(
-            self.public_key, checkpoint.partition, checkpoint.count, checkpoint.head, checkpoint.signature
+        key = next((k for k in self.public_keys if key_id_of(k) == checkpoint.key_id), None)
+        if key is None or not signature_valid(
+            key, checkpoint.partition, checkpoint.count, checkpoint.head, checkpoint.signature
         ):
             self._find(record, checkpoint.event_id, "bad_signature", "the checkpoint is not signed by the ledger's key")
             return

@@ -99,8 +99,8 @@ def price_books(log: EventLog) -> PriceBooks:
     return books
 
 
-def audit_log(log: EventLog, public_key: Any, until: datetime | None = None, quiet: bool = False) -> Auditor:
-    auditor = Auditor(public_key=public_key, prices=price_books(log), until=until)
+def audit_log(log: EventLog, public_keys: Any, until: datetime | None = None, quiet: bool = False) -> Auditor:
+    auditor = Auditor(public_keys=public_keys, prices=price_books(log), until=until)
     for batch in read_topic(log, topics.LEDGER, label="verifying tollgate.ledger", quiet=quiet):
         auditor.feed(batch)
     auditor.finish()
@@ -126,18 +126,21 @@ def compare_with_gateway(auditor: Auditor, gateway: str, admin_token: str) -> li
     return mismatches
 
 
-def _public_key(settings: Settings, given: str | None) -> Any:
-    path = Path(given) if given else settings.signing_key_path
-    if not path.exists():
-        sys.exit(f"no public key at {path}: pass --public-key (a PEM or JWK file; GET /v1/audit/public-key serves it)")
-    return load_public_key(path.read_bytes())
+def _public_keys(settings: Settings, given: list[str] | None) -> list[Any]:
+    paths = [Path(p) for p in given] if given else [settings.signing_key_path]
+    keys = []
+    for path in paths:
+        if not path.exists():
+            sys.exit(f"no key at {path}: pass --public-key (a PEM or JWK file; GET /v1/audit/public-key serves it)")
+        keys.append(load_public_key(path.read_bytes()))
+    return keys
 
 
 def verify(args: argparse.Namespace, settings: Settings) -> int:
-    public_key = _public_key(settings, args.public_key)
+    public_keys = _public_keys(settings, args.public_key)
     log = open_log(settings)
     started = time.monotonic()
-    auditor = audit_log(log, public_key, quiet=args.json)
+    auditor = audit_log(log, public_keys, quiet=args.json)
     problems = [str(finding) for finding in auditor.findings]
     if args.gateway:
         problems += [f"read model: {m}" for m in compare_with_gateway(auditor, args.gateway, args.admin_token or "")]
@@ -187,7 +190,7 @@ def balance_at(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def show_public_key(args: argparse.Namespace, settings: Settings) -> int:
-    public_key = _public_key(settings, None)
+    public_key = _public_keys(settings, None)[0]
     print(json.dumps(public_key_jwk(public_key)) if args.jwk else public_key_pem(public_key), end="")
     return 0
 
@@ -204,7 +207,11 @@ def add_parsers(sub: Any) -> None:
         parser.add_argument("--data-dir", type=Path, help="the embedded log's data directory")
         parser.add_argument("--kafka", help="a Kafka bootstrap address (default: TOLLGATE_KAFKA_BOOTSTRAP)")
         if name == "verify":
-            parser.add_argument("--public-key", help="the ledger's public key file (PEM or JWK)")
+            parser.add_argument(
+                "--public-key",
+                action="append",
+                help="the ledger's public key file (PEM or JWK); repeat it for keys rotated out",
+            )
             parser.add_argument("--gateway", help="also compare with this gateway's balances read model")
             parser.add_argument("--admin-token", help="the platform admin token for --gateway")
             parser.add_argument("--json", action="store_true", help="print the report as JSON")

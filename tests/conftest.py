@@ -63,6 +63,20 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         subprocess.run(["bash", str(kafka_script), "stop"], env=env, capture_output=True, text=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ledger_signing_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One ledger key for every role the suite starts, so that a shared broker's ledger topic is
+    signed by one key (and no key lands in the working tree's .tollgate)."""
+    path = tmp_path_factory.mktemp("keys") / "ledger-signing-key.pem"
+    previous = os.environ.get("TOLLGATE_LEDGER_SIGNING_KEY_FILE")
+    os.environ["TOLLGATE_LEDGER_SIGNING_KEY_FILE"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("TOLLGATE_LEDGER_SIGNING_KEY_FILE", None)
+    else:
+        os.environ["TOLLGATE_LEDGER_SIGNING_KEY_FILE"] = previous
+
+
 @pytest.fixture
 def unique() -> str:
     return uuid.uuid4().hex[:10]

@@ -153,8 +153,8 @@ def first_index(rows: list[tuple[bytes, bytes, int]], type_tag: str) -> int:
 
 
 @pytest.fixture
-def key_file(audited: AuditedRun) -> Path:
-    return audited.data_dir / "ledger-signing-key.pem"
+def key_file(ledger_signing_key: Path) -> Path:
+    return ledger_signing_key  # the suite's one ledger key (tests/conftest.py)
 
 
 def test_a_clean_log_verifies_and_matches_the_read_model(audited: AuditedRun, key_file: Path, tmp_path: Path) -> None:
