@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, delete, get
 
-from gateway.app import _core, _iso, _json, authorize
+from gateway.app import _core, _iso, _json, authorize, authorize_admin
 from gateway.errors import ApiError
 from gateway.generation import shape_result
 from ledger.money import micros_to_decimal
@@ -106,4 +106,18 @@ async def cancel_job(request: Request, job_id: str) -> Response[bytes]:
     return _json(body)
 
 
-route_handlers = [list_jobs, retrieve_job, cancel_job]
+@get(
+    "/v1/organizations/{org_id:str}/jobs/{job_id:str}",
+    operation_id="retrieveOrganizationJob",
+    opt={"scope": "admin:read"},
+)
+async def retrieve_organization_job(request: Request, org_id: str, job_id: str) -> Response[bytes]:
+    """A job of the organization, for its admins and for replay's comparison."""
+    authorize_admin(request, org_id, scope="admin:read")
+    job = _core(request).jobs.get(job_id)
+    if job is None or job.org_id != org_id:
+        raise ApiError(404, f"No job '{job_id}'.", code="job_not_found", param="job_id")
+    return _json(job_body(job))
+
+
+route_handlers = [list_jobs, retrieve_job, cancel_job, retrieve_organization_job]

@@ -206,6 +206,15 @@ class RateLimiter:
             self._window("organization", org_id, kind).add(at_ms, amount, now_ms)
             self._window("token", token_id, kind).add(at_ms, amount, now_ms)
 
+    def window_totals(self, scope: str, owner: str, kinds: tuple[str, ...]) -> dict[str, int]:
+        """What the last minute's window of an organization (or key) holds, per kind."""
+        with self._lock:
+            now_ms = self.now_ms()
+            return {
+                kind: (window.total(now_ms) if (window := self._windows.get((scope, owner, kind))) else 0)
+                for kind in kinds
+            }
+
     # --- folding the log ---
 
     def apply(self, event: Event) -> None:

@@ -173,6 +173,7 @@ def _limits_card(core: GatewayCore, org_id: str) -> dict[str, Any]:
         "plan": org.plan,
         "per_minute": {kind: limits[kind] for kind in kinds},
         "overrides": dict(overrides),
+        "used_in_window": core.limiter.window_totals("organization", org_id, tuple(kinds)),
     }
 
 

@@ -6,6 +6,7 @@ tollgate ledger     the ledger role on Kafka
 tollgate worker     a worker for the pools in TOLLGATE_WORKER_POOLS on Kafka
 tollgate projector  the ClickHouse projector on Kafka
 tollgate audit      verify the ledger from the log alone (chain, signatures, balances, charges)
+tollgate replay     rebuild projections from the log and compare them with the live ones
 """
 
 from __future__ import annotations
@@ -262,9 +263,10 @@ def main(argv: list[str] | None = None) -> None:
     for role in ("ledger", "worker", "projector"):
         role_parser = sub.add_parser(role, help=f"the {role} role on Kafka")
         role_parser.add_argument("--data-dir", type=Path)
-    from ledger import audit_cli
+    from ledger import audit_cli, replay_cli
 
     audit_cli.add_parsers(sub)
+    replay_cli.add_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=os.environ.get("TOLLGATE_LOG_LEVEL", "WARNING"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -280,12 +282,12 @@ def main(argv: list[str] | None = None) -> None:
         if v is not None
     }
     settings = replace(settings, **overrides)
-    if args.command == "audit":
+    if args.command in ("audit", "replay"):
         if args.kafka:
             settings = replace(settings, kafka_bootstrap=args.kafka)
         elif args.data_dir is not None:
             settings = replace(settings, kafka_bootstrap="")
-        sys.exit(audit_cli.run(args, settings))
+        sys.exit(audit_cli.run(args, settings) if args.command == "audit" else replay_cli.replay(args, settings))
     if args.command == "dev":
         settings = replace(settings, kafka_bootstrap="", clickhouse_url="")
         run_gateway(settings, with_projector=True, with_roles=True)
