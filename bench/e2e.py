@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,27 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
     return ordered[index]
+
+
+@contextlib.contextmanager
+def kafka_broker(mode: str, bootstrap: str, root: Path) -> Iterator[str]:
+    """The given broker, or (in kafka mode without one) a fresh one from compose/kafka.sh, stopped after."""
+    if mode != "kafka" or bootstrap:
+        yield bootstrap
+        return
+    port = free_port_pair()
+    env = {**os.environ, "TOLLGATE_KAFKA_PORT": str(port), "TOLLGATE_KAFKA_DATA": str(root / "kafka")}
+    subprocess.run(["bash", str(repo / "compose" / "kafka.sh"), "start"], env=env, check=True)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run(["bash", str(repo / "compose" / "kafka.sh"), "stop"], env=env, check=False)
+
+
+def lift_limits(admin: Admin, org: str) -> None:
+    """A benchmark measures throughput, not the plan's limits: lift them for its organization."""
+    lifted = {"requests": 100_000_000, "jobs": 100_000_000, "tokens": 100_000_000}
+    assert admin.client.post(f"/v1/organizations/{org}/limits", json=lifted).status_code == 200
 
 
 def start_stack(mode: str, root: Path, bootstrap: str) -> tuple[str, list[Role]]:
@@ -160,29 +183,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix=f"tollgate-bench-{args.mode}-"))
-    kafka_env: dict[str, str] | None = None
-    bootstrap = args.bootstrap
-    if args.mode == "kafka" and not bootstrap:
-        kafka_port = free_port_pair()
-        kafka_env = {**os.environ, "TOLLGATE_KAFKA_PORT": str(kafka_port), "TOLLGATE_KAFKA_DATA": str(root / "kafka")}
-        subprocess.run(["bash", str(repo / "compose" / "kafka.sh"), "start"], env=kafka_env, check=True)
-        bootstrap = f"127.0.0.1:{kafka_port}"
     roles: list[Role] = []
-    try:
-        base_url, roles = start_stack(args.mode, root, bootstrap)
-        admin = Admin(base_url, admin_token)
-        org = admin.organization("bench")
-        # The benchmark measures throughput, not the plan's limits: lift them for its organization.
-        lifted = {"requests": 100_000_000, "jobs": 100_000_000, "tokens": 100_000_000}
-        assert admin.client.post(f"/v1/organizations/{org}/limits", json=lifted).status_code == 200
-        admin.grant(org, 1_000_000)
-        key = admin.token(org)
-        result = asyncio.run(load(base_url, key, args.requests, args.duration_s, args.concurrency))
-    finally:
-        for role in roles:
-            role.stop()
-        if kafka_env is not None:
-            subprocess.run(["bash", str(repo / "compose" / "kafka.sh"), "stop"], env=kafka_env, check=False)
+    with kafka_broker(args.mode, args.bootstrap, root) as bootstrap:
+        try:
+            base_url, roles = start_stack(args.mode, root, bootstrap)
+            admin = Admin(base_url, admin_token)
+            org = admin.organization("bench")
+            lift_limits(admin, org)
+            admin.grant(org, 1_000_000)
+            key = admin.token(org)
+            result = asyncio.run(load(base_url, key, args.requests, args.duration_s, args.concurrency))
+        finally:
+            for role in roles:
+                role.stop()
     report = {
         "benchmark": "e2e_sync_chat",
         "mode": args.mode,

@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,8 +27,7 @@ from typing import Any
 repo = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(repo))
 
-from bench.e2e import Connection, admin_token, percentile, start_stack  # noqa: E402
-from tests.conftest import free_port_pair  # noqa: E402
+from bench.e2e import Connection, admin_token, kafka_broker, lift_limits, percentile, start_stack  # noqa: E402
 from tests.processes import Admin, Role  # noqa: E402
 
 poll_interval_s = 0.005
@@ -91,8 +89,7 @@ async def run(base_url: str, key: str, jobs: int, concurrency: int, sample_every
                         visible_ms.append((time.time() - _moment(job["run_finished_at"])) * 1000)
                         break
                     if job["status"] in ("failed", "dead_letter", "cancelled"):
-                        print("DEBUG", json.dumps(job)[:1500], flush=True)
-                        break
+                        break  # counted by the final pass
                     await asyncio.sleep(poll_interval_s)
                 sampled.task_done()
         finally:
@@ -145,26 +142,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix=f"tollgate-bench-jobs-{args.mode}-"))
-    kafka_env: dict[str, str] | None = None
-    bootstrap = args.bootstrap
-    if args.mode == "kafka" and not bootstrap:
-        kafka_port = free_port_pair()
-        kafka_env = {**os.environ, "TOLLGATE_KAFKA_PORT": str(kafka_port), "TOLLGATE_KAFKA_DATA": str(root / "kafka")}
-        subprocess.run(["bash", str(repo / "compose" / "kafka.sh"), "start"], env=kafka_env, check=True)
-        bootstrap = f"127.0.0.1:{kafka_port}"
     roles: list[Role] = []
-    try:
-        base_url, roles = start_stack(args.mode, root, bootstrap)
-        admin = Admin(base_url, admin_token)
-        org = admin.organization("bench-jobs")
-        admin.grant(org, 1_000_000)
-        key = admin.token(org)
-        result = asyncio.run(run(base_url, key, args.jobs, args.concurrency, args.sample_every))
-    finally:
-        for role in roles:
-            role.stop()
-        if kafka_env is not None:
-            subprocess.run(["bash", str(repo / "compose" / "kafka.sh"), "stop"], env=kafka_env, check=False)
+    with kafka_broker(args.mode, args.bootstrap, root) as bootstrap:
+        try:
+            base_url, roles = start_stack(args.mode, root, bootstrap)
+            admin = Admin(base_url, admin_token)
+            org = admin.organization("bench-jobs")
+            lift_limits(admin, org)
+            admin.grant(org, 1_000_000)
+            key = admin.token(org)
+            result = asyncio.run(run(base_url, key, args.jobs, args.concurrency, args.sample_every))
+        finally:
+            for role in roles:
+                role.stop()
     report = {
         "benchmark": "async_jobs",
         "mode": args.mode,

@@ -459,9 +459,10 @@ class GatewayCore:
             if not finished:
                 self.cancel_job_soon(token.org_id, request_id, job_id, "client_disconnected")
 
-    def cancel_job_soon(self, org_id: str, hold_id: str, job_id: str, reason: str) -> None:
-        """Ask the ledger to cancel without waiting for its answer (a stream whose client left)."""
-        command = CancelJob(
+    @staticmethod
+    def _cancel_command(org_id: str, hold_id: str, job_id: str, reason: str) -> CancelJob:
+        # One id per hold: a second cancel (a retry, or a disconnect after a DELETE) is a duplicate.
+        return CancelJob(
             command_id=f"cancel:{hold_id}",
             org_id=org_id,
             issued_at=utc_now(),
@@ -470,20 +471,16 @@ class GatewayCore:
             job_id=job_id,
             reason=reason,
         )
+
+    def cancel_job_soon(self, org_id: str, hold_id: str, job_id: str, reason: str) -> None:
+        """Ask the ledger to cancel without waiting for its answer (a stream whose client left)."""
+        command = self._cancel_command(org_id, hold_id, job_id, reason)
         self._producer.send([Outgoing(topics.COMMANDS, org_id, encode(command))])
 
     async def cancel_job(self, org_id: str, hold_id: str, job_id: str) -> dict[type, Event]:
         """Cancel and wait for the ledger's answer: the release of a job not started yet, the request
         to stop a running one, or a refusal."""
-        command = CancelJob(
-            command_id=f"cancel:{hold_id}",
-            org_id=org_id,
-            issued_at=utc_now(),
-            correlation_id=hold_id,
-            hold_id=hold_id,
-            job_id=job_id,
-            reason="client_request",
-        )
+        command = self._cancel_command(org_id, hold_id, job_id, "client_request")
 
         def answered(seen: dict[type, Event]) -> bool:
             if CommandRejected in seen or HoldReleased in seen:

@@ -293,15 +293,8 @@ async def chat_completions(request: Request) -> Response[bytes] | Stream:
     param = "max_completion_tokens" if chat.max_completion_tokens else "max_tokens"
     max_output = chat.max_completion_tokens or chat.max_tokens or price.max_output_tokens
     bound = _text_bound(price, chat_input_tokens_bound(chat.messages), max_output, param)
-    run_async = _async_flag(body)
-    if chat.stream and run_async:
-        raise ApiError(
-            400, "A request is either streamed or async, not both.", code="invalid_parameter", param="stream"
-        )
-    metered = Metered("/v1/chat/completions", price, version, bound, body, run_async, chat.stream)
-    if chat.stream:
-        return await _stream(request, token, metered, "chat.completion.chunk")
-    return await _idempotently(request, token.org_id, lambda derived: _respond_json(request, token, metered))
+    metered = Metered("/v1/chat/completions", price, version, bound, body, _async_flag(body), chat.stream)
+    return await _text(request, token, metered, "chat.completion.chunk")
 
 
 @post("/v1/completions", operation_id="createCompletion", opt={"scope": "user:write", "tokens": True}, status_code=200)
@@ -315,14 +308,18 @@ async def completions(request: Request) -> Response[bytes] | Stream:
     prompts = completion.prompt if isinstance(completion.prompt, list) else [completion.prompt]
     input_bound = 16 + sum(len(p.encode()) // text_bytes_per_token_min for p in prompts)
     bound = _text_bound(price, input_bound, completion.max_tokens, "max_tokens")
-    run_async = _async_flag(body)
-    if completion.stream and run_async:
+    metered = Metered("/v1/completions", price, version, bound, body, _async_flag(body), completion.stream)
+    return await _text(request, token, metered, "text_completion")
+
+
+async def _text(request: Request, token: ApiToken, metered: Metered, chunk_kind: str) -> Response[bytes] | Stream:
+    """A text request answers in one of three ways: streamed, async (202) or as one response."""
+    if metered.stream and metered.run_async:
         raise ApiError(
             400, "A request is either streamed or async, not both.", code="invalid_parameter", param="stream"
         )
-    metered = Metered("/v1/completions", price, version, bound, body, run_async, completion.stream)
-    if completion.stream:
-        return await _stream(request, token, metered, "text_completion")
+    if metered.stream:
+        return await _stream(request, token, metered, chunk_kind)
     return await _idempotently(request, token.org_id, lambda derived: _respond_json(request, token, metered))
 
 
