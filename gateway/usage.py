@@ -108,7 +108,10 @@ async def account_usage(request: Request) -> Response[bytes]:
     store = _store(request)
     rows = store.events(selection)
     page, has_more = rows[: selection.limit - 1], len(rows) >= selection.limit
-    summary = store.summary(msgspec.structs.replace(selection, before=None, source=None, model=None, status=None))
+    # The summary covers the window, whatever page and labels the events are filtered to.
+    summary = store.summary(
+        msgspec.structs.replace(selection, before=None, after_cursor=None, source=None, model=None, status=None)
+    )
     by_source = summary.cost_micros_by_source
     spend = micros_to_decimal(summary.cost_micros)
     return _json(

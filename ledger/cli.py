@@ -6,6 +6,7 @@ tollgate ledger     the ledger role on Kafka
 tollgate worker     a worker for the pools in TOLLGATE_WORKER_POOLS on Kafka
 tollgate projector  the ClickHouse projector on Kafka
 tollgate statement  an organization's statement for a period, as JSON or CSV, from ClickHouse
+tollgate migrate    apply the ClickHouse schema migrations (once, before the roles, on a server)
 """
 
 from __future__ import annotations
@@ -291,6 +292,8 @@ def main(argv: list[str] | None = None) -> None:
     statement.add_argument("--to", dest="end", required=True, help="period end, ISO 8601 (exclusive)")
     statement.add_argument("--format", choices=("json", "csv"), default="json")
     statement.add_argument("--data-dir", type=Path)
+    migrate = sub.add_parser("migrate", help="apply the ClickHouse schema migrations and exit")
+    migrate.add_argument("--data-dir", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=os.environ.get("TOLLGATE_LOG_LEVEL", "WARNING"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -313,6 +316,10 @@ def main(argv: list[str] | None = None) -> None:
         if settings.embedded:
             sys.exit("tollgate gateway needs Kafka: set TOLLGATE_KAFKA_BOOTSTRAP (or use `tollgate dev`).")
         run_gateway(settings, with_projector={"auto": None, "on": True, "off": False}[args.projector])
+    elif args.command == "migrate":
+        store = _usage_store(settings)  # opening applies what is missing
+        print(f"ClickHouse schema at version {store.schema_version()}")
+        store.close()
     elif args.command == "statement":
         print_statement(settings, args.org, args.start, args.end, args.format)
     else:

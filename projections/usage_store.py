@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import threading
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,16 +51,28 @@ usage_columns = (
     *rate_columns,
 )
 
+# The columns a usage page shows (not the rates, which only statements need).
+page_columns = usage_columns[: usage_columns.index("price_version") + 1]
+
+# Rows of one event id share created_at, hence a partition: FINAL need not merge across partitions.
+final_settings = " SETTINGS do_not_merge_across_partitions_select_final = 1"
+
 posting_columns = ("event_id", "posting", "created_at", "org_id", "kind", "debit", "credit", "amount_micros")
 
 # Rollup measures: what the materialized views sum per (org, hour|day, token, model, endpoint, source, status).
 rollup_measures = ("requests", "errors", *unit_names, "cost_micros", "latency_ms_sum")
 
 
+# Rollup dimensions after the bucket. The price version and unit rates are dimensions too (few
+# distinct values per model), so statements can be priced from the rollups.
+rollup_keys = ("token_id", "model", "endpoint", "source", "status", "price_version", *rate_columns)
+
+
 def _rollup_table(name: str, bucket: str) -> str:
     sums = ",\n        ".join(
         f"{m} {'Int64' if m == 'cost_micros' else 'UInt64'} CODEC(T64, ZSTD(1))" for m in rollup_measures
     )
+    rates = ",\n        ".join(f"{c} UInt64" for c in rate_columns)
     return f"""
     CREATE TABLE IF NOT EXISTS {name} (
         org_id String,
@@ -70,22 +82,37 @@ def _rollup_table(name: str, bucket: str) -> str:
         endpoint LowCardinality(String),
         source LowCardinality(String),
         status LowCardinality(String),
+        price_version LowCardinality(String),
+        {rates},
         {sums}
     ) ENGINE = SummingMergeTree
     PARTITION BY toYYYYMM({bucket})
-    ORDER BY (org_id, {bucket}, token_id, model, endpoint, source, status)
+    ORDER BY (org_id, {bucket}, {", ".join(rollup_keys)})
     """
 
 
-def _rollup_view(name: str, target: str, bucket: str, truncate: str) -> str:
+def _hourly_select(source: str) -> str:
     sums = ", ".join(f"sum({u}) AS {u}" for u in unit_names)
+    keys = ", ".join(rollup_keys)
     return f"""
-    CREATE MATERIALIZED VIEW IF NOT EXISTS {name} TO {target} AS
-    SELECT org_id, {truncate}(toDateTime(created_at, 'UTC')) AS {bucket}, token_id, model, endpoint, source, status,
+    SELECT org_id, toStartOfHour(toDateTime(created_at, 'UTC')) AS hour, {keys},
         count() AS requests, countIf(status = 'error') AS errors, {sums},
         sum(cost_micros) AS cost_micros, sum(latency_ms) AS latency_ms_sum
-    FROM usage_events
-    GROUP BY org_id, {bucket}, token_id, model, endpoint, source, status
+    FROM {source}
+    GROUP BY org_id, hour, {keys}
+    """
+
+
+def _daily_view() -> str:
+    """Days from the hourly view's output blocks (a cascade), not from the raw rows: the raw rows are
+    grouped once, and every event still reaches a day exactly once."""
+    sums = ", ".join(f"sum({m}) AS {m}" for m in rollup_measures)
+    keys = ", ".join(rollup_keys)
+    return f"""
+    CREATE MATERIALIZED VIEW IF NOT EXISTS usage_daily_mv TO usage_daily AS
+    SELECT org_id, toStartOfDay(hour) AS day, {keys}, {sums}
+    FROM usage_hourly
+    GROUP BY org_id, day, {keys}
     """
 
 
@@ -122,6 +149,7 @@ migrations: tuple[tuple[int, tuple[str, ...]], ...] = (
             ) ENGINE = ReplacingMergeTree
             PARTITION BY toYYYYMM(created_at)
             ORDER BY (org_id, created_at, event_id)
+            SETTINGS index_granularity = 1024
             """,
             """
             CREATE TABLE IF NOT EXISTS ledger_postings (
@@ -154,19 +182,40 @@ migrations: tuple[tuple[int, tuple[str, ...]], ...] = (
         (
             _rollup_table("usage_hourly", "hour"),
             _rollup_table("usage_daily", "day"),
-            _rollup_view("usage_hourly_mv", "usage_hourly", "hour", "toStartOfHour"),
-            _rollup_view("usage_daily_mv", "usage_daily", "day", "toStartOfDay"),
-            # Rollups of rows written before the views existed (a no-op on a new database).
-            "INSERT INTO usage_hourly SELECT org_id, toStartOfHour(toDateTime(created_at, 'UTC')) AS hour, token_id,"
-            " model, endpoint, source, status, count(), countIf(status = 'error'), "
-            + ", ".join(f"sum({u})" for u in unit_names)
-            + ", sum(cost_micros), sum(latency_ms) FROM usage_events FINAL"
-            " GROUP BY org_id, hour, token_id, model, endpoint, source, status",
-            "INSERT INTO usage_daily SELECT org_id, toStartOfDay(toDateTime(created_at, 'UTC')) AS day, token_id,"
-            " model, endpoint, source, status, count(), countIf(status = 'error'), "
-            + ", ".join(f"sum({u})" for u in unit_names)
-            + ", sum(cost_micros), sum(latency_ms) FROM usage_events FINAL"
-            " GROUP BY org_id, day, token_id, model, endpoint, source, status",
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS usage_hourly_mv TO usage_hourly AS "
+            + _hourly_select("usage_events"),
+            _daily_view(),
+            # Rollups of rows written before the views existed (a no-op on a new database); the
+            # daily view picks these up from the hourly insert.
+            "INSERT INTO usage_hourly " + _hourly_select("usage_events FINAL"),
+        ),
+    ),
+    (
+        4,
+        (
+            # ledger_postings sorted by time within an organization (it was by event id), partitioned by
+            # month like usage_events: statements and the ledger history read one period of one org.
+            # Restartable: every step tolerates a crash after any earlier one.
+            "DROP TABLE IF EXISTS ledger_postings_v1",
+            "DROP TABLE IF EXISTS ledger_postings_v2",
+            """
+            CREATE TABLE ledger_postings_v2 (
+                event_id String CODEC(ZSTD(1)),
+                posting UInt8,
+                created_at DateTime64(3, 'UTC') CODEC(Delta, ZSTD(1)),
+                org_id String,
+                kind LowCardinality(String),
+                debit LowCardinality(String),
+                credit LowCardinality(String),
+                amount_micros Int64 CODEC(T64, ZSTD(1))
+            ) ENGINE = ReplacingMergeTree
+            PARTITION BY toYYYYMM(created_at)
+            ORDER BY (org_id, created_at, event_id, posting)
+            """,
+            "INSERT INTO ledger_postings_v2 SELECT event_id, posting, created_at, org_id, kind, debit, credit,"
+            " amount_micros FROM ledger_postings FINAL",
+            "RENAME TABLE ledger_postings TO ledger_postings_v1, ledger_postings_v2 TO ledger_postings",
+            "DROP TABLE ledger_postings_v1",
         ),
     ),
 )
@@ -328,6 +377,65 @@ Granularity = Literal["hour", "day"]
 GroupBy = Literal["model", "token", "none"]
 
 
+class WindowSplit(msgspec.Struct, frozen=True):
+    """A time window as whole buckets (read from a rollup) and the partial ends (read raw)."""
+
+    bucket: str  # the rollup's bucket column: "hour" or "day"
+    raw: tuple[tuple[datetime | None, datetime | None], ...]  # [from, to) ranges of raw rows
+    buckets: tuple[datetime | None, datetime | None] | None  # [first, end) of whole buckets, or none
+
+    def raw_condition(self, parameters: dict[str, Any]) -> str:
+        ranges = []
+        for index, (lo, hi) in enumerate(self.raw):
+            bounds = []
+            if lo is not None:
+                parameters[f"raw{index}_lo"] = lo
+                bounds.append(f"created_at >= {{raw{index}_lo:DateTime64(3, 'UTC')}}")
+            if hi is not None:
+                parameters[f"raw{index}_hi"] = hi
+                bounds.append(f"created_at < {{raw{index}_hi:DateTime64(3, 'UTC')}}")
+            ranges.append("(" + (" AND ".join(bounds) or "1") + ")")
+        return "(" + (" OR ".join(ranges) or "0") + ")"
+
+    def rollup_condition(self, parameters: dict[str, Any]) -> str:
+        if self.buckets is None:
+            return "0"
+        lo, hi = self.buckets
+        bounds = []
+        if lo is not None:
+            parameters["bucket_lo"] = lo
+            bounds.append(f"{self.bucket} >= {{bucket_lo:DateTime('UTC')}}")
+        if hi is not None:
+            parameters["bucket_hi"] = hi
+            bounds.append(f"{self.bucket} < {{bucket_hi:DateTime('UTC')}}")
+        return "(" + (" AND ".join(bounds) or "1") + ")"
+
+
+def _floor(moment: datetime, bucket: str) -> datetime:
+    moment = moment.astimezone(UTC)
+    floored = moment.replace(minute=0, second=0, microsecond=0)
+    return floored.replace(hour=0) if bucket == "day" else floored
+
+
+def split_window(start: datetime | None, end: datetime | None, bucket: str) -> WindowSplit:
+    """[start, end) (None: unbounded) as whole hours or days plus the raw partial ends. Pure."""
+    step = timedelta(days=1) if bucket == "day" else timedelta(hours=1)
+    first = (
+        None
+        if start is None
+        else (_floor(start, bucket) if _floor(start, bucket) == start else _floor(start, bucket) + step)
+    )
+    last = None if end is None else _floor(end, bucket)
+    if first is not None and last is not None and first >= last:
+        return WindowSplit(bucket, ((start, end),), None)
+    raw: list[tuple[datetime | None, datetime | None]] = []
+    if start is not None and first is not None and start < first:
+        raw.append((start, first))
+    if end is not None and last is not None and last < end:
+        raw.append((last, end))
+    return WindowSplit(bucket, tuple(raw), (first, last))
+
+
 def _rows(result: Any, kind: type[Any], columns: Sequence[str]) -> list[Any]:
     return [kind(**dict(zip(columns, row, strict=True))) for row in result.result_rows]
 
@@ -417,11 +525,12 @@ class UsageStore:
                 )
         return len(fresh_usage)
 
-    def insert_columns(self, columns: dict[str, Sequence[Any]]) -> None:
-        """Bulk load of usage rows known to be new (benchmarks, backfills): no duplicate check."""
+    def insert_columns(self, columns: dict[str, Sequence[Any]], table: str = "usage_events") -> None:
+        """Bulk load of rows known to be new (benchmarks, backfills): no duplicate check."""
+        assert table in ("usage_events", "ledger_postings")
         with self._lock:
             names = list(columns)
-            self._client.insert("usage_events", [columns[n] for n in names], column_names=names, column_oriented=True)
+            self._client.insert(table, [columns[n] for n in names], column_names=names, column_oriented=True)
 
     # --- reads: raw rows ---
 
@@ -457,26 +566,55 @@ class UsageStore:
         where, parameters = self._where(selection)
         parameters["limit"] = selection.limit
         query = (
-            f"SELECT {', '.join(usage_columns)} FROM usage_events FINAL WHERE {where} "
-            "ORDER BY created_at DESC, event_id DESC LIMIT {limit:UInt32}"
+            f"SELECT {', '.join(page_columns)} FROM usage_events FINAL WHERE {where} "
+            "ORDER BY created_at DESC, event_id DESC LIMIT {limit:UInt32}" + final_settings
         )
         with self._lock:
             result = self._client.query(query, parameters=parameters)
-        return _rows(result, UsageRow, usage_columns)
+        return _rows(result, UsageRow, page_columns)
 
     def summary(self, selection: UsageFilter) -> UsageSummary:
-        where, parameters = self._where(selection)
-        query = (
-            "SELECT source, count(), sum(cost_micros), sum(input_tokens), sum(cached_input_tokens), "
-            f"sum(output_tokens), countIf(status = 'error'), sum(latency_ms) FROM usage_events FINAL WHERE {where} "
-            "GROUP BY source"
+        """Totals for the window: whole hours from ``usage_hourly``, the partial hours at either end from
+        the raw rows (one query). A page position (``before``, a cursor) reads raw rows only."""
+        measures = (
+            "count()",
+            "sum(cost_micros)",
+            "sum(input_tokens)",
+            "sum(cached_input_tokens)",
+            "sum(output_tokens)",
+            "countIf(status = 'error')",
+            "sum(latency_ms)",
         )
+        rolled = (
+            "sum(requests)",
+            "sum(cost_micros)",
+            "sum(input_tokens)",
+            "sum(cached_input_tokens)",
+            "sum(output_tokens)",
+            "sum(errors)",
+            "sum(latency_ms_sum)",
+        )
+        if selection.before is not None or selection.after_cursor is not None:
+            where, parameters = self._where(selection)
+            query = f"SELECT source, {', '.join(measures)} FROM usage_events FINAL WHERE {where} GROUP BY source"
+        else:
+            labels, parameters = self._where(msgspec.structs.replace(selection, start=None, end=None))
+            end = selection.end + timedelta(milliseconds=1) if selection.end is not None else None  # inclusive
+            split = split_window(selection.start, end, "hour")
+            query = (
+                f"SELECT source, {', '.join(f'sum(m{i})' for i in range(len(measures)))} FROM ("
+                f"SELECT source, {', '.join(f'{m} AS m{i}' for i, m in enumerate(measures))} FROM usage_events FINAL"
+                f" WHERE {labels} AND {split.raw_condition(parameters)} GROUP BY source"
+                f" UNION ALL SELECT source, {', '.join(f'{m} AS m{i}' for i, m in enumerate(rolled))} FROM usage_hourly"
+                f" WHERE {labels} AND {split.rollup_condition(parameters)} GROUP BY source"
+                ") GROUP BY source"
+            )
         with self._lock:
-            rows = self._client.query(query, parameters=parameters).result_rows
+            rows = self._client.query(query + final_settings, parameters=parameters).result_rows
         totals = [0] * 7
         by_source: dict[str, int] = {}
         for source, *values in rows:
-            by_source[str(source)] = int(values[1])
+            by_source[str(source)] = by_source.get(str(source), 0) + int(values[1])
             totals = [t + int(v) for t, v in zip(totals, values, strict=True)]
         requests, cost, input_tokens, cached, output, errors, latency_sum = totals
         return UsageSummary(
@@ -537,17 +675,22 @@ class UsageStore:
 
     def priced_usage(self, org_id: str, start: datetime, end: datetime) -> list[PricedUsage]:
         """Charged quantities in [start, end) per (model, price version, unit, rate), with the exact
-        sum of quantity x rate (Int128: a month of image charges overflows 64 bits)."""
+        sum of quantity x rate (Int128: a month of image charges overflows 64 bits). Whole days come
+        from ``usage_daily`` (rates are among its dimensions), the partial days from the raw rows."""
         units = ", ".join(f"('{u}', {u}, {u}_rate)" for u in unit_names)
+        parameters: dict[str, Any] = {"org_id": org_id}
+        split = split_window(start, end, "day")
+        own = "org_id = {org_id:String} AND status = 'success'"
         query = (
             "SELECT model, price_version, u.1 AS unit, u.3 AS rate, sum(u.2) AS quantity,"
-            " sum(toInt128(u.2) * toInt128(u.3)) AS scaled"
-            f" FROM (SELECT model, price_version, arrayJoin([{units}]) AS u FROM usage_events FINAL"
-            "  WHERE org_id = {org_id:String} AND status = 'success'"
-            "  AND created_at >= {start:DateTime64(3, 'UTC')} AND created_at < {end:DateTime64(3, 'UTC')})"
-            " WHERE u.2 > 0 GROUP BY model, price_version, unit, rate ORDER BY model, price_version, unit, rate"
+            " sum(toInt128(u.2) * toInt128(u.3)) AS scaled FROM ("
+            f" SELECT model, price_version, arrayJoin([{units}]) AS u FROM usage_events FINAL"
+            f" WHERE {own} AND {split.raw_condition(parameters)}"
+            f" UNION ALL SELECT model, price_version, arrayJoin([{units}]) AS u FROM usage_daily"
+            f" WHERE {own} AND {split.rollup_condition(parameters)}"
+            ") WHERE u.2 > 0 GROUP BY model, price_version, unit, rate ORDER BY model, price_version, unit, rate"
+            + final_settings
         )
-        parameters = {"org_id": org_id, "start": start, "end": end}
         with self._lock:
             rows = self._client.query(query, parameters=parameters).result_rows
         return [
@@ -563,14 +706,21 @@ class UsageStore:
         ]
 
     def charged_totals(self, org_id: str, start: datetime, end: datetime) -> list[ChargedTotal]:
+        """Requests and charges in [start, end) per (model, price version): whole days from
+        ``usage_daily``, the partial days from the raw rows."""
+        parameters: dict[str, Any] = {"org_id": org_id}
+        split = split_window(start, end, "day")
+        own = "org_id = {org_id:String} AND status = 'success'"
         query = (
-            "SELECT model, price_version, count(), sum(cost_micros) FROM usage_events FINAL"
-            " WHERE org_id = {org_id:String} AND status = 'success'"
-            " AND created_at >= {start:DateTime64(3, 'UTC')} AND created_at < {end:DateTime64(3, 'UTC')}"
-            " GROUP BY model, price_version ORDER BY model, price_version"
+            "SELECT model, price_version, sum(n), sum(c) FROM ("
+            " SELECT model, price_version, count() AS n, sum(cost_micros) AS c FROM usage_events FINAL"
+            f" WHERE {own} AND {split.raw_condition(parameters)} GROUP BY model, price_version"
+            " UNION ALL SELECT model, price_version, sum(requests) AS n, sum(cost_micros) AS c FROM usage_daily"
+            f" WHERE {own} AND {split.rollup_condition(parameters)} GROUP BY model, price_version"
+            ") GROUP BY model, price_version ORDER BY model, price_version" + final_settings
         )
         with self._lock:
-            rows = self._client.query(query, parameters={"org_id": org_id, "start": start, "end": end}).result_rows
+            rows = self._client.query(query, parameters=parameters).result_rows
         return [
             ChargedTotal(model=str(m), price_version=str(v), requests=int(n), cost_micros=int(c)) for m, v, n, c in rows
         ]
@@ -582,7 +732,7 @@ class UsageStore:
             "SELECT kind, sum(amount_micros) FROM ledger_postings FINAL WHERE org_id = {org_id:String}"
             " AND created_at >= {start:DateTime64(3, 'UTC')} AND created_at < {end:DateTime64(3, 'UTC')}"
             " AND ((kind = 'hold.captured.v1' AND credit = 'revenue') OR kind = 'credits.refunded.v1')"
-            " GROUP BY kind"
+            " GROUP BY kind" + final_settings
         )
         with self._lock:
             rows = self._client.query(query, parameters={"org_id": org_id, "start": start, "end": end}).result_rows
