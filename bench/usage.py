@@ -154,6 +154,16 @@ def bench_ingest(store: UsageStore, args: argparse.Namespace) -> dict[str, Any]:
         postings_s += time.perf_counter() - started
         done += count
         print(f"  inserted {done:,} usage rows ({done / bulk_s:,.0f} rows/s of insert time)", flush=True)
+    # For comparison: the same bulk insert into a copy of usage_events without the rollup views.
+    store.command("CREATE TABLE IF NOT EXISTS bench_usage_no_views AS usage_events")
+    raw_s = 0.0
+    for lo in range(0, args.raw_only_rows, args.bulk_batch_rows):
+        count = min(args.bulk_batch_rows, args.raw_only_rows - lo)
+        columns = synthetic_columns(lo, count, args.orgs, rng)
+        started = time.perf_counter()
+        store.insert_columns(columns, "bench_usage_no_views")
+        raw_s += time.perf_counter() - started
+    store.command("DROP TABLE bench_usage_no_views")
     # The projector's path: UsageRow batches with the duplicate check, as a live projector sees them:
     # consecutive batches of recent events (here 1,000 events a second, just after the month's rows).
     columns = synthetic_columns(
@@ -173,6 +183,8 @@ def bench_ingest(store: UsageStore, args: argparse.Namespace) -> dict[str, Any]:
         "bulk_rows_per_s": round(args.rows / bulk_s),
         "bulk_insert_s": round(bulk_s, 1),
         "capture_postings_rows_per_s": round(args.rows / postings_s),
+        "no_views_rows": args.raw_only_rows,
+        "no_views_rows_per_s": round(args.raw_only_rows / raw_s) if raw_s else None,
         "generate_s": round(generate_s, 1),
         "projector_rows": args.projector_rows,
         "projector_batch_rows": args.sink_batch_rows,
@@ -281,6 +293,7 @@ def main() -> None:
     parser.add_argument("--orgs", type=int, default=2000)
     parser.add_argument("--bulk-batch-rows", type=int, default=500_000)
     parser.add_argument("--projector-rows", type=int, default=100_000)
+    parser.add_argument("--raw-only-rows", type=int, default=1_000_000, help="bulk rows into a table without views")
     parser.add_argument("--sink-batch-rows", type=int, default=5000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--visible-requests", type=int, default=100)

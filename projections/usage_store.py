@@ -527,7 +527,7 @@ class UsageStore:
 
     def insert_columns(self, columns: dict[str, Sequence[Any]], table: str = "usage_events") -> None:
         """Bulk load of rows known to be new (benchmarks, backfills): no duplicate check."""
-        assert table in ("usage_events", "ledger_postings")
+        assert table.isidentifier(), "a table name"
         with self._lock:
             names = list(columns)
             self._client.insert(table, [columns[n] for n in names], column_names=names, column_oriented=True)
