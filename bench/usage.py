@@ -14,7 +14,7 @@
 3. Completion to visible: `tollgate dev` on 127.0.0.1; after each chat completion returns, poll
    GET /v1/account/usage until its row is there.
 
-    .venv/bin/python bench/usage.py                      # 10M rows (about ten minutes on 2 cores)
+    .venv/bin/python bench/usage.py                      # 10M rows (about five minutes on 2 cores)
     .venv/bin/python bench/usage.py --rows 1000000 --visible-requests 20
 
 Prints figures and saves JSON in bench/results/usage.json.
