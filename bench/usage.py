@@ -9,8 +9,9 @@
 2. Queries over the filled table (--rows total, default 10 million), for random organizations:
    p50/p99 of the account-usage query (one page of 100 events + the summary by source for the
    month, as GET /v1/account/usage runs them), the admin daily rollup by model, and the statement
-   (three grouped queries + the allocation). Timed in-process around the store calls: HTTP is not
-   included.
+   (three grouped queries + the allocation), timed in-process around the store calls; then the same
+   two through HTTP (`tollgate dev` on the filled data) for --http-orgs organizations created through
+   the API, which take the place of the largest synthetic ones.
 3. Completion to visible: `tollgate dev` on 127.0.0.1; after each chat completion returns, poll
    GET /v1/account/usage until its row is there.
 
@@ -59,8 +60,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
+# Organizations created through the API (--http-orgs), standing in for the first, largest, synthetic ones.
+api_orgs: list[str] = []
+
+
 def org_ids(count: int) -> list[str]:
-    return [f"org_{i:06d}" for i in range(count)]
+    names = [f"org_{i:06d}" for i in range(count)]
+    names[: len(api_orgs)] = api_orgs
+    return names
 
 
 def synthetic_columns(
@@ -282,6 +289,68 @@ def bench_visible(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         role.stop()
 
 
+def start_dev(data_dir: Path, log_dir: Path) -> tuple[str, Role]:
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    env = {"TOLLGATE_ADMIN_TOKEN": admin_token, "TOLLGATE_KAFKA_BOOTSTRAP": "", "TOLLGATE_CLICKHOUSE_URL": ""}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    role = Role("dev", ["dev", "--port", str(port), "--data-dir", str(data_dir)], env, log_dir)
+    wait_until_serving(base_url, role)
+    return base_url, role
+
+
+def create_api_orgs(data_dir: Path, count: int) -> dict[str, str]:
+    """``count`` organizations with a user:read key, created through the admin API of `tollgate dev`."""
+    base_url, role = start_dev(data_dir, data_dir)
+    try:
+        admin = Admin(base_url, admin_token)
+        keys = {}
+        for i in range(count):
+            org = admin.organization(f"bench {i}")
+            keys[org] = admin.token(org, ["user:read"])
+        return keys
+    finally:
+        role.stop()
+
+
+def bench_http(data_dir: Path, keys: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
+    """p50/p99 through HTTP (`tollgate dev` on the filled data directory) for the API organizations,
+    which stand in for the largest synthetic ones."""
+    base_url, role = start_dev(data_dir, data_dir)
+    rng = random.Random(3)
+    window = {"from": "2026-11-01T00:00:00Z", "to": "2026-11-30T23:59:59.999Z"}
+    period = {"from": "2026-11-01T00:00:00Z", "to": "2026-12-01T00:00:00Z"}
+    try:
+        with httpx.Client(base_url=base_url, timeout=60) as client:
+            admin = {"Authorization": f"Bearer {admin_token}"}
+            picks = [rng.choice(list(keys)) for _ in range(args.queries + 1)]
+
+            def usage(i: int) -> None:
+                headers = {"Authorization": f"Bearer {keys[picks[i]]}"}
+                response = client.get("/v1/account/usage", params={"limit": 100, **window}, headers=headers)
+                assert response.status_code == 200, response.text
+
+            def statement(i: int) -> None:
+                response = client.get(f"/v1/organizations/{picks[i]}/statements", params=period, headers=admin)
+                assert response.status_code == 200 and response.json()["ledger"]["balanced"], response.text
+
+            rows = [
+                client.get(
+                    "/v1/account/usage", params={"limit": 1, **window}, headers={"Authorization": f"Bearer {k}"}
+                ).json()["summary"]["requests"]
+                for k in keys.values()
+            ]
+            return {
+                "orgs": len(keys),
+                "rows_per_org_min": min(rows),
+                "rows_per_org_max": max(rows),
+                "account_usage": timed(usage, args.queries),
+                "statement": timed(statement, args.queries),
+            }
+    finally:
+        role.stop()
+
+
 def rng_pause(i: int) -> float:
     """Spread requests over the projector's flush cycle instead of phase-locking to it."""
     return (i * 37 % 100) / 1000
@@ -297,6 +366,7 @@ def main() -> None:
     parser.add_argument("--sink-batch-rows", type=int, default=5000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--visible-requests", type=int, default=100)
+    parser.add_argument("--http-orgs", type=int, default=50, help="organizations also measured through HTTP")
     parser.add_argument("--clickhouse-url", default="", help="a server (a fresh database is best); default: chdb")
     parser.add_argument("--data-dir", type=Path, help="keep the embedded data here; reuse it with --skip-ingest")
     parser.add_argument("--skip-ingest", action="store_true", help="query the rows already in --data-dir")
@@ -304,7 +374,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tollgate-bench-usage-") as tmp:
         root = Path(tmp)
-        store = UsageStore(url=args.clickhouse_url, path=(args.data_dir or root) / "clickhouse")
+        data_dir = args.data_dir or root / "data"
+        keys = create_api_orgs(data_dir, args.http_orgs) if args.http_orgs and not args.clickhouse_url else {}
+        api_orgs.extend(keys)
+        store = UsageStore(url=args.clickhouse_url, path=data_dir / "clickhouse")
         try:
             print(f"ingesting {args.rows:,} rows for {args.orgs:,} organizations ({store.mode})", flush=True)
             ingest = {} if args.skip_ingest else bench_ingest(store, args)
@@ -313,12 +386,15 @@ def main() -> None:
             print(json.dumps(queries, indent=2), flush=True)
         finally:
             store.close()
+        http = bench_http(data_dir, keys, args) if keys else {}
+        print(json.dumps(http, indent=2), flush=True)
         visible = bench_visible(args, root) if args.visible_requests else {}
     report = {
         "benchmark": "usage",
         "clickhouse": "server" if args.clickhouse_url else "embedded chdb",
         "ingest": ingest,
         "queries": queries,
+        "http": http,
         "completion_to_visible": visible,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_average": os.getloadavg()},
         "targets": {"ingest_rows_per_s": 200_000, "query_p99_ms": 100, "visible_ms": 1000},

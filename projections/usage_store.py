@@ -116,6 +116,15 @@ def _daily_view() -> str:
     """
 
 
+def _ledger_daily_select(source: str) -> str:
+    return f"""
+    SELECT org_id, toStartOfDay(toDateTime(created_at, 'UTC')) AS day, kind, debit, credit,
+        count() AS postings, sum(amount_micros) AS amount_micros
+    FROM {source}
+    GROUP BY org_id, day, kind, debit, credit
+    """
+
+
 # Numbered, append-only: a database records the numbers it has applied. Never edit a shipped entry.
 migrations: tuple[tuple[int, tuple[str, ...]], ...] = (
     (
@@ -186,7 +195,10 @@ migrations: tuple[tuple[int, tuple[str, ...]], ...] = (
             + _hourly_select("usage_events"),
             _daily_view(),
             # Rollups of rows written before the views existed (a no-op on a new database); the
-            # daily view picks these up from the hourly insert.
+            # daily view picks these up from the hourly insert. Emptied first, so a re-run after a
+            # crash refills them exactly (migrations run before any writer starts).
+            "TRUNCATE TABLE usage_hourly",
+            "TRUNCATE TABLE usage_daily",
             "INSERT INTO usage_hourly " + _hourly_select("usage_events FINAL"),
         ),
     ),
@@ -216,6 +228,29 @@ migrations: tuple[tuple[int, tuple[str, ...]], ...] = (
             " amount_micros FROM ledger_postings FINAL",
             "RENAME TABLE ledger_postings TO ledger_postings_v1, ledger_postings_v2 TO ledger_postings",
             "DROP TABLE ledger_postings_v1",
+        ),
+    ),
+    (
+        5,
+        (
+            # Postings per day, so a statement's ledger check reads whole days without raw rows.
+            """
+            CREATE TABLE IF NOT EXISTS ledger_daily (
+                org_id String,
+                day DateTime('UTC') CODEC(DoubleDelta, ZSTD(1)),
+                kind LowCardinality(String),
+                debit LowCardinality(String),
+                credit LowCardinality(String),
+                postings UInt64 CODEC(T64, ZSTD(1)),
+                amount_micros Int64 CODEC(T64, ZSTD(1))
+            ) ENGINE = SummingMergeTree
+            PARTITION BY toYYYYMM(day)
+            ORDER BY (org_id, day, kind, debit, credit)
+            """,
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS ledger_daily_mv TO ledger_daily AS "
+            + _ledger_daily_select("ledger_postings"),
+            "TRUNCATE TABLE ledger_daily",
+            "INSERT INTO ledger_daily " + _ledger_daily_select("ledger_postings FINAL"),
         ),
     ),
 )
@@ -515,7 +550,7 @@ class UsageStore:
                     column_oriented=True,
                 )
             known = self._known_event_ids("ledger_postings", ledger)
-            fresh_postings = [row for row in ledger if row.event_id not in known]
+            fresh_postings = list({(r.event_id, r.posting): r for r in ledger if r.event_id not in known}.values())
             if fresh_postings:
                 self._client.insert(
                     "ledger_postings",
@@ -726,16 +761,24 @@ class UsageStore:
         ]
 
     def posted_totals(self, org_id: str, start: datetime, end: datetime) -> dict[str, int]:
-        """What the ledger posted in [start, end), by event kind, from ``ledger_postings``: captures
-        (held -> revenue) and refunds (refunds -> wallet)."""
-        query = (
-            "SELECT kind, sum(amount_micros) FROM ledger_postings FINAL WHERE org_id = {org_id:String}"
-            " AND created_at >= {start:DateTime64(3, 'UTC')} AND created_at < {end:DateTime64(3, 'UTC')}"
+        """What the ledger posted in [start, end), by event kind: captures (held -> revenue) and refunds
+        (refunds -> wallet). Whole days from ``ledger_daily``, the partial days from ``ledger_postings``."""
+        parameters: dict[str, Any] = {"org_id": org_id}
+        split = split_window(start, end, "day")
+        own = (
+            "org_id = {org_id:String}"
             " AND ((kind = 'hold.captured.v1' AND credit = 'revenue') OR kind = 'credits.refunded.v1')"
-            " GROUP BY kind" + final_settings
+        )
+        query = (
+            "SELECT kind, sum(a) FROM ("
+            f" SELECT kind, sum(amount_micros) AS a FROM ledger_postings FINAL WHERE {own}"
+            f" AND {split.raw_condition(parameters)} GROUP BY kind"
+            f" UNION ALL SELECT kind, sum(amount_micros) AS a FROM ledger_daily WHERE {own}"
+            f" AND {split.rollup_condition(parameters)} GROUP BY kind"
+            ") GROUP BY kind" + final_settings
         )
         with self._lock:
-            rows = self._client.query(query, parameters={"org_id": org_id, "start": start, "end": end}).result_rows
+            rows = self._client.query(query, parameters=parameters).result_rows
         return {str(kind): int(total) for kind, total in rows}
 
     def refunds(self, org_id: str, start: datetime, end: datetime, limit: int) -> list[PostingRow]:

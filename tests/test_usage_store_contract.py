@@ -150,7 +150,7 @@ def totals(store: UsageStore, org: str = "org_a") -> tuple[tuple[int, int], ...]
 
 def test_migrations_apply_once_and_survive_reopening(opener: Opener) -> None:
     first = opener.open()
-    assert first.schema_version() == 4
+    assert first.schema_version() == 5
     assert first.migrate() == []  # nothing left to apply
     first.insert([charge("e1", month)], [])
     first.close()
@@ -180,6 +180,9 @@ def test_duplicate_deliveries_change_no_total_raw_or_rollup(store: UsageStore) -
     assert totals(store) == (grown,) * 4
     assert store.totals_by_org()["org_a"] == (grown[1], expected[1] - 0)  # revenue postings: first 45 only
     assert store.account_balances()["revenue"] == expected[1]
+    # The statement's ledger check reads ledger_daily, fed by a view: the postings were not doubled either.
+    statement = load_statement(store, "org_a", month, month + timedelta(days=30))
+    assert statement.ledger_charges_micros == expected[1]
 
 
 def test_late_events_land_in_their_own_hour_and_day(store: UsageStore) -> None:
@@ -297,16 +300,20 @@ def test_migrations_3_and_4_keep_rows_written_before_them(opener: Opener) -> Non
             "DROP VIEW usage_hourly_mv",
             "DROP TABLE usage_daily",
             "DROP TABLE usage_hourly",
+            "DROP VIEW ledger_daily_mv",
+            "DROP TABLE ledger_daily",
             "TRUNCATE TABLE schema_migrations",
         ):
             store.command(statement)
         store.command("INSERT INTO schema_migrations VALUES (1, now()), (2, now())")
         rows = [charge(f"old{i}", month + timedelta(hours=5 * i)) for i in range(30)]
         store.insert(rows, [capture_posting(r) for r in rows])
-        assert store.migrate() == [3, 4]  # 4 rebuilds ledger_postings with its rows
+        assert store.migrate() == [3, 4, 5]  # 4 rebuilds ledger_postings with its rows, 5 rolls them up
         expected = (30, sum(row.cost_micros for row in rows))
         assert totals(store) == (expected,) * 4
         assert store.totals_by_org()["org_a"] == (expected[1], expected[1])
+        statement = load_statement(store, "org_a", month, month + timedelta(days=30))
+        assert statement.charges_micros == statement.ledger_charges_micros == expected[1]
         store.insert([charge("new1", month)], [])  # and the views keep them from now on
         assert totals(store)[1:3] == ((31, expected[1] + rows[0].cost_micros),) * 2
     finally:
