@@ -23,7 +23,7 @@ from gateway.ratelimit import IpLimiter, RateLimitMiddleware
 from ledger.money import MoneyFormatError, micros_to_decimal, parse_credits
 from ledger.pricing import ModelPrice, PriceBook
 from ledger.wallet import Grant
-from projections.usage_store import CursorError, UsageFilter, UsageRow, posting_cursor
+from projections.usage_store import CursorError, posting_cursor
 from schemas.api import (
     AdjustmentBody,
     AutoTopUpBody,
@@ -586,100 +586,6 @@ def _parse_time(request: Request, name: str) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _choice(request: Request, name: str, allowed: tuple[str, ...] | None) -> str | None:
-    value = request.query_params.get(name)
-    if value is not None and allowed is not None and value not in allowed:
-        raise ApiError(400, f"{name} must be one of {', '.join(allowed)}.", code="invalid_parameter", param=name)
-    return value
-
-
-def _usage_event(row: UsageRow) -> dict[str, Any]:
-    return {
-        "id": row.event_id,
-        "object": "usage_event",
-        "created_at": _iso(row.created_at),
-        "source": row.source,
-        "model": row.model,
-        "endpoint": row.endpoint,
-        "status": row.status,
-        "status_code": row.status_code,
-        "error": row.error or None,
-        "request_id": row.request_id,
-        "job_id": row.job_id or None,
-        "latency_ms": row.latency_ms,
-        "tokens": {
-            "input": row.input_tokens,
-            "output": row.output_tokens,
-            "cache_read": row.cached_input_tokens,
-            "cache_write": 0,
-            "total": row.input_tokens + row.cached_input_tokens + row.output_tokens,
-        },
-        "cost": {"amount": micros_to_decimal(row.cost_micros), "amount_micros": row.cost_micros, "currency": "USD"},
-        "output_urls": [],
-        "metadata": {"source": row.source, "token_id": row.token_id, "price_version": row.price_version},
-    }
-
-
-@get("/v1/account/usage", operation_id="retrieveAccountUsage", opt={"scope": "user:read"})
-async def account_usage(request: Request) -> Response[bytes]:
-    token = authorize(request, "user:read")
-    core = _core(request)
-    raw_limit = request.query_params.get("limit", "100")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= usage_page_size_max:
-        raise ApiError(
-            400, f"limit must be an integer from 1 to {usage_page_size_max}.", code="invalid_parameter", param="limit"
-        )
-    start, end = _parse_time(request, "from"), _parse_time(request, "to")
-    selection = UsageFilter(
-        org_id=token.org_id,
-        limit=_limit(request),
-        before=_parse_time(request, "before"),
-        start=start,
-        end=end,
-        source=_choice(request, "source", ("api", "playground", "gpu_cloud", "hosted_agents")),
-        model=_choice(request, "model", None),
-        status=_choice(request, "status", ("success", "error")),
-    )
-    if core.usage_store is None:
-        raise ApiError(
-            503, "Usage history is not served by this gateway: set TOLLGATE_CLICKHOUSE_URL.", code="usage_unavailable"
-        )
-    rows = core.usage_store.events(selection)
-    summary = core.usage_store.summary(
-        msgspec.structs.replace(selection, before=None, source=None, model=None, status=None)
-    )
-    spend = micros_to_decimal(summary.cost_micros)
-    return _json(
-        {
-            "object": "account_usage",
-            "balance": _balance(core, token.org_id),
-            "summary": {
-                "requests": summary.requests,
-                "total_cost": spend,
-                "total_cost_micros": summary.cost_micros,
-                "total_tokens": summary.input_tokens + summary.cached_input_tokens + summary.output_tokens,
-                "input_tokens": summary.input_tokens + summary.cached_input_tokens,
-                "output_tokens": summary.output_tokens,
-                "cache_read_tokens": summary.cached_input_tokens,
-                "cache_write_tokens": 0,
-                "errors": summary.errors,
-                "avg_latency_ms": summary.avg_latency_ms,
-            },
-            "spend": {
-                "currency": "USD",
-                "total": spend,
-                "model": spend,
-                "gpu_cloud": 0,
-                "hosted_agents": 0,
-                "from": _iso(start),
-                "to": _iso(end),
-            },
-            "data": [_usage_event(row) for row in rows],
-            "next_cursor": _iso(rows[-1].created_at) if len(rows) == selection.limit else None,
-        }
-    )
-
-
 @get("/healthz", operation_id="health", opt={"scope": "public", "rate": "none"}, include_in_schema=False)
 async def health(request: Request) -> Response[bytes]:
     core = _core(request)
@@ -711,7 +617,7 @@ class RequestIdMiddleware(ASGIMiddleware):
 
 
 def create_app(core: GatewayCore) -> Litestar:
-    from gateway import audit, generation, jobs  # they build on this module's helpers
+    from gateway import audit, generation, jobs, usage  # they build on this module's helpers
 
     return Litestar(
         route_handlers=[
@@ -730,7 +636,7 @@ def create_app(core: GatewayCore) -> Litestar:
             *generation.route_handlers,
             *jobs.route_handlers,
             *audit.route_handlers,
-            account_usage,
+            *usage.route_handlers,
             health,
             *tenants.route_handlers,
         ],

@@ -7,6 +7,8 @@ tollgate worker     a worker for the pools in TOLLGATE_WORKER_POOLS on Kafka
 tollgate projector  the ClickHouse projector on Kafka
 tollgate audit      verify the ledger from the log alone (chain, signatures, balances, charges)
 tollgate replay     rebuild projections from the log and compare them with the live ones
+tollgate statement  an organization's statement for a period, as JSON or CSV, from ClickHouse
+tollgate migrate    apply the ClickHouse schema migrations (once, before the roles, on a server)
 """
 
 from __future__ import annotations
@@ -122,6 +124,36 @@ def run_role(role: str, settings: Settings) -> None:
             ProjectorRole(log, settings, store, _projector_group(settings)).run(stop)
         finally:
             store.close()
+
+
+def print_statement(settings: Settings, org_id: str, start: str, end: str, output: str) -> None:
+    """A statement from ClickHouse (the server, or the embedded path, which no other process may hold)."""
+    from datetime import UTC, datetime
+
+    from projections.statements import load_statement, statement_csv, statement_json
+
+    def moment(value: str) -> datetime:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+    try:
+        period = moment(start), moment(end)
+    except ValueError:
+        sys.exit("--from and --to take ISO 8601 date-times, e.g. 2026-11-01T00:00:00Z.")
+    if not period[0] < period[1]:
+        sys.exit("--from must be before --to.")
+    store = _usage_store(settings)
+    try:
+        built = load_statement(store, org_id, *period)
+    finally:
+        store.close()
+    if output == "csv":
+        sys.stdout.write(statement_csv(built))
+    else:
+        import msgspec
+
+        encoder = msgspec.json.Encoder(decimal_format="number")
+        sys.stdout.write(encoder.encode(statement_json(built)).decode() + "\n")
 
 
 async def _serve(core: Any, settings: Settings, stop: threading.Event, before_serving: Any = None) -> None:
@@ -263,6 +295,14 @@ def main(argv: list[str] | None = None) -> None:
     for role in ("ledger", "worker", "projector"):
         role_parser = sub.add_parser(role, help=f"the {role} role on Kafka")
         role_parser.add_argument("--data-dir", type=Path)
+    statement = sub.add_parser("statement", help="an organization's statement for a period (JSON or CSV)")
+    statement.add_argument("--org", required=True, help="organization id")
+    statement.add_argument("--from", dest="start", required=True, help="period start, ISO 8601 (inclusive)")
+    statement.add_argument("--to", dest="end", required=True, help="period end, ISO 8601 (exclusive)")
+    statement.add_argument("--format", choices=("json", "csv"), default="json")
+    statement.add_argument("--data-dir", type=Path)
+    migrate = sub.add_parser("migrate", help="apply the ClickHouse schema migrations and exit")
+    migrate.add_argument("--data-dir", type=Path)
     from ledger import audit_cli, replay_cli
 
     audit_cli.add_parsers(sub)
@@ -295,6 +335,12 @@ def main(argv: list[str] | None = None) -> None:
         if settings.embedded:
             sys.exit("tollgate gateway needs Kafka: set TOLLGATE_KAFKA_BOOTSTRAP (or use `tollgate dev`).")
         run_gateway(settings, with_projector={"auto": None, "on": True, "off": False}[args.projector])
+    elif args.command == "migrate":
+        store = _usage_store(settings)  # opening applies what is missing
+        print(f"ClickHouse schema at version {store.schema_version()}")
+        store.close()
+    elif args.command == "statement":
+        print_statement(settings, args.org, args.start, args.end, args.format)
     else:
         run_role(args.command, settings)
 

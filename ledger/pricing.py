@@ -12,7 +12,18 @@ from __future__ import annotations
 from schemas.prices import Category, ContextTier, ModelPrice, PriceBook
 from schemas.units import Units
 
-__all__ = ["Category", "ContextTier", "ModelPrice", "PriceBook", "PriceBooks", "default_price_book", "price_micros"]
+__all__ = [
+    "Category",
+    "ContextTier",
+    "ModelPrice",
+    "PriceBook",
+    "PriceBooks",
+    "default_price_book",
+    "price_micros",
+    "unit_names",
+    "unit_quantities",
+    "unit_rates",
+]
 
 units_per_rate = 1_000_000
 
@@ -52,20 +63,43 @@ def _ceil_div(numerator: int, denominator: int) -> int:
     return -(-numerator // denominator)
 
 
-def price_micros(price: ModelPrice, units: Units) -> int:
-    """The cost of ``units`` under ``price`` in micro-credits. The single rounding point."""
+# The priced dimensions of Units, in the order statements list them.
+unit_names = (
+    "input_tokens",
+    "cached_input_tokens",
+    "output_tokens",
+    "images",
+    "audio_seconds",
+    "video_seconds",
+    "characters",
+    "calls",
+)
+
+
+def unit_rates(price: ModelPrice, units: Units) -> tuple[int, ...]:
+    """The rate (micros per million units) that applies to each of ``unit_names`` for ``units``:
+    the context tier is chosen by the prompt, the image rate by the variant. Pure."""
     input_rate, cached_rate, output_rate = _token_rates(price, units.input_tokens + units.cached_input_tokens)
     image_rate = price.image_variant_rates.get(units.variant, price.image_rate) if units.variant else price.image_rate
-    scaled = (
-        units.input_tokens * input_rate
-        + units.cached_input_tokens * cached_rate
-        + units.output_tokens * output_rate
-        + units.images * image_rate
-        + units.audio_seconds * price.audio_second_rate
-        + units.video_seconds * price.video_second_rate
-        + units.characters * price.character_rate
-        + units.calls * price.call_rate
+    return (
+        input_rate,
+        cached_rate,
+        output_rate,
+        image_rate,
+        price.audio_second_rate,
+        price.video_second_rate,
+        price.character_rate,
+        price.call_rate,
     )
+
+
+def unit_quantities(units: Units) -> tuple[int, ...]:
+    return tuple(getattr(units, name) for name in unit_names)
+
+
+def price_micros(price: ModelPrice, units: Units) -> int:
+    """The cost of ``units`` under ``price`` in micro-credits. The single rounding point."""
+    scaled = sum(q * r for q, r in zip(unit_quantities(units), unit_rates(price, units), strict=True))
     assert scaled >= 0, "units and rates are never negative"
     return max(_ceil_div(scaled, units_per_rate), price.minimum_charge_micros)
 

@@ -1,8 +1,12 @@
-"""The projector role: ledger events to usage rows and ledger entries in ClickHouse.
+"""The projector role: ledger events to usage rows and ledger postings in ClickHouse.
 
 It flushes in bounded batches, by row count or by wait, and always in this order: write ClickHouse,
-then commit the consumed offsets. A crash between the two redelivers the batch; rows are
-deduplicated by event id, so no total changes.
+then commit the consumed offsets. A crash between the two redelivers the batch; the store drops
+event ids it already holds before writing, so neither the raw rows nor the rollups change.
+
+Each usage row records the unit rates that priced it (from the price book version the charge
+names), so statements list unit prices from ClickHouse alone. The projector folds
+``tollgate.pricing`` for that, and reads it again when a charge names a version it does not know.
 """
 
 from __future__ import annotations
@@ -13,19 +17,28 @@ import time
 
 from ledger.accounts import postings
 from ledger.log import Consumer, EventLog
+from ledger.pricing import PriceBook, PriceBooks, default_price_book, unit_rates
 from ledger.settings import Settings
-from projections.usage_store import PostingRow, UsageRow, UsageStore
+from projections.usage_store import PostingRow, UsageRow, UsageStore, rate_columns
 from schemas import topics
 from schemas.codec import decode_event
-from schemas.events import Event, HoldCaptured, HoldRejected
+from schemas.events import Event, HoldCaptured, HoldRejected, PriceBookPublished
 
 logger = logging.getLogger(__name__)
 
 
-def usage_row(event: Event) -> UsageRow | None:
-    """The usage row a ledger event becomes, if any: a charge or a refusal. Pure."""
+pricing_wait_s_max = 5.0  # how long a flush waits for a price book version it does not know yet
+
+
+def usage_row(event: Event, book: PriceBook | None = None) -> UsageRow | None:
+    """The usage row a ledger event becomes, if any: a charge or a refusal. Pure.
+
+    ``book`` is the version that priced a charge; without it (unknown version) the rates are 0 and a
+    statement shows the whole charge on the rounding line."""
     if isinstance(event, HoldCaptured):
         units = event.units
+        price = book.model(event.model) if book is not None else None
+        rates = unit_rates(price, units) if price is not None else (0,) * len(rate_columns)
         return UsageRow(
             event_id=event.event_id,
             created_at=event.occurred_at,
@@ -50,6 +63,8 @@ def usage_row(event: Event) -> UsageRow | None:
             calls=units.calls,
             cost_micros=event.amount_micros,
             price_version=event.price_version,
+            variant=units.variant,
+            **dict(zip(rate_columns, rates, strict=True)),
         )
     if isinstance(event, HoldRejected):
         return UsageRow(
@@ -95,7 +110,33 @@ class ProjectorRole:
         self._log = log
         self._settings = settings
         self._store = store
-        self.rows_written = 0
+        self.rows_written = 0  # new usage rows (redelivered ones are not counted)
+        self.prices = PriceBooks(default_price_book())
+        self._pricing: Consumer | None = None
+
+    def follow_pricing(self, until_caught_up: bool = False) -> None:
+        """Fold newly published price books (every read bounded by batch_records_max)."""
+        if self._pricing is None:
+            self._pricing = self._log.consumer(
+                [topics.PRICING], client_id=f"tollgate-projector-pricing-{self._settings.instance_id}"
+            )
+        deadline = time.monotonic() + pricing_wait_s_max
+        while True:
+            for record in self._pricing.poll(self._settings.batch_records_max, 0):
+                event = decode_event(record.value)
+                if isinstance(event, PriceBookPublished):
+                    self.prices.publish(event.book)
+            if not until_caught_up or self._pricing.caught_up() or time.monotonic() > deadline:
+                return
+
+    def _book(self, version: str) -> PriceBook | None:
+        book = self.prices.at_version(version)
+        if book is None:
+            self.follow_pricing(until_caught_up=True)
+            book = self.prices.at_version(version)
+            if book is None:
+                logger.warning("price book version %r is unknown: its charges get no unit rates", version)
+        return book
 
     def run(self, stop: threading.Event) -> None:
         consumer = self._log.consumer(
@@ -107,6 +148,7 @@ class ProjectorRole:
         batch_started = time.monotonic()
         wait_s_max = self._settings.sink_flush_wait_ms_max / 1000
         try:
+            self.follow_pricing(until_caught_up=True)
             while not stop.is_set():
                 room = max(self._settings.sink_batch_rows_max - pending_records, 1)
                 records = consumer.poll(min(room, self._settings.batch_records_max), self._settings.poll_wait_ms)
@@ -114,7 +156,8 @@ class ProjectorRole:
                     batch_started = time.monotonic()
                 for record in records:
                     event = decode_event(record.value)
-                    row = usage_row(event)
+                    book = self._book(event.price_version) if isinstance(event, HoldCaptured) else None
+                    row = usage_row(event, book)
                     if row is not None:
                         usage.append(row)
                     entries.extend(posting_rows(event, type(event).__struct_config__.tag))  # type: ignore[arg-type]
@@ -128,10 +171,11 @@ class ProjectorRole:
                 self._flush(consumer, usage, entries)
         finally:
             consumer.close()
+            if self._pricing is not None:
+                self._pricing.close()
 
     def _flush(self, consumer: Consumer, usage: list[UsageRow], entries: list[PostingRow]) -> None:
         # Order matters: ClickHouse first, offsets after. A crash in between redelivers the batch,
         # and event-id deduplication makes the second write a no-op.
-        self._store.insert(usage, entries)
+        self.rows_written += self._store.insert(usage, entries)
         consumer.commit()
-        self.rows_written += len(usage) + len(entries)

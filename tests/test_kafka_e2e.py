@@ -150,6 +150,8 @@ def test_balance_ledger_and_clickhouse_agree_after_many_requests(stack: Stack, k
     try:
         usage_cost, revenue = store.totals_by_org()[org]
         assert usage_cost == revenue == charged
+        raw = store.raw_totals_by_org()[org]
+        assert store.rollup_totals_by_org("usage_hourly")[org] == store.rollup_totals_by_org("usage_daily")[org] == raw
         accounts = store.account_balances()
         assert accounts[f"{org}/wallet"] == 10_000_000 - charged
         assert accounts.get(f"{org}/held", 0) == 0

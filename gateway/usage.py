@@ -1,0 +1,250 @@
+"""Usage and finance reporting over ClickHouse: the account-usage history, admin usage views by
+organization and token (from the rollups), and statements (JSON or CSV)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import msgspec
+from litestar import Request, Response, get
+
+from gateway.app import _balance, _core, _iso, _json, _limit, _parse_time, authorize, authorize_admin
+from gateway.errors import ApiError
+from ledger.money import micros_to_decimal
+from projections.statements import load_statement, statement_csv, statement_json
+from projections.usage_store import (
+    CursorError,
+    Granularity,
+    GroupBy,
+    RollupRow,
+    UsageFilter,
+    UsageRow,
+    UsageStore,
+    parse_usage_cursor,
+    usage_cursor,
+)
+
+sources = ("api", "playground", "gpu_cloud", "hosted_agents")
+rollup_rows_max = 1000  # buckets one admin usage answer returns; narrow the window for more
+statement_days_max = 366  # the longest period one statement covers
+
+
+def _store(request: Request) -> UsageStore:
+    store = _core(request).usage_store
+    if store is None:
+        raise ApiError(
+            503, "Usage history is not served by this gateway: set TOLLGATE_CLICKHOUSE_URL.", code="usage_unavailable"
+        )
+    return store
+
+
+def _choice(request: Request, name: str, allowed: tuple[str, ...] | None) -> str | None:
+    value = request.query_params.get(name)
+    if value is not None and allowed is not None and value not in allowed:
+        raise ApiError(400, f"{name} must be one of {', '.join(allowed)}.", code="invalid_parameter", param=name)
+    return value
+
+
+def _before(request: Request) -> tuple[datetime | None, tuple[datetime, str] | None]:
+    """``before`` is a date-time, or a ``next_cursor`` from a previous page (also accepted as ``cursor``)."""
+    cursor = request.query_params.get("cursor")
+    raw = request.query_params.get("before")
+    if raw is not None and raw.startswith("cur_"):
+        cursor, raw = raw, None
+    if cursor is not None:
+        try:
+            return None, parse_usage_cursor(cursor)
+        except CursorError as error:
+            raise ApiError(400, f"{error}; pass next_cursor as is.", code="invalid_parameter", param="before") from None
+    return (_parse_time(request, "before") if raw is not None else None), None
+
+
+def _usage_event(row: UsageRow) -> dict[str, Any]:
+    return {
+        "id": row.event_id,
+        "object": "usage_event",
+        "created_at": _iso(row.created_at),
+        "source": row.source,
+        "model": row.model,
+        "endpoint": row.endpoint,
+        "status": row.status,
+        "status_code": row.status_code,
+        "error": row.error or None,
+        "request_id": row.request_id,
+        "job_id": row.job_id or None,
+        "latency_ms": row.latency_ms,
+        "tokens": {
+            "input": row.input_tokens,
+            "output": row.output_tokens,
+            "cache_read": row.cached_input_tokens,
+            "cache_write": 0,
+            "total": row.input_tokens + row.cached_input_tokens + row.output_tokens,
+        },
+        "cost": {"amount": micros_to_decimal(row.cost_micros), "amount_micros": row.cost_micros, "currency": "USD"},
+        "output_urls": [],
+        "metadata": {"source": row.source, "token_id": row.token_id, "price_version": row.price_version},
+    }
+
+
+@get("/v1/account/usage", operation_id="retrieveAccountUsage", opt={"scope": "user:read"})
+async def account_usage(request: Request) -> Response[bytes]:
+    """Balance, summary and spend for the window, and one page of events, newest first."""
+    token = authorize(request, "user:read")
+    core = _core(request)
+    start, end = _parse_time(request, "from"), _parse_time(request, "to")
+    before, cursor = _before(request)
+    selection = UsageFilter(
+        org_id=token.org_id,
+        limit=_limit(request) + 1,  # one more tells whether there is a next page
+        before=before,
+        after_cursor=cursor,
+        start=start,
+        end=end,
+        source=_choice(request, "source", sources),
+        model=_choice(request, "model", None),
+        status=_choice(request, "status", ("success", "error")),
+    )
+    store = _store(request)
+    rows = store.events(selection)
+    page, has_more = rows[: selection.limit - 1], len(rows) >= selection.limit
+    # The summary covers the window, whatever page and labels the events are filtered to.
+    summary = store.summary(
+        msgspec.structs.replace(selection, before=None, after_cursor=None, source=None, model=None, status=None)
+    )
+    by_source = summary.cost_micros_by_source
+    spend = micros_to_decimal(summary.cost_micros)
+    return _json(
+        {
+            "object": "account_usage",
+            "balance": _balance(core, token.org_id),
+            "summary": {
+                "requests": summary.requests,
+                "total_cost": spend,
+                "total_cost_micros": summary.cost_micros,
+                "total_tokens": summary.input_tokens + summary.cached_input_tokens + summary.output_tokens,
+                "input_tokens": summary.input_tokens + summary.cached_input_tokens,
+                "output_tokens": summary.output_tokens,
+                "cache_read_tokens": summary.cached_input_tokens,
+                "cache_write_tokens": 0,
+                "errors": summary.errors,
+                "avg_latency_ms": summary.avg_latency_ms,
+            },
+            "spend": {
+                "currency": "USD",
+                "total": spend,
+                "total_micros": summary.cost_micros,
+                "model": micros_to_decimal(by_source.get("api", 0) + by_source.get("playground", 0)),
+                "gpu_cloud": micros_to_decimal(by_source.get("gpu_cloud", 0)),
+                "hosted_agents": micros_to_decimal(by_source.get("hosted_agents", 0)),
+                "from": _iso(start),
+                "to": _iso(end),
+            },
+            "data": [_usage_event(row) for row in page],
+            "has_more": has_more,
+            "next_cursor": usage_cursor(page[-1]) if has_more else None,
+        }
+    )
+
+
+def _rollup_json(row: RollupRow, key_name: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"period_start": _iso(row.period_start.replace(tzinfo=UTC)) if row.period_start else None}
+    if key_name is not None:
+        body[key_name] = row.key
+    body.update(
+        requests=row.requests,
+        errors=row.errors,
+        input_tokens=row.input_tokens,
+        cached_input_tokens=row.cached_input_tokens,
+        output_tokens=row.output_tokens,
+        images=row.images,
+        audio_seconds=row.audio_seconds,
+        video_seconds=row.video_seconds,
+        characters=row.characters,
+        calls=row.calls,
+        cost=micros_to_decimal(row.cost_micros),
+        cost_micros=row.cost_micros,
+        avg_latency_ms=round(row.latency_ms_sum / row.requests) if row.requests else 0,
+    )
+    return body
+
+
+def _rollup_answer(
+    request: Request, org_id: str, group_by: GroupBy, by_period: bool, object_name: str
+) -> Response[bytes]:
+    authorize_admin(request, org_id, scope="admin:read")
+    granularity = cast(Granularity, _choice(request, "granularity", ("hour", "day")) or "day")
+    start, end = _parse_time(request, "from"), _parse_time(request, "to")
+    rows = _store(request).rollup(org_id, granularity, group_by, start, end, rollup_rows_max + 1, by_period)
+    key_name = {"model": "model", "token": "token_id", "none": None}[group_by]
+    return _json(
+        {
+            "object": object_name,
+            "org_id": org_id,
+            "granularity": granularity if by_period else None,
+            "group_by": group_by,
+            "from": _iso(start),
+            "to": _iso(end),
+            "data": [_rollup_json(row, key_name) for row in rows[:rollup_rows_max]],
+            "has_more": len(rows) > rollup_rows_max,
+            "total_cost_micros": sum(row.cost_micros for row in rows[:rollup_rows_max]),
+            "total_requests": sum(row.requests for row in rows[:rollup_rows_max]),
+        }
+    )
+
+
+@get("/v1/organizations/{org_id:str}/usage", operation_id="listOrganizationUsage", opt={"scope": "admin:read"})
+async def organization_usage(request: Request, org_id: str) -> Response[bytes]:
+    """Usage per hour or day (``granularity``), per ``group_by`` model (default), token or none, newest
+    bucket first, from the rollup tables. ``from``/``to`` select whole buckets."""
+    group_by = cast(GroupBy, _choice(request, "group_by", ("model", "token", "none")) or "model")
+    return _rollup_answer(request, org_id, group_by, by_period=True, object_name="organization_usage")
+
+
+@get(
+    "/v1/organizations/{org_id:str}/usage/by-token",
+    operation_id="listOrganizationUsageByToken",
+    opt={"scope": "admin:read"},
+)
+async def organization_usage_by_token(request: Request, org_id: str) -> Response[bytes]:
+    """Totals per API token over the window, from the daily (default) or hourly rollup."""
+    return _rollup_answer(request, org_id, "token", by_period=False, object_name="organization_usage_by_token")
+
+
+def _period(request: Request) -> tuple[datetime, datetime]:
+    start, end = _parse_time(request, "from"), _parse_time(request, "to")
+    if start is None or end is None:
+        raise ApiError(
+            400,
+            "A statement needs from and to, e.g. from=2026-11-01T00:00:00Z&to=2026-12-01T00:00:00Z.",
+            code="invalid_parameter",
+            param="from" if start is None else "to",
+        )
+    if not start < end or (end - start).days > statement_days_max:
+        raise ApiError(
+            400,
+            f"from must be before to, at most {statement_days_max} days apart.",
+            code="invalid_parameter",
+            param="to",
+        )
+    return start, end
+
+
+@get("/v1/organizations/{org_id:str}/statements", operation_id="retrieveStatement", opt={"scope": "admin:read"})
+async def statement(request: Request, org_id: str) -> Response[bytes]:
+    """Line items for [from, to) that add up exactly to what the ledger charged, as JSON or CSV."""
+    authorize_admin(request, org_id, scope="admin:read")
+    output = _choice(request, "format", ("json", "csv")) or "json"
+    start, end = _period(request)
+    built = load_statement(_store(request), org_id, start, end)
+    if output == "csv":
+        name = f"statement-{org_id}-{start:%Y%m%d}-{end:%Y%m%d}.csv"
+        return Response(
+            content=statement_csv(built).encode(),
+            media_type="text/csv",
+            headers={"content-disposition": f'attachment; filename="{name}"'},
+        )
+    return _json(statement_json(built))
+
+
+route_handlers = [account_usage, organization_usage, organization_usage_by_token, statement]

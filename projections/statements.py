@@ -1,0 +1,203 @@
+"""Statements: an organization's charges in a period as line items that add up exactly. Pure.
+
+A request's cost is rounded up once, on its total (``ledger.pricing.price_micros``), then raised to
+the model's minimum charge. Line items therefore cannot each be rounded on their own and still add
+up. The allocation, defined once here:
+
+- one line per (model, price version, unit, unit price): quantity = the period's sum of that unit,
+  amount = floor(sum of quantity x rate / 1,000,000), where rate is micros per million units;
+- one ``rounding`` line per (model, price version): what the ledger charged for that model and
+  version minus its unit lines. It holds the per-request round-ups and minimum-charge top-ups, and
+  is never negative (the sum of per-request ceilings is at least the floor of the sum);
+- one ``refund`` line (negative) for the period's refunds, if any.
+
+So sum(unit lines + rounding lines) == sum of HoldCaptured.amount_micros in the period, exactly,
+and total == charges - refunds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import datetime
+
+import msgspec
+
+from ledger.money import micros_to_decimal
+from ledger.pricing import units_per_rate
+from projections.usage_store import ChargedTotal, PricedUsage, UsageStore
+
+rounding_unit = "rounding"
+refund_unit = "refund"
+
+
+class StatementLine(msgspec.Struct, frozen=True, kw_only=True):
+    model: str
+    price_version: str
+    unit: str
+    quantity: int
+    # Micros per million units (0 for rounding and refund lines).
+    unit_price_micros_per_million: int
+    amount_micros: int
+
+
+class Statement(msgspec.Struct, frozen=True, kw_only=True):
+    org_id: str
+    start: datetime
+    end: datetime
+    lines: tuple[StatementLine, ...]
+    charges_micros: int
+    refunds_micros: int
+    total_micros: int
+    # What the ledger's postings say for the same period; equal to the above once the projector caught up.
+    ledger_charges_micros: int
+    ledger_refunds_micros: int
+
+    @property
+    def balanced(self) -> bool:
+        return (self.charges_micros, self.refunds_micros) == (self.ledger_charges_micros, self.ledger_refunds_micros)
+
+
+def build_statement(
+    org_id: str,
+    start: datetime,
+    end: datetime,
+    priced: list[PricedUsage],
+    charged: list[ChargedTotal],
+    posted: dict[str, int],
+) -> Statement:
+    """Line items for [start, end) from the grouped usage and the charged totals (see module doc)."""
+    unit_lines: dict[tuple[str, str], list[StatementLine]] = {}
+    for group in priced:
+        unit_lines.setdefault((group.model, group.price_version), []).append(
+            StatementLine(
+                model=group.model,
+                price_version=group.price_version,
+                unit=group.unit,
+                quantity=group.quantity,
+                unit_price_micros_per_million=group.rate,
+                amount_micros=group.scaled // units_per_rate,
+            )
+        )
+    lines: list[StatementLine] = []
+    for total in charged:
+        own = unit_lines.pop((total.model, total.price_version), [])
+        rounding = total.cost_micros - sum(line.amount_micros for line in own)
+        assert rounding >= 0, f"unit lines exceed the charge for {total.model} {total.price_version}"
+        lines.extend(own)
+        lines.append(
+            StatementLine(
+                model=total.model,
+                price_version=total.price_version,
+                unit=rounding_unit,
+                quantity=total.requests,
+                unit_price_micros_per_million=0,
+                amount_micros=rounding,
+            )
+        )
+    assert not unit_lines, "every priced group belongs to a charged model and version"
+    charges = sum(total.cost_micros for total in charged)
+    refunds = posted.get("credits.refunded.v1", 0)
+    if refunds:
+        lines.append(
+            StatementLine(
+                model="",
+                price_version="",
+                unit=refund_unit,
+                quantity=1,
+                unit_price_micros_per_million=0,
+                amount_micros=-refunds,
+            )
+        )
+    assert sum(line.amount_micros for line in lines) == charges - refunds
+    return Statement(
+        org_id=org_id,
+        start=start,
+        end=end,
+        lines=tuple(lines),
+        charges_micros=charges,
+        refunds_micros=refunds,
+        total_micros=charges - refunds,
+        ledger_charges_micros=posted.get("hold.captured.v1", 0),
+        ledger_refunds_micros=refunds,
+    )
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def statement_json(statement: Statement) -> dict[str, object]:
+    return {
+        "object": "statement",
+        "org_id": statement.org_id,
+        "from": _iso(statement.start),
+        "to": _iso(statement.end),
+        "currency": "USD",
+        "lines": [
+            {
+                "model": line.model or None,
+                "price_version": line.price_version or None,
+                "unit": line.unit,
+                "quantity": line.quantity,
+                "unit_price_per_million": micros_to_decimal(line.unit_price_micros_per_million),
+                "unit_price_micros_per_million": line.unit_price_micros_per_million,
+                "amount": micros_to_decimal(line.amount_micros),
+                "amount_micros": line.amount_micros,
+            }
+            for line in statement.lines
+        ],
+        "charges_micros": statement.charges_micros,
+        "refunds_micros": statement.refunds_micros,
+        "total": micros_to_decimal(statement.total_micros),
+        "total_micros": statement.total_micros,
+        "ledger": {
+            "charges_micros": statement.ledger_charges_micros,
+            "refunds_micros": statement.ledger_refunds_micros,
+            "balanced": statement.balanced,
+        },
+    }
+
+
+csv_header = (
+    "model",
+    "price_version",
+    "unit",
+    "quantity",
+    "unit_price_micros_per_million",
+    "amount_micros",
+    "amount",
+)
+
+
+def statement_csv(statement: Statement) -> str:
+    """One row per line item and a final total row; amounts in micros and in credits (exact decimals)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(csv_header)
+    for line in statement.lines:
+        writer.writerow(
+            (
+                line.model,
+                line.price_version,
+                line.unit,
+                line.quantity,
+                line.unit_price_micros_per_million,
+                line.amount_micros,
+                micros_to_decimal(line.amount_micros),
+            )
+        )
+    writer.writerow(("", "", "total", "", "", statement.total_micros, micros_to_decimal(statement.total_micros)))
+    return out.getvalue()
+
+
+def load_statement(store: UsageStore, org_id: str, start: datetime, end: datetime) -> Statement:
+    """Three grouped queries on ClickHouse, then the pure allocation above."""
+    return build_statement(
+        org_id,
+        start,
+        end,
+        store.priced_usage(org_id, start, end),
+        store.charged_totals(org_id, start, end),
+        store.posted_totals(org_id, start, end),
+    )

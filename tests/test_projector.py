@@ -1,0 +1,153 @@
+"""The projector on the embedded log: bounded batches (by count and by wait), ClickHouse written
+before offsets are committed, and a crash between the two changes no total after the restart."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from ledger.log import Outgoing
+from ledger.log.embedded import EmbeddedLog
+from ledger.pricing import default_price_book, price_micros
+from ledger.settings import Settings
+from projections.role import ProjectorRole
+from projections.usage_store import PostingRow, UsageRow, UsageStore
+from schemas import topics
+from schemas.codec import encode
+from schemas.events import HoldCaptured
+from schemas.units import Units
+
+month = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def captured(i: int, org: str = "org_p", at: datetime | None = None) -> HoldCaptured:
+    units = Units(input_tokens=100 + i, output_tokens=10 + i % 7)
+    amount = price_micros(default_price_book().models["sim-chat-large"], units)
+    return HoldCaptured(
+        event_id=f"evt_{org}_{i}",
+        occurred_at=at or month + timedelta(minutes=i),
+        org_id=org,
+        hold_id=f"req_{i}",
+        request_id=f"req_{i}",
+        job_id=f"job_{i}",
+        token_id="tok_1",
+        model="sim-chat-large",
+        endpoint="/v1/chat/completions",
+        amount_micros=amount,
+        released_micros=1000,
+        priced_micros=amount,
+        price_version="2026-11-01",
+        units=units,
+        latency_ms=12,
+    )
+
+
+class RecordingStore:
+    """The real store, recording each flush; optionally failing once right after a write (a crash
+    between the ClickHouse write and the offset commit)."""
+
+    def __init__(self, store: UsageStore, fail_after_write: int | None = None) -> None:
+        self.store = store
+        self.batches: list[int] = []
+        self.written: list[int] = []
+        self.fail_after_write = fail_after_write
+
+    def insert(self, usage: Sequence[UsageRow], ledger: Sequence[PostingRow]) -> int:
+        written = self.store.insert(usage, ledger)
+        self.batches.append(len(usage))
+        self.written.append(written)
+        if self.fail_after_write is not None and len(self.batches) == self.fail_after_write:
+            raise RuntimeError("crash after the ClickHouse write, before the commit")
+        return written
+
+
+def publish(log: EmbeddedLog, events: list[HoldCaptured]) -> None:
+    producer = log.producer("test")
+    producer.send([Outgoing(topics.LEDGER, e.org_id, encode(e)) for e in events])
+    producer.flush(5)
+
+
+def run_until(projector: ProjectorRole, done: object, timeout_s: float = 20) -> None:
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            projector.run(stop)
+        except BaseException as error:  # the simulated crash ends the role, as it would the process
+            errors.append(error)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while thread.is_alive() and not done() and time.monotonic() < deadline:  # type: ignore[operator]
+        time.sleep(0.02)
+    stop.set()
+    thread.join(30)
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> tuple[EmbeddedLog, UsageStore]:
+    log = EmbeddedLog(tmp_path / "log.sqlite3", partitions=topics.partitions_per_topic)
+    store = UsageStore(path=tmp_path / "clickhouse")
+    yield log, store  # type: ignore[misc]
+    store.close()
+    log.close()
+
+
+def test_batches_are_bounded_by_count_and_flushed_by_wait(parts: tuple[EmbeddedLog, UsageStore]) -> None:
+    log, store = parts
+    publish(log, [captured(i) for i in range(230)])
+    settings = replace(Settings(), sink_batch_rows_max=50, batch_records_max=20, sink_flush_wait_ms_max=5000)
+    recording = RecordingStore(store)
+    projector = ProjectorRole(log, settings, recording, group="g1")  # type: ignore[arg-type]
+    run_until(projector, lambda: sum(recording.batches) >= 230)
+    assert sum(recording.batches) == 230
+    assert max(recording.batches) <= 50, recording.batches
+    # A lone event after the backlog is flushed within the wait, not held for a full batch.
+    settings = replace(settings, sink_flush_wait_ms_max=100)
+    recording = RecordingStore(store)
+    projector = ProjectorRole(log, settings, recording, group="g1")  # type: ignore[arg-type]
+    started = time.monotonic()
+    publish(log, [captured(999, at=month + timedelta(days=3))])
+    run_until(projector, lambda: sum(recording.batches) >= 1)
+    assert recording.batches == [1] and time.monotonic() - started < 5
+    assert store.raw_totals_by_org()["org_p"][0] == 231
+
+
+def test_a_crash_between_write_and_commit_changes_no_total(parts: tuple[EmbeddedLog, UsageStore]) -> None:
+    log, store = parts
+    events = [captured(i) for i in range(120)] + [captured(i, org="org_q") for i in range(40)]
+    late = captured(500, at=month - timedelta(days=2, minutes=3))  # an event from an earlier day, arriving last
+    publish(log, events)
+    settings = replace(Settings(), sink_batch_rows_max=40, batch_records_max=40, sink_flush_wait_ms_max=50)
+    crashing = RecordingStore(store, fail_after_write=2)
+    run_until(ProjectorRole(log, settings, crashing, group="g"), lambda: False, timeout_s=5)  # type: ignore[arg-type]
+    assert len(crashing.batches) == 2  # it died after writing its second batch, before committing it
+    publish(log, [late])
+    recording = RecordingStore(store)
+    restarted = ProjectorRole(log, settings, recording, group="g")  # type: ignore[arg-type]
+    run_until(restarted, lambda: store.raw_totals_by_org().get("org_q", (0, 0))[0] == 40 and late_in(store))
+    # The uncommitted second batch came again first, and wrote nothing new.
+    assert (recording.batches[0], recording.written[0]) == (40, 0)
+    assert restarted.rows_written == 161 - 40 - 40
+    for org in ("org_p", "org_q"):
+        expected = [e.amount_micros for e in [*events, late] if e.org_id == org]
+        raw = store.raw_totals_by_org()[org]
+        assert raw == (len(expected), sum(expected))
+        assert store.rollup_totals_by_org("usage_hourly")[org] == store.rollup_totals_by_org("usage_daily")[org] == raw
+        assert store.totals_by_org()[org] == (sum(expected), sum(expected))
+    day = store.rollup("org_p", "day", "none", None, month - timedelta(days=1), 10)
+    assert [(row.period_start, row.requests, row.cost_micros) for row in day] == [
+        (datetime(2026, 10, 29), 1, late.amount_micros)
+    ]
+
+
+def late_in(store: UsageStore) -> bool:
+    return store.raw_totals_by_org().get("org_p", (0, 0))[0] == 121

@@ -1,0 +1,113 @@
+"""Statements: the allocation of per-request rounding (property test against the real pricing) and
+the `tollgate statement` command on an embedded ClickHouse."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ledger.pricing import default_price_book, price_micros, unit_names, unit_quantities, unit_rates
+from projections.statements import build_statement, rounding_unit
+from projections.usage_store import ChargedTotal, PricedUsage, UsageStore
+from schemas.units import Units
+from tests.test_usage_store_contract import capture_posting, charge
+
+book = default_price_book()
+month = datetime(2026, 11, 1, tzinfo=UTC)
+
+requests = st.lists(
+    st.tuples(
+        st.sampled_from(sorted(book.models)),
+        st.builds(
+            Units,
+            input_tokens=st.integers(0, 200_000),
+            cached_input_tokens=st.integers(0, 5_000),
+            output_tokens=st.integers(0, 9_000),
+            images=st.integers(0, 4),
+            audio_seconds=st.integers(0, 900),
+            video_seconds=st.integers(0, 30),
+            characters=st.integers(0, 20_000),
+            calls=st.integers(0, 5),
+            variant=st.sampled_from(("", "1024x1024/hd", "1792x1024/standard", "512x512/unknown")),
+        ),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(requests)
+def test_lines_add_up_to_the_charges_exactly_and_rounding_is_never_negative(
+    batch: list[tuple[str, Units]],
+) -> None:
+    """Grouped as ClickHouse groups them: per (model, version, unit, rate) and per (model, version)."""
+    priced: dict[tuple[str, str, str, int], list[int]] = {}
+    charged: dict[tuple[str, str], list[int]] = {}
+    for model, units in batch:
+        price = book.models[model]
+        cost = price_micros(price, units)
+        total = charged.setdefault((model, book.version), [0, 0])
+        total[0] += 1
+        total[1] += cost
+        for unit, quantity, rate in zip(unit_names, unit_quantities(units), unit_rates(price, units), strict=True):
+            if quantity:
+                group = priced.setdefault((model, book.version, unit, rate), [0, 0])
+                group[0] += quantity
+                group[1] += quantity * rate
+    statement = build_statement(
+        "org",
+        month,
+        month + timedelta(days=30),
+        [
+            PricedUsage(model=m, price_version=v, unit=u, rate=r, quantity=q, scaled=s)
+            for (m, v, u, r), (q, s) in priced.items()
+        ],
+        [ChargedTotal(model=m, price_version=v, requests=n, cost_micros=c) for (m, v), (n, c) in charged.items()],
+        {"hold.captured.v1": sum(c for _, c in charged.values())},
+    )
+    expected = sum(price_micros(book.models[m], u) for m, u in batch)
+    assert sum(line.amount_micros for line in statement.lines) == statement.charges_micros == expected
+    assert statement.balanced
+    assert all(line.amount_micros >= 0 for line in statement.lines)
+    # A rounding line is less than one micro per request plus the minimum-charge top-ups.
+    for line in statement.lines:
+        if line.unit == rounding_unit:
+            minimum = book.models[line.model].minimum_charge_micros
+            unit_lines = sum(
+                1 for other in statement.lines if other.model == line.model and other.unit != rounding_unit
+            )
+            assert line.amount_micros < line.quantity * (1 + minimum) + unit_lines
+
+
+def test_statement_command_prints_json_and_csv_that_add_up(tmp_path: Path) -> None:
+    store = UsageStore(path=tmp_path / "clickhouse")
+    rows = [
+        charge(f"c{i}", month + timedelta(hours=7 * i), model=("sim-chat-small", "sim-tts")[i % 2]) for i in range(50)
+    ]
+    store.insert(rows, [capture_posting(r) for r in rows])
+    store.close()
+    command = [sys.executable, "-m", "ledger.cli", "statement", "--org", "org_a", "--data-dir", str(tmp_path)]
+    period = ["--from", "2026-11-01T00:00:00Z", "--to", "2026-11-08T00:00:00Z"]
+    inside = sum(r.cost_micros for r in rows if r.created_at < month + timedelta(days=7))
+    as_json = subprocess.run([*command, *period], capture_output=True, text=True, check=True, timeout=120)
+    body = json.loads(as_json.stdout)
+    assert body["charges_micros"] == body["ledger"]["charges_micros"] == inside == body["total_micros"]
+    assert sum(line["amount_micros"] for line in body["lines"]) == inside
+    as_csv = subprocess.run(
+        [*command, *period, "--format", "csv"], capture_output=True, text=True, check=True, timeout=120
+    )
+    lines = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert lines[-1]["unit"] == "total" and int(lines[-1]["amount_micros"]) == inside
+    assert sum(int(line["amount_micros"]) for line in lines[:-1]) == inside
+    bad = subprocess.run(
+        [*command, "--from", "2026-11-08", "--to", "2026-11-01"], capture_output=True, text=True, timeout=120
+    )
+    assert bad.returncode != 0 and "--from must be before --to" in bad.stderr
