@@ -180,13 +180,32 @@ def verify(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def balance_at(args: argparse.Namespace, settings: Settings) -> int:
-    at = datetime.fromisoformat(args.at.replace("Z", "+00:00"))
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=UTC)
+    at = _moment(args.at)
     log = open_log(settings)
     auditor = audit_log(log, None, until=at, quiet=True)
     print(json.dumps({"org_id": args.org, "at": at.isoformat(), **auditor.balance(args.org)}, indent=2))
     return 0
+
+
+def statement(args: argparse.Namespace, settings: Settings) -> int:
+    """An organization's statement for [from, to) from the log alone (compare with ClickHouse's)."""
+    from projections.replay import statement_from_log
+    from projections.statements import statement_csv, statement_json
+
+    start, end = (_moment(args.start), _moment(args.end))
+    built = statement_from_log(open_log(settings), args.org, start, end)
+    if args.format == "csv":
+        print(statement_csv(built), end="")
+    else:
+        import msgspec
+
+        print(msgspec.json.format(msgspec.json.Encoder(decimal_format="number").encode(statement_json(built))).decode())
+    return 0
+
+
+def _moment(text: str) -> datetime:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def show_public_key(args: argparse.Namespace, settings: Settings) -> int:
@@ -202,6 +221,7 @@ def add_parsers(sub: Any) -> None:
         ("verify", "check the hash chain, the signed checkpoints, every balance and every charge"),
         ("balance", "an organization's balance as of a past moment, from the log"),
         ("public-key", "the ledger's public key (PEM, or --jwk)"),
+        ("statement", "an organization's statement for a period, from the log alone"),
     ):
         parser = audit_sub.add_parser(name, help=help_text)
         parser.add_argument("--data-dir", type=Path, help="the embedded log's data directory")
@@ -220,8 +240,15 @@ def add_parsers(sub: Any) -> None:
             parser.add_argument("--at", required=True, help="an ISO 8601 moment, e.g. 2026-11-01T00:00:00Z")
         if name == "public-key":
             parser.add_argument("--jwk", action="store_true")
+        if name == "statement":
+            parser.add_argument("--org", required=True)
+            parser.add_argument("--from", dest="start", required=True, help="period start, ISO 8601 (inclusive)")
+            parser.add_argument("--to", dest="end", required=True, help="period end, ISO 8601 (exclusive)")
+            parser.add_argument("--format", choices=("json", "csv"), default="json")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    command = {"verify": verify, "balance": balance_at, "public-key": show_public_key}[args.audit_command]
+    command = {"verify": verify, "balance": balance_at, "public-key": show_public_key, "statement": statement}[
+        args.audit_command
+    ]
     return command(args, settings)
