@@ -487,3 +487,30 @@ def test_a_heartbeat_extends_the_lease_and_a_capture_after_it_lapses_is_refused(
     assert wallet.holds["h1"].expires_at == later + timedelta(seconds=10)
     assert wallet.holds["h1"].attempts == 1, "a heartbeat is not a new attempt"
     assert decide(wallet, capture(), later + timedelta(seconds=10), book) is Rejection.hold_expired
+
+
+def test_heartbeats_never_keep_a_run_past_the_holds_ttl() -> None:
+    """A hung backend keeps heartbeating (the worker's polling thread sends them): the run's lease
+    stops at its start plus the hold's ttl (60 s here), the lease then runs out as any other, and a
+    new run gets a ttl of its own."""
+    wallet, _ = run([grant(1000), hold(100), start("r1", lease_s=30)])
+    at = now
+    for beat in range(1, 10):  # every 10 s, far past the 60 s ttl
+        at = now + timedelta(seconds=10 * beat)
+        decided = decide(wallet, start("r1", lease_s=30, n=beat), at, book)
+        if decided is Rejection.hold_expired:
+            break
+        for event in decided:  # type: ignore[union-attr]
+            evolve(wallet, event)
+        assert wallet.holds["h1"].expires_at <= now + timedelta(seconds=60), "capped at the run's start + ttl"
+    assert at == now + timedelta(seconds=60), "the first heartbeat at or past the cap is refused"
+    assert wallet.holds["h1"].expires_at == now + timedelta(seconds=60)
+    lost = decide_expiry(wallet, "h1", at)
+    assert kinds(lost) == [JobLeaseLost]
+    for event in lost:
+        evolve(wallet, event)
+    second_start = at + timedelta(seconds=1)
+    for event in decide(wallet, start("r2", lease_s=30), second_start, book):  # type: ignore[union-attr]
+        evolve(wallet, event)
+    assert wallet.holds["h1"].run_started_at == second_start
+    assert wallet.holds["h1"].expires_at == second_start + timedelta(seconds=30), "a new run, a new cap"

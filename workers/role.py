@@ -244,6 +244,8 @@ class WorkerRole:
             records = self._attempts(running)
         except Exception:  # a bug here must not lose the job: leave it unfinished for redelivery
             logger.exception("worker crashed running job %s", running.job.job_id)
+            # No more heartbeats for it: its lease runs out and the ledger's expiry settles the hold.
+            running.stop.set()
             return
         if records is not None:
             self._outbox.put(records)

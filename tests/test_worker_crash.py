@@ -1,0 +1,45 @@
+"""A bug inside a worker's job thread (not a backend failure) must not keep the job's hold alive."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+
+from ledger.log import Record
+from ledger.log.embedded import EmbeddedLog
+from ledger.settings import Settings
+from schemas import topics
+from schemas.events import JobQueued
+from workers.backends import SimulatedChatBackend
+from workers.role import WorkerRole, _Running
+
+
+def test_a_job_thread_that_crashes_stops_heartbeating_its_lease(tmp_path: Path) -> None:
+    log = EmbeddedLog(tmp_path / "log.sqlite3", partitions=topics.partitions_per_topic)
+    worker = WorkerRole(log, Settings(), SimulatedChatBackend(0))
+    job = JobQueued(
+        event_id="e1",
+        occurred_at=datetime(2026, 11, 1, tzinfo=UTC),
+        org_id="org_a",
+        job_id="job_1",
+        request_id="req_1",
+        hold_id="hold_1",
+        token_id="tok",
+        model="sim-chat-small",
+        endpoint="/v1/chat/completions",
+        pool="default",
+        payload=msgspec.Raw(b"{not json"),  # decoding it raises inside the job thread
+        accepted_at=datetime(2026, 11, 1, tzinfo=UTC),
+    )
+    running = _Running(job, Record(topic="t", partition=0, offset=0, key=b"org_a", value=b"", timestamp_ms=0))
+    running.run_id = "job_1/run"
+    worker._running[job.job_id] = running
+
+    worker._execute(running)
+
+    assert running.stop.is_set(), "the crashed run is marked stopped"
+    assert worker._heartbeats() == [], "so no heartbeat renews its lease: the ledger's expiry settles the hold"
+    assert job.job_id in worker._running, "and its record stays unfinished, so a restart redelivers it"
+    log.close()
