@@ -8,7 +8,10 @@ up. The allocation, defined once here:
   amount = floor(sum of quantity x rate / 1,000,000), where rate is micros per million units;
 - one ``rounding`` line per (model, price version): what the ledger charged for that model and
   version minus its unit lines. It holds the per-request round-ups and minimum-charge top-ups, and
-  is never negative (the sum of per-request ceilings is at least the floor of the sum);
+  is never negative (the sum of per-request ceilings is at least the floor of the sum), unless a
+  capture was capped at its hold (its usage priced above the hold; the ledger never charges more
+  than it held). Then, when the caps forgave more than the round-ups added, the difference is a
+  negative ``hold_cap`` line in its place;
 - one ``refund`` line (negative) for the period's refunds, if any.
 
 So sum(unit lines + rounding lines) == sum of HoldCaptured.amount_micros in the period, exactly,
@@ -28,6 +31,7 @@ from ledger.pricing import units_per_rate
 from projections.usage_store import ChargedTotal, PricedUsage, UsageStore
 
 rounding_unit = "rounding"
+hold_cap_unit = "hold_cap"
 refund_unit = "refund"
 
 
@@ -83,13 +87,12 @@ def build_statement(
     for total in charged:
         own = unit_lines.pop((total.model, total.price_version), [])
         rounding = total.cost_micros - sum(line.amount_micros for line in own)
-        assert rounding >= 0, f"unit lines exceed the charge for {total.model} {total.price_version}"
         lines.extend(own)
         lines.append(
             StatementLine(
                 model=total.model,
                 price_version=total.price_version,
-                unit=rounding_unit,
+                unit=rounding_unit if rounding >= 0 else hold_cap_unit,
                 quantity=total.requests,
                 unit_price_micros_per_million=0,
                 amount_micros=rounding,

@@ -11,11 +11,12 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.pricing import default_price_book, price_micros, unit_names, unit_quantities, unit_rates
-from projections.statements import build_statement, rounding_unit
+from projections.statements import build_statement, hold_cap_unit, load_statement, rounding_unit
 from projections.usage_store import ChargedTotal, PricedUsage, UsageStore
 from schemas.units import Units
 from tests.test_usage_store_contract import capture_posting, charge
@@ -111,3 +112,22 @@ def test_statement_command_prints_json_and_csv_that_add_up(tmp_path: Path) -> No
         [*command, "--from", "2026-11-08", "--to", "2026-11-01"], capture_output=True, text=True, timeout=120
     )
     assert bad.returncode != 0 and "--from must be before --to" in bad.stderr
+
+
+def test_a_capture_capped_at_its_hold_still_adds_up(tmp_path: Path) -> None:
+    """Usage priced above its hold is charged the hold: its unit lines exceed the charge, and a
+    negative hold_cap line (not a failed assertion, not a 500) makes the statement add up."""
+    store = UsageStore(path=tmp_path / "clickhouse")
+    full = charge("c_full", month + timedelta(hours=1), units=Units(input_tokens=1000, output_tokens=200))
+    capped = charge("c_capped", month + timedelta(hours=2), units=Units(input_tokens=90_000, output_tokens=9_000))
+    capped = msgspec.structs.replace(capped, cost_micros=1_000)
+    rows = [full, capped]
+    store.insert(rows, [capture_posting(r) for r in rows])
+    statement = load_statement(store, "org_a", month, month + timedelta(days=1))
+    store.close()
+    charged = full.cost_micros + 1_000
+    assert statement.charges_micros == statement.ledger_charges_micros == charged
+    assert sum(line.amount_micros for line in statement.lines) == charged
+    caps = [line for line in statement.lines if line.unit == hold_cap_unit]
+    assert len(caps) == 1 and caps[0].amount_micros < 0
+    assert not [line for line in statement.lines if line.unit == rounding_unit]
