@@ -99,6 +99,7 @@ class Rejection(enum.Enum):
     price_version_unknown = "price_version_unknown"
     job_cancelled = "job_cancelled"
     lease_must_be_positive = "lease_must_be_positive"
+    run_superseded = "run_superseded"
 
 
 class HoldStatus(enum.Enum):
@@ -129,6 +130,7 @@ class Hold:
     attempts: int = 0
     run_id: str = ""
     run_started_at: datetime | None = None
+    superseded_run_ids: tuple[str, ...] = ()  # earlier runs (at most attempts_max): their heartbeats are refused
     leased: bool = False
     cancel_requested: bool = False
 
@@ -274,6 +276,8 @@ class Wallet(Aggregate):
         hold = self.holds[hold_id]
         assert hold.status is HoldStatus.open, "only an open hold's job changes"
         assert attempts <= hold.attempts_max, "a job never runs more often than it may"
+        if hold.run_id and run_id != hold.run_id:
+            hold.superseded_run_ids += (hold.run_id,)
         hold.run_id, hold.run_started_at, hold.attempts, hold.leased = run_id, run_started_at, attempts, leased
         hold.expires_at, hold.cancel_requested = expires_at, cancel_requested
 
@@ -578,6 +582,10 @@ def _decide_start_job(wallet: Wallet, command: StartJob, now: datetime) -> list[
         return Rejection.hold_expired
     if hold.cancel_requested:
         return Rejection.job_cancelled
+    if command.run_id in hold.superseded_run_ids:
+        # A run whose lease was lost and that a later run replaced: its heartbeats must not count as
+        # new attempts (two live runs taking turns would dead-letter a job that is working).
+        return Rejection.run_superseded
     renewal = command.run_id == hold.run_id
     attempt = hold.attempts if renewal else hold.attempts + 1
     if attempt > hold.attempts_max:

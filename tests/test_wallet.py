@@ -241,6 +241,7 @@ decision_table: list[tuple[list[AnyCommand], AnyCommand, object]] = [
     ([grant(1000), hold(100), start()], start(n=1), [JobLeased]),
     ([grant(1000), hold(100), start("r1"), start("r2"), start("r3")], start("r4"), [JobDeadLettered, HoldReleased]),
     ([grant(1000), hold(100)], start(lease_s=0), Rejection.lease_must_be_positive),
+    ([grant(1000), hold(100), start("r1"), start("r2")], start("r1", n=1), Rejection.run_superseded),
     ([grant(1000)], start(), Rejection.hold_not_found),
     ([grant(1000), hold(100), capture()], start(), Rejection.hold_already_captured),
     ([grant(1000), hold(100), release()], start(), Rejection.hold_already_released),
