@@ -76,6 +76,11 @@ unit_names = (
 )
 
 
+def billed_seconds(duration_ms: int) -> int:
+    """Audio and video are billed by the started second, at least one: integers only, as money is."""
+    return max(1, _ceil_div(duration_ms, 1000))
+
+
 def unit_rates(price: ModelPrice, units: Units) -> tuple[int, ...]:
     """The rate (micros per million units) that applies to each of ``unit_names`` for ``units``:
     the context tier is chosen by the prompt, the image rate by the variant. Pure."""

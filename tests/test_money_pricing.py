@@ -98,3 +98,11 @@ def test_seconds_characters_and_calls_are_priced() -> None:
     assert price_micros(book["sim-video"], Units(video_seconds=0)) == 10_000  # the minimum charge
     per_call = ModelPrice(model="m", category="chat", pool="p", call_rate=5_000_000_000)
     assert price_micros(per_call, Units(calls=3)) == 15_000
+
+
+def test_billed_seconds_round_up_per_started_second_in_integers() -> None:
+    from ledger.pricing import billed_seconds
+
+    assert [billed_seconds(ms) for ms in (0, 1, 999, 1000, 1001, 2999, 3000)] == [1, 1, 1, 1, 2, 3, 3]
+    # Past 2**53 ms a float division would round; integer division stays exact.
+    assert billed_seconds(2**60 + 1) == 2**60 // 1000 + 1

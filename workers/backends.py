@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import msgspec
 
+from ledger.pricing import billed_seconds
 from schemas.units import Units
 from workers import media
 
@@ -285,7 +286,7 @@ class SimulatedBackend(Backend):
             duration_ms = media.wav_duration_ms(audio)
         except ValueError as error:
             raise BackendError("invalid_audio", f"the uploaded file is not WAV audio: {error}") from None
-        seconds = max(1, math.ceil(duration_ms / 1000))
+        seconds = billed_seconds(duration_ms)
         text = media.transcript_for(audio)
         job.progress(1000, Units(audio_seconds=seconds))
         result = {"text": text, "duration": duration_ms / 1000, "language": "english"}
