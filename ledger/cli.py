@@ -113,9 +113,13 @@ def run_role(role: str, settings: Settings) -> None:
 
         LedgerRole(log, settings, price_book, signer=_signer(settings)).run(stop)
     elif role == "worker":
-        from workers.role import WorkerRole
+        from workers.role import worker_roles
 
-        WorkerRole(log, settings, _backend(settings)).run(stop)
+        roles = worker_roles(log, settings, lambda: _backend(settings))
+        workers = [_start_thread(f"worker-{role.pool}", role.run, stop) for role in roles[1:]]
+        roles[0].run(stop)
+        for thread in workers:
+            thread.join()
     elif role == "projector":
         from projections.role import ProjectorRole
 
@@ -192,11 +196,12 @@ def run_gateway(settings: Settings, with_projector: bool | None, with_roles: boo
     threads = []
     if with_roles:
         from ledger.role import LedgerRole
-        from workers.role import WorkerRole
+        from workers.role import worker_roles
 
         ledger_role = LedgerRole(log, settings, price_book, signer=_signer(settings))
         threads.append(_start_thread("ledger", ledger_role.run, stop))
-        threads.append(_start_thread("worker", WorkerRole(log, settings, _backend(settings)).run, stop))
+        for worker in worker_roles(log, settings, lambda: _backend(settings)):
+            threads.append(_start_thread(f"worker-{worker.pool}", worker.run, stop))
     if own_clickhouse and store is not None:
         from projections.role import ProjectorRole
 

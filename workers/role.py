@@ -205,13 +205,22 @@ class _Done:
 
 class WorkerRole:
     def __init__(
-        self, log: EventLog, settings: Settings, backend: Backend, clock: Callable[[], datetime] = utc_now
+        self,
+        log: EventLog,
+        settings: Settings,
+        backend: Backend,
+        clock: Callable[[], datetime] = utc_now,
+        pool: str | None = None,
     ) -> None:
         self._log = log
         self._settings = settings
         self._backend = backend
         self._clock = clock
-        self.worker_id = f"worker-{'+'.join(settings.worker_pools)}-{settings.instance_id}"
+        # One pool per role, so each pool is one consumer group: workers of a pool share its jobs, and a
+        # worker serving several pools never makes another pool's workers run a job twice.
+        self.pool = pool or settings.worker_pools[0]
+        self.group = f"tollgate-worker-{self.pool}"
+        self.worker_id = f"worker-{self.pool}-{settings.instance_id}"
         self.jobs_done = 0
         self._outbox: queue.Queue[list[Outgoing] | _Done] = queue.Queue(outbox_items_max)
         self._running: dict[str, _Running] = {}
@@ -374,10 +383,9 @@ class WorkerRole:
         return outputs
 
     def run(self, stop: threading.Event) -> None:
-        pools = self._settings.worker_pools
         processor = self._log.processor(
-            [topics.dispatch_topic(pool) for pool in pools],
-            group=f"tollgate-worker-{'+'.join(pools)}",
+            [topics.dispatch_topic(self.pool)],
+            group=self.group,
             transactional_id=self.worker_id,
             on_assigned=lambda partitions: logger.info("worker owns dispatch partitions %s", sorted(partitions)),
         )
@@ -437,3 +445,8 @@ class WorkerRole:
         self._backlog.clear()
         self._in_flight.clear()
         self._polled_to.clear()
+
+
+def worker_roles(log: EventLog, settings: Settings, backend: Callable[[], Backend]) -> list[WorkerRole]:
+    """The roles of a worker process: one per pool it serves (``TOLLGATE_WORKER_POOLS``)."""
+    return [WorkerRole(log, settings, backend(), pool=pool) for pool in dict.fromkeys(settings.worker_pools)]

@@ -1,9 +1,12 @@
-"""A bug inside a worker's job thread (not a backend failure) must not keep the job's hold alive."""
+"""Worker role wiring and failure handling that the end-to-end tests cannot reach."""
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -13,7 +16,7 @@ from ledger.settings import Settings
 from schemas import topics
 from schemas.events import JobQueued
 from workers.backends import SimulatedChatBackend
-from workers.role import WorkerRole, _Running
+from workers.role import WorkerRole, _Running, worker_roles
 
 
 def test_a_job_thread_that_crashes_stops_heartbeating_its_lease(tmp_path: Path) -> None:
@@ -42,4 +45,31 @@ def test_a_job_thread_that_crashes_stops_heartbeating_its_lease(tmp_path: Path) 
     assert running.stop.is_set(), "the crashed run is marked stopped"
     assert worker._heartbeats() == [], "so no heartbeat renews its lease: the ledger's expiry settles the hold"
     assert job.job_id in worker._running, "and its record stays unfinished, so a restart redelivers it"
+    log.close()
+
+
+def test_each_pool_is_its_own_consumer_group(tmp_path: Path) -> None:
+    log = EmbeddedLog(tmp_path / "log.sqlite3", partitions=topics.partitions_per_topic)
+    settings = dataclasses.replace(Settings(), worker_pools=("default", "video", "default"), instance_id="7")
+    roles = worker_roles(log, settings, lambda: SimulatedChatBackend(0))
+    assert [(r.pool, r.group, r.worker_id) for r in roles] == [
+        ("default", "tollgate-worker-default", "worker-default-7"),
+        ("video", "tollgate-worker-video", "worker-video-7"),
+    ]
+    subscriptions: list[tuple[Any, ...]] = []
+    processor = log.processor
+
+    def recording_processor(topic_names: list[str], **kwargs: Any) -> Any:
+        subscriptions.append((tuple(topic_names), kwargs["group"], kwargs["transactional_id"]))
+        return processor(topic_names, **kwargs)
+
+    log.processor = recording_processor  # type: ignore[method-assign]
+    stopped = threading.Event()
+    stopped.set()  # each role opens its processor, sees the stop and closes it
+    for role in roles:
+        role.run(stopped)
+    assert subscriptions == [
+        ((topics.dispatch_topic("default"),), "tollgate-worker-default", "worker-default-7"),
+        ((topics.dispatch_topic("video"),), "tollgate-worker-video", "worker-video-7"),
+    ]
     log.close()
