@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Decimal, DecimalException, Inexact, localcontext
 from typing import Any
 
 import msgspec
@@ -20,10 +21,10 @@ from gateway.core import GatewayCore, new_id, utc_now
 from gateway.errors import ApiError, exception_handlers, from_validation_error
 from gateway.idempotency import fingerprint, idempotency_key_chars_max, key_hash
 from gateway.ratelimit import IpLimiter, RateLimitMiddleware
-from ledger.money import MoneyFormatError, micros_to_decimal, parse_credits
+from ledger.money import MoneyFormatError, format_credits, micros_to_decimal, parse_credits
 from ledger.pricing import ModelPrice, PriceBook
 from ledger.wallet import Grant
-from projections.usage_store import CursorError, posting_cursor
+from projections.usage_store import CursorError, in_moment_range, moment_max, moment_min, posting_cursor
 from schemas.api import (
     AdjustmentBody,
     AutoTopUpBody,
@@ -55,6 +56,12 @@ _encoder = msgspec.json.Encoder(decimal_format="number")
 tokens_per_message_bound = 8
 tokens_per_request_bound = 16
 usage_page_size_max = 200
+# One admin amount, in micros (1e9 credits): far above any real grant, and far enough below int64's
+# 9.2e18 that balances summing many such amounts still fit the ledger's and ClickHouse's integers.
+amount_micros_max = 10**15
+# A query integer: ASCII digits only (str.isdigit also takes '²', which int() refuses), and short
+# enough that int() stays cheap whatever is sent.
+_query_int_pattern = re.compile(r"[0-9]{1,9}")
 
 
 def _json(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response[bytes]:
@@ -204,13 +211,33 @@ def _known_org(request: Request, org_id: str) -> GatewayCore:
     return core
 
 
-def _micros(amount: Decimal, allow_zero: bool = False, allow_negative: bool = False) -> int:
+def _micros(amount: Decimal, name: str = "amount", allow_zero: bool = False, allow_negative: bool = False) -> int:
+    """Credits from a request body as micros, or a 400 naming the field ``name``."""
+    largest = format_credits(amount_micros_max)
+    # Bounded before any arithmetic: 1e999999 would overflow Decimal's context, and NaN compares badly.
+    if not amount.is_finite() or amount.copy_abs() > micros_to_decimal(amount_micros_max):
+        raise ApiError(
+            400,
+            f"{name} must be a finite number of credits, at most {largest} in size.",
+            code="invalid_amount",
+            param=name,
+        )
     try:
-        micros = parse_credits(amount)
+        with localcontext() as exact:
+            # More than 28 digits, or a tiny exponent, would round silently: refuse rather than change money.
+            exact.traps[Inexact] = True
+            micros = parse_credits(amount)
     except MoneyFormatError as error:
-        raise ApiError(400, str(error), code="invalid_amount", param="amount") from None
+        raise ApiError(400, f"{name}: {error}", code="invalid_amount", param=name) from None
+    except DecimalException:
+        raise ApiError(
+            400,
+            f"{name} has more than 6 decimal places (1 micro-credit is 0.000001).",
+            code="invalid_amount",
+            param=name,
+        ) from None
     if (micros == 0 and not allow_zero) or (micros < 0 and not allow_negative):
-        raise ApiError(400, "amount must be positive.", code="invalid_amount", param="amount")
+        raise ApiError(400, f"{name} must be positive.", code="invalid_amount", param=name)
     return micros
 
 
@@ -272,7 +299,10 @@ async def _set_credit_limit(request: Request, org_id: str, derived: str | None) 
     core = _core(request)
     body: CreditLimitBody = await _decode(request, CreditLimitBody)
     command = SetCreditLimit(
-        command_id=_make_id("cmd", derived), org_id=org_id, issued_at=utc_now(), limit_micros=_micros(body.amount, True)
+        command_id=_make_id("cmd", derived),
+        org_id=org_id,
+        issued_at=utc_now(),
+        limit_micros=_micros(body.amount, allow_zero=True),
     )
     if command.limit_micros != core.balances.get(org_id).credit_limit_micros:
         await _ledger(request, command)
@@ -297,9 +327,9 @@ async def _configure_auto_topup(request: Request, org_id: str, derived: str | No
         org_id=org_id,
         issued_at=utc_now(),
         enabled=body.enabled,
-        threshold_micros=_micros(body.threshold, allow_zero=True),
+        threshold_micros=_micros(body.threshold, "threshold", allow_zero=True),
         amount_micros=_micros(body.amount) if body.amount is not None else 0,
-        target_micros=_micros(body.target) if body.target is not None else 0,
+        target_micros=_micros(body.target, "target") if body.target is not None else 0,
     )
     await _ledger(request, command)
     return _json({"object": "auto_topup", "org_id": org_id, "balance": _balance(_core(request), org_id)})
@@ -561,19 +591,15 @@ def _balance(core: GatewayCore, org_id: str) -> dict[str, Any]:
     }
 
 
-def _limit(request: Request) -> int:
-    raw_limit = request.query_params.get("limit", "100")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= usage_page_size_max:
-        raise ApiError(
-            400, f"limit must be an integer from 1 to {usage_page_size_max}.", code="invalid_parameter", param="limit"
-        )
+def _limit(request: Request, default: int = 100, maximum: int = usage_page_size_max) -> int:
+    raw_limit = request.query_params.get("limit", str(default))
+    if not _query_int_pattern.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= maximum:
+        raise ApiError(400, f"limit must be an integer from 1 to {maximum}.", code="invalid_parameter", param="limit")
     return int(raw_limit)
 
 
-def _parse_time(request: Request, name: str) -> datetime | None:
-    value = request.query_params.get(name)
-    if value is None:
-        return None
+def _moment(value: str, name: str) -> datetime:
+    """An ISO 8601 moment (UTC when it names no offset) within what ClickHouse stores, or a 400."""
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
@@ -583,7 +609,20 @@ def _parse_time(request: Request, name: str) -> datetime | None:
             code="invalid_parameter",
             param=name,
         ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    if not in_moment_range(moment):
+        raise ApiError(
+            400,
+            f"{name} must lie from {_iso(moment_min)} to {_iso(moment_max.replace(microsecond=0))}.",
+            code="invalid_parameter",
+            param=name,
+        )
+    return moment
+
+
+def _parse_time(request: Request, name: str) -> datetime | None:
+    value = request.query_params.get(name)
+    return None if value is None else _moment(value, name)
 
 
 @get("/healthz", operation_id="health", opt={"scope": "public", "rate": "none"}, include_in_schema=False)

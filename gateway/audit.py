@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 
 from litestar import Request, Response, get
 
-from gateway.app import _core, _json
+from gateway.app import _core, _json, _parse_time
 from gateway.errors import ApiError
 from ledger.audit import Auditor
 from ledger.audit_cli import read_topic
@@ -28,18 +27,17 @@ async def ledger_public_key(request: Request) -> Response[bytes]:
     return _json({"keys": [public_key_jwk(public_key)], "pem": public_key_pem(public_key)})
 
 
-@get(
-    "/v1/organizations/{org_id:str}/balance-at", operation_id="getOrganizationBalanceAt", opt={"scope": "admin:read"}
-)
+@get("/v1/organizations/{org_id:str}/balance-at", operation_id="getOrganizationBalanceAt", opt={"scope": "admin:read"})
 async def balance_at(request: Request, org_id: str) -> Response[bytes]:
     """The balance as of ``at``, derived from the organization's ledger partition (read to its end)."""
-    raw = request.query_params.get("at")
-    try:
-        at = datetime.fromisoformat((raw or "").replace("Z", "+00:00"))
-    except ValueError:
-        raise ApiError(400, "Give 'at' as an ISO 8601 moment, e.g. 2026-11-01T00:00:00Z.", param="at") from None
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=UTC)
+    at = _parse_time(request, "at")
+    if at is None:
+        raise ApiError(
+            400,
+            "Give 'at' as an ISO 8601 moment, e.g. 2026-11-01T00:00:00Z.",
+            code="missing_required_parameter",
+            param="at",
+        )
     core = _core(request)
     partition = partition_for(org_id.encode(), core.log.partitions)
 

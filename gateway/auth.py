@@ -214,16 +214,27 @@ def _verify_service_token(core: GatewayCore, keys: JwksKeys, token: str) -> ApiT
     raw_scopes = claims.get(scope_claim, "")
     scopes = frozenset(s for s in raw_scopes.split() if s in all_scopes) if isinstance(raw_scopes, str) else frozenset()
     subject = str(claims["sub"])
+    if "nbf" in claims:
+        _claim_moment(claims, "nbf")  # unused, but a claim no datetime can hold marks a bad token all the same
     return ApiToken(
         token_id=f"jwt:{subject}",
         org_id=org_id,
         name=subject,
         scopes=scopes,
         secret_prefix="",
-        created_at=datetime.fromtimestamp(int(claims.get("iat", 0)), UTC),
-        expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC),
+        created_at=_claim_moment(claims, "iat"),
+        expires_at=_claim_moment(claims, "exp"),
         kind="jwt",
     )
+
+
+def _claim_moment(claims: dict[str, Any], name: str) -> datetime:
+    """A NumericDate claim as a moment. PyJWT checks it is an integer, not that a datetime can hold it:
+    a signed token saying exp=1e20 is a bad token (401), not a crash."""
+    try:
+        return datetime.fromtimestamp(int(claims.get(name, 0)), UTC)
+    except (OverflowError, ValueError, OSError, TypeError):
+        raise _unauthorized(f"The service token's '{name}' claim is not a moment in range.", "invalid_token") from None
 
 
 def _looks_like_jwt(secret: str) -> bool:

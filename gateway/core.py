@@ -58,6 +58,7 @@ logger = logging.getLogger(__name__)
 
 token_secret_prefix = "tg_"
 catch_up_wait_s_max = 120.0
+cancel_wait_s = 30.0  # DELETE /v1/jobs/{id} waits this long for the ledger, then answers 504
 
 
 def utc_now() -> datetime:
@@ -491,7 +492,7 @@ class GatewayCore:
         future = self.waiters.expect(command.command_id, answered)
         try:
             self._producer.send([Outgoing(topics.COMMANDS, org_id, encode(command))])
-            return await asyncio.wait_for(future, 30)
+            return await asyncio.wait_for(future, cancel_wait_s)
         finally:
             self.waiters.forget(command.command_id)
 

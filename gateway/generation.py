@@ -492,6 +492,18 @@ async def speech(request: Request) -> Response[bytes]:
     return await _idempotently(request, token.org_id, respond)
 
 
+transcription_text_fields = ("model", "language", "prompt", "response_format", "async")
+
+
+def _form_text(form: Any, name: str) -> str | None:
+    """A multipart field that must be text: a part sent as a file is a 400 naming it, here rather than
+    a failure to encode the job's payload later."""
+    value = form.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    raise ApiError(400, f"'{name}' must be a text field, not a file.", code="invalid_type", param=name)
+
+
 @post("/v1/audio/transcriptions", operation_id="createTranscription", opt={"scope": "user:write"}, status_code=200)
 async def transcriptions(request: Request) -> Response[bytes]:
     token = authorize(request, "user:write")
@@ -516,16 +528,17 @@ async def transcriptions(request: Request) -> Response[bytes]:
         raise ApiError(
             400, f"The file is not WAV audio we can read: {error}", code="invalid_file", param="file"
         ) from None
-    model = str(form.get("model") or "")
+    text = {name: _form_text(form, name) for name in transcription_text_fields}
+    model = text["model"] or ""
     price, version = _model(core, model, lambda p: p.audio_second_rate > 0, "a transcription")
-    run_async = str(form.get("async") or "false").lower() == "true"
+    run_async = (text["async"] or "false").lower() == "true"
     payload = msgspec.json.encode(
         {
             "model": model,
             "file_b64": base64.b64encode(audio).decode(),
             "filename": upload.filename,
-            "language": form.get("language"),
-            "prompt": form.get("prompt"),
+            "language": text["language"],
+            "prompt": text["prompt"],
         }
     )
     bound = Units(audio_seconds=max(1, math.ceil(duration_ms / 1000)))

@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, delete, get
 
-from gateway.app import _core, _iso, _json, authorize, authorize_admin
+from gateway.app import _core, _iso, _json, _limit, authorize, authorize_admin
 from gateway.errors import ApiError
 from gateway.generation import shape_result
 from ledger.money import micros_to_decimal
@@ -62,10 +62,7 @@ def _own_job(request: Request, job_id: str, scope: str) -> JobState:
 @get("/v1/jobs", operation_id="listJobs", opt={"scope": "user:read"})
 async def list_jobs(request: Request) -> Response[bytes]:
     token = authorize(request, "user:read")
-    raw_limit = request.query_params.get("limit", "20")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= jobs_page_size_max:
-        raise ApiError(400, f"limit must be 1 to {jobs_page_size_max}.", code="invalid_parameter", param="limit")
-    limit = int(raw_limit)
+    limit = _limit(request, default=20, maximum=jobs_page_size_max)
     after = request.query_params.get("after")
     status = request.query_params.get("status")
     jobs = _core(request).jobs.list(token.org_id, limit + 1 if status is None else 10_000, after)
@@ -94,7 +91,12 @@ async def cancel_job(request: Request, job_id: str) -> Response[bytes]:
     job = _own_job(request, job_id, "user:write")
     if job.terminal:
         raise ApiError(409, f"The job is already {job.status}.", code="job_already_finished", param="job_id")
-    seen = await _core(request).cancel_job(job.org_id, job.request_id, job.job_id)
+    try:
+        seen = await _core(request).cancel_job(job.org_id, job.request_id, job.job_id)
+    except TimeoutError:
+        raise ApiError(
+            504, "The ledger did not answer in time; the cancellation may still apply.", code="timeout", param="job_id"
+        ) from None
     rejected = seen.get(CommandRejected)
     if isinstance(rejected, CommandRejected):
         raise ApiError(409, f"The job cannot be cancelled now: {rejected.code}.", code=rejected.code, param="job_id")

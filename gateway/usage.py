@@ -60,6 +60,14 @@ def _before(request: Request) -> tuple[datetime | None, tuple[datetime, str] | N
     return (_parse_time(request, "before") if raw is not None else None), None
 
 
+def _window(request: Request) -> tuple[datetime | None, datetime | None]:
+    """``from`` and ``to``, either of them open; a window that ends before it starts is a 400."""
+    start, end = _parse_time(request, "from"), _parse_time(request, "to")
+    if start is not None and end is not None and start > end:
+        raise ApiError(400, "from must not be after to.", code="invalid_parameter", param="from")
+    return start, end
+
+
 def _usage_event(row: UsageRow) -> dict[str, Any]:
     return {
         "id": row.event_id,
@@ -92,7 +100,7 @@ async def account_usage(request: Request) -> Response[bytes]:
     """Balance, summary and spend for the window, and one page of events, newest first."""
     token = authorize(request, "user:read")
     core = _core(request)
-    start, end = _parse_time(request, "from"), _parse_time(request, "to")
+    start, end = _window(request)
     before, cursor = _before(request)
     selection = UsageFilter(
         org_id=token.org_id,
@@ -174,7 +182,7 @@ def _rollup_answer(
 ) -> Response[bytes]:
     authorize_admin(request, org_id, scope="admin:read")
     granularity = cast(Granularity, _choice(request, "granularity", ("hour", "day")) or "day")
-    start, end = _parse_time(request, "from"), _parse_time(request, "to")
+    start, end = _window(request)
     rows = _store(request).rollup(org_id, granularity, group_by, start, end, rollup_rows_max + 1, by_period)
     key_name = {"model": "model", "token": "token_id", "none": None}[group_by]
     return _json(

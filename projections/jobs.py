@@ -99,12 +99,13 @@ class JobsView:
 
     def list(self, org_id: str, limit: int, after: str | None = None) -> list[JobState]:
         """Newest first; ``after`` is the last job id of the previous page."""
+        # All under the lock: pruning (another thread) deletes from both maps between a check and a read.
         with self._lock:
             ids = list(self._by_org.get(org_id, {}))
-        ids.reverse()
-        if after is not None and after in ids:
-            ids = ids[ids.index(after) + 1 :]
-        return [self.jobs[job_id] for job_id in ids[:limit] if job_id in self.jobs]
+            ids.reverse()
+            if after is not None and after in ids:
+                ids = ids[ids.index(after) + 1 :]
+            return [self.jobs[job_id] for job_id in ids[:limit] if job_id in self.jobs]
 
     def apply(self, event: Event) -> None:
         with self._lock:

@@ -17,6 +17,7 @@ ones a database lacks, in order, and is safe to run on every start.
 from __future__ import annotations
 
 import base64
+import re
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -313,10 +314,35 @@ def posting_cursor(row: PostingRow) -> str:
     return f"{row.created_at.isoformat()}~{row.event_id}~{row.posting}"
 
 
+# ClickHouse DateTime64's range: a moment outside it cannot be stored or compared faithfully, so the
+# API refuses it at the boundary rather than let a bound wrap or overflow deep in a query.
+moment_min = datetime(1900, 1, 1, tzinfo=UTC)
+moment_max = datetime(2299, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+_epoch = datetime(1970, 1, 1, tzinfo=UTC)
+# Millis since the epoch of any moment in range fit in 13 digits and a sign; more is not ours.
+_millis_pattern = re.compile(r"-?[0-9]{1,13}")
+_posting_pattern = re.compile(r"[0-9]{1,3}")
+posting_index_max = 255  # ledger_postings.posting is a UInt8
+
+
+def in_moment_range(moment: datetime) -> bool:
+    """Whether an aware ``moment`` lies in [moment_min, moment_max]; never raises, whatever its offset."""
+    try:
+        utc = moment.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return False  # its UTC form is before year 1 or after 9999
+    return moment_min <= utc <= moment_max
+
+
 def _parse_cursor(cursor: str) -> tuple[datetime, str, int]:
     try:
         created_at, event_id, posting = cursor.split("~")
-        return datetime.fromisoformat(created_at), event_id, int(posting)
+        moment = datetime.fromisoformat(created_at)
+        if not _posting_pattern.fullmatch(posting) or int(posting) > posting_index_max:
+            raise ValueError("posting out of range")
+        if not in_moment_range(moment if moment.tzinfo else moment.replace(tzinfo=UTC)):
+            raise ValueError("moment out of range")
+        return moment, event_id, int(posting)
     except ValueError as error:
         raise CursorError(f"cursor {cursor!r} is not one this API returned") from error
 
@@ -338,10 +364,14 @@ def parse_usage_cursor(cursor: str) -> tuple[datetime, str]:
     body = cursor.removeprefix(cursor_prefix)
     try:
         millis, _, event_id = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode().partition(":")
-        if not event_id:
-            raise ValueError("no event id")
-        return datetime.fromtimestamp(int(millis) / 1000, UTC), event_id
-    except ValueError as error:
+        if not event_id or not _millis_pattern.fullmatch(millis):
+            raise ValueError("no event id, or no millis")
+        # Integer arithmetic, no float: exact, and 13 digits cannot overflow a datetime.
+        moment = _epoch + timedelta(milliseconds=int(millis))
+        if not in_moment_range(moment):
+            raise ValueError("moment out of range")
+        return moment, event_id
+    except (ValueError, OverflowError) as error:
         raise CursorError(f"cursor {cursor!r} is not one this API returned") from error
 
 
@@ -679,13 +709,14 @@ class UsageStore:
         model, token or nothing. Buckets are whole hours (days): ``start`` and ``end`` select buckets
         whose start lies in [start truncated to the bucket, end]."""
         table, bucket = ("usage_hourly", "hour") if granularity == "hour" else ("usage_daily", "day")
-        truncate = "toStartOfHour" if granularity == "hour" else "toStartOfDay"
         key = {"model": "model", "token": "token_id", "none": "''"}[group_by]
         clauses = ["org_id = {org_id:String}"]
         parameters: dict[str, Any] = {"org_id": org_id, "limit": limit}
         if start is not None:
-            clauses.append(f"{bucket} >= {truncate}(toDateTime({{start:DateTime64(3, 'UTC')}}, 'UTC'))")
-            parameters["start"] = start
+            # Truncated here, not by toDateTime in SQL: DateTime stops at 1970, and an earlier start wrapped
+            # round to 2036 and selected nothing.
+            clauses.append(f"{bucket} >= {{start:DateTime64(3, 'UTC')}}")
+            parameters["start"] = _floor(start, bucket)
         if end is not None:
             clauses.append(f"{bucket} <= {{end:DateTime64(3, 'UTC')}}")
             parameters["end"] = end

@@ -33,7 +33,9 @@ from projections.usage_store import UsageStore
 from schemas import topics
 from schemas.codec import decode_event
 from schemas.events import CreditsRefunded, HoldCaptured, HoldRejected
+from tests.harness import Gateway
 from tests.test_dev_e2e import Dev
+from tests.test_usage_store_contract import charge, refusal
 
 _now = datetime.now(UTC)
 # A statement period around the test run (statements cover at most a year).
@@ -293,3 +295,127 @@ def test_statement_period_bounds_and_errors(stack: tuple[Path, Traffic]) -> None
         assert admin.get(f"/v1/organizations/{org}/statements", params=window).json()["ledger"]["balanced"]
     finally:
         dev.role.stop()
+
+
+# --- every filter of GET /v1/account/usage, through HTTP on an in-process gateway ---
+
+_t0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+
+
+@dataclass
+class Filtered:
+    gw: Gateway
+    key: str
+
+
+@pytest.fixture(scope="module")
+def filtered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Filtered]:
+    """One organization's usage rows, written straight to ClickHouse so that every source, model and
+    status is present, and two rows share a millisecond (a page boundary must split them exactly)."""
+    gw = Gateway(tmp_path_factory.mktemp("usage-filters"), with_usage=True)
+    try:
+        org = gw.organization()
+        key = gw.key(org, ["user:read"])[0]
+        rows = [
+            charge("evt_a", _t0, org_id=org),
+            charge("evt_b", _t0 + timedelta(hours=1), org_id=org, model="sim-chat-large", source="playground"),
+            charge("evt_c", _t0 + timedelta(hours=2), org_id=org, source="gpu_cloud"),
+            refusal("evt_d", _t0 + timedelta(hours=3), org_id=org),
+            charge("evt_e", _t0 + timedelta(days=1), org_id=org, source="hosted_agents"),
+            charge("evt_f", _t0 + timedelta(days=1), org_id=org),
+        ]
+        assert gw.store.insert(rows, []) == len(rows)
+        yield Filtered(gw, key)
+    finally:
+        gw.close()
+
+
+def _usage(filtered: Filtered, **params: Any) -> Any:
+    response = filtered.gw.call("GET", "/v1/account/usage", filtered.key, params=params)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _ids(page: Any) -> list[str]:
+    return [event["id"] for event in page["data"]]
+
+
+_newest_first = ["evt_f", "evt_e", "evt_d", "evt_c", "evt_b", "evt_a"]
+
+
+@pytest.mark.parametrize("limit", [1, 2, 4, 6, 200])
+def test_usage_limit_and_next_cursor_page_through_every_row_once(filtered: Filtered, limit: int) -> None:
+    seen: list[str] = []
+    params: dict[str, Any] = {"limit": limit}
+    for _ in range(len(_newest_first) + 1):
+        page = _usage(filtered, **params)
+        assert len(page["data"]) <= limit
+        seen.extend(_ids(page))
+        assert page["has_more"] == (page["next_cursor"] is not None)
+        if page["next_cursor"] is None:
+            break
+        params = {"limit": limit, "before": page["next_cursor"]}
+    assert seen == _newest_first
+    assert _usage(filtered, limit=limit)["summary"]["requests"] == len(_newest_first)  # a page never narrows it
+
+
+def test_usage_before_a_moment_shows_older_rows_only(filtered: Filtered) -> None:
+    assert _ids(_usage(filtered, before=(_t0 + timedelta(hours=2)).isoformat())) == ["evt_b", "evt_a"]
+
+
+def test_usage_from_and_to_bound_the_window_inclusively(filtered: Filtered) -> None:
+    page = _usage(filtered, **{"from": (_t0 + timedelta(hours=1)).isoformat(), "to": "2026-03-01T13:00:00Z"})
+    assert _ids(page) == ["evt_d", "evt_c", "evt_b"]
+    assert page["summary"]["requests"] == 3 and page["summary"]["errors"] == 1
+    assert _ids(_usage(filtered, **{"from": "2026-03-02T10:00:00Z"})) == ["evt_f", "evt_e"]
+    assert _ids(_usage(filtered, to="2026-03-01T10:00:00Z")) == ["evt_a"]
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"source": "api"}, ["evt_f", "evt_d", "evt_a"]),
+        ({"source": "playground"}, ["evt_b"]),
+        ({"source": "gpu_cloud"}, ["evt_c"]),
+        ({"source": "hosted_agents"}, ["evt_e"]),
+        ({"model": "sim-chat-large"}, ["evt_d", "evt_b"]),
+        ({"model": "no-such-model"}, []),
+        ({"status": "error"}, ["evt_d"]),
+        ({"status": "success"}, ["evt_f", "evt_e", "evt_c", "evt_b", "evt_a"]),
+        ({"source": "api", "status": "success", "model": "sim-chat-small"}, ["evt_f", "evt_a"]),
+    ],
+)
+def test_usage_source_model_and_status_filter_the_events(
+    filtered: Filtered, params: dict[str, str], expected: list[str]
+) -> None:
+    page = _usage(filtered, **params)
+    assert _ids(page) == expected
+    assert page["summary"]["requests"] == len(_newest_first)  # labels filter the events, not the summary
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        ({"limit": "0"}, "limit"),
+        ({"limit": "201"}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"limit": "²"}, "limit"),
+        ({"source": "web"}, "source"),
+        ({"status": "ok"}, "status"),
+        ({"from": "yesterday"}, "from"),
+        ({"to": "2026-13-01T00:00:00Z"}, "to"),
+        ({"from": "9999-12-31T23:30:00Z"}, "from"),
+        ({"to": "1899-12-31T23:59:59Z"}, "to"),
+        ({"before": "soon"}, "before"),
+        ({"before": "cur_bm90LWEtY3Vyc29y"}, "before"),
+        ({"from": "2026-03-02T00:00:00Z", "to": "2026-03-01T00:00:00Z"}, "from"),
+    ],
+)
+def test_usage_bad_filter_values_are_a_400_naming_the_parameter(
+    filtered: Filtered, params: dict[str, str], param: str
+) -> None:
+    response = filtered.gw.call("GET", "/v1/account/usage", filtered.key, params=params)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "invalid_parameter"
+    assert error["param"] == param and error["message"]
