@@ -5,7 +5,13 @@ partitions). It checks the hash chain and the signed checkpoints (``ledger/chain
 every wallet with the ledger's own ``evolve`` and the double-entry book, checks that the book sums to
 zero and that every capture is exactly its priced usage under the price book version its hold named.
 Every problem becomes a ``Finding`` naming the record; the first one is what ``tollgate audit verify``
-reports. IO (reading the log, asking the gateway) lives in ``ledger/cli.py``.
+reports. IO (reading the log, asking the gateway) lives in ``ledger/audit_cli.py``.
+
+The ledger signs a checkpoint at least every ``checkpoint_records_max`` records of a partition, so a
+longer run without a valid one (``unsigned_records_max``), in the middle or at the tail, is a finding
+too: it is what rewriting the chain after a forged record and deleting the checkpoints it broke
+leaves behind. What no log alone can show is the tail of a partition cut off together with its last
+checkpoints; comparing with the live balances (``audit verify --gateway``) does.
 """
 
 from __future__ import annotations
@@ -47,6 +53,9 @@ class PartitionAudit:
     records: int = 0
     checkpoints: int = 0
     signed_records: int = 0  # records covered by the last valid checkpoint
+    unsigned_run: int = 0  # records since the last valid checkpoint (that checkpoint not counted)
+    unsigned_run_max: int = 0  # the longest such run in the partition so far
+    run_start: tuple[int, str] = (0, "")  # (offset, event id) of the first record of the current run
 
 
 @dataclass(slots=True)
@@ -54,6 +63,9 @@ class Auditor:
     public_keys: list[Ed25519PublicKey] | None  # every key the ledger signed with (rotation); None: skip signatures
     prices: PriceBooks
     until: datetime | None = None  # fold only events that occurred at or before this moment
+    # The longest run of records a partition may hold without a valid checkpoint (the ledger's
+    # checkpoint_records_max); None: not checked. Needs public_keys (validity is the signature's).
+    unsigned_records_max: int | None = None
     wallets: dict[str, Wallet] = field(default_factory=dict)
     book: Book = field(default_factory=Book)
     partitions: dict[int, PartitionAudit] = field(default_factory=dict)
@@ -84,6 +96,7 @@ class Auditor:
             self._find(record, "", "undecodable", f"the record is not an event: {error}")
             chain.advance(record.value, "")
             self._previous[record.partition] = (record.offset, "?")
+            self._extend_unsigned_run(record, "?", audit)
             return
         if not isinstance(event, LedgerFact):
             self._find(record, event.event_id, "foreign_event", f"{type(event).__name__} does not belong on the ledger")
@@ -97,8 +110,10 @@ class Auditor:
                 f"links to {event.prev_hash[:12] or 'nothing'} but follows {follows} (hash {chain.head[:12]}): "
                 "that event was altered, or events were removed, inserted or moved between the two",
             )
-        if isinstance(event, ChainCheckpoint):
-            self._check_checkpoint(record, event, chain, audit)
+        if isinstance(event, ChainCheckpoint) and self._check_checkpoint(record, event, chain, audit):
+            self._end_unsigned_run(record.partition, audit, record.offset)
+        else:
+            self._extend_unsigned_run(record, event.event_id, audit)
         chain.advance(record.value, event.org_id)
         self._previous[record.partition] = (record.offset, event.event_id)
         if self.until is None or event.occurred_at <= self.until:
@@ -106,7 +121,8 @@ class Auditor:
 
     def _check_checkpoint(
         self, record: Record, checkpoint: ChainCheckpoint, chain: ChainHead, audit: PartitionAudit
-    ) -> None:
+    ) -> bool:
+        """Whether ``checkpoint`` signs the chain as it stands, with one of the ledger's keys."""
         audit.checkpoints += 1
         if (checkpoint.partition, checkpoint.count, checkpoint.head) != (record.partition, chain.count, chain.head):
             self._find(
@@ -116,16 +132,44 @@ class Auditor:
                 f"signs {checkpoint.count} records ending in {checkpoint.head[:12]}, but {chain.count} records "
                 f"ending in {chain.head[:12]} precede it",
             )
-            return
+            return False
         if self.public_keys is None:
-            return
+            return False
         key = next((k for k in self.public_keys if key_id_of(k) == checkpoint.key_id), None)
         if key is None or not signature_valid(
             key, checkpoint.partition, checkpoint.count, checkpoint.head, checkpoint.signature
         ):
             self._find(record, checkpoint.event_id, "bad_signature", "the checkpoint is not signed by the ledger's key")
-            return
+            return False
         audit.signed_records = chain.count
+        return True
+
+    def _extend_unsigned_run(self, record: Record, event_id: str, audit: PartitionAudit) -> None:
+        if audit.unsigned_run == 0:
+            audit.run_start = (record.offset, event_id)
+        audit.unsigned_run += 1
+        audit.unsigned_run_max = max(audit.unsigned_run_max, audit.unsigned_run)
+
+    def _end_unsigned_run(self, partition: int, audit: PartitionAudit, closed_at: int | None) -> None:
+        """A valid checkpoint (at offset ``closed_at``) or the end of the partition (None) closes the
+        run. Too long a run is a finding named by its first record: a forged record lies at or after it."""
+        bound = self.unsigned_records_max
+        if bound is not None and self.public_keys is not None and audit.unsigned_run > bound:
+            offset, event_id = audit.run_start
+            until = "the end of the partition" if closed_at is None else f"the checkpoint at offset {closed_at}"
+            if len(self.findings) < findings_max:
+                self.findings.append(
+                    Finding(
+                        partition,
+                        offset,
+                        event_id,
+                        "unsigned_run",
+                        f"{audit.unsigned_run} records from here to {until} carry no valid signed checkpoint, "
+                        f"but the ledger signs one at least every {bound}: checkpoints were removed (how a "
+                        "rewritten chain hides) or the ledger did not write this log",
+                    )
+                )
+        audit.unsigned_run = 0
 
     def _fold(self, record: Record, event: Event) -> None:
         if isinstance(event, ChainCheckpoint):
@@ -165,7 +209,12 @@ class Auditor:
             )
 
     def finish(self) -> None:
-        """Checks that need the whole log: the book sums to zero."""
+        """Checks that need the whole log: no partition ends in too long an unsigned run, and the book
+        sums to zero."""
+        for partition, audit in sorted(self.partitions.items()):
+            tail = audit.unsigned_run
+            self._end_unsigned_run(partition, audit, None)
+            audit.unsigned_run = tail  # still the tail: unsigned_records() reports it
         if self.book.total_micros() != 0:
             self.findings.append(
                 Finding(-1, -1, "", "unbalanced_book", f"the accounts sum to {self.book.total_micros()}, not 0")
@@ -184,4 +233,4 @@ class Auditor:
 
     def unsigned_records(self) -> int:
         """Records after each partition's last valid checkpoint: protected by the chain, not yet signed."""
-        return sum(audit.records - audit.signed_records for audit in self.partitions.values())
+        return sum(audit.unsigned_run for audit in self.partitions.values())

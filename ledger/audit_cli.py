@@ -71,10 +71,18 @@ def open_log(settings: Settings) -> EventLog:
 
 
 def read_topic(
-    log: EventLog, topic: str, partitions: Sequence[int] | None = None, label: str = "", quiet: bool = False
+    log: EventLog,
+    topic: str,
+    partitions: Sequence[int] | None = None,
+    label: str = "",
+    quiet: bool = False,
+    start_ms: int | None = None,
 ) -> Iterator[list[Record]]:
-    """Every committed record of ``topic`` from the beginning, in batches, each partition in order."""
-    consumer = log.consumer([topic], client_id=f"tollgate-audit-{time.monotonic_ns()}", partitions=partitions)
+    """Every committed record of ``topic`` from the beginning (or from the first one stamped at or
+    after ``start_ms``), in batches, each partition in order."""
+    consumer = log.consumer(
+        [topic], client_id=f"tollgate-audit-{time.monotonic_ns()}", partitions=partitions, start_ms=start_ms
+    )
     progress = Progress(label or topic, consumer.lag(), sys.stderr)
     try:
         while not consumer.caught_up():
@@ -99,8 +107,16 @@ def price_books(log: EventLog) -> PriceBooks:
     return books
 
 
-def audit_log(log: EventLog, public_keys: Any, until: datetime | None = None, quiet: bool = False) -> Auditor:
-    auditor = Auditor(public_keys=public_keys, prices=price_books(log), until=until)
+def audit_log(
+    log: EventLog,
+    public_keys: Any,
+    until: datetime | None = None,
+    quiet: bool = False,
+    unsigned_records_max: int | None = None,
+) -> Auditor:
+    auditor = Auditor(
+        public_keys=public_keys, prices=price_books(log), until=until, unsigned_records_max=unsigned_records_max
+    )
     for batch in read_topic(log, topics.LEDGER, label="verifying tollgate.ledger", quiet=quiet):
         auditor.feed(batch)
     auditor.finish()
@@ -138,9 +154,12 @@ def _public_keys(settings: Settings, given: list[str] | None) -> list[Any]:
 
 def verify(args: argparse.Namespace, settings: Settings) -> int:
     public_keys = _public_keys(settings, args.public_key)
+    # The ledger signs at least every checkpoint_records_max records; a log written with another
+    # setting (or by an older ledger, which signed only between batches) needs it passed here.
+    bound = args.unsigned_records_max if args.unsigned_records_max is not None else settings.checkpoint_records_max
     log = open_log(settings)
     started = time.monotonic()
-    auditor = audit_log(log, public_keys, quiet=args.json)
+    auditor = audit_log(log, public_keys, quiet=args.json, unsigned_records_max=bound)
     problems = [str(finding) for finding in auditor.findings]
     if args.gateway:
         problems += [f"read model: {m}" for m in compare_with_gateway(auditor, args.gateway, args.admin_token or "")]
@@ -150,10 +169,17 @@ def verify(args: argparse.Namespace, settings: Settings) -> int:
         "records": records,
         "records_per_s": round(records / max(time.monotonic() - started, 1e-9)),
         "partitions": {
-            str(p): {"records": a.records, "checkpoints": a.checkpoints, "signed_records": a.signed_records}
+            str(p): {
+                "records": a.records,
+                "checkpoints": a.checkpoints,
+                "signed_records": a.signed_records,
+                "unsigned_tail": a.unsigned_run,
+                "longest_unsigned_run": a.unsigned_run_max,
+            }
             for p, a in sorted(auditor.partitions.items())
         },
         "unsigned_records": auditor.unsigned_records(),
+        "unsigned_records_max": bound,
         "organizations": len(auditor.wallets),
         "captures_checked": auditor.captures_checked,
         "book_total_micros": auditor.book.total_micros(),
@@ -167,7 +193,8 @@ def verify(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{records:,} ledger records in {partitions} partitions, {report['organizations']} organizations")
         print(
             f"chain and checkpoints: {sum(a.checkpoints for a in auditor.partitions.values())} checkpoints, "
-            f"{report['unsigned_records']} records after the last checkpoint (chained, not yet signed)"
+            f"{report['unsigned_records']} records after the last checkpoint (chained, not yet signed); "
+            f"at most {bound} allowed in a row per partition"
         )
         print(
             f"captures checked against the price book: {auditor.captures_checked}; book sums to "
@@ -203,6 +230,13 @@ def statement(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def _moment(text: str) -> datetime:
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
@@ -235,6 +269,12 @@ def add_parsers(sub: Any) -> None:
             parser.add_argument("--gateway", help="also compare with this gateway's balances read model")
             parser.add_argument("--admin-token", help="the platform admin token for --gateway")
             parser.add_argument("--json", action="store_true", help="print the report as JSON")
+            parser.add_argument(
+                "--unsigned-records-max",
+                type=_positive,
+                help="fail a partition with more records than this in a row without a valid checkpoint "
+                "(default: TOLLGATE_CHECKPOINT_RECORDS_MAX, the most the ledger writes between two)",
+            )
         if name == "balance":
             parser.add_argument("--org", required=True)
             parser.add_argument("--at", required=True, help="an ISO 8601 moment, e.g. 2026-11-01T00:00:00Z")

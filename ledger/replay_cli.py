@@ -3,13 +3,18 @@ live ones.
 
 - ``balances``: every wallet and the double-entry book, from offset 0 (a balance has no midpoint);
   compared with the gateway's balances read model.
-- ``jobs``: job state from the ledger and jobs topics (from ``--since`` or 0); compared, job by job,
-  with the gateway's (``GET /v1/jobs/{id}`` with an organization key is per organization, so the
-  comparison uses the admin's job lookup by organization).
+- ``jobs``: job state from the ledger and jobs topics; compared, job by job, with the gateway's
+  (``GET /v1/jobs/{id}`` with an organization key is per organization, so the comparison uses the
+  admin's job lookup by organization). From ``--since``: the jobs placed (``HoldPlaced``) at or
+  after it, each with all of its events, so the state of a job placed earlier is not half rebuilt.
 - ``windows``: the rate-limit windows of the last minute from ``tollgate.requests`` and the charges;
   compared with ``used_in_window`` of ``GET /v1/organizations/{id}/limits``.
-- ``usage``: ClickHouse usage rows, rollups and postings into a fresh store in ``--target`` (from
-  ``--since`` or 0); compared with the live usage API totals.
+- ``usage``: ClickHouse usage rows, rollups and postings into a fresh store in ``--target``; compared
+  with the live usage API totals. From ``--since``: the events that occurred in [since, the moment
+  replay started), compared with the live statements of exactly that window.
+
+``--since`` selects events by ``occurred_at`` and seeks the log by record timestamp to a little
+before it (``since_seek_slack_s``), so it reads only the end of the log.
 
 Each prints what it rebuilt, how fast (with a progress line on long runs) and every mismatch; the exit
 code is 1 when anything differs.
@@ -22,7 +27,7 @@ import json
 import sys
 import time
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +41,25 @@ from projections.jobs import JobsView
 from projections.views import BalancesView, TenantsView
 from schemas import topics
 from schemas.codec import decode_event
+from schemas.events import HoldPlaced
 
 projections_all = ("balances", "jobs", "windows", "usage")
+# --since seeks by record timestamp, stamped by the appending process's clock, then selects by
+# occurred_at, stamped by the deciding one's: starting this much earlier loses nothing to a skew
+# (or a wait between deciding and appending) up to it.
+since_seek_slack_s = 300
+
+
+def seek_start_ms(since: datetime | None) -> int | None:
+    return None if since is None else int(since.timestamp() * 1000) - since_seek_slack_s * 1000
+
+
+def parse_moment(text: str) -> datetime:
+    """An ISO 8601 moment (UTC when no offset), on whole milliseconds: ClickHouse keeps created_at to
+    the millisecond, so a finer bound would split rows differently there and here."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 def _admin(args: argparse.Namespace) -> httpx.Client | None:
@@ -77,13 +99,19 @@ def compare_balances(view: BalancesView, admin: httpx.Client, orgs: set[str]) ->
     return mismatches
 
 
-def rebuild_jobs(log: EventLog, since_ms: int | None) -> JobsView:
-    view = JobsView()
+def rebuild_jobs(log: EventLog, since: datetime | None, retention: timedelta = timedelta(hours=1)) -> JobsView:
+    """Every job, or those placed at or after ``since``. A job exists from its HoldPlaced on, and the
+    view sets aside the events of jobs it does not know, so skipping the earlier HoldPlaced is what
+    leaves out exactly the jobs placed before ``since`` (whose later events alone would misstate them)."""
+    view = JobsView(retention)
+    start_ms = seek_start_ms(since)
     for topic in (topics.LEDGER, topics.JOBS):
-        for batch in read_topic(log, topic, label=f"jobs from {topic}"):
+        for batch in read_topic(log, topic, label=f"jobs from {topic}", start_ms=start_ms):
             for record in batch:
-                if since_ms is None or record.timestamp_ms >= since_ms:
-                    view.apply(decode_event(record.value))
+                event = decode_event(record.value)
+                if since is not None and isinstance(event, HoldPlaced) and event.occurred_at < since:
+                    continue
+                view.apply(event)
     return view
 
 
@@ -137,10 +165,11 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
     unknown = set(wanted) - set(projections_all)
     if unknown:
         sys.exit(f"unknown projections {sorted(unknown)}; choose from {', '.join(projections_all)}")
-    since = datetime.fromisoformat(args.since.replace("Z", "+00:00")) if args.since else None
-    if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
-    since_ms = int(since.timestamp() * 1000) if since else None
+    since = parse_moment(args.since) if args.since else None
+    # The end of a --since window: events that occur while replay runs are not compared.
+    until = parse_moment(datetime.now(UTC).isoformat())
+    if since is not None and since >= until:
+        sys.exit(f"--since {since.isoformat()} is not in the past")
     log = open_log(settings)
     admin = _admin(args)
     report: dict[str, Any] = {}
@@ -159,7 +188,7 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
             mismatches += compare_balances(balances, admin, organizations(log))
     if "jobs" in wanted:
         started = time.monotonic()
-        jobs = rebuild_jobs(log, since_ms)
+        jobs = rebuild_jobs(log, since, timedelta(seconds=settings.job_retention_s))
         report["jobs"] = {
             "jobs": len(jobs.jobs),
             "by_status": dict(Counter(job.status for job in jobs.jobs.values())),
@@ -177,10 +206,13 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
 
         target = Path(args.target) if args.target else settings.data_dir / f"replay-{int(time.time())}"
         started = time.monotonic()
-        store, totals = rebuild_usage(log, target, since_ms)
+        end = until if since is not None else None  # the whole log is compared whole
+        store, totals = rebuild_usage(log, target, since, end, start_ms=seek_start_ms(since))
         report["usage"] = {"target": str(target), "seconds": round(time.monotonic() - started, 3), **totals}
+        if since is not None:
+            report["usage"].update({"from": since.isoformat(), "to": until.isoformat()})
         if admin is not None:
-            mismatches += compare_usage(store, admin, since)
+            mismatches += compare_usage(store, admin, since, end, orgs=organizations(log))
         store.close()
     report["mismatches"] = mismatches[:100]
     report["ok"] = not mismatches
@@ -193,7 +225,10 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--data-dir", type=Path, help="the embedded log's data directory")
     parser.add_argument("--kafka", help="a Kafka bootstrap address (default: TOLLGATE_KAFKA_BOOTSTRAP)")
     parser.add_argument("--projections", default=",".join(projections_all), help="comma separated")
-    parser.add_argument("--since", help="rebuild jobs and usage from this ISO moment instead of offset 0")
+    parser.add_argument(
+        "--since",
+        help="rebuild jobs placed and usage that occurred from this ISO moment on, instead of from offset 0",
+    )
     parser.add_argument("--target", help="a fresh directory for the rebuilt ClickHouse store")
     parser.add_argument("--gateway", help="compare with this gateway's read models")
     parser.add_argument("--admin-token", default="", help="the platform admin token for --gateway")

@@ -142,7 +142,12 @@ class LedgerRole:
                 for record in consumer.poll(self._settings.batch_records_max, self._settings.poll_wait_ms):
                     event = decode_event(record.value)
                     self._apply(event)
-                    self.chains.setdefault(record.partition, ChainHead()).advance(record.value, event.org_id)
+                    chain = self.chains.setdefault(record.partition, ChainHead())
+                    chain.advance(record.value, event.org_id)
+                    if isinstance(event, ChainCheckpoint):
+                        # Count on from the last checkpoint the log holds, so that a restarted or
+                        # aborted member keeps the bound on unsigned records that audit verify checks.
+                        chain.since_checkpoint = 0
                     count += 1
             logger.info("ledger rebuilt partitions %s from %d events", sorted(partitions), count)
         finally:
@@ -191,10 +196,36 @@ class LedgerRole:
         value = encode(msgspec.structs.replace(event, prev_hash=chain.head))
         chain.advance(value, event.org_id)
         record = Outgoing(topics.LEDGER, event.org_id, value)
-        return [record] if copy is None else [record, copy]
+        outputs = [record] if copy is None else [record, copy]
+        if (
+            self._signer is not None
+            and not isinstance(event, ChainCheckpoint)
+            and chain.since_checkpoint >= self._settings.checkpoint_records_max
+        ):
+            # Sign right here, in the same transaction, not after the batch: one batch can append
+            # more than checkpoint_records_max records, and audit verify fails a longer unsigned run.
+            outputs += self._checkpoint(partition, chain, event.occurred_at)
+        return outputs
+
+    def _checkpoint(self, partition: int, chain: ChainHead, now: datetime) -> list[Outgoing]:
+        assert self._signer is not None
+        checkpoint = ChainCheckpoint(
+            event_id=event_id_for(f"checkpoint:{partition}:{chain.count}:{chain.head}", "chain.checkpoint"),
+            occurred_at=now,
+            org_id=chain.key,
+            partition=partition,
+            count=chain.count,
+            head=chain.head,
+            key_id=self._signer.key_id,
+            signature=self._signer.sign(partition, chain.count, chain.head),
+        )
+        outputs = self._emit(checkpoint)
+        chain.since_checkpoint = 0
+        return outputs
 
     def checkpoints(self, now: datetime, force: bool = False) -> list[Outgoing]:
-        """Signed checkpoints for partitions with enough new records, or new records and enough time."""
+        """Signed checkpoints for partitions with new records and enough time (``_emit`` signs those
+        with enough new records as it appends them)."""
         if self._signer is None:
             return []
         due_by_time = time.monotonic() - self._checkpointed_at >= self._settings.checkpoint_interval_s
@@ -204,18 +235,7 @@ class LedgerRole:
                 continue
             if not (force or due_by_time or chain.since_checkpoint >= self._settings.checkpoint_records_max):
                 continue
-            checkpoint = ChainCheckpoint(
-                event_id=event_id_for(f"checkpoint:{partition}:{chain.count}:{chain.head}", "chain.checkpoint"),
-                occurred_at=now,
-                org_id=chain.key,
-                partition=partition,
-                count=chain.count,
-                head=chain.head,
-                key_id=self._signer.key_id,
-                signature=self._signer.sign(partition, chain.count, chain.head),
-            )
-            outputs += self._emit(checkpoint)
-            chain.since_checkpoint = 0
+            outputs += self._checkpoint(partition, chain, now)
         if due_by_time:
             self._checkpointed_at = time.monotonic()
         return outputs

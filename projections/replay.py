@@ -4,7 +4,7 @@ fresh store, and statements computed from the ledger events alone, to compare wi
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +14,27 @@ from ledger.audit_cli import price_books, read_topic
 from ledger.log import EventLog, partition_for
 from ledger.pricing import PriceBooks, unit_names, unit_quantities, unit_rates
 from projections.role import posting_rows, usage_row
-from projections.statements import Statement, build_statement
+from projections.statements import Statement, build_statement, load_statement, statement_json
 from projections.usage_store import ChargedTotal, PostingRow, PricedUsage, UsageRow, UsageStore
 from schemas import topics
 from schemas.codec import decode_event
 from schemas.events import CreditsRefunded, HoldCaptured
 
 insert_batch_rows_max = 20_000
+# The gateway's statement_days_max: a longer --since window is compared in periods of this many days.
+statement_period_days = 366
 
 
-def rebuild_usage(log: EventLog, target: Path, since_ms: int | None) -> tuple[UsageStore, dict[str, Any]]:
-    """Every usage row and posting the projector would write, into a fresh store under ``target``."""
+def rebuild_usage(
+    log: EventLog,
+    target: Path,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    start_ms: int | None = None,
+) -> tuple[UsageStore, dict[str, Any]]:
+    """Every usage row and posting the projector would write, into a fresh store under ``target``:
+    of every ledger event, or of those that occurred in [since, until). ``start_ms`` seeks the log
+    (by record timestamp) to where such events can begin."""
     if (target / "clickhouse").exists():
         raise SystemExit(f"{target / 'clickhouse'} exists; replay builds into a fresh target")
     store = UsageStore(path=target / "clickhouse")
@@ -32,11 +42,13 @@ def rebuild_usage(log: EventLog, target: Path, since_ms: int | None) -> tuple[Us
     usage: list[UsageRow] = []
     postings: list[PostingRow] = []
     events = 0
-    for batch in read_topic(log, topics.LEDGER, label="usage rows"):
+    for batch in read_topic(log, topics.LEDGER, label="usage rows", start_ms=start_ms):
         for record in batch:
-            if since_ms is not None and record.timestamp_ms < since_ms:
-                continue
             event = decode_event(record.value)
+            # occurred_at, not the record's timestamp: it is the created_at the live rows carry and
+            # the live API's window selects on.
+            if (since is not None and event.occurred_at < since) or (until is not None and event.occurred_at >= until):
+                continue
             events += 1
             book = books.at_version(event.price_version) if isinstance(event, HoldCaptured) else None
             row = usage_row(event, book)
@@ -58,20 +70,89 @@ def rebuild_usage(log: EventLog, target: Path, since_ms: int | None) -> tuple[Us
     }
 
 
-def compare_usage(store: UsageStore, admin: httpx.Client, since: datetime | None) -> list[str]:
-    """The rebuilt rows against the live usage API, organization by organization (requests, cost)."""
+def compare_usage(
+    store: UsageStore,
+    admin: httpx.Client,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    orgs: set[str] | None = None,
+) -> list[str]:
+    """The rebuilt rows against the live usage API, organization by organization.
+
+    The whole log: (requests, cost) of every row, refusals included, from ``usage/by-token`` with no
+    window. From ``since``: the statements of [since, until), live against the same statement of the
+    rebuilt store. A statement's window is exact to the millisecond (whole days from the rollups, the
+    partial days from the raw rows), while ``from`` of ``usage/by-token`` selects whole days, so a
+    --since that is not midnight would compare different windows. A statement covers the charges
+    (quantities, per-model request counts, amounts) and the refunds, not the zero-cost refusals."""
+    rebuilt = store.raw_totals_by_org()
+    if since is None:
+        return _compare_all_time(rebuilt, admin, set(rebuilt) | (orgs or set()))
+    end = until if until is not None else datetime.now(UTC)
+    mismatches: list[str] = []
+    for org_id in sorted(set(rebuilt) | (orgs or set())):
+        start = since
+        while start < end:
+            stop = min(start + timedelta(days=statement_period_days), end)
+            mismatches += _compare_statement(store, admin, org_id, start, stop)
+            start = stop
+    return mismatches
+
+
+def _compare_all_time(rebuilt: dict[str, tuple[int, int]], admin: httpx.Client, orgs: set[str]) -> list[str]:
     mismatches = []
-    params = {"from": since.isoformat()} if since else {}
-    for org_id, (requests, cost) in sorted(store.raw_totals_by_org().items()):
-        live = admin.get(f"/v1/organizations/{org_id}/usage/by-token", params=params)
+    for org_id in sorted(orgs):
+        live = admin.get(f"/v1/organizations/{org_id}/usage/by-token")
         if live.status_code != 200:
             mismatches.append(f"usage {org_id}: the gateway answered {live.status_code}")
             continue
         rows = live.json()["data"]
         live_totals = (sum(r["requests"] for r in rows), sum(r["cost_micros"] for r in rows))
-        if live_totals != (requests, cost):
-            mismatches.append(f"usage {org_id}: (requests, cost) live {live_totals}, rebuilt {(requests, cost)}")
+        if live_totals != rebuilt.get(org_id, (0, 0)):
+            mismatches.append(
+                f"usage {org_id}: (requests, cost) live {live_totals}, rebuilt {rebuilt.get(org_id, (0, 0))}"
+            )
     return mismatches
+
+
+def _statement_figures(body: dict[str, Any]) -> dict[str, Any]:
+    """The exact (integer) parts of a statement's JSON; the decimal renderings follow from them."""
+    return {
+        "lines": [
+            (
+                line["model"],
+                line["price_version"],
+                line["unit"],
+                line["quantity"],
+                line["unit_price_micros_per_million"],
+                line["amount_micros"],
+            )
+            for line in body["lines"]
+        ],
+        "charges_micros": body["charges_micros"],
+        "refunds_micros": body["refunds_micros"],
+        "total_micros": body["total_micros"],
+        "ledger_charges_micros": body["ledger"]["charges_micros"],
+        "ledger_refunds_micros": body["ledger"]["refunds_micros"],
+    }
+
+
+def _compare_statement(
+    store: UsageStore, admin: httpx.Client, org_id: str, start: datetime, end: datetime
+) -> list[str]:
+    period = f"[{start.isoformat()}, {end.isoformat()})"
+    live = admin.get(
+        f"/v1/organizations/{org_id}/statements", params={"from": start.isoformat(), "to": end.isoformat()}
+    )
+    if live.status_code != 200:
+        return [f"usage {org_id} {period}: the gateway answered {live.status_code}"]
+    live_figures = _statement_figures(live.json())
+    rebuilt = _statement_figures(statement_json(load_statement(store, org_id, start, end)))
+    return [
+        f"usage {org_id} {period}: {name} live {live_figures[name]}, rebuilt {rebuilt[name]}"
+        for name in rebuilt
+        if live_figures[name] != rebuilt[name]
+    ]
 
 
 def statement_from_log(log: EventLog, org_id: str, start: datetime, end: datetime) -> Statement:
