@@ -8,7 +8,6 @@ leaves a stream cancels its job, which is charged for what was generated up to t
 from __future__ import annotations
 
 import base64
-import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from gateway.app import (
 from gateway.core import GatewayCore, Overloaded
 from gateway.errors import ApiError, from_validation_error
 from ledger.money import format_credits, micros_to_decimal
-from ledger.pricing import ModelPrice, price_micros
+from ledger.pricing import ModelPrice, billed_seconds, price_micros
 from projections.views import ApiToken
 from schemas.api import (
     ChatCompletionRequest,
@@ -541,7 +540,7 @@ async def transcriptions(request: Request) -> Response[bytes]:
             "prompt": text["prompt"],
         }
     )
-    bound = Units(audio_seconds=max(1, math.ceil(duration_ms / 1000)))
+    bound = Units(audio_seconds=billed_seconds(duration_ms))
     metered = Metered("/v1/audio/transcriptions", price, version, bound, payload, run_async)
     return await _respond_json(request, token, metered)
 
