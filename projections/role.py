@@ -19,10 +19,11 @@ from ledger.accounts import postings
 from ledger.log import Consumer, EventLog
 from ledger.pricing import PriceBook, PriceBooks, default_price_book, unit_rates
 from ledger.settings import Settings
+from ledger.wallet import hold_expired_reason
 from projections.usage_store import PostingRow, UsageRow, UsageStore, rate_columns
 from schemas import topics
 from schemas.codec import decode_event
-from schemas.events import Event, HoldCaptured, HoldRejected, PriceBookPublished
+from schemas.events import Event, HoldCaptured, HoldRejected, HoldReleased, PriceBookPublished
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +31,19 @@ logger = logging.getLogger(__name__)
 pricing_wait_s_max = 5.0  # how long a flush waits for a price book version it does not know yet
 
 
+def failed_status_code(release: HoldReleased) -> int | None:
+    """The status a request ended with when its hold was released without a charge because it failed
+    (502: the backend failed or the job used up its attempts; 504: nobody finished it in its
+    time-to-live); None for a cancellation, which is the client's choice, not an error."""
+    if release.reason.startswith(("job_failed", "dead_letter")):
+        return 502
+    if release.reason == hold_expired_reason:
+        return 504
+    return None
+
+
 def usage_row(event: Event, book: PriceBook | None = None) -> UsageRow | None:
-    """The usage row a ledger event becomes, if any: a charge or a refusal. Pure.
+    """The usage row a ledger event becomes, if any: a charge, a refusal or a failure. Pure.
 
     ``book`` is the version that priced a charge; without it (unknown version) the rates are 0 and a
     statement shows the whole charge on the rounding line."""
@@ -78,6 +90,22 @@ def usage_row(event: Event, book: PriceBook | None = None) -> UsageRow | None:
             status="error",
             status_code=402,
             error=event.code,
+            request_id=event.request_id,
+            job_id="",
+            latency_ms=0,
+        )
+    if isinstance(event, HoldReleased) and (status_code := failed_status_code(event)) is not None:
+        return UsageRow(
+            event_id=event.event_id,
+            created_at=event.occurred_at,
+            org_id=event.org_id,
+            token_id=event.token_id,
+            model=event.model,
+            endpoint=event.endpoint,
+            source="api",
+            status="error",
+            status_code=status_code,
+            error=event.reason,
             request_id=event.request_id,
             job_id="",
             latency_ms=0,

@@ -408,6 +408,15 @@ def test_a_job_that_keeps_failing_is_dead_lettered_and_nothing_is_charged(stack:
     job = next(job for job in jobs if job["request_id"] == request_id)
     assert job["status"] == "dead_letter" and job["error"]["code"] == "sim_failure"
     settled(stack, key, before, 0)
+    # The failed request is an error event of the account's usage, charged nothing.
+    deadline = time.monotonic() + 30
+    while not (errors := usage(stack.base_url, key, status="error")["data"]):
+        assert time.monotonic() < deadline, "the failed request never became a usage event"
+        time.sleep(0.1)
+    assert [(e["request_id"], e["status_code"], e["error"]) for e in errors] == [
+        (request_id, 502, "dead_letter:sim_failure")
+    ]
+    assert usage(stack.base_url, key, status="success")["data"] == []
 
 
 def test_another_organizations_job_does_not_exist(stack: Stack) -> None:

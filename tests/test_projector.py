@@ -16,11 +16,11 @@ from ledger.log import Outgoing
 from ledger.log.embedded import EmbeddedLog
 from ledger.pricing import default_price_book, price_micros
 from ledger.settings import Settings
-from projections.role import ProjectorRole
+from projections.role import ProjectorRole, usage_row
 from projections.usage_store import PostingRow, UsageRow, UsageStore
 from schemas import topics
 from schemas.codec import encode
-from schemas.events import HoldCaptured
+from schemas.events import HoldCaptured, HoldReleased
 from schemas.units import Units
 
 month = datetime(2026, 11, 1, tzinfo=UTC)
@@ -151,3 +151,32 @@ def test_a_crash_between_write_and_commit_changes_no_total(parts: tuple[Embedded
 
 def late_in(store: UsageStore) -> bool:
     return store.raw_totals_by_org().get("org_p", (0, 0))[0] == 121
+
+
+@pytest.mark.parametrize(
+    ("reason", "status_code"),
+    [("job_failed:invalid_audio", 502), ("dead_letter:gpu_oom", 502), ("dead_letter", 502), ("hold_expired", 504)],
+)
+def test_a_failed_request_is_an_error_row_charged_nothing(reason: str, status_code: int) -> None:
+    row = usage_row(released(reason))
+    assert row is not None
+    assert (row.status, row.status_code, row.error, row.cost_micros) == ("error", status_code, reason, 0)
+
+
+def test_a_cancelled_request_is_no_error() -> None:
+    assert usage_row(released("cancelled")) is None
+
+
+def released(reason: str) -> HoldReleased:
+    return HoldReleased(
+        event_id=f"rel-{reason}",
+        occurred_at=datetime(2026, 11, 3, tzinfo=UTC),
+        org_id="org_a",
+        hold_id="h1",
+        request_id="req_1",
+        token_id="tok_1",
+        model="sim-chat-small",
+        endpoint="/v1/chat/completions",
+        amount_micros=500,
+        reason=reason,
+    )
