@@ -62,6 +62,7 @@ class JobState:
     price_version: str = ""
     charged: HoldCaptured | None = None
     released_reason: str = ""
+    outcome_event_id: str = ""  # the worker's first JobCompleted, JobCancelled or JobFailed
 
     @property
     def terminal(self) -> bool:
@@ -139,6 +140,12 @@ class JobsView:
                 while len(self._early) > early_jobs_max:
                     self._early.popitem(last=False)
             return
+        if isinstance(event, (JobCompleted, JobCancelled, JobFailed)):
+            if job.outcome_event_id:
+                # A redelivered job that ran again: its outcome carries the same event id and a later
+                # time. The first outcome stands, as the ledger's first capture or release does.
+                return
+            job.outcome_event_id = event.event_id
         if isinstance(event, JobLeased):
             job.attempt = max(job.attempt, event.attempt)
             job.started_at = job.started_at or event.occurred_at

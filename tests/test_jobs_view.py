@@ -166,3 +166,20 @@ def test_listing_is_per_organization_newest_first() -> None:
     assert [j.job_id for j in view.list("org_a", 10)] == ["job_2", "job_1"]
     assert [j.job_id for j in view.list("org_a", 10, after="job_2")] == ["job_1"]
     assert [j.job_id for j in view.list("org_b", 10)] == ["job_b"]
+
+
+def test_a_rerun_of_a_finished_job_changes_nothing() -> None:
+    """A redelivered dispatch record runs the job again: the same outcome event id, a later time,
+    maybe another result. The first outcome stands, as the ledger's first capture does."""
+    view = fold([placed, leased, completed, captured])
+    first = view.get("job_1")
+    assert first is not None
+    before = (first.status, first.run_finished_at, first.finished_at, bytes(first.result or b""))
+    rerun = msgspec.structs.replace(
+        completed, occurred_at=now + timedelta(seconds=30), result=msgspec.Raw(b'{"ok": "again"}')
+    )
+    view.apply(rerun)
+    view.apply(completed)
+    after = view.get("job_1")
+    assert after is not None
+    assert (after.status, after.run_finished_at, after.finished_at, bytes(after.result or b"")) == before
