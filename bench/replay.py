@@ -20,6 +20,8 @@ every projection from the log, on an embedded log of --events events (1 million,
    - hash: read + sha256 of every record (the chain's own cost);
    - verify: ``audit_log`` with the public key (chain, checkpoints, capture pricing, wallets, book),
      must be ok;
+   - verify_parallel: ``audit_log_parallel``, what ``tollgate audit verify`` runs on a long log: the
+     partitions split over one process per core (--processes), process start-up included;
    - balances: read + decode + ``BalancesView.apply``;
    - jobs: read + decode + ``JobsView.apply``;
    - clickhouse: read + decode + ``usage_row``/``posting_rows`` + ``UsageStore.insert`` (the projector's
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import gc
 import json
 import os
@@ -64,11 +67,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  
 
 from ledger.accounts import Book  # noqa: E402
 from ledger.audit import Auditor  # noqa: E402
-from ledger.audit_cli import audit_log, price_books, read_topic  # noqa: E402
+from ledger.audit_cli import audit_log, audit_log_parallel, price_books, read_topic  # noqa: E402
 from ledger.chain import ChainHead, Signer, load_or_create_signing_key, record_hash  # noqa: E402
 from ledger.log import EventLog, Outgoing, Record, partition_for  # noqa: E402
 from ledger.log.embedded import EmbeddedLog  # noqa: E402
 from ledger.pricing import PriceBook, PriceBooks, default_price_book, price_micros  # noqa: E402
+from ledger.settings import Settings  # noqa: E402
 from ledger.wallet import Wallet, event_id_for, evolve  # noqa: E402
 from projections.jobs import JobsView  # noqa: E402
 from projections.role import posting_rows, usage_row  # noqa: E402
@@ -99,7 +103,7 @@ MODELS = (  # (model, endpoint, share of requests)
     ("sim-chat-large", "/v1/chat/completions", 0.25),
     ("sim-embed-small", "/v1/embeddings", 0.15),
 )
-ALL_STAGES = ("read", "decode", "hash", "verify", "balances", "jobs", "clickhouse", "micro")
+ALL_STAGES = ("read", "decode", "hash", "verify", "verify_parallel", "balances", "jobs", "clickhouse", "micro")
 META_FILE = "replay-meta.json"
 
 
@@ -407,6 +411,31 @@ def stage_verify(log: EventLog, public_key: Ed25519PublicKey, generated: dict[st
     return result
 
 
+def stage_verify_parallel(
+    root: Path, public_key: Ed25519PublicKey, generated: dict[str, int], processes: int
+) -> dict[str, Any]:
+    settings = dataclasses.replace(Settings(), kafka_bootstrap="", data_dir=root)
+    with Timer("verify_parallel") as timer:
+        auditor = audit_log_parallel(
+            settings, [public_key], processes, quiet=True, unsigned_records_max=CHECKPOINT_RECORDS
+        )
+    records = sum(p.records for p in auditor.partitions.values())
+    captured = {org: wallet.captured_micros for org, wallet in auditor.wallets.items()}
+    extra = {
+        "processes": processes,
+        "ok": auditor.ok,
+        "findings": [str(f) for f in auditor.findings[:10]],
+        "captures_checked": auditor.captures_checked,
+        "book_total_micros": auditor.book.total_micros(),
+        "captured_agrees_with_generator": captured == generated,
+        "note": "wall time includes starting the processes; RSS is the parent's (each child folds its share)",
+    }
+    result = figures(f"verify in {processes} processes (audit_log_parallel)", records, timer, extra)
+    assert extra["ok"], "the parallel auditor found problems in a log built to be valid"
+    assert extra["captured_agrees_with_generator"], "the parallel auditor's captured amounts differ"
+    return result
+
+
 def stage_balances(log: EventLog, generated: dict[str, int]) -> dict[str, Any]:
     with Timer("balances") as timer:
         view = BalancesView()
@@ -697,6 +726,7 @@ def main() -> None:
         "~1 MB and the embedded engine's lookup slows from 0.2 s to over a minute)",
     )
     parser.add_argument("--sample", type=int, default=100_000, help="records in memory for the micro stage")
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="for verify_parallel")
     parser.add_argument("--profile", action="store_true", help="also cProfile the auditor over the sample")
     parser.add_argument("--verbose", action="store_true", help="print the time of every UsageStore.insert")
     parser.add_argument("--data-dir", type=Path, default=None, help="where the log goes (default: a temp dir)")
@@ -737,6 +767,8 @@ def main() -> None:
                 results["hash"] = stage_hash(log)
             elif stage == "verify":
                 results["verify"] = stage_verify(log, public_key, generated)
+            elif stage == "verify_parallel":
+                results["verify_parallel"] = stage_verify_parallel(root, public_key, generated, args.processes)
             elif stage == "balances":
                 results["balances"] = stage_balances(log, generated)
             elif stage == "jobs":

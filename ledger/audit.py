@@ -27,7 +27,7 @@ from ledger.accounts import Book, held_account, wallet_account
 from ledger.chain import ChainHead, key_id_of, signature_valid
 from ledger.log import Record
 from ledger.pricing import PriceBooks, price_micros
-from ledger.wallet import Wallet, evolve
+from ledger.wallet import HoldStatus, Wallet, evolve
 from schemas.codec import decode_event
 from schemas.events import ChainCheckpoint, Event, HoldCaptured, LedgerFact
 
@@ -208,6 +208,26 @@ class Auditor:
                 f"{priced} and the hold was {hold.amount_micros}",
             )
 
+    def merge(self, other: Auditor) -> None:
+        """Take in what another auditor found over other partitions of the same log (a parallel
+        verify): partitions hold whole organizations, so wallets never overlap, and books add up."""
+        assert not self.partitions.keys() & other.partitions.keys(), "each partition is audited once"
+        assert not self.wallets.keys() & other.wallets.keys(), "an organization lives in one partition"
+        self.wallets.update(other.wallets)
+        for account, amount in other.book.balances.items():
+            self.book.balances[account] += amount
+        self.partitions.update(other.partitions)
+        self._chains.update(other._chains)
+        self._previous.update(other._previous)
+        self.findings.extend(other.findings[: findings_max - len(self.findings)])
+        self.captures_checked += other.captures_checked
+
+    def drop_resolved_holds(self) -> None:
+        """Forget holds that are captured or released: a finished fold reports balances, and resolved
+        holds are most of an auditor's memory (and of what a parallel verify sends back)."""
+        for wallet in self.wallets.values():
+            wallet.holds = {hold_id: hold for hold_id, hold in wallet.holds.items() if hold.status is HoldStatus.open}
+
     def finish(self) -> None:
         """Checks that need the whole log: no partition ends in too long an unsigned run, and the book
         sums to zero."""
@@ -215,6 +235,9 @@ class Auditor:
             tail = audit.unsigned_run
             self._end_unsigned_run(partition, audit, None)
             audit.unsigned_run = tail  # still the tail: unsigned_records() reports it
+        # The first finding is the first by partition and offset, however partitions interleaved
+        # (Kafka delivers them mixed; a parallel verify reads them apart).
+        self.findings.sort(key=lambda finding: (finding.partition, finding.offset))
         if self.book.total_micros() != 0:
             self.findings.append(
                 Finding(-1, -1, "", "unbalanced_book", f"the accounts sum to {self.book.total_micros()}, not 0")

@@ -607,3 +607,29 @@ def test_statements_from_the_log_match_clickhouse_exactly(audited: AuditedRun) -
             clickhouse["total_micros"],
         )
         assert log["charges_micros"] > 0 and log["refunds_micros"] == 1
+
+
+@pytest.mark.parametrize("tampered", [False, True])
+def test_a_parallel_verify_reports_exactly_what_one_process_does(
+    audited: AuditedRun, key_file: Path, tmp_path: Path, tampered: bool
+) -> None:
+    copy = copy_of(audited, tmp_path)
+    if tampered:
+        partition, rows = busiest_partition(copy)
+        index = first_index(rows, "hold.captured.v1")
+        key, value, ts = rows[index]
+        captured = json.loads(value)
+        captured["amount_micros"] -= 1  # a quiet discount
+        rows[index] = (key, json.dumps(captured, separators=(",", ":")).encode(), ts)
+        rewrite_partition(copy, partition, rows)
+    reports = []
+    for processes in ("1", "2"):
+        result = verify(copy, key_file, "--processes", processes, "--json")
+        assert result.returncode == (1 if tampered else 0), result.stdout + result.stderr
+        report = json.loads(result.stdout)
+        del report["records_per_s"]
+        reports.append(report)
+    assert reports[0] == reports[1]
+    assert reports[0]["ok"] is not tampered
+    if tampered:
+        assert captured["event_id"] in reports[0]["first_problem"]
