@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger.money import MoneyFormatError, format_credits, micros_to_decimal, parse_credits
-from ledger.pricing import ModelPrice, default_price_book, price_micros
+from ledger.pricing import ModelPrice, default_price_book, price_micros, unit_rates
+from schemas.prices import ContextTier
 from schemas.units import Units
 
 
@@ -106,3 +108,30 @@ def test_billed_seconds_round_up_per_started_second_in_integers() -> None:
     assert [billed_seconds(ms) for ms in (0, 1, 999, 1000, 1001, 2999, 3000)] == [1, 1, 1, 1, 2, 3, 3]
     # Past 2**53 ms a float division would round; integer division stays exact.
     assert billed_seconds(2**60 + 1) == 2**60 // 1000 + 1
+
+
+
+tiers = st.lists(
+    st.builds(
+        ContextTier,
+        above_tokens=st.integers(-5, 200_000),
+        input_token_rate=st.integers(0, 10**7),
+        cached_input_token_rate=st.integers(0, 10**7),
+        output_token_rate=st.integers(0, 10**7),
+    ),
+    max_size=5,
+)
+
+
+@given(tiers, st.integers(0, 250_000))
+def test_the_context_tier_is_the_highest_the_prompt_exceeds_in_any_order(
+    tier_list: list[ContextTier], prompt: int
+) -> None:
+    """As defined: tiers sorted by threshold (stably), the last one the prompt is above wins."""
+    base = default_price_book().models["sim-chat-large"]
+    price = msgspec.structs.replace(base, context_tiers=tuple(tier_list))
+    expected = (base.input_token_rate, base.cached_input_token_rate, base.output_token_rate)
+    for tier in sorted(tier_list, key=lambda t: t.above_tokens):
+        if prompt > tier.above_tokens:
+            expected = (tier.input_token_rate, tier.cached_input_token_rate, tier.output_token_rate)
+    assert unit_rates(price, Units(input_tokens=prompt))[:3] == expected
