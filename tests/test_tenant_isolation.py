@@ -1,7 +1,7 @@
-"""One organization's usage, ledger entries, balance, tokens, idempotent replies and limits are
-invisible to every other: another organization's ids are 404, and lists only hold one's own rows.
-(Every route with an organization in its path is also covered for every credential by
-tests/test_auth_scopes.py; jobs and files do not exist yet.)"""
+"""One organization's usage, ledger entries, balance, tokens, jobs (and the files uploaded with them),
+idempotent replies and limits are invisible to every other: another organization's ids are 404, and
+lists only hold one's own rows. (Every route with an organization in its path is also covered for
+every credential by tests/test_auth_scopes.py.)"""
 
 from __future__ import annotations
 
@@ -83,3 +83,24 @@ def test_rate_limits_are_per_organization(gw: Gateway) -> None:
     key_b, _ = gw.key(org_b, ["user:read"])
     assert [gw.call("GET", "/v1/models", key_a).status_code for _ in range(3)] == [200, 200, 429]
     assert gw.call("GET", "/v1/models", key_b).status_code == 200
+
+
+def test_jobs_and_their_uploads_belong_to_one_organization(gw: Gateway) -> None:
+    """Uploaded files ride in their job (a transcription's WAV), so a job's isolation is its file's."""
+    org_a, org_b = gw.organization(credits="3"), gw.organization(credits="3")
+    admin_a, _ = gw.key(org_a, ["user:read", "user:write", "admin:read"])
+    admin_b, _ = gw.key(org_b, ["user:read", "user:write", "admin:read"])
+    submitted = gw.call("POST", "/v1/chat/completions", admin_a, json={**chat_body, "async": True})
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["job_id"]
+    assert gw.call("GET", f"/v1/jobs/{job_id}", admin_a).status_code == 200
+    assert gw.call("GET", f"/v1/organizations/{org_a}/jobs/{job_id}", admin_a).status_code == 200
+    for method, path in (
+        ("GET", f"/v1/jobs/{job_id}"),
+        ("DELETE", f"/v1/jobs/{job_id}"),
+        ("GET", f"/v1/organizations/{org_b}/jobs/{job_id}"),  # its own admin path, another's job
+        ("GET", f"/v1/organizations/{org_a}/jobs/{job_id}"),  # another organization's path
+    ):
+        assert gw.call(method, path, admin_b).status_code == 404, (method, path)
+    listed = gw.call("GET", "/v1/jobs", admin_b).json()["data"]
+    assert job_id not in {job["id"] for job in listed}
