@@ -163,17 +163,7 @@ class LedgerWriter:
             self.flush()
 
     def checkpoint(self, partition: int, chain: ChainHead, now: datetime) -> None:
-        checkpoint = ChainCheckpoint(
-            event_id=event_id_for(f"checkpoint:{partition}:{chain.count}:{chain.head}", "chain.checkpoint"),
-            occurred_at=now,
-            org_id=chain.key,
-            partition=partition,
-            count=chain.count,
-            head=chain.head,
-            key_id=self.signer.key_id,
-            signature=self.signer.sign(partition, chain.count, chain.head),
-            prev_hash=chain.head,
-        )
+        checkpoint = msgspec.structs.replace(self.signer.checkpoint(partition, chain, now), prev_hash=chain.head)
         value = encode(checkpoint)
         chain.advance(value, checkpoint.org_id)
         chain.since_checkpoint = 0

@@ -13,13 +13,16 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from ledger.wallet import event_id_for
 from schemas import topics
+from schemas.events import ChainCheckpoint
 
 genesis_hash = "0" * 64
 
@@ -102,6 +105,20 @@ class Signer:
 
     def sign(self, partition: int, count: int, head: str) -> str:
         return base64.b64encode(self.key.sign(checkpoint_message(partition, count, head))).decode()
+
+    def checkpoint(self, partition: int, chain: ChainHead, now: datetime) -> ChainCheckpoint:
+        """The signed checkpoint of ``partition``'s chain as it stands (its ``prev_hash`` is set when
+        it is appended, as for every ledger record)."""
+        return ChainCheckpoint(
+            event_id=event_id_for(f"checkpoint:{partition}:{chain.count}:{chain.head}", "chain.checkpoint"),
+            occurred_at=now,
+            org_id=chain.key,
+            partition=partition,
+            count=chain.count,
+            head=chain.head,
+            key_id=self.key_id,
+            signature=self.sign(partition, chain.count, chain.head),
+        )
 
 
 def signature_valid(public_key: Ed25519PublicKey, partition: int, count: int, head: str, signature: str) -> bool:

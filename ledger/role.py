@@ -209,17 +209,7 @@ class LedgerRole:
 
     def _checkpoint(self, partition: int, chain: ChainHead, now: datetime) -> list[Outgoing]:
         assert self._signer is not None
-        checkpoint = ChainCheckpoint(
-            event_id=event_id_for(f"checkpoint:{partition}:{chain.count}:{chain.head}", "chain.checkpoint"),
-            occurred_at=now,
-            org_id=chain.key,
-            partition=partition,
-            count=chain.count,
-            head=chain.head,
-            key_id=self._signer.key_id,
-            signature=self._signer.sign(partition, chain.count, chain.head),
-        )
-        outputs = self._emit(checkpoint)
+        outputs = self._emit(self._signer.checkpoint(partition, chain, now))
         chain.since_checkpoint = 0
         return outputs
 

@@ -79,38 +79,29 @@ def usage_row(event: Event, book: PriceBook | None = None) -> UsageRow | None:
             **dict(zip(rate_columns, rates, strict=True)),
         )
     if isinstance(event, HoldRejected):
-        return UsageRow(
-            event_id=event.event_id,
-            created_at=event.occurred_at,
-            org_id=event.org_id,
-            token_id=event.token_id,
-            model=event.model,
-            endpoint=event.endpoint,
-            source="api",
-            status="error",
-            status_code=402,
-            error=event.code,
-            request_id=event.request_id,
-            job_id="",
-            latency_ms=0,
-        )
+        return _error_row(event, 402, event.code)
     if isinstance(event, HoldReleased) and (status_code := failed_status_code(event)) is not None:
-        return UsageRow(
-            event_id=event.event_id,
-            created_at=event.occurred_at,
-            org_id=event.org_id,
-            token_id=event.token_id,
-            model=event.model,
-            endpoint=event.endpoint,
-            source="api",
-            status="error",
-            status_code=status_code,
-            error=event.reason,
-            request_id=event.request_id,
-            job_id="",
-            latency_ms=0,
-        )
+        return _error_row(event, status_code, event.reason)
     return None
+
+
+def _error_row(event: HoldRejected | HoldReleased, status_code: int, error: str) -> UsageRow:
+    """A request that was charged nothing: refused, or failed."""
+    return UsageRow(
+        event_id=event.event_id,
+        created_at=event.occurred_at,
+        org_id=event.org_id,
+        token_id=event.token_id,
+        model=event.model,
+        endpoint=event.endpoint,
+        source="api",
+        status="error",
+        status_code=status_code,
+        error=error,
+        request_id=event.request_id,
+        job_id="",
+        latency_ms=0,
+    )
 
 
 def posting_rows(event: Event, kind: str) -> list[PostingRow]:
