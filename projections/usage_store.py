@@ -545,6 +545,11 @@ class UsageStore:
             return int(self._client.query("SELECT max(version) FROM schema_migrations").result_rows[0][0])
 
     # --- writes ---
+    # Every insert: the engine does not collapse each block as a merge would (optimize_on_insert=0):
+    # raw tables are read with FINAL, rollups with sum() ... GROUP BY, and insert() drops duplicates
+    # within a batch itself, so the collapse only cost time (57k -> 145k rows/s on the 2-core machine);
+    # and the views of one insert run side by side (parallel_view_processing=1): 145k -> 157k.
+    insert_settings: dict[str, Any] = {"optimize_on_insert": 0, "parallel_view_processing": 1}
 
     def _known_event_ids(self, table: str, rows: Sequence[UsageRow] | Sequence[PostingRow]) -> set[str]:
         """The event ids of ``rows`` that ``table`` already holds. The primary key prunes the lookup to
@@ -578,6 +583,7 @@ class UsageStore:
                     [[getattr(row, c) for row in fresh_usage] for c in usage_columns],
                     column_names=list(usage_columns),
                     column_oriented=True,
+                    settings=self.insert_settings,
                 )
             known = self._known_event_ids("ledger_postings", ledger)
             fresh_postings = list({(r.event_id, r.posting): r for r in ledger if r.event_id not in known}.values())
@@ -587,6 +593,7 @@ class UsageStore:
                     [[getattr(row, c) for row in fresh_postings] for c in posting_columns],
                     column_names=list(posting_columns),
                     column_oriented=True,
+                    settings=self.insert_settings,
                 )
         return len(fresh_usage)
 
@@ -595,7 +602,13 @@ class UsageStore:
         assert table.isidentifier(), "a table name"
         with self._lock:
             names = list(columns)
-            self._client.insert(table, [columns[n] for n in names], column_names=names, column_oriented=True)
+            self._client.insert(
+                table,
+                [columns[n] for n in names],
+                column_names=names,
+                column_oriented=True,
+                settings=self.insert_settings,
+            )
 
     # --- reads: raw rows ---
 
