@@ -858,6 +858,11 @@ class UsageStore:
             result = self._client.query(query, parameters=parameters)
         return _rows(result, PostingRow, posting_columns)
 
+    def merges_running(self) -> int:
+        """Background merges in progress: after a bulk load they compete with queries for CPU."""
+        with self._lock:
+            return int(self._client.query("SELECT count() FROM system.merges").result_rows[0][0])
+
     def totals_by_org(self) -> dict[str, tuple[int, int]]:
         """org -> (sum of usage cost, sum of its postings to revenue): they must agree."""
         with self._lock:
