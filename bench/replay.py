@@ -375,16 +375,15 @@ def stage_hash(log: EventLog) -> dict[str, Any]:
     return figures("read + sha256 per record", count, timer)
 
 
-def stage_verify(log: EventLog, public_key: Ed25519PublicKey, generated: dict[str, int]) -> dict[str, Any]:
-    with Timer("verify") as timer:
-        auditor = audit_log(log, [public_key], quiet=True)
+def verified(label: str, auditor: Auditor, timer: Timer, generated: dict[str, int], **extra: Any) -> dict[str, Any]:
+    """The figures of a verify stage; the log was built valid, so any finding fails the benchmark."""
     records = sum(p.records for p in auditor.partitions.values())
     if not auditor.ok:
         print(f"  verify FAILED with {len(auditor.findings)} findings; the first ones:")
         for finding in auditor.findings[:10]:
             print(f"    {finding}")
     captured = {org: wallet.captured_micros for org, wallet in auditor.wallets.items()}
-    extra = {
+    checks = {
         "ok": auditor.ok,
         "findings": [str(f) for f in auditor.findings[:10]],
         "checkpoints": sum(p.checkpoints for p in auditor.partitions.values()),
@@ -394,11 +393,16 @@ def stage_verify(log: EventLog, public_key: Ed25519PublicKey, generated: dict[st
         "book_total_micros": auditor.book.total_micros(),
         "captured_agrees_with_generator": captured == generated,
     }
-    result = figures("verify (audit_log: chain, signatures, prices, fold)", records, timer, extra)
-    del auditor
-    assert extra["ok"], "the auditor found problems in a log built to be valid"
-    assert extra["captured_agrees_with_generator"], "the auditor's captured amounts differ from the generator's"
+    result = figures(label, records, timer, {**extra, **checks})
+    assert checks["ok"], "the auditor found problems in a log built to be valid"
+    assert checks["captured_agrees_with_generator"], "the auditor's captured amounts differ from the generator's"
     return result
+
+
+def stage_verify(log: EventLog, public_key: Ed25519PublicKey, generated: dict[str, int]) -> dict[str, Any]:
+    with Timer("verify") as timer:
+        auditor = audit_log(log, [public_key], quiet=True, unsigned_records_max=CHECKPOINT_RECORDS)
+    return verified("verify (audit_log: chain, signatures, prices, fold)", auditor, timer, generated)
 
 
 def stage_verify_parallel(
@@ -409,21 +413,14 @@ def stage_verify_parallel(
         auditor = audit_log_parallel(
             settings, [public_key], processes, quiet=True, unsigned_records_max=CHECKPOINT_RECORDS
         )
-    records = sum(p.records for p in auditor.partitions.values())
-    captured = {org: wallet.captured_micros for org, wallet in auditor.wallets.items()}
-    extra = {
-        "processes": processes,
-        "ok": auditor.ok,
-        "findings": [str(f) for f in auditor.findings[:10]],
-        "captures_checked": auditor.captures_checked,
-        "book_total_micros": auditor.book.total_micros(),
-        "captured_agrees_with_generator": captured == generated,
-        "note": "wall time includes starting the processes; RSS is the parent's (each child folds its share)",
-    }
-    result = figures(f"verify in {processes} processes (audit_log_parallel)", records, timer, extra)
-    assert extra["ok"], "the parallel auditor found problems in a log built to be valid"
-    assert extra["captured_agrees_with_generator"], "the parallel auditor's captured amounts differ"
-    return result
+    return verified(
+        f"verify in {processes} processes (audit_log_parallel)",
+        auditor,
+        timer,
+        generated,
+        processes=processes,
+        note="wall time includes starting the processes; RSS is the parent's (each child folds its share)",
+    )
 
 
 def stage_balances(log: EventLog, generated: dict[str, int]) -> dict[str, Any]:
