@@ -12,7 +12,7 @@ from litestar import Request, Response, get
 from gateway.app import _balance, _core, _iso, _json, _limit, _parse_time, authorize, authorize_admin
 from gateway.errors import ApiError
 from ledger.money import micros_to_decimal
-from projections.statements import load_statement, statement_csv, statement_json
+from projections.statements import load_statement, statement_csv, statement_days_max, statement_json
 from projections.usage_store import (
     CursorError,
     Granularity,
@@ -27,7 +27,6 @@ from projections.usage_store import (
 
 sources = ("api", "playground", "gpu_cloud", "hosted_agents")
 rollup_rows_max = 1000  # buckets one admin usage answer returns; narrow the window for more
-statement_days_max = 366  # the longest period one statement covers
 
 
 def _store(request: Request) -> UsageStore:

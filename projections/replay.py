@@ -14,15 +14,13 @@ from ledger.audit_cli import price_books, read_topic
 from ledger.log import EventLog, partition_for
 from ledger.pricing import PriceBooks, unit_names, unit_quantities, unit_rates
 from projections.role import posting_rows, usage_row
-from projections.statements import Statement, build_statement, load_statement, statement_json
+from projections.statements import Statement, build_statement, load_statement, statement_days_max, statement_json
 from projections.usage_store import ChargedTotal, PostingRow, PricedUsage, UsageRow, UsageStore
 from schemas import topics
 from schemas.codec import decode_event
 from schemas.events import CreditsRefunded, HoldCaptured
 
 insert_batch_rows_max = 20_000
-# The gateway's statement_days_max: a longer --since window is compared in periods of this many days.
-statement_period_days = 366
 
 
 def rebuild_usage(
@@ -93,7 +91,7 @@ def compare_usage(
     for org_id in sorted(set(rebuilt) | (orgs or set())):
         start = since
         while start < end:
-            stop = min(start + timedelta(days=statement_period_days), end)
+            stop = min(start + timedelta(days=statement_days_max), end)
             mismatches += _compare_statement(store, admin, org_id, start, stop)
             start = stop
     return mismatches

@@ -30,6 +30,7 @@ from ledger.money import micros_to_decimal
 from ledger.pricing import units_per_rate
 from projections.usage_store import ChargedTotal, PricedUsage, UsageStore
 
+statement_days_max = 366  # the longest period one statement covers (the API's bound; replay compares in such periods)
 rounding_unit = "rounding"
 hold_cap_unit = "hold_cap"
 refund_unit = "refund"
