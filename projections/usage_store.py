@@ -547,8 +547,9 @@ class UsageStore:
     # --- writes ---
     # Every insert: the engine does not collapse each block as a merge would (optimize_on_insert=0):
     # raw tables are read with FINAL, rollups with sum() ... GROUP BY, and insert() drops duplicates
-    # within a batch itself, so the collapse only cost time (57k -> 145k rows/s on the 2-core machine);
-    # and the views of one insert run side by side (parallel_view_processing=1): 145k -> 157k.
+    # within a batch itself, so the collapse only cost time; and the views of one insert run side by
+    # side (parallel_view_processing=1). Together 57k -> 157k rows/s in a 200k-row probe, 59k -> 134k
+    # in bench/usage.py's 10M-row bulk load, on the 2-core machine.
     insert_settings: dict[str, Any] = {"optimize_on_insert": 0, "parallel_view_processing": 1}
 
     def _known_event_ids(self, table: str, rows: Sequence[UsageRow] | Sequence[PostingRow]) -> set[str]:
