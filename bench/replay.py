@@ -423,13 +423,19 @@ def stage_verify_parallel(
     )
 
 
+def fold_log(log: EventLog, view: BalancesView | JobsView) -> int:
+    """Decode every ledger record into ``view``; how many there were."""
+    count = 0
+    for event in ledger_events(log):
+        view.apply(event)
+        count += 1
+    return count
+
+
 def stage_balances(log: EventLog, generated: dict[str, int]) -> dict[str, Any]:
     with Timer("balances") as timer:
         view = BalancesView()
-        count = 0
-        for event in ledger_events(log):
-            view.apply(event)
-            count += 1
+        count = fold_log(log, view)
     captured = {org: wallet.captured_micros for org, wallet in view.wallets.items()}
     extra = {
         "organizations": len(view.wallets),
@@ -446,10 +452,7 @@ def stage_balances(log: EventLog, generated: dict[str, int]) -> dict[str, Any]:
 def stage_jobs(log: EventLog) -> dict[str, Any]:
     with Timer("jobs") as timer:
         view = JobsView()
-        count = 0
-        for event in ledger_events(log):
-            view.apply(event)
-            count += 1
+        count = fold_log(log, view)
     statuses = Counter(job.status for job in view.jobs.values())
     extra = {"jobs_kept": len(view.jobs), "statuses": dict(statuses)}
     result = figures("jobs (decode + JobsView.apply)", count, timer, extra)
