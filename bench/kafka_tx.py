@@ -22,8 +22,8 @@ from pathlib import Path
 repo = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(repo))
 
-from ledger.log import Outgoing  # noqa: E402
-from ledger.log.kafka import KafkaLog  # noqa: E402
+from eventlog import Outgoing  # noqa: E402
+from eventlog.kafka import KafkaLog  # noqa: E402
 from tests.conftest import free_port_pair  # noqa: E402
 
 

@@ -54,17 +54,17 @@ import msgspec
 repo = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(repo))
 
-from ledger.log import Outgoing  # noqa: E402
-from ledger.log.embedded import EmbeddedLog  # noqa: E402
-from ledger.log.kafka import KafkaLog  # noqa: E402
+from eventlog import Outgoing, topics  # noqa: E402
+from eventlog.embedded import EmbeddedLog  # noqa: E402
+from eventlog.kafka import KafkaLog  # noqa: E402
+from eventlog.settings import Settings  # noqa: E402
 from ledger.pricing import default_price_book  # noqa: E402
 from ledger.role import LedgerRole  # noqa: E402
-from ledger.settings import Settings  # noqa: E402
-from ledger.wallet import Rejection, Wallet, decide, event_id_for, evolve  # noqa: E402
-from schemas import topics  # noqa: E402
+from ledger.wallet import Rejection, Wallet, decide, evolve  # noqa: E402
 from schemas.codec import decode_event, encode  # noqa: E402
 from schemas.commands import AnyCommand, CaptureHold, GrantCredits, JobSpec, PlaceHold  # noqa: E402
 from schemas.events import HoldCaptured, HoldPlaced  # noqa: E402
+from schemas.ids import event_id_for  # noqa: E402
 from schemas.units import Units  # noqa: E402
 
 MODEL = "sim-chat-small"
@@ -362,7 +362,7 @@ class MeasuredLedgerRole(LedgerRole):
 
 
 class TransactionLog(logging.Handler):
-    """Collects ledger.log.kafka's debug line "transaction of N records in T ms"."""
+    """Collects eventlog.kafka's debug line "transaction of N records in T ms"."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -414,7 +414,7 @@ def ledger_child(stats_path: Path) -> None:
     """Run the ledger role until SIGTERM, then write its counters to ``stats_path``."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     transactions = TransactionLog()
-    kafka_logger = logging.getLogger("ledger.log.kafka")
+    kafka_logger = logging.getLogger("eventlog.kafka")
     kafka_logger.setLevel(logging.DEBUG)
     kafka_logger.addHandler(transactions)
     kafka_logger.propagate = False

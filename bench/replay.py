@@ -65,20 +65,25 @@ sys.path.insert(0, str(repo))
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  # noqa: E402
 
+from eventlog import (  # noqa: E402
+    EventLog,
+    Outgoing,
+    Record,
+    partition_for,
+    topics,
+)
+from eventlog.embedded import EmbeddedLog  # noqa: E402
+from eventlog.settings import Settings  # noqa: E402
 from ledger.accounts import Book  # noqa: E402
 from ledger.audit import Auditor  # noqa: E402
 from ledger.audit_cli import audit_log, audit_log_parallel, price_books, read_topic  # noqa: E402
 from ledger.chain import ChainHead, Signer, load_or_create_signing_key, record_hash  # noqa: E402
-from ledger.log import EventLog, Outgoing, Record, partition_for  # noqa: E402
-from ledger.log.embedded import EmbeddedLog  # noqa: E402
 from ledger.pricing import PriceBook, PriceBooks, default_price_book, price_micros  # noqa: E402
-from ledger.settings import Settings  # noqa: E402
-from ledger.wallet import Wallet, event_id_for, evolve  # noqa: E402
+from ledger.wallet import Wallet, evolve  # noqa: E402
 from projections.jobs import JobsView  # noqa: E402
 from projections.role import posting_rows, usage_row  # noqa: E402
 from projections.usage_store import PostingRow, UsageRow, UsageStore  # noqa: E402
 from projections.views import BalancesView  # noqa: E402
-from schemas import topics  # noqa: E402
 from schemas.codec import decode_event, encode  # noqa: E402
 from schemas.events import (  # noqa: E402
     ChainCheckpoint,
@@ -89,6 +94,7 @@ from schemas.events import (  # noqa: E402
     HoldPlaced,
     LedgerFact,
 )
+from schemas.ids import event_id_for  # noqa: E402
 from schemas.units import Units  # noqa: E402
 
 TARGET_EVENTS_PER_S = 100_000

@@ -17,7 +17,7 @@ from litestar.openapi import OpenAPIConfig
 
 from gateway import tenants
 from gateway.auth import authorize, authorize_admin, scope_guard
-from gateway.core import GatewayCore, new_id, utc_now
+from gateway.core import GatewayCore
 from gateway.errors import ApiError, exception_handlers, from_validation_error
 from gateway.idempotency import fingerprint, idempotency_key_chars_max, key_hash
 from gateway.ratelimit import IpLimiter, RateLimitMiddleware
@@ -49,6 +49,8 @@ from schemas.events import (
     CreditsRefunded,
     Event,
 )
+from schemas.ids import new_id
+from schemas.moments import utc_now
 from workers.backends import message_text
 
 # Decimal amounts go out as JSON numbers with their exact digits, never through a float.

@@ -6,15 +6,14 @@ import asyncio
 
 from litestar import Request, Response, get
 
+from eventlog import partition_for, topics
 from gateway.app import _core, _json, _parse_time
 from gateway.errors import ApiError
 from ledger.audit import Auditor
 from ledger.audit_cli import read_topic
 from ledger.chain import load_public_key, public_key_jwk, public_key_pem
-from ledger.log import partition_for
 from ledger.money import micros_to_decimal
 from ledger.pricing import PriceBooks, default_price_book
-from schemas import topics
 
 
 @get("/v1/audit/public-key", operation_id="getLedgerPublicKey", opt={"scope": "public", "rate": "none"})

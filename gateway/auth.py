@@ -37,12 +37,11 @@ from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
+from eventlog import Outgoing, topics
+from eventlog.settings import Settings
 from gateway.errors import ApiError
 from gateway.ratelimit import headers_for, record, throttled_error
-from ledger.log import Outgoing
-from ledger.settings import Settings
 from projections.views import ApiToken
-from schemas import topics
 from schemas.api import all_scopes
 from schemas.codec import encode
 from schemas.events import ApiTokenUsed

@@ -14,24 +14,22 @@ import hashlib
 import logging
 import secrets
 import threading
-import uuid
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
 
+from eventlog import EventLog, Outgoing, topics
+from eventlog.settings import Settings
 from gateway.auth import JwksKeys
 from gateway.idempotency import IdempotencyView
 from gateway.ratelimit import RateLimiter
-from ledger.log import EventLog, Outgoing
 from ledger.pricing import PriceBook, PriceBooks
-from ledger.settings import Settings
 from projections.jobs import JobsView
 from projections.usage_store import UsageStore
 from projections.views import ApiToken, BalancesView, TenantsView
-from schemas import topics
 from schemas.codec import decode_event, encode
 from schemas.commands import AnyCommand, CancelJob, JobSpec, PlaceHold
 from schemas.events import (
@@ -53,20 +51,14 @@ from schemas.events import (
     RequestAccepted,
     RequestRejected,
 )
+from schemas.ids import new_id
+from schemas.moments import utc_now
 
 logger = logging.getLogger(__name__)
 
 token_secret_prefix = "tg_"
 catch_up_wait_s_max = 120.0
 cancel_wait_s = 30.0  # DELETE /v1/jobs/{id} waits this long for the ledger, then answers 504
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
 
 
 def hash_secret(secret: str) -> str:

@@ -31,12 +31,11 @@ from typing import Any
 
 import msgspec
 
+from eventlog import EventLog, Outgoing, topics
+from eventlog.settings import Settings
 from gateway.errors import ApiError, error_response
 from ledger.limits import Check, Decision, decide, organization_limits, window_s
-from ledger.log import EventLog, Outgoing
-from ledger.settings import Settings
 from projections.views import ApiToken, TenantsView
-from schemas import topics
 from schemas.codec import decode_event, encode
 from schemas.events import Event, HoldCaptured, RequestAdmitted, RequestThrottled
 

@@ -13,12 +13,14 @@ from typing import Any
 from litestar import Request, Response, delete, get, post
 
 from gateway.auth import authorize_admin, principal
-from gateway.core import GatewayCore, new_id, utc_now
+from gateway.core import GatewayCore
 from gateway.errors import ApiError
 from ledger.limits import kinds, organization_limits
 from projections.views import ApiToken
 from schemas.api import CreateToken, RateLimits, SetPlanBody
 from schemas.events import ApiTokenLimitsSet, ApiTokenRevoked, OrganizationLimitsSet, OrganizationPlanChanged
+from schemas.ids import new_id
+from schemas.moments import utc_now
 
 
 def _core(request: Request[Any, Any, Any]) -> GatewayCore:

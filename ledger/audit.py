@@ -23,9 +23,9 @@ from datetime import datetime
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from eventlog import Record
 from ledger.accounts import Book, held_account, wallet_account
 from ledger.chain import ChainHead, key_id_of, signature_valid
-from ledger.log import Record
 from ledger.pricing import PriceBooks, price_micros
 from ledger.wallet import HoldStatus, Wallet, evolve
 from schemas.codec import decode_event

@@ -23,12 +23,11 @@ from typing import Any, TextIO
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from eventlog import EventLog, Record, topics
+from eventlog.settings import Settings
 from ledger.audit import Auditor
 from ledger.chain import load_public_key, public_key_jwk, public_key_pem
-from ledger.log import EventLog, Record
 from ledger.pricing import PriceBooks, default_price_book
-from ledger.settings import Settings
-from schemas import topics
 from schemas.codec import decode_event
 from schemas.events import PriceBookPublished
 
@@ -65,13 +64,13 @@ class Progress:
 
 def open_log(settings: Settings) -> EventLog:
     if settings.embedded:
-        from ledger.log.embedded import EmbeddedLog
+        from eventlog.embedded import EmbeddedLog
 
         path = settings.data_dir / "log.sqlite3"
         if not path.exists():
             sys.exit(f"no embedded log at {path}; pass --data-dir (or --kafka)")
         return EmbeddedLog(path, partitions=topics.partitions_per_topic)
-    from ledger.log.kafka import KafkaLog
+    from eventlog.kafka import KafkaLog
 
     return KafkaLog(settings.kafka_bootstrap, partitions=topics.partitions_per_topic)
 

@@ -20,9 +20,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ledger.wallet import event_id_for
-from schemas import topics
+from eventlog import topics
 from schemas.events import ChainCheckpoint
+from schemas.ids import event_id_for
 
 genesis_hash = "0" * 64
 

@@ -27,20 +27,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ledger.log import EventLog
+from eventlog import EventLog, topics
+from eventlog.settings import Settings
 from ledger.pricing import PriceBooks, default_price_book
-from ledger.settings import Settings
-from schemas import topics
 
 logger = logging.getLogger("tollgate")
 
 
 def _open_log(settings: Settings) -> EventLog:
     if settings.embedded:
-        from ledger.log.embedded import EmbeddedLog
+        from eventlog.embedded import EmbeddedLog
 
         return EmbeddedLog(settings.data_dir / "log.sqlite3", partitions=topics.partitions_per_topic)
-    from ledger.log.kafka import KafkaLog
+    from eventlog.kafka import KafkaLog
 
     log = KafkaLog(settings.kafka_bootstrap, partitions=topics.partitions_per_topic)
     pools = tuple(sorted({p.pool for p in default_price_book().models.values()} | set(settings.worker_pools)))
@@ -234,8 +233,9 @@ def run_gateway(settings: Settings, with_projector: bool | None, with_roles: boo
 
 async def _ensure_demo(core: Any, data_dir: Path) -> dict[str, str]:
     """A demo organization with credits and a key, created once and kept in the data directory."""
-    from gateway.core import new_id, utc_now
     from schemas.commands import GrantCredits
+    from schemas.ids import new_id
+    from schemas.moments import utc_now
 
     demo_file = data_dir / "demo.json"
     if demo_file.exists():

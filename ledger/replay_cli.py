@@ -33,13 +33,12 @@ from typing import Any
 
 import httpx
 
+from eventlog import EventLog, topics
+from eventlog.settings import Settings
 from ledger.audit_cli import open_log, read_topic
 from ledger.limits import kinds
-from ledger.log import EventLog
-from ledger.settings import Settings
 from projections.jobs import JobsView
 from projections.views import BalancesView, TenantsView
-from schemas import topics
 from schemas.codec import decode_event
 from schemas.events import HoldPlaced
 

@@ -13,14 +13,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
 import msgspec
 
+from eventlog import Consumer, EventLog, Outgoing, partition_for, topics
+from eventlog.settings import Settings
 from ledger.chain import ChainHead, Signer
-from ledger.log import Consumer, EventLog, Outgoing, partition_for
 from ledger.pricing import PriceBook, PriceBooks
-from ledger.settings import Settings
 from ledger.wallet import (
     Rejection,
     Wallet,
@@ -28,10 +28,8 @@ from ledger.wallet import (
     decide_auto_topup,
     decide_expiry,
     decide_grant_expiry,
-    event_id_for,
     evolve,
 )
-from schemas import topics
 from schemas.codec import decode_command, decode_event, encode
 from schemas.commands import AnyCommand
 from schemas.events import (
@@ -49,6 +47,8 @@ from schemas.events import (
     JobQueued,
     PriceBookPublished,
 )
+from schemas.ids import event_id_for
+from schemas.moments import utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +56,6 @@ pricing_wait_s_max = 5.0  # how long a capture waits for a price book version it
 pricing_check_interval_s = 1.0  # how often an idle ledger looks for new price book versions
 
 Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def dispatch_copy(event: Event) -> Outgoing | None:

@@ -24,7 +24,6 @@ Money model (integer micros):
 from __future__ import annotations
 
 import enum
-import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -66,6 +65,7 @@ from schemas.events import (
     JobLeaseLost,
     JobQueued,
 )
+from schemas.ids import event_id_for
 from schemas.units import Units
 
 Prices = PriceBook | PriceBooks  # a single book (tests, tools) or every published version
@@ -73,7 +73,6 @@ hold_expired_reason = "hold_expired"
 cancelled_reason = "cancelled"
 dead_letter_reason = "dead_letter"
 _event_id_namespace = uuid.UUID("6c4d7d1e-59a4-4c55-9b0a-6f1f0c8e2a11")
-_event_id_key = _event_id_namespace.bytes
 _never = datetime.max.replace(tzinfo=None)
 
 
@@ -327,12 +326,6 @@ class Wallet(Aggregate):
 
     def burn_sequence(self) -> int:
         return len(self.grants)
-
-
-def event_id_for(command_id: str, kind: str) -> str:
-    """Deterministic, so that deciding the same command twice yields the same event ids. A keyed
-    128-bit BLAKE2b digest in hex: as unique as a uuid5 and about six times cheaper (bench/ledger.py)."""
-    return hashlib.blake2b(f"{command_id}/{kind}".encode(), digest_size=16, key=_event_id_key).hexdigest()
 
 
 def _envelope(command: AnyCommand, now: datetime) -> dict[str, Any]:

@@ -10,13 +10,12 @@ from typing import Any
 
 import httpx
 
+from eventlog import EventLog, partition_for, topics
 from ledger.audit_cli import price_books, read_topic
-from ledger.log import EventLog, partition_for
 from ledger.pricing import PriceBooks, unit_names, unit_quantities, unit_rates
 from projections.role import posting_rows, usage_row
 from projections.statements import Statement, build_statement, load_statement, statement_days_max, statement_json
 from projections.usage_store import ChargedTotal, PostingRow, PricedUsage, UsageRow, UsageStore
-from schemas import topics
 from schemas.codec import decode_event
 from schemas.events import CreditsRefunded, HoldCaptured
 

@@ -15,13 +15,12 @@ import logging
 import threading
 import time
 
+from eventlog import Consumer, EventLog, topics
+from eventlog.settings import Settings
 from ledger.accounts import postings
-from ledger.log import Consumer, EventLog
 from ledger.pricing import PriceBook, PriceBooks, default_price_book, unit_rates
-from ledger.settings import Settings
 from ledger.wallet import hold_expired_reason
 from projections.usage_store import PostingRow, UsageRow, UsageStore, rate_columns
-from schemas import topics
 from schemas.codec import decode_event
 from schemas.events import Event, HoldCaptured, HoldRejected, HoldReleased, PriceBookPublished
 

@@ -15,13 +15,13 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from litestar.testing import TestClient
 
+from eventlog import topics
+from eventlog.embedded import EmbeddedLog
+from eventlog.settings import Settings
 from gateway.app import create_app
 from gateway.core import GatewayCore
-from ledger.log.embedded import EmbeddedLog
 from ledger.pricing import PriceBooks, default_price_book
 from ledger.role import LedgerRole
-from ledger.settings import Settings
-from schemas import topics
 from workers.backends import SimulatedChatBackend
 from workers.role import WorkerRole
 

@@ -22,14 +22,13 @@ import httpx
 import msgspec
 import pytest
 
+from eventlog import Record, topics
+from eventlog.embedded import EmbeddedLog
+from eventlog.settings import Settings
 from ledger.audit import Auditor
 from ledger.chain import Signer, load_or_create_signing_key, record_hash
-from ledger.log import Record
-from ledger.log.embedded import EmbeddedLog
 from ledger.pricing import PriceBooks, default_price_book
 from ledger.role import LedgerRole
-from ledger.settings import Settings
-from schemas import topics
 from schemas.codec import decode_event, encode
 from schemas.commands import GrantCredits
 from tests.conftest import free_port

@@ -15,9 +15,9 @@ import msgspec
 import pytest
 
 import gateway.core
+from eventlog import topics
 from gateway.app import amount_micros_max
 from projections.jobs import JobState, JobsView
-from schemas import topics
 from tests.harness import Gateway
 from tests.test_jobs_view import captured, completed, now, placed
 from tests.test_usage_store_contract import charge

@@ -22,10 +22,9 @@ import httpx
 import openai
 import pytest
 
-from ledger.log import Outgoing
-from ledger.log.kafka import KafkaLog
+from eventlog import Outgoing, topics
+from eventlog.kafka import KafkaLog
 from ledger.pricing import PriceBook, price_micros
-from schemas import topics
 from schemas.codec import decode_command, decode_event, encode
 from schemas.commands import CancelJob
 from schemas.events import (
@@ -45,10 +44,10 @@ from schemas.events import (
     PriceBookPublished,
     UsageRecorded,
 )
+from schemas.ids import job_output_id as outcome_id
 from schemas.units import Units
 from tests.conftest import free_port
 from tests.processes import Admin, Role, wait_until_serving
-from workers.role import _id as outcome_id
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 admin_token = "tga_faults"

@@ -16,8 +16,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from ledger.log.kafka import KafkaLog
-from schemas import topics
+from eventlog import topics
+from eventlog.kafka import KafkaLog
 from schemas.codec import decode_event
 from schemas.events import HoldCaptured, HoldPlaced, HoldReleased
 from tests.conftest import free_port

@@ -18,8 +18,8 @@ import httpx
 import openai
 import pytest
 
-from ledger.log.kafka import KafkaLog
-from schemas import topics
+from eventlog import topics
+from eventlog.kafka import KafkaLog
 from schemas.codec import decode_event
 from schemas.events import RequestAdmitted, RequestThrottled
 from tests.conftest import free_port

@@ -23,13 +23,13 @@ from hypothesis import event as record_event
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
+from eventlog import topics
+from eventlog.embedded import EmbeddedLog
+from eventlog.settings import Settings
 from ledger.accounts import Book, breakage, held_account, revenue, wallet_account
-from ledger.log.embedded import EmbeddedLog
 from ledger.pricing import default_price_book
 from ledger.role import LedgerRole
-from ledger.settings import Settings
 from ledger.wallet import Rejection, Wallet, decide, decide_expiry, decide_grant_expiry, evolve
-from schemas import topics
 from schemas.codec import decode_event, encode
 from schemas.commands import (
     AdjustCredits,

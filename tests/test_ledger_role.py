@@ -7,12 +7,11 @@ from pathlib import Path
 
 import msgspec
 
-from ledger.log import Outgoing
-from ledger.log.embedded import EmbeddedLog
+from eventlog import Outgoing, topics
+from eventlog.embedded import EmbeddedLog
+from eventlog.settings import Settings
 from ledger.pricing import default_price_book
 from ledger.role import LedgerRole
-from ledger.settings import Settings
-from schemas import topics
 from schemas.codec import decode_event, encode
 from schemas.commands import GrantCredits, JobSpec, PlaceHold
 from schemas.events import HoldReleased

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger.log import Consumer, EventLog, Outgoing, Processor, Record
+from eventlog import Consumer, EventLog, Outgoing, Processor, Record
 
 wait_s_max = 30.0
 
@@ -197,7 +197,7 @@ class LogContract:
 class TestEmbeddedLog(LogContract):
     @pytest.fixture
     def log(self, tmp_path: Path) -> Iterator[EventLog]:
-        from ledger.log.embedded import EmbeddedLog
+        from eventlog.embedded import EmbeddedLog
 
         log = EmbeddedLog(tmp_path / "log.sqlite3")
         yield log
@@ -207,7 +207,7 @@ class TestEmbeddedLog(LogContract):
         processor.abort_transaction()  # a SQLite transaction that never committed leaves nothing
 
     def test_records_survive_reopening(self, tmp_path: Path) -> None:
-        from ledger.log.embedded import EmbeddedLog
+        from eventlog.embedded import EmbeddedLog
 
         first = EmbeddedLog(tmp_path / "log.sqlite3")
         first.producer("t").send([Outgoing("t", "k", b"kept")])
@@ -223,7 +223,7 @@ class TestEmbeddedLog(LogContract):
 class TestKafkaLog(LogContract):
     @pytest.fixture
     def log(self, kafka_bootstrap: str) -> Iterator[EventLog]:
-        from ledger.log.kafka import KafkaLog
+        from eventlog.kafka import KafkaLog
 
         yield KafkaLog(kafka_bootstrap)
 

@@ -110,7 +110,6 @@ def test_billed_seconds_round_up_per_started_second_in_integers() -> None:
     assert billed_seconds(2**60 + 1) == 2**60 // 1000 + 1
 
 
-
 tiers = st.lists(
     st.builds(
         ContextTier,

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from ledger.log import Outgoing
-from ledger.log.embedded import EmbeddedLog
+from eventlog import Outgoing, topics
+from eventlog.embedded import EmbeddedLog
+from eventlog.settings import Settings
 from ledger.pricing import default_price_book, price_micros
-from ledger.settings import Settings
 from projections.role import ProjectorRole, usage_row
 from projections.usage_store import PostingRow, UsageRow, UsageStore
-from schemas import topics
 from schemas.codec import encode
 from schemas.events import HoldCaptured, HoldReleased
 from schemas.units import Units

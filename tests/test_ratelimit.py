@@ -11,9 +11,9 @@ from typing import Any
 import openai
 import pytest
 
+from eventlog.settings import Settings
 from gateway.ratelimit import IpLimiter, RateLimiter, SlidingWindow, format_duration
 from ledger.limits import Check, decide, organization_limits, plan_limits
-from ledger.settings import Settings
 from projections.views import ApiToken, Organization, TenantsView
 from schemas.events import HoldCaptured
 from schemas.units import Units

@@ -11,7 +11,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from schemas import topics
+from eventlog import topics
 from tests.harness import Gateway, Signer, audience, issuer, write_jwks
 
 

@@ -26,11 +26,11 @@ import httpx
 import openai
 import pytest
 
-from ledger.log.embedded import EmbeddedLog
-from ledger.settings import Settings
+from eventlog import topics
+from eventlog.embedded import EmbeddedLog
+from eventlog.settings import Settings
 from projections.role import ProjectorRole
 from projections.usage_store import UsageStore
-from schemas import topics
 from schemas.codec import decode_event
 from schemas.events import CreditsRefunded, HoldCaptured, HoldRejected
 from tests.harness import Gateway

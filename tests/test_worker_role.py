@@ -10,10 +10,9 @@ from typing import Any
 
 import msgspec
 
-from ledger.log import Record
-from ledger.log.embedded import EmbeddedLog
-from ledger.settings import Settings
-from schemas import topics
+from eventlog import Record, topics
+from eventlog.embedded import EmbeddedLog
+from eventlog.settings import Settings
 from schemas.events import JobQueued
 from workers.backends import SimulatedChatBackend
 from workers.role import WorkerRole, _Running, worker_roles

@@ -34,10 +34,8 @@ from datetime import datetime
 
 import msgspec
 
-from ledger.log import EventLog, Outgoing, Record
-from ledger.role import utc_now
-from ledger.settings import Settings
-from schemas import topics
+from eventlog import EventLog, Outgoing, Record, topics
+from eventlog.settings import Settings
 from schemas.codec import decode_event, encode
 from schemas.commands import CaptureHold, ReleaseHold, StartJob
 from schemas.events import (
@@ -51,12 +49,13 @@ from schemas.events import (
     JobRetryScheduled,
     UsageRecorded,
 )
+from schemas.ids import job_output_id
+from schemas.moments import utc_now
 from schemas.units import Units
 from workers.backends import Backend, BackendError, JobContext, JobOutput, JobStopped
 
 logger = logging.getLogger(__name__)
 
-_id_namespace = uuid.UUID("0f3b8a0e-7d53-4f7e-9a55-3f1de7a7c0b2")
 jobs_in_parallel_max = 16
 backlog_jobs_max = 4 * jobs_in_parallel_max  # jobs taken from the log but not started yet
 outbox_items_max = 10_000  # what job threads may report before they wait for the polling thread
@@ -64,10 +63,6 @@ stop_signals_max = 10_000  # cancelled or dead-lettered job ids remembered for j
 progress_interval_s = 0.25  # progress events of a job nobody streams, at most one per this
 busy_poll_wait_ms = 2  # the poll wait while jobs run: how soon their progress is committed
 retry_backoff_s_max = 10.0
-
-
-def _id(job_id: str, kind: str) -> str:
-    return str(uuid.uuid5(_id_namespace, f"{job_id}/{kind}"))
 
 
 def retry_backoff_s(base_ms: int, failed_attempt: int) -> float:
@@ -83,7 +78,7 @@ def completed_records(job: JobQueued, started_at: datetime, finished_at: datetim
     """A finished job: its usage, its completion and the capture of its charge. Pure: ids derive from the job."""
     latency_ms = int((finished_at - job.accepted_at).total_seconds() * 1000)
     usage = UsageRecorded(
-        event_id=_id(job.job_id, "usage"),
+        event_id=job_output_id(job.job_id, "usage"),
         occurred_at=finished_at,
         job_id=job.job_id,
         request_id=job.request_id,
@@ -92,7 +87,7 @@ def completed_records(job: JobQueued, started_at: datetime, finished_at: datetim
         **_envelope(job),
     )
     completed = JobCompleted(
-        event_id=_id(job.job_id, "completed"),
+        event_id=job_output_id(job.job_id, "completed"),
         occurred_at=finished_at,
         job_id=job.job_id,
         request_id=job.request_id,
@@ -103,7 +98,7 @@ def completed_records(job: JobQueued, started_at: datetime, finished_at: datetim
         **_envelope(job),
     )
     capture = CaptureHold(
-        command_id=_id(job.job_id, "capture"),
+        command_id=job_output_id(job.job_id, "capture"),
         org_id=job.org_id,
         issued_at=finished_at,
         correlation_id=job.request_id,
@@ -123,7 +118,7 @@ def failed_records(job: JobQueued, finished_at: datetime, error: BackendError, a
     """A job that cannot complete: the failure, and the hold released (as dead-lettered when it was
     retryable but out of attempts)."""
     failed = JobFailed(
-        event_id=_id(job.job_id, "failed"),
+        event_id=job_output_id(job.job_id, "failed"),
         occurred_at=finished_at,
         job_id=job.job_id,
         request_id=job.request_id,
@@ -135,7 +130,7 @@ def failed_records(job: JobQueued, finished_at: datetime, error: BackendError, a
         **_envelope(job),
     )
     release = ReleaseHold(
-        command_id=_id(job.job_id, "release"),
+        command_id=job_output_id(job.job_id, "release"),
         org_id=job.org_id,
         issued_at=finished_at,
         correlation_id=job.request_id,
@@ -151,7 +146,7 @@ def failed_records(job: JobQueued, finished_at: datetime, error: BackendError, a
 def cancelled_records(job: JobQueued, finished_at: datetime, units: Units, partial: str, reason: str) -> list[Outgoing]:
     """A job stopped on request: charged for the work done (released when there was none)."""
     cancelled = JobCancelled(
-        event_id=_id(job.job_id, "cancelled"),
+        event_id=job_output_id(job.job_id, "cancelled"),
         occurred_at=finished_at,
         job_id=job.job_id,
         request_id=job.request_id,
@@ -164,7 +159,7 @@ def cancelled_records(job: JobQueued, finished_at: datetime, units: Units, parti
     settle: CaptureHold | ReleaseHold
     if units == Units(variant=units.variant):
         settle = ReleaseHold(
-            command_id=_id(job.job_id, "release-cancelled"),
+            command_id=job_output_id(job.job_id, "release-cancelled"),
             org_id=job.org_id,
             issued_at=finished_at,
             correlation_id=job.request_id,
@@ -173,7 +168,7 @@ def cancelled_records(job: JobQueued, finished_at: datetime, units: Units, parti
         )
     else:
         settle = CaptureHold(
-            command_id=_id(job.job_id, "capture-cancelled"),
+            command_id=job_output_id(job.job_id, "capture-cancelled"),
             org_id=job.org_id,
             issued_at=finished_at,
             correlation_id=job.request_id,
@@ -281,7 +276,7 @@ class WorkerRole:
                 sequence += 1
                 last_report = now
                 event = JobProgressed(
-                    event_id=_id(job.job_id, f"progress/{attempt}/{sequence}"),
+                    event_id=job_output_id(job.job_id, f"progress/{attempt}/{sequence}"),
                     occurred_at=self._clock(),
                     job_id=job.job_id,
                     request_id=job.request_id,
@@ -321,7 +316,7 @@ class WorkerRole:
 
     def _retry_records(self, job: JobQueued, attempt: int, error: BackendError, backoff_s: float) -> list[Outgoing]:
         event = JobRetryScheduled(
-            event_id=_id(job.job_id, f"retry/{attempt}"),
+            event_id=job_output_id(job.job_id, f"retry/{attempt}"),
             occurred_at=self._clock(),
             job_id=job.job_id,
             request_id=job.request_id,

@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ledger.log import (
+from eventlog import (
     AssignmentListener,
     Consumer,
     EventLog,

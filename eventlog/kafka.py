@@ -21,7 +21,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
-from ledger.log import AssignmentListener, Consumer, EventLog, LogError, Outgoing, Processor, Producer, Record
+from eventlog import AssignmentListener, Consumer, EventLog, LogError, Outgoing, Processor, Producer, Record
 
 logger = logging.getLogger(__name__)
 
