@@ -63,29 +63,30 @@ import msgspec
 repo = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(repo))
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from eventlog import (  # noqa: E402
+from eventlog import (
     EventLog,
     Outgoing,
     Record,
     partition_for,
     topics,
 )
-from eventlog.embedded import EmbeddedLog  # noqa: E402
-from eventlog.settings import Settings  # noqa: E402
-from ledger.accounts import Book  # noqa: E402
-from ledger.audit import Auditor  # noqa: E402
-from ledger.audit_cli import audit_log, audit_log_parallel, price_books, read_topic  # noqa: E402
-from ledger.chain import ChainHead, Signer, load_or_create_signing_key, record_hash  # noqa: E402
-from ledger.pricing import PriceBook, PriceBooks, default_price_book, price_micros  # noqa: E402
-from ledger.wallet import Wallet, evolve  # noqa: E402
-from projections.jobs import JobsView  # noqa: E402
-from projections.role import posting_rows, usage_row  # noqa: E402
-from projections.usage_store import PostingRow, UsageRow, UsageStore  # noqa: E402
-from projections.views import BalancesView  # noqa: E402
-from schemas.codec import decode_event, encode  # noqa: E402
-from schemas.events import (  # noqa: E402
+from eventlog.embedded import EmbeddedLog
+from eventlog.read import read_topic
+from eventlog.settings import Settings
+from ledger.accounts import Book
+from ledger.audit import Auditor
+from ledger.chain import ChainHead, Signer, load_or_create_signing_key, record_hash
+from ledger.price_feed import load_price_books
+from ledger.pricing import PriceBook, PriceBooks, default_price_book, price_micros
+from ledger.wallet import Wallet, evolve
+from projections.jobs import JobsView
+from projections.role import posting_rows, usage_row
+from projections.usage import PostingRow, UsageRow, UsageStore
+from projections.views import BalancesView
+from schemas.codec import decode_event, encode
+from schemas.events import (
     ChainCheckpoint,
     CreditsGranted,
     Event,
@@ -94,8 +95,9 @@ from schemas.events import (  # noqa: E402
     HoldPlaced,
     LedgerFact,
 )
-from schemas.ids import event_id_for  # noqa: E402
-from schemas.units import Units  # noqa: E402
+from schemas.ids import event_id_for
+from schemas.units import Units
+from tollgate.audit import audit_log, audit_log_parallel
 
 TARGET_EVENTS_PER_S = 100_000
 PLENTY = 10**13  # micros granted to each organization: no hold is ever short of money
@@ -516,7 +518,7 @@ def stage_clickhouse(
 ) -> dict[str, Any]:
     path = root / "clickhouse"
     shutil.rmtree(path, ignore_errors=True)
-    books = price_books(log)
+    books = load_price_books(log)
     with Timer("clickhouse") as timer:
         store, stats = rebuild_clickhouse(log, books, path, insert_rows, verbose)
     started = time.perf_counter()

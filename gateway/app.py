@@ -24,7 +24,7 @@ from gateway.ratelimit import IpLimiter, RateLimitMiddleware
 from ledger.money import MoneyFormatError, format_credits, micros_to_decimal, parse_credits
 from ledger.pricing import ModelPrice, PriceBook
 from ledger.wallet import Grant
-from projections.usage_store import CursorError, in_moment_range, moment_max, moment_min, posting_cursor
+from projections.usage import CursorError, posting_cursor
 from schemas.api import (
     AdjustmentBody,
     AutoTopUpBody,
@@ -50,7 +50,7 @@ from schemas.events import (
     Event,
 )
 from schemas.ids import new_id
-from schemas.moments import utc_now
+from schemas.moments import in_moment_range, moment_max, moment_min, utc_now
 from workers.backends import message_text
 
 # Decimal amounts go out as JSON numbers with their exact digits, never through a float.

@@ -7,10 +7,10 @@ import asyncio
 from litestar import Request, Response, get
 
 from eventlog import partition_for, topics
+from eventlog.read import read_topic
 from gateway.app import _core, _json, _parse_time
 from gateway.errors import ApiError
 from ledger.audit import Auditor
-from ledger.audit_cli import read_topic
 from ledger.chain import load_public_key, public_key_jwk, public_key_pem
 from ledger.money import micros_to_decimal
 from ledger.pricing import PriceBooks, default_price_book

@@ -17,18 +17,18 @@ import threading
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 import msgspec
 
 from eventlog import EventLog, Outgoing, topics
+from eventlog.read import Follower
 from eventlog.settings import Settings
 from gateway.auth import JwksKeys
 from gateway.idempotency import IdempotencyView
 from gateway.ratelimit import RateLimiter
 from ledger.pricing import PriceBook, PriceBooks
 from projections.jobs import JobsView
-from projections.usage_store import UsageStore
+from projections.usage import UsageStore
 from projections.views import ApiToken, BalancesView, TenantsView
 from schemas.codec import decode_event, encode
 from schemas.commands import AnyCommand, CancelJob, JobSpec, PlaceHold
@@ -190,9 +190,7 @@ class GatewayCore:
         self.waiters = Waiters()
         self.jobs = JobsView(timedelta(seconds=settings.job_retention_s))
         self._producer = log.producer(f"tollgate-gateway-{settings.instance_id}")
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._caught_up = threading.Event()
+        self._followers: list[Follower] = []
         self.inflight = 0
         # --- issue 5: service-token keys, shared rate-limit windows, last-used bookkeeping ---
         self.jwks = JwksKeys(settings)
@@ -212,11 +210,12 @@ class GatewayCore:
             [topics.JOBS],
             client_id=f"tollgate-gateway-jobs-{self.settings.instance_id}",
         )
-        for name, consumer, fold in (("history", history, True), ("jobs", jobs, False)):
-            thread = threading.Thread(target=self._follow, args=(consumer, fold), name=f"follow-{name}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        if not self._caught_up.wait(catch_up_wait_s_max):
+        batch, wait_ms = self.settings.batch_records_max, self.settings.poll_wait_ms
+        history_follower = Follower(history, self._fold_history, "follow-history", batch, wait_ms)
+        self._followers = [history_follower, Follower(jobs, self._fold_jobs, "follow-jobs", batch, wait_ms)]
+        for follower in self._followers:
+            follower.start()
+        if not history_follower.wait_caught_up(catch_up_wait_s_max):
             raise RuntimeError("the gateway could not read the log to its end; is the broker reachable?")
         self.limiter.start(self.log, catch_up_wait_s_max)
         built_in = self.prices.at_version(self.prices.versions()[0])
@@ -224,6 +223,27 @@ class GatewayCore:
             # Price book versions are events: put the built-in one on the log for auditors. Racing
             # gateways may both do so; readers keep the first of a version.
             self._producer.send([self._price_book_record(built_in)])
+
+    def _fold_history(self, event: Event) -> None:
+        """Tenants, ledger, idempotency and pricing, from the beginning: every instance authenticates
+        and shows balances from the same facts."""
+        self.jobs.apply(event)
+        self.tenants.apply(event)
+        self.balances.apply(event)
+        self.idempotency.apply(event)
+        self.limiter.apply(event)  # tokens of charges, for tokens-per-minute
+        if isinstance(event, PriceBookPublished):
+            self.prices.apply(event)
+            self._logged_price_versions.add(event.book.version)
+        self._offer(event)
+
+    def _fold_jobs(self, event: Event) -> None:
+        self.jobs.apply(event)
+        self._offer(event)
+
+    def _offer(self, event: Event) -> None:
+        for key in _keys(event):
+            self.waiters.offer(key, event)
 
     def _price_book_record(self, book: PriceBook) -> Outgoing:
         event = PriceBookPublished(event_id=new_id("evt"), occurred_at=utc_now(), org_id="platform", book=book)
@@ -234,42 +254,10 @@ class GatewayCore:
         event_id = decode_event(record.value).event_id
         await self._append_and_wait(event_id, [record], 30)
 
-    def _follow(self, consumer: Any, fold: bool) -> None:
-        try:
-            while not self._stop.is_set():
-                records = consumer.poll(self.settings.batch_records_max, self.settings.poll_wait_ms)
-                for record in records:
-                    try:
-                        event = decode_event(record.value)
-                    except msgspec.DecodeError:
-                        logger.error(
-                            "skipping an undecodable record at %s/%d@%d", record.topic, record.partition, record.offset
-                        )
-                        continue
-                    self.jobs.apply(event)
-                    if fold:
-                        self.tenants.apply(event)
-                        self.balances.apply(event)
-                        self.idempotency.apply(event)
-                        self.limiter.apply(event)  # tokens of charges, for tokens-per-minute
-                        if isinstance(event, PriceBookPublished):
-                            self.prices.publish(event.book)
-                            self._logged_price_versions.add(event.book.version)
-                    for key in _keys(event):
-                        self.waiters.offer(key, event)
-                if fold and not records and not self._caught_up.is_set() and consumer.caught_up():
-                    self._caught_up.set()
-        except Exception:
-            logger.exception("log follower stopped")
-            raise
-        finally:
-            consumer.close()
-
     def stop(self) -> None:
         self.limiter.stop()
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=5)
+        for follower in self._followers:
+            follower.stop()
         self._producer.flush(5)
         self._producer.close()
 

@@ -29,14 +29,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
-
 from eventlog import EventLog, Outgoing, topics
+from eventlog.read import Follower
 from eventlog.settings import Settings
 from gateway.errors import ApiError, error_response
 from ledger.limits import Check, Decision, decide, organization_limits, window_s
 from projections.views import ApiToken, TenantsView
-from schemas.codec import decode_event, encode
+from schemas.codec import encode
 from schemas.events import Event, HoldCaptured, RequestAdmitted, RequestThrottled
 
 logger = logging.getLogger(__name__)
@@ -114,9 +113,7 @@ class RateLimiter:
         self.propagation_ms: deque[int] = deque(maxlen=propagation_samples_max)
         self.admitted = 0
         self.throttled = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._caught_up = threading.Event()
+        self._follower: Follower | None = None
 
     def now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -243,34 +240,16 @@ class RateLimiter:
             client_id=f"tollgate-gateway-limits-{self.instance_id}",
             start_ms=self.now_ms() - window_s * 1000,
         )
-        self._thread = threading.Thread(target=self._follow, args=(consumer,), name="follow-limits", daemon=True)
-        self._thread.start()
-        if not self._caught_up.wait(wait_s_max):
+        self._follower = Follower(
+            consumer, self.apply, "follow-limits", self.settings.batch_records_max, self.settings.poll_wait_ms
+        )
+        self._follower.start()
+        if not self._follower.wait_caught_up(wait_s_max):
             raise RuntimeError("the gateway could not read tollgate.requests to its end; is the broker reachable?")
 
-    def _follow(self, consumer: Any) -> None:
-        try:
-            while not self._stop.is_set():
-                records = consumer.poll(self.settings.batch_records_max, self.settings.poll_wait_ms)
-                for record in records:
-                    try:
-                        event = decode_event(record.value)
-                    except msgspec.DecodeError:
-                        logger.error("skipping an undecodable record at %s/%d", record.topic, record.offset)
-                        continue
-                    self.apply(event)
-                if not records and not self._caught_up.is_set() and consumer.caught_up():
-                    self._caught_up.set()
-        except Exception:
-            logger.exception("rate-limit follower stopped")
-            raise
-        finally:
-            consumer.close()
-
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if self._follower is not None:
+            self._follower.stop()
 
     def stats(self) -> dict[str, Any]:
         samples = sorted(self.propagation_ms)

@@ -13,7 +13,7 @@ from gateway.app import _balance, _core, _iso, _json, _limit, _parse_time, autho
 from gateway.errors import ApiError
 from ledger.money import micros_to_decimal
 from projections.statements import load_statement, statement_csv, statement_days_max, statement_json
-from projections.usage_store import (
+from projections.usage import (
     CursorError,
     Granularity,
     GroupBy,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import operator
 
+from schemas.events import Event, PriceBookPublished
 from schemas.prices import Category, ContextTier, ModelPrice, PriceBook
 from schemas.units import Units
 
@@ -45,6 +46,10 @@ class PriceBooks:
         self._versions[book.version] = book
         self.current = book
         return True
+
+    def apply(self, event: Event) -> bool:
+        """Fold one event of ``tollgate.pricing``; True when it published a new version."""
+        return isinstance(event, PriceBookPublished) and self.publish(event.book)
 
     def at_version(self, version: str) -> PriceBook | None:
         return self.current if not version else self._versions.get(version)

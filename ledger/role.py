@@ -17,9 +17,10 @@ from datetime import datetime
 
 import msgspec
 
-from eventlog import Consumer, EventLog, Outgoing, partition_for, topics
+from eventlog import EventLog, Outgoing, partition_for, topics
 from eventlog.settings import Settings
 from ledger.chain import ChainHead, Signer
+from ledger.price_feed import PriceFeed
 from ledger.pricing import PriceBook, PriceBooks
 from ledger.wallet import (
     Rejection,
@@ -45,14 +46,12 @@ from schemas.events import (
     JobLeased,
     JobLeaseLost,
     JobQueued,
-    PriceBookPublished,
 )
 from schemas.ids import event_id_for
 from schemas.moments import utc_now
 
 logger = logging.getLogger(__name__)
 
-pricing_wait_s_max = 5.0  # how long a capture waits for a price book version it does not know yet
 pricing_check_interval_s = 1.0  # how often an idle ledger looks for new price book versions
 
 Clock = Callable[[], datetime]
@@ -93,7 +92,9 @@ class LedgerRole:
         self._log = log
         self._settings = settings
         self.prices = prices if isinstance(prices, PriceBooks) else PriceBooks(prices)
-        self._pricing: Consumer | None = None
+        self._price_feed = PriceFeed(
+            log, f"tollgate-ledger-pricing-{settings.instance_id}", settings.batch_records_max, self.prices
+        )
         self._clock = clock
         self.wallets: dict[str, Wallet] = {}
         self.rejections: Counter[str] = Counter()
@@ -226,22 +227,6 @@ class LedgerRole:
             self._checkpointed_at = time.monotonic()
         return outputs
 
-    def follow_pricing(self, until_caught_up: bool = False) -> bool:
-        """Fold newly published price books; True when one was added."""
-        if self._pricing is None:
-            self._pricing = self._log.consumer(
-                [topics.PRICING], client_id=f"tollgate-ledger-pricing-{self._settings.instance_id}"
-            )
-        added = False
-        deadline = time.monotonic() + pricing_wait_s_max
-        while True:
-            for record in self._pricing.poll(self._settings.batch_records_max, 0):
-                event = decode_event(record.value)
-                if isinstance(event, PriceBookPublished):
-                    added = self.prices.publish(event.book) or added
-            if not until_caught_up or self._pricing.caught_up() or time.monotonic() > deadline:
-                return added
-
     def _wallet(self, org_id: str) -> Wallet:
         wallet = self.wallets.get(org_id)
         if wallet is None:
@@ -263,7 +248,7 @@ class LedgerRole:
                 continue
             wallet = self._wallet(command.org_id)
             result = decide(wallet, command, now, self.prices)
-            if result is Rejection.price_version_unknown and self.follow_pricing(until_caught_up=True):
+            if result is Rejection.price_version_unknown and self._price_feed.poll(until_caught_up=True):
                 result = decide(wallet, command, now, self.prices)
             if isinstance(result, Rejection):
                 self.rejections[result.value] += 1
@@ -300,7 +285,7 @@ class LedgerRole:
                 if time.monotonic() >= next_pricing_check:
                     # New versions only matter to captures of holds that name them, and an unknown
                     # version makes decide_batch catch up at once; so a periodic look is enough.
-                    self.follow_pricing()
+                    self._price_feed.poll()
                     next_pricing_check = time.monotonic() + pricing_check_interval_s
                 if self._rebuild_needed:
                     self.rebuild(self._rebuild_needed)
@@ -320,5 +305,4 @@ class LedgerRole:
                     self.rebuild(self._owned)
         finally:
             processor.close()
-            if self._pricing is not None:
-                self._pricing.close()
+            self._price_feed.close()

@@ -1,21 +1,21 @@
 """Projections rebuilt from the log: ClickHouse usage rows (with their rollups and postings) into a
-fresh store, and statements computed from the ledger events alone, to compare with the live ones."""
+fresh store, and statements computed from the ledger events alone (``tollgate replay`` and ``tollgate
+audit statement`` compare them with the live ones)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from eventlog import EventLog, partition_for, topics
-from ledger.audit_cli import price_books, read_topic
+from eventlog.read import read_topic
+from ledger.price_feed import load_price_books
 from ledger.pricing import PriceBooks, unit_names, unit_quantities, unit_rates
 from projections.role import posting_rows, usage_row
-from projections.statements import Statement, build_statement, load_statement, statement_days_max, statement_json
-from projections.usage_store import ChargedTotal, PostingRow, PricedUsage, UsageRow, UsageStore
+from projections.statements import Statement, build_statement
+from projections.usage import ChargedTotal, PostingRow, PricedUsage, UsageRow, UsageStore
 from schemas.codec import decode_event
 from schemas.events import CreditsRefunded, HoldCaptured
 
@@ -35,7 +35,7 @@ def rebuild_usage(
     if (target / "clickhouse").exists():
         raise SystemExit(f"{target / 'clickhouse'} exists; replay builds into a fresh target")
     store = UsageStore(path=target / "clickhouse")
-    books = price_books(log)
+    books = load_price_books(log)
     usage: list[UsageRow] = []
     postings: list[PostingRow] = []
     events = 0
@@ -67,94 +67,9 @@ def rebuild_usage(
     }
 
 
-def compare_usage(
-    store: UsageStore,
-    admin: httpx.Client,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    orgs: set[str] | None = None,
-) -> list[str]:
-    """The rebuilt rows against the live usage API, organization by organization.
-
-    The whole log: (requests, cost) of every row, refusals included, from ``usage/by-token`` with no
-    window. From ``since``: the statements of [since, until), live against the same statement of the
-    rebuilt store. A statement's window is exact to the millisecond (whole days from the rollups, the
-    partial days from the raw rows), while ``from`` of ``usage/by-token`` selects whole days, so a
-    --since that is not midnight would compare different windows. A statement covers the charges
-    (quantities, per-model request counts, amounts) and the refunds, not the zero-cost refusals."""
-    rebuilt = store.raw_totals_by_org()
-    if since is None:
-        return _compare_all_time(rebuilt, admin, set(rebuilt) | (orgs or set()))
-    end = until if until is not None else datetime.now(UTC)
-    mismatches: list[str] = []
-    for org_id in sorted(set(rebuilt) | (orgs or set())):
-        start = since
-        while start < end:
-            stop = min(start + timedelta(days=statement_days_max), end)
-            mismatches += _compare_statement(store, admin, org_id, start, stop)
-            start = stop
-    return mismatches
-
-
-def _compare_all_time(rebuilt: dict[str, tuple[int, int]], admin: httpx.Client, orgs: set[str]) -> list[str]:
-    mismatches = []
-    for org_id in sorted(orgs):
-        live = admin.get(f"/v1/organizations/{org_id}/usage/by-token")
-        if live.status_code != 200:
-            mismatches.append(f"usage {org_id}: the gateway answered {live.status_code}")
-            continue
-        rows = live.json()["data"]
-        live_totals = (sum(r["requests"] for r in rows), sum(r["cost_micros"] for r in rows))
-        if live_totals != rebuilt.get(org_id, (0, 0)):
-            mismatches.append(
-                f"usage {org_id}: (requests, cost) live {live_totals}, rebuilt {rebuilt.get(org_id, (0, 0))}"
-            )
-    return mismatches
-
-
-def _statement_figures(body: dict[str, Any]) -> dict[str, Any]:
-    """The exact (integer) parts of a statement's JSON; the decimal renderings follow from them."""
-    return {
-        "lines": [
-            (
-                line["model"],
-                line["price_version"],
-                line["unit"],
-                line["quantity"],
-                line["unit_price_micros_per_million"],
-                line["amount_micros"],
-            )
-            for line in body["lines"]
-        ],
-        "charges_micros": body["charges_micros"],
-        "refunds_micros": body["refunds_micros"],
-        "total_micros": body["total_micros"],
-        "ledger_charges_micros": body["ledger"]["charges_micros"],
-        "ledger_refunds_micros": body["ledger"]["refunds_micros"],
-    }
-
-
-def _compare_statement(
-    store: UsageStore, admin: httpx.Client, org_id: str, start: datetime, end: datetime
-) -> list[str]:
-    period = f"[{start.isoformat()}, {end.isoformat()})"
-    live = admin.get(
-        f"/v1/organizations/{org_id}/statements", params={"from": start.isoformat(), "to": end.isoformat()}
-    )
-    if live.status_code != 200:
-        return [f"usage {org_id} {period}: the gateway answered {live.status_code}"]
-    live_figures = _statement_figures(live.json())
-    rebuilt = _statement_figures(statement_json(load_statement(store, org_id, start, end)))
-    return [
-        f"usage {org_id} {period}: {name} live {live_figures[name]}, rebuilt {rebuilt[name]}"
-        for name in rebuilt
-        if live_figures[name] != rebuilt[name]
-    ]
-
-
 def statement_from_log(log: EventLog, org_id: str, start: datetime, end: datetime) -> Statement:
     """The statement of [start, end) from the ledger events alone, allocated as ClickHouse's is."""
-    books: PriceBooks = price_books(log)
+    books: PriceBooks = load_price_books(log)
     scaled: dict[tuple[str, str, str, int], list[int]] = defaultdict(lambda: [0, 0])
     charged: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     refunds = 0

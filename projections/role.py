@@ -18,16 +18,14 @@ import time
 from eventlog import Consumer, EventLog, topics
 from eventlog.settings import Settings
 from ledger.accounts import postings
-from ledger.pricing import PriceBook, PriceBooks, default_price_book, unit_rates
+from ledger.price_feed import PriceFeed
+from ledger.pricing import PriceBook, unit_rates
 from ledger.wallet import hold_expired_reason
-from projections.usage_store import PostingRow, UsageRow, UsageStore, rate_columns
+from projections.usage import PostingRow, UsageRow, UsageStore, rate_columns
 from schemas.codec import decode_event
-from schemas.events import Event, HoldCaptured, HoldRejected, HoldReleased, PriceBookPublished
+from schemas.events import Event, HoldCaptured, HoldRejected, HoldReleased
 
 logger = logging.getLogger(__name__)
-
-
-pricing_wait_s_max = 5.0  # how long a flush waits for a price book version it does not know yet
 
 
 def failed_status_code(release: HoldReleased) -> int | None:
@@ -129,31 +127,14 @@ class ProjectorRole:
         self._settings = settings
         self._store = store
         self.rows_written = 0  # new usage rows (redelivered ones are not counted)
-        self.prices = PriceBooks(default_price_book())
-        self._pricing: Consumer | None = None
-
-    def follow_pricing(self, until_caught_up: bool = False) -> None:
-        """Fold newly published price books (every read bounded by batch_records_max)."""
-        if self._pricing is None:
-            self._pricing = self._log.consumer(
-                [topics.PRICING], client_id=f"tollgate-projector-pricing-{self._settings.instance_id}"
-            )
-        deadline = time.monotonic() + pricing_wait_s_max
-        while True:
-            for record in self._pricing.poll(self._settings.batch_records_max, 0):
-                event = decode_event(record.value)
-                if isinstance(event, PriceBookPublished):
-                    self.prices.publish(event.book)
-            if not until_caught_up or self._pricing.caught_up() or time.monotonic() > deadline:
-                return
+        self._price_feed = PriceFeed(
+            log, f"tollgate-projector-pricing-{settings.instance_id}", settings.batch_records_max
+        )
 
     def _book(self, version: str) -> PriceBook | None:
-        book = self.prices.at_version(version)
+        book = self._price_feed.at_version(version)
         if book is None:
-            self.follow_pricing(until_caught_up=True)
-            book = self.prices.at_version(version)
-            if book is None:
-                logger.warning("price book version %r is unknown: its charges get no unit rates", version)
+            logger.warning("price book version %r is unknown: its charges get no unit rates", version)
         return book
 
     def run(self, stop: threading.Event) -> None:
@@ -166,7 +147,7 @@ class ProjectorRole:
         batch_started = time.monotonic()
         wait_s_max = self._settings.sink_flush_wait_ms_max / 1000
         try:
-            self.follow_pricing(until_caught_up=True)
+            self._price_feed.poll(until_caught_up=True)
             while not stop.is_set():
                 room = max(self._settings.sink_batch_rows_max - pending_records, 1)
                 records = consumer.poll(min(room, self._settings.batch_records_max), self._settings.poll_wait_ms)
@@ -189,8 +170,7 @@ class ProjectorRole:
                 self._flush(consumer, usage, entries)
         finally:
             consumer.close()
-            if self._pricing is not None:
-                self._pricing.close()
+            self._price_feed.close()
 
     def _flush(self, consumer: Consumer, usage: list[UsageRow], entries: list[PostingRow]) -> None:
         # Order matters: ClickHouse first, offsets after. A crash in between redelivers the batch,

@@ -28,7 +28,7 @@ import msgspec
 
 from ledger.money import micros_to_decimal
 from ledger.pricing import units_per_rate
-from projections.usage_store import ChargedTotal, PricedUsage, UsageStore
+from projections.usage import ChargedTotal, PricedUsage, UsageStore
 
 statement_days_max = 366  # the longest period one statement covers (the API's bound; replay compares in such periods)
 rounding_unit = "rounding"

@@ -4,7 +4,6 @@ the real app, guards and middleware behind Litestar's TestClient, plus helpers f
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from dataclasses import replace
@@ -19,11 +18,8 @@ from eventlog import topics
 from eventlog.embedded import EmbeddedLog
 from eventlog.settings import Settings
 from gateway.app import create_app
-from gateway.core import GatewayCore
-from ledger.pricing import PriceBooks, default_price_book
-from ledger.role import LedgerRole
-from workers.backends import SimulatedChatBackend
-from workers.role import WorkerRole
+from tollgate.wiring import Stack
+from workers.backends import SimulatedBackend
 
 admin_token = "tga_harness_admin"
 issuer = "https://issuer.test"
@@ -76,45 +72,23 @@ class Gateway:
             poll_wait_ms=20,
         )
         self.settings = replace(settings, **overrides)
-        self.log = EmbeddedLog(root / "log.sqlite3", partitions=topics.partitions_per_topic)
-        self.stop_event = threading.Event()
-        book = default_price_book()
-        self.threads = [
-            threading.Thread(
-                target=LedgerRole(self.log, self.settings, book).run, args=(self.stop_event,), daemon=True
-            ),
-            threading.Thread(
-                target=WorkerRole(self.log, self.settings, SimulatedChatBackend(0)).run,
-                args=(self.stop_event,),
-                daemon=True,
-            ),
-        ]
-        for thread in self.threads:
-            thread.start()
+        self.stack = Stack(self.settings, EmbeddedLog(root / "log.sqlite3", partitions=topics.partitions_per_topic))
+        self.log = self.stack.log
+        self.stop_event = self.stack.stop
+        self.stack.start_ledger(signed=False)
+        self.stack.start_workers(lambda: SimulatedBackend(0))
         self.store: Any = None
         if with_usage:
-            from projections.role import ProjectorRole
-            from projections.usage_store import UsageStore
-
-            self.store = UsageStore(url="", path=root / "clickhouse")
-            projector = ProjectorRole(self.log, self.settings, self.store, "tollgate-projector-harness")
-            self.threads.append(threading.Thread(target=projector.run, args=(self.stop_event,), daemon=True))
-            self.threads[-1].start()
-        self.core = GatewayCore(self.log, self.settings, PriceBooks(book), self.store, admin_token)
-        self.core.start()
+            self.store = self.stack.open_store()
+            self.stack.start_projector("tollgate-projector-harness")
+        self.core = self.stack.start_gateway(admin_token)
         self.app = create_app(self.core)
         self.client = TestClient(self.app)
         self.client.__enter__()
 
     def close(self) -> None:
         self.client.__exit__(None, None, None)
-        self.stop_event.set()
-        self.core.stop()
-        for thread in self.threads:
-            thread.join(timeout=10)
-        if self.store is not None:
-            self.store.close()
-        self.log.close()
+        self.stack.close()
 
     def call(self, method: str, path: str, key: str | None = None, **kwargs: Any) -> Any:
         headers = dict(kwargs.pop("headers", {}))

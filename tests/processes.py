@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-tollgate = [sys.executable, "-m", "ledger.cli"]
+tollgate = [sys.executable, "-m", "tollgate"]
 
 
 class Role:

@@ -123,7 +123,7 @@ def audited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditedRun]:
 
 def tollgate(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ledger.cli", *args],
+        [sys.executable, "-m", "tollgate", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -364,7 +364,7 @@ def test_a_tail_cut_off_with_its_checkpoints_is_caught_by_the_read_model_only(
     assert alone.returncode == 0, alone.stdout + alone.stderr
     compared = verify(copy, key_file, "--gateway", audited.base_url, "--admin-token", admin_token)
     assert compared.returncode == 1, compared.stdout
-    assert f"read model: {org}: amount_micros" in compared.stdout, compared.stdout
+    assert f"read model: balances {org}: amount_micros" in compared.stdout, compared.stdout
 
 
 def test_the_ledger_signs_every_checkpoint_records_max_records_within_a_batch_and_after_a_restart(

@@ -578,7 +578,7 @@ def test_the_crashed_log_verifies_from_the_log_alone(cluster: Cluster, kafka_boo
         [
             sys.executable,
             "-m",
-            "ledger.cli",
+            "tollgate",
             "audit",
             "verify",
             "--kafka",
@@ -609,7 +609,7 @@ def test_a_replay_of_the_crashed_log_reproduces_balances_and_usage(
     import sys
 
     args = ["--kafka", kafka_bootstrap, "--gateway", cluster.base_url, "--admin-token", admin_token]
-    command = [sys.executable, "-m", "ledger.cli", "replay", "--projections", "balances,jobs,usage"]
+    command = [sys.executable, "-m", "tollgate", "replay", "--projections", "balances,jobs,usage"]
     deadline = time.monotonic() + 60
     while True:  # the gateway's own projector may still be writing the last rows
         result = subprocess.run(

@@ -144,7 +144,7 @@ def test_balance_ledger_and_clickhouse_agree_after_many_requests(stack: Stack, k
     # The standalone projector wrote its own ClickHouse; stop it (it flushes) and read that store.
     time.sleep(1)
     stack.roles["projector"].stop()
-    from projections.usage_store import UsageStore
+    from projections.usage import UsageStore
 
     store = UsageStore(path=stack.projector_dir / "clickhouse")
     try:

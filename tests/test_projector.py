@@ -17,7 +17,7 @@ from eventlog.embedded import EmbeddedLog
 from eventlog.settings import Settings
 from ledger.pricing import default_price_book, price_micros
 from projections.role import ProjectorRole, usage_row
-from projections.usage_store import PostingRow, UsageRow, UsageStore
+from projections.usage import PostingRow, UsageRow, UsageStore
 from schemas.codec import encode
 from schemas.events import HoldCaptured, HoldReleased
 from schemas.units import Units

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from ledger.pricing import default_price_book, price_micros, unit_names, unit_quantities, unit_rates
 from projections.statements import build_statement, hold_cap_unit, load_statement, rounding_unit
-from projections.usage_store import ChargedTotal, PricedUsage, UsageStore
+from projections.usage import ChargedTotal, PricedUsage, UsageStore
 from schemas.units import Units
 from tests.test_usage_store_contract import capture_posting, charge
 
@@ -95,7 +95,7 @@ def test_statement_command_prints_json_and_csv_that_add_up(tmp_path: Path) -> No
     ]
     store.insert(rows, [capture_posting(r) for r in rows])
     store.close()
-    command = [sys.executable, "-m", "ledger.cli", "statement", "--org", "org_a", "--data-dir", str(tmp_path)]
+    command = [sys.executable, "-m", "tollgate", "statement", "--org", "org_a", "--data-dir", str(tmp_path)]
     period = ["--from", "2026-11-01T00:00:00Z", "--to", "2026-11-08T00:00:00Z"]
     inside = sum(r.cost_micros for r in rows if r.created_at < month + timedelta(days=7))
     as_json = subprocess.run([*command, *period], capture_output=True, text=True, check=True, timeout=120)

@@ -30,7 +30,7 @@ from eventlog import topics
 from eventlog.embedded import EmbeddedLog
 from eventlog.settings import Settings
 from projections.role import ProjectorRole
-from projections.usage_store import UsageStore
+from projections.usage import UsageStore
 from schemas.codec import decode_event
 from schemas.events import CreditsRefunded, HoldCaptured, HoldRejected
 from tests.harness import Gateway

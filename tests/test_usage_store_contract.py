@@ -15,7 +15,7 @@ import pytest
 
 from ledger.pricing import default_price_book, price_micros, unit_rates
 from projections.statements import load_statement
-from projections.usage_store import PostingRow, UsageFilter, UsageRow, UsageStore, parse_usage_cursor, usage_cursor
+from projections.usage import PostingRow, UsageFilter, UsageRow, UsageStore, parse_usage_cursor, usage_cursor
 from schemas.units import Units
 
 server_url = os.environ.get("TOLLGATE_CLICKHOUSE_URL", "")

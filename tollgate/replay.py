@@ -24,23 +24,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from eventlog import EventLog, topics
+from eventlog.read import read_topic
 from eventlog.settings import Settings
-from ledger.audit_cli import open_log, read_topic
 from ledger.limits import kinds
 from projections.jobs import JobsView
+from projections.statements import load_statement, statement_days_max, statement_json
+from projections.usage import UsageStore
 from projections.views import BalancesView, TenantsView
 from schemas.codec import decode_event
 from schemas.events import HoldPlaced
+from schemas.moments import iso, utc_now
+from tollgate.audit import moment_argument
+from tollgate.remote import CommandError, GatewayClient
+from tollgate.wiring import open_log
 
 projections_all = ("balances", "jobs", "windows", "usage")
 # --since seeks by record timestamp, stamped by the appending process's clock, then selects by
@@ -51,20 +54,6 @@ since_seek_slack_s = 300
 
 def seek_start_ms(since: datetime | None) -> int | None:
     return None if since is None else int(since.timestamp() * 1000) - since_seek_slack_s * 1000
-
-
-def parse_moment(text: str) -> datetime:
-    """An ISO 8601 moment (UTC when no offset), on whole milliseconds: ClickHouse keeps created_at to
-    the millisecond, so a finer bound would split rows differently there and here."""
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
-
-
-def _admin(args: argparse.Namespace) -> httpx.Client | None:
-    if not args.gateway:
-        return None
-    return httpx.Client(base_url=args.gateway, headers={"Authorization": f"Bearer {args.admin_token}"}, timeout=30)
 
 
 def rebuild_balances(log: EventLog) -> BalancesView:
@@ -83,21 +72,6 @@ def organizations(log: EventLog) -> set[str]:
     return set(tenants.organizations)
 
 
-def compare_balances(view: BalancesView, admin: httpx.Client, orgs: set[str]) -> list[str]:
-    """Every organization, those with no ledger event left included (their balance is zero)."""
-    mismatches = []
-    for org_id in sorted(orgs | set(view.wallets)):
-        wallet = view.get(org_id)
-        live = admin.get(f"/v1/organizations/{org_id}/balance")
-        if live.status_code != 200:
-            mismatches.append(f"balances {org_id}: the gateway answered {live.status_code}")
-            continue
-        for name, rebuilt in (("amount_micros", wallet.balance_micros), ("held_micros", wallet.held_micros)):
-            if live.json().get(name) != rebuilt:
-                mismatches.append(f"balances {org_id}: {name} live {live.json().get(name)}, rebuilt {rebuilt}")
-    return mismatches
-
-
 def rebuild_jobs(log: EventLog, since: datetime | None, retention: timedelta = timedelta(hours=1)) -> JobsView:
     """Every job, or those placed at or after ``since``. A job exists from its HoldPlaced on, and the
     view sets aside the events of jobs it does not know, so skipping the earlier HoldPlaced is what
@@ -114,7 +88,7 @@ def rebuild_jobs(log: EventLog, since: datetime | None, retention: timedelta = t
     return view
 
 
-def compare_jobs(view: JobsView, admin: httpx.Client) -> list[str]:
+def compare_jobs(view: JobsView, admin: GatewayClient) -> list[str]:
     mismatches = []
     for job in view.jobs.values():
         live = admin.get(f"/v1/organizations/{job.org_id}/jobs/{job.job_id}")
@@ -146,7 +120,7 @@ def rebuild_windows(log: EventLog, settings: Settings) -> tuple[Any, TenantsView
     return limiter, tenants
 
 
-def compare_windows(limiter: Any, tenants: TenantsView, admin: httpx.Client) -> list[str]:
+def compare_windows(limiter: Any, tenants: TenantsView, admin: GatewayClient) -> list[str]:
     mismatches = []
     for org_id in sorted(tenants.organizations):
         live = admin.get(f"/v1/organizations/{org_id}/limits")
@@ -159,18 +133,105 @@ def compare_windows(limiter: Any, tenants: TenantsView, admin: httpx.Client) -> 
     return mismatches
 
 
+def compare_usage(
+    store: UsageStore,
+    admin: GatewayClient,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    orgs: set[str] | None = None,
+) -> list[str]:
+    """The rebuilt rows against the live usage API, organization by organization.
+
+    The whole log: (requests, cost) of every row, refusals included, from ``usage/by-token`` with no
+    window. From ``since``: the statements of [since, until), live against the same statement of the
+    rebuilt store. A statement's window is exact to the millisecond (whole days from the rollups, the
+    partial days from the raw rows), while ``from`` of ``usage/by-token`` selects whole days, so a
+    --since that is not midnight would compare different windows. A statement covers the charges
+    (quantities, per-model request counts, amounts) and the refunds, not the zero-cost refusals."""
+    rebuilt = store.raw_totals_by_org()
+    if since is None:
+        return _compare_all_time(rebuilt, admin, set(rebuilt) | (orgs or set()))
+    end = until if until is not None else datetime.now(UTC)
+    mismatches: list[str] = []
+    for org_id in sorted(set(rebuilt) | (orgs or set())):
+        start = since
+        while start < end:
+            stop = min(start + timedelta(days=statement_days_max), end)
+            mismatches += _compare_statement(store, admin, org_id, start, stop)
+            start = stop
+    return mismatches
+
+
+def _compare_all_time(rebuilt: dict[str, tuple[int, int]], admin: GatewayClient, orgs: set[str]) -> list[str]:
+    mismatches = []
+    for org_id in sorted(orgs):
+        live = admin.get(f"/v1/organizations/{org_id}/usage/by-token")
+        if live.status_code != 200:
+            mismatches.append(f"usage {org_id}: the gateway answered {live.status_code}")
+            continue
+        rows = live.json()["data"]
+        live_totals = (sum(r["requests"] for r in rows), sum(r["cost_micros"] for r in rows))
+        if live_totals != rebuilt.get(org_id, (0, 0)):
+            mismatches.append(
+                f"usage {org_id}: (requests, cost) live {live_totals}, rebuilt {rebuilt.get(org_id, (0, 0))}"
+            )
+    return mismatches
+
+
+def _statement_figures(body: dict[str, Any]) -> dict[str, Any]:
+    """The exact (integer) parts of a statement's JSON; the decimal renderings follow from them."""
+    return {
+        "lines": [
+            (
+                line["model"],
+                line["price_version"],
+                line["unit"],
+                line["quantity"],
+                line["unit_price_micros_per_million"],
+                line["amount_micros"],
+            )
+            for line in body["lines"]
+        ],
+        "charges_micros": body["charges_micros"],
+        "refunds_micros": body["refunds_micros"],
+        "total_micros": body["total_micros"],
+        "ledger_charges_micros": body["ledger"]["charges_micros"],
+        "ledger_refunds_micros": body["ledger"]["refunds_micros"],
+    }
+
+
+def _compare_statement(
+    store: UsageStore, admin: GatewayClient, org_id: str, start: datetime, end: datetime
+) -> list[str]:
+    period = f"[{start.isoformat()}, {end.isoformat()})"
+    live = admin.get(
+        f"/v1/organizations/{org_id}/statements", params={"from": start.isoformat(), "to": end.isoformat()}
+    )
+    if live.status_code != 200:
+        return [f"usage {org_id} {period}: the gateway answered {live.status_code}"]
+    live_figures = _statement_figures(live.json())
+    rebuilt = _statement_figures(statement_json(load_statement(store, org_id, start, end)))
+    return [
+        f"usage {org_id} {period}: {name} live {live_figures[name]}, rebuilt {rebuilt[name]}"
+        for name in rebuilt
+        if live_figures[name] != rebuilt[name]
+    ]
+
+
 def replay(args: argparse.Namespace, settings: Settings) -> int:
     wanted = [p.strip() for p in args.projections.split(",") if p.strip()]
     unknown = set(wanted) - set(projections_all)
     if unknown:
-        sys.exit(f"unknown projections {sorted(unknown)}; choose from {', '.join(projections_all)}")
-    since = parse_moment(args.since) if args.since else None
+        raise CommandError(f"unknown projections {sorted(unknown)}; choose from {', '.join(projections_all)}", 2)
+    # On whole milliseconds: ClickHouse keeps created_at to the millisecond, so a finer bound would
+    # split rows differently there and here.
+    since = moment_argument(args.since, "--since", whole_ms=True) if args.since else None
     # The end of a --since window: events that occur while replay runs are not compared.
-    until = parse_moment(datetime.now(UTC).isoformat())
+    until = moment_argument(iso(utc_now()), "now", whole_ms=True)
     if since is not None and since >= until:
-        sys.exit(f"--since {since.isoformat()} is not in the past")
-    log = open_log(settings)
-    admin = _admin(args)
+        raise CommandError(f"--since {iso(since)} is not in the past", 2)
+    admin = GatewayClient(args.gateway, args.admin_token or settings.admin_token) if args.gateway else None
+    log = open_log(settings, must_exist=True)
     report: dict[str, Any] = {}
     mismatches: list[str] = []
     if "balances" in wanted:
@@ -184,7 +245,10 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
         if balances.book.total_micros() != 0:
             mismatches.append(f"balances: the rebuilt book sums to {balances.book.total_micros()}")
         if admin is not None:
-            mismatches += compare_balances(balances, admin, organizations(log))
+            orgs = organizations(log) | set(balances.wallets)
+            mismatches += admin.compare_balances(
+                {org: (balances.get(org).balance_micros, balances.get(org).held_micros) for org in orgs}
+            )
     if "jobs" in wanted:
         started = time.monotonic()
         jobs = rebuild_jobs(log, since, timedelta(seconds=settings.job_retention_s))
@@ -201,7 +265,7 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
         if admin is not None:
             mismatches += compare_windows(limiter, tenants, admin)
     if "usage" in wanted:
-        from projections.replay import compare_usage, rebuild_usage
+        from projections.replay import rebuild_usage
 
         target = Path(args.target) if args.target else settings.data_dir / f"replay-{int(time.time())}"
         started = time.monotonic()

@@ -1,4 +1,4 @@
-"""`tollgate audit verify|balance|public-key`: the auditor's side of ``ledger/audit.py``, with its IO.
+"""`tollgate audit verify|balance|public-key|statement`: the auditor's side of ``ledger/audit.py``, with its IO.
 
 The log is the embedded one in ``--data-dir`` or Kafka at ``--kafka`` (default: the settings). Every
 read takes a limit; long reads show a progress line (records, rate, time left) on stderr.
@@ -13,103 +13,26 @@ import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, wait
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from eventlog import EventLog, Record, topics
+from eventlog import EventLog, topics
+from eventlog.read import Progress, progress_interval_s, read_topic, topic_length
 from eventlog.settings import Settings
 from ledger.audit import Auditor
 from ledger.chain import load_public_key, public_key_jwk, public_key_pem
-from ledger.pricing import PriceBooks, default_price_book
+from ledger.price_feed import load_price_books
+from projections.views import TenantsView
 from schemas.codec import decode_event
-from schemas.events import PriceBookPublished
-
-read_batch_records_max = 5000
-progress_interval_s = 1.0
-
-
-class Progress:
-    """A one-line progress report on a terminal (or every interval in a log): records, rate, time left."""
-
-    def __init__(self, label: str, total: int, out: TextIO = sys.stderr) -> None:
-        self.label, self.total, self.out = label, total, out
-        self.done = 0
-        self.started = self._shown = time.monotonic()
-
-    def advance(self, count: int) -> None:
-        self.done += count
-        now = time.monotonic()
-        if now - self._shown >= progress_interval_s:
-            self._shown = now
-            self.show(final=False)
-
-    def show(self, final: bool = True) -> None:
-        elapsed = max(time.monotonic() - self.started, 1e-9)
-        rate = self.done / elapsed
-        left = max(self.total - self.done, 0)
-        eta = f"{left / rate:.0f}s left" if rate > 0 and not final else f"{elapsed:.1f}s"
-        share = min(self.done / self.total, 1.0) if self.total else 1.0
-        bar = "#" * int(share * 30)
-        end = "\n" if final else "\r"
-        self.out.write(f"{self.label} [{bar:<30}] {self.done:,}/{self.total:,} {rate:,.0f}/s {eta}{end}")
-        self.out.flush()
-
-
-def open_log(settings: Settings) -> EventLog:
-    if settings.embedded:
-        from eventlog.embedded import EmbeddedLog
-
-        path = settings.data_dir / "log.sqlite3"
-        if not path.exists():
-            sys.exit(f"no embedded log at {path}; pass --data-dir (or --kafka)")
-        return EmbeddedLog(path, partitions=topics.partitions_per_topic)
-    from eventlog.kafka import KafkaLog
-
-    return KafkaLog(settings.kafka_bootstrap, partitions=topics.partitions_per_topic)
-
-
-def read_topic(
-    log: EventLog,
-    topic: str,
-    partitions: Sequence[int] | None = None,
-    label: str = "",
-    quiet: bool = False,
-    start_ms: int | None = None,
-) -> Iterator[list[Record]]:
-    """Every committed record of ``topic`` from the beginning (or from the first one stamped at or
-    after ``start_ms``), in batches, each partition in order."""
-    consumer = log.consumer(
-        [topic], client_id=f"tollgate-audit-{time.monotonic_ns()}", partitions=partitions, start_ms=start_ms
-    )
-    progress = Progress(label or topic, consumer.lag(), sys.stderr)
-    try:
-        while not consumer.caught_up():
-            batch = consumer.poll(read_batch_records_max, 200)
-            if batch:
-                if not quiet:
-                    progress.advance(len(batch))
-                yield batch
-        if not quiet:
-            progress.show()
-    finally:
-        consumer.close()
-
-
-def price_books(log: EventLog) -> PriceBooks:
-    books = PriceBooks(default_price_book())
-    for batch in read_topic(log, topics.PRICING, quiet=True):
-        for record in batch:
-            event = decode_event(record.value)
-            if isinstance(event, PriceBookPublished):
-                books.publish(event.book)
-    return books
+from schemas.moments import MomentError, iso, parse_moment
+from tollgate.remote import CommandError, GatewayClient
+from tollgate.wiring import open_log
 
 
 @contextmanager
@@ -132,7 +55,7 @@ def audit_log(
     unsigned_records_max: int | None = None,
 ) -> Auditor:
     auditor = Auditor(
-        public_keys=public_keys, prices=price_books(log), until=until, unsigned_records_max=unsigned_records_max
+        public_keys=public_keys, prices=load_price_books(log), until=until, unsigned_records_max=unsigned_records_max
     )
     with fewer_collections():
         for batch in read_topic(log, topics.LEDGER, label="verifying tollgate.ledger", quiet=quiet):
@@ -155,11 +78,11 @@ def _audit_partitions(
     settings: Settings, partitions: list[int], public_keys_pem: list[str], unsigned_records_max: int | None
 ) -> Auditor:
     """One process's share of a parallel verify: its partitions, folded as ``audit_log`` folds them."""
-    log = open_log(settings)
+    log = open_log(settings, must_exist=True)
     try:
         auditor = Auditor(
             public_keys=[load_public_key(pem.encode()) for pem in public_keys_pem],
-            prices=price_books(log),
+            prices=load_price_books(log),
             unsigned_records_max=unsigned_records_max,
         )
         with fewer_collections():
@@ -183,12 +106,10 @@ def audit_log_parallel(
 ) -> Auditor:
     """``audit_log`` over the partitions split among ``processes`` processes (the fold is CPU-bound
     Python: one process per core). The same findings, in the same order, as one process."""
-    log = open_log(settings)
+    log = open_log(settings, must_exist=True)
     try:
-        prices = price_books(log)
-        probe = log.consumer([topics.LEDGER], client_id=f"tollgate-audit-{time.monotonic_ns()}")
-        total = probe.lag()
-        probe.close()
+        prices = load_price_books(log)
+        total = topic_length(log, topics.LEDGER)
     finally:
         log.close()
     shares = [list(range(topics.partitions_per_topic))[i::processes] for i in range(processes)]
@@ -213,32 +134,18 @@ def audit_log_parallel(
     return auditor
 
 
-def compare_with_gateway(auditor: Auditor, gateway: str, admin_token: str) -> list[str]:
-    """The balances read model (the gateway's) against the balances derived here."""
-    mismatches = []
-    with httpx.Client(base_url=gateway, headers={"Authorization": f"Bearer {admin_token}"}, timeout=30) as client:
-        for org_id in sorted(auditor.wallets):
-            response = client.get(f"/v1/organizations/{org_id}/balance")
-            if response.status_code != 200:
-                mismatches.append(f"{org_id}: the gateway answered {response.status_code}")
-                continue
-            live = response.json()
-            derived = auditor.balance(org_id)
-            for name in ("amount_micros", "held_micros"):
-                if live.get(name) != derived[name]:
-                    mismatches.append(
-                        f"{org_id}: {name} is {live.get(name)} in the read model, {derived[name]} in the log"
-                    )
-    return mismatches
-
-
 def _public_keys(settings: Settings, given: list[str] | None) -> list[Any]:
     paths = [Path(p) for p in given] if given else [settings.signing_key_path]
     keys = []
     for path in paths:
         if not path.exists():
-            sys.exit(f"no key at {path}: pass --public-key (a PEM or JWK file; GET /v1/audit/public-key serves it)")
-        keys.append(load_public_key(path.read_bytes()))
+            raise CommandError(
+                f"no key at {path}: pass --public-key (a PEM or JWK file; GET /v1/audit/public-key serves it)"
+            )
+        try:
+            keys.append(load_public_key(path.read_bytes()))
+        except ValueError as error:
+            raise CommandError(f"{path} is not an Ed25519 public key (PEM or JWK): {error}") from None
     return keys
 
 
@@ -247,13 +154,12 @@ def verify(args: argparse.Namespace, settings: Settings) -> int:
     # The ledger signs at least every checkpoint_records_max records; a log written with another
     # setting (or by an older ledger, which signed only between batches) needs it passed here.
     bound = args.unsigned_records_max if args.unsigned_records_max is not None else settings.checkpoint_records_max
-    log = open_log(settings)
+    gateway = GatewayClient(args.gateway, args.admin_token or settings.admin_token) if args.gateway else None
+    log = open_log(settings, must_exist=True)
     started = time.monotonic()
     processes = args.processes
     if processes is None:  # as many as cores and partitions allow, once the log is long enough to pay off
-        probe = log.consumer([topics.LEDGER], client_id=f"tollgate-audit-{time.monotonic_ns()}")
-        long_log = probe.lag() >= parallel_records_min
-        probe.close()
+        long_log = topic_length(log, topics.LEDGER) >= parallel_records_min
         processes = min(os.cpu_count() or 1, topics.partitions_per_topic) if long_log else 1
     if processes > 1:
         log.close()
@@ -261,8 +167,10 @@ def verify(args: argparse.Namespace, settings: Settings) -> int:
     else:
         auditor = audit_log(log, public_keys, quiet=args.json, unsigned_records_max=bound)
     problems = [str(finding) for finding in auditor.findings]
-    if args.gateway:
-        problems += [f"read model: {m}" for m in compare_with_gateway(auditor, args.gateway, args.admin_token or "")]
+    if gateway is not None:
+        derived = {org_id: _balance_pair(auditor, org_id) for org_id in auditor.wallets}
+        problems += [f"read model: {m}" for m in gateway.compare_balances(derived)]
+        gateway.close()
     records = sum(p.records for p in auditor.partitions.values())
     report = {
         "ok": not problems,
@@ -306,11 +214,30 @@ def verify(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if not problems else 1
 
 
+def _balance_pair(auditor: Auditor, org_id: str) -> tuple[int, int]:
+    balance = auditor.balance(org_id)
+    return balance["amount_micros"], balance["held_micros"]
+
+
+def known_organizations(log: EventLog) -> set[str]:
+    tenants = TenantsView()
+    for batch in read_topic(log, topics.TENANTS, quiet=True):
+        for record in batch:
+            tenants.apply(decode_event(record.value))
+    return set(tenants.organizations)
+
+
+def require_organization(log: EventLog, org_id: str) -> None:
+    if org_id not in known_organizations(log):
+        raise CommandError(f"no organization {org_id!r} in this log (check --org, and --data-dir or --kafka)")
+
+
 def balance_at(args: argparse.Namespace, settings: Settings) -> int:
-    at = _moment(args.at)
-    log = open_log(settings)
+    at = moment_argument(args.at, "--at")
+    log = open_log(settings, must_exist=True)
+    require_organization(log, args.org)
     auditor = audit_log(log, None, until=at, quiet=True)
-    print(json.dumps({"org_id": args.org, "at": at.isoformat(), **auditor.balance(args.org)}, indent=2))
+    print(json.dumps({"org_id": args.org, "at": iso(at), **auditor.balance(args.org)}, indent=2))
     return 0
 
 
@@ -319,8 +246,10 @@ def statement(args: argparse.Namespace, settings: Settings) -> int:
     from projections.replay import statement_from_log
     from projections.statements import statement_csv, statement_json
 
-    start, end = (_moment(args.start), _moment(args.end))
-    built = statement_from_log(open_log(settings), args.org, start, end)
+    start, end = period_arguments(args.start, args.end)
+    log = open_log(settings, must_exist=True)
+    require_organization(log, args.org)
+    built = statement_from_log(log, args.org, start, end)
     if args.format == "csv":
         print(statement_csv(built), end="")
     else:
@@ -337,9 +266,19 @@ def _positive(text: str) -> int:
     return value
 
 
-def _moment(text: str) -> datetime:
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+def moment_argument(text: str, name: str, whole_ms: bool = False) -> datetime:
+    """An ISO 8601 command-line moment, or a usage error saying what is expected."""
+    try:
+        return parse_moment(text, name, whole_ms=whole_ms)
+    except MomentError as error:
+        raise CommandError(str(error), exit_code=2) from None
+
+
+def period_arguments(start: str, end: str) -> tuple[datetime, datetime]:
+    period = moment_argument(start, "--from"), moment_argument(end, "--to")
+    if not period[0] < period[1]:
+        raise CommandError("--from must be before --to", exit_code=2)
+    return period
 
 
 def show_public_key(args: argparse.Namespace, settings: Settings) -> int:

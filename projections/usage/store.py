@@ -1,4 +1,4 @@
-"""Usage rows, rollups and ledger postings in ClickHouse, through clickhouse-connect only.
+"""The usage store: usage rows, rollups and ledger postings in ClickHouse, through clickhouse-connect only.
 
 One store class serves both modes: a ClickHouse server by URL (production) or the embedded chdb
 engine (clickhouse-connect's chdb interface) in the data directory. One process owns an embedded
@@ -16,8 +16,6 @@ ones a database lacks, in order, and is safe to run on every start.
 
 from __future__ import annotations
 
-import base64
-import re
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -28,477 +26,27 @@ import clickhouse_connect
 import msgspec
 
 from ledger.pricing import unit_names
-
-rate_columns = tuple(f"{name}_rate" for name in unit_names)
-
-usage_columns = (
-    "event_id",
-    "created_at",
-    "org_id",
-    "token_id",
-    "model",
-    "endpoint",
-    "source",
-    "status",
-    "status_code",
-    "error",
-    "request_id",
-    "job_id",
-    "latency_ms",
-    *unit_names,
-    "cost_micros",
-    "price_version",
-    "variant",
-    *rate_columns,
+from projections.usage.cursors import parse_posting_cursor
+from projections.usage.rows import (
+    ChargedTotal,
+    Granularity,
+    GroupBy,
+    PostingRow,
+    PricedUsage,
+    RollupRow,
+    UsageFilter,
+    UsageRow,
+    UsageSummary,
 )
-
-# The columns a usage page shows (not the rates, which only statements need).
-page_columns = usage_columns[: usage_columns.index("price_version") + 1]
-
-# Rows of one event id share created_at, hence a partition: FINAL need not merge across partitions.
-final_settings = " SETTINGS do_not_merge_across_partitions_select_final = 1"
-
-posting_columns = ("event_id", "posting", "created_at", "org_id", "kind", "debit", "credit", "amount_micros")
-
-# Rollup measures: what the materialized views sum per (org, hour|day, token, model, endpoint, source, status).
-rollup_measures = ("requests", "errors", *unit_names, "cost_micros", "latency_ms_sum")
-
-
-# Rollup dimensions after the bucket. The price version and unit rates are dimensions too (few
-# distinct values per model), so statements can be priced from the rollups.
-rollup_keys = ("token_id", "model", "endpoint", "source", "status", "price_version", *rate_columns)
-
-
-def _rollup_table(name: str, bucket: str) -> str:
-    sums = ",\n        ".join(
-        f"{m} {'Int64' if m == 'cost_micros' else 'UInt64'} CODEC(T64, ZSTD(1))" for m in rollup_measures
-    )
-    rates = ",\n        ".join(f"{c} UInt64" for c in rate_columns)
-    return f"""
-    CREATE TABLE IF NOT EXISTS {name} (
-        org_id String,
-        {bucket} DateTime('UTC') CODEC(DoubleDelta, ZSTD(1)),
-        token_id String,
-        model LowCardinality(String),
-        endpoint LowCardinality(String),
-        source LowCardinality(String),
-        status LowCardinality(String),
-        price_version LowCardinality(String),
-        {rates},
-        {sums}
-    ) ENGINE = SummingMergeTree
-    PARTITION BY toYYYYMM({bucket})
-    ORDER BY (org_id, {bucket}, {", ".join(rollup_keys)})
-    """
-
-
-def _hourly_select(source: str) -> str:
-    sums = ", ".join(f"sum({u}) AS {u}" for u in unit_names)
-    keys = ", ".join(rollup_keys)
-    return f"""
-    SELECT org_id, toStartOfHour(toDateTime(created_at, 'UTC')) AS hour, {keys},
-        count() AS requests, countIf(status = 'error') AS errors, {sums},
-        sum(cost_micros) AS cost_micros, sum(latency_ms) AS latency_ms_sum
-    FROM {source}
-    GROUP BY org_id, hour, {keys}
-    """
-
-
-def _daily_view() -> str:
-    """Days from the hourly view's output blocks (a cascade), not from the raw rows: the raw rows are
-    grouped once, and every event still reaches a day exactly once."""
-    sums = ", ".join(f"sum({m}) AS {m}" for m in rollup_measures)
-    keys = ", ".join(rollup_keys)
-    return f"""
-    CREATE MATERIALIZED VIEW IF NOT EXISTS usage_daily_mv TO usage_daily AS
-    SELECT org_id, toStartOfDay(hour) AS day, {keys}, {sums}
-    FROM usage_hourly
-    GROUP BY org_id, day, {keys}
-    """
-
-
-def _ledger_daily_select(source: str) -> str:
-    return f"""
-    SELECT org_id, toStartOfDay(toDateTime(created_at, 'UTC')) AS day, kind, debit, credit,
-        count() AS postings, sum(amount_micros) AS amount_micros
-    FROM {source}
-    GROUP BY org_id, day, kind, debit, credit
-    """
-
-
-# Numbered, append-only: a database records the numbers it has applied. Never edit a shipped entry.
-migrations: tuple[tuple[int, tuple[str, ...]], ...] = (
-    (
-        1,
-        (
-            """
-            CREATE TABLE IF NOT EXISTS usage_events (
-                event_id String CODEC(ZSTD(1)),
-                created_at DateTime64(3, 'UTC') CODEC(Delta, ZSTD(1)),
-                org_id String,
-                token_id String CODEC(ZSTD(1)),
-                model LowCardinality(String),
-                endpoint LowCardinality(String),
-                source LowCardinality(String),
-                status LowCardinality(String),
-                status_code UInt16,
-                error LowCardinality(String),
-                request_id String CODEC(ZSTD(1)),
-                job_id String CODEC(ZSTD(1)),
-                latency_ms UInt32 CODEC(T64, ZSTD(1)),
-                input_tokens UInt64 CODEC(T64, ZSTD(1)),
-                cached_input_tokens UInt64 CODEC(T64, ZSTD(1)),
-                output_tokens UInt64 CODEC(T64, ZSTD(1)),
-                images UInt32 CODEC(T64, ZSTD(1)),
-                audio_seconds UInt32 CODEC(T64, ZSTD(1)),
-                video_seconds UInt32 CODEC(T64, ZSTD(1)),
-                characters UInt64 CODEC(T64, ZSTD(1)),
-                calls UInt32 CODEC(T64, ZSTD(1)),
-                cost_micros Int64 CODEC(T64, ZSTD(1)),
-                price_version LowCardinality(String)
-            ) ENGINE = ReplacingMergeTree
-            PARTITION BY toYYYYMM(created_at)
-            ORDER BY (org_id, created_at, event_id)
-            SETTINGS index_granularity = 1024
-            """,
-            """
-            CREATE TABLE IF NOT EXISTS ledger_postings (
-                event_id String,
-                posting UInt8,
-                created_at DateTime64(3, 'UTC'),
-                org_id String,
-                kind LowCardinality(String),
-                debit LowCardinality(String),
-                credit LowCardinality(String),
-                amount_micros Int64
-            ) ENGINE = ReplacingMergeTree
-            ORDER BY (org_id, event_id, posting)
-            """,
-        ),
-    ),
-    (
-        2,
-        (
-            # The rates that priced each row, so a statement can list unit prices without the price book.
-            "ALTER TABLE usage_events ADD COLUMN IF NOT EXISTS variant LowCardinality(String) DEFAULT ''",
-            *(
-                f"ALTER TABLE usage_events ADD COLUMN IF NOT EXISTS {c} UInt64 DEFAULT 0 CODEC(T64, ZSTD(1))"
-                for c in rate_columns
-            ),
-        ),
-    ),
-    (
-        3,
-        (
-            _rollup_table("usage_hourly", "hour"),
-            _rollup_table("usage_daily", "day"),
-            "CREATE MATERIALIZED VIEW IF NOT EXISTS usage_hourly_mv TO usage_hourly AS "
-            + _hourly_select("usage_events"),
-            _daily_view(),
-            # Rollups of rows written before the views existed (a no-op on a new database); the
-            # daily view picks these up from the hourly insert. Emptied first, so a re-run after a
-            # crash refills them exactly (migrations run before any writer starts).
-            "TRUNCATE TABLE usage_hourly",
-            "TRUNCATE TABLE usage_daily",
-            "INSERT INTO usage_hourly " + _hourly_select("usage_events FINAL"),
-        ),
-    ),
-    (
-        4,
-        (
-            # ledger_postings sorted by time within an organization (it was by event id), partitioned by
-            # month like usage_events: statements and the ledger history read one period of one org.
-            # Restartable: every step tolerates a crash after any earlier one.
-            "DROP TABLE IF EXISTS ledger_postings_v1",
-            "DROP TABLE IF EXISTS ledger_postings_v2",
-            """
-            CREATE TABLE ledger_postings_v2 (
-                event_id String CODEC(ZSTD(1)),
-                posting UInt8,
-                created_at DateTime64(3, 'UTC') CODEC(Delta, ZSTD(1)),
-                org_id String,
-                kind LowCardinality(String),
-                debit LowCardinality(String),
-                credit LowCardinality(String),
-                amount_micros Int64 CODEC(T64, ZSTD(1))
-            ) ENGINE = ReplacingMergeTree
-            PARTITION BY toYYYYMM(created_at)
-            ORDER BY (org_id, created_at, event_id, posting)
-            """,
-            "INSERT INTO ledger_postings_v2 SELECT event_id, posting, created_at, org_id, kind, debit, credit,"
-            " amount_micros FROM ledger_postings FINAL",
-            "RENAME TABLE ledger_postings TO ledger_postings_v1, ledger_postings_v2 TO ledger_postings",
-            "DROP TABLE ledger_postings_v1",
-        ),
-    ),
-    (
-        5,
-        (
-            # Postings per day, so a statement's ledger check reads whole days without raw rows.
-            """
-            CREATE TABLE IF NOT EXISTS ledger_daily (
-                org_id String,
-                day DateTime('UTC') CODEC(DoubleDelta, ZSTD(1)),
-                kind LowCardinality(String),
-                debit LowCardinality(String),
-                credit LowCardinality(String),
-                postings UInt64 CODEC(T64, ZSTD(1)),
-                amount_micros Int64 CODEC(T64, ZSTD(1))
-            ) ENGINE = SummingMergeTree
-            PARTITION BY toYYYYMM(day)
-            ORDER BY (org_id, day, kind, debit, credit)
-            """,
-            "CREATE MATERIALIZED VIEW IF NOT EXISTS ledger_daily_mv TO ledger_daily AS "
-            + _ledger_daily_select("ledger_postings"),
-            "TRUNCATE TABLE ledger_daily",
-            "INSERT INTO ledger_daily " + _ledger_daily_select("ledger_postings FINAL"),
-        ),
-    ),
+from projections.usage.schema import (
+    final_settings,
+    migrations,
+    page_columns,
+    posting_columns,
+    rollup_measures,
+    usage_columns,
 )
-
-
-class UsageRow(msgspec.Struct, frozen=True, kw_only=True):
-    event_id: str
-    created_at: datetime
-    org_id: str
-    token_id: str
-    model: str
-    endpoint: str
-    source: str
-    status: str
-    status_code: int
-    error: str
-    request_id: str
-    job_id: str
-    latency_ms: int
-    input_tokens: int = 0
-    cached_input_tokens: int = 0
-    output_tokens: int = 0
-    images: int = 0
-    audio_seconds: int = 0
-    video_seconds: int = 0
-    characters: int = 0
-    calls: int = 0
-    cost_micros: int = 0
-    price_version: str = ""
-    variant: str = ""
-    # Micros per million units that priced each of ledger.pricing.unit_names (0 for refusals).
-    input_tokens_rate: int = 0
-    cached_input_tokens_rate: int = 0
-    output_tokens_rate: int = 0
-    images_rate: int = 0
-    audio_seconds_rate: int = 0
-    video_seconds_rate: int = 0
-    characters_rate: int = 0
-    calls_rate: int = 0
-
-
-class PostingRow(msgspec.Struct, frozen=True, kw_only=True):
-    """One double-entry posting: ``amount_micros`` leaves ``debit`` and enters ``credit``."""
-
-    event_id: str
-    posting: int
-    created_at: datetime
-    org_id: str
-    kind: str
-    debit: str
-    credit: str
-    amount_micros: int
-
-
-class CursorError(ValueError):
-    """A cursor this store did not hand out."""
-
-
-def posting_cursor(row: PostingRow) -> str:
-    return f"{row.created_at.isoformat()}~{row.event_id}~{row.posting}"
-
-
-# ClickHouse DateTime64's range: a moment outside it cannot be stored or compared faithfully, so the
-# API refuses it at the boundary rather than let a bound wrap or overflow deep in a query.
-moment_min = datetime(1900, 1, 1, tzinfo=UTC)
-moment_max = datetime(2299, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
-_epoch = datetime(1970, 1, 1, tzinfo=UTC)
-# Millis since the epoch of any moment in range fit in 13 digits and a sign; more is not ours.
-_millis_pattern = re.compile(r"-?[0-9]{1,13}")
-_posting_pattern = re.compile(r"[0-9]{1,3}")
-posting_index_max = 255  # ledger_postings.posting is a UInt8
-
-
-def in_moment_range(moment: datetime) -> bool:
-    """Whether an aware ``moment`` lies in [moment_min, moment_max]; never raises, whatever its offset."""
-    try:
-        utc = moment.astimezone(UTC)
-    except (OverflowError, ValueError):
-        return False  # its UTC form is before year 1 or after 9999
-    return moment_min <= utc <= moment_max
-
-
-def _parse_cursor(cursor: str) -> tuple[datetime, str, int]:
-    try:
-        created_at, event_id, posting = cursor.split("~")
-        moment = datetime.fromisoformat(created_at)
-        if not _posting_pattern.fullmatch(posting) or int(posting) > posting_index_max:
-            raise ValueError("posting out of range")
-        if not in_moment_range(moment if moment.tzinfo else moment.replace(tzinfo=UTC)):
-            raise ValueError("moment out of range")
-        return moment, event_id, int(posting)
-    except ValueError as error:
-        raise CursorError(f"cursor {cursor!r} is not one this API returned") from error
-
-
-cursor_prefix = "cur_"
-
-
-def usage_cursor(row: UsageRow) -> str:
-    """An opaque position after ``row`` in newest-first order: (created_at, event_id), so rows that
-    share a millisecond at a page boundary are neither skipped nor repeated."""
-    millis = int(row.created_at.timestamp() * 1000 + 0.5)
-    raw = f"{millis}:{row.event_id}".encode()
-    return cursor_prefix + base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def parse_usage_cursor(cursor: str) -> tuple[datetime, str]:
-    if not cursor.startswith(cursor_prefix):
-        raise CursorError(f"cursor {cursor!r} is not one this API returned")
-    body = cursor.removeprefix(cursor_prefix)
-    try:
-        millis, _, event_id = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode().partition(":")
-        if not event_id or not _millis_pattern.fullmatch(millis):
-            raise ValueError("no event id, or no millis")
-        # Integer arithmetic, no float: exact, and 13 digits cannot overflow a datetime.
-        moment = _epoch + timedelta(milliseconds=int(millis))
-        if not in_moment_range(moment):
-            raise ValueError("moment out of range")
-        return moment, event_id
-    except (ValueError, OverflowError) as error:
-        raise CursorError(f"cursor {cursor!r} is not one this API returned") from error
-
-
-class UsageFilter(msgspec.Struct, frozen=True, kw_only=True):
-    org_id: str
-    limit: int = 100
-    before: datetime | None = None
-    # From usage_cursor: strictly older than (created_at, event_id).
-    after_cursor: tuple[datetime, str] | None = None
-    start: datetime | None = None
-    end: datetime | None = None
-    source: str | None = None
-    model: str | None = None
-    status: str | None = None
-    token_id: str | None = None
-
-
-class UsageSummary(msgspec.Struct, frozen=True, kw_only=True):
-    requests: int
-    cost_micros: int
-    input_tokens: int
-    cached_input_tokens: int
-    output_tokens: int
-    errors: int
-    avg_latency_ms: int
-    # Spend by source (api, playground, gpu_cloud, hosted_agents).
-    cost_micros_by_source: dict[str, int] = msgspec.field(default_factory=dict)
-
-
-class RollupRow(msgspec.Struct, frozen=True, kw_only=True):
-    """Sums over one bucket (hour or day, or the whole window) and one key (model, token or none)."""
-
-    period_start: datetime | None
-    key: str
-    requests: int
-    errors: int
-    input_tokens: int
-    cached_input_tokens: int
-    output_tokens: int
-    images: int
-    audio_seconds: int
-    video_seconds: int
-    characters: int
-    calls: int
-    cost_micros: int
-    latency_ms_sum: int
-
-
-class PricedUsage(msgspec.Struct, frozen=True, kw_only=True):
-    """One (model, price version, unit, rate) group of a period's charges."""
-
-    model: str
-    price_version: str
-    unit: str
-    rate: int
-    quantity: int
-    scaled: int  # sum of quantity x rate: micros x 1,000,000, exact
-
-
-class ChargedTotal(msgspec.Struct, frozen=True, kw_only=True):
-    model: str
-    price_version: str
-    requests: int
-    cost_micros: int
-
-
-Granularity = Literal["hour", "day"]
-GroupBy = Literal["model", "token", "none"]
-
-
-class WindowSplit(msgspec.Struct, frozen=True):
-    """A time window as whole buckets (read from a rollup) and the partial ends (read raw)."""
-
-    bucket: str  # the rollup's bucket column: "hour" or "day"
-    raw: tuple[tuple[datetime | None, datetime | None], ...]  # [from, to) ranges of raw rows
-    buckets: tuple[datetime | None, datetime | None] | None  # [first, end) of whole buckets, or none
-
-    def raw_condition(self, parameters: dict[str, Any]) -> str:
-        ranges = []
-        for index, (lo, hi) in enumerate(self.raw):
-            bounds = []
-            if lo is not None:
-                parameters[f"raw{index}_lo"] = lo
-                bounds.append(f"created_at >= {{raw{index}_lo:DateTime64(3, 'UTC')}}")
-            if hi is not None:
-                parameters[f"raw{index}_hi"] = hi
-                bounds.append(f"created_at < {{raw{index}_hi:DateTime64(3, 'UTC')}}")
-            ranges.append("(" + (" AND ".join(bounds) or "1") + ")")
-        return "(" + (" OR ".join(ranges) or "0") + ")"
-
-    def rollup_condition(self, parameters: dict[str, Any]) -> str:
-        if self.buckets is None:
-            return "0"
-        lo, hi = self.buckets
-        bounds = []
-        if lo is not None:
-            parameters["bucket_lo"] = lo
-            bounds.append(f"{self.bucket} >= {{bucket_lo:DateTime('UTC')}}")
-        if hi is not None:
-            parameters["bucket_hi"] = hi
-            bounds.append(f"{self.bucket} < {{bucket_hi:DateTime('UTC')}}")
-        return "(" + (" AND ".join(bounds) or "1") + ")"
-
-
-def _floor(moment: datetime, bucket: str) -> datetime:
-    moment = moment.astimezone(UTC)
-    floored = moment.replace(minute=0, second=0, microsecond=0)
-    return floored.replace(hour=0) if bucket == "day" else floored
-
-
-def split_window(start: datetime | None, end: datetime | None, bucket: str) -> WindowSplit:
-    """[start, end) (None: unbounded) as whole hours or days plus the raw partial ends. Pure."""
-    step = timedelta(days=1) if bucket == "day" else timedelta(hours=1)
-    first = (
-        None
-        if start is None
-        else (_floor(start, bucket) if _floor(start, bucket) == start else _floor(start, bucket) + step)
-    )
-    last = None if end is None else _floor(end, bucket)
-    if first is not None and last is not None and first >= last:
-        return WindowSplit(bucket, ((start, end),), None)
-    raw: list[tuple[datetime | None, datetime | None]] = []
-    if start is not None and first is not None and start < first:
-        raw.append((start, first))
-    if end is not None and last is not None and last < end:
-        raw.append((last, end))
-    return WindowSplit(bucket, tuple(raw), (first, last))
+from projections.usage.windows import floor_to_bucket, split_window
 
 
 def _rows(result: Any, kind: type[Any], columns: Sequence[str]) -> list[Any]:
@@ -730,7 +278,7 @@ class UsageStore:
             # Truncated here, not by toDateTime in SQL: DateTime stops at 1970, and an earlier start wrapped
             # round to 2036 and selected nothing.
             clauses.append(f"{bucket} >= {{start:DateTime64(3, 'UTC')}}")
-            parameters["start"] = _floor(start, bucket)
+            parameters["start"] = floor_to_bucket(start, bucket)
         if end is not None:
             clauses.append(f"{bucket} <= {{end:DateTime64(3, 'UTC')}}")
             parameters["end"] = end
@@ -845,7 +393,7 @@ class UsageStore:
         parameters: dict[str, Any] = {"org_id": org_id, "limit": limit}
         after = ""
         if cursor:
-            created_at, event_id, posting = _parse_cursor(cursor)
+            created_at, event_id, posting = parse_posting_cursor(cursor)
             parameters.update(created_at=created_at, event_id=event_id, posting=posting)
             after = (
                 " AND (created_at, event_id, posting) < "
@@ -902,6 +450,17 @@ class UsageStore:
                 ") GROUP BY account"
             ).result_rows
         return {str(account): int(total) for account, total in rows}
+
+    def knows_organization(self, org_id: str) -> bool:
+        """Whether the organization has any usage row or ledger posting here (every organization
+        with credits has postings)."""
+        with self._lock:
+            rows = self._client.query(
+                "SELECT 1 FROM ledger_postings WHERE org_id = {org:String} LIMIT 1"
+                " UNION ALL SELECT 1 FROM usage_events WHERE org_id = {org:String} LIMIT 1",
+                parameters={"org": org_id},
+            ).result_rows
+        return bool(rows)
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """Plain SQL, for reports, tests and benchmarks."""

@@ -1,0 +1,220 @@
+"""Running roles in the foreground: one Kafka role per process, the gateway served by Granian, and
+``tollgate dev`` (every role in one process on the embedded log, with a demo organization)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import secrets
+import signal
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+from eventlog.settings import Settings
+from gateway.app import create_app
+from gateway.core import GatewayCore
+from schemas.commands import GrantCredits
+from schemas.ids import new_id
+from schemas.moments import utc_now
+from tollgate.remote import CommandError
+from tollgate.wiring import Stack, open_log
+
+logger = logging.getLogger("tollgate")
+
+demo_credits_micros = 100_000_000  # 100 promotional credits for the demo organization
+admin_token_file = "admin-token"
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    def handle(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+
+
+def require_kafka(settings: Settings, role: str) -> None:
+    if settings.embedded:
+        raise CommandError(
+            f"tollgate {role} needs Kafka: set TOLLGATE_KAFKA_BOOTSTRAP (or run every role at once: `tollgate dev`)",
+            exit_code=2,
+        )
+
+
+def run_role(role: str, settings: Settings) -> None:
+    """The ledger, the workers or the projector on Kafka, until SIGINT or SIGTERM."""
+    require_kafka(settings, role)
+    stack = Stack(settings, open_log(settings))
+    install_signal_handlers(stack.stop)
+    try:
+        if role == "ledger":
+            stack.start_ledger()
+        elif role == "worker":
+            stack.start_workers()
+        else:
+            stack.start_projector()
+        stack.stop.wait()
+    finally:
+        stack.close()
+
+
+async def serve(
+    core: GatewayCore, settings: Settings, stop: threading.Event, announce: Callable[[], Awaitable[None]]
+) -> None:
+    from granian.constants import Interfaces
+    from granian.server.embed import Server
+
+    server = Server(
+        create_app(core), address=settings.host, port=settings.port, interface=Interfaces.ASGI, log_access=False
+    )
+    loop = asyncio.get_running_loop()
+
+    def watch_stop() -> None:
+        stop.wait()
+        loop.call_soon_threadsafe(server.stop)
+
+    threading.Thread(target=watch_stop, name="stop-watch", daemon=True).start()
+    serving = asyncio.create_task(server.serve())
+    await announce()
+    await serving
+
+
+def run_gateway(settings: Settings, projector: bool | None) -> None:
+    """The gateway on Kafka. ``projector`` None: host one when there is no ClickHouse server (one
+    process owns an embedded ClickHouse path, so the gateway writes the store it reads)."""
+    require_kafka(settings, "gateway")
+    admin_token = settings.admin_token or "tga_" + secrets.token_urlsafe(24)
+    stack = Stack(settings, open_log(settings))
+    install_signal_handlers(stack.stop)
+    own_store = projector if projector is not None else not settings.clickhouse_url
+    try:
+        if own_store or settings.clickhouse_url:
+            stack.open_store()
+        if own_store:
+            stack.start_projector()
+        core = stack.start_gateway(admin_token)
+
+        async def announce() -> None:
+            print(f"tollgate gateway listening on http://{settings.host}:{settings.port}", flush=True)
+            if not settings.admin_token:
+                print(f"  admin token (generated): {admin_token}", flush=True)
+
+        asyncio.run(serve(core, settings, stack.stop, announce))
+    finally:
+        stack.close()
+
+
+@contextlib.contextmanager
+def data_dir_lock(data_dir: Path) -> Iterator[None]:
+    """One ``tollgate dev`` per data directory: a second one would fight the first over the embedded
+    log and ClickHouse files. An advisory lock, released when the process ends however it ends."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "dev.lock"
+    handle: IO[str] = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise CommandError(
+            f"the data directory {data_dir} is in use by another tollgate dev (pid {holder}); stop it, "
+            "or pass --data-dir for a second one"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    try:
+        yield
+    finally:
+        handle.close()
+
+
+def dev_admin_token(settings: Settings) -> str:
+    """``TOLLGATE_ADMIN_TOKEN``, or the one kept in the data directory (made once), so the token
+    stays the same across restarts like the demo organization and key do."""
+    if settings.admin_token:
+        return settings.admin_token
+    path = settings.data_dir / admin_token_file
+    if path.exists():
+        return path.read_text().strip()
+    token = "tga_" + secrets.token_urlsafe(24)
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return token
+
+
+def run_dev(settings: Settings) -> None:
+    """Every role in this process on the embedded log and ClickHouse engine, with a demo organization."""
+    with data_dir_lock(settings.data_dir):
+        admin_token = dev_admin_token(settings)
+        stack = Stack(settings, open_log(settings))
+        install_signal_handlers(stack.stop)
+        try:
+            stack.open_store()
+            stack.start_ledger()
+            stack.start_workers()
+            stack.start_projector()
+            core = stack.start_gateway(admin_token)
+
+            async def announce() -> None:
+                demo = await ensure_demo(core, settings.data_dir)
+                print_banner(settings, admin_token, demo)
+
+            asyncio.run(serve(core, settings, stack.stop, announce))
+        finally:
+            stack.close()
+
+
+async def ensure_demo(core: GatewayCore, data_dir: Path) -> dict[str, str]:
+    """A demo organization with credits and a key, created once and kept in the data directory."""
+    demo_file = data_dir / "demo.json"
+    if demo_file.exists():
+        demo: dict[str, str] = json.loads(demo_file.read_text())
+        if demo.get("org_id") in core.tenants.organizations:
+            return demo
+    org = await core.create_organization("Demo organization", "pro")
+    grant_id = new_id("grant")
+    await core.ledger_command(
+        GrantCredits(
+            command_id=grant_id,
+            org_id=org.org_id,
+            issued_at=utc_now(),
+            grant_id=grant_id,
+            amount_micros=demo_credits_micros,
+            kind="promo",
+        )
+    )
+    _, secret = await core.create_token(org.org_id, "demo key", ["user:read", "user:write"])
+    demo = {"org_id": org.org_id, "api_key": secret}
+    demo_file.write_text(json.dumps(demo))
+    demo_file.chmod(0o600)
+    return demo
+
+
+def print_banner(settings: Settings, admin_token: str, demo: dict[str, str]) -> None:
+    url = f"http://{settings.host}:{settings.port}"
+    print(
+        f"""
+Tollgate is running at {url}  (embedded log and ClickHouse in {settings.data_dir})
+  admin token:       {admin_token}
+  demo organization: {demo["org_id"]}
+  demo API key:      {demo["api_key"]}
+
+  export TOLLGATE_ADMIN_TOKEN={admin_token}
+
+Try it:
+  curl -s {url}/v1/chat/completions \\
+    -H "Authorization: Bearer {demo["api_key"]}" -H "Content-Type: application/json" \\
+    -d '{{"model": "sim-chat-small", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+  curl -s {url}/v1/account/usage -H "Authorization: Bearer {demo["api_key"]}"
+""",
+        flush=True,
+    )

@@ -1,0 +1,161 @@
+"""Wiring: the one place that opens the log and the ClickHouse store and builds the roles.
+
+The CLI uses it for each role's process and for ``tollgate dev`` (every role in one process); the
+tests' stacks and the benchmarks use it too, so what they run is what production runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eventlog import EventLog, topics
+from eventlog.settings import Settings
+from gateway.core import GatewayCore
+from ledger.chain import Signer, load_or_create_signing_key
+from ledger.pricing import PriceBooks, default_price_book
+from ledger.role import LedgerRole
+from projections.role import ProjectorRole
+from projections.usage import UsageStore
+from workers.backends import Backend, SimulatedBackend, UpstreamChatBackend
+from workers.role import WorkerRole, worker_roles
+
+logger = logging.getLogger("tollgate")
+
+role_join_s_max = 10.0  # how long closing a stack waits for each role thread
+
+
+class WiringError(RuntimeError):
+    """Something a role needs is missing or unreachable; the message says what to do."""
+
+
+def open_log(settings: Settings, must_exist: bool = False) -> EventLog:
+    """The Kafka log at ``TOLLGATE_KAFKA_BOOTSTRAP`` (topics created when missing), or the embedded
+    log in the data directory (``must_exist``: a reader refuses to create an empty one)."""
+    if settings.embedded:
+        from eventlog.embedded import EmbeddedLog
+
+        path = settings.data_dir / "log.sqlite3"
+        if must_exist and not path.exists():
+            raise WiringError(f"no embedded log at {path}: pass --data-dir (the one `tollgate dev` uses), or --kafka")
+        return EmbeddedLog(path, partitions=topics.partitions_per_topic)
+    from eventlog.kafka import KafkaLog
+
+    log = KafkaLog(settings.kafka_bootstrap, partitions=topics.partitions_per_topic)
+    if not must_exist:
+        pools = tuple(sorted({p.pool for p in default_price_book().models.values()} | set(settings.worker_pools)))
+        log.ensure_topics(topics.all_topics(pools))
+    return log
+
+
+def embedded_store_path(settings: Settings) -> Path:
+    return settings.data_dir / "clickhouse"
+
+
+def open_store(settings: Settings) -> UsageStore:
+    """The ClickHouse server at ``TOLLGATE_CLICKHOUSE_URL``, or the embedded engine in the data
+    directory (which one process at a time may hold)."""
+    return UsageStore(url=settings.clickhouse_url, path=embedded_store_path(settings))
+
+
+def projector_group(settings: Settings) -> str:
+    """Projectors writing one ClickHouse server share a group; an embedded store is one process's own,
+    so its projector needs every partition, in a group named after the store's path."""
+    if settings.clickhouse_url:
+        return "tollgate-projector"
+    path = str(embedded_store_path(settings).resolve())
+    return f"tollgate-projector-{hashlib.sha256(path.encode()).hexdigest()[:12]}"
+
+
+def signer(settings: Settings) -> Signer:
+    return Signer(load_or_create_signing_key(settings.signing_key_path))
+
+
+def backend(settings: Settings) -> Backend:
+    """The upstream server at ``TOLLGATE_UPSTREAM_URL``, or the simulated backend."""
+    if settings.upstream_url:
+        return UpstreamChatBackend(settings.upstream_url, settings.upstream_api_key)
+    return SimulatedBackend(settings.sim_latency_ms, settings.sim_token_ms, settings.sim_video_second_ms)
+
+
+@dataclass
+class Stack:
+    """Roles of Tollgate running in this process, on one log: any of the ledger, the workers of
+    every pool, the projector and a gateway core. ``tollgate dev`` runs all of them (and serves the
+    core with Granian); each Kafka role's process runs one; the tests and benchmarks build theirs
+    here too. Role threads stop together: one that fails sets ``stop`` for all."""
+
+    settings: Settings
+    log: EventLog
+    stop: threading.Event = field(default_factory=threading.Event)
+    store: UsageStore | None = None
+    core: GatewayCore | None = None
+    threads: list[threading.Thread] = field(default_factory=list)
+    ledger: LedgerRole | None = None
+    workers: list[WorkerRole] = field(default_factory=list)
+    projector: ProjectorRole | None = None
+
+    def run_in_thread(self, name: str, target: Callable[[threading.Event], None]) -> threading.Thread:
+        def run() -> None:
+            try:
+                target(self.stop)
+            except Exception:
+                logger.exception("%s stopped with an error", name)
+                self.stop.set()
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+        return thread
+
+    def start_ledger(self, prices: PriceBooks | None = None, signed: bool = True) -> LedgerRole:
+        role = LedgerRole(
+            self.log,
+            self.settings,
+            prices or PriceBooks(default_price_book()),
+            signer=signer(self.settings) if signed else None,
+        )
+        self.ledger = role
+        self.run_in_thread("ledger", role.run)
+        return role
+
+    def start_workers(self, make_backend: Callable[[], Backend] | None = None) -> list[WorkerRole]:
+        roles = worker_roles(self.log, self.settings, make_backend or (lambda: backend(self.settings)))
+        for role in roles:
+            self.run_in_thread(f"worker-{role.pool}", role.run)
+        self.workers += roles
+        return roles
+
+    def open_store(self) -> UsageStore:
+        if self.store is None:
+            self.store = open_store(self.settings)
+        return self.store
+
+    def start_projector(self, group: str | None = None) -> ProjectorRole:
+        role = ProjectorRole(self.log, self.settings, self.open_store(), group or projector_group(self.settings))
+        self.projector = role
+        self.run_in_thread("projector", role.run)
+        return role
+
+    def start_gateway(self, admin_token: str, prices: PriceBooks | None = None) -> GatewayCore:
+        """The gateway's core (read models folded from the log, its producer and waiters), caught up
+        with the log; serve it with ``gateway.app.create_app``."""
+        core = GatewayCore(self.log, self.settings, prices or PriceBooks(default_price_book()), self.store, admin_token)
+        core.start()
+        self.core = core
+        return core
+
+    def close(self) -> None:
+        """Stop every role, then close the store and the log (in that order: roles still write)."""
+        self.stop.set()
+        if self.core is not None:
+            self.core.stop()
+        for thread in self.threads:
+            thread.join(timeout=role_join_s_max)
+        if self.store is not None:
+            self.store.close()
+        self.log.close()
