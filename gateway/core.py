@@ -1,54 +1,50 @@
-"""What a gateway instance knows and does, apart from HTTP: read models folded from the log, the
-waiters that turn events back into responses, and the use cases (create an organization, grant
-credits, issue a token, run a metered request).
+"""What a gateway instance knows and does, apart from HTTP: the read models it folds from the log
+(tenants, balances, jobs, price books, idempotent replies, rate-limit windows), its producer, and the
+small use cases that append an event and wait until this instance has folded it (create an
+organization, issue a token, run a ledger command). Metering requests is ``gateway/metering.py``;
+turning events back into answers is ``gateway/waiters.py``.
 
-Two follower threads read the log: one folds tenants and ledger events from the beginning (so every
-instance authenticates and shows balances from the same facts), the other follows job events from
-the end (only in-flight requests need them).
+Two followers read the log: one folds tenants, ledger, idempotency and pricing events from the
+beginning (so every instance authenticates and shows balances from the same facts), the other job
+events (finished jobs stay visible for their retention after a restart).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import logging
 import secrets
-import threading
-from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypeAlias
 
 import msgspec
+from litestar.di import NamedDependency
 
 from eventlog import EventLog, Outgoing, topics
 from eventlog.read import Follower
 from eventlog.settings import Settings
 from gateway.auth import JwksKeys
-from gateway.idempotency import IdempotencyView
+from gateway.idempotency import IdempotencyView, is_json
+from gateway.metering import Metering
 from gateway.ratelimit import RateLimiter
+from gateway.waiters import Seen, Waiters, keys_of
 from ledger.pricing import PriceBook, PriceBooks
 from projections.jobs import JobsView
 from projections.usage import UsageStore
 from projections.views import ApiToken, BalancesView, TenantsView
 from schemas.codec import decode_event, encode
-from schemas.commands import AnyCommand, CancelJob, JobSpec, PlaceHold
+from schemas.commands import AnyCommand, CancelJob
 from schemas.events import (
     ApiTokenCreated,
     CommandRejected,
     Event,
-    HoldCaptured,
-    HoldPlaced,
-    HoldRejected,
     HoldReleased,
     IdempotentReplyRecorded,
-    JobCancelled,
     JobCancelRequested,
-    JobCompleted,
-    JobDeadLettered,
-    JobFailed,
     OrganizationCreated,
     PriceBookPublished,
-    RequestAccepted,
     RequestRejected,
 )
 from schemas.ids import new_id
@@ -63,110 +59,6 @@ cancel_wait_s = 30.0  # DELETE /v1/jobs/{id} waits this long for the ledger, the
 
 def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
-
-
-class Overloaded(Exception):
-    """This gateway already waits on its maximum of requests; a bound, not a queue."""
-
-
-stream_events_max = 4096  # events a streamed request may have waiting for its client
-
-
-@dataclass(slots=True)
-class _Waiter:
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[dict[type, Event]]
-    is_done: Callable[[dict[type, Event]], bool]
-    seen: dict[type, Event] = field(default_factory=dict)
-    stream: asyncio.Queue[Event] | None = None
-
-
-class Waiters:
-    """Futures keyed by request id (or event id), resolved by the follower threads."""
-
-    def __init__(self) -> None:
-        self._waiting: dict[str, _Waiter] = {}
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._waiting)
-
-    def expect(self, key: str, is_done: Callable[[dict[type, Event]], bool]) -> asyncio.Future[dict[type, Event]]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[dict[type, Event]] = loop.create_future()
-        with self._lock:
-            self._waiting[key] = _Waiter(loop, future, is_done)
-        return future
-
-    def subscribe(
-        self, key: str, is_done: Callable[[dict[type, Event]], bool]
-    ) -> tuple[asyncio.Future[dict[type, Event]], asyncio.Queue[Event]]:
-        """Like ``expect``, and every event for ``key`` also goes to the returned queue, in order."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[dict[type, Event]] = loop.create_future()
-        events: asyncio.Queue[Event] = asyncio.Queue(stream_events_max)
-        with self._lock:
-            self._waiting[key] = _Waiter(loop, future, is_done, stream=events)
-        return future, events
-
-    def forget(self, key: str) -> None:
-        with self._lock:
-            self._waiting.pop(key, None)
-
-    def offer(self, key: str, event: Event) -> None:
-        if key not in self._waiting:  # the common case, checked without the lock
-            return
-        with self._lock:
-            waiter = self._waiting.get(key)
-            if waiter is None:
-                return
-            waiter.seen[type(event)] = event
-            if waiter.stream is not None:
-                waiter.loop.call_soon_threadsafe(_put, waiter.stream, event)
-            if not waiter.is_done(waiter.seen):
-                return
-            del self._waiting[key]
-        waiter.loop.call_soon_threadsafe(_resolve, waiter.future, waiter.seen)
-
-
-def _put(events: asyncio.Queue[Event], event: Event) -> None:
-    try:
-        events.put_nowait(event)
-    except asyncio.QueueFull:
-        logger.warning("a stream's client reads too slowly; dropping %s", type(event).__name__)
-
-
-def _resolve(future: asyncio.Future[dict[type, Event]], seen: dict[type, Event]) -> None:
-    if not future.done():
-        future.set_result(seen)
-
-
-def _keys(event: Event) -> set[str]:
-    """Who may wait for this event: its request, the command that caused it, or the event itself."""
-    keys = {event.event_id}
-    if event.causation_id:
-        keys.add(event.causation_id)
-    request_id = getattr(event, "request_id", None)
-    if request_id:
-        keys.add(request_id)
-    return keys
-
-
-def request_finished(seen: dict[type, Event]) -> bool:
-    """A metered request is answered once its charge (or its refusal) is on the ledger."""
-    return (
-        HoldRejected in seen
-        or CommandRejected in seen
-        or (JobCompleted in seen and HoldCaptured in seen)
-        or (JobCancelled in seen and (HoldCaptured in seen or HoldReleased in seen))
-        or (JobFailed in seen and HoldReleased in seen)
-        or (JobDeadLettered in seen and HoldReleased in seen)
-    )
-
-
-def request_admitted(seen: dict[type, Event]) -> bool:
-    """An async request is answered once its hold (with its queued job) or its refusal is on the ledger."""
-    return HoldPlaced in seen or HoldRejected in seen or CommandRejected in seen
 
 
 class GatewayCore:
@@ -191,7 +83,7 @@ class GatewayCore:
         self.jobs = JobsView(timedelta(seconds=settings.job_retention_s))
         self._producer = log.producer(f"tollgate-gateway-{settings.instance_id}")
         self._followers: list[Follower] = []
-        self.inflight = 0
+        self.metering = Metering(settings, self._producer, self.waiters)
         # --- issue 5: service-token keys, shared rate-limit windows, last-used bookkeeping ---
         self.jwks = JwksKeys(settings)
         self.limiter = RateLimiter(settings, self.tenants)
@@ -242,7 +134,7 @@ class GatewayCore:
         self._offer(event)
 
     def _offer(self, event: Event) -> None:
-        for key in _keys(event):
+        for key in keys_of(event):
             self.waiters.offer(key, event)
 
     def _price_book_record(self, book: PriceBook) -> Outgoing:
@@ -266,7 +158,7 @@ class GatewayCore:
     def authenticate(self, secret: str) -> ApiToken | None:
         return self.tenants.tokens_by_secret_sha256.get(hash_secret(secret))
 
-    async def _append_and_wait(self, key: str, records: list[Outgoing], timeout_s: float) -> dict[type, Event]:
+    async def _append_and_wait(self, key: str, records: list[Outgoing], timeout_s: float) -> Seen:
         future = self.waiters.expect(key, lambda seen: bool(seen))
         try:
             self._producer.send(records)
@@ -319,127 +211,6 @@ class GatewayCore:
         )
         return next(iter(seen.values()))
 
-    def _metered_records(
-        self,
-        token: ApiToken,
-        request_id: str,
-        endpoint: str,
-        model: str,
-        pool: str,
-        payload: bytes,
-        hold_micros: int,
-        price_version: str,
-        stream: bool = False,
-    ) -> tuple[str, list[Outgoing]]:
-        now = utc_now()
-        job_id = new_id("job")
-        command = PlaceHold(
-            command_id=request_id,
-            org_id=token.org_id,
-            issued_at=now,
-            correlation_id=request_id,
-            hold_id=request_id,
-            request_id=request_id,
-            amount_micros=hold_micros,
-            ttl_s=self.settings.hold_ttl_s,
-            price_version=price_version,
-            job=JobSpec(
-                job_id=job_id,
-                token_id=token.token_id,
-                model=model,
-                endpoint=endpoint,
-                pool=pool,
-                payload=msgspec.Raw(payload),
-                attempts_max=self.settings.job_attempts_max,
-                stream=stream,
-            ),
-        )
-        accepted = RequestAccepted(
-            event_id=new_id("evt"),
-            occurred_at=now,
-            org_id=token.org_id,
-            correlation_id=request_id,
-            request_id=request_id,
-            token_id=token.token_id,
-            endpoint=endpoint,
-            model=model,
-            hold_micros=hold_micros,
-        )
-        return job_id, [
-            Outgoing(topics.REQUESTS, token.org_id, encode(accepted)),
-            Outgoing(topics.COMMANDS, token.org_id, encode(command)),
-        ]
-
-    async def run_metered(
-        self,
-        token: ApiToken,
-        request_id: str,
-        endpoint: str,
-        model: str,
-        pool: str,
-        payload: bytes,
-        hold_micros: int,
-        price_version: str,
-        wait_for: Callable[[dict[type, Event]], bool] = request_finished,
-    ) -> dict[type, Event]:
-        """Ask the ledger for a hold (it queues the job with it) and wait for the charge or refusal
-        (or, with ``wait_for=request_admitted``, only for the hold)."""
-        _, records = self._metered_records(
-            token, request_id, endpoint, model, pool, payload, hold_micros, price_version
-        )
-        if self.inflight >= self.settings.inflight_requests_max:
-            raise Overloaded(self.settings.inflight_requests_max)
-        future = self.waiters.expect(request_id, wait_for)
-        self.inflight += 1
-        try:
-            self._producer.send(records)
-            return await asyncio.wait_for(future, self.settings.request_wait_s_max)
-        finally:
-            self.inflight -= 1
-            self.waiters.forget(request_id)
-
-    async def stream_metered(
-        self,
-        token: ApiToken,
-        request_id: str,
-        endpoint: str,
-        model: str,
-        pool: str,
-        payload: bytes,
-        hold_micros: int,
-        price_version: str,
-    ) -> AsyncGenerator[Event, None]:
-        """Like ``run_metered``, yielding every event of the request as it comes, up to its end.
-        A client that goes away before the end cancels the job: it is charged for the work done."""
-        job_id, records = self._metered_records(
-            token, request_id, endpoint, model, pool, payload, hold_micros, price_version, stream=True
-        )
-        if self.inflight >= self.settings.inflight_requests_max:
-            raise Overloaded(self.settings.inflight_requests_max)
-        future, events = self.waiters.subscribe(request_id, request_finished)
-        self.inflight += 1
-        finished = False
-        deadline = asyncio.get_running_loop().time() + self.settings.request_wait_s_max
-        try:
-            self._producer.send(records)
-            while True:
-                if future.done() and events.empty():
-                    finished = True
-                    return
-                remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
-                    raise TimeoutError
-                try:
-                    event = await asyncio.wait_for(events.get(), min(remaining, 1.0))
-                except TimeoutError:
-                    continue
-                yield event
-        finally:
-            self.inflight -= 1
-            self.waiters.forget(request_id)
-            if not finished:
-                self.cancel_job_soon(token.org_id, request_id, job_id, "client_disconnected")
-
     @staticmethod
     def _cancel_command(org_id: str, hold_id: str, job_id: str, reason: str) -> CancelJob:
         # One id per hold: a second cancel (a retry, or a disconnect after a DELETE) is a duplicate.
@@ -458,12 +229,12 @@ class GatewayCore:
         command = self._cancel_command(org_id, hold_id, job_id, reason)
         self._producer.send([Outgoing(topics.COMMANDS, org_id, encode(command))])
 
-    async def cancel_job(self, org_id: str, hold_id: str, job_id: str) -> dict[type, Event]:
+    async def cancel_job(self, org_id: str, hold_id: str, job_id: str) -> Seen:
         """Cancel and wait for the ledger's answer: the release of a job not started yet, the request
         to stop a running one, or a refusal."""
         command = self._cancel_command(org_id, hold_id, job_id, "client_request")
 
-        def answered(seen: dict[type, Event]) -> bool:
+        def answered(seen: Seen) -> bool:
             if CommandRejected in seen or HoldReleased in seen:
                 return True
             hold = self.balances.get(org_id).holds.get(hold_id)
@@ -480,6 +251,7 @@ class GatewayCore:
         self, scope: str, key_sha256: str, fingerprint: str, status: int, body: bytes, headers: dict[str, str]
     ) -> None:
         """Keep the first answer to an Idempotency-Key for every gateway instance to replay."""
+        json_body = is_json(body)
         event = IdempotentReplyRecorded(
             event_id=new_id("evt"),
             occurred_at=utc_now(),
@@ -487,8 +259,9 @@ class GatewayCore:
             key_sha256=key_sha256,
             fingerprint=fingerprint,
             status_code=status,
-            body=msgspec.Raw(body),
+            body=msgspec.Raw(body if json_body else b"null"),
             headers=headers,
+            body_base64="" if json_body else base64.b64encode(body).decode(),
         )
         self.idempotency.apply(event)  # this instance answers replays at once; others via the log
         self._producer.send([Outgoing(topics.IDEMPOTENCY, scope, encode(event))])
@@ -509,3 +282,7 @@ class GatewayCore:
             code=code,
         )
         self._producer.send([Outgoing(topics.REQUESTS, token.org_id, encode(event))])
+
+
+# A handler's ``core`` parameter: the gateway's core, provided by the app (``gateway.app.provide_core``).
+Core: TypeAlias = NamedDependency[GatewayCore]

@@ -13,6 +13,7 @@ import uuid
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Send
 
 from schemas.api import ErrorBody, ErrorEnvelope
 
@@ -81,6 +82,17 @@ def error_response(error: ApiError, request_id: str | None = None) -> Response[b
         media_type="application/json",
         headers=headers,
     )
+
+
+async def send_error(send: Send, error: ApiError, request_id: str | None) -> None:
+    """An error answered from ASGI middleware, before any handler: the same envelope and headers."""
+    response = error_response(error, request_id)
+    body = response.content if isinstance(response.content, bytes) else b""
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers.extend((k.encode(), v.encode()) for k, v in response.headers.items())
+    start: HTTPResponseStartEvent = {"type": "http.response.start", "status": error.status_code, "headers": headers}
+    await send(start)
+    await send(HTTPResponseBodyEvent(type="http.response.body", body=body, more_body=False))
 
 
 def _request_id(request: Request) -> str | None:

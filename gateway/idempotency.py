@@ -1,23 +1,53 @@
-"""Idempotency-Key on the gateway's POST endpoints.
+"""Idempotency-Key on every POST route, by construction.
 
-The same key with the same body returns the first answer and charges once; the same key with a
-different body is a 409. Answers are events on ``tollgate.idempotency``, folded by every gateway
-instance, and kept for ``idempotency_window_s`` (24 hours). Ids derived from the key (the request id,
-hence the hold id; grant and refund ids) make the ledger itself refuse a second charge, even when two
-instances race on one key before either has recorded its answer.
+Every POST is idempotent unless its handler says why not in ``opt["idempotent"]`` (a sentence, such
+as token creation's: its answer holds a secret that must never be stored). ``IdempotencyMiddleware``
+applies the rule to every route, so no handler can forget it: the same key with the same body
+returns the first answer and charges once; the same key with a different body is a 409.
+
+Answers are ``IdempotentReplyRecorded`` events on ``tollgate.idempotency``, folded by every gateway
+instance and kept for ``idempotency_window_s`` (24 hours). Ids derived from the key (the request id,
+hence the hold id; grant, refund and adjustment ids) make the ledger itself refuse a second charge,
+even when two instances race on one key before either has recorded its answer.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
+from litestar.connection import ASGIConnection
+from litestar.middleware import ASGIMiddleware
+from litestar.types import (
+    ASGIApp,
+    HTTPRequestEvent,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    Message,
+    Receive,
+    ReceiveMessage,
+    Scope,
+    Send,
+)
+
+from gateway.auth import principal_async
+from gateway.errors import ApiError, send_error
 from schemas.events import Event, IdempotentReplyRecorded
+from schemas.moments import utc_now
+
+if TYPE_CHECKING:
+    from gateway.core import GatewayCore
 
 idempotency_window_s = 24 * 3600
 idempotency_key_chars_max = 255
+admin_scope = "admin"  # the key scope of the platform admin token (an organization's keys use its id)
+# Response headers a replay repeats (the charge and the model are part of the answer).
+replayed_headers = ("x-credits-used", "x-model-used", "content-type", "location")
 
 
 def key_hash(scope: str, key: str) -> str:
@@ -48,8 +78,9 @@ class IdempotencyView:
     def apply(self, event: Event) -> None:
         if not isinstance(event, IdempotentReplyRecorded) or event.key_sha256 in self._replies:
             return
+        body = base64.b64decode(event.body_base64) if event.body_base64 else bytes(event.body)
         self._replies[event.key_sha256] = Reply(
-            event.fingerprint, event.status_code, bytes(event.body), dict(event.headers), event.occurred_at
+            event.fingerprint, event.status_code, body, dict(event.headers), event.occurred_at
         )
         self._forget_before(event.occurred_at - self._window)
 
@@ -65,3 +96,174 @@ class IdempotencyView:
             if oldest.recorded_at >= moment:
                 return
             del self._replies[oldest_key]
+
+
+def is_json(body: bytes) -> bool:
+    try:
+        json.loads(body)
+    except ValueError:
+        return False
+    return True
+
+
+class IdempotencyMiddleware(ASGIMiddleware):
+    """Runs after routing (Litestar builds a route's middleware stack per handler), before the
+    guard: it authenticates the caller itself to scope the key (the guard then reuses that)."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        handler = scope.get("route_handler")
+        key = _header(scope, b"idempotency-key")
+        if scope["type"] != "http" or scope.get("method") != "POST" or handler is None or key is None:
+            await next_app(scope, receive, send)
+            return
+        if handler.opt.get("idempotent", True) is not True:
+            await next_app(scope, receive, send)  # the route says why it cannot be (its opt)
+            return
+        connection: ASGIConnection[Any, Any, Any, Any] = ASGIConnection(scope)
+        core: GatewayCore = connection.app.state.core
+        if not key.strip() or len(key) > idempotency_key_chars_max:
+            error = ApiError(
+                400,
+                f"Idempotency-Key must be 1 to {idempotency_key_chars_max} characters.",
+                code="invalid_idempotency_key",
+                param="Idempotency-Key",
+            )
+            await send_error(send, error, _request_id(scope))
+            return
+        try:
+            caller = await principal_async(connection)
+        except ApiError:
+            await next_app(scope, receive, send)  # not authenticated: the guard answers 401
+            return
+        hashed = key_hash(admin_scope if caller is None else caller.org_id, key)
+        derived = hashed[:32]
+        state = scope.setdefault("state", {})
+        state["request_id"] = f"req_{derived}"  # a replay carries the first answer's id
+        state["idempotency_derived"] = derived
+        body = await _read_body(receive, core.settings.request_body_bytes_max)
+        if body is None:
+            error = ApiError(413, "Request body too large.", code="request_too_large")
+            await send_error(send, error, state["request_id"])
+            return
+        body_print = fingerprint("POST", scope["path"], body)
+        reply = core.idempotency.get(hashed, utc_now())
+        if reply is not None:
+            await _replay(send, reply, body_print)
+            return
+        if hashed in core.idempotency.in_flight:
+            error = ApiError(
+                409,
+                "A request with this Idempotency-Key is still running; retry when it has finished.",
+                code="idempotency_key_in_use",
+                param="Idempotency-Key",
+                headers={"retry-after": "1"},
+            )
+            await send_error(send, error, state["request_id"])
+            return
+        core.idempotency.in_flight.add(hashed)
+        recorder = _Recorder(send)
+        try:
+            await next_app(scope, _replay_body(body, receive), recorder.send)
+        finally:
+            core.idempotency.in_flight.discard(hashed)
+        if recorder.recordable():
+            kept = {k: v for k, v in recorder.headers.items() if k in replayed_headers}
+            core.record_reply(
+                admin_scope if caller is None else caller.org_id,
+                hashed,
+                body_print,
+                recorder.status,
+                recorder.body,
+                kept,
+            )
+
+
+async def _replay(send: Send, reply: Reply, body_print: str) -> None:
+    if reply.fingerprint != body_print:
+        error = ApiError(
+            409,
+            "This Idempotency-Key was used with a different request; use a new key.",
+            code="idempotency_key_reused",
+            param="Idempotency-Key",
+        )
+        await send_error(send, error, None)
+        return
+    headers = [(k.encode(), v.encode()) for k, v in reply.headers.items()]
+    headers += [(b"idempotent-replayed", b"true"), (b"content-length", str(len(reply.body)).encode())]
+    start: HTTPResponseStartEvent = {"type": "http.response.start", "status": reply.status_code, "headers": headers}
+    await send(start)
+    body: HTTPResponseBodyEvent = {"type": "http.response.body", "body": reply.body, "more_body": False}
+    await send(body)
+
+
+class _Recorder:
+    """Passes the response on and keeps a copy of a whole, non-streamed 2xx answer."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.body = b""
+        self.chunks = 0
+        self.streamed = False
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = int(message["status"])
+            self.headers = {k.decode().lower(): v.decode() for k, v in message.get("headers", [])}
+        elif message["type"] == "http.response.body":
+            self.chunks += 1
+            self.streamed = self.streamed or bool(message.get("more_body"))
+            if not self.streamed:
+                self.body += message.get("body", b"")
+        await self._send(message)
+
+    def recordable(self) -> bool:
+        streamed = self.streamed or self.headers.get("content-type", "").startswith("text/event-stream")
+        return 200 <= self.status < 300 and not streamed
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _request_id(scope: Scope) -> str | None:
+    request_id = scope.get("state", {}).get("request_id")
+    return str(request_id) if request_id else None
+
+
+async def _read_body(receive: Receive, body_bytes_max: int) -> bytes | None:
+    """The whole request body, or None past ``body_bytes_max``."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > body_bytes_max:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+def _replay_body(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives the handler the body already read, then what the client sends next
+    (a streamed answer listens there for the client going away)."""
+    sent = False
+
+    async def replayed() -> ReceiveMessage:
+        nonlocal sent
+        if not sent:
+            sent = True
+            request: HTTPRequestEvent = {"type": "http.request", "body": body, "more_body": False}
+            return request
+        return await receive()
+
+    return replayed

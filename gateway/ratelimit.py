@@ -32,7 +32,7 @@ from typing import Any
 from eventlog import EventLog, Outgoing, topics
 from eventlog.read import Follower
 from eventlog.settings import Settings
-from gateway.errors import ApiError, error_response
+from gateway.errors import ApiError, send_error
 from ledger.limits import Check, Decision, decide, organization_limits, window_s
 from projections.views import ApiToken, TenantsView
 from schemas.codec import encode
@@ -351,15 +351,6 @@ class IpLimiter:
         return 0
 
 
-async def _send_error(send: Any, error: ApiError) -> None:
-    response = error_response(error)
-    body = response.content if isinstance(response.content, bytes) else b""
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers.extend((k.encode(), v.encode()) for k, v in error.headers.items())
-    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
 class RateLimitMiddleware:
     """ASGI: the per-IP net before anything else, and the ``x-ratelimit-*`` headers that the scope
     guard left in the request state on the way out."""
@@ -382,7 +373,7 @@ class RateLimitMiddleware:
                 code="rate_limit",
                 headers={"retry-after": str(retry_after_s)},
             )
-            await _send_error(send, error)
+            await send_error(send, error, None)
             return
         state = scope.setdefault("state", {})
 

@@ -118,7 +118,8 @@ class ErrorEnvelope(msgspec.Struct, frozen=True, kw_only=True):
 class CompletionRequest(msgspec.Struct, frozen=True, kw_only=True):
     model: Annotated[str, msgspec.Meta(min_length=1)]
     prompt: str | Annotated[list[str], msgspec.Meta(min_length=1, max_length=64)]
-    max_tokens: Annotated[int, msgspec.Meta(ge=1)] = 16  # OpenAI's default for completions
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None  # OpenAI's default: 16
+    max_completion_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
     n: Annotated[int, msgspec.Meta(ge=1)] = 1
     stream: bool = False
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None

@@ -74,8 +74,9 @@ class IdempotentReplyRecorded(Event, frozen=True, kw_only=True, tag="idempotent_
     key_sha256: str
     fingerprint: str
     status_code: int
-    body: msgspec.Raw
+    body: msgspec.Raw  # a JSON answer as it was sent (null when the answer is not JSON)
     headers: dict[str, str]
+    body_base64: str = ""  # an answer that is not JSON (audio, CSV), base64
 
 
 class PriceBookPublished(Event, frozen=True, kw_only=True, tag="price_book.published.v1"):

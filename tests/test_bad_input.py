@@ -16,7 +16,7 @@ import pytest
 
 import gateway.core
 from eventlog import topics
-from gateway.app import amount_micros_max
+from gateway.routes.credits import amount_micros_max
 from projections.jobs import JobState, JobsView
 from tests.harness import Gateway
 from tests.test_jobs_view import captured, completed, now, placed

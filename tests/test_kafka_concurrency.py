@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from gateway.app import chat_input_tokens_bound
+from gateway.requests import chat_input_tokens_bound
 from ledger.pricing import default_price_book, price_micros
 from schemas.api import ChatMessage
 from schemas.units import Units

@@ -9,13 +9,17 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, delete, get
+from litestar.params import FromPath
 
-from gateway.app import _core, _iso, _json, _limit, authorize, authorize_admin
+from gateway.auth import authorize, authorize_admin
+from gateway.core import Core, GatewayCore
 from gateway.errors import ApiError
-from gateway.generation import shape_result
+from gateway.http import json_response, limit_param
+from gateway.results import shape_result
 from ledger.money import micros_to_decimal
 from projections.jobs import JobState
 from schemas.events import CommandRejected, HoldReleased
+from schemas.moments import iso_or_none
 
 jobs_page_size_max = 100
 
@@ -40,10 +44,10 @@ def job_body(job: JobState) -> dict[str, Any]:
         "request_id": job.request_id,
         "attempt": job.attempt,
         "cancel_requested": job.cancel_requested,
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "completed_at": _iso(job.finished_at),
-        "run_finished_at": _iso(job.run_finished_at),
+        "created_at": iso_or_none(job.created_at),
+        "started_at": iso_or_none(job.started_at),
+        "completed_at": iso_or_none(job.finished_at),
+        "run_finished_at": iso_or_none(job.run_finished_at),
         "cost_usd": micros_to_decimal(job.cost_micros),
         "cost_micros": job.cost_micros,
         "result": result,
@@ -51,25 +55,25 @@ def job_body(job: JobState) -> dict[str, Any]:
     }
 
 
-def _own_job(request: Request, job_id: str, scope: str) -> JobState:
+def _own_job(request: Request[Any, Any, Any], core: GatewayCore, job_id: str, scope: str) -> JobState:
     token = authorize(request, scope)
-    job = _core(request).jobs.get(job_id)
+    job = core.jobs.get(job_id)
     if job is None or job.org_id != token.org_id:
         raise ApiError(404, f"No job '{job_id}'.", code="job_not_found", param="job_id")
     return job
 
 
 @get("/v1/jobs", operation_id="listJobs", opt={"scope": "user:read"})
-async def list_jobs(request: Request) -> Response[bytes]:
+async def list_jobs(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
     token = authorize(request, "user:read")
-    limit = _limit(request, default=20, maximum=jobs_page_size_max)
+    limit = limit_param(request, default=20, maximum=jobs_page_size_max)
     after = request.query_params.get("after")
     status = request.query_params.get("status")
-    jobs = _core(request).jobs.list(token.org_id, limit + 1 if status is None else 10_000, after)
+    jobs = core.jobs.list(token.org_id, limit + 1 if status is None else 10_000, after)
     if status is not None:
         jobs = [job for job in jobs if job.status == status][: limit + 1]
     page = jobs[:limit]
-    return _json(
+    return json_response(
         {
             "object": "list",
             "data": [job_body(job) for job in page],
@@ -80,19 +84,19 @@ async def list_jobs(request: Request) -> Response[bytes]:
 
 
 @get("/v1/jobs/{job_id:str}", operation_id="retrieveJob", opt={"scope": "user:read"})
-async def retrieve_job(request: Request, job_id: str) -> Response[bytes]:
-    return _json(job_body(_own_job(request, job_id, "user:read")))
+async def retrieve_job(request: Request[Any, Any, Any], core: Core, job_id: FromPath[str]) -> Response[bytes]:
+    return json_response(job_body(_own_job(request, core, job_id, "user:read")))
 
 
 @delete("/v1/jobs/{job_id:str}", operation_id="cancelJob", opt={"scope": "user:write"}, status_code=200)
-async def cancel_job(request: Request, job_id: str) -> Response[bytes]:
+async def cancel_job(request: Request[Any, Any, Any], core: Core, job_id: FromPath[str]) -> Response[bytes]:
     """A job not started yet is cancelled at once; a running one stops at its next progress point and
     is charged for the work done."""
-    job = _own_job(request, job_id, "user:write")
+    job = _own_job(request, core, job_id, "user:write")
     if job.terminal:
         raise ApiError(409, f"The job is already {job.status}.", code="job_already_finished", param="job_id")
     try:
-        seen = await _core(request).cancel_job(job.org_id, job.request_id, job.job_id)
+        seen = await core.cancel_job(job.org_id, job.request_id, job.job_id)
     except TimeoutError:
         raise ApiError(
             504, "The ledger did not answer in time; the cancellation may still apply.", code="timeout", param="job_id"
@@ -105,7 +109,7 @@ async def cancel_job(request: Request, job_id: str) -> Response[bytes]:
     released = seen.get(HoldReleased)
     if isinstance(released, HoldReleased) and released.reason == "cancelled":
         body["status"] = "cancelled"
-    return _json(body)
+    return json_response(body)
 
 
 @get(
@@ -113,13 +117,15 @@ async def cancel_job(request: Request, job_id: str) -> Response[bytes]:
     operation_id="retrieveOrganizationJob",
     opt={"scope": "admin:read"},
 )
-async def retrieve_organization_job(request: Request, org_id: str, job_id: str) -> Response[bytes]:
+async def retrieve_organization_job(
+    request: Request[Any, Any, Any], core: Core, org_id: FromPath[str], job_id: FromPath[str]
+) -> Response[bytes]:
     """A job of the organization, for its admins and for replay's comparison."""
     authorize_admin(request, org_id, scope="admin:read")
-    job = _core(request).jobs.get(job_id)
+    job = core.jobs.get(job_id)
     if job is None or job.org_id != org_id:
         raise ApiError(404, f"No job '{job_id}'.", code="job_not_found", param="job_id")
-    return _json(job_body(job))
+    return json_response(job_body(job))
 
 
 route_handlers = [list_jobs, retrieve_job, cancel_job, retrieve_organization_job]

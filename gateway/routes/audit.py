@@ -3,33 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from litestar import Request, Response, get
+from litestar.params import FromPath
 
 from eventlog import partition_for, topics
 from eventlog.read import read_topic
-from gateway.app import _core, _json, _parse_time
+from gateway.core import Core
 from gateway.errors import ApiError
+from gateway.http import json_response, moment_param
 from ledger.audit import Auditor
 from ledger.chain import load_public_key, public_key_jwk, public_key_pem
 from ledger.money import micros_to_decimal
-from ledger.pricing import PriceBooks, default_price_book
 
 
 @get("/v1/audit/public-key", operation_id="getLedgerPublicKey", opt={"scope": "public", "rate": "none"})
-async def ledger_public_key(request: Request) -> Response[bytes]:
+async def ledger_public_key(core: Core) -> Response[bytes]:
     """The key that signs the ledger's chain checkpoints, as a JWK set and as PEM."""
-    path = _core(request).settings.signing_key_path
+    path = core.settings.signing_key_path
     if not path.exists():
         raise ApiError(404, "This gateway has no ledger key configured (TOLLGATE_LEDGER_SIGNING_KEY_FILE).")
     public_key = load_public_key(path.read_bytes())
-    return _json({"keys": [public_key_jwk(public_key)], "pem": public_key_pem(public_key)})
+    return json_response({"keys": [public_key_jwk(public_key)], "pem": public_key_pem(public_key)})
 
 
 @get("/v1/organizations/{org_id:str}/balance-at", operation_id="getOrganizationBalanceAt", opt={"scope": "admin:read"})
-async def balance_at(request: Request, org_id: str) -> Response[bytes]:
+async def balance_at(request: Request[Any, Any, Any], core: Core, org_id: FromPath[str]) -> Response[bytes]:
     """The balance as of ``at``, derived from the organization's ledger partition (read to its end)."""
-    at = _parse_time(request, "at")
+    at = moment_param(request, "at")
     if at is None:
         raise ApiError(
             400,
@@ -37,17 +39,16 @@ async def balance_at(request: Request, org_id: str) -> Response[bytes]:
             code="missing_required_parameter",
             param="at",
         )
-    core = _core(request)
     partition = partition_for(org_id.encode(), core.log.partitions)
 
     def derive() -> Auditor:
-        auditor = Auditor(public_keys=None, prices=PriceBooks(default_price_book()), until=at)
+        auditor = Auditor(public_keys=None, prices=core.prices, until=at)
         for batch in read_topic(core.log, topics.LEDGER, partitions=[partition], quiet=True):
             auditor.feed(record for record in batch if record.key == org_id.encode())
         return auditor
 
     derived = (await asyncio.to_thread(derive)).balance(org_id)
-    return _json(
+    return json_response(
         {
             "org_id": org_id,
             "at": at.isoformat().replace("+00:00", "Z"),

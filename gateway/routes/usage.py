@@ -8,9 +8,13 @@ from typing import Any, cast
 
 import msgspec
 from litestar import Request, Response, get
+from litestar.params import FromPath
 
-from gateway.app import _balance, _core, _iso, _json, _limit, _parse_time, authorize, authorize_admin
+from gateway.auth import authorize, authorize_admin
+from gateway.bodies import balance_card
+from gateway.core import Core, GatewayCore
 from gateway.errors import ApiError
+from gateway.http import json_response, limit_param, moment_param, window_params
 from ledger.money import micros_to_decimal
 from projections.statements import load_statement, statement_csv, statement_days_max, statement_json
 from projections.usage import (
@@ -24,13 +28,14 @@ from projections.usage import (
     parse_usage_cursor,
     usage_cursor,
 )
+from schemas.moments import iso_or_none
 
 sources = ("api", "playground", "gpu_cloud", "hosted_agents")
 rollup_rows_max = 1000  # buckets one admin usage answer returns; narrow the window for more
 
 
-def _store(request: Request) -> UsageStore:
-    store = _core(request).usage_store
+def _store(core: GatewayCore) -> UsageStore:
+    store = core.usage_store
     if store is None:
         raise ApiError(
             503, "Usage history is not served by this gateway: set TOLLGATE_CLICKHOUSE_URL.", code="usage_unavailable"
@@ -38,14 +43,14 @@ def _store(request: Request) -> UsageStore:
     return store
 
 
-def _choice(request: Request, name: str, allowed: tuple[str, ...] | None) -> str | None:
+def _choice(request: Request[Any, Any, Any], name: str, allowed: tuple[str, ...] | None) -> str | None:
     value = request.query_params.get(name)
     if value is not None and allowed is not None and value not in allowed:
         raise ApiError(400, f"{name} must be one of {', '.join(allowed)}.", code="invalid_parameter", param=name)
     return value
 
 
-def _before(request: Request) -> tuple[datetime | None, tuple[datetime, str] | None]:
+def _before(request: Request[Any, Any, Any]) -> tuple[datetime | None, tuple[datetime, str] | None]:
     """``before`` is a date-time, or a ``next_cursor`` from a previous page (also accepted as ``cursor``)."""
     cursor = request.query_params.get("cursor")
     raw = request.query_params.get("before")
@@ -56,22 +61,14 @@ def _before(request: Request) -> tuple[datetime | None, tuple[datetime, str] | N
             return None, parse_usage_cursor(cursor)
         except CursorError as error:
             raise ApiError(400, f"{error}; pass next_cursor as is.", code="invalid_parameter", param="before") from None
-    return (_parse_time(request, "before") if raw is not None else None), None
-
-
-def _window(request: Request) -> tuple[datetime | None, datetime | None]:
-    """``from`` and ``to``, either of them open; a window that ends before it starts is a 400."""
-    start, end = _parse_time(request, "from"), _parse_time(request, "to")
-    if start is not None and end is not None and start > end:
-        raise ApiError(400, "from must not be after to.", code="invalid_parameter", param="from")
-    return start, end
+    return (moment_param(request, "before") if raw is not None else None), None
 
 
 def _usage_event(row: UsageRow) -> dict[str, Any]:
     return {
         "id": row.event_id,
         "object": "usage_event",
-        "created_at": _iso(row.created_at),
+        "created_at": iso_or_none(row.created_at),
         "source": row.source,
         "model": row.model,
         "endpoint": row.endpoint,
@@ -95,15 +92,14 @@ def _usage_event(row: UsageRow) -> dict[str, Any]:
 
 
 @get("/v1/account/usage", operation_id="retrieveAccountUsage", opt={"scope": "user:read"})
-async def account_usage(request: Request) -> Response[bytes]:
+async def account_usage(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
     """Balance, summary and spend for the window, and one page of events, newest first."""
     token = authorize(request, "user:read")
-    core = _core(request)
-    start, end = _window(request)
+    start, end = window_params(request)
     before, cursor = _before(request)
     selection = UsageFilter(
         org_id=token.org_id,
-        limit=_limit(request) + 1,  # one more tells whether there is a next page
+        limit=limit_param(request) + 1,  # one more tells whether there is a next page
         before=before,
         after_cursor=cursor,
         start=start,
@@ -112,7 +108,7 @@ async def account_usage(request: Request) -> Response[bytes]:
         model=_choice(request, "model", None),
         status=_choice(request, "status", ("success", "error")),
     )
-    store = _store(request)
+    store = _store(core)
     rows = store.events(selection)
     page, has_more = rows[: selection.limit - 1], len(rows) >= selection.limit
     # The summary covers the window, whatever page and labels the events are filtered to.
@@ -121,10 +117,10 @@ async def account_usage(request: Request) -> Response[bytes]:
     )
     by_source = summary.cost_micros_by_source
     spend = micros_to_decimal(summary.cost_micros)
-    return _json(
+    return json_response(
         {
             "object": "account_usage",
-            "balance": _balance(core, token.org_id),
+            "balance": balance_card(core, token.org_id),
             "summary": {
                 "requests": summary.requests,
                 "total_cost": spend,
@@ -144,8 +140,8 @@ async def account_usage(request: Request) -> Response[bytes]:
                 "model": micros_to_decimal(by_source.get("api", 0) + by_source.get("playground", 0)),
                 "gpu_cloud": micros_to_decimal(by_source.get("gpu_cloud", 0)),
                 "hosted_agents": micros_to_decimal(by_source.get("hosted_agents", 0)),
-                "from": _iso(start),
-                "to": _iso(end),
+                "from": iso_or_none(start),
+                "to": iso_or_none(end),
             },
             "data": [_usage_event(row) for row in page],
             "has_more": has_more,
@@ -155,7 +151,9 @@ async def account_usage(request: Request) -> Response[bytes]:
 
 
 def _rollup_json(row: RollupRow, key_name: str | None) -> dict[str, Any]:
-    body: dict[str, Any] = {"period_start": _iso(row.period_start.replace(tzinfo=UTC)) if row.period_start else None}
+    body: dict[str, Any] = {
+        "period_start": iso_or_none(row.period_start.replace(tzinfo=UTC)) if row.period_start else None
+    }
     if key_name is not None:
         body[key_name] = row.key
     body.update(
@@ -177,21 +175,26 @@ def _rollup_json(row: RollupRow, key_name: str | None) -> dict[str, Any]:
 
 
 def _rollup_answer(
-    request: Request, org_id: str, group_by: GroupBy, by_period: bool, object_name: str
+    request: Request[Any, Any, Any],
+    core: GatewayCore,
+    org_id: str,
+    group_by: GroupBy,
+    by_period: bool,
+    object_name: str,
 ) -> Response[bytes]:
     authorize_admin(request, org_id, scope="admin:read")
     granularity = cast(Granularity, _choice(request, "granularity", ("hour", "day")) or "day")
-    start, end = _window(request)
-    rows = _store(request).rollup(org_id, granularity, group_by, start, end, rollup_rows_max + 1, by_period)
+    start, end = window_params(request)
+    rows = _store(core).rollup(org_id, granularity, group_by, start, end, rollup_rows_max + 1, by_period)
     key_name = {"model": "model", "token": "token_id", "none": None}[group_by]
-    return _json(
+    return json_response(
         {
             "object": object_name,
             "org_id": org_id,
             "granularity": granularity if by_period else None,
             "group_by": group_by,
-            "from": _iso(start),
-            "to": _iso(end),
+            "from": iso_or_none(start),
+            "to": iso_or_none(end),
             "data": [_rollup_json(row, key_name) for row in rows[:rollup_rows_max]],
             "has_more": len(rows) > rollup_rows_max,
             "total_cost_micros": sum(row.cost_micros for row in rows[:rollup_rows_max]),
@@ -201,11 +204,11 @@ def _rollup_answer(
 
 
 @get("/v1/organizations/{org_id:str}/usage", operation_id="listOrganizationUsage", opt={"scope": "admin:read"})
-async def organization_usage(request: Request, org_id: str) -> Response[bytes]:
+async def organization_usage(request: Request[Any, Any, Any], core: Core, org_id: FromPath[str]) -> Response[bytes]:
     """Usage per hour or day (``granularity``), per ``group_by`` model (default), token or none, newest
     bucket first, from the rollup tables. ``from``/``to`` select whole buckets."""
     group_by = cast(GroupBy, _choice(request, "group_by", ("model", "token", "none")) or "model")
-    return _rollup_answer(request, org_id, group_by, by_period=True, object_name="organization_usage")
+    return _rollup_answer(request, core, org_id, group_by, by_period=True, object_name="organization_usage")
 
 
 @get(
@@ -213,13 +216,15 @@ async def organization_usage(request: Request, org_id: str) -> Response[bytes]:
     operation_id="listOrganizationUsageByToken",
     opt={"scope": "admin:read"},
 )
-async def organization_usage_by_token(request: Request, org_id: str) -> Response[bytes]:
+async def organization_usage_by_token(
+    request: Request[Any, Any, Any], core: Core, org_id: FromPath[str]
+) -> Response[bytes]:
     """Totals per API token over the window, from the daily (default) or hourly rollup."""
-    return _rollup_answer(request, org_id, "token", by_period=False, object_name="organization_usage_by_token")
+    return _rollup_answer(request, core, org_id, "token", by_period=False, object_name="organization_usage_by_token")
 
 
-def _period(request: Request) -> tuple[datetime, datetime]:
-    start, end = _parse_time(request, "from"), _parse_time(request, "to")
+def _period(request: Request[Any, Any, Any]) -> tuple[datetime, datetime]:
+    start, end = moment_param(request, "from"), moment_param(request, "to")
     if start is None or end is None:
         raise ApiError(
             400,
@@ -238,12 +243,12 @@ def _period(request: Request) -> tuple[datetime, datetime]:
 
 
 @get("/v1/organizations/{org_id:str}/statements", operation_id="retrieveStatement", opt={"scope": "admin:read"})
-async def statement(request: Request, org_id: str) -> Response[bytes]:
+async def statement(request: Request[Any, Any, Any], core: Core, org_id: FromPath[str]) -> Response[bytes]:
     """Line items for [from, to) that add up exactly to what the ledger charged, as JSON or CSV."""
     authorize_admin(request, org_id, scope="admin:read")
     output = _choice(request, "format", ("json", "csv")) or "json"
     start, end = _period(request)
-    built = load_statement(_store(request), org_id, start, end)
+    built = load_statement(_store(core), org_id, start, end)
     if output == "csv":
         name = f"statement-{org_id}-{start:%Y%m%d}-{end:%Y%m%d}.csv"
         return Response(
@@ -251,7 +256,7 @@ async def statement(request: Request, org_id: str) -> Response[bytes]:
             media_type="text/csv",
             headers={"content-disposition": f'attachment; filename="{name}"'},
         )
-    return _json(statement_json(built))
+    return json_response(statement_json(built))
 
 
 route_handlers = [account_usage, organization_usage, organization_usage_by_token, statement]

@@ -11,31 +11,22 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from litestar import Request, Response, delete, get, post
+from litestar.params import FromPath
 
 from gateway.auth import authorize_admin, principal
-from gateway.core import GatewayCore
+from gateway.core import Core, GatewayCore
 from gateway.errors import ApiError
+from gateway.http import decode_body, json_response
 from ledger.limits import kinds, organization_limits
 from projections.views import ApiToken
 from schemas.api import CreateToken, RateLimits, SetPlanBody
 from schemas.events import ApiTokenLimitsSet, ApiTokenRevoked, OrganizationLimitsSet, OrganizationPlanChanged
 from schemas.ids import new_id
-from schemas.moments import utc_now
+from schemas.moments import iso_or_none, utc_now
 
-
-def _core(request: Request[Any, Any, Any]) -> GatewayCore:
-    core: GatewayCore = request.app.state.core
-    return core
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _json(content: Any, status_code: int = 200) -> Response[bytes]:
-    from gateway.app import _json as encode_json
-
-    return encode_json(content, status_code)
+# Why POST .../tokens takes no Idempotency-Key: its answer holds the key's secret, which is shown once
+# and never stored (only its sha256 is); replaying the answer would mean keeping the secret in the log.
+token_creation_not_idempotent = "the answer holds a secret that is shown once and never stored"
 
 
 def token_status(core: GatewayCore, token: ApiToken, now: datetime) -> str:
@@ -55,22 +46,23 @@ def token_card(core: GatewayCore, token: ApiToken) -> dict[str, Any]:
         "scopes": sorted(token.scopes),
         "status": token_status(core, token, utc_now()),
         "secret_prefix": token.secret_prefix,
-        "created_at": _iso(token.created_at),
-        "expires_at": _iso(token.expires_at),
-        "last_used_at": _iso(tenants.last_used_at.get(token.token_id)),
-        "revoked_at": _iso(tenants.revoked_at.get(token.token_id)),
+        "created_at": iso_or_none(token.created_at),
+        "expires_at": iso_or_none(token.expires_at),
+        "last_used_at": iso_or_none(tenants.last_used_at.get(token.token_id)),
+        "revoked_at": iso_or_none(tenants.revoked_at.get(token.token_id)),
         "rate_limits": dict(token.rate_limits),
     }
 
 
 @post(
-    "/v1/organizations/{org_id:str}/tokens", operation_id="createToken", status_code=201, opt={"scope": "admin:write"}
+    "/v1/organizations/{org_id:str}/tokens",
+    operation_id="createToken",
+    status_code=201,
+    opt={"scope": "admin:write", "idempotent": token_creation_not_idempotent},
 )
-async def create_token(request: Request[Any, Any, Any], org_id: str) -> Response[bytes]:
-    from gateway.app import _decode
-
+async def create_token(request: Request[Any, Any, Any], core: Core, org_id: FromPath[str]) -> Response[bytes]:
     authorize_admin(request, org_id)
-    body: CreateToken = await _decode(request, CreateToken)
+    body: CreateToken = await decode_body(request, CreateToken, core.settings.request_body_bytes_max)
     scopes: list[str] = list(dict.fromkeys(body.scopes))
     caller = principal(request)
     if caller is not None and not set(scopes) <= caller.scopes:
@@ -93,18 +85,16 @@ async def create_token(request: Request[Any, Any, Any], org_id: str) -> Response
         if expires_at <= now:
             raise ApiError(400, "expires_at must be in the future.", code="invalid_parameter", param="expires_at")
     limits = body.rate_limits.as_dict() if body.rate_limits else {}
-    core = _core(request)
     event, secret = await core.create_token(org_id, body.name, scopes, expires_at, limits)
     token = core.tenants.tokens_by_id[event.token_id]
-    return _json({"token": token_card(core, token), "secret": secret}, status_code=201)
+    return json_response({"token": token_card(core, token), "secret": secret}, status_code=201)
 
 
 @get("/v1/organizations/{org_id:str}/tokens", operation_id="listTokens", opt={"scope": "admin:read"})
-async def list_tokens(request: Request[Any, Any, Any], org_id: str) -> Response[bytes]:
+async def list_tokens(request: Request[Any, Any, Any], core: Core, org_id: FromPath[str]) -> Response[bytes]:
     """The organization's keys, oldest first, revoked and expired ones included; never a secret."""
     authorize_admin(request, org_id, scope="admin:read")
-    core = _core(request)
-    return _json({"object": "list", "data": [token_card(core, t) for t in core.tenants.tokens_of(org_id)]})
+    return json_response({"object": "list", "data": [token_card(core, t) for t in core.tenants.tokens_of(org_id)]})
 
 
 def _own_token(core: GatewayCore, org_id: str, token_id: str) -> ApiToken:
@@ -115,10 +105,11 @@ def _own_token(core: GatewayCore, org_id: str, token_id: str) -> ApiToken:
 
 
 @get("/v1/organizations/{org_id:str}/tokens/{token_id:str}", operation_id="getToken", opt={"scope": "admin:read"})
-async def get_token(request: Request[Any, Any, Any], org_id: str, token_id: str) -> Response[bytes]:
+async def get_token(
+    request: Request[Any, Any, Any], core: Core, org_id: FromPath[str], token_id: FromPath[str]
+) -> Response[bytes]:
     authorize_admin(request, org_id, scope="admin:read")
-    core = _core(request)
-    return _json(token_card(core, _own_token(core, org_id, token_id)))
+    return json_response(token_card(core, _own_token(core, org_id, token_id)))
 
 
 @delete(
@@ -127,10 +118,11 @@ async def get_token(request: Request[Any, Any, Any], org_id: str, token_id: str)
     status_code=200,
     opt={"scope": "admin:write"},
 )
-async def revoke_token(request: Request[Any, Any, Any], org_id: str, token_id: str) -> Response[bytes]:
+async def revoke_token(
+    request: Request[Any, Any, Any], core: Core, org_id: FromPath[str], token_id: FromPath[str]
+) -> Response[bytes]:
     """Revoke a key: every instance refuses it once it has read the event (this one before answering)."""
     authorize_admin(request, org_id)
-    core = _core(request)
     token = _own_token(core, org_id, token_id)
     if token_id not in core.tenants.revoked_at:
         caller = principal(request)
@@ -142,7 +134,7 @@ async def revoke_token(request: Request[Any, Any, Any], org_id: str, token_id: s
             revoked_by=caller.token_id if caller is not None else "platform-admin",
         )
         await core.record_tenant_event(event)
-    return _json(token_card(core, token))
+    return json_response(token_card(core, token))
 
 
 @post(
@@ -150,19 +142,18 @@ async def revoke_token(request: Request[Any, Any, Any], org_id: str, token_id: s
     operation_id="setTokenLimits",
     opt={"scope": "admin:write"},
 )
-async def set_token_limits(request: Request[Any, Any, Any], org_id: str, token_id: str) -> Response[bytes]:
+async def set_token_limits(
+    request: Request[Any, Any, Any], core: Core, org_id: FromPath[str], token_id: FromPath[str]
+) -> Response[bytes]:
     """Replace a key's own limits (on top of the organization's); an empty body removes them."""
-    from gateway.app import _decode
-
     authorize_admin(request, org_id)
-    core = _core(request)
     _own_token(core, org_id, token_id)
-    body: RateLimits = await _decode(request, RateLimits)
+    body: RateLimits = await decode_body(request, RateLimits, core.settings.request_body_bytes_max)
     event = ApiTokenLimitsSet(
         event_id=new_id("evt"), occurred_at=utc_now(), org_id=org_id, token_id=token_id, rate_limits=body.as_dict()
     )
     await core.record_tenant_event(event)
-    return _json(token_card(core, core.tenants.tokens_by_id[token_id]))
+    return json_response(token_card(core, core.tenants.tokens_by_id[token_id]))
 
 
 def _limits_card(core: GatewayCore, org_id: str) -> dict[str, Any]:
@@ -180,36 +171,30 @@ def _limits_card(core: GatewayCore, org_id: str) -> dict[str, Any]:
 
 
 @get("/v1/organizations/{org_id:str}/limits", operation_id="getRateLimits", opt={"scope": "admin:read"})
-async def get_limits(request: Request[Any, Any, Any], org_id: str) -> Response[bytes]:
+async def get_limits(request: Request[Any, Any, Any], core: Core, org_id: FromPath[str]) -> Response[bytes]:
     authorize_admin(request, org_id, scope="admin:read")
-    return _json(_limits_card(_core(request), org_id))
+    return json_response(_limits_card(core, org_id))
 
 
 @post("/v1/organizations/{org_id:str}/limits", operation_id="setRateLimits", opt={"scope": "platform"})
-async def set_limits(request: Request[Any, Any, Any], org_id: str) -> Response[bytes]:
+async def set_limits(request: Request[Any, Any, Any], core: Core, org_id: FromPath[str]) -> Response[bytes]:
     """Replace the organization's overrides; a kind left out follows the plan again."""
-    from gateway.app import _decode
-
     authorize_admin(request, org_id)
-    body: RateLimits = await _decode(request, RateLimits)
-    core = _core(request)
+    body: RateLimits = await decode_body(request, RateLimits, core.settings.request_body_bytes_max)
     event = OrganizationLimitsSet(
         event_id=new_id("evt"), occurred_at=utc_now(), org_id=org_id, rate_limits=body.as_dict()
     )
     await core.record_tenant_event(event)
-    return _json(_limits_card(core, org_id))
+    return json_response(_limits_card(core, org_id))
 
 
 @post("/v1/organizations/{org_id:str}/plan", operation_id="setPlan", opt={"scope": "platform"})
-async def set_plan(request: Request[Any, Any, Any], org_id: str) -> Response[bytes]:
-    from gateway.app import _decode
-
+async def set_plan(request: Request[Any, Any, Any], core: Core, org_id: FromPath[str]) -> Response[bytes]:
     authorize_admin(request, org_id)
-    body: SetPlanBody = await _decode(request, SetPlanBody)
-    core = _core(request)
+    body: SetPlanBody = await decode_body(request, SetPlanBody, core.settings.request_body_bytes_max)
     event = OrganizationPlanChanged(event_id=new_id("evt"), occurred_at=utc_now(), org_id=org_id, plan=body.plan)
     await core.record_tenant_event(event)
-    return _json(_limits_card(core, org_id))
+    return json_response(_limits_card(core, org_id))
 
 
 route_handlers = [

@@ -1,0 +1,45 @@
+"""Response bodies more than one route context shows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.core import GatewayCore
+from ledger.money import micros_to_decimal
+from ledger.wallet import Grant
+from schemas.moments import iso_or_none
+
+
+def balance_card(core: GatewayCore, org_id: str) -> dict[str, Any]:
+    """The balance, split into available, held and by grant (burn order first)."""
+    wallet = core.balances.get(org_id)
+    grants = sorted(wallet.grants.values(), key=Grant.burn_key)
+    return {
+        "amount": micros_to_decimal(wallet.balance_micros),
+        "amount_micros": wallet.balance_micros,
+        "available": micros_to_decimal(wallet.available_micros),
+        "available_micros": wallet.available_micros,
+        "held": micros_to_decimal(wallet.held_micros),
+        "held_micros": wallet.held_micros,
+        "credit_limit_micros": wallet.credit_limit_micros,
+        "spendable_micros": wallet.spendable_micros,
+        "currency": "USD",
+        "grants": [
+            {
+                "id": grant.grant_id,
+                "kind": grant.kind,
+                "amount_micros": grant.amount_micros,
+                "remaining_micros": grant.remaining_micros,
+                "expires_at": iso_or_none(grant.expires_at),
+                "priority": grant.priority,
+                "expired": grant.expired,
+            }
+            for grant in grants
+            if grant.remaining_micros > 0
+        ],
+        "auto_topup_enabled": wallet.auto_topup is not None,
+        "auto_topup_threshold_micros": wallet.auto_topup.threshold_micros if wallet.auto_topup else None,
+        "auto_topup_amount_micros": wallet.auto_topup.amount_micros or None if wallet.auto_topup else None,
+        "auto_topup_target_micros": wallet.auto_topup.target_micros or None if wallet.auto_topup else None,
+        "updated_at": iso_or_none(core.balances.updated_at.get(org_id)),
+    }

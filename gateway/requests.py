@@ -1,0 +1,209 @@
+"""Generation requests parsed once: each body becomes one ``MeteredRequest``, whose bound the hold
+prices and whose payload the worker runs. The limits the worker obeys (the output token limit above
+all) are written into that payload here, so the hold and the run can never disagree about them: a
+request that omits ``max_tokens`` is held for, and runs to, the same limit.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from gateway.errors import ApiError, from_validation_error
+from gateway.metering import MeteredRequest
+from ledger.pricing import ModelPrice, PriceBook, billed_seconds
+from schemas.api import (
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    EmbeddingRequest,
+    ImageRequest,
+    SpeechRequest,
+    VideoRequest,
+)
+from schemas.units import Units
+from workers.backends import message_text
+
+tokens_per_message_bound = 8
+tokens_per_request_bound = 16
+text_bytes_per_token_min = 1  # any byte-level tokenizer: a token is at least one byte
+completion_max_tokens_default = 16  # OpenAI's default for /v1/completions
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+EMBEDDINGS = "/v1/embeddings"
+IMAGES = "/v1/images/generations"
+SPEECH = "/v1/audio/speech"
+TRANSCRIPTIONS = "/v1/audio/transcriptions"
+VIDEOS = "/v1/videos/generations"
+
+
+def _decode(body: bytes, kind: type[Any]) -> Any:
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except (msgspec.ValidationError, msgspec.DecodeError) as error:
+        raise from_validation_error(error) from None
+
+
+def _fields(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object: everything Tollgate does not read is forwarded untouched."""
+    fields = _decode(body, dict[str, Any])
+    assert isinstance(fields, dict)
+    return fields
+
+
+def _async_flag(fields: dict[str, Any]) -> bool:
+    flag = fields.get("async", False)
+    if not isinstance(flag, bool):
+        raise ApiError(400, "'async' must be true or false.", code="invalid_type", param="async")
+    return flag
+
+
+def model_price(book: PriceBook, model: str, fits: Callable[[ModelPrice], bool], kind: str) -> ModelPrice:
+    price = book.model(model)
+    if price is None or not fits(price):
+        raise ApiError(
+            404,
+            f"The model '{model}' does not exist or is not {kind} model; see GET /v1/models.",
+            code="model_not_found",
+            param="model",
+        )
+    return price
+
+
+def _output_limit(price: ModelPrice, max_tokens: int | None, max_completion_tokens: int | None, default: int) -> int:
+    """The output token limit the request is held for and runs with."""
+    if max_tokens is not None and max_completion_tokens is not None and max_tokens != max_completion_tokens:
+        raise ApiError(
+            400,
+            "Send max_tokens or max_completion_tokens, not both with different values.",
+            code="invalid_parameter",
+            param="max_completion_tokens",
+        )
+    limit = max_completion_tokens if max_completion_tokens is not None else max_tokens
+    param = "max_completion_tokens" if max_completion_tokens is not None else "max_tokens"
+    limit = min(default, price.max_output_tokens) if limit is None else limit
+    if limit > price.max_output_tokens:
+        raise ApiError(
+            400,
+            f"{param} may be at most {price.max_output_tokens} for {price.model}.",
+            code="invalid_parameter",
+            param=param,
+        )
+    return limit
+
+
+def _with_output_limit(fields: dict[str, Any], limit: int) -> bytes:
+    """The payload a worker runs: the body with its output limit as ``max_tokens`` (the field every
+    OpenAI-compatible server reads), and no second limit that could say otherwise."""
+    fields.pop("max_completion_tokens", None)
+    fields["max_tokens"] = limit
+    return msgspec.json.encode(fields)
+
+
+def chat_input_tokens_bound(messages: list[ChatMessage]) -> int:
+    """An upper bound on prompt tokens for any byte-level tokenizer: a token is at least one byte."""
+    return tokens_per_request_bound + sum(
+        len(message_text({"content": m.content}).encode()) + tokens_per_message_bound for m in messages
+    )
+
+
+def parse_chat(body: bytes, book: PriceBook) -> MeteredRequest:
+    chat: ChatCompletionRequest = _decode(body, ChatCompletionRequest)
+    price = model_price(book, chat.model, lambda p: p.category == "chat", "a chat")
+    if chat.n != 1:
+        raise ApiError(400, "Only n=1 is supported.", code="unsupported_parameter", param="n")
+    fields = _fields(body)
+    limit = _output_limit(price, chat.max_tokens, chat.max_completion_tokens, price.max_output_tokens)
+    bound = Units(input_tokens=chat_input_tokens_bound(chat.messages), output_tokens=limit)
+    run_async = _async_flag(fields)
+    return MeteredRequest(CHAT, price, book.version, bound, _with_output_limit(fields, limit), run_async, chat.stream)
+
+
+def parse_completion(body: bytes, book: PriceBook) -> MeteredRequest:
+    completion: CompletionRequest = _decode(body, CompletionRequest)
+    price = model_price(book, completion.model, lambda p: p.category == "chat", "a text")
+    if completion.n != 1:
+        raise ApiError(400, "Only n=1 is supported.", code="unsupported_parameter", param="n")
+    fields = _fields(body)
+    limit = _output_limit(price, completion.max_tokens, completion.max_completion_tokens, completion_max_tokens_default)
+    prompts = completion.prompt if isinstance(completion.prompt, list) else [completion.prompt]
+    input_bound = tokens_per_request_bound + sum(len(p.encode()) // text_bytes_per_token_min for p in prompts)
+    bound = Units(input_tokens=input_bound, output_tokens=limit)
+    run_async = _async_flag(fields)
+    payload = _with_output_limit(fields, limit)
+    return MeteredRequest(COMPLETIONS, price, book.version, bound, payload, run_async, completion.stream)
+
+
+def parse_embedding(body: bytes, book: PriceBook) -> MeteredRequest:
+    embedding: EmbeddingRequest = _decode(body, EmbeddingRequest)
+    price = model_price(book, embedding.model, lambda p: p.category == "embedding", "an embedding")
+    given = embedding.input
+    items = given if isinstance(given, list) else [given]
+    if isinstance(given, list) and not (
+        all(isinstance(i, str) and i for i in items)
+        or all(isinstance(i, int) and not isinstance(i, bool) for i in items)
+        or all(isinstance(i, list) and i and all(isinstance(t, int) for t in i) for i in items)
+    ):
+        raise ApiError(
+            400,
+            "'input' must be a string, a list of strings, a list of token ids, or a list of token id lists.",
+            code="invalid_type",
+            param="input",
+        )
+    if isinstance(given, list) and all(isinstance(i, int) for i in items):
+        items = [items]
+    bound_tokens = sum(len(i.encode()) if isinstance(i, str) else (len(i) if isinstance(i, list) else 1) for i in items)
+    if bound_tokens > price.context_length * max(len(items), 1):
+        raise ApiError(
+            400, "The input is longer than the model's context.", code="context_length_exceeded", param="input"
+        )
+    run_async = _async_flag(_fields(body))
+    return MeteredRequest(EMBEDDINGS, price, book.version, Units(input_tokens=bound_tokens), body, run_async)
+
+
+def parse_image(body: bytes, book: PriceBook) -> MeteredRequest:
+    image: ImageRequest = _decode(body, ImageRequest)
+    price = model_price(book, image.model, lambda p: p.category == "image", "an image")
+    variant = f"{image.size}/{image.quality}"
+    if price.image_variant_rates and variant not in price.image_variant_rates:
+        raise ApiError(400, f"{price.model} has no price for {variant}.", code="invalid_parameter", param="size")
+    bound = Units(images=image.n, variant=variant)
+    return MeteredRequest(IMAGES, price, book.version, bound, body, _async_flag(_fields(body)))
+
+
+def parse_speech(body: bytes, book: PriceBook) -> MeteredRequest:
+    spoken: SpeechRequest = _decode(body, SpeechRequest)
+    price = model_price(book, spoken.model, lambda p: p.character_rate > 0, "a speech")
+    bound = Units(characters=len(spoken.input))
+    return MeteredRequest(SPEECH, price, book.version, bound, body, _async_flag(_fields(body)))
+
+
+def parse_transcription(
+    audio: bytes, duration_ms: int, filename: str | None, text: dict[str, str | None], book: PriceBook
+) -> MeteredRequest:
+    """A multipart transcription: the audio (its duration read from the data already) and the text fields."""
+    model = text.get("model") or ""
+    price = model_price(book, model, lambda p: p.audio_second_rate > 0, "a transcription")
+    run_async = (text.get("async") or "false").lower() == "true"
+    payload = msgspec.json.encode(
+        {
+            "model": model,
+            "file_b64": base64.b64encode(audio).decode(),
+            "filename": filename,
+            "language": text.get("language"),
+            "prompt": text.get("prompt"),
+        }
+    )
+    bound = Units(audio_seconds=billed_seconds(duration_ms))
+    return MeteredRequest(TRANSCRIPTIONS, price, book.version, bound, payload, run_async)
+
+
+def parse_video(body: bytes, book: PriceBook) -> MeteredRequest:
+    """Always async: the answer is a job to poll."""
+    video: VideoRequest = _decode(body, VideoRequest)
+    price = model_price(book, video.model, lambda p: p.category == "video", "a video")
+    return MeteredRequest(VIDEOS, price, book.version, Units(video_seconds=video.duration), body, True)

@@ -1,0 +1,107 @@
+"""What a finished (or refused) metered request answers: the body of each endpoint with its exact
+charge in ``usage``, the charge headers, and the error a refusal or a failure becomes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.errors import ApiError
+from gateway.requests import CHAT, COMPLETIONS, EMBEDDINGS, IMAGES, SPEECH, TRANSCRIPTIONS
+from ledger.money import format_credits, micros_to_decimal
+from schemas.events import (
+    CommandRejected,
+    Event,
+    HoldCaptured,
+    HoldRejected,
+    HoldReleased,
+    JobCancelled,
+    JobDeadLettered,
+    JobFailed,
+)
+from schemas.units import Units
+
+
+def usage_cost(captured: HoldCaptured) -> dict[str, Any]:
+    return {
+        "cost_usd": micros_to_decimal(captured.amount_micros),
+        "cost_micros": captured.amount_micros,
+        "price_version": captured.price_version,
+    }
+
+
+def token_usage(units: Units) -> dict[str, Any]:
+    prompt_tokens = units.input_tokens + units.cached_input_tokens
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": units.output_tokens,
+        "total_tokens": prompt_tokens + units.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": units.cached_input_tokens},
+    }
+
+
+def shape_result(endpoint: str, request_id: str, result: dict[str, Any], captured: HoldCaptured) -> dict[str, Any]:
+    """The response body of a finished job, as the synchronous endpoint answers it (and as
+    ``GET /v1/jobs/{id}`` shows it in ``result``)."""
+    units = captured.units
+    created = int(captured.occurred_at.timestamp())
+    suffix = request_id.removeprefix("req_")
+    if endpoint == CHAT:
+        usage = {**token_usage(units), **usage_cost(captured)}
+        return {**result, "id": f"chatcmpl-{suffix}", "created": created, "model": captured.model, "usage": usage}
+    if endpoint == COMPLETIONS:
+        usage = {**token_usage(units), **usage_cost(captured)}
+        return {**result, "id": f"cmpl-{suffix}", "created": created, "model": captured.model, "usage": usage}
+    if endpoint == EMBEDDINGS:
+        usage = {"prompt_tokens": units.input_tokens, "total_tokens": units.input_tokens, **usage_cost(captured)}
+        return {**result, "usage": usage}
+    if endpoint == IMAGES:
+        return {**result, "created": created, "usage": {"images": units.images, **usage_cost(captured)}}
+    if endpoint == TRANSCRIPTIONS:
+        usage = {"type": "duration", "seconds": units.audio_seconds, **usage_cost(captured)}
+        return {**result, "usage": usage}
+    if endpoint == SPEECH:
+        return {**result, "usage": {"characters": units.characters, **usage_cost(captured)}}
+    return {**result, "created": created, "usage": {"seconds": units.video_seconds, **usage_cost(captured)}}
+
+
+def charge_headers(captured: HoldCaptured) -> dict[str, str]:
+    return {"x-credits-used": format_credits(captured.amount_micros), "x-model-used": captured.model}
+
+
+def refusal(seen: dict[type, Event], model: str) -> ApiError | None:
+    """The error a refused or failed request answers with; None when it was charged."""
+    if CommandRejected in seen:
+        # The same hold id with another amount: an Idempotency-Key reused across instances at once.
+        return ApiError(409, "This Idempotency-Key was used with a different request.", code="idempotency_key_reused")
+    rejected = seen.get(HoldRejected)
+    if isinstance(rejected, HoldRejected):
+        return ApiError(
+            402,
+            f"Insufficient credits: this request may cost up to {format_credits(rejected.requested_micros)} credits "
+            f"and {format_credits(max(rejected.available_micros, 0))} are available. Add credits, or ask for less.",
+            code="insufficient_credits",
+        )
+    if HoldCaptured in seen and JobCancelled not in seen:
+        return None
+    ran = {"x-model-used": model}
+    if JobCancelled in seen:
+        return ApiError(
+            409, "The job was cancelled; it was charged for the work done.", code="job_cancelled", headers=ran
+        )
+    dead = seen.get(JobDeadLettered)
+    if isinstance(dead, JobDeadLettered):
+        return ApiError(
+            502,
+            f"The job failed {dead.attempts} times and was given up. Nothing was charged.",
+            code="dead_letter",
+            headers=ran,
+        )
+    failed = seen.get(JobFailed)
+    if isinstance(failed, JobFailed):
+        code = "dead_letter" if failed.retryable else failed.code
+        return ApiError(
+            502, f"The model backend failed: {failed.message}. Nothing was charged.", code=code, headers=ran
+        )
+    released = seen.get(HoldReleased)
+    reason = released.reason if isinstance(released, HoldReleased) else "unknown"
+    return ApiError(502, f"The job ended without a result ({reason}). Nothing was charged.", code="job_failed")

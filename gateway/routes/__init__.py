@@ -1,0 +1,18 @@
+"""The gateway's routes, one module per context. Each handler declares its scope (and rate limit,
+and whether it is idempotent) in its ``opt``; ``gateway/auth.py`` and ``gateway/idempotency.py``
+enforce those for every route, so no handler can forget them."""
+
+from litestar.handlers import HTTPRouteHandler
+
+from gateway.routes import audit, credits, generation, health, jobs, models, tenants, usage
+
+route_handlers: list[HTTPRouteHandler] = [
+    *credits.route_handlers,
+    *models.route_handlers,
+    *generation.route_handlers,
+    *jobs.route_handlers,
+    *usage.route_handlers,
+    *tenants.route_handlers,
+    *audit.route_handlers,
+    *health.route_handlers,
+]

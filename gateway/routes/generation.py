@@ -1,0 +1,324 @@
+"""Generation endpoints: each prices its worst case from the price book, holds it, and answers when
+the job is charged, or at once with 202 and a job id when the body says ``"async": true``.
+
+Chat and text completions also stream (server-sent events, usage in the final chunk); a client that
+leaves a stream cancels its job, which is charged for what was generated up to the stop.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, post
+from litestar.datastructures import UploadFile
+from litestar.response import Stream
+
+from gateway.auth import authorize
+from gateway.core import Core, GatewayCore
+from gateway.errors import ApiError
+from gateway.http import json_response, read_body, request_id
+from gateway.metering import MeteredRequest, Overloaded
+from gateway.requests import (
+    CHAT,
+    COMPLETIONS,
+    EMBEDDINGS,
+    IMAGES,
+    SPEECH,
+    TRANSCRIPTIONS,
+    VIDEOS,
+    parse_chat,
+    parse_completion,
+    parse_embedding,
+    parse_image,
+    parse_speech,
+    parse_transcription,
+    parse_video,
+)
+from gateway.results import charge_headers, refusal, shape_result, token_usage, usage_cost
+from gateway.waiters import Seen, request_admitted, request_finished
+from projections.views import ApiToken
+from schemas.events import (
+    CommandRejected,
+    HoldCaptured,
+    HoldPlaced,
+    HoldRejected,
+    JobCompleted,
+    JobFailed,
+    JobProgressed,
+)
+from workers import media
+
+transcription_upload_bytes_max = 3 * 1024 * 1024  # fits one Kafka record with its base64 and envelope
+transcription_text_fields = ("model", "language", "prompt", "response_format", "async")
+
+
+def _overloaded() -> ApiError:
+    return ApiError(
+        503,
+        "This gateway is at its limit of requests in flight; retry shortly.",
+        code="overloaded",
+        headers={"retry-after": "1"},
+    )
+
+
+def _accepted(request_id: str, placed: HoldPlaced) -> Response[bytes]:
+    body = {
+        "id": placed.job_id,
+        "job_id": placed.job_id,
+        "object": "job",
+        "status": "pending",
+        "model": placed.model,
+        "endpoint": placed.endpoint,
+        "request_id": request_id,
+        "poll_url": f"/v1/jobs/{placed.job_id}",
+    }
+    return json_response(body, status_code=202, headers={"location": f"/v1/jobs/{placed.job_id}"})
+
+
+async def _run(
+    request: Request[Any, Any, Any], core: GatewayCore, token: ApiToken, metered: MeteredRequest
+) -> Seen | Response[bytes]:
+    """Hold and run the request; the 202 of an async request, else the events that ended it."""
+    rid = request_id(request)
+    try:
+        seen = await core.metering.run(token, rid, metered, request_admitted if metered.run_async else request_finished)
+    except Overloaded:
+        raise _overloaded() from None
+    except TimeoutError:
+        raise ApiError(
+            504, "The job did not finish in time. Its hold settles on its own; check /v1/jobs.", code="timeout"
+        ) from None
+    placed = seen.get(HoldPlaced)
+    if metered.run_async and isinstance(placed, HoldPlaced):
+        return _accepted(rid, placed)
+    _raise_refusal(core, token, rid, metered, seen)
+    return seen
+
+
+def _raise_refusal(core: GatewayCore, token: ApiToken, rid: str, metered: MeteredRequest, seen: Seen) -> None:
+    error = refusal(seen, metered.model)
+    if error is None:
+        return
+    rejected = seen.get(HoldRejected)
+    if isinstance(rejected, HoldRejected):
+        core.record_rejection(token, rid, metered.endpoint, metered.model, 402, rejected.code)
+    raise error
+
+
+async def _respond_json(
+    request: Request[Any, Any, Any], core: GatewayCore, token: ApiToken, metered: MeteredRequest
+) -> Response[bytes]:
+    started = time.perf_counter()
+    outcome = await _run(request, core, token, metered)
+    if isinstance(outcome, Response):
+        return outcome
+    completed, captured = outcome[JobCompleted], outcome[HoldCaptured]
+    assert isinstance(completed, JobCompleted) and isinstance(captured, HoldCaptured)
+    body = shape_result(metered.endpoint, request_id(request), msgspec.json.decode(completed.result), captured)
+    added_ms = (time.perf_counter() - started) * 1000 - completed.duration_ms
+    headers = {**charge_headers(captured), "x-gateway-added-ms": f"{max(added_ms, 0):.2f}"}
+    return json_response(body, headers=headers)
+
+
+# --- text ---
+
+
+@post(CHAT, operation_id="createChatCompletion", opt={"scope": "user:write", "tokens": True}, status_code=200)
+async def chat_completions(request: Request[Any, Any, Any], core: Core) -> Response[bytes] | Stream:
+    token = authorize(request, "user:write")
+    metered = parse_chat(await read_body(request, core.settings.request_body_bytes_max), core.prices.current)
+    return await _text(request, core, token, metered, "chat.completion.chunk")
+
+
+@post(COMPLETIONS, operation_id="createCompletion", opt={"scope": "user:write", "tokens": True}, status_code=200)
+async def completions(request: Request[Any, Any, Any], core: Core) -> Response[bytes] | Stream:
+    token = authorize(request, "user:write")
+    metered = parse_completion(await read_body(request, core.settings.request_body_bytes_max), core.prices.current)
+    return await _text(request, core, token, metered, "text_completion")
+
+
+async def _text(
+    request: Request[Any, Any, Any], core: GatewayCore, token: ApiToken, metered: MeteredRequest, chunk_kind: str
+) -> Response[bytes] | Stream:
+    """A text request answers in one of three ways: streamed, async (202) or as one response."""
+    if metered.stream and metered.run_async:
+        raise ApiError(
+            400, "A request is either streamed or async, not both.", code="invalid_parameter", param="stream"
+        )
+    if metered.stream:
+        return await _stream(request, core, token, metered, chunk_kind)
+    return await _respond_json(request, core, token, metered)
+
+
+def _chunk(kind: str, rid: str, model: str, created: int, text: str, finish: str | None) -> dict[str, Any]:
+    if kind == "chat.completion.chunk":
+        delta: dict[str, Any] = {"content": text} if text else {}
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+        prefix = "chatcmpl-"
+    else:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        prefix = "cmpl-"
+    return {
+        "id": prefix + rid.removeprefix("req_"),
+        "object": kind,
+        "created": created,
+        "model": model,
+        "choices": [choice],
+    }
+
+
+def _sse(data: dict[str, Any]) -> bytes:
+    return b"data: " + msgspec.json.encode(data, enc_hook=str) + b"\n\n"
+
+
+async def _stream(
+    request: Request[Any, Any, Any], core: GatewayCore, token: ApiToken, metered: MeteredRequest, kind: str
+) -> Stream:
+    """Hold first (a refusal is still a plain 402), then stream the job's output as it is produced."""
+    rid = request_id(request)
+    try:
+        events = core.metering.stream(token, rid, metered, core.cancel_job_soon)
+        seen: Seen = {}
+        async for event in events:
+            seen[type(event)] = event
+            if isinstance(event, (HoldPlaced, HoldRejected, CommandRejected)):
+                break
+    except Overloaded:
+        raise _overloaded() from None
+    except TimeoutError:
+        raise ApiError(504, "The ledger did not answer in time.", code="timeout") from None
+    if HoldPlaced not in seen:
+        await events.aclose()
+        _raise_refusal(core, token, rid, metered, seen)
+    created = int(time.time())
+    model = metered.model
+
+    async def chunks() -> AsyncIterator[bytes]:
+        sent_chars = 0
+        attempt_chars: dict[int, int] = {}
+        try:
+            first = _chunk(kind, rid, model, created, "", None)
+            if kind == "chat.completion.chunk":
+                first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
+            yield _sse(first)
+            ended: Seen = {}
+            async for event in events:
+                ended[type(event)] = event
+                if isinstance(event, JobProgressed) and event.delta:
+                    # A retried run replays the same text: send only what goes beyond what was sent.
+                    start = attempt_chars.get(event.attempt, 0)
+                    attempt_chars[event.attempt] = start + len(event.delta)
+                    fresh = event.delta[max(sent_chars - start, 0) :]
+                    if fresh:
+                        sent_chars += len(fresh)
+                        yield _sse(_chunk(kind, rid, model, created, fresh, None))
+            yield _final_chunk(kind, rid, model, created, ended)
+            yield b"data: [DONE]\n\n"
+        except TimeoutError:
+            yield _sse(
+                {"error": {"message": "The job did not finish in time.", "type": "server_error", "code": "timeout"}}
+            )
+        finally:
+            await events.aclose()
+
+    headers = {"x-request-id": rid, "x-model-used": model, "cache-control": "no-cache"}
+    return Stream(chunks(), media_type="text/event-stream", headers=headers)
+
+
+def _final_chunk(kind: str, rid: str, model: str, created: int, ended: Seen) -> bytes:
+    captured = ended.get(HoldCaptured)
+    completed = ended.get(JobCompleted)
+    if isinstance(captured, HoldCaptured):
+        finish = "stop"
+        if isinstance(completed, JobCompleted):
+            choices = msgspec.json.decode(completed.result).get("choices") or [{}]
+            finish = choices[0].get("finish_reason") or "stop"
+        final = _chunk(kind, rid, model, created, "", finish)
+        final["usage"] = {**token_usage(captured.units), **usage_cost(captured)}
+        return _sse(final)
+    failed = ended.get(JobFailed)
+    message = failed.message if isinstance(failed, JobFailed) else "the job ended without a result"
+    code = failed.code if isinstance(failed, JobFailed) else "job_failed"
+    return _sse({"error": {"message": f"{message}. Nothing was charged.", "type": "server_error", "code": code}})
+
+
+# --- embeddings, images, audio, video ---
+
+
+@post(EMBEDDINGS, operation_id="createEmbedding", opt={"scope": "user:write"}, status_code=200)
+async def embeddings(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
+    token = authorize(request, "user:write")
+    metered = parse_embedding(await read_body(request, core.settings.request_body_bytes_max), core.prices.current)
+    return await _respond_json(request, core, token, metered)
+
+
+@post(IMAGES, operation_id="createImage", opt={"scope": "user:write"}, status_code=200)
+async def images(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
+    token = authorize(request, "user:write")
+    metered = parse_image(await read_body(request, core.settings.request_body_bytes_max), core.prices.current)
+    return await _respond_json(request, core, token, metered)
+
+
+@post(SPEECH, operation_id="createSpeech", opt={"scope": "user:write"}, status_code=200)
+async def speech(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
+    token = authorize(request, "user:write")
+    metered = parse_speech(await read_body(request, core.settings.request_body_bytes_max), core.prices.current)
+    outcome = await _run(request, core, token, metered)
+    if isinstance(outcome, Response):
+        return outcome
+    completed, captured = outcome[JobCompleted], outcome[HoldCaptured]
+    assert isinstance(completed, JobCompleted) and isinstance(captured, HoldCaptured)
+    audio = base64.b64decode(msgspec.json.decode(completed.result)["audio_b64"])
+    return Response(content=audio, media_type="audio/wav", headers=charge_headers(captured))
+
+
+def _form_text(form: Any, name: str) -> str | None:
+    """A multipart field that must be text: a part sent as a file is a 400 naming it, here rather than
+    a failure to encode the job's payload later."""
+    value = form.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    raise ApiError(400, f"'{name}' must be a text field, not a file.", code="invalid_type", param=name)
+
+
+@post(TRANSCRIPTIONS, operation_id="createTranscription", opt={"scope": "user:write"}, status_code=200)
+async def transcriptions(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
+    token = authorize(request, "user:write")
+    form = await request.form()
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise ApiError(
+            400, "Send the audio as a multipart 'file' field.", code="missing_required_parameter", param="file"
+        )
+    audio = await upload.read()
+    if len(audio) > transcription_upload_bytes_max:
+        raise ApiError(
+            413,
+            f"Audio files may be at most {transcription_upload_bytes_max} bytes.",
+            code="file_too_large",
+            param="file",
+        )
+    try:
+        duration_ms = media.wav_duration_ms(audio)
+    except ValueError as error:
+        raise ApiError(
+            400, f"The file is not WAV audio we can read: {error}", code="invalid_file", param="file"
+        ) from None
+    text = {name: _form_text(form, name) for name in transcription_text_fields}
+    metered = parse_transcription(audio, duration_ms, upload.filename, text, core.prices.current)
+    return await _respond_json(request, core, token, metered)
+
+
+@post(VIDEOS, operation_id="createVideo", opt={"scope": "user:write", "rate": "jobs"}, status_code=202)
+async def videos(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
+    """Always async: the answer is a job to poll."""
+    token = authorize(request, "user:write")
+    metered = parse_video(await read_body(request, core.settings.request_body_bytes_max), core.prices.current)
+    return await _respond_json(request, core, token, metered)
+
+
+route_handlers = [chat_completions, completions, embeddings, images, speech, transcriptions, videos]

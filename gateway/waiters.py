@@ -1,0 +1,162 @@
+"""Waiters: how events folded by the log followers (threads) become HTTP answers (the event loop).
+
+A request waits on a key (its request id, a command id or an event id) until a predicate over the
+events seen for that key says it is done; a streamed request also gets every event in order. The
+follower thread hands an event and, when it completes the wait, the end of the stream to the event
+loop in one callback, so a stream never finds its last event delivered but its end not yet known
+(that gap used to cost a stream a whole poll timeout, about 1 s, once in ten).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from schemas.events import (
+    CommandRejected,
+    Event,
+    HoldCaptured,
+    HoldPlaced,
+    HoldRejected,
+    HoldReleased,
+    JobCancelled,
+    JobCompleted,
+    JobDeadLettered,
+    JobFailed,
+)
+
+logger = logging.getLogger(__name__)
+
+stream_events_max = 4096  # events a streamed request may have waiting for its client
+
+Seen = dict[type, Event]
+Done = Callable[[Seen], bool]
+
+
+class _End:
+    """Put after a stream's last event."""
+
+
+_end = _End()
+
+
+@dataclass(slots=True)
+class _Waiter:
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Seen]
+    is_done: Done
+    seen: Seen = field(default_factory=dict)
+    stream: asyncio.Queue[Event | _End] | None = None
+
+
+class Subscription:
+    """A streamed request's events, in order, ending with the one that completed it."""
+
+    def __init__(self, future: asyncio.Future[Seen], queue: asyncio.Queue[Event | _End]) -> None:
+        self.future = future
+        self._queue = queue
+
+    async def events(self, deadline: float) -> AsyncIterator[Event]:
+        """Every event until the end; TimeoutError once the loop's clock passes ``deadline``."""
+        loop = asyncio.get_running_loop()
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError
+            item = await asyncio.wait_for(self._queue.get(), remaining)
+            if isinstance(item, _End):
+                return
+            yield item
+
+
+class Waiters:
+    """Futures keyed by request id (or command or event id), resolved by the follower threads."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, _Waiter] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def expect(self, key: str, is_done: Done) -> asyncio.Future[Seen]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Seen] = loop.create_future()
+        with self._lock:
+            self._waiting[key] = _Waiter(loop, future, is_done)
+        return future
+
+    def subscribe(self, key: str, is_done: Done) -> Subscription:
+        """Like ``expect``, and every event for ``key`` also goes to the subscription, in order."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Seen] = loop.create_future()
+        queue: asyncio.Queue[Event | _End] = asyncio.Queue(stream_events_max)
+        with self._lock:
+            self._waiting[key] = _Waiter(loop, future, is_done, stream=queue)
+        return Subscription(future, queue)
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._waiting.pop(key, None)
+
+    def offer(self, key: str, event: Event) -> None:
+        if key not in self._waiting:  # the common case, checked without the lock
+            return
+        with self._lock:
+            waiter = self._waiting.get(key)
+            if waiter is None:
+                return
+            waiter.seen[type(event)] = event
+            done = waiter.is_done(waiter.seen)
+            if done:
+                del self._waiting[key]
+        waiter.loop.call_soon_threadsafe(_deliver, waiter, event, done)
+
+
+def _deliver(waiter: _Waiter, event: Event, done: bool) -> None:
+    """On the event loop: the event to the stream, and when it completed the wait, the end too."""
+    if waiter.stream is not None:
+        try:
+            waiter.stream.put_nowait(event)
+        except asyncio.QueueFull:
+            logger.warning("a stream's client reads too slowly; dropping %s", type(event).__name__)
+        if done:
+            while True:  # the end must arrive: make room for it if the client fell that far behind
+                try:
+                    waiter.stream.put_nowait(_end)
+                    break
+                except asyncio.QueueFull:
+                    waiter.stream.get_nowait()
+    if done and not waiter.future.done():
+        waiter.future.set_result(waiter.seen)
+
+
+def keys_of(event: Event) -> set[str]:
+    """Who may wait for this event: its request, the command that caused it, or the event itself."""
+    keys = {event.event_id}
+    if event.causation_id:
+        keys.add(event.causation_id)
+    request_id = getattr(event, "request_id", None)
+    if request_id:
+        keys.add(request_id)
+    return keys
+
+
+def request_finished(seen: Seen) -> bool:
+    """A metered request is answered once its charge (or its refusal) is on the ledger."""
+    return (
+        HoldRejected in seen
+        or CommandRejected in seen
+        or (JobCompleted in seen and HoldCaptured in seen)
+        or (JobCancelled in seen and (HoldCaptured in seen or HoldReleased in seen))
+        or (JobFailed in seen and HoldReleased in seen)
+        or (JobDeadLettered in seen and HoldReleased in seen)
+    )
+
+
+def request_admitted(seen: Seen) -> bool:
+    """An async request is answered once its hold (with its queued job) or its refusal is on the ledger."""
+    return HoldPlaced in seen or HoldRejected in seen or CommandRejected in seen
