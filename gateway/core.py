@@ -12,26 +12,24 @@ events (finished jobs stay visible for their retention after a restart).
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import logging
 import secrets
 from datetime import datetime, timedelta
 from typing import TypeAlias
 
-import msgspec
 from litestar.di import NamedDependency
 
 from eventlog import EventLog, Outgoing, topics
 from eventlog.read import Follower
 from eventlog.settings import Settings
-from gateway.auth import JwksKeys
-from gateway.idempotency import IdempotencyView, is_json
+from gateway.jwks import JwksKeys
 from gateway.metering import Metering
 from gateway.ratelimit import RateLimiter
 from gateway.waiters import Seen, Waiters, keys_of
 from ledger.pricing import PriceBook, PriceBooks
 from projections.jobs import JobsView
+from projections.replies import IdempotencyView
 from projections.usage import UsageStore
 from projections.views import ApiToken, BalancesView, TenantsView
 from schemas.codec import decode_event, encode
@@ -41,7 +39,6 @@ from schemas.events import (
     CommandRejected,
     Event,
     HoldReleased,
-    IdempotentReplyRecorded,
     JobCancelRequested,
     OrganizationCreated,
     PriceBookPublished,
@@ -246,25 +243,6 @@ class GatewayCore:
             return await asyncio.wait_for(future, cancel_wait_s)
         finally:
             self.waiters.forget(command.command_id)
-
-    def record_reply(
-        self, scope: str, key_sha256: str, fingerprint: str, status: int, body: bytes, headers: dict[str, str]
-    ) -> None:
-        """Keep the first answer to an Idempotency-Key for every gateway instance to replay."""
-        json_body = is_json(body)
-        event = IdempotentReplyRecorded(
-            event_id=new_id("evt"),
-            occurred_at=utc_now(),
-            org_id=scope,
-            key_sha256=key_sha256,
-            fingerprint=fingerprint,
-            status_code=status,
-            body=msgspec.Raw(body if json_body else b"null"),
-            headers=headers,
-            body_base64="" if json_body else base64.b64encode(body).decode(),
-        )
-        self.idempotency.apply(event)  # this instance answers replays at once; others via the log
-        self._producer.send([Outgoing(topics.IDEMPOTENCY, scope, encode(event))])
 
     def record_rejection(
         self, token: ApiToken, request_id: str, endpoint: str, model: str, status: int, code: str

@@ -16,11 +16,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections import OrderedDict
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import msgspec
 from litestar.connection import ASGIConnection
 from litestar.middleware import ASGIMiddleware
 from litestar.types import (
@@ -35,15 +33,16 @@ from litestar.types import (
     Send,
 )
 
+from eventlog import Outgoing, topics
 from gateway.auth import principal_async
+from gateway.core import GatewayCore
 from gateway.errors import ApiError, send_error
-from schemas.events import Event, IdempotentReplyRecorded
+from projections.replies import Reply
+from schemas.codec import encode
+from schemas.events import IdempotentReplyRecorded
+from schemas.ids import new_id
 from schemas.moments import utc_now
 
-if TYPE_CHECKING:
-    from gateway.core import GatewayCore
-
-idempotency_window_s = 24 * 3600
 idempotency_key_chars_max = 255
 admin_scope = "admin"  # the key scope of the platform admin token (an organization's keys use its id)
 # Response headers a replay repeats (the charge and the model are part of the answer).
@@ -58,52 +57,32 @@ def fingerprint(method: str, path: str, body: bytes) -> str:
     return hashlib.sha256(method.encode() + b" " + path.encode() + b"\n" + body).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    fingerprint: str
-    status_code: int
-    body: bytes
-    headers: dict[str, str]
-    recorded_at: datetime
-
-
-class IdempotencyView:
-    """Recorded answers by key hash, oldest first, forgotten after the window."""
-
-    def __init__(self, window_s: int = idempotency_window_s) -> None:
-        self._replies: OrderedDict[str, Reply] = OrderedDict()
-        self._window = timedelta(seconds=window_s)
-        self.in_flight: set[str] = set()
-
-    def apply(self, event: Event) -> None:
-        if not isinstance(event, IdempotentReplyRecorded) or event.key_sha256 in self._replies:
-            return
-        body = base64.b64decode(event.body_base64) if event.body_base64 else bytes(event.body)
-        self._replies[event.key_sha256] = Reply(
-            event.fingerprint, event.status_code, body, dict(event.headers), event.occurred_at
-        )
-        self._forget_before(event.occurred_at - self._window)
-
-    def get(self, key_sha256: str, now: datetime) -> Reply | None:
-        reply = self._replies.get(key_sha256)
-        if reply is None or reply.recorded_at < now - self._window:
-            return None
-        return reply
-
-    def _forget_before(self, moment: datetime) -> None:
-        while self._replies:
-            oldest_key, oldest = next(iter(self._replies.items()))
-            if oldest.recorded_at >= moment:
-                return
-            del self._replies[oldest_key]
-
-
-def is_json(body: bytes) -> bool:
+def _is_json(body: bytes) -> bool:
     try:
         json.loads(body)
     except ValueError:
         return False
     return True
+
+
+def record_reply(
+    core: GatewayCore, scope: str, key_sha256: str, body_print: str, status: int, body: bytes, headers: dict[str, str]
+) -> None:
+    """Keep the first answer to an Idempotency-Key for every gateway instance to replay."""
+    json_body = _is_json(body)
+    event = IdempotentReplyRecorded(
+        event_id=new_id("evt"),
+        occurred_at=utc_now(),
+        org_id=scope,
+        key_sha256=key_sha256,
+        fingerprint=body_print,
+        status_code=status,
+        body=msgspec.Raw(body if json_body else b"null"),
+        headers=headers,
+        body_base64="" if json_body else base64.b64encode(body).decode(),
+    )
+    core.idempotency.apply(event)  # this instance answers replays at once; others via the log
+    core.send([Outgoing(topics.IDEMPOTENCY, scope, encode(event))])
 
 
 class IdempotencyMiddleware(ASGIMiddleware):
@@ -145,7 +124,7 @@ class IdempotencyMiddleware(ASGIMiddleware):
             error = ApiError(413, "Request body too large.", code="request_too_large")
             await send_error(send, error, state["request_id"])
             return
-        body_print = fingerprint("POST", scope["path"], body)
+        body_print = fingerprint("POST", scope["path"], _without_boundary(body, _header(scope, b"content-type")))
         reply = core.idempotency.get(hashed, utc_now())
         if reply is not None:
             await _replay(send, reply, body_print)
@@ -168,14 +147,8 @@ class IdempotencyMiddleware(ASGIMiddleware):
             core.idempotency.in_flight.discard(hashed)
         if recorder.recordable():
             kept = {k: v for k, v in recorder.headers.items() if k in replayed_headers}
-            core.record_reply(
-                admin_scope if caller is None else caller.org_id,
-                hashed,
-                body_print,
-                recorder.status,
-                recorder.body,
-                kept,
-            )
+            scope_id = admin_scope if caller is None else caller.org_id
+            record_reply(core, scope_id, hashed, body_print, recorder.status, recorder.body, kept)
 
 
 async def _replay(send: Send, reply: Reply, body_print: str) -> None:
@@ -228,6 +201,18 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key.lower() == name:
             return str(value.decode("latin-1"))
     return None
+
+
+def _without_boundary(body: bytes, content_type: str | None) -> bytes:
+    """A multipart body with its boundary replaced by a fixed one: a client that retries the same
+    form picks a new random boundary, and must still be recognised as sending the same request."""
+    if not content_type or not content_type.lower().startswith("multipart/"):
+        return body
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.strip().partition("=")
+        if name.lower() == "boundary" and value:
+            return body.replace(b"--" + value.strip('"').encode("latin-1"), b"--tollgate-boundary")
+    return body
 
 
 def _request_id(scope: Scope) -> str | None:

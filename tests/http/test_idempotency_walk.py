@@ -1,0 +1,143 @@
+"""Every POST route of the app is idempotent by construction: with one Idempotency-Key, the same
+body gets the first answer again and changes nothing the second time (money above all: one charge,
+one grant), and another body is a 409. The routes come from the app itself: a new POST route fails
+this test until it has a sample body here, or says in its ``opt`` why it cannot be idempotent."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import Gateway
+from workers import media
+
+Sample = Callable[["Context", str], dict[str, Any]]  # (context, variant) -> request kwargs
+
+
+class Context:
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        lots = {"requests": 10_000_000, "jobs": 10_000_000, "tokens": 100_000_000}
+        self.org = gw.organization("enterprise", limits=lots, credits="100")
+        self.key, self.token_id = gw.key(self.org, ["user:read", "user:write", "admin:read", "admin:write"])
+        charge = gw.call("POST", "/v1/embeddings", self.key, json={"model": "sim-embed-small", "input": "refund me"})
+        assert charge.status_code == 200, charge.text
+        self.charged_request = charge.headers["x-request-id"]
+        self.unique = uuid.uuid4().hex[:8]
+        self.models = gw.admin("GET", "/v1/price-books").json()["data"][0]["models"]
+
+    def balance(self) -> tuple[int, int]:
+        body = self.gw.admin("GET", f"/v1/organizations/{self.org}/balance").json()
+        return int(body["amount_micros"]), int(body["held_micros"])
+
+
+def _chat(context: Context, variant: str) -> dict[str, Any]:
+    return {"json": {"model": "sim-chat-small", "messages": [{"role": "user", "content": f"hello {variant}"}]}}
+
+
+def _transcription(context: Context, variant: str) -> dict[str, Any]:
+    audio = media.wav_audio(1500 if variant == "a" else 2500, b"seed")
+    return {"data": {"model": "sim-whisper"}, "files": {"file": ("a.wav", audio, "audio/wav")}}
+
+
+samples: dict[str, Sample] = {
+    "/v1/organizations": lambda c, v: {"json": {"name": f"org {v}", "plan": "free"}},
+    "/v1/organizations/{org_id}/credits": lambda c, v: {"json": {"amount": "1.5" if v == "a" else "2", "kind": "paid"}},
+    "/v1/organizations/{org_id}/credit-limit": lambda c, v: {"json": {"amount": "2" if v == "a" else "3"}},
+    "/v1/organizations/{org_id}/auto-topup": lambda c, v: {
+        "json": {"enabled": True, "threshold": "1", "amount": "5" if v == "a" else "6"}
+    },
+    "/v1/organizations/{org_id}/refunds": lambda c, v: {
+        "json": {"amount": "0.000001", "reason": f"reason {v}", "reference": c.charged_request}
+    },
+    "/v1/organizations/{org_id}/adjustments": lambda c, v: {"json": {"amount": "1" if v == "a" else "2", "reason": "r"}},
+    "/v1/organizations/{org_id}/limits": lambda c, v: {
+        "json": {"requests": 10_000_000 if v == "a" else 9_000_000, "jobs": 10_000_000, "tokens": 100_000_000}
+    },
+    "/v1/organizations/{org_id}/plan": lambda c, v: {"json": {"plan": "enterprise" if v == "a" else "pro"}},
+    "/v1/organizations/{org_id}/tokens/{token_id}/limits": lambda c, v: {"json": {"requests": 100 if v == "a" else 99}},
+    "/v1/price-books": lambda c, v: {"json": {"version": f"walk-{c.unique}-{v}", "models": c.models}},
+    "/v1/chat/completions": _chat,
+    "/v1/completions": lambda c, v: {"json": {"model": "sim-chat-small", "prompt": f"say {v}"}},
+    "/v1/embeddings": lambda c, v: {"json": {"model": "sim-embed-small", "input": f"text {v}"}},
+    "/v1/images/generations": lambda c, v: {"json": {"model": "sim-image", "prompt": f"a {v}"}},
+    "/v1/audio/speech": lambda c, v: {"json": {"model": "sim-tts", "input": f"speak {v}"}},
+    "/v1/audio/transcriptions": _transcription,
+    "/v1/videos/generations": lambda c, v: {"json": {"model": "sim-video", "prompt": f"clip {v}", "duration": 1}},
+}
+# Routes that use the organization's key rather than the platform admin token.
+with_key = {
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/images/generations",
+    "/v1/audio/speech",
+    "/v1/audio/transcriptions",
+    "/v1/videos/generations",
+}
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    gateway = Gateway(Path(tmp_path_factory.mktemp("idempotency-walk")))
+    yield gateway
+    gateway.close()
+
+
+def post_routes(gw: Gateway) -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for route in gw.app.routes:
+        for handler in getattr(route, "route_handlers", []):
+            if "POST" in handler.http_methods:
+                path = route.path_format.replace("{org_id:str}", "{org_id}").replace("{token_id:str}", "{token_id}")
+                found.append((path, dict(handler.opt)))
+    return found
+
+
+def test_every_post_route_is_idempotent_or_says_why_not(gw: Gateway) -> None:
+    routes = post_routes(gw)
+    assert len(routes) >= 18
+    exempt = {path: opt["idempotent"] for path, opt in routes if opt.get("idempotent", True) is not True}
+    assert all(isinstance(reason, str) and len(reason) > 20 for reason in exempt.values()), exempt
+    assert set(exempt) == {"/v1/organizations/{org_id}/tokens"}
+    missing = {path for path, _ in routes if path not in samples and path not in exempt}
+    assert missing == set(), f"POST routes without a sample body in this test: {missing}"
+
+
+@pytest.mark.parametrize("path", sorted(samples))
+def test_the_same_key_and_body_answer_once_and_another_body_is_a_409(gw: Gateway, path: str) -> None:
+    context = Context(gw)
+    url = path.replace("{org_id}", context.org).replace("{token_id}", context.token_id)
+    key = context.key if path in with_key else None
+    call: Callable[..., Any] = (lambda *a, **k: gw.call(*a, key, **k)) if key else gw.admin
+    headers = {"Idempotency-Key": f"walk-{uuid.uuid4().hex}"}
+    sample = samples[path](context, "a")
+    first = call("POST", url, headers=headers, **sample)
+    assert 200 <= first.status_code < 300, (path, first.status_code, first.text)
+    after_first = context.balance()
+    again = call("POST", url, headers=headers, **samples[path](context, "a"))
+    assert again.status_code == first.status_code, again.text
+    assert again.content == first.content
+    assert again.headers.get("idempotent-replayed") == "true"
+    assert again.headers["x-request-id"] == first.headers["x-request-id"]
+    assert again.headers.get("content-type") == first.headers.get("content-type")
+    assert again.headers.get("x-credits-used") == first.headers.get("x-credits-used")
+    assert context.balance() == after_first, "a replay changed the balance"
+    other = call("POST", url, headers=headers, **samples[path](context, "b"))
+    assert other.status_code == 409, other.text
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+    assert context.balance() == after_first
+
+
+def test_token_creation_ignores_the_key_and_never_replays_a_secret(gw: Gateway) -> None:
+    context = Context(gw)
+    headers = {"Idempotency-Key": "same"}
+    body = {"name": "k", "scopes": ["user:read"]}
+    first = gw.admin("POST", f"/v1/organizations/{context.org}/tokens", headers=headers, json=body)
+    second = gw.admin("POST", f"/v1/organizations/{context.org}/tokens", headers=headers, json=body)
+    assert first.status_code == second.status_code == 201
+    assert first.json()["secret"] != second.json()["secret"]
