@@ -150,12 +150,13 @@ def _public_keys(settings: Settings, given: list[str] | None) -> list[Any]:
 
 
 def verify(args: argparse.Namespace, settings: Settings) -> int:
+    # Everything that can be wrong with the command is checked before the log is read.
+    gateway = GatewayClient(args.gateway, args.admin_token or settings.admin_token) if args.gateway else None
+    log = open_log(settings, must_exist=True)
     public_keys = _public_keys(settings, args.public_key)
     # The ledger signs at least every checkpoint_records_max records; a log written with another
     # setting (or by an older ledger, which signed only between batches) needs it passed here.
     bound = args.unsigned_records_max if args.unsigned_records_max is not None else settings.checkpoint_records_max
-    gateway = GatewayClient(args.gateway, args.admin_token or settings.admin_token) if args.gateway else None
-    log = open_log(settings, must_exist=True)
     started = time.monotonic()
     processes = args.processes
     if processes is None:  # as many as cores and partitions allow, once the log is long enough to pay off
@@ -306,7 +307,9 @@ def add_parsers(sub: Any) -> None:
                 help="the ledger's public key file (PEM or JWK); repeat it for keys rotated out",
             )
             parser.add_argument("--gateway", help="also compare with this gateway's balances read model")
-            parser.add_argument("--admin-token", help="the platform admin token for --gateway")
+            parser.add_argument(
+                "--admin-token", help="the platform admin token for --gateway (default: TOLLGATE_ADMIN_TOKEN)"
+            )
             parser.add_argument("--json", action="store_true", help="print the report as JSON")
             parser.add_argument(
                 "--processes",
@@ -321,15 +324,17 @@ def add_parsers(sub: Any) -> None:
                 "(default: TOLLGATE_CHECKPOINT_RECORDS_MAX, the most the ledger writes between two)",
             )
         if name == "balance":
-            parser.add_argument("--org", required=True)
+            parser.add_argument("--org", required=True, help="the organization id (org_...)")
             parser.add_argument("--at", required=True, help="an ISO 8601 moment, e.g. 2026-11-01T00:00:00Z")
         if name == "public-key":
-            parser.add_argument("--jwk", action="store_true")
+            parser.add_argument("--jwk", action="store_true", help="print the key as a JWK instead of PEM")
         if name == "statement":
-            parser.add_argument("--org", required=True)
+            parser.add_argument("--org", required=True, help="the organization id (org_...)")
             parser.add_argument("--from", dest="start", required=True, help="period start, ISO 8601 (inclusive)")
             parser.add_argument("--to", dest="end", required=True, help="period end, ISO 8601 (exclusive)")
-            parser.add_argument("--format", choices=("json", "csv"), default="json")
+            parser.add_argument(
+                "--format", choices=("json", "csv"), default="json", help="output format (default json)"
+            )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -287,11 +287,17 @@ def add_parser(sub: Any) -> None:
     parser = sub.add_parser("replay", help="rebuild projections from the log and compare them with the live ones")
     parser.add_argument("--data-dir", type=Path, help="the embedded log's data directory")
     parser.add_argument("--kafka", help="a Kafka bootstrap address (default: TOLLGATE_KAFKA_BOOTSTRAP)")
-    parser.add_argument("--projections", default=",".join(projections_all), help="comma separated")
+    parser.add_argument(
+        "--projections",
+        default=",".join(projections_all),
+        help=f"which to rebuild, comma separated (default: {','.join(projections_all)})",
+    )
     parser.add_argument(
         "--since",
         help="rebuild jobs placed and usage that occurred from this ISO moment on, instead of from offset 0",
     )
     parser.add_argument("--target", help="a fresh directory for the rebuilt ClickHouse store")
     parser.add_argument("--gateway", help="compare with this gateway's read models")
-    parser.add_argument("--admin-token", default="", help="the platform admin token for --gateway")
+    parser.add_argument(
+        "--admin-token", default="", help="the platform admin token for --gateway (default: TOLLGATE_ADMIN_TOKEN)"
+    )

@@ -81,7 +81,15 @@ async def serve(
 
     threading.Thread(target=watch_stop, name="stop-watch", daemon=True).start()
     serving = asyncio.create_task(server.serve())
-    await announce()
+    # A stop while announcing (the demo organization is made through the log) must not wait for it.
+    announcing = asyncio.create_task(announce())
+    await asyncio.wait({serving, announcing}, return_when=asyncio.FIRST_COMPLETED)
+    if not announcing.done():
+        announcing.cancel()
+    elif announcing.exception() is not None:
+        stop.set()
+        await serving
+        raise CommandError(f"could not start: {announcing.exception()}")
     await serving
 
 

@@ -17,11 +17,6 @@ from tollgate.wiring import embedded_store_path, open_log, open_store
 
 def print_statement(settings: Settings, org_id: str, start: str, end: str, output: str) -> int:
     period = period_arguments(start, end)
-    if not settings.clickhouse_url and not embedded_store_path(settings).exists():
-        raise CommandError(
-            f"no usage store at {embedded_store_path(settings)}: pass --data-dir (the one `tollgate dev` "
-            "uses), or set TOLLGATE_CLICKHOUSE_URL"
-        )
     log_here = not settings.embedded or (settings.data_dir / "log.sqlite3").exists()
     if log_here:
         log = open_log(settings, must_exist=True)
@@ -29,6 +24,11 @@ def print_statement(settings: Settings, org_id: str, start: str, end: str, outpu
             require_organization(log, org_id)
         finally:
             log.close()
+    if not settings.clickhouse_url and not embedded_store_path(settings).exists():
+        raise CommandError(
+            f"no usage store at {embedded_store_path(settings)}: pass --data-dir (the one `tollgate dev` "
+            "uses), or set TOLLGATE_CLICKHOUSE_URL"
+        )
     store = open_store(settings)
     try:
         if not log_here and not store.knows_organization(org_id):

@@ -21,6 +21,7 @@ from ledger.pricing import PriceBooks, default_price_book
 from ledger.role import LedgerRole
 from projections.role import ProjectorRole
 from projections.usage import UsageStore
+from tollgate.remote import CommandError
 from workers.backends import Backend, SimulatedBackend, UpstreamChatBackend
 from workers.role import WorkerRole, worker_roles
 
@@ -29,7 +30,7 @@ logger = logging.getLogger("tollgate")
 role_join_s_max = 10.0  # how long closing a stack waits for each role thread
 
 
-class WiringError(RuntimeError):
+class WiringError(CommandError):
     """Something a role needs is missing or unreachable; the message says what to do."""
 
 
