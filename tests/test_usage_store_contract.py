@@ -185,6 +185,32 @@ def test_duplicate_deliveries_change_no_total_raw_or_rollup(store: UsageStore) -
     assert statement.ledger_charges_micros == expected[1]
 
 
+def test_a_redelivery_after_a_crash_between_the_raw_rows_and_the_rollups_repairs_the_rollups(
+    store: UsageStore,
+) -> None:
+    """One INSERT writes the raw table's part, then each view's: a projector killed in between left
+    raw rows that the rollups lack, and the redelivered batch found them known and wrote nothing, so
+    summaries and statements missed them for ever. The redelivery now rebuilds those days."""
+    before = [charge(f"b{i}", month + timedelta(hours=2 * i)) for i in range(6)]
+    store.insert(before, [capture_posting(r) for r in before])
+    crashed = [charge(f"c{i}", month + timedelta(hours=3 * i, minutes=1)) for i in range(8)]
+    postings = [capture_posting(r) for r in crashed]
+    views = ("usage_hourly_mv", "usage_daily_mv", "ledger_daily_mv")
+    for view in views:  # the crash: the raw parts are written, the views' are not
+        store.command(f"DETACH TABLE {view}")
+    store.insert(crashed, postings)
+    for view in views:
+        store.command(f"ATTACH TABLE {view}")
+    raw = (14, sum(r.cost_micros for r in before + crashed))
+    assert totals(store)[0] == raw and totals(store)[1] != raw  # what the crash left behind
+    assert store.insert(crashed, postings) == 0  # the redelivery writes nothing new...
+    assert totals(store) == (raw,) * 4  # ...and the rollups hold every event once
+    statement = load_statement(store, "org_a", month, month + timedelta(days=30))
+    assert statement.charges_micros == statement.ledger_charges_micros == raw[1]
+    assert store.insert(crashed, postings) == 0  # a second redelivery changes nothing either
+    assert totals(store) == (raw,) * 4
+
+
 def test_late_events_land_in_their_own_hour_and_day(store: UsageStore) -> None:
     store.insert([charge("now1", month + timedelta(days=2, hours=3, minutes=5))], [])
     late = charge("late1", month + timedelta(hours=7, minutes=59, seconds=59))

@@ -69,7 +69,7 @@ def _rollup_table(name: str, bucket: str) -> str:
     """
 
 
-def _hourly_select(source: str) -> str:
+def hourly_select(source: str) -> str:
     sums = ", ".join(f"sum({u}) AS {u}" for u in unit_names)
     keys = ", ".join(rollup_keys)
     return f"""
@@ -94,7 +94,7 @@ def _daily_view() -> str:
     """
 
 
-def _ledger_daily_select(source: str) -> str:
+def ledger_daily_select(source: str) -> str:
     return f"""
     SELECT org_id, toStartOfDay(toDateTime(created_at, 'UTC')) AS day, kind, debit, credit,
         count() AS postings, sum(amount_micros) AS amount_micros
@@ -170,14 +170,14 @@ migrations: tuple[tuple[int, tuple[str, ...]], ...] = (
             _rollup_table("usage_hourly", "hour"),
             _rollup_table("usage_daily", "day"),
             "CREATE MATERIALIZED VIEW IF NOT EXISTS usage_hourly_mv TO usage_hourly AS "
-            + _hourly_select("usage_events"),
+            + hourly_select("usage_events"),
             _daily_view(),
             # Rollups of rows written before the views existed (a no-op on a new database); the
             # daily view picks these up from the hourly insert. Emptied first, so a re-run after a
             # crash refills them exactly (migrations run before any writer starts).
             "TRUNCATE TABLE usage_hourly",
             "TRUNCATE TABLE usage_daily",
-            "INSERT INTO usage_hourly " + _hourly_select("usage_events FINAL"),
+            "INSERT INTO usage_hourly " + hourly_select("usage_events FINAL"),
         ),
     ),
     (
@@ -226,9 +226,9 @@ migrations: tuple[tuple[int, tuple[str, ...]], ...] = (
             ORDER BY (org_id, day, kind, debit, credit)
             """,
             "CREATE MATERIALIZED VIEW IF NOT EXISTS ledger_daily_mv TO ledger_daily AS "
-            + _ledger_daily_select("ledger_postings"),
+            + ledger_daily_select("ledger_postings"),
             "TRUNCATE TABLE ledger_daily",
-            "INSERT INTO ledger_daily " + _ledger_daily_select("ledger_postings FINAL"),
+            "INSERT INTO ledger_daily " + ledger_daily_select("ledger_postings FINAL"),
         ),
     ),
 )

@@ -40,6 +40,8 @@ from projections.usage.rows import (
 )
 from projections.usage.schema import (
     final_settings,
+    hourly_select,
+    ledger_daily_select,
     migrations,
     page_columns,
     posting_columns,
@@ -62,6 +64,7 @@ class UsageStore:
             path.mkdir(parents=True, exist_ok=True)
             self._client = clickhouse_connect.get_client(interface="chdb", path=str(path))
         self.mode = "server" if url else "embedded"
+        self.rollup_rebuilds = 0  # (organization, day) buckets rebuilt after a redelivery
         # clickhouse-connect clients are not safe for concurrent use; the gateway and projector share one.
         self._lock = threading.Lock()
         self.migrate()
@@ -125,7 +128,8 @@ class UsageStore:
         Idempotent: a redelivered batch writes nothing, so the rollup views never count an event twice.
         """
         with self._lock:
-            fresh_usage = _first_per_event(usage, self._known_event_ids("usage_events", usage))
+            known_usage = self._known_event_ids("usage_events", usage)
+            fresh_usage = _first_per_event(usage, known_usage)
             if fresh_usage:
                 self._client.insert(
                     "usage_events",
@@ -144,7 +148,34 @@ class UsageStore:
                     column_oriented=True,
                     settings=self.insert_settings,
                 )
+            # A redelivered batch (the events are in the raw tables already) may follow a crash between
+            # a raw table's part and its views' parts, which one INSERT writes one after the other: the
+            # rollups of those days may lack the events. Rebuild them from the raw rows (idempotent).
+            self._rebuild_days("usage", {(r.org_id, r.created_at) for r in usage if r.event_id in known_usage})
+            self._rebuild_days("ledger", {(r.org_id, r.created_at) for r in ledger if r.event_id in known})
         return len(fresh_usage)
+
+    def _rebuild_days(self, kind: Literal["usage", "ledger"], moments: set[tuple[str, datetime]]) -> None:
+        """Recompute whole (organization, day) buckets of the rollups from the raw rows. The daily
+        usage rollup is fed by the hourly one, so both are emptied for the day and the hourly one is
+        refilled (the cascade refills the daily); postings have one daily rollup."""
+        if not moments:
+            return
+        days = sorted({(org_id, floor_to_bucket(moment, "day")) for org_id, moment in moments})
+        self.rollup_rebuilds += len(days)
+        parameters = {"days": days}
+        in_days = "{days:Array(Tuple(String, DateTime('UTC')))}"
+        if kind == "usage":
+            self._client.command(f"DELETE FROM usage_daily WHERE (org_id, day) IN {in_days}", parameters=parameters)
+            self._client.command(
+                f"DELETE FROM usage_hourly WHERE (org_id, toStartOfDay(hour)) IN {in_days}", parameters=parameters
+            )
+            raw = f"(SELECT * FROM usage_events FINAL WHERE (org_id, toStartOfDay(created_at, 'UTC')) IN {in_days})"
+            self._client.command("INSERT INTO usage_hourly " + hourly_select(raw), parameters=parameters)
+        else:
+            self._client.command(f"DELETE FROM ledger_daily WHERE (org_id, day) IN {in_days}", parameters=parameters)
+            raw = f"(SELECT * FROM ledger_postings FINAL WHERE (org_id, toStartOfDay(created_at, 'UTC')) IN {in_days})"
+            self._client.command("INSERT INTO ledger_daily " + ledger_daily_select(raw), parameters=parameters)
 
     def insert_columns(self, columns: dict[str, Sequence[Any]], table: str = "usage_events") -> None:
         """Bulk load of rows known to be new (benchmarks, backfills): no duplicate check."""
