@@ -30,12 +30,12 @@ from typing import Any
 repo = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(repo))
 
-from bench.e2e import Connection, percentile  # noqa: E402
-from gateway.auth import _verify_service_token, verify_service_token  # noqa: E402
-from gateway.ratelimit import record  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
-from tests.harness import Gateway, Signer, audience, issuer, write_jwks  # noqa: E402
-from tests.processes import Admin, Role, wait_until_serving  # noqa: E402
+from bench.e2e import Connection, percentile
+from gateway.auth import _verify_service_token, verify_service_token
+from gateway.ratelimit import record
+from tests.conftest import free_port
+from tests.harness import Gateway, Signer, audience, issuer, write_jwks
+from tests.processes import Admin, Role, wait_until_serving
 
 admin_token = "tga_bench_auth"
 lots = {"requests": 100_000_000, "jobs": 100_000_000, "tokens": 100_000_000}

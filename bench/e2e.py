@@ -30,8 +30,8 @@ from typing import Any
 repo = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(repo))
 
-from tests.conftest import free_port, free_port_pair  # noqa: E402
-from tests.processes import Admin, Role, wait_until_serving  # noqa: E402
+from tests.conftest import free_port, free_port_pair
+from tests.processes import Admin, Role, wait_until_serving
 
 admin_token = "tga_bench"
 

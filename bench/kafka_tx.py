@@ -22,9 +22,9 @@ from pathlib import Path
 repo = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(repo))
 
-from eventlog import Outgoing  # noqa: E402
-from eventlog.kafka import KafkaLog  # noqa: E402
-from tests.conftest import free_port_pair  # noqa: E402
+from eventlog import Outgoing
+from eventlog.kafka import KafkaLog
+from tests.conftest import free_port_pair
 
 
 def summary(values_ms: list[float]) -> dict[str, float]:

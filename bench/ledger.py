@@ -54,18 +54,18 @@ import msgspec
 repo = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(repo))
 
-from eventlog import Outgoing, topics  # noqa: E402
-from eventlog.embedded import EmbeddedLog  # noqa: E402
-from eventlog.kafka import KafkaLog  # noqa: E402
-from eventlog.settings import Settings  # noqa: E402
-from ledger.pricing import default_price_book  # noqa: E402
-from ledger.role import LedgerRole  # noqa: E402
-from ledger.wallet import Rejection, Wallet, decide, evolve  # noqa: E402
-from schemas.codec import decode_event, encode  # noqa: E402
-from schemas.commands import AnyCommand, CaptureHold, GrantCredits, JobSpec, PlaceHold  # noqa: E402
-from schemas.events import HoldCaptured, HoldPlaced  # noqa: E402
-from schemas.ids import event_id_for  # noqa: E402
-from schemas.units import Units  # noqa: E402
+from eventlog import Outgoing, topics
+from eventlog.embedded import EmbeddedLog
+from eventlog.kafka import KafkaLog
+from eventlog.settings import Settings
+from ledger.pricing import default_price_book
+from ledger.role import LedgerRole
+from ledger.wallet import Rejection, Wallet, decide, evolve
+from schemas.codec import decode_event, encode
+from schemas.commands import AnyCommand, CaptureHold, GrantCredits, JobSpec, PlaceHold
+from schemas.events import HoldCaptured, HoldPlaced
+from schemas.ids import event_id_for
+from schemas.units import Units
 
 MODEL = "sim-chat-small"
 PLENTY = 10**12  # micros granted to each org: no hold is ever refused

@@ -42,13 +42,13 @@ import numpy as np
 repo = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(repo))
 
-from bench.e2e import lift_limits  # noqa: E402
-from ledger.pricing import default_price_book, unit_rates  # noqa: E402
-from projections.statements import load_statement  # noqa: E402
-from projections.usage import UsageFilter, UsageRow, UsageStore, rate_columns  # noqa: E402
-from schemas.units import Units  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
-from tests.processes import Admin, Role, wait_for_text, wait_until_serving  # noqa: E402
+from bench.e2e import lift_limits
+from ledger.pricing import default_price_book, unit_rates
+from projections.statements import load_statement
+from projections.usage import UsageFilter, UsageRow, UsageStore, rate_columns
+from schemas.units import Units
+from tests.conftest import free_port
+from tests.processes import Admin, Role, wait_for_text, wait_until_serving
 
 admin_token = "tga_bench"
 month = datetime(2026, 11, 1, tzinfo=UTC)

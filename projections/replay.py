@@ -71,7 +71,7 @@ def statement_from_log(log: EventLog, org_id: str, start: datetime, end: datetim
     """The statement of [start, end) from the ledger events alone, allocated as ClickHouse's is."""
     books: PriceBooks = load_price_books(log)
     scaled: dict[tuple[str, str, str, int], list[int]] = defaultdict(lambda: [0, 0])
-    charged: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    charged: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
     refunds = 0
     partition = partition_for(org_id.encode(), log.partitions)
     for batch in read_topic(log, topics.LEDGER, partitions=[partition], quiet=True):
@@ -96,12 +96,14 @@ def statement_from_log(log: EventLog, org_id: str, start: datetime, end: datetim
             total = charged[(event.model, event.price_version)]
             total[0] += 1
             total[1] += event.amount_micros
+            total[2] += event.priced_micros
     priced = [
         PricedUsage(model=m, price_version=v, unit=u, rate=r, quantity=q, scaled=s)
         for (m, v, u, r), (q, s) in sorted(scaled.items())
     ]
     totals = [
-        ChargedTotal(model=m, price_version=v, requests=n, cost_micros=c) for (m, v), (n, c) in sorted(charged.items())
+        ChargedTotal(model=m, price_version=v, requests=n, cost_micros=c, priced_micros=p)
+        for (m, v), (n, c, p) in sorted(charged.items())
     ]
-    posted = {"hold.captured.v1": sum(c for _, c in charged.values()), "credits.refunded.v1": refunds}
+    posted = {"hold.captured.v1": sum(c for _, c, _ in charged.values()), "credits.refunded.v1": refunds}
     return build_statement(org_id, start, end, priced, totals, posted)

@@ -71,6 +71,7 @@ def usage_row(event: Event, book: PriceBook | None = None) -> UsageRow | None:
             characters=units.characters,
             calls=units.calls,
             cost_micros=event.amount_micros,
+            priced_micros=event.priced_micros,
             price_version=event.price_version,
             variant=units.variant,
             **dict(zip(rate_columns, rates, strict=True)),

@@ -6,12 +6,13 @@ up. The allocation, defined once here:
 
 - one line per (model, price version, unit, unit price): quantity = the period's sum of that unit,
   amount = floor(sum of quantity x rate / 1,000,000), where rate is micros per million units;
-- one ``rounding`` line per (model, price version): what the ledger charged for that model and
-  version minus its unit lines. It holds the per-request round-ups and minimum-charge top-ups, and
-  is never negative (the sum of per-request ceilings is at least the floor of the sum), unless a
-  capture was capped at its hold (its usage priced above the hold; the ledger never charges more
-  than it held). Then, when the caps forgave more than the round-ups added, the difference is a
-  negative ``hold_cap`` line in its place;
+- one ``rounding`` line per (model, price version): what the usage listed at (each request's price,
+  rounded up once and raised to the minimum charge) minus its unit lines. It holds the per-request
+  round-ups and minimum-charge top-ups, and is never negative (the sum of per-request ceilings is at
+  least the floor of the sum);
+- one negative ``hold_cap`` line per (model, price version) where captures were capped at their
+  hold (usage priced above the hold; the ledger never charges more than it held): what the ledger
+  charged minus what the usage listed at;
 - one ``refund`` line (negative) for the period's refunds, if any.
 
 So sum(unit lines + rounding lines) == sum of HoldCaptured.amount_micros in the period, exactly,
@@ -87,18 +88,32 @@ def build_statement(
     lines: list[StatementLine] = []
     for total in charged:
         own = unit_lines.pop((total.model, total.price_version), [])
-        rounding = total.cost_micros - sum(line.amount_micros for line in own)
+        rounding = total.priced_micros - sum(line.amount_micros for line in own)
+        capped = total.cost_micros - total.priced_micros
+        assert rounding >= 0, "a sum of ceilings is at least the floor of the sum"
+        assert capped <= 0, "the ledger never charges more than the usage listed at"
         lines.extend(own)
         lines.append(
             StatementLine(
                 model=total.model,
                 price_version=total.price_version,
-                unit=rounding_unit if rounding >= 0 else hold_cap_unit,
+                unit=rounding_unit,
                 quantity=total.requests,
                 unit_price_micros_per_million=0,
                 amount_micros=rounding,
             )
         )
+        if capped:
+            lines.append(
+                StatementLine(
+                    model=total.model,
+                    price_version=total.price_version,
+                    unit=hold_cap_unit,
+                    quantity=total.requests,
+                    unit_price_micros_per_million=0,
+                    amount_micros=capped,
+                )
+            )
     assert not unit_lines, "every priced group belongs to a charged model and version"
     charges = sum(total.cost_micros for total in charged)
     refunds = posted.get("credits.refunded.v1", 0)

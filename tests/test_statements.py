@@ -71,7 +71,10 @@ def test_lines_add_up_to_the_charges_exactly_and_rounding_is_never_negative(
             PricedUsage(model=m, price_version=v, unit=u, rate=r, quantity=q, scaled=s)
             for (m, v, u, r), (q, s) in priced.items()
         ],
-        [ChargedTotal(model=m, price_version=v, requests=n, cost_micros=c) for (m, v), (n, c) in charged.items()],
+        [
+            ChargedTotal(model=m, price_version=v, requests=n, cost_micros=c, priced_micros=c)
+            for (m, v), (n, c) in charged.items()
+        ],
         {"hold.captured.v1": sum(c for _, c in charged.values())},
     )
     expected = sum(price_micros(book.models[m], u) for m, u in batch)
@@ -128,6 +131,14 @@ def test_a_capture_capped_at_its_hold_still_adds_up(tmp_path: Path) -> None:
     charged = full.cost_micros + 1_000
     assert statement.charges_micros == statement.ledger_charges_micros == charged
     assert sum(line.amount_micros for line in statement.lines) == charged
+    # The cap and the round-ups are lines of their own: the cap is exactly what the hold forgave
+    # (not netted against the round-ups, which once showed -73 where 97 micros were forgiven).
     caps = [line for line in statement.lines if line.unit == hold_cap_unit]
-    assert len(caps) == 1 and caps[0].amount_micros < 0
-    assert not [line for line in statement.lines if line.unit == rounding_unit]
+    assert [line.amount_micros for line in caps] == [1_000 - capped.priced_micros]
+    roundings = [line for line in statement.lines if line.unit == rounding_unit]
+    assert len(roundings) == 1 and roundings[0].amount_micros >= 0
+    units = [line for line in statement.lines if line.unit not in (hold_cap_unit, rounding_unit)]
+    assert (
+        sum(line.amount_micros for line in units) + roundings[0].amount_micros
+        == full.priced_micros + capped.priced_micros
+    )

@@ -94,6 +94,7 @@ def charge(
         latency_ms=25,
         **{n: getattr(units, n) for n in _unit_names()},
         cost_micros=price_micros(price, units),
+        priced_micros=price_micros(price, units),
         price_version="2026-11-01",
         variant=units.variant,
         **rates,
@@ -150,7 +151,7 @@ def totals(store: UsageStore, org: str = "org_a") -> tuple[tuple[int, int], ...]
 
 def test_migrations_apply_once_and_survive_reopening(opener: Opener) -> None:
     first = opener.open()
-    assert first.schema_version() == 5
+    assert first.schema_version() == 6
     assert first.migrate() == []  # nothing left to apply
     first.insert([charge("e1", month)], [])
     first.close()
@@ -334,7 +335,12 @@ def test_migrations_3_and_4_keep_rows_written_before_them(opener: Opener) -> Non
         store.command("INSERT INTO schema_migrations VALUES (1, now()), (2, now())")
         rows = [charge(f"old{i}", month + timedelta(hours=5 * i)) for i in range(30)]
         store.insert(rows, [capture_posting(r) for r in rows])
-        assert store.migrate() == [3, 4, 5]  # 4 rebuilds ledger_postings with its rows, 5 rolls them up
+        assert store.migrate() == [
+            3,
+            4,
+            5,
+            6,
+        ]  # 4 rebuilds ledger_postings with its rows, 5 rolls them up, 6 adds priced_micros
         expected = (30, sum(row.cost_micros for row in rows))
         assert totals(store) == (expected,) * 4
         assert store.totals_by_org()["org_a"] == (expected[1], expected[1])

@@ -43,6 +43,9 @@ class UsageRow(msgspec.Struct, frozen=True, kw_only=True):
     video_seconds_rate: int = 0
     characters_rate: int = 0
     calls_rate: int = 0
+    # What the usage listed at (HoldCaptured.priced_micros); above cost_micros when the capture was
+    # capped at its hold.
+    priced_micros: int = 0
 
 
 class PostingRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -101,6 +104,7 @@ class RollupRow(msgspec.Struct, frozen=True, kw_only=True):
     calls: int
     cost_micros: int
     latency_ms_sum: int
+    priced_micros: int = 0
 
 
 class PricedUsage(msgspec.Struct, frozen=True, kw_only=True):
@@ -118,7 +122,8 @@ class ChargedTotal(msgspec.Struct, frozen=True, kw_only=True):
     model: str
     price_version: str
     requests: int
-    cost_micros: int
+    cost_micros: int  # what the ledger charged
+    priced_micros: int  # what the usage listed at: cost_micros plus what caps at the hold forgave
 
 
 Granularity = Literal["hour", "day"]

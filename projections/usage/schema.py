@@ -27,6 +27,7 @@ usage_columns = (
     "price_version",
     "variant",
     *rate_columns,
+    "priced_micros",
 )
 
 # The columns a usage page shows (not the rates, which only statements need).
@@ -37,8 +38,12 @@ final_settings = " SETTINGS do_not_merge_across_partitions_select_final = 1"
 
 posting_columns = ("event_id", "posting", "created_at", "org_id", "kind", "debit", "credit", "amount_micros")
 
-# Rollup measures: what the materialized views sum per (org, hour|day, token, model, endpoint, source, status).
-rollup_measures = ("requests", "errors", *unit_names, "cost_micros", "latency_ms_sum")
+# Rollup measures: what the materialized views sum per (org, hour|day, token, model, endpoint, source,
+# status). Migration 3 created the rollups with the first set; migration 6 added priced_micros (what the
+# usage listed at, before a capture was capped at its hold), so statements show caps on a line of
+# their own. Migrations keep the set they shipped with.
+rollup_measures_v3 = ("requests", "errors", *unit_names, "cost_micros", "latency_ms_sum")
+rollup_measures = (*rollup_measures_v3, "priced_micros")
 
 
 # Rollup dimensions after the bucket. The price version and unit rates are dimensions too (few
@@ -46,9 +51,9 @@ rollup_measures = ("requests", "errors", *unit_names, "cost_micros", "latency_ms
 rollup_keys = ("token_id", "model", "endpoint", "source", "status", "price_version", *rate_columns)
 
 
-def _rollup_table(name: str, bucket: str) -> str:
+def _rollup_table(name: str, bucket: str, measures: tuple[str, ...]) -> str:
     sums = ",\n        ".join(
-        f"{m} {'Int64' if m == 'cost_micros' else 'UInt64'} CODEC(T64, ZSTD(1))" for m in rollup_measures
+        f"{m} {'Int64' if m.endswith('_micros') else 'UInt64'} CODEC(T64, ZSTD(1))" for m in measures
     )
     rates = ",\n        ".join(f"{c} UInt64" for c in rate_columns)
     return f"""
@@ -69,22 +74,23 @@ def _rollup_table(name: str, bucket: str) -> str:
     """
 
 
-def hourly_select(source: str) -> str:
+def hourly_select(source: str, measures: tuple[str, ...] = rollup_measures) -> str:
     sums = ", ".join(f"sum({u}) AS {u}" for u in unit_names)
     keys = ", ".join(rollup_keys)
+    priced = ", sum(priced_micros) AS priced_micros" if "priced_micros" in measures else ""
     return f"""
     SELECT org_id, toStartOfHour(toDateTime(created_at, 'UTC')) AS hour, {keys},
         count() AS requests, countIf(status = 'error') AS errors, {sums},
-        sum(cost_micros) AS cost_micros, sum(latency_ms) AS latency_ms_sum
+        sum(cost_micros) AS cost_micros, sum(latency_ms) AS latency_ms_sum{priced}
     FROM {source}
     GROUP BY org_id, hour, {keys}
     """
 
 
-def _daily_view() -> str:
+def _daily_view(measures: tuple[str, ...]) -> str:
     """Days from the hourly view's output blocks (a cascade), not from the raw rows: the raw rows are
     grouped once, and every event still reaches a day exactly once."""
-    sums = ", ".join(f"sum({m}) AS {m}" for m in rollup_measures)
+    sums = ", ".join(f"sum({m}) AS {m}" for m in measures)
     keys = ", ".join(rollup_keys)
     return f"""
     CREATE MATERIALIZED VIEW IF NOT EXISTS usage_daily_mv TO usage_daily AS
@@ -167,17 +173,17 @@ migrations: tuple[tuple[int, tuple[str, ...]], ...] = (
     (
         3,
         (
-            _rollup_table("usage_hourly", "hour"),
-            _rollup_table("usage_daily", "day"),
+            _rollup_table("usage_hourly", "hour", rollup_measures_v3),
+            _rollup_table("usage_daily", "day", rollup_measures_v3),
             "CREATE MATERIALIZED VIEW IF NOT EXISTS usage_hourly_mv TO usage_hourly AS "
-            + hourly_select("usage_events"),
-            _daily_view(),
+            + hourly_select("usage_events", rollup_measures_v3),
+            _daily_view(rollup_measures_v3),
             # Rollups of rows written before the views existed (a no-op on a new database); the
             # daily view picks these up from the hourly insert. Emptied first, so a re-run after a
             # crash refills them exactly (migrations run before any writer starts).
             "TRUNCATE TABLE usage_hourly",
             "TRUNCATE TABLE usage_daily",
-            "INSERT INTO usage_hourly " + hourly_select("usage_events FINAL"),
+            "INSERT INTO usage_hourly " + hourly_select("usage_events FINAL", rollup_measures_v3),
         ),
     ),
     (
@@ -229,6 +235,25 @@ migrations: tuple[tuple[int, tuple[str, ...]], ...] = (
             + ledger_daily_select("ledger_postings"),
             "TRUNCATE TABLE ledger_daily",
             "INSERT INTO ledger_daily " + ledger_daily_select("ledger_postings FINAL"),
+        ),
+    ),
+    (
+        6,
+        (
+            # What each charge's usage listed at (HoldCaptured.priced_micros): a capture capped at its
+            # hold charged less, and statements show that on a line of its own. Rows and rollups written
+            # before read it as their cost (no cap), which is what they were, as far as anyone recorded.
+            "ALTER TABLE usage_events ADD COLUMN IF NOT EXISTS priced_micros Int64 DEFAULT cost_micros"
+            " CODEC(T64, ZSTD(1))",
+            "ALTER TABLE usage_hourly ADD COLUMN IF NOT EXISTS priced_micros Int64 DEFAULT cost_micros"
+            " CODEC(T64, ZSTD(1))",
+            "ALTER TABLE usage_daily ADD COLUMN IF NOT EXISTS priced_micros Int64 DEFAULT cost_micros"
+            " CODEC(T64, ZSTD(1))",
+            "DROP VIEW IF EXISTS usage_hourly_mv",
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS usage_hourly_mv TO usage_hourly AS "
+            + hourly_select("usage_events", rollup_measures),
+            "DROP VIEW IF EXISTS usage_daily_mv",
+            _daily_view(rollup_measures),
         ),
     ),
 )

@@ -371,17 +371,20 @@ class UsageStore:
         split = split_window(start, end, "day")
         own = "org_id = {org_id:String} AND status = 'success'"
         query = (
-            "SELECT model, price_version, sum(n), sum(c) FROM ("
-            " SELECT model, price_version, count() AS n, sum(cost_micros) AS c FROM usage_events FINAL"
+            "SELECT model, price_version, sum(n), sum(c), sum(p) FROM ("
+            " SELECT model, price_version, count() AS n, sum(cost_micros) AS c, sum(priced_micros) AS p"
+            " FROM usage_events FINAL"
             f" WHERE {own} AND {split.raw_condition(parameters)} GROUP BY model, price_version"
-            " UNION ALL SELECT model, price_version, sum(requests) AS n, sum(cost_micros) AS c FROM usage_daily"
+            " UNION ALL SELECT model, price_version, sum(requests) AS n, sum(cost_micros) AS c,"
+            " sum(priced_micros) AS p FROM usage_daily"
             f" WHERE {own} AND {split.rollup_condition(parameters)} GROUP BY model, price_version"
             ") GROUP BY model, price_version ORDER BY model, price_version" + final_settings
         )
         with self._lock:
             rows = self._client.query(query, parameters=parameters).result_rows
         return [
-            ChargedTotal(model=str(m), price_version=str(v), requests=int(n), cost_micros=int(c)) for m, v, n, c in rows
+            ChargedTotal(model=str(m), price_version=str(v), requests=int(n), cost_micros=int(c), priced_micros=int(p))
+            for m, v, n, c, p in rows
         ]
 
     def posted_totals(self, org_id: str, start: datetime, end: datetime) -> dict[str, int]:

@@ -54,7 +54,9 @@ samples: dict[str, Sample] = {
     "/v1/organizations/{org_id}/refunds": lambda c, v: {
         "json": {"amount": "0.000001", "reason": f"reason {v}", "reference": c.charged_request}
     },
-    "/v1/organizations/{org_id}/adjustments": lambda c, v: {"json": {"amount": "1" if v == "a" else "2", "reason": "r"}},
+    "/v1/organizations/{org_id}/adjustments": lambda c, v: {
+        "json": {"amount": "1" if v == "a" else "2", "reason": "r"}
+    },
     "/v1/organizations/{org_id}/limits": lambda c, v: {
         "json": {"requests": 10_000_000 if v == "a" else 9_000_000, "jobs": 10_000_000, "tokens": 100_000_000}
     },
