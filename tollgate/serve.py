@@ -12,9 +12,9 @@ import os
 import secrets
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from eventlog.settings import Settings
 from gateway.app import create_app
@@ -65,7 +65,7 @@ def run_role(role: str, settings: Settings) -> None:
 
 
 async def serve(
-    core: GatewayCore, settings: Settings, stop: threading.Event, announce: Callable[[], Awaitable[None]]
+    core: GatewayCore, settings: Settings, stop: threading.Event, announce: Callable[[], Coroutine[Any, Any, None]]
 ) -> None:
     from granian.constants import Interfaces
     from granian.server.embed import Server
