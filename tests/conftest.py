@@ -4,7 +4,6 @@ path never skip; if the broker cannot start, they fail and say why."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -12,32 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import free_port_pair
+
 repo = Path(__file__).resolve().parent.parent
 kafka_script = repo / "compose" / "kafka.sh"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def free_port_pair() -> int:
-    """A free port whose successor is free too: compose/kafka.sh puts the controller on port + 1."""
-    for _ in range(50):
-        port = free_port()
-        if port < 65535 and _port_free(port + 1):
-            return port
-    raise RuntimeError("no two adjacent free ports on 127.0.0.1")
 
 
 @pytest.fixture(scope="session")
@@ -80,3 +57,25 @@ def ledger_signing_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
 @pytest.fixture
 def unique() -> str:
     return uuid.uuid4().hex[:10]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The inner loop (``-m "not slow"``) runs property tests with fewer examples (tests.support.examples)."""
+    if config.getoption("markexpr", "") == "not slow":
+        os.environ["TOLLGATE_TEST_QUICK"] = "1"
+
+
+tiers_slow = ("e2e", "kafka")  # real processes (tollgate dev, roles on a broker): not in the inner loop
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests are grouped by tier (unit, contract, http, e2e, kafka), one folder each. Everything that
+    starts real processes is ``slow``; everything on the broker is ``kafka`` (and slow), so
+    ``-m "not slow"`` is the inner loop and the full suite is what CI runs."""
+    tests_dir = Path(__file__).resolve().parent
+    for item in items:
+        tier = Path(str(item.path)).resolve().relative_to(tests_dir).parts[0]
+        if tier == "kafka":
+            item.add_marker(pytest.mark.kafka)
+        if tier in tiers_slow or item.get_closest_marker("kafka") is not None:
+            item.add_marker(pytest.mark.slow)

@@ -18,11 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
 from tests.harness import Gateway
+from tests.support import free_port
 from tollgate.cli import build_parser
-
-pytestmark = pytest.mark.slow
 
 
 def tollgate(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:

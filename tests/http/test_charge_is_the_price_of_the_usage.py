@@ -7,9 +7,7 @@ capped far below the list price."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -59,10 +57,8 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    gateway = Gateway(Path(tmp_path_factory.mktemp("charges")))
-    yield Stack(gateway)
-    gateway.close()
+def stack(gw: Gateway) -> Stack:
+    return Stack(gw)
 
 
 text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=60)

@@ -6,8 +6,7 @@ this test until it has a sample body here, or says in its ``opt`` why it cannot 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -81,13 +80,6 @@ with_key = {
     "/v1/audio/transcriptions",
     "/v1/videos/generations",
 }
-
-
-@pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    gateway = Gateway(Path(tmp_path_factory.mktemp("idempotency-walk")))
-    yield gateway
-    gateway.close()
 
 
 def post_routes(gw: Gateway) -> list[tuple[str, dict[str, Any]]]:

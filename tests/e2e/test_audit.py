@@ -31,8 +31,7 @@ from ledger.pricing import PriceBooks, default_price_book
 from ledger.role import LedgerRole
 from schemas.codec import decode_event, encode
 from schemas.commands import GrantCredits
-from tests.conftest import free_port
-from tests.processes import Admin, Role, wait_for_text, wait_until_serving
+from tests.support import Admin, Role, free_port, wait_for_text, wait_until_serving
 
 admin_token = "tga_audit"
 partition_with_money = 0

@@ -6,21 +6,10 @@ every credential by tests/test_auth_scopes.py.)"""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from tests.harness import Gateway
 
 chat_body = {"model": "sim-chat-small", "messages": [{"role": "user", "content": "Which organization am I?"}]}
-
-
-@pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    gateway = Gateway(Path(tmp_path_factory.mktemp("isolation")), with_usage=True)
-    yield gateway
-    gateway.close()
 
 
 def _wait_for_rows(gw: Gateway, key: str, count: int) -> dict[str, object]:

@@ -3,7 +3,7 @@ arrival order across the two topics."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from itertools import permutations
 
 import msgspec
@@ -12,66 +12,14 @@ import pytest
 from projections.jobs import JobsView
 from schemas.events import (
     Event,
-    HoldCaptured,
     HoldPlaced,
     HoldReleased,
     JobCancelled,
     JobCancelRequested,
-    JobCompleted,
     JobFailed,
-    JobLeased,
-    JobProgressed,
 )
 from schemas.units import Units
-
-now = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
-envelope = {"occurred_at": now, "org_id": "org_a"}
-job = {"job_id": "job_1", "request_id": "req_1"}
-placed = HoldPlaced(
-    event_id="e1",
-    hold_id="req_1",
-    token_id="t",
-    model="m",
-    endpoint="/v1/chat/completions",
-    amount_micros=100,
-    expires_at=now + timedelta(minutes=15),
-    **job,
-    **envelope,
-)
-leased = JobLeased(
-    event_id="e2",
-    hold_id="req_1",
-    worker_id="w",
-    run_id="r",
-    attempt=1,
-    lease_expires_at=now + timedelta(seconds=30),
-    **job,
-    **envelope,
-)
-progressed = JobProgressed(event_id="e3", attempt=1, sequence=1, progress_milli=500, **job, **envelope)
-completed = JobCompleted(
-    event_id="e4",
-    model="m",
-    result=msgspec.Raw(b'{"ok": true}'),
-    units=Units(output_tokens=3),
-    duration_ms=5,
-    **job,
-    **envelope,
-)
-captured = HoldCaptured(
-    event_id="e5",
-    hold_id="req_1",
-    token_id="t",
-    model="m",
-    endpoint="/v1/chat/completions",
-    amount_micros=40,
-    released_micros=60,
-    priced_micros=40,
-    price_version="v",
-    units=Units(output_tokens=3),
-    **job,
-    **envelope,
-)
+from tests.support import captured, completed, envelope, job, leased, now, placed, progressed
 
 
 def released(reason: str) -> HoldReleased:

@@ -16,8 +16,8 @@ from gateway.requests import chat_input_tokens_bound
 from ledger.pricing import default_price_book, price_micros
 from schemas.api import ChatMessage
 from schemas.units import Units
-from tests.processes import usage
-from tests.test_kafka_e2e import Stack, ledger_totals
+from tests.kafka.test_kafka_e2e import Stack, ledger_totals
+from tests.support import usage
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 requests_total = 40

@@ -20,8 +20,7 @@ import pytest
 
 from ledger.pricing import default_price_book, price_micros
 from schemas.units import Units
-from tests.conftest import free_port
-from tests.processes import Admin, Role, usage, wait_for_text, wait_until_serving
+from tests.support import Admin, Role, free_port, usage, wait_for_text, wait_until_serving
 from workers import media
 
 admin_token = "tga_jobs_e2e"

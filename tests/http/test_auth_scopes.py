@@ -5,25 +5,13 @@ route without a declared scope fails) without editing this file."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from gateway.auth import route_rates, route_scopes
 from schemas.api import all_scopes
 from tests.harness import Gateway
 
 Credential = tuple[str, str, frozenset[str]]  # (name, org "A"/"B"/"", scopes)
-
-
-@pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    # With a usage store, so the usage and ledger routes run their handlers instead of answering 503.
-    gateway = Gateway(Path(tmp_path_factory.mktemp("scopes")), with_usage=True)
-    yield gateway
-    gateway.close()
 
 
 def routes(gw: Gateway) -> list[tuple[str, str, dict[str, Any]]]:

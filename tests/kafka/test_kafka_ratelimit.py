@@ -22,8 +22,7 @@ from eventlog import topics
 from eventlog.kafka import KafkaLog
 from schemas.codec import decode_event
 from schemas.events import RequestAdmitted, RequestThrottled
-from tests.conftest import free_port
-from tests.processes import Admin, Role, wait_until_serving
+from tests.support import Admin, Role, free_port, wait_until_serving
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 admin_token = "tga_kafka_limits"

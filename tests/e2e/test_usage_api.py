@@ -34,8 +34,7 @@ from projections.usage import UsageStore
 from schemas.codec import decode_event
 from schemas.events import CreditsRefunded, HoldCaptured, HoldRejected
 from tests.harness import Gateway
-from tests.test_dev_e2e import Dev
-from tests.test_usage_store_contract import charge, refusal
+from tests.support import Dev, charge, refusal
 
 _now = datetime.now(UTC)
 # A statement period around the test run (statements cover at most a year).

@@ -3,7 +3,6 @@ events, and the 429 a client sees (OpenAI envelope, Retry-After, x-ratelimit-* h
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -193,13 +192,6 @@ def test_ip_net() -> None:
 
 
 # --- what a client sees ---
-
-
-@pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    gateway = Gateway(Path(tmp_path_factory.mktemp("limits")))
-    yield gateway
-    gateway.close()
 
 
 def test_429_in_the_openai_envelope_with_headers(gw: Gateway) -> None:

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import base64
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -19,16 +17,8 @@ from eventlog import topics
 from gateway.routes.credits import amount_micros_max
 from projections.jobs import JobState, JobsView
 from tests.harness import Gateway
-from tests.test_jobs_view import captured, completed, now, placed
-from tests.test_usage_store_contract import charge
+from tests.support import captured, charge, completed, now, placed
 from workers.media import wav_audio
-
-
-@pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    gateway_ = Gateway(Path(tmp_path_factory.mktemp("bad-input")), with_usage=True)
-    yield gateway_
-    gateway_.close()
 
 
 @pytest.fixture(scope="module")

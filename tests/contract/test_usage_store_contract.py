@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from ledger.pricing import default_price_book, price_micros, unit_rates
 from projections.statements import load_statement
-from projections.usage import PostingRow, UsageFilter, UsageRow, UsageStore, parse_usage_cursor, usage_cursor
+from projections.usage import PostingRow, UsageFilter, UsageStore, parse_usage_cursor, usage_cursor
 from schemas.units import Units
+from tests.support import capture_posting, charge, examples, refusal
 
 server_url = os.environ.get("TOLLGATE_CLICKHOUSE_URL", "")
 modes = ["embedded", *(["server"] if server_url else [])]
@@ -63,79 +63,6 @@ def store(opener: Opener) -> Iterator[UsageStore]:
     opened = opener.open()
     yield opened
     opened.close()
-
-
-def charge(
-    event_id: str,
-    created_at: datetime,
-    org_id: str = "org_a",
-    model: str = "sim-chat-small",
-    token_id: str = "tok_1",
-    source: str = "api",
-    units: Units | None = None,
-) -> UsageRow:
-    """A usage row priced exactly as the ledger prices it, with the rates the projector records."""
-    units = units or Units(input_tokens=1000, output_tokens=200)
-    price = default_price_book().models[model]
-    rates = dict(zip([f"{n}_rate" for n in _unit_names()], unit_rates(price, units), strict=True))
-    return UsageRow(
-        event_id=event_id,
-        created_at=created_at,
-        org_id=org_id,
-        token_id=token_id,
-        model=model,
-        endpoint="/v1/chat/completions",
-        source=source,
-        status="success",
-        status_code=200,
-        error="",
-        request_id=f"req_{event_id}",
-        job_id=f"job_{event_id}",
-        latency_ms=25,
-        **{n: getattr(units, n) for n in _unit_names()},
-        cost_micros=price_micros(price, units),
-        priced_micros=price_micros(price, units),
-        price_version="2026-11-01",
-        variant=units.variant,
-        **rates,
-    )
-
-
-def refusal(event_id: str, created_at: datetime, org_id: str = "org_a") -> UsageRow:
-    return UsageRow(
-        event_id=event_id,
-        created_at=created_at,
-        org_id=org_id,
-        token_id="tok_1",
-        model="sim-chat-large",
-        endpoint="/v1/chat/completions",
-        source="api",
-        status="error",
-        status_code=402,
-        error="insufficient_credits",
-        request_id=f"req_{event_id}",
-        job_id="",
-        latency_ms=0,
-    )
-
-
-def capture_posting(row: UsageRow) -> PostingRow:
-    return PostingRow(
-        event_id=row.event_id,
-        posting=0,
-        created_at=row.created_at,
-        org_id=row.org_id,
-        kind="hold.captured.v1",
-        debit=f"{row.org_id}/held",
-        credit="revenue",
-        amount_micros=row.cost_micros,
-    )
-
-
-def _unit_names() -> tuple[str, ...]:
-    from ledger.pricing import unit_names
-
-    return unit_names
 
 
 def totals(store: UsageStore, org: str = "org_a") -> tuple[tuple[int, int], ...]:
@@ -362,7 +289,7 @@ def test_windows_read_whole_buckets_from_rollups_and_the_ends_raw_exactly(store:
     ]
     store.insert(rows, [capture_posting(r) for r in rows if r.status == "success"])
     edges = [None, month, month + timedelta(days=1), month + timedelta(hours=30)]
-    for _ in range(25):
+    for _ in range(examples(25)):
         edges.append(month + timedelta(milliseconds=rng.randrange(0, 7 * 24 * 3600 * 1000)))
     for start in edges:
         for end in rng.sample(edges, 6):

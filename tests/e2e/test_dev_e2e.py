@@ -12,29 +12,9 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import free_port
-from tests.processes import Admin, Role, usage, wait_for_text, wait_until_serving
+from tests.support import Dev, usage
 
 admin_token = "tga_test_admin"
-
-
-class Dev:
-    def __init__(self, data_dir: Path, log_dir: Path) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.role = Role(
-            "dev",
-            ["dev", "--port", str(self.port), "--data-dir", str(data_dir)],
-            {"TOLLGATE_ADMIN_TOKEN": admin_token, "TOLLGATE_KAFKA_BOOTSTRAP": ""},
-            log_dir,
-        )
-        wait_until_serving(self.base_url, self.role)
-        wait_for_text(self.role, "demo API key")
-        self.demo = json.loads((data_dir / "demo.json").read_text())
-        self.admin = Admin(self.base_url, admin_token)
-
-    def client(self, key: str) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.base_url}/v1", api_key=key, max_retries=0)
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,7 @@ import pytest
 
 from ledger.pricing import default_price_book, price_micros
 from schemas.units import Units
-from tests.conftest import free_port
-from tests.processes import Admin, Role, usage, wait_until_serving
+from tests.support import Admin, Role, free_port, usage, wait_until_serving
 from workers.backends import BackendError, JobContext, UpstreamChatBackend
 
 reported_usage = {

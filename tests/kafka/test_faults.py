@@ -46,8 +46,7 @@ from schemas.events import (
 )
 from schemas.ids import job_output_id as outcome_id
 from schemas.units import Units
-from tests.conftest import free_port
-from tests.processes import Admin, Role, wait_until_serving
+from tests.support import Admin, Role, free_port, wait_until_serving
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 admin_token = "tga_faults"

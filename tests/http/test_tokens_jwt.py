@@ -4,22 +4,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import jwt
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from eventlog import topics
 from tests.harness import Gateway, Signer, audience, issuer, write_jwks
-
-
-@pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    gateway = Gateway(Path(tmp_path_factory.mktemp("tokens")))
-    yield gateway
-    gateway.close()
 
 
 def _models(gw: Gateway, key: str) -> int:

@@ -59,6 +59,7 @@ from schemas.events import (
     JobQueued,
 )
 from schemas.units import Units
+from tests.support import examples
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 ORG = "org_prop"
@@ -493,7 +494,7 @@ class Run:
             assert all(g.remaining == 0 for g in ref.grants.values()), "debt only once every grant is spent"
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(400), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(programs)
 def test_wallet_matches_the_reference_model_and_the_book(ops: list[Op]) -> None:
     run = Run()
@@ -511,7 +512,7 @@ def test_wallet_matches_the_reference_model_and_the_book(ops: list[Op]) -> None:
     assert run.wallet.held_micros == 0
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(programs)
 def test_deciding_an_exact_retry_changes_nothing(ops: list[Op]) -> None:
     """Every command decided again right after is a duplicate ([]), the same refusal, or a rejection."""
@@ -565,7 +566,7 @@ role_programs = st.builds(
 )
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(role_programs)
 def test_ledger_role_keeps_the_book_balanced(steps: list[tuple[str, Op]]) -> None:
     clock = FakeClock()

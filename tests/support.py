@@ -1,0 +1,281 @@
+"""What the tests (and the benchmarks) share: free ports, Tollgate roles as real processes, the admin
+API over HTTP, a `tollgate dev` process, and builders of usage rows and job events."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import openai
+
+from ledger.pricing import default_price_book, price_micros, unit_names, unit_rates
+from projections.usage import PostingRow, UsageRow
+from schemas.events import HoldCaptured, HoldPlaced, JobCompleted, JobLeased, JobProgressed
+from schemas.units import Units
+
+tollgate = [sys.executable, "-m", "tollgate"]
+
+
+def examples(full: int) -> int:
+    """Hypothesis examples for a property test: ``full`` in the whole suite, a tenth (at least 10) in
+    the inner loop (``-m "not slow"``, which sets TOLLGATE_TEST_QUICK; see tests/conftest.py)."""
+    return max(full // 10, 10) if os.environ.get("TOLLGATE_TEST_QUICK") == "1" else full
+
+
+dev_admin_token = "tga_test_admin"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port_pair() -> int:
+    """A free port whose successor is free too: compose/kafka.sh puts the controller on port + 1."""
+    for _ in range(50):
+        port = free_port()
+        if port < 65535 and _port_free(port + 1):
+            return port
+    raise RuntimeError("no two adjacent free ports on 127.0.0.1")
+
+
+class Role:
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [*tollgate, *args], env={**os.environ, **env}, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout_s: float = 20) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        self._log.close()
+
+
+def wait_until_serving(base_url: str, role: Role, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if role.process.poll() is not None:
+            raise RuntimeError(f"{role.name} exited with {role.process.returncode}:\n{role.output()[-4000:]}")
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{role.name} did not serve within {timeout_s}s:\n{role.output()[-4000:]}")
+
+
+def wait_for_text(role: Role, text: str, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if text in role.output():
+            return
+        if role.process.poll() is not None:
+            raise RuntimeError(f"{role.name} exited with {role.process.returncode}:\n{role.output()[-4000:]}")
+        time.sleep(0.2)
+    raise RuntimeError(f"{role.name} never printed {text!r}:\n{role.output()[-4000:]}")
+
+
+class Admin:
+    """The admin API through plain HTTP."""
+
+    def __init__(self, base_url: str, admin_token: str) -> None:
+        self.client = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {admin_token}"}, timeout=60)
+
+    def organization(self, name: str = "acme", plan: str = "pro") -> str:
+        response = self.client.post("/v1/organizations", json={"name": name, "plan": plan})
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+    def grant(self, org_id: str, amount: str | int) -> dict[str, Any]:
+        response = self.client.post(f"/v1/organizations/{org_id}/credits", json={"amount": amount, "kind": "paid"})
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    def token(self, org_id: str, scopes: list[str] | None = None) -> str:
+        body = {"name": "test", "scopes": scopes or ["user:read", "user:write"]}
+        response = self.client.post(f"/v1/organizations/{org_id}/tokens", json=body)
+        assert response.status_code == 201, response.text
+        return str(response.json()["secret"])
+
+
+def usage(base_url: str, key: str, **params: Any) -> dict[str, Any]:
+    response = httpx.get(f"{base_url}/v1/account/usage", params=params, headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 200, response.text
+    return dict(json.loads(response.text, parse_float=Decimal))
+
+
+class Dev:
+    def __init__(self, data_dir: Path, log_dir: Path) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.role = Role(
+            "dev",
+            ["dev", "--port", str(self.port), "--data-dir", str(data_dir)],
+            {"TOLLGATE_ADMIN_TOKEN": dev_admin_token, "TOLLGATE_KAFKA_BOOTSTRAP": ""},
+            log_dir,
+        )
+        wait_until_serving(self.base_url, self.role)
+        wait_for_text(self.role, "demo API key")
+        self.demo = json.loads((data_dir / "demo.json").read_text())
+        self.admin = Admin(self.base_url, dev_admin_token)
+
+    def client(self, key: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.base_url}/v1", api_key=key, max_retries=0)
+
+
+# --- builders ---
+
+
+def charge(
+    event_id: str,
+    created_at: datetime,
+    org_id: str = "org_a",
+    model: str = "sim-chat-small",
+    token_id: str = "tok_1",
+    source: str = "api",
+    units: Units | None = None,
+) -> UsageRow:
+    """A usage row priced exactly as the ledger prices it, with the rates the projector records."""
+    units = units or Units(input_tokens=1000, output_tokens=200)
+    price = default_price_book().models[model]
+    rates = dict(zip([f"{n}_rate" for n in unit_names], unit_rates(price, units), strict=True))
+    return UsageRow(
+        event_id=event_id,
+        created_at=created_at,
+        org_id=org_id,
+        token_id=token_id,
+        model=model,
+        endpoint="/v1/chat/completions",
+        source=source,
+        status="success",
+        status_code=200,
+        error="",
+        request_id=f"req_{event_id}",
+        job_id=f"job_{event_id}",
+        latency_ms=25,
+        **{n: getattr(units, n) for n in unit_names},
+        cost_micros=price_micros(price, units),
+        priced_micros=price_micros(price, units),
+        price_version="2026-11-01",
+        variant=units.variant,
+        **rates,
+    )
+
+
+def refusal(event_id: str, created_at: datetime, org_id: str = "org_a") -> UsageRow:
+    return UsageRow(
+        event_id=event_id,
+        created_at=created_at,
+        org_id=org_id,
+        token_id="tok_1",
+        model="sim-chat-large",
+        endpoint="/v1/chat/completions",
+        source="api",
+        status="error",
+        status_code=402,
+        error="insufficient_credits",
+        request_id=f"req_{event_id}",
+        job_id="",
+        latency_ms=0,
+    )
+
+
+def capture_posting(row: UsageRow) -> PostingRow:
+    return PostingRow(
+        event_id=row.event_id,
+        posting=0,
+        created_at=row.created_at,
+        org_id=row.org_id,
+        kind="hold.captured.v1",
+        debit=f"{row.org_id}/held",
+        credit="revenue",
+        amount_micros=row.cost_micros,
+    )
+
+
+now = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+envelope = {"occurred_at": now, "org_id": "org_a"}
+job = {"job_id": "job_1", "request_id": "req_1"}
+placed = HoldPlaced(
+    event_id="e1",
+    hold_id="req_1",
+    token_id="t",
+    model="m",
+    endpoint="/v1/chat/completions",
+    amount_micros=100,
+    expires_at=now + timedelta(minutes=15),
+    **job,
+    **envelope,
+)
+leased = JobLeased(
+    event_id="e2",
+    hold_id="req_1",
+    worker_id="w",
+    run_id="r",
+    attempt=1,
+    lease_expires_at=now + timedelta(seconds=30),
+    **job,
+    **envelope,
+)
+progressed = JobProgressed(event_id="e3", attempt=1, sequence=1, progress_milli=500, **job, **envelope)
+completed = JobCompleted(
+    event_id="e4",
+    model="m",
+    result=msgspec.Raw(b'{"ok": true}'),
+    units=Units(output_tokens=3),
+    duration_ms=5,
+    **job,
+    **envelope,
+)
+captured = HoldCaptured(
+    event_id="e5",
+    hold_id="req_1",
+    token_id="t",
+    model="m",
+    endpoint="/v1/chat/completions",
+    amount_micros=40,
+    released_micros=60,
+    priced_micros=40,
+    price_version="v",
+    units=Units(output_tokens=3),
+    **job,
+    **envelope,
+)
