@@ -33,9 +33,8 @@ sys.path.insert(0, str(repo))
 from bench.e2e import Connection, percentile
 from gateway.auth import _verify_service_token, verify_service_token
 from gateway.ratelimit import record
-from tests.conftest import free_port
 from tests.harness import Gateway, Signer, audience, issuer, write_jwks
-from tests.processes import Admin, Role, wait_until_serving
+from tests.support import Admin, Role, free_port, wait_until_serving
 
 admin_token = "tga_bench_auth"
 lots = {"requests": 100_000_000, "jobs": 100_000_000, "tokens": 100_000_000}

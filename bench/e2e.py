@@ -30,8 +30,7 @@ from typing import Any
 repo = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(repo))
 
-from tests.conftest import free_port, free_port_pair
-from tests.processes import Admin, Role, wait_until_serving
+from tests.support import Admin, Role, free_port, free_port_pair, wait_until_serving
 
 admin_token = "tga_bench"
 

@@ -28,7 +28,7 @@ repo = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(repo))
 
 from bench.e2e import Connection, admin_token, kafka_broker, lift_limits, percentile, start_stack
-from tests.processes import Admin, Role
+from tests.support import Admin, Role
 
 poll_interval_s = 0.005
 settle_wait_s_max = 300.0

@@ -24,7 +24,7 @@ sys.path.insert(0, str(repo))
 
 from eventlog import Outgoing
 from eventlog.kafka import KafkaLog
-from tests.conftest import free_port_pair
+from tests.support import free_port_pair
 
 
 def summary(values_ms: list[float]) -> dict[str, float]:

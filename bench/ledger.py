@@ -656,7 +656,7 @@ def print_phase(phase: str, result: dict[str, Any]) -> None:
 
 def start_broker(root: Path) -> tuple[str, dict[str, str]]:
     sys.path.insert(0, str(repo))
-    from tests.conftest import free_port_pair
+    from tests.support import free_port_pair
 
     port = free_port_pair()
     env = {**os.environ, "TOLLGATE_KAFKA_PORT": str(port), "TOLLGATE_KAFKA_DATA": str(root / "kafka")}

@@ -47,8 +47,7 @@ from ledger.pricing import default_price_book, unit_rates
 from projections.statements import load_statement
 from projections.usage import UsageFilter, UsageRow, UsageStore, rate_columns
 from schemas.units import Units
-from tests.conftest import free_port
-from tests.processes import Admin, Role, wait_for_text, wait_until_serving
+from tests.support import Admin, Role, free_port, wait_for_text, wait_until_serving
 
 admin_token = "tga_bench"
 month = datetime(2026, 11, 1, tzinfo=UTC)
