@@ -34,11 +34,22 @@ class LogError(RuntimeError):
     """The log could not do what was asked; the message says what to check."""
 
 
+Acknowledged = Callable[[BaseException | None], None]
+
+
 class Producer(abc.ABC):
-    """Idempotent, non-transactional appends (the gateway's requests and commands)."""
+    """Idempotent, non-transactional appends: the gateway's requests, commands and jobs, the workers'
+    outcomes. Safe to call from several threads. A record appended twice (a retry after a crash)
+    carries the same event id, and its readers drop the copy."""
 
     @abc.abstractmethod
-    def send(self, records: Sequence[Outgoing]) -> None: ...
+    def send(self, records: Sequence[Outgoing]) -> None:
+        """Append without waiting (Kafka batches and retries in the background)."""
+
+    @abc.abstractmethod
+    def send_acknowledged(self, records: Sequence[Outgoing], on_done: Acknowledged) -> None:
+        """Append, and call ``on_done(None)`` once every record is durable (``on_done(error)`` if one
+        could not be written). ``on_done`` may run on another thread."""
 
     @abc.abstractmethod
     def flush(self, timeout_s: float) -> None: ...
@@ -52,8 +63,9 @@ class Consumer(abc.ABC):
     def poll(self, max_records: int, timeout_ms: int) -> list[Record]: ...
 
     @abc.abstractmethod
-    def commit(self) -> None:
-        """Commit the positions after every record polled so far (group consumers only)."""
+    def commit(self, positions: Mapping[tuple[str, int], int] | None = None) -> None:
+        """Commit the positions after every record polled so far, or exactly ``positions``
+        ((topic, partition) -> the next offset to read). Group consumers only."""
 
     @abc.abstractmethod
     def caught_up(self) -> bool:
@@ -113,9 +125,11 @@ class EventLog(abc.ABC):
         from_beginning: bool = True,
         partitions: Sequence[int] | None = None,
         start_ms: int | None = None,
+        on_assigned: AssignmentListener | None = None,
     ) -> Consumer:
         """A group consumer when ``group`` is set, else one assigned ``partitions`` (default: all).
-        ``start_ms`` (assigned consumers only): start at the first record stamped at or after it."""
+        ``start_ms`` (assigned consumers only): start at the first record stamped at or after it.
+        ``on_assigned`` (group consumers only) is told the partitions this member owns."""
 
     @abc.abstractmethod
     def processor(

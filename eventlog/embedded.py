@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from eventlog import (
+    Acknowledged,
     AssignmentListener,
     Consumer,
     EventLog,
@@ -174,12 +175,15 @@ class EmbeddedLog(EventLog):
         from_beginning: bool = True,
         partitions: Sequence[int] | None = None,
         start_ms: int | None = None,
+        on_assigned: AssignmentListener | None = None,
     ) -> Consumer:
         tps = [
             (topic, p) for topic in topics for p in (partitions if partitions is not None else range(self.partitions))
         ]
         if group is not None:
             positions = self.committed(group, tps)
+            if on_assigned is not None:
+                on_assigned(set(partitions if partitions is not None else range(self.partitions)))
         elif start_ms is not None:
             positions = {tp: self.offset_for_time(tp, start_ms) for tp in tps}
         elif from_beginning:
@@ -212,6 +216,14 @@ class _EmbeddedProducer(Producer):
     def send(self, records: Sequence[Outgoing]) -> None:
         self._log.append(records)
 
+    def send_acknowledged(self, records: Sequence[Outgoing], on_done: Acknowledged) -> None:
+        try:
+            self._log.append(records)
+        except Exception as error:
+            on_done(error)
+            return
+        on_done(None)
+
     def flush(self, timeout_s: float) -> None:
         """Appends are synchronous."""
 
@@ -233,10 +245,11 @@ class _EmbeddedConsumer(Consumer):
             self.positions[(record.topic, record.partition)] = record.offset + 1
         return records
 
-    def commit(self) -> None:
+    def commit(self, positions: Mapping[TopicPartition, int] | None = None) -> None:
         assert self._group is not None, "only a group consumer commits"
-        self._log.append([], self._group, dict(self.positions))
-        self.committed_positions = dict(self.positions)
+        committing = dict(self.positions) if positions is None else dict(positions)
+        self._log.append([], self._group, committing)
+        self.committed_positions.update(committing)
 
     def caught_up(self) -> bool:
         return all(self._log.end_offset(tp) <= position for tp, position in self.positions.items())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,7 +22,17 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
-from eventlog import AssignmentListener, Consumer, EventLog, LogError, Outgoing, Processor, Producer, Record
+from eventlog import (
+    Acknowledged,
+    AssignmentListener,
+    Consumer,
+    EventLog,
+    LogError,
+    Outgoing,
+    Processor,
+    Producer,
+    Record,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -101,11 +112,15 @@ class KafkaLog(EventLog):
         from_beginning: bool = True,
         partitions: Sequence[int] | None = None,
         start_ms: int | None = None,
+        on_assigned: AssignmentListener | None = None,
     ) -> Consumer:
         consumer = KafkaConsumer(**self._consumer_config(client_id, group, from_beginning))
         if group is not None:
             _await_metadata(consumer, topics)
-            consumer.subscribe(list(topics))
+            if on_assigned is not None:
+                consumer.subscribe(list(topics), listener=_Listener(on_assigned))
+            else:
+                consumer.subscribe(list(topics))
         else:
             consumer.assign(
                 [
@@ -189,6 +204,28 @@ class _KafkaProducer(Producer):
         for topic, key, value in records:
             self._producer.send(topic, value=value, key=key.encode())
 
+    def send_acknowledged(self, records: Sequence[Outgoing], on_done: Acknowledged) -> None:
+        if not records:
+            on_done(None)
+            return
+        waiting = [len(records)]
+        lock = threading.Lock()
+        failed: list[BaseException] = []
+
+        def settle(error: BaseException | None) -> None:
+            with lock:
+                if error is not None and not failed:
+                    failed.append(error)
+                waiting[0] -= 1
+                last = waiting[0] == 0
+            if last:
+                on_done(failed[0] if failed else None)
+
+        for topic, key, value in records:
+            future = self._producer.send(topic, value=value, key=key.encode())
+            future.add_callback(lambda _: settle(None))
+            future.add_errback(settle)
+
     def flush(self, timeout_s: float) -> None:
         self._producer.flush(timeout=timeout_s)
 
@@ -204,8 +241,18 @@ class _KafkaConsumer(Consumer):
         assert max_records > 0, "every read takes a limit"
         return _records(self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records))
 
-    def commit(self) -> None:
-        self._consumer.commit()
+    def commit(self, positions: Mapping[tuple[str, int], int] | None = None) -> None:
+        if positions is None:
+            self._consumer.commit()
+            return
+        assigned = self._consumer.assignment()
+        offsets = {
+            TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
+            for (topic, partition), offset in positions.items()
+            if TopicPartition(topic, partition) in assigned  # a revoked partition is another member's now
+        }
+        if offsets:
+            self._consumer.commit(offsets)
 
     def caught_up(self) -> bool:
         assigned = self._consumer.assignment()

@@ -39,6 +39,11 @@ class Settings:
     # need jobs that take a while; 0 makes text jobs instant).
     sim_token_ms: int = field(default_factory=lambda: int(_env("TOLLGATE_SIM_TOKEN_MS", "0")))
     sim_video_second_ms: int = field(default_factory=lambda: int(_env("TOLLGATE_SIM_VIDEO_SECOND_MS", "50")))
+    # Jobs one worker (per pool) runs at once. They wait on a model (an upstream server, simulated GPU
+    # time) as tasks, not threads, so this is sized to the upstream's capacity, not the worker's cores.
+    worker_jobs_in_flight_max: int = field(
+        default_factory=lambda: int(_env("TOLLGATE_WORKER_JOBS_IN_FLIGHT_MAX", "256"))
+    )
     # A running job's lease: the worker renews it every third of this; a job whose lease runs out is
     # redelivered to another run (or dead-lettered after its attempts).
     job_lease_s: int = field(default_factory=lambda: int(_env("TOLLGATE_JOB_LEASE_S", "30")))
@@ -57,6 +62,14 @@ class Settings:
     # An OpenAI-compatible server the worker forwards to instead of simulating (vLLM, SGLang...).
     upstream_url: str = field(default_factory=lambda: _env("TOLLGATE_UPSTREAM_URL", ""))
     upstream_api_key: str = field(default_factory=lambda: _env("TOLLGATE_UPSTREAM_API_KEY", ""))
+    # Quota leases: the life of a slice of a balance the ledger grants a gateway instance, which
+    # places holds against it in memory (gateway/quota.py); 0 sends every request through the ledger.
+    quota_slice_ttl_s: int = field(default_factory=lambda: int(_env("TOLLGATE_QUOTA_SLICE_TTL_S", "30")))
+    # The least and the most a slice asks for (its size follows the organization's recent spend).
+    quota_slice_micros_min: int = field(default_factory=lambda: int(_env("TOLLGATE_QUOTA_SLICE_MICROS_MIN", "100000")))
+    quota_slice_micros_max: int = field(
+        default_factory=lambda: int(_env("TOLLGATE_QUOTA_SLICE_MICROS_MAX", "1000000000"))
+    )
     # An unresolved hold expires after this; longer than any sync request may take.
     hold_ttl_s: int = field(default_factory=lambda: int(_env("TOLLGATE_HOLD_TTL_S", "900")))
     # How long a sync request waits for its job before answering 504 (the hold then resolves alone).

@@ -14,15 +14,19 @@ def balance_card(core: GatewayCore, org_id: str) -> dict[str, Any]:
     """The balance, split into available, held and by grant (burn order first)."""
     wallet = core.balances.get(org_id)
     grants = sorted(wallet.grants.values(), key=Grant.burn_key)
+    # Charges this instance answered with and the ledger has not recorded yet (gateway/pending.py).
+    charged, released = core.pending.of(org_id)
+    balance = wallet.balance_micros - charged
+    held = wallet.held_micros - released
     return {
-        "amount": micros_to_decimal(wallet.balance_micros),
-        "amount_micros": wallet.balance_micros,
-        "available": micros_to_decimal(wallet.available_micros),
-        "available_micros": wallet.available_micros,
-        "held": micros_to_decimal(wallet.held_micros),
-        "held_micros": wallet.held_micros,
+        "amount": micros_to_decimal(balance),
+        "amount_micros": balance,
+        "available": micros_to_decimal(balance - held),
+        "available_micros": balance - held,
+        "held": micros_to_decimal(held),
+        "held_micros": held,
         "credit_limit_micros": wallet.credit_limit_micros,
-        "spendable_micros": wallet.spendable_micros,
+        "spendable_micros": balance - held + wallet.credit_limit_micros,
         "currency": "USD",
         "grants": [
             {

@@ -25,6 +25,7 @@ from eventlog.read import Follower
 from eventlog.settings import Settings
 from gateway.jwks import JwksKeys
 from gateway.metering import Metering
+from gateway.pending import PendingCharges
 from gateway.ratelimit import RateLimiter
 from gateway.waiters import Seen, Waiters, keys_of
 from ledger.pricing import PriceBook, PriceBooks
@@ -75,6 +76,7 @@ class GatewayCore:
         self.admin_token = admin_token
         self.tenants = TenantsView()
         self.balances = BalancesView()
+        self.pending = PendingCharges(self.balances)
         self.idempotency = IdempotencyView()
         self.waiters = Waiters()
         self.jobs = JobsView(timedelta(seconds=settings.job_retention_s))
@@ -118,7 +120,7 @@ class GatewayCore:
         and shows balances from the same facts."""
         self.jobs.apply(event)
         self.tenants.apply(event)
-        self.balances.apply(event)
+        self.pending.apply(event)  # the balances view, and the answered charges it now holds
         self.idempotency.apply(event)
         self.limiter.apply(event)  # tokens of charges, for tokens-per-minute
         if isinstance(event, PriceBookPublished):

@@ -1,27 +1,75 @@
 """What a finished (or refused) metered request answers: the body of each endpoint with its exact
-charge in ``usage``, the charge headers, and the error a refusal or a failure becomes."""
+charge in ``usage``, the charge headers, and the error a refusal or a failure becomes.
+
+A request is answered when its worker's outcome arrives, before the ledger has recorded the capture:
+the charge is already determined (the usage the worker measured, priced by the hold's price book
+version, capped by the hold), and ``charge_of`` computes it exactly as the ledger's ``decide`` will.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
 
 from gateway.errors import ApiError
+from gateway.metering import MeteredRequest
 from gateway.requests import CHAT, COMPLETIONS, EMBEDDINGS, IMAGES, SPEECH, TRANSCRIPTIONS
 from ledger.money import format_credits, micros_to_decimal
+from ledger.pricing import price_micros
 from schemas.events import (
     CommandRejected,
     Event,
-    HoldCaptured,
     HoldRejected,
     HoldReleased,
     JobCancelled,
+    JobCompleted,
     JobDeadLettered,
     JobFailed,
 )
 from schemas.units import Units
 
 
-def usage_cost(captured: HoldCaptured) -> dict[str, Any]:
+class Charged(Protocol):
+    """A charge as an answer shows it: the ledger's ``HoldCaptured``, or the ``Charge`` it will record."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def units(self) -> Units: ...
+    @property
+    def amount_micros(self) -> int: ...
+    @property
+    def price_version(self) -> str: ...
+    @property
+    def occurred_at(self) -> datetime: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    model: str
+    units: Units
+    amount_micros: int
+    priced_micros: int
+    price_version: str
+    occurred_at: datetime
+
+
+def charge_of(metered: MeteredRequest, units: Units, occurred_at: datetime) -> Charge:
+    """What the ledger will capture for ``units``: priced by the hold's version, at most the hold
+    (``ledger.wallet._decide_capture``, the same pure function of the same inputs)."""
+    priced = price_micros(metered.price, units)
+    return Charge(
+        model=metered.model,
+        units=units,
+        amount_micros=min(priced, metered.hold_micros),
+        priced_micros=priced,
+        price_version=metered.price_version,
+        occurred_at=occurred_at,
+    )
+
+
+def usage_cost(captured: Charged) -> dict[str, Any]:
     return {
         "cost_usd": micros_to_decimal(captured.amount_micros),
         "cost_micros": captured.amount_micros,
@@ -39,7 +87,7 @@ def token_usage(units: Units) -> dict[str, Any]:
     }
 
 
-def shape_result(endpoint: str, request_id: str, result: dict[str, Any], captured: HoldCaptured) -> dict[str, Any]:
+def shape_result(endpoint: str, request_id: str, result: dict[str, Any], captured: Charged) -> dict[str, Any]:
     """The response body of a finished job, as the synchronous endpoint answers it (and as
     ``GET /v1/jobs/{id}`` shows it in ``result``)."""
     units = captured.units
@@ -64,7 +112,7 @@ def shape_result(endpoint: str, request_id: str, result: dict[str, Any], capture
     return {**result, "created": created, "usage": {"seconds": units.video_seconds, **usage_cost(captured)}}
 
 
-def charge_headers(captured: HoldCaptured) -> dict[str, str]:
+def charge_headers(captured: Charged) -> dict[str, str]:
     return {"x-credits-used": format_credits(captured.amount_micros), "x-model-used": captured.model}
 
 
@@ -81,7 +129,7 @@ def refusal(seen: dict[type, Event], model: str) -> ApiError | None:
             f"and {format_credits(max(rejected.available_micros, 0))} are available. Add credits, or ask for less.",
             code="insufficient_credits",
         )
-    if HoldCaptured in seen and JobCancelled not in seen:
+    if JobCompleted in seen:
         return None
     ran = {"x-model-used": model}
     if JobCancelled in seen:

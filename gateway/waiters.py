@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from schemas.events import (
     CommandRejected,
     Event,
-    HoldCaptured,
     HoldPlaced,
     HoldRejected,
     HoldReleased,
@@ -146,13 +145,14 @@ def keys_of(event: Event) -> set[str]:
 
 
 def request_finished(seen: Seen) -> bool:
-    """A metered request is answered once its charge (or its refusal) is on the ledger."""
+    """A metered request is answered once its worker's outcome (or its refusal) is on the log: the
+    charge is determined by then, and the ledger records it off the request's path."""
     return (
         HoldRejected in seen
         or CommandRejected in seen
-        or (JobCompleted in seen and HoldCaptured in seen)
-        or (JobCancelled in seen and (HoldCaptured in seen or HoldReleased in seen))
-        or (JobFailed in seen and HoldReleased in seen)
+        or JobCompleted in seen
+        or JobCancelled in seen
+        or JobFailed in seen
         or (JobDeadLettered in seen and HoldReleased in seen)
     )
 

@@ -62,6 +62,9 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     payload: msgspec.Raw
     attempts_max: int = 3
     stream: bool = False
+    # The gateway dispatched the job itself (against its slice): the ledger records the hold and
+    # does not queue the job again.
+    dispatched: bool = False
 
 
 class PlaceHold(Command, frozen=True, kw_only=True, tag="place_hold.v1"):
@@ -71,6 +74,20 @@ class PlaceHold(Command, frozen=True, kw_only=True, tag="place_hold.v1"):
     ttl_s: int
     job: JobSpec
     price_version: str = ""
+    slice_id: str = ""  # carve the hold out of this slice (if it is open and covers it), else the wallet
+
+
+class GrantSlice(Command, frozen=True, kw_only=True, tag="grant_slice.v1"):
+    """A gateway instance asks for a slice of the balance to place holds against in memory."""
+
+    slice_id: str
+    instance_id: str
+    amount_micros: int  # asked for: the ledger grants at most its share of what is spendable
+    ttl_s: int
+
+
+class ReturnSlice(Command, frozen=True, kw_only=True, tag="return_slice.v1"):
+    slice_id: str
 
 
 class CaptureHold(Command, frozen=True, kw_only=True, tag="capture_hold.v1"):
@@ -112,4 +129,6 @@ AnyCommand = (
     | ReleaseHold
     | StartJob
     | CancelJob
+    | GrantSlice
+    | ReturnSlice
 )

@@ -189,6 +189,9 @@ class HoldPlaced(LedgerFact, frozen=True, kw_only=True, tag="hold.placed.v1"):
     price_version: str = ""  # the price book version that will price the capture
     pool: str = ""  # the worker pool its job runs in (where the ledger sends stop signals)
     attempts_max: int = 3  # runs of its job the ledger allows before it dead-letters the job
+    # The slice it was carved from (its amount was reserved already, by the slice); "" for a hold
+    # placed against the wallet. Its job was dispatched by the gateway that holds the slice.
+    slice_id: str = ""
 
 
 class HoldRejected(LedgerFact, frozen=True, kw_only=True, tag="hold.rejected.v1"):
@@ -219,6 +222,8 @@ class HoldCaptured(LedgerFact, frozen=True, kw_only=True, tag="hold.captured.v1"
     latency_ms: int = 0
     # Which grants paid, in burn order; any rest of amount_micros came from the credit limit.
     grant_burns: tuple[GrantBurn, ...] = ()
+    # The open slice the released rest went back to ("": back to the wallet).
+    slice_id: str = ""
 
 
 class HoldReleased(LedgerFact, frozen=True, kw_only=True, tag="hold.released.v1"):
@@ -229,6 +234,27 @@ class HoldReleased(LedgerFact, frozen=True, kw_only=True, tag="hold.released.v1"
     endpoint: str
     amount_micros: int
     reason: str
+    slice_id: str = ""  # the open slice the amount went back to ("": back to the wallet)
+
+
+class SliceGranted(LedgerFact, frozen=True, kw_only=True, tag="slice.granted.v1"):
+    """A slice of the organization's balance reserved for one gateway instance, which places holds
+    against it in memory (the ledger carves each one out when its PlaceHold arrives) until it returns
+    the slice or it expires (quota leases, as in RFC 8506's credit control)."""
+
+    slice_id: str
+    instance_id: str
+    amount_micros: int
+    expires_at: datetime
+
+
+class SliceReturned(LedgerFact, frozen=True, kw_only=True, tag="slice.returned.v1"):
+    """What was left of a slice goes back to the wallet: returned by its gateway, or expired."""
+
+    slice_id: str
+    instance_id: str
+    amount_micros: int
+    reason: str  # returned, expired
 
 
 # --- jobs (queued by the ledger with its hold; the rest by workers) --------------------------------
@@ -455,6 +481,8 @@ AnyEvent = (
     | RequestAdmitted
     | RequestThrottled
     | ApiTokenLimitsSet
+    | SliceGranted
+    | SliceReturned
 )
 
 LedgerEvent = (
@@ -475,4 +503,6 @@ LedgerEvent = (
     | JobCancelRequested
     | JobDeadLettered
     | ChainCheckpoint
+    | SliceGranted
+    | SliceReturned
 )

@@ -1,20 +1,26 @@
-"""Inference backends. A backend runs one job and returns its result with the usage it measured.
+"""Inference backends. A backend runs one job (a coroutine on the worker's event loop) and returns
+its result with the usage it measured.
 
 - ``SimulatedBackend``: deterministic, one simulation per endpoint, producing real output of the
   right type (text, embeddings, a valid PNG, WAV audio, an AVI video). It reports progress points,
-  where a job can be stopped (cancel, disconnect) and charged for the work done so far.
+  where a job can be stopped (cancel, disconnect) and charged for the work done so far. Simulated
+  GPU time is ``asyncio.sleep``, so a worker runs many such jobs without a thread each; rendering
+  media, which is CPU work, runs in a thread.
 - ``UpstreamChatBackend``: forwards chat to any OpenAI-compatible server (vLLM, SGLang, llama.cpp)
   and meters the usage that server reports. A response without usage fails the job: we never guess.
+
+A job is stopped at its next progress point (``JobStopped``), or by cancelling its task (the worker
+does that for a stop signal): an awaiting backend must let ``asyncio.CancelledError`` through.
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
 import base64
 import hashlib
 import math
 import re
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -130,7 +136,10 @@ def count_sim_tokens(text: str) -> int:
 
 class Backend(abc.ABC):
     @abc.abstractmethod
-    def run(self, job: JobContext) -> JobOutput: ...
+    async def run(self, job: JobContext) -> JobOutput: ...
+
+    async def close(self) -> None:  # noqa: B027 - most backends hold nothing to release
+        """Release connections (called once, when the worker stops)."""
 
 
 ChatBackend = Backend  # the name before every endpoint had a backend
@@ -161,14 +170,14 @@ class SimulatedBackend(Backend):
         self._token_s = token_ms / 1000
         self._video_second_s = video_second_ms / 1000
 
-    def run(self, job: JobContext) -> JobOutput:
+    async def run(self, job: JobContext) -> JobOutput:
         sim = job.payload.get("sim") or {}
         if isinstance(sim, dict) and job.attempt <= int(sim.get("fail_attempts", 0)):
             code = str(sim.get("fail_code", "sim_failure"))
             raise BackendError(code, f"simulated failure on attempt {job.attempt}", retryable=not sim.get("fatal"))
         token_s = int(sim.get("token_ms", 0)) / 1000 if isinstance(sim, dict) and "token_ms" in sim else self._token_s
         if self._latency_s:
-            time.sleep(self._latency_s)
+            await asyncio.sleep(self._latency_s)
         runner = {
             "/v1/chat/completions": self._chat,
             "/v1/completions": self._completion,
@@ -180,9 +189,11 @@ class SimulatedBackend(Backend):
         }.get(job.endpoint)
         if runner is None:
             raise BackendError("unsupported_endpoint", f"the simulated backend cannot run {job.endpoint}")
-        return runner(job, token_s)
+        return await runner(job, token_s)
 
-    def _generate(self, job: JobContext, prompt_tokens: int, seed: bytes, token_s: float) -> tuple[str, int, bool]:
+    async def _generate(
+        self, job: JobContext, prompt_tokens: int, seed: bytes, token_s: float
+    ) -> tuple[str, int, bool]:
         """Generate text token by token with a progress point every few tokens; (text, tokens, truncated)."""
         payload = job.payload
         natural_length = 8 + seed[0] % (sim_reply_tokens_max - 8)
@@ -193,19 +204,19 @@ class SimulatedBackend(Backend):
         for start in range(0, total, stream_chunk_tokens):
             chunk = words[start : start + stream_chunk_tokens]
             if token_s:
-                time.sleep(token_s * len(chunk))
+                await asyncio.sleep(token_s * len(chunk))
             delta = ("" if start == 0 else " ") + " ".join(chunk)
             produced.append(delta)
             done = start + len(chunk)
             job.progress(1000 * done // total, Units(input_tokens=prompt_tokens, output_tokens=done), delta)
         return "".join(produced), total, total < natural_length
 
-    def _chat(self, job: JobContext, token_s: float) -> JobOutput:
+    async def _chat(self, job: JobContext, token_s: float) -> JobOutput:
         messages = job.payload.get("messages") or []
         prompt_tokens = tokens_per_reply_overhead + sum(
             count_sim_tokens(message_text(m)) + tokens_per_message_overhead for m in messages
         )
-        text, tokens, truncated = self._generate(job, prompt_tokens, _seed(messages), token_s)
+        text, tokens, truncated = await self._generate(job, prompt_tokens, _seed(messages), token_s)
         result = {
             "object": "chat.completion",
             "model": job.model,
@@ -219,11 +230,11 @@ class SimulatedBackend(Backend):
         }
         return JobOutput(result=result, units=Units(input_tokens=prompt_tokens, output_tokens=tokens))
 
-    def _completion(self, job: JobContext, token_s: float) -> JobOutput:
+    async def _completion(self, job: JobContext, token_s: float) -> JobOutput:
         prompt = job.payload.get("prompt")
         prompts = prompt if isinstance(prompt, list) else [prompt or ""]
         prompt_tokens = sum(count_sim_tokens(str(p)) for p in prompts)
-        text, tokens, truncated = self._generate(job, prompt_tokens, _seed(prompts), token_s)
+        text, tokens, truncated = await self._generate(job, prompt_tokens, _seed(prompts), token_s)
         result = {
             "object": "text_completion",
             "model": job.model,
@@ -233,7 +244,7 @@ class SimulatedBackend(Backend):
         }
         return JobOutput(result=result, units=Units(input_tokens=prompt_tokens, output_tokens=tokens))
 
-    def _embeddings(self, job: JobContext, token_s: float) -> JobOutput:
+    async def _embeddings(self, job: JobContext, token_s: float) -> JobOutput:
         given = job.payload.get("input")
         inputs = given if isinstance(given, list) else [given]
         if inputs and all(isinstance(item, int) for item in inputs):
@@ -259,7 +270,7 @@ class SimulatedBackend(Backend):
         result = {"object": "list", "model": job.model, "data": data}
         return JobOutput(result=result, units=Units(input_tokens=tokens))
 
-    def _images(self, job: JobContext, token_s: float) -> JobOutput:
+    async def _images(self, job: JobContext, token_s: float) -> JobOutput:
         payload = job.payload
         count = int(payload.get("n") or 1)
         size = str(payload.get("size") or "1024x1024")
@@ -268,19 +279,20 @@ class SimulatedBackend(Backend):
         variant = f"{size}/{quality}"
         data = []
         for index in range(count):
-            image = media.png_image(width, height, _seed(payload.get("prompt"), index, size))
+            image = await asyncio.to_thread(media.png_image, width, height, _seed(payload.get("prompt"), index, size))
             data.append({"b64_json": base64.b64encode(image).decode(), "revised_prompt": payload.get("prompt")})
             job.progress(1000 * (index + 1) // count, Units(images=index + 1, variant=variant))
         return JobOutput(result={"data": data}, units=Units(images=count, variant=variant))
 
-    def _speech(self, job: JobContext, token_s: float) -> JobOutput:
+    async def _speech(self, job: JobContext, token_s: float) -> JobOutput:
         text = str(job.payload.get("input") or "")
-        audio = media.wav_audio(len(text) * speech_ms_per_character, _seed(text, job.payload.get("voice")))
+        seed = _seed(text, job.payload.get("voice"))
+        audio = await asyncio.to_thread(media.wav_audio, len(text) * speech_ms_per_character, seed)
         job.progress(1000, Units(characters=len(text)))
         result = {"content_type": "audio/wav", "audio_b64": base64.b64encode(audio).decode()}
         return JobOutput(result=result, units=Units(characters=len(text)))
 
-    def _transcription(self, job: JobContext, token_s: float) -> JobOutput:
+    async def _transcription(self, job: JobContext, token_s: float) -> JobOutput:
         try:
             audio = base64.b64decode(str(job.payload.get("file_b64") or ""), validate=True)
             duration_ms = media.wav_duration_ms(audio)
@@ -292,14 +304,14 @@ class SimulatedBackend(Backend):
         result = {"text": text, "duration": duration_ms / 1000, "language": "english"}
         return JobOutput(result=result, units=Units(audio_seconds=seconds))
 
-    def _video(self, job: JobContext, token_s: float) -> JobOutput:
+    async def _video(self, job: JobContext, token_s: float) -> JobOutput:
         seconds = int(job.payload.get("duration") or 5)
         seed = _seed(job.payload.get("prompt"), seconds)
         for second in range(1, seconds + 1):
             if self._video_second_s:
-                time.sleep(self._video_second_s)
+                await asyncio.sleep(self._video_second_s)
             job.progress(1000 * second // seconds, Units(video_seconds=second))
-        clip = media.video_clip(seconds, video_width, video_height, video_fps, seed)
+        clip = await asyncio.to_thread(media.video_clip, seconds, video_width, video_height, video_fps, seed)
         result = {"data": [{"b64_json": base64.b64encode(clip).decode(), "content_type": "video/x-msvideo"}]}
         return JobOutput(result=result, units=Units(video_seconds=seconds))
 
@@ -308,16 +320,27 @@ SimulatedChatBackend = SimulatedBackend
 
 
 class UpstreamChatBackend(Backend):
-    def __init__(self, base_url: str, api_key: str = "", timeout_s: float = 120.0) -> None:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s)
+    """Chat forwarded to an OpenAI-compatible server, on an async client with a bounded pool."""
 
-    def run(self, job: JobContext) -> JobOutput:
+    def __init__(self, base_url: str, api_key: str = "", timeout_s: float = 120.0, connections_max: int = 256) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers=headers,
+            timeout=timeout_s,
+            limits=httpx.Limits(max_connections=connections_max, max_keepalive_connections=connections_max),
+        )
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def run(self, job: JobContext) -> JobOutput:
         if job.endpoint != "/v1/chat/completions":
             raise BackendError("unsupported_endpoint", f"the upstream backend forwards chat only, not {job.endpoint}")
         body = {**job.payload, "model": job.model, "stream": False}
+        body.pop("stream_options", None)  # with stream false, vLLM refuses stream_options (400)
         try:
-            response = self._client.post("/v1/chat/completions", json=body)
+            response = await self._client.post("/v1/chat/completions", json=body)
         except httpx.HTTPError as error:
             raise BackendError("upstream_unreachable", f"upstream request failed: {error}", retryable=True) from error
         if response.status_code >= 500:

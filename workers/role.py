@@ -1,26 +1,29 @@
-"""The worker role: runs the jobs of its pools, with leases, progress, retries and cancellation.
+"""The worker role: runs the jobs of its pool, with leases, progress, retries and cancellation.
 
-One thread polls the pool's dispatch topic and owns the transactional producer; each job runs in a
-thread of a bounded pool and hands what it reports to that thread through a bounded queue:
+Two threads:
+- the polling thread owns the pool's dispatch consumer (one consumer group per pool): it takes jobs
+  and stop signals, renews the leases of running jobs (a heartbeat every third of the lease) and
+  commits each partition's position up to its oldest unfinished job;
+- the job loop (asyncio, in a thread of its own) runs up to ``worker_jobs_in_flight_max`` jobs at
+  once as tasks, so a job waiting on a model (an upstream server, simulated GPU time) holds no thread.
 
-- every run of a job first takes a lease from the ledger (``StartJob`` with a fresh run id; the
-  ledger counts runs and dead-letters a job past its attempts), and the polling thread renews the
-  leases of running jobs (a heartbeat) every third of the lease;
-- progress points become ``JobProgressed`` events (every point for a streamed job, at most one per
-  ``progress_interval_s`` otherwise), committed at once so that clients see them;
-- a failure a retry can fix is retried after an exponential backoff, as a new run; the last one
-  releases the hold as dead-lettered;
-- the outcome (``JobCompleted`` + ``CaptureHold``, ``JobFailed`` + ``ReleaseHold``, or on cancel
-  ``JobCancelled`` + a capture of the work done) is committed together with the dispatch offsets up
-  to the oldest job still unfinished in that partition.
+Every run of a job first takes a lease from the ledger (``StartJob`` with a fresh run id; the ledger
+counts runs and dead-letters a job past its attempts); a failure a retry can fix is retried after an
+exponential backoff, as a new run; a stop signal (cancel, dead letter) cancels the backend's call.
 
-A worker killed mid-job never committed that job's offset, so the log redelivers the job to the
-next member (or to this one, restarted); the new run is a new attempt. Ids of the outcome derive
-from the job id, so a job that ran twice is charged once: the ledger ignores the second capture.
+Outcomes (``JobCompleted`` + ``CaptureHold``, ``JobFailed`` + ``ReleaseHold``, or on cancel
+``JobCancelled`` + a capture of the work done) and progress go straight to the log on the idempotent
+producer, not in a transaction: the client's answer waits on them, and a transaction commit per job
+was the largest cost of a request. A partition's position is committed only once the outcome of every
+job before it is durable, so a crash never loses an outcome; it may repeat one (a worker killed after
+sending an outcome and before committing its position runs the job again). Outcome ids derive from the
+job, so the repeat carries the same ids: the ledger refuses a second capture and the jobs view keeps
+the first outcome.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -28,13 +31,12 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import msgspec
 
-from eventlog import EventLog, Outgoing, Record, topics
+from eventlog import Consumer, EventLog, Outgoing, Producer, Record, topics
 from eventlog.settings import Settings
 from schemas.codec import decode_event, encode
 from schemas.commands import CaptureHold, ReleaseHold, StartJob
@@ -47,7 +49,6 @@ from schemas.events import (
     JobProgressed,
     JobQueued,
     JobRetryScheduled,
-    UsageRecorded,
 )
 from schemas.ids import job_output_id
 from schemas.moments import utc_now
@@ -56,13 +57,11 @@ from workers.backends import Backend, BackendError, JobContext, JobOutput, JobSt
 
 logger = logging.getLogger(__name__)
 
-jobs_in_parallel_max = 16
-backlog_jobs_max = 4 * jobs_in_parallel_max  # jobs taken from the log but not started yet
-outbox_items_max = 10_000  # what job threads may report before they wait for the polling thread
 stop_signals_max = 10_000  # cancelled or dead-lettered job ids remembered for jobs not seen yet
 progress_interval_s = 0.25  # progress events of a job nobody streams, at most one per this
-busy_poll_wait_ms = 2  # the poll wait while jobs run: how soon their progress is committed
 retry_backoff_s_max = 10.0
+delivery_retry_s = 0.5  # an outcome the log could not take is sent again after this
+loop_start_wait_s = 10.0
 
 
 def retry_backoff_s(base_ms: int, failed_attempt: int) -> float:
@@ -75,17 +74,9 @@ def _envelope(job: JobQueued) -> dict[str, str]:
 
 
 def completed_records(job: JobQueued, started_at: datetime, finished_at: datetime, output: JobOutput) -> list[Outgoing]:
-    """A finished job: its usage, its completion and the capture of its charge. Pure: ids derive from the job."""
+    """A finished job: its completion (with the usage it measured) and the capture of its charge. Pure:
+    ids derive from the job."""
     latency_ms = int((finished_at - job.accepted_at).total_seconds() * 1000)
-    usage = UsageRecorded(
-        event_id=job_output_id(job.job_id, "usage"),
-        occurred_at=finished_at,
-        job_id=job.job_id,
-        request_id=job.request_id,
-        model=job.model,
-        units=output.units,
-        **_envelope(job),
-    )
     completed = JobCompleted(
         event_id=job_output_id(job.job_id, "completed"),
         occurred_at=finished_at,
@@ -108,7 +99,6 @@ def completed_records(job: JobQueued, started_at: datetime, finished_at: datetim
         latency_ms=max(latency_ms, 0),
     )
     return [
-        Outgoing(topics.JOBS, job.org_id, encode(usage)),
         Outgoing(topics.JOBS, job.org_id, encode(completed)),
         Outgoing(topics.COMMANDS, job.org_id, encode(capture)),
     ]
@@ -187,15 +177,11 @@ def cancelled_records(job: JobQueued, finished_at: datetime, units: Units, parti
 class _Running:
     job: JobQueued
     record: Record
-    stop_reason: str = ""  # "" runs on; else why it must stop at its next progress point
+    stop_reason: str = ""  # "" runs on; else why it must stop (cancel, dead_letter, shutdown)
     run_id: str = ""
     lease_sent_at: float = 0.0
     stop: threading.Event = field(default_factory=threading.Event)
-
-
-@dataclass(slots=True)
-class _Done:
-    job_id: str
+    backend_call: asyncio.Task[JobOutput] | None = None  # the backend's call, cancelled on a stop signal
 
 
 class WorkerRole:
@@ -217,15 +203,25 @@ class WorkerRole:
         self.group = f"tollgate-worker-{self.pool}"
         self.worker_id = f"worker-{self.pool}-{settings.instance_id}"
         self.jobs_done = 0
-        self._outbox: queue.Queue[list[Outgoing] | _Done] = queue.Queue(outbox_items_max)
+        # Jobs taken from the log and not finished (running, or waiting for a slot): a bound on memory.
+        self.jobs_taken_max = 2 * settings.worker_jobs_in_flight_max
         self._running: dict[str, _Running] = {}
-        self._backlog: list[_Running] = []
+        self._lock = threading.Lock()
+        self._finished: queue.SimpleQueue[_Running] = queue.SimpleQueue()
+        self._room = threading.Event()  # a job finished: the polling thread may take more
         self._in_flight: dict[tuple[str, int], set[int]] = {}  # offsets taken but not finished
         self._polled_to: dict[tuple[str, int], int] = {}  # the next offset to read, per partition
         self._stopped_jobs: OrderedDict[str, str] = OrderedDict()
-        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._producer: Producer | None = None
+        self._stopping = False
 
-    # --- the job threads ---
+    # --- the job loop ---
+
+    def _send(self, records: list[Outgoing]) -> None:
+        assert self._producer is not None
+        self._producer.send(records)
 
     def _lease(self, running: _Running) -> list[Outgoing]:
         job = running.job
@@ -243,76 +239,117 @@ class WorkerRole:
         running.lease_sent_at = time.monotonic()
         return [Outgoing(topics.COMMANDS, job.org_id, encode(command))]
 
-    def _execute(self, running: _Running) -> None:
-        try:
-            records = self._attempts(running)
-        except Exception:  # a bug here must not lose the job: leave it unfinished for redelivery
-            logger.exception("worker crashed running job %s", running.job.job_id)
-            # No more heartbeats for it: its lease runs out and the ledger's expiry settles the hold.
-            running.stop.set()
-            return
-        if records is not None:
-            self._outbox.put(records)
-        self._outbox.put(_Done(running.job.job_id))
+    async def _execute(self, running: _Running) -> None:
+        """Run a job in a slot and deliver its outcome; a bug here leaves the job unfinished."""
+        assert self._slots is not None
+        async with self._slots:
+            try:
+                records = await self._attempts(running)
+            except Exception:  # a bug must not lose the job: leave it unfinished for redelivery
+                logger.exception("worker crashed running job %s", running.job.job_id)
+                # No more heartbeats for it: its lease runs out and the ledger's expiry settles the hold.
+                running.stop.set()
+                return
+            if records and not await self._deliver(records):
+                return  # stopping before the log took the outcome: leave it for redelivery
+        self._finished.put(running)
+        self._room.set()
 
-    def _attempts(self, running: _Running) -> list[Outgoing] | None:
+    async def _deliver(self, records: list[Outgoing]) -> bool:
+        """Send the outcome and wait until the log has it; retry until it does (or the worker stops)."""
+        assert self._producer is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            done: asyncio.Future[BaseException | None] = loop.create_future()
+
+            def acknowledged(error: BaseException | None, done: asyncio.Future[BaseException | None] = done) -> None:
+                loop.call_soon_threadsafe(_settle, done, error)
+
+            self._producer.send_acknowledged(records, acknowledged)
+            error = await done
+            if error is None:
+                return True
+            if self._stopping:
+                return False
+            logger.warning("the log did not take an outcome (%s); sending it again", error)
+            await asyncio.sleep(delivery_retry_s)
+
+    async def _attempts(self, running: _Running) -> list[Outgoing] | None:
         job = running.job
         payload = msgspec.json.decode(job.payload)
         started_at = self._clock()
         for attempt in range(1, job.attempts_max + 1):
             with self._lock:
                 running.run_id = f"{job.job_id}/{uuid.uuid4().hex}"
-                self._outbox.put(self._lease(running))
-            sequence = 0
-            last_report = 0.0
-
-            def report(progress_milli: int, units: Units, delta: str, attempt: int = attempt) -> None:
-                nonlocal sequence, last_report
-                now = time.monotonic()
-                if not job.stream and now - last_report < progress_interval_s and progress_milli < 1000:
-                    return
-                if not job.stream and progress_milli >= 1000:
-                    return  # the completion says it
-                sequence += 1
-                last_report = now
-                event = JobProgressed(
-                    event_id=job_output_id(job.job_id, f"progress/{attempt}/{sequence}"),
-                    occurred_at=self._clock(),
-                    job_id=job.job_id,
-                    request_id=job.request_id,
-                    attempt=attempt,
-                    sequence=sequence,
-                    progress_milli=progress_milli,
-                    delta=delta,
-                    units=units,
-                    **_envelope(job),
-                )
-                self._outbox.put([Outgoing(topics.JOBS, job.org_id, encode(event))])
-
+                lease = self._lease(running)
+            self._send(lease)
             context = JobContext(
-                job.job_id, job.model, job.endpoint, payload, attempt, running.stop.is_set, on_progress=report
+                job.job_id,
+                job.model,
+                job.endpoint,
+                payload,
+                attempt,
+                running.stop.is_set,
+                on_progress=self._reporter(running, attempt),
             )
             try:
                 if running.stop.is_set():
                     raise JobStopped(job.job_id)
-                output = self._backend.run(context)
-            except JobStopped:
+                running.backend_call = asyncio.ensure_future(self._backend.run(context))
+                output = await running.backend_call
+            except (JobStopped, asyncio.CancelledError):
+                if not running.stop.is_set():
+                    raise  # not our stop signal: the task itself is being cancelled
                 if running.stop_reason != "cancel":
-                    return None  # dead-lettered by the ledger: it released the hold already
+                    return None  # dead-lettered by the ledger (it released the hold already), or shutting down
                 return cancelled_records(job, self._clock(), context.units, context.output, "cancel")
             except BackendError as error:
                 if error.retryable and attempt < job.attempts_max and not running.stop.is_set():
                     backoff_s = retry_backoff_s(self._settings.job_retry_backoff_ms, attempt)
-                    self._outbox.put(self._retry_records(job, attempt, error, backoff_s))
-                    running.stop.wait(backoff_s)
+                    self._send(self._retry_records(job, attempt, error, backoff_s))
+                    await asyncio.sleep(backoff_s)
                     continue
                 return failed_records(job, self._clock(), error, attempt)
             except Exception as error:  # a backend bug fails the job (and releases the hold), not the worker
                 logger.exception("backend crashed on job %s", job.job_id)
                 crash = BackendError("backend_crashed", f"{type(error).__name__}: {error}")
                 return failed_records(job, self._clock(), crash, attempt)
+            finally:
+                running.backend_call = None
             return completed_records(job, started_at, self._clock(), output)
         raise AssertionError("the last attempt returns")
+
+    def _reporter(self, running: _Running, attempt: int) -> Callable[[int, Units, str], None]:
+        """The progress points of one attempt as ``JobProgressed`` events: every point of a streamed
+        job (the client reads them as they come), at most one per ``progress_interval_s`` otherwise."""
+        job = running.job
+        sequence = 0
+        last_report = 0.0
+
+        def report(progress_milli: int, units: Units, delta: str) -> None:
+            nonlocal sequence, last_report
+            if running.stop.is_set():
+                return  # stopped: nothing more of this run goes out
+            now = time.monotonic()
+            if not job.stream and (progress_milli >= 1000 or now - last_report < progress_interval_s):
+                return  # the completion says the rest
+            sequence += 1
+            last_report = now
+            event = JobProgressed(
+                event_id=job_output_id(job.job_id, f"progress/{attempt}/{sequence}"),
+                occurred_at=self._clock(),
+                job_id=job.job_id,
+                request_id=job.request_id,
+                attempt=attempt,
+                sequence=sequence,
+                progress_milli=progress_milli,
+                delta=delta,
+                units=units,
+                **_envelope(job),
+            )
+            self._send([Outgoing(topics.JOBS, job.org_id, encode(event))])
+
+        return report
 
     def _retry_records(self, job: JobQueued, attempt: int, error: BackendError, backoff_s: float) -> list[Outgoing]:
         event = JobRetryScheduled(
@@ -328,6 +365,11 @@ class WorkerRole:
         )
         return [Outgoing(topics.JOBS, job.org_id, encode(event))]
 
+    def _cancel_backend_call(self, running: _Running) -> None:
+        """On the job loop: stop a backend that is waiting (an upstream stream is closed at once)."""
+        if running.backend_call is not None:
+            running.backend_call.cancel()
+
     # --- the polling thread ---
 
     def _take(self, records: list[Record]) -> None:
@@ -339,7 +381,11 @@ class WorkerRole:
                 if event.job_id in self._stopped_jobs or event.job_id in self._running:
                     continue  # stopped before it started, or a redelivery of a job running here
                 self._in_flight.setdefault(tp, set()).add(record.offset)
-                self._backlog.append(_Running(event, record))
+                running = _Running(event, record)
+                with self._lock:
+                    self._running[event.job_id] = running
+                assert self._loop is not None
+                asyncio.run_coroutine_threadsafe(self._execute(running), self._loop)
             elif isinstance(event, (JobCancelRequested, JobDeadLettered)):
                 reason = "cancel" if isinstance(event, JobCancelRequested) else "dead_letter"
                 self._signal_stop(event.job_id, reason)
@@ -349,23 +395,27 @@ class WorkerRole:
         while len(self._stopped_jobs) > stop_signals_max:
             self._stopped_jobs.popitem(last=False)
         running = self._running.get(job_id)
-        if running is not None:
+        if running is not None and not running.stop.is_set():
             running.stop_reason = reason
             running.stop.set()
-            return
-        for waiting in self._backlog:
-            if waiting.job.job_id == job_id:
-                self._backlog.remove(waiting)
-                self._finish(waiting)
-                return
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._cancel_backend_call, running)
 
-    def _finish(self, running: _Running) -> None:
-        tp = (running.record.topic, running.record.partition)
-        self._in_flight.get(tp, set()).discard(running.record.offset)
-        self._running.pop(running.job.job_id, None)
+    def _drain_finished(self) -> int:
+        finished = 0
+        while True:
+            try:
+                running = self._finished.get_nowait()
+            except queue.Empty:
+                return finished
+            tp = (running.record.topic, running.record.partition)
+            self._in_flight.get(tp, set()).discard(running.record.offset)
+            with self._lock:
+                self._running.pop(running.job.job_id, None)
+            finished += 1
 
     def _positions(self) -> dict[tuple[str, int], int]:
-        """Commit each partition up to its oldest unfinished job, so a crash redelivers only those."""
+        """Each partition up to its oldest unfinished job, so a crash redelivers only those."""
         return {tp: min(self._in_flight.get(tp) or {end}) for tp, end in self._polled_to.items()}
 
     def _heartbeats(self) -> list[Outgoing]:
@@ -377,69 +427,83 @@ class WorkerRole:
                     outputs += self._lease(running)
         return outputs
 
-    def run(self, stop: threading.Event) -> None:
-        processor = self._log.processor(
-            [topics.dispatch_topic(self.pool)],
-            group=self.group,
-            transactional_id=self.worker_id,
-            on_assigned=lambda partitions: logger.info("worker owns dispatch partitions %s", sorted(partitions)),
-        )
-        executor = ThreadPoolExecutor(max_workers=jobs_in_parallel_max, thread_name_prefix="job")
-        committed: dict[tuple[str, int], int] = {}
-        try:
-            while not stop.is_set():
-                busy = bool(self._running or self._backlog)
-                if len(self._backlog) < backlog_jobs_max:
-                    wait_ms = busy_poll_wait_ms if busy else self._settings.poll_wait_ms
-                    self._take(processor.poll(self._settings.batch_records_max, wait_ms))
-                elif not self._outbox.qsize():
-                    time.sleep(busy_poll_wait_ms / 1000)
-                while self._backlog and len(self._running) < jobs_in_parallel_max:
-                    running = self._backlog.pop(0)
-                    self._running[running.job.job_id] = running
-                    executor.submit(self._execute, running)
-                outputs = self._heartbeats()
-                finished = 0
-                for _ in range(outbox_items_max):
-                    try:
-                        item = self._outbox.get_nowait()
-                    except queue.Empty:
-                        break
-                    if isinstance(item, _Done):
-                        done = self._running.get(item.job_id)
-                        if done is not None:
-                            self._finish(done)
-                            finished += 1
-                    else:
-                        outputs += item
-                positions = self._positions()
-                if not outputs and positions == committed:
-                    continue  # nothing new: an idle or busy loop must not commit empty transactions
-                try:
-                    processor.commit_transaction(outputs, positions)
-                    committed = positions
-                    self.jobs_done += finished
-                except Exception:
-                    logger.exception("worker transaction failed; its unfinished jobs will be redelivered")
-                    processor.abort_transaction()
-                    self._abandon_all()
-                    committed = {}
-        finally:
-            for running in self._running.values():
-                running.stop_reason = "shutdown"
-                running.stop.set()
-            executor.shutdown(wait=False, cancel_futures=True)
-            processor.close()
+    def _on_assigned(self, partitions: set[int]) -> None:
+        logger.info("worker owns dispatch partitions %s", sorted(partitions))
 
-    def _abandon_all(self) -> None:
-        """After a failed transaction the log rewinds to the committed positions: forget what was taken."""
-        for running in self._running.values():
-            running.stop_reason = "abandoned"
-            running.stop.set()
-        self._running.clear()
-        self._backlog.clear()
-        self._in_flight.clear()
-        self._polled_to.clear()
+    def run(self, stop: threading.Event) -> None:
+        consumer = self._log.consumer(
+            [topics.dispatch_topic(self.pool)],
+            client_id=self.worker_id,
+            group=self.group,
+            on_assigned=self._on_assigned,
+        )
+        self._producer = self._log.producer(self.worker_id)
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        started = threading.Event()
+
+        def run_loop() -> None:
+            asyncio.set_event_loop(loop)
+            self._slots = asyncio.Semaphore(self._settings.worker_jobs_in_flight_max)
+            loop.call_soon(started.set)
+            loop.run_forever()
+
+        loop_thread = threading.Thread(target=run_loop, name=f"jobs-{self.pool}", daemon=True)
+        loop_thread.start()
+        started.wait(loop_start_wait_s)
+        try:
+            self._poll(consumer, stop)
+        finally:
+            self._shutdown(loop, loop_thread)
+            consumer.close()
+
+    def _poll(self, consumer: Consumer, stop: threading.Event) -> None:
+        committed: dict[tuple[str, int], int] = {}
+        wait_ms = self._settings.poll_wait_ms
+        while not stop.is_set():
+            if len(self._running) < self.jobs_taken_max:
+                self._take(consumer.poll(self._settings.batch_records_max, wait_ms))
+            else:
+                self._room.wait(wait_ms / 1000)  # full: wait for a job to finish, not on the log
+            self._room.clear()
+            self.jobs_done += self._drain_finished()
+            heartbeats = self._heartbeats()
+            if heartbeats:
+                self._send(heartbeats)
+            positions = self._positions()
+            if positions != committed:
+                try:
+                    consumer.commit(positions)
+                    committed = positions
+                except Exception:
+                    logger.exception("worker could not commit its positions; they are committed later")
+
+    def _shutdown(self, loop: asyncio.AbstractEventLoop, loop_thread: threading.Thread) -> None:
+        self._stopping = True
+        with self._lock:
+            running = list(self._running.values())
+        for job in running:
+            job.stop_reason = "shutdown"
+            job.stop.set()
+            loop.call_soon_threadsafe(self._cancel_backend_call, job)
+
+        async def close_backend() -> None:
+            await self._backend.close()
+
+        try:
+            asyncio.run_coroutine_threadsafe(close_backend(), loop).result(timeout=5)
+        except Exception:
+            logger.warning("the backend did not close cleanly", exc_info=True)
+        loop.call_soon_threadsafe(loop.stop)
+        loop_thread.join(timeout=5)
+        if self._producer is not None:
+            self._producer.flush(5)
+            self._producer.close()
+
+
+def _settle(done: asyncio.Future[BaseException | None], error: BaseException | None) -> None:
+    if not done.done():
+        done.set_result(error)
 
 
 def worker_roles(log: EventLog, settings: Settings, backend: Callable[[], Backend]) -> list[WorkerRole]:

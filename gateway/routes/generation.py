@@ -38,12 +38,11 @@ from gateway.requests import (
     parse_transcription,
     parse_video,
 )
-from gateway.results import charge_headers, refusal, shape_result, token_usage, usage_cost
+from gateway.results import Charge, charge_headers, charge_of, refusal, shape_result, token_usage, usage_cost
 from gateway.waiters import Seen, request_admitted, request_finished
 from projections.views import ApiToken
 from schemas.events import (
     CommandRejected,
-    HoldCaptured,
     HoldPlaced,
     HoldRejected,
     JobCompleted,
@@ -109,6 +108,14 @@ def _raise_refusal(core: GatewayCore, token: ApiToken, rid: str, metered: Metere
     raise error
 
 
+def _answered(core: GatewayCore, token: ApiToken, rid: str, metered: MeteredRequest, completed: JobCompleted) -> Charge:
+    """The charge an answer states (the ledger records the same one a moment later), shown in this
+    instance's balances at once."""
+    charge = charge_of(metered, completed.units, completed.occurred_at)
+    core.pending.answered(token.org_id, rid, metered.hold_micros, charge.amount_micros)
+    return charge
+
+
 async def _respond_json(
     request: Request[Any, Any, Any], core: GatewayCore, token: ApiToken, metered: MeteredRequest
 ) -> Response[bytes]:
@@ -116,11 +123,12 @@ async def _respond_json(
     outcome = await _run(request, core, token, metered)
     if isinstance(outcome, Response):
         return outcome
-    completed, captured = outcome[JobCompleted], outcome[HoldCaptured]
-    assert isinstance(completed, JobCompleted) and isinstance(captured, HoldCaptured)
-    body = shape_result(metered.endpoint, request_id(request), msgspec.json.decode(completed.result), captured)
+    completed = outcome[JobCompleted]
+    assert isinstance(completed, JobCompleted)
+    charge = _answered(core, token, request_id(request), metered, completed)
+    body = shape_result(metered.endpoint, request_id(request), msgspec.json.decode(completed.result), charge)
     added_ms = (time.perf_counter() - started) * 1000 - completed.duration_ms
-    headers = {**charge_headers(captured), "x-gateway-added-ms": f"{max(added_ms, 0):.2f}"}
+    headers = {**charge_headers(charge), "x-gateway-added-ms": f"{max(added_ms, 0):.2f}"}
     return json_response(body, headers=headers)
 
 
@@ -216,7 +224,7 @@ async def _stream(
                     if fresh:
                         sent_chars += len(fresh)
                         yield _sse(_chunk(kind, rid, model, created, fresh, None))
-            yield _final_chunk(kind, rid, model, created, ended)
+            yield _final_chunk(core, token, metered, kind, rid, created, ended)
             yield b"data: [DONE]\n\n"
         except TimeoutError:
             yield _sse(
@@ -229,16 +237,15 @@ async def _stream(
     return Stream(chunks(), media_type="text/event-stream", headers=headers)
 
 
-def _final_chunk(kind: str, rid: str, model: str, created: int, ended: Seen) -> bytes:
-    captured = ended.get(HoldCaptured)
+def _final_chunk(
+    core: GatewayCore, token: ApiToken, metered: MeteredRequest, kind: str, rid: str, created: int, ended: Seen
+) -> bytes:
     completed = ended.get(JobCompleted)
-    if isinstance(captured, HoldCaptured):
-        finish = "stop"
-        if isinstance(completed, JobCompleted):
-            choices = msgspec.json.decode(completed.result).get("choices") or [{}]
-            finish = choices[0].get("finish_reason") or "stop"
-        final = _chunk(kind, rid, model, created, "", finish)
-        final["usage"] = {**token_usage(captured.units), **usage_cost(captured)}
+    if isinstance(completed, JobCompleted):
+        charge = _answered(core, token, rid, metered, completed)
+        choices = msgspec.json.decode(completed.result).get("choices") or [{}]
+        final = _chunk(kind, rid, metered.model, created, "", choices[0].get("finish_reason") or "stop")
+        final["usage"] = {**token_usage(charge.units), **usage_cost(charge)}
         return _sse(final)
     failed = ended.get(JobFailed)
     message = failed.message if isinstance(failed, JobFailed) else "the job ended without a result"
@@ -270,10 +277,11 @@ async def speech(request: Request[Any, Any, Any], core: Core) -> Response[bytes]
     outcome = await _run(request, core, token, metered)
     if isinstance(outcome, Response):
         return outcome
-    completed, captured = outcome[JobCompleted], outcome[HoldCaptured]
-    assert isinstance(completed, JobCompleted) and isinstance(captured, HoldCaptured)
+    completed = outcome[JobCompleted]
+    assert isinstance(completed, JobCompleted)
+    charge = _answered(core, token, request_id(request), metered, completed)
     audio = base64.b64decode(msgspec.json.decode(completed.result)["audio_b64"])
-    return Response(content=audio, media_type="audio/wav", headers=charge_headers(captured))
+    return Response(content=audio, media_type="audio/wav", headers=charge_headers(charge))
 
 
 def _form_text(form: Any, name: str) -> str | None:

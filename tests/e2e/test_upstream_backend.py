@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import pytest
 from ledger.pricing import default_price_book, price_micros
 from schemas.units import Units
 from tests.support import Admin, Role, free_port, usage, wait_until_serving
-from workers.backends import BackendError, JobContext, UpstreamChatBackend
+from workers.backends import BackendError, JobContext, JobOutput, UpstreamChatBackend
 
 reported_usage = {
     "prompt_tokens": 120,
@@ -67,10 +68,21 @@ def upstream() -> Iterator[str]:
     server.shutdown()
 
 
+def run(backend: UpstreamChatBackend, job: JobContext) -> JobOutput:
+    async def once() -> JobOutput:
+        try:
+            return await backend.run(job)
+        finally:
+            await backend.close()
+
+    return asyncio.run(once())
+
+
 def test_meters_the_usage_the_upstream_reports(upstream: str) -> None:
     FakeUpstream.mode = "ok"
-    output = UpstreamChatBackend(upstream).run(
-        JobContext("job", "sim-chat-small", "/v1/chat/completions", {"messages": [], "stream": True})
+    output = run(
+        UpstreamChatBackend(upstream),
+        JobContext("job", "sim-chat-small", "/v1/chat/completions", {"messages": [], "stream": True}),
     )
     assert output.units == Units(input_tokens=100, cached_input_tokens=20, output_tokens=45)
     assert "usage" not in output.result
@@ -80,21 +92,22 @@ def test_meters_the_usage_the_upstream_reports(upstream: str) -> None:
 def test_no_usage_fails_the_job_rather_than_guessing(upstream: str) -> None:
     FakeUpstream.mode = "no_usage"
     with pytest.raises(BackendError) as caught:
-        UpstreamChatBackend(upstream).run(JobContext("job", "m", "/v1/chat/completions", {"messages": []}))
+        run(UpstreamChatBackend(upstream), JobContext("job", "m", "/v1/chat/completions", {"messages": []}))
     assert caught.value.code == "upstream_no_usage"
 
 
 def test_server_errors_are_retryable(upstream: str) -> None:
     FakeUpstream.mode = "error"
     with pytest.raises(BackendError) as caught:
-        UpstreamChatBackend(upstream).run(JobContext("job", "m", "/v1/chat/completions", {"messages": []}))
+        run(UpstreamChatBackend(upstream), JobContext("job", "m", "/v1/chat/completions", {"messages": []}))
     assert caught.value.retryable
 
 
 def test_unreachable_upstream_is_retryable() -> None:
     with pytest.raises(BackendError) as caught:
-        UpstreamChatBackend(f"http://127.0.0.1:{free_port()}", timeout_s=2).run(
-            JobContext("job", "m", "/v1/chat/completions", {"messages": []})
+        run(
+            UpstreamChatBackend(f"http://127.0.0.1:{free_port()}", timeout_s=2),
+            JobContext("job", "m", "/v1/chat/completions", {"messages": []}),
         )
     assert caught.value.code == "upstream_unreachable"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import threading
 from datetime import UTC, datetime
@@ -39,7 +40,11 @@ def test_a_job_thread_that_crashes_stops_heartbeating_its_lease(tmp_path: Path) 
     running.run_id = "job_1/run"
     worker._running[job.job_id] = running
 
-    worker._execute(running)
+    async def execute() -> None:
+        worker._slots = asyncio.Semaphore(1)
+        await worker._execute(running)
+
+    asyncio.run(execute())
 
     assert running.stop.is_set(), "the crashed run is marked stopped"
     assert worker._heartbeats() == [], "so no heartbeat renews its lease: the ledger's expiry settles the hold"
@@ -56,15 +61,15 @@ def test_each_pool_is_its_own_consumer_group(tmp_path: Path) -> None:
         ("video", "tollgate-worker-video", "worker-video-7"),
     ]
     subscriptions: list[tuple[Any, ...]] = []
-    processor = log.processor
+    consumer = log.consumer
 
-    def recording_processor(topic_names: list[str], **kwargs: Any) -> Any:
-        subscriptions.append((tuple(topic_names), kwargs["group"], kwargs["transactional_id"]))
-        return processor(topic_names, **kwargs)
+    def recording_consumer(topic_names: list[str], **kwargs: Any) -> Any:
+        subscriptions.append((tuple(topic_names), kwargs["group"], kwargs["client_id"]))
+        return consumer(topic_names, **kwargs)
 
-    log.processor = recording_processor  # type: ignore[method-assign]
+    log.consumer = recording_consumer  # type: ignore[method-assign]
     stopped = threading.Event()
-    stopped.set()  # each role opens its processor, sees the stop and closes it
+    stopped.set()  # each role opens its consumer, sees the stop and closes it
     for role in roles:
         role.run(stopped)
     assert subscriptions == [

@@ -1,0 +1,78 @@
+"""Charges this gateway has answered with and the ledger has not recorded yet.
+
+A request is answered when its worker's outcome arrives; the worker's capture reaches the ledger
+(and its event this gateway's balances view) a little later. Until then this instance shows the
+balance as the ledger will record it (read-your-writes for a client that asks the same gateway right
+after its answer): the charge taken from the balance and the hold no longer held. Other instances
+show it once they have read the ledger's event. An entry goes when the ledger's capture or release
+of its hold is folded (whatever the ledger decided), or after ``pending_s_max``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from projections.views import BalancesView
+from schemas.events import Event, HoldCaptured, HoldReleased, LedgerEvent
+
+pending_s_max = 600.0  # a capture the ledger never answered (it was down for longer) stops showing
+pending_max = 100_000  # bounded memory: the oldest entries go first
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    org_id: str
+    amount_micros: int  # what the answer charged
+    hold_micros: int  # what the hold reserved
+    at: float
+
+
+class PendingCharges:
+    """Folds ledger events into the balances view and keeps the answered charges it lacks, under one
+    lock, so a charge is never shown twice (once pending, once folded)."""
+
+    def __init__(self, balances: BalancesView) -> None:
+        self._balances = balances
+        self._lock = threading.Lock()
+        self._by_hold: OrderedDict[str, Pending] = OrderedDict()
+        self._by_org: dict[str, dict[str, Pending]] = {}
+
+    def apply(self, event: Event) -> None:
+        """Fold a ledger event into the balances view (the history follower calls this)."""
+        if not isinstance(event, LedgerEvent):
+            return
+        with self._lock:
+            self._balances.apply(event)
+            if isinstance(event, (HoldCaptured, HoldReleased)):
+                self._forget(event.hold_id)
+
+    def answered(self, org_id: str, hold_id: str, hold_micros: int, amount_micros: int) -> None:
+        with self._lock:
+            hold = self._balances.get(org_id).holds.get(hold_id)
+            if hold is not None and hold.status.value != "open":
+                return  # the ledger was faster: its capture is in the view already
+            entry = Pending(org_id, amount_micros, hold_micros, time.monotonic())
+            self._by_hold[hold_id] = entry
+            self._by_org.setdefault(org_id, {})[hold_id] = entry
+            while len(self._by_hold) > pending_max:
+                self._forget(next(iter(self._by_hold)))
+
+    def of(self, org_id: str) -> tuple[int, int]:
+        """(charged, held) micros this instance answered for and the ledger has not recorded yet."""
+        with self._lock:
+            horizon = time.monotonic() - pending_s_max
+            while self._by_hold and next(iter(self._by_hold.values())).at < horizon:
+                self._forget(next(iter(self._by_hold)))
+            entries = list(self._by_org.get(org_id, {}).values())
+        return sum(e.amount_micros for e in entries), sum(e.hold_micros for e in entries)
+
+    def _forget(self, hold_id: str) -> None:
+        entry = self._by_hold.pop(hold_id, None)
+        if entry is not None:
+            own = self._by_org.get(entry.org_id, {})
+            own.pop(hold_id, None)
+            if not own:
+                self._by_org.pop(entry.org_id, None)
