@@ -4,7 +4,8 @@ to another. The sum over all accounts is zero after every event, by construction
 Accounts:
 - ``{org}/wallet``: what the organization can still reserve (its available balance; negative when it
   uses its credit limit);
-- ``{org}/held``: what its open holds reserve (wallet + held is the balance);
+- ``{org}/held``: what its open holds and open slices reserve (wallet + held is the balance); a hold
+  carved out of a slice, and the rest it gives back to its open slice, stay in it;
 - system accounts: ``revenue``, ``promo_issuance``, ``paid_topups``, ``refunds``, ``breakage``
   (expired credits), ``adjustments``.
 
@@ -26,6 +27,8 @@ from schemas.events import (
     HoldCaptured,
     HoldPlaced,
     HoldReleased,
+    SliceGranted,
+    SliceReturned,
 )
 
 revenue = "revenue"
@@ -55,13 +58,18 @@ def postings(event: Event) -> list[Posting]:
     """The postings one ledger event makes; [] for events that move no money. Pure."""
     org = event.org_id
     if isinstance(event, HoldPlaced):
-        return [Posting(wallet_account(org), held_account(org), event.amount_micros)]
+        # Carved out of a slice, it was reserved already (held to held moves nothing).
+        return [] if event.slice_id else [Posting(wallet_account(org), held_account(org), event.amount_micros)]
     if isinstance(event, HoldCaptured):
-        return [
-            Posting(held_account(org), revenue, event.amount_micros),
-            Posting(held_account(org), wallet_account(org), event.released_micros),
-        ]
+        charge = Posting(held_account(org), revenue, event.amount_micros)
+        if event.slice_id:
+            return [charge]  # the rest went back to its open slice: still held
+        return [charge, Posting(held_account(org), wallet_account(org), event.released_micros)]
     if isinstance(event, HoldReleased):
+        return [] if event.slice_id else [Posting(held_account(org), wallet_account(org), event.amount_micros)]
+    if isinstance(event, SliceGranted):
+        return [Posting(wallet_account(org), held_account(org), event.amount_micros)]
+    if isinstance(event, SliceReturned):
         return [Posting(held_account(org), wallet_account(org), event.amount_micros)]
     if isinstance(event, CreditsGranted):
         source = promo_issuance if event.kind == "promo" else paid_topups

@@ -29,6 +29,7 @@ from ledger.wallet import (
     decide_auto_topup,
     decide_expiry,
     decide_grant_expiry,
+    decide_slice_expiry,
     evolve,
 )
 from schemas.codec import decode_command, decode_event, encode
@@ -46,6 +47,7 @@ from schemas.events import (
     JobLeased,
     JobLeaseLost,
     JobQueued,
+    SliceGranted,
 )
 from schemas.ids import event_id_for
 from schemas.moments import utc_now
@@ -161,6 +163,8 @@ class LedgerRole:
             heapq.heappush(self._expiries, (event.expires_at, event.org_id, "hold", event.hold_id))
         elif isinstance(event, CreditsGranted) and event.expires_at is not None:
             heapq.heappush(self._expiries, (event.expires_at, event.org_id, "grant", event.grant_id))
+        elif isinstance(event, SliceGranted):
+            heapq.heappush(self._expiries, (event.expires_at, event.org_id, "slice", event.slice_id))
         elif isinstance(event, (HoldCaptured, HoldReleased)):
             # An expired grant whose remainder open holds still needed can now expire further.
             for grant in wallet.grants.values():
@@ -175,7 +179,12 @@ class LedgerRole:
             wallet = self.wallets.get(org_id)
             if wallet is None:
                 continue
-            due = decide_expiry(wallet, item_id, now) if kind == "hold" else decide_grant_expiry(wallet, item_id, now)
+            if kind == "hold":
+                due = decide_expiry(wallet, item_id, now)
+            elif kind == "slice":
+                due = decide_slice_expiry(wallet, item_id, now)
+            else:
+                due = decide_grant_expiry(wallet, item_id, now)
             cause = due[0].event_id if due else ""
             for event in [*due, *(decide_auto_topup(wallet, now, cause) if due else [])]:
                 self._apply(event)

@@ -19,6 +19,11 @@ Money model (integer micros):
   then older. A new grant repays debt first.
 - A grant's unused remainder moves to breakage at its expiry, except what open holds still need
   (holds are backed by grants before the credit line): that part expires when those holds resolve.
+- A slice reserves part of the spendable balance for one gateway instance (``GrantSlice``), which
+  places holds against it in memory: a hold that names an open slice covering it is carved out of it
+  (``held`` does not change), and the rest of such a hold goes back to the slice when it is captured
+  or released, while the slice is open. What is left of a slice goes back to the wallet when its
+  gateway returns it or it expires. ``held`` is the open holds plus what is left of the open slices.
 """
 
 from __future__ import annotations
@@ -39,9 +44,11 @@ from schemas.commands import (
     CaptureHold,
     ConfigureAutoTopUp,
     GrantCredits,
+    GrantSlice,
     PlaceHold,
     RefundCredits,
     ReleaseHold,
+    ReturnSlice,
     SetCreditLimit,
     StartJob,
 )
@@ -64,6 +71,8 @@ from schemas.events import (
     JobLeased,
     JobLeaseLost,
     JobQueued,
+    SliceGranted,
+    SliceReturned,
 )
 from schemas.ids import event_id_for
 from schemas.units import Units
@@ -99,6 +108,8 @@ class Rejection(enum.Enum):
     job_cancelled = "job_cancelled"
     lease_must_be_positive = "lease_must_be_positive"
     run_superseded = "run_superseded"
+    slice_not_found = "slice_not_found"
+    ttl_must_be_positive = "ttl_must_be_positive"
 
 
 class HoldStatus(enum.Enum):
@@ -132,6 +143,17 @@ class Hold:
     superseded_run_ids: tuple[str, ...] = ()  # earlier runs (at most attempts_max): their heartbeats are refused
     leased: bool = False
     cancel_requested: bool = False
+    slice_id: str = ""  # the slice it was carved out of ("": the wallet)
+
+
+@dataclass(slots=True)
+class Slice:
+    slice_id: str
+    instance_id: str
+    amount_micros: int
+    left_micros: int  # reserved, not carved into holds yet
+    expires_at: datetime
+    open: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +209,7 @@ class Wallet(Aggregate):
         self.auto_topup: AutoTopUp | None = None
         self.auto_topup_armed = True
         self.holds: dict[str, Hold] = {}
+        self.slices: dict[str, Slice] = {}
         self.refunds: dict[str, int] = {}
         self.adjustments: dict[str, int] = {}
 
@@ -210,6 +233,10 @@ class Wallet(Aggregate):
     @property
     def spendable_micros(self) -> int:
         return self.available_micros + self.credit_limit_micros
+
+    def open_slice(self, slice_id: str) -> Slice | None:
+        found = self.slices.get(slice_id) if slice_id else None
+        return found if found is not None and found.open else None
 
     def _check(self) -> None:
         assert self.held_micros >= 0, "holds never reserve a negative amount"
@@ -246,11 +273,26 @@ class Wallet(Aggregate):
     @event("HoldPlaced")
     def record_hold(self, hold: Hold) -> None:
         self.holds[hold.hold_id] = hold
-        self.held_micros += hold.amount_micros
+        carved = self.open_slice(hold.slice_id)
+        if carved is not None:
+            assert hold.amount_micros <= carved.left_micros, "a hold is carved only out of a slice that covers it"
+            carved.left_micros -= hold.amount_micros  # reserved already: held does not change
+        else:
+            assert not hold.slice_id, "a hold names only an open slice"
+            self.held_micros += hold.amount_micros
         self._check()
 
+    def _back_to_slice(self, slice_id: str, amount_micros: int) -> None:
+        """What a resolved hold gives back goes to its open slice (still reserved) or the wallet."""
+        back = self.open_slice(slice_id)
+        if back is not None:
+            back.left_micros += amount_micros
+            self.held_micros += amount_micros
+        else:
+            assert not slice_id, "a rest goes back only to an open slice"
+
     @event("HoldCaptured")
-    def record_capture(self, hold_id: str, amount_micros: int) -> None:
+    def record_capture(self, hold_id: str, amount_micros: int, slice_id: str) -> None:
         hold = self.holds[hold_id]
         assert hold.status is HoldStatus.open, "a hold is captured at most once"
         assert 0 <= amount_micros <= hold.amount_micros, "a capture never exceeds its hold"
@@ -259,6 +301,23 @@ class Wallet(Aggregate):
         self.held_micros -= hold.amount_micros
         self.captured_micros += amount_micros
         self._burn(amount_micros)
+        self._back_to_slice(slice_id, hold.amount_micros - amount_micros)
+        self._check()
+
+    @event("SliceGranted")
+    def record_slice(self, granted: Slice) -> None:
+        assert granted.slice_id not in self.slices, "a slice is granted once"
+        self.slices[granted.slice_id] = granted
+        self.held_micros += granted.left_micros
+        self._check()
+
+    @event("SliceReturned")
+    def record_slice_return(self, slice_id: str, amount_micros: int) -> None:
+        returned = self.slices[slice_id]
+        assert returned.open and amount_micros == returned.left_micros, "a slice returns what is left of it, once"
+        returned.open = False
+        returned.left_micros = 0
+        self.held_micros -= amount_micros
         self._check()
 
     @event("JobChanged")
@@ -281,11 +340,12 @@ class Wallet(Aggregate):
         hold.expires_at, hold.cancel_requested = expires_at, cancel_requested
 
     @event("HoldReleased")
-    def record_release(self, hold_id: str) -> None:
+    def record_release(self, hold_id: str, slice_id: str) -> None:
         hold = self.holds[hold_id]
         assert hold.status is HoldStatus.open, "only an open hold is released"
         hold.status = HoldStatus.released
         self.held_micros -= hold.amount_micros
+        self._back_to_slice(slice_id, hold.amount_micros)
         self._check()
 
     @event("CreditsRefunded")
@@ -357,6 +417,10 @@ def decide(wallet: Wallet, command: AnyCommand, now: datetime, prices: Prices) -
         return _decide_cancel_job(wallet, command, now)
     if isinstance(command, ConfigureAutoTopUp):
         return _decide_auto_topup_setting(wallet, command, now)
+    if isinstance(command, GrantSlice):
+        return _decide_grant_slice(wallet, command, now)
+    if isinstance(command, ReturnSlice):
+        return _decide_return_slice(wallet, command, now)
     return _decide_credit_limit(wallet, command, now)
 
 
@@ -390,7 +454,10 @@ def _decide_place_hold(wallet: Wallet, command: PlaceHold, now: datetime) -> lis
         return [] if existing.amount_micros == command.amount_micros else Rejection.exists_with_different_amount
     envelope = _envelope(command, now)
     job = command.job
-    if command.amount_micros > wallet.spendable_micros:
+    carved = wallet.open_slice(command.slice_id)
+    if carved is not None and (now >= carved.expires_at or carved.left_micros < command.amount_micros):
+        carved = None  # the slice cannot cover it: the wallet decides, as for any hold
+    if carved is None and command.amount_micros > wallet.spendable_micros:
         # A rejected hold is still a fact on the log: the gateway answers 402 from it, audit sees it.
         return [
             HoldRejected(
@@ -406,38 +473,49 @@ def _decide_place_hold(wallet: Wallet, command: PlaceHold, now: datetime) -> lis
                 **envelope,
             )
         ]
+    placed = HoldPlaced(
+        event_id=event_id_for(command.command_id, "hold.placed"),
+        hold_id=command.hold_id,
+        request_id=command.request_id,
+        job_id=job.job_id,
+        token_id=job.token_id,
+        model=job.model,
+        endpoint=job.endpoint,
+        amount_micros=command.amount_micros,
+        expires_at=now + timedelta(seconds=command.ttl_s),
+        price_version=command.price_version,
+        pool=job.pool,
+        attempts_max=job.attempts_max,
+        slice_id=carved.slice_id if carved is not None else "",
+        **envelope,
+    )
+    if job.dispatched:
+        return [placed]  # the gateway queued the job itself, against its slice
     return [
-        HoldPlaced(
-            event_id=event_id_for(command.command_id, "hold.placed"),
-            hold_id=command.hold_id,
-            request_id=command.request_id,
-            job_id=job.job_id,
-            token_id=job.token_id,
-            model=job.model,
-            endpoint=job.endpoint,
-            amount_micros=command.amount_micros,
-            expires_at=now + timedelta(seconds=command.ttl_s),
-            price_version=command.price_version,
-            pool=job.pool,
-            attempts_max=job.attempts_max,
-            **envelope,
-        ),
-        JobQueued(
-            event_id=event_id_for(command.command_id, "job.queued"),
-            job_id=job.job_id,
-            request_id=command.request_id,
-            hold_id=command.hold_id,
-            token_id=job.token_id,
-            model=job.model,
-            endpoint=job.endpoint,
-            pool=job.pool,
-            payload=job.payload,
-            accepted_at=command.issued_at,
-            attempts_max=job.attempts_max,
-            stream=job.stream,
-            **envelope,
-        ),
+        placed,
+        queued_job(command, now),
     ]
+
+
+def queued_job(command: PlaceHold, now: datetime) -> JobQueued:
+    """The job a hold queues: the ledger's, or the one a gateway dispatched itself (the same event, with
+    the same id, so that whoever writes it, it is one job)."""
+    job = command.job
+    return JobQueued(
+        event_id=event_id_for(command.command_id, "job.queued"),
+        job_id=job.job_id,
+        request_id=command.request_id,
+        hold_id=command.hold_id,
+        token_id=job.token_id,
+        model=job.model,
+        endpoint=job.endpoint,
+        pool=job.pool,
+        payload=job.payload,
+        accepted_at=command.issued_at,
+        attempts_max=job.attempts_max,
+        stream=job.stream,
+        **_envelope(command, now),
+    )
 
 
 def _open_hold(wallet: Wallet, hold_id: str) -> Hold | Rejection:
@@ -486,6 +564,7 @@ def _decide_capture(wallet: Wallet, command: CaptureHold, now: datetime, prices:
     priced = price_micros(price, units)
     charged = min(priced, hold.amount_micros)
     plan, _ = burn_plan(list(wallet.grants.values()), charged)
+    back = wallet.open_slice(hold.slice_id)
     return [
         HoldCaptured(
             event_id=event_id_for(command.command_id, "hold.captured"),
@@ -502,12 +581,14 @@ def _decide_capture(wallet: Wallet, command: CaptureHold, now: datetime, prices:
             units=units,
             latency_ms=command.latency_ms,
             grant_burns=tuple(GrantBurn(grant_id=g.grant_id, amount_micros=take) for g, take in plan),
+            slice_id=back.slice_id if back is not None else "",
             **_envelope(command, now),
         )
     ]
 
 
 def _released(wallet: Wallet, hold: Hold, event_id: str, now: datetime, reason: str, causation: str) -> HoldReleased:
+    back = wallet.open_slice(hold.slice_id)
     return HoldReleased(
         event_id=event_id,
         occurred_at=now,
@@ -521,6 +602,7 @@ def _released(wallet: Wallet, hold: Hold, event_id: str, now: datetime, reason: 
         endpoint=hold.endpoint,
         amount_micros=hold.amount_micros,
         reason=reason,
+        slice_id=back.slice_id if back is not None else "",
     )
 
 
@@ -697,6 +779,75 @@ def _decide_auto_topup_setting(wallet: Wallet, command: ConfigureAutoTopUp, now:
     ]
 
 
+slice_share_of_spendable = 2  # a slice takes at most half of what is spendable: room for others
+
+
+def _decide_grant_slice(wallet: Wallet, command: GrantSlice, now: datetime) -> list[Event] | Rejection:
+    """A slice of what is spendable for one gateway instance: at most its share, at least the asked
+    minimum (else the gateway sends its requests to the ledger one by one)."""
+    if command.amount_micros <= 0 or command.minimum_micros <= 0:
+        return Rejection.amount_must_be_positive
+    if command.ttl_s <= 0:
+        return Rejection.ttl_must_be_positive
+    existing = wallet.slices.get(command.slice_id)
+    if existing is not None:
+        return [] if existing.instance_id == command.instance_id else Rejection.exists_with_different_amount
+    amount = min(command.amount_micros, wallet.spendable_micros // slice_share_of_spendable)
+    if amount < command.minimum_micros:
+        return Rejection.insufficient_credits
+    return [
+        SliceGranted(
+            event_id=event_id_for(command.command_id, "slice.granted"),
+            slice_id=command.slice_id,
+            instance_id=command.instance_id,
+            amount_micros=amount,
+            expires_at=now + timedelta(seconds=command.ttl_s),
+            **_envelope(command, now),
+        )
+    ]
+
+
+def _slice_returned(
+    wallet: Wallet, found: Slice, event_id: str, now: datetime, reason: str, cause: str
+) -> SliceReturned:
+    return SliceReturned(
+        event_id=event_id,
+        occurred_at=now,
+        org_id=wallet.org_id,
+        causation_id=cause,
+        slice_id=found.slice_id,
+        instance_id=found.instance_id,
+        amount_micros=found.left_micros,
+        reason=reason,
+    )
+
+
+def _decide_return_slice(wallet: Wallet, command: ReturnSlice, now: datetime) -> list[Event] | Rejection:
+    found = wallet.slices.get(command.slice_id)
+    if found is None:
+        return Rejection.slice_not_found
+    if not found.open:
+        return []  # returned or expired already
+    return [
+        _slice_returned(
+            wallet, found, event_id_for(command.command_id, "slice.returned"), now, "returned", command.command_id
+        )
+    ]
+
+
+def decide_slice_expiry(wallet: Wallet, slice_id: str, now: datetime) -> list[Event]:
+    """What is left of a slice whose gateway neither used nor returned it in time goes back to the
+    wallet (a gateway that died); [] when it is closed already or not yet due."""
+    found = wallet.slices.get(slice_id)
+    if found is None or not found.open or now < found.expires_at:
+        return []
+    return [
+        _slice_returned(
+            wallet, found, event_id_for(f"expire-slice:{slice_id}", "slice.returned"), now, "expired", slice_id
+        )
+    ]
+
+
 def decide_auto_topup(wallet: Wallet, now: datetime, cause_id: str) -> list[Event]:
     """Top up once when the balance has fallen below the threshold (the settled balance: a hold that
     dips below it for the length of one request is no reason to charge a card). The card on file is
@@ -814,12 +965,14 @@ _record_adjustment = _replayed("record_adjustment")
 _record_credit_limit = _replayed("record_credit_limit")
 _record_auto_topup = _replayed("record_auto_topup")
 _record_auto_topup_triggered = _replayed("record_auto_topup_triggered")
+_record_slice = _replayed("record_slice")
+_record_slice_return = _replayed("record_slice_return")
 
 
 def evolve(wallet: Wallet, event: Event) -> None:
     """Apply one decided ledger event to the wallet (the bodies of its ``@event`` methods)."""
     if isinstance(event, HoldCaptured):
-        _record_capture(wallet, event.hold_id, event.amount_micros)
+        _record_capture(wallet, event.hold_id, event.amount_micros, event.slice_id)
     elif isinstance(event, HoldPlaced):
         _record_hold(
             wallet,
@@ -836,6 +989,7 @@ def evolve(wallet: Wallet, event: Event) -> None:
                 pool=event.pool,
                 ttl_s=int((event.expires_at - event.occurred_at).total_seconds()),
                 attempts_max=event.attempts_max,
+                slice_id=event.slice_id,
             ),
         )
     elif isinstance(event, JobLeased):
@@ -877,7 +1031,12 @@ def evolve(wallet: Wallet, event: Event) -> None:
             True,
         )
     elif isinstance(event, HoldReleased):
-        _record_release(wallet, event.hold_id)
+        _record_release(wallet, event.hold_id, event.slice_id)
+    elif isinstance(event, SliceGranted):
+        granted = Slice(event.slice_id, event.instance_id, event.amount_micros, event.amount_micros, event.expires_at)
+        _record_slice(wallet, granted)
+    elif isinstance(event, SliceReturned):
+        _record_slice_return(wallet, event.slice_id, event.amount_micros)
     elif isinstance(event, CreditsGranted):
         _record_grant(wallet, _grant(event, wallet.burn_sequence()))
     elif isinstance(event, GrantExpired):

@@ -84,6 +84,7 @@ class GrantSlice(Command, frozen=True, kw_only=True, tag="grant_slice.v1"):
     instance_id: str
     amount_micros: int  # asked for: the ledger grants at most its share of what is spendable
     ttl_s: int
+    minimum_micros: int = 1  # less than this is no use to the gateway: refused instead
 
 
 class ReturnSlice(Command, frozen=True, kw_only=True, tag="return_slice.v1"):

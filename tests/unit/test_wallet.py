@@ -8,7 +8,16 @@ import msgspec
 import pytest
 
 from ledger.pricing import default_price_book
-from ledger.wallet import Rejection, Wallet, decide, decide_auto_topup, decide_expiry, decide_grant_expiry, evolve
+from ledger.wallet import (
+    Rejection,
+    Wallet,
+    decide,
+    decide_auto_topup,
+    decide_expiry,
+    decide_grant_expiry,
+    decide_slice_expiry,
+    evolve,
+)
 from schemas.commands import (
     AdjustCredits,
     AnyCommand,
@@ -16,10 +25,12 @@ from schemas.commands import (
     CaptureHold,
     ConfigureAutoTopUp,
     GrantCredits,
+    GrantSlice,
     JobSpec,
     PlaceHold,
     RefundCredits,
     ReleaseHold,
+    ReturnSlice,
     SetCreditLimit,
     StartJob,
 )
@@ -40,12 +51,37 @@ from schemas.events import (
     JobLeased,
     JobLeaseLost,
     JobQueued,
+    SliceGranted,
+    SliceReturned,
 )
 from schemas.units import Units
 
 now = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 book = default_price_book()
 org = "org_test"
+
+
+def slice_of(amount: int, slice_id: str = "s1", minimum: int = 1, ttl_s: int = 30, instance: str = "i1") -> GrantSlice:
+    return GrantSlice(
+        command_id=slice_id,
+        org_id=org,
+        issued_at=now,
+        slice_id=slice_id,
+        instance_id=instance,
+        amount_micros=amount,
+        ttl_s=ttl_s,
+        minimum_micros=minimum,
+    )
+
+
+def give_back(slice_id: str = "s1") -> ReturnSlice:
+    return ReturnSlice(command_id=f"return:{slice_id}", org_id=org, issued_at=now, slice_id=slice_id)
+
+
+def carved(amount: int, hold_id: str = "h1", slice_id: str = "s1") -> PlaceHold:
+    """A hold a gateway placed against its slice (and dispatched itself)."""
+    placed = hold(amount, hold_id)
+    return msgspec.structs.replace(placed, slice_id=slice_id, job=msgspec.structs.replace(placed.job, dispatched=True))
 
 
 def grant(amount: int, grant_id: str = "g1") -> GrantCredits:
@@ -253,6 +289,19 @@ decision_table: list[tuple[list[AnyCommand], AnyCommand, object]] = [
     ([grant(1000), hold(100), start(), cancel()], capture(), [HoldCaptured]),
     ([grant(1000), hold(100), cancel()], capture(), Rejection.hold_already_released),
     ([grant(1000)], cancel(), Rejection.hold_not_found),
+    # slices: at most half of what is spendable, at least the asked minimum; holds carved out of them
+    ([grant(1000)], slice_of(300), [SliceGranted]),
+    ([grant(1000)], slice_of(800), [SliceGranted]),  # granted 500: see test_a_slice_takes_at_most_half
+    ([grant(1000)], slice_of(800, minimum=501), Rejection.insufficient_credits),
+    ([grant(1000)], slice_of(0), Rejection.amount_must_be_positive),
+    ([grant(1000)], slice_of(100, ttl_s=0), Rejection.ttl_must_be_positive),
+    ([grant(1000), slice_of(100)], slice_of(100), []),
+    ([grant(1000), slice_of(100)], slice_of(100, instance="i2"), Rejection.exists_with_different_amount),
+    ([grant(1000), slice_of(300)], carved(100), [HoldPlaced]),  # the gateway dispatched the job
+    ([grant(1000), slice_of(300)], carved(301), [HoldPlaced]),  # from the wallet: the slice cannot cover it
+    ([grant(1000), slice_of(300)], give_back(), [SliceReturned]),
+    ([grant(1000), slice_of(300), give_back()], give_back(), []),
+    ([grant(1000)], give_back(), Rejection.slice_not_found),
 ]
 
 
@@ -292,6 +341,38 @@ def test_rejected_hold_reports_what_was_available() -> None:
     rejected = outcomes[-1][0]  # type: ignore[index]
     assert isinstance(rejected, HoldRejected)
     assert (rejected.code, rejected.requested_micros, rejected.available_micros) == ("insufficient_credits", 50, 40)
+
+
+def test_a_slice_takes_at_most_half_of_what_is_spendable() -> None:
+    wallet, outcomes = run([grant(1000), limit(200), slice_of(5000)])
+    granted = outcomes[-1][0]  # type: ignore[index]
+    assert isinstance(granted, SliceGranted) and granted.amount_micros == 600  # (1000 + 200) / 2
+    assert (wallet.held_micros, wallet.available_micros, wallet.spendable_micros) == (600, 400, 600)
+
+
+def test_holds_carved_out_of_a_slice_reserve_nothing_more_and_give_their_rest_back_to_it() -> None:
+    wallet, outcomes = run([grant(1000), slice_of(400), carved(100), carved(100, "h2")])
+    assert (wallet.held_micros, wallet.slices["s1"].left_micros) == (400, 200)
+    wallet, outcomes = run([grant(1000), slice_of(400), carved(100), capture(input_tokens=8, output_tokens=53)])
+    captured = outcomes[-1][0]  # type: ignore[index]
+    assert isinstance(captured, HoldCaptured) and captured.slice_id == "s1"
+    assert (captured.amount_micros, captured.released_micros) == (33, 67)
+    # The charge left; the rest went back to the open slice, still reserved.
+    assert (wallet.balance_micros, wallet.held_micros, wallet.slices["s1"].left_micros) == (967, 367, 367)
+    wallet, outcomes = run([grant(1000), slice_of(400), carved(100), give_back(), release()])
+    released = outcomes[-1][0]  # type: ignore[index]
+    assert isinstance(released, HoldReleased) and released.slice_id == ""  # the slice is closed: to the wallet
+    assert (wallet.held_micros, wallet.available_micros) == (0, 1000)
+
+
+def test_a_slice_nobody_returns_expires_and_its_rest_goes_back_to_the_wallet() -> None:
+    wallet, _ = run([grant(1000), slice_of(400), carved(150)])
+    assert decide_slice_expiry(wallet, "s1", now + timedelta(seconds=29)) == []
+    expired = decide_slice_expiry(wallet, "s1", now + timedelta(seconds=30))
+    assert [type(e) for e in expired] == [SliceReturned]
+    assert isinstance(expired[0], SliceReturned) and (expired[0].amount_micros, expired[0].reason) == (250, "expired")
+    evolve(wallet, expired[0])
+    assert (wallet.held_micros, wallet.available_micros) == (150, 850)  # the carved hold stays held
 
 
 def test_event_ids_are_deterministic() -> None:
