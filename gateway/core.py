@@ -26,6 +26,7 @@ from eventlog.settings import Settings
 from gateway.jwks import JwksKeys
 from gateway.metering import Metering
 from gateway.pending import PendingCharges
+from gateway.quota import Quota
 from gateway.ratelimit import RateLimiter
 from gateway.waiters import Seen, Waiters, keys_of
 from ledger.pricing import PriceBook, PriceBooks
@@ -82,7 +83,8 @@ class GatewayCore:
         self.jobs = JobsView(timedelta(seconds=settings.job_retention_s))
         self._producer = log.producer(f"tollgate-gateway-{settings.instance_id}")
         self._followers: list[Follower] = []
-        self.metering = Metering(settings, self._producer, self.waiters)
+        self.quota = Quota(settings, self._producer.send)
+        self.metering = Metering(settings, self._producer, self.waiters, self.quota)
         # --- issue 5: service-token keys, shared rate-limit windows, last-used bookkeeping ---
         self.jwks = JwksKeys(settings)
         self.limiter = RateLimiter(settings, self.tenants)
@@ -108,6 +110,9 @@ class GatewayCore:
             follower.start()
         if not history_follower.wait_caught_up(catch_up_wait_s_max):
             raise RuntimeError("the gateway could not read the log to its end; is the broker reachable?")
+        # Slices an earlier run of this instance left open: their holds may still be on the way, so
+        # this run returns them and asks for fresh ones.
+        self.quota.return_all()
         self.limiter.start(self.log, catch_up_wait_s_max)
         built_in = self.prices.at_version(self.prices.versions()[0])
         if built_in is not None and built_in.version not in self._logged_price_versions:
@@ -121,6 +126,7 @@ class GatewayCore:
         self.jobs.apply(event)
         self.tenants.apply(event)
         self.pending.apply(event)  # the balances view, and the answered charges it now holds
+        self.quota.apply(event)  # this instance's slices, and the rests their holds give back
         self.idempotency.apply(event)
         self.limiter.apply(event)  # tokens of charges, for tokens-per-minute
         if isinstance(event, PriceBookPublished):
@@ -146,6 +152,7 @@ class GatewayCore:
         await self._append_and_wait(event_id, [record], 30)
 
     def stop(self) -> None:
+        self.quota.return_all()  # what is left of this instance's slices is spendable again at once
         self.limiter.stop()
         for follower in self._followers:
             follower.stop()

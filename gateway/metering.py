@@ -1,9 +1,16 @@
-"""The metering use case: hold a request's worst case, queue its job with the hold, and wait for
-the charge (or stream the job's output as it comes).
+"""The metering use case: hold a request's worst case, queue its job, and wait for its outcome (or
+stream the job's output as it comes).
 
 One ``MeteredRequest`` carries everything a request asks of the ledger and a worker: its endpoint,
 the price and price book version, the bound the hold prices and the payload the worker runs (which
 obeys that bound: ``gateway/requests.py`` writes it in), built once per request.
+
+Two paths (docs/architecture.md, "One metered request"):
+- against a slice (``gateway/quota.py``): the worst case is reserved in memory, the gateway appends
+  the hold (to be carved out of the slice) and dispatches the job itself, in that order, without
+  waiting for either; the answer waits only for the worker's outcome;
+- through the ledger (no slice, or not enough left of it): the ledger decides the hold and queues the
+  job in one transaction, as every request did before slices.
 """
 
 from __future__ import annotations
@@ -16,13 +23,15 @@ import msgspec
 
 from eventlog import Outgoing, Producer, topics
 from eventlog.settings import Settings
+from gateway.quota import Quota
 from gateway.waiters import Done, Seen, Waiters, request_finished
 from ledger.pricing import ModelPrice, price_micros
+from ledger.wallet import queued_job
 from projections.views import ApiToken
 from schemas.codec import encode
 from schemas.commands import JobSpec, PlaceHold
-from schemas.events import Event, RequestAccepted
-from schemas.ids import new_id
+from schemas.events import Event, JobCancelRequested
+from schemas.ids import event_id_for, new_id
 from schemas.moments import utc_now
 from schemas.units import Units
 
@@ -55,32 +64,46 @@ class MeteredRequest:
         return price_micros(self.price, self.bound)
 
 
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """A request on its way: its hold command, and the slice it was reserved against ("": none)."""
+
+    command: PlaceHold
+    slice_id: str
+
+    @property
+    def job_id(self) -> str:
+        return self.command.job.job_id
+
+
 class Metering:
     """Places holds with their jobs and waits for their outcomes, at most ``inflight_requests_max``
     at once per gateway."""
 
-    def __init__(self, settings: Settings, producer: Producer, waiters: Waiters) -> None:
+    def __init__(self, settings: Settings, producer: Producer, waiters: Waiters, quota: Quota) -> None:
         self._settings = settings
         self._producer = producer
         self._waiters = waiters
+        self.quota = quota
         self.inflight = 0
 
-    def _records(self, token: ApiToken, request_id: str, metered: MeteredRequest) -> tuple[str, list[Outgoing]]:
-        now = utc_now()
-        job_id = new_id("job")
+    def place(self, token: ApiToken, request_id: str, metered: MeteredRequest) -> Placement:
+        """Append the request's hold (and, against a slice, its job); wait for nothing."""
         hold_micros = metered.hold_micros
+        slice_id = self.quota.reserve(token.org_id, hold_micros, request_id) or ""
         command = PlaceHold(
             command_id=request_id,
             org_id=token.org_id,
-            issued_at=now,
+            issued_at=utc_now(),
             correlation_id=request_id,
             hold_id=request_id,
             request_id=request_id,
             amount_micros=hold_micros,
             ttl_s=self._settings.hold_ttl_s,
             price_version=metered.price_version,
+            slice_id=slice_id,
             job=JobSpec(
-                job_id=job_id,
+                job_id=new_id("job"),
                 token_id=token.token_id,
                 model=metered.model,
                 endpoint=metered.endpoint,
@@ -88,23 +111,36 @@ class Metering:
                 payload=msgspec.Raw(metered.payload),
                 attempts_max=self._settings.job_attempts_max,
                 stream=metered.stream,
+                dispatched=bool(slice_id),
             ),
         )
-        accepted = RequestAccepted(
-            event_id=new_id("evt"),
-            occurred_at=now,
-            org_id=token.org_id,
-            correlation_id=request_id,
-            request_id=request_id,
-            token_id=token.token_id,
-            endpoint=metered.endpoint,
-            model=metered.model,
-            hold_micros=hold_micros,
+        records = [Outgoing(topics.COMMANDS, token.org_id, encode(command))]
+        if slice_id:
+            # The hold first: the ledger reads it before any lease or capture of the job's worker
+            # (they follow on the same partition, after the worker has read the job).
+            job = queued_job(command, command.issued_at)
+            records.append(Outgoing(topics.dispatch_topic(job.pool), token.org_id, encode(job)))
+        self._producer.send(records)
+        return Placement(command, slice_id)
+
+    def stop_unheld(self, placement: Placement) -> None:
+        """A job dispatched against a slice whose hold the ledger then refused (the slice could not
+        cover it and the wallet neither): tell its worker to stop, as the ledger would for a cancel.
+        Its capture is refused in any case (there is no hold), so it is never charged."""
+        command = placement.command
+        stop = JobCancelRequested(
+            event_id=event_id_for(command.command_id, "job.cancel_requested.unheld"),
+            occurred_at=utc_now(),
+            org_id=command.org_id,
+            correlation_id=command.request_id,
+            causation_id=command.command_id,
+            hold_id=command.hold_id,
+            job_id=command.job.job_id,
+            request_id=command.request_id,
+            pool=command.job.pool,
+            reason="hold_rejected",
         )
-        return job_id, [
-            Outgoing(topics.REQUESTS, token.org_id, encode(accepted)),
-            Outgoing(topics.COMMANDS, token.org_id, encode(command)),
-        ]
+        self._producer.send([Outgoing(topics.dispatch_topic(stop.pool), command.org_id, encode(stop))])
 
     def _admit(self) -> None:
         if self.inflight >= self._settings.inflight_requests_max:
@@ -112,38 +148,41 @@ class Metering:
 
     async def run(
         self, token: ApiToken, request_id: str, metered: MeteredRequest, wait_for: Done = request_finished
-    ) -> Seen:
-        """Ask the ledger for a hold (it queues the job with it) and wait for the charge or refusal
-        (or, with ``wait_for=request_admitted``, only for the hold)."""
-        _, records = self._records(token, request_id, metered)
+    ) -> tuple[Placement, Seen]:
+        """Place the request and wait for its outcome (or, with ``wait_for=request_admitted``, only for
+        its hold: an async request against a slice waits for nothing)."""
         self._admit()
         future = self._waiters.expect(request_id, wait_for)
         self.inflight += 1
         try:
-            self._producer.send(records)
-            return await asyncio.wait_for(future, self._settings.request_wait_s_max)
+            placement = self.place(token, request_id, metered)
+            if metered.run_async and placement.slice_id:
+                return placement, {}
+            return placement, await asyncio.wait_for(future, self._settings.request_wait_s_max)
         finally:
             self.inflight -= 1
             self._waiters.forget(request_id)
 
     async def stream(
         self, token: ApiToken, request_id: str, metered: MeteredRequest, on_abandoned: CancelSoon
-    ) -> AsyncGenerator[Event, None]:
-        """Like ``run``, yielding every event of the request as it comes, up to its end. A client that
-        goes away before the end cancels the job (``on_abandoned``): it is charged for the work done."""
-        job_id, records = self._records(token, request_id, metered)
+    ) -> AsyncGenerator[Event | Placement, None]:
+        """Like ``run``, yielding the placement, then every event of the request as it comes, up to its
+        end. A client that goes away before the end cancels the job (``on_abandoned``): it is charged
+        for the work done."""
         self._admit()
         subscription = self._waiters.subscribe(request_id, request_finished)
         self.inflight += 1
         finished = False
         deadline = asyncio.get_running_loop().time() + self._settings.request_wait_s_max
+        placement: Placement | None = None
         try:
-            self._producer.send(records)
+            placement = self.place(token, request_id, metered)
+            yield placement
             async for event in subscription.events(deadline):
                 yield event
             finished = True
         finally:
             self.inflight -= 1
             self._waiters.forget(request_id)
-            if not finished:
-                on_abandoned(token.org_id, request_id, job_id, "client_disconnected")
+            if not finished and placement is not None:
+                on_abandoned(token.org_id, request_id, placement.job_id, "client_disconnected")

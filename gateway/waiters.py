@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from schemas.events import (
     CommandRejected,
     Event,
+    HoldCaptured,
     HoldPlaced,
     HoldRejected,
     HoldReleased,
@@ -145,14 +146,16 @@ def keys_of(event: Event) -> set[str]:
 
 
 def request_finished(seen: Seen) -> bool:
-    """A metered request is answered once its worker's outcome (or its refusal) is on the log: the
-    charge is determined by then, and the ledger records it off the request's path."""
+    """A metered request is answered once its worker's completion is on the log (the charge is
+    determined by then, and the ledger records it off the request's path), or once the ledger has
+    settled a request that did not complete (a refusal, a release after a failure, a cancellation),
+    so that "nothing was charged" is the ledger's word."""
     return (
         HoldRejected in seen
         or CommandRejected in seen
         or JobCompleted in seen
-        or JobCancelled in seen
-        or JobFailed in seen
+        or (JobCancelled in seen and (HoldCaptured in seen or HoldReleased in seen))
+        or (JobFailed in seen and HoldReleased in seen)
         or (JobDeadLettered in seen and HoldReleased in seen)
     )
 

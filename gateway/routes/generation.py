@@ -21,7 +21,7 @@ from gateway.auth import authorize
 from gateway.core import Core, GatewayCore
 from gateway.errors import ApiError
 from gateway.http import json_response, read_body, request_id
-from gateway.metering import MeteredRequest, Overloaded
+from gateway.metering import MeteredRequest, Overloaded, Placement
 from gateway.requests import (
     CHAT,
     COMPLETIONS,
@@ -64,18 +64,19 @@ def _overloaded() -> ApiError:
     )
 
 
-def _accepted(request_id: str, placed: HoldPlaced) -> Response[bytes]:
+def _accepted(request_id: str, placement: Placement) -> Response[bytes]:
+    job = placement.command.job
     body = {
-        "id": placed.job_id,
-        "job_id": placed.job_id,
+        "id": job.job_id,
+        "job_id": job.job_id,
         "object": "job",
         "status": "pending",
-        "model": placed.model,
-        "endpoint": placed.endpoint,
+        "model": job.model,
+        "endpoint": job.endpoint,
         "request_id": request_id,
-        "poll_url": f"/v1/jobs/{placed.job_id}",
+        "poll_url": f"/v1/jobs/{job.job_id}",
     }
-    return json_response(body, status_code=202, headers={"location": f"/v1/jobs/{placed.job_id}"})
+    return json_response(body, status_code=202, headers={"location": f"/v1/jobs/{job.job_id}"})
 
 
 async def _run(
@@ -84,27 +85,32 @@ async def _run(
     """Hold and run the request; the 202 of an async request, else the events that ended it."""
     rid = request_id(request)
     try:
-        seen = await core.metering.run(token, rid, metered, request_admitted if metered.run_async else request_finished)
+        placement, seen = await core.metering.run(
+            token, rid, metered, request_admitted if metered.run_async else request_finished
+        )
     except Overloaded:
         raise _overloaded() from None
     except TimeoutError:
         raise ApiError(
             504, "The job did not finish in time. Its hold settles on its own; check /v1/jobs.", code="timeout"
         ) from None
-    placed = seen.get(HoldPlaced)
-    if metered.run_async and isinstance(placed, HoldPlaced):
-        return _accepted(rid, placed)
-    _raise_refusal(core, token, rid, metered, seen)
+    if metered.run_async and (placement.slice_id or HoldPlaced in seen):
+        return _accepted(rid, placement)
+    _raise_refusal(core, token, rid, metered, placement, seen)
     return seen
 
 
-def _raise_refusal(core: GatewayCore, token: ApiToken, rid: str, metered: MeteredRequest, seen: Seen) -> None:
+def _raise_refusal(
+    core: GatewayCore, token: ApiToken, rid: str, metered: MeteredRequest, placement: Placement, seen: Seen
+) -> None:
     error = refusal(seen, metered.model)
     if error is None:
         return
     rejected = seen.get(HoldRejected)
     if isinstance(rejected, HoldRejected):
         core.record_rejection(token, rid, metered.endpoint, metered.model, 402, rejected.code)
+        if placement.slice_id:
+            core.metering.stop_unheld(placement)  # dispatched already: its worker stops, uncharged
     raise error
 
 
@@ -188,10 +194,16 @@ async def _stream(
 ) -> Stream:
     """Hold first (a refusal is still a plain 402), then stream the job's output as it is produced."""
     rid = request_id(request)
+    seen: Seen = {}
     try:
         events = core.metering.stream(token, rid, metered, core.cancel_job_soon)
-        seen: Seen = {}
-        async for event in events:
+        placement = await anext(events)
+        assert isinstance(placement, Placement)
+        # Through the ledger, wait for its hold, so that a refusal is still a plain 402; against a
+        # slice the hold is reserved already, and the stream starts at once.
+        while not placement.slice_id:
+            event = await anext(events)
+            assert not isinstance(event, Placement)
             seen[type(event)] = event
             if isinstance(event, (HoldPlaced, HoldRejected, CommandRejected)):
                 break
@@ -199,9 +211,9 @@ async def _stream(
         raise _overloaded() from None
     except TimeoutError:
         raise ApiError(504, "The ledger did not answer in time.", code="timeout") from None
-    if HoldPlaced not in seen:
+    if not placement.slice_id and HoldPlaced not in seen:
         await events.aclose()
-        _raise_refusal(core, token, rid, metered, seen)
+        _raise_refusal(core, token, rid, metered, placement, seen)
     created = int(time.time())
     model = metered.model
 
@@ -215,6 +227,7 @@ async def _stream(
             yield _sse(first)
             ended: Seen = {}
             async for event in events:
+                assert not isinstance(event, Placement)
                 ended[type(event)] = event
                 if isinstance(event, JobProgressed) and event.delta:
                     # A retried run replays the same text: send only what goes beyond what was sent.
@@ -224,6 +237,15 @@ async def _stream(
                     if fresh:
                         sent_chars += len(fresh)
                         yield _sse(_chunk(kind, rid, model, created, fresh, None))
+            rejected = ended.get(HoldRejected)
+            if isinstance(rejected, HoldRejected):  # against a slice: the ledger could not carve the hold
+                core.record_rejection(token, rid, metered.endpoint, metered.model, 402, rejected.code)
+                core.metering.stop_unheld(placement)
+                error = refusal(ended, metered.model)
+                assert error is not None
+                body = {"error": {"message": error.message, "type": "insufficient_quota", "code": error.code}}
+                yield _sse(body)
+                return
             yield _final_chunk(core, token, metered, kind, rid, created, ended)
             yield b"data: [DONE]\n\n"
         except TimeoutError:
