@@ -279,6 +279,12 @@ class WorkerRole:
         payload = msgspec.json.decode(job.payload)
         started_at = self._clock()
         for attempt in range(1, job.attempts_max + 1):
+            if running.stop.is_set():  # stopped before this run began: no lease, no work
+                return (
+                    cancelled_records(job, self._clock(), Units(), "", "cancel")
+                    if running.stop_reason == "cancel"
+                    else None
+                )
             with self._lock:
                 running.run_id = f"{job.job_id}/{uuid.uuid4().hex}"
                 lease = self._lease(running)
@@ -373,6 +379,9 @@ class WorkerRole:
     # --- the polling thread ---
 
     def _take(self, records: list[Record]) -> None:
+        """Take a batch: its stop signals first, then its jobs. A job whose cancel (or dead letter)
+        is in the same batch (a redelivered job after a crash, cancelled meanwhile) never starts."""
+        fresh: list[_Running] = []
         for record in records:
             tp = (record.topic, record.partition)
             self._polled_to[tp] = record.offset + 1
@@ -384,11 +393,14 @@ class WorkerRole:
                 running = _Running(event, record)
                 with self._lock:
                     self._running[event.job_id] = running
-                assert self._loop is not None
-                asyncio.run_coroutine_threadsafe(self._execute(running), self._loop)
+                fresh.append(running)
             elif isinstance(event, (JobCancelRequested, JobDeadLettered)):
                 reason = "cancel" if isinstance(event, JobCancelRequested) else "dead_letter"
                 self._signal_stop(event.job_id, reason)
+        assert self._loop is not None
+        for running in fresh:
+            # A stopped one runs no backend: it reports its (empty) cancellation, or nothing.
+            asyncio.run_coroutine_threadsafe(self._execute(running), self._loop)
 
     def _signal_stop(self, job_id: str, reason: str) -> None:
         self._stopped_jobs[job_id] = reason

@@ -29,7 +29,7 @@ from eventlog.settings import Settings
 from ledger.accounts import Book, breakage, held_account, revenue, wallet_account
 from ledger.pricing import default_price_book
 from ledger.role import LedgerRole
-from ledger.wallet import Rejection, Wallet, decide, decide_expiry, decide_grant_expiry, evolve
+from ledger.wallet import Rejection, Wallet, decide, decide_expiry, decide_grant_expiry, decide_slice_expiry, evolve
 from schemas.codec import decode_event, encode
 from schemas.commands import (
     AdjustCredits,
@@ -37,10 +37,12 @@ from schemas.commands import (
     CaptureHold,
     ConfigureAutoTopUp,
     GrantCredits,
+    GrantSlice,
     JobSpec,
     PlaceHold,
     RefundCredits,
     ReleaseHold,
+    ReturnSlice,
     SetCreditLimit,
 )
 from schemas.events import (
@@ -57,6 +59,8 @@ from schemas.events import (
     HoldRejected,
     HoldReleased,
     JobQueued,
+    SliceGranted,
+    SliceReturned,
 )
 from schemas.units import Units
 from tests.support import examples
@@ -93,6 +97,16 @@ class RefHold:
     status: str = "open"  # open, captured, released
     captured: int = 0
     refunded: int = 0
+    slice_id: str = ""
+
+
+@dataclass
+class RefSlice:
+    """A slice of the balance reserved for a gateway: holds are carved out of it, their rests go back."""
+
+    left: int
+    expires_at: datetime
+    open: bool = True
 
 
 def ref_price(input_tokens: int, output_tokens: int) -> int:
@@ -105,6 +119,7 @@ class Reference:
     def __init__(self) -> None:
         self.grants: dict[str, RefGrant] = {}
         self.holds: dict[str, RefHold] = {}
+        self.slices: dict[str, RefSlice] = {}
         self.refunds: dict[str, int] = {}
         self.adjustments: dict[str, int] = {}
         self.debt = 0
@@ -119,7 +134,16 @@ class Reference:
 
     @property
     def held(self) -> int:
-        return sum(h.amount for h in self.holds.values() if h.status == "open")
+        holds = sum(h.amount for h in self.holds.values() if h.status == "open")
+        return holds + sum(s.left for s in self.slices.values() if s.open)
+
+    def _back(self, hold: RefHold, amount: int) -> str:
+        """A resolved hold's rest goes back to its slice while that is open; the slice's id, or ""."""
+        found = self.slices.get(hold.slice_id)
+        if found is not None and found.open:
+            found.left += amount
+            return hold.slice_id
+        return ""
 
     @property
     def spendable(self) -> int:
@@ -168,12 +192,42 @@ class Reference:
             if command.hold_id in self.holds:
                 same = self.holds[command.hold_id].amount == command.amount_micros
                 return [] if same else [("rejected", "exists_with_different_amount")]
-            if command.amount_micros > self.spendable:
+            carved = self.slices.get(command.slice_id)
+            if carved is None or not carved.open or now >= carved.expires_at or carved.left < command.amount_micros:
+                carved = None
+            if carved is None and command.amount_micros > self.spendable:
                 code = "insufficient_credits"
                 return [("HoldRejected", command.hold_id, code, command.amount_micros, self.spendable)]
             expires_at = now + timedelta(seconds=command.ttl_s)
-            self.holds[command.hold_id] = RefHold(command.amount_micros, expires_at, command.job.model)
-            return [("HoldPlaced", command.hold_id, command.amount_micros, expires_at), ("JobQueued", command.hold_id)]
+            slice_id = command.slice_id if carved is not None else ""
+            if carved is not None:
+                carved.left -= command.amount_micros
+            self.holds[command.hold_id] = RefHold(
+                command.amount_micros, expires_at, command.job.model, slice_id=slice_id
+            )
+            placed = ("HoldPlaced", command.hold_id, command.amount_micros, expires_at, slice_id)
+            return [placed] if command.job.dispatched else [placed, ("JobQueued", command.hold_id)]
+        if isinstance(command, GrantSlice):
+            if command.amount_micros <= 0 or command.minimum_micros <= 0:
+                return [("rejected", "amount_must_be_positive")]
+            if command.ttl_s <= 0:
+                return [("rejected", "ttl_must_be_positive")]
+            if command.slice_id in self.slices:
+                return []  # one instance in these programs: a repeat is a duplicate
+            amount = min(command.amount_micros, self.spendable // 2)
+            if amount < command.minimum_micros:
+                return [("rejected", "insufficient_credits")]
+            expires_at = now + timedelta(seconds=command.ttl_s)
+            self.slices[command.slice_id] = RefSlice(amount, expires_at)
+            return [("SliceGranted", command.slice_id, amount, expires_at)]
+        if isinstance(command, ReturnSlice):
+            found = self.slices.get(command.slice_id)
+            if found is None:
+                return [("rejected", "slice_not_found")]
+            if not found.open:
+                return []
+            left, found.left, found.open = found.left, 0, False
+            return [("SliceReturned", command.slice_id, left, "returned")]
         if isinstance(command, (CaptureHold, ReleaseHold)):
             hold = self.holds.get(command.hold_id)
             if hold is None:
@@ -182,7 +236,8 @@ class Reference:
                 return [("rejected", f"hold_already_{hold.status}")]
             if isinstance(command, ReleaseHold):
                 hold.status = "released"
-                return [("HoldReleased", command.hold_id, hold.amount, command.reason)]
+                back = self._back(hold, hold.amount)
+                return [("HoldReleased", command.hold_id, hold.amount, command.reason, back)]
             if now >= hold.expires_at:
                 return [("rejected", "hold_expired")]
             units = command.units
@@ -195,7 +250,8 @@ class Reference:
             hold.status, hold.captured = "captured", charged
             self.revenue += charged
             burns = self._burn(charged)
-            return [("HoldCaptured", command.hold_id, charged, hold.amount - charged, priced, burns)]
+            back = self._back(hold, hold.amount - charged)
+            return [("HoldCaptured", command.hold_id, charged, hold.amount - charged, priced, burns, back)]
         if isinstance(command, RefundCredits):
             if command.amount_micros <= 0:
                 return [("rejected", "amount_must_be_positive")]
@@ -241,7 +297,15 @@ class Reference:
         if hold.status != "open" or now < hold.expires_at:
             return []
         hold.status = "released"
-        return [("HoldReleased", hold_id, hold.amount, "hold_expired")]
+        back = self._back(hold, hold.amount)
+        return [("HoldReleased", hold_id, hold.amount, "hold_expired", back)]
+
+    def expire_slice(self, slice_id: str, now: datetime) -> list[Summary]:
+        found = self.slices[slice_id]
+        if not found.open or now < found.expires_at:
+            return []
+        left, found.left, found.open = found.left, 0, False
+        return [("SliceReturned", slice_id, left, "expired")]
 
     def expire_grant(self, grant_id: str, now: datetime) -> list[Summary]:
         g = self.grants[grant_id]
@@ -269,16 +333,28 @@ def summary(event: Event) -> Summary:
     if isinstance(event, CreditsGranted):
         return ("CreditsGranted", event.grant_id, event.amount_micros)
     if isinstance(event, HoldPlaced):
-        return ("HoldPlaced", event.hold_id, event.amount_micros, event.expires_at)
+        return ("HoldPlaced", event.hold_id, event.amount_micros, event.expires_at, event.slice_id)
     if isinstance(event, JobQueued):
         return ("JobQueued", event.hold_id)
     if isinstance(event, HoldRejected):
         return ("HoldRejected", event.hold_id, event.code, event.requested_micros, event.available_micros)
     if isinstance(event, HoldCaptured):
         burns = tuple((b.grant_id, b.amount_micros) for b in event.grant_burns)
-        return ("HoldCaptured", event.hold_id, event.amount_micros, event.released_micros, event.priced_micros, burns)
+        return (
+            "HoldCaptured",
+            event.hold_id,
+            event.amount_micros,
+            event.released_micros,
+            event.priced_micros,
+            burns,
+            event.slice_id,
+        )
     if isinstance(event, HoldReleased):
-        return ("HoldReleased", event.hold_id, event.amount_micros, event.reason)
+        return ("HoldReleased", event.hold_id, event.amount_micros, event.reason, event.slice_id)
+    if isinstance(event, SliceGranted):
+        return ("SliceGranted", event.slice_id, event.amount_micros, event.expires_at)
+    if isinstance(event, SliceReturned):
+        return ("SliceReturned", event.slice_id, event.amount_micros, event.reason)
     if isinstance(event, CreditsRefunded):
         return ("CreditsRefunded", event.refund_id, event.reference, event.amount_micros)
     if isinstance(event, CreditsAdjusted):
@@ -322,12 +398,21 @@ grants = st.tuples(
     st.one_of(st.none(), st.integers(-30, 600)),  # expiry, seconds from now
     st.integers(0, 3),  # priority
 )
+slice_ids = st.sampled_from(["s0", "s1", "s2"])
 places = st.tuples(
     st.just("place"),
     hold_ids,
     amounts(25_000),
     st.integers(1, 400),  # ttl_s
     weighted((9, st.just(MODEL)), (1, st.just(UNPRICED))),
+    weighted((1, st.just("")), (1, slice_ids)),  # against a gateway's slice (carved out of it if it covers it)
+)
+slices = st.tuples(
+    st.just("slice"),
+    slice_ids,
+    amounts(80_000),
+    weighted((9, st.integers(1, 3_000)), (1, st.just(0))),  # the least the gateway can use
+    weighted((9, st.integers(1, 300)), (1, st.just(0))),  # ttl_s
 )
 captures = st.tuples(
     st.just("capture"),
@@ -351,6 +436,8 @@ operations = weighted(
         ),
     ),
     (2, advances),  # then sweep expiries, or not (a role that lags)
+    (2, slices),
+    (1, st.tuples(st.just("return"), weighted((9, slice_ids), (1, st.just("s-unknown"))))),
 )
 
 
@@ -362,6 +449,20 @@ def _request(place: Op, capture: Op, refund: Op | None, wait: Op | None) -> list
 
 
 requests = st.builds(_request, places, captures, st.one_of(st.none(), refunds), st.one_of(st.none(), advances))
+
+
+def _session(grant: Op, holds: list[tuple[Op, Op]], wait: Op | None, give_back: bool) -> list[Op]:
+    """A gateway's slice: granted, holds carved out of it and resolved, maybe a wait, maybe returned."""
+    slice_id = grant[1]
+    ops: list[Op] = [grant]
+    for place, capture in holds:
+        ops += [(*place[:5], slice_id), ("capture", place[1], *capture[2:])]
+    return ops + ([wait] if wait else []) + ([("return", slice_id)] if give_back else [])
+
+
+sessions = st.builds(
+    _session, slices, st.lists(st.tuples(places, captures), max_size=4), st.one_of(st.none(), advances), st.booleans()
+)
 # Start funded most of the time, so that holds and captures get past insufficient_credits.
 funding = st.lists(
     st.tuples(
@@ -374,7 +475,7 @@ funding = st.lists(
     ),
     max_size=2,
 )
-steps = weighted((7, operations.map(lambda op: [op])), (3, requests))
+steps = weighted((7, operations.map(lambda op: [op])), (3, requests), (2, sessions))
 programs = st.builds(
     lambda head, tail: head + [op for step in tail for op in step], funding, st.lists(steps, min_size=10, max_size=50)
 )
@@ -397,7 +498,8 @@ def command_for(op: Op, n: int, now: datetime, org: str = ORG) -> AnyCommand:
     if kind == "limit":
         return SetCreditLimit(**envelope, limit_micros=op[1])
     if kind == "place":
-        _, hold_id, amount, ttl_s, model = op
+        _, hold_id, amount, ttl_s, model, *against = op
+        slice_id = against[0] if against else ""
         job = JobSpec(
             job_id=f"j-{hold_id}",
             token_id="tok",
@@ -405,8 +507,29 @@ def command_for(op: Op, n: int, now: datetime, org: str = ORG) -> AnyCommand:
             endpoint="/v1/chat/completions",
             pool="default",
             payload=msgspec.Raw(b"{}"),
+            dispatched=bool(slice_id),  # a gateway dispatches what it places against its slice
         )
-        return PlaceHold(**envelope, hold_id=hold_id, request_id=hold_id, amount_micros=amount, ttl_s=ttl_s, job=job)
+        return PlaceHold(
+            **envelope,
+            hold_id=hold_id,
+            request_id=hold_id,
+            amount_micros=amount,
+            ttl_s=ttl_s,
+            job=job,
+            slice_id=slice_id,
+        )
+    if kind == "slice":
+        _, slice_id, amount, minimum, ttl_s = op
+        return GrantSlice(
+            **envelope,
+            slice_id=slice_id,
+            instance_id="gw-1",
+            amount_micros=amount,
+            ttl_s=ttl_s,
+            minimum_micros=minimum,
+        )
+    if kind == "return":
+        return ReturnSlice(**envelope, slice_id=op[1])
     if kind == "capture":
         _, hold_id, input_tokens, output_tokens = op
         units = Units(input_tokens=input_tokens, output_tokens=output_tokens)
@@ -455,7 +578,8 @@ class Run:
     def command(self, command: AnyCommand) -> None:
         expected = self.ref.decide(command, self.now)
         outcome = (expected[0][1] if expected[0][0] == "rejected" else expected[0][0]) if expected else "duplicate"
-        label(f"{type(command).__name__} -> {outcome}")
+        carved = bool(expected) and expected[0][0] == "HoldPlaced" and bool(expected[0][4])
+        label(f"{type(command).__name__} -> {outcome}" + (" (carved out of a slice)" if carved else ""))
         self.apply(decide(self.wallet, command, self.now, PRICES), expected, command)
 
     def sweep(self) -> None:
@@ -465,6 +589,11 @@ class Run:
             if expected:
                 label("expiry -> HoldReleased")
             self.apply(decide_expiry(self.wallet, hold_id, self.now), expected, ("expire hold", hold_id))
+        for slice_id in sorted(self.ref.slices, key=lambda x: self.ref.slices[x].expires_at):
+            expected = self.ref.expire_slice(slice_id, self.now)
+            if expected:
+                label("expiry -> SliceReturned")
+            self.apply(decide_slice_expiry(self.wallet, slice_id, self.now), expected, ("expire slice", slice_id))
         for grant_id in sorted(self.ref.grants, key=lambda g: self.ref.grants[g].seq):
             expected = self.ref.expire_grant(grant_id, self.now)
             if expected:
@@ -488,6 +617,9 @@ class Run:
         }
         assert {h: (w.status.value, w.captured_micros, w.refunded_micros) for h, w in wallet.holds.items()} == {
             h: (r.status, r.captured, r.refunded) for h, r in ref.holds.items()
+        }
+        assert {x: (w.left_micros, w.open) for x, w in wallet.slices.items()} == {
+            x: (r.left, r.open) for x, r in ref.slices.items()
         }
         assert all(n == 1 for n in self.captures.values()), "a hold is captured at most once"
         if ref.debt > 0:
@@ -528,7 +660,9 @@ def test_deciding_an_exact_retry_changes_nothing(ops: list[Op]) -> None:
         if isinstance(first, list) and first and isinstance(first[0], HoldRejected):
             # A refused hold is not remembered: the retry is decided afresh, to the same event (same id).
             assert again == first
-        elif isinstance(command, (GrantCredits, PlaceHold, RefundCredits, AdjustCredits, SetCreditLimit)):
+        elif isinstance(
+            command, (GrantCredits, PlaceHold, RefundCredits, AdjustCredits, SetCreditLimit, GrantSlice, ReturnSlice)
+        ):
             assert isinstance(again, Rejection) or again == [], (command, again)
         else:  # capture and release are not idempotent by command id: the hold is resolved now
             assert isinstance(again, Rejection)
@@ -731,7 +865,7 @@ def test_the_role_expires_a_grant_that_was_fully_held_when_due() -> None:
     )
     role.expire_due(T0 + timedelta(seconds=60))  # the hold needs all of it
     released = [summary(decode_event(o.value)) for o in role.expire_due(T0 + timedelta(seconds=120))]
-    assert released == [("HoldReleased", "h1", 200, "hold_expired"), ("GrantExpired", "promo", 200)]
+    assert released == [("HoldReleased", "h1", 200, "hold_expired", ""), ("GrantExpired", "promo", 200)]
     assert role.wallets[ORG].spendable_micros == 0
 
 
