@@ -3,7 +3,8 @@
 A request is answered when its worker's outcome arrives; the worker's capture reaches the ledger
 (and its event this gateway's balances view) a little later. Until then this instance shows the
 balance as the ledger will record it (read-your-writes for a client that asks the same gateway right
-after its answer): the charge taken from the balance and the hold no longer held. Other instances
+after its answer): the charge taken from the balance, and the hold no longer held (for a hold carved
+out of a slice, only the charge: its rest goes back to the slice, which still holds it). Other instances
 show it once they have read the ledger's event. An entry goes when the ledger's capture or release
 of its hold is folded (whatever the ledger decided), or after ``pending_s_max``.
 """
@@ -26,7 +27,7 @@ pending_max = 100_000  # bounded memory: the oldest entries go first
 class Pending:
     org_id: str
     amount_micros: int  # what the answer charged
-    hold_micros: int  # what the hold reserved
+    released_micros: int  # what leaves "held" when the ledger captures it
     at: float
 
 
@@ -49,12 +50,13 @@ class PendingCharges:
             if isinstance(event, (HoldCaptured, HoldReleased)):
                 self._forget(event.hold_id)
 
-    def answered(self, org_id: str, hold_id: str, hold_micros: int, amount_micros: int) -> None:
+    def answered(self, org_id: str, hold_id: str, hold_micros: int, amount_micros: int, carved: bool) -> None:
         with self._lock:
             hold = self._balances.get(org_id).holds.get(hold_id)
             if hold is not None and hold.status.value != "open":
                 return  # the ledger was faster: its capture is in the view already
-            entry = Pending(org_id, amount_micros, hold_micros, time.monotonic())
+            released = amount_micros if carved else hold_micros
+            entry = Pending(org_id, amount_micros, released, time.monotonic())
             self._by_hold[hold_id] = entry
             self._by_org.setdefault(org_id, {})[hold_id] = entry
             while len(self._by_hold) > pending_max:
@@ -67,7 +69,7 @@ class PendingCharges:
             while self._by_hold and next(iter(self._by_hold.values())).at < horizon:
                 self._forget(next(iter(self._by_hold)))
             entries = list(self._by_org.get(org_id, {}).values())
-        return sum(e.amount_micros for e in entries), sum(e.hold_micros for e in entries)
+        return sum(e.amount_micros for e in entries), sum(e.released_micros for e in entries)
 
     def _forget(self, hold_id: str) -> None:
         entry = self._by_hold.pop(hold_id, None)

@@ -48,6 +48,7 @@ from schemas.events import (
     JobLeaseLost,
     JobQueued,
     SliceGranted,
+    SliceReturned,
 )
 from schemas.ids import event_id_for
 from schemas.moments import utc_now
@@ -165,8 +166,8 @@ class LedgerRole:
             heapq.heappush(self._expiries, (event.expires_at, event.org_id, "grant", event.grant_id))
         elif isinstance(event, SliceGranted):
             heapq.heappush(self._expiries, (event.expires_at, event.org_id, "slice", event.slice_id))
-        elif isinstance(event, (HoldCaptured, HoldReleased)):
-            # An expired grant whose remainder open holds still needed can now expire further.
+        elif isinstance(event, (HoldCaptured, HoldReleased, SliceReturned)):
+            # An expired grant whose remainder open holds (or slices) still needed can now expire further.
             for grant in wallet.grants.values():
                 if grant.expired and grant.remaining_micros > 0:
                     heapq.heappush(self._expiries, (event.occurred_at, event.org_id, "grant", grant.grant_id))

@@ -81,7 +81,7 @@ def _accepted(request_id: str, placement: Placement) -> Response[bytes]:
 
 async def _run(
     request: Request[Any, Any, Any], core: GatewayCore, token: ApiToken, metered: MeteredRequest
-) -> Seen | Response[bytes]:
+) -> tuple[Placement, Seen] | Response[bytes]:
     """Hold and run the request; the 202 of an async request, else the events that ended it."""
     rid = request_id(request)
     try:
@@ -97,7 +97,7 @@ async def _run(
     if metered.run_async and (placement.slice_id or HoldPlaced in seen):
         return _accepted(rid, placement)
     _raise_refusal(core, token, rid, metered, placement, seen)
-    return seen
+    return placement, seen
 
 
 def _raise_refusal(
@@ -114,11 +114,14 @@ def _raise_refusal(
     raise error
 
 
-def _answered(core: GatewayCore, token: ApiToken, rid: str, metered: MeteredRequest, completed: JobCompleted) -> Charge:
+def _answered(
+    core: GatewayCore, token: ApiToken, placement: Placement, metered: MeteredRequest, completed: JobCompleted
+) -> Charge:
     """The charge an answer states (the ledger records the same one a moment later), shown in this
     instance's balances at once."""
     charge = charge_of(metered, completed.units, completed.occurred_at)
-    core.pending.answered(token.org_id, rid, metered.hold_micros, charge.amount_micros)
+    hold_id = placement.command.hold_id
+    core.pending.answered(token.org_id, hold_id, metered.hold_micros, charge.amount_micros, bool(placement.slice_id))
     return charge
 
 
@@ -129,9 +132,10 @@ async def _respond_json(
     outcome = await _run(request, core, token, metered)
     if isinstance(outcome, Response):
         return outcome
-    completed = outcome[JobCompleted]
+    placement, seen = outcome
+    completed = seen[JobCompleted]
     assert isinstance(completed, JobCompleted)
-    charge = _answered(core, token, request_id(request), metered, completed)
+    charge = _answered(core, token, placement, metered, completed)
     body = shape_result(metered.endpoint, request_id(request), msgspec.json.decode(completed.result), charge)
     added_ms = (time.perf_counter() - started) * 1000 - completed.duration_ms
     headers = {**charge_headers(charge), "x-gateway-added-ms": f"{max(added_ms, 0):.2f}"}
@@ -246,7 +250,7 @@ async def _stream(
                 body = {"error": {"message": error.message, "type": "insufficient_quota", "code": error.code}}
                 yield _sse(body)
                 return
-            yield _final_chunk(core, token, metered, kind, rid, created, ended)
+            yield _final_chunk(core, token, placement, metered, kind, created, ended)
             yield b"data: [DONE]\n\n"
         except TimeoutError:
             yield _sse(
@@ -260,11 +264,18 @@ async def _stream(
 
 
 def _final_chunk(
-    core: GatewayCore, token: ApiToken, metered: MeteredRequest, kind: str, rid: str, created: int, ended: Seen
+    core: GatewayCore,
+    token: ApiToken,
+    placement: Placement,
+    metered: MeteredRequest,
+    kind: str,
+    created: int,
+    ended: Seen,
 ) -> bytes:
+    rid = placement.command.request_id
     completed = ended.get(JobCompleted)
     if isinstance(completed, JobCompleted):
-        charge = _answered(core, token, rid, metered, completed)
+        charge = _answered(core, token, placement, metered, completed)
         choices = msgspec.json.decode(completed.result).get("choices") or [{}]
         final = _chunk(kind, rid, metered.model, created, "", choices[0].get("finish_reason") or "stop")
         final["usage"] = {**token_usage(charge.units), **usage_cost(charge)}
@@ -299,9 +310,10 @@ async def speech(request: Request[Any, Any, Any], core: Core) -> Response[bytes]
     outcome = await _run(request, core, token, metered)
     if isinstance(outcome, Response):
         return outcome
-    completed = outcome[JobCompleted]
+    placement, seen = outcome
+    completed = seen[JobCompleted]
     assert isinstance(completed, JobCompleted)
-    charge = _answered(core, token, request_id(request), metered, completed)
+    charge = _answered(core, token, placement, metered, completed)
     audio = base64.b64decode(msgspec.json.decode(completed.result)["audio_b64"])
     return Response(content=audio, media_type="audio/wav", headers=charge_headers(charge))
 

@@ -174,8 +174,9 @@ def stream_chat(client: openai.OpenAI, i: int, cut: bool, seen: Seen) -> None:
             seen.outcome(f"{kind}:no-usage")
     except openai.APIStatusError as error:
         seen.outcome(f"{kind}:{error.status_code}")
-    except (openai.APIError, httpx.HTTPError):
+    except (openai.APIError, httpx.HTTPError) as error:
         seen.outcome(f"{kind}:unreachable")
+        seen.outcome(f"error:{type(error).__name__}")
 
 
 def submit(base_url: str, key: str, stop: threading.Event, seen: Seen) -> None:
@@ -214,8 +215,9 @@ def submit(base_url: str, key: str, stop: threading.Event, seen: Seen) -> None:
                     time.sleep(chooser.uniform(0, 0.6))  # before it starts, while it runs, or after it ended
                     cancel = client.delete(f"/v1/jobs/{response.json()['job_id']}")
                     seen.outcome(f"cancel:{cancel.status_code}")
-            except httpx.HTTPError:
+            except httpx.HTTPError as error:
                 seen.outcome(f"{kind}:unreachable")
+                seen.outcome(f"error:{type(error).__name__}")
             time.sleep(0.15)
 
 

@@ -898,3 +898,29 @@ def test_an_expired_grant_freed_by_a_release_backs_no_new_hold_in_the_same_batch
     decided = [type(decode_event(o.value)).__name__ for o in outputs]
     # The promo expired at 60 s and h1 no longer needs it: it breaks at once, so h2 is refused.
     assert decided == ["HoldReleased", "GrantExpired", "HoldRejected"]
+
+
+def test_a_grant_a_slice_kept_from_breaking_breaks_when_the_slice_expires_at_the_same_moment() -> None:
+    """Found by the role property with slices: a grant and a slice due at the same moment expire in
+    the heap's order (the grant first), so the slice's reserve kept part of the grant; the slice's
+    return must let the grant break the rest, as a hold's resolution does."""
+    clock = FakeClock()
+    role = LedgerRole(EmbeddedLog(Path(":memory:")), Settings(), PRICES, clock)
+    due = T0 + timedelta(seconds=1)
+    role.decide_batch(
+        [
+            encode(_grant("promo", 2, expires_at=due)),
+            encode(
+                GrantSlice(
+                    command_id="s", org_id=ORG, issued_at=T0, slice_id="s", instance_id="gw", amount_micros=1, ttl_s=1
+                )
+            ),
+        ]
+    )
+    decided = [summary(decode_event(o.value)) for o in role.expire_due(due)]
+    assert decided == [
+        ("GrantExpired", "promo", 1),
+        ("SliceReturned", "s", 1, "expired"),
+        ("GrantExpired", "promo", 1),
+    ]
+    assert role.wallets[ORG].grants["promo"].remaining_micros == 0
