@@ -15,9 +15,12 @@ def balance_card(core: GatewayCore, org_id: str) -> dict[str, Any]:
     wallet = core.balances.get(org_id)
     grants = sorted(wallet.grants.values(), key=Grant.burn_key)
     # Charges this instance answered with and the ledger has not recorded yet (gateway/pending.py).
-    charged, released = core.pending.of(org_id)
-    balance = wallet.balance_micros - charged
-    held = wallet.held_micros - released
+    pending = core.pending.of(org_id)
+    balance = wallet.balance_micros - pending.charged
+    # Held: what requests in flight hold. Gateways' slices (quota leases, gateway/quota.py) are
+    # available to requests, through those gateways, and shown apart as reserved_by_gateways.
+    sliced = wallet.sliced_micros - pending.sliced
+    held = wallet.holds_micros - pending.held
     return {
         "amount": micros_to_decimal(balance),
         "amount_micros": balance,
@@ -25,6 +28,7 @@ def balance_card(core: GatewayCore, org_id: str) -> dict[str, Any]:
         "available_micros": balance - held,
         "held": micros_to_decimal(held),
         "held_micros": held,
+        "reserved_by_gateways_micros": sliced,
         "credit_limit_micros": wallet.credit_limit_micros,
         "spendable_micros": balance - held + wallet.credit_limit_micros,
         "currency": "USD",

@@ -3,8 +3,8 @@
 A request is answered when its worker's outcome arrives; the worker's capture reaches the ledger
 (and its event this gateway's balances view) a little later. Until then this instance shows the
 balance as the ledger will record it (read-your-writes for a client that asks the same gateway right
-after its answer): the charge taken from the balance, and the hold no longer held (for a hold carved
-out of a slice, only the charge: its rest goes back to the slice, which still holds it). Other instances
+after its answer): the charge taken from the balance, the hold no longer held, and for a hold carved
+out of a gateway's slice its rest back in that slice. Other instances
 show it once they have read the ledger's event. An entry goes when the ledger's capture or release
 of its hold is folded (whatever the ledger decided), or after ``pending_s_max``.
 """
@@ -27,8 +27,20 @@ pending_max = 100_000  # bounded memory: the oldest entries go first
 class Pending:
     org_id: str
     amount_micros: int  # what the answer charged
-    released_micros: int  # what leaves "held" when the ledger captures it
+    hold_micros: int  # what the hold reserved
+    carved: bool  # placed against a gateway's slice: its rest goes back to the slice
     at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Overlay:
+    """What the balances view lacks of an organization: subtract ``charged`` from its balance,
+    ``held`` from what requests hold and ``sliced`` from what gateways' slices reserve (negative when
+    a rest goes back to a slice)."""
+
+    charged: int = 0
+    held: int = 0
+    sliced: int = 0
 
 
 class PendingCharges:
@@ -55,21 +67,29 @@ class PendingCharges:
             hold = self._balances.get(org_id).holds.get(hold_id)
             if hold is not None and hold.status.value != "open":
                 return  # the ledger was faster: its capture is in the view already
-            released = amount_micros if carved else hold_micros
-            entry = Pending(org_id, amount_micros, released, time.monotonic())
+            entry = Pending(org_id, amount_micros, hold_micros, carved, time.monotonic())
             self._by_hold[hold_id] = entry
             self._by_org.setdefault(org_id, {})[hold_id] = entry
             while len(self._by_hold) > pending_max:
                 self._forget(next(iter(self._by_hold)))
 
-    def of(self, org_id: str) -> tuple[int, int]:
-        """(charged, held) micros this instance answered for and the ledger has not recorded yet."""
+    def of(self, org_id: str) -> Overlay:
+        """The charges this instance answered for and the ledger has not recorded yet, as the view
+        will change once it has: from where each hold stands in the view now."""
+        charged = held = sliced = 0
         with self._lock:
             horizon = time.monotonic() - pending_s_max
             while self._by_hold and next(iter(self._by_hold.values())).at < horizon:
                 self._forget(next(iter(self._by_hold)))
-            entries = list(self._by_org.get(org_id, {}).values())
-        return sum(e.amount_micros for e in entries), sum(e.released_micros for e in entries)
+            wallet = self._balances.get(org_id)
+            for hold_id, entry in self._by_org.get(org_id, {}).items():
+                charged += entry.amount_micros
+                if hold_id in wallet.holds:  # placed: it leaves held; a carved one's rest goes to the slice
+                    held += entry.hold_micros
+                    sliced -= entry.hold_micros - entry.amount_micros if entry.carved else 0
+                elif entry.carved:  # not carved yet: the slice still counts it, and will keep its rest
+                    sliced += entry.amount_micros
+        return Overlay(charged, held, sliced)
 
     def _forget(self, hold_id: str) -> None:
         entry = self._by_hold.pop(hold_id, None)

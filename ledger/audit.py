@@ -245,10 +245,13 @@ class Auditor:
 
     def balance(self, org_id: str) -> dict[str, int]:
         wallet = self.wallets.get(org_id) or Wallet(org_id=org_id)
+        # As the balance API shows it: held is what requests in flight hold; gateways' slices are
+        # available to requests (through those gateways), and shown apart.
         return {
             "amount_micros": wallet.balance_micros,
-            "available_micros": wallet.available_micros,
-            "held_micros": wallet.held_micros,
+            "available_micros": wallet.balance_micros - wallet.holds_micros,
+            "held_micros": wallet.holds_micros,
+            "sliced_micros": wallet.sliced_micros,
             "captured_micros": wallet.captured_micros,
             "book_wallet_micros": self.book.balance(wallet_account(org_id)),
             "book_held_micros": self.book.balance(held_account(org_id)),

@@ -234,6 +234,16 @@ class Wallet(Aggregate):
     def spendable_micros(self) -> int:
         return self.available_micros + self.credit_limit_micros
 
+    @property
+    def sliced_micros(self) -> int:
+        """What gateways' open slices still reserve (not carved into holds yet)."""
+        return sum(s.left_micros for s in self.slices.values() if s.open)
+
+    @property
+    def holds_micros(self) -> int:
+        """What open holds reserve: the requests in flight (``held_micros`` less the slices)."""
+        return self.held_micros - self.sliced_micros
+
     def open_slice(self, slice_id: str) -> Slice | None:
         found = self.slices.get(slice_id) if slice_id else None
         return found if found is not None and found.open else None

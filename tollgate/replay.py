@@ -247,7 +247,7 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
         if admin is not None:
             orgs = organizations(log) | set(balances.wallets)
             mismatches += admin.compare_balances(
-                {org: (balances.get(org).balance_micros, balances.get(org).held_micros) for org in orgs}
+                {org: (balances.get(org).balance_micros, balances.get(org).holds_micros) for org in orgs}
             )
     if "jobs" in wanted:
         started = time.monotonic()
