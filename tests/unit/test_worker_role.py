@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import msgspec
+import pytest
 
-from eventlog import Record, topics
+from eventlog import AssignmentListener, Processor, Record, topics
 from eventlog.embedded import EmbeddedLog
 from eventlog.settings import Settings
 from schemas.events import JobQueued
@@ -47,7 +48,7 @@ def test_a_job_thread_that_crashes_stops_heartbeating_its_lease(tmp_path: Path) 
     log.close()
 
 
-def test_each_pool_is_its_own_consumer_group(tmp_path: Path) -> None:
+def test_each_pool_is_its_own_consumer_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     log = EmbeddedLog(tmp_path / "log.sqlite3", partitions=topics.partitions_per_topic)
     settings = dataclasses.replace(Settings(), worker_pools=("default", "video", "default"), instance_id="7")
     roles = worker_roles(log, settings, lambda: SimulatedChatBackend(0))
@@ -55,14 +56,16 @@ def test_each_pool_is_its_own_consumer_group(tmp_path: Path) -> None:
         ("default", "tollgate-worker-default", "worker-default-7"),
         ("video", "tollgate-worker-video", "worker-video-7"),
     ]
-    subscriptions: list[tuple[Any, ...]] = []
+    subscriptions: list[tuple[tuple[str, ...], str, str]] = []
     processor = log.processor
 
-    def recording_processor(topic_names: list[str], **kwargs: Any) -> Any:
-        subscriptions.append((tuple(topic_names), kwargs["group"], kwargs["transactional_id"]))
-        return processor(topic_names, **kwargs)
+    def recording_processor(
+        topic_names: Sequence[str], *, group: str, transactional_id: str, on_assigned: AssignmentListener
+    ) -> Processor:
+        subscriptions.append((tuple(topic_names), group, transactional_id))
+        return processor(topic_names, group=group, transactional_id=transactional_id, on_assigned=on_assigned)
 
-    log.processor = recording_processor  # type: ignore[method-assign]
+    monkeypatch.setattr(log, "processor", recording_processor)
     stopped = threading.Event()
     stopped.set()  # each role opens its processor, sees the stop and closes it
     for role in roles:
