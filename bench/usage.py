@@ -137,11 +137,12 @@ def capture_postings(columns: dict[str, Any]) -> dict[str, Any]:
 
 
 def rows_of(columns: dict[str, Any], lo: int, hi: int) -> list[UsageRow]:
+    def field(name: str, i: int) -> Any:  # a row's value of one column, a Python int for numpy's
+        column = columns[name]
+        return int(column[i]) if isinstance(column, np.ndarray) else column[i]
+
     names = list(columns)
-    return [
-        UsageRow(**{n: (int(columns[n][i]) if isinstance(columns[n], np.ndarray) else columns[n][i]) for n in names})
-        for i in range(lo, hi)
-    ]
+    return [UsageRow(**{n: field(n, i) for n in names}) for i in range(lo, hi)]
 
 
 def bench_ingest(store: UsageStore, args: argparse.Namespace) -> dict[str, Any]:

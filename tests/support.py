@@ -13,7 +13,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import httpx
 import msgspec
@@ -232,8 +232,20 @@ def capture_posting(row: UsageRow) -> PostingRow:
 
 
 now = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
-envelope = {"occurred_at": now, "org_id": "org_a"}
-job = {"job_id": "job_1", "request_id": "req_1"}
+
+
+class Envelope(TypedDict):
+    occurred_at: datetime
+    org_id: str
+
+
+class JobIds(TypedDict):
+    job_id: str
+    request_id: str
+
+
+envelope: Envelope = {"occurred_at": now, "org_id": "org_a"}
+job: JobIds = {"job_id": "job_1", "request_id": "req_1"}
 placed = HoldPlaced(
     event_id="e1",
     hold_id="req_1",

@@ -32,7 +32,6 @@ def poll_quiet(reader: Consumer | Processor, seconds: float = 1.5) -> list[Recor
 
 
 class LogContract:
-    log: EventLog
     # How long a test watches for records that must not come. The embedded log is synchronous (an
     # append is readable when it returns), so a short watch proves as much there as a long one on Kafka.
     quiet_s = 1.5

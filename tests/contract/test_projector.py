@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -72,7 +72,7 @@ def publish(log: EmbeddedLog, events: list[HoldCaptured]) -> None:
     producer.flush(5)
 
 
-def run_until(projector: ProjectorRole, done: object, timeout_s: float = 20) -> None:
+def run_until(projector: ProjectorRole, done: Callable[[], bool], timeout_s: float = 20) -> None:
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -85,17 +85,17 @@ def run_until(projector: ProjectorRole, done: object, timeout_s: float = 20) -> 
     thread = threading.Thread(target=target)
     thread.start()
     deadline = time.monotonic() + timeout_s
-    while thread.is_alive() and not done() and time.monotonic() < deadline:  # type: ignore[operator]
+    while thread.is_alive() and not done() and time.monotonic() < deadline:
         time.sleep(0.02)
     stop.set()
     thread.join(30)
 
 
 @pytest.fixture
-def parts(tmp_path: Path) -> tuple[EmbeddedLog, UsageStore]:
+def parts(tmp_path: Path) -> Iterator[tuple[EmbeddedLog, UsageStore]]:
     log = EmbeddedLog(tmp_path / "log.sqlite3", partitions=topics.partitions_per_topic)
     store = UsageStore(path=tmp_path / "clickhouse")
-    yield log, store  # type: ignore[misc]
+    yield log, store
     store.close()
     log.close()
 

@@ -249,7 +249,7 @@ def test_migrations_3_and_4_keep_rows_written_before_them(opener: Opener) -> Non
     store = opener.open()
     try:
         # Back to schema 2: no views, no rollup tables; then rows arrive that only the raw table sees.
-        for statement in (
+        for ddl in (
             "DROP VIEW usage_daily_mv",
             "DROP VIEW usage_hourly_mv",
             "DROP TABLE usage_daily",
@@ -258,7 +258,7 @@ def test_migrations_3_and_4_keep_rows_written_before_them(opener: Opener) -> Non
             "DROP TABLE ledger_daily",
             "TRUNCATE TABLE schema_migrations",
         ):
-            store.command(statement)
+            store.command(ddl)
         store.command("INSERT INTO schema_migrations VALUES (1, now()), (2, now())")
         rows = [charge(f"old{i}", month + timedelta(hours=5 * i)) for i in range(30)]
         store.insert(rows, [capture_posting(r) for r in rows])

@@ -140,11 +140,11 @@ def rechained(rows: list[tuple[bytes, bytes, int]]) -> list[tuple[bytes, bytes, 
     """``rows`` with every link recomputed (and every checkpoint's count and head), as a forger with
     write access to the log but not the ledger's key would leave them."""
     head = "0" * 64
-    linked = []
+    linked: list[tuple[bytes, bytes, int]] = []
     for key, value, ts in rows:
-        event = msgspec.structs.replace(decode_event(value), prev_hash=head)  # type: ignore[call-arg]
+        event = msgspec.structs.replace(decode_event(value), prev_hash=head)
         if json.loads(value)["type"] == checkpoint_type:
-            event = msgspec.structs.replace(event, count=len(linked), head=head)  # type: ignore[call-arg]
+            event = msgspec.structs.replace(event, count=len(linked), head=head)
         value = encode(event)
         linked.append((key, value, ts))
         head = record_hash(value)
@@ -277,7 +277,7 @@ def test_a_rechained_forgery_fails_the_signed_checkpoints(audited: AuditedRun, k
     partition, rows = busiest_partition(copy)
     index = first_index(rows, "credits.granted.v1")
     forged = decode_event(rows[index][1])
-    forged = msgspec.structs.replace(forged, event_id="forged-grant-2", grant_id="forged-grant-2")  # type: ignore[call-arg]
+    forged = msgspec.structs.replace(forged, event_id="forged-grant-2", grant_id="forged-grant-2")
     rows.insert(index + 1, (rows[index][0], encode(forged), rows[index][2]))
     rewrite_partition(copy, partition, rechained(rows))
     result = verify(copy, key_file)
@@ -294,7 +294,7 @@ def test_a_rechained_forgery_without_its_checkpoints_is_caught_and_named(
     partition, rows = busiest_partition(copy)
     index = first_index(rows, "credits.granted.v1")
     forged = decode_event(rows[index][1])
-    forged = msgspec.structs.replace(forged, event_id="forged-grant-3", grant_id="forged-grant-3")  # type: ignore[call-arg]
+    forged = msgspec.structs.replace(forged, event_id="forged-grant-3", grant_id="forged-grant-3")
     kept = rows[: index + 1]
     rest = [row for row in rows[index + 1 :] if type_of(row) != checkpoint_type]
     forged_rows = rechained([*kept, (rows[index][0], encode(forged), rows[index][2]), *rest])

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
+from typing import Any, TypedDict, Unpack
 
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.support import Dev, usage
 
@@ -25,11 +27,20 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
     server.role.stop()
 
 
-def chat(client: openai.OpenAI, content: str = "Hello!", **extra: object) -> tuple[dict[str, object], httpx.Headers]:
+class ChatOptions(TypedDict, total=False):
+    """The request options the tests set, as the SDK types them."""
+
+    max_tokens: int
+
+
+def chat(
+    client: openai.OpenAI, content: str = "Hello!", **options: Unpack[ChatOptions]
+) -> tuple[dict[str, Any], Mapping[str, str]]:
+    """The response body as JSON (decimals kept exact) and its headers (case-insensitive, as the SDK's)."""
     raw = client.chat.completions.with_raw_response.create(
         model="sim-chat-small",
         messages=[{"role": "user", "content": content}],
-        **extra,  # type: ignore[arg-type]
+        **options,
     )
     completion = raw.parse()
     assert completion.choices[0].message.content
@@ -49,10 +60,10 @@ def test_credits_used_equals_cost_equals_balance_drop(dev: Dev) -> None:
     before = usage(dev.base_url, key)["balance"]["amount_micros"]
     assert before == 1_500_000
     body, headers = chat(dev.client(key), "Count the micro-credits, exactly.")
-    cost = body["usage"]["cost_usd"]  # type: ignore[index]
+    cost = body["usage"]["cost_usd"]
     assert isinstance(cost, Decimal)
     assert Decimal(headers["x-credits-used"]) == cost
-    assert body["usage"]["cost_micros"] == int(cost * 1_000_000) > 0  # type: ignore[index]
+    assert body["usage"]["cost_micros"] == int(cost * 1_000_000) > 0
     after = usage(dev.base_url, key)["balance"]
     assert before - after["amount_micros"] == int(cost * 1_000_000)
     assert after["held_micros"] == 0
@@ -145,7 +156,7 @@ def test_many_requests_agree_to_the_micro_credit(dev: Dev) -> None:
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda p: chat(client, p), prompts))
     charged = sum(int(Decimal(headers["x-credits-used"]) * 1_000_000) for _, headers in results)
-    assert charged == sum(body["usage"]["cost_micros"] for body, _ in results)  # type: ignore[index]
+    assert charged == sum(body["usage"]["cost_micros"] for body, _ in results)
     report = usage(dev.base_url, key, limit=200)
     assert report["balance"]["amount_micros"] == 5_000_000 - charged
     assert report["balance"]["held_micros"] == 0
@@ -224,7 +235,7 @@ def test_grants_limits_refunds_and_adjustments_through_the_admin_api(dev: Dev) -
     response = admin.post(f"/v1/organizations/{org}/credit-limit", json={"amount": "0.01"})
     assert response.status_code == 200, response.text
     body, headers = chat(dev.client(key), "needs the credit line", max_tokens=1000)
-    cost = int(body["usage"]["cost_micros"])  # type: ignore[index,call-overload]
+    cost = int(body["usage"]["cost_micros"])
     balance = usage(dev.base_url, key)["balance"]
     assert balance["amount_micros"] == 150 - cost
     assert balance["spendable_micros"] == 150 - cost + 10_000
@@ -278,16 +289,16 @@ def test_idempotency_key_returns_the_first_answer_and_charges_once(dev: Dev) -> 
     key = dev.admin.token(org)
     client = dev.client(key)
     headers = {"Idempotency-Key": "order-42"}
-    messages = [{"role": "user", "content": "charge me once"}]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "charge me once"}]
     first = client.chat.completions.with_raw_response.create(
         model="sim-chat-small",
         messages=messages,
-        extra_headers=headers,  # type: ignore[arg-type]
+        extra_headers=headers,
     )
     second = client.chat.completions.with_raw_response.create(
         model="sim-chat-small",
         messages=messages,
-        extra_headers=headers,  # type: ignore[arg-type]
+        extra_headers=headers,
     )
     assert second.http_response.text == first.http_response.text
     assert second.headers["idempotent-replayed"] == "true"
@@ -306,7 +317,7 @@ def test_idempotency_key_returns_the_first_answer_and_charges_once(dev: Dev) -> 
     other = dev.admin.organization()
     dev.admin.grant(other, 1)
     other_client = dev.client(dev.admin.token(other))
-    other_client.chat.completions.create(model="sim-chat-small", messages=messages, extra_headers=headers)  # type: ignore[arg-type]
+    other_client.chat.completions.create(model="sim-chat-small", messages=messages, extra_headers=headers)
 
     grant = {"amount": "2", "kind": "paid"}
     replies = [
@@ -330,7 +341,7 @@ def test_auto_topup_through_the_api_fires_once(dev: Dev) -> None:
     bad = dev.admin.client.post(f"/v1/organizations/{org}/auto-topup", json={"threshold": "1"})
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_auto_topup"
     client = dev.client(key)
-    costs = [int(chat(client, f"spend {i}")[0]["usage"]["cost_micros"]) for i in range(3)]  # type: ignore[index,call-overload]
+    costs = [int(chat(client, f"spend {i}")[0]["usage"]["cost_micros"]) for i in range(3)]
     balance = usage(dev.base_url, key)["balance"]
     topups = [g for g in balance["grants"] if g["id"].startswith("topup_")]
     assert len(topups) == 1, "one crossing of the threshold, one top-up"
@@ -347,7 +358,7 @@ def test_price_books_are_versioned_and_each_charge_names_its_version(dev: Dev) -
     books = dev.admin.client.get("/v1/price-books").json()
     current = books["data"][0]
     before, _ = chat(dev.client(key), "priced by the first book")
-    assert before["usage"]["price_version"] == current["version"]  # type: ignore[index]
+    assert before["usage"]["price_version"] == current["version"]
 
     dearer = {**current, "version": "2026-12-01"}
     dearer["models"] = {
@@ -359,8 +370,8 @@ def test_price_books_are_versioned_and_each_charge_names_its_version(dev: Dev) -
     again = dev.admin.client.post("/v1/price-books", json=dearer)
     assert again.status_code == 409
     after, _ = chat(dev.client(key), "priced by the first book")
-    assert after["usage"]["price_version"] == "2026-12-01"  # type: ignore[index]
-    assert after["usage"]["completion_tokens"] == before["usage"]["completion_tokens"]  # type: ignore[index]
-    assert after["usage"]["cost_micros"] > before["usage"]["cost_micros"]  # type: ignore[index,operator]
+    assert after["usage"]["price_version"] == "2026-12-01"
+    assert after["usage"]["completion_tokens"] == before["usage"]["completion_tokens"]
+    assert after["usage"]["cost_micros"] > before["usage"]["cost_micros"]
     card = httpx.get(f"{dev.base_url}/v1/models/sim-chat-small", headers={"Authorization": f"Bearer {key}"}).json()
     assert card["pricing"]["price_version"] == "2026-12-01" and card["pricing"]["output"] == 6

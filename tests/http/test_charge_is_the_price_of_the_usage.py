@@ -61,7 +61,7 @@ def stack(gw: Gateway) -> Stack:
     return Stack(gw)
 
 
-text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=60)
+text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=60)
 output_limit = st.one_of(st.none(), st.integers(min_value=1, max_value=300))
 
 

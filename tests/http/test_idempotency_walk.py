@@ -107,7 +107,7 @@ def test_the_same_key_and_body_answer_once_and_another_body_is_a_409(gw: Gateway
     context = Context(gw)
     url = path.replace("{org_id}", context.org).replace("{token_id}", context.token_id)
     key = context.key if path in with_key else None
-    call: Callable[..., Any] = (lambda *a, **k: gw.call(*a, key, **k)) if key else gw.admin
+    call: Callable[..., Any] = (lambda method, target, **k: gw.call(method, target, key, **k)) if key else gw.admin
     headers = {"Idempotency-Key": f"walk-{uuid.uuid4().hex}"}
     sample = samples[path](context, "a")
     first = call("POST", url, headers=headers, **sample)

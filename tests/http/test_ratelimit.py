@@ -197,7 +197,14 @@ def test_ip_net() -> None:
 def test_429_in_the_openai_envelope_with_headers(gw: Gateway) -> None:
     org = gw.organization("free", limits={"requests": 5})
     key, _ = gw.key(org, ["user:read"])
-    client = openai.OpenAI(base_url="http://testserver.local/v1", api_key=key, http_client=gw.client, max_retries=0)
+    # The SDK takes an httpx.Client (Litestar's test client is one) but types http_client as an httpx2.Client
+    # since it moved to httpx2; SDKs from before that move type it as httpx.Client, hence unused-ignore too.
+    client = openai.OpenAI(
+        base_url="http://testserver.local/v1",
+        api_key=key,
+        http_client=gw.client,  # type: ignore[arg-type,unused-ignore]
+        max_retries=0,
+    )
     for i in range(5):
         raw = client.models.with_raw_response.list()
         assert raw.headers["x-ratelimit-limit-requests"] == "5"

@@ -304,7 +304,7 @@ class JobsReport:
 
 
 def units_bytes(event: Event) -> bytes:
-    return encode(event.units) if hasattr(event, "units") else b""  # type: ignore[attr-defined]
+    return encode(event.units) if hasattr(event, "units") else b""
 
 
 def chargeable(outcome: Event | None) -> Units | None:

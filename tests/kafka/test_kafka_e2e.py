@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -64,7 +65,8 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     running.stop()
 
 
-def chat(client: openai.OpenAI, content: str) -> tuple[dict[str, object], dict[str, str]]:
+def chat(client: openai.OpenAI, content: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The response body as JSON (decimals kept exact) and its headers."""
     raw = client.chat.completions.with_raw_response.create(
         model="sim-chat-small", messages=[{"role": "user", "content": content}]
     )
@@ -98,10 +100,10 @@ def test_a_chat_completion_is_held_run_and_charged_through_kafka(stack: Stack) -
     stack.admin.grant(org, "2")
     key = stack.admin.token(org)
     body, headers = chat(stack.client(key), "Hello over Kafka")
-    cost = body["usage"]["cost_usd"]  # type: ignore[index]
+    cost = body["usage"]["cost_usd"]
     assert Decimal(headers["x-credits-used"]) == cost
     balance = usage(stack.base_url, key)["balance"]
-    assert balance["amount_micros"] == 2_000_000 - body["usage"]["cost_micros"]  # type: ignore[index]
+    assert balance["amount_micros"] == 2_000_000 - body["usage"]["cost_micros"]
     assert balance["held_micros"] == 0
 
 
@@ -125,7 +127,7 @@ def test_balance_ledger_and_clickhouse_agree_after_many_requests(stack: Stack, k
     with ThreadPoolExecutor(12) as pool:
         results = list(pool.map(lambda i: chat(client, f"message {i} " + "token " * (i % 23)), range(count)))
     charged = sum(int(Decimal(h["x-credits-used"]) * 1_000_000) for _, h in results)
-    assert charged == sum(b["usage"]["cost_micros"] for b, _ in results)  # type: ignore[index]
+    assert charged == sum(b["usage"]["cost_micros"] for b, _ in results)
     assert charged > 0
 
     report = usage(stack.base_url, key, limit=200)
@@ -165,7 +167,7 @@ def test_restarted_ledger_and_gateway_rebuild_exact_state_from_the_log(stack: St
     stack.admin.grant(org, "0.01")  # 10,000 micros: room for a few requests, not for many
     key = stack.admin.token(org)
     client = stack.client(key)
-    spent = sum(int(b["usage"]["cost_micros"]) for b, _ in (chat(client, f"before {i}") for i in range(3)))  # type: ignore[index]
+    spent = sum(int(b["usage"]["cost_micros"]) for b, _ in (chat(client, f"before {i}") for i in range(3)))
 
     env = {
         "TOLLGATE_KAFKA_BOOTSTRAP": kafka_bootstrap,
@@ -185,7 +187,7 @@ def test_restarted_ledger_and_gateway_rebuild_exact_state_from_the_log(stack: St
 
     assert usage(stack.base_url, key)["balance"]["amount_micros"] == 10_000 - spent
     body, _ = chat(client, "after the restart")
-    spent += int(body["usage"]["cost_micros"])  # type: ignore[index,call-overload]
+    spent += int(body["usage"]["cost_micros"])
     assert usage(stack.base_url, key)["balance"]["amount_micros"] == 10_000 - spent
     # The rebuilt wallet still refuses what it cannot cover: a worst case above what is left.
     with pytest.raises(openai.APIStatusError) as caught:

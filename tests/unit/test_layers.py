@@ -30,7 +30,7 @@ def _modules() -> dict[str, Path]:
 
 def _imports(path: Path, modules: dict[str, Path]) -> list[tuple[str, list[str], int]]:
     """(imported module, names imported from it, line) for every import of one of our modules."""
-    found = []
+    found: list[tuple[str, list[str], int]] = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found += [(alias.name, [], node.lineno) for alias in node.names if alias.name.split(".")[0] in rank]
@@ -76,17 +76,17 @@ def test_no_import_cycle_between_modules() -> None:
                 graph[name].add(imported)
     cycles: list[list[str]] = []
     state: dict[str, int] = {}  # 1: on the current path, 2: done
-    path: list[str] = []
+    trail: list[str] = []  # the modules on the current path, in order
 
     def visit(node: str) -> None:
         state[node] = 1
-        path.append(node)
+        trail.append(node)
         for target in sorted(graph[node]):
             if state.get(target) == 1:
-                cycles.append([*path[path.index(target) :], target])
+                cycles.append([*trail[trail.index(target) :], target])
             elif target not in state:
                 visit(target)
-        path.pop()
+        trail.pop()
         state[node] = 2
 
     for node in sorted(graph):

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import msgspec
+import pytest
 
-from eventlog import Record, topics
+from eventlog import AssignmentListener, Consumer, Record, topics
 from eventlog.embedded import EmbeddedLog
 from eventlog.settings import Settings
 from schemas.events import JobQueued
@@ -52,7 +53,7 @@ def test_a_job_thread_that_crashes_stops_heartbeating_its_lease(tmp_path: Path) 
     log.close()
 
 
-def test_each_pool_is_its_own_consumer_group(tmp_path: Path) -> None:
+def test_each_pool_is_its_own_consumer_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     log = EmbeddedLog(tmp_path / "log.sqlite3", partitions=topics.partitions_per_topic)
     settings = dataclasses.replace(Settings(), worker_pools=("default", "video", "default"), instance_id="7")
     roles = worker_roles(log, settings, lambda: SimulatedChatBackend(0))
@@ -60,14 +61,31 @@ def test_each_pool_is_its_own_consumer_group(tmp_path: Path) -> None:
         ("default", "tollgate-worker-default", "worker-default-7"),
         ("video", "tollgate-worker-video", "worker-video-7"),
     ]
-    subscriptions: list[tuple[Any, ...]] = []
+    subscriptions: list[tuple[tuple[str, ...], str | None, str]] = []
     consumer = log.consumer
 
-    def recording_consumer(topic_names: list[str], **kwargs: Any) -> Any:
-        subscriptions.append((tuple(topic_names), kwargs["group"], kwargs["client_id"]))
-        return consumer(topic_names, **kwargs)
+    def recording_consumer(
+        topic_names: Sequence[str],
+        *,
+        client_id: str,
+        group: str | None = None,
+        from_beginning: bool = True,
+        partitions: Sequence[int] | None = None,
+        start_ms: int | None = None,
+        on_assigned: AssignmentListener | None = None,
+    ) -> Consumer:
+        subscriptions.append((tuple(topic_names), group, client_id))
+        return consumer(
+            topic_names,
+            client_id=client_id,
+            group=group,
+            from_beginning=from_beginning,
+            partitions=partitions,
+            start_ms=start_ms,
+            on_assigned=on_assigned,
+        )
 
-    log.consumer = recording_consumer  # type: ignore[method-assign]
+    monkeypatch.setattr(log, "consumer", recording_consumer)
     stopped = threading.Event()
     stopped.set()  # each role opens its consumer, sees the stop and closes it
     for role in roles:
