@@ -11,8 +11,11 @@ Semantics both implementations keep (and tests/test_log_contract.py checks on bo
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
+
+partition_cache_keys_max = 100_000
 
 
 class Record(NamedTuple):
@@ -146,8 +149,10 @@ class EventLog(abc.ABC):
     def close(self) -> None: ...
 
 
+@functools.lru_cache(maxsize=partition_cache_keys_max)
 def partition_for(key: bytes, partitions: int) -> int:
-    """Kafka's default partitioner (murmur2 of the key), so both logs place a key alike."""
+    """Kafka's default partitioner (murmur2 of the key), so both logs place a key alike. Keys are
+    organization ids, few and repeated, and kafka-python's murmur2 is pure Python: cached."""
     from kafka.partitioner.default import murmur2
 
     return (murmur2(key) & 0x7FFFFFFF) % partitions

@@ -4,10 +4,16 @@ One process owns the file. A transaction is one SQLite transaction, so output re
 positions become visible together, which is the same exactly-once contract the Kafka log gives.
 Partitions follow Kafka's partitioner. A group has a single member, which owns every partition.
 Transactional ids are accepted and not needed: within one process there is no zombie to fence.
+
+Producers' appends are group-committed: ``send`` hands its records to a flusher thread and returns at
+once (an event loop never waits on SQLite); the flusher writes whatever has gathered since its last
+write in one SQLite transaction, in the order it was handed over, and wakes the readers. Processor
+transactions (records with their input positions) are written at once, as before.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -40,6 +46,8 @@ CREATE TABLE IF NOT EXISTS group_offsets (
 """
 
 TopicPartition = tuple[str, int]
+pending_submissions_max = 10_000  # submissions waiting for the flusher; past it, a producer writes its own
+logger = logging.getLogger(__name__)
 
 
 class EmbeddedLog(EventLog):
@@ -63,6 +71,53 @@ class EmbeddedLog(EventLog):
             )
         }
         self._closed = False
+        # Group commit: records handed over by producers, in order, with who waits for them.
+        self._pending: list[tuple[Sequence[Outgoing], Acknowledged | None]] = []
+        self._pending_lock = threading.Lock()
+        self._pending_added = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_loop, name="embedded-log-flush", daemon=True)
+        self._flusher.start()
+
+    # --- group commit ---
+
+    def submit(self, records: Sequence[Outgoing], on_done: Acknowledged | None = None) -> None:
+        """Append soon, in order with every other submission; ``on_done`` once written."""
+        with self._pending_lock:
+            if self._closed:
+                raise LogError("the embedded log is closed")
+            full = len(self._pending) >= pending_submissions_max
+        if full:
+            self.flush_pending()  # a bound, not a queue: past it, the caller writes what waits
+        with self._pending_lock:
+            self._pending.append((records, on_done))
+        self._pending_added.set()
+
+    def flush_pending(self) -> None:
+        """Write everything submitted so far (one SQLite transaction) and tell who waits."""
+        with self._pending_lock:
+            batch, self._pending = self._pending, []
+        if not batch:
+            return
+        records = [record for submitted, _ in batch for record in submitted]
+        error: BaseException | None = None
+        try:
+            self.append(records)
+        except BaseException as failed:
+            error = failed
+        for _, on_done in batch:
+            if on_done is not None:
+                on_done(error)
+
+    def _flush_loop(self) -> None:
+        while True:
+            self._pending_added.wait()
+            self._pending_added.clear()
+            if self._closed and not self._pending:
+                return
+            try:
+                self.flush_pending()
+            except Exception:
+                logger.exception("the embedded log could not write submitted records")
 
     # --- used by the clients below ---
 
@@ -202,8 +257,12 @@ class EmbeddedLog(EventLog):
         return _EmbeddedProcessor(self, consumer, group)
 
     def close(self) -> None:
-        with self._lock:
+        self.flush_pending()
+        with self._pending_lock:
             self._closed = True
+        self._pending_added.set()
+        self._flusher.join(timeout=5)
+        with self._lock:
             for _, woken in self._readers:
                 woken.set()
             self._connection.close()
@@ -214,18 +273,13 @@ class _EmbeddedProducer(Producer):
         self._log = log
 
     def send(self, records: Sequence[Outgoing]) -> None:
-        self._log.append(records)
+        self._log.submit(records)
 
     def send_acknowledged(self, records: Sequence[Outgoing], on_done: Acknowledged) -> None:
-        try:
-            self._log.append(records)
-        except Exception as error:
-            on_done(error)
-            return
-        on_done(None)
+        self._log.submit(records, on_done)
 
     def flush(self, timeout_s: float) -> None:
-        """Appends are synchronous."""
+        self._log.flush_pending()
 
     def close(self) -> None:
         """Nothing to release."""

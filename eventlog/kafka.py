@@ -43,7 +43,6 @@ fetch_wait_ms_max = 200
 # The default 100 ms back-off after a retriable transaction error (CONCURRENT_TRANSACTIONS while the
 # previous commit's markers are written) showed up as 100 ms steps in transaction latency.
 retry_backoff_ms = 10
-linger_ms = 1  # short batching window; commands wait on the reply, so latency matters more
 metadata_wait_s_max = 30.0
 # Largest record: a transcription upload rides in its job (3 MiB of audio, as base64, in a command
 # and then in the job). Topics are created with this limit and every client allows it.
@@ -73,6 +72,10 @@ class KafkaLog(EventLog):
         configs = {"max.message.bytes": str(record_bytes_max)}
         if name == "tollgate.jobs":
             configs["retention.ms"] = str(jobs_retention_ms)
+        if name == "tollgate.commands":
+            # The ledger decides each command as of the moment the broker took it (not a producer's
+            # clock, not its own reading time): a worker's capture appended in time counts as in time.
+            configs["message.timestamp.type"] = "LogAppendTime"
         return NewTopic(name=name, num_partitions=self.partitions, replication_factor=1, topic_configs=configs)
 
     def producer(self, client_id: str) -> Producer:
@@ -82,7 +85,7 @@ class KafkaLog(EventLog):
                 client_id=client_id,
                 enable_idempotence=True,
                 acks="all",
-                linger_ms=linger_ms,
+                linger_ms=0,  # a request waits on what this sends: never hold it back; load batches anyway
                 max_request_size=record_bytes_max,
             )
         )

@@ -12,12 +12,12 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 
 import msgspec
 
-from eventlog import EventLog, Outgoing, partition_for, topics
+from eventlog import EventLog, Outgoing, Record, partition_for, topics
 from eventlog.settings import Settings
 from ledger.chain import ChainHead, Signer
 from ledger.price_feed import PriceFeed
@@ -56,6 +56,7 @@ from schemas.moments import utc_now
 logger = logging.getLogger(__name__)
 
 pricing_check_interval_s = 1.0  # how often an idle ledger looks for new price book versions
+epoch = datetime(1970, 1, 1, tzinfo=UTC)
 
 Clock = Callable[[], datetime]
 
@@ -172,24 +173,39 @@ class LedgerRole:
                 if grant.expired and grant.remaining_micros > 0:
                     heapq.heappush(self._expiries, (event.occurred_at, event.org_id, "grant", grant.grant_id))
 
-    def expire_due(self, now: datetime) -> list[Outgoing]:
-        """Release every hold and expire every grant whose time has come, by event."""
+    def expire_due(self, now: datetime, partition_times: dict[int, datetime] | None = None) -> list[Outgoing]:
+        """Release every hold and expire every grant and slice whose time has come, by event.
+
+        ``partition_times``: how far the ledger has read each partition's commands (the log's time,
+        ``run``). An item is due only once its partition's commands are read up to its due time, so
+        a ledger back from an outage decides the captures workers appended in time before it expires
+        their holds."""
         outputs: list[Outgoing] = []
+        deferred: list[tuple[datetime, str, str, str]] = []
         while self._expiries and self._expiries[0][0] <= now:
-            _, org_id, kind, item_id = heapq.heappop(self._expiries)
+            entry = heapq.heappop(self._expiries)
+            due_at, org_id, kind, item_id = entry
+            at = now
+            if partition_times is not None:
+                at = min(now, partition_times.get(partition_for(org_id.encode(), self._log.partitions), now))
+                if due_at > at:
+                    deferred.append(entry)  # its partition's commands are not read that far yet
+                    continue
             wallet = self.wallets.get(org_id)
             if wallet is None:
                 continue
             if kind == "hold":
-                due = decide_expiry(wallet, item_id, now)
+                due = decide_expiry(wallet, item_id, at)
             elif kind == "slice":
-                due = decide_slice_expiry(wallet, item_id, now)
+                due = decide_slice_expiry(wallet, item_id, at)
             else:
-                due = decide_grant_expiry(wallet, item_id, now)
+                due = decide_grant_expiry(wallet, item_id, at)
             cause = due[0].event_id if due else ""
-            for event in [*due, *(decide_auto_topup(wallet, now, cause) if due else [])]:
+            for event in [*due, *(decide_auto_topup(wallet, at, cause) if due else [])]:
                 self._apply(event)
                 outputs += self._emit(event)
+        for entry in deferred:
+            heapq.heappush(self._expiries, entry)
         return outputs
 
     def _emit(self, event: Event) -> list[Outgoing]:
@@ -244,11 +260,17 @@ class LedgerRole:
             wallet.collect_events()
         return wallet
 
-    def decide_batch(self, values: list[bytes]) -> list[Outgoing]:
-        """Decide each command in order, evolving wallets as we go; the events to append."""
+    def decide_batch(self, values: list[bytes], appended_at: Sequence[datetime] | None = None) -> list[Outgoing]:
+        """Decide each command in order, evolving wallets as we go; the events to append.
+
+        Each command is decided as of ``appended_at``, the moment the log took it (Kafka's
+        LogAppendTime on tollgate.commands, assigned by the broker; the embedded log's own clock), not
+        the moment the ledger reads it: a capture a worker appended while its hold was open is taken,
+        however late a ledger back from an outage reads it. Without it, the ledger's clock."""
         outputs: list[Outgoing] = []
-        now = self._clock()
-        for value in values:
+        clock_now = self._clock()
+        for index, value in enumerate(values):
+            now = appended_at[index] if appended_at is not None else clock_now
             try:
                 command = decode_command(value)
             except msgspec.DecodeError as error:
@@ -272,6 +294,19 @@ class LedgerRole:
             outputs += self._expire_freed_grants(wallet, now)
         return outputs
 
+    def _read(self, records: list[Record], partition_times: dict[int, datetime]) -> tuple[list[bytes], list[datetime]]:
+        """The commands of a poll and when the log took each, never earlier in a partition than what
+        was decided before it (a topic created with CreateTime carries the producers' clocks)."""
+        values: list[bytes] = []
+        appended: list[datetime] = []
+        for record in records:
+            taken = datetime.fromtimestamp(record.timestamp_ms / 1000, UTC)
+            at = max(taken, partition_times.get(record.partition, epoch))
+            partition_times[record.partition] = at
+            values.append(record.value)
+            appended.append(at)
+        return values, appended
+
     def _expire_freed_grants(self, wallet: Wallet, now: datetime) -> list[Outgoing]:
         outputs: list[Outgoing] = []
         for grant in list(wallet.grants.values()):
@@ -289,6 +324,8 @@ class LedgerRole:
             on_assigned=self._on_assigned,
         )
         next_pricing_check = 0.0
+        # How far each owned partition's commands are read, in the log's time (see expire_due).
+        partition_times: dict[int, datetime] = {}
         try:
             while not stop.is_set():
                 records = processor.poll(self._settings.batch_records_max, self._settings.poll_wait_ms)
@@ -302,8 +339,12 @@ class LedgerRole:
                     self._rebuild_needed = set()
                 if ready is not None and self._owned:
                     ready.set()
-                outputs = self.decide_batch([record.value for record in records]) if records else []
-                outputs += self.expire_due(self._clock())
+                outputs = self.decide_batch(*self._read(records, partition_times)) if records else []
+                if len(records) < self._settings.batch_records_max:
+                    # Caught up with every partition for now: the log's time is the clock's.
+                    for partition in self._owned:
+                        partition_times[partition] = max(partition_times.get(partition, epoch), self._clock())
+                outputs += self.expire_due(self._clock(), partition_times)
                 outputs += self.checkpoints(self._clock())
                 if not records and not outputs:
                     continue

@@ -13,8 +13,9 @@ from eventlog.settings import Settings
 from ledger.pricing import default_price_book
 from ledger.role import LedgerRole
 from schemas.codec import decode_event, encode
-from schemas.commands import GrantCredits, JobSpec, PlaceHold
-from schemas.events import HoldReleased
+from schemas.commands import CaptureHold, GrantCredits, JobSpec, PlaceHold, StartJob
+from schemas.events import HoldCaptured, HoldReleased
+from schemas.units import Units
 
 start = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -110,3 +111,51 @@ def test_grants_expire_by_event_and_wait_for_the_holds_that_need_them(tmp_path: 
         ("GrantExpired", 200),
     ]
     assert role.wallets["org"].balance_micros == 0
+
+
+def _lease_and_capture(run_id: str = "r1") -> tuple[bytes, bytes]:
+    lease = StartJob(
+        command_id="lease-1",
+        org_id="org",
+        issued_at=start,
+        hold_id="h1",
+        job_id="j-h1",
+        run_id=run_id,
+        worker_id="w",
+        lease_s=3,
+    )
+    capture = CaptureHold(
+        command_id="capture-1",
+        org_id="org",
+        issued_at=start,
+        hold_id="h1",
+        job_id="j-h1",
+        units=Units(input_tokens=10, output_tokens=10),
+    )
+    return encode(lease), encode(capture)
+
+
+def test_a_capture_appended_within_its_lease_is_taken_after_a_ledger_outage(tmp_path: Path) -> None:
+    """The worker finished at 2 s, within its 3 s lease; the ledger was down and reads the capture at
+    10 s. Decided as of when the log took it, the capture is in time: the revenue is kept."""
+    clock = Clock()
+    role = LedgerRole(EmbeddedLog(tmp_path / "log.sqlite3"), Settings(), default_price_book(), clock)
+    lease, capture = _lease_and_capture()
+    role.decide_batch([grant(1000), place("h1", 300), lease], [start, start, start])
+    clock.now = start + timedelta(seconds=10)
+    read_to = {p: start + timedelta(seconds=2) for p in range(4)}  # the backlog is read up to 2 s
+    assert role.expire_due(clock.now, read_to) == [], "not due before its partition is read that far"
+    outcome = [decode_event(o.value) for o in role.decide_batch([capture], [start + timedelta(seconds=2)])]
+    assert [type(e) for e in outcome] == [HoldCaptured], outcome
+    assert role.wallets["org"].captured_micros > 0
+
+
+def test_the_ledger_clock_alone_would_lose_that_capture(tmp_path: Path) -> None:
+    """The same capture decided at the ledger's reading time: past the lease, refused (hold_expired)."""
+    clock = Clock()
+    role = LedgerRole(EmbeddedLog(tmp_path / "log.sqlite3"), Settings(), default_price_book(), clock)
+    lease, capture = _lease_and_capture()
+    role.decide_batch([grant(1000), place("h1", 300), lease])
+    clock.now = start + timedelta(seconds=10)
+    outcome = [decode_event(o.value) for o in role.decide_batch([capture])]
+    assert [(type(e).__name__, getattr(e, "code", "")) for e in outcome] == [("CommandRejected", "hold_expired")]
