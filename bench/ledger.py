@@ -348,9 +348,9 @@ class MeasuredLedgerRole(LedgerRole):
         self.rebuild_s = 0.0
         self.rebuilt_events = 0
 
-    def decide_batch(self, values: list[bytes]) -> list[Outgoing]:
+    def decide_batch(self, values: list[bytes], appended_at: Sequence[datetime] | None = None) -> list[Outgoing]:
         started = time.perf_counter()
-        outputs = super().decide_batch(values)
+        outputs = super().decide_batch(values, appended_at)
         self.decide_s += time.perf_counter() - started
         self.input_batches.append(len(values))
         return outputs
