@@ -16,12 +16,30 @@ from schemas.events import (
     ApiTokenLimitsSet,
     ApiTokenRevoked,
     ApiTokenUsed,
+    ChainCheckpoint,
+    CommandRejected,
     Event,
     HoldRejected,
+    JobCancelRequested,
+    JobDeadLettered,
+    JobLeased,
+    JobLeaseLost,
     LedgerEvent,
     OrganizationCreated,
     OrganizationLimitsSet,
     OrganizationPlanChanged,
+)
+
+# Ledger events that leave an organization's balance card as it was: refusals, checkpoints and a
+# job's lease changes.
+unchanged_balance = (
+    HoldRejected,
+    CommandRejected,
+    ChainCheckpoint,
+    JobLeased,
+    JobLeaseLost,
+    JobCancelRequested,
+    JobDeadLettered,
 )
 
 
@@ -45,7 +63,7 @@ class BalancesView:
             wallet = self.wallets[event.org_id] = Wallet(org_id=event.org_id)
         evolve(wallet, event)
         self.book.apply(event)
-        if not isinstance(event, HoldRejected):  # a refusal changes no balance
+        if not isinstance(event, unchanged_balance):
             self.updated_at[event.org_id] = event.occurred_at
 
 

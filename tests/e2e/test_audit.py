@@ -389,7 +389,9 @@ def test_the_ledger_signs_every_checkpoint_records_max_records_within_a_batch_an
 
     def run(role: LedgerRole, first: int, count: int) -> None:
         outputs = role.decide_batch(grants(first, count)) + role.checkpoints(now)
-        log.producer("t").send([o for o in outputs if o.topic == topics.LEDGER])
+        producer = log.producer("t")
+        producer.send([o for o in outputs if o.topic == topics.LEDGER])
+        producer.flush(10)  # the embedded log commits in groups: the restarted role reads these
 
     def restarted() -> LedgerRole:
         role = LedgerRole(log, settings, default_price_book(), lambda: now, signer=Signer(key))
