@@ -193,7 +193,7 @@ class Auditor:
         if hold is None or price is None:
             self._find(record, captured.event_id, "capture_unpriceable", "no hold or no price for this capture")
             return
-        if not book.may_serve(hold.model, captured.model) or captured.requested_model not in ("", hold.model):
+        if book is None or not book.may_serve(hold.model, captured.model) or captured.requested_model not in ("", hold.model):
             self._find(
                 record,
                 captured.event_id,

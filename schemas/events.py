@@ -337,6 +337,7 @@ class JobProgressed(Event, frozen=True, kw_only=True, tag="job.progressed.v1"):
     delta: str = ""
     units: Units = msgspec.field(default_factory=Units)
     served_model: str = ""  # the model producing the output ("": the job's model)
+    fallback_depth: int = 0  # fallbacks tried before it
 
 
 class JobRetryScheduled(Event, frozen=True, kw_only=True, tag="job.retry_scheduled.v1"):

@@ -16,7 +16,8 @@ import pytest
 from ledger.pricing import default_price_book, price_micros
 from schemas.units import Units
 from tests.support import Admin, Role, free_port, usage, wait_until_serving
-from workers.backends import BackendError, JobContext, JobOutput, UpstreamChatBackend
+from workers.backends import BackendError, JobContext, JobOutput
+from workers.upstream import UpstreamBackend, Upstreams
 
 reported_usage = {
     "prompt_tokens": 120,
