@@ -193,7 +193,8 @@ class Auditor:
         if hold is None or price is None:
             self._find(record, captured.event_id, "capture_unpriceable", "no hold or no price for this capture")
             return
-        if book is None or not book.may_serve(hold.model, captured.model) or captured.requested_model not in ("", hold.model):
+        served_by_fallback = captured.requested_model not in ("", hold.model)
+        if book is None or not book.may_serve(hold.model, captured.model) or served_by_fallback:
             self._find(
                 record,
                 captured.event_id,

@@ -291,3 +291,38 @@ captured = HoldCaptured(
     **job,
     **envelope,
 )
+
+
+class FakeUpstream:
+    """bench/fake_upstream.py's server on its own event loop, in a thread of this process: an
+    OpenAI-compatible upstream that streams token by token (``control`` sets its delays and tokens)."""
+
+    def __init__(self, **settings: Any) -> None:
+        import asyncio
+        import threading
+
+        from bench import fake_upstream
+
+        self._module = fake_upstream
+        self.control(reply_ms=0.0, token_ms=0.0, tokens=16, stream_usage=True, **settings)
+        self._loop = asyncio.new_event_loop()
+        self._server = self._loop.run_until_complete(
+            self._loop.create_server(fake_upstream.UpstreamProtocol, "127.0.0.1", 0, backlog=1024)
+        )
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-upstream", daemon=True)
+        self._thread.start()
+
+    def control(self, **settings: Any) -> None:
+        for name, value in settings.items():
+            assert hasattr(self._module.config, name), name
+            setattr(self._module.config, name, value)
+
+    @property
+    def requests(self) -> int:
+        return int(self._module.config.requests)
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._server.close)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)

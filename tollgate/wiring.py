@@ -23,8 +23,8 @@ from projections.role import ProjectorRole
 from projections.usage import UsageStore
 from tollgate.remote import CommandError
 from workers.backends import Backend, SimulatedBackend
-from workers.upstream import UpstreamBackend, UpstreamConfigError, Upstreams
 from workers.role import WorkerRole, worker_roles
+from workers.upstream import UpstreamBackend, UpstreamConfigError, Upstreams
 
 logger = logging.getLogger("tollgate")
 
