@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping
@@ -172,13 +173,37 @@ class _Unserved(Exception):
         self.error = error
 
 
+connections_per_shard_max = 8
+
+
 @dataclass(slots=True)
 class _Client:
-    """An upstream's async client and its slots (calls in flight), on one worker's event loop."""
+    """An upstream's async clients and its slots (calls in flight), on one worker's event loop.
+
+    httpcore's pool checks every connection it holds (a syscall each) whenever it assigns a request
+    or takes one back: O(connections) per call, which at 64 calls in flight was most of a worker's CPU.
+    So the connections are split over shards of at most ``connections_per_shard_max``, and a call
+    takes the least busy shard."""
 
     upstream: Upstream
-    http: httpx.AsyncClient
+    shards: list[httpx.AsyncClient]
+    busy: list[int]
     slots: asyncio.Semaphore
+
+    @contextlib.asynccontextmanager
+    async def http(self) -> AsyncIterator[httpx.AsyncClient]:
+        """A slot, and the least busy shard for one call (released when the call ends)."""
+        async with self.slots:
+            index = min(range(len(self.shards)), key=self.busy.__getitem__)
+            self.busy[index] += 1
+            try:
+                yield self.shards[index]
+            finally:
+                self.busy[index] -= 1
+
+    async def aclose(self) -> None:
+        for shard in self.shards:
+            await shard.aclose()
 
 
 @dataclass(slots=True)
@@ -229,20 +254,25 @@ class UpstreamBackend(Backend):
         if client is None:
             headers = {"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else {}
             limit = upstream.calls_in_flight_max
-            http = httpx.AsyncClient(
-                base_url=upstream.url.rstrip("/"),
-                headers=headers,
-                # No pool timeout: the slots below bound the calls, and a call waits for one.
-                timeout=httpx.Timeout(upstream.timeout_s, connect=upstream.connect_timeout_s, pool=None),
-                limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
-            )
-            client = _Client(upstream, http, asyncio.Semaphore(limit))
+            per_shard = min(limit, connections_per_shard_max)
+            shards = [
+                httpx.AsyncClient(
+                    base_url=upstream.url.rstrip("/"),
+                    headers=headers,
+                    # No pool timeout: the slots bound the calls, and a call waits for one.
+                    timeout=httpx.Timeout(upstream.timeout_s, connect=upstream.connect_timeout_s, pool=None),
+                    limits=httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard),
+                    trust_env=False,  # no proxy for an upstream: it is named by its URL
+                )
+                for _ in range(-(-limit // per_shard))
+            ]
+            client = _Client(upstream, shards, [0] * len(shards), asyncio.Semaphore(limit))
             self._clients[upstream.url + "\0" + upstream.api_key] = client
         return client
 
     async def close(self) -> None:
         for client in self._clients.values():
-            await client.http.aclose()
+            await client.aclose()
         self._clients.clear()
 
     async def run(self, job: JobContext) -> JobOutput:
@@ -278,8 +308,7 @@ class UpstreamBackend(Backend):
         }.get(job.endpoint)
         if runner is None:
             raise BackendError("unsupported_endpoint", f"the upstream backend does not forward {job.endpoint}")
-        async with client.slots:
-            return await runner(job, client, model)
+        return await runner(job, client, model)
 
     def _counter(self, client: _Client, model: str) -> TokenCounter | None:
         spec = client.upstream.tokenizers.get(model)
@@ -294,7 +323,8 @@ class UpstreamBackend(Backend):
 
     async def _post(self, client: _Client, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = await client.http.post(path, **kwargs)
+            async with client.http() as http:
+                response = await http.post(path, **kwargs)
         except httpx.HTTPError as error:
             raise _Unserved(BackendError("upstream_unreachable", f"upstream call failed: {error!r}", True)) from None
         if response.status_code >= 400:
@@ -455,7 +485,7 @@ class UpstreamBackend(Backend):
         """The JSON chunks of an SSE stream; the upstream connection closes when the caller stops
         (a cancelled task closes it at once)."""
         try:
-            async with client.http.stream("POST", path, json=body) as response:
+            async with client.http() as http, http.stream("POST", path, json=body) as response:
                 if response.status_code >= 400:
                     text = (await response.aread()).decode("utf-8", "replace")
                     error = _error_for_status(response, text)
