@@ -12,6 +12,10 @@ Routes:
   true, then ``data: [DONE]``), sent with chunked transfer encoding.
 - ``POST /v1/completions``: the same for text completions.
 - ``POST /v1/embeddings``: one small vector per input, ``usage`` with ``prompt_tokens``.
+- ``POST /v1/images/generations`` (``n`` tiny images), ``/v1/audio/speech`` (a WAV header),
+  ``/v1/audio/transcriptions`` (a ``verbose_json`` transcript with its ``duration``).
+- ``"logprobs"`` in a stream's request lists each token in its chunk; ``--no-stream-usage`` (or
+  ``_control`` ``stream_usage``) sends streams without a usage chunk, as llama.cpp's server does.
 - ``GET /v1/models``, ``GET /healthz``.
 - ``GET /_control`` shows and ``POST /_control`` ``{"reply_ms"?, "token_ms"?, "tokens"?}`` changes the
   delays at run time (a benchmark switches one running upstream between scenarios).
@@ -43,6 +47,8 @@ class Config:
     token_ms: float = 0.0
     tokens: int = 16
     requests: int = 0
+    # Like llama.cpp: streams never carry a usage chunk, even when stream_options asks for one.
+    stream_usage: bool = True
 
 
 config = Config()
@@ -164,34 +170,49 @@ def _sse(payload: Any) -> bytes:
     return b"%x\r\n%s\r\n" % (len(event), event)
 
 
-def _stream_events(chat: bool, model: str, prompt: int, tokens: int, include_usage: bool) -> list[bytes]:
-    """Every SSE frame of a stream, already chunk-encoded: [first, token 1..n, finish + usage + done]."""
+def _stream_events(
+    chat: bool, model: str, prompt: int, tokens: int, include_usage: bool, logprobs: bool = False
+) -> list[bytes]:
+    """Every SSE frame of a stream, already chunk-encoded: [first, token 1..n, finish + usage + done].
+    With ``logprobs``, each token's chunk lists it (one entry per token, as real servers do)."""
     created = 1_700_000_000
     if chat:
         base: dict[str, Any] = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created}
         base["model"] = model
 
-        def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        def chunk(delta: dict[str, Any], finish: str | None, token: str = "") -> bytes:
+            listed = {"content": [{"token": token, "logprob": -0.5, "top_logprobs": []}]} if token else None
+            choice = {"index": 0, "delta": delta, "logprobs": listed, "finish_reason": finish}
             return _sse({**base, "choices": [choice]})
 
         first = chunk({"role": "assistant", "content": ""}, None)
-        body = [chunk({"content": f" tok{i}"}, None) for i in range(tokens)]
+        body = [chunk({"content": f" tok{i}"}, None, f" tok{i}" if logprobs else "") for i in range(tokens)]
         finish = chunk({}, "stop")
     else:
         base = {"id": "cmpl-fake", "object": "text_completion", "created": created, "model": model}
 
-        def text_chunk(text: str, finish: str | None) -> bytes:
-            return _sse({**base, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]})
+        def text_chunk(text: str, finish: str | None, token: str = "") -> bytes:
+            listed = {"tokens": [token], "token_logprobs": [-0.5]} if token else None
+            return _sse({**base, "choices": [{"index": 0, "text": text, "logprobs": listed, "finish_reason": finish}]})
 
         first = b""
-        body = [text_chunk(f" tok{i}", None) for i in range(tokens)]
+        body = [text_chunk(f" tok{i}", None, f" tok{i}" if logprobs else "") for i in range(tokens)]
         finish = text_chunk("", "stop")
     tail = finish
-    if include_usage:
+    if include_usage and config.stream_usage:
         tail += _sse({**base, "choices": [], "usage": _usage(prompt, tokens)})
     tail += _sse(b"[DONE]") + b"0\r\n\r\n"
     return [first, *body, tail]
+
+
+_wav_header = (
+    b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00\x40\x1f\x00\x00"
+    b"\x80\x3e\x00\x00\x02\x00\x10\x00data\x00\x00\x00\x00"
+)
+
+
+def _binary_response(status: int, content_type: str, body: bytes, keep_alive: bool) -> bytes:
+    return _head(status, content_type, len(body), keep_alive) + body
 
 
 class UpstreamProtocol(asyncio.Protocol):
@@ -297,6 +318,10 @@ class UpstreamProtocol(asyncio.Protocol):
         if method != "POST":
             self._reply(_error(405, f"{method} not allowed", keep_alive), keep_alive, 0)
             return
+        if path == "/v1/audio/transcriptions":  # multipart: answered without reading the audio
+            transcript = {"text": "a fake transcript", "language": "english", "duration": 2.5}
+            self._reply(_json_response(200, transcript, keep_alive), keep_alive, reply_s)
+            return
         try:
             body = json.loads(raw) if raw else {}
             if not isinstance(body, dict):
@@ -310,6 +335,8 @@ class UpstreamProtocol(asyncio.Protocol):
                     setattr(config, name, float(body[name]))
             if "tokens" in body:
                 config.tokens = int(body["tokens"])
+            if "stream_usage" in body:
+                config.stream_usage = bool(body["stream_usage"])
             self._reply(_json_response(200, _control_state(), keep_alive), keep_alive, 0)
             return
         model = str(body.get("model") or "sim-chat-small")
@@ -320,12 +347,19 @@ class UpstreamProtocol(asyncio.Protocol):
             if body.get("stream"):
                 options = body.get("stream_options")
                 include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-                events = _stream_events(chat, model, prompt, tokens, include_usage)
+                listed = bool(body.get("logprobs"))
+                events = _stream_events(chat, model, prompt, tokens, include_usage, listed)
                 self.busy = True
                 asyncio.get_running_loop().create_task(self._stream(events, keep_alive, reply_s))
                 return
             reply = (_chat_reply if chat else _text_reply)(model, prompt, tokens, keep_alive)
             self._reply(reply, keep_alive, reply_s + tokens * config.token_ms / 1000)
+        elif path == "/v1/images/generations":
+            count = int(body.get("n") or 1)
+            images = {"created": 1_700_000_000, "data": [{"b64_json": "iVBORw0KGgo="} for _ in range(count)]}
+            self._reply(_json_response(200, images, keep_alive), keep_alive, reply_s)
+        elif path == "/v1/audio/speech":
+            self._reply(_binary_response(200, "audio/wav", _wav_header, keep_alive), keep_alive, reply_s)
         elif path == "/v1/embeddings":
             self._reply(_embeddings_reply(body, keep_alive), keep_alive, reply_s)
         else:
@@ -354,6 +388,7 @@ def _control_state() -> dict[str, Any]:
         "token_ms": config.token_ms,
         "tokens": config.tokens,
         "requests": config.requests,
+        "stream_usage": config.stream_usage,
     }
 
 
@@ -381,9 +416,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reply-ms", type=float, default=0.0, help="fixed delay before every reply")
     parser.add_argument("--token-ms", type=float, default=0.0, help="delay per generated token")
     parser.add_argument("--tokens", type=int, default=16, help="completion tokens per reply (capped by max_tokens)")
+    parser.add_argument(
+        "--no-stream-usage", action="store_true", help="streams carry no usage chunk (as llama.cpp's server)"
+    )
     parser.add_argument("--ready-file", help="write the bound port here once listening")
     args = parser.parse_args(argv)
     config.reply_ms, config.token_ms, config.tokens = args.reply_ms, args.token_ms, args.tokens
+    config.stream_usage = not args.no_stream_usage
     try:
         import uvloop  # type: ignore[import-not-found,unused-ignore]
 

@@ -59,9 +59,32 @@ class Settings:
     # A signed checkpoint after this many ledger records in a partition, or this long after new ones.
     checkpoint_records_max: int = field(default_factory=lambda: int(_env("TOLLGATE_CHECKPOINT_RECORDS_MAX", "1000")))
     checkpoint_interval_s: float = field(default_factory=lambda: float(_env("TOLLGATE_CHECKPOINT_INTERVAL_S", "5")))
-    # An OpenAI-compatible server the worker forwards to instead of simulating (vLLM, SGLang...).
+    # An OpenAI-compatible server the worker forwards to instead of simulating (vLLM, SGLang,
+    # llama.cpp...): the upstream of every pool that TOLLGATE_UPSTREAMS does not name.
     upstream_url: str = field(default_factory=lambda: _env("TOLLGATE_UPSTREAM_URL", ""))
     upstream_api_key: str = field(default_factory=lambda: _env("TOLLGATE_UPSTREAM_API_KEY", ""))
+    # Seconds an upstream may stay silent within an answer (between two tokens of a stream), and to connect.
+    upstream_timeout_s: float = field(default_factory=lambda: float(_env("TOLLGATE_UPSTREAM_TIMEOUT_S", "120")))
+    upstream_connect_timeout_s: float = field(
+        default_factory=lambda: float(_env("TOLLGATE_UPSTREAM_CONNECT_TIMEOUT_S", "5"))
+    )
+    # Calls a worker role has in flight to one upstream at once (more wait for a slot): size it to what
+    # the upstream serves in parallel, so that the upstream, not the worker, is the limit.
+    upstream_calls_in_flight_max: int = field(
+        default_factory=lambda: int(_env("TOLLGATE_UPSTREAM_CALLS_IN_FLIGHT_MAX", "256"))
+    )
+    # Ask streams for logprobs: one entry per generated token counts a stream's output exactly when
+    # the upstream reports no usage in it (llama.cpp), and keeps a cancelled stream's count exact.
+    upstream_stream_logprobs: bool = field(
+        default_factory=lambda: _env("TOLLGATE_UPSTREAM_STREAM_LOGPROBS", "").lower() in ("1", "true", "yes")
+    )
+    # JSON {"<model>": "<tokenizer spec>"}: the model's own tokenizer counts what an upstream does not
+    # report ("gguf:<path>", "tokenizer.json:<path>", "tiktoken:<encoding>"; workers/tokens.py).
+    upstream_tokenizers: str = field(default_factory=lambda: _env("TOLLGATE_UPSTREAM_TOKENIZERS", ""))
+    # JSON {"<pool>": {"url", "api_key"?, "timeout_s"?, "connect_timeout_s"?, "calls_in_flight_max"?,
+    # "stream_logprobs"?, "tokenizers"?, "models"?}}: each pool's upstream (models: the upstream's
+    # name for a price book model). Pools not named here use TOLLGATE_UPSTREAM_URL.
+    upstreams: str = field(default_factory=lambda: _env("TOLLGATE_UPSTREAMS", ""))
     # Quota leases: the life of a slice of a balance the ledger grants a gateway instance, which
     # places holds against it in memory (gateway/quota.py); 0 sends every request through the ledger.
     quota_slice_ttl_s: int = field(default_factory=lambda: int(_env("TOLLGATE_QUOTA_SLICE_TTL_S", "30")))

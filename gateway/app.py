@@ -71,4 +71,7 @@ def create_app(core: GatewayCore) -> Litestar:
         state=State({"core": core}),
         request_max_body_size=settings.request_body_bytes_max,
         debug=False,
+        # Logging is the process's (TOLLGATE_LOG_LEVEL, tollgate/cli.py): Litestar's default config
+        # would put the root logger at INFO, and with it every library's records (httpx logs each call).
+        logging_config=None,
     )

@@ -33,6 +33,7 @@ from schemas.commands import JobSpec, PlaceHold
 from schemas.events import Event, JobCancelRequested
 from schemas.ids import event_id_for, new_id
 from schemas.moments import utc_now
+from schemas.prices import Route
 from schemas.units import Units
 
 # Asks the ledger to cancel a job without waiting for its answer: (org id, hold id, job id, reason).
@@ -54,6 +55,8 @@ class MeteredRequest:
     payload: bytes  # what the worker runs; it obeys ``bound`` (the output limit is written in)
     run_async: bool = False
     stream: bool = False
+    # The models that may serve it when its model's upstream fails (the price book's fallbacks).
+    fallbacks: tuple[ModelPrice, ...] = ()
 
     @property
     def model(self) -> str:
@@ -61,7 +64,16 @@ class MeteredRequest:
 
     @property
     def hold_micros(self) -> int:
-        return price_micros(self.price, self.bound)
+        """The worst case: the bound priced at the priciest model that may serve it, so that a
+        fallback never charges past the hold."""
+        return max(price_micros(price, self.bound) for price in (self.price, *self.fallbacks))
+
+    def price_of(self, model: str) -> ModelPrice:
+        """The price of the model that served (the requested one or one of its fallbacks)."""
+        for price in (self.price, *self.fallbacks):
+            if price.model == model:
+                return price
+        raise AssertionError(f"{model} may not serve a request for {self.model}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +124,7 @@ class Metering:
                 attempts_max=self._settings.job_attempts_max,
                 stream=metered.stream,
                 dispatched=bool(slice_id),
+                fallbacks=tuple(Route(model=price.model, pool=price.pool) for price in metered.fallbacks),
             ),
         )
         records = [Outgoing(topics.COMMANDS, token.org_id, encode(command))]

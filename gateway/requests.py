@@ -74,6 +74,24 @@ def model_price(book: PriceBook, model: str, fits: Callable[[ModelPrice], bool],
     return price
 
 
+def _metered(
+    endpoint: str,
+    price: ModelPrice,
+    book: PriceBook,
+    bound: Units,
+    payload: bytes,
+    run_async: bool = False,
+    stream: bool = False,
+) -> MeteredRequest:
+    """The request, with the fallbacks of its model that the book prices for the same kind of work."""
+    fallbacks = tuple(
+        fallback
+        for name in price.fallbacks
+        if (fallback := book.model(name)) is not None and fallback.category == price.category and name != price.model
+    )
+    return MeteredRequest(endpoint, price, book.version, bound, payload, run_async, stream, fallbacks)
+
+
 def _output_limit(price: ModelPrice, max_tokens: int | None, max_completion_tokens: int | None, default: int) -> int:
     """The output token limit the request is held for and runs with."""
     if max_tokens is not None and max_completion_tokens is not None and max_tokens != max_completion_tokens:
@@ -120,7 +138,7 @@ def parse_chat(body: bytes, book: PriceBook) -> MeteredRequest:
     limit = _output_limit(price, chat.max_tokens, chat.max_completion_tokens, price.max_output_tokens)
     bound = Units(input_tokens=chat_input_tokens_bound(chat.messages), output_tokens=limit)
     run_async = _async_flag(fields)
-    return MeteredRequest(CHAT, price, book.version, bound, _with_output_limit(fields, limit), run_async, chat.stream)
+    return _metered(CHAT, price, book, bound, _with_output_limit(fields, limit), run_async, chat.stream)
 
 
 def parse_completion(body: bytes, book: PriceBook) -> MeteredRequest:
@@ -135,7 +153,7 @@ def parse_completion(body: bytes, book: PriceBook) -> MeteredRequest:
     bound = Units(input_tokens=input_bound, output_tokens=limit)
     run_async = _async_flag(fields)
     payload = _with_output_limit(fields, limit)
-    return MeteredRequest(COMPLETIONS, price, book.version, bound, payload, run_async, completion.stream)
+    return _metered(COMPLETIONS, price, book, bound, payload, run_async, completion.stream)
 
 
 def parse_embedding(body: bytes, book: PriceBook) -> MeteredRequest:
@@ -162,7 +180,7 @@ def parse_embedding(body: bytes, book: PriceBook) -> MeteredRequest:
             400, "The input is longer than the model's context.", code="context_length_exceeded", param="input"
         )
     run_async = _async_flag(_fields(body))
-    return MeteredRequest(EMBEDDINGS, price, book.version, Units(input_tokens=bound_tokens), body, run_async)
+    return _metered(EMBEDDINGS, price, book, Units(input_tokens=bound_tokens), body, run_async)
 
 
 def parse_image(body: bytes, book: PriceBook) -> MeteredRequest:
@@ -172,14 +190,14 @@ def parse_image(body: bytes, book: PriceBook) -> MeteredRequest:
     if price.image_variant_rates and variant not in price.image_variant_rates:
         raise ApiError(400, f"{price.model} has no price for {variant}.", code="invalid_parameter", param="size")
     bound = Units(images=image.n, variant=variant)
-    return MeteredRequest(IMAGES, price, book.version, bound, body, _async_flag(_fields(body)))
+    return _metered(IMAGES, price, book, bound, body, _async_flag(_fields(body)))
 
 
 def parse_speech(body: bytes, book: PriceBook) -> MeteredRequest:
     spoken: SpeechRequest = _decode(body, SpeechRequest)
     price = model_price(book, spoken.model, lambda p: p.character_rate > 0, "a speech")
     bound = Units(characters=len(spoken.input))
-    return MeteredRequest(SPEECH, price, book.version, bound, body, _async_flag(_fields(body)))
+    return _metered(SPEECH, price, book, bound, body, _async_flag(_fields(body)))
 
 
 def parse_transcription(
@@ -199,11 +217,11 @@ def parse_transcription(
         }
     )
     bound = Units(audio_seconds=billed_seconds(duration_ms))
-    return MeteredRequest(TRANSCRIPTIONS, price, book.version, bound, payload, run_async)
+    return _metered(TRANSCRIPTIONS, price, book, bound, payload, run_async)
 
 
 def parse_video(body: bytes, book: PriceBook) -> MeteredRequest:
     """Always async: the answer is a job to poll."""
     video: VideoRequest = _decode(body, VideoRequest)
     price = model_price(book, video.model, lambda p: p.category == "video", "a video")
-    return MeteredRequest(VIDEOS, price, book.version, Units(video_seconds=video.duration), body, True)
+    return _metered(VIDEOS, price, book, Units(video_seconds=video.duration), body, True)

@@ -47,34 +47,53 @@ class Charged(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Charge:
-    model: str
+    model: str  # the model that served and priced the request
     units: Units
     amount_micros: int
     priced_micros: int
     price_version: str
     occurred_at: datetime
+    requested_model: str = ""  # the model asked for, when a fallback served ("" otherwise)
+    fallback_depth: int = 0
+    counted_by: str = ""  # how the worker counted the tokens (workers/upstream.py)
 
 
-def charge_of(metered: MeteredRequest, units: Units, occurred_at: datetime) -> Charge:
-    """What the ledger will capture for ``units``: priced by the hold's version, at most the hold
-    (``ledger.wallet._decide_capture``, the same pure function of the same inputs)."""
-    priced = price_micros(metered.price, units)
+def charge_of(
+    metered: MeteredRequest,
+    units: Units,
+    occurred_at: datetime,
+    served_model: str = "",
+    fallback_depth: int = 0,
+    counted_by: str = "",
+) -> Charge:
+    """What the ledger will capture for ``units``: priced by the hold's version at the model that
+    served, at most the hold (``ledger.wallet._decide_capture``, the same pure function of the same
+    inputs: the ledger checks the served model against the same book's fallbacks)."""
+    served = served_model or metered.model
+    priced = price_micros(metered.price_of(served), units)
     return Charge(
-        model=metered.model,
+        model=served,
         units=units,
         amount_micros=min(priced, metered.hold_micros),
         priced_micros=priced,
         price_version=metered.price_version,
         occurred_at=occurred_at,
+        requested_model=metered.model if served != metered.model else "",
+        fallback_depth=fallback_depth if served != metered.model else 0,
+        counted_by=counted_by,
     )
 
 
 def usage_cost(captured: Charged) -> dict[str, Any]:
-    return {
+    cost = {
         "cost_usd": micros_to_decimal(captured.amount_micros),
         "cost_micros": captured.amount_micros,
         "price_version": captured.price_version,
     }
+    counted_by = getattr(captured, "counted_by", "")
+    if counted_by:
+        cost["tokens_counted_by"] = counted_by
+    return cost
 
 
 def token_usage(units: Units) -> dict[str, Any]:
@@ -112,8 +131,19 @@ def shape_result(endpoint: str, request_id: str, result: dict[str, Any], capture
     return {**result, "created": created, "usage": {"seconds": units.video_seconds, **usage_cost(captured)}}
 
 
+def model_headers(served: str, requested: str = "", fallback_depth: int = 0) -> dict[str, str]:
+    """``x-model-used``, and when a fallback served, ``x-fallback-from`` and ``x-fallback-depth``."""
+    headers = {"x-model-used": served}
+    if requested and requested != served:
+        headers["x-fallback-from"] = requested
+        headers["x-fallback-depth"] = str(max(fallback_depth, 1))
+    return headers
+
+
 def charge_headers(captured: Charged) -> dict[str, str]:
-    return {"x-credits-used": format_credits(captured.amount_micros), "x-model-used": captured.model}
+    requested = getattr(captured, "requested_model", "")
+    depth = getattr(captured, "fallback_depth", 0)
+    return {"x-credits-used": format_credits(captured.amount_micros), **model_headers(captured.model, requested, depth)}
 
 
 def refusal(seen: dict[type, Event], model: str) -> ApiError | None:

@@ -193,6 +193,15 @@ class Auditor:
         if hold is None or price is None:
             self._find(record, captured.event_id, "capture_unpriceable", "no hold or no price for this capture")
             return
+        served_by_fallback = captured.requested_model not in ("", hold.model)
+        if book is None or not book.may_serve(hold.model, captured.model) or served_by_fallback:
+            self._find(
+                record,
+                captured.event_id,
+                "capture_model_mismatch",
+                f"charged at {captured.model}, which may not serve the hold's model {hold.model}",
+            )
+            return
         priced = price_micros(price, captured.units)
         charged = min(priced, hold.amount_micros)
         if (captured.priced_micros, captured.amount_micros, captured.released_micros) != (

@@ -197,4 +197,19 @@ def default_price_book() -> PriceBook:
             minimum_charge_micros=10_000,
         ),
     ]
+    models.append(
+        # SmolLM2-135M-Instruct as llama.cpp's server runs it (compose/llama.sh): rates that make every
+        # token visible in a charge (1 micro per prompt token, 2 per generated token).
+        ModelPrice(
+            model="smollm2-135m-instruct",
+            category="chat",
+            pool="default",
+            owned_by="HuggingFaceTB",
+            context_length=2_048,
+            max_output_tokens=1_024,
+            input_token_rate=1_000_000,
+            cached_input_token_rate=500_000,
+            output_token_rate=2_000_000,
+        )
+    )
     return PriceBook(version="2026-11-01", models={price.model: price for price in models})

@@ -110,6 +110,7 @@ class Rejection(enum.Enum):
     run_superseded = "run_superseded"
     slice_not_found = "slice_not_found"
     ttl_must_be_positive = "ttl_must_be_positive"
+    model_not_a_fallback = "model_not_a_fallback"
 
 
 class HoldStatus(enum.Enum):
@@ -524,6 +525,7 @@ def queued_job(command: PlaceHold, now: datetime) -> JobQueued:
         accepted_at=command.issued_at,
         attempts_max=job.attempts_max,
         stream=job.stream,
+        fallbacks=job.fallbacks,
         **_envelope(command, now),
     )
 
@@ -568,9 +570,13 @@ def _decide_capture(wallet: Wallet, command: CaptureHold, now: datetime, prices:
     book = prices.at_version(hold.price_version)
     if book is None:
         return Rejection.price_version_unknown
-    price = book.model(hold.model)
+    served = command.model or hold.model
+    if not book.may_serve(hold.model, served):
+        return Rejection.model_not_a_fallback
+    price = book.model(served)
     if price is None:
         return Rejection.model_not_priced
+    # The model that served prices the work, capped by the hold (which covers the priciest fallback).
     priced = price_micros(price, units)
     charged = min(priced, hold.amount_micros)
     plan, _ = burn_plan(list(wallet.grants.values()), charged)
@@ -582,7 +588,7 @@ def _decide_capture(wallet: Wallet, command: CaptureHold, now: datetime, prices:
             request_id=hold.request_id,
             job_id=hold.job_id,
             token_id=hold.token_id,
-            model=hold.model,
+            model=served,
             endpoint=hold.endpoint,
             amount_micros=charged,
             released_micros=hold.amount_micros - charged,
@@ -592,6 +598,7 @@ def _decide_capture(wallet: Wallet, command: CaptureHold, now: datetime, prices:
             latency_ms=command.latency_ms,
             grant_burns=tuple(GrantBurn(grant_id=g.grant_id, amount_micros=take) for g, take in plan),
             slice_id=back.slice_id if back is not None else "",
+            requested_model=hold.model if served != hold.model else "",
             **_envelope(command, now),
         )
     ]

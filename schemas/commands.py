@@ -7,6 +7,7 @@ from typing import Literal
 
 import msgspec
 
+from schemas.prices import Route
 from schemas.units import Units
 
 
@@ -65,6 +66,8 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     # The gateway dispatched the job itself (against its slice): the ledger records the hold and
     # does not queue the job again.
     dispatched: bool = False
+    # Where the worker turns when the model's upstream fails, in order (the price book's fallbacks).
+    fallbacks: tuple[Route, ...] = ()
 
 
 class PlaceHold(Command, frozen=True, kw_only=True, tag="place_hold.v1"):
@@ -96,6 +99,9 @@ class CaptureHold(Command, frozen=True, kw_only=True, tag="capture_hold.v1"):
     job_id: str
     units: Units
     latency_ms: int = 0
+    # The model that served the job when a fallback did ("": the hold's model). It prices the
+    # capture, from the hold's price book version, which must list it as a fallback of the hold's.
+    model: str = ""
 
 
 class ReleaseHold(Command, frozen=True, kw_only=True, tag="release_hold.v1"):

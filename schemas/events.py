@@ -15,7 +15,7 @@ from typing import Literal
 
 import msgspec
 
-from schemas.prices import PriceBook
+from schemas.prices import PriceBook, Route
 from schemas.units import Units
 
 
@@ -224,6 +224,9 @@ class HoldCaptured(LedgerFact, frozen=True, kw_only=True, tag="hold.captured.v1"
     grant_burns: tuple[GrantBurn, ...] = ()
     # The open slice the released rest went back to ("": back to the wallet).
     slice_id: str = ""
+    # ``model`` is the model that served and priced the job; when a fallback served it, this is the
+    # model the hold was placed for ("" otherwise).
+    requested_model: str = ""
 
 
 class HoldReleased(LedgerFact, frozen=True, kw_only=True, tag="hold.released.v1"):
@@ -272,6 +275,7 @@ class JobQueued(Event, frozen=True, kw_only=True, tag="job.queued.v1"):
     accepted_at: datetime
     attempts_max: int = 3
     stream: bool = False  # the client reads progress as it happens: report output at every progress point
+    fallbacks: tuple[Route, ...] = ()  # where the worker turns when the model's upstream fails, in order
 
 
 class JobLeased(LedgerFact, frozen=True, kw_only=True, tag="job.leased.v1"):
@@ -332,6 +336,8 @@ class JobProgressed(Event, frozen=True, kw_only=True, tag="job.progressed.v1"):
     progress_milli: int
     delta: str = ""
     units: Units = msgspec.field(default_factory=Units)
+    served_model: str = ""  # the model producing the output ("": the job's model)
+    fallback_depth: int = 0  # fallbacks tried before it
 
 
 class JobRetryScheduled(Event, frozen=True, kw_only=True, tag="job.retry_scheduled.v1"):
@@ -352,6 +358,9 @@ class JobCancelled(Event, frozen=True, kw_only=True, tag="job.cancelled.v1"):
     units: Units
     partial_result: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
     reason: str = ""
+    served_model: str = ""  # the model that did the work ("": the job's model)
+    fallback_depth: int = 0
+    counted_by: str = ""  # how the tokens were counted (see JobCompleted)
 
 
 class JobStarted(Event, frozen=True, kw_only=True, tag="job.started.v1"):
@@ -375,6 +384,12 @@ class JobCompleted(Event, frozen=True, kw_only=True, tag="job.completed.v1"):
     result: msgspec.Raw
     units: Units
     duration_ms: int
+    # The model that served the job ("": the job's model) and how many fallbacks were tried before it.
+    served_model: str = ""
+    fallback_depth: int = 0
+    # How the worker measured the tokens: "upstream" (the server's usage), "logprobs" (one per listed
+    # token, prompt by tokenizer), "tokenizer" (the model's own tokenizer); "" for simulated work.
+    counted_by: str = ""
 
 
 class JobFailed(Event, frozen=True, kw_only=True, tag="job.failed.v1"):

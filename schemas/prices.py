@@ -38,6 +38,17 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True):
     context_tiers: tuple[ContextTier, ...] = ()
     # Images by "<size>/<quality>" (e.g. "1024x1024/hd"); image_rate prices any other variant.
     image_variant_rates: dict[str, int] = msgspec.field(default_factory=dict)
+    # Models of this book that may serve a request for this one when its upstream fails (in order):
+    # the hold covers the priciest of them, and each request is charged at the price of the model
+    # that served it (the provider document's x-model-used, x-fallback-from, x-fallback-depth).
+    fallbacks: tuple[str, ...] = ()
+
+
+class Route(msgspec.Struct, frozen=True, kw_only=True):
+    """A model and the pool whose upstream serves it: where a worker sends a fallback."""
+
+    model: str
+    pool: str
 
 
 class PriceBook(msgspec.Struct, frozen=True, kw_only=True):
@@ -46,6 +57,11 @@ class PriceBook(msgspec.Struct, frozen=True, kw_only=True):
 
     def model(self, model_id: str) -> ModelPrice | None:
         return self.models.get(model_id)
+
+    def may_serve(self, requested: str, served: str) -> bool:
+        """Whether ``served`` may answer a request for ``requested``: itself or one of its fallbacks."""
+        price = self.models.get(requested)
+        return served == requested or (price is not None and served in price.fallbacks and served in self.models)
 
     @property
     def current(self) -> PriceBook:

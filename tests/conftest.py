@@ -65,11 +65,12 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["TOLLGATE_TEST_QUICK"] = "1"
 
 
-tiers_slow = ("e2e", "kafka")  # real processes (tollgate dev, roles on a broker): not in the inner loop
+# Real processes (tollgate dev, roles on a broker, llama.cpp's server): not in the inner loop.
+tiers_slow = ("e2e", "kafka", "upstream")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests are grouped by tier (unit, contract, http, e2e, kafka), one folder each. Everything that
+    """Tests are grouped by tier (unit, contract, http, e2e, kafka, upstream), one folder each. Everything that
     starts real processes is ``slow``; everything on the broker is ``kafka`` (and slow), so
     ``-m "not slow"`` is the inner loop and the full suite is what CI runs."""
     tests_dir = Path(__file__).resolve().parent

@@ -143,13 +143,13 @@ def usage(base_url: str, key: str, **params: Any) -> dict[str, Any]:
 
 
 class Dev:
-    def __init__(self, data_dir: Path, log_dir: Path) -> None:
+    def __init__(self, data_dir: Path, log_dir: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.role = Role(
             "dev",
             ["dev", "--port", str(self.port), "--data-dir", str(data_dir)],
-            {"TOLLGATE_ADMIN_TOKEN": dev_admin_token, "TOLLGATE_KAFKA_BOOTSTRAP": ""},
+            {"TOLLGATE_ADMIN_TOKEN": dev_admin_token, "TOLLGATE_KAFKA_BOOTSTRAP": "", **(env or {})},
             log_dir,
         )
         wait_until_serving(self.base_url, self.role)
@@ -159,6 +159,18 @@ class Dev:
 
     def client(self, key: str) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.base_url}/v1", api_key=key, max_retries=0)
+
+    def organization(self, credits: int = 1_000) -> tuple[str, str]:
+        """(org id, API key) of a new organization with paid credits and its rate limits lifted."""
+        org = self.admin.organization()
+        self.admin.grant(org, credits)
+        lifted = {"requests": 100_000_000, "jobs": 100_000_000, "tokens": 100_000_000}
+        response = self.admin.client.post(f"/v1/organizations/{org}/limits", json=lifted)
+        assert response.status_code == 200, response.text
+        return org, self.admin.token(org)
+
+    def stop(self) -> None:
+        self.role.stop()
 
 
 # --- builders ---
@@ -291,3 +303,38 @@ captured = HoldCaptured(
     **job,
     **envelope,
 )
+
+
+class FakeUpstream:
+    """bench/fake_upstream.py's server on its own event loop, in a thread of this process: an
+    OpenAI-compatible upstream that streams token by token (``control`` sets its delays and tokens)."""
+
+    def __init__(self, **settings: Any) -> None:
+        import asyncio
+        import threading
+
+        from bench import fake_upstream
+
+        self._module = fake_upstream
+        self.control(**{"reply_ms": 0.0, "token_ms": 0.0, "tokens": 16, "stream_usage": True, **settings})
+        self._loop = asyncio.new_event_loop()
+        self._server = self._loop.run_until_complete(
+            self._loop.create_server(fake_upstream.UpstreamProtocol, "127.0.0.1", 0, backlog=1024)
+        )
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-upstream", daemon=True)
+        self._thread.start()
+
+    def control(self, **settings: Any) -> None:
+        for name, value in settings.items():
+            assert hasattr(self._module.config, name), name
+            setattr(self._module.config, name, value)
+
+    @property
+    def requests(self) -> int:
+        return int(self._module.config.requests)
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._server.close)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)

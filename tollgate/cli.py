@@ -121,10 +121,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def configure_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("TOLLGATE_LOG_LEVEL", "WARNING").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    """``TOLLGATE_LOG_LEVEL`` (default WARNING) for every logger: Tollgate's and the libraries' (httpx,
+    Litestar, kafka-python), which all inherit the root's level; nothing else configures logging."""
+    level = os.environ.get("TOLLGATE_LOG_LEVEL", "WARNING").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger().setLevel(level)
 
 
 def main(argv: list[str] | None = None) -> None:

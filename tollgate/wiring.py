@@ -22,8 +22,9 @@ from ledger.role import LedgerRole
 from projections.role import ProjectorRole
 from projections.usage import UsageStore
 from tollgate.remote import CommandError
-from workers.backends import Backend, SimulatedBackend, UpstreamChatBackend
+from workers.backends import Backend, SimulatedBackend
 from workers.role import WorkerRole, worker_roles
+from workers.upstream import UpstreamBackend, UpstreamConfigError, Upstreams
 
 logger = logging.getLogger("tollgate")
 
@@ -76,10 +77,29 @@ def signer(settings: Settings) -> Signer:
     return Signer(load_or_create_signing_key(settings.signing_key_path))
 
 
+def upstreams(settings: Settings) -> Upstreams:
+    """Each pool's upstream (``TOLLGATE_UPSTREAMS``) and the default (``TOLLGATE_UPSTREAM_URL``)."""
+    try:
+        return Upstreams.from_settings(
+            settings.upstreams,
+            url=settings.upstream_url,
+            api_key=settings.upstream_api_key,
+            timeout_s=settings.upstream_timeout_s,
+            connect_timeout_s=settings.upstream_connect_timeout_s,
+            calls_in_flight_max=settings.upstream_calls_in_flight_max,
+            stream_logprobs=settings.upstream_stream_logprobs,
+            tokenizers_json=settings.upstream_tokenizers,
+        )
+    except UpstreamConfigError as error:
+        raise WiringError(str(error)) from None
+
+
 def backend(settings: Settings) -> Backend:
-    """The upstream server at ``TOLLGATE_UPSTREAM_URL``, or the simulated backend."""
-    if settings.upstream_url:
-        return UpstreamChatBackend(settings.upstream_url, settings.upstream_api_key)
+    """The upstreams of the pools (``TOLLGATE_UPSTREAMS``, ``TOLLGATE_UPSTREAM_URL``), or the
+    simulated backend when none is set."""
+    configured = upstreams(settings)
+    if configured:
+        return UpstreamBackend(configured)
     return SimulatedBackend(settings.sim_latency_ms, settings.sim_token_ms, settings.sim_video_second_ms)
 
 

@@ -6,8 +6,8 @@ its result with the usage it measured.
   where a job can be stopped (cancel, disconnect) and charged for the work done so far. Simulated
   GPU time is ``asyncio.sleep``, so a worker runs many such jobs without a thread each; rendering
   media, which is CPU work, runs in a thread.
-- ``UpstreamChatBackend``: forwards chat to any OpenAI-compatible server (vLLM, SGLang, llama.cpp)
-  and meters the usage that server reports. A response without usage fails the job: we never guess.
+- ``UpstreamBackend`` (workers/upstream.py): forwards every endpoint to OpenAI-compatible servers
+  (vLLM, SGLang, llama.cpp), streams, falls back, and meters what those servers report.
 
 A job is stopped at its next progress point (``JobStopped``), or by cancelling its task (the worker
 does that for a stop signal): an awaiting backend must let ``asyncio.CancelledError`` through.
@@ -24,10 +24,10 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import msgspec
 
 from ledger.pricing import billed_seconds
+from schemas.prices import Route
 from schemas.units import Units
 from workers import media
 
@@ -89,7 +89,9 @@ ProgressListener = Callable[[int, Units, str], None]
 
 class JobContext:
     """What a backend sees of its job. ``progress`` is the progress point: it records the units
-    measured so far and raises ``JobStopped`` when the job must stop there."""
+    measured so far and raises ``JobStopped`` when the job must stop there. A backend that serves the
+    job with a fallback model says so (``serve_as``) before its first point, and how it counted
+    tokens (``counted_by``), so that a stop charges the work at the right model's price."""
 
     def __init__(
         self,
@@ -100,22 +102,33 @@ class JobContext:
         attempt: int = 1,
         should_stop: Callable[[], bool] = lambda: False,
         on_progress: ProgressListener | None = None,
+        pool: str = "default",
+        fallbacks: tuple[Route, ...] = (),
     ) -> None:
         self.job_id = job_id
         self.model = model
         self.endpoint = endpoint
         self.payload = payload
         self.attempt = attempt
+        self.pool = pool
+        self.fallbacks = fallbacks
         self.units = Units()
         self.output = ""  # text produced so far, for a partial result
+        self.served_model = model
+        self.fallback_depth = 0
+        self.counted_by = ""
         self._should_stop = should_stop
-        self._on_progress = on_progress
+        self.on_progress = on_progress
+
+    def serve_as(self, model: str, fallback_depth: int) -> None:
+        self.served_model = model
+        self.fallback_depth = fallback_depth
 
     def progress(self, progress_milli: int, units: Units, delta: str = "") -> None:
         self.units = units
         self.output += delta
-        if self._on_progress is not None:
-            self._on_progress(progress_milli, units, delta)
+        if self.on_progress is not None:
+            self.on_progress(progress_milli, units, delta)
         if self._should_stop():
             raise JobStopped(self.job_id)
 
@@ -317,44 +330,3 @@ class SimulatedBackend(Backend):
 
 
 SimulatedChatBackend = SimulatedBackend
-
-
-class UpstreamChatBackend(Backend):
-    """Chat forwarded to an OpenAI-compatible server, on an async client with a bounded pool."""
-
-    def __init__(self, base_url: str, api_key: str = "", timeout_s: float = 120.0, connections_max: int = 256) -> None:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
-            headers=headers,
-            timeout=timeout_s,
-            limits=httpx.Limits(max_connections=connections_max, max_keepalive_connections=connections_max),
-        )
-
-    async def close(self) -> None:
-        await self._client.aclose()
-
-    async def run(self, job: JobContext) -> JobOutput:
-        if job.endpoint != "/v1/chat/completions":
-            raise BackendError("unsupported_endpoint", f"the upstream backend forwards chat only, not {job.endpoint}")
-        body = {**job.payload, "model": job.model, "stream": False}
-        body.pop("stream_options", None)  # with stream false, vLLM refuses stream_options (400)
-        try:
-            response = await self._client.post("/v1/chat/completions", json=body)
-        except httpx.HTTPError as error:
-            raise BackendError("upstream_unreachable", f"upstream request failed: {error}", retryable=True) from error
-        if response.status_code >= 500:
-            raise BackendError("upstream_error", f"upstream answered {response.status_code}", retryable=True)
-        if response.status_code >= 400:
-            raise BackendError("upstream_rejected", f"upstream answered {response.status_code}: {response.text[:500]}")
-        data = response.json()
-        usage = data.pop("usage", None)
-        if not isinstance(usage, dict) or "prompt_tokens" not in usage or "completion_tokens" not in usage:
-            raise BackendError("upstream_no_usage", "upstream response has no usage; refusing to guess a charge")
-        cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
-        prompt = int(usage["prompt_tokens"])
-        units = Units(
-            input_tokens=prompt - cached, cached_input_tokens=cached, output_tokens=int(usage["completion_tokens"])
-        )
-        job.progress(1000, units)
-        return JobOutput(result=data, units=units)

@@ -73,10 +73,24 @@ def _envelope(job: JobQueued) -> dict[str, str]:
     return {"org_id": job.org_id, "correlation_id": job.request_id, "causation_id": job.event_id}
 
 
-def completed_records(job: JobQueued, started_at: datetime, finished_at: datetime, output: JobOutput) -> list[Outgoing]:
-    """A finished job: its completion (with the usage it measured) and the capture of its charge. Pure:
-    ids derive from the job."""
+def _served(job: JobQueued, served_model: str) -> str:
+    """The served model as outcomes name it: "" when it is the job's own."""
+    return served_model if served_model and served_model != job.model else ""
+
+
+def completed_records(
+    job: JobQueued,
+    started_at: datetime,
+    finished_at: datetime,
+    output: JobOutput,
+    served_model: str = "",
+    fallback_depth: int = 0,
+    counted_by: str = "",
+) -> list[Outgoing]:
+    """A finished job: its completion (with the usage it measured, the model that served it and how
+    it counted) and the capture of its charge at that model's price. Pure: ids derive from the job."""
     latency_ms = int((finished_at - job.accepted_at).total_seconds() * 1000)
+    served = _served(job, served_model)
     completed = JobCompleted(
         event_id=job_output_id(job.job_id, "completed"),
         occurred_at=finished_at,
@@ -86,6 +100,9 @@ def completed_records(job: JobQueued, started_at: datetime, finished_at: datetim
         result=msgspec.Raw(msgspec.json.encode(output.result)),
         units=output.units,
         duration_ms=int((finished_at - started_at).total_seconds() * 1000),
+        served_model=served,
+        fallback_depth=fallback_depth if served else 0,
+        counted_by=counted_by,
         **_envelope(job),
     )
     capture = CaptureHold(
@@ -97,6 +114,7 @@ def completed_records(job: JobQueued, started_at: datetime, finished_at: datetim
         job_id=job.job_id,
         units=output.units,
         latency_ms=max(latency_ms, 0),
+        model=served,
     )
     return [
         Outgoing(topics.JOBS, job.org_id, encode(completed)),
@@ -133,8 +151,19 @@ def failed_records(job: JobQueued, finished_at: datetime, error: BackendError, a
     ]
 
 
-def cancelled_records(job: JobQueued, finished_at: datetime, units: Units, partial: str, reason: str) -> list[Outgoing]:
-    """A job stopped on request: charged for the work done (released when there was none)."""
+def cancelled_records(
+    job: JobQueued,
+    finished_at: datetime,
+    units: Units,
+    partial: str,
+    reason: str,
+    served_model: str = "",
+    fallback_depth: int = 0,
+    counted_by: str = "",
+) -> list[Outgoing]:
+    """A job stopped on request: charged for the work done (released when there was none), at the
+    price of the model that did it."""
+    served = _served(job, served_model)
     cancelled = JobCancelled(
         event_id=job_output_id(job.job_id, "cancelled"),
         occurred_at=finished_at,
@@ -144,6 +173,9 @@ def cancelled_records(job: JobQueued, finished_at: datetime, units: Units, parti
         units=units,
         partial_result=msgspec.Raw(msgspec.json.encode({"output": partial} if partial else None)),
         reason=reason,
+        served_model=served,
+        fallback_depth=fallback_depth if served else 0,
+        counted_by=counted_by,
         **_envelope(job),
     )
     settle: CaptureHold | ReleaseHold
@@ -166,6 +198,7 @@ def cancelled_records(job: JobQueued, finished_at: datetime, units: Units, parti
             job_id=job.job_id,
             units=units,
             latency_ms=max(int((finished_at - job.accepted_at).total_seconds() * 1000), 0),
+            model=served,
         )
     return [
         Outgoing(topics.JOBS, job.org_id, encode(cancelled)),
@@ -296,8 +329,10 @@ class WorkerRole:
                 payload,
                 attempt,
                 running.stop.is_set,
-                on_progress=self._reporter(running, attempt),
+                pool=job.pool,
+                fallbacks=job.fallbacks,
             )
+            context.on_progress = self._reporter(running, attempt, context)
             try:
                 if running.stop.is_set():
                     raise JobStopped(job.job_id)
@@ -308,7 +343,16 @@ class WorkerRole:
                     raise  # not our stop signal: the task itself is being cancelled
                 if running.stop_reason != "cancel":
                     return None  # dead-lettered by the ledger (it released the hold already), or shutting down
-                return cancelled_records(job, self._clock(), context.units, context.output, "cancel")
+                return cancelled_records(
+                    job,
+                    self._clock(),
+                    context.units,
+                    context.output,
+                    "cancel",
+                    context.served_model,
+                    context.fallback_depth,
+                    context.counted_by,
+                )
             except BackendError as error:
                 if error.retryable and attempt < job.attempts_max and not running.stop.is_set():
                     backoff_s = retry_backoff_s(self._settings.job_retry_backoff_ms, attempt)
@@ -322,10 +366,18 @@ class WorkerRole:
                 return failed_records(job, self._clock(), crash, attempt)
             finally:
                 running.backend_call = None
-            return completed_records(job, started_at, self._clock(), output)
+            return completed_records(
+                job,
+                started_at,
+                self._clock(),
+                output,
+                context.served_model,
+                context.fallback_depth,
+                context.counted_by,
+            )
         raise AssertionError("the last attempt returns")
 
-    def _reporter(self, running: _Running, attempt: int) -> Callable[[int, Units, str], None]:
+    def _reporter(self, running: _Running, attempt: int, context: JobContext) -> Callable[[int, Units, str], None]:
         """The progress points of one attempt as ``JobProgressed`` events: every point of a streamed
         job (the client reads them as they come), at most one per ``progress_interval_s`` otherwise."""
         job = running.job
@@ -351,6 +403,8 @@ class WorkerRole:
                 progress_milli=progress_milli,
                 delta=delta,
                 units=units,
+                served_model=_served(job, context.served_model),
+                fallback_depth=context.fallback_depth if _served(job, context.served_model) else 0,
                 **_envelope(job),
             )
             self._send([Outgoing(topics.JOBS, job.org_id, encode(event))])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import msgspec
@@ -38,11 +38,21 @@ from gateway.requests import (
     parse_transcription,
     parse_video,
 )
-from gateway.results import Charge, charge_headers, charge_of, refusal, shape_result, token_usage, usage_cost
+from gateway.results import (
+    Charge,
+    charge_headers,
+    charge_of,
+    model_headers,
+    refusal,
+    shape_result,
+    token_usage,
+    usage_cost,
+)
 from gateway.waiters import Seen, request_admitted, request_finished
 from projections.views import ApiToken
 from schemas.events import (
     CommandRejected,
+    Event,
     HoldPlaced,
     HoldRejected,
     JobCompleted,
@@ -119,7 +129,14 @@ def _answered(
 ) -> Charge:
     """The charge an answer states (the ledger records the same one a moment later), shown in this
     instance's balances at once."""
-    charge = charge_of(metered, completed.units, completed.occurred_at)
+    charge = charge_of(
+        metered,
+        completed.units,
+        completed.occurred_at,
+        completed.served_model,
+        completed.fallback_depth,
+        completed.counted_by,
+    )
     hold_id = placement.command.hold_id
     core.pending.answered(token.org_id, hold_id, metered.hold_micros, charge.amount_micros, bool(placement.slice_id))
     return charge
@@ -195,52 +212,80 @@ def _sse(data: dict[str, Any]) -> bytes:
 
 async def _stream(
     request: Request[Any, Any, Any], core: GatewayCore, token: ApiToken, metered: MeteredRequest, kind: str
-) -> Stream:
-    """Hold first (a refusal is still a plain 402), then stream the job's output as it is produced."""
+) -> Response[bytes] | Stream:
+    """Hold first (a refusal is still a plain 402), then stream the job's output as it is produced.
+    The response starts with the job's first output (or its end), so its headers name the model that
+    really serves it (``x-model-used``, and ``x-fallback-*`` when a fallback does) and a job that fails
+    before any output is a plain error, as a direct call to the model would be."""
     rid = request_id(request)
     seen: Seen = {}
+    events = core.metering.stream(token, rid, metered, core.cancel_job_soon)
+    first: Event | None = None
     try:
-        events = core.metering.stream(token, rid, metered, core.cancel_job_soon)
-        placement = await anext(events)
-        assert isinstance(placement, Placement)
+        placed = await anext(events)
+        assert isinstance(placed, Placement)
+        placement: Placement = placed
         # Through the ledger, wait for its hold, so that a refusal is still a plain 402; against a
-        # slice the hold is reserved already, and the stream starts at once.
+        # slice the hold is reserved already.
         while not placement.slice_id:
             event = await anext(events)
             assert not isinstance(event, Placement)
             seen[type(event)] = event
             if isinstance(event, (HoldPlaced, HoldRejected, CommandRejected)):
                 break
+        if placement.slice_id or HoldPlaced in seen:
+            first = await _first_output(events, seen)
     except Overloaded:
         raise _overloaded() from None
     except TimeoutError:
-        raise ApiError(504, "The ledger did not answer in time.", code="timeout") from None
-    if not placement.slice_id and HoldPlaced not in seen:
         await events.aclose()
-        _raise_refusal(core, token, rid, metered, placement, seen)
+        raise ApiError(504, "The job did not start in time.", code="timeout") from None
+    except StopAsyncIteration:
+        first = None  # the request ended: ``seen`` says how
+    if first is None:
+        await events.aclose()
+        if JobCompleted not in seen:
+            _raise_refusal(core, token, rid, metered, placement, seen)
     created = int(time.time())
-    model = metered.model
+    served = first.served_model if isinstance(first, JobProgressed) and first.served_model else ""
+    completed = seen.get(JobCompleted)
+    if isinstance(completed, JobCompleted) and completed.served_model:
+        served = completed.served_model
+    model = served or metered.model
 
     async def chunks() -> AsyncIterator[bytes]:
         sent_chars = 0
         attempt_chars: dict[int, int] = {}
+        ended: Seen = dict(seen)
+
+        def relay(event: JobProgressed) -> bytes | None:
+            nonlocal sent_chars
+            # A retried run replays the same text: send only what goes beyond what was sent.
+            start = attempt_chars.get(event.attempt, 0)
+            attempt_chars[event.attempt] = start + len(event.delta)
+            fresh = event.delta[max(sent_chars - start, 0) :]
+            if not fresh:
+                return None
+            sent_chars += len(fresh)
+            return _sse(_chunk(kind, rid, model, created, fresh, None))
+
         try:
-            first = _chunk(kind, rid, model, created, "", None)
+            opening = _chunk(kind, rid, model, created, "", None)
             if kind == "chat.completion.chunk":
-                first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
-            yield _sse(first)
-            ended: Seen = {}
-            async for event in events:
-                assert not isinstance(event, Placement)
-                ended[type(event)] = event
-                if isinstance(event, JobProgressed) and event.delta:
-                    # A retried run replays the same text: send only what goes beyond what was sent.
-                    start = attempt_chars.get(event.attempt, 0)
-                    attempt_chars[event.attempt] = start + len(event.delta)
-                    fresh = event.delta[max(sent_chars - start, 0) :]
-                    if fresh:
-                        sent_chars += len(fresh)
-                        yield _sse(_chunk(kind, rid, model, created, fresh, None))
+                opening["choices"][0]["delta"] = {"role": "assistant", "content": ""}
+            yield _sse(opening)
+            if isinstance(first, JobProgressed):
+                sent = relay(first)
+                if sent is not None:
+                    yield sent
+            if first is not None:
+                async for event in events:
+                    assert not isinstance(event, Placement)
+                    ended[type(event)] = event
+                    if isinstance(event, JobProgressed) and event.delta:
+                        sent = relay(event)
+                        if sent is not None:
+                            yield sent
             rejected = ended.get(HoldRejected)
             if isinstance(rejected, HoldRejected):  # against a slice: the ledger could not carve the hold
                 core.record_rejection(token, rid, metered.endpoint, metered.model, 402, rejected.code)
@@ -250,7 +295,7 @@ async def _stream(
                 body = {"error": {"message": error.message, "type": "insufficient_quota", "code": error.code}}
                 yield _sse(body)
                 return
-            yield _final_chunk(core, token, placement, metered, kind, created, ended)
+            yield _final_chunk(core, token, placement, metered, kind, created, ended, model)
             yield b"data: [DONE]\n\n"
         except TimeoutError:
             yield _sse(
@@ -259,8 +304,23 @@ async def _stream(
         finally:
             await events.aclose()
 
-    headers = {"x-request-id": rid, "x-model-used": model, "cache-control": "no-cache"}
+    requested = metered.model if model != metered.model else ""
+    depth = first.fallback_depth if isinstance(first, JobProgressed) else 0
+    if isinstance(completed, JobCompleted):
+        depth = completed.fallback_depth
+    headers = {"x-request-id": rid, "cache-control": "no-cache", **model_headers(model, requested, depth)}
     return Stream(chunks(), media_type="text/event-stream", headers=headers)
+
+
+async def _first_output(events: AsyncGenerator[Event | Placement, None], seen: Seen) -> Event | None:
+    """The job's first progress with output; None when the request ended without any (``seen`` then
+    holds how it ended)."""
+    async for event in events:
+        assert not isinstance(event, Placement)
+        seen[type(event)] = event
+        if isinstance(event, JobProgressed) and event.delta:
+            return event
+    return None
 
 
 def _final_chunk(
@@ -271,13 +331,14 @@ def _final_chunk(
     kind: str,
     created: int,
     ended: Seen,
+    model: str,
 ) -> bytes:
     rid = placement.command.request_id
     completed = ended.get(JobCompleted)
     if isinstance(completed, JobCompleted):
         charge = _answered(core, token, placement, metered, completed)
         choices = msgspec.json.decode(completed.result).get("choices") or [{}]
-        final = _chunk(kind, rid, metered.model, created, "", choices[0].get("finish_reason") or "stop")
+        final = _chunk(kind, rid, charge.model or model, created, "", choices[0].get("finish_reason") or "stop")
         final["usage"] = {**token_usage(charge.units), **usage_cost(charge)}
         return _sse(final)
     failed = ended.get(JobFailed)
@@ -314,8 +375,10 @@ async def speech(request: Request[Any, Any, Any], core: Core) -> Response[bytes]
     completed = seen[JobCompleted]
     assert isinstance(completed, JobCompleted)
     charge = _answered(core, token, placement, metered, completed)
-    audio = base64.b64decode(msgspec.json.decode(completed.result)["audio_b64"])
-    return Response(content=audio, media_type="audio/wav", headers=charge_headers(charge))
+    result = msgspec.json.decode(completed.result)
+    audio = base64.b64decode(result["audio_b64"])
+    media_type = str(result.get("content_type") or "audio/wav")
+    return Response(content=audio, media_type=media_type, headers=charge_headers(charge))
 
 
 def _form_text(form: Any, name: str) -> str | None:

@@ -16,7 +16,8 @@ import pytest
 from ledger.pricing import default_price_book, price_micros
 from schemas.units import Units
 from tests.support import Admin, Role, free_port, usage, wait_until_serving
-from workers.backends import BackendError, JobContext, JobOutput, UpstreamChatBackend
+from workers.backends import BackendError, JobContext, JobOutput
+from workers.upstream import Upstream, UpstreamBackend, Upstreams
 
 reported_usage = {
     "prompt_tokens": 120,
@@ -68,7 +69,11 @@ def upstream() -> Iterator[str]:
     server.shutdown()
 
 
-def run(backend: UpstreamChatBackend, job: JobContext) -> JobOutput:
+def upstream_backend(url: str, **options: Any) -> UpstreamBackend:
+    return UpstreamBackend(Upstreams({}, Upstream(url=url, **options)))
+
+
+def run(backend: UpstreamBackend, job: JobContext) -> JobOutput:
     async def once() -> JobOutput:
         try:
             return await backend.run(job)
@@ -81,32 +86,33 @@ def run(backend: UpstreamChatBackend, job: JobContext) -> JobOutput:
 def test_meters_the_usage_the_upstream_reports(upstream: str) -> None:
     FakeUpstream.mode = "ok"
     output = run(
-        UpstreamChatBackend(upstream),
-        JobContext("job", "sim-chat-small", "/v1/chat/completions", {"messages": [], "stream": True}),
+        upstream_backend(upstream),
+        JobContext("job", "sim-chat-small", "/v1/chat/completions", {"messages": [], "stream_options": {}}),
     )
     assert output.units == Units(input_tokens=100, cached_input_tokens=20, output_tokens=45)
     assert "usage" not in output.result
-    assert FakeUpstream.seen[-1]["stream"] is False
+    # Not streamed: stream false, and never stream_options with it (vLLM answers that with a 400).
+    assert FakeUpstream.seen[-1]["stream"] is False and "stream_options" not in FakeUpstream.seen[-1]
 
 
 def test_no_usage_fails_the_job_rather_than_guessing(upstream: str) -> None:
     FakeUpstream.mode = "no_usage"
     with pytest.raises(BackendError) as caught:
-        run(UpstreamChatBackend(upstream), JobContext("job", "m", "/v1/chat/completions", {"messages": []}))
+        run(upstream_backend(upstream), JobContext("job", "m", "/v1/chat/completions", {"messages": []}))
     assert caught.value.code == "upstream_no_usage"
 
 
 def test_server_errors_are_retryable(upstream: str) -> None:
     FakeUpstream.mode = "error"
     with pytest.raises(BackendError) as caught:
-        run(UpstreamChatBackend(upstream), JobContext("job", "m", "/v1/chat/completions", {"messages": []}))
+        run(upstream_backend(upstream), JobContext("job", "m", "/v1/chat/completions", {"messages": []}))
     assert caught.value.retryable
 
 
 def test_unreachable_upstream_is_retryable() -> None:
     with pytest.raises(BackendError) as caught:
         run(
-            UpstreamChatBackend(f"http://127.0.0.1:{free_port()}", timeout_s=2),
+            upstream_backend(f"http://127.0.0.1:{free_port()}", connect_timeout_s=2),
             JobContext("job", "m", "/v1/chat/completions", {"messages": []}),
         )
     assert caught.value.code == "upstream_unreachable"

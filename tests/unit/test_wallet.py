@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 
-from ledger.pricing import default_price_book
+from ledger.pricing import default_price_book, price_micros
 from ledger.wallet import (
     Rejection,
     Wallet,
@@ -57,7 +57,17 @@ from schemas.events import (
 from schemas.units import Units
 
 now = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
-book = default_price_book()
+_default_book = default_price_book()
+# sim-chat-large may fall back to sim-chat-small (a fallback's capture is priced at the model that served).
+book = msgspec.structs.replace(
+    _default_book,
+    models={
+        **_default_book.models,
+        "sim-chat-large": msgspec.structs.replace(
+            _default_book.models["sim-chat-large"], fallbacks=("sim-chat-small",)
+        ),
+    },
+)
 org = "org_test"
 
 
@@ -115,7 +125,9 @@ def hold(amount: int, hold_id: str = "h1", model: str = "sim-chat-small") -> Pla
     )
 
 
-def capture(hold_id: str = "h1", input_tokens: int = 8, output_tokens: int = 53, n: int = 0) -> CaptureHold:
+def capture(
+    hold_id: str = "h1", input_tokens: int = 8, output_tokens: int = 53, n: int = 0, model: str = ""
+) -> CaptureHold:
     return CaptureHold(
         command_id=f"cap-{hold_id}-{n}",
         org_id=org,
@@ -123,6 +135,7 @@ def capture(hold_id: str = "h1", input_tokens: int = 8, output_tokens: int = 53,
         hold_id=hold_id,
         job_id="j",
         units=Units(input_tokens=input_tokens, output_tokens=output_tokens),
+        model=model,
     )
 
 
@@ -236,6 +249,8 @@ decision_table: list[tuple[list[AnyCommand], AnyCommand, object]] = [
     ([grant(1000), hold(100), release()], capture(), Rejection.hold_already_released),
     ([grant(1000), hold(100)], capture(input_tokens=-1), Rejection.units_must_not_be_negative),
     ([grant(1000), hold(100, model="gone")], capture(), Rejection.model_not_priced),
+    ([grant(1000), hold(100, model="sim-chat-large")], capture(model="sim-chat-small"), [HoldCaptured]),
+    ([grant(1000), hold(100)], capture(model="sim-chat-large"), Rejection.model_not_a_fallback),
     ([grant(100)], release(), Rejection.hold_not_found),
     ([grant(1000), hold(100)], release(), [HoldReleased]),
     ([grant(1000), hold(100), release()], release(n=1), Rejection.hold_already_released),
@@ -596,3 +611,14 @@ def test_heartbeats_never_keep_a_run_past_the_holds_ttl() -> None:
         evolve(wallet, event)
     assert wallet.holds["h1"].run_started_at == second_start
     assert wallet.holds["h1"].expires_at == second_start + timedelta(seconds=30), "a new run, a new cap"
+
+
+def test_a_fallback_capture_is_priced_at_the_model_that_served() -> None:
+    wallet, _ = run([grant(10_000), hold(5_000, model="sim-chat-large")])
+    result = decide(wallet, capture(model="sim-chat-small", input_tokens=1000, output_tokens=1000), now, book)
+    assert not isinstance(result, Rejection)
+    captured = result[0]
+    assert isinstance(captured, HoldCaptured)
+    small = book.models["sim-chat-small"]
+    assert captured.model == "sim-chat-small" and captured.requested_model == "sim-chat-large"
+    assert captured.amount_micros == price_micros(small, Units(input_tokens=1000, output_tokens=1000))

@@ -1,0 +1,610 @@
+"""The upstream backend: forwards every endpoint to OpenAI-compatible inference servers (vLLM, SGLang,
+llama.cpp...) and meters what each server really did.
+
+Routing. A job runs on the upstream of its model's pool (the price book names each model's pool):
+``TOLLGATE_UPSTREAMS`` maps pools to upstreams (URL, key, timeouts, calls in flight, tokenizers);
+``TOLLGATE_UPSTREAM_URL`` serves every pool it does not name. When an upstream cannot serve (it is
+unreachable, answers 5xx or 429) before any output, the job's fallbacks (the price book's, each with
+its own pool) are tried in order; the job reports the model that served it and how deep it went.
+
+Streams. A streamed request is streamed from the upstream (``stream_options.include_usage`` only
+then: vLLM refuses it with ``stream: false``) and every delta is a progress point as it arrives, which
+the gateway relays to the client. A stop (cancel, client gone) cancels the task, which closes the
+upstream connection: the units at the last point are what is charged.
+
+Metering. Each response type's own usage fields: chat and completions ``usage`` (the final chunk of a
+stream), embeddings ``usage.prompt_tokens``, images the number returned, speech the characters sent,
+transcriptions the duration the server reports. When a text upstream reports no usage, tokens are
+counted with the model's own tokenizer (workers/tokens.py), and a stream's output from the logprobs
+the pool asks for (``stream_logprobs``: one entry per generated token, exact); a count that cannot be
+made fails the job: never a guess. ``JobOutput.counted_by`` says which way it went.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import msgspec
+
+from ledger.pricing import billed_seconds
+from schemas.prices import Route
+from schemas.units import Units
+from workers.backends import Backend, BackendError, JobContext, JobOutput
+from workers.tokens import TokenCounter, TokenizerError, load_counter
+
+logger = logging.getLogger(__name__)
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+EMBEDDINGS = "/v1/embeddings"
+IMAGES = "/v1/images/generations"
+SPEECH = "/v1/audio/speech"
+TRANSCRIPTIONS = "/v1/audio/transcriptions"
+
+error_text_chars_max = 500  # of an upstream's error body, in a job's failure message
+stream_line_bytes_max = 4 * 1024 * 1024  # one SSE line; a longer one is a broken stream
+fallback_statuses = frozenset({408, 429, 500, 502, 503, 504})  # another model's upstream may serve
+
+
+class UpstreamConfigError(ValueError):
+    """Settings that do not describe upstreams; the message says how to fix them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One OpenAI-compatible server and how to call it."""
+
+    url: str
+    api_key: str = ""
+    timeout_s: float = 120.0  # between two bytes of an answer (a stream's tokens included)
+    connect_timeout_s: float = 5.0
+    calls_in_flight_max: int = 256  # per worker role; more calls wait for a slot
+    stream_logprobs: bool = False  # ask streams for logprobs: an exact output count without usage
+    tokenizers: Mapping[str, str] = field(default_factory=dict)  # model -> tokenizer spec
+    models: Mapping[str, str] = field(default_factory=dict)  # price book model -> the upstream's name
+
+
+_upstream_keys = {
+    "url",
+    "api_key",
+    "timeout_s",
+    "connect_timeout_s",
+    "calls_in_flight_max",
+    "stream_logprobs",
+    "tokenizers",
+    "models",
+}
+
+
+def _upstream(where: str, given: Any) -> Upstream:
+    if not isinstance(given, dict) or not isinstance(given.get("url"), str) or not given["url"]:
+        raise UpstreamConfigError(f'{where} must be an object with a "url"')
+    unknown = set(given) - _upstream_keys
+    if unknown:
+        raise UpstreamConfigError(f"{where} has unknown keys {sorted(unknown)}; known: {sorted(_upstream_keys)}")
+    try:
+        upstream = msgspec.convert(given, UpstreamSpec)
+    except msgspec.ValidationError as error:
+        raise UpstreamConfigError(f"{where}: {error}") from None
+    if upstream.calls_in_flight_max < 1 or upstream.timeout_s <= 0 or upstream.connect_timeout_s <= 0:
+        raise UpstreamConfigError(f"{where}: timeouts and calls_in_flight_max must be positive")
+    return Upstream(**msgspec.structs.asdict(upstream))
+
+
+class UpstreamSpec(msgspec.Struct, frozen=True, kw_only=True):
+    url: str
+    api_key: str = ""
+    timeout_s: float = 120.0
+    connect_timeout_s: float = 5.0
+    calls_in_flight_max: int = 256
+    stream_logprobs: bool = False
+    tokenizers: dict[str, str] = msgspec.field(default_factory=dict)
+    models: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Upstreams:
+    """Each pool's upstream, and the default for pools not named."""
+
+    pools: Mapping[str, Upstream]
+    default: Upstream | None = None
+
+    def for_pool(self, pool: str) -> Upstream | None:
+        return self.pools.get(pool, self.default)
+
+    @classmethod
+    def from_settings(
+        cls,
+        upstreams_json: str,
+        url: str = "",
+        api_key: str = "",
+        timeout_s: float = 120.0,
+        connect_timeout_s: float = 5.0,
+        calls_in_flight_max: int = 256,
+        stream_logprobs: bool = False,
+        tokenizers_json: str = "",
+    ) -> Upstreams:
+        """From ``TOLLGATE_UPSTREAMS`` (JSON: pool -> upstream) and the ``TOLLGATE_UPSTREAM_*`` default."""
+        try:
+            pools_given = json.loads(upstreams_json) if upstreams_json.strip() else {}
+            tokenizers = json.loads(tokenizers_json) if tokenizers_json.strip() else {}
+        except ValueError as error:
+            raise UpstreamConfigError(
+                f"TOLLGATE_UPSTREAMS or TOLLGATE_UPSTREAM_TOKENIZERS is not JSON: {error}"
+            ) from None
+        if not isinstance(pools_given, dict):
+            raise UpstreamConfigError('TOLLGATE_UPSTREAMS must be a JSON object: {"<pool>": {"url": ...}, ...}')
+        if not isinstance(tokenizers, dict) or not all(isinstance(v, str) for v in tokenizers.values()):
+            raise UpstreamConfigError('TOLLGATE_UPSTREAM_TOKENIZERS must be a JSON object: {"<model>": "<spec>"}')
+        pools = {pool: _upstream(f"TOLLGATE_UPSTREAMS[{pool!r}]", given) for pool, given in pools_given.items()}
+        default = None
+        if url:
+            default = _upstream(
+                "TOLLGATE_UPSTREAM_URL",
+                {
+                    "url": url,
+                    "api_key": api_key,
+                    "timeout_s": timeout_s,
+                    "connect_timeout_s": connect_timeout_s,
+                    "calls_in_flight_max": calls_in_flight_max,
+                    "stream_logprobs": stream_logprobs,
+                    "tokenizers": tokenizers,
+                },
+            )
+        return cls(pools, default)
+
+    def __bool__(self) -> bool:
+        return bool(self.pools) or self.default is not None
+
+
+class _Unserved(Exception):
+    """An upstream could not serve before any output: the next fallback may."""
+
+    def __init__(self, error: BackendError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+connections_per_shard_max = 8
+
+
+@dataclass(slots=True)
+class _Client:
+    """An upstream's async clients and its slots (calls in flight), on one worker's event loop.
+
+    httpcore's pool checks every connection it holds (a syscall each) whenever it assigns a request
+    or takes one back: O(connections) per call, which at 64 calls in flight was most of a worker's CPU.
+    So the connections are split over shards of at most ``connections_per_shard_max``, and a call
+    takes the least busy shard."""
+
+    upstream: Upstream
+    shards: list[httpx.AsyncClient]
+    busy: list[int]
+    slots: asyncio.Semaphore
+
+    @contextlib.asynccontextmanager
+    async def http(self) -> AsyncIterator[httpx.AsyncClient]:
+        """A slot, and the least busy shard for one call (released when the call ends)."""
+        async with self.slots:
+            index = min(range(len(self.shards)), key=self.busy.__getitem__)
+            self.busy[index] += 1
+            try:
+                yield self.shards[index]
+            finally:
+                self.busy[index] -= 1
+
+    async def aclose(self) -> None:
+        for shard in self.shards:
+            await shard.aclose()
+
+
+@dataclass(slots=True)
+class _Count:
+    """What a text job has measured so far."""
+
+    prompt_tokens: int | None = None
+    output_tokens: int = 0
+    output_exact: bool = False  # counted from logprob entries (one per token), not from chunks
+    usage: dict[str, Any] | None = None
+
+
+def _error_for_status(response: httpx.Response, body: str) -> BackendError:
+    status = response.status_code
+    detail = f"upstream answered {status}: {body[:error_text_chars_max]}"
+    if status in fallback_statuses or status >= 500:
+        return BackendError("upstream_error" if status >= 500 else "upstream_busy", detail, retryable=True)
+    return BackendError("upstream_rejected", detail)
+
+
+def _units_from_usage(usage: Any) -> Units | None:
+    """Units from an OpenAI ``usage`` object (chat, completions, embeddings); None when it has none."""
+    if not isinstance(usage, dict) or not isinstance(usage.get("prompt_tokens"), int):
+        return None
+    details = usage.get("prompt_tokens_details") or {}
+    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
+    cached = cached if isinstance(cached, int) else 0
+    completion = usage.get("completion_tokens")
+    return Units(
+        input_tokens=usage["prompt_tokens"] - cached,
+        cached_input_tokens=cached,
+        output_tokens=completion if isinstance(completion, int) else 0,
+    )
+
+
+class UpstreamBackend(Backend):
+    """Every endpoint forwarded to the upstream of the job's pool (with fallbacks), on async clients
+    with at most ``calls_in_flight_max`` calls per upstream."""
+
+    def __init__(self, upstreams: Upstreams) -> None:
+        if not upstreams:
+            raise UpstreamConfigError("no upstream: set TOLLGATE_UPSTREAM_URL or TOLLGATE_UPSTREAMS")
+        self._upstreams = upstreams
+        self._clients: dict[str, _Client] = {}
+
+    def _client(self, upstream: Upstream) -> _Client:
+        client = self._clients.get(upstream.url + "\0" + upstream.api_key)
+        if client is None:
+            headers = {"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else {}
+            limit = upstream.calls_in_flight_max
+            per_shard = min(limit, connections_per_shard_max)
+            shards = [
+                httpx.AsyncClient(
+                    base_url=upstream.url.rstrip("/"),
+                    headers=headers,
+                    # No pool timeout: the slots bound the calls, and a call waits for one.
+                    timeout=httpx.Timeout(upstream.timeout_s, connect=upstream.connect_timeout_s, pool=None),
+                    limits=httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard),
+                    trust_env=False,  # no proxy for an upstream: it is named by its URL
+                )
+                for _ in range(-(-limit // per_shard))
+            ]
+            client = _Client(upstream, shards, [0] * len(shards), asyncio.Semaphore(limit))
+            self._clients[upstream.url + "\0" + upstream.api_key] = client
+        return client
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
+
+    async def run(self, job: JobContext) -> JobOutput:
+        routes = [Route(model=job.model, pool=job.pool), *job.fallbacks]
+        last: BackendError | None = None
+        for depth, route in enumerate(routes):
+            upstream = self._upstreams.for_pool(route.pool)
+            if upstream is None:
+                last = BackendError(
+                    "no_upstream",
+                    f"no upstream serves pool {route.pool!r}: "
+                    "name it in TOLLGATE_UPSTREAMS or set TOLLGATE_UPSTREAM_URL",
+                )
+                continue
+            job.serve_as(route.model, depth)
+            try:
+                return await self._serve(job, self._client(upstream), route.model)
+            except _Unserved as unserved:
+                last = unserved.error
+                if depth + 1 < len(routes):
+                    logger.info("upstream of %s could not serve (%s); falling back", route.model, unserved)
+        assert last is not None
+        raise last
+
+    async def _serve(self, job: JobContext, client: _Client, model: str) -> JobOutput:
+        runner = {
+            CHAT: self._text,
+            COMPLETIONS: self._text,
+            EMBEDDINGS: self._embeddings,
+            IMAGES: self._images,
+            SPEECH: self._speech,
+            TRANSCRIPTIONS: self._transcription,
+        }.get(job.endpoint)
+        if runner is None:
+            raise BackendError("unsupported_endpoint", f"the upstream backend does not forward {job.endpoint}")
+        return await runner(job, client, model)
+
+    def _counter(self, client: _Client, model: str) -> TokenCounter | None:
+        spec = client.upstream.tokenizers.get(model)
+        if not spec:
+            return None
+        try:
+            return load_counter(spec)
+        except TokenizerError as error:
+            raise BackendError("tokenizer_unavailable", f"the tokenizer of {model}: {error}") from error
+
+    # --- calls ---
+
+    async def _post(self, client: _Client, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            async with client.http() as http:
+                response = await http.post(path, **kwargs)
+        except httpx.HTTPError as error:
+            raise _Unserved(BackendError("upstream_unreachable", f"upstream call failed: {error!r}", True)) from None
+        if response.status_code >= 400:
+            failure = _error_for_status(response, response.text)
+            raise _Unserved(failure) if response.status_code in fallback_statuses else failure
+        return response
+
+    @staticmethod
+    def _json(response: httpx.Response) -> dict[str, Any]:
+        try:
+            body = response.json()
+        except ValueError:
+            raise BackendError("upstream_bad_reply", f"upstream answered non-JSON: {response.text[:200]}") from None
+        if not isinstance(body, dict):
+            raise BackendError("upstream_bad_reply", "upstream answered JSON that is not an object")
+        return body
+
+    # --- chat and completions ---
+
+    async def _text(self, job: JobContext, client: _Client, model: str) -> JobOutput:
+        counter = self._counter(client, model)
+        name = client.upstream.models.get(model, model)
+        if job.payload.get("stream"):
+            return await self._text_stream(job, client, model, name, counter)
+        body = {key: value for key, value in job.payload.items() if key not in ("stream", "stream_options", "async")}
+        body.update(model=name, stream=False)  # never stream_options with stream false: vLLM refuses it (400)
+        result = self._json(await self._post(client, job.endpoint, json=body))
+        usage = result.pop("usage", None)
+        units = _units_from_usage(usage)
+        if units is not None:
+            job.counted_by = "upstream"
+        else:
+            units = await self._count_reply(job, counter, model, result)
+        job.progress(1000, units)
+        return JobOutput(result=result, units=units)
+
+    async def _count_reply(
+        self, job: JobContext, counter: TokenCounter | None, model: str, result: dict[str, Any]
+    ) -> Units:
+        """A whole reply without usage: both sides by the model's tokenizer, or the job fails."""
+        if counter is None:
+            raise BackendError(
+                "upstream_no_usage",
+                f"the upstream reported no usage and {model} has no tokenizer configured; nothing is charged",
+            )
+        choices = result.get("choices") or [{}]
+        choice = choices[0] if isinstance(choices[0], dict) else {}
+        text = (
+            str((choice.get("message") or {}).get("content") or "")
+            if job.endpoint == CHAT
+            else str(choice.get("text") or "")
+        )
+        prompt, output = await asyncio.to_thread(lambda: (self._prompt_tokens(job, counter), counter.count_text(text)))
+        job.counted_by = "tokenizer"
+        return Units(input_tokens=prompt, output_tokens=output)
+
+    @staticmethod
+    def _prompt_tokens(job: JobContext, counter: TokenCounter) -> int:
+        try:
+            if job.endpoint == CHAT:
+                return counter.count_chat(list(job.payload.get("messages") or []))
+            prompt = job.payload.get("prompt")
+            prompts = prompt if isinstance(prompt, list) else [prompt or ""]
+            return sum(counter.count_prompt(str(p)) for p in prompts)
+        except TokenizerError as error:
+            raise BackendError("prompt_not_countable", str(error)) from None
+
+    async def _text_stream(
+        self, job: JobContext, client: _Client, model: str, name: str, counter: TokenCounter | None
+    ) -> JobOutput:
+        chat = job.endpoint == CHAT
+        body = {key: value for key, value in job.payload.items() if key != "async"}
+        body.update(model=name, stream=True, stream_options={"include_usage": True})
+        if client.upstream.stream_logprobs and not body.get("logprobs"):
+            # One logprobs entry per generated token: the exact output count when usage is missing.
+            body.update({"logprobs": True, "top_logprobs": 1} if chat else {"logprobs": 1})
+        limit = int(job.payload.get("max_tokens") or 0)
+        count = _Count()
+        # The prompt is counted while the upstream works (only needed when it reports no usage).
+        prompting = (
+            asyncio.ensure_future(asyncio.to_thread(self._prompt_tokens, job, counter)) if counter is not None else None
+        )
+        text: list[str] = []
+        finish: str | None = None
+        try:
+            async for chunk in self._chunks(client, job.endpoint, body, output_started=lambda: bool(text)):
+                if isinstance(chunk.get("usage"), dict):
+                    count.usage = chunk["usage"]
+                choices = chunk.get("choices")
+                if not choices or not isinstance(choices[0], dict):
+                    continue
+                choice = choices[0]
+                finish = choice.get("finish_reason") or finish
+                delta = str(((choice.get("delta") or {}).get("content") if chat else choice.get("text")) or "")
+                tokens = _logprob_entries(choice, chat)
+                if tokens is not None:
+                    count.output_tokens += tokens
+                    count.output_exact = True
+                elif delta:
+                    count.output_tokens += 1  # without logprobs, a chunk is a token (OpenAI, vLLM); see counted_by
+                if not delta and not tokens:
+                    continue
+                text.append(delta)
+                if prompting is not None and prompting.done() and count.prompt_tokens is None:
+                    count.prompt_tokens = prompting.result() if prompting.exception() is None else None
+                progress = 1000 * count.output_tokens // limit if limit else 0
+                job.counted_by = "logprobs" if count.output_exact else "chunks"
+                job.progress(
+                    min(progress, 999),
+                    Units(input_tokens=count.prompt_tokens or 0, output_tokens=count.output_tokens),
+                    delta,
+                )
+        finally:
+            if prompting is not None and not prompting.done():
+                prompting.cancel()
+        units = _units_from_usage(count.usage)
+        if units is not None:
+            job.counted_by = "upstream"
+        else:
+            units = await self._count_stream(job, counter, model, count, prompting, "".join(text))
+        content = "".join(text)
+        if chat:
+            message = {"role": "assistant", "content": content}
+            choice_out: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish or "stop"}
+            result = {"object": "chat.completion", "model": model, "choices": [choice_out]}
+        else:
+            choice_out = {"index": 0, "text": content, "logprobs": None, "finish_reason": finish or "stop"}
+            result = {"object": "text_completion", "model": model, "choices": [choice_out]}
+        return JobOutput(result=result, units=units)
+
+    async def _count_stream(
+        self,
+        job: JobContext,
+        counter: TokenCounter | None,
+        model: str,
+        count: _Count,
+        prompting: asyncio.Future[int] | None,
+        text: str,
+    ) -> Units:
+        """A stream that ended without usage: the prompt by the tokenizer, the output by the logprobs
+        entries (exact) or, without them, by the tokenizer (which can undercount; said so in
+        ``counted_by``). No tokenizer: the job fails."""
+        if counter is None or prompting is None:
+            raise BackendError(
+                "upstream_no_usage",
+                f"the upstream's stream reported no usage and {model} has no tokenizer configured; nothing is charged",
+            )
+        prompt = await prompting
+        if count.output_exact:
+            job.counted_by = "logprobs"
+            return Units(input_tokens=prompt, output_tokens=count.output_tokens)
+        job.counted_by = "tokenizer"
+        return Units(input_tokens=prompt, output_tokens=await asyncio.to_thread(counter.count_text, text))
+
+    async def _chunks(
+        self, client: _Client, path: str, body: dict[str, Any], output_started: Any
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The JSON chunks of an SSE stream; the upstream connection closes when the caller stops
+        (a cancelled task closes it at once)."""
+        try:
+            async with client.http() as http, http.stream("POST", path, json=body) as response:
+                if response.status_code >= 400:
+                    text = (await response.aread()).decode("utf-8", "replace")
+                    error = _error_for_status(response, text)
+                    raise _Unserved(error) if response.status_code in fallback_statuses else error
+                async for line in response.aiter_lines():
+                    if len(line) > stream_line_bytes_max:
+                        raise BackendError("upstream_bad_reply", "an SSE line longer than the limit", retryable=True)
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    try:
+                        chunk = json.loads(data)
+                    except ValueError:
+                        raise BackendError("upstream_bad_reply", f"a stream chunk is not JSON: {data[:200]}") from None
+                    if isinstance(chunk, dict) and "error" in chunk and not chunk.get("choices"):
+                        raise BackendError("upstream_error", f"the upstream's stream failed: {chunk['error']}", True)
+                    if isinstance(chunk, dict):
+                        yield chunk
+        except httpx.HTTPError as error:
+            failure = BackendError("upstream_unreachable", f"upstream stream failed: {error!r}", retryable=True)
+            if output_started():
+                raise failure from None  # text went out already: retried as a whole, never by another model
+            raise _Unserved(failure) from None
+
+    # --- embeddings, images, audio ---
+
+    async def _embeddings(self, job: JobContext, client: _Client, model: str) -> JobOutput:
+        body = {key: value for key, value in job.payload.items() if key != "async"}
+        body["model"] = client.upstream.models.get(model, model)
+        result = self._json(await self._post(client, EMBEDDINGS, json=body))
+        usage = result.pop("usage", None)
+        units = _units_from_usage(usage)
+        if units is not None:
+            job.counted_by = "upstream"
+            units = Units(input_tokens=units.input_tokens + units.cached_input_tokens)
+        else:
+            counter = self._counter(client, model)
+            if counter is None:
+                raise BackendError(
+                    "upstream_no_usage", f"the upstream reported no usage and {model} has no tokenizer configured"
+                )
+            units = Units(input_tokens=await asyncio.to_thread(_embedding_tokens, counter, job.payload.get("input")))
+            job.counted_by = "tokenizer"
+        job.progress(1000, units)
+        return JobOutput(result=result, units=units)
+
+    async def _images(self, job: JobContext, client: _Client, model: str) -> JobOutput:
+        body = {key: value for key, value in job.payload.items() if key != "async"}
+        body["model"] = client.upstream.models.get(model, model)
+        result = self._json(await self._post(client, IMAGES, json=body))
+        data = result.get("data")
+        if not isinstance(data, list) or not data:
+            raise BackendError("upstream_no_usage", "the upstream returned no images; nothing is charged")
+        requested = int(job.payload.get("n") or 1)
+        if len(data) > requested:
+            raise BackendError("upstream_bad_reply", f"the upstream returned {len(data)} images for n={requested}")
+        variant = f"{job.payload.get('size') or '1024x1024'}/{job.payload.get('quality') or 'standard'}"
+        units = Units(images=len(data), variant=variant)
+        job.counted_by = "upstream"
+        job.progress(1000, units)
+        return JobOutput(result={key: value for key, value in result.items() if key != "usage"}, units=units)
+
+    async def _speech(self, job: JobContext, client: _Client, model: str) -> JobOutput:
+        body = {key: value for key, value in job.payload.items() if key != "async"}
+        body["model"] = client.upstream.models.get(model, model)
+        response = await self._post(client, SPEECH, json=body)
+        if not response.content:
+            raise BackendError("upstream_no_usage", "the upstream returned no audio; nothing is charged")
+        # Speech is priced by the characters it spoke: the input the upstream was given.
+        units = Units(characters=len(str(job.payload.get("input") or "")))
+        job.counted_by = "upstream"
+        job.progress(1000, units)
+        content_type = response.headers.get("content-type", "application/octet-stream").split(";")[0]
+        result = {"content_type": content_type, "audio_b64": base64.b64encode(response.content).decode()}
+        return JobOutput(result=result, units=units)
+
+    async def _transcription(self, job: JobContext, client: _Client, model: str) -> JobOutput:
+        payload = job.payload
+        try:
+            audio = base64.b64decode(str(payload.get("file_b64") or ""), validate=True)
+        except ValueError:
+            raise BackendError("invalid_audio", "the job's audio is not base64") from None
+        form = {"model": client.upstream.models.get(model, model), "response_format": "verbose_json"}
+        form.update({key: str(payload[key]) for key in ("language", "prompt") if payload.get(key)})
+        files = {"file": (str(payload.get("filename") or "audio.wav"), audio, "audio/wav")}
+        result = self._json(await self._post(client, TRANSCRIPTIONS, data=form, files=files))
+        usage = result.pop("usage", None)
+        if (
+            isinstance(usage, dict)
+            and usage.get("type") == "duration"
+            and isinstance(usage.get("seconds"), int | float)
+        ):
+            seconds = billed_seconds(int(float(usage["seconds"]) * 1000))
+        elif isinstance(result.get("duration"), int | float):
+            seconds = billed_seconds(int(float(result["duration"]) * 1000))
+        else:
+            raise BackendError("upstream_no_usage", "the upstream reported no audio duration; nothing is charged")
+        units = Units(audio_seconds=seconds)
+        job.counted_by = "upstream"
+        job.progress(1000, units)
+        return JobOutput(result=result, units=units)
+
+
+def _logprob_entries(choice: dict[str, Any], chat: bool) -> int | None:
+    """Tokens listed in a chunk's logprobs (chat: ``content`` entries; completions: ``tokens``)."""
+    logprobs = choice.get("logprobs")
+    if not isinstance(logprobs, dict):
+        return None
+    entries = logprobs.get("content") if chat else logprobs.get("tokens")
+    return len(entries) if isinstance(entries, list) else None
+
+
+def _embedding_tokens(counter: TokenCounter, given: Any) -> int:
+    items = given if isinstance(given, list) else [given]
+    if items and all(isinstance(item, int) for item in items):
+        return len(items)  # one list of token ids
+    return sum(len(item) if isinstance(item, list) else counter.count_text(str(item)) for item in items)
+
+
+UpstreamChatBackend = UpstreamBackend  # the name from when it forwarded chat only
