@@ -84,7 +84,7 @@ class GatewayCore:
         self._producer = log.producer(f"tollgate-gateway-{settings.instance_id}")
         self._followers: list[Follower] = []
         self.quota = Quota(settings, self._producer.send)
-        self.metering = Metering(settings, self._producer, self.waiters, self.quota)
+        self.metering = Metering(settings, self._producer, self.waiters, self.quota, self.pending)
         # --- issue 5: service-token keys, shared rate-limit windows, last-used bookkeeping ---
         self.jwks = JwksKeys(settings)
         self.limiter = RateLimiter(settings, self.tenants)

@@ -23,6 +23,7 @@ import msgspec
 
 from eventlog import Outgoing, Producer, topics
 from eventlog.settings import Settings
+from gateway.pending import PendingCharges
 from gateway.quota import Quota
 from gateway.waiters import Done, Seen, Waiters, request_finished
 from ledger.pricing import ModelPrice, price_micros
@@ -92,11 +93,14 @@ class Metering:
     """Places holds with their jobs and waits for their outcomes, at most ``inflight_requests_max``
     at once per gateway."""
 
-    def __init__(self, settings: Settings, producer: Producer, waiters: Waiters, quota: Quota) -> None:
+    def __init__(
+        self, settings: Settings, producer: Producer, waiters: Waiters, quota: Quota, pending: PendingCharges
+    ) -> None:
         self._settings = settings
         self._producer = producer
         self._waiters = waiters
         self.quota = quota
+        self._pending = pending
         self.inflight = 0
 
     def place(self, token: ApiToken, request_id: str, metered: MeteredRequest) -> Placement:
@@ -133,6 +137,7 @@ class Metering:
             # (they follow on the same partition, after the worker has read the job).
             job = queued_job(command, command.issued_at)
             records.append(Outgoing(topics.dispatch_topic(job.pool), token.org_id, encode(job)))
+            self._pending.carving(token.org_id, request_id, hold_micros)
         self._producer.send(records)
         return Placement(command, slice_id)
 

@@ -7,6 +7,10 @@ after its answer): the charge taken from the balance, the hold no longer held, a
 out of a gateway's slice its rest back in that slice. Other instances
 show it once they have read the ledger's event. An entry goes when the ledger's capture or release
 of its hold is folded (whatever the ledger decided), or after ``pending_s_max``.
+
+Likewise a request reserved against this instance's slice is held from the moment it is dispatched
+(an async job is answered before the ledger carves its hold out of the slice): until the ledger's
+decision on its hold is folded, or its answer, it shows as held and no longer as the slice's.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from projections.views import BalancesView
-from schemas.events import Event, HoldCaptured, HoldReleased, LedgerEvent
+from schemas.events import Event, HoldCaptured, HoldPlaced, HoldRejected, HoldReleased, LedgerEvent
 
 pending_s_max = 600.0  # a capture the ledger never answered (it was down for longer) stops showing
 pending_max = 100_000  # bounded memory: the oldest entries go first
@@ -29,6 +33,13 @@ class Pending:
     amount_micros: int  # what the answer charged
     hold_micros: int  # what the hold reserved
     carved: bool  # placed against a gateway's slice: its rest goes back to the slice
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Carving:
+    org_id: str
+    hold_micros: int
     at: float
 
 
@@ -52,6 +63,9 @@ class PendingCharges:
         self._lock = threading.Lock()
         self._by_hold: OrderedDict[str, Pending] = OrderedDict()
         self._by_org: dict[str, dict[str, Pending]] = {}
+        # Holds reserved against this instance's slice that the view has not seen decided.
+        self._carving: OrderedDict[str, Carving] = OrderedDict()
+        self._carving_by_org: dict[str, dict[str, Carving]] = {}
 
     def apply(self, event: Event) -> None:
         """Fold a ledger event into the balances view (the history follower calls this)."""
@@ -59,11 +73,25 @@ class PendingCharges:
             return
         with self._lock:
             self._balances.apply(event)
+            if isinstance(event, (HoldPlaced, HoldRejected, HoldCaptured, HoldReleased)):
+                self._carved(event.hold_id)
             if isinstance(event, (HoldCaptured, HoldReleased)):
                 self._forget(event.hold_id)
 
+    def carving(self, org_id: str, hold_id: str, hold_micros: int) -> None:
+        """A hold reserved against this instance's slice and dispatched, its PlaceHold on the way."""
+        with self._lock:
+            if hold_id in self._balances.get(org_id).holds:
+                return  # decided already
+            entry = Carving(org_id, hold_micros, time.monotonic())
+            self._carving[hold_id] = entry
+            self._carving_by_org.setdefault(org_id, {})[hold_id] = entry
+            while len(self._carving) > pending_max:
+                self._carved(next(iter(self._carving)))
+
     def answered(self, org_id: str, hold_id: str, hold_micros: int, amount_micros: int, carved: bool) -> None:
         with self._lock:
+            self._carved(hold_id)  # answered: from here the charge is what shows
             hold = self._balances.get(org_id).holds.get(hold_id)
             if hold is not None and hold.status.value != "open":
                 return  # the ledger was faster: its capture is in the view already
@@ -81,7 +109,12 @@ class PendingCharges:
             horizon = time.monotonic() - pending_s_max
             while self._by_hold and next(iter(self._by_hold.values())).at < horizon:
                 self._forget(next(iter(self._by_hold)))
+            while self._carving and next(iter(self._carving.values())).at < horizon:
+                self._carved(next(iter(self._carving)))
             wallet = self._balances.get(org_id)
+            for carving in self._carving_by_org.get(org_id, {}).values():
+                held -= carving.hold_micros  # held from its dispatch, no longer the slice's
+                sliced += carving.hold_micros
             for hold_id, entry in self._by_org.get(org_id, {}).items():
                 charged += entry.amount_micros
                 if hold_id in wallet.holds:  # placed: it leaves held; a carved one's rest goes to the slice
@@ -90,6 +123,14 @@ class PendingCharges:
                 elif entry.carved:  # not carved yet: the slice still counts it, and will keep its rest
                     sliced += entry.amount_micros
         return Overlay(charged, held, sliced)
+
+    def _carved(self, hold_id: str) -> None:
+        entry = self._carving.pop(hold_id, None)
+        if entry is not None:
+            own = self._carving_by_org.get(entry.org_id, {})
+            own.pop(hold_id, None)
+            if not own:
+                self._carving_by_org.pop(entry.org_id, None)
 
     def _forget(self, hold_id: str) -> None:
         entry = self._by_hold.pop(hold_id, None)
