@@ -15,6 +15,7 @@ from gateway.core import Core
 from gateway.errors import ApiError
 from gateway.http import decode_body, json_response
 from ledger.money import micros_to_decimal
+from ledger.price_checks import price_book_problems
 from ledger.pricing import ModelPrice, PriceBook
 
 
@@ -91,14 +92,22 @@ async def publish_price_book(request: Request[Any, Any, Any], core: Core) -> Res
             param="version",
         )
     for model_id, price in book.models.items():
-        rates = [v for k, v in msgspec.structs.asdict(price).items() if k.endswith("_rate") or k.endswith("_micros")]
-        if model_id != price.model or any(isinstance(v, int) and v < 0 for v in rates):
+        if model_id != price.model:
             raise ApiError(
                 400,
-                f"Model '{model_id}': the key must equal its model id and rates must not be negative.",
+                f"Model '{model_id}': the key must equal its model id.",
                 code="invalid_price_book",
                 param="models",
             )
+    problems = price_book_problems(book)
+    if problems:
+        # A book that is not monotonic in every unit would break "the hold bounds the capture".
+        raise ApiError(
+            400,
+            f"The price book cannot price requests: {'; '.join(problems[:5])}.",
+            code="invalid_price_book",
+            param="models",
+        )
     await core.publish_price_book(book)
     return json_response(
         {"object": "price_book", "version": book.version, "models": sorted(book.models)}, status_code=201
