@@ -39,6 +39,11 @@ class Settings:
     # need jobs that take a while; 0 makes text jobs instant).
     sim_token_ms: int = field(default_factory=lambda: int(_env("TOLLGATE_SIM_TOKEN_MS", "0")))
     sim_video_second_ms: int = field(default_factory=lambda: int(_env("TOLLGATE_SIM_VIDEO_SECOND_MS", "50")))
+    # The simulated backend's per-request ``sim`` field (injected failures, slower tokens) is for demos
+    # and fault tests that the platform runs: off, a tenant's body with ``sim`` is a 400 and workers
+    # ignore it (a tenant must not make jobs slow, which would hold a pool). `tollgate dev` turns it on
+    # unless this is set.
+    sim_knobs: bool = field(default_factory=lambda: _env("TOLLGATE_SIM_KNOBS", "").lower() in ("1", "true", "yes"))
     # Jobs one worker (per pool) runs at once. They wait on a model (an upstream server, simulated GPU
     # time) as tasks, not threads, so this is sized to the upstream's capacity, not the worker's cores.
     worker_jobs_in_flight_max: int = field(
@@ -104,6 +109,13 @@ class Settings:
     # The projector flushes to ClickHouse at this many rows, or after this wait, whichever first.
     sink_batch_rows_max: int = field(default_factory=lambda: int(_env("TOLLGATE_SINK_BATCH_ROWS_MAX", "5000")))
     sink_flush_wait_ms_max: int = field(default_factory=lambda: int(_env("TOLLGATE_SINK_FLUSH_WAIT_MS_MAX", "200")))
+    # Origins a browser may call the API from (comma separated; "*" any): keys travel in the
+    # Authorization header, never in cookies, so a page can only use a key it was given.
+    cors_allow_origins: tuple[str, ...] = field(
+        default_factory=lambda: tuple(
+            o.strip() for o in _env("TOLLGATE_CORS_ALLOW_ORIGINS", "*").split(",") if o.strip()
+        )
+    )
     # Largest request body the gateway reads.
     request_body_bytes_max: int = field(
         default_factory=lambda: int(_env("TOLLGATE_REQUEST_BODY_BYTES_MAX", str(4 * 1024 * 1024)))

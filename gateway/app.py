@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 from litestar import Litestar, Router
+from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.middleware import ASGIMiddleware, DefineMiddleware
@@ -15,7 +16,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.auth import scope_guard
 from gateway.core import GatewayCore
-from gateway.errors import exception_handlers
+from gateway.errors import ApiError, exception_handlers, send_error
 from gateway.idempotency import IdempotencyMiddleware
 from gateway.ratelimit import IpLimiter, RateLimitMiddleware
 from gateway.routes import route_handlers
@@ -27,11 +28,54 @@ def provide_core(state: State) -> GatewayCore:
     return core
 
 
+# A request line and headers past these are refused here, in the OpenAI envelope with an x-request-id.
+# The HTTP server has its own, higher limits (granian: a URI of 64 KiB, 100 headers), past which it
+# answers 414, 431 or 400 itself with an empty body, before any of this code runs.
+uri_bytes_max = 8 * 1024
+header_bytes_max = 32 * 1024
+# Headers a browser page may read from a cross-origin answer.
+exposed_headers = [
+    "x-request-id",
+    "x-credits-used",
+    "x-model-used",
+    "x-fallback-from",
+    "x-fallback-depth",
+    "idempotent-replayed",
+    "retry-after",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+    "x-ratelimit-limit-jobs",
+    "x-ratelimit-remaining-jobs",
+    "x-ratelimit-reset-jobs",
+]
+
+
+def _oversized(scope: Scope) -> ApiError | None:
+    uri = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+    if uri > uri_bytes_max:
+        return ApiError(414, f"The request URI is longer than {uri_bytes_max} bytes.", code="uri_too_long")
+    headers = sum(len(name) + len(value) for name, value in scope.get("headers", []))
+    if headers > header_bytes_max:
+        return ApiError(
+            431, f"The request headers add up to more than {header_bytes_max} bytes.", code="headers_too_large"
+        )
+    return None
+
+
 class RequestIdMiddleware(ASGIMiddleware):
-    """Every response, errors included, carries the request's id in ``x-request-id``."""
+    """Every response, errors included, carries the request's id in ``x-request-id``; a request too
+    large in its URI or headers is answered here."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         scope.setdefault("state", {})["request_id"] = f"req_{uuid.uuid4().hex}"
+        oversized = _oversized(scope)
+        if oversized is not None:
+            await send_error(send, oversized, str(scope["state"]["request_id"]))
+            return
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -58,6 +102,8 @@ def create_app(core: GatewayCore) -> Litestar:
             openapi_router=Router("/schema", route_handlers=[], opt={"scope": "public", "rate": "none"}),
         ),
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
+        # A browser's preflight (OPTIONS with Origin) is answered before routing, with no credential.
+        cors_config=CORSConfig(allow_origins=list(settings.cors_allow_origins), expose_headers=exposed_headers),
         middleware=[
             RequestIdMiddleware(),
             DefineMiddleware(

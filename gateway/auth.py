@@ -146,9 +146,15 @@ def _verify_service_token(core: GatewayCore, keys: JwksKeys, token: str) -> ApiT
 
 def _claim_moment(claims: dict[str, Any], name: str) -> datetime:
     """A NumericDate claim as a moment. PyJWT checks it is an integer, not that a datetime can hold it:
-    a signed token saying exp=1e20 is a bad token (401), not a crash."""
+    a signed token saying exp=1e20 is a bad token (401), not a crash. It also takes a numeric string
+    ("1700000000"), which RFC 7519 does not: a NumericDate is a JSON number."""
+    value = claims.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _unauthorized(
+            f"The service token's '{name}' claim must be a JSON number (seconds since 1970).", "invalid_token"
+        )
     try:
-        return datetime.fromtimestamp(int(claims.get(name, 0)), UTC)
+        return datetime.fromtimestamp(int(value), UTC)
     except (OverflowError, ValueError, OSError, TypeError):
         raise _unauthorized(f"The service token's '{name}' claim is not a moment in range.", "invalid_token") from None
 
@@ -289,6 +295,8 @@ def authorize_admin(request: Request[Any, Any, Any], org_id: str | None = None, 
 async def scope_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     """Enforce the route's declared scope, then its rate limit; see the module docstring."""
     scope = handler.opt.get("scope")
+    if scope is None and connection.scope.get("method") == "OPTIONS":
+        return  # the router's own OPTIONS answer (204 and the route's Allow header): nothing to guard
     if scope not in route_scopes:
         logger.error("route %s declares no valid scope (%r): refused", handler, scope)
         raise ApiError(403, "This route declares no scope, so nobody may call it.", code="insufficient_scope")

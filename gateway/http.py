@@ -20,6 +20,10 @@ T = TypeVar("T")
 # Decimal amounts go out as JSON numbers with their exact digits, never through a float.
 _encoder = msgspec.json.Encoder(decimal_format="number")
 page_size_max = 200
+# JSON nesting a generation body may have: real bodies (tool schemas included) stay far below it, and
+# a bound here keeps every later decode and encode of the payload (the worker's included) far from
+# the interpreter's recursion limit.
+json_depth_max = 64
 # A query integer: ASCII digits only (str.isdigit also takes '²', which int() refuses), and short
 # enough that int() stays cheap whatever is sent.
 _query_int_pattern = re.compile(r"[0-9]{1,9}")
@@ -54,12 +58,31 @@ async def read_body(request: Request[Any, Any, Any], body_bytes_max: int) -> byt
     return body
 
 
+def _too_deep() -> ApiError:
+    return ApiError(400, f"The request body is nested more than {json_depth_max} levels deep.", code="invalid_json")
+
+
 def decode(body: bytes, kind: type[T]) -> T:
-    """A JSON body as ``kind``, or a 400 naming the offending field."""
+    """A JSON body as ``kind``, or a 400 naming the offending field (or saying it nests too deep)."""
     try:
         return msgspec.json.decode(body, type=kind)
     except (msgspec.ValidationError, msgspec.DecodeError) as error:
         raise from_validation_error(error) from None
+    except RecursionError:  # msgspec stops at the interpreter's limit, cleanly
+        raise _too_deep() from None
+
+
+def check_depth(value: Any) -> None:
+    """A 400 when decoded JSON nests deeper than ``json_depth_max`` (walked without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > json_depth_max:
+            raise _too_deep()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
 
 
 async def decode_body(request: Request[Any, Any, Any], kind: type[T], body_bytes_max: int) -> T:

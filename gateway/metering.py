@@ -129,6 +129,7 @@ class Metering:
                 stream=metered.stream,
                 dispatched=bool(slice_id),
                 fallbacks=tuple(Route(model=price.model, pool=price.pool) for price in metered.fallbacks),
+                context_length=metered.price.context_length if metered.price.category == "chat" else 0,
             ),
         )
         records = [Outgoing(topics.COMMANDS, token.org_id, encode(command))]

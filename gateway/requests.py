@@ -12,7 +12,8 @@ from typing import Any
 
 import msgspec
 
-from gateway.errors import ApiError, from_validation_error
+from gateway.errors import ApiError
+from gateway.http import check_depth, decode
 from gateway.metering import MeteredRequest
 from ledger.pricing import ModelPrice, PriceBook, billed_seconds
 from schemas.api import (
@@ -42,16 +43,15 @@ VIDEOS = "/v1/videos/generations"
 
 
 def _decode(body: bytes, kind: type[Any]) -> Any:
-    try:
-        return msgspec.json.decode(body, type=kind)
-    except (msgspec.ValidationError, msgspec.DecodeError) as error:
-        raise from_validation_error(error) from None
+    return decode(body, kind)
 
 
 def _fields(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object: everything Tollgate does not read is forwarded untouched."""
+    """The body as a JSON object: everything Tollgate does not read is forwarded untouched (so it is
+    bounded in depth here: the worker decodes it again)."""
     fields = _decode(body, dict[str, Any])
     assert isinstance(fields, dict)
+    check_depth(fields)
     return fields
 
 
@@ -224,4 +224,5 @@ def parse_video(body: bytes, book: PriceBook) -> MeteredRequest:
     """Always async: the answer is a job to poll."""
     video: VideoRequest = _decode(body, VideoRequest)
     price = model_price(book, video.model, lambda p: p.category == "video", "a video")
+    _fields(body)  # the worker runs the body as it came: bounded in depth like every other
     return _metered(VIDEOS, price, book, Units(video_seconds=video.duration), body, True)

@@ -146,8 +146,9 @@ def charge_headers(captured: Charged) -> dict[str, str]:
     return {"x-credits-used": format_credits(captured.amount_micros), **model_headers(captured.model, requested, depth)}
 
 
-def refusal(seen: dict[type, Event], model: str) -> ApiError | None:
-    """The error a refused or failed request answers with; None when it was charged."""
+def refusal(seen: dict[type, Event], model: str, prompt_param: str | None = None) -> ApiError | None:
+    """The error a refused or failed request answers with; None when it was charged. A prompt the
+    model's context cannot take is the client's error (400, naming ``prompt_param``), as from the model."""
     if CommandRejected in seen:
         # The same hold id with another amount: an Idempotency-Key reused across instances at once.
         return ApiError(409, "This Idempotency-Key was used with a different request.", code="idempotency_key_reused")
@@ -175,6 +176,13 @@ def refusal(seen: dict[type, Event], model: str) -> ApiError | None:
             headers=ran,
         )
     failed = seen.get(JobFailed)
+    if isinstance(failed, JobFailed) and failed.code == "context_length_exceeded":
+        return ApiError(
+            400,
+            f"{failed.message[:1].upper()}{failed.message[1:]}. Nothing was charged.",
+            code=failed.code,
+            param=prompt_param,
+        )
     if isinstance(failed, JobFailed):
         code = "dead_letter" if failed.retryable else failed.code
         return ApiError(

@@ -526,6 +526,7 @@ def queued_job(command: PlaceHold, now: datetime) -> JobQueued:
         attempts_max=job.attempts_max,
         stream=job.stream,
         fallbacks=job.fallbacks,
+        context_length=job.context_length,
         **_envelope(command, now),
     )
 

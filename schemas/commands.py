@@ -68,6 +68,9 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     dispatched: bool = False
     # Where the worker turns when the model's upstream fails, in order (the price book's fallbacks).
     fallbacks: tuple[Route, ...] = ()
+    # The model's context window in tokens (0: not checked): a prompt and output limit that do not fit
+    # fail the job (nothing charged), as a real server refuses them.
+    context_length: int = 0
 
 
 class PlaceHold(Command, frozen=True, kw_only=True, tag="place_hold.v1"):

@@ -276,6 +276,7 @@ class JobQueued(Event, frozen=True, kw_only=True, tag="job.queued.v1"):
     attempts_max: int = 3
     stream: bool = False  # the client reads progress as it happens: report output at every progress point
     fallbacks: tuple[Route, ...] = ()  # where the worker turns when the model's upstream fails, in order
+    context_length: int = 0  # the model's context window in tokens (0: not checked)
 
 
 class JobLeased(LedgerFact, frozen=True, kw_only=True, tag="job.leased.v1"):

@@ -90,6 +90,8 @@ def settings_for(args: argparse.Namespace) -> Settings:
             settings = replace(settings, kafka_bootstrap="")
     if args.command == "dev":
         settings = replace(settings, kafka_bootstrap="", clickhouse_url="")
+        if "TOLLGATE_SIM_KNOBS" not in os.environ:
+            settings = replace(settings, sim_knobs=True)  # dev is the platform's own demo
     return settings
 
 

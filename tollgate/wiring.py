@@ -100,7 +100,9 @@ def backend(settings: Settings) -> Backend:
     configured = upstreams(settings)
     if configured:
         return UpstreamBackend(configured)
-    return SimulatedBackend(settings.sim_latency_ms, settings.sim_token_ms, settings.sim_video_second_ms)
+    return SimulatedBackend(
+        settings.sim_latency_ms, settings.sim_token_ms, settings.sim_video_second_ms, knobs=settings.sim_knobs
+    )
 
 
 @dataclass

@@ -104,6 +104,7 @@ class JobContext:
         on_progress: ProgressListener | None = None,
         pool: str = "default",
         fallbacks: tuple[Route, ...] = (),
+        context_length: int = 0,
     ) -> None:
         self.job_id = job_id
         self.model = model
@@ -112,6 +113,7 @@ class JobContext:
         self.attempt = attempt
         self.pool = pool
         self.fallbacks = fallbacks
+        self.context_length = context_length  # tokens the model takes, prompt and output (0: unknown)
         self.units = Units()
         self.output = ""  # text produced so far, for a partial result
         self.served_model = model
@@ -175,16 +177,18 @@ class SimulatedBackend(Backend):
     """Deterministic output for every endpoint. ``latency_ms`` is spent per job; ``token_ms`` per
     generated token and ``video_second_ms`` per rendered second model GPU time.
 
-    Fault injection for tests and demos: a payload field ``sim`` with ``fail_attempts`` (the first
-    n attempts fail with ``fail_code``, retryably unless ``fatal``) and ``token_ms``."""
+    Fault injection for tests and demos, with ``knobs`` on (the platform's choice, never a tenant's:
+    ``TOLLGATE_SIM_KNOBS``): a payload field ``sim`` with ``fail_attempts`` (the first n attempts fail
+    with ``fail_code``, retryably unless ``fatal``) and ``token_ms``. Without ``knobs`` it is ignored."""
 
-    def __init__(self, latency_ms: int = 0, token_ms: int = 0, video_second_ms: int = 50) -> None:
+    def __init__(self, latency_ms: int = 0, token_ms: int = 0, video_second_ms: int = 50, knobs: bool = True) -> None:
         self._latency_s = latency_ms / 1000
         self._token_s = token_ms / 1000
         self._video_second_s = video_second_ms / 1000
+        self._knobs = knobs
 
     async def run(self, job: JobContext) -> JobOutput:
-        sim = job.payload.get("sim") or {}
+        sim = (job.payload.get("sim") or {}) if self._knobs else {}
         if isinstance(sim, dict) and job.attempt <= int(sim.get("fail_attempts", 0)):
             code = str(sim.get("fail_code", "sim_failure"))
             raise BackendError(code, f"simulated failure on attempt {job.attempt}", retryable=not sim.get("fatal"))
@@ -211,6 +215,13 @@ class SimulatedBackend(Backend):
         payload = job.payload
         natural_length = 8 + seed[0] % (sim_reply_tokens_max - 8)
         limit = payload.get("max_completion_tokens") or payload.get("max_tokens") or natural_length
+        if job.context_length and prompt_tokens + int(limit) > job.context_length:
+            # As a real server does (vLLM: prompt plus max_tokens past max_model_len is a 400).
+            raise BackendError(
+                "context_length_exceeded",
+                f"this model's context is {job.context_length} tokens, and {prompt_tokens} in the prompt plus "
+                f"{int(limit)} to generate do not fit; shorten the prompt or lower max_tokens",
+            )
         total = min(natural_length, int(limit))
         words = _words(seed, total)
         produced: list[str] = []

@@ -167,6 +167,10 @@ _wav_amplitude = 9000  # about -11 dBFS
 # Pauses (0 Hz) stand for the gaps between words.
 _wav_notes = (0, 196, 220, 247, 262, 294, 330, 0, 392, 440, 494, 523, 587)
 _wav_format_pcm = 1
+# What a billed WAV may declare: a rate far above any real audio's would make its samples "last" almost
+# nothing, and so would a huge channel count.
+wav_rate_hz_min, wav_rate_hz_max = 1000, 384_000
+wav_channels_max = 32
 _wav_format_float = 3
 _wav_format_extensible = 0xFFFE
 
@@ -209,11 +213,30 @@ def wav_audio(seconds_milli: int, seed: bytes, sample_rate: int = 16000) -> byte
     return out.getvalue()
 
 
+def _wav_sample_bytes(data: bytes, position: int) -> int:
+    """The sample bytes from the data chunk at ``position`` on: a data chunk followed right at its end by
+    another one counts what it claims (its header is no sample), the last of such a chain runs to the
+    end of the file, whatever it claims."""
+    samples = 0
+    while True:
+        (length,) = struct.unpack_from("<I", data, position + 4)
+        start = position + 8
+        end = start + length + (length & 1)
+        if end + 8 <= len(data) and data[end : end + 4] == b"data":
+            samples += length
+            position = end
+            continue
+        return samples + len(data) - start
+
+
 def wav_duration_ms(data: bytes) -> int:
     """Duration in ms (rounded up) of a RIFF/WAVE file with PCM (or IEEE float, or extensible PCM/float) samples,
-    any channel count, rate and sample width. Counts the whole frames actually present: a data chunk whose header
-    claims more than the file holds (truncated or streamed output) is measured by its real length.
-    Raises ValueError for anything that is not such a WAV."""
+    at 1 kHz to 384 kHz, 1 to 32 channels. This is what a transcription is billed for, so it is measured from the
+    data present, never from what a header claims: every byte from the first data chunk's samples to the end of
+    the file counts as samples (a decoder that ignores a chunk's length, as streamed WAVs need, plays them all),
+    but the headers of data chunks that follow one another, so neither a data chunk that claims less than
+    follows it nor an empty data chunk before a large one shortens it; a chunk claiming more than the file holds
+    is measured by what it holds. Raises ValueError for anything that is not such a WAV."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ValueError("WAV data must be bytes")
     data = bytes(data)
@@ -239,13 +262,18 @@ def wav_duration_ms(data: bytes) -> int:
                 raise ValueError(f"unsupported WAV: sample format {tag:#06x} is not PCM")
             if channels < 1 or rate < 1 or bits < 1:
                 raise ValueError(f"corrupt WAV: {channels} channels, {rate} Hz, {bits} bits per sample")
+            if not wav_rate_hz_min <= rate <= wav_rate_hz_max or channels > wav_channels_max:
+                raise ValueError(
+                    f"unsupported WAV: {rate} Hz and {channels} channels (WAV audio here has "
+                    f"{wav_rate_hz_min} to {wav_rate_hz_max} Hz and at most {wav_channels_max} channels)"
+                )
             if block_align != channels * ((bits + 7) // 8):
                 raise ValueError(f"corrupt WAV: block align {block_align} does not match {channels}x{bits} bits")
             fmt = (channels, rate, block_align, bits)
         elif kind == b"data":
             if fmt is None:
                 raise ValueError("corrupt WAV: data chunk before fmt chunk")
-            data_bytes = min(length, available)
+            data_bytes = _wav_sample_bytes(data, position)
         position = start + length + (length & 1)
     if fmt is None:
         raise ValueError("corrupt WAV: no fmt chunk")

@@ -331,6 +331,7 @@ class WorkerRole:
                 running.stop.is_set,
                 pool=job.pool,
                 fallbacks=job.fallbacks,
+                context_length=job.context_length,
             )
             context.on_progress = self._reporter(running, attempt, context)
             try:

@@ -221,6 +221,9 @@ def _error_for_status(response: httpx.Response, body: str) -> BackendError:
     detail = f"upstream answered {status}: {body[:error_text_chars_max]}"
     if status in fallback_statuses or status >= 500:
         return BackendError("upstream_error" if status >= 500 else "upstream_busy", detail, retryable=True)
+    if status == 400 and "context" in body.lower() and ("length" in body.lower() or "window" in body.lower()):
+        # vLLM, SGLang and llama.cpp refuse a prompt beyond the model's window this way: the client's 400.
+        return BackendError("context_length_exceeded", detail)
     return BackendError("upstream_rejected", detail)
 
 

@@ -20,7 +20,7 @@ from litestar.response import Stream
 from gateway.auth import authorize
 from gateway.core import Core, GatewayCore
 from gateway.errors import ApiError
-from gateway.http import json_response, read_body, request_id
+from gateway.http import decode, json_response, read_body, request_id
 from gateway.metering import MeteredRequest, Overloaded, Placement
 from gateway.requests import (
     CHAT,
@@ -74,6 +74,23 @@ def _overloaded() -> ApiError:
     )
 
 
+async def _body(request: Request[Any, Any, Any], core: GatewayCore) -> bytes:
+    """A generation body, bounded; one with the simulated backend's ``sim`` field is a 400 unless the
+    platform turned those knobs on (``TOLLGATE_SIM_KNOBS``): a tenant must not slow a pool's jobs down."""
+    body = await read_body(request, core.settings.request_body_bytes_max)
+    if core.settings.sim_knobs or (b"sim" not in body and b"\\u" not in body):
+        return body
+    fields = decode(body, dict[str, Any])  # a key may be spelled with escapes
+    if isinstance(fields, dict) and "sim" in fields:
+        raise ApiError(
+            400,
+            "The 'sim' field drives the simulated backend in demos and fault tests; it is not open to API keys.",
+            code="unsupported_parameter",
+            param="sim",
+        )
+    return body
+
+
 def _accepted(request_id: str, placement: Placement) -> Response[bytes]:
     job = placement.command.job
     body = {
@@ -113,7 +130,7 @@ async def _run(
 def _raise_refusal(
     core: GatewayCore, token: ApiToken, rid: str, metered: MeteredRequest, placement: Placement, seen: Seen
 ) -> None:
-    error = refusal(seen, metered.model)
+    error = refusal(seen, metered.model, "messages" if metered.endpoint == CHAT else "prompt")
     if error is None:
         return
     rejected = seen.get(HoldRejected)
@@ -165,14 +182,14 @@ async def _respond_json(
 @post(CHAT, operation_id="createChatCompletion", opt={"scope": "user:write", "tokens": True}, status_code=200)
 async def chat_completions(request: Request[Any, Any, Any], core: Core) -> Response[bytes] | Stream:
     token = authorize(request, "user:write")
-    metered = parse_chat(await read_body(request, core.settings.request_body_bytes_max), core.prices.current)
+    metered = parse_chat(await _body(request, core), core.prices.current)
     return await _text(request, core, token, metered, "chat.completion.chunk")
 
 
 @post(COMPLETIONS, operation_id="createCompletion", opt={"scope": "user:write", "tokens": True}, status_code=200)
 async def completions(request: Request[Any, Any, Any], core: Core) -> Response[bytes] | Stream:
     token = authorize(request, "user:write")
-    metered = parse_completion(await read_body(request, core.settings.request_body_bytes_max), core.prices.current)
+    metered = parse_completion(await _body(request, core), core.prices.current)
     return await _text(request, core, token, metered, "text_completion")
 
 
@@ -353,21 +370,21 @@ def _final_chunk(
 @post(EMBEDDINGS, operation_id="createEmbedding", opt={"scope": "user:write"}, status_code=200)
 async def embeddings(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
     token = authorize(request, "user:write")
-    metered = parse_embedding(await read_body(request, core.settings.request_body_bytes_max), core.prices.current)
+    metered = parse_embedding(await _body(request, core), core.prices.current)
     return await _respond_json(request, core, token, metered)
 
 
 @post(IMAGES, operation_id="createImage", opt={"scope": "user:write"}, status_code=200)
 async def images(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
     token = authorize(request, "user:write")
-    metered = parse_image(await read_body(request, core.settings.request_body_bytes_max), core.prices.current)
+    metered = parse_image(await _body(request, core), core.prices.current)
     return await _respond_json(request, core, token, metered)
 
 
 @post(SPEECH, operation_id="createSpeech", opt={"scope": "user:write"}, status_code=200)
 async def speech(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
     token = authorize(request, "user:write")
-    metered = parse_speech(await read_body(request, core.settings.request_body_bytes_max), core.prices.current)
+    metered = parse_speech(await _body(request, core), core.prices.current)
     outcome = await _run(request, core, token, metered)
     if isinstance(outcome, Response):
         return outcome
@@ -393,7 +410,15 @@ def _form_text(form: Any, name: str) -> str | None:
 @post(TRANSCRIPTIONS, operation_id="createTranscription", opt={"scope": "user:write"}, status_code=200)
 async def transcriptions(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
     token = authorize(request, "user:write")
-    form = await request.form()
+    try:
+        form = await request.form()
+    except (UnicodeDecodeError, LookupError):  # Litestar decodes text fields by their declared charset
+        raise ApiError(
+            400,
+            "A form text field is not valid in its declared charset, or names a charset that does not exist; "
+            "send text fields as UTF-8.",
+            code="invalid_encoding",
+        ) from None
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
         raise ApiError(
@@ -422,7 +447,7 @@ async def transcriptions(request: Request[Any, Any, Any], core: Core) -> Respons
 async def videos(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
     """Always async: the answer is a job to poll."""
     token = authorize(request, "user:write")
-    metered = parse_video(await read_body(request, core.settings.request_body_bytes_max), core.prices.current)
+    metered = parse_video(await _body(request, core), core.prices.current)
     return await _respond_json(request, core, token, metered)
 
 

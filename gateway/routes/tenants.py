@@ -85,9 +85,44 @@ async def create_token(request: Request[Any, Any, Any], core: Core, org_id: From
         if expires_at <= now:
             raise ApiError(400, "expires_at must be in the future.", code="invalid_parameter", param="expires_at")
     limits = body.rate_limits.as_dict() if body.rate_limits else {}
+    if caller is not None:
+        expires_at, limits = _within_creator(caller, expires_at, limits)
     event, secret = await core.create_token(org_id, body.name, scopes, expires_at, limits)
     token = core.tenants.tokens_by_id[event.token_id]
     return json_response({"token": token_card(core, token), "secret": secret}, status_code=201)
+
+
+def _within_creator(
+    creator: ApiToken, expires_at: datetime | None, limits: dict[str, int]
+) -> tuple[datetime | None, dict[str, int]]:
+    """A key may not outlive nor out-limit the key (or service token) that creates it: no expiry asked
+    for means the creator's, a later one is a 400; the creator's own per-key limits bound the new key's
+    (a kind it leaves out takes the creator's). Otherwise a short-lived or unrevocable credential could
+    mint a permanent one."""
+    if creator.expires_at is not None:
+        if expires_at is None:
+            expires_at = creator.expires_at
+        elif expires_at > creator.expires_at:
+            raise ApiError(
+                400,
+                f"A key may not outlive the credential that creates it; this one expires at "
+                f"{iso_or_none(creator.expires_at)}.",
+                code="invalid_parameter",
+                param="expires_at",
+            )
+    bounded = dict(limits)
+    for kind, most in creator.rate_limits.items():
+        asked = bounded.get(kind)
+        if asked is None:
+            bounded[kind] = most
+        elif asked > most:
+            raise ApiError(
+                400,
+                f"A key may not have a higher {kind} limit than the credential that creates it ({most} per minute).",
+                code="invalid_parameter",
+                param="rate_limits",
+            )
+    return expires_at, bounded
 
 
 @get("/v1/organizations/{org_id:str}/tokens", operation_id="listTokens", opt={"scope": "admin:read"})

@@ -75,6 +75,7 @@ class Cluster:
             "TOLLGATE_JOB_RETRY_BACKOFF_MS": "50",
             "TOLLGATE_REQUEST_WAIT_S_MAX": "60",
             "TOLLGATE_CHECKPOINT_INTERVAL_S": "1",
+            "TOLLGATE_SIM_KNOBS": "1",  # the fault test slows and fails jobs on purpose
         }
         self.roles: dict[str, Role] = {}
         for name in ("ledger", "worker", "gateway"):
