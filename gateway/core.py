@@ -24,12 +24,13 @@ from eventlog import EventLog, Outgoing, topics
 from eventlog.read import Follower
 from eventlog.settings import Settings
 from gateway.jwks import JwksKeys
-from gateway.metering import Metering
+from gateway.metering import AttemptForgotten, Metering
 from gateway.pending import PendingCharges
 from gateway.quota import Quota
 from gateway.ratelimit import RateLimiter
 from gateway.waiters import Seen, Waiters, keys_of
 from ledger.pricing import PriceBook, PriceBooks
+from ledger.wallet import HoldStatus
 from projections.jobs import JobsView
 from projections.replies import IdempotencyView
 from projections.usage import UsageStore
@@ -84,7 +85,9 @@ class GatewayCore:
         self._producer = log.producer(f"tollgate-gateway-{settings.instance_id}")
         self._followers: list[Follower] = []
         self.quota = Quota(settings, self._producer.send)
-        self.metering = Metering(settings, self._producer, self.waiters, self.quota, self.pending)
+        self.metering = Metering(
+            settings, self._producer, self.waiters, self.quota, self.pending, earlier=self.earlier_attempt
+        )
         # --- issue 5: service-token keys, shared rate-limit windows, last-used bookkeeping ---
         self.jwks = JwksKeys(settings)
         self.limiter = RateLimiter(settings, self.tenants)
@@ -134,6 +137,19 @@ class GatewayCore:
             self._logged_price_versions.add(event.book.version)
         self._offer(event)
 
+    def earlier_attempt(self, org_id: str, request_id: str, job_id: str) -> Seen | None:
+        """What the log says of an earlier attempt of this request (a retry with its Idempotency-Key):
+        the events that decide its answer, {} while none has come, None when no attempt is known."""
+        known = self.jobs.outcome_of(request_id, job_id)
+        if known is not None:
+            return known
+        hold = self.balances.get(org_id).holds.get(request_id)
+        if hold is None:
+            return None
+        if hold.status is HoldStatus.open:
+            return {}
+        raise AttemptForgotten(request_id)  # its hold settled, and its job is past its retention
+
     def _fold_jobs(self, event: Event) -> None:
         self.jobs.apply(event)
         self._offer(event)
@@ -170,7 +186,7 @@ class GatewayCore:
             self._producer.send(records)
             return await asyncio.wait_for(future, timeout_s)
         finally:
-            self.waiters.forget(key)
+            self.waiters.forget(key, future)
 
     async def create_organization(self, name: str, plan: str) -> OrganizationCreated:
         org_id = new_id("org")
@@ -251,7 +267,7 @@ class GatewayCore:
             self._producer.send([Outgoing(topics.COMMANDS, org_id, encode(command))])
             return await asyncio.wait_for(future, cancel_wait_s)
         finally:
-            self.waiters.forget(command.command_id)
+            self.waiters.forget(command.command_id, future)
 
     def record_rejection(
         self, token: ApiToken, request_id: str, endpoint: str, model: str, status: int, code: str

@@ -46,6 +46,7 @@ class ApiError(Exception):
         code: str | None = None,
         param: str | None = None,
         headers: dict[str, str] | None = None,
+        outcome: bool = False,
     ) -> None:
         super().__init__(message)
         self.status_code = status_code
@@ -53,6 +54,9 @@ class ApiError(Exception):
         self.code = code
         self.param = param
         self.headers = headers or {}
+        # The outcome of a request that ran (refused by the ledger, failed, cancelled): kept for its
+        # Idempotency-Key and replayed, as a success is. Other errors are not: a retry may succeed.
+        self.outcome = outcome
 
 
 _path_pattern = re.compile(r"at `\$\.?([^`]*)`")
@@ -103,6 +107,8 @@ def _request_id(request: Request) -> str | None:
 
 
 def handle_api_error(request: Request, error: ApiError) -> Response[bytes]:
+    if error.outcome:
+        request.scope.setdefault("state", {})["idempotent_outcome"] = True  # gateway/idempotency.py keeps it
     return error_response(error, _request_id(request))
 
 

@@ -13,7 +13,9 @@ even when two instances race on one key before either has recorded its answer.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 from typing import Any
@@ -39,11 +41,12 @@ from gateway.core import GatewayCore
 from gateway.errors import ApiError, send_error
 from projections.replies import Reply
 from schemas.codec import encode
-from schemas.events import IdempotentReplyRecorded
+from schemas.events import IdempotencyKeyClaimed, IdempotentReplyRecorded
 from schemas.ids import new_id
 from schemas.moments import utc_now
 
 idempotency_key_chars_max = 255
+retry_wait_margin_s = 5.0  # a retry waits for the attempt running here at most its wait, and this
 admin_scope = "admin"  # the key scope of the platform admin token (an organization's keys use its id)
 # Response headers a replay repeats (the charge and the model are part of the answer).
 replayed_headers = ("x-credits-used", "x-model-used", "content-type", "location")
@@ -63,6 +66,21 @@ def _is_json(body: bytes) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _claim(core: GatewayCore, scope: str, key_sha256: str, body_print: str, request_id: str) -> None:
+    """Say on the log that a request with this key began, before it runs: a retry on any instance then
+    knows to look for its outcome rather than run it again, and refuses another body (409)."""
+    event = IdempotencyKeyClaimed(
+        event_id=new_id("evt"),
+        occurred_at=utc_now(),
+        org_id=scope,
+        key_sha256=key_sha256,
+        fingerprint=body_print,
+        request_id=request_id,
+    )
+    core.idempotency.apply(event)
+    core.send([Outgoing(topics.IDEMPOTENCY, scope, encode(event))])
 
 
 def record_reply(
@@ -125,30 +143,42 @@ class IdempotencyMiddleware(ASGIMiddleware):
             await send_error(send, error, state["request_id"])
             return
         body_print = fingerprint("POST", scope["path"], _without_boundary(body, _header(scope, b"content-type")))
+        scope_id = admin_scope if caller is None else caller.org_id
         reply = core.idempotency.get(hashed, utc_now())
         if reply is not None:
             await _replay(send, reply, body_print)
             return
-        if hashed in core.idempotency.in_flight:
-            error = ApiError(
-                409,
-                "A request with this Idempotency-Key is still running; retry when it has finished.",
-                code="idempotency_key_in_use",
-                param="Idempotency-Key",
-                headers={"retry-after": "1"},
-            )
-            await send_error(send, error, state["request_id"])
+        claim = core.idempotency.claim(hashed, utc_now())
+        if claim is not None and claim.fingerprint != body_print:
+            await _replay(send, Reply(claim.fingerprint, 0, b"", {}, claim.claimed_at), body_print)  # a 409
             return
-        core.idempotency.in_flight.add(hashed)
+        running = core.idempotency.in_flight.get(hashed)
+        if running is not None:
+            # The first attempt runs on this instance: wait for its answer and replay it.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(running.wait(), core.settings.request_wait_s_max + retry_wait_margin_s)
+            reply = core.idempotency.get(hashed, utc_now())
+            if reply is not None:
+                await _replay(send, reply, body_print)
+                return
+        # A retry (an earlier attempt began here or on another instance, and left no answer to replay:
+        # a crash, a timeout, a stream) learns that attempt's outcome from the log instead of running
+        # the request again (gateway/metering.py).
+        state["idempotency_retry"] = claim is not None or running is not None
+        if claim is None:
+            _claim(core, scope_id, hashed, body_print, state["request_id"])
+        finished = asyncio.Event()
+        core.idempotency.in_flight.setdefault(hashed, finished)
         recorder = _Recorder(send)
         try:
             await next_app(scope, _replay_body(body, receive), recorder.send)
         finally:
-            core.idempotency.in_flight.discard(hashed)
-        if recorder.recordable():
-            kept = {k: v for k, v in recorder.headers.items() if k in replayed_headers}
-            scope_id = admin_scope if caller is None else caller.org_id
-            record_reply(core, scope_id, hashed, body_print, recorder.status, recorder.body, kept)
+            if recorder.recordable(bool(state.get("idempotent_outcome"))):
+                kept = {k: v for k, v in recorder.headers.items() if k in replayed_headers}
+                record_reply(core, scope_id, hashed, body_print, recorder.status, recorder.body, kept)
+            if core.idempotency.in_flight.get(hashed) is finished:
+                del core.idempotency.in_flight[hashed]
+            finished.set()
 
 
 async def _replay(send: Send, reply: Reply, body_print: str) -> None:
@@ -170,7 +200,8 @@ async def _replay(send: Send, reply: Reply, body_print: str) -> None:
 
 
 class _Recorder:
-    """Passes the response on and keeps a copy of a whole, non-streamed 2xx answer."""
+    """Passes the response on and keeps a copy of a whole, non-streamed answer: a 2xx, or an error
+    that is the request's outcome (``ApiError.outcome``: a 402, a failed or cancelled job)."""
 
     def __init__(self, send: Send) -> None:
         self._send = send
@@ -191,9 +222,9 @@ class _Recorder:
                 self.body += message.get("body", b"")
         await self._send(message)
 
-    def recordable(self) -> bool:
+    def recordable(self, outcome: bool) -> bool:
         streamed = self.streamed or self.headers.get("content-type", "").startswith("text/event-stream")
-        return 200 <= self.status < 300 and not streamed
+        return (200 <= self.status < 300 or (outcome and self.status >= 400)) and not streamed
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

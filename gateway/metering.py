@@ -32,7 +32,7 @@ from projections.views import ApiToken
 from schemas.codec import encode
 from schemas.commands import JobSpec, PlaceHold
 from schemas.events import Event, JobCancelRequested
-from schemas.ids import event_id_for, new_id
+from schemas.ids import event_id_for
 from schemas.moments import utc_now
 from schemas.prices import Route
 from schemas.units import Units
@@ -43,6 +43,11 @@ CancelSoon = Callable[[str, str, str, str], None]
 
 class Overloaded(Exception):
     """This gateway already waits on its maximum of requests; a bound, not a queue."""
+
+
+class AttemptForgotten(Exception):
+    """An earlier attempt of the request (its Idempotency-Key) ended longer ago than jobs are kept, and
+    left no answer to replay: its outcome can no longer be told."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,14 +84,42 @@ class MeteredRequest:
 
 @dataclass(frozen=True, slots=True)
 class Placement:
-    """A request on its way: its hold command, and the slice it was reserved against ("": none)."""
+    """A request on its way: its hold command, and the slice it was reserved against ("": none).
+    ``resumed``: an earlier attempt with the same Idempotency-Key placed it, and this one only
+    learns its outcome (nothing was placed now)."""
 
     command: PlaceHold
     slice_id: str
+    resumed: bool = False
 
     @property
     def job_id(self) -> str:
         return self.command.job.job_id
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """How a request relates to earlier attempts of it (gateway/idempotency.py).
+
+    ``keyed``: its ids derive from an Idempotency-Key, so an earlier attempt may have placed its hold
+    and job (the same ids): then this one answers from that attempt's events, already on the log or
+    still to come, and places nothing. ``retry``: an earlier attempt began (its claim is on the log)
+    and nothing of it is known yet: the hold goes through the ledger, never a slice, because the
+    ledger drops a hold it has seen and queues its job once, while a gateway dispatching against its
+    slice would queue the job a second time."""
+
+    keyed: bool = False
+    retry: bool = False
+
+
+# What is known of a request's earlier attempt, from the log: (org id, request id, job id) -> the
+# events that decide its answer, {} for an attempt known to exist with no such event yet, or None.
+EarlierAttempt = Callable[[str, str, str], Seen | None]
+
+
+def job_id_for(request_id: str) -> str:
+    """A request's job id, from its id: every attempt of a request (its Idempotency-Key) names one job."""
+    return "job_" + request_id.removeprefix("req_")
 
 
 class Metering:
@@ -94,32 +127,36 @@ class Metering:
     at once per gateway."""
 
     def __init__(
-        self, settings: Settings, producer: Producer, waiters: Waiters, quota: Quota, pending: PendingCharges
+        self,
+        settings: Settings,
+        producer: Producer,
+        waiters: Waiters,
+        quota: Quota,
+        pending: PendingCharges,
+        earlier: EarlierAttempt = lambda org_id, request_id, job_id: None,
     ) -> None:
         self._settings = settings
         self._producer = producer
         self._waiters = waiters
         self.quota = quota
         self._pending = pending
+        self._earlier = earlier
         self.inflight = 0
 
-    def place(self, token: ApiToken, request_id: str, metered: MeteredRequest) -> Placement:
-        """Append the request's hold (and, against a slice, its job); wait for nothing."""
-        hold_micros = metered.hold_micros
-        slice_id = self.quota.reserve(token.org_id, hold_micros, request_id) or ""
-        command = PlaceHold(
+    def _command(self, token: ApiToken, request_id: str, metered: MeteredRequest, slice_id: str) -> PlaceHold:
+        return PlaceHold(
             command_id=request_id,
             org_id=token.org_id,
             issued_at=utc_now(),
             correlation_id=request_id,
             hold_id=request_id,
             request_id=request_id,
-            amount_micros=hold_micros,
+            amount_micros=metered.hold_micros,
             ttl_s=self._settings.hold_ttl_s,
             price_version=metered.price_version,
             slice_id=slice_id,
             job=JobSpec(
-                job_id=new_id("job"),
+                job_id=job_id_for(request_id),
                 token_id=token.token_id,
                 model=metered.model,
                 endpoint=metered.endpoint,
@@ -132,6 +169,12 @@ class Metering:
                 context_length=metered.price.context_length if metered.price.category == "chat" else 0,
             ),
         )
+
+    def place(self, token: ApiToken, request_id: str, metered: MeteredRequest, slice_allowed: bool = True) -> Placement:
+        """Append the request's hold (and, against a slice, its job); wait for nothing."""
+        hold_micros = metered.hold_micros
+        slice_id = (self.quota.reserve(token.org_id, hold_micros, request_id) if slice_allowed else None) or ""
+        command = self._command(token, request_id, metered, slice_id)
         records = [Outgoing(topics.COMMANDS, token.org_id, encode(command))]
         if slice_id:
             # The hold first: the ledger reads it before any lease or capture of the job's worker
@@ -141,6 +184,17 @@ class Metering:
             self._pending.carving(token.org_id, request_id, hold_micros)
         self._producer.send(records)
         return Placement(command, slice_id)
+
+    def _resume_or_place(
+        self, token: ApiToken, request_id: str, metered: MeteredRequest, attempt: Attempt, future: asyncio.Future[Seen]
+    ) -> Placement:
+        """With the waiter registered (so no later event is missed): an earlier attempt's placement,
+        its events given to the waiter, or a new placement."""
+        earlier = self._earlier(token.org_id, request_id, job_id_for(request_id)) if attempt.keyed else None
+        if earlier is None:
+            return self.place(token, request_id, metered, slice_allowed=not attempt.retry)
+        self._waiters.seed(request_id, future, earlier)
+        return Placement(self._command(token, request_id, metered, ""), "", resumed=True)
 
     def stop_unheld(self, placement: Placement) -> None:
         """A job dispatched against a slice whose hold the ledger then refused (the slice could not
@@ -165,25 +219,41 @@ class Metering:
         if self.inflight >= self._settings.inflight_requests_max:
             raise Overloaded(self._settings.inflight_requests_max)
 
+    def has_earlier(self, org_id: str, request_id: str) -> bool:
+        """Whether an earlier attempt of this request (its Idempotency-Key) is known on the log."""
+        return self._earlier(org_id, request_id, job_id_for(request_id)) is not None
+
     async def run(
-        self, token: ApiToken, request_id: str, metered: MeteredRequest, wait_for: Done = request_finished
+        self,
+        token: ApiToken,
+        request_id: str,
+        metered: MeteredRequest,
+        wait_for: Done = request_finished,
+        attempt: Attempt = Attempt(),
     ) -> tuple[Placement, Seen]:
         """Place the request and wait for its outcome (or, with ``wait_for=request_admitted``, only for
-        its hold: an async request against a slice waits for nothing)."""
+        its hold: an async request against a slice waits for nothing). An earlier attempt of it
+        (``attempt``) is answered from its events instead: at once when they are on the log already,
+        else when they come, within the same bound."""
         self._admit()
         future = self._waiters.expect(request_id, wait_for)
         self.inflight += 1
         try:
-            placement = self.place(token, request_id, metered)
-            if metered.run_async and placement.slice_id:
-                return placement, {}
+            placement = self._resume_or_place(token, request_id, metered, attempt, future)
+            if metered.run_async and (placement.slice_id or placement.resumed):
+                return placement, future.result() if future.done() else {}
             return placement, await asyncio.wait_for(future, self._settings.request_wait_s_max)
         finally:
             self.inflight -= 1
-            self._waiters.forget(request_id)
+            self._waiters.forget(request_id, future)
 
     async def stream(
-        self, token: ApiToken, request_id: str, metered: MeteredRequest, on_abandoned: CancelSoon
+        self,
+        token: ApiToken,
+        request_id: str,
+        metered: MeteredRequest,
+        on_abandoned: CancelSoon,
+        attempt: Attempt = Attempt(),
     ) -> AsyncGenerator[Event | Placement, None]:
         """Like ``run``, yielding the placement, then every event of the request as it comes, up to its
         end. A client that goes away before the end cancels the job (``on_abandoned``): it is charged
@@ -195,13 +265,13 @@ class Metering:
         deadline = asyncio.get_running_loop().time() + self._settings.request_wait_s_max
         placement: Placement | None = None
         try:
-            placement = self.place(token, request_id, metered)
+            placement = self.place(token, request_id, metered, slice_allowed=not attempt.retry)
             yield placement
             async for event in subscription.events(deadline):
                 yield event
             finished = True
         finally:
             self.inflight -= 1
-            self._waiters.forget(request_id)
+            self._waiters.forget(request_id, subscription.future)
             if not finished and placement is not None:
                 on_abandoned(token.org_id, request_id, placement.job_id, "client_disconnected")

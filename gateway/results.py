@@ -148,7 +148,8 @@ def charge_headers(captured: Charged) -> dict[str, str]:
 
 def refusal(seen: dict[type, Event], model: str, prompt_param: str | None = None) -> ApiError | None:
     """The error a refused or failed request answers with; None when it was charged. A prompt the
-    model's context cannot take is the client's error (400, naming ``prompt_param``), as from the model."""
+    model's context cannot take is the client's error (400, naming ``prompt_param``), as from the model.
+    Each is the request's outcome (kept for its Idempotency-Key), but a reused key."""
     if CommandRejected in seen:
         # The same hold id with another amount: an Idempotency-Key reused across instances at once.
         return ApiError(409, "This Idempotency-Key was used with a different request.", code="idempotency_key_reused")
@@ -159,13 +160,20 @@ def refusal(seen: dict[type, Event], model: str, prompt_param: str | None = None
             f"Insufficient credits: this request may cost up to {format_credits(rejected.requested_micros)} credits "
             f"and {format_credits(max(rejected.available_micros, 0))} are available. Add credits, or ask for less.",
             code="insufficient_credits",
+            outcome=True,
         )
     if JobCompleted in seen:
         return None
     ran = {"x-model-used": model}
-    if JobCancelled in seen:
+    released = seen.get(HoldReleased)
+    reason = released.reason if isinstance(released, HoldReleased) else "unknown"
+    if JobCancelled in seen or reason == "cancelled":
         return ApiError(
-            409, "The job was cancelled; it was charged for the work done.", code="job_cancelled", headers=ran
+            409,
+            "The job was cancelled; it was charged for the work done.",
+            code="job_cancelled",
+            headers=ran,
+            outcome=True,
         )
     dead = seen.get(JobDeadLettered)
     if isinstance(dead, JobDeadLettered):
@@ -174,20 +182,21 @@ def refusal(seen: dict[type, Event], model: str, prompt_param: str | None = None
             f"The job failed {dead.attempts} times and was given up. Nothing was charged.",
             code="dead_letter",
             headers=ran,
+            outcome=True,
         )
     failed = seen.get(JobFailed)
     if isinstance(failed, JobFailed) and failed.code == "context_length_exceeded":
-        return ApiError(
-            400,
-            f"{failed.message[:1].upper()}{failed.message[1:]}. Nothing was charged.",
-            code=failed.code,
-            param=prompt_param,
-        )
+        message = f"{failed.message[:1].upper()}{failed.message[1:]}. Nothing was charged."
+        return ApiError(400, message, code=failed.code, param=prompt_param, outcome=True)
     if isinstance(failed, JobFailed):
         code = "dead_letter" if failed.retryable else failed.code
         return ApiError(
-            502, f"The model backend failed: {failed.message}. Nothing was charged.", code=code, headers=ran
+            502,
+            f"The model backend failed: {failed.message}. Nothing was charged.",
+            code=code,
+            headers=ran,
+            outcome=True,
         )
-    released = seen.get(HoldReleased)
-    reason = released.reason if isinstance(released, HoldReleased) else "unknown"
-    return ApiError(502, f"The job ended without a result ({reason}). Nothing was charged.", code="job_failed")
+    return ApiError(
+        502, f"The job ended without a result ({reason}). Nothing was charged.", code="job_failed", outcome=True
+    )

@@ -73,20 +73,25 @@ class Subscription:
 
 
 class Waiters:
-    """Futures keyed by request id (or command or event id), resolved by the follower threads."""
+    """Futures keyed by request id (or command or event id), resolved by the follower threads. A key
+    may have several waiters: a retry of a request (its Idempotency-Key) waits for the same events as
+    the attempt still running."""
 
     def __init__(self) -> None:
-        self._waiting: dict[str, _Waiter] = {}
+        self._waiting: dict[str, list[_Waiter]] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._waiting)
+        return sum(len(waiters) for waiters in self._waiting.values())
+
+    def _add(self, key: str, waiter: _Waiter) -> None:
+        with self._lock:
+            self._waiting.setdefault(key, []).append(waiter)
 
     def expect(self, key: str, is_done: Done) -> asyncio.Future[Seen]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Seen] = loop.create_future()
-        with self._lock:
-            self._waiting[key] = _Waiter(loop, future, is_done)
+        self._add(key, _Waiter(loop, future, is_done))
         return future
 
     def subscribe(self, key: str, is_done: Done) -> Subscription:
@@ -94,26 +99,53 @@ class Waiters:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Seen] = loop.create_future()
         queue: asyncio.Queue[Event | _End] = asyncio.Queue(stream_events_max)
-        with self._lock:
-            self._waiting[key] = _Waiter(loop, future, is_done, stream=queue)
+        self._add(key, _Waiter(loop, future, is_done, stream=queue))
         return Subscription(future, queue)
 
-    def forget(self, key: str) -> None:
+    def forget(self, key: str, future: asyncio.Future[Seen]) -> None:
         with self._lock:
-            self._waiting.pop(key, None)
+            waiters = self._waiting.get(key)
+            if waiters is None:
+                return
+            waiters[:] = [waiter for waiter in waiters if waiter.future is not future]
+            if not waiters:
+                del self._waiting[key]
+
+    def seed(self, key: str, future: asyncio.Future[Seen], earlier: Seen) -> None:
+        """Give a waiter the events its key saw before it waited (a retry learning what the first
+        attempt's events were): what it has seen since stays. On the waiter's event loop."""
+        with self._lock:
+            waiters = self._waiting.get(key, [])
+            waiter = next((w for w in waiters if w.future is future), None)
+            if waiter is None:
+                return
+            waiter.seen = {**earlier, **waiter.seen}
+            done = waiter.is_done(waiter.seen)
+            if done:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._waiting[key]
+        if done and not future.done():
+            future.set_result(waiter.seen)
 
     def offer(self, key: str, event: Event) -> None:
         if key not in self._waiting:  # the common case, checked without the lock
             return
+        delivered: list[tuple[_Waiter, bool]] = []
         with self._lock:
-            waiter = self._waiting.get(key)
-            if waiter is None:
+            waiters = self._waiting.get(key)
+            if waiters is None:
                 return
-            waiter.seen[type(event)] = event
-            done = waiter.is_done(waiter.seen)
-            if done:
+            for waiter in list(waiters):
+                waiter.seen[type(event)] = event
+                done = waiter.is_done(waiter.seen)
+                if done:
+                    waiters.remove(waiter)
+                delivered.append((waiter, done))
+            if not waiters:
                 del self._waiting[key]
-        waiter.loop.call_soon_threadsafe(_deliver, waiter, event, done)
+        for waiter, done in delivered:
+            waiter.loop.call_soon_threadsafe(_deliver, waiter, event, done)
 
 
 def _deliver(waiter: _Waiter, event: Event, done: bool) -> None:
@@ -145,11 +177,17 @@ def keys_of(event: Event) -> set[str]:
     return keys
 
 
+# Releases the ledger decides itself: no worker outcome follows them (a job cancelled before any run
+# took it, a hold that expired unfinished, a job past its attempts).
+ledger_release_reasons = frozenset({"cancelled", "hold_expired", "dead_letter"})
+
+
 def request_finished(seen: Seen) -> bool:
     """A metered request is answered once its worker's completion is on the log (the charge is
     determined by then, and the ledger records it off the request's path), or once the ledger has
     settled a request that did not complete (a refusal, a release after a failure, a cancellation),
     so that "nothing was charged" is the ledger's word."""
+    released = seen.get(HoldReleased)
     return (
         HoldRejected in seen
         or CommandRejected in seen
@@ -157,6 +195,7 @@ def request_finished(seen: Seen) -> bool:
         or (JobCancelled in seen and (HoldCaptured in seen or HoldReleased in seen))
         or (JobFailed in seen and HoldReleased in seen)
         or (JobDeadLettered in seen and HoldReleased in seen)
+        or (isinstance(released, HoldReleased) and released.reason in ledger_release_reasons)
     )
 
 

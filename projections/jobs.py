@@ -35,6 +35,7 @@ from schemas.events import (
 from schemas.units import Units
 
 terminal_statuses = frozenset({"completed", "failed", "cancelled", "dead_letter"})
+_outcome_events = (HoldPlaced, JobCompleted, JobCancelled, JobFailed, JobDeadLettered, HoldCaptured, HoldReleased)
 early_jobs_max = 10_000  # jobs whose worker events arrived before the ledger's HoldPlaced
 
 
@@ -63,6 +64,9 @@ class JobState:
     charged: HoldCaptured | None = None
     released_reason: str = ""
     outcome_event_id: str = ""  # the worker's first JobCompleted, JobCancelled or JobFailed
+    # The events that decide the request's answer, by type (the hold, the worker's first outcome, the
+    # ledger's settlement): a retry of the request with its Idempotency-Key answers from them.
+    outcome: dict[type, Event] = field(default_factory=dict)
 
     @property
     def terminal(self) -> bool:
@@ -98,6 +102,19 @@ class JobsView:
         job_id = self._by_request.get(request_id)
         return self.jobs.get(job_id) if job_id else None
 
+    def outcome_of(self, request_id: str, job_id: str) -> dict[type, Event] | None:
+        """What is known of the request's job: the events that decide its answer (a copy), or the
+        worker's events that came before the job's hold (the ledger has not decided it yet); None
+        when nothing is."""
+        with self._lock:
+            job = self.by_request(request_id)
+            if job is not None:
+                return dict(job.outcome)
+            early = self._early.get(job_id)
+            if early:
+                return {type(event): event for event in early if isinstance(event, _outcome_events)}
+            return None
+
     def list(self, org_id: str, limit: int, after: str | None = None) -> list[JobState]:
         """Newest first; ``after`` is the last job id of the previous page."""
         # All under the lock: pruning (another thread) deletes from both maps between a check and a read.
@@ -124,6 +141,7 @@ class JobsView:
                     model=event.model,
                     endpoint=event.endpoint,
                     created_at=event.occurred_at,
+                    outcome={HoldPlaced: event},
                 )
                 self._by_org.setdefault(event.org_id, {})[event.job_id] = None
                 self._by_request[event.request_id] = event.job_id
@@ -146,6 +164,8 @@ class JobsView:
                 # time. The first outcome stands, as the ledger's first capture or release does.
                 return
             job.outcome_event_id = event.event_id
+        if isinstance(event, _outcome_events) and type(event) not in job.outcome:
+            job.outcome[type(event)] = event
         if isinstance(event, JobLeased):
             job.attempt = max(job.attempt, event.attempt)
             job.started_at = job.started_at or event.occurred_at

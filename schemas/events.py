@@ -79,6 +79,15 @@ class IdempotentReplyRecorded(Event, frozen=True, kw_only=True, tag="idempotent_
     body_base64: str = ""  # an answer that is not JSON (audio, CSV), base64
 
 
+class IdempotencyKeyClaimed(Event, frozen=True, kw_only=True, tag="idempotency_key.claimed.v1"):
+    """A request with an Idempotency-Key began (``org_id`` is the key's scope): a retry on any instance
+    knows an earlier attempt may have run, and which request it was."""
+
+    key_sha256: str
+    fingerprint: str
+    request_id: str
+
+
 class PriceBookPublished(Event, frozen=True, kw_only=True, tag="price_book.published.v1"):
     """A new price book version; it prices every hold placed after it (``org_id`` is "platform")."""
 
@@ -465,6 +474,7 @@ AnyEvent = (
     | RequestAccepted
     | RequestRejected
     | IdempotentReplyRecorded
+    | IdempotencyKeyClaimed
     | PriceBookPublished
     | CreditsGranted
     | GrantExpired

@@ -58,6 +58,7 @@ from workers.backends import Backend, BackendError, JobContext, JobOutput, JobSt
 logger = logging.getLogger(__name__)
 
 stop_signals_max = 10_000  # cancelled or dead-lettered job ids remembered for jobs not seen yet
+finished_jobs_max = 10_000  # job ids whose outcome is durable, remembered so a second copy does not run
 progress_interval_s = 0.25  # progress events of a job nobody streams, at most one per this
 retry_backoff_s_max = 10.0
 delivery_retry_s = 0.5  # an outcome the log could not take is sent again after this
@@ -245,6 +246,9 @@ class WorkerRole:
         self._in_flight: dict[tuple[str, int], set[int]] = {}  # offsets taken but not finished
         self._polled_to: dict[tuple[str, int], int] = {}  # the next offset to read, per partition
         self._stopped_jobs: OrderedDict[str, str] = OrderedDict()
+        # A job can be dispatched twice (a retry of a request against a gateway's slice while its first
+        # attempt's hold was still on its way): its outcome is durable once, so it runs once here.
+        self._finished_jobs: OrderedDict[str, None] = OrderedDict()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots: asyncio.Semaphore | None = None
         self._producer: Producer | None = None
@@ -442,8 +446,12 @@ class WorkerRole:
             self._polled_to[tp] = record.offset + 1
             event = decode_event(record.value)
             if isinstance(event, JobQueued):
-                if event.job_id in self._stopped_jobs or event.job_id in self._running:
-                    continue  # stopped before it started, or a redelivery of a job running here
+                if (
+                    event.job_id in self._stopped_jobs
+                    or event.job_id in self._running
+                    or event.job_id in self._finished_jobs
+                ):
+                    continue  # stopped before it started, or a second copy of a job running or run here
                 self._in_flight.setdefault(tp, set()).add(record.offset)
                 running = _Running(event, record)
                 with self._lock:
@@ -479,6 +487,9 @@ class WorkerRole:
             self._in_flight.get(tp, set()).discard(running.record.offset)
             with self._lock:
                 self._running.pop(running.job.job_id, None)
+            self._finished_jobs[running.job.job_id] = None
+            while len(self._finished_jobs) > finished_jobs_max:
+                self._finished_jobs.popitem(last=False)
             finished += 1
 
     def _positions(self) -> dict[tuple[str, int], int]:

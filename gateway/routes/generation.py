@@ -21,7 +21,7 @@ from gateway.auth import authorize
 from gateway.core import Core, GatewayCore
 from gateway.errors import ApiError
 from gateway.http import decode, json_response, read_body, request_id
-from gateway.metering import MeteredRequest, Overloaded, Placement
+from gateway.metering import Attempt, AttemptForgotten, MeteredRequest, Overloaded, Placement
 from gateway.requests import (
     CHAT,
     COMPLETIONS,
@@ -53,6 +53,7 @@ from projections.views import ApiToken
 from schemas.events import (
     CommandRejected,
     Event,
+    HoldCaptured,
     HoldPlaced,
     HoldRejected,
     JobCompleted,
@@ -106,22 +107,42 @@ def _accepted(request_id: str, placement: Placement) -> Response[bytes]:
     return json_response(body, status_code=202, headers={"location": f"/v1/jobs/{job.job_id}"})
 
 
+def _attempt(request: Request[Any, Any, Any]) -> Attempt:
+    """Whether the request has an Idempotency-Key (its ids derive from it), and whether an earlier
+    attempt of it began (gateway/idempotency.py)."""
+    state = request.scope["state"]
+    return Attempt(keyed="idempotency_derived" in state, retry=bool(state.get("idempotency_retry")))
+
+
+def _forgotten() -> ApiError:
+    return ApiError(
+        409,
+        "This Idempotency-Key's request ended longer ago than its outcome is kept, and left no answer to "
+        "replay; see GET /v1/account/usage, or send the request with a new key.",
+        code="idempotency_outcome_expired",
+        param="Idempotency-Key",
+    )
+
+
 async def _run(
     request: Request[Any, Any, Any], core: GatewayCore, token: ApiToken, metered: MeteredRequest
 ) -> tuple[Placement, Seen] | Response[bytes]:
-    """Hold and run the request; the 202 of an async request, else the events that ended it."""
+    """Hold and run the request; the 202 of an async request, else the events that ended it. A retry
+    of a request (its Idempotency-Key) whose earlier attempt is on the log answers from that attempt."""
     rid = request_id(request)
     try:
         placement, seen = await core.metering.run(
-            token, rid, metered, request_admitted if metered.run_async else request_finished
+            token, rid, metered, request_admitted if metered.run_async else request_finished, _attempt(request)
         )
     except Overloaded:
         raise _overloaded() from None
+    except AttemptForgotten:
+        raise _forgotten() from None
     except TimeoutError:
         raise ApiError(
             504, "The job did not finish in time. Its hold settles on its own; check /v1/jobs.", code="timeout"
         ) from None
-    if metered.run_async and (placement.slice_id or HoldPlaced in seen):
+    if metered.run_async and (placement.slice_id or placement.resumed or HoldPlaced in seen):
         return _accepted(rid, placement)
     _raise_refusal(core, token, rid, metered, placement, seen)
     return placement, seen
@@ -142,10 +163,26 @@ def _raise_refusal(
 
 
 def _answered(
-    core: GatewayCore, token: ApiToken, placement: Placement, metered: MeteredRequest, completed: JobCompleted
-) -> Charge:
-    """The charge an answer states (the ledger records the same one a moment later), shown in this
-    instance's balances at once."""
+    core: GatewayCore, token: ApiToken, placement: Placement, metered: MeteredRequest, seen: Seen
+) -> tuple[JobCompleted, Charge]:
+    """The job's completion and the charge an answer states (the ledger records the same one a moment
+    later), shown in this instance's balances at once. An earlier attempt's answer states what the
+    ledger captured (the charge that attempt answered with: the same pure function of its inputs)."""
+    completed = seen[JobCompleted]
+    assert isinstance(completed, JobCompleted)
+    captured = seen.get(HoldCaptured)
+    if placement.resumed and isinstance(captured, HoldCaptured):
+        return completed, Charge(
+            model=captured.model,
+            units=captured.units,
+            amount_micros=captured.amount_micros,
+            priced_micros=captured.priced_micros,
+            price_version=captured.price_version,
+            occurred_at=completed.occurred_at,
+            requested_model=captured.requested_model,
+            fallback_depth=completed.fallback_depth if captured.requested_model else 0,
+            counted_by=completed.counted_by,
+        )
     charge = charge_of(
         metered,
         completed.units,
@@ -154,9 +191,11 @@ def _answered(
         completed.fallback_depth,
         completed.counted_by,
     )
-    hold_id = placement.command.hold_id
-    core.pending.answered(token.org_id, hold_id, metered.hold_micros, charge.amount_micros, bool(placement.slice_id))
-    return charge
+    if not placement.resumed:
+        hold_id = placement.command.hold_id
+        sliced = bool(placement.slice_id)
+        core.pending.answered(token.org_id, hold_id, metered.hold_micros, charge.amount_micros, sliced)
+    return completed, charge
 
 
 async def _respond_json(
@@ -167,9 +206,7 @@ async def _respond_json(
     if isinstance(outcome, Response):
         return outcome
     placement, seen = outcome
-    completed = seen[JobCompleted]
-    assert isinstance(completed, JobCompleted)
-    charge = _answered(core, token, placement, metered, completed)
+    completed, charge = _answered(core, token, placement, metered, seen)
     body = shape_result(metered.endpoint, request_id(request), msgspec.json.decode(completed.result), charge)
     added_ms = (time.perf_counter() - started) * 1000 - completed.duration_ms
     headers = {**charge_headers(charge), "x-gateway-added-ms": f"{max(added_ms, 0):.2f}"}
@@ -235,8 +272,14 @@ async def _stream(
     really serves it (``x-model-used``, and ``x-fallback-*`` when a fallback does) and a job that fails
     before any output is a plain error, as a direct call to the model would be."""
     rid = request_id(request)
+    attempt = _attempt(request)
+    try:
+        if attempt.keyed and core.metering.has_earlier(token.org_id, rid):
+            return await _stream_earlier(request, core, token, metered, kind)
+    except AttemptForgotten:
+        raise _forgotten() from None
     seen: Seen = {}
-    events = core.metering.stream(token, rid, metered, core.cancel_job_soon)
+    events = core.metering.stream(token, rid, metered, core.cancel_job_soon, attempt)
     first: Event | None = None
     try:
         placed = await anext(events)
@@ -329,6 +372,43 @@ async def _stream(
     return Stream(chunks(), media_type="text/event-stream", headers=headers)
 
 
+async def _stream_earlier(
+    request: Request[Any, Any, Any], core: GatewayCore, token: ApiToken, metered: MeteredRequest, kind: str
+) -> Response[bytes] | Stream:
+    """A streamed request retried with its Idempotency-Key after its first attempt began: that attempt's
+    outcome (waited for while it runs), streamed as one text delta and the final chunk with its usage."""
+    outcome = await _run(request, core, token, metered)
+    if isinstance(outcome, Response):
+        return outcome
+    placement, seen = outcome
+    completed = seen[JobCompleted]
+    assert isinstance(completed, JobCompleted)
+    rid = request_id(request)
+    model = completed.served_model or metered.model
+    created = int(completed.occurred_at.timestamp())
+    choice = (msgspec.json.decode(completed.result).get("choices") or [{}])[0]
+    text = str((choice.get("message") or {}).get("content") or "") if kind == "chat.completion.chunk" else ""
+    text = text or str(choice.get("text") or "")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        opening = _chunk(kind, rid, model, created, "", None)
+        if kind == "chat.completion.chunk":
+            opening["choices"][0]["delta"] = {"role": "assistant", "content": ""}
+        yield _sse(opening)
+        if text:
+            yield _sse(_chunk(kind, rid, model, created, text, None))
+        yield _final_chunk(core, token, placement, metered, kind, created, seen, model)
+        yield b"data: [DONE]\n\n"
+
+    requested = metered.model if model != metered.model else ""
+    headers = {
+        "x-request-id": rid,
+        "cache-control": "no-cache",
+        **model_headers(model, requested, completed.fallback_depth),
+    }
+    return Stream(chunks(), media_type="text/event-stream", headers=headers)
+
+
 async def _first_output(events: AsyncGenerator[Event | Placement, None], seen: Seen) -> Event | None:
     """The job's first progress with output; None when the request ended without any (``seen`` then
     holds how it ended)."""
@@ -353,7 +433,7 @@ def _final_chunk(
     rid = placement.command.request_id
     completed = ended.get(JobCompleted)
     if isinstance(completed, JobCompleted):
-        charge = _answered(core, token, placement, metered, completed)
+        _, charge = _answered(core, token, placement, metered, ended)
         choices = msgspec.json.decode(completed.result).get("choices") or [{}]
         final = _chunk(kind, rid, charge.model or model, created, "", choices[0].get("finish_reason") or "stop")
         final["usage"] = {**token_usage(charge.units), **usage_cost(charge)}
@@ -389,9 +469,7 @@ async def speech(request: Request[Any, Any, Any], core: Core) -> Response[bytes]
     if isinstance(outcome, Response):
         return outcome
     placement, seen = outcome
-    completed = seen[JobCompleted]
-    assert isinstance(completed, JobCompleted)
-    charge = _answered(core, token, placement, metered, completed)
+    completed, charge = _answered(core, token, placement, metered, seen)
     result = msgspec.json.decode(completed.result)
     audio = base64.b64decode(result["audio_b64"])
     media_type = str(result.get("content_type") or "audio/wav")
