@@ -100,7 +100,9 @@ class Settings:
     # Records a role takes from the log per poll / per transaction.
     batch_records_max: int = field(default_factory=lambda: int(_env("TOLLGATE_BATCH_RECORDS_MAX", "500")))
     # How long a poll waits when the log is idle; bounds shutdown time, not latency.
-    poll_wait_ms: int = field(default_factory=lambda: int(_env("TOLLGATE_POLL_WAIT_MS", "100")))
+    # How long a role's poll waits for records when there are none (a poll returns as soon as some
+    # arrive): it bounds how late a loop notices a stop or a due expiry, and each empty wake costs CPU.
+    poll_wait_ms: int = field(default_factory=lambda: int(_env("TOLLGATE_POLL_WAIT_MS", "500")))
     # The projector flushes to ClickHouse at this many rows, or after this wait, whichever first.
     sink_batch_rows_max: int = field(default_factory=lambda: int(_env("TOLLGATE_SINK_BATCH_ROWS_MAX", "5000")))
     sink_flush_wait_ms_max: int = field(default_factory=lambda: int(_env("TOLLGATE_SINK_FLUSH_WAIT_MS_MAX", "200")))
