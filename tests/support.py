@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -58,6 +59,17 @@ def free_port_pair() -> int:
         if port < 65535 and _port_free(port + 1):
             return port
     raise RuntimeError("no two adjacent free ports on 127.0.0.1")
+
+
+def migrated_database(server_url: str, prefix: str) -> str:
+    """A new database on the ClickHouse server, with the schema applied by ``tollgate migrate`` as a
+    deployment applies it (once, before the roles): its URL, for the roles' TOLLGATE_CLICKHOUSE_URL."""
+    url = f"{server_url}/{prefix}_{uuid.uuid4().hex[:10]}"
+    done = subprocess.run(
+        [*tollgate, "migrate"], env={**os.environ, "TOLLGATE_CLICKHOUSE_URL": url}, capture_output=True, text=True
+    )
+    assert done.returncode == 0, f"tollgate migrate failed:\n{done.stdout}{done.stderr}"
+    return url
 
 
 class Role:

@@ -105,18 +105,31 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
         return print_statement(settings, args.org, args.start, args.end, args.format)
     if args.command == "migrate":
-        from tollgate.wiring import open_store
-
-        store = open_store(settings)  # opening applies what is missing
-        print(f"ClickHouse schema at version {store.schema_version()}")
-        store.close()
-        return 0
+        return migrate(settings)
     if args.command == "dev":
         serve.run_dev(settings)
     elif args.command == "gateway":
         serve.run_gateway(settings, {"auto": None, "on": True, "off": False}[args.projector])
     else:
         serve.run_role(args.command, settings)
+    return 0
+
+
+def migrate(settings: Settings) -> int:
+    """Create the database TOLLGATE_CLICKHOUSE_URL names (if missing) and apply the missing migrations."""
+    from tollgate.wiring import open_store
+
+    if not settings.clickhouse_url:
+        raise CommandError(
+            "set TOLLGATE_CLICKHOUSE_URL to the ClickHouse server to migrate (an embedded store and the "
+            "server of `tollgate dev` apply their migrations themselves when they open)",
+            exit_code=2,
+        )
+    store = open_store(settings, migrate=True)
+    try:
+        print(f"ClickHouse schema at version {store.schema_version()} on {settings.clickhouse_url}")
+    finally:
+        store.close()
     return 0
 
 

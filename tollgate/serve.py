@@ -50,6 +50,13 @@ def require_kafka(settings: Settings, role: str) -> None:
 def run_role(role: str, settings: Settings) -> None:
     """The ledger, the workers or the projector on Kafka, until SIGINT or SIGTERM."""
     require_kafka(settings, role)
+    if role == "projector" and not settings.clickhouse_url:
+        raise CommandError(
+            "tollgate projector writes a ClickHouse server: set TOLLGATE_CLICKHOUSE_URL (compose/clickhouse.sh "
+            "start runs one; then `tollgate migrate`). Without a server, `tollgate gateway` projects into an "
+            "embedded store of its own.",
+            exit_code=2,
+        )
     stack = Stack(settings, open_log(settings))
     install_signal_handlers(stack.stop)
     try:

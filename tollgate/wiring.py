@@ -20,7 +20,7 @@ from ledger.chain import Signer, load_or_create_signing_key
 from ledger.pricing import PriceBooks, default_price_book
 from ledger.role import LedgerRole
 from projections.role import ProjectorRole
-from projections.usage import UsageStore
+from projections.usage import StoreUnavailable, UsageStore, create_database
 from tollgate.remote import CommandError
 from workers.backends import Backend, SimulatedBackend, UpstreamChatBackend
 from workers.role import WorkerRole, worker_roles
@@ -57,10 +57,27 @@ def embedded_store_path(settings: Settings) -> Path:
     return settings.data_dir / "clickhouse"
 
 
-def open_store(settings: Settings) -> UsageStore:
+def open_store(settings: Settings, migrate: bool = False) -> UsageStore:
     """The ClickHouse server at ``TOLLGATE_CLICKHOUSE_URL``, or the embedded engine in the data
-    directory (which one process at a time may hold)."""
-    return UsageStore(url=settings.clickhouse_url, path=embedded_store_path(settings))
+    directory (which one process at a time may hold; migrated on open).
+
+    A server's schema is applied by ``tollgate migrate`` (``migrate=True``: it creates the database
+    too), once, before the roles start: several roles opening one server at once would race to apply
+    a migration, so a role refuses a database that lacks one instead, saying so."""
+    try:
+        if not settings.clickhouse_url:
+            return UsageStore(path=embedded_store_path(settings))
+        if migrate:
+            create_database(settings.clickhouse_url)
+        store = UsageStore(url=settings.clickhouse_url, migrate=migrate)
+        try:
+            store.require_schema()
+        except StoreUnavailable:
+            store.close()
+            raise
+        return store
+    except StoreUnavailable as error:
+        raise WiringError(str(error)) from None
 
 
 def projector_group(settings: Settings) -> str:
