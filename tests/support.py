@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -155,19 +156,29 @@ def usage(base_url: str, key: str, **params: Any) -> dict[str, Any]:
 
 
 class Dev:
-    def __init__(self, data_dir: Path, log_dir: Path) -> None:
+    def __init__(self, data_dir: Path, log_dir: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = data_dir
+        log = log_dir / "dev.log"
+        banners_before = log.read_text(errors="replace").count("demo API key") if log.exists() else 0
         self.role = Role(
             "dev",
             ["dev", "--port", str(self.port), "--data-dir", str(data_dir)],
-            {"TOLLGATE_ADMIN_TOKEN": dev_admin_token, "TOLLGATE_KAFKA_BOOTSTRAP": ""},
+            {"TOLLGATE_ADMIN_TOKEN": dev_admin_token, "TOLLGATE_KAFKA_BOOTSTRAP": "", **(env or {})},
             log_dir,
         )
         wait_until_serving(self.base_url, self.role)
-        wait_for_text(self.role, "demo API key")
+        # The log is appended to across restarts on one directory: wait for this run's banner.
+        deadline = time.monotonic() + 90
+        while self.role.output().count("demo API key") <= banners_before:
+            assert time.monotonic() < deadline and self.role.process.poll() is None, self.role.output()[-4000:]
+            time.sleep(0.1)
         self.demo = json.loads((data_dir / "demo.json").read_text())
         self.admin = Admin(self.base_url, dev_admin_token)
+        # The ClickHouse server dev runs (and prints), as SQL clients reach it.
+        found = re.findall(r"ClickHouse: +(http://\S+)", self.role.output())
+        self.clickhouse_url = found[-1] if found else ""
 
     def client(self, key: str) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.base_url}/v1", api_key=key, max_retries=0)

@@ -59,9 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     statement = sub.add_parser("statement", help="an organization's statement for a period (JSON or CSV)")
     statement.add_argument("--org", required=True, help="the organization id (org_...)")
     statement.add_argument("--from", dest="start", required=True, help="period start, ISO 8601 (inclusive)")
-    statement.add_argument("--to", dest="end", required=True, help="period end, ISO 8601 (exclusive)")
+    statement.add_argument("--to", dest="end", help="period end, ISO 8601 (exclusive; default: now)")
     statement.add_argument("--format", choices=("json", "csv"), default="json", help="output format (default json)")
-    _data_dir_option(statement, "the data directory of the embedded ClickHouse store")
+    _data_dir_option(statement, "the data directory of `tollgate dev` (its ClickHouse server, running or not)")
     migrate = sub.add_parser("migrate", help="apply the ClickHouse schema migrations and exit")
     _data_dir_option(migrate, "the data directory of the embedded ClickHouse store")
     from tollgate import audit, replay

@@ -6,11 +6,12 @@ tests' stacks and the benchmarks use it too, so what they run is what production
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from eventlog import EventLog, topics
@@ -21,6 +22,7 @@ from ledger.pricing import PriceBooks, default_price_book
 from ledger.role import LedgerRole
 from projections.role import ProjectorRole
 from projections.usage import StoreUnavailable, UsageStore, create_database
+from tollgate.clickhouse import server_directory, server_url_for
 from tollgate.remote import CommandError
 from workers.backends import Backend, SimulatedBackend, UpstreamChatBackend
 from workers.role import WorkerRole, worker_roles
@@ -78,6 +80,37 @@ def open_store(settings: Settings, migrate: bool = False) -> UsageStore:
         return store
     except StoreUnavailable as error:
         raise WiringError(str(error)) from None
+
+
+@contextlib.contextmanager
+def usage_store(settings: Settings) -> Iterator[UsageStore]:
+    """The usage store a command reads (``tollgate statement``): the server at
+    ``TOLLGATE_CLICKHOUSE_URL``; else the data directory's: the server of the ``tollgate dev`` that runs
+    on it, or, when none runs, one started on its files for the command's duration; else an embedded
+    store there (``TOLLGATE_DEV_CLICKHOUSE=embedded``, or one an earlier version left)."""
+    server_dir = server_directory(settings.data_dir)
+    embedded = embedded_store_path(settings)
+    if settings.clickhouse_url:
+        found = open_store(settings)
+    elif (server_dir / "db").is_dir() and not (settings.dev_clickhouse == "embedded" and embedded.is_dir()):
+        with server_url_for(server_dir) as url:
+            found = open_store(replace(settings, clickhouse_url=url))
+            try:
+                yield found
+            finally:
+                found.close()
+        return
+    elif embedded.is_dir():
+        found = open_store(settings)
+    else:
+        raise WiringError(
+            f"no usage store in {settings.data_dir}: pass --data-dir (the one `tollgate dev` uses), or set "
+            "TOLLGATE_CLICKHOUSE_URL to the ClickHouse server the projector writes"
+        )
+    try:
+        yield found
+    finally:
+        found.close()
 
 
 def projector_group(settings: Settings) -> str:

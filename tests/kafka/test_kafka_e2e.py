@@ -148,6 +148,11 @@ def test_balance_ledger_and_clickhouse_agree_after_many_requests(stack: Stack, k
 
     store = UsageStore(url=stack.clickhouse_url, migrate=False)
     try:
+        # The rollups above are complete; the raw rows of the last INSERT may show a moment later (an
+        # INSERT writes the table's part and its views' parts side by side).
+        deadline = time.monotonic() + 15
+        while store.raw_totals_by_org().get(org, (0, 0))[0] < count and time.monotonic() < deadline:
+            time.sleep(0.2)
         usage_cost, revenue = store.totals_by_org()[org]
         assert usage_cost == revenue == charged
         raw = store.raw_totals_by_org()[org]
