@@ -34,6 +34,9 @@ class Settings:
         default_factory=lambda: int(_env("TOLLGATE_DEV_CLICKHOUSE_HTTP_PORT", "8123"))
     )
     dev_clickhouse_tcp_port: int = field(default_factory=lambda: int(_env("TOLLGATE_DEV_CLICKHOUSE_TCP_PORT", "0")))
+    # The level of every logger in the process (ours, Litestar's, httpx's, kafka-python's): WARNING
+    # keeps a role's output to what needs attention; INFO shows requests and group changes.
+    log_level: str = field(default_factory=lambda: _env("TOLLGATE_LOG_LEVEL", "WARNING").upper())
     # The gateway's listening address.
     host: str = field(default_factory=lambda: _env("TOLLGATE_HOST", "127.0.0.1"))
     port: int = field(default_factory=lambda: int(_env("TOLLGATE_PORT", "8000")))

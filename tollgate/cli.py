@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -133,19 +132,22 @@ def migrate(settings: Settings) -> int:
     return 0
 
 
-def configure_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("TOLLGATE_LOG_LEVEL", "WARNING").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def configure_logging(level: str) -> None:
+    """``level`` for every logger of the process, ours and the libraries' (httpx and kafka-python log
+    each request and group change at INFO). The gateway's Litestar app keeps this configuration:
+    ``gateway.app`` gives it no logging config of its own, which would set the root logger to INFO."""
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise CommandError(f"TOLLGATE_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {level!r}", 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging()
     try:
-        sys.exit(run(args, settings_for(args)))
+        settings = settings_for(args)
+        configure_logging(settings.log_level)
+        sys.exit(run(args, settings))
     except CommandError as error:
         print(f"tollgate {args.command}: {error}", file=sys.stderr)
         sys.exit(error.exit_code)

@@ -80,11 +80,20 @@ async def serve(
     core: GatewayCore, settings: Settings, stop: threading.Event, announce: Callable[[], Coroutine[Any, Any, None]]
 ) -> None:
     from granian.constants import Interfaces
+    from granian.log import LogLevels
     from granian.server.embed import Server
 
     server = Server(
-        create_app(core), address=settings.host, port=settings.port, interface=Interfaces.ASGI, log_access=False
+        create_app(core),
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        log_access=False,
+        # Granian's logger at TOLLGATE_LOG_LEVEL, through the process's handler (tollgate/cli.py).
+        log_level=LogLevels(settings.log_level.lower()),
+        log_dictconfig={"loggers": {"_granian": {"level": settings.log_level, "handlers": [], "propagate": True}}},
     )
+    logging.getLogger("_granian").addFilter(drop_embedded_notice)
     loop = asyncio.get_running_loop()
 
     def watch_stop() -> None:
@@ -103,6 +112,12 @@ async def serve(
         await serving
         raise CommandError(f"could not start: {announcing.exception()}")
     await serving
+
+
+def drop_embedded_notice(record: logging.LogRecord) -> bool:
+    """Granian warns "Embedded server is experimental!" at every start of its embedded server, which
+    is how every Tollgate gateway serves: a line in every start's output that asks nothing of the user."""
+    return not record.getMessage().startswith("Embedded server is experimental")
 
 
 def run_gateway(settings: Settings, projector: bool | None) -> None:

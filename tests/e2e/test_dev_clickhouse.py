@@ -86,6 +86,7 @@ def test_dev_prints_its_clickhouse_url_and_the_exports(dev: Dev) -> None:
     assert running_url(server_directory(dev.data_dir)) == dev.clickhouse_url
     output = dev.role.output()
     assert f"export TOLLGATE_ADMIN_TOKEN={dev_admin_token} ORG={dev.demo['org_id']}" in output
+    assert "experimental" not in output and "Warning" not in output  # granian's start notice, any warning
 
 
 def test_the_readme_finance_sql_answers_through_curl_while_dev_runs(dev: Dev) -> None:
@@ -222,3 +223,22 @@ def test_a_stop_while_the_server_starts_leaves_nothing_running(tmp_path: Path) -
     while running_url(server_directory(tmp_path)) is not None:
         assert time.monotonic() < deadline, "a server outlived a dev stopped at its start"
         time.sleep(0.2)
+
+
+def test_the_readme_admin_curls_work_with_the_platform_token(dev: Dev) -> None:
+    """Create an organization, grant credits, make a key, set a plan: the README's curl lines, with
+    the organization the first one made in place of ``org_...``."""
+    block = readme_block('-d \'{"name": "Acme", "plan": "free"}\'').replace("http://127.0.0.1:8000", dev.base_url)
+    commands = re.split(r"(?<!\\)\n", block.strip())
+    env = {**os.environ, "TOLLGATE_ADMIN_TOKEN": dev_admin_token}
+    outputs = []
+    for command in commands:
+        if outputs:
+            command = command.replace("org_...", outputs[0]["id"])
+        done = subprocess.run(["bash", "-e", "-c", command], capture_output=True, text=True, timeout=60, env=env)
+        assert done.returncode == 0, done.stderr
+        outputs.append(json.loads(done.stdout))
+    created, granted, key, plan = outputs
+    assert created["plan"] == "free" and granted.get("amount_micros", 25_500_000) == 25_500_000, granted
+    assert key["secret"].startswith("tg_") and plan["plan"] == "pro", plan
+    assert usage(dev.base_url, key["secret"])["balance"]["amount_micros"] == 25_500_000

@@ -79,7 +79,8 @@ def test_a_request_the_balance_cannot_cover_gets_402_and_changes_nothing(dev: De
         ({"model": "sim-chat-small", "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
         ({"model": "sim-chat-small", "messages": []}, "messages"),
         ({"model": "sim-chat-small", "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
-        ({"messages": [{"role": "user", "content": "x"}]}, None),
+        ({"messages": [{"role": "user", "content": "x"}]}, "model"),  # missing: named too
+        ({"model": "sim-chat-small", "messages": [{"content": "x"}]}, "messages[0].role"),
         ({"model": "sim-chat-small", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens"),
         (
             {"model": "sim-chat-small", "messages": [{"role": "user", "content": "x"}], "max_tokens": 10**6},
