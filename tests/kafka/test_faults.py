@@ -246,6 +246,20 @@ def submit(base_url: str, key: str, stop: threading.Event, seen: Seen) -> None:
             time.sleep(0.15)
 
 
+def run_a_long_job(base_url: str, key: str) -> None:
+    """An async chat of 200 ms a token (seconds of work), once a worker runs it. The clients' own jobs
+    last about a second: on a loaded machine the worker may still be joining its group, or between
+    jobs, at the moment of its kill."""
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"model": "sim-chat-small", "messages": [{"role": "user", "content": "a long one"}], "async": True}
+    response = httpx.post(f"{base_url}/v1/chat/completions", json={**body, "sim": {"token_ms": 200}}, headers=headers)
+    assert response.status_code == 202, response.text
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{base_url}{response.json()['poll_url']}", headers=headers).json()["status"] != "running":
+        assert time.monotonic() < deadline, "no worker started the long job"
+        time.sleep(0.1)
+
+
 def price_books(bootstrap: str) -> dict[str, PriceBook]:
     """Every published price book version; readers keep the first of a version."""
     books: dict[str, PriceBook] = {}
@@ -381,6 +395,7 @@ def test_killed_roles_lose_no_charge_and_double_none(cluster: Cluster, kafka_boo
         submitter.start()
     try:
         time.sleep(2.5)
+        run_a_long_job(cluster.base_url, key)  # so that the worker's kill hits a job mid-run, whatever the load
         cluster.kill_and_restart("worker", down_s=job_lease_s + 1)  # longer than a lease: the ledger sees it lost
         time.sleep(2.0)
         cluster.kill_and_restart("gateway", down_s=1)
