@@ -1,6 +1,7 @@
 """`tollgate`: one entry point per role, and the commands above all roles (argparse only).
 
-tollgate dev        every role in one process on the embedded backends, with a demo organization
+tollgate dev        every role in one process on the embedded log, a ClickHouse server as its child,
+                    and a demo organization
 tollgate gateway    the HTTP gateway on Kafka
 tollgate ledger     the ledger role on Kafka
 tollgate worker     a worker for the pools in TOLLGATE_WORKER_POOLS on Kafka
@@ -37,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tollgate", description="Event-sourced billing and metering ledger.")
     parser.add_argument("--version", action="version", version=f"tollgate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    dev = sub.add_parser("dev", help="every role in one process on the embedded backends, with a demo organization")
+    dev = sub.add_parser(
+        "dev",
+        help="every role in one process (embedded log, a ClickHouse server as its child), with a demo organization",
+    )
     dev.add_argument("--host", help="listen address (TOLLGATE_HOST, default 127.0.0.1)")
     dev.add_argument("--port", type=int, help="listen port (TOLLGATE_PORT, default 8000)")
     _data_dir_option(dev)

@@ -82,9 +82,11 @@ class ClickHouseServer:
         self.directory = directory.resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
         if running_url(self.directory) is not None:
+            pid_file = self.directory / "clickhouse.pid"
+            pid = pid_file.read_text().strip() if pid_file.exists() else "?"
             raise CommandError(
-                f"a ClickHouse server already runs on {self.directory} (another tollgate dev, or "
-                "compose/clickhouse.sh with this directory): stop it first"
+                f"a ClickHouse server (pid {pid}) already runs on {self.directory}: stop it first "
+                f"(TOLLGATE_CLICKHOUSE_DATA={self.directory} compose/clickhouse.sh stop)"
             )
         (self.directory / "ports").unlink(missing_ok=True)  # the child writes the ports it chose
         self.log_path = self.directory / "stdout.log"
@@ -114,6 +116,8 @@ class ClickHouseServer:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a terminal's Ctrl-C goes to us; we stop the server in order
             )
+        # As compose/clickhouse.sh records its server, so that its `stop` and `status` work here too.
+        (self.directory / "clickhouse.pid").write_text(f"{self.process.pid}\n")
         try:
             self.url, self.tcp_port = self._wait_ready(started)
         except BaseException:
@@ -156,6 +160,7 @@ class ClickHouseServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        (self.directory / "clickhouse.pid").unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
