@@ -9,8 +9,8 @@ process):
 
 - ``direct``: the fake upstream itself;
 - ``embedded``: ``tollgate dev`` (every role in one process, embedded log and ClickHouse);
-- ``kafka``: a broker from ``compose/kafka.sh`` and ``tollgate ledger``, ``worker``, ``projector`` and
-  ``gateway``, each its own process;
+- ``kafka``: a broker from ``compose/kafka.sh``, a ClickHouse server from ``compose/clickhouse.sh`` and
+  ``tollgate ledger``, ``worker``, ``projector`` and ``gateway``, each its own process;
 - ``litellm``: LiteLLM's proxy (one worker, no database), installed by this script into its own
   virtualenv (``~/.cache/tollgate/litellm-venv``).
 
