@@ -64,6 +64,11 @@ class Settings:
     worker_jobs_in_flight_max: int = field(
         default_factory=lambda: int(_env("TOLLGATE_WORKER_JOBS_IN_FLIGHT_MAX", "256"))
     )
+    # Of those, the most one organization runs at once (0: half of them, at least one), so that one
+    # organization cannot take a pool: a freed slot goes to the organizations waiting in turn.
+    worker_org_jobs_in_flight_max: int = field(
+        default_factory=lambda: int(_env("TOLLGATE_WORKER_ORG_JOBS_IN_FLIGHT_MAX", "0"))
+    )
     # A running job's lease: the worker renews it every third of this; a job whose lease runs out is
     # redelivered to another run (or dead-lettered after its attempts).
     job_lease_s: int = field(default_factory=lambda: int(_env("TOLLGATE_JOB_LEASE_S", "30")))

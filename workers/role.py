@@ -5,7 +5,9 @@ Two threads:
   and stop signals, renews the leases of running jobs (a heartbeat every third of the lease) and
   commits each partition's position up to its oldest unfinished job;
 - the job loop (asyncio, in a thread of its own) runs up to ``worker_jobs_in_flight_max`` jobs at
-  once as tasks, so a job waiting on a model (an upstream server, simulated GPU time) holds no thread.
+  once as tasks, so a job waiting on a model (an upstream server, simulated GPU time) holds no thread;
+  one organization runs at most ``worker_org_jobs_in_flight_max`` of them, and a freed slot goes to
+  the organizations waiting in turn (workers/fair.py), so one tenant cannot take a pool.
 
 Every run of a job first takes a lease from the ledger (``StartJob`` with a fresh run id; the ledger
 counts runs and dead-letters a job past its attempts); a failure a retry can fix is retried after an
@@ -54,6 +56,7 @@ from schemas.ids import job_output_id
 from schemas.moments import utc_now
 from schemas.units import Units
 from workers.backends import Backend, BackendError, JobContext, JobOutput, JobStopped
+from workers.fair import FairSlots
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +241,12 @@ class WorkerRole:
         self.worker_id = f"worker-{self.pool}-{settings.instance_id}"
         self.jobs_done = 0
         # Jobs taken from the log and not finished (running, or waiting for a slot): a bound on memory.
-        self.jobs_taken_max = 2 * settings.worker_jobs_in_flight_max
+        # Four times the slots, so that while one organization's flood waits behind its own bound the
+        # worker reads on and finds other organizations' jobs (a flood deeper than this still holds
+        # the partitions it shares at the log).
+        self.jobs_taken_max = 4 * settings.worker_jobs_in_flight_max
+        slots = settings.worker_jobs_in_flight_max
+        self.org_jobs_in_flight_max = settings.worker_org_jobs_in_flight_max or max(1, slots // 2)
         self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()
         self._finished: queue.SimpleQueue[_Running] = queue.SimpleQueue()
@@ -250,7 +258,7 @@ class WorkerRole:
         # attempt's hold was still on its way): its outcome is durable once, so it runs once here.
         self._finished_jobs: OrderedDict[str, None] = OrderedDict()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._slots: asyncio.Semaphore | None = None
+        self._slots: FairSlots | None = None
         self._producer: Producer | None = None
         self._stopping = False
 
@@ -279,7 +287,7 @@ class WorkerRole:
     async def _execute(self, running: _Running) -> None:
         """Run a job in a slot and deliver its outcome; a bug here leaves the job unfinished."""
         assert self._slots is not None
-        async with self._slots:
+        async with self._slots.slot(running.job.org_id):
             try:
                 records = await self._attempts(running)
             except Exception:  # a bug must not lose the job: leave it unfinished for redelivery
@@ -522,7 +530,7 @@ class WorkerRole:
 
         def run_loop() -> None:
             asyncio.set_event_loop(loop)
-            self._slots = asyncio.Semaphore(self._settings.worker_jobs_in_flight_max)
+            self._slots = FairSlots(self._settings.worker_jobs_in_flight_max, self.org_jobs_in_flight_max)
             loop.call_soon(started.set)
             loop.run_forever()
 

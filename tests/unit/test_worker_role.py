@@ -17,6 +17,7 @@ from eventlog.embedded import EmbeddedLog
 from eventlog.settings import Settings
 from schemas.events import JobQueued
 from workers.backends import SimulatedChatBackend
+from workers.fair import FairSlots
 from workers.role import WorkerRole, _Running, worker_roles
 
 
@@ -42,7 +43,7 @@ def test_a_job_thread_that_crashes_stops_heartbeating_its_lease(tmp_path: Path) 
     worker._running[job.job_id] = running
 
     async def execute() -> None:
-        worker._slots = asyncio.Semaphore(1)
+        worker._slots = FairSlots(1, 1)
         await worker._execute(running)
 
     asyncio.run(execute())
