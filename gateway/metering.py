@@ -25,7 +25,7 @@ from eventlog import Outgoing, Producer, topics
 from eventlog.settings import Settings
 from gateway.pending import PendingCharges
 from gateway.quota import Quota
-from gateway.waiters import Done, Seen, Waiters, request_finished
+from gateway.waiters import Done, Seen, Waiters, earlier_attempt_settled, request_finished
 from ledger.pricing import ModelPrice, price_micros
 from ledger.wallet import queued_job
 from projections.views import ApiToken
@@ -186,14 +186,22 @@ class Metering:
         return Placement(command, slice_id)
 
     def _resume_or_place(
-        self, token: ApiToken, request_id: str, metered: MeteredRequest, attempt: Attempt, future: asyncio.Future[Seen]
+        self,
+        token: ApiToken,
+        request_id: str,
+        metered: MeteredRequest,
+        attempt: Attempt,
+        future: asyncio.Future[Seen],
+        wait_for: Done,
     ) -> Placement:
         """With the waiter registered (so no later event is missed): an earlier attempt's placement,
-        its events given to the waiter, or a new placement."""
+        its events given to the waiter (which waits for the ledger's charge of a completion, too), or
+        a new placement."""
         earlier = self._earlier(token.org_id, request_id, job_id_for(request_id)) if attempt.keyed else None
         if earlier is None:
             return self.place(token, request_id, metered, slice_allowed=not attempt.retry)
-        self._waiters.seed(request_id, future, earlier)
+        settled = earlier_attempt_settled if wait_for is request_finished else None
+        self._waiters.seed(request_id, future, earlier, settled)
         return Placement(self._command(token, request_id, metered, ""), "", resumed=True)
 
     def stop_unheld(self, placement: Placement) -> None:
@@ -239,7 +247,7 @@ class Metering:
         future = self._waiters.expect(request_id, wait_for)
         self.inflight += 1
         try:
-            placement = self._resume_or_place(token, request_id, metered, attempt, future)
+            placement = self._resume_or_place(token, request_id, metered, attempt, future, wait_for)
             if metered.run_async and (placement.slice_id or placement.resumed):
                 return placement, future.result() if future.done() else {}
             return placement, await asyncio.wait_for(future, self._settings.request_wait_s_max)

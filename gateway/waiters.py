@@ -111,15 +111,18 @@ class Waiters:
             if not waiters:
                 del self._waiting[key]
 
-    def seed(self, key: str, future: asyncio.Future[Seen], earlier: Seen) -> None:
+    def seed(self, key: str, future: asyncio.Future[Seen], earlier: Seen, is_done: Done | None = None) -> None:
         """Give a waiter the events its key saw before it waited (a retry learning what the first
-        attempt's events were): what it has seen since stays. On the waiter's event loop."""
+        attempt's events were): what it has seen since stays; ``is_done`` replaces its end. On the
+        waiter's event loop."""
         with self._lock:
             waiters = self._waiting.get(key, [])
             waiter = next((w for w in waiters if w.future is future), None)
             if waiter is None:
                 return
             waiter.seen = {**earlier, **waiter.seen}
+            if is_done is not None:
+                waiter.is_done = is_done
             done = waiter.is_done(waiter.seen)
             if done:
                 waiters.remove(waiter)
@@ -180,6 +183,15 @@ def keys_of(event: Event) -> set[str]:
 # Releases the ledger decides itself: no worker outcome follows them (a job cancelled before any run
 # took it, a hold that expired unfinished, a job past its attempts).
 ledger_release_reasons = frozenset({"cancelled", "hold_expired", "dead_letter"})
+
+
+def earlier_attempt_settled(seen: Seen) -> bool:
+    """An earlier attempt's outcome, as a retry answers it: finished, and a completion also charged by
+    the ledger, so that the retry states the charge the ledger took (under the price book of the first
+    attempt's hold), not one priced again now."""
+    if not request_finished(seen):
+        return False
+    return JobCompleted not in seen or HoldCaptured in seen or HoldReleased in seen
 
 
 def request_finished(seen: Seen) -> bool:

@@ -243,3 +243,32 @@ def test_a_retried_stream_answers_the_first_attempts_text_and_charge(gw: Gateway
         and again_usage["total_tokens"] == first_usage["total_tokens"]
     )
     assert balance(gw, org) == after_first
+
+
+# --- an outcome past the job view's retention ---
+
+
+@pytest.fixture(scope="module")
+def forgetful(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """Jobs kept one second (an hour by default)."""
+    gateway_ = Gateway(Path(tmp_path_factory.mktemp("forgetful")), job_retention_s=1)
+    yield gateway_
+    gateway_.close()
+
+
+def test_a_lost_answer_past_the_job_retention_is_a_clear_409_not_a_second_run(
+    forgetful: Gateway, unrecorded: None
+) -> None:
+    org = forgetful.organization("enterprise", credits="10")
+    key = forgetful.key(org, ["user:read", "user:write"])[0]
+    first = post(forgetful, key, "k-old", chat("long ago"))
+    assert first.status_code == 200, first.text
+    settled(forgetful, key, job_id(org, "k-old"))
+    after_first = balance(forgetful, org)
+    time.sleep(1.5)
+    assert forgetful.call("POST", "/v1/chat/completions", key, json=chat("later")).status_code == 200  # prunes
+    after_other = balance(forgetful, org)
+    again, elapsed = timed(lambda: post(forgetful, key, "k-old", chat("long ago")))
+    assert again.status_code == 409 and elapsed < retry_answer_s_max, again.text
+    assert again.json()["error"]["code"] == "idempotency_outcome_expired"
+    assert balance(forgetful, org) == after_other < after_first  # nothing ran or was charged again

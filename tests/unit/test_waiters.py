@@ -9,7 +9,7 @@ import asyncio
 import msgspec
 from msgspec.structs import replace
 
-from gateway.waiters import Waiters, request_finished
+from gateway.waiters import Waiters, earlier_attempt_settled, request_finished
 from projections.jobs import JobsView
 from schemas.events import HoldCaptured, HoldPlaced, HoldReleased, JobCompleted, JobProgressed
 from tests.support import captured, completed, now, placed, progressed
@@ -102,3 +102,24 @@ def test_the_jobs_view_keeps_a_requests_outcome_events_and_early_ones() -> None:
     view.apply(captured)
     outcome = view.outcome_of("req_1", "job_1")
     assert outcome == {HoldPlaced: placed, JobCompleted: completed, HoldCaptured: captured}
+
+
+def test_a_retry_answers_an_earlier_completion_once_the_ledger_charged_it() -> None:
+    """The first attempt answered at its completion; a retry states the ledger's capture instead (a
+    price book published in between must not change what it says was charged)."""
+    assert request_finished({HoldPlaced: placed, JobCompleted: completed})
+    assert not earlier_attempt_settled({HoldPlaced: placed, JobCompleted: completed})
+    assert earlier_attempt_settled({HoldPlaced: placed, JobCompleted: completed, HoldCaptured: captured})
+    assert earlier_attempt_settled({HoldPlaced: placed, HoldReleased: _released("hold_expired")})
+
+
+def test_a_seeded_waiter_can_be_given_another_end() -> None:
+    async def scenario() -> None:
+        waiters = Waiters()
+        future = waiters.expect("req_1", request_finished)
+        waiters.seed("req_1", future, {HoldPlaced: placed, JobCompleted: completed}, earlier_attempt_settled)
+        assert not future.done()
+        waiters.offer("req_1", captured)
+        assert (await future)[HoldCaptured] is captured
+
+    asyncio.run(scenario())
