@@ -144,6 +144,9 @@ class Settings:
     )
     # Requests a gateway keeps waiting at once; past it, new ones get 503 instead of queueing.
     inflight_requests_max: int = field(default_factory=lambda: int(_env("TOLLGATE_INFLIGHT_REQUESTS_MAX", "4096")))
+    # Of those, the most one organization keeps waiting at once (0: half of them); past it, its new ones
+    # get 429, so that one organization's slow requests cannot fill a gateway for every other.
+    org_inflight_requests_max: int = field(default_factory=lambda: int(_env("TOLLGATE_ORG_INFLIGHT_REQUESTS_MAX", "0")))
     # Service tokens (JWTs, EdDSA): their JWKS by URL or file; neither set means JWTs are refused.
     jwks_url: str = field(default_factory=lambda: _env("TOLLGATE_JWKS_URL", ""))
     jwks_file: str = field(default_factory=lambda: _env("TOLLGATE_JWKS_FILE", ""))

@@ -45,6 +45,10 @@ class Overloaded(Exception):
     """This gateway already waits on its maximum of requests; a bound, not a queue."""
 
 
+class OrganizationBusy(Exception):
+    """The organization already has its maximum of requests waiting on this gateway."""
+
+
 class AttemptForgotten(Exception):
     """An earlier attempt of the request (its Idempotency-Key) ended longer ago than jobs are kept, and
     left no answer to replay: its outcome can no longer be told."""
@@ -142,6 +146,8 @@ class Metering:
         self._pending = pending
         self._earlier = earlier
         self.inflight = 0
+        self.inflight_by_org: dict[str, int] = {}
+        self.org_inflight_max = settings.org_inflight_requests_max or max(1, settings.inflight_requests_max // 2)
 
     def _command(self, token: ApiToken, request_id: str, metered: MeteredRequest, slice_id: str) -> PlaceHold:
         return PlaceHold(
@@ -223,9 +229,23 @@ class Metering:
         )
         self._producer.send([Outgoing(topics.dispatch_topic(stop.pool), command.org_id, encode(stop))])
 
-    def _admit(self) -> None:
+    def _admit(self, org_id: str) -> None:
+        """Count a request in, or refuse it: the gateway's bound first, then the organization's."""
         if self.inflight >= self._settings.inflight_requests_max:
             raise Overloaded(self._settings.inflight_requests_max)
+        held = self.inflight_by_org.get(org_id, 0)
+        if held >= self.org_inflight_max:
+            raise OrganizationBusy(self.org_inflight_max)
+        self.inflight += 1
+        self.inflight_by_org[org_id] = held + 1
+
+    def _leave(self, org_id: str) -> None:
+        self.inflight -= 1
+        left = self.inflight_by_org.get(org_id, 0) - 1
+        if left > 0:
+            self.inflight_by_org[org_id] = left
+        else:
+            self.inflight_by_org.pop(org_id, None)
 
     def has_earlier(self, org_id: str, request_id: str) -> bool:
         """Whether an earlier attempt of this request (its Idempotency-Key) is known on the log."""
@@ -243,16 +263,15 @@ class Metering:
         its hold: an async request against a slice waits for nothing). An earlier attempt of it
         (``attempt``) is answered from its events instead: at once when they are on the log already,
         else when they come, within the same bound."""
-        self._admit()
+        self._admit(token.org_id)
         future = self._waiters.expect(request_id, wait_for)
-        self.inflight += 1
         try:
             placement = self._resume_or_place(token, request_id, metered, attempt, future, wait_for)
             if metered.run_async and (placement.slice_id or placement.resumed):
                 return placement, future.result() if future.done() else {}
             return placement, await asyncio.wait_for(future, self._settings.request_wait_s_max)
         finally:
-            self.inflight -= 1
+            self._leave(token.org_id)
             self._waiters.forget(request_id, future)
 
     async def stream(
@@ -266,9 +285,8 @@ class Metering:
         """Like ``run``, yielding the placement, then every event of the request as it comes, up to its
         end. A client that goes away before the end cancels the job (``on_abandoned``): it is charged
         for the work done."""
-        self._admit()
+        self._admit(token.org_id)
         subscription = self._waiters.subscribe(request_id, request_finished)
-        self.inflight += 1
         finished = False
         deadline = asyncio.get_running_loop().time() + self._settings.request_wait_s_max
         placement: Placement | None = None
@@ -279,7 +297,7 @@ class Metering:
                 yield event
             finished = True
         finally:
-            self.inflight -= 1
+            self._leave(token.org_id)
             self._waiters.forget(request_id, subscription.future)
             if not finished and placement is not None:
                 on_abandoned(token.org_id, request_id, placement.job_id, "client_disconnected")

@@ -21,7 +21,7 @@ from gateway.auth import authorize
 from gateway.core import Core, GatewayCore
 from gateway.errors import ApiError
 from gateway.http import decode, json_response, read_body, request_id
-from gateway.metering import Attempt, AttemptForgotten, MeteredRequest, Overloaded, Placement
+from gateway.metering import Attempt, AttemptForgotten, MeteredRequest, OrganizationBusy, Overloaded, Placement
 from gateway.requests import (
     CHAT,
     COMPLETIONS,
@@ -71,6 +71,15 @@ def _overloaded() -> ApiError:
         503,
         "This gateway is at its limit of requests in flight; retry shortly.",
         code="overloaded",
+        headers={"retry-after": "1"},
+    )
+
+
+def _busy(bound: int) -> ApiError:
+    return ApiError(
+        429,
+        f"Your organization already has {bound} requests in flight on this gateway; retry when one has finished.",
+        code="too_many_requests_in_flight",
         headers={"retry-after": "1"},
     )
 
@@ -136,6 +145,8 @@ async def _run(
         )
     except Overloaded:
         raise _overloaded() from None
+    except OrganizationBusy as busy:
+        raise _busy(busy.args[0]) from None
     except AttemptForgotten:
         raise _forgotten() from None
     except TimeoutError:
@@ -297,6 +308,8 @@ async def _stream(
             first = await _first_output(events, seen)
     except Overloaded:
         raise _overloaded() from None
+    except OrganizationBusy as busy:
+        raise _busy(busy.args[0]) from None
     except TimeoutError:
         await events.aclose()
         raise ApiError(504, "The job did not start in time.", code="timeout") from None

@@ -6,6 +6,7 @@ waits for the flood's first jobs to end: 8 s or more)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,3 +60,39 @@ def test_a_flooding_organization_does_not_starve_another(gw: Gateway) -> None:
     finally:
         for job in jobs:
             gw.call("DELETE", f"/v1/jobs/{job}", flooder)
+
+
+@pytest.fixture(scope="module")
+def narrow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A gateway that keeps 4 requests waiting at once, 2 of one organization."""
+    gateway_ = Gateway(Path(tmp_path_factory.mktemp("narrow")), sim_knobs=True, inflight_requests_max=4)
+    yield gateway_
+    gateway_.close()
+
+
+def test_one_organization_cannot_fill_a_gateway(narrow: Gateway) -> None:
+    busy_org = narrow.organization("enterprise", credits="50")
+    busy = narrow.key(busy_org, ["user:write"])[0]
+    other = narrow.key(narrow.organization("enterprise", credits="5"), ["user:write"])[0]
+    slow = {**chat("slow"), "max_tokens": 8, "sim": {"token_ms": 250}}  # 2 s each
+    answers: list[int] = []
+    threads = [
+        threading.Thread(
+            target=lambda: answers.append(narrow.call("POST", "/v1/chat/completions", busy, json=slow).status_code)
+        )
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 5
+    while narrow.core.metering.inflight_by_org.get(busy_org, 0) < 2:
+        assert time.monotonic() < deadline, "the two slow requests did not start"
+        time.sleep(0.02)
+    third = narrow.call("POST", "/v1/chat/completions", busy, json=chat("one more"))
+    assert third.status_code == 429 and third.json()["error"]["code"] == "too_many_requests_in_flight", third.text
+    assert third.headers["retry-after"] == "1"
+    assert narrow.call("POST", "/v1/chat/completions", other, json=chat("me")).status_code == 200
+    for thread in threads:
+        thread.join(30)
+    assert answers == [200, 200]
+    assert narrow.call("POST", "/v1/chat/completions", busy, json=chat("now")).status_code == 200
