@@ -32,6 +32,7 @@ stack_env = {
     # Short leases: the longer jobs here (a 10 s video renders in 1.5 s) live only by heartbeats.
     "TOLLGATE_JOB_LEASE_S": "2",
     "TOLLGATE_LOG_LEVEL": "INFO",
+    "TOLLGATE_SIM_KNOBS": "1",  # injected failures and slow jobs: the platform's own fault tests (dev has them on)
 }
 
 
