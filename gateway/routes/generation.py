@@ -105,7 +105,7 @@ async def run_metered(
         raise ApiError(
             504, "The job did not finish in time. Its hold settles on its own; check /v1/jobs.", code="timeout"
         ) from None
-    if metered.run_async and (placement.slice_id or HoldPlaced in seen):
+    if metered.run_async and HoldPlaced in seen:
         return _accepted(rid, placement)
     raise_refusal(core, token, rid, metered, placement, seen)
     return placement, seen
