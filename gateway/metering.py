@@ -260,14 +260,16 @@ class Metering:
         attempt: Attempt = Attempt(),
     ) -> tuple[Placement, Seen]:
         """Place the request and wait for its outcome (or, with ``wait_for=request_admitted``, only for
-        its hold: an async request against a slice waits for nothing). An earlier attempt of it
+        its hold). An async request against a slice waits for its hold too, though its job is already
+        dispatched: the job shows in /v1/jobs from the ledger's HoldPlaced on, and a 202 before it
+        gave a client that polled at once a 404 for the job it was just given. An earlier attempt of it
         (``attempt``) is answered from its events instead: at once when they are on the log already,
-        else when they come, within the same bound."""
+        else when they come, within the same bound (an async one at once: its job is known)."""
         self._admit(token.org_id)
         future = self._waiters.expect(request_id, wait_for)
         try:
             placement = self._resume_or_place(token, request_id, metered, attempt, future, wait_for)
-            if metered.run_async and (placement.slice_id or placement.resumed):
+            if metered.run_async and placement.resumed:
                 return placement, future.result() if future.done() else {}
             return placement, await asyncio.wait_for(future, self._settings.request_wait_s_max)
         finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -21,7 +22,15 @@ from gateway.auth import authorize
 from gateway.core import Core, GatewayCore
 from gateway.errors import ApiError
 from gateway.http import decode, json_response, read_body, request_id
-from gateway.metering import Attempt, AttemptForgotten, MeteredRequest, OrganizationBusy, Overloaded, Placement
+from gateway.metering import (
+    Attempt,
+    AttemptForgotten,
+    MeteredRequest,
+    OrganizationBusy,
+    Overloaded,
+    Placement,
+    job_id_for,
+)
 from gateway.requests import (
     CHAT,
     COMPLETIONS,
@@ -66,7 +75,7 @@ transcription_upload_bytes_max = 3 * 1024 * 1024  # fits one Kafka record with i
 transcription_text_fields = ("model", "language", "prompt", "response_format", "async")
 
 
-def _overloaded() -> ApiError:
+def overloaded() -> ApiError:
     return ApiError(
         503,
         "This gateway is at its limit of requests in flight; retry shortly.",
@@ -123,6 +132,19 @@ def _attempt(request: Request[Any, Any, Any]) -> Attempt:
     return Attempt(keyed="idempotency_derived" in state, retry=bool(state.get("idempotency_retry")))
 
 
+def _has_earlier(core: GatewayCore, token: ApiToken, rid: str, attempt: Attempt) -> bool:
+    """Whether an earlier attempt of this keyed request is on the log (a 409 when it is too old)."""
+    try:
+        return attempt.keyed and core.metering.has_earlier(token.org_id, rid)
+    except AttemptForgotten:
+        raise _forgotten() from None
+
+
+def captured_of(seen: Seen) -> HoldCaptured | None:
+    captured = seen.get(HoldCaptured)
+    return captured if isinstance(captured, HoldCaptured) else None
+
+
 def _forgotten() -> ApiError:
     return ApiError(
         409,
@@ -133,7 +155,7 @@ def _forgotten() -> ApiError:
     )
 
 
-async def _run(
+async def run_metered(
     request: Request[Any, Any, Any], core: GatewayCore, token: ApiToken, metered: MeteredRequest
 ) -> tuple[Placement, Seen] | Response[bytes]:
     """Hold and run the request; the 202 of an async request, else the events that ended it. A retry
@@ -144,7 +166,7 @@ async def _run(
             token, rid, metered, request_admitted if metered.run_async else request_finished, _attempt(request)
         )
     except Overloaded:
-        raise _overloaded() from None
+        raise overloaded() from None
     except OrganizationBusy as busy:
         raise _busy(busy.args[0]) from None
     except AttemptForgotten:
@@ -153,13 +175,13 @@ async def _run(
         raise ApiError(
             504, "The job did not finish in time. Its hold settles on its own; check /v1/jobs.", code="timeout"
         ) from None
-    if metered.run_async and (placement.slice_id or placement.resumed or HoldPlaced in seen):
+    if metered.run_async and (placement.resumed or HoldPlaced in seen):
         return _accepted(rid, placement)
-    _raise_refusal(core, token, rid, metered, placement, seen)
+    raise_refusal(core, token, rid, metered, placement, seen)
     return placement, seen
 
 
-def _raise_refusal(
+def raise_refusal(
     core: GatewayCore, token: ApiToken, rid: str, metered: MeteredRequest, placement: Placement, seen: Seen
 ) -> None:
     error = refusal(seen, metered.model, "messages" if metered.endpoint == CHAT else "prompt")
@@ -173,17 +195,19 @@ def _raise_refusal(
     raise error
 
 
-def _answered(
-    core: GatewayCore, token: ApiToken, placement: Placement, metered: MeteredRequest, seen: Seen
-) -> tuple[JobCompleted, Charge]:
-    """The job's completion and the charge an answer states (the ledger records the same one a moment
-    later), shown in this instance's balances at once. An earlier attempt's answer states what the
-    ledger captured (the charge that attempt answered with: the same pure function of its inputs)."""
-    completed = seen[JobCompleted]
-    assert isinstance(completed, JobCompleted)
-    captured = seen.get(HoldCaptured)
-    if placement.resumed and isinstance(captured, HoldCaptured):
-        return completed, Charge(
+def answered(
+    core: GatewayCore,
+    token: ApiToken,
+    placement: Placement,
+    metered: MeteredRequest,
+    completed: JobCompleted,
+    captured: HoldCaptured | None = None,
+) -> Charge:
+    """The charge an answer states (the ledger records the same one a moment later), shown in this
+    instance's balances at once. An earlier attempt's answer (a retry with its Idempotency-Key) states
+    what the ledger ``captured`` when it is known (under the price book of that attempt's hold)."""
+    if placement.resumed and captured is not None:
+        return Charge(
             model=captured.model,
             units=captured.units,
             amount_micros=captured.amount_micros,
@@ -206,18 +230,20 @@ def _answered(
         hold_id = placement.command.hold_id
         sliced = bool(placement.slice_id)
         core.pending.answered(token.org_id, hold_id, metered.hold_micros, charge.amount_micros, sliced)
-    return completed, charge
+    return charge
 
 
 async def _respond_json(
     request: Request[Any, Any, Any], core: GatewayCore, token: ApiToken, metered: MeteredRequest
 ) -> Response[bytes]:
     started = time.perf_counter()
-    outcome = await _run(request, core, token, metered)
+    outcome = await run_metered(request, core, token, metered)
     if isinstance(outcome, Response):
         return outcome
     placement, seen = outcome
-    completed, charge = _answered(core, token, placement, metered, seen)
+    completed = seen[JobCompleted]
+    assert isinstance(completed, JobCompleted)
+    charge = answered(core, token, placement, metered, completed, captured_of(seen))
     body = shape_result(metered.endpoint, request_id(request), msgspec.json.decode(completed.result), charge)
     added_ms = (time.perf_counter() - started) * 1000 - completed.duration_ms
     headers = {**charge_headers(charge), "x-gateway-added-ms": f"{max(added_ms, 0):.2f}"}
@@ -275,20 +301,38 @@ def _sse(data: dict[str, Any]) -> bytes:
     return b"data: " + msgspec.json.encode(data, enc_hook=str) + b"\n\n"
 
 
-async def _stream(
-    request: Request[Any, Any, Any], core: GatewayCore, token: ApiToken, metered: MeteredRequest, kind: str
-) -> Response[bytes] | Stream:
-    """Hold first (a refusal is still a plain 402), then stream the job's output as it is produced.
-    The response starts with the job's first output (or its end), so its headers name the model that
-    really serves it (``x-model-used``, and ``x-fallback-*`` when a fallback does) and a job that fails
-    before any output is a plain error, as a direct call to the model would be."""
+@dataclass(frozen=True, slots=True)
+class OpenedStream:
+    """A streamed request whose job has produced its first output (or ended)."""
+
+    placement: Placement
+    events: AsyncGenerator[Event | Placement, None]  # the rest of the request's events
+    seen: Seen  # what happened so far (its end, when ``first`` is None)
+    first: Event | None  # the first progress with output; None when the request ended without any
+    model: str  # the model that serves it
+    headers: dict[str, str]  # x-request-id, x-model-used (and x-fallback-*), cache-control
+
+
+async def open_stream(
+    request: Request[Any, Any, Any], core: GatewayCore, token: ApiToken, metered: MeteredRequest
+) -> OpenedStream:
+    """Hold first (a refusal is still a plain 402), then wait for the job's first output. A stream's
+    response starts with it (or with the job's end), so its headers name the model that really serves
+    it (``x-model-used``, and ``x-fallback-*`` when a fallback does) and a job that fails before any
+    output is a plain error, as a direct call to the model would be."""
     rid = request_id(request)
     attempt = _attempt(request)
-    try:
-        if attempt.keyed and core.metering.has_earlier(token.org_id, rid):
-            return await _stream_earlier(request, core, token, metered, kind)
-    except AttemptForgotten:
-        raise _forgotten() from None
+    if _has_earlier(core, token, rid, attempt):
+        # Its events hold no text in this dialect's parts to stream again (chat and completions
+        # streams replay theirs: ``_stream_earlier``); say so at once rather than wait for a hold
+        # the ledger will not place twice.
+        raise ApiError(
+            409,
+            "This streamed request's first attempt already ran; its outcome is at "
+            f"/v1/jobs/{job_id_for(rid)}. Send a new request with a new Idempotency-Key to run it again.",
+            code="idempotency_stream_ran",
+            param="Idempotency-Key",
+        )
     seen: Seen = {}
     events = core.metering.stream(token, rid, metered, core.cancel_job_soon, attempt)
     first: Event | None = None
@@ -305,9 +349,9 @@ async def _stream(
             if isinstance(event, (HoldPlaced, HoldRejected, CommandRejected)):
                 break
         if placement.slice_id or HoldPlaced in seen:
-            first = await _first_output(events, seen)
+            first = await first_output(events, seen)
     except Overloaded:
-        raise _overloaded() from None
+        raise overloaded() from None
     except OrganizationBusy as busy:
         raise _busy(busy.args[0]) from None
     except TimeoutError:
@@ -318,13 +362,31 @@ async def _stream(
     if first is None:
         await events.aclose()
         if JobCompleted not in seen:
-            _raise_refusal(core, token, rid, metered, placement, seen)
-    created = int(time.time())
+            raise_refusal(core, token, rid, metered, placement, seen)
     served = first.served_model if isinstance(first, JobProgressed) and first.served_model else ""
     completed = seen.get(JobCompleted)
     if isinstance(completed, JobCompleted) and completed.served_model:
         served = completed.served_model
     model = served or metered.model
+    requested = metered.model if model != metered.model else ""
+    depth = first.fallback_depth if isinstance(first, JobProgressed) else 0
+    if isinstance(completed, JobCompleted):
+        depth = completed.fallback_depth
+    headers = {"x-request-id": rid, "cache-control": "no-cache", **model_headers(model, requested, depth)}
+    return OpenedStream(placement, events, seen, first, model, headers)
+
+
+async def _stream(
+    request: Request[Any, Any, Any], core: GatewayCore, token: ApiToken, metered: MeteredRequest, kind: str
+) -> Response[bytes] | Stream:
+    """Stream the job's output as it is produced (``open_stream``); a retry of a stream whose first
+    attempt is on the log streams that attempt's outcome (``_stream_earlier``)."""
+    if _has_earlier(core, token, request_id(request), _attempt(request)):
+        return await _stream_earlier(request, core, token, metered, kind)
+    opened = await open_stream(request, core, token, metered)
+    placement, events, seen, first, model = opened.placement, opened.events, opened.seen, opened.first, opened.model
+    rid = request_id(request)
+    created = int(time.time())
 
     async def chunks() -> AsyncIterator[bytes]:
         sent_chars = 0
@@ -377,12 +439,7 @@ async def _stream(
         finally:
             await events.aclose()
 
-    requested = metered.model if model != metered.model else ""
-    depth = first.fallback_depth if isinstance(first, JobProgressed) else 0
-    if isinstance(completed, JobCompleted):
-        depth = completed.fallback_depth
-    headers = {"x-request-id": rid, "cache-control": "no-cache", **model_headers(model, requested, depth)}
-    return Stream(chunks(), media_type="text/event-stream", headers=headers)
+    return Stream(chunks(), media_type="text/event-stream", headers=opened.headers)
 
 
 async def _stream_earlier(
@@ -390,7 +447,7 @@ async def _stream_earlier(
 ) -> Response[bytes] | Stream:
     """A streamed request retried with its Idempotency-Key after its first attempt began: that attempt's
     outcome (waited for while it runs), streamed as one text delta and the final chunk with its usage."""
-    outcome = await _run(request, core, token, metered)
+    outcome = await run_metered(request, core, token, metered)
     if isinstance(outcome, Response):
         return outcome
     placement, seen = outcome
@@ -422,7 +479,7 @@ async def _stream_earlier(
     return Stream(chunks(), media_type="text/event-stream", headers=headers)
 
 
-async def _first_output(events: AsyncGenerator[Event | Placement, None], seen: Seen) -> Event | None:
+async def first_output(events: AsyncGenerator[Event | Placement, None], seen: Seen) -> Event | None:
     """The job's first progress with output; None when the request ended without any (``seen`` then
     holds how it ended)."""
     async for event in events:
@@ -446,7 +503,7 @@ def _final_chunk(
     rid = placement.command.request_id
     completed = ended.get(JobCompleted)
     if isinstance(completed, JobCompleted):
-        _, charge = _answered(core, token, placement, metered, ended)
+        charge = answered(core, token, placement, metered, completed, captured_of(ended))
         choices = msgspec.json.decode(completed.result).get("choices") or [{}]
         final = _chunk(kind, rid, charge.model or model, created, "", choices[0].get("finish_reason") or "stop")
         final["usage"] = {**token_usage(charge.units), **usage_cost(charge)}
@@ -478,11 +535,13 @@ async def images(request: Request[Any, Any, Any], core: Core) -> Response[bytes]
 async def speech(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
     token = authorize(request, "user:write")
     metered = parse_speech(await _body(request, core), core.prices.current)
-    outcome = await _run(request, core, token, metered)
+    outcome = await run_metered(request, core, token, metered)
     if isinstance(outcome, Response):
         return outcome
     placement, seen = outcome
-    completed, charge = _answered(core, token, placement, metered, seen)
+    completed = seen[JobCompleted]
+    assert isinstance(completed, JobCompleted)
+    charge = answered(core, token, placement, metered, completed, captured_of(seen))
     result = msgspec.json.decode(completed.result)
     audio = base64.b64decode(result["audio_b64"])
     media_type = str(result.get("content_type") or "audio/wav")

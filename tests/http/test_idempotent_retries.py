@@ -272,3 +272,18 @@ def test_a_lost_answer_past_the_job_retention_is_a_clear_409_not_a_second_run(
     assert again.status_code == 409 and elapsed < retry_answer_s_max, again.text
     assert again.json()["error"]["code"] == "idempotency_outcome_expired"
     assert balance(forgetful, org) == after_other < after_first  # nothing ran or was charged again
+
+
+def test_a_retried_responses_stream_says_at_once_that_it_ran(gw: Gateway, org: str, key: str) -> None:
+    """A Responses (or Messages) stream is not replayed in its dialect's parts: its retry answers a
+    clear 409 naming the job at once, instead of waiting for a hold the ledger will not place twice."""
+    body = {"model": "sim-chat-small", "input": "Stream a story.", "stream": True}
+    first = post(gw, key, "k-responses-stream", body, path="/v1/responses")
+    assert first.status_code == 200, first.text
+    settled(gw, key, job_id(org, "k-responses-stream"))
+    after_first = balance(gw, org)
+    again, elapsed = timed(lambda: post(gw, key, "k-responses-stream", body, path="/v1/responses"))
+    assert again.status_code == 409 and elapsed < retry_answer_s_max, again.text
+    assert again.json()["error"]["code"] == "idempotency_stream_ran"
+    assert job_id(org, "k-responses-stream") in again.json()["error"]["message"]
+    assert balance(gw, org) == after_first
