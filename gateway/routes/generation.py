@@ -93,7 +93,7 @@ def _busy(bound: int) -> ApiError:
     )
 
 
-async def _body(request: Request[Any, Any, Any], core: GatewayCore) -> bytes:
+async def generation_body(request: Request[Any, Any, Any], core: GatewayCore) -> bytes:
     """A generation body, bounded; one with the simulated backend's ``sim`` field is a 400 unless the
     platform turned those knobs on (``TOLLGATE_SIM_KNOBS``): a tenant must not slow a pool's jobs down."""
     body = await read_body(request, core.settings.request_body_bytes_max)
@@ -256,14 +256,14 @@ async def _respond_json(
 @post(CHAT, operation_id="createChatCompletion", opt={"scope": "user:write", "tokens": True}, status_code=200)
 async def chat_completions(request: Request[Any, Any, Any], core: Core) -> Response[bytes] | Stream:
     token = authorize(request, "user:write")
-    metered = parse_chat(await _body(request, core), core.prices.current)
+    metered = parse_chat(await generation_body(request, core), core.prices.current)
     return await _text(request, core, token, metered, "chat.completion.chunk")
 
 
 @post(COMPLETIONS, operation_id="createCompletion", opt={"scope": "user:write", "tokens": True}, status_code=200)
 async def completions(request: Request[Any, Any, Any], core: Core) -> Response[bytes] | Stream:
     token = authorize(request, "user:write")
-    metered = parse_completion(await _body(request, core), core.prices.current)
+    metered = parse_completion(await generation_body(request, core), core.prices.current)
     return await _text(request, core, token, metered, "text_completion")
 
 
@@ -520,21 +520,21 @@ def _final_chunk(
 @post(EMBEDDINGS, operation_id="createEmbedding", opt={"scope": "user:write"}, status_code=200)
 async def embeddings(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
     token = authorize(request, "user:write")
-    metered = parse_embedding(await _body(request, core), core.prices.current)
+    metered = parse_embedding(await generation_body(request, core), core.prices.current)
     return await _respond_json(request, core, token, metered)
 
 
 @post(IMAGES, operation_id="createImage", opt={"scope": "user:write"}, status_code=200)
 async def images(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
     token = authorize(request, "user:write")
-    metered = parse_image(await _body(request, core), core.prices.current)
+    metered = parse_image(await generation_body(request, core), core.prices.current)
     return await _respond_json(request, core, token, metered)
 
 
 @post(SPEECH, operation_id="createSpeech", opt={"scope": "user:write"}, status_code=200)
 async def speech(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
     token = authorize(request, "user:write")
-    metered = parse_speech(await _body(request, core), core.prices.current)
+    metered = parse_speech(await generation_body(request, core), core.prices.current)
     outcome = await run_metered(request, core, token, metered)
     if isinstance(outcome, Response):
         return outcome
@@ -597,7 +597,7 @@ async def transcriptions(request: Request[Any, Any, Any], core: Core) -> Respons
 async def videos(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
     """Always async: the answer is a job to poll."""
     token = authorize(request, "user:write")
-    metered = parse_video(await _body(request, core), core.prices.current)
+    metered = parse_video(await generation_body(request, core), core.prices.current)
     return await _respond_json(request, core, token, metered)
 
 

@@ -20,11 +20,10 @@ from litestar.response import Stream
 
 from gateway.auth import authorize
 from gateway.core import Core
-from gateway.http import read_body
 from gateway.requests import MESSAGES, parse_message
 from gateway.results import Charge
 from gateway.routes.dialects import StreamWriter, respond, sse_event, stream
-from gateway.routes.generation import OpenedStream
+from gateway.routes.generation import OpenedStream, generation_body
 from gateway.surface import anthropic_error
 from schemas.units import Units
 from workers.backends import ITEM, REASONING, REASONING_SIGNATURE, TEXT
@@ -122,7 +121,7 @@ class MessagesWriter(StreamWriter):
 )
 async def create_message(request: Request[Any, Any, Any], core: Core) -> Response[bytes] | Stream:
     token = authorize(request, "user:write")
-    metered = parse_message(await read_body(request, core.settings.request_body_bytes_max), core.prices.current)
+    metered = parse_message(await generation_body(request, core), core.prices.current)
     if metered.stream:
         return await stream(request, core, token, metered, MessagesWriter)
     return await respond(request, core, token, metered)

@@ -21,11 +21,10 @@ from litestar.response import Stream
 
 from gateway.auth import authorize
 from gateway.core import Core
-from gateway.http import read_body
 from gateway.requests import RESPONSES, parse_response
 from gateway.results import Charge, item_id
 from gateway.routes.dialects import StreamWriter, respond, sse_event, stream
-from gateway.routes.generation import OpenedStream
+from gateway.routes.generation import OpenedStream, generation_body
 from schemas.units import Units
 from workers.backends import ITEM, REASONING, TEXT
 from workers.conversations import responses_echoes
@@ -169,7 +168,7 @@ class ResponsesWriter(StreamWriter):
 @post(RESPONSES, operation_id="createResponse", opt={"scope": "user:write", "tokens": True}, status_code=200)
 async def create_response(request: Request[Any, Any, Any], core: Core) -> Response[bytes] | Stream:
     token = authorize(request, "user:write")
-    metered = parse_response(await read_body(request, core.settings.request_body_bytes_max), core.prices.current)
+    metered = parse_response(await generation_body(request, core), core.prices.current)
     if metered.stream:
         fields = msgspec.json.decode(metered.payload)
         return await stream(request, core, token, metered, lambda rid, opened: ResponsesWriter(rid, opened, fields))

@@ -136,6 +136,19 @@ def test_a_tenant_cannot_use_the_simulated_backends_knobs(gw: Gateway, key: str,
     assert_error(response, 400, "unsupported_parameter", "sim")
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/responses", {"model": "sim-chat-small", "input": "hi"}),
+        ("/v1/messages", {"model": "sim-chat-small", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}),
+    ],
+)
+def test_the_dialect_routes_refuse_the_knobs_too(gw: Gateway, key: str, path: str, body: dict[str, Any]) -> None:
+    response = gw.call("POST", path, key, json={**body, "sim": {"token_ms": 7500}})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "unsupported_parameter" and "'sim'" in response.text
+
+
 def test_a_body_that_only_mentions_sim_runs(gw: Gateway, key: str) -> None:
     body = {"model": "sim-chat-small", "messages": [{"role": "user", "content": "simulate \\u0041 sim"}]}
     assert gw.call("POST", "/v1/chat/completions", key, json=body).status_code == 200
