@@ -117,6 +117,14 @@ class KafkaLog(EventLog):
     def __init__(self, bootstrap: str, partitions: int = 4) -> None:
         self.bootstrap = bootstrap
         self.partitions = partitions
+        # Clients made here and not closed yet: close() closes them, so that none keeps polling (and
+        # logging connection errors from its threads) after the broker has gone.
+        self._open: list[Any] = []
+
+    def _opened(self, client: Any) -> Any:
+        self._open.append(client)
+        client.on_close = lambda: self._open.remove(client) if client in self._open else None
+        return client
 
     def ensure_topics(self, topics: Sequence[str]) -> None:
         admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="tollgate-admin")
@@ -142,7 +150,9 @@ class KafkaLog(EventLog):
         return NewTopic(name=name, num_partitions=self.partitions, replication_factor=-1, topic_configs=configs)
 
     def producer(self, client_id: str) -> Producer:
-        return _KafkaProducer(KafkaProducer(bootstrap_servers=self.bootstrap, **producer_settings(client_id)))
+        return self._opened(
+            _KafkaProducer(KafkaProducer(bootstrap_servers=self.bootstrap, **producer_settings(client_id)))
+        )
 
     def _consumer_config(self, client_id: str, group: str | None, from_beginning: bool) -> dict[str, Any]:
         return {
@@ -201,7 +211,7 @@ class KafkaLog(EventLog):
                 consumer.seek_to_beginning()
             else:
                 consumer.seek_to_end()
-        return _KafkaConsumer(consumer)
+        return self._opened(_KafkaConsumer(consumer))
 
     def processor(
         self, topics: Sequence[str], *, group: str, transactional_id: str, on_assigned: AssignmentListener
@@ -219,10 +229,14 @@ class KafkaLog(EventLog):
         producer.init_transactions()
         _await_metadata(consumer, topics)
         consumer.subscribe(list(topics), listener=_Listener(on_assigned))
-        return _KafkaProcessor(consumer, producer)
+        return self._opened(_KafkaProcessor(consumer, producer))
 
     def close(self) -> None:
-        """Clients own their connections."""
+        """Close every client made here that is still open (each also closes on its own)."""
+        for client in list(self._open):
+            with contextlib.suppress(Exception):  # a fenced or broken client still lets go of its threads
+                client.close()
+        self._open.clear()
 
 
 def _await_metadata(consumer: KafkaConsumer, topics: Sequence[str]) -> None:
@@ -259,6 +273,7 @@ def _records(batches: dict[Any, list[Any]]) -> list[Record]:
 class _KafkaProducer(Producer):
     def __init__(self, producer: KafkaProducer) -> None:
         self._producer = producer
+        self.on_close: Any = None
 
     def send(self, records: Sequence[Outgoing]) -> None:
         for topic, key, value in records:
@@ -291,6 +306,8 @@ class _KafkaProducer(Producer):
 
     def close(self) -> None:
         self._producer.close(timeout=5)
+        if self.on_close is not None:
+            self.on_close()
 
 
 def _log_failed_commit(offsets: Mapping[TopicPartition, OffsetAndMetadata], result: object) -> None:
@@ -301,6 +318,7 @@ def _log_failed_commit(offsets: Mapping[TopicPartition, OffsetAndMetadata], resu
 class _KafkaConsumer(Consumer):
     def __init__(self, consumer: KafkaConsumer) -> None:
         self._consumer = consumer
+        self.on_close: Any = None
 
     def poll(self, max_records: int, timeout_ms: int) -> list[Record]:
         assert max_records > 0, "every read takes a limit"
@@ -335,12 +353,15 @@ class _KafkaConsumer(Consumer):
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)
+        if self.on_close is not None:
+            self.on_close()
 
 
 class _KafkaProcessor(Processor):
     def __init__(self, consumer: KafkaConsumer, producer: KafkaProducer) -> None:
         self._consumer = consumer
         self._producer = producer
+        self.on_close: Any = None
         self._uncommitted: dict[TopicPartition, int] = {}
 
     def poll(self, max_records: int, timeout_ms: int) -> list[Record]:
@@ -389,5 +410,9 @@ class _KafkaProcessor(Processor):
         self._uncommitted.clear()
 
     def close(self) -> None:
-        self._consumer.close(autocommit=False)
-        self._producer.close(timeout=5)
+        try:
+            self._consumer.close(autocommit=False)
+            self._producer.close(timeout=5)
+        finally:
+            if self.on_close is not None:
+                self.on_close()

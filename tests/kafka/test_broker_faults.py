@@ -45,11 +45,10 @@ from tests.kafka.test_faults import (
     stream_chat,
     terminal_statuses,
 )
-from tests.support import Admin, Role, free_port, tollgate, wait_until_serving
+from tests.support import Admin, Role, free_port, migrated_database, tollgate, wait_until_serving
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 admin_token = "tga_broker_faults"
-repo = Path(__file__).resolve().parents[2]
 hold_ttl_s = 45
 # Longer than one failover (a dead leader is fenced after 4 s, then clients find the new one): a
 # lease that ran out while the broker moved a partition would make a run lose its job, which is
@@ -69,33 +68,15 @@ recovery_s_max = 20.0
 sweep_tolerance = timedelta(seconds=2)
 
 
-@pytest.fixture(scope="module")
-def clickhouse_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A ClickHouse server both projectors write and both gateways read (compose/clickhouse.sh)."""
-    env = {
-        **os.environ,
-        "TOLLGATE_CLICKHOUSE_DATA": str(tmp_path_factory.mktemp("clickhouse")),
-        "TOLLGATE_CLICKHOUSE_HTTP_PORT": "0",
-        "TOLLGATE_CLICKHOUSE_TCP_PORT": "0",
-    }
-    script = ["bash", str(repo / "compose" / "clickhouse.sh")]
-    started = subprocess.run([*script, "start"], env=env, capture_output=True, text=True, timeout=180)
-    if started.returncode != 0:
-        pytest.fail(f"compose/clickhouse.sh start failed:\n{started.stdout}\n{started.stderr}", pytrace=False)
-    try:
-        yield started.stdout.strip().splitlines()[-1]
-    finally:
-        subprocess.run([*script, "stop"], env=env, capture_output=True, text=True, timeout=120)
-
-
 class Fleet:
-    """Two processes of every role on the cluster, each with its own instance id."""
+    """Two processes of every role on the cluster, each with its own instance id; the projectors write
+    a database of their own on the session's ClickHouse server, which the gateways read."""
 
     def __init__(self, bootstrap: str, clickhouse: str, root: Path) -> None:
         self.root = root
         self.env = {
             "TOLLGATE_KAFKA_BOOTSTRAP": bootstrap,
-            "TOLLGATE_CLICKHOUSE_URL": clickhouse,
+            "TOLLGATE_CLICKHOUSE_URL": migrated_database(clickhouse, "broker_faults"),
             "TOLLGATE_ADMIN_TOKEN": admin_token,
             "TOLLGATE_HOLD_TTL_S": str(hold_ttl_s),
             "TOLLGATE_JOB_LEASE_S": str(job_lease_s),
@@ -105,10 +86,6 @@ class Fleet:
             "TOLLGATE_CHECKPOINT_INTERVAL_S": "1",
             "TOLLGATE_IP_REQUESTS_PER_WINDOW_MAX": "1000000",
         }
-        migrated = subprocess.run(
-            [*tollgate, "migrate"], env={**os.environ, **self.env}, capture_output=True, text=True, timeout=120
-        )
-        assert migrated.returncode == 0, migrated.stdout + migrated.stderr
         self.roles: list[Role] = []
         for name in ("ledger", "worker", "projector"):
             for instance in ("a", "b"):
