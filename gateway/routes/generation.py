@@ -226,10 +226,11 @@ def answered(
         completed.fallback_depth,
         completed.counted_by,
     )
-    if not placement.resumed:
+    if not placement.resumed:  # an earlier attempt's charge: counted by that attempt, or by its capture
         hold_id = placement.command.hold_id
         sliced = bool(placement.slice_id)
         core.pending.answered(token.org_id, hold_id, metered.hold_micros, charge.amount_micros, sliced)
+        core.limiter.count_answered(token.org_id, token.token_id, hold_id, charge.units)
     return charge
 
 
