@@ -13,6 +13,8 @@ from litestar.middleware import ASGIMiddleware, DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from eventlog.logs import bind_request
+from gateway import observe
 from gateway.auth import scope_guard
 from gateway.core import GatewayCore
 from gateway.errors import exception_handlers
@@ -31,7 +33,8 @@ class RequestIdMiddleware(ASGIMiddleware):
     """Every response, errors included, carries the request's id in ``x-request-id``."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        scope.setdefault("state", {})["request_id"] = f"req_{uuid.uuid4().hex}"
+        request_id = scope.setdefault("state", {})["request_id"] = f"req_{uuid.uuid4().hex}"
+        bind_request(request_id)  # the request's log lines carry it (eventlog/logs.py)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -47,6 +50,8 @@ class RequestIdMiddleware(ASGIMiddleware):
 
 def create_app(core: GatewayCore) -> Litestar:
     settings = core.settings
+    ip_limiter = IpLimiter(settings.ip_requests_per_window_max, settings.ip_window_s, settings.ips_tracked_max)
+    observe.register(core, ip_limiter)  # the gateway's series, read when scraped (gateway/observe.py)
     return Litestar(
         route_handlers=route_handlers,
         dependencies={"core": Provide(provide_core, sync_to_thread=False)},
@@ -60,15 +65,11 @@ def create_app(core: GatewayCore) -> Litestar:
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         middleware=[
             RequestIdMiddleware(),
-            DefineMiddleware(
-                RateLimitMiddleware,
-                ip_limiter=IpLimiter(
-                    settings.ip_requests_per_window_max, settings.ip_window_s, settings.ips_tracked_max
-                ),
-            ),
+            DefineMiddleware(RateLimitMiddleware, ip_limiter=ip_limiter),
             IdempotencyMiddleware(),
         ],
         state=State({"core": core}),
+        before_send=[observe.HttpMetrics(core.metrics)],  # every answer counted by route and status
         request_max_body_size=settings.request_body_bytes_max,
         debug=False,
         # Logging is the process's (TOLLGATE_LOG_LEVEL, tollgate/cli.py): Litestar's default config

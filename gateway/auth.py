@@ -34,6 +34,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
 from eventlog import Outgoing, topics
+from eventlog.logs import bind_org
 from gateway.core import GatewayCore
 from gateway.errors import ApiError
 from gateway.jwks import JwksKeys, verified_tokens_max
@@ -314,6 +315,7 @@ async def scope_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: B
         if scope not in token.scopes:
             raise _missing_scope(scope)
     if token is not None:
+        bind_org(token.org_id)  # the request's log lines carry its organization (eventlog/logs.py)
         admit(connection, token, handler.opt.get("rate", "requests"), bool(handler.opt.get("tokens")))
 
 

@@ -21,6 +21,7 @@ from typing import TypeAlias
 from litestar.di import NamedDependency
 
 from eventlog import EventLog, Outgoing, topics
+from eventlog.metrics import Metrics
 from eventlog.read import Follower
 from eventlog.settings import Settings
 from gateway.jwks import JwksKeys
@@ -68,8 +69,11 @@ class GatewayCore:
         prices: PriceBooks,
         usage_store: UsageStore | None,
         admin_token: str,
+        metrics: Metrics | None = None,
     ) -> None:
         self.log = log
+        self.metrics = metrics or Metrics()
+        self.metrics_collector: object | None = None  # gateway/observe.py registers it once
         self.settings = settings
         self.prices = prices
         self._logged_price_versions: set[str] = set()
@@ -84,7 +88,7 @@ class GatewayCore:
         self._producer = log.producer(f"tollgate-gateway-{settings.instance_id}")
         self._followers: list[Follower] = []
         self.quota = Quota(settings, self._producer.send)
-        self.metering = Metering(settings, self._producer, self.waiters, self.quota, self.pending)
+        self.metering = Metering(settings, self._producer, self.waiters, self.quota, self.pending, self.metrics)
         # --- issue 5: service-token keys, shared rate-limit windows, last-used bookkeeping ---
         self.jwks = JwksKeys(settings)
         self.limiter = RateLimiter(settings, self.tenants)
@@ -104,8 +108,12 @@ class GatewayCore:
             client_id=f"tollgate-gateway-jobs-{self.settings.instance_id}",
         )
         batch, wait_ms = self.settings.batch_records_max, self.settings.poll_wait_ms
-        history_follower = Follower(history, self._fold_history, "follow-history", batch, wait_ms)
-        self._followers = [history_follower, Follower(jobs, self._fold_jobs, "follow-jobs", batch, wait_ms)]
+        lag = self.metrics.lag_reporter
+        history_follower = Follower(
+            history, self._fold_history, "follow-history", batch, wait_ms, lag("gateway", "history")
+        )
+        jobs_follower = Follower(jobs, self._fold_jobs, "follow-jobs", batch, wait_ms, lag("gateway", "jobs"))
+        self._followers = [history_follower, jobs_follower]
         for follower in self._followers:
             follower.start()
         if not history_follower.wait_caught_up(catch_up_wait_s_max):
@@ -113,7 +121,7 @@ class GatewayCore:
         # Slices an earlier run of this instance left open: their holds may still be on the way, so
         # this run returns them and asks for fresh ones.
         self.quota.return_all()
-        self.limiter.start(self.log, catch_up_wait_s_max)
+        self.limiter.start(self.log, catch_up_wait_s_max, self.metrics.lag_reporter("gateway", "limits"))
         built_in = self.prices.at_version(self.prices.versions()[0])
         if built_in is not None and built_in.version not in self._logged_price_versions:
             # Price book versions are events: put the built-in one on the log for auditors. Racing

@@ -16,12 +16,15 @@ Two paths (docs/architecture.md, "One metered request"):
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
 from eventlog import Outgoing, Producer, topics
+from eventlog.metrics import Metrics
 from eventlog.settings import Settings
 from gateway.pending import PendingCharges
 from gateway.quota import Quota
@@ -31,7 +34,7 @@ from ledger.wallet import queued_job
 from projections.views import ApiToken
 from schemas.codec import encode
 from schemas.commands import JobSpec, PlaceHold
-from schemas.events import Event, JobCancelRequested
+from schemas.events import Event, JobCancelRequested, JobCompleted
 from schemas.ids import event_id_for, new_id
 from schemas.moments import utc_now
 from schemas.prices import Route
@@ -94,7 +97,13 @@ class Metering:
     at once per gateway."""
 
     def __init__(
-        self, settings: Settings, producer: Producer, waiters: Waiters, quota: Quota, pending: PendingCharges
+        self,
+        settings: Settings,
+        producer: Producer,
+        waiters: Waiters,
+        quota: Quota,
+        pending: PendingCharges,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._producer = producer
@@ -102,6 +111,18 @@ class Metering:
         self.quota = quota
         self._pending = pending
         self.inflight = 0
+        self._added_seconds = (metrics or Metrics()).gateway_added_seconds
+        self._added_by_endpoint: dict[str, Any] = {}
+
+    def _observe_added(self, endpoint: str, started: float, seen: Seen) -> None:
+        """What the gateway and the log added to a sync request beyond its job's own run."""
+        completed = seen.get(JobCompleted)
+        if not isinstance(completed, JobCompleted):
+            return
+        histogram = self._added_by_endpoint.get(endpoint)
+        if histogram is None:
+            histogram = self._added_by_endpoint[endpoint] = self._added_seconds.labels(endpoint)
+        histogram.observe(max(time.perf_counter() - started - completed.duration_ms / 1000, 0.0))
 
     def place(self, token: ApiToken, request_id: str, metered: MeteredRequest) -> Placement:
         """Append the request's hold (and, against a slice, its job); wait for nothing."""
@@ -170,13 +191,16 @@ class Metering:
         """Place the request and wait for its outcome (or, with ``wait_for=request_admitted``, only for
         its hold: an async request against a slice waits for nothing)."""
         self._admit()
+        started = time.perf_counter()
         future = self._waiters.expect(request_id, wait_for)
         self.inflight += 1
         try:
             placement = self.place(token, request_id, metered)
             if metered.run_async and placement.slice_id:
                 return placement, {}
-            return placement, await asyncio.wait_for(future, self._settings.request_wait_s_max)
+            seen = await asyncio.wait_for(future, self._settings.request_wait_s_max)
+            self._observe_added(metered.endpoint, started, seen)
+            return placement, seen
         finally:
             self.inflight -= 1
             self._waiters.forget(request_id)

@@ -24,12 +24,13 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from eventlog import EventLog, Outgoing, topics
+from eventlog.metrics import LagReporter
 from eventlog.read import Follower
 from eventlog.settings import Settings
 from gateway.errors import ApiError, send_error
@@ -113,6 +114,7 @@ class RateLimiter:
         self.propagation_ms: deque[int] = deque(maxlen=propagation_samples_max)
         self.admitted = 0
         self.throttled = 0
+        self.throttled_by_kind: Counter[str] = Counter()  # read by the metrics scrape
         self._follower: Follower | None = None
 
     def now_ms(self) -> int:
@@ -193,6 +195,7 @@ class RateLimiter:
                     instance_id=self.instance_id,
                 )
                 self.throttled += 1
+                self.throttled_by_kind[binding.kind] += 1
         return Admission(decision, event)
 
     def _count(self, org_id: str, token_id: str, amounts: dict[str, int], at_ms: int, now_ms: int) -> None:
@@ -232,7 +235,7 @@ class RateLimiter:
                     at_ms = int(event.occurred_at.timestamp() * 1000)
                     self._count(event.org_id, event.token_id, {"tokens": used}, at_ms, self.now_ms())
 
-    def start(self, log: EventLog, wait_s_max: float = 120.0) -> None:
+    def start(self, log: EventLog, wait_s_max: float = 120.0, lag: LagReporter | None = None) -> None:
         """Follow ``tollgate.requests`` from one window ago, so a restarted instance knows the
         admissions of the last minute before it serves."""
         consumer = log.consumer(
@@ -241,7 +244,7 @@ class RateLimiter:
             start_ms=self.now_ms() - window_s * 1000,
         )
         self._follower = Follower(
-            consumer, self.apply, "follow-limits", self.settings.batch_records_max, self.settings.poll_wait_ms
+            consumer, self.apply, "follow-limits", self.settings.batch_records_max, self.settings.poll_wait_ms, lag
         )
         self._follower.start()
         if not self._follower.wait_caught_up(wait_s_max):

@@ -16,6 +16,7 @@ import threading
 import time
 
 from eventlog import Consumer, EventLog, topics
+from eventlog.metrics import Metrics
 from eventlog.settings import Settings
 from ledger.accounts import postings
 from ledger.price_feed import PriceFeed
@@ -121,7 +122,14 @@ def posting_rows(event: Event, kind: str) -> list[PostingRow]:
 
 
 class ProjectorRole:
-    def __init__(self, log: EventLog, settings: Settings, store: UsageStore, group: str = "tollgate-projector") -> None:
+    def __init__(
+        self,
+        log: EventLog,
+        settings: Settings,
+        store: UsageStore,
+        group: str = "tollgate-projector",
+        metrics: Metrics | None = None,
+    ) -> None:
         """``group``: projectors writing one ClickHouse share a group; each embedded store needs its own."""
         self.group = group
         self._log = log
@@ -131,6 +139,9 @@ class ProjectorRole:
         self._price_feed = PriceFeed(
             log, f"tollgate-projector-pricing-{settings.instance_id}", settings.batch_records_max
         )
+        self.metrics = metrics or Metrics()
+        self._lag = self.metrics.lag_reporter("projector", "ledger")
+        self._usage_rows = self.metrics.projector_rows.labels("usage_events")
 
     def _book(self, version: str) -> PriceBook | None:
         book = self._price_feed.at_version(version)
@@ -162,19 +173,31 @@ class ProjectorRole:
                         usage.append(row)
                     entries.extend(posting_rows(event, type(event).__struct_config__.tag))  # type: ignore[arg-type]
                 pending_records += len(records)
+                self.metrics.projector_rows_pending.set(pending_records)
                 full = pending_records >= self._settings.sink_batch_rows_max
                 waited = pending_records > 0 and time.monotonic() - batch_started >= wait_s_max
                 if full or waited or (pending_records > 0 and not records):
-                    self._flush(consumer, usage, entries)
+                    self._flush(consumer, usage, entries, pending_records)
                     usage, entries, pending_records = [], [], 0
+                    self.metrics.projector_rows_pending.set(0)
+                self._lag.tick(consumer.lags)
             if pending_records:
-                self._flush(consumer, usage, entries)
+                self._flush(consumer, usage, entries, pending_records)
         finally:
             consumer.close()
             self._price_feed.close()
 
-    def _flush(self, consumer: Consumer, usage: list[UsageRow], entries: list[PostingRow]) -> None:
+    def _flush(self, consumer: Consumer, usage: list[UsageRow], entries: list[PostingRow], records: int) -> None:
         # Order matters: ClickHouse first, offsets after. A crash in between redelivers the batch,
         # and event-id deduplication makes the second write a no-op.
-        self.rows_written += self._store.insert(usage, entries)
+        started = time.perf_counter()
+        written = self._store.insert(usage, entries)
+        self.metrics.projector_insert_seconds.observe(time.perf_counter() - started)
         consumer.commit()
+        self.rows_written += written
+        self._usage_rows.inc(written)
+        self.metrics.projector_batch_rows.observe(records)
+        visible = time.time()  # queryable from here on: every row's wait since its ledger event
+        observe = self.metrics.projector_visible_seconds.observe
+        for row in usage:
+            observe(max(visible - row.created_at.timestamp(), 0.0))

@@ -120,18 +120,22 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def configure_logging() -> None:
+def configure_logging(command: str = "") -> None:
     """``TOLLGATE_LOG_LEVEL`` (default WARNING) for every logger: Tollgate's and the libraries' (httpx,
-    Litestar, kafka-python), which all inherit the root's level; nothing else configures logging."""
-    level = os.environ.get("TOLLGATE_LOG_LEVEL", "WARNING").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    logging.getLogger().setLevel(level)
+    Litestar, kafka-python), which all inherit the root's level; nothing else configures logging.
+    ``TOLLGATE_LOG_FORMAT=json`` writes one JSON object per line; every line names its role, and the
+    request and organization it concerns when it concerns one (eventlog/logs.py)."""
+    from eventlog import logs
+
+    level = os.environ.get("TOLLGATE_LOG_LEVEL", "WARNING")
+    role = command if command in ("dev", "gateway", "ledger", "worker", "projector") else ""
+    logs.configure(level, os.environ.get("TOLLGATE_LOG_FORMAT", "text"), role)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging()
+    configure_logging(args.command)
     try:
         sys.exit(run(args, settings_for(args)))
     except CommandError as error:
