@@ -18,18 +18,21 @@ import secrets
 from datetime import datetime, timedelta
 from typing import TypeAlias
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from litestar.di import NamedDependency
 
 from eventlog import EventLog, Outgoing, topics
 from eventlog.metrics import Metrics
 from eventlog.read import Follower
 from eventlog.settings import Settings
+from gateway.chainwatch import ChainWatch
 from gateway.jwks import JwksKeys
 from gateway.metering import Metering
 from gateway.pending import PendingCharges
 from gateway.quota import Quota
 from gateway.ratelimit import RateLimiter
 from gateway.waiters import Seen, Waiters, keys_of
+from ledger.chain import load_public_key
 from ledger.pricing import PriceBook, PriceBooks
 from projections.jobs import JobsView
 from projections.replies import IdempotencyView
@@ -61,6 +64,16 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def _ledger_public_key(settings: Settings) -> Ed25519PublicKey | None:
+    """The key that verifies the ledger's checkpoints, when this gateway has it (as /v1/audit/public-key)."""
+    path = settings.signing_key_path
+    try:
+        return load_public_key(path.read_bytes()) if path.exists() else None
+    except ValueError:
+        logger.warning("%s is not an Ed25519 key: the usage page cannot verify checkpoints", path)
+        return None
+
+
 class GatewayCore:
     def __init__(
         self,
@@ -74,6 +87,7 @@ class GatewayCore:
         self.log = log
         self.metrics = metrics or Metrics()
         self.metrics_collector: object | None = None  # gateway/observe.py registers it once
+        self.chain_watch = ChainWatch(_ledger_public_key(settings))
         self.settings = settings
         self.prices = prices
         self._logged_price_versions: set[str] = set()
@@ -110,7 +124,13 @@ class GatewayCore:
         batch, wait_ms = self.settings.batch_records_max, self.settings.poll_wait_ms
         lag = self.metrics.lag_reporter
         history_follower = Follower(
-            history, self._fold_history, "follow-history", batch, wait_ms, lag("gateway", "history")
+            history,
+            self._fold_history,
+            "follow-history",
+            batch,
+            wait_ms,
+            lag("gateway", "history"),
+            observe=self.chain_watch.observe,  # the ledger's chain, checked as it is folded
         )
         jobs_follower = Follower(jobs, self._fold_jobs, "follow-jobs", batch, wait_ms, lag("gateway", "jobs"))
         self._followers = [history_follower, jobs_follower]

@@ -70,11 +70,14 @@ def test_every_series_moves_by_what_was_sent(gw: Gateway) -> None:
 
     def moved() -> bool:
         after = scrape(gw)
-        return value(after, "tollgate_projector_rows_total", table="usage_events") - value(
-            before, "tollgate_projector_rows_total", table="usage_events"
-        ) >= ran + 1 and total(after, "tollgate_worker_jobs_total", outcome="completed") - total(
-            before, "tollgate_worker_jobs_total", outcome="completed"
-        ) >= ran
+        return (
+            value(after, "tollgate_projector_rows_total", table="usage_events")
+            - value(before, "tollgate_projector_rows_total", table="usage_events")
+            >= ran + 1
+            and total(after, "tollgate_worker_jobs_total", outcome="completed")
+            - total(before, "tollgate_worker_jobs_total", outcome="completed")
+            >= ran
+        )
 
     eventually(moved)
     after = scrape(gw)
