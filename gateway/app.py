@@ -72,7 +72,8 @@ def create_app(core: GatewayCore) -> Litestar:
         before_send=[observe.HttpMetrics(core.metrics)],  # every answer counted by route and status
         request_max_body_size=settings.request_body_bytes_max,
         debug=False,
-        # Logging is the process's (TOLLGATE_LOG_LEVEL, tollgate/cli.py): Litestar's default config
-        # would put the root logger at INFO, and with it every library's records (httpx logs each call).
+        # Logging is the process's (tollgate/cli.py, TOLLGATE_LOG_LEVEL): Litestar's default config would
+        # set the root logger to INFO, so httpx and kafka-python would log every request. Unexpected
+        # errors are logged by the exception map (gateway/errors.py).
         logging_config=None,
     )

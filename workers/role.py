@@ -566,10 +566,19 @@ class WorkerRole:
             positions = self._positions()
             if positions != committed:
                 try:
-                    consumer.commit(positions)
+                    # Not waited for: taking the next jobs matters more, and a lost commit only
+                    # means a redelivery (outcome ids derive from the job; the ledger refuses repeats).
+                    consumer.commit(positions, wait=False)
                     committed = positions
                 except Exception:
                     logger.exception("worker could not commit its positions; they are committed later")
+        self.jobs_done += self._drain_finished()
+        positions = self._positions()
+        if positions != committed:
+            try:
+                consumer.commit(positions)  # on the way out, waited for: fewer redeliveries after a restart
+            except Exception:
+                logger.exception("worker could not commit its positions on stopping")
 
     def _shutdown(self, loop: asyncio.AbstractEventLoop, loop_thread: threading.Thread) -> None:
         self._stopping = True
