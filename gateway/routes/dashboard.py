@@ -9,6 +9,7 @@ per model, the usage log, jobs, statement downloads (CSV, PDF) and the audit sta
 from __future__ import annotations
 
 import functools
+import hmac
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -173,7 +174,7 @@ async def login(
     if not secret:
         return _html("login.html.j2", status=400, error="Paste an API key (it starts with tg_).")
     expires_at = int(time.time()) + sessions.session_s_max
-    if core.admin_token and secret == core.admin_token:
+    if core.admin_token and hmac.compare_digest(secret.encode(), core.admin_token.encode()):  # as the guard does
         session = sessions.Session(admin=True, expires_at=expires_at)
     else:
         token = core.authenticate(secret)
