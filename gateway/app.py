@@ -21,6 +21,7 @@ from gateway.errors import exception_handlers
 from gateway.idempotency import IdempotencyMiddleware
 from gateway.ratelimit import IpLimiter, RateLimitMiddleware
 from gateway.routes import route_handlers
+from gateway.surface import Surface
 
 
 def provide_core(state: State) -> GatewayCore:
@@ -48,11 +49,28 @@ class RequestIdMiddleware(ASGIMiddleware):
         await next_app(scope, receive, send_with_id)
 
 
+class TollgateApp(Litestar):
+    """The app, with the surface's aliases resolved before routing and each route family's error
+    envelope (gateway/surface.py)."""
+
+    surface: Surface
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.surface(scope, receive, send, super().__call__)
+
+
+api_description = (
+    "Every route of the OpenAI-compatible surface is listed once, under /v1; each is also served under "
+    "/openai/v1 and at the server root (/chat/completions). Every endpoint accepts 'Authorization: Bearer "
+    "<key>' or 'x-api-key: <key>'."
+)
+
+
 def create_app(core: GatewayCore) -> Litestar:
     settings = core.settings
     ip_limiter = IpLimiter(settings.ip_requests_per_window_max, settings.ip_window_s, settings.ips_tracked_max)
     observe.register(core, ip_limiter)  # the gateway's series, read when scraped (gateway/observe.py)
-    return Litestar(
+    app = TollgateApp(
         route_handlers=route_handlers,
         dependencies={"core": Provide(provide_core, sync_to_thread=False)},
         guards=[scope_guard],  # every route's declared scope and rate limit (gateway/auth.py)
@@ -60,6 +78,7 @@ def create_app(core: GatewayCore) -> Litestar:
         openapi_config=OpenAPIConfig(
             title="Tollgate",
             version="0.2.0",
+            description=api_description,
             openapi_router=Router("/schema", route_handlers=[], opt={"scope": "public", "rate": "none"}),
         ),
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
@@ -77,3 +96,10 @@ def create_app(core: GatewayCore) -> Litestar:
         # errors are logged by the exception map (gateway/errors.py).
         logging_config=None,
     )
+    app.surface = Surface(
+        (route.path, handler.opt)
+        for route in app.routes
+        for handler in getattr(route, "route_handlers", [])
+        if handler.opt.get("scope") is not None  # Litestar's own OPTIONS handlers declare nothing
+    )
+    return app

@@ -61,15 +61,19 @@ def _core(connection: ASGIConnection[Any, Any, Any, Any]) -> GatewayCore:
 
 
 def _bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    """The credential: ``Authorization: Bearer``, else ``x-api-key`` (what Anthropic's SDK sends)."""
     header = connection.headers.get("authorization", "")
     scheme, _, secret = header.partition(" ")
-    if scheme.lower() != "bearer" or not secret.strip():
-        if _route_scope(connection) == "platform":
-            message = "Missing platform admin token: send 'Authorization: Bearer <TOLLGATE_ADMIN_TOKEN>'."
-        else:
-            message = "Missing API key: send 'Authorization: Bearer <key>'."
-        raise ApiError(401, message, code="missing_api_key")
-    return secret.strip()
+    if scheme.lower() == "bearer" and secret.strip():
+        return secret.strip()
+    api_key = connection.headers.get("x-api-key", "").strip()
+    if api_key:
+        return api_key
+    if _route_scope(connection) == "platform":
+        message = "Missing platform admin token: send 'Authorization: Bearer <TOLLGATE_ADMIN_TOKEN>'."
+    else:
+        message = "Missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
+    raise ApiError(401, message, code="missing_api_key")
 
 
 def _unauthorized(message: str, code: str = "invalid_api_key") -> ApiError:

@@ -115,7 +115,8 @@ def handle_api_error(request: Request, error: ApiError) -> Response[bytes]:
 
 def handle_http_exception(request: Request, error: HTTPException) -> Response[bytes]:
     if isinstance(error, NotFoundException):
-        api_error = ApiError(404, f"No such route: {request.method} {request.url.path}", code="not_found")
+        path = request.scope.get("state", {}).get("path_as_sent") or request.url.path  # an alias as sent
+        api_error = ApiError(404, f"No such route: {request.method} {path}", code="not_found")
     elif isinstance(error, ValidationException):
         api_error = ApiError(400, f"Invalid request: {error.detail}", code="invalid_parameter")
     else:

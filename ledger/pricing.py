@@ -29,6 +29,8 @@ __all__ = [
 ]
 
 units_per_rate = 1_000_000
+# A hosted web search (the Responses API's web_search tool) is a priced call: 0.01 credits each.
+web_search_call_rate = 10_000 * units_per_rate
 
 
 class PriceBooks:
@@ -136,6 +138,7 @@ def default_price_book() -> PriceBook:
             input_token_rate=150_000,  # 0.15 credits per 1M input tokens
             cached_input_token_rate=75_000,
             output_token_rate=600_000,  # 0.60 credits per 1M output tokens
+            call_rate=web_search_call_rate,
         ),
         ModelPrice(
             model="sim-chat-large",
@@ -146,6 +149,7 @@ def default_price_book() -> PriceBook:
             input_token_rate=2_500_000,
             cached_input_token_rate=1_250_000,
             output_token_rate=10_000_000,
+            call_rate=web_search_call_rate,
             minimum_charge_micros=10,
             context_tiers=(
                 ContextTier(
@@ -212,4 +216,32 @@ def default_price_book() -> PriceBook:
             output_token_rate=2_000_000,
         )
     )
+    # Chat models the reference documents' examples name (deepseek-v4-pro for /v1/messages and the
+    # root base_url, Qwen/Qwen3.5-4B for /openai/v1), on the simulated backends.
+    models += [
+        ModelPrice(
+            model="deepseek-v4-pro",
+            category="chat",
+            pool="default",
+            owned_by="deepseek",
+            context_length=131_072,
+            max_output_tokens=8_192,
+            input_token_rate=500_000,
+            cached_input_token_rate=125_000,
+            output_token_rate=2_000_000,
+            call_rate=web_search_call_rate,
+        ),
+        ModelPrice(
+            model="Qwen/Qwen3.5-4B",
+            category="chat",
+            pool="default",
+            owned_by="qwen",
+            context_length=32_768,
+            max_output_tokens=4_096,
+            input_token_rate=50_000,
+            cached_input_token_rate=25_000,
+            output_token_rate=200_000,
+            call_rate=web_search_call_rate,
+        ),
+    ]
     return PriceBook(version="2026-11-01", models={price.model: price for price in models})

@@ -403,14 +403,14 @@ class WorkerRole:
             )
         raise AssertionError("the last attempt returns")
 
-    def _reporter(self, running: _Running, attempt: int, context: JobContext) -> Callable[[int, Units, str], None]:
+    def _reporter(self, running: _Running, attempt: int, context: JobContext) -> Callable[[int, Units, str, str], None]:
         """The progress points of one attempt as ``JobProgressed`` events: every point of a streamed
         job (the client reads them as they come), at most one per ``progress_interval_s`` otherwise."""
         job = running.job
         sequence = 0
         last_report = 0.0
 
-        def report(progress_milli: int, units: Units, delta: str) -> None:
+        def report(progress_milli: int, units: Units, delta: str, part: str) -> None:
             nonlocal sequence, last_report
             if running.stop.is_set():
                 return  # stopped: nothing more of this run goes out
@@ -428,6 +428,7 @@ class WorkerRole:
                 sequence=sequence,
                 progress_milli=progress_milli,
                 delta=delta,
+                part=part,
                 units=units,
                 served_model=_served(job, context.served_model),
                 fallback_depth=context.fallback_depth if _served(job, context.served_model) else 0,

@@ -37,7 +37,8 @@ import msgspec
 from ledger.pricing import billed_seconds
 from schemas.prices import Route
 from schemas.units import Units
-from workers.backends import Backend, BackendError, JobContext, JobOutput
+from workers import conversations
+from workers.backends import ITEM, REASONING, REASONING_SIGNATURE, TEXT, Backend, BackendError, JobContext, JobOutput
 from workers.tokens import TokenCounter, TokenizerError, load_counter
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,9 @@ EMBEDDINGS = "/v1/embeddings"
 IMAGES = "/v1/images/generations"
 SPEECH = "/v1/audio/speech"
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
+RESPONSES = conversations.RESPONSES
+MESSAGES = conversations.MESSAGES
+anthropic_version = "2023-06-01"  # the Messages API version an Anthropic-compatible upstream is called with
 
 error_text_chars_max = 500  # of an upstream's error body, in a job's failure message
 stream_line_bytes_max = 4 * 1024 * 1024  # one SSE line; a longer one is a broken stream
@@ -70,6 +74,12 @@ class Upstream:
     stream_logprobs: bool = False  # ask streams for logprobs: an exact output count without usage
     tokenizers: Mapping[str, str] = field(default_factory=dict)  # model -> tokenizer spec
     models: Mapping[str, str] = field(default_factory=dict)  # price book model -> the upstream's name
+    # The upstream serves OpenAI's /v1/responses (vLLM, SGLang, OpenAI): Responses requests are forwarded;
+    # false: translated to chat completions (function tools only: the hosted web_search fails the job).
+    responses: bool = True
+    # The upstream also serves Anthropic's /v1/messages (Anthropic, vLLM, llama.cpp's llama-server):
+    # Messages requests are forwarded; false: translated to chat completions.
+    anthropic: bool = False
 
 
 _upstream_keys = {
@@ -81,6 +91,8 @@ _upstream_keys = {
     "stream_logprobs",
     "tokenizers",
     "models",
+    "responses",
+    "anthropic",
 }
 
 
@@ -108,6 +120,8 @@ class UpstreamSpec(msgspec.Struct, frozen=True, kw_only=True):
     stream_logprobs: bool = False
     tokenizers: dict[str, str] = msgspec.field(default_factory=dict)
     models: dict[str, str] = msgspec.field(default_factory=dict)
+    responses: bool = True
+    anthropic: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +331,8 @@ class UpstreamBackend(Backend):
             IMAGES: self._images,
             SPEECH: self._speech,
             TRANSCRIPTIONS: self._transcription,
+            RESPONSES: self._dialogue,
+            MESSAGES: self._dialogue,
         }.get(job.endpoint)
         if runner is None:
             raise BackendError("unsupported_endpoint", f"the upstream backend does not forward {job.endpoint}")
@@ -340,8 +356,10 @@ class UpstreamBackend(Backend):
         json: Any = None,
         data: Mapping[str, str] | None = None,
         files: Mapping[str, tuple[str, bytes, str]] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> _Reply:
-        """One call, its answer read whole: ``json``, or a multipart form of ``data`` and ``files``."""
+        """One call, its answer read whole: ``json``, or a multipart form of ``data`` and ``files``;
+        ``headers`` beside the session's (an Anthropic-compatible upstream's version and key)."""
         form: aiohttp.FormData | None = None
         if files is not None:
             form = aiohttp.FormData()
@@ -352,10 +370,12 @@ class UpstreamBackend(Backend):
         try:
             async with (
                 client.http() as http,
-                http.post(client.url(path), json=json, data=form if form is not None else data) as response,
+                http.post(
+                    client.url(path), json=json, data=form if form is not None else data, headers=headers
+                ) as response,
             ):
-                headers = {name.lower(): value for name, value in response.headers.items()}
-                reply = _Reply(response.status, headers, await response.read())
+                received = {name.lower(): value for name, value in response.headers.items()}
+                reply = _Reply(response.status, received, await response.read())
         except _call_errors as error:
             raise _Unserved(BackendError("upstream_unreachable", f"upstream call failed: {error!r}", True)) from None
         if reply.status_code >= 400:
@@ -548,6 +568,75 @@ class UpstreamBackend(Backend):
                 raise failure from None  # text went out already: retried as a whole, never by another model
             raise _Unserved(failure) from None
 
+    # --- the Responses API and Anthropic's Messages API ---
+
+    async def _dialogue(self, job: JobContext, client: _Client, model: str) -> JobOutput:
+        """Forwarded to an upstream that speaks the dialect (``responses``, ``anthropic``), else
+        translated to chat completions (workers/conversations.py) and the answer translated back."""
+        responses = job.endpoint == RESPONSES
+        if client.upstream.responses if responses else client.upstream.anthropic:
+            return await self._forward_dialogue(job, client, model, responses)
+        try:
+            dialogue = (conversations.from_responses if responses else conversations.from_messages)(job.payload)
+        except conversations.DialogueError as error:
+            raise BackendError("invalid_request", error.message) from None
+        if dialogue.web_search:
+            raise BackendError(
+                "unsupported_tool",
+                f"the upstream of pool {job.pool!r} speaks only chat completions and cannot run the hosted "
+                "web_search tool; nothing is charged",
+            )
+        chat = job.translated(CHAT, conversations.to_chat(dialogue, model, bool(job.payload.get("stream"))))
+        answer = await self._text(chat, client, model)
+        job.counted_by = chat.counted_by
+        reply = conversations.reply_from_chat(answer.result)
+        for call in reply.tool_calls:  # a stream's tool calls come with the answer (chat streams relay text)
+            item = conversations.function_call_item(call) if responses else conversations.tool_use_block(call)
+            job.progress(999, answer.units, json.dumps(item), ITEM)
+        if responses:
+            return JobOutput(result=conversations.responses_result(reply, model, job.payload), units=answer.units)
+        return JobOutput(result=conversations.message_result(reply, model), units=answer.units)
+
+    async def _forward_dialogue(self, job: JobContext, client: _Client, model: str, responses: bool) -> JobOutput:
+        """The request as it came, to the upstream's own endpoint; metered from the usage it reports.
+        Called without streaming: a streamed request gets the answer's parts when it arrives."""
+        body = {key: value for key, value in job.payload.items() if key not in ("async", "sim", "stream")}
+        body.update(model=client.upstream.models.get(model, model), stream=False)
+        headers = {} if responses else {"anthropic-version": anthropic_version, "x-api-key": client.upstream.api_key}
+        result = self._json(await self._post(client, job.endpoint, json=body, headers=headers))
+        usage = result.pop("usage", None)
+        for key in ("id", "created_at", "completed_at"):
+            result.pop(key, None)
+        if not isinstance(usage, dict) or not isinstance(usage.get("input_tokens"), int):
+            raise BackendError("upstream_no_usage", "the upstream reported no usage; nothing is charged")
+        output_tokens = int(usage.get("output_tokens") or 0)
+        if responses:
+            cached = int((usage.get("input_tokens_details") or {}).get("cached_tokens") or 0)
+            searches = sum(1 for item in result.get("output") or [] if item.get("type") == "web_search_call")
+            units = Units(
+                input_tokens=usage["input_tokens"] - cached,
+                cached_input_tokens=cached,
+                output_tokens=output_tokens,
+                calls=searches,
+            )
+            result["reasoning_tokens"] = int((usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0)
+            parts = _responses_parts(result)
+        else:
+            # Cache writes are priced as input tokens (the price book has no cache-write rate yet).
+            creation = int(usage.get("cache_creation_input_tokens") or 0)
+            units = Units(
+                input_tokens=usage["input_tokens"] + creation,
+                cached_input_tokens=int(usage.get("cache_read_input_tokens") or 0),
+                output_tokens=output_tokens,
+            )
+            result["cache_creation_input_tokens"] = creation
+            parts = _message_parts(result)
+        job.counted_by = "upstream"
+        for part, delta in parts:
+            job.progress(999, units, delta, part)
+        job.progress(1000, units)
+        return JobOutput(result=result, units=units)
+
     # --- embeddings, images, audio ---
 
     async def _embeddings(self, job: JobContext, client: _Client, model: str) -> JobOutput:
@@ -644,3 +733,34 @@ def _embedding_tokens(counter: TokenCounter, given: Any) -> int:
 
 
 UpstreamChatBackend = UpstreamBackend  # the name from when it forwarded chat only
+
+
+def _responses_parts(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """A Responses answer's output as the parts a stream relays."""
+    parts: list[tuple[str, str]] = []
+    for item in result.get("output") or []:
+        if item.get("type") == "message":
+            text = "".join(str(c.get("text", "")) for c in item.get("content") or [] if c.get("type") == "output_text")
+            parts.append((TEXT, text))
+        elif item.get("type") == "reasoning":
+            text = "".join(str(c.get("text", "")) for c in item.get("content") or [])
+            parts.append((REASONING, text))
+        else:
+            parts.append((ITEM, json.dumps(item)))
+    return [(part, delta) for part, delta in parts if delta]
+
+
+def _message_parts(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """A Messages answer's content blocks as the parts a stream relays."""
+    parts: list[tuple[str, str]] = []
+    for block in result.get("content") or []:
+        if block.get("type") == "text":
+            parts.append((TEXT, str(block.get("text", ""))))
+        elif block.get("type") == "thinking":
+            parts += [
+                (REASONING, str(block.get("thinking", ""))),
+                (REASONING_SIGNATURE, str(block.get("signature", ""))),
+            ]
+        else:
+            parts.append((ITEM, json.dumps(block)))
+    return [(part, delta) for part, delta in parts if delta]
