@@ -123,13 +123,21 @@ def test_each_roles_series_move_by_what_was_sent_and_settle(stack: Stack) -> Non
     eventually(lambda: delta("projector", "tollgate_projector_rows_total", table="usage_events") >= ran + 1, "rows")
 
     def settled() -> bool:
-        for url in stack.metrics_urls.values():
-            lags = [v for (name, _), v in scrape(url).items() if name == "tollgate_consumer_lag_records"]
+        """Every consumer caught up and ready, and no hold, lease, job or unwritten row left open (the
+        gauges follow the roles' loops, a poll behind the answers)."""
+        now = {role: scrape(url) for role, url in stack.metrics_urls.items()}
+        for role, url in stack.metrics_urls.items():
+            lags = [v for (name, _), v in now[role].items() if name == "tollgate_consumer_lag_records"]
             if not lags or max(lags) != 0 or not ready(url):
                 return False
-        return True
+        return (
+            total(now["ledger"], "tollgate_ledger_open_holds") == 0
+            and total(now["ledger"], "tollgate_ledger_open_leases") == 0
+            and total(now["worker"], "tollgate_worker_jobs_running") == 0
+            and total(now["projector"], "tollgate_projector_rows_pending") == 0
+        )
 
-    eventually(settled, "every consumer's lag back to 0")
+    eventually(settled, "every consumer's lag back to 0, and no hold, lease, job or row left open")
     after = {role: scrape(url) for role, url in stack.metrics_urls.items()}
     for role in roles:  # one registry per process: each listener reports its own role's consumers
         lag_roles = {dict(labels)["role"] for (name, labels) in after[role] if name == "tollgate_consumer_lag_records"}
@@ -137,30 +145,32 @@ def test_each_roles_series_move_by_what_was_sent_and_settle(stack: Stack) -> Non
         assert total(after[role], "tollgate_role_ready", role=role) == 1
 
     chat_route = {"route": "/v1/chat/completions", "method": "POST"}
-    assert delta("gateway", "tollgate_http_requests_total", status="200", **chat_route) == ran + 1
-    assert delta("gateway", "tollgate_http_requests_total", status="402", **chat_route) == 1
-    assert delta("gateway", "tollgate_http_requests_total", status="429", **chat_route) == 1
-    assert delta("gateway", "tollgate_payment_required_total", route="/v1/chat/completions") == 1
-    assert delta("gateway", "tollgate_idempotent_replays_total", route="/v1/chat/completions") == 1
-    assert delta("gateway", "tollgate_ratelimit_throttled_total", kind="requests") == 1
-    assert delta("gateway", "tollgate_gateway_added_seconds_count", endpoint="/v1/chat/completions") == ran
-
-    assert delta("ledger", "tollgate_ledger_decisions_total", command="place_hold.v1", result="accepted") == ran
-    assert (
-        delta("ledger", "tollgate_ledger_decisions_total", command="place_hold.v1", result="insufficient_credits") == 1
-    )
-    assert delta("ledger", "tollgate_ledger_decisions_total", command="capture_hold.v1", result="accepted") == ran
-    assert delta("ledger", "tollgate_ledger_lease_events_total", event="granted") == ran
-    assert total(after["ledger"], "tollgate_ledger_open_holds") == 0
-    assert total(after["ledger"], "tollgate_ledger_open_leases") == 0
-
-    assert delta("worker", "tollgate_worker_jobs_total", pool="default", outcome="completed") == ran
-    assert total(after["worker"], "tollgate_worker_jobs_running") == 0
-
-    assert delta("projector", "tollgate_projector_rows_total", table="usage_events") == ran + 1
-    assert delta("projector", "tollgate_projector_visible_seconds_count") == ran + 1
-    assert delta("projector", "tollgate_projector_insert_seconds_count") >= 1
-    assert total(after["projector"], "tollgate_projector_rows_pending") == 0
+    chat_endpoint = {"endpoint": "/v1/chat/completions"}
+    # (role, series, labels) -> the change expected; compared at once, so a failure shows every figure.
+    expected: dict[tuple[str, str, str], float] = {}
+    observed: dict[tuple[str, str, str], float] = {}
+    decisions = "tollgate_ledger_decisions_total"
+    for role, name, labels, change in [
+        ("gateway", "tollgate_http_requests_total", {"status": "200", **chat_route}, ran + 1),
+        ("gateway", "tollgate_http_requests_total", {"status": "402", **chat_route}, 1),
+        ("gateway", "tollgate_http_requests_total", {"status": "429", **chat_route}, 1),
+        ("gateway", "tollgate_payment_required_total", {"route": "/v1/chat/completions"}, 1),
+        ("gateway", "tollgate_idempotent_replays_total", {"route": "/v1/chat/completions"}, 1),
+        ("gateway", "tollgate_ratelimit_throttled_total", {"kind": "requests"}, 1),
+        ("gateway", "tollgate_gateway_added_seconds_count", chat_endpoint, ran),
+        ("ledger", decisions, {"command": "place_hold.v1", "result": "accepted"}, ran),
+        ("ledger", decisions, {"command": "place_hold.v1", "result": "insufficient_credits"}, 1),
+        ("ledger", decisions, {"command": "capture_hold.v1", "result": "accepted"}, ran),
+        ("ledger", "tollgate_ledger_lease_events_total", {"event": "granted"}, ran),
+        ("worker", "tollgate_worker_jobs_total", {"pool": "default", "outcome": "completed"}, ran),
+        ("projector", "tollgate_projector_rows_total", {"table": "usage_events"}, ran + 1),
+        ("projector", "tollgate_projector_visible_seconds_count", {}, ran + 1),
+    ]:
+        key = (role, name, ",".join(f"{k}={v}" for k, v in sorted(labels.items())))
+        expected[key] = change
+        observed[key] = total(after[role], name, **labels) - total(before[role], name, **labels)
+    assert observed == expected
+    assert total(after["projector"], "tollgate_projector_insert_seconds_count") >= 1
     for role in ("ledger", "worker", "projector"):  # nothing of the gateway's in another process
         assert total(after[role], "tollgate_http_requests_total") == 0
 
