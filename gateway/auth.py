@@ -244,6 +244,20 @@ async def principal_async(connection: ASGIConnection[Any, Any, Any, Any]) -> Api
     return _authenticate(connection, core, secret)
 
 
+async def service_token_principal(core: GatewayCore, secret: str) -> ApiToken | None:
+    """A JWT as a principal, its signing keys fetched first when needed (the usage page's sign-in);
+    None when it is no valid service token."""
+    if not (_looks_like_jwt(secret) and core.jwks.configured):
+        return None
+    kid = _unverified_kid(secret)
+    if kid is not None and core.jwks.needs_fetch(kid):
+        await asyncio.to_thread(core.jwks.fetch_if_needed, kid)
+    try:
+        return verify_service_token(core, secret)
+    except ApiError:
+        return None
+
+
 def principal(connection: ASGIConnection[Any, Any, Any, Any]) -> ApiToken | None:
     state = connection.scope.setdefault("state", {})
     if _state_key in state:

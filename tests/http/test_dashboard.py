@@ -102,6 +102,20 @@ def test_a_key_without_user_read_cannot_sign_in(gw: Gateway) -> None:
     assert answer.status_code == 403 and "user:read" in answer.text
 
 
+def test_a_service_token_with_user_read_opens_a_session_until_it_expires(gw: Gateway) -> None:
+    org = gw.organization("pro", credits="1")
+    token = gw.signer.token(org, "user:read", exp=int(time.time()) + 600)
+    client = sign_in(gw, token)
+    page = client.get("/dashboard")
+    assert "Usage log" in page.text and org in page.text
+    cookie = client.cookies.get(sessions.cookie_name)
+    assert cookie is not None
+    session = sessions.read(sessions.signing_key(admin_token), cookie, time.time())
+    assert session is not None and session.expires_at <= int(time.time()) + 600
+    writer = browser(gw).post("/dashboard/login", data={"key": gw.signer.token(org, "user:write")})
+    assert writer.status_code == 403 and "user:read" in writer.text
+
+
 def test_a_revoked_key_ends_its_session_and_a_forged_cookie_opens_none(gw: Gateway) -> None:
     org = gw.organization("pro", credits="1")
     key, token_id = gw.key(org, ["user:read"])
