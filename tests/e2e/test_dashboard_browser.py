@@ -172,6 +172,11 @@ def test_a_key_holder_sees_the_charts_and_downloads_a_statement_that_adds_up(
     items = [line for line in lines if line["unit"] != "total"]
     assert sum(int(line["amount_micros"]) for line in items) == charged
     assert int(next(line for line in lines if line["unit"] == "total")["amount_micros"]) == charged
+    browser.find_element(By.ID, "download-pdf").click()
+    pdf = eventually(
+        lambda: next((p for p in downloads.glob("statement-*.pdf") if p.stat().st_size > 0), None), "the PDF"
+    )
+    assert pdf.read_bytes().startswith(b"%PDF-")
 
     browser.set_window_size(*phone)
     browser.refresh()
