@@ -226,7 +226,7 @@ class RateLimiter:
                 self._count(event.org_id, event.token_id, dict(event.amounts), at_ms, now_ms)
         elif isinstance(event, HoldCaptured):
             units = event.units
-            used = units.input_tokens + units.cached_input_tokens + units.output_tokens
+            used = units.total_tokens
             if used:
                 with self._lock:
                     at_ms = int(event.occurred_at.timestamp() * 1000)
