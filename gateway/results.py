@@ -14,9 +14,9 @@ from typing import Any, Protocol
 
 from gateway.errors import ApiError
 from gateway.metering import MeteredRequest
-from gateway.requests import CHAT, COMPLETIONS, EMBEDDINGS, IMAGES, SPEECH, TRANSCRIPTIONS
+from gateway.requests import CHAT, COMPLETIONS, EMBEDDINGS, IMAGES, SPEECH, TRANSCRIPTIONS, VIDEOS
 from ledger.money import format_credits, micros_to_decimal
-from ledger.pricing import price_micros
+from ledger.pricing import ModelPrice, price_micros, tier_label, unit_names, unit_quantities
 from schemas.events import (
     CommandRejected,
     Event,
@@ -27,7 +27,7 @@ from schemas.events import (
     JobDeadLettered,
     JobFailed,
 )
-from schemas.units import Units
+from schemas.units import Units, tools
 
 
 class Charged(Protocol):
@@ -84,12 +84,32 @@ def charge_of(
     )
 
 
-def usage_cost(captured: Charged) -> dict[str, Any]:
-    cost = {
+def usage_cost(captured: Charged, price: ModelPrice | None = None) -> dict[str, Any]:
+    """What every usage object carries beside its counts: the exact charge (``cost_usd``, a JSON
+    number, equal to ``x-credits-used``), the price book version, and what chose the rates: the
+    ``pricing_tier_label`` (context tier or image variant), batch prices, the per-request fee's count
+    (``requests``), search queries and per-tool invocations (``tool_usage``)."""
+    units = captured.units
+    cost: dict[str, Any] = {
         "cost_usd": micros_to_decimal(captured.amount_micros),
         "cost_micros": captured.amount_micros,
         "price_version": captured.price_version,
     }
+    label = tier_label(price, units) if price is not None else ""
+    if label:
+        cost["pricing_tier_label"] = label
+    if units.batch:
+        cost["service_tier"] = "flex"
+        cost["batch_discount_percent"] = price.batch_discount_percent if price is not None else 0
+    if units.calls:
+        cost["requests"] = units.calls
+    if units.search_units:
+        cost["num_search_queries"] = units.search_units
+    if units.storage_byte_days:
+        cost["storage_byte_days"] = units.storage_byte_days
+    used_tools = {tool: units.tool_calls(tool) for tool in tools if units.tool_calls(tool)}
+    if used_tools:
+        cost["tool_usage"] = used_tools
     counted_by = getattr(captured, "counted_by", "")
     if counted_by:
         cost["tokens_counted_by"] = counted_by
@@ -97,38 +117,66 @@ def usage_cost(captured: Charged) -> dict[str, Any]:
 
 
 def token_usage(units: Units) -> dict[str, Any]:
-    prompt_tokens = units.input_tokens + units.cached_input_tokens
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": units.output_tokens,
-        "total_tokens": prompt_tokens + units.output_tokens,
-        "prompt_tokens_details": {"cached_tokens": units.cached_input_tokens},
+    """OpenAI's token counts, every kind apart: the prompt (``prompt_tokens``) is uncached text plus
+    each of ``prompt_tokens_details``; ``completion_tokens`` is output plus ``reasoning_tokens``. The
+    cache counts also go by the names EmpirioLabs uses (``cache_read_input_tokens``,
+    ``cache_creation_input_tokens``)."""
+    usage: dict[str, Any] = {
+        "prompt_tokens": units.prompt_tokens,
+        "completion_tokens": units.completion_tokens,
+        "total_tokens": units.total_tokens,
+        "prompt_tokens_details": {
+            "cached_tokens": units.cached_input_tokens,
+            "cache_write_tokens": units.cache_write_tokens,
+            "image_tokens": units.image_input_tokens,
+            "audio_tokens": units.audio_input_tokens,
+        },
+        "completion_tokens_details": {"reasoning_tokens": units.reasoning_tokens},
     }
+    if units.cached_input_tokens or units.cache_write_tokens:
+        usage["cache_read_input_tokens"] = units.cached_input_tokens
+        usage["cache_creation_input_tokens"] = units.cache_write_tokens
+    if units.reasoning_tokens:
+        usage["reasoning_tokens"] = units.reasoning_tokens
+    return usage
 
 
-def shape_result(endpoint: str, request_id: str, result: dict[str, Any], captured: Charged) -> dict[str, Any]:
+def usage_of(endpoint: str, units: Units, captured: Charged, price: ModelPrice | None) -> dict[str, Any]:
+    """The ``usage`` object of an endpoint's answer: every priced unit with its count, and its charge.
+    ``GET /v1/account/usage`` shows the same object under each event's ``metadata.worker_usage``."""
+    if endpoint in (CHAT, COMPLETIONS):
+        counts: dict[str, Any] = token_usage(units)
+    elif endpoint == EMBEDDINGS:
+        counts = {"prompt_tokens": units.prompt_tokens, "total_tokens": units.prompt_tokens}
+    elif endpoint == IMAGES:
+        counts = {"images": units.images}
+    elif endpoint == TRANSCRIPTIONS:
+        counts = {"type": "duration", "seconds": units.audio_seconds}
+    elif endpoint == SPEECH:
+        counts = {"characters": units.characters}
+    elif endpoint == VIDEOS:
+        counts = {"seconds": units.video_seconds}
+    else:  # an endpoint without a usage shape of its own: every unit by its name
+        counts = {name: quantity for name, quantity in zip(unit_names, unit_quantities(units), strict=True) if quantity}
+    return {**counts, **usage_cost(captured, price)}
+
+
+def shape_result(
+    endpoint: str, request_id: str, result: dict[str, Any], captured: Charged, price: ModelPrice | None = None
+) -> dict[str, Any]:
     """The response body of a finished job, as the synchronous endpoint answers it (and as
     ``GET /v1/jobs/{id}`` shows it in ``result``)."""
     units = captured.units
     created = int(captured.occurred_at.timestamp())
     suffix = request_id.removeprefix("req_")
+    usage = usage_of(endpoint, units, captured, price)
     if endpoint == CHAT:
-        usage = {**token_usage(units), **usage_cost(captured)}
         return {**result, "id": f"chatcmpl-{suffix}", "created": created, "model": captured.model, "usage": usage}
     if endpoint == COMPLETIONS:
-        usage = {**token_usage(units), **usage_cost(captured)}
         return {**result, "id": f"cmpl-{suffix}", "created": created, "model": captured.model, "usage": usage}
-    if endpoint == EMBEDDINGS:
-        usage = {"prompt_tokens": units.input_tokens, "total_tokens": units.input_tokens, **usage_cost(captured)}
+    if endpoint in (EMBEDDINGS, TRANSCRIPTIONS, SPEECH):
         return {**result, "usage": usage}
-    if endpoint == IMAGES:
-        return {**result, "created": created, "usage": {"images": units.images, **usage_cost(captured)}}
-    if endpoint == TRANSCRIPTIONS:
-        usage = {"type": "duration", "seconds": units.audio_seconds, **usage_cost(captured)}
-        return {**result, "usage": usage}
-    if endpoint == SPEECH:
-        return {**result, "usage": {"characters": units.characters, **usage_cost(captured)}}
-    return {**result, "created": created, "usage": {"seconds": units.video_seconds, **usage_cost(captured)}}
+    return {**result, "created": created, "usage": usage}
 
 
 def model_headers(served: str, requested: str = "", fallback_depth: int = 0) -> dict[str, str]:

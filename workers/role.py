@@ -54,6 +54,7 @@ from schemas.ids import job_output_id
 from schemas.moments import utc_now
 from schemas.units import Units
 from workers.backends import Backend, BackendError, JobContext, JobOutput, JobStopped
+from workers.metering import charged_units
 
 logger = logging.getLogger(__name__)
 
@@ -343,10 +344,13 @@ class WorkerRole:
                     raise  # not our stop signal: the task itself is being cancelled
                 if running.stop_reason != "cancel":
                     return None  # dead-lettered by the ledger (it released the hold already), or shutting down
+                done = context.units
+                if done != Units(variant=done.variant):  # work was done: charged as a request
+                    done = charged_units(done, context.payload)
                 return cancelled_records(
                     job,
                     self._clock(),
-                    context.units,
+                    done,
                     context.output,
                     "cancel",
                     context.served_model,
@@ -366,6 +370,7 @@ class WorkerRole:
                 return failed_records(job, self._clock(), crash, attempt)
             finally:
                 running.backend_call = None
+            output = msgspec.structs.replace(output, units=charged_units(output.units, context.payload))
             return completed_records(
                 job,
                 started_at,

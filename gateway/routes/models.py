@@ -15,7 +15,7 @@ from gateway.core import Core
 from gateway.errors import ApiError
 from gateway.http import decode_body, json_response
 from ledger.money import micros_to_decimal
-from ledger.pricing import ModelPrice, PriceBook
+from ledger.pricing import ModelPrice, PriceBook, price_problems
 
 
 def _model_card(price: ModelPrice, version: str) -> dict[str, Any]:
@@ -91,13 +91,10 @@ async def publish_price_book(request: Request[Any, Any, Any], core: Core) -> Res
             param="version",
         )
     for model_id, price in book.models.items():
-        rates = [v for k, v in msgspec.structs.asdict(price).items() if k.endswith("_rate") or k.endswith("_micros")]
-        if model_id != price.model or any(isinstance(v, int) and v < 0 for v in rates):
+        problems = ([] if model_id == price.model else ["the key must equal its model id"]) + price_problems(price)
+        if problems:
             raise ApiError(
-                400,
-                f"Model '{model_id}': the key must equal its model id and rates must not be negative.",
-                code="invalid_price_book",
-                param="models",
+                400, f"Model '{model_id}': {'; '.join(problems)}.", code="invalid_price_book", param="models"
             )
     await core.publish_price_book(book)
     return json_response(
