@@ -420,7 +420,7 @@ async def transcriptions(request: Request[Any, Any, Any], core: Core) -> Respons
     return await _respond_json(request, core, token, metered)
 
 
-@post(VIDEOS, operation_id="createVideo", opt={"scope": "user:write", "rate": "jobs"}, status_code=202)
+@post(VIDEOS, operation_id="createVideo", opt={"scope": "user:write"}, status_code=202)
 async def videos(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
     """Always async: the answer is a job to poll."""
     token = authorize(request, "user:write")
