@@ -110,6 +110,7 @@ def usage_cost(captured: Charged, price: ModelPrice | None = None) -> dict[str, 
     used_tools = {tool: units.tool_calls(tool) for tool in tools if units.tool_calls(tool)}
     if used_tools:
         cost["tool_usage"] = used_tools
+        cost["tool_calls_details"] = {tool: {"invocation": count} for tool, count in used_tools.items()}
     counted_by = getattr(captured, "counted_by", "")
     if counted_by:
         cost["tokens_counted_by"] = counted_by

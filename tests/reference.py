@@ -48,23 +48,32 @@ def reference_validator(path: str, method: str = "get", status: str = "200") -> 
     return jsonschema.Draft202012Validator({**schema, "components": document()["components"]})
 
 
+def component(name: str) -> dict[str, Any]:
+    """A component schema by name; ``Name.property`` for an object nested in one."""
+    first, *nested = name.split(".")
+    schema: dict[str, Any] = document()["components"]["schemas"][first]
+    for part in nested:
+        schema = schema["properties"][part]
+    return schema
+
+
 def declared_fields(name: str) -> set[str]:
     """The properties a component schema declares (through ``allOf`` and ``$ref`` too)."""
 
     def fields(schema: dict[str, Any]) -> set[str]:
         if "$ref" in schema:
-            return fields(document()["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]])
+            return fields(component(schema["$ref"].rsplit("/", 1)[1]))
         found = set(schema.get("properties", {}))
         for part in schema.get("allOf", []):
             found |= fields(part)
         return found
 
-    return fields(document()["components"]["schemas"][name])
+    return fields(component(name))
 
 
 def assert_declared_fields_present(
     body: dict[str, Any], name: str, absent: frozenset[str] | set[str] = frozenset()
 ) -> None:
-    """Every field the component declares is in ``body``, except those named in ``absent``."""
+    """Every field the component ``name`` declares is in ``body``, except those named in ``absent``."""
     missing = declared_fields(name) - set(body) - absent
     assert not missing, f"{name} fields missing: {sorted(missing)}"

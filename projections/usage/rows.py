@@ -108,6 +108,10 @@ class UsageSummary(msgspec.Struct, frozen=True, kw_only=True):
     avg_latency_ms: int
     # Spend by source (api, playground, gpu_cloud, hosted_agents).
     cost_micros_by_source: dict[str, int] = msgspec.field(default_factory=dict)
+    cache_write_tokens: int = 0
+    image_input_tokens: int = 0
+    audio_input_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 class RollupRow(msgspec.Struct, frozen=True, kw_only=True):

@@ -6,6 +6,7 @@ docs/architecture.md (ClickHouse)."""
 from __future__ import annotations
 
 from ledger.pricing import unit_names
+from schemas.units import tools
 
 # The units of the first schema (migrations 1 to 6 were written with these, and keep them).
 unit_names_v1 = (
@@ -56,12 +57,14 @@ usage_columns = (
 )
 
 # The columns a usage page shows: every unit and what priced it (the usage object of the answer is
-# rebuilt from them), not the rates, which only statements need.
+# rebuilt from them), and the rates of per-call tools (each event's ``tool_breakdown``); the other
+# rates only statements need.
 page_columns = (
     *usage_columns[: usage_columns.index("price_version") + 1],
     "variant",
     "pricing_tier",
     "discount_percent",
+    *(f"{tool}_calls_rate" for tool in tools),
 )
 
 # Rows of one event id share created_at, hence a partition: FINAL need not merge across partitions.

@@ -50,6 +50,9 @@ from projections.usage.schema import (
 )
 from projections.usage.windows import floor_to_bucket, split_window
 
+# Prompt and generated token kinds the summary adds beyond input, cached input and output.
+_summary_token_kinds = ("cache_write_tokens", "image_input_tokens", "audio_input_tokens", "reasoning_tokens")
+
 
 def _rows(result: Any, kind: type[Any], columns: Sequence[str]) -> list[Any]:
     return [kind(**dict(zip(columns, row, strict=True))) for row in result.result_rows]
@@ -242,6 +245,7 @@ class UsageStore:
             "sum(output_tokens)",
             "countIf(status = 'error')",
             "sum(latency_ms)",
+            *(f"sum({unit})" for unit in _summary_token_kinds),
         )
         rolled = (
             "sum(requests)",
@@ -251,6 +255,7 @@ class UsageStore:
             "sum(output_tokens)",
             "sum(errors)",
             "sum(latency_ms_sum)",
+            *(f"sum({unit})" for unit in _summary_token_kinds),
         )
         if selection.before is not None or selection.after_cursor is not None:
             where, parameters = self._where(selection)
@@ -269,12 +274,12 @@ class UsageStore:
             )
         with self._lock:
             rows = self._client.query(query + final_settings, parameters=parameters).result_rows
-        totals = [0] * 7
+        totals = [0] * (7 + len(_summary_token_kinds))
         by_source: dict[str, int] = {}
         for source, *values in rows:
             by_source[str(source)] = by_source.get(str(source), 0) + int(values[1])
             totals = [t + int(v) for t, v in zip(totals, values, strict=True)]
-        requests, cost, input_tokens, cached, output, errors, latency_sum = totals
+        requests, cost, input_tokens, cached, output, errors, latency_sum, *kinds = totals
         return UsageSummary(
             requests=requests,
             cost_micros=cost,
@@ -284,6 +289,7 @@ class UsageStore:
             errors=errors,
             avg_latency_ms=0 if requests == 0 else round(latency_sum / requests),
             cost_micros_by_source=by_source,
+            **dict(zip(_summary_token_kinds, kinds, strict=True)),
         )
 
     # --- reads: rollups ---

@@ -136,11 +136,11 @@ def test_balance_ledger_and_clickhouse_agree_after_many_requests(stack: Stack, k
     assert ledger_totals(kafka_bootstrap, org) == (charged, count, count)
 
     deadline = time.monotonic() + 15
-    while report["summary"]["requests"] < count and time.monotonic() < deadline:
+    while report["window_summary"]["requests"] < count and time.monotonic() < deadline:
         time.sleep(0.3)
         report = usage(stack.base_url, key, limit=200)
-    assert report["summary"]["total_cost_micros"] == charged
-    assert report["summary"]["requests"] == count
+    assert report["window_summary"]["total_cost_micros"] == charged
+    assert report["window_summary"]["requests"] == count
 
     # The standalone projector wrote its own ClickHouse; stop it (it flushes) and read that store.
     time.sleep(1)
