@@ -124,6 +124,7 @@ def over_http(requests_max: int, concurrency: int) -> dict[str, Any]:
     env = {
         "TOLLGATE_ADMIN_TOKEN": admin_token,
         "TOLLGATE_KAFKA_BOOTSTRAP": "",
+        "TOLLGATE_DEV_CLICKHOUSE_HTTP_PORT": "0",  # dev's ClickHouse server on any free port
         "TOLLGATE_JWKS_FILE": str(root / "jwks.json"),
         "TOLLGATE_JWT_ISSUER": issuer,
         "TOLLGATE_JWT_AUDIENCE": audience,

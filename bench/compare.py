@@ -9,8 +9,8 @@ process):
 
 - ``direct``: the fake upstream itself;
 - ``embedded``: ``tollgate dev`` (every role in one process, embedded log and ClickHouse);
-- ``kafka``: a broker from ``compose/kafka.sh`` and ``tollgate ledger``, ``worker``, ``projector`` and
-  ``gateway``, each its own process;
+- ``kafka``: a broker from ``compose/kafka.sh``, a ClickHouse server from ``compose/clickhouse.sh`` and
+  ``tollgate ledger``, ``worker``, ``projector`` and ``gateway``, each its own process;
 - ``litellm``: LiteLLM's proxy (one worker, no database), installed by this script into its own
   virtualenv (``~/.cache/tollgate/litellm-venv``).
 
@@ -449,7 +449,10 @@ def start_embedded(ctx: Context) -> Target:
     data_dir = ctx.root / "embedded"
     data_dir.mkdir()
     cmd = [*tollgate_cmd(ctx), "dev", "--port", str(port), "--data-dir", str(data_dir)]
-    proc = ctx.start("tollgate-dev", cmd, tollgate_env(ctx, data_dir, ""), cwd=data_dir)
+    # One process, ClickHouse inside it, as this target has always been measured (its CPU per request
+    # counts every process; dev's default ClickHouse server would be a child outside the count).
+    env = {**tollgate_env(ctx, data_dir, ""), "TOLLGATE_DEV_CLICKHOUSE": "embedded"}
+    proc = ctx.start("tollgate-dev", cmd, env, cwd=data_dir)
     target = Target("embedded", "Tollgate embedded", base_url=f"http://127.0.0.1:{port}", procs=[proc])
     demo_file = data_dir / "demo.json"
     wait_until(
@@ -465,6 +468,37 @@ def start_embedded(ctx: Context) -> Target:
     smoke(ctx, target)
     log(f"Tollgate embedded on {target.base_url} (pid {proc.pid})")
     return target
+
+
+def start_clickhouse(ctx: Context, tollgate: list[str]) -> tuple[str, int]:
+    """A ClickHouse server (compose/clickhouse.sh, free ports) with Tollgate's schema, as production has:
+    the projector writes it, the gateway reads it. Its URL and pid (its CPU counts, as the broker's does)."""
+    data = ctx.root / "clickhouse"
+    env = {k: v for k, v in base_env().items() if not k.startswith("TOLLGATE_CLICKHOUSE")}
+    env.update({"TOLLGATE_CLICKHOUSE_DATA": str(data), "TOLLGATE_CLICKHOUSE_HTTP_PORT": "0"})
+    env.update({"TOLLGATE_CLICKHOUSE_TCP_PORT": "0", "TOLLGATE_PYTHON": sys.executable})
+    script = repo / "compose" / "clickhouse.sh"
+
+    def clickhouse_sh(command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", str(script), command], env=env, capture_output=True, text=True, timeout=120)
+
+    def stop_server() -> None:
+        stopped = clickhouse_sh("stop")
+        if stopped.returncode != 0:
+            log(f"clickhouse.sh stop exited {stopped.returncode}: {stopped.stderr[-800:]}")
+
+    ctx.on_exit("stop the ClickHouse server", stop_server)
+    started = clickhouse_sh("start")
+    if started.returncode != 0:
+        raise BenchError(f"compose/clickhouse.sh start failed ({started.returncode}):\n{started.stderr[-3000:]}")
+    url = f"{started.stdout.strip().splitlines()[-1]}/tollgate_bench"
+    migrated = subprocess.run(
+        [*tollgate, "migrate"], env={**env, "TOLLGATE_CLICKHOUSE_URL": url}, capture_output=True, text=True, timeout=120
+    )
+    if migrated.returncode != 0:
+        raise BenchError(f"tollgate migrate failed:\n{migrated.stderr[-3000:]}")
+    log(f"ClickHouse server on {url} (compose/clickhouse.sh)")
+    return url, int((data / "clickhouse.pid").read_text().strip())
 
 
 def start_kafka(ctx: Context) -> Target:
@@ -505,9 +539,16 @@ def start_kafka(ctx: Context) -> Target:
         raise BenchError(f"compose/kafka.sh started no broker of its own (no pid in {kafka_data / 'kafka.pid'})")
     bootstrap = f"127.0.0.1:{port}"
     tollgate = tollgate_cmd(ctx)
+    clickhouse_url, clickhouse_pid = start_clickhouse(ctx, tollgate)
     http_port = free_port()
-    target = Target("kafka", "Tollgate on Kafka", base_url=f"http://127.0.0.1:{http_port}", extra_pids=[int(pid_text)])
+    target = Target(
+        "kafka",
+        "Tollgate on Kafka",
+        base_url=f"http://127.0.0.1:{http_port}",
+        extra_pids=[int(pid_text), clickhouse_pid],
+    )
     target.notes["broker_pid"] = int(pid_text)
+    target.notes["clickhouse_pid"] = clickhouse_pid
     gateway_help = subprocess.run(
         [*tollgate, "gateway", "--help"], capture_output=True, text=True, timeout=60, check=False
     )
@@ -520,7 +561,8 @@ def start_kafka(ctx: Context) -> Target:
             # One projector (its own role), as in production; the gateway would otherwise run a second one.
             if "--projector" in gateway_help.stdout:
                 cmd += ["--projector", "off"]
-        target.procs.append(ctx.start(f"tollgate-{role}", cmd, tollgate_env(ctx, data_dir, bootstrap), cwd=data_dir))
+        env = {**tollgate_env(ctx, data_dir, bootstrap), "TOLLGATE_CLICKHOUSE_URL": clickhouse_url}
+        target.procs.append(ctx.start(f"tollgate-{role}", cmd, env, cwd=data_dir))
     target.notes["roles"] = {p.name: shlex.join(p.cmd) for p in target.procs}
     wait_until("the Kafka gateway to serve /healthz", serving(target.base_url, "/healthz"), 180, target.check_alive)
 

@@ -70,6 +70,7 @@ def start_stack(mode: str, root: Path, bootstrap: str) -> tuple[str, list[Role]]
     env = {"TOLLGATE_ADMIN_TOKEN": admin_token, "TOLLGATE_SIM_LATENCY_MS": "0"}
     if mode == "embedded":
         env["TOLLGATE_KAFKA_BOOTSTRAP"] = ""
+        env["TOLLGATE_DEV_CLICKHOUSE_HTTP_PORT"] = "0"  # dev's ClickHouse server on any free port
         roles = [Role("dev", ["dev", "--port", str(port), "--data-dir", str(root / "dev")], env, root)]
     else:
         env["TOLLGATE_KAFKA_BOOTSTRAP"] = bootstrap

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run a real single-node ClickHouse server (HTTP + native TCP) on 127.0.0.1 without Docker and
-# without a ClickHouse download: compose/clickhouse_server.py runs the clickhouse-local that ships
-# in the chdb-core wheel (already a dependency) and opens its HTTP and native listeners.
+# without a ClickHouse download: tollgate/clickhouse_server.py runs the clickhouse-local that ships
+# in the chdb-core wheel (already a dependency) and opens its HTTP and native listeners. (`tollgate dev`
+# runs the same file as its child; this script runs it for the roles, the tests and a SQL client.)
 #
 # Usage: compose/clickhouse.sh {start|wait|stop|restart|status|reset|logs|url|tcp}
 #
@@ -34,7 +35,7 @@ set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(dirname "$SCRIPT_DIR")"
-SERVER_PY="$SCRIPT_DIR/clickhouse_server.py"
+SERVER_PY="$REPO/tollgate/clickhouse_server.py"  # standard library + chdb-core: runs by path
 
 DATA="${TOLLGATE_CLICKHOUSE_DATA:-/tmp/tollgate-clickhouse}"
 HTTP_PORT="${TOLLGATE_CLICKHOUSE_HTTP_PORT:-18123}"

@@ -66,9 +66,11 @@ class Consumer(abc.ABC):
     def poll(self, max_records: int, timeout_ms: int) -> list[Record]: ...
 
     @abc.abstractmethod
-    def commit(self, positions: Mapping[tuple[str, int], int] | None = None) -> None:
+    def commit(self, positions: Mapping[tuple[str, int], int] | None = None, wait: bool = True) -> None:
         """Commit the positions after every record polled so far, or exactly ``positions``
-        ((topic, partition) -> the next offset to read). Group consumers only."""
+        ((topic, partition) -> the next offset to read). Group consumers only. ``wait=False`` sends
+        the commit without waiting for it (a failed one is logged; a later commit covers it): for a
+        member that commits often and for whom a lost commit only means a redelivery."""
 
     @abc.abstractmethod
     def caught_up(self) -> bool:

@@ -299,7 +299,7 @@ class _EmbeddedConsumer(Consumer):
             self.positions[(record.topic, record.partition)] = record.offset + 1
         return records
 
-    def commit(self, positions: Mapping[TopicPartition, int] | None = None) -> None:
+    def commit(self, positions: Mapping[TopicPartition, int] | None = None, wait: bool = True) -> None:
         assert self._group is not None, "only a group consumer commits"
         committing = dict(self.positions) if positions is None else dict(positions)
         self._log.append([], self._group, committing)

@@ -19,6 +19,7 @@ from schemas.events import Event
 logger = logging.getLogger(__name__)
 
 read_batch_records_max = 5000
+catch_up_poll_ms = 20
 progress_interval_s = 1.0
 
 
@@ -53,7 +54,10 @@ class Follower:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                records = self._consumer.poll(self._batch_records_max, self._poll_wait_ms)
+                # Until caught up, short polls: a role waits for this before it serves, and only an
+                # empty poll tells the end was reached (a restarted gateway serves sooner).
+                wait_ms = self._poll_wait_ms if self.caught_up.is_set() else min(self._poll_wait_ms, catch_up_poll_ms)
+                records = self._consumer.poll(self._batch_records_max, wait_ms)
                 for record in records:
                     try:
                         event = decode_event(record.value)

@@ -20,8 +20,23 @@ class Settings:
     kafka_bootstrap: str = field(default_factory=lambda: _env("TOLLGATE_KAFKA_BOOTSTRAP", ""))
     # Embedded log, embedded ClickHouse and demo files live here.
     data_dir: Path = field(default_factory=lambda: Path(_env("TOLLGATE_DATA_DIR", ".tollgate")))
-    # A ClickHouse server (http://host:8123); empty uses the embedded chdb engine in data_dir.
+    # A ClickHouse server (http://host:8123, or http://host:8123/database); empty uses the embedded
+    # chdb engine in data_dir (one process only). `tollgate dev` runs its own server (below) instead.
     clickhouse_url: str = field(default_factory=lambda: _env("TOLLGATE_CLICKHOUSE_URL", ""))
+    # How `tollgate dev` runs ClickHouse: "server" (a ClickHouse server as its child, in
+    # data_dir/clickhouse-server, that SQL clients, the CLI and other roles reach by URL while dev
+    # runs) or "embedded" (chdb inside the dev process, in data_dir/clickhouse: nothing else can read
+    # it while dev runs; for machines where the server cannot start).
+    dev_clickhouse: str = field(default_factory=lambda: _env("TOLLGATE_DEV_CLICKHOUSE", "server"))
+    # Ports of dev's ClickHouse server on 127.0.0.1: HTTP (8123, ClickHouse's own, which SQL tools
+    # assume) and native (0: any free port, printed in the banner); 0 picks a free port.
+    dev_clickhouse_http_port: int = field(
+        default_factory=lambda: int(_env("TOLLGATE_DEV_CLICKHOUSE_HTTP_PORT", "8123"))
+    )
+    dev_clickhouse_tcp_port: int = field(default_factory=lambda: int(_env("TOLLGATE_DEV_CLICKHOUSE_TCP_PORT", "0")))
+    # The level of every logger in the process (ours, Litestar's, httpx's, kafka-python's): WARNING
+    # keeps a role's output to what needs attention; INFO shows requests and group changes.
+    log_level: str = field(default_factory=lambda: _env("TOLLGATE_LOG_LEVEL", "WARNING").upper())
     # The gateway's listening address.
     host: str = field(default_factory=lambda: _env("TOLLGATE_HOST", "127.0.0.1"))
     port: int = field(default_factory=lambda: int(_env("TOLLGATE_PORT", "8000")))
@@ -100,7 +115,9 @@ class Settings:
     # Records a role takes from the log per poll / per transaction.
     batch_records_max: int = field(default_factory=lambda: int(_env("TOLLGATE_BATCH_RECORDS_MAX", "500")))
     # How long a poll waits when the log is idle; bounds shutdown time, not latency.
-    poll_wait_ms: int = field(default_factory=lambda: int(_env("TOLLGATE_POLL_WAIT_MS", "100")))
+    # How long a role's poll waits for records when there are none (a poll returns as soon as some
+    # arrive): it bounds how late a loop notices a stop or a due expiry, and each empty wake costs CPU.
+    poll_wait_ms: int = field(default_factory=lambda: int(_env("TOLLGATE_POLL_WAIT_MS", "500")))
     # The projector flushes to ClickHouse at this many rows, or after this wait, whichever first.
     sink_batch_rows_max: int = field(default_factory=lambda: int(_env("TOLLGATE_SINK_BATCH_ROWS_MAX", "5000")))
     sink_flush_wait_ms_max: int = field(default_factory=lambda: int(_env("TOLLGATE_SINK_FLUSH_WAIT_MS_MAX", "200")))

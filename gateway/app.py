@@ -19,6 +19,7 @@ from gateway.errors import exception_handlers
 from gateway.idempotency import IdempotencyMiddleware
 from gateway.ratelimit import IpLimiter, RateLimitMiddleware
 from gateway.routes import route_handlers
+from gateway.surface import Surface
 
 
 def provide_core(state: State) -> GatewayCore:
@@ -45,9 +46,26 @@ class RequestIdMiddleware(ASGIMiddleware):
         await next_app(scope, receive, send_with_id)
 
 
+class TollgateApp(Litestar):
+    """The app, with the surface's aliases resolved before routing and each route family's error
+    envelope (gateway/surface.py)."""
+
+    surface: Surface
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.surface(scope, receive, send, super().__call__)
+
+
+api_description = (
+    "Every route of the OpenAI-compatible surface is listed once, under /v1; each is also served under "
+    "/openai/v1 and at the server root (/chat/completions). Every endpoint accepts 'Authorization: Bearer "
+    "<key>' or 'x-api-key: <key>'."
+)
+
+
 def create_app(core: GatewayCore) -> Litestar:
     settings = core.settings
-    return Litestar(
+    app = TollgateApp(
         route_handlers=route_handlers,
         dependencies={"core": Provide(provide_core, sync_to_thread=False)},
         guards=[scope_guard],  # every route's declared scope and rate limit (gateway/auth.py)
@@ -55,6 +73,7 @@ def create_app(core: GatewayCore) -> Litestar:
         openapi_config=OpenAPIConfig(
             title="Tollgate",
             version="0.2.0",
+            description=api_description,
             openapi_router=Router("/schema", route_handlers=[], opt={"scope": "public", "rate": "none"}),
         ),
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
@@ -71,7 +90,15 @@ def create_app(core: GatewayCore) -> Litestar:
         state=State({"core": core}),
         request_max_body_size=settings.request_body_bytes_max,
         debug=False,
-        # Logging is the process's (TOLLGATE_LOG_LEVEL, tollgate/cli.py): Litestar's default config
-        # would put the root logger at INFO, and with it every library's records (httpx logs each call).
+        # Logging is the process's (tollgate/cli.py, TOLLGATE_LOG_LEVEL): Litestar's default config would
+        # set the root logger to INFO, so httpx and kafka-python would log every request. Unexpected
+        # errors are logged by the exception map (gateway/errors.py).
         logging_config=None,
     )
+    app.surface = Surface(
+        (route.path, handler.opt)
+        for route in app.routes
+        for handler in getattr(route, "route_handlers", [])
+        if handler.opt.get("scope") is not None  # Litestar's own OPTIONS handlers declare nothing
+    )
+    return app

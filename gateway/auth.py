@@ -68,11 +68,19 @@ def sends_credential(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
 
 
 def _bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    """The credential: ``Authorization: Bearer``, else ``x-api-key`` (what Anthropic's SDK sends)."""
     header = connection.headers.get("authorization", "")
     scheme, _, secret = header.partition(" ")
-    if scheme.lower() != "bearer" or not secret.strip():
-        raise ApiError(401, "Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key")
-    return secret.strip()
+    if scheme.lower() == "bearer" and secret.strip():
+        return secret.strip()
+    api_key = connection.headers.get("x-api-key", "").strip()
+    if api_key:
+        return api_key
+    if _route_scope(connection) == "platform":
+        message = "Missing platform admin token: send 'Authorization: Bearer <TOLLGATE_ADMIN_TOKEN>'."
+    else:
+        message = "Missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
+    raise ApiError(401, message, code="missing_api_key")
 
 
 def _unauthorized(message: str, code: str = "invalid_api_key") -> ApiError:
@@ -168,12 +176,35 @@ def _looks_like_jwt(secret: str) -> bool:
 # --- API keys ---
 
 
-def _api_key(core: GatewayCore, secret: str) -> ApiToken:
+def _unknown_secret(route_scope: str | None) -> ApiError:
+    """A 401 for a secret that is neither the platform admin token nor a known key, saying which
+    credential the route takes: an organization's key is no help on a platform route."""
+    if route_scope == "platform":
+        return _unauthorized(
+            "Incorrect platform admin token: this endpoint takes the gateway's TOLLGATE_ADMIN_TOKEN "
+            "(`tollgate dev` prints it, and keeps it in its data directory as admin-token)."
+        )
+    if route_scope is not None and route_scope.startswith("admin:"):
+        return _unauthorized(
+            "Unknown token: send the platform admin token (TOLLGATE_ADMIN_TOKEN), or an API key of this "
+            f"organization with the '{route_scope}' scope (this one is unknown, revoked or mistyped)."
+        )
+    return _unauthorized(
+        "Incorrect API key provided (unknown, revoked or mistyped): send an organization's API key (tg_...); "
+        "the platform admin or the organization's admins create one with POST /v1/organizations/{org_id}/tokens."
+    )
+
+
+def _route_scope(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    handler = connection.scope.get("route_handler")
+    scope = handler.opt.get("scope") if handler is not None else None
+    return scope if isinstance(scope, str) else None
+
+
+def _api_key(core: GatewayCore, secret: str, route_scope: str | None) -> ApiToken:
     token = core.authenticate(secret)
     if token is None:
-        raise _unauthorized(
-            "Incorrect API key provided (unknown or revoked). Create a key with POST /v1/organizations/{id}/tokens."
-        )
+        raise _unknown_secret(route_scope)
     now = datetime.now(UTC)
     if token.expires_at is not None and token.expires_at <= now:
         raise _unauthorized("This API key has expired; create a new one.", "api_key_expired")
@@ -252,7 +283,7 @@ def _authenticate(connection: ASGIConnection[Any, Any, Any, Any], core: GatewayC
             raise _unauthorized("Service tokens are not accepted here: no JWKS is configured.", "invalid_token")
         token = verify_service_token(core, secret)
     else:
-        token = _api_key(core, secret)
+        token = _api_key(core, secret, _route_scope(connection))
     state[_state_key] = token
     return token
 

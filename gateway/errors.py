@@ -54,15 +54,24 @@ class ApiError(Exception):
 
 
 _path_pattern = re.compile(r"at `\$\.?([^`]*)`")
+_missing_pattern = re.compile(r"missing required field `([^`]+)`")
 
 
 def from_validation_error(error: msgspec.ValidationError | msgspec.DecodeError) -> ApiError:
-    """A msgspec decode error as a 400 that names the offending field."""
+    """A msgspec decode error as a 400 that names the offending field (``param``: its path, e.g.
+    ``messages[0].role``), also when the field is missing rather than wrong."""
     text = str(error)
     match = _path_pattern.search(text)
-    param = match.group(1) if match else None
+    path = match.group(1) if match else ""
     if isinstance(error, msgspec.ValidationError):
-        return ApiError(400, f"Invalid request body: {text}", code="invalid_parameter", param=param or None)
+        missing = _missing_pattern.search(text)
+        if missing is not None:
+            # As OpenAI words it, so SDK users recognise it.
+            param = f"{path}.{missing.group(1)}" if path else missing.group(1)
+            return ApiError(
+                400, f"Missing required parameter: '{param}'.", code="missing_required_parameter", param=param
+            )
+        return ApiError(400, f"Invalid request body: {text}", code="invalid_parameter", param=path or None)
     return ApiError(400, f"Request body is not valid JSON: {text}", code="invalid_json")
 
 
@@ -106,7 +115,8 @@ def handle_api_error(request: Request, error: ApiError) -> Response[bytes]:
 
 def handle_http_exception(request: Request, error: HTTPException) -> Response[bytes]:
     if isinstance(error, NotFoundException):
-        api_error = ApiError(404, f"No such route: {request.method} {request.url.path}", code="not_found")
+        path = request.scope.get("state", {}).get("path_as_sent") or request.url.path  # an alias as sent
+        api_error = ApiError(404, f"No such route: {request.method} {path}", code="not_found")
     elif isinstance(error, ValidationException):
         api_error = ApiError(400, f"Invalid request: {error.detail}", code="invalid_parameter")
     else:

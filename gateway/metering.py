@@ -168,14 +168,14 @@ class Metering:
         self, token: ApiToken, request_id: str, metered: MeteredRequest, wait_for: Done = request_finished
     ) -> tuple[Placement, Seen]:
         """Place the request and wait for its outcome (or, with ``wait_for=request_admitted``, only for
-        its hold: an async request against a slice waits for nothing)."""
+        its hold). An async request against a slice waits for its hold too, though its job is already
+        dispatched: the job shows in /v1/jobs from the ledger's HoldPlaced on, and a 202 before it
+        gave a client that polled at once a 404 for the job it was just given."""
         self._admit()
         future = self._waiters.expect(request_id, wait_for)
         self.inflight += 1
         try:
             placement = self.place(token, request_id, metered)
-            if metered.run_async and placement.slice_id:
-                return placement, {}
             return placement, await asyncio.wait_for(future, self._settings.request_wait_s_max)
         finally:
             self.inflight -= 1

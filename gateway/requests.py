@@ -24,7 +24,7 @@ from schemas.api import (
     VideoRequest,
 )
 from schemas.units import Units
-from workers import metering
+from workers import conversations, metering
 from workers.metering import FileContents
 
 tokens_per_message_bound = 8
@@ -39,6 +39,8 @@ IMAGES = "/v1/images/generations"
 SPEECH = "/v1/audio/speech"
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
 VIDEOS = "/v1/videos/generations"
+RESPONSES = conversations.RESPONSES
+MESSAGES = conversations.MESSAGES
 
 
 def _decode(body: bytes, kind: type[Any]) -> Any:
@@ -320,3 +322,89 @@ def parse_video(body: bytes, book: PriceBook) -> MeteredRequest:
     price = model_price(book, video.model, lambda p: p.category == "video", "a video")
     bound = msgspec.structs.replace(_per_request(_fields(body)), video_seconds=video.duration)
     return _metered(VIDEOS, price, book, bound, body, True)
+
+
+# --- the Responses API and Anthropic's Messages API (workers/conversations.py reads both) ---
+
+
+def _dialect_fields(body: bytes, book: PriceBook) -> tuple[dict[str, Any], ModelPrice]:
+    fields = _fields(body)
+    model = fields.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(
+            400, "'model' is required: a model of GET /v1/models.", code="missing_required_parameter", param="model"
+        )
+    for flag in ("stream", "async"):
+        if not isinstance(fields.get(flag, False), bool):
+            raise ApiError(400, f"'{flag}' must be true or false.", code="invalid_type", param=flag)
+    return fields, model_price(book, model, lambda p: p.category == "chat", "a chat")
+
+
+def _dialogue_limit(price: ModelPrice, given: int | None, param: str) -> int:
+    """The output limit a Responses or Messages request is held for and runs with (thinking included)."""
+    limit = price.max_output_tokens if given is None else given
+    if limit > price.max_output_tokens:
+        raise ApiError(
+            400,
+            f"{param} may be at most {price.max_output_tokens} for {price.model}.",
+            code="invalid_parameter",
+            param=param,
+        )
+    return limit
+
+
+def dialogue_input_tokens_bound(dialogue: conversations.Dialogue) -> int:
+    """An upper bound on prompt tokens (a token is at least one byte): the messages, the tool
+    definitions, and what each hosted search may feed the model."""
+    messages = sum(len(conversations.message_text(m).encode()) + tokens_per_message_bound for m in dialogue.messages)
+    searches = dialogue.web_search_calls_max * conversations.web_search_result_tokens_max
+    return tokens_per_request_bound + messages + len(conversations.tools_text(dialogue).encode()) + searches
+
+
+def _dialogue_error(error: conversations.DialogueError) -> ApiError:
+    return ApiError(400, error.message, code="invalid_parameter", param=error.param)
+
+
+def parse_response(body: bytes, book: PriceBook) -> MeteredRequest:
+    """``POST /v1/responses``: held for its prompt, its output limit (``max_output_tokens``, else the
+    model's) and its hosted web searches (``max_tool_calls``, else a default), each one of
+    ``web_search_calls``; the worker obeys the same limits (written into its payload)."""
+    fields, price = _dialect_fields(body, book)
+    try:
+        dialogue = conversations.from_responses(fields)
+    except conversations.DialogueError as error:
+        raise _dialogue_error(error) from None
+    if dialogue.web_search and fields.get("async"):
+        raise ApiError(
+            400, "'async' is not supported with hosted tools (web_search).", code="invalid_parameter", param="async"
+        )
+    limit = _dialogue_limit(price, dialogue.output_tokens_max, "max_output_tokens")
+    fields["max_output_tokens"] = limit
+    if dialogue.web_search:
+        fields["max_tool_calls"] = dialogue.web_search_calls_max
+    bound = msgspec.structs.replace(
+        _per_request(fields),
+        input_tokens=dialogue_input_tokens_bound(dialogue),
+        output_tokens=limit,
+        web_search_calls=dialogue.web_search_calls_max,
+    )
+    payload = msgspec.json.encode(fields)
+    return _metered(RESPONSES, price, book, bound, payload, bool(fields.get("async")), bool(fields.get("stream")))
+
+
+def parse_message(body: bytes, book: PriceBook) -> MeteredRequest:
+    """``POST /v1/messages`` (Anthropic's Messages API): ``max_tokens`` is required and bounds the
+    output, thinking included."""
+    fields, price = _dialect_fields(body, book)
+    if fields.get("max_tokens") is None:
+        raise ApiError(400, "max_tokens: Field required", code="missing_required_parameter", param="max_tokens")
+    try:
+        dialogue = conversations.from_messages(fields)
+    except conversations.DialogueError as error:
+        raise _dialogue_error(error) from None
+    limit = _dialogue_limit(price, dialogue.output_tokens_max, "max_tokens")
+    bound = msgspec.structs.replace(
+        _per_request(fields), input_tokens=dialogue_input_tokens_bound(dialogue), output_tokens=limit
+    )
+    payload = msgspec.json.encode(fields)
+    return _metered(MESSAGES, price, book, bound, payload, bool(fields.get("async")), bool(fields.get("stream")))

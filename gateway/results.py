@@ -14,7 +14,17 @@ from typing import Any, Protocol
 
 from gateway.errors import ApiError
 from gateway.metering import MeteredRequest
-from gateway.requests import CHAT, COMPLETIONS, EMBEDDINGS, IMAGES, SPEECH, TRANSCRIPTIONS, VIDEOS
+from gateway.requests import (
+    CHAT,
+    COMPLETIONS,
+    EMBEDDINGS,
+    IMAGES,
+    MESSAGES,
+    RESPONSES,
+    SPEECH,
+    TRANSCRIPTIONS,
+    VIDEOS,
+)
 from ledger.money import format_credits, micros_to_decimal
 from ledger.pricing import ModelPrice, price_micros, tier_label, unit_names, unit_quantities
 from schemas.events import (
@@ -177,7 +187,86 @@ def shape_result(
         return {**result, "id": f"cmpl-{suffix}", "created": created, "model": captured.model, "usage": usage}
     if endpoint in (EMBEDDINGS, TRANSCRIPTIONS, SPEECH):
         return {**result, "usage": usage}
+    if endpoint == RESPONSES:
+        return response_body(request_id, result, captured, price)
+    if endpoint == MESSAGES:
+        return message_body(request_id, result, captured, price)
     return {**result, "created": created, "usage": usage}
+
+
+_item_prefixes = {"message": "msg", "function_call": "fc", "web_search_call": "ws", "reasoning": "rs"}
+
+
+def item_id(request_id: str, item_type: str, index: int) -> str:
+    """A Responses output item's id, by its place in ``output``: a streamed item and the same item in
+    the final response carry the same one."""
+    return f"{_item_prefixes.get(item_type, 'item')}_{request_id.removeprefix('req_')}{index:02d}"
+
+
+def responses_usage(
+    units: Units, reasoning_tokens: int, captured: Charged, price: ModelPrice | None = None
+) -> dict[str, Any]:
+    """The Responses API's usage: its token counts, and what every usage object carries (the charge,
+    the tier, ``requests``, ``tool_usage`` with the hosted web searches)."""
+    input_tokens = units.input_tokens + units.cached_input_tokens
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": units.cached_input_tokens, "cache_write_tokens": 0},
+        "output_tokens": units.output_tokens,
+        "output_tokens_details": {"reasoning_tokens": min(reasoning_tokens, units.output_tokens)},
+        "total_tokens": input_tokens + units.output_tokens,
+        **usage_cost(captured, price),
+    }
+
+
+def response_body(
+    request_id: str, result: dict[str, Any], captured: Charged, price: ModelPrice | None = None
+) -> dict[str, Any]:
+    """A Responses API response object: the worker's output (items given ids by position) and the
+    request's settings it echoes, with the exact charge in ``usage.cost_usd``; ``tool_usage`` counts the
+    hosted web searches (each a priced call)."""
+    body = {key: value for key, value in result.items() if key != "reasoning_tokens"}
+    output = [
+        {**item, "id": item_id(request_id, str(item.get("type")), index)}
+        for index, item in enumerate(result.get("output") or [])
+    ]
+    created = int(captured.occurred_at.timestamp())
+    body.update(
+        id=f"resp_{request_id.removeprefix('req_')}",
+        object="response",
+        created_at=created,
+        completed_at=created if body.get("status") == "completed" else None,
+        model=captured.model,
+        output=output,
+        error=None,
+        usage=responses_usage(captured.units, int(result.get("reasoning_tokens") or 0), captured, price),
+        tool_usage={"web_search": {"num_requests": captured.units.web_search_calls}},
+    )
+    return body
+
+
+def message_body(
+    request_id: str, result: dict[str, Any], captured: Charged, price: ModelPrice | None = None
+) -> dict[str, Any]:
+    """An Anthropic Messages response: ``usage`` in Anthropic's shape (cache writes are priced as input
+    tokens, cache reads as cached input tokens) with the exact charge."""
+    body = {key: value for key, value in result.items() if key != "cache_creation_input_tokens"}
+    body.update(
+        id=f"msg_{request_id.removeprefix('req_')}", model=captured.model, usage=message_usage(result, captured, price)
+    )
+    return body
+
+
+def message_usage(result: dict[str, Any], captured: Charged, price: ModelPrice | None = None) -> dict[str, Any]:
+    units = captured.units
+    cache_creation = min(int(result.get("cache_creation_input_tokens") or 0), units.input_tokens)
+    return {
+        "input_tokens": units.input_tokens - cache_creation,
+        "output_tokens": units.output_tokens,
+        "cache_creation_input_tokens": cache_creation,
+        "cache_read_input_tokens": units.cached_input_tokens,
+        **usage_cost(captured, price),
+    }
 
 
 def model_headers(served: str, requested: str = "", fallback_depth: int = 0) -> dict[str, str]:

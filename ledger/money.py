@@ -28,18 +28,26 @@ def format_credits(micros: int) -> str:
 
 
 def parse_credits(value: Decimal | str | int) -> int:
-    """Credits as an integer, a Decimal or a decimal string, to micros; more than 6 decimals is an error."""
+    """Credits as an integer, a Decimal or a decimal string, to micros; more than 6 decimals is an error.
+    An error's message names the amount as it was written (``1.0000001``, ``"abc"``), for the user."""
     if isinstance(value, bool):
-        raise MoneyFormatError("amount must be a number of credits, not a boolean")
+        raise MoneyFormatError(f"{str(value).lower()} is a boolean, not a number of credits")
     if isinstance(value, int):
         return value * micros_per_credit
     try:
         amount = value if isinstance(value, Decimal) else Decimal(value.strip())
     except (InvalidOperation, AttributeError) as error:
-        raise MoneyFormatError(f"amount {value!r} is not a decimal number of credits") from error
+        raise MoneyFormatError(f"{_as_written(value)} is not a decimal number of credits") from error
     if not amount.is_finite():
-        raise MoneyFormatError(f"amount {value!r} is not a finite number")
+        raise MoneyFormatError(f"{_as_written(value)} is not a finite number")
     micros = amount.scaleb(6)
     if micros != micros.to_integral_value():
-        raise MoneyFormatError(f"amount {value!r} has more than 6 decimal places (1 micro-credit is 0.000001)")
+        raise MoneyFormatError(
+            f"{_as_written(value)} has more than 6 decimal places: credits are exact to 0.000001 (one micro-credit)"
+        )
     return int(micros)
+
+
+def _as_written(value: object) -> str:
+    """A number as the user wrote it (a JSON number arrives as a Decimal), a string in quotes."""
+    return str(value) if isinstance(value, Decimal) else f'"{value}"' if isinstance(value, str) else repr(value)

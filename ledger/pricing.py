@@ -57,6 +57,9 @@ __all__ = [
 
 units_per_rate = 1_000_000
 percent = 100
+# A web search the platform runs (chat's web_search_options, the Responses API's hosted web_search
+# tool) is a tool invocation, priced per call (``tool_call_rates["web_search"]``): 0.01 credits each.
+web_search_call_rate = 10_000 * units_per_rate
 
 
 class PriceBooks:
@@ -375,12 +378,13 @@ def default_price_book() -> PriceBook:
             pool="default",
             description="Simulated small chat model: fast and cheap; reads text and images.",
             input_modalities=("text", "image"),
-            features=("streaming", "vision", "tool_calling", "json_mode"),
+            features=("streaming", "vision", "tool_calling", "web_search", "json_mode"),
             context_length=32_768,
             max_output_tokens=4_096,
             input_token_rate=150_000,  # 0.15 credits per 1M input tokens (image tokens too)
             cached_input_token_rate=75_000,
             output_token_rate=600_000,  # 0.60 credits per 1M output tokens
+            tool_call_rates={"web_search": web_search_call_rate},
         ),
         ModelPrice(
             model="sim-chat-large",
@@ -417,7 +421,7 @@ def default_price_book() -> PriceBook:
                     output_token_rate=15_000_000,
                 ),
             ),
-            tool_call_rates={"web_search": 10_000_000_000},  # 0.01 credits per search
+            tool_call_rates={"web_search": web_search_call_rate},
             batch_discount_percent=50,
         ),
         ModelPrice(
@@ -503,4 +507,36 @@ def default_price_book() -> PriceBook:
             output_token_rate=2_000_000,
         )
     )
+    # Chat models the reference documents' examples name (deepseek-v4-pro for /v1/messages and the
+    # root base_url, Qwen/Qwen3.5-4B for /openai/v1), on the simulated backends.
+    models += [
+        ModelPrice(
+            model="deepseek-v4-pro",
+            category="chat",
+            pool="default",
+            owned_by="deepseek",
+            description="DeepSeek V4 Pro as the reference's examples name it (simulated): thinking, tools, web search.",
+            features=("streaming", "tool_calling", "web_search", "reasoning"),
+            context_length=131_072,
+            max_output_tokens=8_192,
+            input_token_rate=500_000,
+            cached_input_token_rate=125_000,
+            output_token_rate=2_000_000,
+            tool_call_rates={"web_search": web_search_call_rate},
+        ),
+        ModelPrice(
+            model="Qwen/Qwen3.5-4B",
+            category="chat",
+            pool="default",
+            owned_by="qwen",
+            description="Qwen3.5-4B as the reference's examples name it (simulated).",
+            features=("streaming", "tool_calling", "web_search"),
+            context_length=32_768,
+            max_output_tokens=4_096,
+            input_token_rate=50_000,
+            cached_input_token_rate=25_000,
+            output_token_rate=200_000,
+            tool_call_rates={"web_search": web_search_call_rate},
+        ),
+    ]
     return PriceBook(version="2026-11-01", models={price.model: price for price in models})

@@ -5,7 +5,6 @@ audit statement`` compare them with the live ones)."""
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from eventlog import EventLog, partition_for, topics
@@ -23,17 +22,14 @@ insert_batch_rows_max = 20_000
 
 def rebuild_usage(
     log: EventLog,
-    target: Path,
+    store: UsageStore,
     since: datetime | None = None,
     until: datetime | None = None,
     start_ms: int | None = None,
-) -> tuple[UsageStore, dict[str, Any]]:
-    """Every usage row and posting the projector would write, into a fresh store under ``target``:
-    of every ledger event, or of those that occurred in [since, until). ``start_ms`` seeks the log
-    (by record timestamp) to where such events can begin."""
-    if (target / "clickhouse").exists():
-        raise SystemExit(f"{target / 'clickhouse'} exists; replay builds into a fresh target")
-    store = UsageStore(path=target / "clickhouse")
+) -> dict[str, Any]:
+    """Every usage row and posting the projector would write, into ``store`` (a fresh one): of every
+    ledger event, or of those that occurred in [since, until). ``start_ms`` seeks the log (by record
+    timestamp) to where such events can begin."""
     books = load_price_books(log)
     usage: list[UsageRow] = []
     postings: list[PostingRow] = []
@@ -57,7 +53,7 @@ def rebuild_usage(
     store.insert(usage, postings)
     raw = store.raw_totals_by_org()
     daily = store.rollup_totals_by_org("usage_daily")
-    return store, {
+    return {
         "events": events,
         "organizations": len(raw),
         "rows": sum(requests for requests, _ in raw.values()),

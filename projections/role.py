@@ -147,7 +147,11 @@ class ProjectorRole:
             self._price_feed.poll(until_caught_up=True)
             while not stop.is_set():
                 room = max(self._settings.sink_batch_rows_max - pending_records, 1)
-                records = consumer.poll(min(room, self._settings.batch_records_max), self._settings.poll_wait_ms)
+                wait_ms = self._settings.poll_wait_ms
+                if pending_records:  # rows wait to be written: never longer than the flush wait
+                    left_s = wait_s_max - (time.monotonic() - batch_started)
+                    wait_ms = min(wait_ms, max(int(left_s * 1000), 1))
+                records = consumer.poll(min(room, self._settings.batch_records_max), wait_ms)
                 if records and pending_records == 0:
                     batch_started = time.monotonic()
                 for record in records:

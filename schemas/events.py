@@ -327,7 +327,10 @@ class JobDeadLettered(LedgerFact, frozen=True, kw_only=True, tag="job.dead_lette
 
 class JobProgressed(Event, frozen=True, kw_only=True, tag="job.progressed.v1"):
     """A progress point: ``progress_milli`` of 1000, the output produced since the last point
-    (``delta``, text for streams) and the units measured so far."""
+    (``delta``, text for streams) and the units measured so far. ``part`` says what the delta extends
+    (workers/backends.py ``JobContext.progress``): "" the answer's text, "reasoning" the model's
+    thinking, "reasoning_signature" the signature of that thinking, "item" one whole output item (a tool
+    call, a web search) as JSON in the endpoint's own shape."""
 
     job_id: str
     request_id: str
@@ -338,6 +341,7 @@ class JobProgressed(Event, frozen=True, kw_only=True, tag="job.progressed.v1"):
     units: Units = msgspec.field(default_factory=Units)
     served_model: str = ""  # the model producing the output ("": the job's model)
     fallback_depth: int = 0  # fallbacks tried before it
+    part: str = ""
 
 
 class JobRetryScheduled(Event, frozen=True, kw_only=True, tag="job.retry_scheduled.v1"):

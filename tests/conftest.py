@@ -1,10 +1,13 @@
-"""Shared fixtures. The Kafka fixture starts a real broker with compose/kafka.sh: tests of the Kafka
-path never skip; if the broker cannot start, they fail and say why."""
+"""Shared fixtures. The Kafka fixture starts a real broker with compose/kafka.sh, and the ClickHouse
+fixture a real ClickHouse server with compose/clickhouse.sh, each once per session (per xdist worker)
+when a test first needs it: tests never skip for want of either; if one cannot start, they fail and
+say why."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +18,7 @@ from tests.support import free_port_pair
 
 repo = Path(__file__).resolve().parent.parent
 kafka_script = repo / "compose" / "kafka.sh"
+clickhouse_script = repo / "compose" / "clickhouse.sh"
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +44,34 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         subprocess.run(["bash", str(kafka_script), "stop"], env=env, capture_output=True, text=True)
 
 
+@pytest.fixture(scope="session")
+def clickhouse_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ClickHouse server for the session: ClickHouse's own HTTP and native servers from the
+    chdb-core engine (compose/clickhouse.sh), on free ports, its data under the session's temporary
+    directory, stopped at the end. TOLLGATE_TEST_CLICKHOUSE_URL points the tests at another server
+    instead (a clickhouse-server of your own: http://host:8123). Tests make databases of their own."""
+    given = os.environ.get("TOLLGATE_TEST_CLICKHOUSE_URL")
+    if given:
+        yield given.rstrip("/")
+        return
+    env = {
+        **os.environ,
+        "TOLLGATE_CLICKHOUSE_DATA": str(tmp_path_factory.mktemp("clickhouse")),
+        "TOLLGATE_CLICKHOUSE_HTTP_PORT": "0",
+        "TOLLGATE_CLICKHOUSE_TCP_PORT": "0",
+        "TOLLGATE_PYTHON": sys.executable,
+    }
+    started = subprocess.run(
+        ["bash", str(clickhouse_script), "start"], env=env, capture_output=True, text=True, timeout=180
+    )
+    if started.returncode != 0:
+        pytest.fail(f"compose/clickhouse.sh start failed:\n{started.stdout}\n{started.stderr}", pytrace=False)
+    try:
+        yield started.stdout.strip().splitlines()[-1]
+    finally:
+        subprocess.run(["bash", str(clickhouse_script), "stop"], env=env, capture_output=True, text=True, timeout=120)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def ledger_signing_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One ledger key for every role the suite starts, so that a shared broker's ledger topic is
@@ -60,9 +92,15 @@ def unique() -> str:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """The inner loop (``-m "not slow"``) runs property tests with fewer examples (tests.support.examples)."""
+    """The inner loop (``-m "not slow"``) runs property tests with fewer examples (tests.support.examples).
+
+    Every ``tollgate dev`` a test starts runs its ClickHouse server on a free port (tests run side by
+    side; the default, 8123, is the user's). A ClickHouse URL from the caller's shell reaches no test:
+    the tests that want a server say which (the session's, above)."""
     if config.getoption("markexpr", "") == "not slow":
         os.environ["TOLLGATE_TEST_QUICK"] = "1"
+    os.environ["TOLLGATE_DEV_CLICKHOUSE_HTTP_PORT"] = "0"
+    os.environ.pop("TOLLGATE_CLICKHOUSE_URL", None)
 
 
 # Real processes (tollgate dev, roles on a broker, llama.cpp's server): not in the inner loop.

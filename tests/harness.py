@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from litestar.testing import TestClient
@@ -89,6 +90,17 @@ class Gateway:
     def close(self) -> None:
         self.client.__exit__(None, None, None)
         self.stack.close()
+
+    def sdk_http_client(self) -> httpx2.Client:
+        """An httpx2 client (what the anthropic SDK takes) whose requests go to this in-process app."""
+
+        def handle(request: httpx2.Request) -> httpx2.Response:
+            answer = self.client.request(
+                request.method, str(request.url), headers=list(request.headers.multi_items()), content=request.read()
+            )
+            return httpx2.Response(answer.status_code, headers=answer.headers.multi_items(), content=answer.content)
+
+        return httpx2.Client(transport=httpx2.MockTransport(handle))
 
     def call(self, method: str, path: str, key: str | None = None, **kwargs: Any) -> Any:
         headers = dict(kwargs.pop("headers", {}))

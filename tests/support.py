@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -58,6 +60,17 @@ def free_port_pair() -> int:
         if port < 65535 and _port_free(port + 1):
             return port
     raise RuntimeError("no two adjacent free ports on 127.0.0.1")
+
+
+def migrated_database(server_url: str, prefix: str) -> str:
+    """A new database on the ClickHouse server, with the schema applied by ``tollgate migrate`` as a
+    deployment applies it (once, before the roles): its URL, for the roles' TOLLGATE_CLICKHOUSE_URL."""
+    url = f"{server_url}/{prefix}_{uuid.uuid4().hex[:10]}"
+    done = subprocess.run(
+        [*tollgate, "migrate"], env={**os.environ, "TOLLGATE_CLICKHOUSE_URL": url}, capture_output=True, text=True
+    )
+    assert done.returncode == 0, f"tollgate migrate failed:\n{done.stdout}{done.stderr}"
+    return url
 
 
 class Role:
@@ -146,6 +159,9 @@ class Dev:
     def __init__(self, data_dir: Path, log_dir: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = data_dir
+        log = log_dir / "dev.log"
+        banners_before = log.read_text(errors="replace").count("demo API key") if log.exists() else 0
         self.role = Role(
             "dev",
             ["dev", "--port", str(self.port), "--data-dir", str(data_dir)],
@@ -153,9 +169,16 @@ class Dev:
             log_dir,
         )
         wait_until_serving(self.base_url, self.role)
-        wait_for_text(self.role, "demo API key")
+        # The log is appended to across restarts on one directory: wait for this run's banner.
+        deadline = time.monotonic() + 90
+        while self.role.output().count("demo API key") <= banners_before:
+            assert time.monotonic() < deadline and self.role.process.poll() is None, self.role.output()[-4000:]
+            time.sleep(0.1)
         self.demo = json.loads((data_dir / "demo.json").read_text())
         self.admin = Admin(self.base_url, dev_admin_token)
+        # The ClickHouse server dev runs (and prints), as SQL clients reach it.
+        found = re.findall(r"ClickHouse: +(http://\S+)", self.role.output())
+        self.clickhouse_url = found[-1] if found else ""
 
     def client(self, key: str) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.base_url}/v1", api_key=key, max_retries=0)

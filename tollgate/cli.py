@@ -1,6 +1,7 @@
 """`tollgate`: one entry point per role, and the commands above all roles (argparse only).
 
-tollgate dev        every role in one process on the embedded backends, with a demo organization
+tollgate dev        every role in one process on the embedded log, a ClickHouse server as its child,
+                    and a demo organization
 tollgate gateway    the HTTP gateway on Kafka
 tollgate ledger     the ledger role on Kafka
 tollgate worker     a worker for the pools in TOLLGATE_WORKER_POOLS on Kafka
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -38,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tollgate", description="Event-sourced billing and metering ledger.")
     parser.add_argument("--version", action="version", version=f"tollgate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    dev = sub.add_parser("dev", help="every role in one process on the embedded backends, with a demo organization")
+    dev = sub.add_parser(
+        "dev",
+        help="every role in one process (embedded log, a ClickHouse server as its child), with a demo organization",
+    )
     dev.add_argument("--host", help="listen address (TOLLGATE_HOST, default 127.0.0.1)")
     dev.add_argument("--port", type=int, help="listen port (TOLLGATE_PORT, default 8000)")
     _data_dir_option(dev)
@@ -59,9 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     statement = sub.add_parser("statement", help="an organization's statement for a period (JSON or CSV)")
     statement.add_argument("--org", required=True, help="the organization id (org_...)")
     statement.add_argument("--from", dest="start", required=True, help="period start, ISO 8601 (inclusive)")
-    statement.add_argument("--to", dest="end", required=True, help="period end, ISO 8601 (exclusive)")
+    statement.add_argument("--to", dest="end", help="period end, ISO 8601 (exclusive; default: now)")
     statement.add_argument("--format", choices=("json", "csv"), default="json", help="output format (default json)")
-    _data_dir_option(statement, "the data directory of the embedded ClickHouse store")
+    _data_dir_option(statement, "the data directory of `tollgate dev` (its ClickHouse server, running or not)")
     migrate = sub.add_parser("migrate", help="apply the ClickHouse schema migrations and exit")
     _data_dir_option(migrate, "the data directory of the embedded ClickHouse store")
     from tollgate import audit, replay
@@ -105,12 +108,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
         return print_statement(settings, args.org, args.start, args.end, args.format)
     if args.command == "migrate":
-        from tollgate.wiring import open_store
-
-        store = open_store(settings)  # opening applies what is missing
-        print(f"ClickHouse schema at version {store.schema_version()}")
-        store.close()
-        return 0
+        return migrate(settings)
     if args.command == "dev":
         serve.run_dev(settings)
     elif args.command == "gateway":
@@ -120,20 +118,40 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def configure_logging() -> None:
-    """``TOLLGATE_LOG_LEVEL`` (default WARNING) for every logger: Tollgate's and the libraries' (httpx,
-    Litestar, kafka-python), which all inherit the root's level; nothing else configures logging."""
-    level = os.environ.get("TOLLGATE_LOG_LEVEL", "WARNING").upper()
+def migrate(settings: Settings) -> int:
+    """Create the database TOLLGATE_CLICKHOUSE_URL names (if missing) and apply the missing migrations."""
+    from tollgate.wiring import open_store
+
+    if not settings.clickhouse_url:
+        raise CommandError(
+            "set TOLLGATE_CLICKHOUSE_URL to the ClickHouse server to migrate (an embedded store and the "
+            "server of `tollgate dev` apply their migrations themselves when they open)",
+            exit_code=2,
+        )
+    store = open_store(settings, migrate=True)
+    try:
+        print(f"ClickHouse schema at version {store.schema_version()} on {settings.clickhouse_url}")
+    finally:
+        store.close()
+    return 0
+
+
+def configure_logging(level: str) -> None:
+    """``level`` for every logger of the process, ours and the libraries' (httpx and kafka-python log
+    each request and group change at INFO). The gateway's Litestar app keeps this configuration:
+    ``gateway.app`` gives it no logging config of its own, which would set the root logger to INFO."""
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise CommandError(f"TOLLGATE_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {level!r}", 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    logging.getLogger().setLevel(level)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging()
     try:
-        sys.exit(run(args, settings_for(args)))
+        settings = settings_for(args)
+        configure_logging(settings.log_level)
+        sys.exit(run(args, settings))
     except CommandError as error:
         print(f"tollgate {args.command}: {error}", file=sys.stderr)
         sys.exit(error.exit_code)

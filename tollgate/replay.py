@@ -9,9 +9,12 @@ live ones.
   after it, each with all of its events, so the state of a job placed earlier is not half rebuilt.
 - ``windows``: the rate-limit windows of the last minute from ``tollgate.requests`` and the charges;
   compared with ``used_in_window`` of ``GET /v1/organizations/{id}/limits``.
-- ``usage``: ClickHouse usage rows, rollups and postings into a fresh store in ``--target``; compared
-  with the live usage API totals. From ``--since``: the events that occurred in [since, the moment
-  replay started), compared with the live statements of exactly that window.
+- ``usage``: ClickHouse usage rows, rollups and postings into a fresh store; compared with the live
+  usage API totals. From ``--since``: the events that occurred in [since, the moment replay started),
+  compared with the live statements of exactly that window. The fresh store is a new database on the
+  ClickHouse server in use (TOLLGATE_CLICKHOUSE_URL, or the server of the ``tollgate dev`` running on
+  ``--data-dir``), dropped when everything agrees and kept to be queried when something differs; or,
+  without a server (or with ``--target DIR``), a new embedded store in a directory, kept.
 
 ``--since`` selects events by ``occurred_at`` and seeks the log by record timestamp to a little
 before it (``since_seek_slack_s``), so it reads only the end of the log.
@@ -29,6 +32,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from eventlog import EventLog, topics
 from eventlog.read import read_topic
@@ -36,12 +40,13 @@ from eventlog.settings import Settings
 from ledger.limits import kinds
 from projections.jobs import JobsView
 from projections.statements import load_statement, statement_days_max, statement_json
-from projections.usage import UsageStore
+from projections.usage import StoreUnavailable, UsageStore, create_database, database_exists, drop_database
 from projections.views import BalancesView, TenantsView
 from schemas.codec import decode_event
 from schemas.events import HoldPlaced
 from schemas.moments import iso, utc_now
 from tollgate.audit import moment_argument
+from tollgate.clickhouse import running_url, server_directory
 from tollgate.remote import CommandError, GatewayClient
 from tollgate.wiring import open_log
 
@@ -218,6 +223,28 @@ def _compare_statement(
     ]
 
 
+def open_target(target: str | None, settings: Settings) -> tuple[UsageStore, str]:
+    """The fresh store usage is rebuilt into, and its name for the report (see the module docstring):
+    ``--target`` as a URL (``http://host:8123/database``) or a directory, else a new database on the
+    server in use, else a new directory in the data directory."""
+    server = settings.clickhouse_url or running_url(server_directory(settings.data_dir))
+    if target is None and server:
+        parts = urlsplit(server)
+        target = urlunsplit(parts._replace(path=f"/tollgate_replay_{int(time.time() * 1000)}"))
+    if target is not None and "://" in target:
+        if database_exists(target):
+            raise CommandError(f"the database of --target {target} exists; replay builds into a fresh one", 2)
+        try:
+            create_database(target)
+            return UsageStore(url=target), target
+        except StoreUnavailable as error:
+            raise CommandError(str(error)) from None
+    directory = Path(target) if target is not None else settings.data_dir / f"replay-{int(time.time())}"
+    if (directory / "clickhouse").exists():
+        raise CommandError(f"{directory / 'clickhouse'} exists; replay builds into a fresh target", 2)
+    return UsageStore(path=directory / "clickhouse"), str(directory)
+
+
 def replay(args: argparse.Namespace, settings: Settings) -> int:
     wanted = [p.strip() for p in args.projections.split(",") if p.strip()]
     unknown = set(wanted) - set(projections_all)
@@ -267,16 +294,23 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
     if "usage" in wanted:
         from projections.replay import rebuild_usage
 
-        target = Path(args.target) if args.target else settings.data_dir / f"replay-{int(time.time())}"
+        store, target = open_target(args.target, settings)
         started = time.monotonic()
         end = until if since is not None else None  # the whole log is compared whole
-        store, totals = rebuild_usage(log, target, since, end, start_ms=seek_start_ms(since))
-        report["usage"] = {"target": str(target), "seconds": round(time.monotonic() - started, 3), **totals}
-        if since is not None:
-            report["usage"].update({"from": since.isoformat(), "to": until.isoformat()})
-        if admin is not None:
-            mismatches += compare_usage(store, admin, since, end, orgs=organizations(log))
-        store.close()
+        try:
+            totals = rebuild_usage(log, store, since, end, start_ms=seek_start_ms(since))
+            report["usage"] = {"target": target, "seconds": round(time.monotonic() - started, 3), **totals}
+            if since is not None:
+                report["usage"].update({"from": since.isoformat(), "to": until.isoformat()})
+            if admin is not None:
+                mismatches += compare_usage(store, admin, since, end, orgs=organizations(log))
+        finally:
+            store.close()
+        if store.url:  # a scratch database on a live server: dropped once compared and found equal
+            agree = admin is not None and not mismatches and report["usage"].get("rollups_agree", False)
+            report["usage"]["target_kept"] = not agree
+            if not report["usage"]["target_kept"]:
+                drop_database(store.url)
     report["mismatches"] = mismatches[:100]
     report["ok"] = not mismatches
     print(json.dumps(report, indent=2, default=str))
@@ -296,7 +330,11 @@ def add_parser(sub: Any) -> None:
         "--since",
         help="rebuild jobs placed and usage that occurred from this ISO moment on, instead of from offset 0",
     )
-    parser.add_argument("--target", help="a fresh directory for the rebuilt ClickHouse store")
+    parser.add_argument(
+        "--target",
+        help="where to rebuild the usage rows: a new ClickHouse database by URL (http://host:8123/name) or a "
+        "new directory (default: a new database on the server in use, else a directory in --data-dir)",
+    )
     parser.add_argument("--gateway", help="compare with this gateway's read models")
     parser.add_argument(
         "--admin-token", default="", help="the platform admin token for --gateway (default: TOLLGATE_ADMIN_TOKEN)"

@@ -1,5 +1,6 @@
 """Running roles in the foreground: one Kafka role per process, the gateway served by Granian, and
-``tollgate dev`` (every role in one process on the embedded log, with a demo organization)."""
+``tollgate dev`` (every role in one process on the embedded log, a ClickHouse server as its child,
+and a demo organization)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import threading
+import uuid
 from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,8 +26,9 @@ from gateway.core import GatewayCore
 from schemas.commands import GrantCredits
 from schemas.ids import new_id
 from schemas.moments import utc_now
+from tollgate.clickhouse import ClickHouseServer, server_directory
 from tollgate.remote import CommandError
-from tollgate.wiring import Stack, open_log
+from tollgate.wiring import Stack, embedded_store_path, open_log, open_store
 
 logger = logging.getLogger("tollgate")
 
@@ -50,6 +55,13 @@ def require_kafka(settings: Settings, role: str) -> None:
 def run_role(role: str, settings: Settings) -> None:
     """The ledger, the workers or the projector on Kafka, until SIGINT or SIGTERM."""
     require_kafka(settings, role)
+    if role == "projector" and not settings.clickhouse_url:
+        raise CommandError(
+            "tollgate projector writes a ClickHouse server: set TOLLGATE_CLICKHOUSE_URL (compose/clickhouse.sh "
+            "start runs one; then `tollgate migrate`). Without a server, `tollgate gateway` projects into an "
+            "embedded store of its own.",
+            exit_code=2,
+        )
     stack = Stack(settings, open_log(settings))
     install_signal_handlers(stack.stop)
     try:
@@ -68,11 +80,20 @@ async def serve(
     core: GatewayCore, settings: Settings, stop: threading.Event, announce: Callable[[], Coroutine[Any, Any, None]]
 ) -> None:
     from granian.constants import Interfaces
+    from granian.log import LogLevels
     from granian.server.embed import Server
 
     server = Server(
-        create_app(core), address=settings.host, port=settings.port, interface=Interfaces.ASGI, log_access=False
+        create_app(core),
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        log_access=False,
+        # Granian's logger at TOLLGATE_LOG_LEVEL, through the process's handler (tollgate/cli.py).
+        log_level=LogLevels(settings.log_level.lower()),
+        log_dictconfig={"loggers": {"_granian": {"level": settings.log_level, "handlers": [], "propagate": True}}},
     )
+    logging.getLogger("_granian").addFilter(drop_embedded_notice)
     loop = asyncio.get_running_loop()
 
     def watch_stop() -> None:
@@ -91,6 +112,12 @@ async def serve(
         await serving
         raise CommandError(f"could not start: {announcing.exception()}")
     await serving
+
+
+def drop_embedded_notice(record: logging.LogRecord) -> bool:
+    """Granian warns "Embedded server is experimental!" at every start of its embedded server, which
+    is how every Tollgate gateway serves: a line in every start's output that asks nothing of the user."""
+    return not record.getMessage().startswith("Embedded server is experimental")
 
 
 def run_gateway(settings: Settings, projector: bool | None) -> None:
@@ -160,25 +187,83 @@ def dev_admin_token(settings: Settings) -> str:
 
 
 def run_dev(settings: Settings) -> None:
-    """Every role in this process on the embedded log and ClickHouse engine, with a demo organization."""
+    """Every role in this process on the embedded log, with a demo organization; ClickHouse is a server
+    of its own (a child process, stopped with dev) unless TOLLGATE_DEV_CLICKHOUSE=embedded."""
+    if settings.dev_clickhouse not in ("server", "embedded"):
+        raise CommandError(f"TOLLGATE_DEV_CLICKHOUSE must be server or embedded, not {settings.dev_clickhouse!r}", 2)
     with data_dir_lock(settings.data_dir):
         admin_token = dev_admin_token(settings)
-        stack = Stack(settings, open_log(settings))
-        install_signal_handlers(stack.stop)
+        stop = threading.Event()
+        install_signal_handlers(stop)  # before the server starts: a stop while it starts stops it too
+        server = start_dev_clickhouse(settings) if settings.dev_clickhouse == "server" else None
         try:
-            stack.open_store()
-            stack.start_ledger()
-            stack.start_workers()
-            stack.start_projector()
-            core = stack.start_gateway(admin_token)
-
-            async def announce() -> None:
-                demo = await ensure_demo(core, settings.data_dir)
-                print_banner(settings, admin_token, demo)
-
-            asyncio.run(serve(core, settings, stack.stop, announce))
+            if server is not None:
+                settings = replace(settings, clickhouse_url=server.url)
+            run_dev_stack(settings, admin_token, stop, server)
         finally:
-            stack.close()
+            if server is not None:
+                server.stop()  # after the stack: the projector has flushed into it
+
+
+def start_dev_clickhouse(settings: Settings) -> ClickHouseServer:
+    """dev's ClickHouse server, in data_dir/clickhouse-server, on TOLLGATE_DEV_CLICKHOUSE_HTTP_PORT."""
+    port = settings.dev_clickhouse_http_port
+    if port and port_in_use(port):
+        raise CommandError(
+            f"port {port} (for dev's ClickHouse server) is in use, by another ClickHouse or tollgate dev? "
+            "Stop it, or set TOLLGATE_DEV_CLICKHOUSE_HTTP_PORT to another port (0: any free one)."
+        )
+    return ClickHouseServer(server_directory(settings.data_dir), port, settings.dev_clickhouse_tcp_port)
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def dev_projector_group(settings: Settings) -> str:
+    """dev's projector group, one per ClickHouse server directory (the name is kept in it): a server
+    directory made anew (deleted, or the first after the embedded store of an earlier version) gets a
+    group without positions, so its projector rebuilds every usage row from the log."""
+    path = server_directory(settings.data_dir) / "projector-group"
+    if not path.exists():
+        path.write_text(f"tollgate-projector-dev-{uuid.uuid4().hex[:12]}\n")
+    return path.read_text().strip()
+
+
+def watch_server(server: ClickHouseServer, stop: threading.Event) -> None:
+    """Stop dev (with the reason) if its ClickHouse server ends while dev runs."""
+    while not stop.wait(1.0):
+        if not server.alive():
+            logger.error(
+                "the ClickHouse server stopped (%s); dev stops too:\n%s", server.process.returncode, server.log_tail()
+            )
+            stop.set()
+
+
+def run_dev_stack(settings: Settings, admin_token: str, stop: threading.Event, server: ClickHouseServer | None) -> None:
+    stack = Stack(settings, open_log(settings), stop=stop)
+    try:
+        stack.store = open_store(settings, migrate=True)  # dev is the only process on its server
+        stack.start_ledger()
+        stack.start_workers()
+        stack.start_projector(dev_projector_group(settings) if server is not None else None)
+        if server is not None:
+            threading.Thread(target=watch_server, args=(server, stop), name="clickhouse-watch", daemon=True).start()
+        core = stack.start_gateway(admin_token)
+
+        async def announce() -> None:
+            demo = await ensure_demo(core, settings.data_dir)
+            print_banner(settings, admin_token, demo, server)
+
+        asyncio.run(serve(core, settings, stack.stop, announce))
+    finally:
+        stack.close()
 
 
 async def ensure_demo(core: GatewayCore, data_dir: Path) -> dict[str, str]:
@@ -207,16 +292,33 @@ async def ensure_demo(core: GatewayCore, data_dir: Path) -> dict[str, str]:
     return demo
 
 
-def print_banner(settings: Settings, admin_token: str, demo: dict[str, str]) -> None:
+def print_banner(settings: Settings, admin_token: str, demo: dict[str, str], server: ClickHouseServer | None) -> None:
     url = f"http://{settings.host}:{settings.port}"
+    if server is not None:
+        clickhouse = (
+            f"  ClickHouse:        {server.url}  (native protocol 127.0.0.1:{server.tcp_port}; a server run by"
+            f" this process, data in {server.directory})"
+        )
+    else:
+        clickhouse = f"  ClickHouse:        embedded in this process, in {embedded_store_path(settings)}"
+    old_store = embedded_store_path(settings)
+    note = ""
+    if server is not None and old_store.is_dir():
+        note = (
+            f"\n  note: {old_store} (the embedded ClickHouse of an earlier version) is no longer used: usage was"
+            " rebuilt from the log\n  into the server above. Delete it, or set TOLLGATE_DEV_CLICKHOUSE=embedded"
+            " to keep using it.\n"
+        )
     print(
         f"""
-Tollgate is running at {url}  (embedded log and ClickHouse in {settings.data_dir})
+Tollgate is running at {url}  (embedded log in {settings.data_dir})
+{clickhouse}
   admin token:       {admin_token}
   demo organization: {demo["org_id"]}
   demo API key:      {demo["api_key"]}
-
-  export TOLLGATE_ADMIN_TOKEN={admin_token}
+{note}
+For the README's commands:
+  export TOLLGATE_ADMIN_TOKEN={admin_token} ORG={demo["org_id"]}
 
 Try it:
   curl -s {url}/v1/chat/completions \\

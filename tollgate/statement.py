@@ -1,6 +1,6 @@
-"""`tollgate statement`: an organization's statement for a period, from ClickHouse (the server at
-TOLLGATE_CLICKHOUSE_URL, or the embedded store in the data directory, which no running process may
-hold)."""
+"""`tollgate statement`: an organization's statement for a period, from ClickHouse: the server at
+TOLLGATE_CLICKHOUSE_URL, or the data directory's (the running `tollgate dev`'s server, a server
+started on its files for the command when dev is not running, or an embedded store)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ import msgspec
 
 from eventlog.settings import Settings
 from projections.statements import load_statement, statement_csv, statement_json
+from schemas.moments import iso, utc_now
 from tollgate.audit import period_arguments, require_organization
 from tollgate.remote import CommandError
-from tollgate.wiring import embedded_store_path, open_log, open_store
+from tollgate.wiring import open_log, usage_store
 
 
-def print_statement(settings: Settings, org_id: str, start: str, end: str, output: str) -> int:
-    period = period_arguments(start, end)
+def print_statement(settings: Settings, org_id: str, start: str, end: str | None, output: str) -> int:
+    period = period_arguments(start, end or iso(utc_now()))
+    # The log says whether the organization exists (a statement of zeros for a typo is a lie).
     log_here = not settings.embedded or (settings.data_dir / "log.sqlite3").exists()
     if log_here:
         log = open_log(settings, must_exist=True)
@@ -24,18 +26,10 @@ def print_statement(settings: Settings, org_id: str, start: str, end: str, outpu
             require_organization(log, org_id)
         finally:
             log.close()
-    if not settings.clickhouse_url and not embedded_store_path(settings).exists():
-        raise CommandError(
-            f"no usage store at {embedded_store_path(settings)}: pass --data-dir (the one `tollgate dev` "
-            "uses), or set TOLLGATE_CLICKHOUSE_URL"
-        )
-    store = open_store(settings)
-    try:
+    with usage_store(settings) as store:
         if not log_here and not store.knows_organization(org_id):
             raise CommandError(f"no organization {org_id!r} has usage or ledger history in this store (check --org)")
         built = load_statement(store, org_id, *period)
-    finally:
-        store.close()
     if output == "csv":
         sys.stdout.write(statement_csv(built))
     else:

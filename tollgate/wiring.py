@@ -6,11 +6,12 @@ tests' stacks and the benchmarks use it too, so what they run is what production
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from eventlog import EventLog, topics
@@ -20,7 +21,8 @@ from ledger.chain import Signer, load_or_create_signing_key
 from ledger.pricing import PriceBooks, default_price_book
 from ledger.role import LedgerRole
 from projections.role import ProjectorRole
-from projections.usage import UsageStore
+from projections.usage import StoreUnavailable, UsageStore, create_database
+from tollgate.clickhouse import server_directory, server_url_for
 from tollgate.remote import CommandError
 from workers.backends import Backend, SimulatedBackend
 from workers.role import WorkerRole, worker_roles
@@ -58,10 +60,58 @@ def embedded_store_path(settings: Settings) -> Path:
     return settings.data_dir / "clickhouse"
 
 
-def open_store(settings: Settings) -> UsageStore:
+def open_store(settings: Settings, migrate: bool = False) -> UsageStore:
     """The ClickHouse server at ``TOLLGATE_CLICKHOUSE_URL``, or the embedded engine in the data
-    directory (which one process at a time may hold)."""
-    return UsageStore(url=settings.clickhouse_url, path=embedded_store_path(settings))
+    directory (which one process at a time may hold; migrated on open).
+
+    A server's schema is applied by ``tollgate migrate`` (``migrate=True``: it creates the database
+    too), once, before the roles start: several roles opening one server at once would race to apply
+    a migration, so a role refuses a database that lacks one instead, saying so."""
+    try:
+        if not settings.clickhouse_url:
+            return UsageStore(path=embedded_store_path(settings))
+        if migrate:
+            create_database(settings.clickhouse_url)
+        store = UsageStore(url=settings.clickhouse_url, migrate=migrate)
+        try:
+            store.require_schema()
+        except StoreUnavailable:
+            store.close()
+            raise
+        return store
+    except StoreUnavailable as error:
+        raise WiringError(str(error)) from None
+
+
+@contextlib.contextmanager
+def usage_store(settings: Settings) -> Iterator[UsageStore]:
+    """The usage store a command reads (``tollgate statement``): the server at
+    ``TOLLGATE_CLICKHOUSE_URL``; else the data directory's: the server of the ``tollgate dev`` that runs
+    on it, or, when none runs, one started on its files for the command's duration; else an embedded
+    store there (``TOLLGATE_DEV_CLICKHOUSE=embedded``, or one an earlier version left)."""
+    server_dir = server_directory(settings.data_dir)
+    embedded = embedded_store_path(settings)
+    if settings.clickhouse_url:
+        found = open_store(settings)
+    elif (server_dir / "db").is_dir() and not (settings.dev_clickhouse == "embedded" and embedded.is_dir()):
+        with server_url_for(server_dir) as url:
+            found = open_store(replace(settings, clickhouse_url=url))
+            try:
+                yield found
+            finally:
+                found.close()
+        return
+    elif embedded.is_dir():
+        found = open_store(settings)
+    else:
+        raise WiringError(
+            f"no usage store in {settings.data_dir}: pass --data-dir (the one `tollgate dev` uses), or set "
+            "TOLLGATE_CLICKHOUSE_URL to the ClickHouse server the projector writes"
+        )
+    try:
+        yield found
+    finally:
+        found.close()
 
 
 def projector_group(settings: Settings) -> str:

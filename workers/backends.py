@@ -19,6 +19,7 @@ import abc
 import asyncio
 import base64
 import hashlib
+import json
 import math
 import re
 from collections import OrderedDict
@@ -30,7 +31,8 @@ import msgspec
 from ledger.pricing import billed_seconds, default_price_book
 from schemas.prices import Route
 from schemas.units import Units
-from workers import media, metering
+from workers import conversations, media, metering
+from workers.conversations import Dialogue, Reply, Search, ToolCall
 
 _token_pattern = re.compile(r"\w+|[^\w\s]")
 _vocabulary = (
@@ -87,7 +89,11 @@ class JobOutput(msgspec.Struct, frozen=True, kw_only=True):
     units: Units
 
 
-ProgressListener = Callable[[int, Units, str], None]
+ProgressListener = Callable[[int, Units, str, str], None]
+
+# What a progress point's delta extends (JobProgressed.part): the answer's text, the model's thinking,
+# the signature of that thinking (Anthropic's), or one whole output item as JSON in the endpoint's shape.
+TEXT, REASONING, REASONING_SIGNATURE, ITEM = "", "reasoning", "reasoning_signature", "item"
 
 
 class JobContext:
@@ -123,15 +129,23 @@ class JobContext:
         self._should_stop = should_stop
         self.on_progress = on_progress
 
+    def translated(self, endpoint: str, payload: dict[str, Any]) -> JobContext:
+        """This job as a request to another endpoint (a translation, workers/upstream.py): its progress
+        points are this job's."""
+        view = JobContext(self.job_id, self.model, endpoint, payload, self.attempt, pool=self.pool)
+        view.on_progress = lambda milli, units, delta, part: self.progress(milli, units, delta, part)
+        return view
+
     def serve_as(self, model: str, fallback_depth: int) -> None:
         self.served_model = model
         self.fallback_depth = fallback_depth
 
-    def progress(self, progress_milli: int, units: Units, delta: str = "") -> None:
+    def progress(self, progress_milli: int, units: Units, delta: str = "", part: str = TEXT) -> None:
         self.units = units
-        self.output += delta
+        if part == TEXT:
+            self.output += delta
         if self.on_progress is not None:
-            self.on_progress(progress_milli, units, delta)
+            self.on_progress(progress_milli, units, delta, part)
         if self._should_stop():
             raise JobStopped(self.job_id)
 
@@ -204,6 +218,8 @@ class SimulatedBackend(Backend):
             "/v1/audio/speech": self._speech,
             "/v1/audio/transcriptions": self._transcription,
             "/v1/videos/generations": self._video,
+            conversations.RESPONSES: self._dialogue,
+            conversations.MESSAGES: self._dialogue,
         }.get(job.endpoint)
         if runner is None:
             raise BackendError("unsupported_endpoint", f"the simulated backend cannot run {job.endpoint}")
@@ -380,6 +396,117 @@ class SimulatedBackend(Backend):
         clip = await asyncio.to_thread(media.video_clip, seconds, video_width, video_height, video_fps, seed)
         result = {"data": [{"b64_json": base64.b64encode(clip).decode(), "content_type": "video/x-msvideo"}]}
         return JobOutput(result=result, units=Units(video_seconds=seconds))
+
+    async def _dialogue(self, job: JobContext, token_s: float) -> JobOutput:
+        """Responses and Messages (workers/conversations.py): thinking when asked for, one hosted web
+        search when offered (before the answer; a priced call, its results read as prompt), then a call
+        of the client's first tool (or the one tool_choice names) unless the conversation ends with a
+        tool's result, else text. Each is a progress point in its part as it is produced."""
+        responses = job.endpoint == conversations.RESPONSES
+        try:
+            dialogue = (conversations.from_responses if responses else conversations.from_messages)(job.payload)
+        except conversations.DialogueError as error:
+            raise BackendError("invalid_request", error.message) from None
+        seed = _seed(dialogue.messages, [tool.name for tool in dialogue.tools])
+        prompt = tokens_per_reply_overhead + count_sim_tokens(conversations.tools_text(dialogue))
+        prompt += sum(
+            count_sim_tokens(conversations.message_text(m)) + tokens_per_message_overhead for m in dialogue.messages
+        )
+        limit = dialogue.output_tokens_max or sim_reply_tokens_max
+        reply = Reply()
+        output = 0
+
+        async def emit(words: list[str], part: str) -> str:
+            nonlocal output
+            produced = ""
+            for start in range(0, len(words), stream_chunk_tokens):
+                chunk = words[start : start + stream_chunk_tokens]
+                if token_s:
+                    await asyncio.sleep(token_s * len(chunk))
+                delta = ("" if start == 0 else " ") + " ".join(chunk)
+                produced += delta
+                output += len(chunk)
+                job.progress(
+                    min(999, 1000 * output // limit), Units(input_tokens=prompt, output_tokens=output), delta, part
+                )
+            return produced
+
+        if dialogue.thinking_tokens_max:
+            thinking = min(12 + seed[1] % 20, dialogue.thinking_tokens_max, limit)
+            reply.thinking = await emit(_words(_seed(seed, "thinking"), thinking), REASONING)
+            reply.reasoning_tokens = thinking
+            if not responses:
+                reply.thinking_signature = conversations.thinking_signature(reply.thinking)
+                units = Units(input_tokens=prompt, output_tokens=output)
+                job.progress(min(999, 1000 * output // limit), units, reply.thinking_signature, REASONING_SIGNATURE)
+        asked = _last_user_text(dialogue)
+        if dialogue.web_search and dialogue.web_search_calls_max and dialogue.tool_choice in ("auto", "required"):
+            digest = hashlib.sha256(asked.encode()).hexdigest()[:12]
+            search = Search(asked[:200], tuple(f"https://example.com/search/{digest}/{n}" for n in (1, 2)))
+            prompt += count_sim_tokens(" ".join(_words(_seed(asked, "results"), 24)))  # the results it read
+            reply.searches.append(search)
+            units = Units(input_tokens=prompt, output_tokens=output, web_search_calls=len(reply.searches))
+            job.progress(min(999, 1000 * output // limit), units, json.dumps(conversations.search_item(search)), ITEM)
+        call = _sim_tool_call(dialogue, job.job_id, asked, "call_" if responses else "toolu_")
+        if call is not None and count_sim_tokens(call.name + " " + call.arguments) <= limit - output:
+            output += count_sim_tokens(call.name + " " + call.arguments)
+            reply.tool_calls.append(call)
+            reply.finish = "tool_calls"
+            item = conversations.function_call_item(call) if responses else conversations.tool_use_block(call)
+            units = Units(input_tokens=prompt, output_tokens=output, web_search_calls=len(reply.searches))
+            job.progress(1000, units, json.dumps(item), ITEM)
+        else:
+            natural = 8 + seed[0] % (sim_reply_tokens_max - 8)
+            words = _words(_seed(seed, [s.query for s in reply.searches]), min(natural, max(limit - output, 0)))
+            reply.text = await emit(words, TEXT)
+            reply.finish = "length" if len(words) < natural else "stop"
+        units = Units(input_tokens=prompt, output_tokens=output, web_search_calls=len(reply.searches))
+        if responses:
+            result = conversations.responses_result(reply, job.model, job.payload)
+        else:
+            result = conversations.message_result(reply, job.model)
+        return JobOutput(result=result, units=units)
+
+
+def _last_user_text(dialogue: Dialogue) -> str:
+    for message in reversed(dialogue.messages):
+        if message.get("role") == "user":
+            return conversations.message_text(message).strip()
+    return ""
+
+
+def _sim_tool_call(dialogue: Dialogue, job_id: str, asked: str, prefix: str) -> ToolCall | None:
+    """The simulated model calls a tool when it has one to call and the conversation does not end with
+    a tool's result; its arguments fill the tool's required parameters (strings with the last
+    capitalised word asked: "the weather in Paris?" gives city "Paris")."""
+    if not dialogue.tools or dialogue.tool_choice == "none" or dialogue.messages[-1].get("role") == "tool":
+        return None
+    named = [tool for tool in dialogue.tools if tool.name == dialogue.tool_choice]
+    tool = named[0] if named else dialogue.tools[0]
+    properties = tool.parameters.get("properties") or {}
+    required = tool.parameters.get("required") or list(properties)
+    words = [word.strip(".,!?;:'\"()") for word in asked.split()]
+    capitalised = [word for word in words if word[:1].isupper()]
+    word = capitalised[-1] if capitalised else next((w for w in reversed(words) if w), "value")
+    values: dict[str, Any] = {}
+    for name in required:
+        given = properties.get(name)
+        spec: dict[str, Any] = given if isinstance(given, dict) else {}
+        kind = spec.get("type")
+        if spec.get("enum"):
+            values[name] = spec["enum"][0]
+        elif kind in ("integer", "number"):
+            values[name] = 1
+        elif kind == "boolean":
+            values[name] = True
+        elif kind == "array":
+            values[name] = []
+        elif kind == "object":
+            values[name] = {}
+        else:
+            values[name] = word
+    call_id = prefix + hashlib.sha256(f"{job_id}/{tool.name}".encode()).hexdigest()[:24]
+    return ToolCall(call_id, tool.name, json.dumps(values, separators=(",", ":")))
 
 
 SimulatedChatBackend = SimulatedBackend

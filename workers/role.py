@@ -382,14 +382,14 @@ class WorkerRole:
             )
         raise AssertionError("the last attempt returns")
 
-    def _reporter(self, running: _Running, attempt: int, context: JobContext) -> Callable[[int, Units, str], None]:
+    def _reporter(self, running: _Running, attempt: int, context: JobContext) -> Callable[[int, Units, str, str], None]:
         """The progress points of one attempt as ``JobProgressed`` events: every point of a streamed
         job (the client reads them as they come), at most one per ``progress_interval_s`` otherwise."""
         job = running.job
         sequence = 0
         last_report = 0.0
 
-        def report(progress_milli: int, units: Units, delta: str) -> None:
+        def report(progress_milli: int, units: Units, delta: str, part: str) -> None:
             nonlocal sequence, last_report
             if running.stop.is_set():
                 return  # stopped: nothing more of this run goes out
@@ -407,6 +407,7 @@ class WorkerRole:
                 sequence=sequence,
                 progress_milli=progress_milli,
                 delta=delta,
+                part=part,
                 units=units,
                 served_model=_served(job, context.served_model),
                 fallback_depth=context.fallback_depth if _served(job, context.served_model) else 0,
@@ -544,10 +545,19 @@ class WorkerRole:
             positions = self._positions()
             if positions != committed:
                 try:
-                    consumer.commit(positions)
+                    # Not waited for: taking the next jobs matters more, and a lost commit only
+                    # means a redelivery (outcome ids derive from the job; the ledger refuses repeats).
+                    consumer.commit(positions, wait=False)
                     committed = positions
                 except Exception:
                     logger.exception("worker could not commit its positions; they are committed later")
+        self.jobs_done += self._drain_finished()
+        positions = self._positions()
+        if positions != committed:
+            try:
+                consumer.commit(positions)  # on the way out, waited for: fewer redeliveries after a restart
+            except Exception:
+                logger.exception("worker could not commit its positions on stopping")
 
     def _shutdown(self, loop: asyncio.AbstractEventLoop, loop_thread: threading.Thread) -> None:
         self._stopping = True

@@ -31,13 +31,14 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 import msgspec
 
 from ledger.pricing import billed_seconds
 from schemas.prices import Route
 from schemas.units import Units
-from workers.backends import Backend, BackendError, JobContext, JobOutput
+from workers import conversations
+from workers.backends import ITEM, REASONING, REASONING_SIGNATURE, TEXT, Backend, BackendError, JobContext, JobOutput
 from workers.tokens import TokenCounter, TokenizerError, load_counter
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,9 @@ EMBEDDINGS = "/v1/embeddings"
 IMAGES = "/v1/images/generations"
 SPEECH = "/v1/audio/speech"
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
+RESPONSES = conversations.RESPONSES
+MESSAGES = conversations.MESSAGES
+anthropic_version = "2023-06-01"  # the Messages API version an Anthropic-compatible upstream is called with
 
 error_text_chars_max = 500  # of an upstream's error body, in a job's failure message
 stream_line_bytes_max = 4 * 1024 * 1024  # one SSE line; a longer one is a broken stream
@@ -70,6 +74,12 @@ class Upstream:
     stream_logprobs: bool = False  # ask streams for logprobs: an exact output count without usage
     tokenizers: Mapping[str, str] = field(default_factory=dict)  # model -> tokenizer spec
     models: Mapping[str, str] = field(default_factory=dict)  # price book model -> the upstream's name
+    # The upstream serves OpenAI's /v1/responses (vLLM, SGLang, OpenAI): Responses requests are forwarded;
+    # false: translated to chat completions (function tools only: the hosted web_search fails the job).
+    responses: bool = True
+    # The upstream also serves Anthropic's /v1/messages (Anthropic, vLLM, llama.cpp's llama-server):
+    # Messages requests are forwarded; false: translated to chat completions.
+    anthropic: bool = False
 
 
 _upstream_keys = {
@@ -81,6 +91,8 @@ _upstream_keys = {
     "stream_logprobs",
     "tokenizers",
     "models",
+    "responses",
+    "anthropic",
 }
 
 
@@ -108,6 +120,8 @@ class UpstreamSpec(msgspec.Struct, frozen=True, kw_only=True):
     stream_logprobs: bool = False
     tokenizers: dict[str, str] = msgspec.field(default_factory=dict)
     models: dict[str, str] = msgspec.field(default_factory=dict)
+    responses: bool = True
+    anthropic: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,37 +187,49 @@ class _Unserved(Exception):
         self.error = error
 
 
-connections_per_shard_max = 8
+# What a call to an upstream can fail with before it has an answer: the connection, a timeout.
+_call_errors = (aiohttp.ClientError, asyncio.TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """A whole upstream answer, read."""
+
+    status_code: int
+    headers: Mapping[str, str]  # names in lower case
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
 
 
 @dataclass(slots=True)
 class _Client:
-    """An upstream's async clients and its slots (calls in flight), on one worker's event loop.
+    """An upstream's HTTP session and its slots (calls in flight), on one worker's event loop.
 
-    httpcore's pool checks every connection it holds (a syscall each) whenever it assigns a request
-    or takes one back: O(connections) per call, which at 64 calls in flight was most of a worker's CPU.
-    So the connections are split over shards of at most ``connections_per_shard_max``, and a call
-    takes the least busy shard."""
+    aiohttp, not httpx: against a fake upstream that answers at once, httpx spent 2-3 ms of CPU per
+    call and aiohttp 0.16-0.2 ms (3,000 calls at 16 in flight, /tmp/clientbench.py in the hot-path
+    note); in `tollgate dev` the upstream calls were 42% of the process's CPU."""
 
     upstream: Upstream
-    shards: list[httpx.AsyncClient]
-    busy: list[int]
+    session: aiohttp.ClientSession
     slots: asyncio.Semaphore
 
+    def url(self, path: str) -> str:
+        return self.upstream.url.rstrip("/") + path
+
     @contextlib.asynccontextmanager
-    async def http(self) -> AsyncIterator[httpx.AsyncClient]:
-        """A slot, and the least busy shard for one call (released when the call ends)."""
+    async def http(self) -> AsyncIterator[aiohttp.ClientSession]:
+        """A slot for one call (released when the call ends)."""
         async with self.slots:
-            index = min(range(len(self.shards)), key=self.busy.__getitem__)
-            self.busy[index] += 1
-            try:
-                yield self.shards[index]
-            finally:
-                self.busy[index] -= 1
+            yield self.session
 
     async def aclose(self) -> None:
-        for shard in self.shards:
-            await shard.aclose()
+        await self.session.close()
 
 
 @dataclass(slots=True)
@@ -216,8 +242,7 @@ class _Count:
     usage: dict[str, Any] | None = None
 
 
-def _error_for_status(response: httpx.Response, body: str) -> BackendError:
-    status = response.status_code
+def _error_for_status(status: int, body: str) -> BackendError:
     detail = f"upstream answered {status}: {body[:error_text_chars_max]}"
     if status in fallback_statuses or status >= 500:
         return BackendError("upstream_error" if status >= 500 else "upstream_busy", detail, retryable=True)
@@ -286,19 +311,20 @@ class UpstreamBackend(Backend):
         if client is None:
             headers = {"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else {}
             limit = upstream.calls_in_flight_max
-            per_shard = min(limit, connections_per_shard_max)
-            shards = [
-                httpx.AsyncClient(
-                    base_url=upstream.url.rstrip("/"),
-                    headers=headers,
-                    # No pool timeout: the slots bound the calls, and a call waits for one.
-                    timeout=httpx.Timeout(upstream.timeout_s, connect=upstream.connect_timeout_s, pool=None),
-                    limits=httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard),
-                    trust_env=False,  # no proxy for an upstream: it is named by its URL
-                )
-                for _ in range(-(-limit // per_shard))
-            ]
-            client = _Client(upstream, shards, [0] * len(shards), asyncio.Semaphore(limit))
+            session = aiohttp.ClientSession(
+                headers=headers,
+                # timeout_s is the most an answer may pause between two reads (a stream's tokens
+                # included), not a bound on a whole stream; the slots bound the calls in flight.
+                timeout=aiohttp.ClientTimeout(
+                    total=None, connect=upstream.connect_timeout_s, sock_read=upstream.timeout_s
+                ),
+                connector=aiohttp.TCPConnector(limit=limit, limit_per_host=0),
+                trust_env=False,  # no proxy for an upstream: it is named by its URL
+                # A stream's line may be this long (a readline past it fails the stream).
+                read_bufsize=stream_line_bytes_max,
+                json_serialize=lambda value: msgspec.json.encode(value).decode(),
+            )
+            client = _Client(upstream, session, asyncio.Semaphore(limit))
             self._clients[upstream.url + "\0" + upstream.api_key] = client
         return client
 
@@ -337,6 +363,8 @@ class UpstreamBackend(Backend):
             IMAGES: self._images,
             SPEECH: self._speech,
             TRANSCRIPTIONS: self._transcription,
+            RESPONSES: self._dialogue,
+            MESSAGES: self._dialogue,
         }.get(job.endpoint)
         if runner is None:
             raise BackendError("unsupported_endpoint", f"the upstream backend does not forward {job.endpoint}")
@@ -353,19 +381,42 @@ class UpstreamBackend(Backend):
 
     # --- calls ---
 
-    async def _post(self, client: _Client, path: str, **kwargs: Any) -> httpx.Response:
+    async def _post(
+        self,
+        client: _Client,
+        path: str,
+        json: Any = None,
+        data: Mapping[str, str] | None = None,
+        files: Mapping[str, tuple[str, bytes, str]] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> _Reply:
+        """One call, its answer read whole: ``json``, or a multipart form of ``data`` and ``files``;
+        ``headers`` beside the session's (an Anthropic-compatible upstream's version and key)."""
+        form: aiohttp.FormData | None = None
+        if files is not None:
+            form = aiohttp.FormData()
+            for name, value in (data or {}).items():
+                form.add_field(name, value)
+            for name, (filename, content, content_type) in files.items():
+                form.add_field(name, content, filename=filename, content_type=content_type)
         try:
-            async with client.http() as http:
-                response = await http.post(path, **kwargs)
-        except httpx.HTTPError as error:
+            async with (
+                client.http() as http,
+                http.post(
+                    client.url(path), json=json, data=form if form is not None else data, headers=headers
+                ) as response,
+            ):
+                received = {name.lower(): value for name, value in response.headers.items()}
+                reply = _Reply(response.status, received, await response.read())
+        except _call_errors as error:
             raise _Unserved(BackendError("upstream_unreachable", f"upstream call failed: {error!r}", True)) from None
-        if response.status_code >= 400:
-            failure = _error_for_status(response, response.text)
-            raise _Unserved(failure) if response.status_code in fallback_statuses else failure
-        return response
+        if reply.status_code >= 400:
+            failure = _error_for_status(reply.status_code, reply.text)
+            raise _Unserved(failure) if reply.status_code in fallback_statuses else failure
+        return reply
 
     @staticmethod
-    def _json(response: httpx.Response) -> dict[str, Any]:
+    def _json(response: _Reply) -> dict[str, Any]:
         try:
             body = response.json()
         except ValueError:
@@ -517,14 +568,19 @@ class UpstreamBackend(Backend):
         """The JSON chunks of an SSE stream; the upstream connection closes when the caller stops
         (a cancelled task closes it at once)."""
         try:
-            async with client.http() as http, http.stream("POST", path, json=body) as response:
-                if response.status_code >= 400:
-                    text = (await response.aread()).decode("utf-8", "replace")
-                    error = _error_for_status(response, text)
-                    raise _Unserved(error) if response.status_code in fallback_statuses else error
-                async for line in response.aiter_lines():
-                    if len(line) > stream_line_bytes_max:
-                        raise BackendError("upstream_bad_reply", "an SSE line longer than the limit", retryable=True)
+            async with client.http() as http, http.post(client.url(path), json=body) as response:
+                if response.status >= 400:
+                    text = (await response.read()).decode("utf-8", "replace")
+                    error = _error_for_status(response.status, text)
+                    raise _Unserved(error) if response.status in fallback_statuses else error
+                while True:
+                    try:
+                        raw = await response.content.readline()
+                    except ValueError:  # past read_bufsize
+                        raise BackendError("upstream_bad_reply", "an SSE line longer than the limit", True) from None
+                    if not raw:
+                        return  # the upstream closed the stream
+                    line = raw.decode("utf-8", "replace").rstrip("\r\n")
                     if not line.startswith("data:"):
                         continue
                     data = line[5:].strip()
@@ -538,11 +594,80 @@ class UpstreamBackend(Backend):
                         raise BackendError("upstream_error", f"the upstream's stream failed: {chunk['error']}", True)
                     if isinstance(chunk, dict):
                         yield chunk
-        except httpx.HTTPError as error:
+        except _call_errors as error:
             failure = BackendError("upstream_unreachable", f"upstream stream failed: {error!r}", retryable=True)
             if output_started():
                 raise failure from None  # text went out already: retried as a whole, never by another model
             raise _Unserved(failure) from None
+
+    # --- the Responses API and Anthropic's Messages API ---
+
+    async def _dialogue(self, job: JobContext, client: _Client, model: str) -> JobOutput:
+        """Forwarded to an upstream that speaks the dialect (``responses``, ``anthropic``), else
+        translated to chat completions (workers/conversations.py) and the answer translated back."""
+        responses = job.endpoint == RESPONSES
+        if client.upstream.responses if responses else client.upstream.anthropic:
+            return await self._forward_dialogue(job, client, model, responses)
+        try:
+            dialogue = (conversations.from_responses if responses else conversations.from_messages)(job.payload)
+        except conversations.DialogueError as error:
+            raise BackendError("invalid_request", error.message) from None
+        if dialogue.web_search:
+            raise BackendError(
+                "unsupported_tool",
+                f"the upstream of pool {job.pool!r} speaks only chat completions and cannot run the hosted "
+                "web_search tool; nothing is charged",
+            )
+        chat = job.translated(CHAT, conversations.to_chat(dialogue, model, bool(job.payload.get("stream"))))
+        answer = await self._text(chat, client, model)
+        job.counted_by = chat.counted_by
+        reply = conversations.reply_from_chat(answer.result)
+        for call in reply.tool_calls:  # a stream's tool calls come with the answer (chat streams relay text)
+            item = conversations.function_call_item(call) if responses else conversations.tool_use_block(call)
+            job.progress(999, answer.units, json.dumps(item), ITEM)
+        if responses:
+            return JobOutput(result=conversations.responses_result(reply, model, job.payload), units=answer.units)
+        return JobOutput(result=conversations.message_result(reply, model), units=answer.units)
+
+    async def _forward_dialogue(self, job: JobContext, client: _Client, model: str, responses: bool) -> JobOutput:
+        """The request as it came, to the upstream's own endpoint; metered from the usage it reports.
+        Called without streaming: a streamed request gets the answer's parts when it arrives."""
+        body = {key: value for key, value in job.payload.items() if key not in ("async", "sim", "stream")}
+        body.update(model=client.upstream.models.get(model, model), stream=False)
+        headers = {} if responses else {"anthropic-version": anthropic_version, "x-api-key": client.upstream.api_key}
+        result = self._json(await self._post(client, job.endpoint, json=body, headers=headers))
+        usage = result.pop("usage", None)
+        for key in ("id", "created_at", "completed_at"):
+            result.pop(key, None)
+        if not isinstance(usage, dict) or not isinstance(usage.get("input_tokens"), int):
+            raise BackendError("upstream_no_usage", "the upstream reported no usage; nothing is charged")
+        output_tokens = int(usage.get("output_tokens") or 0)
+        if responses:
+            cached = int((usage.get("input_tokens_details") or {}).get("cached_tokens") or 0)
+            searches = sum(1 for item in result.get("output") or [] if item.get("type") == "web_search_call")
+            units = Units(
+                input_tokens=usage["input_tokens"] - cached,
+                cached_input_tokens=cached,
+                output_tokens=output_tokens,
+                web_search_calls=searches,
+            )
+            result["reasoning_tokens"] = int((usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0)
+            parts = _responses_parts(result)
+        else:
+            # Cache writes are priced as input tokens (the price book has no cache-write rate yet).
+            creation = int(usage.get("cache_creation_input_tokens") or 0)
+            units = Units(
+                input_tokens=usage["input_tokens"] + creation,
+                cached_input_tokens=int(usage.get("cache_read_input_tokens") or 0),
+                output_tokens=output_tokens,
+            )
+            result["cache_creation_input_tokens"] = creation
+            parts = _message_parts(result)
+        job.counted_by = "upstream"
+        for part, delta in parts:
+            job.progress(999, units, delta, part)
+        job.progress(1000, units)
+        return JobOutput(result=result, units=units)
 
     # --- embeddings, images, audio ---
 
@@ -640,3 +765,34 @@ def _embedding_tokens(counter: TokenCounter, given: Any) -> int:
 
 
 UpstreamChatBackend = UpstreamBackend  # the name from when it forwarded chat only
+
+
+def _responses_parts(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """A Responses answer's output as the parts a stream relays."""
+    parts: list[tuple[str, str]] = []
+    for item in result.get("output") or []:
+        if item.get("type") == "message":
+            text = "".join(str(c.get("text", "")) for c in item.get("content") or [] if c.get("type") == "output_text")
+            parts.append((TEXT, text))
+        elif item.get("type") == "reasoning":
+            text = "".join(str(c.get("text", "")) for c in item.get("content") or [])
+            parts.append((REASONING, text))
+        else:
+            parts.append((ITEM, json.dumps(item)))
+    return [(part, delta) for part, delta in parts if delta]
+
+
+def _message_parts(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """A Messages answer's content blocks as the parts a stream relays."""
+    parts: list[tuple[str, str]] = []
+    for block in result.get("content") or []:
+        if block.get("type") == "text":
+            parts.append((TEXT, str(block.get("text", ""))))
+        elif block.get("type") == "thinking":
+            parts += [
+                (REASONING, str(block.get("thinking", ""))),
+                (REASONING_SIGNATURE, str(block.get("signature", ""))),
+            ]
+        else:
+            parts.append((ITEM, json.dumps(block)))
+    return [(part, delta) for part, delta in parts if delta]

@@ -4,12 +4,14 @@ enforce those for every route, so no handler can forget them."""
 
 from litestar.handlers import HTTPRouteHandler
 
-from gateway.routes import audit, credits, generation, health, jobs, models, tenants, usage
+from gateway.routes import audit, credits, generation, health, jobs, messages, models, responses, tenants, usage
 
 route_handlers: list[HTTPRouteHandler] = [
     *credits.route_handlers,
     *models.route_handlers,
     *generation.route_handlers,
+    *responses.route_handlers,
+    *messages.route_handlers,
     *jobs.route_handlers,
     *usage.route_handlers,
     *tenants.route_handlers,

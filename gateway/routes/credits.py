@@ -76,11 +76,11 @@ def micros(amount: Decimal, name: str = "amount", allow_zero: bool = False, allo
             exact.traps[Inexact] = True
             value = parse_credits(amount)
     except MoneyFormatError as error:
-        raise ApiError(400, f"{name}: {error}", code="invalid_amount", param=name) from None
+        raise ApiError(400, f"{name} {error}.", code="invalid_amount", param=name) from None
     except DecimalException:
         raise ApiError(
             400,
-            f"{name} has more than 6 decimal places (1 micro-credit is 0.000001).",
+            f"{name} {amount} has more than 6 decimal places: credits are exact to 0.000001 (one micro-credit).",
             code="invalid_amount",
             param=name,
         ) from None

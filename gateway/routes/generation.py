@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -64,7 +65,7 @@ transcription_upload_bytes_max = 3 * 1024 * 1024  # fits one Kafka record with i
 transcription_text_fields = ("model", "language", "prompt", "response_format", "async")
 
 
-def _overloaded() -> ApiError:
+def overloaded() -> ApiError:
     return ApiError(
         503,
         "This gateway is at its limit of requests in flight; retry shortly.",
@@ -88,7 +89,7 @@ def _accepted(request_id: str, placement: Placement) -> Response[bytes]:
     return json_response(body, status_code=202, headers={"location": f"/v1/jobs/{job.job_id}"})
 
 
-async def _run(
+async def run_metered(
     request: Request[Any, Any, Any], core: GatewayCore, token: ApiToken, metered: MeteredRequest
 ) -> tuple[Placement, Seen] | Response[bytes]:
     """Hold and run the request; the 202 of an async request, else the events that ended it."""
@@ -98,18 +99,18 @@ async def _run(
             token, rid, metered, request_admitted if metered.run_async else request_finished
         )
     except Overloaded:
-        raise _overloaded() from None
+        raise overloaded() from None
     except TimeoutError:
         raise ApiError(
             504, "The job did not finish in time. Its hold settles on its own; check /v1/jobs.", code="timeout"
         ) from None
-    if metered.run_async and (placement.slice_id or HoldPlaced in seen):
+    if metered.run_async and HoldPlaced in seen:
         return _accepted(rid, placement)
-    _raise_refusal(core, token, rid, metered, placement, seen)
+    raise_refusal(core, token, rid, metered, placement, seen)
     return placement, seen
 
 
-def _raise_refusal(
+def raise_refusal(
     core: GatewayCore, token: ApiToken, rid: str, metered: MeteredRequest, placement: Placement, seen: Seen
 ) -> None:
     error = refusal(seen, metered.model)
@@ -123,7 +124,7 @@ def _raise_refusal(
     raise error
 
 
-def _answered(
+def answered(
     core: GatewayCore, token: ApiToken, placement: Placement, metered: MeteredRequest, completed: JobCompleted
 ) -> Charge:
     """The charge an answer states (the ledger records the same one a moment later), shown in this
@@ -145,13 +146,13 @@ async def _respond_json(
     request: Request[Any, Any, Any], core: GatewayCore, token: ApiToken, metered: MeteredRequest
 ) -> Response[bytes]:
     started = time.perf_counter()
-    outcome = await _run(request, core, token, metered)
+    outcome = await run_metered(request, core, token, metered)
     if isinstance(outcome, Response):
         return outcome
     placement, seen = outcome
     completed = seen[JobCompleted]
     assert isinstance(completed, JobCompleted)
-    charge = _answered(core, token, placement, metered, completed)
+    charge = answered(core, token, placement, metered, completed)
     result = msgspec.json.decode(completed.result)
     body = shape_result(metered.endpoint, request_id(request), result, charge, metered.price_of(charge.model))
     added_ms = (time.perf_counter() - started) * 1000 - completed.duration_ms
@@ -212,13 +213,25 @@ def _sse(data: dict[str, Any]) -> bytes:
     return b"data: " + encode_json(data) + b"\n\n"
 
 
-async def _stream(
-    request: Request[Any, Any, Any], core: GatewayCore, token: ApiToken, metered: MeteredRequest, kind: str
-) -> Response[bytes] | Stream:
-    """Hold first (a refusal is still a plain 402), then stream the job's output as it is produced.
-    The response starts with the job's first output (or its end), so its headers name the model that
-    really serves it (``x-model-used``, and ``x-fallback-*`` when a fallback does) and a job that fails
-    before any output is a plain error, as a direct call to the model would be."""
+@dataclass(frozen=True, slots=True)
+class OpenedStream:
+    """A streamed request whose job has produced its first output (or ended)."""
+
+    placement: Placement
+    events: AsyncGenerator[Event | Placement, None]  # the rest of the request's events
+    seen: Seen  # what happened so far (its end, when ``first`` is None)
+    first: Event | None  # the first progress with output; None when the request ended without any
+    model: str  # the model that serves it
+    headers: dict[str, str]  # x-request-id, x-model-used (and x-fallback-*), cache-control
+
+
+async def open_stream(
+    request: Request[Any, Any, Any], core: GatewayCore, token: ApiToken, metered: MeteredRequest
+) -> OpenedStream:
+    """Hold first (a refusal is still a plain 402), then wait for the job's first output. A stream's
+    response starts with it (or with the job's end), so its headers name the model that really serves
+    it (``x-model-used``, and ``x-fallback-*`` when a fallback does) and a job that fails before any
+    output is a plain error, as a direct call to the model would be."""
     rid = request_id(request)
     seen: Seen = {}
     events = core.metering.stream(token, rid, metered, core.cancel_job_soon)
@@ -236,9 +249,9 @@ async def _stream(
             if isinstance(event, (HoldPlaced, HoldRejected, CommandRejected)):
                 break
         if placement.slice_id or HoldPlaced in seen:
-            first = await _first_output(events, seen)
+            first = await first_output(events, seen)
     except Overloaded:
-        raise _overloaded() from None
+        raise overloaded() from None
     except TimeoutError:
         await events.aclose()
         raise ApiError(504, "The job did not start in time.", code="timeout") from None
@@ -247,13 +260,28 @@ async def _stream(
     if first is None:
         await events.aclose()
         if JobCompleted not in seen:
-            _raise_refusal(core, token, rid, metered, placement, seen)
-    created = int(time.time())
+            raise_refusal(core, token, rid, metered, placement, seen)
     served = first.served_model if isinstance(first, JobProgressed) and first.served_model else ""
     completed = seen.get(JobCompleted)
     if isinstance(completed, JobCompleted) and completed.served_model:
         served = completed.served_model
     model = served or metered.model
+    requested = metered.model if model != metered.model else ""
+    depth = first.fallback_depth if isinstance(first, JobProgressed) else 0
+    if isinstance(completed, JobCompleted):
+        depth = completed.fallback_depth
+    headers = {"x-request-id": rid, "cache-control": "no-cache", **model_headers(model, requested, depth)}
+    return OpenedStream(placement, events, seen, first, model, headers)
+
+
+async def _stream(
+    request: Request[Any, Any, Any], core: GatewayCore, token: ApiToken, metered: MeteredRequest, kind: str
+) -> Response[bytes] | Stream:
+    """Stream the job's output as it is produced (``open_stream``)."""
+    opened = await open_stream(request, core, token, metered)
+    placement, events, seen, first, model = opened.placement, opened.events, opened.seen, opened.first, opened.model
+    rid = request_id(request)
+    created = int(time.time())
 
     async def chunks() -> AsyncIterator[bytes]:
         sent_chars = 0
@@ -306,15 +334,10 @@ async def _stream(
         finally:
             await events.aclose()
 
-    requested = metered.model if model != metered.model else ""
-    depth = first.fallback_depth if isinstance(first, JobProgressed) else 0
-    if isinstance(completed, JobCompleted):
-        depth = completed.fallback_depth
-    headers = {"x-request-id": rid, "cache-control": "no-cache", **model_headers(model, requested, depth)}
-    return Stream(chunks(), media_type="text/event-stream", headers=headers)
+    return Stream(chunks(), media_type="text/event-stream", headers=opened.headers)
 
 
-async def _first_output(events: AsyncGenerator[Event | Placement, None], seen: Seen) -> Event | None:
+async def first_output(events: AsyncGenerator[Event | Placement, None], seen: Seen) -> Event | None:
     """The job's first progress with output; None when the request ended without any (``seen`` then
     holds how it ended)."""
     async for event in events:
@@ -338,7 +361,7 @@ def _final_chunk(
     rid = placement.command.request_id
     completed = ended.get(JobCompleted)
     if isinstance(completed, JobCompleted):
-        charge = _answered(core, token, placement, metered, completed)
+        charge = answered(core, token, placement, metered, completed)
         choices = msgspec.json.decode(completed.result).get("choices") or [{}]
         final = _chunk(kind, rid, charge.model or model, created, "", choices[0].get("finish_reason") or "stop")
         final["usage"] = usage_of(metered.endpoint, charge.units, charge, metered.price_of(charge.model))
@@ -370,13 +393,13 @@ async def images(request: Request[Any, Any, Any], core: Core) -> Response[bytes]
 async def speech(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
     token = authorize(request, "user:write")
     metered = parse_speech(await read_body(request, core.settings.request_body_bytes_max), core.prices.current)
-    outcome = await _run(request, core, token, metered)
+    outcome = await run_metered(request, core, token, metered)
     if isinstance(outcome, Response):
         return outcome
     placement, seen = outcome
     completed = seen[JobCompleted]
     assert isinstance(completed, JobCompleted)
-    charge = _answered(core, token, placement, metered, completed)
+    charge = answered(core, token, placement, metered, completed)
     result = msgspec.json.decode(completed.result)
     audio = base64.b64decode(result["audio_b64"])
     media_type = str(result.get("content_type") or "audio/wav")

@@ -15,7 +15,14 @@ from projections.usage.rows import (
     UsageSummary,
 )
 from projections.usage.schema import rate_columns
-from projections.usage.store import UsageStore
+from projections.usage.store import (
+    StoreUnavailable,
+    UsageStore,
+    create_database,
+    database_exists,
+    database_of,
+    drop_database,
+)
 
 __all__ = [
     "ChargedTotal",
@@ -25,10 +32,15 @@ __all__ = [
     "PostingRow",
     "PricedUsage",
     "RollupRow",
+    "StoreUnavailable",
     "UsageFilter",
     "UsageRow",
     "UsageStore",
     "UsageSummary",
+    "create_database",
+    "database_exists",
+    "database_of",
+    "drop_database",
     "parse_usage_cursor",
     "posting_cursor",
     "rate_columns",

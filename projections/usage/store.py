@@ -11,7 +11,10 @@ Deduplication by event id, in two places:
   the event id, read with FINAL, so raw totals stay exact even if two writers raced past the check.
 
 Schema changes are numbered migrations recorded in ``schema_migrations``; ``migrate`` applies the
-ones a database lacks, in order, and is safe to run on every start.
+ones a database lacks, in order. One process may run it at a time: an embedded store migrates on
+open (one process owns its path); on a server, ``tollgate migrate`` runs once before the roles, which
+open the store with ``migrate=False`` and refuse a database that lacks a migration
+(``require_schema``), since two roles migrating at once would race.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import clickhouse_connect
 import msgspec
+from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from ledger.pricing import tiered_units, unit_names
 from projections.usage.cursors import parse_posting_cursor
@@ -58,21 +63,106 @@ def _rows(result: Any, kind: type[Any], columns: Sequence[str]) -> list[Any]:
     return [kind(**dict(zip(columns, row, strict=True))) for row in result.result_rows]
 
 
+class StoreUnavailable(Exception):
+    """The ClickHouse server cannot serve this store (unreachable, no such database, schema behind);
+    the message says what to do."""
+
+
+def _server_error(url: str, error: Exception) -> StoreUnavailable:
+    text = str(error)
+    if "UNKNOWN_DATABASE" in text or "Code: 81." in text:
+        return StoreUnavailable(
+            f"ClickHouse at {url} has no database {database_of(url)!r}: `tollgate migrate` creates it and its tables"
+        )
+    return StoreUnavailable(f"cannot reach ClickHouse at {url}: {text.splitlines()[0] if text else error!r}")
+
+
+def database_of(url: str) -> str:
+    """The database a ClickHouse URL names (``http://host:8123/usage`` -> ``usage``), else ``default``."""
+    return urlsplit(url).path.strip("/") or "default"
+
+
+def create_database(url: str) -> None:
+    """Create the database ``url`` names, unless it exists (``tollgate migrate``, replay's target)."""
+    database = database_of(url)
+    assert database.replace("_", "").isalnum(), f"a database name of letters, digits and _: {database!r}"
+    parts = urlsplit(url)
+    try:
+        client = clickhouse_connect.get_client(dsn=urlunsplit(parts._replace(path="")), dedicated_pool=True)
+    except (ClickHouseError, OSError) as error:
+        raise _server_error(url, error) from None
+    try:
+        client.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+    finally:
+        client.close()
+
+
+def database_exists(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        client = clickhouse_connect.get_client(dsn=urlunsplit(parts._replace(path="")), dedicated_pool=True)
+    except (ClickHouseError, OSError) as error:
+        raise _server_error(url, error) from None
+    try:
+        found = client.query(
+            "SELECT count() FROM system.databases WHERE name = {name:String}", {"name": database_of(url)}
+        )
+        return bool(found.result_rows[0][0])
+    finally:
+        client.close()
+
+
+def drop_database(url: str) -> None:
+    database = database_of(url)
+    assert database.replace("_", "").isalnum() and database != "default", database
+    client = clickhouse_connect.get_client(dsn=urlunsplit(urlsplit(url)._replace(path="")), dedicated_pool=True)
+    try:
+        client.command(f"DROP DATABASE IF EXISTS `{database}`")
+    finally:
+        client.close()
+
+
 class UsageStore:
-    def __init__(self, url: str = "", path: Path | None = None) -> None:
+    def __init__(self, url: str = "", path: Path | None = None, migrate: bool = True) -> None:
+        """A ClickHouse server by ``url`` (``http://host:8123/database``), or the embedded engine in
+        ``path``. ``migrate``: apply missing migrations now (only where no other process can be
+        migrating the same database at once; see the module docstring)."""
         if url:
-            self._client = clickhouse_connect.get_client(dsn=url)
+            try:
+                self._client = clickhouse_connect.get_client(dsn=url, dedicated_pool=True)
+            except (ClickHouseError, OSError) as error:
+                raise _server_error(url, error) from None
         else:
             assert path is not None, "the embedded engine needs a path"
             path.mkdir(parents=True, exist_ok=True)
             self._client = clickhouse_connect.get_client(interface="chdb", path=str(path))
         self.mode = "server" if url else "embedded"
+        self.url = url
         self.rollup_rebuilds = 0  # (organization, day) buckets rebuilt after a redelivery
         # clickhouse-connect clients are not safe for concurrent use; the gateway and projector share one.
         self._lock = threading.Lock()
-        self.migrate()
+        if migrate:
+            self.migrate()
 
     # --- schema ---
+
+    def pending_migrations(self) -> list[int]:
+        """The migrations this database lacks, in order (all of them in a database without the schema)."""
+        with self._lock:
+            exists = self._client.command("EXISTS TABLE schema_migrations")
+            done: set[int] = set()
+            if int(str(exists).strip() or 0):
+                done = {int(r[0]) for r in self._client.query("SELECT version FROM schema_migrations").result_rows}
+        return [version for version, _ in migrations if version not in done]
+
+    def require_schema(self) -> None:
+        """Refuse a database that lacks a migration, saying how to apply it."""
+        pending = self.pending_migrations()
+        if pending:
+            where = f"ClickHouse at {self.url}" if self.url else "the embedded ClickHouse store"
+            raise StoreUnavailable(
+                f"{where} lacks schema migrations {pending}: run `tollgate migrate` (once, before the roles start)"
+            )
 
     def migrate(self) -> list[int]:
         """Apply the migrations this database lacks, in order; return their numbers."""

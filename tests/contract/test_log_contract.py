@@ -230,7 +230,9 @@ class TestKafkaLog(LogContract):
     def log(self, kafka_bootstrap: str) -> Iterator[EventLog]:
         from eventlog.kafka import KafkaLog
 
-        yield KafkaLog(kafka_bootstrap)
+        log = KafkaLog(kafka_bootstrap)
+        yield log
+        log.close()  # every client a test left open (a fenced zombie too), before the broker stops
 
     def die_mid_transaction(self, processor: Processor, outputs: list[Outgoing]) -> None:
         producer = processor._producer  # type: ignore[attr-defined]

@@ -1,10 +1,9 @@
-"""One contract suite for the ClickHouse usage store, run on every mode: the embedded chdb engine
-always, and a ClickHouse server whenever TOLLGATE_CLICKHOUSE_URL is set (each run in a database of
+"""One contract suite for the ClickHouse usage store, run on every mode in every run: the embedded chdb
+engine, and a real ClickHouse server (the session's, from tests/conftest.py; each test in a database of
 its own, dropped afterwards)."""
 
 from __future__ import annotations
 
-import os
 import random
 import uuid
 from collections.abc import Iterator
@@ -14,47 +13,48 @@ from pathlib import Path
 import pytest
 
 from projections.statements import load_statement
-from projections.usage import PostingRow, UsageFilter, UsageStore, parse_usage_cursor, usage_cursor
+from projections.usage import (
+    PostingRow,
+    UsageFilter,
+    UsageStore,
+    create_database,
+    drop_database,
+    parse_usage_cursor,
+    usage_cursor,
+)
 from projections.usage.schema import migrations, unit_names_v7, usage_columns
 from schemas.units import Units
 from tests.support import capture_posting, charge, examples, refusal
 
-server_url = os.environ.get("TOLLGATE_CLICKHOUSE_URL", "")
-modes = ["embedded", *(["server"] if server_url else [])]
+modes = ["embedded", "server"]
 month = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 class Opener:
     """Opens stores on one database: a path for the embedded engine, a database on the server."""
 
-    def __init__(self, mode: str, path: Path) -> None:
+    def __init__(self, mode: str, path: Path, server_url: str = "") -> None:
         self.mode = mode
         self.path = path
-        self.database = f"tollgate_test_{uuid.uuid4().hex[:12]}"
+        self.url = f"{server_url}/tollgate_test_{uuid.uuid4().hex[:12]}"
         if mode == "server":
-            import clickhouse_connect
-
-            admin = clickhouse_connect.get_client(dsn=server_url)
-            admin.command(f"CREATE DATABASE {self.database}")
-            admin.close()
+            create_database(self.url)
 
     def open(self) -> UsageStore:
         if self.mode == "embedded":
             return UsageStore(path=self.path)
-        return UsageStore(url=f"{server_url.rstrip('/')}/{self.database}")
+        return UsageStore(url=self.url)
 
     def drop(self) -> None:
         if self.mode == "server":
-            import clickhouse_connect
-
-            admin = clickhouse_connect.get_client(dsn=server_url)
-            admin.command(f"DROP DATABASE IF EXISTS {self.database}")
-            admin.close()
+            drop_database(self.url)
 
 
 @pytest.fixture(params=modes)
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
-    made = Opener(request.param, tmp_path / "clickhouse")
+    # The server starts (once per session) only when a server-mode test first asks for it.
+    server_url = request.getfixturevalue("clickhouse_url") if request.param == "server" else ""
+    made = Opener(request.param, tmp_path / "clickhouse", server_url)
     yield made
     made.drop()
 

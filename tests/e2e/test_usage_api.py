@@ -35,6 +35,7 @@ from schemas.codec import decode_event
 from schemas.events import CreditsRefunded, HoldCaptured, HoldRejected
 from tests.harness import Gateway
 from tests.support import Dev, charge, refusal
+from tollgate.wiring import usage_store
 
 _now = datetime.now(UTC)
 # A statement period around the test run (statements cover at most a year).
@@ -213,14 +214,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Traf
 def test_api_sql_and_ledger_agree_after_mixed_traffic_and_a_restart(stack: tuple[Path, Traffic]) -> None:
     data_dir, traffic = stack
     ledger = ledger_totals(data_dir / "log.sqlite3")
-    store = UsageStore(path=data_dir / "clickhouse")
-    try:
-        for org in traffic.orgs:
-            assert sql_totals(store, org) == {"requests": {ledger[org][0]}, "charged": {ledger[org][1]}}
-    finally:
-        store.close()
     dev = Dev(data_dir, data_dir)  # the stack (and its projector) restarted on the same data
     try:
+        # SQL on dev's ClickHouse server while dev runs, by the URL it printed.
+        store = UsageStore(url=dev.clickhouse_url, migrate=False)
+        try:
+            for org in traffic.orgs:
+                assert sql_totals(store, org) == {"requests": {ledger[org][0]}, "charged": {ledger[org][1]}}
+        finally:
+            store.close()
         check_api(dev, traffic, ledger)
     finally:
         dev.role.stop()
@@ -232,8 +234,20 @@ def test_a_projector_redelivering_every_event_changes_no_total(stack: tuple[Path
     # A projector in a new group reads tollgate.ledger from offset 0 into the same ClickHouse: every
     # event is delivered a second time, in small batches.
     log = EmbeddedLog(data_dir / "log.sqlite3", partitions=topics.partitions_per_topic)
-    store = UsageStore(path=data_dir / "clickhouse")
     settings = replace(Settings(), data_dir=data_dir, sink_batch_rows_max=17, kafka_bootstrap="", clickhouse_url="")
+    with usage_store(settings) as store:  # dev is stopped: a server of its own on dev's ClickHouse files
+        redeliver_everything(log, settings, store, traffic, ledger)
+    log.close()
+    dev = Dev(data_dir, data_dir)
+    try:
+        check_api(dev, traffic, ledger)
+    finally:
+        dev.role.stop()
+
+
+def redeliver_everything(
+    log: EmbeddedLog, settings: Settings, store: UsageStore, traffic: Traffic, ledger: dict[str, tuple[int, int, int]]
+) -> None:
     projector = ProjectorRole(log, settings, store, group="redelivery")
     stop = threading.Event()
     thread = threading.Thread(target=projector.run, args=(stop,))
@@ -248,19 +262,10 @@ def test_a_projector_redelivering_every_event_changes_no_total(stack: tuple[Path
     finally:
         stop.set()
         thread.join(30)
-    try:
-        assert events > sum(traffic.requests.values())
-        assert projector.rows_written == 0  # nothing was new
-        for org in traffic.orgs:
-            assert sql_totals(store, org) == {"requests": {ledger[org][0]}, "charged": {ledger[org][1]}}
-    finally:
-        store.close()
-        log.close()
-    dev = Dev(data_dir, data_dir)
-    try:
-        check_api(dev, traffic, ledger)
-    finally:
-        dev.role.stop()
+    assert events > sum(traffic.requests.values())
+    assert projector.rows_written == 0  # nothing was new
+    for org in traffic.orgs:
+        assert sql_totals(store, org) == {"requests": {ledger[org][0]}, "charged": {ledger[org][1]}}
 
 
 def test_statement_period_bounds_and_errors(stack: tuple[Path, Traffic]) -> None:

@@ -283,3 +283,50 @@ def test_a_signed_service_token_with_a_moment_out_of_range_is_a_401(
     error = assert_error(gw.call("GET", "/v1/models", token), 401, None)
     assert error["code"] == "invalid_token"
     assert gw.call("GET", "/v1/models", gw.signer.token(org, "user:read")).status_code == 200
+
+
+# --- the messages a newcomer meets first: each says what to fix, in the user's terms ---
+
+
+@pytest.mark.parametrize("amount", ["1.0000001", 1.0000001])
+def test_an_amount_with_too_many_decimals_is_named_as_the_user_wrote_it(gw: Gateway, org: str, amount: Any) -> None:
+    response = gw.admin("POST", f"/v1/organizations/{org}/credits", json={"amount": amount, "kind": "paid"})
+    error = assert_error(response, 400, "amount")
+    assert error["message"].startswith("amount 1.0000001 has more than 6 decimal places"), error
+    assert "Decimal" not in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/organizations", {"plan": "pro"}, "name"),
+        ("/v1/organizations/{org}/credits", {"kind": "paid"}, "amount"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}, "model"),
+        ("/v1/chat/completions", {"model": "sim-chat-small", "messages": [{"content": "x"}]}, "messages[0].role"),
+    ],
+)
+def test_a_missing_required_field_is_named(gw: Gateway, org: str, key: str, path: str, body: Any, param: str) -> None:
+    secret = key if path.startswith("/v1/chat") else None
+    path = path.format(org=org)
+    response = gw.call("POST", path, secret, json=body) if secret else gw.admin("POST", path, json=body)
+    error = assert_error(response, 400, param)
+    assert (
+        error["message"] == f"Missing required parameter: '{param}'." and error["code"] == "missing_required_parameter"
+    )
+
+
+def test_a_wrong_platform_token_is_told_to_use_the_platform_admin_token(gw: Gateway) -> None:
+    response = gw.call("POST", "/v1/organizations", "change-me-wrong", json={"name": "x", "plan": "pro"})
+    error = assert_error(response, 401, None)
+    assert "platform admin token" in error["message"] and "TOLLGATE_ADMIN_TOKEN" in error["message"]
+    assert "/tokens" not in error["message"], "an organization key would not help here"
+    missing = gw.call("POST", "/v1/organizations", None, json={"name": "x", "plan": "pro"})
+    assert "platform admin token" in assert_error(missing, 401, None)["message"]
+
+
+def test_a_wrong_key_is_told_how_to_get_an_organization_key(gw: Gateway, org: str) -> None:
+    response = gw.call("GET", "/v1/models", "tg_mistyped")
+    assert "POST /v1/organizations/{org_id}/tokens" in assert_error(response, 401, None)["message"]
+    admin_route = gw.call("GET", f"/v1/organizations/{org}/balance", "tg_mistyped")
+    message = assert_error(admin_route, 401, None)["message"]
+    assert "platform admin token" in message and "'admin:read' scope" in message

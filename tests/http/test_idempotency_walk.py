@@ -69,6 +69,10 @@ samples: dict[str, Sample] = {
     "/v1/audio/speech": lambda c, v: {"json": {"model": "sim-tts", "input": f"speak {v}"}},
     "/v1/audio/transcriptions": _transcription,
     "/v1/videos/generations": lambda c, v: {"json": {"model": "sim-video", "prompt": f"clip {v}", "duration": 1}},
+    "/v1/responses": lambda c, v: {"json": {"model": "sim-chat-small", "input": f"hello {v}"}},
+    "/v1/messages": lambda c, v: {
+        "json": {"model": "sim-chat-small", "max_tokens": 64, "messages": [{"role": "user", "content": f"hi {v}"}]}
+    },
 }
 # Routes that use the organization's key rather than the platform admin token.
 with_key = {
@@ -79,6 +83,8 @@ with_key = {
     "/v1/audio/speech",
     "/v1/audio/transcriptions",
     "/v1/videos/generations",
+    "/v1/responses",
+    "/v1/messages",
 }
 
 

@@ -179,7 +179,7 @@ def test_web_search_is_a_tool_invocation_priced_per_call(stack: Stack) -> None:
     captured, usage = stack.charged(stack.chat("sim-chat-large", web_search_options={}))
     assert captured.units.web_search_calls == 1 and usage["tool_usage"] == {"web_search": 1}
     assert captured.amount_micros >= 10_000  # 0.01 credits per search
-    refused = stack.chat("sim-chat-small", web_search_options={})
+    refused = stack.chat("smollm2-135m-instruct", web_search_options={})
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "web_search_not_supported_by_model"
 
 

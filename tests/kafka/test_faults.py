@@ -1,9 +1,11 @@
-"""Crash safety on the real broker: SIGKILL the worker, the gateway and the ledger during a stream of
-requests (sync, async and streamed chats, videos, cancels), then prove from the log and the restarted
-gateway that every job ended in exactly one terminal state that agrees with the ledger, no hold was
-resolved later than its last expiry (plus the ledger's sweep), and every charge is exactly the usage
-the worker reported, priced with the hold's price book version. Then deliver every command, a
-dispatch record and jobs-topic events again: nothing changes."""
+"""Crash safety on the real broker: SIGKILL the worker, the gateway, the projector and the ledger during
+a stream of requests (sync, async and streamed chats, videos, cancels), then prove from the log and the
+restarted gateway that every job ended in exactly one terminal state that agrees with the ledger, no
+hold was resolved later than its last expiry (plus the ledger's sweep), and every charge is exactly the
+usage the worker reported, priced with the hold's price book version. Then deliver every command, a
+dispatch record and jobs-topic events again: nothing changes. The projector writes a real ClickHouse
+server, which the gateway reads (the production shape); a replay rebuilds the usage into a fresh
+database on it and compares."""
 
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ from schemas.events import (
 )
 from schemas.ids import job_output_id as outcome_id
 from schemas.units import Units
-from tests.support import Admin, Role, free_port, wait_until_serving
+from tests.support import Admin, Role, free_port, migrated_database, wait_until_serving
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 admin_token = "tga_faults"
@@ -59,25 +61,31 @@ hold_ttl_s = 25
 # due time that fell while the ledger was dead counts from the restarted ledger's first decision.
 sweep_tolerance = timedelta(seconds=2)
 terminal_statuses = {"completed", "failed", "cancelled", "dead_letter"}
+# A job's lease. A capture that reaches the ledger after its lease ran out is refused (Known limits:
+# the ledger decides at its own time), so the ledger's outage (1 s down plus its restart) must stay
+# within what is left of a lease, at least two thirds of it (a worker renews every third): 3 s was
+# too little on the 2-core build machine under other runs' load (restarts took 1.5-2.5 s).
+job_lease_s = 8
 
 
 class Cluster:
-    def __init__(self, bootstrap: str, root: Path) -> None:
+    def __init__(self, bootstrap: str, clickhouse: str, root: Path) -> None:
         self.root = root
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = {
             "TOLLGATE_KAFKA_BOOTSTRAP": bootstrap,
+            "TOLLGATE_CLICKHOUSE_URL": migrated_database(clickhouse, "faults"),
             "TOLLGATE_ADMIN_TOKEN": admin_token,
             "TOLLGATE_HOLD_TTL_S": str(hold_ttl_s),
-            "TOLLGATE_JOB_LEASE_S": "3",
+            "TOLLGATE_JOB_LEASE_S": str(job_lease_s),
             "TOLLGATE_SIM_VIDEO_SECOND_MS": "300",
             "TOLLGATE_JOB_RETRY_BACKOFF_MS": "50",
             "TOLLGATE_REQUEST_WAIT_S_MAX": "60",
             "TOLLGATE_CHECKPOINT_INTERVAL_S": "1",
         }
         self.roles: dict[str, Role] = {}
-        for name in ("ledger", "worker", "gateway"):
+        for name in ("ledger", "worker", "projector", "gateway"):
             self.start(name)
         wait_until_serving(self.base_url, self.roles["gateway"])
         self.admin = Admin(self.base_url, admin_token)
@@ -106,8 +114,8 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    running = Cluster(kafka_bootstrap, tmp_path_factory.mktemp("faults"))
+def cluster(kafka_bootstrap: str, clickhouse_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    running = Cluster(kafka_bootstrap, clickhouse_url, tmp_path_factory.mktemp("faults"))
     yield running
     running.stop()
 
@@ -153,8 +161,9 @@ class Seen:
                 self.told[request_id] = cost_micros
 
 
-def stream_chat(client: openai.OpenAI, i: int, cut: bool, seen: Seen) -> None:
-    """A streamed chat through the openai SDK; ``cut`` leaves after the first text (the job is cancelled)."""
+def stream_chat(client: openai.OpenAI, i: int, cut: bool, seen: Seen) -> bool:
+    """A streamed chat through the openai SDK; ``cut`` leaves after the first text (the job is cancelled).
+    False when the gateway could not be reached."""
     kind = "stream-cut" if cut else "stream"
     try:
         with client.chat.completions.with_streaming_response.create(
@@ -167,16 +176,31 @@ def stream_chat(client: openai.OpenAI, i: int, cut: bool, seen: Seen) -> None:
             for chunk in response.parse():
                 if cut and chunk.choices and chunk.choices[0].delta.content:
                     seen.outcome(f"{kind}:left")
-                    return
+                    return True
                 if chunk.usage is not None and chunk.usage.model_extra:
                     seen.outcome(f"{kind}:200", request_id, int(chunk.usage.model_extra["cost_micros"]))
-                    return
+                    return True
             seen.outcome(f"{kind}:no-usage")
     except openai.APIStatusError as error:
         seen.outcome(f"{kind}:{error.status_code}")
     except (openai.APIError, httpx.HTTPError) as error:
         seen.outcome(f"{kind}:unreachable")
         seen.outcome(f"error:{type(error).__name__}")
+        return False
+    return True
+
+
+def wait_for_gateway(client: httpx.Client, stop: threading.Event) -> None:
+    """A client waits out a gateway restart rather than spend its requests on a closed port (how long
+    a restart takes depends on the machine's load, so the count of requests that ran would too)."""
+    deadline = time.monotonic() + 60
+    while not stop.is_set() and time.monotonic() < deadline:
+        try:
+            if client.get("/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
 
 
 def submit(base_url: str, key: str, stop: threading.Event, seen: Seen) -> None:
@@ -191,7 +215,8 @@ def submit(base_url: str, key: str, stop: threading.Event, seen: Seen) -> None:
                 return
             kind = ("sync-chat", "async-chat", "video", "stream", "stream-cut", "video-cancel")[i % 6]
             if kind.startswith("stream"):
-                stream_chat(sdk, i, kind == "stream-cut", seen)
+                if not stream_chat(sdk, i, kind == "stream-cut", seen):
+                    wait_for_gateway(client, stop)
                 time.sleep(0.15)
                 continue
             if kind.startswith("video"):
@@ -218,7 +243,22 @@ def submit(base_url: str, key: str, stop: threading.Event, seen: Seen) -> None:
             except httpx.HTTPError as error:
                 seen.outcome(f"{kind}:unreachable")
                 seen.outcome(f"error:{type(error).__name__}")
+                wait_for_gateway(client, stop)
             time.sleep(0.15)
+
+
+def run_a_long_job(base_url: str, key: str) -> None:
+    """An async chat of 200 ms a token (seconds of work), once a worker runs it. The clients' own jobs
+    last about a second: on a loaded machine the worker may still be joining its group, or between
+    jobs, at the moment of its kill."""
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"model": "sim-chat-small", "messages": [{"role": "user", "content": "a long one"}], "async": True}
+    response = httpx.post(f"{base_url}/v1/chat/completions", json={**body, "sim": {"token_ms": 200}}, headers=headers)
+    assert response.status_code == 202, response.text
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{base_url}{response.json()['poll_url']}", headers=headers).json()["status"] != "running":
+        assert time.monotonic() < deadline, "no worker started the long job"
+        time.sleep(0.1)
 
 
 def price_books(bootstrap: str) -> dict[str, PriceBook]:
@@ -353,11 +393,17 @@ def test_killed_roles_lose_no_charge_and_double_none(cluster: Cluster, kafka_boo
         submitter.start()
     try:
         time.sleep(2.5)
-        cluster.kill_and_restart("worker", down_s=4)  # longer than a lease: the ledger sees it lost
+        run_a_long_job(cluster.base_url, key)  # so that the worker's kill hits a job mid-run, whatever the load
+        cluster.kill_and_restart("worker", down_s=job_lease_s + 1)  # longer than a lease: the ledger sees it lost
         time.sleep(2.0)
         cluster.kill_and_restart("gateway", down_s=1)
         time.sleep(2.0)
         ledger_killed_at = cluster.kill_and_restart("ledger", down_s=1)
+        # Last, so that its restart does not slow the ledger's (a job whose lease ran out while the
+        # ledger was down is refused its capture: see Known limits). Mid-batch: its redelivery must
+        # count nothing twice (the replay below compares the usage with the log).
+        time.sleep(1.0)
+        cluster.kill_and_restart("projector", down_s=1)
         for submitter in submitters:
             submitter.join(120)
     finally:
@@ -596,26 +642,26 @@ def test_the_crashed_log_verifies_from_the_log_alone(cluster: Cluster, kafka_boo
     assert sum(p["checkpoints"] for p in report["partitions"].values()) > 0
 
 
-def test_a_replay_of_the_crashed_log_reproduces_balances_and_usage(
-    cluster: Cluster, kafka_bootstrap: str, tmp_path: Path
-) -> None:
+def test_a_replay_of_the_crashed_log_reproduces_balances_and_usage(cluster: Cluster, kafka_bootstrap: str) -> None:
+    """Replay rebuilds the usage into a fresh database on the ClickHouse server (TOLLGATE_CLICKHOUSE_URL),
+    compares it with the live usage API, and drops it since everything agrees."""
     import json
     import subprocess
     import sys
 
+    from projections.usage import database_exists
+
     args = ["--kafka", kafka_bootstrap, "--gateway", cluster.base_url, "--admin-token", admin_token]
-    command = [sys.executable, "-m", "tollgate", "replay", "--projections", "balances,jobs,usage"]
+    command = [sys.executable, "-m", "tollgate", "replay", "--projections", "balances,jobs,usage", *args]
     deadline = time.monotonic() + 60
-    while True:  # the gateway's own projector may still be writing the last rows
-        result = subprocess.run(
-            [*command, "--target", str(tmp_path / f"rebuilt-{time.monotonic_ns()}"), *args],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+    while True:  # the projector may still be writing the last rows
+        result = subprocess.run(command, env={**os.environ, **cluster.env}, capture_output=True, text=True, timeout=300)
         if result.returncode == 0 or time.monotonic() > deadline:
             break
         time.sleep(2)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert report["usage"]["rollups_agree"] and report["balances"]["book_total_micros"] == 0
+    server = cluster.env["TOLLGATE_CLICKHOUSE_URL"].rsplit("/", 1)[0]
+    assert report["usage"]["target"].startswith(f"{server}/tollgate_replay_")
+    assert not report["usage"]["target_kept"] and not database_exists(report["usage"]["target"])

@@ -1,7 +1,8 @@
 """The roles as separate processes on the real broker, with the official openai SDK as the client.
 
-gateway (which owns an embedded ClickHouse and projects into it), ledger, worker and a standalone
-projector (its own ClickHouse path) all run as `tollgate <role>` processes against Kafka.
+The production shape: gateway, ledger, worker and projector run as `tollgate <role>` processes against
+Kafka; the projector writes the usage rows to a real ClickHouse server, the gateway reads them from it
+(by TOLLGATE_CLICKHOUSE_URL, in a database of this module's own that `tollgate migrate` made first).
 """
 
 from __future__ import annotations
@@ -21,28 +22,30 @@ from eventlog import topics
 from eventlog.kafka import KafkaLog
 from schemas.codec import decode_event
 from schemas.events import HoldCaptured, HoldPlaced, HoldReleased
-from tests.support import Admin, Role, free_port, usage, wait_until_serving
+from tests.support import Admin, Role, free_port, migrated_database, usage, wait_until_serving
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 admin_token = "tga_kafka_e2e"
 
 
 class Stack:
-    def __init__(self, bootstrap: str, root: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, bootstrap: str, clickhouse: str, root: Path, extra_env: dict[str, str] | None = None) -> None:
         self.root = root
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        env = {
+        self.clickhouse_url = migrated_database(clickhouse, "kafka_e2e")
+        self.env = {
             "TOLLGATE_KAFKA_BOOTSTRAP": bootstrap,
+            "TOLLGATE_CLICKHOUSE_URL": self.clickhouse_url,
             "TOLLGATE_ADMIN_TOKEN": admin_token,
             "TOLLGATE_LOG_LEVEL": "INFO",
             **(extra_env or {}),
         }
-        self.projector_dir = root / "projector"
+        env = self.env
         self.roles = {
             "ledger": Role("ledger", ["ledger"], env, root),
             "worker": Role("worker", ["worker"], env, root),
-            "projector": Role("projector", ["projector", "--data-dir", str(self.projector_dir)], env, root),
+            "projector": Role("projector", ["projector"], env, root),
             "gateway": Role(
                 "gateway", ["gateway", "--port", str(self.port), "--data-dir", str(root / "gateway")], env, root
             ),
@@ -59,8 +62,8 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = Stack(kafka_bootstrap, tmp_path_factory.mktemp("stack"))
+def stack(kafka_bootstrap: str, clickhouse_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    running = Stack(kafka_bootstrap, clickhouse_url, tmp_path_factory.mktemp("stack"))
     yield running
     running.stop()
 
@@ -142,14 +145,18 @@ def test_balance_ledger_and_clickhouse_agree_after_many_requests(stack: Stack, k
     assert report["window_summary"]["total_cost_micros"] == charged
     assert report["window_summary"]["requests"] == count
 
-    # The standalone projector wrote its own ClickHouse; stop it (it flushes) and read that store.
+    # What the projector wrote to the ClickHouse server, which the gateway's usage API just read, in SQL.
     time.sleep(1)
     reserved = usage(stack.base_url, key)["balance"]["reserved_by_gateways_micros"]
-    stack.roles["projector"].stop()
     from projections.usage import UsageStore
 
-    store = UsageStore(path=stack.projector_dir / "clickhouse")
+    store = UsageStore(url=stack.clickhouse_url, migrate=False)
     try:
+        # The rollups above are complete; the raw rows of the last INSERT may show a moment later (an
+        # INSERT writes the table's part and its views' parts side by side).
+        deadline = time.monotonic() + 15
+        while store.raw_totals_by_org().get(org, (0, 0))[0] < count and time.monotonic() < deadline:
+            time.sleep(0.2)
         usage_cost, revenue = store.totals_by_org()[org]
         assert usage_cost == revenue == charged
         raw = store.raw_totals_by_org()[org]
@@ -172,11 +179,7 @@ def test_restarted_ledger_and_gateway_rebuild_exact_state_from_the_log(stack: St
     client = stack.client(key)
     spent = sum(int(b["usage"]["cost_micros"]) for b, _ in (chat(client, f"before {i}") for i in range(3)))
 
-    env = {
-        "TOLLGATE_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "TOLLGATE_ADMIN_TOKEN": admin_token,
-        "TOLLGATE_LOG_LEVEL": "INFO",
-    }
+    env = stack.env
     stack.roles["ledger"].stop()
     stack.roles["ledger"] = Role("ledger-restarted", ["ledger"], env, stack.root)
     stack.roles["gateway"].stop()

@@ -22,7 +22,7 @@ from eventlog import topics
 from eventlog.kafka import KafkaLog
 from schemas.codec import decode_event
 from schemas.events import RequestAdmitted, RequestThrottled
-from tests.support import Admin, Role, free_port, wait_until_serving
+from tests.support import Admin, Role, free_port, migrated_database, wait_until_serving
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 admin_token = "tga_kafka_limits"
@@ -32,18 +32,20 @@ hammer_s_max = 20.0
 
 
 class Gateways:
-    def __init__(self, bootstrap: str, root: Path, count: int = 2) -> None:
+    def __init__(self, bootstrap: str, clickhouse: str, root: Path, count: int = 2) -> None:
         self.roles: list[Role] = []
         self.urls: list[str] = []
+        database = migrated_database(clickhouse, "limits")
         for i in range(count):
             port = free_port()
             env = {
                 "TOLLGATE_KAFKA_BOOTSTRAP": bootstrap,
+                "TOLLGATE_CLICKHOUSE_URL": database,
                 "TOLLGATE_ADMIN_TOKEN": admin_token,
                 "TOLLGATE_INSTANCE_ID": f"limits-{i}",
                 "TOLLGATE_IP_REQUESTS_PER_WINDOW_MAX": "1000000",
             }
-            args = ["gateway", "--port", str(port), "--data-dir", str(root / f"gw{i}"), "--projector", "off"]
+            args = ["gateway", "--port", str(port), "--data-dir", str(root / f"gw{i}")]
             self.roles.append(Role(f"gateway{i}", args, env, root))
             self.urls.append(f"http://127.0.0.1:{port}")
         for role, url in zip(self.roles, self.urls, strict=True):
@@ -55,8 +57,8 @@ class Gateways:
 
 
 @pytest.fixture(scope="module")
-def gateways(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
-    running = Gateways(kafka_bootstrap, tmp_path_factory.mktemp("limits"))
+def gateways(kafka_bootstrap: str, clickhouse_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
+    running = Gateways(kafka_bootstrap, clickhouse_url, tmp_path_factory.mktemp("limits"))
     yield running
     running.stop()
 

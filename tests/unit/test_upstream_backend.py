@@ -34,10 +34,10 @@ class Recorder:
     """A job's progress points, as the worker's reporter sees them."""
 
     def __init__(self) -> None:
-        self.points: list[tuple[int, Units, str, float]] = []
+        self.points: list[tuple[int, Units, str, float, str]] = []
 
-    def __call__(self, progress_milli: int, units: Units, delta: str) -> None:
-        self.points.append((progress_milli, units, delta, time.perf_counter()))
+    def __call__(self, progress_milli: int, units: Units, delta: str, part: str = "") -> None:
+        self.points.append((progress_milli, units, delta, time.perf_counter(), part))
 
 
 def job(endpoint: str, payload: dict[str, Any], model: str = "m", **options: Any) -> JobContext:
