@@ -62,7 +62,7 @@ _display_scale: dict[str, tuple[int, str]] = {
     "minimum_charge": (1, "per request"),
 }
 _endpoints = {
-    "chat": ["/v1/chat/completions", "/v1/completions"],
+    "chat": ["/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages"],
     "embedding": ["/v1/embeddings"],
     "image": ["/v1/images/generations"],
     "speech": ["/v1/audio/speech"],

@@ -248,8 +248,8 @@ def response_body(
 def message_body(
     request_id: str, result: dict[str, Any], captured: Charged, price: ModelPrice | None = None
 ) -> dict[str, Any]:
-    """An Anthropic Messages response: ``usage`` in Anthropic's shape (cache writes are priced as input
-    tokens, cache reads as cached input tokens) with the exact charge."""
+    """An Anthropic Messages response: ``usage`` in Anthropic's shape (cache writes and reads apart from
+    ``input_tokens``, each at its rate) with the exact charge."""
     body = {key: value for key, value in result.items() if key != "cache_creation_input_tokens"}
     body.update(
         id=f"msg_{request_id.removeprefix('req_')}", model=captured.model, usage=message_usage(result, captured, price)
@@ -259,11 +259,10 @@ def message_body(
 
 def message_usage(result: dict[str, Any], captured: Charged, price: ModelPrice | None = None) -> dict[str, Any]:
     units = captured.units
-    cache_creation = min(int(result.get("cache_creation_input_tokens") or 0), units.input_tokens)
     return {
-        "input_tokens": units.input_tokens - cache_creation,
-        "output_tokens": units.output_tokens,
-        "cache_creation_input_tokens": cache_creation,
+        "input_tokens": units.input_tokens + units.image_input_tokens + units.audio_input_tokens,
+        "output_tokens": units.completion_tokens,
+        "cache_creation_input_tokens": units.cache_write_tokens,
         "cache_read_input_tokens": units.cached_input_tokens,
         **usage_cost(captured, price),
     }

@@ -654,10 +654,11 @@ class UpstreamBackend(Backend):
             result["reasoning_tokens"] = int((usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0)
             parts = _responses_parts(result)
         else:
-            # Cache writes are priced as input tokens (the price book has no cache-write rate yet).
+            # Anthropic's input_tokens leave out cache reads and writes: each is priced at its own rate.
             creation = int(usage.get("cache_creation_input_tokens") or 0)
             units = Units(
-                input_tokens=usage["input_tokens"] + creation,
+                input_tokens=usage["input_tokens"],
+                cache_write_tokens=creation,
                 cached_input_tokens=int(usage.get("cache_read_input_tokens") or 0),
                 output_tokens=output_tokens,
             )

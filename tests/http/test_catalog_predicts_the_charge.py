@@ -1,6 +1,7 @@
 """Finance and customers recompute any charge from the public catalog and the answer's ``usage``
-alone: for every endpoint and random inputs (context tiers, image variants, cache reads and writes,
-image parts, tool definitions, web searches, reasoning, batch prices, minimum charges), the sum of
+alone: for every endpoint (the Responses and Messages APIs too) and random inputs (context tiers,
+image variants, cache reads and writes, image parts, tool definitions, web searches, reasoning, batch
+prices, minimum charges), the sum of
 each unit's count times its ``pricing_rows`` rate at the ``pricing_tier_label``, less the batch
 discount, rounded up to the micro-credit once and raised to the minimum charge, is exactly
 ``x-credits-used`` and ``usage.cost_usd``. The recomputation reads JSON only: no Tollgate code.
@@ -118,6 +119,17 @@ def quantities(endpoint: str, usage: dict[str, Any]) -> dict[str, int]:
         counts["input_tokens"] = usage["prompt_tokens"] - sum(counts.values())
         counts["reasoning_tokens"] = usage.get("completion_tokens_details", {}).get("reasoning_tokens", 0)
         counts["output_tokens"] = usage["completion_tokens"] - counts["reasoning_tokens"]
+    elif endpoint == "responses":
+        details = usage.get("input_tokens_details", {})
+        counts["cached_input_tokens"] = details.get("cached_tokens", 0)
+        counts["cache_write_tokens"] = details.get("cache_write_tokens", 0)
+        counts["input_tokens"] = usage["input_tokens"] - sum(counts.values())
+        counts["output_tokens"] = usage["output_tokens"]  # thinking included, at the output rate
+    elif endpoint == "messages":  # Anthropic's input_tokens leave out cache reads and writes
+        counts["input_tokens"] = usage["input_tokens"]
+        counts["cached_input_tokens"] = usage["cache_read_input_tokens"]
+        counts["cache_write_tokens"] = usage["cache_creation_input_tokens"]
+        counts["output_tokens"] = usage["output_tokens"]
     elif endpoint == "embeddings":
         counts["input_tokens"] = usage["prompt_tokens"]
     elif endpoint == "images":
@@ -176,7 +188,7 @@ image_parts = st.one_of(
     st.builds(lambda w, h: {"url": _png(w, h), "detail": "low"}, st.integers(1, 600), st.integers(1, 600)),
     st.just({"url": "https://example.com/unseen.png"}),
 )
-weather_tool = {
+weather_tool: dict[str, Any] = {
     "type": "function",
     "function": {"name": "weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
 }
@@ -258,6 +270,45 @@ def test_the_minimum_charge_and_each_tier_are_reached(stack: Stack) -> None:
         if filler == 0:
             assert usage["cost_usd"] == 0.0003  # the minimum charge: a few tokens list far below it
     assert labels == {"Up to 600 prompt tokens", "Over 600 prompt tokens", "Long prompts"}
+
+
+@examples
+@given(
+    model=st.sampled_from(["sim-chat-small", "sim-chat-large", "deepseek-v4-pro", "Qwen/Qwen3.5-4B"]),
+    text=words,
+    filler=st.sampled_from([0, 700]),
+    search=st.booleans(),
+    function=st.booleans(),
+    max_output_tokens=st.integers(min_value=16, max_value=80),
+)
+def test_responses(
+    stack: Stack, model: str, text: str, filler: int, search: bool, function: bool, max_output_tokens: int
+) -> None:
+    tools: list[dict[str, Any]] = [{"type": "web_search"}] if search else []
+    if function:
+        tools.append({"type": "function", **weather_tool["function"]})
+    body: dict[str, Any] = {"model": model, "input": text + " word" * filler, "max_output_tokens": max_output_tokens}
+    if tools:
+        body["tools"] = tools
+    response = stack.post("/v1/responses", json=body)
+    usage = check(stack, "responses", model, response)
+    assert (
+        usage.get("tool_usage", {}).get("web_search", 0) == response.json()["tool_usage"]["web_search"]["num_requests"]
+    )
+
+
+@examples
+@given(
+    model=st.sampled_from(["deepseek-v4-pro", "sim-chat-small"]),
+    text=words,
+    thinking=st.booleans(),
+    max_tokens=st.integers(min_value=24, max_value=80),
+)
+def test_messages(stack: Stack, model: str, text: str, thinking: bool, max_tokens: int) -> None:
+    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "messages": [{"role": "user", "content": text}]}
+    if thinking:
+        body["thinking"] = {"type": "enabled", "budget_tokens": 16}
+    check(stack, "messages", model, stack.post("/v1/messages", json=body))
 
 
 @examples
