@@ -17,6 +17,7 @@ from gateway.auth import scope_guard
 from gateway.core import GatewayCore
 from gateway.errors import exception_handlers
 from gateway.idempotency import IdempotencyMiddleware
+from gateway.openapi import DocumentPlugin
 from gateway.ratelimit import IpLimiter, RateLimitMiddleware
 from gateway.routes import route_handlers
 from gateway.surface import Surface
@@ -75,6 +76,7 @@ def create_app(core: GatewayCore) -> Litestar:
             version="0.2.0",
             description=api_description,
             openapi_router=Router("/schema", route_handlers=[], opt={"scope": "public", "rate": "none"}),
+            render_plugins=[DocumentPlugin()],  # the generated document, completed (gateway/openapi.py)
         ),
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         middleware=[

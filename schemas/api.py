@@ -161,3 +161,31 @@ class VideoRequest(msgspec.Struct, frozen=True, kw_only=True):
     duration: Annotated[int, msgspec.Meta(ge=1, le=10)] = 5
     resolution: str | None = None
     aspect_ratio: str | None = None
+
+
+class ResponsesRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /v1/responses`` as documented (the gateway reads the body itself: workers/conversations.py);
+    fields not listed are forwarded untouched."""
+
+    model: Annotated[str, msgspec.Meta(min_length=1)]
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    max_output_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_tool_calls: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    reasoning: dict[str, Any] | None = None
+    stream: bool = False
+
+
+class MessagesRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /v1/messages`` (Anthropic's Messages API) as documented; fields not listed are forwarded."""
+
+    model: Annotated[str, msgspec.Meta(min_length=1)]
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)]
+    messages: Annotated[list[dict[str, Any]], msgspec.Meta(min_length=1)]
+    system: str | list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
+    thinking: dict[str, Any] | None = None
+    stream: bool = False

@@ -141,6 +141,7 @@ async def revoke_token(
     "/v1/organizations/{org_id:str}/tokens/{token_id:str}/limits",
     operation_id="setTokenLimits",
     opt={"scope": "admin:write"},
+    status_code=200,
 )
 async def set_token_limits(
     request: Request[Any, Any, Any], core: Core, org_id: FromPath[str], token_id: FromPath[str]
@@ -176,7 +177,7 @@ async def get_limits(request: Request[Any, Any, Any], core: Core, org_id: FromPa
     return json_response(_limits_card(core, org_id))
 
 
-@post("/v1/organizations/{org_id:str}/limits", operation_id="setRateLimits", opt={"scope": "platform"})
+@post("/v1/organizations/{org_id:str}/limits", operation_id="setRateLimits", opt={"scope": "platform"}, status_code=200)
 async def set_limits(request: Request[Any, Any, Any], core: Core, org_id: FromPath[str]) -> Response[bytes]:
     """Replace the organization's overrides; a kind left out follows the plan again."""
     authorize_admin(request, org_id)
@@ -188,7 +189,7 @@ async def set_limits(request: Request[Any, Any, Any], core: Core, org_id: FromPa
     return json_response(_limits_card(core, org_id))
 
 
-@post("/v1/organizations/{org_id:str}/plan", operation_id="setPlan", opt={"scope": "platform"})
+@post("/v1/organizations/{org_id:str}/plan", operation_id="setPlan", opt={"scope": "platform"}, status_code=200)
 async def set_plan(request: Request[Any, Any, Any], core: Core, org_id: FromPath[str]) -> Response[bytes]:
     authorize_admin(request, org_id)
     body: SetPlanBody = await decode_body(request, SetPlanBody, core.settings.request_body_bytes_max)

@@ -1,0 +1,266 @@
+"""The OpenAPI document, complete: Litestar lists the routes, their operation ids and path parameters;
+this adds what it cannot see, because handlers read their bodies themselves (to forward what they do
+not read untouched): each request body from its msgspec type (``schemas/api.py``), each response's
+media types, the error envelope for every status a route can answer, and the security schemes.
+
+Served at ``/schema/openapi.json`` (``document_plugin``). The schemathesis run in the test suite
+(tests/http/test_openapi_fuzz.py) holds the gateway to it: no 5xx, every answer as documented.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+from litestar import Request
+from litestar.openapi.plugins import JsonRenderPlugin
+
+from schemas import api
+from schemas.prices import PriceBook
+
+# Request bodies by operation id: a msgspec type (JSON) or a ready schema (a multipart form).
+_transcription_form: dict[str, Any] = {
+    "type": "object",
+    "required": ["file", "model"],
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": "WAV audio"},
+        "model": {"type": "string", "minLength": 1},
+        "language": {"type": "string"},
+        "prompt": {"type": "string"},
+        "response_format": {"type": "string", "enum": ["json", "text", "verbose_json", "srt", "vtt"]},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+        "async": {"type": "string", "enum": ["true", "false"]},
+    },
+}
+json_bodies: Mapping[str, type[Any]] = {
+    "createOrganization": api.CreateOrganization,
+    "grantCredits": api.GrantCreditsBody,
+    "setCreditLimit": api.CreditLimitBody,
+    "configureAutoTopUp": api.AutoTopUpBody,
+    "refundCharge": api.RefundBody,
+    "adjustCredits": api.AdjustmentBody,
+    "publishPriceBook": PriceBook,
+    "createChatCompletion": api.ChatCompletionRequest,
+    "createCompletion": api.CompletionRequest,
+    "createEmbedding": api.EmbeddingRequest,
+    "createImage": api.ImageRequest,
+    "createSpeech": api.SpeechRequest,
+    "createVideo": api.VideoRequest,
+    "createResponse": api.ResponsesRequest,
+    "createMessage": api.MessagesRequest,
+    "createToken": api.CreateToken,
+    "setTokenLimits": api.RateLimits,
+    "setRateLimits": api.RateLimits,
+    "setPlan": api.SetPlanBody,
+}
+form_bodies: Mapping[str, dict[str, Any]] = {"createTranscription": _transcription_form}
+_user = [{"role": "user", "content": "Say hello."}]
+# An example body for each generation operation, on the default price book's models.
+body_examples: Mapping[str, dict[str, Any]] = {
+    "createChatCompletion": {"model": "sim-chat-small", "messages": _user, "max_tokens": 16},
+    "createCompletion": {"model": "sim-chat-small", "prompt": "Once upon a time", "max_tokens": 16},
+    "createEmbedding": {"model": "sim-embed-small", "input": "The food was delicious."},
+    "createImage": {"model": "sim-image", "prompt": "A lighthouse at dawn", "size": "1024x1024"},
+    "createSpeech": {"model": "sim-tts", "input": "Hello there.", "voice": "alloy"},
+    "createVideo": {"model": "sim-video", "prompt": "Waves on a beach", "duration": 2},
+    "createResponse": {"model": "sim-chat-small", "input": "Say hello.", "max_output_tokens": 32},
+    "createMessage": {"model": "deepseek-v4-pro", "max_tokens": 64, "messages": _user},
+}
+
+# What a successful answer is, beside JSON: streams (stream: true) and audio.
+_event_stream = {"text/event-stream": {"schema": {"type": "object", "properties": {"data": {"type": "string"}}}}}
+success_media: Mapping[str, dict[str, Any]] = {
+    "createChatCompletion": _event_stream,
+    "createCompletion": _event_stream,
+    "createResponse": _event_stream,
+    "createMessage": _event_stream,
+    "createSpeech": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}},
+    "createTranscription": {"text/plain": {"schema": {"type": "string"}}},
+}
+# Generation requests may be async (202 and a job), or refused for the balance (402).
+generation = {
+    "createChatCompletion",
+    "createCompletion",
+    "createEmbedding",
+    "createImage",
+    "createSpeech",
+    "createTranscription",
+    "createVideo",
+    "createResponse",
+    "createMessage",
+}
+public = {"health", "getLedgerPublicKey", "getPricing"}
+# Open without a credential; one that is sent is checked (gateway/auth.py, opt "anonymous").
+anonymous = {"listModels", "retrieveModel"}
+
+
+def _query(name: str, schema: dict[str, Any], description: str, required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
+
+
+_moment = {"type": "string", "format": "date-time"}
+_page = _query("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "Page size")
+_window = [
+    _query("from", _moment, "Start of the window (ISO 8601, inclusive)"),
+    _query("to", _moment, "End of the window (ISO 8601, exclusive)"),
+]
+_cursor = _query("cursor", {"type": "string"}, "The next_cursor of the previous page")
+# Query parameters the handlers read themselves (gateway/http.py: limit_param, moment_param).
+query_parameters: Mapping[str, list[dict[str, Any]]] = {
+    "listJobs": [
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "Page size (default 20)"),
+        _query("after", {"type": "string"}, "The last job id of the previous page"),
+        _query("status", {"type": "string"}, "Only jobs in this status"),
+    ],
+    "listLedgerEntries": [_page, _cursor],
+    "retrieveAccountUsage": [*_window, _page, _cursor],
+    "listOrganizationUsage": [*_window, _page, _cursor],
+    "listOrganizationUsageByToken": _window,
+    "retrieveStatement": [
+        _query("from", _moment, "Start of the statement's period (ISO 8601)", required=True),
+        _query("to", _moment, "End of the statement's period (ISO 8601)", required=True),
+    ],
+    "getOrganizationBalanceAt": [_query("at", _moment, "The moment (ISO 8601)", required=True)],
+    "listModels": [
+        _query("format", {"type": "string", "enum": ["openrouter"]}, "openrouter: OpenRouter's provider listing")
+    ],
+}
+# A decimal amount in credits, exact to 6 places: as a string (or a JSON number, read from its text).
+_decimal = {"type": "string", "pattern": r"^-?[0-9]{1,12}(\.[0-9]{1,6})?$", "examples": ["25.50"]}
+
+
+def _decimals(node: Any) -> Any:
+    """msgspec documents Decimal as any string ("format": "decimal"); the API reads only numerals."""
+    if isinstance(node, dict):
+        if node.get("type") == "string" and node.get("format") == "decimal":
+            return dict(_decimal)
+        return {key: _decimals(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_decimals(value) for value in node]
+    return node
+
+
+anthropic_operations = {"createMessage"}
+
+# Every status any route may answer with an error body (gateway/errors.py, the guard, the middleware).
+error_statuses = {
+    "400": "The request is malformed or names a value that does not exist (the field is in param).",
+    "401": "No credential, or one that is unknown, revoked or expired.",
+    "402": "The balance cannot cover the request's worst case; nothing was charged.",
+    "403": "The credential lacks the route's scope.",
+    "404": "No such resource for this organization.",
+    "405": "The method is not allowed on this path.",
+    "409": "A conflict: an Idempotency-Key reused with another body, a job already ended.",
+    "413": "The body is over the size limit.",
+    "414": "The URI is too long.",
+    "415": "The body's media type is not accepted.",
+    "429": "A rate limit; retry after the retry-after header.",
+    "431": "The headers are too large.",
+    "500": "An unexpected error (a bug; logged).",
+    "502": "The job failed on its backend; nothing was charged.",
+    "503": "The gateway is at its limit of requests in flight, or a dependency is unavailable.",
+    "504": "The job did not finish in time; its hold settles on its own.",
+}
+
+
+def _error_schemas() -> dict[str, Any]:
+    _, components = msgspec.json.schema_components([api.ErrorEnvelope], ref_template="#/components/schemas/{name}")
+    anthropic = {
+        "type": "object",
+        "required": ["type", "error"],
+        "properties": {
+            "type": {"const": "error"},
+            "error": {
+                "type": "object",
+                "required": ["type", "message"],
+                "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+            },
+            "request_id": {"type": "string"},
+        },
+    }
+    components["AnthropicError"] = anthropic
+    return components
+
+
+def enrich(document: dict[str, Any]) -> dict[str, Any]:
+    """The document Litestar generated, completed (a new dict; the argument is left as it was)."""
+    doc = msgspec.json.decode(msgspec.json.encode(document))
+    types = list(json_bodies.values())
+    refs, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    schemas.update(_decimals(components))
+    schemas.update(_error_schemas())
+    body_refs = dict(zip(json_bodies, refs, strict=True))
+    doc["components"]["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer", "description": "An API key or the platform admin token"},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key", "description": "An API key"},
+    }
+    # The document's own routes (this file, and Litestar's renderers of it) are not the API.
+    doc["paths"] = {path: item for path, item in doc.get("paths", {}).items() if not path.startswith("/schema")}
+    for item in doc["paths"].values():
+        for method, operation in item.items():
+            if method not in ("get", "post", "put", "patch", "delete"):
+                continue
+            _complete(operation, method, body_refs)
+    return doc
+
+
+def _complete(operation: dict[str, Any], method: str, body_refs: Mapping[str, Any]) -> None:
+    op_id = operation.get("operationId", "")
+    if op_id in query_parameters:
+        listed = {(p.get("name"), p.get("in")) for p in operation.get("parameters", [])}
+        operation.setdefault("parameters", []).extend(
+            p for p in query_parameters[op_id] if (p["name"], p["in"]) not in listed
+        )
+    if op_id in body_refs:
+        media: dict[str, Any] = {"schema": body_refs[op_id]}
+        if op_id in body_examples:
+            media["example"] = body_examples[op_id]
+        operation["requestBody"] = {"required": True, "content": {"application/json": media}}
+    elif op_id in form_bodies:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"multipart/form-data": {"schema": form_bodies[op_id]}},
+        }
+    responses: dict[str, Any] = operation.setdefault("responses", {})
+    for status, response in list(responses.items()):
+        if status.startswith("2"):
+            content = response.setdefault("content", {})
+            if "application/json" in content:
+                # Handlers answer bytes they encoded themselves (Litestar documents those as a string):
+                # every JSON answer of this API is an object.
+                content["application/json"]["schema"] = {"type": "object"}
+            content.update(success_media.get(op_id, {}))
+    if op_id in generation and "202" not in responses:
+        responses["202"] = {
+            "description": 'Accepted as a job ("async": true): poll poll_url',
+            "content": {"application/json": {"schema": {"type": "object", "required": ["job_id", "poll_url"]}}},
+        }
+    error_ref = "#/components/schemas/AnthropicError" if op_id in anthropic_operations else None
+    for status, description in error_statuses.items():
+        if op_id in public and status in ("401", "402", "403", "409"):
+            continue
+        schema = {"$ref": error_ref or "#/components/schemas/ErrorEnvelope"}
+        code = "529" if error_ref and status == "503" else status
+        # Replaces what Litestar lists (its own validation error shape, which this API never answers).
+        responses[code] = {"description": description, "content": {"application/json": {"schema": schema}}}
+    if op_id in anonymous:
+        operation["security"] = [{}, {"bearer": []}, {"apiKey": []}]
+    elif op_id not in public:
+        operation["security"] = [{"bearer": []}, {"apiKey": []}]
+    else:
+        operation["security"] = []
+
+
+class DocumentPlugin(JsonRenderPlugin):
+    """``/schema/openapi.json``: the generated document, completed by ``enrich`` (once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rendered: bytes | None = None
+
+    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
+        if self._rendered is None:
+            self._rendered = msgspec.json.encode(enrich(openapi_schema))
+        return self._rendered
