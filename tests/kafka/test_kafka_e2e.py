@@ -122,7 +122,7 @@ def test_402_through_kafka_changes_nothing(stack: Stack, kafka_bootstrap: str) -
 
 
 def test_balance_ledger_and_clickhouse_agree_after_many_requests(stack: Stack, kafka_bootstrap: str) -> None:
-    org = stack.admin.organization()
+    org = stack.admin.organization(plan="enterprise")  # 150 job submissions in a minute
     stack.admin.grant(org, 10)
     key = stack.admin.token(org)
     client = stack.client(key)
