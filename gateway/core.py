@@ -52,6 +52,7 @@ from schemas.events import (
 )
 from schemas.ids import new_id
 from schemas.moments import utc_now
+from workers.metering import FileContents, NoFiles
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,8 @@ class GatewayCore:
         self.jwks = JwksKeys(settings)
         self.limiter = RateLimiter(settings, self.tenants)
         self.token_used_sent: dict[str, float] = {}
+        # Where a chat request's file_id parts are read from (the files API plugs its store in here).
+        self.files: FileContents = NoFiles()
 
     # --- following the log ---
 

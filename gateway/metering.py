@@ -29,7 +29,7 @@ from eventlog.settings import Settings
 from gateway.pending import PendingCharges
 from gateway.quota import Quota
 from gateway.waiters import Done, Seen, Waiters, request_finished
-from ledger.pricing import ModelPrice, price_micros
+from ledger.pricing import ModelPrice, worst_case_micros
 from ledger.wallet import queued_job
 from projections.views import ApiToken
 from schemas.codec import encode
@@ -70,7 +70,7 @@ class MeteredRequest:
     def hold_micros(self) -> int:
         """The worst case: the bound priced at the priciest model that may serve it, so that a
         fallback never charges past the hold."""
-        return max(price_micros(price, self.bound) for price in (self.price, *self.fallbacks))
+        return max(worst_case_micros(price, self.bound) for price in (self.price, *self.fallbacks))
 
     def price_of(self, model: str) -> ModelPrice:
         """The price of the model that served (the requested one or one of its fallbacks)."""

@@ -290,8 +290,8 @@ class RateLimiter:
 
 
 def charged_tokens(units: Units) -> int:
-    """The tokens a charge counts against a tokens-per-minute limit."""
-    return units.input_tokens + units.cached_input_tokens + units.output_tokens
+    """The tokens a charge counts against a tokens-per-minute limit: every kind, prompt and generated."""
+    return units.total_tokens
 
 
 def record(admission: Admission) -> Outgoing:

@@ -20,7 +20,7 @@ from eventlog.metrics import Metrics
 from eventlog.settings import Settings
 from ledger.accounts import postings
 from ledger.price_feed import PriceFeed
-from ledger.pricing import PriceBook, unit_rates
+from ledger.pricing import PriceBook, price_breakdown, unit_names, unit_quantities
 from ledger.wallet import hold_expired_reason
 from projections.usage import PostingRow, UsageRow, UsageStore, rate_columns
 from schemas.codec import decode_event
@@ -48,7 +48,7 @@ def usage_row(event: Event, book: PriceBook | None = None) -> UsageRow | None:
     if isinstance(event, HoldCaptured):
         units = event.units
         price = book.model(event.model) if book is not None else None
-        rates = unit_rates(price, units) if price is not None else (0,) * len(rate_columns)
+        priced = price_breakdown(price, units) if price is not None else None
         return UsageRow(
             event_id=event.event_id,
             created_at=event.occurred_at,
@@ -63,19 +63,15 @@ def usage_row(event: Event, book: PriceBook | None = None) -> UsageRow | None:
             request_id=event.request_id,
             job_id=event.job_id,
             latency_ms=event.latency_ms,
-            input_tokens=units.input_tokens,
-            cached_input_tokens=units.cached_input_tokens,
-            output_tokens=units.output_tokens,
-            images=units.images,
-            audio_seconds=units.audio_seconds,
-            video_seconds=units.video_seconds,
-            characters=units.characters,
-            calls=units.calls,
+            **dict(zip(unit_names, unit_quantities(units), strict=True)),
             cost_micros=event.amount_micros,
             priced_micros=event.priced_micros,
             price_version=event.price_version,
             variant=units.variant,
-            **dict(zip(rate_columns, rates, strict=True)),
+            **dict(zip(rate_columns, priced.rates if priced else (0,) * len(rate_columns), strict=True)),
+            pricing_tier=priced.tier_label if priced else "",
+            discount_percent=priced.discount_percent if priced else 0,
+            minimum_topup_micros=priced.minimum_topup_micros if priced else 0,
         )
     if isinstance(event, HoldRejected):
         return _error_row(event, 402, event.code)

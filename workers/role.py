@@ -56,6 +56,7 @@ from schemas.ids import job_output_id
 from schemas.moments import utc_now
 from schemas.units import Units
 from workers.backends import Backend, BackendError, JobContext, JobOutput, JobStopped
+from workers.metering import charged_units
 
 logger = logging.getLogger(__name__)
 
@@ -365,10 +366,13 @@ class WorkerRole:
                 if running.stop_reason != "cancel":
                     return None  # dead-lettered by the ledger (it released the hold already), or shutting down
                 running.outcome = "cancelled"
+                done = context.units
+                if done != Units(variant=done.variant):  # work was done: charged as a request
+                    done = charged_units(done, context.payload)
                 return cancelled_records(
                     job,
                     self._clock(),
-                    context.units,
+                    done,
                     context.output,
                     "cancel",
                     context.served_model,
@@ -392,6 +396,7 @@ class WorkerRole:
             finally:
                 running.backend_call = None
             running.outcome = "completed"
+            output = msgspec.structs.replace(output, units=charged_units(output.units, context.payload))
             return completed_records(
                 job,
                 started_at,

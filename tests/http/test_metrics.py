@@ -68,7 +68,7 @@ def test_every_series_moves_by_what_was_sent(gw: Gateway) -> None:
     key, _ = gw.key(org, ["user:read", "user:write"])
     poor = gw.organization("pro", credits="0.000001")
     poor_key, _ = gw.key(poor, ["user:read", "user:write"])
-    limited = gw.organization("pro", limits={"requests": 1}, credits="5")
+    limited = gw.organization("pro", limits={"jobs": 1}, credits="5")
     limited_key, _ = gw.key(limited, ["user:read", "user:write"])
     # The tier's stack is shared: what earlier tests sent must be done before the baseline is taken.
     eventually(lambda: settled(gw), 30)
@@ -108,7 +108,7 @@ def test_every_series_moves_by_what_was_sent(gw: Gateway) -> None:
     assert delta("tollgate_http_requests_total", route="unmatched", status="404") == 1
     assert delta("tollgate_payment_required_total", route="/v1/chat/completions") == 1
     assert delta("tollgate_idempotent_replays_total", route="/v1/chat/completions") == 1
-    assert delta("tollgate_ratelimit_throttled_total", kind="requests") == 1
+    assert delta("tollgate_ratelimit_throttled_total", kind="jobs") == 1
     # Every sync answer that ran a job: what the gateway added over the job's own run.
     assert delta("tollgate_gateway_added_seconds_count", endpoint="/v1/chat/completions") == ran
     assert delta("tollgate_gateway_added_seconds_sum", endpoint="/v1/chat/completions") > 0

@@ -106,7 +106,7 @@ def test_each_roles_series_move_by_what_was_sent_and_settle(stack: Stack) -> Non
     poor_key = stack.admin.token(poor)
     limited = stack.admin.organization("limited")
     stack.admin.grant(limited, "5")
-    limits = stack.admin.client.post(f"/v1/organizations/{limited}/limits", json={"requests": 1})
+    limits = stack.admin.client.post(f"/v1/organizations/{limited}/limits", json={"jobs": 1})
     assert limits.status_code == 200, limits.text
     limited_key = stack.admin.token(limited)
     before = {role: scrape(url) for role, url in stack.metrics_urls.items()}
@@ -156,7 +156,7 @@ def test_each_roles_series_move_by_what_was_sent_and_settle(stack: Stack) -> Non
         ("gateway", "tollgate_http_requests_total", {"status": "429", **chat_route}, 1),
         ("gateway", "tollgate_payment_required_total", {"route": "/v1/chat/completions"}, 1),
         ("gateway", "tollgate_idempotent_replays_total", {"route": "/v1/chat/completions"}, 1),
-        ("gateway", "tollgate_ratelimit_throttled_total", {"kind": "requests"}, 1),
+        ("gateway", "tollgate_ratelimit_throttled_total", {"kind": "jobs"}, 1),
         ("gateway", "tollgate_gateway_added_seconds_count", chat_endpoint, ran),
         ("ledger", decisions, {"command": "place_hold.v1", "result": "accepted"}, ran),
         ("ledger", decisions, {"command": "place_hold.v1", "result": "insufficient_credits"}, 1),
