@@ -43,7 +43,7 @@ repo = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(repo))
 
 from bench.e2e import lift_limits
-from ledger.pricing import default_price_book, unit_rates
+from ledger.pricing import default_price_book, unit_names, unit_rates
 from projections.statements import load_statement
 from projections.usage import UsageFilter, UsageRow, UsageStore, rate_columns
 from schemas.units import Units
@@ -85,7 +85,12 @@ def synthetic_columns(
     book = default_price_book()
     rates = np.array([unit_rates(book.models[m], Units()) for m in models], dtype=np.int64)  # [model, unit]
     row_rates = rates[model_index]
-    scaled = input_tokens * row_rates[:, 0] + output_tokens * row_rates[:, 2] + characters * row_rates[:, 6]
+    position = {name: index for index, name in enumerate(unit_names)}
+    scaled = (
+        input_tokens * row_rates[:, position["input_tokens"]]
+        + output_tokens * row_rates[:, position["output_tokens"]]
+        + characters * row_rates[:, position["characters"]]
+    )
     cost = -(-scaled // 1_000_000)
     zeros = np.zeros(count, dtype=np.int64)
     org_names = np.array(org_ids(orgs), dtype=object)

@@ -82,6 +82,11 @@ class Consumer(abc.ABC):
         Kafka's transaction markers take offsets too). For progress and time-left estimates."""
 
     @abc.abstractmethod
+    def lags(self) -> dict[tuple[str, int], int]:
+        """``lag`` per assigned (topic, partition), for the consumer-lag gauges. Call it from the thread
+        that polls (Kafka asks the broker for the ends: about a millisecond)."""
+
+    @abc.abstractmethod
     def close(self) -> None: ...
 
 
@@ -103,6 +108,10 @@ class Processor(abc.ABC):
     @abc.abstractmethod
     def abort_transaction(self) -> None:
         """Drop uncommitted outputs and rewind to the last committed positions."""
+
+    @abc.abstractmethod
+    def lags(self) -> dict[tuple[str, int], int]:
+        """The input consumer's ``Consumer.lags``."""
 
     @abc.abstractmethod
     def close(self) -> None: ...

@@ -309,7 +309,10 @@ class _EmbeddedConsumer(Consumer):
         return all(self._log.end_offset(tp) <= position for tp, position in self.positions.items())
 
     def lag(self) -> int:
-        return sum(max(self._log.end_offset(tp) - position, 0) for tp, position in self.positions.items())
+        return sum(self.lags().values())
+
+    def lags(self) -> dict[TopicPartition, int]:
+        return {tp: max(self._log.end_offset(tp) - position, 0) for tp, position in list(self.positions.items())}
 
     def close(self) -> None:
         """Nothing to release."""
@@ -333,6 +336,9 @@ class _EmbeddedProcessor(Processor):
 
     def abort_transaction(self) -> None:
         self._consumer.positions = dict(self._consumer.committed_positions)
+
+    def lags(self) -> dict[TopicPartition, int]:
+        return self._consumer.lags()
 
     def close(self) -> None:
         """Nothing to release."""

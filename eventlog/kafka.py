@@ -347,9 +347,10 @@ class _KafkaConsumer(Consumer):
         return all(self._consumer.position(tp) >= ends[tp] for tp in assigned)
 
     def lag(self) -> int:
-        assigned = list(self._consumer.assignment())
-        ends = self._consumer.end_offsets(assigned) if assigned else {}
-        return sum(max(ends[tp] - self._consumer.position(tp), 0) for tp in assigned)
+        return sum(self.lags().values())
+
+    def lags(self) -> dict[tuple[str, int], int]:
+        return _lags(self._consumer)
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)
@@ -409,6 +410,9 @@ class _KafkaProcessor(Processor):
                 self._consumer.seek(tp, committed)
         self._uncommitted.clear()
 
+    def lags(self) -> dict[tuple[str, int], int]:
+        return _lags(self._consumer)
+
     def close(self) -> None:
         try:
             self._consumer.close(autocommit=False)
@@ -416,3 +420,11 @@ class _KafkaProcessor(Processor):
         finally:
             if self.on_close is not None:
                 self.on_close()
+
+
+def _lags(consumer: KafkaConsumer) -> dict[tuple[str, int], int]:
+    """Offsets left per assigned partition: the broker's end (the last stable offset, for a
+    read_committed consumer) less the position."""
+    assigned = list(consumer.assignment())
+    ends = consumer.end_offsets(assigned) if assigned else {}
+    return {(tp.topic, tp.partition): max(ends[tp] - consumer.position(tp), 0) for tp in assigned}

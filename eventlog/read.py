@@ -3,6 +3,7 @@ from its beginning (or a moment) to its current end, for audits, replays and reb
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 import threading
@@ -13,6 +14,7 @@ from typing import TextIO
 import msgspec
 
 from eventlog import Consumer, EventLog, Record
+from eventlog.metrics import LagReporter
 from schemas.codec import decode_event
 from schemas.events import Event
 
@@ -36,14 +38,22 @@ class Follower:
         name: str,
         batch_records_max: int,
         poll_wait_ms: int,
+        lag: LagReporter | None = None,
+        observe: Callable[[Record, Event], None] | None = None,
     ) -> None:
+        """``lag`` reports the consumer's lag and the follower's heartbeat (eventlog/metrics.py);
+        ``observe`` sees each record with its event before ``apply`` (the gateway's chain watch)."""
         self._consumer = consumer
         self._apply = apply
         self._batch_records_max = batch_records_max
         self._poll_wait_ms = poll_wait_ms
+        self._lag = lag
+        self._observe = observe
         self._stop = threading.Event()
         self.caught_up = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        # The thread runs in a copy of its creator's context: its log lines name the creator's role.
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=lambda: context.run(self._run), name=name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -66,9 +76,13 @@ class Follower:
                             "skipping an undecodable record at %s/%d@%d", record.topic, record.partition, record.offset
                         )
                         continue
+                    if self._observe is not None:
+                        self._observe(record, event)
                     self._apply(event)
                 if not records and not self.caught_up.is_set() and self._consumer.caught_up():
                     self.caught_up.set()
+                if self._lag is not None:
+                    self._lag.tick(self._consumer.lags)
         except Exception:
             logger.exception("log follower %s stopped", self._thread.name)
             raise

@@ -171,6 +171,17 @@ class Settings:
     token_last_used_interval_s: int = field(
         default_factory=lambda: int(_env("TOLLGATE_TOKEN_LAST_USED_INTERVAL_S", "60"))
     )
+    # --- seeing it (eventlog/metrics.py) ---
+    # The ledger, worker and projector processes serve /metrics, /livez and /readyz on this port
+    # (empty: no listener; 0: any free port, logged). The gateway serves them on its own port.
+    metrics_port: str = field(default_factory=lambda: _env("TOLLGATE_METRICS_PORT", ""))
+    metrics_host: str = field(default_factory=lambda: _env("TOLLGATE_METRICS_HOST", "127.0.0.1"))
+    # A role is live while each of its loops turned within this (a stuck loop gets it restarted) ...
+    live_stall_s_max: float = field(default_factory=lambda: float(_env("TOLLGATE_LIVE_STALL_S_MAX", "30")))
+    # ... and ready while each of its consumers is at most this many records behind the log.
+    ready_lag_records_max: int = field(default_factory=lambda: int(_env("TOLLGATE_READY_LAG_RECORDS_MAX", "1000")))
+    # "json": one JSON object per log line (with role, request_id, org_id), for log pipelines; "text".
+    log_format: str = field(default_factory=lambda: _env("TOLLGATE_LOG_FORMAT", "text"))
 
     @property
     def embedded(self) -> bool:

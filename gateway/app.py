@@ -14,6 +14,8 @@ from litestar.middleware import ASGIMiddleware, DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from eventlog.logs import bind_request
+from gateway import observe
 from gateway.auth import scope_guard
 from gateway.core import GatewayCore
 from gateway.errors import ApiError, exception_handlers, send_error
@@ -73,10 +75,11 @@ class RequestIdMiddleware(ASGIMiddleware):
     large in its URI or headers is answered here."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        scope.setdefault("state", {})["request_id"] = f"req_{uuid.uuid4().hex}"
+        request_id = scope.setdefault("state", {})["request_id"] = f"req_{uuid.uuid4().hex}"
+        bind_request(request_id)  # the request's log lines carry it (eventlog/logs.py)
         oversized = _oversized(scope)
         if oversized is not None:
-            await send_error(send, oversized, str(scope["state"]["request_id"]))
+            await send_error(send, oversized, request_id)
             return
 
         async def send_with_id(message: Message) -> None:
@@ -110,6 +113,8 @@ api_description = (
 
 def create_app(core: GatewayCore) -> Litestar:
     settings = core.settings
+    ip_limiter = IpLimiter(settings.ip_requests_per_window_max, settings.ip_window_s, settings.ips_tracked_max)
+    observe.register(core, ip_limiter)  # the gateway's series, read when scraped (gateway/observe.py)
     app = TollgateApp(
         route_handlers=route_handlers,
         dependencies={"core": Provide(provide_core, sync_to_thread=False)},
@@ -127,15 +132,11 @@ def create_app(core: GatewayCore) -> Litestar:
         cors_config=CORSConfig(allow_origins=list(settings.cors_allow_origins), expose_headers=exposed_headers),
         middleware=[
             RequestIdMiddleware(),
-            DefineMiddleware(
-                RateLimitMiddleware,
-                ip_limiter=IpLimiter(
-                    settings.ip_requests_per_window_max, settings.ip_window_s, settings.ips_tracked_max
-                ),
-            ),
+            DefineMiddleware(RateLimitMiddleware, ip_limiter=ip_limiter),
             IdempotencyMiddleware(),
         ],
         state=State({"core": core}),
+        before_send=[observe.HttpMetrics(core.metrics)],  # every answer counted by route and status
         request_max_body_size=settings.request_body_bytes_max,
         debug=False,
         # Logging is the process's (tollgate/cli.py, TOLLGATE_LOG_LEVEL): Litestar's default config would

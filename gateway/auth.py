@@ -7,9 +7,12 @@ Every route declares what it needs in its handler ``opt``:
 
 ``scope`` is one of ``user:read``, ``user:write``, ``admin:read``, ``admin:write`` (an organization's
 key with that scope; on a path with ``{org_id}`` only for that organization, or the platform admin
-token), ``platform`` (the platform admin token only) or ``public``. ``rate`` (default ``requests``)
-names the limit the route counts against: ``requests``, ``jobs`` (job submissions), or ``none``;
-``tokens: True`` also requires room in the tokens-per-minute window (the chat endpoint).
+token), ``platform`` (the platform admin token only) or ``public``. ``anonymous: True`` also serves a
+caller who sends no credential at all (the public catalog); one who sends one is checked as usual.
+``rate`` names the limit the route counts against: ``requests``, ``jobs`` (job submissions), or
+``none``; by default (``route_rate``) a ``user:write`` POST or PUT is a job submission and anything
+else an API request, as the reference's plan table counts them. ``tokens: True`` also requires room
+in the tokens-per-minute window (the chat endpoint).
 ``scope_guard`` enforces this for every route before its handler runs; a route without a declared
 scope is refused (and tests/test_auth_scopes.py fails). Handlers call ``authorize`` /
 ``authorize_admin`` to get the caller, which reuses what the guard established.
@@ -34,6 +37,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
 from eventlog import Outgoing, topics
+from eventlog.logs import bind_org
 from gateway.core import GatewayCore
 from gateway.errors import ApiError
 from gateway.jwks import JwksKeys, verified_tokens_max
@@ -57,6 +61,11 @@ _state_key = "principal"
 def _core(connection: ASGIConnection[Any, Any, Any, Any]) -> GatewayCore:
     core: GatewayCore = connection.app.state.core
     return core
+
+
+def sends_credential(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+    """Whether the caller sent any credential (a route open to anonymous callers still checks one)."""
+    return "authorization" in connection.headers or "x-api-key" in connection.headers
 
 
 def _bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
@@ -249,6 +258,20 @@ async def principal_async(connection: ASGIConnection[Any, Any, Any, Any]) -> Api
     return _authenticate(connection, core, secret)
 
 
+async def service_token_principal(core: GatewayCore, secret: str) -> ApiToken | None:
+    """A JWT as a principal, its signing keys fetched first when needed (the usage page's sign-in);
+    None when it is no valid service token."""
+    if not (_looks_like_jwt(secret) and core.jwks.configured):
+        return None
+    kid = _unverified_kid(secret)
+    if kid is not None and core.jwks.needs_fetch(kid):
+        await asyncio.to_thread(core.jwks.fetch_if_needed, kid)
+    try:
+        return verify_service_token(core, secret)
+    except ApiError:
+        return None
+
+
 def principal(connection: ASGIConnection[Any, Any, Any, Any]) -> ApiToken | None:
     state = connection.scope.setdefault("state", {})
     if _state_key in state:
@@ -331,7 +354,7 @@ async def scope_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: B
     if scope not in route_scopes:
         logger.error("route %s declares no valid scope (%r): refused", handler, scope)
         raise ApiError(403, "This route declares no scope, so nobody may call it.", code="insufficient_scope")
-    if scope == "public":
+    if scope == "public" or (handler.opt.get("anonymous") and not sends_credential(connection)):
         return
     token = await principal_async(connection)
     org_id = connection.path_params.get("org_id")
@@ -353,7 +376,24 @@ async def scope_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: B
         if scope not in token.scopes:
             raise _missing_scope(scope)
     if token is not None:
-        admit(connection, token, handler.opt.get("rate", "requests"), bool(handler.opt.get("tokens")))
+        bind_org(token.org_id)  # the request's log lines carry its organization (eventlog/logs.py)
+        method = connection.method if isinstance(connection, Request) else "GET"
+        admit(
+            connection,
+            token,
+            route_rate(method, scope, handler.opt),
+            bool(handler.opt.get("tokens")),
+        )
+
+
+def route_rate(method: str, scope: str, opt: dict[str, Any]) -> str:
+    """The limit a route counts against, as Casola's plan table counts: a POST (or PUT) that submits
+    work (every ``user:write`` POST: the generation endpoints) is a job submission, everything else
+    an API request; a route may say otherwise in ``opt["rate"]``."""
+    declared = opt.get("rate")
+    if declared is not None:
+        return str(declared)
+    return "jobs" if method in ("POST", "PUT") and scope == "user:write" else "requests"
 
 
 def admit(connection: ASGIConnection[Any, Any, Any, Any], token: ApiToken, rate: str, tokens: bool) -> None:

@@ -21,6 +21,7 @@ def balance_card(core: GatewayCore, org_id: str) -> dict[str, Any]:
     # available to requests, through those gateways, and shown apart as reserved_by_gateways.
     sliced = wallet.sliced_micros - pending.sliced
     held = wallet.holds_micros - pending.held
+    topup = wallet.auto_topup
     return {
         "amount": micros_to_decimal(balance),
         "amount_micros": balance,
@@ -46,6 +47,11 @@ def balance_card(core: GatewayCore, org_id: str) -> dict[str, Any]:
             if grant.remaining_micros > 0
         ],
         "auto_topup_enabled": wallet.auto_topup is not None,
+        # In credits as the reference shows them; the exact micros beside them. A top-up "to a target"
+        # has no fixed amount (null), its target says what it tops up to.
+        "auto_topup_threshold": micros_to_decimal(topup.threshold_micros) if topup else None,
+        "auto_topup_amount": micros_to_decimal(topup.amount_micros) if topup and topup.amount_micros else None,
+        "auto_topup_target": micros_to_decimal(topup.target_micros) if topup and topup.target_micros else None,
         "auto_topup_threshold_micros": wallet.auto_topup.threshold_micros if wallet.auto_topup else None,
         "auto_topup_amount_micros": wallet.auto_topup.amount_micros or None if wallet.auto_topup else None,
         "auto_topup_target_micros": wallet.auto_topup.target_micros or None if wallet.auto_topup else None,

@@ -18,17 +18,21 @@ import secrets
 from datetime import datetime, timedelta
 from typing import TypeAlias
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from litestar.di import NamedDependency
 
 from eventlog import EventLog, Outgoing, topics
+from eventlog.metrics import Metrics
 from eventlog.read import Follower
 from eventlog.settings import Settings
+from gateway.chainwatch import ChainWatch
 from gateway.jwks import JwksKeys
 from gateway.metering import AttemptForgotten, Metering
 from gateway.pending import PendingCharges
 from gateway.quota import Quota
 from gateway.ratelimit import RateLimiter
 from gateway.waiters import Seen, Waiters, keys_of
+from ledger.chain import load_public_key
 from ledger.pricing import PriceBook, PriceBooks
 from ledger.wallet import HoldStatus
 from projections.jobs import JobsView
@@ -49,6 +53,7 @@ from schemas.events import (
 )
 from schemas.ids import new_id
 from schemas.moments import utc_now
+from workers.metering import FileContents, NoFiles
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +66,16 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def _ledger_public_key(settings: Settings) -> Ed25519PublicKey | None:
+    """The key that verifies the ledger's checkpoints, when this gateway has it (as /v1/audit/public-key)."""
+    path = settings.signing_key_path
+    try:
+        return load_public_key(path.read_bytes()) if path.exists() else None
+    except ValueError:
+        logger.warning("%s is not an Ed25519 key: the usage page cannot verify checkpoints", path)
+        return None
+
+
 class GatewayCore:
     def __init__(
         self,
@@ -69,8 +84,12 @@ class GatewayCore:
         prices: PriceBooks,
         usage_store: UsageStore | None,
         admin_token: str,
+        metrics: Metrics | None = None,
     ) -> None:
         self.log = log
+        self.metrics = metrics or Metrics()
+        self.metrics_collector: object | None = None  # gateway/observe.py registers it once
+        self.chain_watch = ChainWatch(_ledger_public_key(settings))
         self.settings = settings
         self.prices = prices
         self._logged_price_versions: set[str] = set()
@@ -86,12 +105,14 @@ class GatewayCore:
         self._followers: list[Follower] = []
         self.quota = Quota(settings, self._producer.send)
         self.metering = Metering(
-            settings, self._producer, self.waiters, self.quota, self.pending, earlier=self.earlier_attempt
+            settings, self._producer, self.waiters, self.quota, self.pending, self.metrics, earlier=self.earlier_attempt
         )
         # --- issue 5: service-token keys, shared rate-limit windows, last-used bookkeeping ---
         self.jwks = JwksKeys(settings)
         self.limiter = RateLimiter(settings, self.tenants)
         self.token_used_sent: dict[str, float] = {}
+        # Where a chat request's file_id parts are read from (the files API plugs its store in here).
+        self.files: FileContents = NoFiles()
 
     # --- following the log ---
 
@@ -107,8 +128,18 @@ class GatewayCore:
             client_id=f"tollgate-gateway-jobs-{self.settings.instance_id}",
         )
         batch, wait_ms = self.settings.batch_records_max, self.settings.poll_wait_ms
-        history_follower = Follower(history, self._fold_history, "follow-history", batch, wait_ms)
-        self._followers = [history_follower, Follower(jobs, self._fold_jobs, "follow-jobs", batch, wait_ms)]
+        lag = self.metrics.lag_reporter
+        history_follower = Follower(
+            history,
+            self._fold_history,
+            "follow-history",
+            batch,
+            wait_ms,
+            lag("gateway", "history"),
+            observe=self.chain_watch.observe,  # the ledger's chain, checked as it is folded
+        )
+        jobs_follower = Follower(jobs, self._fold_jobs, "follow-jobs", batch, wait_ms, lag("gateway", "jobs"))
+        self._followers = [history_follower, jobs_follower]
         for follower in self._followers:
             follower.start()
         if not history_follower.wait_caught_up(catch_up_wait_s_max):
@@ -116,7 +147,7 @@ class GatewayCore:
         # Slices an earlier run of this instance left open: their holds may still be on the way, so
         # this run returns them and asks for fresh ones.
         self.quota.return_all()
-        self.limiter.start(self.log, catch_up_wait_s_max)
+        self.limiter.start(self.log, catch_up_wait_s_max, self.metrics.lag_reporter("gateway", "limits"))
         built_in = self.prices.at_version(self.prices.versions()[0])
         if built_in is not None and built_in.version not in self._logged_price_versions:
             # Price book versions are events: put the built-in one on the log for auditors. Racing

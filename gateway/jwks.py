@@ -38,6 +38,7 @@ class JwksKeys:
         self._fetched_at: float | None = None
         self._lock = threading.Lock()
         self.fetches = 0
+        self.fetch_failures = 0
         self.generation = 0  # bumped whenever the key set changes; verified tokens cached before are dropped
         # Verified service tokens by their text: a service reuses one token for many requests, and an
         # Ed25519 verify costs far more than a lookup. Valid while unexpired and the keys unchanged.
@@ -79,6 +80,7 @@ class JwksKeys:
                 self.verified.clear()
             self._keys = keys
         except Exception as error:  # an unreachable or bad JWKS must not take the gateway down
+            self.fetch_failures += 1
             logger.warning("could not load the JWKS (%s): keeping %d known keys", error, len(self._keys))
 
     def needs_fetch(self, kid: str) -> bool:

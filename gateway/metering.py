@@ -16,22 +16,25 @@ Two paths (docs/architecture.md, "One metered request"):
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
 from eventlog import Outgoing, Producer, topics
+from eventlog.metrics import Metrics
 from eventlog.settings import Settings
 from gateway.pending import PendingCharges
 from gateway.quota import Quota
 from gateway.waiters import Done, Seen, Waiters, earlier_attempt_settled, request_finished
-from ledger.pricing import ModelPrice, price_micros
+from ledger.pricing import ModelPrice, worst_case_micros
 from ledger.wallet import queued_job
 from projections.views import ApiToken
 from schemas.codec import encode
 from schemas.commands import JobSpec, PlaceHold
-from schemas.events import Event, JobCancelRequested
+from schemas.events import Event, JobCancelRequested, JobCompleted
 from schemas.ids import event_id_for
 from schemas.moments import utc_now
 from schemas.prices import Route
@@ -76,7 +79,7 @@ class MeteredRequest:
     def hold_micros(self) -> int:
         """The worst case: the bound priced at the priciest model that may serve it, so that a
         fallback never charges past the hold."""
-        return max(price_micros(price, self.bound) for price in (self.price, *self.fallbacks))
+        return max(worst_case_micros(price, self.bound) for price in (self.price, *self.fallbacks))
 
     def price_of(self, model: str) -> ModelPrice:
         """The price of the model that served (the requested one or one of its fallbacks)."""
@@ -137,6 +140,7 @@ class Metering:
         waiters: Waiters,
         quota: Quota,
         pending: PendingCharges,
+        metrics: Metrics | None = None,
         earlier: EarlierAttempt = lambda org_id, request_id, job_id: None,
     ) -> None:
         self._settings = settings
@@ -148,6 +152,18 @@ class Metering:
         self.inflight = 0
         self.inflight_by_org: dict[str, int] = {}
         self.org_inflight_max = settings.org_inflight_requests_max or max(1, settings.inflight_requests_max // 2)
+        self._added_seconds = (metrics or Metrics()).gateway_added_seconds
+        self._added_by_endpoint: dict[str, Any] = {}
+
+    def _observe_added(self, endpoint: str, started: float, seen: Seen) -> None:
+        """What the gateway and the log added to a sync request beyond its job's own run."""
+        completed = seen.get(JobCompleted)
+        if not isinstance(completed, JobCompleted):
+            return
+        histogram = self._added_by_endpoint.get(endpoint)
+        if histogram is None:
+            histogram = self._added_by_endpoint[endpoint] = self._added_seconds.labels(endpoint)
+        histogram.observe(max(time.perf_counter() - started - completed.duration_ms / 1000, 0.0))
 
     def _command(self, token: ApiToken, request_id: str, metered: MeteredRequest, slice_id: str) -> PlaceHold:
         return PlaceHold(
@@ -266,12 +282,16 @@ class Metering:
         (``attempt``) is answered from its events instead: at once when they are on the log already,
         else when they come, within the same bound (an async one at once: its job is known)."""
         self._admit(token.org_id)
+        started = time.perf_counter()
         future = self._waiters.expect(request_id, wait_for)
         try:
             placement = self._resume_or_place(token, request_id, metered, attempt, future, wait_for)
             if metered.run_async and placement.resumed:
                 return placement, future.result() if future.done() else {}
-            return placement, await asyncio.wait_for(future, self._settings.request_wait_s_max)
+            seen = await asyncio.wait_for(future, self._settings.request_wait_s_max)
+            if not placement.resumed:
+                self._observe_added(metered.endpoint, started, seen)
+            return placement, seen
         finally:
             self._leave(token.org_id)
             self._waiters.forget(request_id, future)

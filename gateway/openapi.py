@@ -90,7 +90,9 @@ generation = {
     "createResponse",
     "createMessage",
 }
-public = {"health", "getLedgerPublicKey"}
+public = {"health", "getLedgerPublicKey", "getPricing"}
+# Open without a credential; one that is sent is checked (gateway/auth.py, opt "anonymous").
+anonymous = {"listModels", "retrieveModel"}
 
 
 def _query(name: str, schema: dict[str, Any], description: str, required: bool = False) -> dict[str, Any]:
@@ -120,6 +122,9 @@ query_parameters: Mapping[str, list[dict[str, Any]]] = {
         _query("to", _moment, "End of the statement's period (ISO 8601)", required=True),
     ],
     "getOrganizationBalanceAt": [_query("at", _moment, "The moment (ISO 8601)", required=True)],
+    "listModels": [
+        _query("format", {"type": "string", "enum": ["openrouter"]}, "openrouter: OpenRouter's provider listing")
+    ],
 }
 # A decimal amount in credits, exact to 6 places: as a string (or a JSON number, read from its text).
 _decimal = {"type": "string", "pattern": r"^-?[0-9]{1,12}(\.[0-9]{1,6})?$", "examples": ["25.50"]}
@@ -246,7 +251,9 @@ def _complete(operation: dict[str, Any], method: str, body_refs: Mapping[str, An
         code = "529" if error_ref and status == "503" else status
         # Replaces what Litestar lists (its own validation error shape, which this API never answers).
         responses[code] = {"description": description, "content": {"application/json": {"schema": schema}}}
-    if op_id not in public:
+    if op_id in anonymous:
+        operation["security"] = [{}, {"bearer": []}, {"apiKey": []}]
+    elif op_id not in public:
         operation["security"] = [{"bearer": []}, {"apiKey": []}]
     else:
         operation["security"] = []

@@ -24,12 +24,13 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from eventlog import EventLog, Outgoing, topics
+from eventlog.metrics import LagReporter
 from eventlog.read import Follower
 from eventlog.settings import Settings
 from gateway.errors import ApiError, send_error
@@ -116,6 +117,7 @@ class RateLimiter:
         self.propagation_ms: deque[int] = deque(maxlen=propagation_samples_max)
         self.admitted = 0
         self.throttled = 0
+        self.throttled_by_kind: Counter[str] = Counter()  # read by the metrics scrape
         self._follower: Follower | None = None
 
     def now_ms(self) -> int:
@@ -196,6 +198,7 @@ class RateLimiter:
                     instance_id=self.instance_id,
                 )
                 self.throttled += 1
+                self.throttled_by_kind[binding.kind] += 1
         return Admission(decision, event)
 
     def _count(self, org_id: str, token_id: str, amounts: dict[str, int], at_ms: int, now_ms: int) -> None:
@@ -251,7 +254,7 @@ class RateLimiter:
                 self._own_charges.popitem(last=False)
             self._own_charges[hold_id] = None
 
-    def start(self, log: EventLog, wait_s_max: float = 120.0) -> None:
+    def start(self, log: EventLog, wait_s_max: float = 120.0, lag: LagReporter | None = None) -> None:
         """Follow ``tollgate.requests`` from one window ago, so a restarted instance knows the
         admissions of the last minute before it serves."""
         consumer = log.consumer(
@@ -260,7 +263,7 @@ class RateLimiter:
             start_ms=self.now_ms() - window_s * 1000,
         )
         self._follower = Follower(
-            consumer, self.apply, "follow-limits", self.settings.batch_records_max, self.settings.poll_wait_ms
+            consumer, self.apply, "follow-limits", self.settings.batch_records_max, self.settings.poll_wait_ms, lag
         )
         self._follower.start()
         if not self._follower.wait_caught_up(wait_s_max):
@@ -287,8 +290,8 @@ class RateLimiter:
 
 
 def charged_tokens(units: Units) -> int:
-    """The tokens a charge counts against a tokens-per-minute limit."""
-    return units.input_tokens + units.cached_input_tokens + units.output_tokens
+    """The tokens a charge counts against a tokens-per-minute limit: every kind, prompt and generated."""
+    return units.total_tokens
 
 
 def record(admission: Admission) -> Outgoing:

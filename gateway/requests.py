@@ -15,10 +15,9 @@ import msgspec
 from gateway.errors import ApiError
 from gateway.http import check_depth, decode
 from gateway.metering import MeteredRequest
-from ledger.pricing import ModelPrice, PriceBook, billed_seconds
+from ledger.pricing import ModelPrice, PriceBook, billed_seconds, modalities
 from schemas.api import (
     ChatCompletionRequest,
-    ChatMessage,
     CompletionRequest,
     EmbeddingRequest,
     ImageRequest,
@@ -26,8 +25,8 @@ from schemas.api import (
     VideoRequest,
 )
 from schemas.units import Units
-from workers import conversations
-from workers.backends import message_text
+from workers import conversations, metering
+from workers.metering import FileContents
 
 tokens_per_message_bound = 8
 tokens_per_request_bound = 16
@@ -125,21 +124,112 @@ def _with_output_limit(fields: dict[str, Any], limit: int) -> bytes:
     return msgspec.json.encode(fields)
 
 
-def chat_input_tokens_bound(messages: list[ChatMessage]) -> int:
-    """An upper bound on prompt tokens for any byte-level tokenizer: a token is at least one byte."""
-    return tokens_per_request_bound + sum(
-        len(message_text({"content": m.content}).encode()) + tokens_per_message_bound for m in messages
+def _service_tier(fields: dict[str, Any]) -> bool:
+    """Whether the request asks for batch prices (``"service_tier": "flex"``): slower is fine, and the
+    model's batch discount applies."""
+    tier = fields.get("service_tier", "auto")
+    if tier not in metering.service_tiers:
+        raise ApiError(
+            400,
+            f"service_tier must be one of {', '.join(metering.service_tiers)}.",
+            code="invalid_parameter",
+            param="service_tier",
+        )
+    return tier in metering.batch_service_tiers
+
+
+def _per_request(fields: dict[str, Any]) -> Units:
+    """What every request is charged whatever it does: the flat per-request fee, at batch prices or not."""
+    return Units(calls=1, batch=_service_tier(fields))
+
+
+def _bytes(texts: list[str]) -> int:
+    return sum(len(text.encode()) for text in texts)
+
+
+def _refuse_inputs(price: ModelPrice, prompt: metering.Prompt, fields: dict[str, Any]) -> None:
+    """An input the model cannot read is a 400 naming it (as a provider answers audio sent to a model
+    without audio input: ``audio_not_supported_by_model``)."""
+    inputs = modalities(price)[0]
+    for kind, used in (("image", prompt.image_tokens), ("audio", prompt.audio_ms), ("file", _has_file(fields))):
+        if used and kind not in inputs:
+            raise ApiError(
+                400,
+                f"{price.model} does not accept {kind} input; see its input_modalities in GET /v1/models.",
+                code=f"{kind}_not_supported_by_model",
+                param="messages",
+            )
+
+
+def _has_file(fields: dict[str, Any]) -> bool:
+    messages = fields.get("messages")
+    return any(
+        isinstance(part, dict) and part.get("type") == "file"
+        for message in (messages if isinstance(messages, list) else [])
+        if isinstance(message, dict) and isinstance(message.get("content"), list)
+        for part in message["content"]
     )
 
 
-def parse_chat(body: bytes, book: PriceBook) -> MeteredRequest:
+def _tools_and_reasoning(price: ModelPrice, fields: dict[str, Any]) -> Units:
+    """The bound of what a model may do beyond tokens, and the defaults the run obeys: a web search
+    when asked (priced per call), its own search queries (research models), reasoning effort."""
+    searches = 0
+    if fields.get("web_search_options") is not None:
+        if "web_search" not in price.tool_call_rates:
+            raise ApiError(
+                400,
+                f"{price.model} does not search the web; see the models with web_search in GET /v1/models.",
+                code="web_search_not_supported_by_model",
+                param="web_search_options",
+            )
+        searches = metering.web_searches_per_request_max
+    if "reasoning" in price.features:
+        fields.setdefault("reasoning_effort", "medium")
+    elif "reasoning_effort" in fields:
+        raise ApiError(
+            400, f"{price.model} is not a reasoning model.", code="unsupported_parameter", param="reasoning_effort"
+        )
+    queries = metering.search_queries_per_request_max if price.search_unit_rate else 0
+    return Units(web_search_calls=searches, search_units=queries)
+
+
+def chat_bound(prompt: metering.Prompt) -> Units:
+    """An upper bound on a chat prompt's tokens by kind, for any byte-level tokenizer (a token is at
+    least one byte): text in ``input_tokens``, its cacheable prefix in ``cache_write_tokens`` (it may
+    be written to a cache: ``worst_case_micros`` prices it so), images and audio by their rules."""
+    prefix = _bytes(prompt.texts[: prompt.cacheable_texts])
+    text = tokens_per_request_bound + tokens_per_message_bound * prompt.messages + _bytes(prompt.texts)
+    return Units(
+        input_tokens=text - prefix,
+        cache_write_tokens=prefix,
+        image_input_tokens=prompt.image_tokens,
+        audio_input_tokens=prompt.audio_tokens,
+    )
+
+
+def parse_chat(body: bytes, book: PriceBook, org_id: str = "", files: FileContents | None = None) -> MeteredRequest:
     chat: ChatCompletionRequest = _decode(body, ChatCompletionRequest)
     price = model_price(book, chat.model, lambda p: p.category == "chat", "a chat")
     if chat.n != 1:
         raise ApiError(400, "Only n=1 is supported.", code="unsupported_parameter", param="n")
     fields = _fields(body)
+    try:
+        metering.inline_files(fields, org_id, files or metering.NoFiles())
+        prompt = metering.chat_prompt(fields)
+    except metering.MeteringError as error:
+        raise ApiError(400, str(error), code=error.code, param=error.param) from None
+    _refuse_inputs(price, prompt, fields)
     limit = _output_limit(price, chat.max_tokens, chat.max_completion_tokens, price.max_output_tokens)
-    bound = Units(input_tokens=chat_input_tokens_bound(chat.messages), output_tokens=limit)
+    extra = _tools_and_reasoning(price, fields)
+    bound = msgspec.structs.replace(
+        chat_bound(prompt),
+        output_tokens=limit,
+        web_search_calls=extra.web_search_calls,
+        search_units=extra.search_units,
+        calls=1,
+        batch=_service_tier(fields),
+    )
     run_async = _async_flag(fields)
     return _metered(CHAT, price, book, bound, _with_output_limit(fields, limit), run_async, chat.stream)
 
@@ -153,7 +243,7 @@ def parse_completion(body: bytes, book: PriceBook) -> MeteredRequest:
     limit = _output_limit(price, completion.max_tokens, completion.max_completion_tokens, completion_max_tokens_default)
     prompts = completion.prompt if isinstance(completion.prompt, list) else [completion.prompt]
     input_bound = tokens_per_request_bound + sum(len(p.encode()) // text_bytes_per_token_min for p in prompts)
-    bound = Units(input_tokens=input_bound, output_tokens=limit)
+    bound = msgspec.structs.replace(_per_request(fields), input_tokens=input_bound, output_tokens=limit)
     run_async = _async_flag(fields)
     payload = _with_output_limit(fields, limit)
     return _metered(COMPLETIONS, price, book, bound, payload, run_async, completion.stream)
@@ -182,8 +272,9 @@ def parse_embedding(body: bytes, book: PriceBook) -> MeteredRequest:
         raise ApiError(
             400, "The input is longer than the model's context.", code="context_length_exceeded", param="input"
         )
-    run_async = _async_flag(_fields(body))
-    return _metered(EMBEDDINGS, price, book, Units(input_tokens=bound_tokens), body, run_async)
+    fields = _fields(body)
+    bound = msgspec.structs.replace(_per_request(fields), input_tokens=bound_tokens)
+    return _metered(EMBEDDINGS, price, book, bound, body, _async_flag(fields))
 
 
 def parse_image(body: bytes, book: PriceBook) -> MeteredRequest:
@@ -192,15 +283,17 @@ def parse_image(body: bytes, book: PriceBook) -> MeteredRequest:
     variant = f"{image.size}/{image.quality}"
     if price.image_variant_rates and variant not in price.image_variant_rates:
         raise ApiError(400, f"{price.model} has no price for {variant}.", code="invalid_parameter", param="size")
-    bound = Units(images=image.n, variant=variant)
-    return _metered(IMAGES, price, book, bound, body, _async_flag(_fields(body)))
+    fields = _fields(body)
+    bound = msgspec.structs.replace(_per_request(fields), images=image.n, variant=variant)
+    return _metered(IMAGES, price, book, bound, body, _async_flag(fields))
 
 
 def parse_speech(body: bytes, book: PriceBook) -> MeteredRequest:
     spoken: SpeechRequest = _decode(body, SpeechRequest)
     price = model_price(book, spoken.model, lambda p: p.character_rate > 0, "a speech")
-    bound = Units(characters=len(spoken.input))
-    return _metered(SPEECH, price, book, bound, body, _async_flag(_fields(body)))
+    fields = _fields(body)
+    bound = msgspec.structs.replace(_per_request(fields), characters=len(spoken.input))
+    return _metered(SPEECH, price, book, bound, body, _async_flag(fields))
 
 
 def parse_transcription(
@@ -219,7 +312,7 @@ def parse_transcription(
             "prompt": text.get("prompt"),
         }
     )
-    bound = Units(audio_seconds=billed_seconds(duration_ms))
+    bound = Units(audio_seconds=billed_seconds(duration_ms), calls=1)
     return _metered(TRANSCRIPTIONS, price, book, bound, payload, run_async)
 
 
@@ -227,8 +320,8 @@ def parse_video(body: bytes, book: PriceBook) -> MeteredRequest:
     """Always async: the answer is a job to poll."""
     video: VideoRequest = _decode(body, VideoRequest)
     price = model_price(book, video.model, lambda p: p.category == "video", "a video")
-    _fields(body)  # the worker runs the body as it came: bounded in depth like every other
-    return _metered(VIDEOS, price, book, Units(video_seconds=video.duration), body, True)
+    bound = msgspec.structs.replace(_per_request(_fields(body)), video_seconds=video.duration)
+    return _metered(VIDEOS, price, book, bound, body, True)
 
 
 # --- the Responses API and Anthropic's Messages API (workers/conversations.py reads both) ---
@@ -274,8 +367,8 @@ def _dialogue_error(error: conversations.DialogueError) -> ApiError:
 
 def parse_response(body: bytes, book: PriceBook) -> MeteredRequest:
     """``POST /v1/responses``: held for its prompt, its output limit (``max_output_tokens``, else the
-    model's) and its hosted web searches (``max_tool_calls``, else a default), each a priced call; the
-    worker obeys the same limits (written into its payload)."""
+    model's) and its hosted web searches (``max_tool_calls``, else a default), each one of
+    ``web_search_calls``; the worker obeys the same limits (written into its payload)."""
     fields, price = _dialect_fields(body, book)
     try:
         dialogue = conversations.from_responses(fields)
@@ -289,8 +382,11 @@ def parse_response(body: bytes, book: PriceBook) -> MeteredRequest:
     fields["max_output_tokens"] = limit
     if dialogue.web_search:
         fields["max_tool_calls"] = dialogue.web_search_calls_max
-    bound = Units(
-        input_tokens=dialogue_input_tokens_bound(dialogue), output_tokens=limit, calls=dialogue.web_search_calls_max
+    bound = msgspec.structs.replace(
+        _per_request(fields),
+        input_tokens=dialogue_input_tokens_bound(dialogue),
+        output_tokens=limit,
+        web_search_calls=dialogue.web_search_calls_max,
     )
     payload = msgspec.json.encode(fields)
     return _metered(RESPONSES, price, book, bound, payload, bool(fields.get("async")), bool(fields.get("stream")))
@@ -307,6 +403,8 @@ def parse_message(body: bytes, book: PriceBook) -> MeteredRequest:
     except conversations.DialogueError as error:
         raise _dialogue_error(error) from None
     limit = _dialogue_limit(price, dialogue.output_tokens_max, "max_tokens")
-    bound = Units(input_tokens=dialogue_input_tokens_bound(dialogue), output_tokens=limit)
+    bound = msgspec.structs.replace(
+        _per_request(fields), input_tokens=dialogue_input_tokens_bound(dialogue), output_tokens=limit
+    )
     payload = msgspec.json.encode(fields)
     return _metered(MESSAGES, price, book, bound, payload, bool(fields.get("async")), bool(fields.get("stream")))

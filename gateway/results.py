@@ -14,9 +14,19 @@ from typing import Any, Protocol
 
 from gateway.errors import ApiError
 from gateway.metering import MeteredRequest
-from gateway.requests import CHAT, COMPLETIONS, EMBEDDINGS, IMAGES, MESSAGES, RESPONSES, SPEECH, TRANSCRIPTIONS
+from gateway.requests import (
+    CHAT,
+    COMPLETIONS,
+    EMBEDDINGS,
+    IMAGES,
+    MESSAGES,
+    RESPONSES,
+    SPEECH,
+    TRANSCRIPTIONS,
+    VIDEOS,
+)
 from ledger.money import format_credits, micros_to_decimal
-from ledger.pricing import price_micros
+from ledger.pricing import ModelPrice, price_micros, tier_label, unit_names, unit_quantities
 from schemas.events import (
     CommandRejected,
     Event,
@@ -27,7 +37,7 @@ from schemas.events import (
     JobDeadLettered,
     JobFailed,
 )
-from schemas.units import Units
+from schemas.units import Units, tools
 
 
 class Charged(Protocol):
@@ -84,12 +94,33 @@ def charge_of(
     )
 
 
-def usage_cost(captured: Charged) -> dict[str, Any]:
-    cost = {
+def usage_cost(captured: Charged, price: ModelPrice | None = None) -> dict[str, Any]:
+    """What every usage object carries beside its counts: the exact charge (``cost_usd``, a JSON
+    number, equal to ``x-credits-used``), the price book version, and what chose the rates: the
+    ``pricing_tier_label`` (context tier or image variant), batch prices, the per-request fee's count
+    (``requests``), search queries and per-tool invocations (``tool_usage``)."""
+    units = captured.units
+    cost: dict[str, Any] = {
         "cost_usd": micros_to_decimal(captured.amount_micros),
         "cost_micros": captured.amount_micros,
         "price_version": captured.price_version,
     }
+    label = tier_label(price, units) if price is not None else ""
+    if label:
+        cost["pricing_tier_label"] = label
+    if units.batch:
+        cost["service_tier"] = "flex"
+        cost["batch_discount_percent"] = price.batch_discount_percent if price is not None else 0
+    if units.calls:
+        cost["requests"] = units.calls
+    if units.search_units:
+        cost["num_search_queries"] = units.search_units
+    if units.storage_byte_days:
+        cost["storage_byte_days"] = units.storage_byte_days
+    used_tools = {tool: units.tool_calls(tool) for tool in tools if units.tool_calls(tool)}
+    if used_tools:
+        cost["tool_usage"] = used_tools
+        cost["tool_calls_details"] = {tool: {"invocation": count} for tool, count in used_tools.items()}
     counted_by = getattr(captured, "counted_by", "")
     if counted_by:
         cost["tokens_counted_by"] = counted_by
@@ -97,42 +128,70 @@ def usage_cost(captured: Charged) -> dict[str, Any]:
 
 
 def token_usage(units: Units) -> dict[str, Any]:
-    prompt_tokens = units.input_tokens + units.cached_input_tokens
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": units.output_tokens,
-        "total_tokens": prompt_tokens + units.output_tokens,
-        "prompt_tokens_details": {"cached_tokens": units.cached_input_tokens},
+    """OpenAI's token counts, every kind apart: the prompt (``prompt_tokens``) is uncached text plus
+    each of ``prompt_tokens_details``; ``completion_tokens`` is output plus ``reasoning_tokens``. The
+    cache counts also go by the names EmpirioLabs uses (``cache_read_input_tokens``,
+    ``cache_creation_input_tokens``)."""
+    usage: dict[str, Any] = {
+        "prompt_tokens": units.prompt_tokens,
+        "completion_tokens": units.completion_tokens,
+        "total_tokens": units.total_tokens,
+        "prompt_tokens_details": {
+            "cached_tokens": units.cached_input_tokens,
+            "cache_write_tokens": units.cache_write_tokens,
+            "image_tokens": units.image_input_tokens,
+            "audio_tokens": units.audio_input_tokens,
+        },
+        "completion_tokens_details": {"reasoning_tokens": units.reasoning_tokens},
     }
+    if units.cached_input_tokens or units.cache_write_tokens:
+        usage["cache_read_input_tokens"] = units.cached_input_tokens
+        usage["cache_creation_input_tokens"] = units.cache_write_tokens
+    if units.reasoning_tokens:
+        usage["reasoning_tokens"] = units.reasoning_tokens
+    return usage
 
 
-def shape_result(endpoint: str, request_id: str, result: dict[str, Any], captured: Charged) -> dict[str, Any]:
+def usage_of(endpoint: str, units: Units, captured: Charged, price: ModelPrice | None) -> dict[str, Any]:
+    """The ``usage`` object of an endpoint's answer: every priced unit with its count, and its charge.
+    ``GET /v1/account/usage`` shows the same object under each event's ``metadata.worker_usage``."""
+    if endpoint in (CHAT, COMPLETIONS):
+        counts: dict[str, Any] = token_usage(units)
+    elif endpoint == EMBEDDINGS:
+        counts = {"prompt_tokens": units.prompt_tokens, "total_tokens": units.prompt_tokens}
+    elif endpoint == IMAGES:
+        counts = {"images": units.images}
+    elif endpoint == TRANSCRIPTIONS:
+        counts = {"type": "duration", "seconds": units.audio_seconds}
+    elif endpoint == SPEECH:
+        counts = {"characters": units.characters}
+    elif endpoint == VIDEOS:
+        counts = {"seconds": units.video_seconds}
+    else:  # an endpoint without a usage shape of its own: every unit by its name
+        counts = {name: quantity for name, quantity in zip(unit_names, unit_quantities(units), strict=True) if quantity}
+    return {**counts, **usage_cost(captured, price)}
+
+
+def shape_result(
+    endpoint: str, request_id: str, result: dict[str, Any], captured: Charged, price: ModelPrice | None = None
+) -> dict[str, Any]:
     """The response body of a finished job, as the synchronous endpoint answers it (and as
     ``GET /v1/jobs/{id}`` shows it in ``result``)."""
     units = captured.units
     created = int(captured.occurred_at.timestamp())
     suffix = request_id.removeprefix("req_")
+    usage = usage_of(endpoint, units, captured, price)
     if endpoint == CHAT:
-        usage = {**token_usage(units), **usage_cost(captured)}
         return {**result, "id": f"chatcmpl-{suffix}", "created": created, "model": captured.model, "usage": usage}
     if endpoint == COMPLETIONS:
-        usage = {**token_usage(units), **usage_cost(captured)}
         return {**result, "id": f"cmpl-{suffix}", "created": created, "model": captured.model, "usage": usage}
-    if endpoint == EMBEDDINGS:
-        usage = {"prompt_tokens": units.input_tokens, "total_tokens": units.input_tokens, **usage_cost(captured)}
+    if endpoint in (EMBEDDINGS, TRANSCRIPTIONS, SPEECH):
         return {**result, "usage": usage}
-    if endpoint == IMAGES:
-        return {**result, "created": created, "usage": {"images": units.images, **usage_cost(captured)}}
-    if endpoint == TRANSCRIPTIONS:
-        usage = {"type": "duration", "seconds": units.audio_seconds, **usage_cost(captured)}
-        return {**result, "usage": usage}
-    if endpoint == SPEECH:
-        return {**result, "usage": {"characters": units.characters, **usage_cost(captured)}}
     if endpoint == RESPONSES:
-        return response_body(request_id, result, captured)
+        return response_body(request_id, result, captured, price)
     if endpoint == MESSAGES:
-        return message_body(request_id, result, captured)
-    return {**result, "created": created, "usage": {"seconds": units.video_seconds, **usage_cost(captured)}}
+        return message_body(request_id, result, captured, price)
+    return {**result, "created": created, "usage": usage}
 
 
 _item_prefixes = {"message": "msg", "function_call": "fc", "web_search_call": "ws", "reasoning": "rs"}
@@ -144,7 +203,11 @@ def item_id(request_id: str, item_type: str, index: int) -> str:
     return f"{_item_prefixes.get(item_type, 'item')}_{request_id.removeprefix('req_')}{index:02d}"
 
 
-def responses_usage(units: Units, reasoning_tokens: int, captured: Charged) -> dict[str, Any]:
+def responses_usage(
+    units: Units, reasoning_tokens: int, captured: Charged, price: ModelPrice | None = None
+) -> dict[str, Any]:
+    """The Responses API's usage: its token counts, and what every usage object carries (the charge,
+    the tier, ``requests``, ``tool_usage`` with the hosted web searches)."""
     input_tokens = units.input_tokens + units.cached_input_tokens
     return {
         "input_tokens": input_tokens,
@@ -152,11 +215,13 @@ def responses_usage(units: Units, reasoning_tokens: int, captured: Charged) -> d
         "output_tokens": units.output_tokens,
         "output_tokens_details": {"reasoning_tokens": min(reasoning_tokens, units.output_tokens)},
         "total_tokens": input_tokens + units.output_tokens,
-        **usage_cost(captured),
+        **usage_cost(captured, price),
     }
 
 
-def response_body(request_id: str, result: dict[str, Any], captured: Charged) -> dict[str, Any]:
+def response_body(
+    request_id: str, result: dict[str, Any], captured: Charged, price: ModelPrice | None = None
+) -> dict[str, Any]:
     """A Responses API response object: the worker's output (items given ids by position) and the
     request's settings it echoes, with the exact charge in ``usage.cost_usd``; ``tool_usage`` counts the
     hosted web searches (each a priced call)."""
@@ -174,31 +239,32 @@ def response_body(request_id: str, result: dict[str, Any], captured: Charged) ->
         model=captured.model,
         output=output,
         error=None,
-        usage=responses_usage(captured.units, int(result.get("reasoning_tokens") or 0), captured),
-        tool_usage={"web_search": {"num_requests": captured.units.calls}},
+        usage=responses_usage(captured.units, int(result.get("reasoning_tokens") or 0), captured, price),
+        tool_usage={"web_search": {"num_requests": captured.units.web_search_calls}},
     )
     return body
 
 
-def message_body(request_id: str, result: dict[str, Any], captured: Charged) -> dict[str, Any]:
-    """An Anthropic Messages response: ``usage`` in Anthropic's shape (cache writes are priced as input
-    tokens, cache reads as cached input tokens) with the exact charge."""
+def message_body(
+    request_id: str, result: dict[str, Any], captured: Charged, price: ModelPrice | None = None
+) -> dict[str, Any]:
+    """An Anthropic Messages response: ``usage`` in Anthropic's shape (cache writes and reads apart from
+    ``input_tokens``, each at its rate) with the exact charge."""
     body = {key: value for key, value in result.items() if key != "cache_creation_input_tokens"}
     body.update(
-        id=f"msg_{request_id.removeprefix('req_')}", model=captured.model, usage=message_usage(result, captured)
+        id=f"msg_{request_id.removeprefix('req_')}", model=captured.model, usage=message_usage(result, captured, price)
     )
     return body
 
 
-def message_usage(result: dict[str, Any], captured: Charged) -> dict[str, Any]:
+def message_usage(result: dict[str, Any], captured: Charged, price: ModelPrice | None = None) -> dict[str, Any]:
     units = captured.units
-    cache_creation = min(int(result.get("cache_creation_input_tokens") or 0), units.input_tokens)
     return {
-        "input_tokens": units.input_tokens - cache_creation,
-        "output_tokens": units.output_tokens,
-        "cache_creation_input_tokens": cache_creation,
+        "input_tokens": units.input_tokens + units.image_input_tokens + units.audio_input_tokens,
+        "output_tokens": units.completion_tokens,
+        "cache_creation_input_tokens": units.cache_write_tokens,
         "cache_read_input_tokens": units.cached_input_tokens,
-        **usage_cost(captured),
+        **usage_cost(captured, price),
     }
 
 

@@ -1,19 +1,35 @@
-"""Price books and the one place where usage becomes money.
+"""Price books and the one place where usage becomes money, catalog rows and statement rates.
 
-Rates are integer micro-credits per million units (per million tokens, images, seconds, characters
-or calls), so that fractional per-token prices stay exact. A request's cost is the sum over its units
-of quantity x rate, divided by one million and rounded UP to the next micro-credit, once, on the
-total; then the model's minimum charge applies. Rounding up is monotonic, so the cost of a request
-never exceeds the cost of the worst case it was held for.
+Rates are integer micro-credits per million units (per million tokens of each kind, images, seconds,
+characters, requests, search units, byte-days or tool invocations), so that per-token prices far
+below a micro-credit stay exact: a statement sums quantity x rate over a period before it divides.
+
+The charge of one request (``price_micros``), defined once:
+
+1. each unit's quantity times its rate (the context tier is chosen by the prompt's length, counting
+   every kind of prompt token; an image's rate by its ``size/quality`` variant), summed;
+2. for a request sent at batch prices (``"service_tier": "flex"``), times (100 - the model's batch
+   discount percent) / 100;
+3. divided by one million and rounded UP to the next micro-credit, once, on the total;
+4. raised to the model's minimum charge.
+
+Every step is monotonic in every unit when the book is (``price_problems``: no negative rate, tiers
+that never get cheaper as prompts grow), so a request never costs more than the worst case it was
+held for (``worst_case_micros``).
 """
 
 from __future__ import annotations
 
+import itertools
 import operator
+from dataclasses import dataclass
+from decimal import Decimal
+
+import msgspec
 
 from schemas.events import Event, PriceBookPublished
-from schemas.prices import Category, ContextTier, ModelPrice, PriceBook
-from schemas.units import Units
+from schemas.prices import Category, ContextTier, ModelPrice, PriceBook, PricingRow
+from schemas.units import Units, tools
 
 __all__ = [
     "Category",
@@ -21,15 +37,28 @@ __all__ = [
     "ModelPrice",
     "PriceBook",
     "PriceBooks",
+    "Priced",
+    "PricingRow",
+    "catalog_rows",
     "default_price_book",
+    "kind_of",
+    "modalities",
+    "price_breakdown",
     "price_micros",
+    "price_problems",
+    "tier_label",
+    "tiered_units",
     "unit_names",
     "unit_quantities",
     "unit_rates",
+    "usd_per_unit",
+    "worst_case_micros",
 ]
 
 units_per_rate = 1_000_000
-# A hosted web search (the Responses API's web_search tool) is a priced call: 0.01 credits each.
+percent = 100
+# A web search the platform runs (chat's web_search_options, the Responses API's hosted web_search
+# tool) is a tool invocation, priced per call (``tool_call_rates["web_search"]``): 0.01 credits each.
 web_search_call_rate = 10_000 * units_per_rate
 
 
@@ -60,32 +89,39 @@ class PriceBooks:
         return list(self._versions)
 
 
-def _token_rates(price: ModelPrice, prompt_tokens: int) -> tuple[int, int, int]:
-    rates = (price.input_token_rate, price.cached_input_token_rate, price.output_token_rate)
-    # The highest tier the prompt is above (of equal ones, the last listed); tiers come in any order.
-    above: int | None = None
-    for tier in price.context_tiers:
-        if prompt_tokens > tier.above_tokens and (above is None or tier.above_tokens >= above):
-            above = tier.above_tokens
-            rates = (tier.input_token_rate, tier.cached_input_token_rate, tier.output_token_rate)
-    return rates
-
-
-def _ceil_div(numerator: int, denominator: int) -> int:
-    return -(-numerator // denominator)
-
-
-# The priced dimensions of Units, in the order statements list them.
-unit_names = (
+# The priced dimensions of Units, in the order statements and the catalog list them.
+token_units = (
     "input_tokens",
     "cached_input_tokens",
+    "cache_write_tokens",
+    "image_input_tokens",
+    "audio_input_tokens",
     "output_tokens",
+    "reasoning_tokens",
+)
+tool_units = tuple(f"{tool}_calls" for tool in tools)
+unit_names = (
+    *token_units,
     "images",
     "audio_seconds",
     "video_seconds",
     "characters",
     "calls",
+    "search_units",
+    "storage_byte_days",
+    *tool_units,
 )
+# Units whose rate a pricing tier chooses (context tiers: tokens; variants: images); a line or catalog
+# row of any other unit has no tier.
+tiered_units = (*token_units, "images")
+# Units whose quantity a prompt shares: the worst case puts the text of a prompt in the dearest
+# of these, and generated tokens in the dearer of output and reasoning.
+_text_prompt_units = ("input_tokens", "cached_input_tokens", "cache_write_tokens")
+_generated_units = ("output_tokens", "reasoning_tokens")
+
+
+def _ceil_div(numerator: int, denominator: int) -> int:
+    return -(-numerator // denominator)
 
 
 def billed_seconds(duration_ms: int) -> int:
@@ -93,20 +129,52 @@ def billed_seconds(duration_ms: int) -> int:
     return max(1, _ceil_div(duration_ms, 1000))
 
 
+def _tier(price: ModelPrice, prompt_tokens: int) -> ContextTier | None:
+    """The highest tier the prompt is above (of equal ones, the last listed); tiers come in any order."""
+    chosen: ContextTier | None = None
+    for tier in price.context_tiers:
+        if prompt_tokens > tier.above_tokens and (chosen is None or tier.above_tokens >= chosen.above_tokens):
+            chosen = tier
+    return chosen
+
+
+def _token_rates(rates: ModelPrice | ContextTier) -> tuple[int, ...]:
+    """The rates of ``token_units`` of a model's base or of one of its tiers, each ``None`` resolved."""
+    input_rate, output_rate = rates.input_token_rate, rates.output_token_rate
+
+    def either(rate: int | None, fallback: int) -> int:
+        return fallback if rate is None else rate
+
+    return (
+        input_rate,
+        rates.cached_input_token_rate,
+        either(rates.cache_write_token_rate, input_rate),
+        either(rates.image_input_token_rate, input_rate),
+        either(rates.audio_input_token_rate, input_rate),
+        output_rate,
+        either(rates.reasoning_token_rate, output_rate),
+    )
+
+
+def _image_rate(price: ModelPrice, variant: str) -> int:
+    return price.image_variant_rates.get(variant, price.image_rate) if variant else price.image_rate
+
+
 def unit_rates(price: ModelPrice, units: Units) -> tuple[int, ...]:
     """The rate (micros per million units) that applies to each of ``unit_names`` for ``units``:
     the context tier is chosen by the prompt, the image rate by the variant. Pure."""
-    input_rate, cached_rate, output_rate = _token_rates(price, units.input_tokens + units.cached_input_tokens)
-    image_rate = price.image_variant_rates.get(units.variant, price.image_rate) if units.variant else price.image_rate
+    tier = _tier(price, units.prompt_tokens) if price.context_tiers else None
+    tool_rates = price.tool_call_rates
     return (
-        input_rate,
-        cached_rate,
-        output_rate,
-        image_rate,
+        *_token_rates(tier if tier is not None else price),
+        _image_rate(price, units.variant),
         price.audio_second_rate,
         price.video_second_rate,
         price.character_rate,
         price.call_rate,
+        price.search_unit_rate,
+        price.storage_byte_day_rate,
+        *(tool_rates.get(tool, 0) for tool in tools),
     )
 
 
@@ -118,12 +186,187 @@ def unit_quantities(units: Units) -> tuple[int, ...]:
     return quantities
 
 
+def discount_percent(price: ModelPrice, units: Units) -> int:
+    """The batch discount that applies to ``units`` (0 unless sent at batch prices)."""
+    return price.batch_discount_percent if units.batch else 0
+
+
+def _rounded(scaled: int, discount: int) -> int:
+    """Steps 2 and 3 of the module doc: the discount, then one division rounded up."""
+    return _ceil_div(scaled * (percent - discount), percent * units_per_rate)
+
+
 def price_micros(price: ModelPrice, units: Units) -> int:
     """The cost of ``units`` under ``price`` in micro-credits. The single rounding point."""
-    # map(mul) and attrgetter run in C: a capture and every audited one price here (3.4 -> 1.35 µs).
+    # map(mul) and attrgetter run in C: a capture and every audited one price here.
     scaled = sum(map(operator.mul, _quantities(units), unit_rates(price, units)))
     assert scaled >= 0, "units and rates are never negative"
-    return max(_ceil_div(scaled, units_per_rate), price.minimum_charge_micros)
+    return max(_rounded(scaled, discount_percent(price, units)), price.minimum_charge_micros)
+
+
+@dataclass(frozen=True, slots=True)
+class Priced:
+    """How ``price_micros`` arrived at a charge: what usage rows, usage objects and statements show."""
+
+    rates: tuple[int, ...]  # per unit of ``unit_names``
+    scaled: int  # sum of quantity x rate, micros x 1,000,000 (before any discount)
+    discount_percent: int
+    rounded_micros: int  # after the discount, rounded up once
+    minimum_topup_micros: int  # what the minimum charge added
+    tier_label: str
+
+    @property
+    def micros(self) -> int:
+        return self.rounded_micros + self.minimum_topup_micros
+
+
+def price_breakdown(price: ModelPrice, units: Units) -> Priced:
+    """``price_micros``, step by step (tests/unit/test_money_pricing.py holds them equal)."""
+    rates = unit_rates(price, units)
+    scaled = sum(map(operator.mul, _quantities(units), rates))
+    discount = discount_percent(price, units)
+    rounded = _rounded(scaled, discount)
+    topup = max(price.minimum_charge_micros - rounded, 0)
+    return Priced(rates, scaled, discount, rounded, topup, tier_label(price, units))
+
+
+def worst_case_micros(price: ModelPrice, bound: Units) -> int:
+    """What a hold for ``bound`` must reserve: the most any usage within it can cost. ``bound`` counts
+    a prompt's text tokens in ``input_tokens`` (a worker may report them uncached, read from or
+    written to a cache) and generated tokens in ``output_tokens`` (output or reasoning); every other
+    unit is bounded on its own. Each shared budget is priced at the dearest kind it may turn into,
+    at the tier of the longest prompt (tiers never get cheaper: ``price_problems``)."""
+    rates = dict(zip(unit_names, unit_rates(price, bound), strict=True))
+    text = sum(getattr(bound, unit) for unit in _text_prompt_units)
+    generated = sum(getattr(bound, unit) for unit in _generated_units)
+    text_unit = max(_text_prompt_units, key=lambda unit: rates[unit])
+    generated_unit = max(_generated_units, key=lambda unit: rates[unit])
+    worst: dict[str, int] = {unit: 0 for unit in (*_text_prompt_units, *_generated_units)}
+    worst[text_unit] = text
+    worst[generated_unit] += generated
+    return price_micros(price, msgspec.structs.replace(bound, **worst))
+
+
+def _tier_ladder(price: ModelPrice) -> list[tuple[str, int | None, ContextTier | ModelPrice]]:
+    """(label, above_prompt_tokens, rates) of the base and each tier, in the order they apply."""
+    tiers = sorted(price.context_tiers, key=lambda tier: tier.above_tokens)
+    if not tiers:
+        return [("", None, price)]
+    base = price.base_tier_label or f"Up to {tiers[0].above_tokens:,} prompt tokens"
+    return [(base, None, price)] + [
+        (tier.label or f"Over {tier.above_tokens:,} prompt tokens", tier.above_tokens, tier) for tier in tiers
+    ]
+
+
+def tier_label(price: ModelPrice, units: Units) -> str:
+    """The ``pricing_tier_label`` of ``units``: the context tier or the image variant whose rates
+    applied, "" for a model with one rate per unit."""
+    if price.context_tiers:
+        tier = _tier(price, units.prompt_tokens)
+        if tier is None:
+            return _tier_ladder(price)[0][0]
+        return tier.label or f"Over {tier.above_tokens:,} prompt tokens"
+    if units.variant and units.variant in price.image_variant_rates:
+        return units.variant
+    return ""
+
+
+_default_modalities: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "chat": (("text",), ("text",)),
+    "embedding": (("text",), ("embeddings",)),
+    "image": (("text",), ("image",)),
+    "video": (("text",), ("video",)),
+    "speech": (("text",), ("audio",)),
+    "transcription": (("audio",), ("text",)),
+}
+
+
+def kind_of(price: ModelPrice) -> str:
+    """The category, with audio told apart: ``speech`` (priced per character) or ``transcription``."""
+    if price.category == "audio":
+        return "speech" if price.character_rate > 0 or not price.audio_second_rate else "transcription"
+    return price.category
+
+
+def modalities(price: ModelPrice) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(input, output) modalities: the book's, or what the model's kind implies."""
+    default_in, default_out = _default_modalities[kind_of(price)]
+    return price.input_modalities or default_in, price.output_modalities or default_out
+
+
+def _listed_token_units(price: ModelPrice) -> tuple[str, ...]:
+    """The token kinds a request to this model can use: a chat model's every kind its inputs allow
+    (image and audio input only when it reads them); other models' prompts are plain (or cached) text."""
+    if price.category != "chat":
+        return ("input_tokens", "cached_input_tokens")
+    inputs = modalities(price)[0]
+    skipped = {"image_input_tokens": "image", "audio_input_tokens": "audio"}
+    return tuple(unit for unit in token_units if skipped.get(unit, "text") in inputs)
+
+
+def catalog_rows(price: ModelPrice) -> list[PricingRow]:
+    """Every rate of a model: each token kind at each context tier, each image variant, every other
+    priced unit, the minimum charge and the batch discount. Rates of 0 (free units) and token kinds
+    the model cannot be sent are left out. A usage's counts and ``pricing_tier_label`` recompute its
+    charge from these (README: Pricing)."""
+    rows: list[PricingRow] = []
+    listed = _listed_token_units(price)
+    for label, above, rates in _tier_ladder(price):
+        for unit, rate in zip(token_units, _token_rates(rates), strict=True):
+            if rate and unit in listed:
+                rows.append(PricingRow(unit=unit, tier=label, above_prompt_tokens=above, rate_micros_per_million=rate))
+    for variant, rate in price.image_variant_rates.items():
+        rows.append(PricingRow(unit="images", tier=variant, rate_micros_per_million=rate))
+    # Units with one rate (images: the rate of any variant the book does not name).
+    flat = dict(zip(unit_names, unit_rates(price, Units()), strict=True))
+    for unit in unit_names[len(token_units) :]:
+        if flat[unit]:
+            rows.append(PricingRow(unit=unit, rate_micros_per_million=flat[unit]))
+    if price.minimum_charge_micros:
+        rows.append(
+            PricingRow(unit="minimum_charge", rate_micros_per_million=price.minimum_charge_micros * units_per_rate)
+        )
+    if price.batch_discount_percent:
+        rows.append(PricingRow(unit="batch_discount", percent=price.batch_discount_percent))
+    return rows
+
+
+def usd_per_unit(rate_micros_per_million: int, scale: int = 1) -> Decimal:
+    """A rate as exact US dollars for ``scale`` units (1 credit = 1 USD): 150_000 -> 0.00000015."""
+    value = Decimal(rate_micros_per_million * scale).scaleb(-12)
+    return value.quantize(Decimal(1)) if value == value.to_integral_value() else value.normalize()
+
+
+def price_problems(price: ModelPrice) -> list[str]:
+    """What makes a price unusable, each as a sentence saying how to fix it; empty when it is fine.
+
+    A book is accepted only when every request's cost is monotonic in every unit, which is what keeps
+    a capture within its hold: no negative rate, discount or minimum, and context tiers that never
+    get cheaper, in any token kind, as the prompt grows."""
+    problems: list[str] = []
+    named: dict[str, int | None] = {
+        key: value
+        for key, value in msgspec.structs.asdict(price).items()
+        if key.endswith("_rate") or key.endswith("_micros")
+    }
+    named.update({f"tool_call_rates.{tool}": rate for tool, rate in price.tool_call_rates.items()})
+    named.update({f"image_variant_rates.{variant}": rate for variant, rate in price.image_variant_rates.items()})
+    for index, tier in enumerate(price.context_tiers):
+        named.update(
+            {f"context_tiers[{index}].{k}": v for k, v in msgspec.structs.asdict(tier).items() if k.endswith("_rate")}
+        )
+    problems.extend(f"{name} must not be negative" for name, value in named.items() if value is not None and value < 0)
+    if not 0 <= price.batch_discount_percent <= percent:
+        problems.append("batch_discount_percent must lie in 0..100")
+    ladder = _tier_ladder(price)
+    for (_, _, lower), (label, _, upper) in itertools.pairwise(ladder):
+        for unit, low, high in zip(token_units, _token_rates(lower), _token_rates(upper), strict=True):
+            if high < low:
+                problems.append(
+                    f"context tier '{label}' prices {unit} at {high}, below the tier before it ({low}): "
+                    "a longer prompt must never cost less per token"
+                )
+    return problems
 
 
 def default_price_book() -> PriceBook:
@@ -133,45 +376,87 @@ def default_price_book() -> PriceBook:
             model="sim-chat-small",
             category="chat",
             pool="default",
+            description="Simulated small chat model: fast and cheap; reads text and images.",
+            input_modalities=("text", "image"),
+            features=("streaming", "vision", "tool_calling", "web_search", "json_mode"),
             context_length=32_768,
             max_output_tokens=4_096,
-            input_token_rate=150_000,  # 0.15 credits per 1M input tokens
+            input_token_rate=150_000,  # 0.15 credits per 1M input tokens (image tokens too)
             cached_input_token_rate=75_000,
             output_token_rate=600_000,  # 0.60 credits per 1M output tokens
-            call_rate=web_search_call_rate,
+            tool_call_rates={"web_search": web_search_call_rate},
         ),
         ModelPrice(
             model="sim-chat-large",
             category="chat",
             pool="default",
+            description=(
+                "Simulated large chat model: long context priced in two tiers, vision and audio input, prompt"
+                " caching, web search per call, half price at batch rates."
+            ),
+            input_modalities=("text", "image", "audio", "file"),
+            features=(
+                "streaming",
+                "vision",
+                "audio_input",
+                "tool_calling",
+                "web_search",
+                "json_mode",
+                "prompt_caching",
+                "batch",
+            ),
             context_length=131_072,
             max_output_tokens=8_192,
             input_token_rate=2_500_000,
             cached_input_token_rate=1_250_000,
+            cache_write_token_rate=3_125_000,  # 1.25x input, as prompt caches commonly charge
             output_token_rate=10_000_000,
-            call_rate=web_search_call_rate,
             minimum_charge_micros=10,
             context_tiers=(
                 ContextTier(
                     above_tokens=32_768,
                     input_token_rate=5_000_000,
                     cached_input_token_rate=2_500_000,
+                    cache_write_token_rate=6_250_000,
                     output_token_rate=15_000_000,
                 ),
             ),
+            tool_call_rates={"web_search": web_search_call_rate},
+            batch_discount_percent=50,
+        ),
+        ModelPrice(
+            model="sim-research",
+            category="chat",
+            pool="default",
+            description=(
+                "Simulated research model: reasons before it answers and runs its own search queries; billed per"
+                " token of each kind, per search query and per request."
+            ),
+            features=("streaming", "reasoning", "web_search"),
+            context_length=65_536,
+            max_output_tokens=8_192,
+            input_token_rate=2_000_000,
+            cached_input_token_rate=1_000_000,
+            output_token_rate=8_000_000,
+            reasoning_token_rate=3_000_000,
+            search_unit_rate=5_000_000_000,  # 0.005 credits per search query
+            call_rate=5_000_000_000,  # 0.005 credits per request
         ),
         ModelPrice(
             model="sim-embed-small",
             category="embedding",
             pool="default",
+            description="Simulated text embedding model (64 dimensions by default).",
             context_length=8_192,
             max_output_tokens=0,
             input_token_rate=20_000,
+            batch_discount_percent=50,
         ),
         ModelPrice(
             model="sim-image",
             category="image",
             pool="default",
+            description="Simulated image generation: PNG images priced by size and quality.",
             image_rate=40_000_000_000,  # 0.04 credits per image
             image_variant_rates={
                 "1024x1024/standard": 40_000_000_000,
@@ -184,18 +469,21 @@ def default_price_book() -> PriceBook:
             model="sim-tts",
             category="audio",
             pool="default",
+            description="Simulated text to speech: WAV audio priced per input character.",
             character_rate=15_000_000,  # 15 credits per 1M characters
         ),
         ModelPrice(
             model="sim-whisper",
             category="audio",
             pool="default",
+            description="Simulated transcription: priced per second of audio, by the started second.",
             audio_second_rate=100_000_000,  # 0.0001 credits per second
         ),
         ModelPrice(
             model="sim-video",
             category="video",
             pool="default",
+            description="Simulated video generation (always async): priced per second, at least 0.01 credits.",
             video_second_rate=50_000_000_000,  # 0.05 credits per second
             call_rate=0,
             minimum_charge_micros=10_000,
@@ -209,6 +497,9 @@ def default_price_book() -> PriceBook:
             category="chat",
             pool="default",
             owned_by="HuggingFaceTB",
+            description="SmolLM2-135M-Instruct served by llama.cpp (the upstream test tier).",
+            hugging_face_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+            features=("streaming",),
             context_length=2_048,
             max_output_tokens=1_024,
             input_token_rate=1_000_000,
@@ -224,24 +515,28 @@ def default_price_book() -> PriceBook:
             category="chat",
             pool="default",
             owned_by="deepseek",
+            description="DeepSeek V4 Pro as the reference's examples name it (simulated): thinking, tools, web search.",
+            features=("streaming", "tool_calling", "web_search", "reasoning"),
             context_length=131_072,
             max_output_tokens=8_192,
             input_token_rate=500_000,
             cached_input_token_rate=125_000,
             output_token_rate=2_000_000,
-            call_rate=web_search_call_rate,
+            tool_call_rates={"web_search": web_search_call_rate},
         ),
         ModelPrice(
             model="Qwen/Qwen3.5-4B",
             category="chat",
             pool="default",
             owned_by="qwen",
+            description="Qwen3.5-4B as the reference's examples name it (simulated).",
+            features=("streaming", "tool_calling", "web_search"),
             context_length=32_768,
             max_output_tokens=4_096,
             input_token_rate=50_000,
             cached_input_token_rate=25_000,
             output_token_rate=200_000,
-            call_rate=web_search_call_rate,
+            tool_call_rates={"web_search": web_search_call_rate},
         ),
     ]
     return PriceBook(version="2026-11-01", models={price.model: price for price in models})

@@ -14,10 +14,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 
 from eventlog import EventLog, Outgoing, Record, partition_for, topics
+from eventlog.logs import about
+from eventlog.metrics import Every, Metrics, gauges_refresh_s
 from eventlog.settings import Settings
 from ledger.chain import ChainHead, Signer
 from ledger.price_feed import PriceFeed
@@ -41,6 +44,7 @@ from schemas.events import (
     Event,
     HoldCaptured,
     HoldPlaced,
+    HoldRejected,
     HoldReleased,
     JobCancelRequested,
     JobDeadLettered,
@@ -82,6 +86,31 @@ def rejected(command: AnyCommand, rejection: Rejection, now: datetime) -> Comman
     )
 
 
+class _OpenItems:
+    """Open holds and leased jobs per partition, folded from the events the ledger applies (live and
+    while rebuilding), for the gauges: counting them in the wallets would walk every hold ever seen."""
+
+    def __init__(self) -> None:
+        self.holds: dict[int, set[str]] = {}
+        self.leases: dict[int, set[str]] = {}
+
+    def apply(self, partition: int, event: Event) -> None:
+        if isinstance(event, HoldPlaced):
+            self.holds.setdefault(partition, set()).add(event.hold_id)
+        elif isinstance(event, JobLeased):
+            self.leases.setdefault(partition, set()).add(event.hold_id)
+        elif isinstance(event, JobLeaseLost):
+            self.leases.get(partition, set()).discard(event.hold_id)
+        elif isinstance(event, (HoldCaptured, HoldReleased)):
+            self.holds.get(partition, set()).discard(event.hold_id)
+            self.leases.get(partition, set()).discard(event.hold_id)
+
+    def forget(self, partitions: set[int]) -> None:
+        for items in (self.holds, self.leases):
+            for partition in partitions:
+                items.pop(partition, None)
+
+
 class LedgerRole:
     group = "tollgate-ledger"
 
@@ -92,6 +121,7 @@ class LedgerRole:
         prices: PriceBook | PriceBooks,
         clock: Clock = utc_now,
         signer: Signer | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._log = log
         self._settings = settings
@@ -110,6 +140,13 @@ class LedgerRole:
         self.chains: dict[int, ChainHead] = {}
         self._signer = signer
         self._checkpointed_at = time.monotonic()
+        self.metrics = metrics or Metrics()
+        self._open = _OpenItems()
+        self._decisions: dict[tuple[str, str], Any] = {}  # (command type, result) -> its counter
+        self._lease_events = {
+            kind: self.metrics.ledger_lease_events.labels(kind) for kind in ("granted", "renewed", "lost")
+        }
+        self._lag = self.metrics.lag_reporter("ledger", "commands")
 
     def _on_assigned(self, partitions: set[int]) -> None:
         self._rebuild_needed = partitions
@@ -132,6 +169,9 @@ class LedgerRole:
         self.chains = {p: head for p, head in self.chains.items() if p in self._owned and p not in partitions}
         for partition in partitions:
             self.chains[partition] = ChainHead()
+        self._open.forget(partitions | (set(self._open.holds) - self._owned) | (set(self._open.leases) - self._owned))
+        for gone in set(self.metrics.checkpoint_ages.signed_at) - self._owned:
+            self.metrics.checkpoint_ages.signed_at.pop(gone, None)
         consumer = self._log.consumer(
             [topics.LEDGER],
             client_id=f"tollgate-ledger-rebuild-{self._settings.instance_id}",
@@ -140,6 +180,7 @@ class LedgerRole:
         try:
             count = 0
             while not consumer.caught_up():
+                self._lag.stalled()  # busy, and known to be: live, not ready
                 for record in consumer.poll(self._settings.batch_records_max, self._settings.poll_wait_ms):
                     event = decode_event(record.value)
                     self._apply(event)
@@ -149,6 +190,7 @@ class LedgerRole:
                         # Count on from the last checkpoint the log holds, so that a restarted or
                         # aborted member keeps the bound on unsigned records that audit verify checks.
                         chain.since_checkpoint = 0
+                        self.metrics.checkpoint_ages.signed_at[record.partition] = event.occurred_at.timestamp()
                     count += 1
             logger.info("ledger rebuilt partitions %s from %d events", sorted(partitions), count)
         finally:
@@ -157,6 +199,8 @@ class LedgerRole:
     def _apply(self, event: Event) -> None:
         wallet = self._wallet(event.org_id)
         evolve(wallet, event)
+        if isinstance(event, (HoldPlaced, HoldCaptured, HoldReleased, JobLeased, JobLeaseLost)):
+            self._open.apply(partition_for(event.org_id.encode(), self._log.partitions), event)
         if isinstance(event, HoldPlaced):
             heapq.heappush(self._expiries, (event.expires_at, event.org_id, "hold", event.hold_id))
         elif isinstance(event, JobLeased):
@@ -201,6 +245,7 @@ class LedgerRole:
             else:
                 due = decide_grant_expiry(wallet, item_id, at)
             cause = due[0].event_id if due else ""
+            self._count_job_events(due)
             for event in [*due, *(decide_auto_topup(wallet, at, cause) if due else [])]:
                 self._apply(event)
                 outputs += self._emit(event)
@@ -234,7 +279,45 @@ class LedgerRole:
         assert self._signer is not None
         outputs = self._emit(self._signer.checkpoint(partition, chain, now))
         chain.since_checkpoint = 0
+        self.metrics.ledger_checkpoints.inc()
+        self.metrics.checkpoint_ages.signed_at[partition] = time.time()  # when committed, within a poll
         return outputs
+
+    def _count(self, command: AnyCommand, result: str, events: Sequence[Event]) -> None:
+        """The decision's counter, and the lease and dead-letter counters of what it decided."""
+        key = (str(type(command).__struct_config__.tag), result)
+        counter = self._decisions.get(key)
+        if counter is None:
+            counter = self._decisions[key] = self.metrics.ledger_decisions.labels(*key)
+        counter.inc()
+        self._count_job_events(events)
+
+    def _count_job_events(self, events: Sequence[Event]) -> None:
+        """Before the events are applied: a lease of the run that holds the job is a renewal."""
+        for event in events:
+            if isinstance(event, JobLeased):
+                hold = self.wallets[event.org_id].holds.get(event.hold_id)
+                renewed = hold is not None and hold.run_id == event.run_id and event.attempt == hold.attempts
+                self._lease_events["renewed" if renewed else "granted"].inc()
+            elif isinstance(event, JobLeaseLost):
+                self._lease_events["lost"].inc()
+            elif isinstance(event, JobDeadLettered):
+                self.metrics.ledger_dead_letters.labels(event.pool or "default").inc()
+
+    def refresh_gauges(self) -> None:
+        """Open holds, reserved micros, leases and unsigned records per owned partition (once a second)."""
+        held: dict[int, int] = dict.fromkeys(self._owned, 0)
+        for org_id, wallet in list(self.wallets.items()):
+            partition = partition_for(org_id.encode(), self._log.partitions)
+            held[partition] = held.get(partition, 0) + wallet.held_micros
+        m = self.metrics
+        for partition in sorted(self._owned):
+            label = str(partition)
+            m.ledger_open_holds.labels(label).set(len(self._open.holds.get(partition, ())))
+            m.ledger_open_leases.labels(label).set(len(self._open.leases.get(partition, ())))
+            m.ledger_held_micros.labels(label).set(held.get(partition, 0))
+            chain = self.chains.get(partition)
+            m.ledger_unsigned_records.labels(label).set(chain.since_checkpoint if chain is not None else 0)
 
     def checkpoints(self, now: datetime, force: bool = False) -> list[Outgoing]:
         """Signed checkpoints for partitions with new records and enough time (``_emit`` signs those
@@ -284,8 +367,24 @@ class LedgerRole:
                 result = decide(wallet, command, now, self.prices)
             if isinstance(result, Rejection):
                 self.rejections[result.value] += 1
-                logger.warning("command %s rejected: %s", command.command_id, result.value)
+                self._count(command, result.value, ())
+                logger.warning(
+                    "command %s rejected: %s",
+                    command.command_id,
+                    result.value,
+                    extra=about(command.correlation_id, command.org_id),
+                )
                 result = [rejected(command, result, now)]
+            else:
+                refused = next((e for e in result if isinstance(e, HoldRejected)), None)
+                self._count(command, refused.code if refused is not None else "accepted", result)
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug(
+                        "decided %s: %s",
+                        type(command).__struct_config__.tag,
+                        ", ".join(str(type(e).__struct_config__.tag) for e in result) or "nothing new",
+                        extra=about(command.correlation_id, command.org_id),
+                    )
             for event in [*result, *decide_auto_topup(wallet, now, command.command_id)]:
                 self._apply(event)
                 outputs += self._emit(event)
@@ -326,9 +425,14 @@ class LedgerRole:
         next_pricing_check = 0.0
         # How far each owned partition's commands are read, in the log's time (see expire_due).
         partition_times: dict[int, datetime] = {}
+        gauges = Every(gauges_refresh_s)
         try:
             while not stop.is_set():
                 records = processor.poll(self._settings.batch_records_max, self._settings.poll_wait_ms)
+                if self._owned and not self._rebuild_needed:
+                    self._lag.tick(processor.lags)
+                if gauges.due():
+                    self.refresh_gauges()
                 if time.monotonic() >= next_pricing_check:
                     # New versions only matter to captures of holds that name them, and an unknown
                     # version makes decide_batch catch up at once; so a periodic look is enough.

@@ -36,7 +36,7 @@ from typing import Any
 
 from eventsourcing.domain import Aggregate, CommandMethodDecorator, event
 
-from ledger.pricing import PriceBook, PriceBooks, price_micros
+from ledger.pricing import PriceBook, PriceBooks, price_micros, unit_quantities
 from schemas.commands import (
     AdjustCredits,
     AnyCommand,
@@ -543,19 +543,7 @@ def _open_hold(wallet: Wallet, hold_id: str) -> Hold | Rejection:
 
 
 def _has_negative(units: Units) -> bool:
-    return (
-        min(
-            units.input_tokens,
-            units.cached_input_tokens,
-            units.output_tokens,
-            units.images,
-            units.audio_seconds,
-            units.video_seconds,
-            units.characters,
-            units.calls,
-        )
-        < 0
-    )
+    return min(unit_quantities(units)) < 0
 
 
 def _decide_capture(wallet: Wallet, command: CaptureHold, now: datetime, prices: Prices) -> list[Event] | Rejection:

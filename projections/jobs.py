@@ -11,7 +11,7 @@ in, so a client never sees a completed job without its result.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -68,6 +68,7 @@ class JobState:
     # The events that decide the request's answer, by type (the hold, the worker's first outcome, the
     # ledger's settlement): a retry of the request with its Idempotency-Key answers from them.
     outcome: dict[type, Event] = field(default_factory=dict)
+    pool: str = ""
 
     @property
     def terminal(self) -> bool:
@@ -95,6 +96,16 @@ class JobsView:
         self._early: OrderedDict[str, list[Event]] = OrderedDict()
         self._retention = retention
         self._lock = threading.Lock()
+        self._counts: Counter[tuple[str, str]] = Counter()  # (status, pool) -> jobs, for the metrics
+
+    def counts_by_status_and_pool(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return {key: count for key, count in self._counts.items() if count}
+
+    def _set_status(self, job: JobState, status: str) -> None:
+        self._counts[(job.status, job.pool)] -= 1
+        self._counts[(status, job.pool)] += 1
+        job.status = status
 
     def get(self, job_id: str) -> JobState | None:
         return self.jobs.get(job_id)
@@ -142,8 +153,10 @@ class JobsView:
                     model=event.model,
                     endpoint=event.endpoint,
                     created_at=event.occurred_at,
+                    pool=event.pool or "default",
                     outcome={HoldPlaced: event},
                 )
+                self._counts[("pending", self.jobs[event.job_id].pool)] += 1
                 self._by_org.setdefault(event.org_id, {})[event.job_id] = None
                 self._by_request[event.request_id] = event.job_id
                 for early in self._early.pop(event.job_id, []):
@@ -171,14 +184,14 @@ class JobsView:
             job.attempt = max(job.attempt, event.attempt)
             job.started_at = job.started_at or event.occurred_at
             if not job.terminal:
-                job.status = "running"
+                self._set_status(job, "running")
         elif isinstance(event, JobLeaseLost):
             if not job.terminal:
-                job.status = "pending"
+                self._set_status(job, "pending")
         elif isinstance(event, JobProgressed):
             job.progress_milli = max(job.progress_milli, event.progress_milli)
             if not job.terminal:
-                job.status = "running"
+                self._set_status(job, "running")
         elif isinstance(event, JobRetryScheduled):
             job.error_code, job.error_message = event.code, event.message
         elif isinstance(event, JobCancelRequested):
@@ -215,13 +228,13 @@ class JobsView:
             return
         if job.charged is not None:
             if job.cancel_requested:
-                job.status = "cancelled"
+                self._set_status(job, "cancelled")
             elif job.result is not None:
-                job.status = "completed"
+                self._set_status(job, "completed")
             else:
                 return  # charged; its result is on its way
         elif job.released_reason:
-            job.status = _release_status(job.released_reason)
+            self._set_status(job, _release_status(job.released_reason))
         else:
             return
         ended_at = job.charged.occurred_at if job.charged is not None else job.released_at
@@ -235,5 +248,6 @@ class JobsView:
             _, job_id = self._finished.popleft()
             job = self.jobs.pop(job_id, None)
             if job is not None:
+                self._counts[(job.status, job.pool)] -= 1
                 self._by_org.get(job.org_id, {}).pop(job_id, None)
                 self._by_request.pop(job.request_id, None)

@@ -4,17 +4,16 @@ audit statement`` compare them with the live ones)."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
 from eventlog import EventLog, partition_for, topics
 from eventlog.read import read_topic
 from ledger.price_feed import load_price_books
-from ledger.pricing import PriceBooks, unit_names, unit_quantities, unit_rates
+from ledger.pricing import PriceBooks
 from projections.role import posting_rows, usage_row
-from projections.statements import Statement, build_statement
-from projections.usage import ChargedTotal, PostingRow, PricedUsage, UsageRow, UsageStore
+from projections.statements import Statement, Tally, build_statement
+from projections.usage import PostingRow, UsageRow, UsageStore
 from schemas.codec import decode_event
 from schemas.events import CreditsRefunded, HoldCaptured
 
@@ -66,8 +65,7 @@ def rebuild_usage(
 def statement_from_log(log: EventLog, org_id: str, start: datetime, end: datetime) -> Statement:
     """The statement of [start, end) from the ledger events alone, allocated as ClickHouse's is."""
     books: PriceBooks = load_price_books(log)
-    scaled: dict[tuple[str, str, str, int], list[int]] = defaultdict(lambda: [0, 0])
-    charged: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+    tally = Tally()
     refunds = 0
     partition = partition_for(org_id.encode(), log.partitions)
     for batch in read_topic(log, topics.LEDGER, partitions=[partition], quiet=True):
@@ -83,23 +81,7 @@ def statement_from_log(log: EventLog, org_id: str, start: datetime, end: datetim
                 continue
             book = books.at_version(event.price_version)
             price = book.model(event.model) if book is not None else None
-            rates = unit_rates(price, event.units) if price is not None else (0,) * len(unit_names)
-            for unit, quantity, rate in zip(unit_names, unit_quantities(event.units), rates, strict=True):
-                if quantity > 0:
-                    group = scaled[(event.model, event.price_version, unit, rate)]
-                    group[0] += quantity
-                    group[1] += quantity * rate
-            total = charged[(event.model, event.price_version)]
-            total[0] += 1
-            total[1] += event.amount_micros
-            total[2] += event.priced_micros
-    priced = [
-        PricedUsage(model=m, price_version=v, unit=u, rate=r, quantity=q, scaled=s)
-        for (m, v, u, r), (q, s) in sorted(scaled.items())
-    ]
-    totals = [
-        ChargedTotal(model=m, price_version=v, requests=n, cost_micros=c, priced_micros=p)
-        for (m, v), (n, c, p) in sorted(charged.items())
-    ]
-    posted = {"hold.captured.v1": sum(c for _, c, _ in charged.values()), "credits.refunded.v1": refunds}
+            tally.add(event.model, event.price_version, price, event.units, event.amount_micros, event.priced_micros)
+    priced, totals = tally.priced_usage(), tally.charged_totals()
+    posted = {"hold.captured.v1": tally.charges_micros, "credits.refunded.v1": refunds}
     return build_statement(org_id, start, end, priced, totals, posted)

@@ -16,10 +16,11 @@ import threading
 import time
 
 from eventlog import Consumer, EventLog, topics
+from eventlog.metrics import Metrics
 from eventlog.settings import Settings
 from ledger.accounts import postings
 from ledger.price_feed import PriceFeed
-from ledger.pricing import PriceBook, unit_rates
+from ledger.pricing import PriceBook, price_breakdown, unit_names, unit_quantities
 from ledger.wallet import hold_expired_reason
 from projections.usage import PostingRow, UsageRow, UsageStore, rate_columns
 from schemas.codec import decode_event
@@ -47,7 +48,7 @@ def usage_row(event: Event, book: PriceBook | None = None) -> UsageRow | None:
     if isinstance(event, HoldCaptured):
         units = event.units
         price = book.model(event.model) if book is not None else None
-        rates = unit_rates(price, units) if price is not None else (0,) * len(rate_columns)
+        priced = price_breakdown(price, units) if price is not None else None
         return UsageRow(
             event_id=event.event_id,
             created_at=event.occurred_at,
@@ -62,19 +63,15 @@ def usage_row(event: Event, book: PriceBook | None = None) -> UsageRow | None:
             request_id=event.request_id,
             job_id=event.job_id,
             latency_ms=event.latency_ms,
-            input_tokens=units.input_tokens,
-            cached_input_tokens=units.cached_input_tokens,
-            output_tokens=units.output_tokens,
-            images=units.images,
-            audio_seconds=units.audio_seconds,
-            video_seconds=units.video_seconds,
-            characters=units.characters,
-            calls=units.calls,
+            **dict(zip(unit_names, unit_quantities(units), strict=True)),
             cost_micros=event.amount_micros,
             priced_micros=event.priced_micros,
             price_version=event.price_version,
             variant=units.variant,
-            **dict(zip(rate_columns, rates, strict=True)),
+            **dict(zip(rate_columns, priced.rates if priced else (0,) * len(rate_columns), strict=True)),
+            pricing_tier=priced.tier_label if priced else "",
+            discount_percent=priced.discount_percent if priced else 0,
+            minimum_topup_micros=priced.minimum_topup_micros if priced else 0,
         )
     if isinstance(event, HoldRejected):
         return _error_row(event, 402, event.code)
@@ -121,7 +118,14 @@ def posting_rows(event: Event, kind: str) -> list[PostingRow]:
 
 
 class ProjectorRole:
-    def __init__(self, log: EventLog, settings: Settings, store: UsageStore, group: str = "tollgate-projector") -> None:
+    def __init__(
+        self,
+        log: EventLog,
+        settings: Settings,
+        store: UsageStore,
+        group: str = "tollgate-projector",
+        metrics: Metrics | None = None,
+    ) -> None:
         """``group``: projectors writing one ClickHouse share a group; each embedded store needs its own."""
         self.group = group
         self._log = log
@@ -131,6 +135,9 @@ class ProjectorRole:
         self._price_feed = PriceFeed(
             log, f"tollgate-projector-pricing-{settings.instance_id}", settings.batch_records_max
         )
+        self.metrics = metrics or Metrics()
+        self._lag = self.metrics.lag_reporter("projector", "ledger")
+        self._usage_rows = self.metrics.projector_rows.labels("usage_events")
 
     def _book(self, version: str) -> PriceBook | None:
         book = self._price_feed.at_version(version)
@@ -166,19 +173,31 @@ class ProjectorRole:
                         usage.append(row)
                     entries.extend(posting_rows(event, type(event).__struct_config__.tag))  # type: ignore[arg-type]
                 pending_records += len(records)
+                self.metrics.projector_rows_pending.set(pending_records)
                 full = pending_records >= self._settings.sink_batch_rows_max
                 waited = pending_records > 0 and time.monotonic() - batch_started >= wait_s_max
                 if full or waited or (pending_records > 0 and not records):
-                    self._flush(consumer, usage, entries)
+                    self._flush(consumer, usage, entries, pending_records)
                     usage, entries, pending_records = [], [], 0
+                    self.metrics.projector_rows_pending.set(0)
+                self._lag.tick(consumer.lags)
             if pending_records:
-                self._flush(consumer, usage, entries)
+                self._flush(consumer, usage, entries, pending_records)
         finally:
             consumer.close()
             self._price_feed.close()
 
-    def _flush(self, consumer: Consumer, usage: list[UsageRow], entries: list[PostingRow]) -> None:
+    def _flush(self, consumer: Consumer, usage: list[UsageRow], entries: list[PostingRow], records: int) -> None:
         # Order matters: ClickHouse first, offsets after. A crash in between redelivers the batch,
         # and event-id deduplication makes the second write a no-op.
-        self.rows_written += self._store.insert(usage, entries)
+        started = time.perf_counter()
+        written = self._store.insert(usage, entries)
+        self.metrics.projector_insert_seconds.observe(time.perf_counter() - started)
         consumer.commit()
+        self.rows_written += written
+        self._usage_rows.inc(written)
+        self.metrics.projector_batch_rows.observe(records)
+        visible = time.time()  # queryable from here on: every row's wait since its ledger event
+        observe = self.metrics.projector_visible_seconds.observe
+        for row in usage:
+            observe(max(visible - row.created_at.timestamp(), 0.0))

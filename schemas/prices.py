@@ -1,4 +1,9 @@
-"""Price books on the wire: versioned, published as events, integer rates in micros per million units."""
+"""Price books on the wire: versioned, published as events, integer rates in micros per million units.
+
+A rate left ``None`` follows another one (documented on the field), so a book names only what
+differs. ``ledger/pricing.py`` is the one place that turns these into money, catalog rows and
+statement lines; ``PricingRow`` is how the catalog lists them.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,26 @@ from typing import Literal
 
 import msgspec
 
+from schemas.units import Tool
+
 Category = Literal["chat", "embedding", "image", "audio", "video"]
 
 
 class ContextTier(msgspec.Struct, frozen=True, kw_only=True):
-    """Token rates that apply instead of the base ones when the prompt is longer than ``above_tokens``."""
+    """Token rates that apply instead of the base ones when the prompt (every kind of prompt token) is
+    longer than ``above_tokens``. A rate left ``None`` is the tier's input rate (cache writes, image
+    and audio input) or its output rate (reasoning)."""
 
     above_tokens: int
     input_token_rate: int
     cached_input_token_rate: int
     output_token_rate: int
+    cache_write_token_rate: int | None = None
+    image_input_token_rate: int | None = None
+    audio_input_token_rate: int | None = None
+    reasoning_token_rate: int | None = None
+    # What a usage's pricing_tier_label says when this tier applied ("" : "Over <n> prompt tokens").
+    label: str = ""
 
 
 class ModelPrice(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,6 +57,43 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True):
     # the hold covers the priciest of them, and each request is charged at the price of the model
     # that served it (the provider document's x-model-used, x-fallback-from, x-fallback-depth).
     fallbacks: tuple[str, ...] = ()
+    # Token kinds beyond input and output; None: the input rate (cache writes, image and audio input)
+    # or the output rate (reasoning).
+    cache_write_token_rate: int | None = None
+    image_input_token_rate: int | None = None
+    audio_input_token_rate: int | None = None
+    reasoning_token_rate: int | None = None
+    search_unit_rate: int = 0
+    storage_byte_day_rate: int = 0
+    # Per invocation of a tool the platform runs (web search...), micros per million invocations.
+    tool_call_rates: dict[Tool, int] = msgspec.field(default_factory=dict)
+    # Off the whole charge (before the minimum) of a request sent with "service_tier": "flex".
+    batch_discount_percent: int = 0
+    # The pricing_tier_label of the base token rates of a model with context tiers ("": "Up to <n>
+    # prompt tokens").
+    base_tier_label: str = ""
+    # The catalog's description of the model (EmpirioLabs' model object).
+    description: str = ""
+    # Empty: what the category implies (chat: text in and out; image: text in, image out; ...).
+    input_modalities: tuple[str, ...] = ()
+    output_modalities: tuple[str, ...] = ()
+    features: tuple[str, ...] = ()
+    hugging_face_id: str = ""
+
+
+class PricingRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One rate of a model as the catalog lists it: what recomputes any charge from a usage object.
+
+    ``unit`` is a priced unit (``ledger.pricing.unit_names``: the usage shows its count), or
+    ``minimum_charge`` (``rate_micros_per_million`` per million requests: the least a request costs)
+    or ``batch_discount`` (``percent`` off a request sent with ``"service_tier": "flex"``). ``tier`` is
+    the ``pricing_tier_label`` a usage names when this rate applied ("" for a unit with one rate)."""
+
+    unit: str
+    tier: str = ""
+    above_prompt_tokens: int | None = None  # a context tier: applies to prompts longer than this
+    rate_micros_per_million: int = 0
+    percent: int | None = None
 
 
 class Route(msgspec.Struct, frozen=True, kw_only=True):

@@ -21,7 +21,7 @@ import httpx
 import msgspec
 import openai
 
-from ledger.pricing import default_price_book, price_micros, unit_names, unit_rates
+from ledger.pricing import default_price_book, price_breakdown, price_micros, unit_names
 from projections.usage import PostingRow, UsageRow
 from schemas.events import HoldCaptured, HoldPlaced, JobCompleted, JobLeased, JobProgressed
 from schemas.units import Units
@@ -211,7 +211,8 @@ def charge(
     """A usage row priced exactly as the ledger prices it, with the rates the projector records."""
     units = units or Units(input_tokens=1000, output_tokens=200)
     price = default_price_book().models[model]
-    rates = dict(zip([f"{n}_rate" for n in unit_names], unit_rates(price, units), strict=True))
+    priced = price_breakdown(price, units)
+    rates = dict(zip([f"{n}_rate" for n in unit_names], priced.rates, strict=True))
     return UsageRow(
         event_id=event_id,
         created_at=created_at,
@@ -232,6 +233,9 @@ def charge(
         price_version="2026-11-01",
         variant=units.variant,
         **rates,
+        pricing_tier=priced.tier_label,
+        discount_percent=priced.discount_percent,
+        minimum_topup_micros=priced.minimum_topup_micros,
     )
 
 

@@ -139,13 +139,20 @@ def migrate(settings: Settings) -> int:
     return 0
 
 
-def configure_logging(level: str) -> None:
-    """``level`` for every logger of the process, ours and the libraries' (httpx and kafka-python log
-    each request and group change at INFO). The gateway's Litestar app keeps this configuration:
-    ``gateway.app`` gives it no logging config of its own, which would set the root logger to INFO."""
+def configure_logging(level: str, log_format: str = "text", command: str = "") -> None:
+    """``level`` (``TOLLGATE_LOG_LEVEL``) for every logger of the process, ours and the libraries' (httpx
+    and kafka-python log each request and group change at INFO). The gateway's Litestar app keeps this
+    configuration: ``gateway.app`` gives it no logging config of its own, which would set the root
+    logger to INFO. ``TOLLGATE_LOG_FORMAT=json`` writes one JSON object per line; every line names its
+    role, and the request and organization it concerns when it concerns one (eventlog/logs.py)."""
+    from eventlog import logs
+
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise CommandError(f"TOLLGATE_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {level!r}", 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    if log_format not in ("text", "json"):
+        raise CommandError(f"TOLLGATE_LOG_FORMAT must be text or json, not {log_format!r}", 2)
+    role = command if command in ("dev", "gateway", "ledger", "worker", "projector") else ""
+    logs.configure(level, log_format, role)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -153,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         settings = settings_for(args)
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_format, args.command)
         sys.exit(run(args, settings))
     except CommandError as error:
         print(f"tollgate {args.command}: {error}", file=sys.stderr)

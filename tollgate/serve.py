@@ -17,9 +17,11 @@ import threading
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import replace
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
 
+from eventlog.metrics import serve_metrics
 from eventlog.settings import Settings
 from gateway.app import create_app
 from gateway.core import GatewayCore
@@ -52,6 +54,31 @@ def require_kafka(settings: Settings, role: str) -> None:
         )
 
 
+def serve_role_metrics(stack: Stack, role: str) -> ThreadingHTTPServer | None:
+    """The role's /metrics, /livez and /readyz on ``TOLLGATE_METRICS_PORT`` (none when unset)."""
+    settings = stack.settings
+    if not settings.metrics_port.strip():
+        return None
+    try:
+        port = int(settings.metrics_port)
+        server = serve_metrics(stack.metrics, settings.metrics_host, port)
+    except ValueError:
+        raise CommandError(
+            f"TOLLGATE_METRICS_PORT must be a port number (0: any free port), not {settings.metrics_port!r}", 2
+        ) from None
+    except OSError as error:
+        raise CommandError(
+            f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port} ({error.strerror}): another "
+            "role on this host may use it; give each its own TOLLGATE_METRICS_PORT (0: any free port)"
+        ) from None
+    print(
+        f"tollgate {role}: metrics on http://{settings.metrics_host}:{server.server_port}/metrics "
+        "(and /livez, /readyz)",
+        flush=True,
+    )
+    return server
+
+
 def run_role(role: str, settings: Settings) -> None:
     """The ledger, the workers or the projector on Kafka, until SIGINT or SIGTERM."""
     require_kafka(settings, role)
@@ -64,7 +91,9 @@ def run_role(role: str, settings: Settings) -> None:
         )
     stack = Stack(settings, open_log(settings))
     install_signal_handlers(stack.stop)
+    listener = None
     try:
+        listener = serve_role_metrics(stack, role)
         if role == "ledger":
             stack.start_ledger()
         elif role == "worker":
@@ -73,6 +102,8 @@ def run_role(role: str, settings: Settings) -> None:
             stack.start_projector()
         stack.stop.wait()
     finally:
+        if listener is not None:
+            listener.shutdown()
         stack.close()
 
 

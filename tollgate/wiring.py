@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from eventlog import EventLog, topics
+from eventlog.logs import bind_role
+from eventlog.metrics import Metrics
 from eventlog.settings import Settings
 from gateway.core import GatewayCore
 from ledger.chain import Signer, load_or_create_signing_key
@@ -171,9 +173,16 @@ class Stack:
     ledger: LedgerRole | None = None
     workers: list[WorkerRole] = field(default_factory=list)
     projector: ProjectorRole | None = None
+    # Every role of the stack reports to one registry: `tollgate dev` serves them all on /metrics.
+    metrics: Metrics = field(default_factory=Metrics)
+
+    def __post_init__(self) -> None:
+        self.metrics.live_stall_s_max = self.settings.live_stall_s_max
+        self.metrics.ready_lag_records_max = self.settings.ready_lag_records_max
 
     def run_in_thread(self, name: str, target: Callable[[threading.Event], None]) -> threading.Thread:
         def run() -> None:
+            bind_role(name.split("-")[0])  # "worker-default" works for the worker role
             try:
                 target(self.stop)
             except Exception:
@@ -191,13 +200,14 @@ class Stack:
             self.settings,
             prices or PriceBooks(default_price_book()),
             signer=signer(self.settings) if signed else None,
+            metrics=self.metrics,
         )
         self.ledger = role
         self.run_in_thread("ledger", role.run)
         return role
 
     def start_workers(self, make_backend: Callable[[], Backend] | None = None) -> list[WorkerRole]:
-        roles = worker_roles(self.log, self.settings, make_backend or (lambda: backend(self.settings)))
+        roles = worker_roles(self.log, self.settings, make_backend or (lambda: backend(self.settings)), self.metrics)
         for role in roles:
             self.run_in_thread(f"worker-{role.pool}", role.run)
         self.workers += roles
@@ -209,7 +219,9 @@ class Stack:
         return self.store
 
     def start_projector(self, group: str | None = None) -> ProjectorRole:
-        role = ProjectorRole(self.log, self.settings, self.open_store(), group or projector_group(self.settings))
+        role = ProjectorRole(
+            self.log, self.settings, self.open_store(), group or projector_group(self.settings), self.metrics
+        )
         self.projector = role
         self.run_in_thread("projector", role.run)
         return role
@@ -217,7 +229,10 @@ class Stack:
     def start_gateway(self, admin_token: str, prices: PriceBooks | None = None) -> GatewayCore:
         """The gateway's core (read models folded from the log, its producer and waiters), caught up
         with the log; serve it with ``gateway.app.create_app``."""
-        core = GatewayCore(self.log, self.settings, prices or PriceBooks(default_price_book()), self.store, admin_token)
+        core = GatewayCore(
+            self.log, self.settings, prices or PriceBooks(default_price_book()), self.store, admin_token, self.metrics
+        )
+        bind_role("gateway")  # the followers it starts inherit this thread's context, and so the role
         core.start()
         self.core = core
         return core

@@ -22,15 +22,16 @@ import hashlib
 import json
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
-from ledger.pricing import billed_seconds
+from ledger.pricing import billed_seconds, default_price_book
 from schemas.prices import Route
 from schemas.units import Units
-from workers import conversations, media
+from workers import conversations, media, metering
 from workers.conversations import Dialogue, Reply, Search, ToolCall
 
 _token_pattern = re.compile(r"\w+|[^\w\s]")
@@ -66,6 +67,8 @@ _vocabulary = (
 tokens_per_message_overhead = 4
 tokens_per_reply_overhead = 2
 sim_reply_tokens_max = 64
+sim_reasoning_tokens = {"minimal": 0, "low": 8, "medium": 16, "high": 32}  # by reasoning_effort
+sim_cache_prefixes_max = 10_000  # prompt prefixes one simulated backend keeps cached
 
 
 class BackendError(Exception):
@@ -200,6 +203,8 @@ class SimulatedBackend(Backend):
         self._token_s = token_ms / 1000
         self._video_second_s = video_second_ms / 1000
         self._knobs = knobs
+        self._catalog = default_price_book()
+        self._cache: OrderedDict[bytes, None] = OrderedDict()  # prompt prefixes cached, least recent first
 
     async def run(self, job: JobContext) -> JobOutput:
         sim = (job.payload.get("sim") or {}) if self._knobs else {}
@@ -225,20 +230,29 @@ class SimulatedBackend(Backend):
         return await runner(job, token_s)
 
     async def _generate(
-        self, job: JobContext, prompt_tokens: int, seed: bytes, token_s: float
-    ) -> tuple[str, int, bool]:
-        """Generate text token by token with a progress point every few tokens; (text, tokens, truncated)."""
+        self, job: JobContext, base: Units, seed: bytes, token_s: float, reasoning: int = 0
+    ) -> tuple[str, Units, bool]:
+        """Generate text token by token with a progress point every few tokens; (text, the units of
+        ``base`` with what was generated, truncated). ``reasoning`` tokens come first (not shown,
+        counted apart) and share the output limit."""
         payload = job.payload
         natural_length = 8 + seed[0] % (sim_reply_tokens_max - 8)
-        limit = payload.get("max_completion_tokens") or payload.get("max_tokens") or natural_length
-        if job.context_length and prompt_tokens + int(limit) > job.context_length:
+        limit = int(payload.get("max_completion_tokens") or payload.get("max_tokens") or natural_length + reasoning)
+        prompt_tokens = base.input_tokens + base.cached_input_tokens
+        if job.context_length and prompt_tokens + limit > job.context_length:
             # As a real server does (vLLM: prompt plus max_tokens past max_model_len is a 400).
             raise BackendError(
                 "context_length_exceeded",
                 f"this model's context is {job.context_length} tokens, and {prompt_tokens} in the prompt plus "
-                f"{int(limit)} to generate do not fit; shorten the prompt or lower max_tokens",
+                f"{limit} to generate do not fit; shorten the prompt or lower max_tokens",
             )
-        total = min(natural_length, int(limit))
+        reasoning = min(reasoning, limit)
+        total = min(natural_length, limit - reasoning)
+        base = msgspec.structs.replace(base, reasoning_tokens=reasoning)
+        if reasoning:
+            if token_s:
+                await asyncio.sleep(token_s * reasoning)
+            job.progress(0, base)
         words = _words(seed, total)
         produced: list[str] = []
         for start in range(0, total, stream_chunk_tokens):
@@ -248,15 +262,54 @@ class SimulatedBackend(Backend):
             delta = ("" if start == 0 else " ") + " ".join(chunk)
             produced.append(delta)
             done = start + len(chunk)
-            job.progress(1000 * done // total, Units(input_tokens=prompt_tokens, output_tokens=done), delta)
-        return "".join(produced), total, total < natural_length
+            job.progress(1000 * done // total, msgspec.structs.replace(base, output_tokens=done), delta)
+        return "".join(produced), msgspec.structs.replace(base, output_tokens=total), total < natural_length
+
+    def _prompt_units(self, model: str, prompt: metering.Prompt) -> Units:
+        """A chat prompt counted by kind (workers/metering.py): text in sim tokens, a cacheable prefix
+        written to this backend's cache the first time and read from it after."""
+        tokens = [count_sim_tokens(text) for text in prompt.texts]
+        text_tokens = tokens_per_reply_overhead + tokens_per_message_overhead * prompt.messages + sum(tokens)
+        prefix = sum(tokens[: prompt.cacheable_texts])
+        cached = written = 0
+        if prefix:
+            key = _seed(model, prompt.texts[: prompt.cacheable_texts])
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                cached = prefix
+            else:
+                self._cache[key] = None
+                if len(self._cache) > sim_cache_prefixes_max:
+                    self._cache.popitem(last=False)
+                written = prefix
+        return Units(
+            input_tokens=text_tokens - cached - written,
+            cached_input_tokens=cached,
+            cache_write_tokens=written,
+            image_input_tokens=prompt.image_tokens,
+            audio_input_tokens=prompt.audio_tokens,
+        )
 
     async def _chat(self, job: JobContext, token_s: float) -> JobOutput:
+        try:
+            prompt = metering.chat_prompt(job.payload)
+        except metering.MeteringError as error:
+            raise BackendError(error.code, str(error)) from None
         messages = job.payload.get("messages") or []
-        prompt_tokens = tokens_per_reply_overhead + sum(
-            count_sim_tokens(message_text(m)) + tokens_per_message_overhead for m in messages
-        )
-        text, tokens, truncated = await self._generate(job, prompt_tokens, _seed(messages), token_s)
+        seed = _seed(messages)
+        base = self._prompt_units(job.model, prompt)
+        # As the built-in catalog describes the simulated models: reasoning models think first,
+        # research models run their own search queries, and web_search_options runs a web search.
+        described = self._catalog.model(job.model)
+        features = described.features if described is not None else ()
+        effort = job.payload.get("reasoning_effort")
+        reasoning = sim_reasoning_tokens.get(str(effort), 0) if "reasoning" in features else 0
+        searches = 1 + seed[1] % metering.search_queries_per_request_max
+        if described is not None and described.search_unit_rate:
+            base = msgspec.structs.replace(base, search_units=searches)
+        if job.payload.get("web_search_options") is not None:
+            base = msgspec.structs.replace(base, web_search_calls=metering.web_searches_per_request_max)
+        text, units, truncated = await self._generate(job, base, seed, token_s, reasoning)
         result = {
             "object": "chat.completion",
             "model": job.model,
@@ -268,13 +321,14 @@ class SimulatedBackend(Backend):
                 }
             ],
         }
-        return JobOutput(result=result, units=Units(input_tokens=prompt_tokens, output_tokens=tokens))
+        return JobOutput(result=result, units=units)
 
     async def _completion(self, job: JobContext, token_s: float) -> JobOutput:
         prompt = job.payload.get("prompt")
         prompts = prompt if isinstance(prompt, list) else [prompt or ""]
         prompt_tokens = sum(count_sim_tokens(str(p)) for p in prompts)
-        text, tokens, truncated = await self._generate(job, prompt_tokens, _seed(prompts), token_s)
+        base = Units(input_tokens=prompt_tokens)
+        text, units, truncated = await self._generate(job, base, _seed(prompts), token_s)
         result = {
             "object": "text_completion",
             "model": job.model,
@@ -282,7 +336,7 @@ class SimulatedBackend(Backend):
                 {"index": 0, "text": text, "logprobs": None, "finish_reason": "length" if truncated else "stop"}
             ],
         }
-        return JobOutput(result=result, units=Units(input_tokens=prompt_tokens, output_tokens=tokens))
+        return JobOutput(result=result, units=units)
 
     async def _embeddings(self, job: JobContext, token_s: float) -> JobOutput:
         given = job.payload.get("input")
@@ -403,7 +457,7 @@ class SimulatedBackend(Backend):
             search = Search(asked[:200], tuple(f"https://example.com/search/{digest}/{n}" for n in (1, 2)))
             prompt += count_sim_tokens(" ".join(_words(_seed(asked, "results"), 24)))  # the results it read
             reply.searches.append(search)
-            units = Units(input_tokens=prompt, output_tokens=output, calls=len(reply.searches))
+            units = Units(input_tokens=prompt, output_tokens=output, web_search_calls=len(reply.searches))
             job.progress(min(999, 1000 * output // limit), units, json.dumps(conversations.search_item(search)), ITEM)
         call = _sim_tool_call(dialogue, job.job_id, asked, "call_" if responses else "toolu_")
         if call is not None and count_sim_tokens(call.name + " " + call.arguments) <= limit - output:
@@ -411,14 +465,14 @@ class SimulatedBackend(Backend):
             reply.tool_calls.append(call)
             reply.finish = "tool_calls"
             item = conversations.function_call_item(call) if responses else conversations.tool_use_block(call)
-            units = Units(input_tokens=prompt, output_tokens=output, calls=len(reply.searches))
+            units = Units(input_tokens=prompt, output_tokens=output, web_search_calls=len(reply.searches))
             job.progress(1000, units, json.dumps(item), ITEM)
         else:
             natural = 8 + seed[0] % (sim_reply_tokens_max - 8)
             words = _words(_seed(seed, [s.query for s in reply.searches]), min(natural, max(limit - output, 0)))
             reply.text = await emit(words, TEXT)
             reply.finish = "length" if len(words) < natural else "stop"
-        units = Units(input_tokens=prompt, output_tokens=output, calls=len(reply.searches))
+        units = Units(input_tokens=prompt, output_tokens=output, web_search_calls=len(reply.searches))
         if responses:
             result = conversations.responses_result(reply, job.model, job.payload)
         else:

@@ -90,7 +90,7 @@ class Reply:
     tool_calls: list[ToolCall] = field(default_factory=list)
     finish: str = "stop"
     reasoning_tokens: int = 0
-    cache_creation_input_tokens: int = 0  # Anthropic's cache writes, priced as input tokens
+    cache_creation_input_tokens: int = 0  # Anthropic's cache writes (cache_write_tokens, at their rate)
 
 
 # --- reading bodies ---

@@ -22,6 +22,7 @@ import wave
 import zlib
 
 __all__ = [
+    "image_size",
     "png_image",
     "png_size",
     "transcript_for",
@@ -157,6 +158,68 @@ def png_size(data: bytes) -> tuple[int, int]:
                 raise ValueError("corrupt PNG: no IDAT before IEND")
             return size
         position = end + 4
+
+
+_jpeg_frame_markers = frozenset({*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0)})
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of a PNG, JPEG, GIF or WebP image, from its header (what a prompt's image is
+    metered by); the pixels are not decoded. Raises ValueError for anything else."""
+    data = bytes(data)
+    if data.startswith(PNG_SIGNATURE):
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            raise ValueError("truncated PNG: no IHDR")
+        width, height = struct.unpack_from(">II", data, 16)
+    elif data[:6] in (b"GIF87a", b"GIF89a"):
+        if len(data) < 10:
+            raise ValueError("truncated GIF")
+        width, height = struct.unpack_from("<HH", data, 6)
+    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        width, height = _webp_size(data)
+    elif data.startswith(b"\xff\xd8"):
+        width, height = _jpeg_size(data)
+    else:
+        raise ValueError("not a PNG, JPEG, GIF or WebP image")
+    if width <= 0 or height <= 0:
+        raise ValueError(f"bad image dimensions {width}x{height}")
+    return width, height
+
+
+def _webp_size(data: bytes) -> tuple[int, int]:
+    kind = data[12:16]
+    if kind == b"VP8X" and len(data) >= 30:
+        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    if kind == b"VP8L" and len(data) >= 25 and data[20] == 0x2F:
+        bits = int.from_bytes(data[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    if kind == b"VP8 " and len(data) >= 30 and data[23:26] == b"\x9d\x01\x2a":
+        width, height = struct.unpack_from("<HH", data, 26)
+        return width & 0x3FFF, height & 0x3FFF
+    raise ValueError("truncated or unknown WebP")
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    """The size in the first start-of-frame segment, walking the segments before it."""
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            raise ValueError("corrupt JPEG: segment without a marker")
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # no length
+            position += 2
+            continue
+        (length,) = struct.unpack_from(">H", data, position + 2)
+        if marker in _jpeg_frame_markers:
+            if position + 9 > len(data):
+                break
+            height, width = struct.unpack_from(">HH", data, position + 5)
+            return width, height
+        position += 2 + length
+    raise ValueError("truncated JPEG: no start of frame")
 
 
 # ------------------------------------------------------------------------------------------------- WAV

@@ -39,6 +39,8 @@ from datetime import datetime
 import msgspec
 
 from eventlog import Consumer, EventLog, Outgoing, Producer, Record, topics
+from eventlog.logs import about
+from eventlog.metrics import Metrics
 from eventlog.settings import Settings
 from schemas.codec import decode_event, encode
 from schemas.commands import CaptureHold, ReleaseHold, StartJob
@@ -57,6 +59,7 @@ from schemas.moments import utc_now
 from schemas.units import Units
 from workers.backends import Backend, BackendError, JobContext, JobOutput, JobStopped
 from workers.fair import FairSlots
+from workers.metering import charged_units
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +222,7 @@ class _Running:
     lease_sent_at: float = 0.0
     stop: threading.Event = field(default_factory=threading.Event)
     backend_call: asyncio.Task[JobOutput] | None = None  # the backend's call, cancelled on a stop signal
+    outcome: str = "stopped"  # how it ended, for the jobs counter: completed, failed, cancelled or stopped
 
 
 class WorkerRole:
@@ -229,6 +233,7 @@ class WorkerRole:
         backend: Backend,
         clock: Callable[[], datetime] = utc_now,
         pool: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._log = log
         self._settings = settings
@@ -261,6 +266,14 @@ class WorkerRole:
         self._slots: FairSlots | None = None
         self._producer: Producer | None = None
         self._stopping = False
+        self.metrics = metrics or Metrics()
+        self._outcomes = {
+            outcome: self.metrics.worker_jobs.labels(self.pool, outcome)
+            for outcome in ("completed", "failed", "cancelled", "stopped")
+        }
+        self._retries = self.metrics.worker_retries.labels(self.pool)
+        self.metrics.worker_jobs_running.labels(self.pool).set_function(lambda: len(self._running))
+        self._lag = self.metrics.lag_reporter("worker", self.pool)
 
     # --- the job loop ---
 
@@ -291,12 +304,20 @@ class WorkerRole:
             try:
                 records = await self._attempts(running)
             except Exception:  # a bug must not lose the job: leave it unfinished for redelivery
-                logger.exception("worker crashed running job %s", running.job.job_id)
+                logger.exception(
+                    "worker crashed running job %s",
+                    running.job.job_id,
+                    extra=about(running.job.request_id, running.job.org_id),
+                )
                 # No more heartbeats for it: its lease runs out and the ledger's expiry settles the hold.
                 running.stop.set()
                 return
             if records and not await self._deliver(records):
                 return  # stopping before the log took the outcome: leave it for redelivery
+        self._outcomes[running.outcome if records else "stopped"].inc()
+        if logger.isEnabledFor(logging.DEBUG):
+            job = running.job
+            logger.debug("job %s %s", job.job_id, running.outcome, extra=about(job.request_id, job.org_id))
         self._finished.put(running)
         self._room.set()
 
@@ -325,6 +346,7 @@ class WorkerRole:
         started_at = self._clock()
         for attempt in range(1, job.attempts_max + 1):
             if running.stop.is_set():  # stopped before this run began: no lease, no work
+                running.outcome = "cancelled"
                 return (
                     cancelled_records(job, self._clock(), Units(), "", "cancel")
                     if running.stop_reason == "cancel"
@@ -356,10 +378,14 @@ class WorkerRole:
                     raise  # not our stop signal: the task itself is being cancelled
                 if running.stop_reason != "cancel":
                     return None  # dead-lettered by the ledger (it released the hold already), or shutting down
+                running.outcome = "cancelled"
+                done = context.units
+                if done != Units(variant=done.variant):  # work was done: charged as a request
+                    done = charged_units(done, context.payload)
                 return cancelled_records(
                     job,
                     self._clock(),
-                    context.units,
+                    done,
                     context.output,
                     "cancel",
                     context.served_model,
@@ -369,16 +395,21 @@ class WorkerRole:
             except BackendError as error:
                 if error.retryable and attempt < job.attempts_max and not running.stop.is_set():
                     backoff_s = retry_backoff_s(self._settings.job_retry_backoff_ms, attempt)
+                    self._retries.inc()
                     self._send(self._retry_records(job, attempt, error, backoff_s))
                     await asyncio.sleep(backoff_s)
                     continue
+                running.outcome = "failed"
                 return failed_records(job, self._clock(), error, attempt)
             except Exception as error:  # a backend bug fails the job (and releases the hold), not the worker
-                logger.exception("backend crashed on job %s", job.job_id)
+                logger.exception("backend crashed on job %s", job.job_id, extra=about(job.request_id, job.org_id))
                 crash = BackendError("backend_crashed", f"{type(error).__name__}: {error}")
+                running.outcome = "failed"
                 return failed_records(job, self._clock(), crash, attempt)
             finally:
                 running.backend_call = None
+            running.outcome = "completed"
+            output = msgspec.structs.replace(output, units=charged_units(output.units, context.payload))
             return completed_records(
                 job,
                 started_at,
@@ -552,6 +583,7 @@ class WorkerRole:
                 self._take(consumer.poll(self._settings.batch_records_max, wait_ms))
             else:
                 self._room.wait(wait_ms / 1000)  # full: wait for a job to finish, not on the log
+            self._lag.tick(consumer.lags)
             self._room.clear()
             self.jobs_done += self._drain_finished()
             heartbeats = self._heartbeats()
@@ -602,6 +634,9 @@ def _settle(done: asyncio.Future[BaseException | None], error: BaseException | N
         done.set_result(error)
 
 
-def worker_roles(log: EventLog, settings: Settings, backend: Callable[[], Backend]) -> list[WorkerRole]:
+def worker_roles(
+    log: EventLog, settings: Settings, backend: Callable[[], Backend], metrics: Metrics | None = None
+) -> list[WorkerRole]:
     """The roles of a worker process: one per pool it serves (``TOLLGATE_WORKER_POOLS``)."""
-    return [WorkerRole(log, settings, backend(), pool=pool) for pool in dict.fromkeys(settings.worker_pools)]
+    pools = dict.fromkeys(settings.worker_pools)
+    return [WorkerRole(log, settings, backend(), pool=pool, metrics=metrics) for pool in pools]

@@ -252,18 +252,50 @@ def _error_for_status(status: int, body: str) -> BackendError:
     return BackendError("upstream_rejected", detail)
 
 
+def _count(container: Any, *keys: str) -> int:
+    """The first non-negative integer under ``keys`` of a dict (0 when there is none)."""
+    if isinstance(container, dict):
+        for key in keys:
+            value = container.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                return value
+    return 0
+
+
 def _units_from_usage(usage: Any) -> Units | None:
-    """Units from an OpenAI ``usage`` object (chat, completions, embeddings); None when it has none."""
+    """Units from an OpenAI ``usage`` object (chat, completions, embeddings), every kind it reports
+    apart: cache reads (``prompt_tokens_details.cached_tokens`` or Anthropic's
+    ``cache_read_input_tokens``), cache writes (``cache_creation_input_tokens``), audio and image input
+    tokens, reasoning tokens (``completion_tokens_details.reasoning_tokens``), search queries
+    (``num_search_queries``) and platform tools (``tool_usage.<tool>``, Anthropic's
+    ``server_tool_use.web_search_requests``); None when it has no ``prompt_tokens``."""
     if not isinstance(usage, dict) or not isinstance(usage.get("prompt_tokens"), int):
         return None
-    details = usage.get("prompt_tokens_details") or {}
-    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
-    cached = cached if isinstance(cached, int) else 0
-    completion = usage.get("completion_tokens")
+    prompt = usage["prompt_tokens"]
+    details = usage.get("prompt_tokens_details")
+    cached = _count(details, "cached_tokens") or _count(usage, "cache_read_input_tokens")
+    written = _count(details, "cache_write_tokens") or _count(usage, "cache_creation_input_tokens")
+    audio = _count(details, "audio_tokens")
+    image = _count(details, "image_tokens")
+    parts = [cached, written, audio, image]
+    if sum(parts) > prompt:  # an upstream whose details do not add up: trust its total as plain input
+        parts = [0, 0, 0, 0]
+    completion = _count(usage, "completion_tokens")
+    reasoning = min(_count(usage.get("completion_tokens_details"), "reasoning_tokens"), completion)
+    tools = usage.get("tool_usage")
+    web_searches = _count(tools, "web_search") or _count(usage.get("server_tool_use"), "web_search_requests")
     return Units(
-        input_tokens=usage["prompt_tokens"] - cached,
-        cached_input_tokens=cached,
-        output_tokens=completion if isinstance(completion, int) else 0,
+        input_tokens=prompt - sum(parts),
+        cached_input_tokens=parts[0],
+        cache_write_tokens=parts[1],
+        audio_input_tokens=parts[2],
+        image_input_tokens=parts[3],
+        output_tokens=completion - reasoning,
+        reasoning_tokens=reasoning,
+        search_units=_count(usage, "num_search_queries"),
+        web_search_calls=web_searches,
+        file_search_calls=_count(tools, "file_search"),
+        code_interpreter_calls=_count(tools, "code_interpreter"),
     )
 
 
@@ -620,15 +652,16 @@ class UpstreamBackend(Backend):
                 input_tokens=usage["input_tokens"] - cached,
                 cached_input_tokens=cached,
                 output_tokens=output_tokens,
-                calls=searches,
+                web_search_calls=searches,
             )
             result["reasoning_tokens"] = int((usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0)
             parts = _responses_parts(result)
         else:
-            # Cache writes are priced as input tokens (the price book has no cache-write rate yet).
+            # Anthropic's input_tokens leave out cache reads and writes: each is priced at its own rate.
             creation = int(usage.get("cache_creation_input_tokens") or 0)
             units = Units(
-                input_tokens=usage["input_tokens"] + creation,
+                input_tokens=usage["input_tokens"],
+                cache_write_tokens=creation,
                 cached_input_tokens=int(usage.get("cache_read_input_tokens") or 0),
                 output_tokens=output_tokens,
             )
@@ -650,7 +683,7 @@ class UpstreamBackend(Backend):
         units = _units_from_usage(usage)
         if units is not None:
             job.counted_by = "upstream"
-            units = Units(input_tokens=units.input_tokens + units.cached_input_tokens)
+            units = Units(input_tokens=units.prompt_tokens)
         else:
             counter = self._counter(client, model)
             if counter is None:

@@ -96,7 +96,8 @@ def charge_answer(
 ) -> tuple[dict[str, Any], Charge]:
     charge = answered(core, token, placement, metered, completed, captured)
     rid = placement.command.request_id
-    return shape_result(metered.endpoint, rid, msgspec.json.decode(completed.result), charge), charge
+    result = msgspec.json.decode(completed.result)
+    return shape_result(metered.endpoint, rid, result, charge, metered.price_of(charge.model)), charge
 
 
 async def respond(

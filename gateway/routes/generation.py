@@ -21,7 +21,7 @@ from litestar.response import Stream
 from gateway.auth import authorize
 from gateway.core import Core, GatewayCore
 from gateway.errors import ApiError
-from gateway.http import decode, json_response, read_body, request_id
+from gateway.http import decode, encode_json, json_response, read_body, request_id
 from gateway.metering import (
     Attempt,
     AttemptForgotten,
@@ -54,8 +54,7 @@ from gateway.results import (
     model_headers,
     refusal,
     shape_result,
-    token_usage,
-    usage_cost,
+    usage_of,
 )
 from gateway.waiters import Seen, request_admitted, request_finished
 from projections.views import ApiToken
@@ -245,7 +244,8 @@ async def _respond_json(
     completed = seen[JobCompleted]
     assert isinstance(completed, JobCompleted)
     charge = answered(core, token, placement, metered, completed, captured_of(seen))
-    body = shape_result(metered.endpoint, request_id(request), msgspec.json.decode(completed.result), charge)
+    result = msgspec.json.decode(completed.result)
+    body = shape_result(metered.endpoint, request_id(request), result, charge, metered.price_of(charge.model))
     added_ms = (time.perf_counter() - started) * 1000 - completed.duration_ms
     headers = {**charge_headers(charge), "x-gateway-added-ms": f"{max(added_ms, 0):.2f}"}
     return json_response(body, headers=headers)
@@ -257,7 +257,8 @@ async def _respond_json(
 @post(CHAT, operation_id="createChatCompletion", opt={"scope": "user:write", "tokens": True}, status_code=200)
 async def chat_completions(request: Request[Any, Any, Any], core: Core) -> Response[bytes] | Stream:
     token = authorize(request, "user:write")
-    metered = parse_chat(await generation_body(request, core), core.prices.current)
+    body = await generation_body(request, core)
+    metered = parse_chat(body, core.prices.current, token.org_id, core.files)
     return await _text(request, core, token, metered, "chat.completion.chunk")
 
 
@@ -299,7 +300,8 @@ def _chunk(kind: str, rid: str, model: str, created: int, text: str, finish: str
 
 
 def _sse(data: dict[str, Any]) -> bytes:
-    return b"data: " + msgspec.json.encode(data, enc_hook=str) + b"\n\n"
+    # Decimal amounts (cost_usd) go out as JSON numbers, as in every other body.
+    return b"data: " + encode_json(data) + b"\n\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,7 +509,7 @@ def _final_chunk(
         charge = answered(core, token, placement, metered, completed, captured_of(ended))
         choices = msgspec.json.decode(completed.result).get("choices") or [{}]
         final = _chunk(kind, rid, charge.model or model, created, "", choices[0].get("finish_reason") or "stop")
-        final["usage"] = {**token_usage(charge.units), **usage_cost(charge)}
+        final["usage"] = usage_of(metered.endpoint, charge.units, charge, metered.price_of(charge.model))
         return _sse(final)
     failed = ended.get(JobFailed)
     message = failed.message if isinstance(failed, JobFailed) else "the job ended without a result"
@@ -594,7 +596,7 @@ async def transcriptions(request: Request[Any, Any, Any], core: Core) -> Respons
     return await _respond_json(request, core, token, metered)
 
 
-@post(VIDEOS, operation_id="createVideo", opt={"scope": "user:write", "rate": "jobs"}, status_code=202)
+@post(VIDEOS, operation_id="createVideo", opt={"scope": "user:write"}, status_code=202)
 async def videos(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
     """Always async: the answer is a job to poll."""
     token = authorize(request, "user:write")

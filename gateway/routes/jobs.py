@@ -17,6 +17,7 @@ from gateway.errors import ApiError
 from gateway.http import json_response, limit_param
 from gateway.results import shape_result
 from ledger.money import micros_to_decimal
+from ledger.pricing import PriceBooks
 from projections.jobs import JobState
 from schemas.events import CommandRejected, HoldReleased
 from schemas.moments import iso_or_none
@@ -24,10 +25,13 @@ from schemas.moments import iso_or_none
 jobs_page_size_max = 100
 
 
-def job_body(job: JobState) -> dict[str, Any]:
+def job_body(job: JobState, prices: PriceBooks) -> dict[str, Any]:
     result: Any = None
     if job.result is not None and job.charged is not None and job.status == "completed":
-        result = shape_result(job.endpoint, job.request_id, msgspec.json.decode(job.result), job.charged)
+        charged = job.charged
+        book = prices.at_version(charged.price_version)
+        price = book.model(charged.model) if book is not None else None
+        result = shape_result(job.endpoint, job.request_id, msgspec.json.decode(job.result), charged, price)
     elif job.result is not None and job.status == "cancelled":
         result = msgspec.json.decode(job.result)
     error = None
@@ -76,7 +80,7 @@ async def list_jobs(request: Request[Any, Any, Any], core: Core) -> Response[byt
     return json_response(
         {
             "object": "list",
-            "data": [job_body(job) for job in page],
+            "data": [job_body(job, core.prices) for job in page],
             "has_more": len(jobs) > limit,
             "last_id": page[-1].job_id if page else None,
         }
@@ -85,7 +89,7 @@ async def list_jobs(request: Request[Any, Any, Any], core: Core) -> Response[byt
 
 @get("/v1/jobs/{job_id:str}", operation_id="retrieveJob", opt={"scope": "user:read"})
 async def retrieve_job(request: Request[Any, Any, Any], core: Core, job_id: FromPath[str]) -> Response[bytes]:
-    return json_response(job_body(_own_job(request, core, job_id, "user:read")))
+    return json_response(job_body(_own_job(request, core, job_id, "user:read"), core.prices))
 
 
 @delete("/v1/jobs/{job_id:str}", operation_id="cancelJob", opt={"scope": "user:write"}, status_code=200)
@@ -104,7 +108,7 @@ async def cancel_job(request: Request[Any, Any, Any], core: Core, job_id: FromPa
     rejected = seen.get(CommandRejected)
     if isinstance(rejected, CommandRejected):
         raise ApiError(409, f"The job cannot be cancelled now: {rejected.code}.", code=rejected.code, param="job_id")
-    body = job_body(job)
+    body = job_body(job, core.prices)
     body["cancel_requested"] = True
     released = seen.get(HoldReleased)
     if isinstance(released, HoldReleased) and released.reason == "cancelled":
@@ -125,7 +129,7 @@ async def retrieve_organization_job(
     job = core.jobs.get(job_id)
     if job is None or job.org_id != org_id:
         raise ApiError(404, f"No job '{job_id}'.", code="job_not_found", param="job_id")
-    return json_response(job_body(job))
+    return json_response(job_body(job, core.prices))
 
 
 route_handlers = [list_jobs, retrieve_job, cancel_job, retrieve_organization_job]

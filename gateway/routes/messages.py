@@ -44,7 +44,7 @@ class MessagesWriter(StreamWriter):
         usage = {
             "input_tokens": units.input_tokens,
             "output_tokens": 0,
-            "cache_creation_input_tokens": 0,
+            "cache_creation_input_tokens": units.cache_write_tokens,
             "cache_read_input_tokens": units.cached_input_tokens,
         }
         message: dict[str, Any] = {

@@ -1,58 +1,49 @@
-"""The catalog: models of the current price book with their prices, and price book versions (a
-version is an event and never changes; it prices the holds placed after it)."""
+"""The catalog: models of the current price book with every rate (public, as the reference marks it;
+``gateway/catalog.py`` shapes them), Casola's pricing and billing-rate pages, and price book versions
+(a version is an event and never changes; it prices the holds placed after it)."""
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.params import FromPath
 
-from gateway.auth import authorize, authorize_admin
+from gateway.auth import authorize, authorize_admin, sends_credential
+from gateway.catalog import model_card, openrouter_model, pricing_page
 from gateway.core import Core
 from gateway.errors import ApiError
 from gateway.http import decode_body, json_response
-from ledger.money import micros_to_decimal
+from ledger.limits import kinds, organization_limits
 from ledger.price_checks import price_book_problems
-from ledger.pricing import ModelPrice, PriceBook
+from ledger.pricing import PriceBook, price_problems
 
 
-def _model_card(price: ModelPrice, version: str) -> dict[str, Any]:
-    def per_million(rate: int) -> Decimal:
-        return micros_to_decimal(rate)  # a rate is micros per 1M units, so this is credits per 1M units
-
-    return {
-        "id": price.model,
-        "object": "model",
-        "created": 0,
-        "owned_by": price.owned_by,
-        "category": price.category,
-        "context_length": price.context_length,
-        "max_output_tokens": price.max_output_tokens,
-        "pricing": {
-            "currency": "USD",
-            "price_version": version,
-            "unit": "per_million_tokens",
-            "input": per_million(price.input_token_rate),
-            "cached_input": per_million(price.cached_input_token_rate),
-            "output": per_million(price.output_token_rate),
-            "minimum_charge": micros_to_decimal(price.minimum_charge_micros),
-        },
-    }
+def _caller(request: Request[Any, Any, Any]) -> None:
+    """The catalog is public; a caller who sends a credential is still checked (and counted)."""
+    if sends_credential(request):
+        authorize(request, "user:read")
 
 
-@get("/v1/models", operation_id="listModels", opt={"scope": "user:read"})
+@get("/v1/models", operation_id="listModels", opt={"scope": "user:read", "anonymous": True})
 async def list_models(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
-    authorize(request, "user:read")
+    """Every model of the current price book with every rate. ``?format=openrouter``: the OpenRouter
+    provider listing of the text models."""
+    _caller(request)
     book = core.prices.current
-    return json_response({"object": "list", "data": [_model_card(p, book.version) for p in book.models.values()]})
+    shape = request.query_params.get("format")
+    if shape not in (None, "openrouter"):
+        raise ApiError(400, "format may only be 'openrouter'.", code="invalid_parameter", param="format")
+    if shape == "openrouter":
+        return json_response({"data": [openrouter_model(p) for p in book.models.values() if p.category == "chat"]})
+    return json_response({"object": "list", "data": [model_card(p, book.version) for p in book.models.values()]})
 
 
-@get("/v1/models/{model_id:path}", operation_id="retrieveModel", opt={"scope": "user:read"})
+@get("/v1/models/{model_id:path}", operation_id="retrieveModel", opt={"scope": "user:read", "anonymous": True})
 async def retrieve_model(request: Request[Any, Any, Any], core: Core, model_id: FromPath[str]) -> Response[bytes]:
-    authorize(request, "user:read")
+    """One model with its parameters (EmpirioLabs' ModelDetail)."""
+    _caller(request)
     book = core.prices.current
     price = book.model(model_id.lstrip("/"))
     if price is None:
@@ -62,7 +53,35 @@ async def retrieve_model(request: Request[Any, Any, Any], core: Core, model_id: 
             code="model_not_found",
             param="model",
         )
-    return json_response(_model_card(price, book.version))
+    return json_response(model_card(price, book.version, detail=True))
+
+
+@get("/api/pricing", operation_id="getPricing", opt={"scope": "public"})
+async def public_pricing(core: Core) -> Response[bytes]:
+    """Casola's public pricing: every model's rates and the rounding rule, without a key."""
+    return json_response(pricing_page(core.prices.current))
+
+
+@get(
+    "/api/organizations/{org_id:str}/billing/rates",
+    operation_id="getBillingRates",
+    opt={"scope": "admin:read"},
+)
+async def billing_rates(request: Request[Any, Any, Any], core: Core, org_id: FromPath[str]) -> Response[bytes]:
+    """The rates the organization is billed at (the current book; a hold keeps the version it was
+    placed under) and its plan's per-minute limits."""
+    authorize_admin(request, org_id, scope="admin:read")
+    org = core.tenants.organizations[org_id]
+    limits = organization_limits(org.plan, core.tenants.limit_overrides.get(org_id, {}))
+    return json_response(
+        {
+            **pricing_page(core.prices.current),
+            "object": "billing_rates",
+            "org_id": org_id,
+            "plan": org.plan,
+            "rate_limits": {"per_minute": {kind: limits[kind] for kind in kinds}},
+        }
+    )
 
 
 @get("/v1/price-books", operation_id="listPriceBooks", opt={"scope": "platform"})
@@ -92,12 +111,10 @@ async def publish_price_book(request: Request[Any, Any, Any], core: Core) -> Res
             param="version",
         )
     for model_id, price in book.models.items():
-        if model_id != price.model:
+        problems = ([] if model_id == price.model else ["the key must equal its model id"]) + price_problems(price)
+        if problems:
             raise ApiError(
-                400,
-                f"Model '{model_id}': the key must equal its model id.",
-                code="invalid_price_book",
-                param="models",
+                400, f"Model '{model_id}': {'; '.join(problems)}.", code="invalid_price_book", param="models"
             )
     problems = price_book_problems(book)
     if problems:
@@ -114,4 +131,4 @@ async def publish_price_book(request: Request[Any, Any, Any], core: Core) -> Res
     )
 
 
-route_handlers = [list_models, retrieve_model, list_price_books, publish_price_book]
+route_handlers = [list_models, retrieve_model, public_pricing, billing_rates, list_price_books, publish_price_book]

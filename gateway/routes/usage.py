@@ -15,7 +15,9 @@ from gateway.bodies import balance_card
 from gateway.core import Core, GatewayCore
 from gateway.errors import ApiError
 from gateway.http import json_response, limit_param, moment_param, window_params
+from gateway.results import Charge, usage_of
 from ledger.money import micros_to_decimal
+from ledger.pricing import unit_names, usd_per_unit
 from projections.statements import load_statement, statement_csv, statement_days_max, statement_json
 from projections.usage import (
     CursorError,
@@ -29,6 +31,7 @@ from projections.usage import (
     usage_cursor,
 )
 from schemas.moments import iso_or_none
+from schemas.units import Units, tools
 
 sources = ("api", "playground", "gpu_cloud", "hosted_agents")
 rollup_rows_max = 1000  # buckets one admin usage answer returns; narrow the window for more
@@ -64,7 +67,33 @@ def _before(request: Request[Any, Any, Any]) -> tuple[datetime | None, tuple[dat
     return (moment_param(request, "before") if raw is not None else None), None
 
 
-def _usage_event(row: UsageRow) -> dict[str, Any]:
+def _units(row: UsageRow) -> Units:
+    """The units a usage row recorded (the batch flag from the discount that applied)."""
+    counts = {name: getattr(row, name) for name in unit_names}
+    return Units(**counts, variant=row.variant, batch=row.discount_percent > 0)
+
+
+def _worker_usage(core: GatewayCore, row: UsageRow, units: Units) -> dict[str, Any] | None:
+    """The usage object the request's answer carried (``gateway/results.usage_of``), rebuilt from
+    its row: every unit with its count, the tier, the charge. None for a refusal (nothing ran)."""
+    if row.status != "success":
+        return None
+    book = core.prices.at_version(row.price_version)
+    price = book.model(row.model) if book is not None else None
+    charge = Charge(
+        model=row.model,
+        units=units,
+        amount_micros=row.cost_micros,
+        priced_micros=row.priced_micros,
+        price_version=row.price_version,
+        occurred_at=row.created_at,
+    )
+    return usage_of(row.endpoint, units, charge, price)
+
+
+def _usage_event(core: GatewayCore, row: UsageRow) -> dict[str, Any]:
+    """One event in the reference's ``UsageEvent`` shape (amounts in credits; micros beside them)."""
+    units = _units(row)
     return {
         "id": row.event_id,
         "object": "usage_event",
@@ -78,22 +107,78 @@ def _usage_event(row: UsageRow) -> dict[str, Any]:
         "request_id": row.request_id,
         "job_id": row.job_id or None,
         "latency_ms": row.latency_ms,
-        "tokens": {
-            "input": row.input_tokens,
-            "output": row.output_tokens,
-            "cache_read": row.cached_input_tokens,
-            "cache_write": 0,
-            "total": row.input_tokens + row.cached_input_tokens + row.output_tokens,
-        },
+        "tokens": _tokens(units),
         "cost": {"amount": micros_to_decimal(row.cost_micros), "amount_micros": row.cost_micros, "currency": "USD"},
+        # Images, audio and video are answered inline (b64_json, audio bytes, the job's result) and
+        # not stored, so no event has a URL to list.
         "output_urls": [],
-        "metadata": {"source": row.source, "token_id": row.token_id, "price_version": row.price_version},
+        "metadata": {
+            "source": row.source,
+            "token_id": row.token_id,
+            "price_version": row.price_version,
+            "pricing_tier_label": row.pricing_tier or None,
+            "worker_usage": _worker_usage(core, row, units),
+            "tool_breakdown": [
+                {
+                    "tool": tool,
+                    "invocations": units.tool_calls(tool),
+                    "rate_usd": usd_per_unit(getattr(row, f"{tool}_calls_rate")),
+                }
+                for tool in tools
+                if units.tool_calls(tool)
+            ],
+        },
     }
+
+
+def _tokens(units: Units) -> dict[str, int]:
+    """``tokens`` of an event: ``input`` is every prompt token but cache reads and writes (text,
+    image and audio), ``output`` every generated one (reasoning included)."""
+    return {
+        "input": units.input_tokens + units.image_input_tokens + units.audio_input_tokens,
+        "output": units.completion_tokens,
+        "cache_read": units.cached_input_tokens,
+        "cache_write": units.cache_write_tokens,
+        "total": units.total_tokens,
+    }
+
+
+def _summary(
+    requests: int,
+    cost_micros: int,
+    tokens: dict[str, int],
+    errors: int,
+    avg_latency_ms: int | None,
+) -> dict[str, Any]:
+    return {
+        "requests": requests,
+        "total_cost": micros_to_decimal(cost_micros),
+        "total_cost_micros": cost_micros,
+        "total_tokens": tokens["total"],
+        "input_tokens": tokens["input"],
+        "output_tokens": tokens["output"],
+        "cache_read_tokens": tokens["cache_read"],
+        "cache_write_tokens": tokens["cache_write"],
+        "errors": errors,
+        "avg_latency_ms": avg_latency_ms,
+    }
+
+
+def _page_summary(page: list[UsageRow]) -> dict[str, Any]:
+    """The reference's ``summary``: the returned page of events only."""
+    tokens = {"input": 0, "output": 0, "cache_read": 0, "cache_write": 0, "total": 0}
+    for row in page:
+        for name, count in _tokens(_units(row)).items():
+            tokens[name] += count
+    latency = round(sum(row.latency_ms for row in page) / len(page)) if page else None
+    errors = sum(1 for row in page if row.status != "success")
+    return _summary(len(page), sum(row.cost_micros for row in page), tokens, errors, latency)
 
 
 @get("/v1/account/usage", operation_id="retrieveAccountUsage", opt={"scope": "user:read"})
 async def account_usage(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
-    """Balance, summary and spend for the window, and one page of events, newest first."""
+    """Balance, spend for the window, one page of events newest first and the page's summary (as
+    the reference says), and ``window_summary``: the same counts over the whole window."""
     token = authorize(request, "user:read")
     start, end = window_params(request)
     before, cursor = _before(request)
@@ -111,39 +196,41 @@ async def account_usage(request: Request[Any, Any, Any], core: Core) -> Response
     store = _store(core)
     rows = store.events(selection)
     page, has_more = rows[: selection.limit - 1], len(rows) >= selection.limit
-    # The summary covers the window, whatever page and labels the events are filtered to.
-    summary = store.summary(
+    # The window's totals, whatever page and labels the events are filtered to.
+    window = store.summary(
         msgspec.structs.replace(selection, before=None, after_cursor=None, source=None, model=None, status=None)
     )
-    by_source = summary.cost_micros_by_source
-    spend = micros_to_decimal(summary.cost_micros)
+    by_source = window.cost_micros_by_source
+    window_tokens = _tokens(
+        Units(
+            input_tokens=window.input_tokens,
+            cached_input_tokens=window.cached_input_tokens,
+            cache_write_tokens=window.cache_write_tokens,
+            image_input_tokens=window.image_input_tokens,
+            audio_input_tokens=window.audio_input_tokens,
+            output_tokens=window.output_tokens,
+            reasoning_tokens=window.reasoning_tokens,
+        )
+    )
     return json_response(
         {
             "object": "account_usage",
             "balance": balance_card(core, token.org_id),
-            "summary": {
-                "requests": summary.requests,
-                "total_cost": spend,
-                "total_cost_micros": summary.cost_micros,
-                "total_tokens": summary.input_tokens + summary.cached_input_tokens + summary.output_tokens,
-                "input_tokens": summary.input_tokens + summary.cached_input_tokens,
-                "output_tokens": summary.output_tokens,
-                "cache_read_tokens": summary.cached_input_tokens,
-                "cache_write_tokens": 0,
-                "errors": summary.errors,
-                "avg_latency_ms": summary.avg_latency_ms,
-            },
+            "summary": _page_summary(page),
+            "window_summary": _summary(
+                window.requests, window.cost_micros, window_tokens, window.errors, window.avg_latency_ms
+            ),
             "spend": {
                 "currency": "USD",
-                "total": spend,
-                "total_micros": summary.cost_micros,
+                "total": micros_to_decimal(window.cost_micros),
+                "total_micros": window.cost_micros,
                 "model": micros_to_decimal(by_source.get("api", 0) + by_source.get("playground", 0)),
                 "gpu_cloud": micros_to_decimal(by_source.get("gpu_cloud", 0)),
                 "hosted_agents": micros_to_decimal(by_source.get("hosted_agents", 0)),
                 "from": iso_or_none(start),
                 "to": iso_or_none(end),
             },
-            "data": [_usage_event(row) for row in page],
+            "data": [_usage_event(core, row) for row in page],
             "has_more": has_more,
             "next_cursor": usage_cursor(page[-1]) if has_more else None,
         }

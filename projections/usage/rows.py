@@ -31,6 +31,15 @@ class UsageRow(msgspec.Struct, frozen=True, kw_only=True):
     video_seconds: int = 0
     characters: int = 0
     calls: int = 0
+    cache_write_tokens: int = 0
+    image_input_tokens: int = 0
+    audio_input_tokens: int = 0
+    reasoning_tokens: int = 0
+    search_units: int = 0
+    storage_byte_days: int = 0
+    web_search_calls: int = 0
+    file_search_calls: int = 0
+    code_interpreter_calls: int = 0
     cost_micros: int = 0
     price_version: str = ""
     variant: str = ""
@@ -43,9 +52,23 @@ class UsageRow(msgspec.Struct, frozen=True, kw_only=True):
     video_seconds_rate: int = 0
     characters_rate: int = 0
     calls_rate: int = 0
+    cache_write_tokens_rate: int = 0
+    image_input_tokens_rate: int = 0
+    audio_input_tokens_rate: int = 0
+    reasoning_tokens_rate: int = 0
+    search_units_rate: int = 0
+    storage_byte_days_rate: int = 0
+    web_search_calls_rate: int = 0
+    file_search_calls_rate: int = 0
+    code_interpreter_calls_rate: int = 0
     # What the usage listed at (HoldCaptured.priced_micros); above cost_micros when the capture was
     # capped at its hold.
     priced_micros: int = 0
+    # The pricing_tier_label of the charge (context tier or image variant), the batch discount that
+    # applied, and what the model's minimum charge added to the rounded price.
+    pricing_tier: str = ""
+    discount_percent: int = 0
+    minimum_topup_micros: int = 0
 
 
 class PostingRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -85,6 +108,10 @@ class UsageSummary(msgspec.Struct, frozen=True, kw_only=True):
     avg_latency_ms: int
     # Spend by source (api, playground, gpu_cloud, hosted_agents).
     cost_micros_by_source: dict[str, int] = msgspec.field(default_factory=dict)
+    cache_write_tokens: int = 0
+    image_input_tokens: int = 0
+    audio_input_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 class RollupRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -105,17 +132,29 @@ class RollupRow(msgspec.Struct, frozen=True, kw_only=True):
     cost_micros: int
     latency_ms_sum: int
     priced_micros: int = 0
+    cache_write_tokens: int = 0
+    image_input_tokens: int = 0
+    audio_input_tokens: int = 0
+    reasoning_tokens: int = 0
+    search_units: int = 0
+    storage_byte_days: int = 0
+    web_search_calls: int = 0
+    file_search_calls: int = 0
+    code_interpreter_calls: int = 0
+    minimum_topup_micros: int = 0
 
 
 class PricedUsage(msgspec.Struct, frozen=True, kw_only=True):
-    """One (model, price version, unit, rate) group of a period's charges."""
+    """One (model, price version, pricing tier, batch discount, unit, rate) group of a period's charges."""
 
     model: str
     price_version: str
     unit: str
     rate: int
     quantity: int
-    scaled: int  # sum of quantity x rate: micros x 1,000,000, exact
+    scaled: int  # sum of quantity x rate: micros x 1,000,000, exact (before the discount)
+    tier: str = ""
+    discount_percent: int = 0
 
 
 class ChargedTotal(msgspec.Struct, frozen=True, kw_only=True):
@@ -124,6 +163,7 @@ class ChargedTotal(msgspec.Struct, frozen=True, kw_only=True):
     requests: int
     cost_micros: int  # what the ledger charged
     priced_micros: int  # what the usage listed at: cost_micros plus what caps at the hold forgave
+    minimum_topup_micros: int = 0  # of priced_micros, what minimum charges added
 
 
 Granularity = Literal["hour", "day"]

@@ -30,7 +30,7 @@ import clickhouse_connect
 import msgspec
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from ledger.pricing import unit_names
+from ledger.pricing import tiered_units, unit_names
 from projections.usage.cursors import parse_posting_cursor
 from projections.usage.rows import (
     ChargedTotal,
@@ -54,6 +54,9 @@ from projections.usage.schema import (
     usage_columns,
 )
 from projections.usage.windows import floor_to_bucket, split_window
+
+# Prompt and generated token kinds the summary adds beyond input, cached input and output.
+_summary_token_kinds = ("cache_write_tokens", "image_input_tokens", "audio_input_tokens", "reasoning_tokens")
 
 
 def _rows(result: Any, kind: type[Any], columns: Sequence[str]) -> list[Any]:
@@ -332,6 +335,7 @@ class UsageStore:
             "sum(output_tokens)",
             "countIf(status = 'error')",
             "sum(latency_ms)",
+            *(f"sum({unit})" for unit in _summary_token_kinds),
         )
         rolled = (
             "sum(requests)",
@@ -341,6 +345,7 @@ class UsageStore:
             "sum(output_tokens)",
             "sum(errors)",
             "sum(latency_ms_sum)",
+            *(f"sum({unit})" for unit in _summary_token_kinds),
         )
         if selection.before is not None or selection.after_cursor is not None:
             where, parameters = self._where(selection)
@@ -359,12 +364,12 @@ class UsageStore:
             )
         with self._lock:
             rows = self._client.query(query + final_settings, parameters=parameters).result_rows
-        totals = [0] * 7
+        totals = [0] * (7 + len(_summary_token_kinds))
         by_source: dict[str, int] = {}
         for source, *values in rows:
             by_source[str(source)] = by_source.get(str(source), 0) + int(values[1])
             totals = [t + int(v) for t, v in zip(totals, values, strict=True)]
-        requests, cost, input_tokens, cached, output, errors, latency_sum = totals
+        requests, cost, input_tokens, cached, output, errors, latency_sum, *kinds = totals
         return UsageSummary(
             requests=requests,
             cost_micros=cost,
@@ -374,6 +379,7 @@ class UsageStore:
             errors=errors,
             avg_latency_ms=0 if requests == 0 else round(latency_sum / requests),
             cost_micros_by_source=by_source,
+            **dict(zip(_summary_token_kinds, kinds, strict=True)),
         )
 
     # --- reads: rollups ---
@@ -423,22 +429,27 @@ class UsageStore:
     # --- reads: statements ---
 
     def priced_usage(self, org_id: str, start: datetime, end: datetime) -> list[PricedUsage]:
-        """Charged quantities in [start, end) per (model, price version, unit, rate), with the exact
-        sum of quantity x rate (Int128: a month of image charges overflows 64 bits). Whole days come
-        from ``usage_daily`` (rates are among its dimensions), the partial days from the raw rows."""
+        """Charged quantities in [start, end) per (model, price version, pricing tier, batch discount,
+        unit, rate), with the exact sum of quantity x rate (Int128: a month of image charges overflows
+        64 bits). Whole days come from ``usage_daily`` (tier, discount and rates are among its
+        dimensions), the partial days from the raw rows."""
         units = ", ".join(f"('{u}', {u}, {u}_rate)" for u in unit_names)
         parameters: dict[str, Any] = {"org_id": org_id}
         split = split_window(start, end, "day")
         own = "org_id = {org_id:String} AND status = 'success'"
+        # A unit's line names the tier only when the tier chose its rate (ledger.pricing.tiered_units).
+        tiered = ", ".join(f"'{u}'" for u in tiered_units)
+        columns = "model, price_version, pricing_tier, discount_percent"
+        groups = "model, price_version, tier, discount_percent"
         query = (
-            "SELECT model, price_version, u.1 AS unit, u.3 AS rate, sum(u.2) AS quantity,"
-            " sum(toInt128(u.2) * toInt128(u.3)) AS scaled FROM ("
-            f" SELECT model, price_version, arrayJoin([{units}]) AS u FROM usage_events FINAL"
+            f"SELECT {groups}, u.1 AS unit, u.3 AS rate, sum(u.2) AS quantity,"
+            " sum(toInt128(u.2) * toInt128(u.3)) AS scaled,"
+            f" if(unit IN ({tiered}), pricing_tier, '') AS tier FROM ("
+            f" SELECT {columns}, arrayJoin([{units}]) AS u FROM usage_events FINAL"
             f" WHERE {own} AND {split.raw_condition(parameters)}"
-            f" UNION ALL SELECT model, price_version, arrayJoin([{units}]) AS u FROM usage_daily"
+            f" UNION ALL SELECT {columns}, arrayJoin([{units}]) AS u FROM usage_daily"
             f" WHERE {own} AND {split.rollup_condition(parameters)}"
-            ") WHERE u.2 > 0 GROUP BY model, price_version, unit, rate ORDER BY model, price_version, unit, rate"
-            + final_settings
+            f") WHERE u.2 > 0 GROUP BY {groups}, unit, rate ORDER BY {groups}, unit, rate" + final_settings
         )
         with self._lock:
             rows = self._client.query(query, parameters=parameters).result_rows
@@ -446,12 +457,14 @@ class UsageStore:
             PricedUsage(
                 model=str(model),
                 price_version=str(version),
+                tier=str(tier),
+                discount_percent=int(discount),
                 unit=str(unit),
                 rate=int(rate),
                 quantity=int(quantity),
                 scaled=int(scaled),
             )
-            for model, version, unit, rate, quantity, scaled in rows
+            for model, version, tier, discount, unit, rate, quantity, scaled, _ in rows
         ]
 
     def charged_totals(self, org_id: str, start: datetime, end: datetime) -> list[ChargedTotal]:
@@ -461,20 +474,27 @@ class UsageStore:
         split = split_window(start, end, "day")
         own = "org_id = {org_id:String} AND status = 'success'"
         query = (
-            "SELECT model, price_version, sum(n), sum(c), sum(p) FROM ("
-            " SELECT model, price_version, count() AS n, sum(cost_micros) AS c, sum(priced_micros) AS p"
-            " FROM usage_events FINAL"
+            "SELECT model, price_version, sum(n), sum(c), sum(p), sum(t) FROM ("
+            " SELECT model, price_version, count() AS n, sum(cost_micros) AS c, sum(priced_micros) AS p,"
+            " sum(minimum_topup_micros) AS t FROM usage_events FINAL"
             f" WHERE {own} AND {split.raw_condition(parameters)} GROUP BY model, price_version"
             " UNION ALL SELECT model, price_version, sum(requests) AS n, sum(cost_micros) AS c,"
-            " sum(priced_micros) AS p FROM usage_daily"
+            " sum(priced_micros) AS p, sum(minimum_topup_micros) AS t FROM usage_daily"
             f" WHERE {own} AND {split.rollup_condition(parameters)} GROUP BY model, price_version"
             ") GROUP BY model, price_version ORDER BY model, price_version" + final_settings
         )
         with self._lock:
             rows = self._client.query(query, parameters=parameters).result_rows
         return [
-            ChargedTotal(model=str(m), price_version=str(v), requests=int(n), cost_micros=int(c), priced_micros=int(p))
-            for m, v, n, c, p in rows
+            ChargedTotal(
+                model=str(m),
+                price_version=str(v),
+                requests=int(n),
+                cost_micros=int(c),
+                priced_micros=int(p),
+                minimum_topup_micros=int(t),
+            )
+            for m, v, n, c, p, t in rows
         ]
 
     def posted_totals(self, org_id: str, start: datetime, end: datetime) -> dict[str, int]:

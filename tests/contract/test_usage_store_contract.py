@@ -22,6 +22,7 @@ from projections.usage import (
     parse_usage_cursor,
     usage_cursor,
 )
+from projections.usage.schema import migrations, unit_names_v7, usage_columns
 from schemas.units import Units
 from tests.support import capture_posting, charge, examples, refusal
 
@@ -78,7 +79,7 @@ def totals(store: UsageStore, org: str = "org_a") -> tuple[tuple[int, int], ...]
 
 def test_migrations_apply_once_and_survive_reopening(opener: Opener) -> None:
     first = opener.open()
-    assert first.schema_version() == 6
+    assert first.schema_version() == 7
     assert first.migrate() == []  # nothing left to apply
     first.insert([charge("e1", month)], [])
     first.close()
@@ -262,12 +263,8 @@ def test_migrations_3_and_4_keep_rows_written_before_them(opener: Opener) -> Non
         store.command("INSERT INTO schema_migrations VALUES (1, now()), (2, now())")
         rows = [charge(f"old{i}", month + timedelta(hours=5 * i)) for i in range(30)]
         store.insert(rows, [capture_posting(r) for r in rows])
-        assert store.migrate() == [
-            3,
-            4,
-            5,
-            6,
-        ]  # 4 rebuilds ledger_postings with its rows, 5 rolls them up, 6 adds priced_micros
+        # 4 rebuilds ledger_postings with its rows, 5 rolls them up, 6 adds priced_micros, 7 every unit
+        assert store.migrate() == [3, 4, 5, 6, 7]
         expected = (30, sum(row.cost_micros for row in rows))
         assert totals(store) == (expected,) * 4
         assert store.totals_by_org()["org_a"] == (expected[1], expected[1])
@@ -275,6 +272,55 @@ def test_migrations_3_and_4_keep_rows_written_before_them(opener: Opener) -> Non
         assert statement.charges_micros == statement.ledger_charges_micros == expected[1]
         store.insert([charge("new1", month)], [])  # and the views keep them from now on
         assert totals(store)[1:3] == ((31, expected[1] + rows[0].cost_micros),) * 2
+    finally:
+        store.close()
+
+
+def test_migration_7_rebuilds_the_rollups_with_the_rows_of_schema_6(opener: Opener) -> None:
+    """A database at schema 6 (eight units, rollups keyed by their rates) with rows in it: migration 7
+    adds every unit, tier, discount and top-up column, rebuilds both rollups from the raw rows, and
+    statements of those rows still add up to the ledger; new rows then carry their tiers."""
+    store = opener.open()
+    try:
+        for ddl in (
+            "DROP VIEW usage_daily_mv",
+            "DROP VIEW usage_hourly_mv",
+            "DROP VIEW ledger_daily_mv",
+            "DROP TABLE usage_daily",
+            "DROP TABLE usage_hourly",
+            "DROP TABLE ledger_daily",
+            "DROP TABLE usage_events",
+            "DROP TABLE ledger_postings",
+            "TRUNCATE TABLE schema_migrations",
+        ):
+            store.command(ddl)
+        for version, steps in migrations[:6]:
+            assert version <= 6
+            for step in steps:
+                store.command(step)
+            store.command(f"INSERT INTO schema_migrations VALUES ({version}, now())")
+        large = Units(input_tokens=40_000, output_tokens=900)
+        rows = [
+            charge(f"v6_{i}", month + timedelta(hours=7 * i), model="sim-chat-large", units=large) for i in range(12)
+        ]
+        added = {*unit_names_v7, *(f"{u}_rate" for u in unit_names_v7), "pricing_tier", "discount_percent"}
+        columns_v6 = [c for c in usage_columns if c not in added and c != "minimum_topup_micros"]
+        store.insert_columns({c: [getattr(r, c) for r in rows] for c in columns_v6})
+        store.insert([], [capture_posting(r) for r in rows])
+        assert store.migrate() == [7]
+        expected = (12, sum(row.cost_micros for row in rows))
+        assert totals(store) == (expected,) * 4
+        statement = load_statement(store, "org_a", month, month + timedelta(days=30))
+        assert statement.charges_micros == statement.ledger_charges_micros == expected[1]
+        assert sum(line.amount_micros for line in statement.lines) == expected[1]
+        # The old rows name no tier (nobody recorded one); their rates still tell the tiers apart.
+        inputs = [line for line in statement.lines if line.unit == "input_tokens"]
+        assert [(line.tier, line.unit_price_micros_per_million, line.quantity) for line in inputs] == [
+            ("", 5_000_000, 12 * 40_000)
+        ]
+        store.insert([charge("v7", month + timedelta(days=2), model="sim-chat-large", units=large)], [])
+        tiers = {line.tier for line in load_statement(store, "org_a", month, month + timedelta(days=30)).lines}
+        assert "Over 32,768 prompt tokens" in tiers
     finally:
         store.close()
 

@@ -145,7 +145,7 @@ def test_models_list_shows_prices(dev: Dev) -> None:
     assert "sim-chat-small" in ids
     raw = httpx.get(f"{dev.base_url}/v1/models", headers={"Authorization": f"Bearer {dev.demo['api_key']}"})
     card = next(m for m in raw.json()["data"] if m["id"] == "sim-chat-small")
-    assert card["category"] == "chat" and card["pricing"]["price_version"]
+    assert card["type"] == "multimodal" and card["category"] == "text" and card["price_version"]
 
 
 def test_many_requests_agree_to_the_micro_credit(dev: Dev) -> None:
@@ -382,4 +382,4 @@ def test_price_books_are_versioned_and_each_charge_names_its_version(dev: Dev) -
     assert after["usage"]["completion_tokens"] == before["usage"]["completion_tokens"]
     assert after["usage"]["cost_micros"] > before["usage"]["cost_micros"]
     card = httpx.get(f"{dev.base_url}/v1/models/sim-chat-small", headers={"Authorization": f"Bearer {key}"}).json()
-    assert card["pricing"]["price_version"] == "2026-12-01" and card["pricing"]["output"] == 6
+    assert card["price_version"] == "2026-12-01" and card["pricing"]["completion"] == "0.000006"

@@ -98,7 +98,7 @@ def _get(base_url: str, path: str, key: str, **params: Any) -> Any:
 
 def api_totals(dev: Dev, org: str, key: str) -> dict[str, Any]:
     """Every API view of one organization's totals."""
-    summary = _get(dev.base_url, "/v1/account/usage", key, limit=1)["summary"]
+    summary = _get(dev.base_url, "/v1/account/usage", key, limit=1)["window_summary"]
     paged: list[dict[str, Any]] = []
     cursor = None
     for _ in range(100):
@@ -180,7 +180,9 @@ def sql_totals(store: UsageStore, org: str) -> dict[str, set[int]]:
 def wait_for_rows(dev: Dev, traffic: Traffic) -> None:
     deadline = time.monotonic() + 30
     for org, key in traffic.orgs.items():
-        while _get(dev.base_url, "/v1/account/usage", key, limit=1)["summary"]["requests"] < traffic.requests[org]:
+        while (
+            _get(dev.base_url, "/v1/account/usage", key, limit=1)["window_summary"]["requests"] < traffic.requests[org]
+        ):
             assert time.monotonic() < deadline, "the projector did not catch up"
             time.sleep(0.2)
     time.sleep(0.5)  # the refund's posting too
@@ -360,7 +362,7 @@ def test_usage_limit_and_next_cursor_page_through_every_row_once(filtered: Filte
             break
         params = {"limit": limit, "before": page["next_cursor"]}
     assert seen == _newest_first
-    assert _usage(filtered, limit=limit)["summary"]["requests"] == len(_newest_first)  # a page never narrows it
+    assert _usage(filtered, limit=limit)["window_summary"]["requests"] == len(_newest_first)  # a page never narrows it
 
 
 def test_usage_before_a_moment_shows_older_rows_only(filtered: Filtered) -> None:
@@ -370,7 +372,7 @@ def test_usage_before_a_moment_shows_older_rows_only(filtered: Filtered) -> None
 def test_usage_from_and_to_bound_the_window_inclusively(filtered: Filtered) -> None:
     page = _usage(filtered, **{"from": (_t0 + timedelta(hours=1)).isoformat(), "to": "2026-03-01T13:00:00Z"})
     assert _ids(page) == ["evt_d", "evt_c", "evt_b"]
-    assert page["summary"]["requests"] == 3 and page["summary"]["errors"] == 1
+    assert page["window_summary"]["requests"] == 3 and page["window_summary"]["errors"] == 1
     assert _ids(_usage(filtered, **{"from": "2026-03-02T10:00:00Z"})) == ["evt_f", "evt_e"]
     assert _ids(_usage(filtered, to="2026-03-01T10:00:00Z")) == ["evt_a"]
 
@@ -394,7 +396,7 @@ def test_usage_source_model_and_status_filter_the_events(
 ) -> None:
     page = _usage(filtered, **params)
     assert _ids(page) == expected
-    assert page["summary"]["requests"] == len(_newest_first)  # labels filter the events, not the summary
+    assert page["window_summary"]["requests"] == len(_newest_first)  # labels filter the events, not the summary
 
 
 @pytest.mark.parametrize(

@@ -42,12 +42,12 @@ class Account:
         return int(body["amount_micros"])
 
     def usage_row(self, request_id: str) -> tuple[str, str, int, int, int, int]:
-        """(endpoint, model, input tokens, output tokens, calls, cost micros) of the request's usage row,
-        once the projector has written it."""
+        """(endpoint, model, input tokens, output tokens, web search calls, cost micros) of the request's
+        usage row, once the projector has written it."""
         deadline = time.monotonic() + 30
         sql = (
-            "SELECT endpoint, model, input_tokens, output_tokens, calls, cost_micros FROM usage_events FINAL "
-            "WHERE org_id = {org:String} AND request_id = {rid:String}"
+            "SELECT endpoint, model, input_tokens, output_tokens, web_search_calls, cost_micros"
+            " FROM usage_events FINAL WHERE org_id = {org:String} AND request_id = {rid:String}"
         )
         while time.monotonic() < deadline:
             rows = self.gw.store.query(sql, {"org": self.org, "rid": request_id})

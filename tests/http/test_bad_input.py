@@ -96,7 +96,7 @@ def test_the_first_and_last_moments_in_range_are_accepted(gw: Gateway) -> None:
     gw.store.insert([charge("evt_edge", now, org_id=org)], [])
     usage = gw.call("GET", "/v1/account/usage", key, params={"from": first, "to": last})
     assert usage.status_code == 200, usage.text
-    assert usage.json()["summary"]["requests"] == 1
+    assert usage.json()["window_summary"]["requests"] == 1
     for granularity in ("hour", "day"):
         rolled = gw.admin(
             "GET", f"/v1/organizations/{org}/usage", params={"from": first, "to": last, "granularity": granularity}

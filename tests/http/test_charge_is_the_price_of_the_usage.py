@@ -170,7 +170,7 @@ def test_embeddings(stack: Stack, given_input: Any, dimensions: int | None, enco
 def test_images(stack: Stack, n: int, size: str, quality: str) -> None:
     body = {"model": "sim-image", "prompt": "a lighthouse", "n": n, "size": size, "quality": quality}
     captured = stack.charged(stack.post("/v1/images/generations", json=body))
-    assert captured.units == Units(images=n, variant=f"{size}/{quality}")
+    assert captured.units == Units(images=n, variant=f"{size}/{quality}", calls=1)
 
 
 @examples

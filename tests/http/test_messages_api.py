@@ -183,7 +183,7 @@ def test_authentication_and_rate_limits_answer_in_anthropics_envelope(gw: Gatewa
     body = {"model": "deepseek-v4-pro", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
     missing = gw.client.post("/v1/messages", json=body)
     assert missing.status_code == 401 and missing.json()["error"]["type"] == "authentication_error"
-    org = gw.organization("free", limits={"requests": 1}, credits="1")
+    org = gw.organization("free", limits={"jobs": 1}, credits="1")  # a POST /v1/messages is a job submission
     key, _ = gw.key(org, ["user:write"])
     assert gw.client.post("/v1/messages", json=body, headers={"x-api-key": key}).status_code == 200
     limited = gw.client.post("/v1/messages", json=body, headers={"x-api-key": key})

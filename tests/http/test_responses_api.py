@@ -45,8 +45,8 @@ def test_text_input_is_answered_and_charged_exactly(account: Account) -> None:
     assert usage is not None
     assert usage.total_tokens == usage.input_tokens + usage.output_tokens
     micros = reconciles(account, before, raw.headers["x-request-id"], usage, raw.headers["x-credits-used"])
-    endpoint, model, input_tokens, output_tokens, calls, _ = account.usage_row(raw.headers["x-request-id"])
-    assert (endpoint, model, calls) == ("/v1/responses", "sim-chat-small", 0)
+    endpoint, model, input_tokens, output_tokens, searches, _ = account.usage_row(raw.headers["x-request-id"])
+    assert (endpoint, model, searches) == ("/v1/responses", "sim-chat-small", 0)
     assert (input_tokens, output_tokens) == (usage.input_tokens, usage.output_tokens)
     price = default_price_book().model("sim-chat-small")
     assert price is not None
@@ -88,11 +88,12 @@ def test_web_search_is_run_and_priced_per_call(account: Account) -> None:
     body = json.loads(raw.http_response.text)
     assert body["tool_usage"]["web_search"]["num_requests"] == 1
     micros = reconciles(account, before, raw.headers["x-request-id"], body["usage"], raw.headers["x-credits-used"])
-    _, _, input_tokens, output_tokens, calls, _ = account.usage_row(raw.headers["x-request-id"])
-    assert calls == 1
+    _, _, input_tokens, output_tokens, searches, _ = account.usage_row(raw.headers["x-request-id"])
+    assert searches == 1 and body["usage"]["tool_usage"] == {"web_search": 1}
     price = default_price_book().model("sim-chat-small")
-    assert price is not None and price.call_rate > 0
-    assert micros == price_micros(price, Units(input_tokens=input_tokens, output_tokens=output_tokens, calls=1))
+    assert price is not None and price.tool_call_rates["web_search"] > 0
+    units = Units(input_tokens=input_tokens, output_tokens=output_tokens, web_search_calls=1, calls=1)
+    assert micros == price_micros(price, units)
 
 
 def test_streamed_events_and_the_final_usage(account: Account) -> None:

@@ -381,7 +381,7 @@ def balance_of(base_url: str, key: str) -> dict[str, Any]:
 
 
 def test_killed_roles_lose_no_charge_and_double_none(cluster: Cluster, kafka_bootstrap: str) -> None:
-    org = cluster.admin.organization()
+    org = cluster.admin.organization(plan="enterprise")  # 180 job submissions, some within a minute
     cluster.admin.grant(org, "100")
     key = cluster.admin.token(org)
     stop = threading.Event()

@@ -11,13 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import msgspec
 import openai
 import pytest
 
-from gateway.requests import chat_input_tokens_bound
-from ledger.pricing import default_price_book, price_micros
-from schemas.api import ChatMessage
-from schemas.units import Units
+from gateway.requests import parse_chat
+from ledger.pricing import default_price_book
 from tests.kafka.test_kafka_e2e import Stack, ledger_totals
 from tests.support import usage
 
@@ -37,13 +36,8 @@ def slow_stack(kafka_bootstrap: str, clickhouse_url: str, tmp_path_factory: pyte
 
 
 def test_exactly_what_the_balance_allows_succeeds(slow_stack: Stack, kafka_bootstrap: str) -> None:
-    price = default_price_book().models["sim-chat-small"]
-    hold = price_micros(
-        price,
-        Units(
-            input_tokens=chat_input_tokens_bound([ChatMessage(role="user", content=prompt)]), output_tokens=max_tokens
-        ),
-    )
+    body = {"model": "sim-chat-small", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens}
+    hold = parse_chat(msgspec.json.encode(body), default_price_book()).hold_micros
     affordable = 13
     org = slow_stack.admin.organization()
     slow_stack.admin.grant(org, f"{(hold * affordable + hold // 2) / 1_000_000:.6f}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import msgspec
 import pytest
@@ -10,7 +11,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger.money import MoneyFormatError, format_credits, micros_to_decimal, parse_credits
-from ledger.pricing import ModelPrice, default_price_book, price_micros, unit_rates
+from ledger.pricing import (
+    ModelPrice,
+    catalog_rows,
+    default_price_book,
+    price_breakdown,
+    price_micros,
+    price_problems,
+    tier_label,
+    token_units,
+    unit_names,
+    unit_quantities,
+    unit_rates,
+    usd_per_unit,
+    worst_case_micros,
+)
 from schemas.prices import ContextTier
 from schemas.units import Units
 
@@ -133,4 +148,221 @@ def test_the_context_tier_is_the_highest_the_prompt_exceeds_in_any_order(
     for tier in sorted(tier_list, key=lambda t: t.above_tokens):
         if prompt > tier.above_tokens:
             expected = (tier.input_token_rate, tier.cached_input_token_rate, tier.output_token_rate)
-    assert unit_rates(price, Units(input_tokens=prompt))[:3] == expected
+    rates = dict(zip(unit_names, unit_rates(price, Units(input_tokens=prompt)), strict=True))
+    assert (rates["input_tokens"], rates["cached_input_tokens"], rates["output_tokens"]) == expected
+
+
+# --- every unit, tier and variant (issue 17) ---
+
+rate = st.integers(0, 10**8)
+optional_rate = st.one_of(st.none(), rate)
+
+
+@st.composite
+def monotonic_prices(draw: st.DrawFn) -> ModelPrice:
+    """Random prices that ``price_problems`` accepts: tiers never get cheaper, in any token kind."""
+    base: dict[str, Any] = {
+        "input_token_rate": draw(rate),
+        "cached_input_token_rate": draw(rate),
+        "output_token_rate": draw(rate),
+        "cache_write_token_rate": draw(optional_rate),
+        "image_input_token_rate": draw(optional_rate),
+        "audio_input_token_rate": draw(optional_rate),
+        "reasoning_token_rate": draw(optional_rate),
+    }
+    tiers = []
+    floor = dict(zip(token_units, _rates_of(base), strict=True))
+    for above in sorted(draw(st.lists(st.integers(0, 100_000), max_size=3, unique=True))):
+        tier = {unit: floor[unit] + draw(st.integers(0, 10**7)) for unit in token_units}
+        floor = tier
+        tiers.append(
+            ContextTier(
+                above_tokens=above,
+                input_token_rate=tier["input_tokens"],
+                cached_input_token_rate=tier["cached_input_tokens"],
+                cache_write_token_rate=tier["cache_write_tokens"],
+                image_input_token_rate=tier["image_input_tokens"],
+                audio_input_token_rate=tier["audio_input_tokens"],
+                output_token_rate=tier["output_tokens"],
+                reasoning_token_rate=tier["reasoning_tokens"],
+            )
+        )
+    price = ModelPrice(
+        model="m",
+        category="chat",
+        pool="p",
+        **base,
+        context_tiers=tuple(draw(st.permutations(tiers))),
+        image_rate=draw(rate),
+        image_variant_rates={"1024x1024/hd": draw(rate)},
+        audio_second_rate=draw(rate),
+        video_second_rate=draw(rate),
+        character_rate=draw(rate),
+        call_rate=draw(rate),
+        search_unit_rate=draw(rate),
+        storage_byte_day_rate=draw(st.integers(0, 100)),
+        tool_call_rates={"web_search": draw(rate), "code_interpreter": draw(rate)},
+        batch_discount_percent=draw(st.integers(0, 100)),
+        minimum_charge_micros=draw(st.integers(0, 1000)),
+    )
+    assert price_problems(price) == []
+    return price
+
+
+def _rates_of(fields: dict[str, int | None]) -> tuple[int, ...]:
+    input_rate, output_rate = fields["input_token_rate"], fields["output_token_rate"]
+    assert input_rate is not None and output_rate is not None
+
+    def either(value: int | None, fallback: int) -> int:
+        return fallback if value is None else value
+
+    return (
+        input_rate,
+        either(fields["cached_input_token_rate"], 0),
+        either(fields["cache_write_token_rate"], input_rate),
+        either(fields["image_input_token_rate"], input_rate),
+        either(fields["audio_input_token_rate"], input_rate),
+        output_rate,
+        either(fields["reasoning_token_rate"], output_rate),
+    )
+
+
+small = st.integers(0, 50_000)
+usages = st.builds(
+    Units,
+    input_tokens=small,
+    cached_input_tokens=small,
+    cache_write_tokens=small,
+    image_input_tokens=small,
+    audio_input_tokens=small,
+    output_tokens=small,
+    reasoning_tokens=small,
+    images=st.integers(0, 4),
+    audio_seconds=st.integers(0, 600),
+    video_seconds=st.integers(0, 30),
+    characters=small,
+    calls=st.integers(0, 1),
+    search_units=st.integers(0, 3),
+    storage_byte_days=st.integers(0, 10**10),
+    web_search_calls=st.integers(0, 2),
+    code_interpreter_calls=st.integers(0, 2),
+    variant=st.sampled_from(["", "1024x1024/hd", "512x512/other"]),
+    batch=st.booleans(),
+)
+
+
+@given(monotonic_prices(), usages)
+def test_the_breakdown_is_the_price(price: ModelPrice, units: Units) -> None:
+    breakdown = price_breakdown(price, units)
+    assert breakdown.micros == price_micros(price, units)
+    assert breakdown.scaled == sum(q * r for q, r in zip(unit_quantities(units), breakdown.rates, strict=True))
+
+
+@given(monotonic_prices(), usages, st.data())
+def test_price_is_monotonic_in_every_unit_of_an_accepted_book(
+    price: ModelPrice, units: Units, data: st.DataObject
+) -> None:
+    unit = data.draw(st.sampled_from(unit_names))
+    more = msgspec.structs.replace(units, **{unit: getattr(units, unit) + data.draw(st.integers(1, 70_000))})
+    assert price_micros(price, units) <= price_micros(price, more)
+
+
+@given(monotonic_prices(), usages, st.data())
+def test_the_worst_case_bounds_every_usage_within_the_bound(
+    price: ModelPrice, bound: Units, data: st.DataObject
+) -> None:
+    """A hold is ``worst_case_micros`` of the bound: whatever mix of uncached, cached and cache-written
+    text and of output and reasoning the worker reports within it, the charge fits the hold."""
+    text = bound.input_tokens + bound.cached_input_tokens + bound.cache_write_tokens
+    generated = bound.output_tokens + bound.reasoning_tokens
+    cached = data.draw(st.integers(0, text))
+    written = data.draw(st.integers(0, text - cached))
+    reasoning = data.draw(st.integers(0, generated))
+    actual = msgspec.structs.replace(
+        bound,
+        input_tokens=data.draw(st.integers(0, text - cached - written)),
+        cached_input_tokens=cached,
+        cache_write_tokens=written,
+        output_tokens=data.draw(st.integers(0, generated - reasoning)),
+        reasoning_tokens=reasoning,
+        images=data.draw(st.integers(0, bound.images)),
+        search_units=data.draw(st.integers(0, bound.search_units)),
+    )
+    assert price_micros(price, actual) <= worst_case_micros(price, bound)
+
+
+def test_cached_and_cache_written_tokens_reasoning_and_tools_have_their_own_rates() -> None:
+    large = default_price_book().models["sim-chat-large"]
+    units = Units(input_tokens=100, cached_input_tokens=1000, cache_write_tokens=400, web_search_calls=2)
+    expected = 100 * 2_500_000 + 1000 * 1_250_000 + 400 * 3_125_000 + 2 * 10_000_000_000
+    assert price_micros(large, units) == -(-expected // 1_000_000)
+    research = default_price_book().models["sim-research"]
+    units = Units(input_tokens=10, output_tokens=20, reasoning_tokens=30, search_units=2, calls=1)
+    expected = 10 * 2_000_000 + 20 * 8_000_000 + 30 * 3_000_000 + 2 * 5_000_000_000 + 5_000_000_000
+    assert price_micros(research, units) == -(-expected // 1_000_000)
+
+
+def test_the_batch_discount_applies_before_the_one_rounding_and_not_to_the_minimum() -> None:
+    large = default_price_book().models["sim-chat-large"]
+    units = Units(input_tokens=3, output_tokens=1)  # 17.5 micros, 8.75 at half price
+    assert price_micros(large, units) == 18
+    assert price_micros(large, msgspec.structs.replace(units, batch=True)) == 10  # 9 raised to the minimum 10
+    big = Units(input_tokens=10_001, batch=True)
+    assert price_micros(large, big) == -(-10_001 * 2_500_000 * 50 // 100_000_000)
+    breakdown = price_breakdown(large, Units(input_tokens=1, batch=True))
+    assert (breakdown.discount_percent, breakdown.rounded_micros, breakdown.minimum_topup_micros) == (50, 2, 8)
+
+
+def test_storage_byte_days_are_exact_over_a_statement_and_rounded_once_per_charge() -> None:
+    storage = ModelPrice(model="files", category="chat", pool="p", storage_byte_day_rate=4)  # 0.12 per GB-month
+    assert price_micros(storage, Units(storage_byte_days=1)) == 1  # 4e-6 micros, rounded up
+    assert price_micros(storage, Units(storage_byte_days=10**9 * 30)) == 120_000
+
+
+def test_the_tier_label_names_the_tier_or_variant_that_applied() -> None:
+    book = default_price_book().models
+    assert tier_label(book["sim-chat-large"], Units(input_tokens=32_768)) == "Up to 32,768 prompt tokens"
+    assert tier_label(book["sim-chat-large"], Units(input_tokens=32_000, image_input_tokens=769)) == (
+        "Over 32,768 prompt tokens"  # every kind of prompt token counts towards the tier
+    )
+    assert tier_label(book["sim-image"], Units(images=1, variant="1792x1024/hd")) == "1792x1024/hd"
+    assert tier_label(book["sim-chat-small"], Units(input_tokens=10**6)) == ""
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"input_token_rate": -1}, "input_token_rate must not be negative"),
+        ({"tool_call_rates": {"web_search": -5}}, "tool_call_rates.web_search must not be negative"),
+        ({"batch_discount_percent": 101}, "batch_discount_percent must lie in 0..100"),
+        ({"minimum_charge_micros": -1}, "minimum_charge_micros must not be negative"),
+    ],
+)
+def test_price_problems_name_what_to_fix(change: dict[str, object], problem: str) -> None:
+    price = msgspec.structs.replace(default_price_book().models["sim-chat-large"], **change)
+    assert any(problem in found for found in price_problems(price)), price_problems(price)
+
+
+def test_a_tier_that_gets_cheaper_is_refused_in_any_token_kind() -> None:
+    large = default_price_book().models["sim-chat-large"]
+    cheaper = msgspec.structs.replace(large.context_tiers[0], cache_write_token_rate=3_000_000)
+    problems = price_problems(msgspec.structs.replace(large, context_tiers=(cheaper,)))
+    assert len(problems) == 1 and "cache_write_tokens" in problems[0]
+    assert all(price_problems(price) == [] for price in default_price_book().models.values())
+
+
+def test_catalog_rows_list_every_rate_with_the_tier_a_usage_names() -> None:
+    large = catalog_rows(default_price_book().models["sim-chat-large"])
+    by_key = {(row.unit, row.tier): row for row in large}
+    assert by_key[("input_tokens", "Over 32,768 prompt tokens")].rate_micros_per_million == 5_000_000
+    assert by_key[("input_tokens", "Over 32,768 prompt tokens")].above_prompt_tokens == 32_768
+    assert by_key[("cache_write_tokens", "Up to 32,768 prompt tokens")].rate_micros_per_million == 3_125_000
+    assert by_key[("web_search_calls", "")].rate_micros_per_million == 10_000_000_000
+    assert by_key[("minimum_charge", "")].rate_micros_per_million == 10 * 1_000_000
+    assert by_key[("batch_discount", "")].percent == 50
+    image = {
+        (row.unit, row.tier): row.rate_micros_per_million
+        for row in catalog_rows(default_price_book().models["sim-image"])
+    }
+    assert image[("images", "1792x1024/hd")] == 120_000_000_000 and image[("images", "")] == 40_000_000_000
+    assert usd_per_unit(150_000) == Decimal("0.00000015") and usd_per_unit(40_000_000_000) == Decimal("0.04")

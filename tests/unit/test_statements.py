@@ -10,9 +10,16 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.pricing import default_price_book, price_micros, unit_names, unit_quantities, unit_rates
-from projections.statements import build_statement, hold_cap_unit, load_statement, rounding_unit
-from projections.usage import ChargedTotal, PricedUsage, UsageStore
+from ledger.pricing import catalog_rows, default_price_book, price_micros, unit_names
+from projections.statements import (
+    Tally,
+    build_statement,
+    hold_cap_unit,
+    load_statement,
+    minimum_charge_unit,
+    rounding_unit,
+)
+from projections.usage import UsageStore
 from schemas.units import Units
 from tests.support import capture_posting, charge, examples
 
@@ -26,13 +33,21 @@ requests = st.lists(
             Units,
             input_tokens=st.integers(0, 200_000),
             cached_input_tokens=st.integers(0, 5_000),
+            cache_write_tokens=st.integers(0, 5_000),
+            image_input_tokens=st.integers(0, 3_000),
+            audio_input_tokens=st.integers(0, 3_000),
             output_tokens=st.integers(0, 9_000),
+            reasoning_tokens=st.integers(0, 9_000),
             images=st.integers(0, 4),
             audio_seconds=st.integers(0, 900),
             video_seconds=st.integers(0, 30),
             characters=st.integers(0, 20_000),
             calls=st.integers(0, 5),
+            search_units=st.integers(0, 5),
+            storage_byte_days=st.integers(0, 10**9),
+            web_search_calls=st.integers(0, 3),
             variant=st.sampled_from(("", "1024x1024/hd", "1792x1024/standard", "512x512/unknown")),
+            batch=st.booleans(),
         ),
     ),
     max_size=60,
@@ -44,46 +59,39 @@ requests = st.lists(
 def test_lines_add_up_to_the_charges_exactly_and_rounding_is_never_negative(
     batch: list[tuple[str, Units]],
 ) -> None:
-    """Grouped as ClickHouse groups them: per (model, version, unit, rate) and per (model, version)."""
-    priced: dict[tuple[str, str, str, int], list[int]] = {}
-    charged: dict[tuple[str, str], list[int]] = {}
+    """Grouped as ClickHouse groups them: per (model, version, tier, discount, unit, rate) and per
+    (model, version). Each tier and batch discount is a line of its own, the minimum charges too."""
+    tally = Tally()
     for model, units in batch:
         price = book.models[model]
         cost = price_micros(price, units)
-        total = charged.setdefault((model, book.version), [0, 0])
-        total[0] += 1
-        total[1] += cost
-        for unit, quantity, rate in zip(unit_names, unit_quantities(units), unit_rates(price, units), strict=True):
-            if quantity:
-                group = priced.setdefault((model, book.version, unit, rate), [0, 0])
-                group[0] += quantity
-                group[1] += quantity * rate
+        tally.add(model, book.version, price, units, cost, cost)
     statement = build_statement(
         "org",
         month,
         month + timedelta(days=30),
-        [
-            PricedUsage(model=m, price_version=v, unit=u, rate=r, quantity=q, scaled=s)
-            for (m, v, u, r), (q, s) in priced.items()
-        ],
-        [
-            ChargedTotal(model=m, price_version=v, requests=n, cost_micros=c, priced_micros=c)
-            for (m, v), (n, c) in charged.items()
-        ],
-        {"hold.captured.v1": sum(c for _, c in charged.values())},
+        tally.priced_usage(),
+        tally.charged_totals(),
+        {"hold.captured.v1": tally.charges_micros},
     )
     expected = sum(price_micros(book.models[m], u) for m, u in batch)
     assert sum(line.amount_micros for line in statement.lines) == statement.charges_micros == expected
     assert statement.balanced
     assert all(line.amount_micros >= 0 for line in statement.lines)
-    # A rounding line is less than one micro per request plus the minimum-charge top-ups.
     for line in statement.lines:
+        price = book.models[line.model]
         if line.unit == rounding_unit:
-            minimum = book.models[line.model].minimum_charge_micros
-            unit_lines = sum(
-                1 for other in statement.lines if other.model == line.model and other.unit != rounding_unit
-            )
-            assert line.amount_micros < line.quantity * (1 + minimum) + unit_lines
+            # Less than one micro per request and unit line (each floors what requests round up).
+            unit_lines = sum(1 for other in statement.lines if other.model == line.model and other.unit in unit_names)
+            assert line.amount_micros < line.quantity + unit_lines
+        elif line.unit == minimum_charge_unit:
+            assert 0 < line.amount_micros <= line.quantity * price.minimum_charge_micros
+        else:
+            assert line.unit in unit_names
+            assert line.discount_percent in (0, price.batch_discount_percent)
+            listed = {row.unit: row.rate_micros_per_million for row in catalog_rows(price) if row.tier == line.tier}
+            # (Random usage includes kinds a model is never sent, e.g. audio to a text model: unlisted.)
+            assert line.unit_price_micros_per_million == listed.get(line.unit, line.unit_price_micros_per_million)
 
 
 def test_a_capture_capped_at_its_hold_still_adds_up(tmp_path: Path) -> None:

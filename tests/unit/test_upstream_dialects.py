@@ -137,8 +137,8 @@ def test_messages_are_forwarded_to_an_anthropic_upstream(canned: str) -> None:
     path, headers, body = Canned.seen[-1]
     assert path == "/v1/messages" and headers["x-api-key"] == "sk-up" and headers["anthropic-version"]
     assert body["model"] == "up-model" and body["stream"] is False and "async" not in body
-    # cache writes priced as input tokens, cache reads as cached ones; the answer says which were which
-    assert output.units == Units(input_tokens=13, cached_input_tokens=4, output_tokens=7)
+    # cache writes and reads each at their own rate; the answer says which were which
+    assert output.units == Units(input_tokens=10, cache_write_tokens=3, cached_input_tokens=4, output_tokens=7)
     assert output.result["cache_creation_input_tokens"] == 3 and "id" not in output.result
     parts = [(point[4], point[2]) for point in context.on_progress.points]  # type: ignore[union-attr]
     kinds = [part for part, delta in parts if delta]
@@ -148,7 +148,7 @@ def test_messages_are_forwarded_to_an_anthropic_upstream(canned: str) -> None:
 def test_responses_are_forwarded_and_searches_are_priced_calls(canned: str) -> None:
     output = run(one(canned), job("/v1/responses", {"model": "m", "input": "news", "tools": [{"type": "web_search"}]}))
     assert Canned.seen[-1][0] == "/v1/responses"
-    assert output.units == Units(input_tokens=15, cached_input_tokens=5, output_tokens=9, calls=1)
+    assert output.units == Units(input_tokens=15, cached_input_tokens=5, output_tokens=9, web_search_calls=1)
     assert output.result["reasoning_tokens"] == 2 and [i["type"] for i in output.result["output"]] == [
         "web_search_call",
         "message",
