@@ -49,6 +49,9 @@ json_bodies: Mapping[str, type[Any]] = {
     "createVideo": api.VideoRequest,
     "createResponse": api.ResponsesRequest,
     "createMessage": api.MessagesRequest,
+    "createRerank": api.RerankRequest,
+    "createReranks": api.RerankRequest,
+    "createScore": api.ScoreRequest,
     "createToken": api.CreateToken,
     "setTokenLimits": api.RateLimits,
     "setRateLimits": api.RateLimits,
@@ -66,6 +69,21 @@ body_examples: Mapping[str, dict[str, Any]] = {
     "createVideo": {"model": "sim-video", "prompt": "Waves on a beach", "duration": 2},
     "createResponse": {"model": "sim-chat-small", "input": "Say hello.", "max_output_tokens": 32},
     "createMessage": {"model": "deepseek-v4-pro", "max_tokens": 64, "messages": _user},
+    "createRerank": {
+        "model": "qwen3-0.6b-fp8-score",
+        "query": "What is machine learning?",
+        "documents": ["Machine learning is a subset of AI.", "The weather today is sunny."],
+        "top_n": 1,
+        "return_documents": True,
+    },
+    "createReranks": {
+        "model": "qwen3-rerank",
+        "query": "What is a rerank model?",
+        "documents": ["Rerank models sort candidate documents by relevance.", "Quantum computing is a field."],
+        "top_n": 2,
+        "return_documents": True,
+    },
+    "createScore": {"model": "qwen3-rerank", "text_1": "What is the capital of France?", "text_2": ["Paris.", "Rome."]},
 }
 
 # What a successful answer is, beside JSON: streams (stream: true) and audio.
@@ -89,6 +107,9 @@ generation = {
     "createVideo",
     "createResponse",
     "createMessage",
+    "createRerank",
+    "createReranks",
+    "createScore",
 }
 public = {"health", "getLedgerPublicKey"}
 

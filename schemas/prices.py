@@ -6,7 +6,7 @@ from typing import Literal
 
 import msgspec
 
-Category = Literal["chat", "embedding", "image", "audio", "video"]
+Category = Literal["chat", "embedding", "image", "audio", "video", "rerank"]
 
 
 class ContextTier(msgspec.Struct, frozen=True, kw_only=True):
