@@ -141,6 +141,7 @@ query_parameters: Mapping[str, list[dict[str, Any]]] = {
         _query("to", _moment, "End of the statement's period (ISO 8601)", required=True),
     ],
     "getOrganizationBalanceAt": [_query("at", _moment, "The moment (ISO 8601)", required=True)],
+    "listVoices": [_query("model", {"type": "string"}, "Only this speech model's voices")],
 }
 # A decimal amount in credits, exact to 6 places: as a string (or a JSON number, read from its text).
 _decimal = {"type": "string", "pattern": r"^-?[0-9]{1,12}(\.[0-9]{1,6})?$", "examples": ["25.50"]}

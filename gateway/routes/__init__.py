@@ -4,7 +4,19 @@ enforce those for every route, so no handler can forget them."""
 
 from litestar.handlers import HTTPRouteHandler
 
-from gateway.routes import audit, credits, generation, health, jobs, messages, models, responses, tenants, usage
+from gateway.routes import (
+    audit,
+    credits,
+    generation,
+    health,
+    jobs,
+    messages,
+    models,
+    responses,
+    tenants,
+    usage,
+    voices,
+)
 
 route_handlers: list[HTTPRouteHandler] = [
     *credits.route_handlers,
@@ -17,4 +29,5 @@ route_handlers: list[HTTPRouteHandler] = [
     *tenants.route_handlers,
     *audit.route_handlers,
     *health.route_handlers,
+    *voices.route_handlers,
 ]
