@@ -685,7 +685,10 @@ class UpstreamBackend(Backend):
             "query": payload.get("query"),
             "documents": documents,
         }
-        body.update({key: payload[key] for key in ("top_n", "instruct") if payload.get(key) is not None})
+        if isinstance(payload.get("instruct"), str):
+            body["instruct"] = payload["instruct"]
+        if isinstance(payload.get("top_n"), int):
+            body["top_n"] = min(payload["top_n"], len(documents))  # servers differ on a larger one
         reply = self._json(await self._post(client, RERANK, json=body))
         tokens = _input_tokens(reply.get("usage"))
         if tokens is None:

@@ -89,16 +89,16 @@ def test_empiriolabs_reranks_example_ex67(account: Account) -> None:
     assert account.usage_row(response.headers["x-request-id"])[:3] == ("/v1/reranks", "qwen3-rerank", tokens)
 
 
-def test_documents_only_when_asked_all_of_them_without_top_n_and_at_the_root(account: Account) -> None:
+def test_documents_only_when_asked_all_without_top_n_at_the_root_with_x_api_key(account: Account) -> None:
     documents = ["alpha beta", "gamma", "beta gamma delta", "beta"]
     body = {"model": "qwen3-rerank", "query": "beta gamma", "documents": documents}
-    casola = account.gw.call("POST", "/rerank", account.key, json=body)
+    casola = account.gw.client.post("/rerank", json=body, headers={"x-api-key": account.key})
     assert casola.status_code == 200, casola.text
     data = casola.json()["data"]
     assert sorted(d["index"] for d in data) == [0, 1, 2, 3]
     assert [d["relevance_score"] for d in data] == sorted((d["relevance_score"] for d in data), reverse=True)
     assert all("document" not in d for d in data)
-    empiriolabs = account.gw.call("POST", "/reranks", account.key, json={**body, "top_n": 500})
+    empiriolabs = account.gw.client.post("/reranks", json={**body, "top_n": 500}, headers={"x-api-key": account.key})
     assert empiriolabs.status_code == 200, empiriolabs.text
     results = empiriolabs.json()["output"]["results"]
     assert [(r["index"], r["relevance_score"]) for r in results] == [(d["index"], d["relevance_score"]) for d in data]
