@@ -5,6 +5,10 @@
 - A processor pairs a group consumer with a transactional producer; its input offsets are sent to
   the transaction with the consumer's group metadata (KIP-447), so a zombie member whose generation
   is stale cannot commit, and output plus offsets commit atomically.
+- Every client survives a broker's death: a partition's new leader, a moved group or transaction
+  coordinator and a restarted broker are found again (tests/kafka/test_broker_faults.py kills the
+  leaders and the controller of a 3-node cluster under load). The settings that make it so are
+  explained where they are set (``producer_settings``, ``_consumer_config``).
 """
 
 from __future__ import annotations
@@ -19,8 +23,13 @@ from typing import Any
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
+
+try:  # kafka-python 3.x
+    from kafka.net.compat import KafkaNetClient
+except ImportError:  # pragma: no cover - 2.x has another client, and its sender retries on its own
+    KafkaNetClient = None
 
 from eventlog import (
     Acknowledged,
@@ -52,6 +61,56 @@ record_bytes_max = 8 * 1024 * 1024
 # Job results and progress are read from the start of tollgate.jobs by every gateway: a day of it
 # covers the hour that finished jobs stay visible, with room for a gateway that was down.
 jobs_retention_ms = 24 * 3600 * 1000
+# A record is retried (to the partition's new leader, after a metadata refresh) for this long before
+# its send fails; a leader election takes seconds (compose/kafka.sh fences a dead broker after 4 s).
+delivery_timeout_ms = 120_000
+# The back-off before reconnecting to a broker that refused or dropped a connection doubles up to this
+# (kafka-python's default is 30 s): a restarted broker is used again within a second, not half a
+# minute later, when it leads partitions again or coordinates a group.
+reconnect_backoff_ms_max = 1000
+
+
+if KafkaNetClient is not None:
+
+    class _RetryingNetClient(KafkaNetClient):
+        """kafka-python 3.0.12's network client for producers, with one fix: ``await_ready`` says
+        "not ready" instead of raising. The sender sends each transactional request (AddPartitions,
+        AddOffsets, TxnOffsetCommit, EndTxn) to the coordinator after ``await_ready``; when that raised
+        (the coordinator's broker had died), the sender looked the coordinator up again but never
+        queued the request again, so ``commit_transaction`` waited forever: a ledger whose
+        transaction coordinator was killed stopped deciding for good. On "not ready" the sender looks
+        the coordinator up and retries the request, as the Java client does. (Fixed upstream in
+        kafka-python's unreleased sender rewrite, dpkp/kafka-python#3110.)"""
+
+        def await_ready(self, node_id: Any, timeout_ms: int = 30000) -> bool:
+            try:
+                return bool(super().await_ready(node_id, timeout_ms=timeout_ms))
+            except KafkaConnectionError:
+                return False
+
+
+def producer_settings(client_id: str) -> dict[str, Any]:
+    """What every producer shares (plain and transactional)."""
+    settings: dict[str, Any] = {
+        "client_id": client_id,
+        # Acknowledged only once every in-sync replica has the record (at least min.insync.replicas,
+        # 2 on a cluster): an acknowledged record survives its leader's death.
+        "acks": "all",
+        # Sequence numbers per partition: a batch retried after a leader change (the first attempt
+        # may have been written) is neither duplicated nor reordered.
+        "enable_idempotence": True,
+        # Retriable errors (NOT_LEADER_OR_FOLLOWER, a dropped connection, NOT_ENOUGH_REPLICAS while
+        # the ISR shrinks) are retried without limit within delivery_timeout_ms; each one that says
+        # the metadata is stale refreshes it first, so the retry goes to the new leader.
+        "retries": 2**31 - 1,
+        "delivery_timeout_ms": delivery_timeout_ms,
+        "reconnect_backoff_max_ms": reconnect_backoff_ms_max,
+        "linger_ms": 0,  # a request waits on what this sends: never hold it back; load batches anyway
+        "max_request_size": record_bytes_max,
+    }
+    if KafkaNetClient is not None:
+        settings["kafka_client"] = _RetryingNetClient
+    return settings
 
 
 class KafkaLog(EventLog):
@@ -86,20 +145,13 @@ class KafkaLog(EventLog):
             # The ledger decides each command as of the moment the broker took it (not a producer's
             # clock, not its own reading time): a worker's capture appended in time counts as in time.
             configs["message.timestamp.type"] = "LogAppendTime"
-        return NewTopic(name=name, num_partitions=self.partitions, replication_factor=1, topic_configs=configs)
+        # The broker's default replication factor and min.insync.replicas (compose/kafka.sh: 1 on a
+        # single node; 3 and 2 on a cluster, where acks=all then means two replicas have each record).
+        return NewTopic(name=name, num_partitions=self.partitions, replication_factor=-1, topic_configs=configs)
 
     def producer(self, client_id: str) -> Producer:
         return self._opened(
-            _KafkaProducer(
-                KafkaProducer(
-                    bootstrap_servers=self.bootstrap,
-                    client_id=client_id,
-                    enable_idempotence=True,
-                    acks="all",
-                    linger_ms=0,  # a request waits on what this sends: never hold it back; load batches anyway
-                    max_request_size=record_bytes_max,
-                )
-            )
+            _KafkaProducer(KafkaProducer(bootstrap_servers=self.bootstrap, **producer_settings(client_id)))
         )
 
     def _consumer_config(self, client_id: str, group: str | None, from_beginning: bool) -> dict[str, Any]:
@@ -116,6 +168,10 @@ class KafkaLog(EventLog):
             "auto_offset_reset": "earliest" if from_beginning else "latest",
             "fetch_max_wait_ms": fetch_wait_ms_max,
             "max_partition_fetch_bytes": record_bytes_max,
+            # A fetch from a dead leader fails its connection, which refreshes the metadata: the next
+            # fetch goes to the new leader, from the same position. A group coordinator that moved
+            # is found again (FindCoordinator); static members keep their partitions meanwhile.
+            "reconnect_backoff_max_ms": reconnect_backoff_ms_max,
         }
 
     def consumer(
@@ -163,13 +219,12 @@ class KafkaLog(EventLog):
         consumer = KafkaConsumer(**self._consumer_config(transactional_id, group, True))
         producer = KafkaProducer(
             bootstrap_servers=self.bootstrap,
-            client_id=transactional_id,
+            # A coordinator that moved (NOT_COORDINATOR, or its broker died) is looked up again and
+            # the transactional request retried (see _RetryingNetClient); a transaction that cannot
+            # complete raises from commit_transaction, and the ledger aborts and rebuilds.
             transactional_id=transactional_id,
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=0,
             retry_backoff_ms=retry_backoff_ms,
-            max_request_size=record_bytes_max,
+            **producer_settings(transactional_id),
         )
         producer.init_transactions()
         _await_metadata(consumer, topics)

@@ -37,6 +37,7 @@ from ledger.limits import Check, Decision, decide, organization_limits, window_s
 from projections.views import ApiToken, TenantsView
 from schemas.codec import encode
 from schemas.events import Event, HoldCaptured, RequestAdmitted, RequestThrottled
+from schemas.units import Units
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,8 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._windows: OrderedDict[tuple[str, str, str], SlidingWindow] = OrderedDict()
         self._own: OrderedDict[str, int] = OrderedDict()  # event id -> admitted at (ms)
+        # Holds whose tokens this instance counted when it answered: their capture is not counted again.
+        self._own_charges: OrderedDict[str, None] = OrderedDict()
         self.propagation_ms: deque[int] = deque(maxlen=propagation_samples_max)
         self.admitted = 0
         self.throttled = 0
@@ -225,12 +228,28 @@ class RateLimiter:
                     self.propagation_ms.append(now_ms - at_ms)
                 self._count(event.org_id, event.token_id, dict(event.amounts), at_ms, now_ms)
         elif isinstance(event, HoldCaptured):
-            units = event.units
-            used = units.input_tokens + units.cached_input_tokens + units.output_tokens
+            used = charged_tokens(event.units)
             if used:
                 with self._lock:
+                    if event.hold_id in self._own_charges:
+                        del self._own_charges[event.hold_id]
+                        return  # counted when this instance answered it
                     at_ms = int(event.occurred_at.timestamp() * 1000)
                     self._count(event.org_id, event.token_id, {"tokens": used}, at_ms, self.now_ms())
+
+    def count_answered(self, org_id: str, token_id: str, hold_id: str, units: Units) -> None:
+        """The tokens of a charge this instance answers, counted as it answers: the client's next
+        request may come before the ledger's capture is read back (a request answered on the worker's
+        outcome), and must see them. The capture of the same hold is then not counted again."""
+        used = charged_tokens(units)
+        if not used:
+            return
+        with self._lock:
+            now_ms = self.now_ms()
+            self._count(org_id, token_id, {"tokens": used}, now_ms, now_ms)
+            if len(self._own_charges) >= own_pending_max:
+                self._own_charges.popitem(last=False)
+            self._own_charges[hold_id] = None
 
     def start(self, log: EventLog, wait_s_max: float = 120.0) -> None:
         """Follow ``tollgate.requests`` from one window ago, so a restarted instance knows the
@@ -265,6 +284,11 @@ class RateLimiter:
             "propagation_ms_p99": pct(0.99),
             "propagation_ms_max": samples[-1] if samples else None,
         }
+
+
+def charged_tokens(units: Units) -> int:
+    """The tokens a charge counts against a tokens-per-minute limit."""
+    return units.input_tokens + units.cached_input_tokens + units.output_tokens
 
 
 def record(admission: Admission) -> Outgoing:

@@ -62,6 +62,7 @@ class JobState:
     price_version: str = ""
     charged: HoldCaptured | None = None
     released_reason: str = ""
+    released_at: datetime | None = None
     outcome_event_id: str = ""  # the worker's first JobCompleted, JobCancelled or JobFailed
 
     @property
@@ -166,11 +167,11 @@ class JobsView:
             job.result = event.result
             job.run_finished_at = event.occurred_at
             job.progress_milli = 1000
-            self._settle(job, event.occurred_at)
+            self._settle(job)
         elif isinstance(event, JobCancelled):
             job.cancel_requested = True
             job.result = event.partial_result
-            self._settle(job, event.occurred_at)
+            self._settle(job)
         elif isinstance(event, JobFailed):
             job.error_code, job.error_message = event.code, event.message
         elif isinstance(event, JobDeadLettered):
@@ -179,14 +180,17 @@ class JobsView:
         elif isinstance(event, HoldCaptured):
             job.charged = event
             job.cost_micros, job.units, job.price_version = event.amount_micros, event.units, event.price_version
-            self._settle(job, event.occurred_at)
+            self._settle(job)
         elif isinstance(event, HoldReleased):
-            job.released_reason = event.reason
+            job.released_reason, job.released_at = event.reason, event.occurred_at
             if event.reason == "hold_expired" and not job.error_code:
                 job.error_code, job.error_message = "hold_expired", "no worker finished the job in time"
-            self._settle(job, event.occurred_at)
+            self._settle(job)
 
-    def _settle(self, job: JobState, now: datetime) -> None:
+    def _settle(self, job: JobState) -> None:
+        """A job ends once the ledger resolved its hold and, if charged, its result is here. It ends at
+        the ledger's resolution time, whichever of the two arrived last: the ledger and jobs topics are
+        read by two threads, so every instance must reach the same answer in any order."""
         if job.terminal:
             return
         if job.charged is not None:
@@ -200,8 +204,10 @@ class JobsView:
             job.status = _release_status(job.released_reason)
         else:
             return
-        job.finished_at = now
-        self._finished.append((now, job.job_id))
+        ended_at = job.charged.occurred_at if job.charged is not None else job.released_at
+        assert ended_at is not None
+        job.finished_at = ended_at
+        self._finished.append((ended_at, job.job_id))
 
     def _prune(self, now: datetime) -> None:
         horizon = now - self._retention

@@ -145,6 +145,7 @@ def answered(
     )
     hold_id = placement.command.hold_id
     core.pending.answered(token.org_id, hold_id, metered.hold_micros, charge.amount_micros, bool(placement.slice_id))
+    core.limiter.count_answered(token.org_id, token.token_id, hold_id, charge.units)
     return charge
 
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import openai
 import pytest
 
@@ -180,6 +181,39 @@ def test_tokens_are_counted_from_charges() -> None:
     refused = limiter.admit(_token(), {"requests": 1, "tokens": 0}, "r", "/")
     assert not refused.decision.admitted and refused.decision.binding is not None
     assert refused.decision.binding.kind == "tokens"
+
+
+def test_an_answered_charge_counts_its_tokens_at_once_and_its_capture_not_again() -> None:
+    """A request is answered on the worker's outcome, before the ledger's capture is read back: the
+    client's next request must already see the tokens (it got through before), and the capture read
+    later must not count them twice."""
+    clock = Clock()
+    tenants = _tenants("pro")
+    tenants.limit_overrides["org_a"] = {"tokens": 150}
+    limiter = _limiter(tenants, clock, "one")
+    limiter.count_answered("org_a", "tok_1", "h", Units(input_tokens=60, output_tokens=40))
+    refused = limiter.admit(_token(), {"requests": 1, "tokens": 60}, "r2", "/")
+    assert not refused.decision.admitted, "100 used of 150: a request needing 60 more waits"
+    captured = HoldCaptured(
+        event_id="e",
+        occurred_at=datetime.fromtimestamp(clock.at_s, UTC),
+        org_id="org_a",
+        hold_id="h",
+        request_id="h",
+        job_id="j",
+        token_id="tok_1",
+        model="m",
+        endpoint="/",
+        amount_micros=1,
+        released_micros=0,
+        priced_micros=1,
+        price_version="v",
+        units=Units(input_tokens=60, output_tokens=40),
+    )
+    limiter.apply(captured)
+    assert limiter.window_totals("organization", "org_a", ("tokens",)) == {"tokens": 100}
+    limiter.apply(msgspec.structs.replace(captured, event_id="e2", hold_id="other"))
+    assert limiter.window_totals("organization", "org_a", ("tokens",)) == {"tokens": 200}
 
 
 def test_ip_net() -> None:

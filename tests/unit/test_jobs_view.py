@@ -52,6 +52,21 @@ def test_completed_needs_the_charge_and_the_result_in_any_order(order: tuple[Eve
     assert state.cost_micros == 40 and state.result is not None and state.progress_milli == 1000
 
 
+@pytest.mark.parametrize("order", list(permutations(["result", "charge", "cancel"])))
+def test_a_job_ends_at_the_same_moment_in_every_arrival_order(order: tuple[str, ...]) -> None:
+    """Two gateways fold the jobs and ledger topics on two threads each, so they see a job's result and
+    its charge in either order; both must show the same job (found by the two-gateway broker fault test:
+    completed_at was whichever of the two arrived last)."""
+    ran = msgspec.structs.replace(completed, occurred_at=now + timedelta(seconds=1))
+    charged = msgspec.structs.replace(captured, occurred_at=now + timedelta(seconds=2))
+    cancel = JobCancelRequested(event_id="e7", hold_id="req_1", pool="default", reason="client", **job, **envelope)
+    stopped = JobCancelled(event_id="e8", model="m", units=Units(output_tokens=1), **job, **envelope)
+    for events in ({"result": ran, "charge": charged}, {"result": stopped, "charge": charged, "cancel": cancel}):
+        view = fold([placed, leased, *(events[name] for name in order if name in events)])
+        state = view.get("job_1")
+        assert state is not None and state.finished_at == charged.occurred_at, (order, state)
+
+
 @pytest.mark.parametrize(
     ("reason", "status"),
     [
