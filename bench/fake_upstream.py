@@ -16,6 +16,9 @@ Routes:
   ``/v1/audio/transcriptions`` (a ``verbose_json`` transcript with its ``duration``).
 - ``"logprobs"`` in a stream's request lists each token in its chunk; ``--no-stream-usage`` (or
   ``_control`` ``stream_usage``) sends streams without a usage chunk, as llama.cpp's server does.
+- ``POST /v1/rerank`` (llama.cpp's shape: every document's ``relevance_score`` in the documents' order,
+  ``top_n`` ignored, ``usage`` with ``prompt_tokens``) and ``POST /v1/score`` (vLLM's: ``data[]`` of
+  ``score`` objects); ``rerank_usage`` false (``_control``) answers both without ``usage``.
 - ``GET /v1/models``, ``GET /healthz``.
 - ``GET /_control`` shows and ``POST /_control`` ``{"reply_ms"?, "token_ms"?, "tokens"?}`` changes the
   delays at run time (a benchmark switches one running upstream between scenarios).
@@ -49,6 +52,7 @@ class Config:
     requests: int = 0
     # Like llama.cpp: streams never carry a usage chunk, even when stream_options asks for one.
     stream_usage: bool = True
+    rerank_usage: bool = True  # false: rerank and score answers carry no usage
 
 
 config = Config()
@@ -157,6 +161,36 @@ def _embeddings_reply(body: dict[str, Any], keep_alive: bool) -> bytes:
         "model": body.get("model", "sim-embed-small"),
         "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
     }
+    return _json_response(200, payload, keep_alive)
+
+
+def _relevance(query: Any, document: Any) -> float:
+    """A fixed stand-in score: the share of the query's characters found in the document."""
+    asked, offered = str(query or "").lower(), set(str(document or "").lower())
+    return round(sum(c in offered for c in asked) / max(len(asked), 1), 4)
+
+
+def _rerank_reply(body: dict[str, Any], keep_alive: bool) -> bytes:
+    documents = body.get("documents") or []
+    query = body.get("query", "")
+    results = [{"index": i, "relevance_score": _relevance(query, d)} for i, d in enumerate(documents)]
+    prompt = sum(2 + (len(str(query)) + len(str(d))) // 4 for d in documents)
+    payload: dict[str, Any] = {"model": body.get("model"), "object": "list", "results": results}
+    if config.rerank_usage:
+        payload["usage"] = {"prompt_tokens": prompt, "total_tokens": prompt}
+    return _json_response(200, payload, keep_alive)
+
+
+def _score_reply(body: dict[str, Any], keep_alive: bool) -> bytes:
+    first, second = body.get("text_1", ""), body.get("text_2", "")
+    firsts = first if isinstance(first, list) else [first]
+    seconds = second if isinstance(second, list) else [second]
+    pairs = [(firsts[0], s) for s in seconds] if len(firsts) == 1 else list(zip(firsts, seconds, strict=False))
+    data = [{"index": i, "object": "score", "score": _relevance(a, b)} for i, (a, b) in enumerate(pairs)]
+    prompt = sum(2 + (len(str(a)) + len(str(b))) // 4 for a, b in pairs)
+    payload: dict[str, Any] = {"id": "score-fake", "object": "list", "model": body.get("model"), "data": data}
+    if config.rerank_usage:
+        payload["usage"] = {"prompt_tokens": prompt, "total_tokens": prompt, "completion_tokens": 0}
     return _json_response(200, payload, keep_alive)
 
 
@@ -335,8 +369,9 @@ class UpstreamProtocol(asyncio.Protocol):
                     setattr(config, name, float(body[name]))
             if "tokens" in body:
                 config.tokens = int(body["tokens"])
-            if "stream_usage" in body:
-                config.stream_usage = bool(body["stream_usage"])
+            for flag in ("stream_usage", "rerank_usage"):
+                if flag in body:
+                    setattr(config, flag, bool(body[flag]))
             self._reply(_json_response(200, _control_state(), keep_alive), keep_alive, 0)
             return
         model = str(body.get("model") or "sim-chat-small")
@@ -362,6 +397,10 @@ class UpstreamProtocol(asyncio.Protocol):
             self._reply(_binary_response(200, "audio/wav", _wav_header, keep_alive), keep_alive, reply_s)
         elif path == "/v1/embeddings":
             self._reply(_embeddings_reply(body, keep_alive), keep_alive, reply_s)
+        elif path == "/v1/rerank":
+            self._reply(_rerank_reply(body, keep_alive), keep_alive, reply_s)
+        elif path == "/v1/score":
+            self._reply(_score_reply(body, keep_alive), keep_alive, reply_s)
         else:
             self._reply(_error(404, f"no route {path}", keep_alive), keep_alive, 0)
 
@@ -389,6 +428,7 @@ def _control_state() -> dict[str, Any]:
         "tokens": config.tokens,
         "requests": config.requests,
         "stream_usage": config.stream_usage,
+        "rerank_usage": config.rerank_usage,
     }
 
 

@@ -68,6 +68,7 @@ _endpoints = {
     "speech": ["/v1/audio/speech"],
     "transcription": ["/v1/audio/transcriptions"],
     "video": ["/v1/videos/generations"],
+    "rerank": ["/v1/rerank", "/v1/reranks", "/v1/score"],
 }
 
 
@@ -154,6 +155,7 @@ def _type_and_category(price: ModelPrice) -> tuple[str, str]:
         "video": ("video", "video"),
         "speech": ("audio", "audio"),
         "transcription": ("transcription", "transcription"),
+        "rerank": ("text", "reranker"),
     }[kind]
 
 
@@ -239,6 +241,12 @@ def _parameters(price: ModelPrice) -> list[dict[str, Any]]:
             {"name": "prompt", "type": "string", "required": True},
             {"name": "duration", "type": "integer", "required": False, "default": 5, "min": 1, "max": 10},
         ],
+        "rerank": [
+            {"name": "query", "type": "string", "required": True},
+            {"name": "documents", "type": "array", "required": True, "description": "1 to 500 strings."},
+            {"name": "top_n", "type": "integer", "required": False, "min": 1, "max": 500},
+            {"name": "return_documents", "type": "boolean", "required": False, "default": False},
+        ],
     }
     return [model, *specific[kind], *(common if kind != "transcription" else [])]
 
@@ -248,7 +256,7 @@ def model_card(price: ModelPrice, version: str, detail: bool = False) -> dict[st
     rows = catalog_rows(price)
     inputs, outputs = modalities(price)
     model_type, category = _type_and_category(price)
-    context = price.context_length if kind_of(price) in ("chat", "embedding") else None
+    context = price.context_length if kind_of(price) in ("chat", "embedding", "rerank") else None
     card: dict[str, Any] = {
         "id": price.model,
         "object": "model",

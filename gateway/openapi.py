@@ -49,6 +49,9 @@ json_bodies: Mapping[str, type[Any]] = {
     "createVideo": api.VideoRequest,
     "createResponse": api.ResponsesRequest,
     "createMessage": api.MessagesRequest,
+    "createRerank": api.RerankRequest,
+    "createReranks": api.RerankRequest,
+    "createScore": api.ScoreRequest,
     "createToken": api.CreateToken,
     "setTokenLimits": api.RateLimits,
     "setRateLimits": api.RateLimits,
@@ -66,6 +69,21 @@ body_examples: Mapping[str, dict[str, Any]] = {
     "createVideo": {"model": "sim-video", "prompt": "Waves on a beach", "duration": 2},
     "createResponse": {"model": "sim-chat-small", "input": "Say hello.", "max_output_tokens": 32},
     "createMessage": {"model": "deepseek-v4-pro", "max_tokens": 64, "messages": _user},
+    "createRerank": {
+        "model": "qwen3-0.6b-fp8-score",
+        "query": "What is machine learning?",
+        "documents": ["Machine learning is a subset of AI.", "The weather today is sunny."],
+        "top_n": 1,
+        "return_documents": True,
+    },
+    "createReranks": {
+        "model": "qwen3-rerank",
+        "query": "What is a rerank model?",
+        "documents": ["Rerank models sort candidate documents by relevance.", "Quantum computing is a field."],
+        "top_n": 2,
+        "return_documents": True,
+    },
+    "createScore": {"model": "qwen3-rerank", "text_1": "What is the capital of France?", "text_2": ["Paris.", "Rome."]},
 }
 
 # What a successful answer is, beside JSON: streams (stream: true) and audio.
@@ -89,6 +107,9 @@ generation = {
     "createVideo",
     "createResponse",
     "createMessage",
+    "createRerank",
+    "createReranks",
+    "createScore",
 }
 public = {"health", "getLedgerPublicKey", "getPricing"}
 # Open without a credential; one that is sent is checked (gateway/auth.py, opt "anonymous").
@@ -125,6 +146,7 @@ query_parameters: Mapping[str, list[dict[str, Any]]] = {
     "listModels": [
         _query("format", {"type": "string", "enum": ["openrouter"]}, "openrouter: OpenRouter's provider listing")
     ],
+    "listVoices": [_query("model", {"type": "string"}, "Only this speech model's voices")],
 }
 # A decimal amount in credits, exact to 6 places: as a string (or a JSON number, read from its text).
 _decimal = {"type": "string", "pattern": r"^-?[0-9]{1,12}(\.[0-9]{1,6})?$", "examples": ["25.50"]}

@@ -21,17 +21,23 @@ from schemas.api import (
     CompletionRequest,
     EmbeddingRequest,
     ImageRequest,
+    RerankRequest,
+    ScoreRequest,
     SpeechRequest,
     VideoRequest,
 )
 from schemas.units import Units
 from workers import conversations, metering
+from workers.backends import score_pairs
 from workers.metering import FileContents
 
 tokens_per_message_bound = 8
 tokens_per_request_bound = 16
 text_bytes_per_token_min = 1  # any byte-level tokenizer: a token is at least one byte
 completion_max_tokens_default = 16  # OpenAI's default for /v1/completions
+# What a reranker's own prompt template may add to each (query, document) pair: Qwen3-Reranker's is
+# about 70 tokens with its default instruction. Part of the hold only; the charge is what was counted.
+tokens_per_pair_bound = 128
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -40,6 +46,9 @@ IMAGES = "/v1/images/generations"
 SPEECH = "/v1/audio/speech"
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
 VIDEOS = "/v1/videos/generations"
+RERANK = "/v1/rerank"  # Casola's shape
+RERANKS = "/v1/reranks"  # EmpirioLabs' shape
+SCORE = "/v1/score"  # vLLM's text pair scoring
 RESPONSES = conversations.RESPONSES
 MESSAGES = conversations.MESSAGES
 
@@ -275,6 +284,44 @@ def parse_embedding(body: bytes, book: PriceBook) -> MeteredRequest:
     fields = _fields(body)
     bound = msgspec.structs.replace(_per_request(fields), input_tokens=bound_tokens)
     return _metered(EMBEDDINGS, price, book, bound, body, _async_flag(fields))
+
+
+def _pairs_bound(pairs: list[tuple[str, str]], instruct: str = "") -> int:
+    """An upper bound on the tokens a cross-encoder reads: each pair whole (a token is at least one
+    byte), with the instruction and a template allowance each."""
+    per_pair = len(instruct.encode()) + tokens_per_pair_bound
+    return tokens_per_request_bound + sum(len(a.encode()) + len(b.encode()) + per_pair for a, b in pairs)
+
+
+def parse_rerank(body: bytes, book: PriceBook, endpoint: str = RERANK) -> MeteredRequest:
+    """``POST /v1/rerank`` and ``/v1/reranks``: the query scored against each document, held for every
+    pair's bytes; ``top_n`` may exceed the documents (all are returned then)."""
+    rerank: RerankRequest = _decode(body, RerankRequest)
+    price = model_price(book, rerank.model, lambda p: p.category == "rerank", "a rerank")
+    fields = _fields(body)
+    run_async = _async_flag(fields)
+    fields.pop("async", None)
+    bound = Units(input_tokens=_pairs_bound([(rerank.query, d) for d in rerank.documents], rerank.instruct or ""))
+    return _metered(endpoint, price, book, bound, msgspec.json.encode(fields), run_async)
+
+
+def parse_score(body: bytes, book: PriceBook) -> MeteredRequest:
+    """``POST /v1/score``: each pair held for its bytes, as a rerank's."""
+    score: ScoreRequest = _decode(body, ScoreRequest)
+    price = model_price(book, score.model, lambda p: p.category == "rerank", "a scoring")
+    try:
+        pairs = score_pairs(score.text_1, score.text_2)
+    except ValueError as error:
+        raise ApiError(
+            400,
+            f"{error}: send one text_1, or two lists of the same length.",
+            code="invalid_parameter",
+            param="text_2",
+        ) from None
+    fields = _fields(body)
+    run_async = _async_flag(fields)
+    fields.pop("async", None)
+    return _metered(SCORE, price, book, Units(input_tokens=_pairs_bound(pairs)), msgspec.json.encode(fields), run_async)
 
 
 def parse_image(body: bytes, book: PriceBook) -> MeteredRequest:

@@ -20,7 +20,10 @@ from gateway.requests import (
     EMBEDDINGS,
     IMAGES,
     MESSAGES,
+    RERANK,
+    RERANKS,
     RESPONSES,
+    SCORE,
     SPEECH,
     TRANSCRIPTIONS,
     VIDEOS,
@@ -187,11 +190,44 @@ def shape_result(
         return {**result, "id": f"cmpl-{suffix}", "created": created, "model": captured.model, "usage": usage}
     if endpoint in (EMBEDDINGS, TRANSCRIPTIONS, SPEECH):
         return {**result, "usage": usage}
+    if endpoint in (RERANK, RERANKS, SCORE):
+        return scoring_body(endpoint, request_id, result, captured)
     if endpoint == RESPONSES:
         return response_body(request_id, result, captured, price)
     if endpoint == MESSAGES:
         return message_body(request_id, result, captured, price)
     return {**result, "created": created, "usage": usage}
+
+
+def scoring_body(endpoint: str, request_id: str, result: dict[str, Any], captured: Charged) -> dict[str, Any]:
+    """A rerank in Casola's shape (``data[]`` with ``document`` as a string) or EmpirioLabs' (``output
+    .results[]`` with ``document.text``, and ``request_id``), or a score in vLLM's; the worker's result
+    is vLLM's rerank (``results[]``, ``document.text`` when asked for) or score (``data[]``)."""
+    tokens = captured.units.input_tokens
+    usage = {"prompt_tokens": tokens, "completion_tokens": 0, "total_tokens": tokens, **usage_cost(captured)}
+    suffix = request_id.removeprefix("req_")
+    if endpoint == SCORE:
+        data = result.get("data") or []
+        created = int(captured.occurred_at.timestamp())
+        return {
+            "id": f"score-{suffix}",
+            "object": "list",
+            "created": created,
+            "model": captured.model,
+            "data": data,
+            "usage": usage,
+        }
+    results = result.get("results") or []
+    if endpoint == RERANKS:
+        return {"output": {"results": results}, "usage": usage, "request_id": request_id}
+    data = []
+    for ranked in results:
+        entry = {"index": ranked["index"], "relevance_score": ranked["relevance_score"]}
+        document = ranked.get("document")
+        if isinstance(document, dict):
+            entry["document"] = document.get("text", "")
+        data.append(entry)
+    return {"id": f"rerank-{suffix}", "object": "list", "model": captured.model, "data": data, "usage": usage}
 
 
 _item_prefixes = {"message": "msg", "function_call": "fc", "web_search_call": "ws", "reasoning": "rs"}

@@ -278,6 +278,7 @@ _default_modalities: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "video": (("text",), ("video",)),
     "speech": (("text",), ("audio",)),
     "transcription": (("audio",), ("text",)),
+    "rerank": (("text",), ("scores",)),
 }
 
 
@@ -537,6 +538,29 @@ def default_price_book() -> PriceBook:
             cached_input_token_rate=25_000,
             output_token_rate=200_000,
             tool_call_rates={"web_search": web_search_call_rate},
+        ),
+    ]
+    # Rerank and text pair scoring models the reference documents' examples name (Casola's
+    # qwen3-0.6b-fp8-score on /openai/v1/rerank, EmpirioLabs' qwen3-rerank on /v1/reranks): priced per
+    # input token, the query read once per document (qwen3-rerank: 0.0000079 for 79 tokens, as there).
+    models += [
+        ModelPrice(
+            model="qwen3-0.6b-fp8-score",
+            category="rerank",
+            pool="default",
+            owned_by="qwen",
+            context_length=32_768,
+            max_output_tokens=0,
+            input_token_rate=50_000,  # 0.05 credits per 1M tokens
+        ),
+        ModelPrice(
+            model="qwen3-rerank",
+            category="rerank",
+            pool="default",
+            owned_by="qwen",
+            context_length=32_768,
+            max_output_tokens=0,
+            input_token_rate=100_000,  # 0.10 credits per 1M tokens
         ),
     ]
     return PriceBook(version="2026-11-01", models={price.model: price for price in models})

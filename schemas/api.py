@@ -137,6 +137,31 @@ class EmbeddingRequest(msgspec.Struct, frozen=True, kw_only=True):
     user: str | None = None
 
 
+class RerankRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /v1/rerank`` (Casola's shape) and ``POST /v1/reranks`` (EmpirioLabs'): the same request,
+    answered in each document's shape."""
+
+    model: Annotated[str, msgspec.Meta(min_length=1)]
+    query: Annotated[str, msgspec.Meta(min_length=1)]
+    documents: Annotated[list[str], msgspec.Meta(min_length=1, max_length=500)]
+    top_n: Annotated[int, msgspec.Meta(ge=1, le=500)] | None = None  # all documents when absent
+    instruct: str | None = None
+    return_documents: bool = False
+
+
+class ScoreRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /v1/score`` (vLLM's text pair scoring): ``text_1`` against each of ``text_2`` (one to
+    many), or the two lists pair by pair (of equal length)."""
+
+    model: Annotated[str, msgspec.Meta(min_length=1)]
+    text_1: (
+        Annotated[str, msgspec.Meta(min_length=1)] | Annotated[list[str], msgspec.Meta(min_length=1, max_length=500)]
+    )
+    text_2: (
+        Annotated[str, msgspec.Meta(min_length=1)] | Annotated[list[str], msgspec.Meta(min_length=1, max_length=500)]
+    )
+
+
 class ImageRequest(msgspec.Struct, frozen=True, kw_only=True):
     model: Annotated[str, msgspec.Meta(min_length=1)] = "sim-image"
     prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=4000)]

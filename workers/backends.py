@@ -180,6 +180,8 @@ stream_chunk_tokens = 4  # tokens between two progress points of a text job
 embedding_dimensions_default = 64
 video_width, video_height, video_fps = 64, 36, 2
 speech_ms_per_character = 60
+RERANK, RERANKS, SCORE = "/v1/rerank", "/v1/reranks", "/v1/score"
+_content_word = re.compile(r"[^\W_]+")
 
 
 def _seed(*parts: Any) -> bytes:
@@ -222,6 +224,9 @@ class SimulatedBackend(Backend):
             "/v1/audio/speech": self._speech,
             "/v1/audio/transcriptions": self._transcription,
             "/v1/videos/generations": self._video,
+            RERANK: self._rerank,
+            RERANKS: self._rerank,
+            SCORE: self._score,
             conversations.RESPONSES: self._dialogue,
             conversations.MESSAGES: self._dialogue,
         }.get(job.endpoint)
@@ -409,6 +414,36 @@ class SimulatedBackend(Backend):
         result = {"data": [{"b64_json": base64.b64encode(clip).decode(), "content_type": "video/x-msvideo"}]}
         return JobOutput(result=result, units=Units(video_seconds=seconds))
 
+    async def _rerank(self, job: JobContext, token_s: float) -> JobOutput:
+        """Every document scored against the query (``relevance``); tokens as a cross-encoder reads
+        them: the query (and instruction) with each document."""
+        payload = job.payload
+        query = str(payload.get("query") or "")
+        documents = [str(d) for d in payload.get("documents") or []]
+        asked = count_sim_tokens(query) + count_sim_tokens(str(payload.get("instruct") or ""))
+        tokens = sum(asked + count_sim_tokens(document) for document in documents)
+        if token_s:
+            await asyncio.sleep(token_s * tokens)
+        scores = [relevance(query, document) for document in documents]
+        units = Units(input_tokens=tokens)
+        job.progress(1000, units)
+        results = ranked(scores, documents, payload.get("top_n"), bool(payload.get("return_documents")))
+        return JobOutput(result={"model": job.model, "results": results}, units=units)
+
+    async def _score(self, job: JobContext, token_s: float) -> JobOutput:
+        """vLLM's ``/v1/score``: each pair scored as a rerank scores a query and a document."""
+        try:
+            pairs = score_pairs(job.payload.get("text_1") or "", job.payload.get("text_2") or "")
+        except ValueError as error:
+            raise BackendError("invalid_request", str(error)) from None
+        tokens = sum(count_sim_tokens(a) + count_sim_tokens(b) for a, b in pairs)
+        if token_s:
+            await asyncio.sleep(token_s * tokens)
+        units = Units(input_tokens=tokens)
+        job.progress(1000, units)
+        data = [{"index": i, "object": "score", "score": relevance(a, b)} for i, (a, b) in enumerate(pairs)]
+        return JobOutput(result={"model": job.model, "data": data}, units=units)
+
     async def _dialogue(self, job: JobContext, token_s: float) -> JobOutput:
         """Responses and Messages (workers/conversations.py): thinking when asked for, one hosted web
         search when offered (before the answer; a priced call, its results read as prompt), then a call
@@ -478,6 +513,50 @@ class SimulatedBackend(Backend):
         else:
             result = conversations.message_result(reply, job.model)
         return JobOutput(result=result, units=units)
+
+
+def _content_words(text: str) -> set[str]:
+    """Lowercased words of three letters or more, a plural's final s dropped ("models" is "model")."""
+    words = (word.lower() for word in _content_word.findall(text) if len(word) >= 3)
+    return {word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word for word in words}
+
+
+def score_pairs(text_1: str | list[str], text_2: str | list[str]) -> list[tuple[str, str]]:
+    """vLLM's pairing for ``/v1/score``: one ``text_1`` against each ``text_2``, else the two lists
+    index by index. ValueError when the lists differ in length."""
+    firsts = [text_1] if isinstance(text_1, str) else [str(text) for text in text_1]
+    seconds = [text_2] if isinstance(text_2, str) else [str(text) for text in text_2]
+    if len(firsts) == 1:
+        return [(firsts[0], second) for second in seconds]
+    if len(firsts) != len(seconds):
+        raise ValueError(f"text_1 has {len(firsts)} items and text_2 {len(seconds)}")
+    return list(zip(firsts, seconds, strict=True))
+
+
+def relevance(query: str, document: str) -> float:
+    """The simulated relevance of a document to a query, in [0, 1]: the Dice overlap of their content
+    words. Deterministic, and ranks as a reader would on the documents' examples."""
+    asked, offered = _content_words(query), _content_words(document)
+    if not asked or not offered:
+        return 0.0
+    return round(2 * len(asked & offered) / (len(asked) + len(offered)), 6)
+
+
+def ranked(
+    scores: list[float], documents: list[str], top_n: Any = None, return_documents: bool = False
+) -> list[dict[str, Any]]:
+    """Rerank results as vLLM and llama.cpp answer them (``index``, ``relevance_score``, ``document``
+    ``{"text"}`` when asked for): most relevant first (ties in the documents' order), at most ``top_n``."""
+    order = sorted(range(len(scores)), key=lambda index: (-scores[index], index))
+    if isinstance(top_n, int) and not isinstance(top_n, bool) and top_n > 0:
+        order = order[:top_n]
+    results: list[dict[str, Any]] = []
+    for index in order:
+        result: dict[str, Any] = {"index": index, "relevance_score": scores[index]}
+        if return_documents:
+            result["document"] = {"text": documents[index]}
+        results.append(result)
+    return results
 
 
 def _last_user_text(dialogue: Dialogue) -> str:

@@ -13,7 +13,8 @@ the gateway relays to the client. A stop (cancel, client gone) cancels the task,
 upstream connection: the units at the last point are what is charged.
 
 Metering. Each response type's own usage fields: chat and completions ``usage`` (the final chunk of a
-stream), embeddings ``usage.prompt_tokens``, images the number returned, speech the characters sent,
+stream), embeddings ``usage.prompt_tokens``, rerank and score ``usage.prompt_tokens`` (or
+``total_tokens``, all vLLM's rerank reports), images the number returned, speech the characters sent,
 transcriptions the duration the server reports. When a text upstream reports no usage, tokens are
 counted with the model's own tokenizer (workers/tokens.py), and a stream's output from the logprobs
 the pool asks for (``stream_logprobs``: one entry per generated token, exact); a count that cannot be
@@ -38,7 +39,18 @@ from ledger.pricing import billed_seconds
 from schemas.prices import Route
 from schemas.units import Units
 from workers import conversations
-from workers.backends import ITEM, REASONING, REASONING_SIGNATURE, TEXT, Backend, BackendError, JobContext, JobOutput
+from workers.backends import (
+    ITEM,
+    REASONING,
+    REASONING_SIGNATURE,
+    TEXT,
+    Backend,
+    BackendError,
+    JobContext,
+    JobOutput,
+    ranked,
+    score_pairs,
+)
 from workers.tokens import TokenCounter, TokenizerError, load_counter
 
 logger = logging.getLogger(__name__)
@@ -49,6 +61,7 @@ EMBEDDINGS = "/v1/embeddings"
 IMAGES = "/v1/images/generations"
 SPEECH = "/v1/audio/speech"
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
+RERANK, RERANKS, SCORE = "/v1/rerank", "/v1/reranks", "/v1/score"
 RESPONSES = conversations.RESPONSES
 MESSAGES = conversations.MESSAGES
 anthropic_version = "2023-06-01"  # the Messages API version an Anthropic-compatible upstream is called with
@@ -366,6 +379,9 @@ class UpstreamBackend(Backend):
             IMAGES: self._images,
             SPEECH: self._speech,
             TRANSCRIPTIONS: self._transcription,
+            RERANK: self._rerank,
+            RERANKS: self._rerank,
+            SCORE: self._score,
             RESPONSES: self._dialogue,
             MESSAGES: self._dialogue,
         }.get(job.endpoint)
@@ -695,6 +711,57 @@ class UpstreamBackend(Backend):
         job.progress(1000, units)
         return JobOutput(result=result, units=units)
 
+    async def _rerank(self, job: JobContext, client: _Client, model: str) -> JobOutput:
+        """Both rerank shapes forwarded to the upstream's ``/v1/rerank`` (vLLM's and llama.cpp's) and
+        metered by the tokens it reports: an answer without them fails the job (nothing charged)."""
+        payload = job.payload
+        documents = [str(document) for document in payload.get("documents") or []]
+        body: dict[str, Any] = {
+            "model": client.upstream.models.get(model, model),
+            "query": payload.get("query"),
+            "documents": documents,
+        }
+        if isinstance(payload.get("instruct"), str):
+            body["instruct"] = payload["instruct"]
+        if isinstance(payload.get("top_n"), int):
+            body["top_n"] = min(payload["top_n"], len(documents))  # servers differ on a larger one
+        reply = self._json(await self._post(client, RERANK, json=body))
+        tokens = _input_tokens(reply.get("usage"))
+        if tokens is None:
+            raise BackendError("upstream_no_usage", "the upstream's rerank reported no usage; nothing is charged")
+        results = rerank_results(reply, documents, payload.get("top_n"), bool(payload.get("return_documents")))
+        units = Units(input_tokens=tokens)
+        job.counted_by = "upstream"
+        job.progress(1000, units)
+        return JobOutput(result={"model": model, "results": results}, units=units)
+
+    async def _score(self, job: JobContext, client: _Client, model: str) -> JobOutput:
+        """Forwarded to the upstream's ``/v1/score`` (vLLM's) and metered by the tokens it reports."""
+        payload = job.payload
+        try:
+            pairs = score_pairs(payload.get("text_1") or "", payload.get("text_2") or "")
+        except ValueError as error:
+            raise BackendError("invalid_request", str(error)) from None
+        body = {"model": client.upstream.models.get(model, model)}
+        body.update({key: payload[key] for key in ("text_1", "text_2")})
+        reply = self._json(await self._post(client, SCORE, json=body))
+        tokens = _input_tokens(reply.get("usage"))
+        if tokens is None:
+            raise BackendError("upstream_no_usage", "the upstream's score reported no usage; nothing is charged")
+        data = []
+        for position, item in enumerate(reply.get("data") or []):
+            score = item.get("score") if isinstance(item, dict) else None
+            index = item.get("index", position) if isinstance(item, dict) else None
+            if not isinstance(score, int | float) or isinstance(score, bool) or not isinstance(index, int):
+                raise BackendError("upstream_bad_reply", f"the upstream's score {str(item)[:200]} has no score")
+            data.append({"index": index, "object": "score", "score": float(score)})
+        if len(data) != len(pairs):
+            raise BackendError("upstream_bad_reply", f"the upstream scored {len(data)} of {len(pairs)} pairs")
+        units = Units(input_tokens=tokens)
+        job.counted_by = "upstream"
+        job.progress(1000, units)
+        return JobOutput(result={"model": model, "data": sorted(data, key=lambda entry: entry["index"])}, units=units)
+
     async def _images(self, job: JobContext, client: _Client, model: str) -> JobOutput:
         body = {key: value for key, value in job.payload.items() if key != "async"}
         body["model"] = client.upstream.models.get(model, model)
@@ -750,6 +817,48 @@ class UpstreamBackend(Backend):
         job.counted_by = "upstream"
         job.progress(1000, units)
         return JobOutput(result=result, units=units)
+
+
+def _input_tokens(usage: Any) -> int | None:
+    """A rerank's or a score's tokens: ``usage.prompt_tokens`` (llama.cpp, vLLM's score), else
+    ``usage.total_tokens`` (vLLM's rerank reports only that; nothing is generated)."""
+    if not isinstance(usage, dict):
+        return None
+    for name in ("prompt_tokens", "total_tokens"):
+        tokens = usage.get(name)
+        if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 0:
+            return tokens
+    return None
+
+
+def rerank_results(reply: dict[str, Any], documents: list[str], top_n: Any, return_documents: bool) -> list[Any]:
+    """An upstream's ``/v1/rerank`` answer (vLLM's, llama.cpp's: ``results[]{index, relevance_score}``)
+    in one order whatever the server's: most relevant first, ``top_n`` applied (llama.cpp may ignore
+    it), the documents' text from the request (servers differ in whether and how they echo it)."""
+    given = reply.get("results")
+    if not isinstance(given, list):
+        raise BackendError("upstream_bad_reply", "the upstream's rerank answer has no results")
+    scores: list[float | None] = [None] * len(documents)
+    for item in given:
+        index = item.get("index") if isinstance(item, dict) else None
+        score = item.get("relevance_score") if isinstance(item, dict) else None
+        if (
+            not isinstance(index, int)
+            or not 0 <= index < len(documents)
+            or not isinstance(score, int | float)
+            or isinstance(score, bool)
+        ):
+            raise BackendError(
+                "upstream_bad_reply", f"the upstream's rerank result {str(item)[:200]} is not one we asked for"
+            )
+        scores[index] = float(score)
+    listed = [index for index, score in enumerate(scores) if score is not None]
+    results = ranked(
+        [scores[index] or 0.0 for index in listed], [documents[index] for index in listed], top_n, return_documents
+    )
+    for result in results:
+        result["index"] = listed[result["index"]]
+    return results
 
 
 def _logprob_entries(choice: dict[str, Any], chat: bool) -> int | None:

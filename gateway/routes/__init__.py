@@ -16,6 +16,7 @@ from gateway.routes import (
     responses,
     tenants,
     usage,
+    voices,
 )
 
 route_handlers: list[HTTPRouteHandler] = [
@@ -30,4 +31,5 @@ route_handlers: list[HTTPRouteHandler] = [
     *audit.route_handlers,
     *health.route_handlers,
     *dashboard.route_handlers,
+    *voices.route_handlers,
 ]

@@ -36,6 +36,9 @@ from gateway.requests import (
     COMPLETIONS,
     EMBEDDINGS,
     IMAGES,
+    RERANK,
+    RERANKS,
+    SCORE,
     SPEECH,
     TRANSCRIPTIONS,
     VIDEOS,
@@ -43,6 +46,8 @@ from gateway.requests import (
     parse_completion,
     parse_embedding,
     parse_image,
+    parse_rerank,
+    parse_score,
     parse_speech,
     parse_transcription,
     parse_video,
@@ -604,4 +609,32 @@ async def videos(request: Request[Any, Any, Any], core: Core) -> Response[bytes]
     return await _respond_json(request, core, token, metered)
 
 
+# --- rerank and text pair scoring (one request, each reference document's shape) ---
+
+
+@post(RERANK, operation_id="createRerank", opt={"scope": "user:write"}, status_code=200)
+async def rerank(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
+    """Casola's ``/openai/v1/rerank``: ``data[]`` with the document as a string."""
+    token = authorize(request, "user:write")
+    body = await read_body(request, core.settings.request_body_bytes_max)
+    return await _respond_json(request, core, token, parse_rerank(body, core.prices.current, RERANK))
+
+
+@post(RERANKS, operation_id="createReranks", opt={"scope": "user:write"}, status_code=200)
+async def reranks(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
+    """EmpirioLabs' ``/v1/reranks``: ``output.results[]`` with ``document.text``, and ``request_id``."""
+    token = authorize(request, "user:write")
+    body = await read_body(request, core.settings.request_body_bytes_max)
+    return await _respond_json(request, core, token, parse_rerank(body, core.prices.current, RERANKS))
+
+
+@post(SCORE, operation_id="createScore", opt={"scope": "user:write"}, status_code=200)
+async def score(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
+    """vLLM's ``/v1/score`` (Casola's "text pair scoring")."""
+    token = authorize(request, "user:write")
+    body = await read_body(request, core.settings.request_body_bytes_max)
+    return await _respond_json(request, core, token, parse_score(body, core.prices.current))
+
+
 route_handlers = [chat_completions, completions, embeddings, images, speech, transcriptions, videos]
+route_handlers += [rerank, reranks, score]

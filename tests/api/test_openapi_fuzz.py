@@ -49,6 +49,9 @@ models = {
     "createVideo": "sim-video",
     "createResponse": "sim-chat-small",
     "createMessage": "deepseek-v4-pro",
+    "createRerank": "qwen3-0.6b-fp8-score",
+    "createReranks": "qwen3-rerank",
+    "createScore": "qwen3-rerank",
 }
 semantic_validation |= set(models)
 
@@ -151,6 +154,6 @@ def test_every_operation_answers_as_documented(api_schema: Any, credentials: dic
     generated = {label for (label, status), _ in statuses.items() if 200 <= status < 300}
     for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/images/generations"):
         assert f"POST {path}" in generated, f"no 2xx for POST {path}: {sorted(statuses.items())}"
-    for path in ("/v1/audio/speech", "/v1/videos/generations", "/v1/responses", "/v1/messages"):
+    for path in ("/v1/audio/speech", "/v1/videos/generations", "/v1/responses", "/v1/messages", "/v1/reranks"):
         assert f"POST {path}" in generated, f"no 2xx for POST {path}: {sorted(statuses.items())}"
     assert not failures, f"{len(failures)} failures:\n\n" + "\n\n".join(failures)

@@ -73,6 +73,9 @@ samples: dict[str, Sample] = {
     "/v1/messages": lambda c, v: {
         "json": {"model": "sim-chat-small", "max_tokens": 64, "messages": [{"role": "user", "content": f"hi {v}"}]}
     },
+    "/v1/rerank": lambda c, v: {"json": {"model": "qwen3-0.6b-fp8-score", "query": f"q {v}", "documents": ["a", "b"]}},
+    "/v1/reranks": lambda c, v: {"json": {"model": "qwen3-rerank", "query": f"q {v}", "documents": ["a", "b"]}},
+    "/v1/score": lambda c, v: {"json": {"model": "qwen3-rerank", "text_1": f"q {v}", "text_2": ["a", "b"]}},
 }
 # Routes that use the organization's key rather than the platform admin token.
 with_key = {
@@ -85,6 +88,9 @@ with_key = {
     "/v1/videos/generations",
     "/v1/responses",
     "/v1/messages",
+    "/v1/rerank",
+    "/v1/reranks",
+    "/v1/score",
 }
 
 
