@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 bucket_ms = 1000
 propagation_samples_max = 10_000
 own_pending_max = 1_000_000  # admitted here, not yet read back; bounded against a stuck follower
+holds_remembered_max = 100_000  # holds whose tokens one of answer and capture counted (a minute's worth)
 windows_max = 1_000_000  # tracked (scope, id, kind) windows; idle ones are dropped first
 
 
@@ -114,6 +115,8 @@ class RateLimiter:
         self._own: OrderedDict[str, int] = OrderedDict()  # event id -> admitted at (ms)
         # Holds whose tokens this instance counted when it answered: their capture is not counted again.
         self._own_charges: OrderedDict[str, None] = OrderedDict()
+        # Captures counted as read, for the answers that come after them (not counted again).
+        self._captures_counted: OrderedDict[str, None] = OrderedDict()
         self.propagation_ms: deque[int] = deque(maxlen=propagation_samples_max)
         self.admitted = 0
         self.throttled = 0
@@ -237,22 +240,33 @@ class RateLimiter:
                     if event.hold_id in self._own_charges:
                         del self._own_charges[event.hold_id]
                         return  # counted when this instance answered it
-                    at_ms = int(event.occurred_at.timestamp() * 1000)
-                    self._count(event.org_id, event.token_id, {"tokens": used}, at_ms, self.now_ms())
+                    at_ms, now_ms = int(event.occurred_at.timestamp() * 1000), self.now_ms()
+                    if at_ms <= now_ms - window_s * 1000:
+                        return  # history: out of every window, and never answered again
+                    self._count(event.org_id, event.token_id, {"tokens": used}, at_ms, now_ms)
+                    self._remember(self._captures_counted, event.hold_id)
 
     def count_answered(self, org_id: str, token_id: str, hold_id: str, units: Units) -> None:
         """The tokens of a charge this instance answers, counted as it answers: the client's next
         request may come before the ledger's capture is read back (a request answered on the worker's
-        outcome), and must see them. The capture of the same hold is then not counted again."""
+        outcome), and must see them. Each hold's tokens count once: whichever of the answer and the
+        capture comes first counts them."""
         used = charged_tokens(units)
         if not used:
             return
         with self._lock:
+            if hold_id in self._captures_counted:
+                del self._captures_counted[hold_id]
+                return  # the capture was read first (a request answered after the ledger captured)
             now_ms = self.now_ms()
             self._count(org_id, token_id, {"tokens": used}, now_ms, now_ms)
-            if len(self._own_charges) >= own_pending_max:
-                self._own_charges.popitem(last=False)
-            self._own_charges[hold_id] = None
+            self._remember(self._own_charges, hold_id)
+
+    @staticmethod
+    def _remember(holds: OrderedDict[str, None], hold_id: str) -> None:
+        if len(holds) >= holds_remembered_max:
+            holds.popitem(last=False)
+        holds[hold_id] = None
 
     def start(self, log: EventLog, wait_s_max: float = 120.0, lag: LagReporter | None = None) -> None:
         """Follow ``tollgate.requests`` from one window ago, so a restarted instance knows the

@@ -214,6 +214,9 @@ def test_an_answered_charge_counts_its_tokens_at_once_and_its_capture_not_again(
     assert limiter.window_totals("organization", "org_a", ("tokens",)) == {"tokens": 100}
     limiter.apply(msgspec.structs.replace(captured, event_id="e2", hold_id="other"))
     assert limiter.window_totals("organization", "org_a", ("tokens",)) == {"tokens": 200}
+    # A request answered after its capture was read (it waited for the ledger): counted once too.
+    limiter.count_answered("org_a", "tok_1", "other", Units(input_tokens=60, output_tokens=40))
+    assert limiter.window_totals("organization", "org_a", ("tokens",)) == {"tokens": 200}
 
 
 def test_ip_net() -> None:
