@@ -362,7 +362,7 @@ def bench_http(data_dir: Path, keys: dict[str, str], args: argparse.Namespace) -
             rows = [
                 client.get(
                     "/v1/account/usage", params={"limit": 1, **window}, headers={"Authorization": f"Bearer {k}"}
-                ).json()["summary"]["requests"]
+                ).json()["window_summary"]["requests"]
                 for k in keys.values()
             ]
             return {

@@ -438,6 +438,11 @@ async def _stream(
                 body = {"error": {"message": error.message, "type": "insufficient_quota", "code": error.code}}
                 yield _sse(body)
                 return
+            completed = ended.get(JobCompleted)
+            if sent_chars == 0 and isinstance(completed, JobCompleted) and (text := _result_text(kind, completed)):
+                # The job ended before any of its progress reached this stream (a job that finishes
+                # before the stream reads its first output): its text, whole, from the result.
+                yield _sse(_chunk(kind, rid, model, created, text, None))
             yield _final_chunk(core, token, placement, metered, kind, created, ended, model)
             yield b"data: [DONE]\n\n"
         except TimeoutError:
@@ -464,9 +469,7 @@ async def _stream_earlier(
     rid = request_id(request)
     model = completed.served_model or metered.model
     created = int(completed.occurred_at.timestamp())
-    choice = (msgspec.json.decode(completed.result).get("choices") or [{}])[0]
-    text = str((choice.get("message") or {}).get("content") or "") if kind == "chat.completion.chunk" else ""
-    text = text or str(choice.get("text") or "")
+    text = _result_text(kind, completed)
 
     async def chunks() -> AsyncIterator[bytes]:
         opening = _chunk(kind, rid, model, created, "", None)
@@ -485,6 +488,13 @@ async def _stream_earlier(
         **model_headers(model, requested, completed.fallback_depth),
     }
     return Stream(chunks(), media_type="text/event-stream", headers=headers)
+
+
+def _result_text(kind: str, completed: JobCompleted) -> str:
+    """The text of a completed chat or completions job, from its result."""
+    choice = (msgspec.json.decode(completed.result).get("choices") or [{}])[0]
+    text = str((choice.get("message") or {}).get("content") or "") if kind == "chat.completion.chunk" else ""
+    return text or str(choice.get("text") or "")
 
 
 async def first_output(events: AsyncGenerator[Event | Placement, None], seen: Seen) -> Event | None:

@@ -484,7 +484,7 @@ def test_brokers_killed_under_load_lose_no_money(kafka_cluster: KafkaCluster, fl
         while True:
             summary = usage_summary(url, key)
             balance = summary["balance"]
-            in_usage = int(summary["summary"]["total_cost_micros"])
+            in_usage = int(summary["window_summary"]["total_cost_micros"])
             if (balance["amount_micros"], balance["held_micros"], in_usage) == (granted - charged, 0, charged):
                 break
             assert time.monotonic() < deadline, (
