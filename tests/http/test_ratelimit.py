@@ -97,6 +97,26 @@ def _limiter(tenants: TenantsView, clock: Clock, instance: str) -> RateLimiter:
     return RateLimiter(Settings(instance_id=instance, kafka_bootstrap=""), tenants, clock)
 
 
+def _captured(at: datetime, units: Units) -> HoldCaptured:
+    """The ledger's capture of hold ``h`` (request ``h``) of key ``tok_1`` of ``org_a``."""
+    return HoldCaptured(
+        event_id="e",
+        occurred_at=at,
+        org_id="org_a",
+        hold_id="h",
+        request_id="h",
+        job_id="j",
+        token_id="tok_1",
+        model="m",
+        endpoint="/",
+        amount_micros=1,
+        released_micros=0,
+        priced_micros=1,
+        price_version="v",
+        units=units,
+    )
+
+
 def test_two_limiters_share_one_limit_through_events() -> None:
     """Each instance counts the other's admissions once it reads them: together they admit the plan's
     60, not 60 each. Without the exchange they would admit 120."""
@@ -161,23 +181,7 @@ def test_tokens_are_counted_from_charges() -> None:
     tenants.limit_overrides["org_a"] = {"tokens": 100}
     limiter = _limiter(tenants, clock, "one")
     assert limiter.admit(_token(), {"requests": 1, "tokens": 0}, "r", "/").decision.admitted
-    captured = HoldCaptured(
-        event_id="e",
-        occurred_at=datetime.fromtimestamp(clock.at_s, UTC),
-        org_id="org_a",
-        hold_id="h",
-        request_id="r",
-        job_id="j",
-        token_id="tok_1",
-        model="m",
-        endpoint="/",
-        amount_micros=1,
-        released_micros=0,
-        priced_micros=1,
-        price_version="v",
-        units=Units(input_tokens=60, output_tokens=40),
-    )
-    limiter.apply(captured)
+    limiter.apply(_captured(datetime.fromtimestamp(clock.at_s, UTC), Units(input_tokens=60, output_tokens=40)))
     refused = limiter.admit(_token(), {"requests": 1, "tokens": 0}, "r", "/")
     assert not refused.decision.admitted and refused.decision.binding is not None
     assert refused.decision.binding.kind == "tokens"
@@ -194,22 +198,7 @@ def test_an_answered_charge_counts_its_tokens_at_once_and_its_capture_not_again(
     limiter.count_answered("org_a", "tok_1", "h", Units(input_tokens=60, output_tokens=40))
     refused = limiter.admit(_token(), {"requests": 1, "tokens": 60}, "r2", "/")
     assert not refused.decision.admitted, "100 used of 150: a request needing 60 more waits"
-    captured = HoldCaptured(
-        event_id="e",
-        occurred_at=datetime.fromtimestamp(clock.at_s, UTC),
-        org_id="org_a",
-        hold_id="h",
-        request_id="h",
-        job_id="j",
-        token_id="tok_1",
-        model="m",
-        endpoint="/",
-        amount_micros=1,
-        released_micros=0,
-        priced_micros=1,
-        price_version="v",
-        units=Units(input_tokens=60, output_tokens=40),
-    )
+    captured = _captured(datetime.fromtimestamp(clock.at_s, UTC), Units(input_tokens=60, output_tokens=40))
     limiter.apply(captured)
     assert limiter.window_totals("organization", "org_a", ("tokens",)) == {"tokens": 100}
     limiter.apply(msgspec.structs.replace(captured, event_id="e2", hold_id="other"))
@@ -335,22 +324,5 @@ def test_old_charges_open_no_windows() -> None:
     clock = Clock()
     limiter = _limiter(_tenants("free"), clock, "one")
     old = datetime.fromtimestamp(clock.at_s - 3600, UTC)
-    limiter.apply(
-        HoldCaptured(
-            event_id="e",
-            occurred_at=old,
-            org_id="org_a",
-            hold_id="h",
-            request_id="r",
-            job_id="j",
-            token_id="tok_1",
-            model="m",
-            endpoint="/",
-            amount_micros=1,
-            released_micros=0,
-            priced_micros=1,
-            price_version="v",
-            units=Units(input_tokens=60),
-        )
-    )
+    limiter.apply(_captured(old, Units(input_tokens=60)))
     assert limiter.stats()["admitted"] == 0 and not limiter._windows
