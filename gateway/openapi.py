@@ -192,34 +192,32 @@ error_statuses = {
 }
 
 
-def _error_schemas() -> dict[str, Any]:
-    _, components = msgspec.json.schema_components([api.ErrorEnvelope], ref_template="#/components/schemas/{name}")
-    anthropic = {
-        "type": "object",
-        "required": ["type", "error"],
-        "properties": {
-            "type": {"const": "error"},
-            "error": {
-                "type": "object",
-                "required": ["type", "message"],
-                "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
-            },
-            "request_id": {"type": "string"},
+# Anthropic's error envelope, which /v1/messages answers in (gateway/surface.py).
+anthropic_error_schema: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "error"],
+    "properties": {
+        "type": {"const": "error"},
+        "error": {
+            "type": "object",
+            "required": ["type", "message"],
+            "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
         },
-    }
-    components["AnthropicError"] = anthropic
-    return components
+        "request_id": {"type": "string"},
+    },
+}
 
 
 def enrich(document: dict[str, Any]) -> dict[str, Any]:
     """The document Litestar generated, completed (a new dict; the argument is left as it was)."""
     doc = msgspec.json.decode(msgspec.json.encode(document))
-    types = list(json_bodies.values())
+    # The request bodies and OpenAI's error envelope, in one set of components.
+    types = [*json_bodies.values(), api.ErrorEnvelope]
     refs, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     schemas.update(_decimals(components))
-    schemas.update(_error_schemas())
-    body_refs = dict(zip(json_bodies, refs, strict=True))
+    schemas["AnthropicError"] = anthropic_error_schema
+    body_refs = dict(zip(json_bodies, refs[: len(json_bodies)], strict=True))
     doc["components"]["securitySchemes"] = {
         "bearer": {"type": "http", "scheme": "bearer", "description": "An API key or the platform admin token"},
         "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key", "description": "An API key"},
