@@ -138,7 +138,14 @@ class Settings:
             o.strip() for o in _env("TOLLGATE_CORS_ALLOW_ORIGINS", "*").split(",") if o.strip()
         )
     )
-    # Largest request body the gateway reads.
+    # Where uploaded files' bytes live (/v1/files): a directory every gateway instance reaches (empty:
+    # data_dir/files). Production puts them in an object store behind the same interface (gateway/blobs.py).
+    files_dir: str = field(default_factory=lambda: _env("TOLLGATE_FILES_DIR", ""))
+    # The most one organization may keep stored in files; an upload past it is refused (413).
+    storage_bytes_max: int = field(
+        default_factory=lambda: int(_env("TOLLGATE_STORAGE_BYTES_MAX", str(1024 * 1024 * 1024)))
+    )
+    # Largest request body the gateway reads (an uploaded file's size is bounded by it too).
     request_body_bytes_max: int = field(
         default_factory=lambda: int(_env("TOLLGATE_REQUEST_BODY_BYTES_MAX", str(4 * 1024 * 1024)))
     )

@@ -69,6 +69,7 @@ _endpoints = {
     "transcription": ["/v1/audio/transcriptions"],
     "video": ["/v1/videos/generations"],
     "rerank": ["/v1/rerank", "/v1/reranks", "/v1/score"],
+    "storage": ["/v1/files"],
 }
 
 
@@ -156,6 +157,7 @@ def _type_and_category(price: ModelPrice) -> tuple[str, str]:
         "speech": ("audio", "audio"),
         "transcription": ("transcription", "transcription"),
         "rerank": ("text", "reranker"),
+        "storage": ("file", "storage"),
     }[kind]
 
 
@@ -247,7 +249,13 @@ def _parameters(price: ModelPrice) -> list[dict[str, Any]]:
             {"name": "top_n", "type": "integer", "required": False, "min": 1, "max": 500},
             {"name": "return_documents", "type": "boolean", "required": False, "default": False},
         ],
+        "storage": [
+            {"name": "file", "type": "file", "required": True},
+            {"name": "purpose", "type": "string", "required": True},
+        ],
     }
+    if kind == "storage":
+        return specific[kind]  # uploaded with POST /v1/files, not requested by model
     return [model, *specific[kind], *(common if kind != "transcription" else [])]
 
 

@@ -33,6 +33,14 @@ _transcription_form: dict[str, Any] = {
         "async": {"type": "string", "enum": ["true", "false"]},
     },
 }
+_file_form: dict[str, Any] = {
+    "type": "object",
+    "required": ["file", "purpose"],
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": "The file (at most the body limit)"},
+        "purpose": {"type": "string", "enum": ["assistants", "batch", "fine-tune", "vision", "user_data", "evals"]},
+    },
+}
 json_bodies: Mapping[str, type[Any]] = {
     "createOrganization": api.CreateOrganization,
     "grantCredits": api.GrantCreditsBody,
@@ -57,7 +65,7 @@ json_bodies: Mapping[str, type[Any]] = {
     "setRateLimits": api.RateLimits,
     "setPlan": api.SetPlanBody,
 }
-form_bodies: Mapping[str, dict[str, Any]] = {"createTranscription": _transcription_form}
+form_bodies: Mapping[str, dict[str, Any]] = {"createTranscription": _transcription_form, "createFile": _file_form}
 _user = [{"role": "user", "content": "Say hello."}]
 # An example body for each generation operation, on the default price book's models.
 body_examples: Mapping[str, dict[str, Any]] = {
@@ -95,6 +103,7 @@ success_media: Mapping[str, dict[str, Any]] = {
     "createMessage": _event_stream,
     "createSpeech": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}},
     "createTranscription": {"text/plain": {"schema": {"type": "string"}}},
+    "downloadFile": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
 }
 # Generation requests may be async (202 and a job), or refused for the balance (402).
 generation = {
@@ -147,6 +156,12 @@ query_parameters: Mapping[str, list[dict[str, Any]]] = {
         _query("format", {"type": "string", "enum": ["openrouter"]}, "openrouter: OpenRouter's provider listing")
     ],
     "listVoices": [_query("model", {"type": "string"}, "Only this speech model's voices")],
+    "listFiles": [
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": 10_000}, "Page size (default 10,000)"),
+        _query("after", {"type": "string"}, "The last file id of the previous page"),
+        _query("order", {"type": "string", "enum": ["asc", "desc"]}, "By creation time (default desc)"),
+        _query("purpose", {"type": "string"}, "Only files of this purpose"),
+    ],
 }
 # A decimal amount in credits, exact to 6 places: as a string (or a JSON number, read from its text).
 _decimal = {"type": "string", "pattern": r"^-?[0-9]{1,12}(\.[0-9]{1,6})?$", "examples": ["25.50"]}
@@ -177,7 +192,7 @@ error_statuses = {
         "A conflict: an Idempotency-Key reused with another body, a job already ended or cancelled, a retried "
         "request whose outcome is no longer kept, or a retried Responses or Messages stream that already ran."
     ),
-    "413": "The body is over the size limit.",
+    "413": "The body is over the size limit, or a file would take the organization past its storage limit.",
     "414": "The URI is too long.",
     "415": "The body's media type is not accepted.",
     "429": (

@@ -279,6 +279,7 @@ _default_modalities: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "speech": (("text",), ("audio",)),
     "transcription": (("audio",), ("text",)),
     "rerank": (("text",), ("scores",)),
+    "storage": (("file",), ("file",)),
 }
 
 
@@ -563,4 +564,15 @@ def default_price_book() -> PriceBook:
             input_token_rate=100_000,  # 0.10 credits per 1M tokens
         ),
     ]
+    # Files (/v1/files) are charged per byte-day stored, daily, by the ledger (ledger/storage.py).
+    models.append(
+        ModelPrice(
+            model="file-storage",
+            category="storage",
+            pool="default",
+            description="Storage of uploaded files (/v1/files): priced per byte-day, charged daily.",
+            max_output_tokens=0,
+            storage_byte_day_rate=4,  # 0.004 credits per GB-day (0.12 per GB-month)
+        )
+    )
     return PriceBook(version="2026-11-01", models={price.model: price for price in models})

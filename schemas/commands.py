@@ -128,6 +128,24 @@ class CancelJob(Command, frozen=True, kw_only=True, tag="cancel_job.v1"):
     reason: str
 
 
+class StoreFile(Command, frozen=True, kw_only=True, tag="store_file.v1"):
+    """Record a file whose bytes the gateway put in the blob store; refused past ``limit_bytes`` of
+    the organization's storage (the ledger, one writer per organization, keeps the count exact)."""
+
+    file_id: str
+    filename: str
+    purpose: str
+    bytes: int
+    sha256: str
+    blob_key: str
+    limit_bytes: int
+    token_id: str = ""
+
+
+class DeleteFile(Command, frozen=True, kw_only=True, tag="delete_file.v1"):
+    file_id: str
+
+
 AnyCommand = (
     GrantCredits
     | RefundCredits
@@ -142,3 +160,7 @@ AnyCommand = (
     | GrantSlice
     | ReturnSlice
 )
+
+# Files are the ledger's too (storage is metered from them), decided apart from the wallet (ledger/storage.py).
+FileCommand = StoreFile | DeleteFile
+LedgerCommand = AnyCommand | FileCommand

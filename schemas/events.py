@@ -269,6 +269,24 @@ class SliceReturned(LedgerFact, frozen=True, kw_only=True, tag="slice.returned.v
     reason: str  # returned, expired
 
 
+class FileStored(LedgerFact, frozen=True, kw_only=True, tag="file.stored.v1"):
+    """A file's metadata (its bytes are in the blob store under ``blob_key``): the files API lists
+    these, and the ledger meters storage (byte-days) from them."""
+
+    file_id: str
+    filename: str
+    purpose: str
+    bytes: int
+    sha256: str
+    blob_key: str
+    token_id: str = ""
+
+
+class FileDeleted(LedgerFact, frozen=True, kw_only=True, tag="file.deleted.v1"):
+    file_id: str
+    bytes: int
+
+
 # --- jobs (queued by the ledger with its hold; the rest by workers) --------------------------------
 
 
@@ -513,6 +531,8 @@ AnyEvent = (
     | ApiTokenLimitsSet
     | SliceGranted
     | SliceReturned
+    | FileStored
+    | FileDeleted
 )
 
 LedgerEvent = (
@@ -535,4 +555,6 @@ LedgerEvent = (
     | ChainCheckpoint
     | SliceGranted
     | SliceReturned
+    | FileStored
+    | FileDeleted
 )

@@ -13,7 +13,7 @@ import msgspec
 
 from schemas.units import Tool
 
-Category = Literal["chat", "embedding", "image", "audio", "video", "rerank"]
+Category = Literal["chat", "embedding", "image", "audio", "video", "rerank", "storage"]
 
 
 class ContextTier(msgspec.Struct, frozen=True, kw_only=True):

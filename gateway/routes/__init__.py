@@ -8,6 +8,7 @@ from gateway.routes import (
     audit,
     credits,
     dashboard,
+    files,
     generation,
     health,
     jobs,
@@ -32,4 +33,5 @@ route_handlers: list[HTTPRouteHandler] = [
     *health.route_handlers,
     *dashboard.route_handlers,
     *voices.route_handlers,
+    *files.route_handlers,
 ]

@@ -37,7 +37,9 @@ async def list_models(request: Request[Any, Any, Any], core: Core) -> Response[b
         raise ApiError(400, "format may only be 'openrouter'.", code="invalid_parameter", param="format")
     if shape == "openrouter":
         return json_response({"data": [openrouter_model(p) for p in book.models.values() if p.category == "chat"]})
-    return json_response({"object": "list", "data": [model_card(p, book.version) for p in book.models.values()]})
+    # Storage (file-storage) is priced in the book but is no model a request names: the files API bills it.
+    cards = [model_card(p, book.version) for p in book.models.values() if p.category != "storage"]
+    return json_response({"object": "list", "data": cards})
 
 
 @get("/v1/models/{model_id:path}", operation_id="retrieveModel", opt={"scope": "user:read", "anonymous": True})
@@ -46,7 +48,7 @@ async def retrieve_model(request: Request[Any, Any, Any], core: Core, model_id: 
     _caller(request)
     book = core.prices.current
     price = book.model(model_id.lstrip("/"))
-    if price is None:
+    if price is None or price.category == "storage":
         raise ApiError(
             404,
             f"The model '{model_id.lstrip('/')}' does not exist; see GET /v1/models.",

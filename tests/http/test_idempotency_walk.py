@@ -76,6 +76,7 @@ samples: dict[str, Sample] = {
     "/v1/rerank": lambda c, v: {"json": {"model": "qwen3-0.6b-fp8-score", "query": f"q {v}", "documents": ["a", "b"]}},
     "/v1/reranks": lambda c, v: {"json": {"model": "qwen3-rerank", "query": f"q {v}", "documents": ["a", "b"]}},
     "/v1/score": lambda c, v: {"json": {"model": "qwen3-rerank", "text_1": f"q {v}", "text_2": ["a", "b"]}},
+    "/v1/files": lambda c, v: {"data": {"purpose": "user_data"}, "files": {"file": ("a.txt", f"content {v}".encode())}},
 }
 # Routes that use the organization's key rather than the platform admin token.
 with_key = {
@@ -91,6 +92,7 @@ with_key = {
     "/v1/rerank",
     "/v1/reranks",
     "/v1/score",
+    "/v1/files",
 }
 
 
