@@ -17,7 +17,7 @@ import logging
 import secrets
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from litestar.di import NamedDependency
@@ -37,6 +37,7 @@ from gateway.waiters import Seen, Waiters, keys_of
 from ledger.chain import load_public_key
 from ledger.pricing import PriceBook, PriceBooks
 from ledger.wallet import HoldStatus
+from projections.batches import BatchesView
 from projections.files import FilesView
 from projections.jobs import JobsView
 from projections.replies import IdempotencyView
@@ -133,6 +134,9 @@ class GatewayCore:
         # Uploaded files (/v1/files): their metadata folded from the ledger, their bytes in a blob store.
         self.stored_files = FilesView()
         self.blobs: BlobStore = DirectoryBlobStore(Path(settings.files_dir or settings.data_dir / "files"))
+        # Batches (/v1/batches): their state folded from tollgate.jobs; this instance's runner (gateway/batches.py).
+        self.batches = BatchesView()
+        self.batch_runner: Any = None
         # Where a chat request's file_id parts are read from: the files API's store.
         self.files: FileContents = StoredFileContents(self.stored_files, self.blobs)
 
@@ -206,6 +210,7 @@ class GatewayCore:
 
     def _fold_jobs(self, event: Event) -> None:
         self.jobs.apply(event)
+        self.batches.apply(event)
         self._offer(event)
 
     def _offer(self, event: Event) -> None:
@@ -251,6 +256,10 @@ class GatewayCore:
     def send(self, records: list[Outgoing]) -> None:
         """Append without waiting (rate-limit and last-used events)."""
         self._producer.send(records)
+
+    async def record_job_event(self, event: Event) -> None:
+        """Append an event to tollgate.jobs (a batch's) and wait until this instance has folded it."""
+        await self._append_and_wait(event.event_id, [Outgoing(topics.JOBS, event.org_id, encode(event))], 30)
 
     async def record_tenant_event(self, event: Event) -> None:
         """Append a tenants event and wait until this instance has folded it."""

@@ -64,6 +64,7 @@ json_bodies: Mapping[str, type[Any]] = {
     "setTokenLimits": api.RateLimits,
     "setRateLimits": api.RateLimits,
     "setPlan": api.SetPlanBody,
+    "createBatch": api.CreateBatch,
 }
 form_bodies: Mapping[str, dict[str, Any]] = {"createTranscription": _transcription_form, "createFile": _file_form}
 _user = [{"role": "user", "content": "Say hello."}]
@@ -154,6 +155,10 @@ query_parameters: Mapping[str, list[dict[str, Any]]] = {
     "getOrganizationBalanceAt": [_query("at", _moment, "The moment (ISO 8601)", required=True)],
     "listModels": [
         _query("format", {"type": "string", "enum": ["openrouter"]}, "openrouter: OpenRouter's provider listing")
+    ],
+    "listBatches": [
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "Page size (default 20)"),
+        _query("after", {"type": "string"}, "The last batch id of the previous page"),
     ],
     "listVoices": [_query("model", {"type": "string"}, "Only this speech model's voices")],
     "listFiles": [

@@ -798,8 +798,9 @@ def _decide_grant_slice(wallet: Wallet, command: GrantSlice, now: datetime) -> l
     existing = wallet.slices.get(command.slice_id)
     if existing is not None:
         return [] if existing.instance_id == command.instance_id else Rejection.exists_with_different_amount
-    amount = min(command.amount_micros, wallet.spendable_micros // slice_share_of_spendable)
-    if amount < command.minimum_micros:
+    share = wallet.spendable_micros // slice_share_of_spendable
+    amount = command.amount_micros if command.whole else min(command.amount_micros, share)
+    if amount < command.minimum_micros or amount > wallet.spendable_micros:
         return Rejection.insufficient_credits
     return [
         SliceGranted(

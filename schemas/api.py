@@ -214,3 +214,18 @@ class MessagesRequest(msgspec.Struct, frozen=True, kw_only=True):
     tool_choice: dict[str, Any] | None = None
     thinking: dict[str, Any] | None = None
     stream: bool = False
+
+
+class CreateBatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``POST /v1/batches`` (OpenAI's Batch API): a JSONL file of requests uploaded with purpose batch."""
+
+    input_file_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    endpoint: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+    completion_window: Literal["24h"]
+    metadata: (
+        Annotated[
+            dict[Annotated[str, msgspec.Meta(max_length=64)], Annotated[str, msgspec.Meta(max_length=512)]],
+            msgspec.Meta(max_length=16),
+        ]
+        | None
+    ) = None

@@ -91,6 +91,9 @@ class GrantSlice(Command, frozen=True, kw_only=True, tag="grant_slice.v1"):
     amount_micros: int  # asked for: the ledger grants at most its share of what is spendable
     ttl_s: int
     minimum_micros: int = 1  # less than this is no use to the gateway: refused instead
+    # All of amount_micros or nothing, not limited to the gateway's share: a batch's reservation for
+    # its worst case, which its lines' holds are carved from (gateway/batches.py).
+    whole: bool = False
 
 
 class ReturnSlice(Command, frozen=True, kw_only=True, tag="return_slice.v1"):

@@ -489,6 +489,42 @@ class RequestThrottled(Event, frozen=True, kw_only=True, tag="request.throttled.
     instance_id: str = ""
 
 
+# --- batches (written by the gateway running them, on tollgate.jobs) --------------------------------
+
+
+class BatchCreated(Event, frozen=True, kw_only=True, tag="batch.created.v1"):
+    batch_id: str
+    token_id: str
+    endpoint: str
+    input_file_id: str
+    completion_window: str
+    total: int  # lines in the input file (those refused at once count as failed)
+    failed: int = 0  # lines refused before running (their errors are in the error file)
+    expires_at: datetime
+    metadata: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class BatchProgressed(Event, frozen=True, kw_only=True, tag="batch.progressed.v1"):
+    batch_id: str
+    completed: int
+    failed: int
+
+
+class BatchCancelRequested(Event, frozen=True, kw_only=True, tag="batch.cancel_requested.v1"):
+    batch_id: str
+
+
+class BatchEnded(Event, frozen=True, kw_only=True, tag="batch.ended.v1"):
+    batch_id: str
+    status: Literal["completed", "cancelled", "failed", "expired"]
+    completed: int
+    failed: int
+    output_file_id: str = ""
+    error_file_id: str = ""
+    error_code: str = ""
+    error_message: str = ""
+
+
 AnyEvent = (
     ChainCheckpoint
     | OrganizationCreated
@@ -533,6 +569,10 @@ AnyEvent = (
     | SliceReturned
     | FileStored
     | FileDeleted
+    | BatchCreated
+    | BatchProgressed
+    | BatchCancelRequested
+    | BatchEnded
 )
 
 LedgerEvent = (

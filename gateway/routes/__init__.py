@@ -6,6 +6,7 @@ from litestar.handlers import HTTPRouteHandler
 
 from gateway.routes import (
     audit,
+    batches,
     credits,
     dashboard,
     files,
@@ -34,4 +35,5 @@ route_handlers: list[HTTPRouteHandler] = [
     *dashboard.route_handlers,
     *voices.route_handlers,
     *files.route_handlers,
+    *batches.route_handlers,
 ]

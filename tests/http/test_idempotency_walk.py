@@ -28,6 +28,31 @@ class Context:
         self.charged_request = charge.headers["x-request-id"]
         self.unique = uuid.uuid4().hex[:8]
         self.models = gw.admin("GET", "/v1/price-books").json()["data"][0]["models"]
+        self._batch_files: dict[str, str] = {}
+
+    def batch_file(self, url: str = "/v1/chat/completions") -> str:
+        """A batch input file of this context's organization: 200 short chat requests (uploaded once per url);
+        with another url, none of them can run (a batch of it ends at once, moving no money)."""
+        if url in self._batch_files:
+            return self._batch_files[url]
+        lines = b"".join(
+            b'{"custom_id": "r%d", "method": "POST", "url": "%s", "body": '
+            b'{"model": "sim-chat-small", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}}\n'
+            % (i, url.encode())
+            for i in range(200)
+        )
+        files = {"file": ("b.jsonl", lines)}
+        uploaded = self.gw.call("POST", "/v1/files", self.key, files=files, data={"purpose": "batch"})
+        assert uploaded.status_code == 200, uploaded.text
+        self._batch_files[url] = str(uploaded.json()["id"])
+        return self._batch_files[url]
+
+    def batch(self) -> str:
+        """A running batch of this context's organization (its 200 lines take a few seconds)."""
+        body = {"input_file_id": self.batch_file(), "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+        created = self.gw.call("POST", "/v1/batches", self.key, json=body)
+        assert created.status_code == 200, created.text
+        return str(created.json()["id"])
 
     def balance(self) -> tuple[int, int]:
         body = self.gw.admin("GET", f"/v1/organizations/{self.org}/balance").json()
@@ -76,6 +101,15 @@ samples: dict[str, Sample] = {
     "/v1/rerank": lambda c, v: {"json": {"model": "qwen3-0.6b-fp8-score", "query": f"q {v}", "documents": ["a", "b"]}},
     "/v1/reranks": lambda c, v: {"json": {"model": "qwen3-rerank", "query": f"q {v}", "documents": ["a", "b"]}},
     "/v1/score": lambda c, v: {"json": {"model": "qwen3-rerank", "text_1": f"q {v}", "text_2": ["a", "b"]}},
+    "/v1/batches": lambda c, v: {
+        "json": {
+            "input_file_id": c.batch_file("/v1/embeddings"),
+            "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+            "metadata": {"v": v},
+        }
+    },
+    "/v1/batches/{batch_id}/cancel": lambda c, v: {"json": {"v": v}},
     "/v1/files": lambda c, v: {"data": {"purpose": "user_data"}, "files": {"file": ("a.txt", f"content {v}".encode())}},
 }
 # Routes that use the organization's key rather than the platform admin token.
@@ -93,6 +127,8 @@ with_key = {
     "/v1/reranks",
     "/v1/score",
     "/v1/files",
+    "/v1/batches",
+    "/v1/batches/{batch_id}/cancel",
 }
 
 
@@ -102,6 +138,7 @@ def post_routes(gw: Gateway) -> list[tuple[str, dict[str, Any]]]:
         for handler in getattr(route, "route_handlers", []):
             if "POST" in handler.http_methods:
                 path = route.path_format.replace("{org_id:str}", "{org_id}").replace("{token_id:str}", "{token_id}")
+                path = path.replace("{batch_id:str}", "{batch_id}")
                 found.append((path, dict(handler.opt)))
     return found
 
@@ -120,6 +157,8 @@ def test_every_post_route_is_idempotent_or_says_why_not(gw: Gateway) -> None:
 def test_the_same_key_and_body_answer_once_and_another_body_is_a_409(gw: Gateway, path: str) -> None:
     context = Context(gw)
     url = path.replace("{org_id}", context.org).replace("{token_id}", context.token_id)
+    if "{batch_id}" in url:
+        url = url.replace("{batch_id}", context.batch())
     key = context.key if path in with_key else None
     call: Callable[..., Any] = (lambda method, target, **k: gw.call(method, target, key, **k)) if key else gw.admin
     headers = {"Idempotency-Key": f"walk-{uuid.uuid4().hex}"}

@@ -1,0 +1,240 @@
+"""Batches through the official OpenAI SDK (``client.files`` and ``client.batches``), unchanged: a
+JSONL file of requests, each line run as a job at the batch rate, progress counts, output and error
+files downloaded through files, cancel charging only the finished lines."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from eventlog import topics
+from eventlog.read import read_topic
+from ledger.pricing import default_price_book, price_micros
+from schemas.codec import decode_event
+from schemas.events import HoldCaptured, HoldPlaced, SliceGranted, SliceReturned
+from schemas.units import Units
+from tests.harness import Gateway
+from tests.http.dialects import Account
+
+book = default_price_book()
+
+
+@pytest.fixture
+def account(gw: Gateway) -> Account:
+    return Account(gw, credits="1000")
+
+
+def line(custom_id: str, content: str, model: str = "sim-chat-large", max_tokens: int = 8) -> dict[str, Any]:
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens},
+    }
+
+
+def jsonl(lines: list[Any]) -> bytes:
+    return b"".join(
+        (json.dumps(item) if not isinstance(item, bytes) else item.decode()).encode() + b"\n" for item in lines
+    )
+
+
+def wait_ended(client: openai.OpenAI, batch_id: str, timeout_s: float = 120) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status in ("completed", "cancelled", "failed", "expired"):
+            return batch
+        time.sleep(0.1)
+    raise AssertionError(f"batch {batch_id} did not end: {batch}")
+
+
+def records(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    if file_id is None:
+        return []
+    text = client.files.content(file_id).text
+    return [json.loads(row, parse_float=Decimal) for row in text.splitlines()]
+
+
+def ledger_events(gw: Gateway, org_id: str) -> list[Any]:
+    return [
+        event
+        for batch in read_topic(gw.log, topics.LEDGER, quiet=True)
+        for event in (decode_event(record.value) for record in batch)
+        if event.org_id == org_id
+    ]
+
+
+def balance_micros(account: Account) -> int:
+    body = account.gw.admin("GET", f"/v1/organizations/{account.org}/balance").json()
+    return int(body["amount_micros"])
+
+
+def test_a_batch_runs_every_line_at_the_batch_rate_with_the_sdk(account: Account) -> None:
+    client = account.openai()
+    before = balance_micros(account)
+    slowed = line("c", "slow please")
+    slowed["body"]["sim"] = {"token_ms": 7500}  # the simulated backend's knobs are not open to keys
+    data = jsonl([line("a", "Hello there"), line("b", "How are you?"), b"not json", line("a", "dup"), slowed])
+    uploaded = client.files.create(file=("batch.jsonl", io.BytesIO(data)), purpose="batch")
+    created = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h", metadata={"run": "1"}
+    )
+    assert created.object == "batch" and created.status == "in_progress"
+    assert created.request_counts is not None and created.request_counts.total == 5
+    ended = wait_ended(client, created.id)
+    assert ended.status == "completed", ended
+    assert ended.request_counts is not None
+    assert (ended.request_counts.completed, ended.request_counts.failed) == (2, 3)
+    assert ended.metadata == {"run": "1"}
+
+    outputs = records(client, ended.output_file_id)
+    assert [row["custom_id"] for row in outputs] == ["a", "b"]
+    price = book.models["sim-chat-large"]
+    total = 0
+    for row in outputs:
+        usage = row["response"]["body"]["usage"]
+        units = Units(
+            input_tokens=usage["prompt_tokens"], output_tokens=usage["completion_tokens"], calls=1, batch=True
+        )
+        assert usage["cost_micros"] == price_micros(price, units)  # the batch discount applied
+        assert usage["cost_micros"] < price_micros(
+            price, Units(input_tokens=units.input_tokens, output_tokens=units.output_tokens, calls=1)
+        )
+        total += usage["cost_micros"]
+    errors = records(client, ended.error_file_id)
+    codes = sorted(row["error"]["code"] for row in errors)
+    assert codes == ["duplicate_custom_id", "invalid_json", "unsupported_parameter"]
+    deadline = time.monotonic() + 10
+    while balance_micros(account) != before - total and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert balance_micros(account) == before - total
+    assert [b.id for b in client.batches.list()] == [created.id]
+
+    # One reservation for the batch's worst case, each line's hold carved from it and captured on its
+    # own, what is left returned to the wallet.
+    events = ledger_events(account.gw, account.org)
+    reserved = [e for e in events if isinstance(e, SliceGranted)]
+    assert [e.slice_id for e in reserved] == [f"slice_{created.id}"]
+    holds = [e for e in events if isinstance(e, HoldPlaced)]
+    assert [e.slice_id for e in holds] == [f"slice_{created.id}"] * 2
+    assert reserved[0].amount_micros == sum(e.amount_micros for e in holds)
+    captured = [e for e in events if isinstance(e, HoldCaptured)]
+    assert sum(e.amount_micros for e in captured) == total
+    deadline = time.monotonic() + 10
+    while not any(isinstance(e, SliceReturned) for e in events) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        events = ledger_events(account.gw, account.org)
+    returned = [e for e in events if isinstance(e, SliceReturned)]
+    assert [e.amount_micros for e in returned] == [reserved[0].amount_micros - total]
+    held = account.gw.admin("GET", f"/v1/organizations/{account.org}/balance").json()["held_micros"]
+    assert held == 0
+
+
+@pytest.mark.slow  # about 30 s on the shared 2-core machine
+def test_a_batch_of_1000_lines_costs_exactly_the_sum_of_its_lines(account: Account) -> None:
+    client = account.openai()
+    before = balance_micros(account)
+    data = jsonl([line(f"r{i}", f"Request number {i}", model="sim-chat-small", max_tokens=4) for i in range(1000)])
+    uploaded = client.files.create(file=("big.jsonl", io.BytesIO(data)), purpose="batch")
+    created = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    ended = wait_ended(client, created.id, timeout_s=300)
+    assert ended.status == "completed" and ended.request_counts is not None
+    assert (ended.request_counts.completed, ended.request_counts.failed) == (1000, 0)
+    outputs = records(client, ended.output_file_id)
+    assert len(outputs) == 1000 and ended.error_file_id is None
+    price = book.models["sim-chat-small"]
+    total = 0
+    for row in outputs:
+        usage = row["response"]["body"]["usage"]
+        units = Units(
+            input_tokens=usage["prompt_tokens"], output_tokens=usage["completion_tokens"], calls=1, batch=True
+        )
+        assert usage["cost_micros"] == price_micros(price, units)
+        total += usage["cost_micros"]
+    deadline = time.monotonic() + 20
+    while balance_micros(account) != before - total and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert balance_micros(account) == before - total
+
+
+@pytest.fixture(scope="module")
+def knobs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    gateway = Gateway(Path(tmp_path_factory.mktemp("batch-knobs")), sim_knobs=True)
+    yield gateway
+    gateway.close()
+
+
+def test_a_cancelled_batch_charges_only_its_finished_lines(knobs: Gateway) -> None:
+    account = Account(knobs, credits="1000")
+    client = account.openai()
+    before = balance_micros(account)
+    # Slow lines (simulated GPU time per token), so that the cancel lands while most have not started.
+    slow = [line(f"s{i}", f"slow {i}", model="sim-chat-small", max_tokens=8) for i in range(200)]
+    for item in slow:
+        item["body"]["sim"] = {"token_ms": 20}
+    uploaded = client.files.create(file=("slow.jsonl", io.BytesIO(jsonl(slow))), purpose="batch")
+    created = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    time.sleep(0.5)
+    cancelling = client.batches.cancel(created.id)
+    assert cancelling.status in ("cancelling", "cancelled")
+    ended = wait_ended(client, created.id)
+    assert ended.status == "cancelled" and ended.request_counts is not None
+    finished = ended.request_counts.completed
+    assert 0 < finished < 200
+    outputs = records(client, ended.output_file_id)
+    assert len(outputs) == finished
+    total = sum(row["response"]["body"]["usage"]["cost_micros"] for row in outputs)
+    deadline = time.monotonic() + 10
+    while balance_micros(account) != before - total and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert balance_micros(account) == before - total
+    while (
+        account.gw.admin("GET", f"/v1/organizations/{account.org}/balance").json()["held_micros"]
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    assert account.gw.admin("GET", f"/v1/organizations/{account.org}/balance").json()["held_micros"] == 0
+    with pytest.raises(openai.ConflictError):
+        client.batches.cancel(created.id)
+
+
+def test_bad_batches_are_a_4xx(account: Account) -> None:
+    client = account.openai()
+    other = Account(account.gw).openai()
+    user_file = client.files.create(file=("x.txt", io.BytesIO(b"{}\n")), purpose="user_data")
+    with pytest.raises(openai.BadRequestError):
+        client.batches.create(input_file_id=user_file.id, endpoint="/v1/chat/completions", completion_window="24h")
+    with pytest.raises(openai.NotFoundError):
+        client.batches.create(input_file_id="file-nope", endpoint="/v1/chat/completions", completion_window="24h")
+    batch_file = client.files.create(file=("b.jsonl", io.BytesIO(jsonl([line("a", "hi")]))), purpose="batch")
+    with pytest.raises(openai.BadRequestError):
+        client.batches.create(input_file_id=batch_file.id, endpoint="/v1/chat/completions", completion_window="1h")  # type: ignore[arg-type]
+    with pytest.raises(openai.NotFoundError):
+        other.batches.create(input_file_id=batch_file.id, endpoint="/v1/chat/completions", completion_window="24h")
+    created = client.batches.create(
+        input_file_id=batch_file.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    with pytest.raises(openai.NotFoundError):
+        other.batches.retrieve(created.id)
+    with pytest.raises(openai.NotFoundError):
+        other.batches.cancel(created.id)
+
+
+def test_a_batch_past_the_balance_is_a_402(gw: Gateway) -> None:
+    poor = Account(gw, credits="0.0001")
+    client = poor.openai()
+    data = jsonl([line(f"r{i}", "x" * 1000, max_tokens=4000) for i in range(20)])
+    uploaded = client.files.create(file=("b.jsonl", io.BytesIO(data)), purpose="batch")
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert refused.value.status_code == 402
+    assert list(client.batches.list()) == []
