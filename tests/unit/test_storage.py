@@ -14,10 +14,14 @@ from ledger.pricing import default_price_book, price_micros
 from ledger.role import LedgerRole
 from ledger.storage import Storage, decide_file, next_storage_charge, storage_model
 from projections.jobs import JobsView
+from projections.role import usage_row
+from projections.statements import load_statement
+from projections.usage import UsageStore
 from schemas.codec import decode_event, encode
 from schemas.commands import DeleteFile, GrantCredits, StoreFile
 from schemas.events import CommandRejected, Event, FileDeleted, FileStored, HoldCaptured, HoldRejected
 from schemas.units import Units
+from tests.support import capture_posting
 
 start = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)  # noon: half of the first day is stored
 book = default_price_book()
@@ -137,3 +141,30 @@ def test_an_empty_wallet_records_the_day_refused_and_is_never_overdrawn(tmp_path
     assert isinstance(second[0], HoldRejected)
     assert role.wallets["org"].spendable_micros == 0
     assert role.charge_storage(start + timedelta(days=2, hours=1)) == []
+
+
+def test_storage_charges_are_usage_rows_and_statement_lines(tmp_path: Path) -> None:
+    """The projector's rows of the ledger's storage captures: model file-storage, the byte-days at their
+    rate, and a statement line that adds up to what the ledger charged."""
+    role = LedgerRole(EmbeddedLog(tmp_path / "log.sqlite3"), Settings(), book)
+    role.decide_batch([grant(1_000_000), encode(store("a", 3 * GB))], [start, start])
+    captured = [e for e in charges(role.charge_storage(start + timedelta(days=3))) if isinstance(e, HoldCaptured)]
+    rows = [usage_row(event, book) for event in captured]
+    assert all(row is not None for row in rows)
+    usage = [row for row in rows if row is not None]
+    assert {(row.model, row.endpoint, row.status) for row in usage} == {("file-storage", "/v1/files", "success")}
+    assert [row.storage_byte_days for row in usage] == [3 * GB // 2, 3 * GB, 3 * GB]
+    assert {row.storage_byte_days_rate for row in usage} == {4}
+    store_ = UsageStore(path=tmp_path / "clickhouse")
+    try:
+        store_.insert(usage, [capture_posting(row) for row in usage])
+        statement = load_statement(store_, "org", start - timedelta(hours=12), start + timedelta(days=4))
+    finally:
+        store_.close()
+    charged = sum(e.amount_micros for e in captured)
+    assert charged == 6_000 + 12_000 + 12_000
+    assert statement.charges_micros == statement.ledger_charges_micros == charged
+    lines = [line for line in statement.lines if line.unit == "storage_byte_days"]
+    assert [(line.model, line.quantity, line.amount_micros) for line in lines] == [
+        ("file-storage", 15 * GB // 2, charged)
+    ]
