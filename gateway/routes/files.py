@@ -34,6 +34,7 @@ FILES = "/v1/files"
 purposes = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 files_page_size_max = 10_000  # OpenAI's bound on GET /v1/files?limit
 filename_chars_max = 255
+unlimited_bytes = 1 << 62  # the limit a batch's output files are recorded under: never refused
 
 
 def storage_headers(core: GatewayCore, org_id: str) -> dict[str, str]:
@@ -69,14 +70,24 @@ def _found(core: GatewayCore, org_id: str, file_id: str) -> FileRecord:
 
 
 async def store_file(
-    core: GatewayCore, org_id: str, token_id: str, file_id: str, filename: str, purpose: str, data: bytes
+    core: GatewayCore,
+    org_id: str,
+    token_id: str,
+    file_id: str,
+    filename: str,
+    purpose: str,
+    data: bytes,
+    over_limit_allowed: bool = False,
 ) -> FileRecord:
     """Put the bytes in the blob store, then have the ledger record the file (or refuse it past the
-    storage limit, and the bytes are deleted). Batches store their output files this way too."""
+    storage limit, and the bytes are deleted). Batches store their output files this way too, past
+    the limit (``over_limit_allowed``): they hold answers already charged; they count toward it after."""
     earlier = core.stored_files.get(org_id, file_id)
     if earlier is not None:
         return earlier  # a retry (its Idempotency-Key names the same file) of an upload that was recorded
     limit = core.settings.storage_bytes_max
+    if over_limit_allowed:
+        limit = unlimited_bytes
     if core.stored_files.used_bytes(org_id) + len(data) > limit:
         raise _over_limit(core, org_id, len(data))  # known here already; the ledger decides races
     blob_key = f"{org_id}/{file_id}"

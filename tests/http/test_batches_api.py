@@ -23,6 +23,7 @@ from schemas.events import HoldCaptured, HoldPlaced, SliceGranted, SliceReturned
 from schemas.units import Units
 from tests.harness import Gateway
 from tests.http.dialects import Account
+from tollgate.audit import audit_log
 
 book = default_price_book()
 
@@ -205,6 +206,9 @@ def test_a_cancelled_batch_charges_only_its_finished_lines(knobs: Gateway) -> No
     assert account.gw.admin("GET", f"/v1/organizations/{account.org}/balance").json()["held_micros"] == 0
     with pytest.raises(openai.ConflictError):
         client.batches.cancel(created.id)
+    # audit verify re-derives the batch's reservation, its lines' carved holds and captures.
+    auditor = audit_log(knobs.log, None, quiet=True)
+    assert auditor.ok, auditor.findings[:3]
 
 
 def test_bad_batches_are_a_4xx(account: Account) -> None:

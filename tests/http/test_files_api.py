@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -176,3 +178,37 @@ def test_the_ledger_refuses_uploads_racing_past_the_limit(small: Gateway) -> Non
     stored = [o for o in outcomes if not isinstance(o, BaseException)]
     assert len(stored) == 2, outcomes
     assert core.stored_files.used_bytes(account.org) == 800
+
+
+@pytest.mark.parametrize("base", ["/openai/v1", ""])
+def test_files_at_casolas_base_url_and_the_root(account: Account, base: str) -> None:
+    """Casola's SDK base_url ends in /openai/v1; EmpirioLabs' is the server root."""
+    client = account.openai(base)
+    created = client.files.create(file=("a.txt", io.BytesIO(b"hello")), purpose="user_data")
+    assert [f.id for f in client.files.list()] == [created.id]
+    assert client.files.content(created.id).read() == b"hello"
+    assert client.files.delete(created.id).deleted
+
+
+def test_a_batchs_output_files_are_kept_past_the_storage_limit(small: Gateway) -> None:
+    """They hold answers already charged: they are stored, and count toward the limit afterwards."""
+    client = Account(small).openai()
+    line = {
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "sim-chat-small", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 32},
+    }
+    data = b"".join(json.dumps({"custom_id": f"r{i}", **line}).encode() + b"\n" for i in range(3))
+    uploaded = client.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    deadline = time.monotonic() + 60
+    while batch.status not in ("completed", "failed") and time.monotonic() < deadline:
+        time.sleep(0.1)
+        batch = client.batches.retrieve(batch.id)
+    assert batch.status == "completed" and batch.output_file_id is not None
+    output = client.files.with_raw_response.retrieve(batch.output_file_id)
+    assert output.parse().bytes + len(data) > 1_000
+    assert int(output.headers["x-storage-used-bytes"]) > int(output.headers["x-storage-limit-bytes"])
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.files.create(file=("more.txt", io.BytesIO(b"x")), purpose="user_data")
+    assert refused.value.status_code == 413
