@@ -79,6 +79,7 @@ def balance_micros(account: Account) -> int:
     return int(body["amount_micros"])
 
 
+@pytest.mark.heavy  # waits for a batch to run
 def test_a_batch_runs_every_line_at_the_batch_rate_with_the_sdk(account: Account) -> None:
     client = account.openai()
     before = balance_micros(account)
@@ -174,6 +175,7 @@ def knobs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     gateway.close()
 
 
+@pytest.mark.heavy  # a gateway of its own, slow lines
 def test_a_cancelled_batch_charges_only_its_finished_lines(knobs: Gateway) -> None:
     account = Account(knobs, credits="1000")
     client = account.openai()

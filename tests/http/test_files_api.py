@@ -146,6 +146,7 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     gateway.close()
 
 
+@pytest.mark.heavy  # a gateway of its own (a storage limit of 1,000 bytes)
 def test_an_upload_past_the_storage_limit_is_refused(small: Gateway) -> None:
     account = Account(small)
     client = account.openai()
@@ -163,6 +164,7 @@ def test_an_upload_past_the_storage_limit_is_refused(small: Gateway) -> None:
     assert client.files.create(file=("b.bin", io.BytesIO(b"b" * 500)), purpose="user_data").bytes == 500
 
 
+@pytest.mark.heavy  # a gateway of its own
 def test_the_ledger_refuses_uploads_racing_past_the_limit(small: Gateway) -> None:
     """The gateway's own count is checked first; the ledger, one writer per organization, decides."""
     account = Account(small)
@@ -190,6 +192,7 @@ def test_files_at_casolas_base_url_and_the_root(account: Account, base: str) -> 
     assert client.files.delete(created.id).deleted
 
 
+@pytest.mark.heavy  # a gateway of its own, and a batch to wait for
 def test_a_batchs_output_files_are_kept_past_the_storage_limit(small: Gateway) -> None:
     """They hold answers already charged: they are stored, and count toward the limit afterwards."""
     client = Account(small).openai()

@@ -7,6 +7,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from eventlog import Outgoing, topics
 from eventlog.embedded import EmbeddedLog
 from eventlog.settings import Settings
@@ -143,6 +145,7 @@ def test_an_empty_wallet_records_the_day_refused_and_is_never_overdrawn(tmp_path
     assert role.charge_storage(start + timedelta(days=2, hours=1)) == []
 
 
+@pytest.mark.heavy  # an embedded ClickHouse store
 def test_storage_charges_are_usage_rows_and_statement_lines(tmp_path: Path) -> None:
     """The projector's rows of the ledger's storage captures: model file-storage, the byte-days at their
     rate, and a statement line that adds up to what the ledger charged."""
