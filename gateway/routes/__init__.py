@@ -6,8 +6,10 @@ from litestar.handlers import HTTPRouteHandler
 
 from gateway.routes import (
     audit,
+    casola,
     credits,
     dashboard,
+    fal,
     generation,
     health,
     jobs,
@@ -32,4 +34,6 @@ route_handlers: list[HTTPRouteHandler] = [
     *health.route_handlers,
     *dashboard.route_handlers,
     *voices.route_handlers,
+    *fal.route_handlers,
+    *casola.route_handlers,
 ]

@@ -76,9 +76,17 @@ samples: dict[str, Sample] = {
     "/v1/rerank": lambda c, v: {"json": {"model": "qwen3-0.6b-fp8-score", "query": f"q {v}", "documents": ["a", "b"]}},
     "/v1/reranks": lambda c, v: {"json": {"model": "qwen3-rerank", "query": f"q {v}", "documents": ["a", "b"]}},
     "/v1/score": lambda c, v: {"json": {"model": "qwen3-rerank", "text_1": f"q {v}", "text_2": ["a", "b"]}},
+    "/fal/{slug}": lambda c, v: {"json": {"prompt": f"a {v}", "sync_mode": v == "a"}},
+    "/fal/requests/batch": lambda c, v: {"json": {"request_ids": [f"job_{v}"]}},
+    "/api/jobs": lambda c, v: {
+        "json": {"model_id": "sim-embed-small", "task": "openai/embedding", "payload": {"input": f"text {v}"}}
+    },
 }
 # Routes that use the organization's key rather than the platform admin token.
 with_key = {
+    "/fal/{slug}",
+    "/fal/requests/batch",
+    "/api/jobs",
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/embeddings",
@@ -109,7 +117,13 @@ def test_every_post_route_is_idempotent_or_says_why_not(gw: Gateway) -> None:
     assert len(routes) >= 18
     exempt = {path: opt["idempotent"] for path, opt in routes if opt.get("idempotent", True) is not True}
     assert all(isinstance(reason, str) and len(reason) > 20 for reason in exempt.values()), exempt
-    assert set(exempt) == {"/v1/organizations/{org_id}/tokens", "/dashboard/login", "/dashboard/logout"}
+    assert set(exempt) == {
+        "/v1/organizations/{org_id}/tokens",
+        "/api/organizations/{org_id}/tokens",
+        "/api/jobs/{job_id}/cancel",
+        "/dashboard/login",
+        "/dashboard/logout",
+    }
     missing = {path for path, _ in routes if path not in samples and path not in exempt}
     assert missing == set(), f"POST routes without a sample body in this test: {missing}"
 
@@ -118,6 +132,7 @@ def test_every_post_route_is_idempotent_or_says_why_not(gw: Gateway) -> None:
 def test_the_same_key_and_body_answer_once_and_another_body_is_a_409(gw: Gateway, path: str) -> None:
     context = Context(gw)
     url = path.replace("{org_id}", context.org).replace("{token_id}", context.token_id)
+    url = url.replace("{slug}", "fal-ai/flux1-schnell-nunchaku")
     key = context.key if path in with_key else None
     call: Callable[..., Any] = (lambda method, target, **k: gw.call(method, target, key, **k)) if key else gw.admin
     headers = {"Idempotency-Key": f"walk-{uuid.uuid4().hex}"}
