@@ -15,6 +15,7 @@ import pytest
 
 from tests.harness import Gateway
 from tests.http.dialects import Account, reconciles
+from tests.reference import reference_validator
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +251,7 @@ def test_empiriolabs_video_example_answers_processing_and_polls_at_its_own_path(
     job = accepted.json()
     assert job["status"] == "processing" and job["poll_url"] == f"/v1/jobs/{job['job_id']}"
     assert job["created_at"].endswith("Z")
+    reference_validator("/v1/videos/generations", "post", "202").validate(job)
     deadline = time.monotonic() + 30
     while True:
         polled = curl(account, "GET", f"/v1/videos/generations/{job['job_id']}")
@@ -257,6 +259,7 @@ def test_empiriolabs_video_example_answers_processing_and_polls_at_its_own_path(
         state = json.loads(polled.text, parse_float=Decimal)
         assert state["status"] in ("processing", "completed", "failed")
         assert set(state) >= {"job_id", "status", "progress", "created_at", "completed_at", "result", "error"}
+        reference_validator("/v1/jobs/{job_id}").validate(json.loads(polled.text))
         if state["status"] != "processing" or time.monotonic() > deadline:
             break
         assert state["result"] is None and state["completed_at"] is None
