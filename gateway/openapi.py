@@ -57,7 +57,7 @@ json_bodies: Mapping[str, type[Any]] = {
     "setRateLimits": api.RateLimits,
     "setPlan": api.SetPlanBody,
     # Casola's Fal queue and core API (gateway/routes/fal.py, gateway/routes/casola.py). A Fal body is
-    # an image model's or a video model's (FalVideoRequest), as its slug says.
+    # an image model's, a video model's (FalVideoRequest) or a speech model's (FalSpeechRequest), as its slug says.
     "submitFalRequest": api.FalImageRequest,
     "getFalRequestStatuses": api.FalBatchStatusRequest,
     "createCasolaJob": api.CasolaJobRequest,

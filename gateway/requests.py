@@ -15,12 +15,13 @@ import msgspec
 from gateway.errors import ApiError
 from gateway.http import check_depth, decode
 from gateway.metering import MeteredRequest
-from ledger.pricing import ModelPrice, PriceBook, billed_seconds, modalities
+from ledger.pricing import ModelPrice, PriceBook, billed_seconds, kind_of, modalities
 from schemas.api import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
     FalImageRequest,
+    FalSpeechRequest,
     FalVideoRequest,
     ImageRequest,
     RerankRequest,
@@ -492,17 +493,26 @@ def _fal_seconds(video: FalVideoRequest) -> int:
 
 
 def parse_fal(slug: str, body: bytes, book: PriceBook) -> MeteredRequest:
-    """A Fal submission as the image or video request it stands for (the model its slug names): queued
-    (async) unless ``sync_mode`` asks to wait for its result."""
+    """A Fal submission as the image, video or speech request it stands for (the model its slug names):
+    queued (async) unless ``sync_mode`` asks to wait for its result."""
     price = book.fal_model(slug)
-    if price is None or price.category not in ("image", "video"):
+    if price is None or kind_of(price) not in ("image", "video", "speech"):
         raise ApiError(
             404,
-            f"No model has the Fal slug '{slug}'; see GET /api/model-status for each model's fal_slugs.",
+            f"No image, video or speech model has the Fal slug '{slug}'; see GET /api/model-status for each "
+            "model's fal_slugs.",
             code="model_not_found",
             param="slug",
         )
     fields = _fields(body)
+    if kind_of(price) == "speech":
+        spoken: FalSpeechRequest = _decode(body, FalSpeechRequest)
+        text = spoken.text or spoken.prompt
+        if not text:
+            raise ApiError(400, "Send the text to speak as 'text'.", code="missing_required_parameter", param="text")
+        payload: dict[str, Any] = {"model": price.model, "input": text, "voice": spoken.voice}
+        bound = msgspec.structs.replace(_per_request({}), characters=len(text))
+        return _metered(SPEECH, price, book, bound, msgspec.json.encode(payload), not spoken.sync_mode)
     if price.category == "image":
         image: FalImageRequest = _decode(body, FalImageRequest)
         size = _fal_size(image.image_size)

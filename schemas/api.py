@@ -211,6 +211,16 @@ class FalVideoRequest(msgspec.Struct, frozen=True, kw_only=True):
     seed: int | None = None
 
 
+class FalSpeechRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /fal/{slug}`` for a speech model: the text to speak as ``text`` (Fal's text-to-speech
+    models) or ``prompt``."""
+
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)] | None = None
+    prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)] | None = None
+    voice: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "alloy"
+    sync_mode: bool = False
+
+
 class FalBatchStatusRequest(msgspec.Struct, frozen=True, kw_only=True):
     """``POST /fal/requests/batch``: the requests whose statuses to read (1 to 50)."""
 

@@ -199,7 +199,7 @@ async def retrieve_job(request: Request[Any, Any, Any], core: Core, job_id: From
 @post(
     "/api/jobs/{job_id:str}/cancel",
     operation_id="cancelCasolaJob",
-    opt={"scope": "user:write", "rate": "requests", "idempotent": cancel_is_idempotent},
+    opt={"scope": "user:write", "rate": "jobs", "idempotent": cancel_is_idempotent},  # a POST to /api/jobs
     status_code=200,
 )
 async def cancel_job(request: Request[Any, Any, Any], core: Core, job_id: FromPath[str]) -> Response[bytes]:

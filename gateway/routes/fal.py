@@ -1,11 +1,12 @@
-"""Casola's Fal-compatible queue: ``POST /fal/{slug}`` submits an image or video request to the model
+"""Casola's Fal-compatible queue: ``POST /fal/{slug}`` submits an image, video or speech request to the model
 its slug names (the price book's ``fal_slugs``, listed by ``GET /api/model-status``),
 ``GET /fal/requests/{id}`` polls it (its result once completed), ``GET /fal/requests/{id}/status``
 its status alone, ``PUT /fal/requests/{id}/cancel`` cancels it and ``POST /fal/requests/batch``
 reads up to 50 statuses at once.
 
-A submission is metered as the image or video request it stands for (``gateway.requests.parse_fal``:
-the same hold, job, charge and usage row as ``/v1/images/generations`` or ``/v1/videos/generations``).
+A submission is metered as the image, video or speech request it stands for (``gateway.requests.parse_fal``:
+the same hold, job, charge and usage row as ``/v1/images/generations``, ``/v1/videos/generations`` or
+``/v1/audio/speech``).
 Without ``sync_mode`` it is queued and answered at once in Fal's queue shape (``request_id`` and the
 status, response and cancel URLs); with ``sync_mode: true`` the answer waits for the result and
 carries its charge (``usage.cost_usd``, ``x-credits-used``).
@@ -32,7 +33,7 @@ from gateway.errors import ApiError
 from gateway.http import decode_body, json_response
 from gateway.http import request_id as request_id_of
 from gateway.metering import Placement
-from gateway.requests import IMAGES, VIDEOS, parse_fal
+from gateway.requests import IMAGES, SPEECH, VIDEOS, parse_fal
 from gateway.results import charge_headers, shape_result
 from gateway.routes.generation import answered, captured_of, generation_body, run_metered
 from gateway.routes.jobs import job_body, request_cancel
@@ -63,8 +64,8 @@ def _data_uri(item: dict[str, Any], media_type: str) -> str:
 
 
 def fal_output(endpoint: str, shaped: dict[str, Any], variant: str) -> dict[str, Any]:
-    """A finished job's result in Fal's output shape: ``images[]`` (url, width, height, content_type)
-    or ``video`` (url, content_type), with the charge in ``usage``. Other endpoints' answers (an async
+    """A finished job's result in Fal's output shape: ``images[]`` (url, width, height, content_type),
+    ``video`` or ``audio`` (url, content_type), with the charge in ``usage``. Other endpoints' answers (an async
     chat polled here) come whole under ``response``."""
     usage = shaped.get("usage")
     data = [item for item in shaped.get("data") or [] if isinstance(item, dict)]
@@ -81,6 +82,10 @@ def fal_output(endpoint: str, shaped: dict[str, Any], variant: str) -> dict[str,
         ]
         prompt = data[0].get("revised_prompt") if data else None
         return {"images": images, "prompt": prompt, "has_nsfw_concepts": [False] * len(images), "usage": usage}
+    if endpoint == SPEECH:
+        content_type = str(shaped.get("content_type") or "audio/wav")
+        audio = {"url": f"data:{content_type};base64,{shaped.get('audio_b64') or ''}", "content_type": content_type}
+        return {"audio": audio, "usage": usage}
     if endpoint == VIDEOS:
         content_type = str(data[0].get("content_type") or "video/mp4") if data else "video/mp4"
         video = {"url": _data_uri(data[0], content_type), "content_type": content_type} if data else None
@@ -147,7 +152,13 @@ async def submit(request: Request[Any, Any, Any], core: Core, slug: FromPath[str
     return json_response(body, headers=charge_headers(charge))
 
 
-@post("/fal/requests/batch", operation_id="getFalRequestStatuses", opt={"scope": "user:read"}, status_code=200)
+# Casola counts every POST and PUT under /fal as a job submission (its rate-limit table).
+@post(
+    "/fal/requests/batch",
+    operation_id="getFalRequestStatuses",
+    opt={"scope": "user:read", "rate": "jobs"},
+    status_code=200,
+)
 async def batch_status(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
     """The statuses of up to 50 requests, in the order asked; one that does not exist for the caller
     is listed with the status ``NOT_FOUND``."""
@@ -178,7 +189,7 @@ async def status(request: Request[Any, Any, Any], core: Core, request_id: FromPa
 @put(
     "/fal/requests/{request_id:str}/cancel",
     operation_id="cancelFalRequest",
-    opt={"scope": "user:write", "rate": "requests"},
+    opt={"scope": "user:write", "rate": "jobs"},
     status_code=202,
 )
 async def cancel(request: Request[Any, Any, Any], core: Core, request_id: FromPath[str]) -> Response[bytes]:

@@ -227,3 +227,24 @@ def test_a_submission_the_balance_cannot_cover_is_a_402(gw: Gateway) -> None:
     response = curl(poor, "POST", "/fal/fal-ai/wan/v2.2-5b/text-to-video", '{"prompt": "too dear"}')
     assert response.status_code == 402, response.text
     assert response.json()["error"]["code"] == "insufficient_credits"
+
+
+def test_a_speech_model_speaks_at_its_slug(account: Account) -> None:
+    """Casola's Fal endpoints serve audio too: a speech model by its id, the text as Fal's ``text``,
+    priced per character as /v1/audio/speech."""
+    before = account.balance_micros()
+    response = curl(account, "POST", "/fal/sim-tts", '{"text": "Hello from the queue.", "sync_mode": true}')
+    assert response.status_code == 200, response.text
+    body = json.loads(response.text, parse_float=Decimal)
+    assert body["audio"]["content_type"] == "audio/wav"
+    wav = base64.b64decode(body["audio"]["url"].removeprefix("data:audio/wav;base64,"))
+    assert media.wav_duration_ms(wav) > 0
+    micros = reconciles(
+        account, before, response.headers["x-request-id"], body["usage"], response.headers["x-credits-used"]
+    )
+    assert micros == -(-len("Hello from the queue.") * 15_000_000 // 1_000_000)
+    queued = curl(account, "POST", "/fal/sim-tts", '{"prompt": "Later."}')
+    assert queued.status_code == 200 and queued.json()["status"] == "IN_QUEUE"
+    assert poll_until_done(account, queued.json()["request_id"])["audio"]["url"].startswith("data:audio/wav")
+    missing = curl(account, "POST", "/fal/sim-tts", '{"voice": "alloy"}')
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "text"
