@@ -169,6 +169,13 @@ async def create_job(request: Request[Any, Any, Any], core: Core) -> Response[by
     """Queue a job: 202 ``{id, queue_id, status: "pending", ...}``; poll ``GET /api/jobs/{id}``."""
     token = authorize(request, "user:write")
     body = await decode_body(request, CasolaJobRequest, core.settings.request_body_bytes_max)
+    if "sim" in body.payload and not core.settings.sim_knobs:  # as generation_body refuses it
+        raise ApiError(
+            400,
+            "The 'sim' field drives the simulated backend in demos and fault tests; it is not open to API keys.",
+            code="unsupported_parameter",
+            param="payload.sim",
+        )
     metered = _metered(body, core.prices.current)
 
     def accepted(rid: str, placement: Placement) -> Response[bytes]:

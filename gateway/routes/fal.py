@@ -36,7 +36,7 @@ from gateway.metering import Placement
 from gateway.requests import IMAGES, SPEECH, VIDEOS, parse_fal
 from gateway.results import charge_headers, shape_result
 from gateway.routes.generation import answered, captured_of, generation_body, run_metered
-from gateway.routes.jobs import job_body, request_cancel
+from gateway.routes.jobs import job_body, job_error, request_cancel
 from projections.jobs import JobState
 from schemas.api import FalBatchStatusRequest
 from schemas.events import JobCompleted
@@ -103,14 +103,16 @@ def fal_request(request: Request[Any, Any, Any], core: GatewayCore, job: JobStat
     }
     if job.status == "pending":
         body["queue_position"] = 0  # not tracked: the pool's fair scheduler has no single queue order
-    described = job_body(job, core.prices)
+    error = job_error(job)
     if job.status == "cancelled":
         body["error"] = {"code": "cancelled", "message": "The request was cancelled."}
-    elif described["error"] is not None:
-        body["error"] = described["error"]
-    if output and job.status == "completed" and described["result"] is not None:
-        variant = job.charged.units.variant if job.charged is not None else ""
-        body.update(fal_output(job.endpoint, described["result"], variant))
+    elif error is not None:
+        body["error"] = error
+    if output and job.status == "completed":  # shaped only when asked: a batch of statuses reads none
+        result = job_body(job, core.prices)["result"]
+        if result is not None:
+            variant = job.charged.units.variant if job.charged is not None else ""
+            body.update(fal_output(job.endpoint, result, variant))
     return body
 
 

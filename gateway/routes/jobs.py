@@ -35,9 +35,7 @@ def job_body(job: JobState, prices: PriceBooks) -> dict[str, Any]:
         result = shape_result(job.endpoint, job.request_id, msgspec.json.decode(job.result), charged, price)
     elif job.result is not None and job.status == "cancelled":
         result = msgspec.json.decode(job.result)
-    error = None
-    if job.status in ("failed", "dead_letter") or (job.error_code and job.status != "completed"):
-        error = {"code": job.error_code or job.status, "message": job.error_message or job.status}
+    error = job_error(job)
     return {
         "id": job.job_id,
         "job_id": job.job_id,
@@ -58,6 +56,13 @@ def job_body(job: JobState, prices: PriceBooks) -> dict[str, Any]:
         "result": result,
         "error": error,
     }
+
+
+def job_error(job: JobState) -> dict[str, str] | None:
+    """Why a job did not complete (None while it may still, and once it has)."""
+    if job.status in ("failed", "dead_letter") or (job.error_code and job.status != "completed"):
+        return {"code": job.error_code or job.status, "message": job.error_message or job.status}
+    return None
 
 
 def _own_job(request: Request[Any, Any, Any], core: GatewayCore, job_id: str, scope: str) -> JobState:

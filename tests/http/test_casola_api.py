@@ -139,6 +139,12 @@ def test_unknown_and_foreign_jobs_are_404_in_casolas_envelope(gw: Gateway, accou
             "model_id",
         ),
         ("not json", 400, None),
+        (
+            '{"task": "openai/chat-completion", "model_id": "sim-chat-small", "payload": '
+            '{"messages": [{"role": "user", "content": "x"}], "sim": {"token_ms": 1000}}}',
+            400,
+            "payload.sim",
+        ),
     ],
 )
 def test_bad_job_bodies_are_4xx_naming_the_field(account: Account, body: str, status: int, param: str | None) -> None:

@@ -248,3 +248,20 @@ def test_a_speech_model_speaks_at_its_slug(account: Account) -> None:
     assert poll_until_done(account, queued.json()["request_id"])["audio"]["url"].startswith("data:audio/wav")
     missing = curl(account, "POST", "/fal/sim-tts", '{"voice": "alloy"}')
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "text"
+
+
+def test_a_job_that_fails_polls_as_failed_with_its_error_and_charges_nothing(account: Account) -> None:
+    """A prompt and output limit past the model's context fail the job on its worker: FAILED, with
+    the error, nothing charged."""
+    before = account.balance_micros()
+    prompt = "word " * 30_000  # with the output limit, past sim-chat-small's 32,768-token context
+    body = {"model": "sim-chat-small", "messages": [{"role": "user", "content": prompt}], "async": True}
+    accepted = account.gw.call("POST", "/openai/v1/chat/completions", account.key, json=body)
+    assert accepted.status_code == 202, accepted.text
+    done = poll_until_done(account, accepted.json()["id"])
+    assert done["status"] == "FAILED" and done["error"]["code"], done
+    assert "choices" not in done and "response" not in done
+    deadline = time.monotonic() + 10
+    while account.balance_micros() != before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert account.balance_micros() == before
