@@ -59,6 +59,7 @@ from ledger.pricing import PriceBook, kind_of
 from projections.jobs import JobState
 from schemas.api import CasolaJobRequest
 from schemas.prices import ModelPrice
+from workers.metering import FileContents
 
 Parser = Callable[[bytes, PriceBook], MeteredRequest]
 cancel_is_idempotent = "a cancel changes a job once: a repeat finds it ended (409) or asks again, which changes nothing"
@@ -145,7 +146,7 @@ def _own_job(request: Request[Any, Any, Any], core: GatewayCore, job_id: str, sc
     return job
 
 
-def _metered(body: CasolaJobRequest, book: PriceBook) -> MeteredRequest:
+def _metered(body: CasolaJobRequest, book: PriceBook, org_id: str, files: FileContents) -> MeteredRequest:
     if body.task not in casola_tasks:
         raise ApiError(400, f"task must be one of {', '.join(casola_tasks)}.", code="invalid_parameter", param="task")
     payload = dict(body.payload)
@@ -159,8 +160,11 @@ def _metered(body: CasolaJobRequest, book: PriceBook) -> MeteredRequest:
     else:
         payload["model"] = model_id
         payload.pop("async", None)
-    parse = casola_tasks[body.task][1](model_id)
-    metered = parse(msgspec.json.encode(payload), book)
+    encoded = msgspec.json.encode(payload)
+    if body.task == "openai/chat-completion":  # its content may name the organization's files
+        metered = parse_chat(encoded, book, org_id, files)
+    else:
+        metered = casola_tasks[body.task][1](model_id)(encoded, book)
     return dataclasses.replace(metered, run_async=True)
 
 
@@ -176,7 +180,7 @@ async def create_job(request: Request[Any, Any, Any], core: Core) -> Response[by
             code="unsupported_parameter",
             param="payload.sim",
         )
-    metered = _metered(body, core.prices.current)
+    metered = _metered(body, core.prices.current, token.org_id, core.files)
 
     def accepted(rid: str, placement: Placement) -> Response[bytes]:
         job = placement.command.job
