@@ -65,6 +65,12 @@ json_bodies: Mapping[str, type[Any]] = {
     "setRateLimits": api.RateLimits,
     "setPlan": api.SetPlanBody,
     "createBatch": api.CreateBatch,
+    # Casola's Fal queue and core API (gateway/routes/fal.py, gateway/routes/casola.py). A Fal body is
+    # an image model's, a video model's (FalVideoRequest) or a speech model's (FalSpeechRequest), as its slug says.
+    "submitFalRequest": api.FalImageRequest,
+    "getFalRequestStatuses": api.FalBatchStatusRequest,
+    "createCasolaJob": api.CasolaJobRequest,
+    "createCasolaToken": api.CreateToken,
 }
 form_bodies: Mapping[str, dict[str, Any]] = {"createTranscription": _transcription_form, "createFile": _file_form}
 _user = [{"role": "user", "content": "Say hello."}]
@@ -93,6 +99,14 @@ body_examples: Mapping[str, dict[str, Any]] = {
         "return_documents": True,
     },
     "createScore": {"model": "qwen3-rerank", "text_1": "What is the capital of France?", "text_2": ["Paris.", "Rome."]},
+    "submitFalRequest": {"prompt": "A cat in space", "sync_mode": True},
+    "getFalRequestStatuses": {"request_ids": ["job_0123456789abcdef"]},
+    "createCasolaJob": {
+        "model_id": "Qwen/Qwen3.5-4B",
+        "task": "openai/chat-completion",
+        "payload": {"messages": _user, "max_tokens": 16},
+    },
+    "createCasolaToken": {"name": "CI Pipeline Token", "scopes": ["user:read", "user:write"]},
 }
 
 # What a successful answer is, beside JSON: streams (stream: true) and audio.
@@ -106,7 +120,9 @@ success_media: Mapping[str, dict[str, Any]] = {
     "createTranscription": {"text/plain": {"schema": {"type": "string"}}},
     "downloadFile": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
 }
-# Generation requests may be async (202 and a job), or refused for the balance (402).
+# Generation requests may be async (202 and a job), or refused for the balance (402). A Fal
+# submission answers its queue entry with a 200 (or, with sync_mode, its output); POST /api/jobs is
+# always a 202.
 generation = {
     "createChatCompletion",
     "createCompletion",
@@ -148,6 +164,8 @@ query_parameters: Mapping[str, list[dict[str, Any]]] = {
     "retrieveAccountUsage": [*_window, _page, _cursor],
     "listOrganizationUsage": [*_window, _page, _cursor],
     "listOrganizationUsageByToken": _window,
+    "listCasolaUsage": [*_window, _page, _cursor],
+    "listCasolaUsageByToken": _window,
     "retrieveStatement": [
         _query("from", _moment, "Start of the statement's period (ISO 8601)", required=True),
         _query("to", _moment, "End of the statement's period (ISO 8601)", required=True),

@@ -7,8 +7,10 @@ from litestar.handlers import HTTPRouteHandler
 from gateway.routes import (
     audit,
     batches,
+    casola,
     credits,
     dashboard,
+    fal,
     files,
     generation,
     health,
@@ -34,6 +36,8 @@ route_handlers: list[HTTPRouteHandler] = [
     *health.route_handlers,
     *dashboard.route_handlers,
     *voices.route_handlers,
+    *fal.route_handlers,
+    *casola.route_handlers,
     *files.route_handlers,
     *batches.route_handlers,
 ]

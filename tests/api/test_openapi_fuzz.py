@@ -35,7 +35,11 @@ semantic_validation |= {"retrieveStatement", "getOrganizationBalanceAt", "listOr
 semantic_validation |= {"retrieveAccountUsage", "listOrganizationUsageByToken"}
 # A cursor must be one the API returned; a key's expires_at must be a moment (msgspec's schema for an
 # optional datetime states its format, which the generator does not always follow).
-semantic_validation |= {"listLedgerEntries", "createToken"}
+semantic_validation |= {"listLedgerEntries", "createToken", "createCasolaToken"}
+semantic_validation |= {"listCasolaUsage", "listCasolaUsageByToken"}
+# A Fal slug must name an image or video model of the book (its body is that model's), and a Casola
+# job's payload must be its task's request body: more than a schema says.
+semantic_validation |= {"submitFalRequest", "createCasolaJob"}
 # Positive cases name a model of the default book (a random name is a 404 before anything is metered);
 # whether the rest of a valid body fits that model (its output limit, its context) is again more than
 # a schema says, so these operations' valid bodies may be a 400 too.
