@@ -246,6 +246,7 @@ async def model_status(request: Request[Any, Any, Any], core: Core) -> Response[
             "fal_slugs": list(price.fal_slugs),
         }
         for price in core.prices.current.models.values()
+        if price.category != "storage"  # file storage is priced in the book, not run as a model
     ]
     return json_response({"models": models})
 
@@ -255,7 +256,8 @@ async def catalog(request: Request[Any, Any, Any], core: Core) -> Response[bytes
     """The model catalog: every model with every rate (``GET /v1/models``)."""
     authorize(request, "user:read")
     book = core.prices.current
-    return json_response({"object": "list", "data": [model_card(p, book.version) for p in book.models.values()]})
+    cards = [model_card(p, book.version) for p in book.models.values() if p.category != "storage"]
+    return json_response({"object": "list", "data": cards})
 
 
 @post(

@@ -22,6 +22,9 @@ def test_the_model_list_is_public_and_a_sent_credential_is_still_checked(gw: Gat
     assert {model["id"] for model in anonymous.json()["data"]} == models
     assert gw.call("GET", "/v1/models/sim-image").status_code == 200
     assert gw.call("GET", "/v1/models/file-storage").status_code == 404
+    key = gw.key(gw.organization(), ["user:read"])[0]
+    assert {model["id"] for model in gw.call("GET", "/api/catalog", key).json()["data"]} == models
+    assert {model["model_id"] for model in gw.call("GET", "/api/model-status", key).json()["models"]} == models
     assert gw.call("GET", "/v1/models", "tg_not_a_real_key").status_code == 401
     assert gw.call("GET", "/api/pricing").status_code == 200
 
