@@ -93,7 +93,7 @@ async def create_batch(request: Request[Any, Any, Any], core: Core) -> Response[
         raise ApiError(
             400, "The input file must be uploaded with purpose 'batch'.", code="invalid_file", param="input_file_id"
         )
-    data = core.blobs.get(record.blob_key)
+    data = await asyncio.to_thread(core.blobs.get, record.blob_key)
     if data is None:
         raise ApiError(503, "The input file cannot be read right now; retry shortly.", code="file_unavailable")
     parse = parser_for(body.endpoint, token.org_id, core)
