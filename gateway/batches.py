@@ -29,7 +29,7 @@ import msgspec
 
 from eventlog import Outgoing, topics
 from gateway.errors import ApiError
-from gateway.metering import MeteredRequest, OrganizationBusy, Overloaded
+from gateway.metering import Attempt, AttemptForgotten, MeteredRequest, OrganizationBusy, Overloaded
 from gateway.requests import CHAT, COMPLETIONS, EMBEDDINGS, parse_chat, parse_completion, parse_embedding
 from gateway.results import charge_of, refusal, shape_result
 from projections.views import ApiToken
@@ -156,6 +156,41 @@ class BatchRunner:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def resume(self) -> None:
+        """Run again the batches this instance was running when it stopped (its instance id): each
+        line's earlier attempt, if any, answers it, the rest run now. A batch whose input file or key
+        is gone fails."""
+        settings = self._core.settings
+        for batch in list(self._core.batches.batches.values()):
+            if batch.ended_at is not None or batch.instance_id != settings.instance_id:
+                continue
+            token = self._core.tenants.tokens_by_id.get(batch.token_id)
+            record = self._core.stored_files.get(batch.org_id, batch.input_file_id)
+            data = await asyncio.to_thread(self._core.blobs.get, record.blob_key) if record is not None else None
+            counts = {"completed": batch.completed, "failed": batch.failed}
+            if token is None or data is None:
+                self._ended(
+                    batch.org_id,
+                    batch.batch_id,
+                    "failed",
+                    counts,
+                    "",
+                    "",
+                    "batch_lost",
+                    "Its key or input file is gone.",
+                )
+                continue
+            try:
+                parse = parser_for(batch.endpoint, batch.org_id, self._core)
+                lines = parse_lines(data, batch.endpoint, parse, settings.sim_knobs)
+            except ApiError as error:
+                self._ended(
+                    batch.org_id, batch.batch_id, "failed", counts, "", "", error.code or "invalid_file", error.message
+                )
+                continue
+            logger.info("resuming batch %s (%d lines)", batch.batch_id, len(lines))
+            self.start(token, batch.batch_id, batch.endpoint, lines, batch.reserved)
+
     def _append(self, event: Event) -> None:
         self._core.send([Outgoing(topics.JOBS, event.org_id, encode(event))])
 
@@ -245,8 +280,20 @@ class BatchRunner:
         rid = line_request_id(batch_id, line.index)
         while True:
             try:
-                placement, seen = await self._core.metering.run(token, rid, metered, carve_from=reserved)
+                # Keyed: a line an earlier run of this batch placed (before a restart) is answered from
+                # its events, never placed twice.
+                placement, seen = await self._core.metering.run(
+                    token, rid, metered, attempt=Attempt(keyed=True), carve_from=reserved
+                )
                 break
+            except AttemptForgotten:
+                return False, error_record(
+                    batch_id,
+                    line,
+                    None,
+                    "result_expired",
+                    "The line ran before a restart; its answer is no longer kept.",
+                )
             except (Overloaded, OrganizationBusy):
                 await asyncio.sleep(busy_retry_s)  # the gateway's bounds: wait for a slot, as a client would
             except TimeoutError:

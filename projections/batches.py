@@ -22,6 +22,8 @@ class BatchState:
     created_at: datetime
     expires_at: datetime
     metadata: dict[str, str] = field(default_factory=dict)
+    instance_id: str = ""
+    reserved: str = ""
     status: str = "in_progress"
     completed: int = 0
     failed: int = 0
@@ -59,6 +61,8 @@ class BatchesView:
                 created_at=event.occurred_at,
                 expires_at=event.expires_at,
                 metadata=dict(event.metadata),
+                instance_id=event.instance_id,
+                reserved=event.reserved,
             )
             self._by_org.setdefault(event.org_id, []).append(event.batch_id)
             return

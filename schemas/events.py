@@ -502,6 +502,8 @@ class BatchCreated(Event, frozen=True, kw_only=True, tag="batch.created.v1"):
     failed: int = 0  # lines refused before running (their errors are in the error file)
     expires_at: datetime
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
+    instance_id: str = ""  # the gateway instance that runs it (and resumes it after a restart)
+    reserved: str = ""  # the slice reserved for its worst case, its lines' holds carved from it
 
 
 class BatchProgressed(Event, frozen=True, kw_only=True, tag="batch.progressed.v1"):

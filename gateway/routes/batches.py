@@ -40,6 +40,11 @@ def _found(core: GatewayCore, org_id: str, batch_id: str) -> BatchState:
     return batch
 
 
+async def resume_batches(core: GatewayCore) -> None:
+    """At the app's start: run again the batches this instance was running when it stopped."""
+    await _runner(core).resume()
+
+
 def _runner(core: GatewayCore) -> BatchRunner:
     if core.batch_runner is None:
         core.batch_runner = BatchRunner(core)
@@ -116,6 +121,8 @@ async def create_batch(request: Request[Any, Any, Any], core: Core) -> Response[
             failed=sum(1 for line in lines if line.metered is None),
             expires_at=now + completion_window,
             metadata=dict(body.metadata or {}),
+            instance_id=core.settings.instance_id,
+            reserved=reserved,
         )
         await core.record_job_event(created)
         _runner(core).start(token, batch_id, body.endpoint, lines, reserved)

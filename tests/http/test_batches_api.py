@@ -244,3 +244,48 @@ def test_a_batch_past_the_balance_is_a_402(gw: Gateway) -> None:
         client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
     assert refused.value.status_code == 402
     assert list(client.batches.list()) == []
+
+
+@pytest.mark.heavy  # two gateways in turn, slow lines
+def test_a_batch_resumes_after_its_gateway_restarts_and_charges_each_line_once(tmp_path: Path) -> None:
+    first = Gateway(tmp_path, sim_knobs=True, instance_id="batch-resume")
+    try:
+        account = Account(first, credits="1000")
+        client = account.openai()
+        slow = [line(f"s{i}", f"slow {i}", model="sim-chat-small", max_tokens=8) for i in range(120)]
+        for item in slow:
+            item["body"]["sim"] = {"token_ms": 15}
+        uploaded = client.files.create(file=("slow.jsonl", io.BytesIO(jsonl(slow))), purpose="batch")
+        created = client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        time.sleep(0.6)
+        assert client.batches.retrieve(created.id).status == "in_progress"
+        before = 1_000_000_000
+    finally:
+        first.close()
+    second = Gateway(tmp_path, sim_knobs=True, instance_id="batch-resume")
+    try:
+        account.gw = second
+        client = account.openai()
+        ended = wait_ended(client, created.id)
+        assert ended.status == "completed", ended
+        assert ended.request_counts is not None
+        assert (ended.request_counts.completed, ended.request_counts.failed) == (120, 0)
+        outputs = records(client, ended.output_file_id)
+        assert sorted(row["custom_id"] for row in outputs) == sorted(f"s{i}" for i in range(120))
+        total = sum(row["response"]["body"]["usage"]["cost_micros"] for row in outputs)
+        deadline = time.monotonic() + 20
+        while balance_micros(account) != before - total and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert balance_micros(account) == before - total
+        captures = [e for e in ledger_events(second, account.org) if isinstance(e, HoldCaptured)]
+        assert len(captures) == len({e.hold_id for e in captures}) == 120  # each line charged once
+        assert auditor_ok(second)
+    finally:
+        second.close()
+
+
+def auditor_ok(gw: Gateway) -> bool:
+    auditor = audit_log(gw.log, None, quiet=True)
+    return auditor.ok
