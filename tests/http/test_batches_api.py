@@ -268,6 +268,8 @@ def test_a_batch_resumes_after_its_gateway_restarts_and_charges_each_line_once(t
     try:
         account.gw = second
         client = account.openai()
+        # The file list is a fold of the ledger's events: the restarted gateway has it from the log.
+        assert uploaded.id in [f.id for f in client.files.list(purpose="batch")]
         ended = wait_ended(client, created.id)
         assert ended.status == "completed", ended
         assert ended.request_counts is not None
