@@ -198,6 +198,10 @@ class BatchRunner:
         batch = self._core.batches.get(org_id, batch_id)
         return batch is not None and batch.cancelling_at is not None
 
+    def _expired(self, org_id: str, batch_id: str) -> bool:
+        batch = self._core.batches.get(org_id, batch_id)
+        return batch is not None and utc_now() >= batch.expires_at
+
     async def _run(self, token: ApiToken, batch_id: str, endpoint: str, lines: list[Line], reserved: str) -> None:
         results: dict[int, dict[str, Any]] = {}
         errors: dict[int, dict[str, Any]] = {}
@@ -240,13 +244,22 @@ class BatchRunner:
 
         status = "completed"
         try:
-            for line in lines:
+            for position, line in enumerate(lines):
                 if line.metered is None:
                     continue
                 await slots.acquire()
                 if self._cancelled(token.org_id, batch_id):
                     slots.release()
                     status = "cancelled"
+                    break
+                if self._expired(token.org_id, batch_id):
+                    slots.release()
+                    status = "expired"  # past its completion window: what did not start never runs
+                    for unstarted in lines[position:]:
+                        if unstarted.metered is not None:
+                            message = "The batch's completion window ended before this request ran."
+                            errors[unstarted.index] = error_record(batch_id, unstarted, None, "batch_expired", message)
+                            counts["failed"] += 1
                     break
                 running.append(asyncio.create_task(run_line(line)))
             await asyncio.gather(*running, return_exceptions=True)

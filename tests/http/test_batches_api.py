@@ -8,6 +8,7 @@ import io
 import json
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 
 from eventlog import topics
 from eventlog.read import read_topic
+from gateway.routes import batches as batch_routes
 from ledger.pricing import default_price_book, price_micros
 from schemas.codec import decode_event
 from schemas.events import HoldCaptured, HoldPlaced, SliceGranted, SliceReturned
@@ -291,3 +293,31 @@ def test_a_batch_resumes_after_its_gateway_restarts_and_charges_each_line_once(t
 def auditor_ok(gw: Gateway) -> bool:
     auditor = audit_log(gw.log, None, quiet=True)
     return auditor.ok
+
+
+@pytest.mark.heavy  # slow lines
+def test_a_batch_past_its_completion_window_expires_and_charges_only_what_ran(
+    knobs: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(The window is shortened to a second: the lines that had not started go to the error file.)"""
+    monkeypatch.setattr(batch_routes, "completion_window", timedelta(seconds=1))
+    account = Account(knobs, credits="1000")
+    client = account.openai()
+    before = balance_micros(account)
+    slow = [line(f"s{i}", f"slow {i}", model="sim-chat-small", max_tokens=8) for i in range(300)]
+    for item in slow:
+        item["body"]["sim"] = {"token_ms": 20}
+    uploaded = client.files.create(file=("slow.jsonl", io.BytesIO(jsonl(slow))), purpose="batch")
+    created = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    ended = wait_ended(client, created.id)
+    assert ended.status == "expired" and ended.expired_at is not None and ended.request_counts is not None
+    finished, failed = ended.request_counts.completed, ended.request_counts.failed
+    assert 0 < finished < 300 and finished + failed == 300
+    outputs = records(client, ended.output_file_id)
+    errors = records(client, ended.error_file_id)
+    assert len(outputs) == finished and {row["error"]["code"] for row in errors} == {"batch_expired"}
+    total = sum(row["response"]["body"]["usage"]["cost_micros"] for row in outputs)
+    deadline = time.monotonic() + 10
+    while balance_micros(account) != before - total and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert balance_micros(account) == before - total
