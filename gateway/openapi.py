@@ -56,6 +56,8 @@ json_bodies: Mapping[str, type[Any]] = {
     "setTokenLimits": api.RateLimits,
     "setRateLimits": api.RateLimits,
     "setPlan": api.SetPlanBody,
+    "deployGpuInstance": api.GpuDeployRequest,
+    "createHostedAgentInstance": api.HostedAgentCreateRequest,
 }
 form_bodies: Mapping[str, dict[str, Any]] = {"createTranscription": _transcription_form}
 _user = [{"role": "user", "content": "Say hello."}]
@@ -84,6 +86,12 @@ body_examples: Mapping[str, dict[str, Any]] = {
         "return_documents": True,
     },
     "createScore": {"model": "qwen3-rerank", "text_1": "What is the capital of France?", "text_2": ["Paris.", "Rome."]},
+    "deployGpuInstance": {"gpu_slug": "rtx-4090", "mode": "model", "hf_id": "Qwen/Qwen2.5-7B-Instruct"},
+    "createHostedAgentInstance": {
+        "agent_type": "openclaw",
+        "name": "OpenClaw Production",
+        "plan_slug": "hosted-agent-basic",
+    },
 }
 
 # What a successful answer is, beside JSON: streams (stream: true) and audio.
@@ -111,7 +119,7 @@ generation = {
     "createReranks",
     "createScore",
 }
-public = {"health", "getLedgerPublicKey", "getPricing"}
+public = {"health", "getLedgerPublicKey", "getPricing", "listGpuTypes", "getGpuType", "hostedAgentsHealth"}
 # Open without a credential; one that is sent is checked (gateway/auth.py, opt "anonymous").
 anonymous = {"listModels", "retrieveModel"}
 
@@ -180,6 +188,7 @@ error_statuses = {
     "413": "The body is over the size limit.",
     "414": "The URI is too long.",
     "415": "The body's media type is not accepted.",
+    "422": "The workload settings are not valid together (a GPU deploy in mode custom without an image).",
     "429": (
         "A rate limit, or the organization's limit of requests in flight on this gateway; retry after the "
         "retry-after header."

@@ -27,9 +27,10 @@ from eventlog import Record
 from ledger.accounts import Book, held_account, wallet_account
 from ledger.chain import ChainHead, key_id_of, signature_valid
 from ledger.pricing import PriceBooks, price_micros
+from ledger.resources import charge_problem
 from ledger.wallet import HoldStatus, Wallet, evolve
 from schemas.codec import decode_event
-from schemas.events import ChainCheckpoint, Event, HoldCaptured, LedgerFact
+from schemas.events import ChainCheckpoint, Event, HoldCaptured, LedgerFact, ResourceEvent
 
 findings_max = 1000  # a broken log can break every later link; the first ones are what matter
 
@@ -179,6 +180,10 @@ class Auditor:
             wallet = self.wallets[event.org_id] = Wallet(org_id=event.org_id)
         if isinstance(event, HoldCaptured):
             self._check_capture(record, wallet, event)
+        elif isinstance(event, ResourceEvent):
+            problem = charge_problem(wallet, event, self.prices)
+            if problem is not None:
+                self._find(record, event.event_id, "resource_charge_mismatch", problem)
         try:
             evolve(wallet, event)
             self.book.apply(event)

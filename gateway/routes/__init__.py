@@ -13,6 +13,7 @@ from gateway.routes import (
     jobs,
     messages,
     models,
+    resources,
     responses,
     tenants,
     usage,
@@ -32,4 +33,5 @@ route_handlers: list[HTTPRouteHandler] = [
     *health.route_handlers,
     *dashboard.route_handlers,
     *voices.route_handlers,
+    *resources.route_handlers,
 ]

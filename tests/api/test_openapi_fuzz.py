@@ -36,6 +36,8 @@ semantic_validation |= {"retrieveAccountUsage", "listOrganizationUsageByToken"}
 # A cursor must be one the API returned; a key's expires_at must be a moment (msgspec's schema for an
 # optional datetime states its format, which the generator does not always follow).
 semantic_validation |= {"listLedgerEntries", "createToken"}
+# A GPU deploy names a GPU class of the catalog, a hosted agent a plan of it (a random slug is a 404).
+semantic_validation |= {"deployGpuInstance", "createHostedAgentInstance"}
 # Positive cases name a model of the default book (a random name is a 404 before anything is metered);
 # whether the rest of a valid body fits that model (its output limit, its context) is again more than
 # a schema says, so these operations' valid bodies may be a 400 too.

@@ -92,6 +92,7 @@ def test_every_scope_on_every_route(gw: Gateway) -> None:
     for method, template, opt in routes(gw):
         path = template.replace("{org_id}", org_a).replace("{token_id}", victim).replace("{model_id}", "sim-chat-small")
         path = path.replace("{path}", "openapi.json").replace("{job_id}", "job_unknown")
+        path = path.replace("{slug}", "rtx-4090").replace("{instance_id}", "gpu_unknown").replace("{action}", "refresh")
         assert not re.search(r"\{\w+\}", path), f"fill the path parameter of {template} in this test"
         for credential in credentials:
             name = credential[0]

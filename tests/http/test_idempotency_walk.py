@@ -76,9 +76,15 @@ samples: dict[str, Sample] = {
     "/v1/rerank": lambda c, v: {"json": {"model": "qwen3-0.6b-fp8-score", "query": f"q {v}", "documents": ["a", "b"]}},
     "/v1/reranks": lambda c, v: {"json": {"model": "qwen3-rerank", "query": f"q {v}", "documents": ["a", "b"]}},
     "/v1/score": lambda c, v: {"json": {"model": "qwen3-rerank", "text_1": f"q {v}", "text_2": ["a", "b"]}},
+    "/v1/gpu/instances": lambda c, v: {"json": {"gpu_slug": "rtx-4090", "name": f"walk {v}"}},
+    "/v1/gpu/instances/{instance_id}/{action}": lambda c, v: {"json": {"variant": v}},  # the body is not read
+    "/v1/hosted-agents/instances": lambda c, v: {"json": {"agent_type": "hermes", "name": f"walk {v}"}},
 }
 # Routes that use the organization's key rather than the platform admin token.
 with_key = {
+    "/v1/gpu/instances",
+    "/v1/gpu/instances/{instance_id}/{action}",
+    "/v1/hosted-agents/instances",
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/embeddings",
@@ -118,6 +124,10 @@ def test_every_post_route_is_idempotent_or_says_why_not(gw: Gateway) -> None:
 def test_the_same_key_and_body_answer_once_and_another_body_is_a_409(gw: Gateway, path: str) -> None:
     context = Context(gw)
     url = path.replace("{org_id}", context.org).replace("{token_id}", context.token_id)
+    if "{instance_id}" in url:
+        deployed = gw.call("POST", "/v1/gpu/instances", context.key, json={"gpu_slug": "rtx-4090"})
+        assert deployed.status_code == 200, deployed.text
+        url = url.replace("{instance_id}", deployed.json()["instance"]["id"]).replace("{action}", "refresh")
     key = context.key if path in with_key else None
     call: Callable[..., Any] = (lambda method, target, **k: gw.call(method, target, key, **k)) if key else gw.admin
     headers = {"Idempotency-Key": f"walk-{uuid.uuid4().hex}"}

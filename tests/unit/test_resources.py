@@ -1,0 +1,298 @@
+"""Time-metered resources and monthly plans (ledger/resources.py): decide and evolve, exact micros,
+a run that runs out of balance, renewals; and the postings and the audit that re-derive them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import pytest
+
+from eventlog import Record
+from ledger.accounts import Book, held_account, revenue, wallet_account
+from ledger.audit import Auditor
+from ledger.chain import ChainHead
+from ledger.pricing import PriceBooks, default_price_book
+from ledger.resources import (
+    add_months,
+    decide_plan_due,
+    decide_resource_due,
+    rejection_codes,
+    run_cost_micros,
+)
+from ledger.wallet import Rejection, Wallet, decide, evolve
+from schemas.codec import encode
+from schemas.commands import (
+    AnyCommand,
+    CancelPlan,
+    GrantCredits,
+    SetCreditLimit,
+    StartResource,
+    StopResource,
+    SubscribePlan,
+)
+from schemas.events import (
+    Event,
+    PlanCancelled,
+    PlanEnded,
+    PlanRenewed,
+    PlanSubscribed,
+    ResourceBalanceLow,
+    ResourceCharged,
+    ResourceStarted,
+)
+
+t0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+org = "org_gpu"
+book = default_price_book()
+h100 = book.gpu_classes["h100-nvl"].hourly_micros  # 5.6 credits an hour
+basic = book.plans["hosted-agent-basic"].monthly_micros  # 15 credits a month
+
+
+def at(seconds: float) -> datetime:
+    return t0 + timedelta(seconds=seconds)
+
+
+def grant(amount: int, grant_id: str = "g1") -> GrantCredits:
+    return GrantCredits(
+        command_id=grant_id, org_id=org, issued_at=t0, grant_id=grant_id, amount_micros=amount, kind="paid"
+    )
+
+
+def start(resource_id: str = "gpu1", gpu: str = "h100-nvl", quantity: int = 1, interval_s: int = 60) -> StartResource:
+    return StartResource(
+        command_id=f"start:{resource_id}:{quantity}:{gpu}",
+        org_id=org,
+        issued_at=t0,
+        resource_id=resource_id,
+        token_id="tok",
+        kind="gpu",
+        resource_class=gpu,
+        quantity=quantity,
+        interval_s=interval_s,
+    )
+
+
+def stop(resource_id: str = "gpu1") -> StopResource:
+    return StopResource(command_id=f"stop:{resource_id}", org_id=org, issued_at=t0, resource_id=resource_id)
+
+
+def subscribe(subscription_id: str = "sub1", plan: str = "hosted-agent-basic") -> SubscribePlan:
+    return SubscribePlan(
+        command_id=f"subscribe:{subscription_id}:{plan}",
+        org_id=org,
+        issued_at=t0,
+        subscription_id=subscription_id,
+        token_id="tok",
+        kind="hosted_agent",
+        plan_slug=plan,
+    )
+
+
+def cancel(subscription_id: str = "sub1") -> CancelPlan:
+    return CancelPlan(command_id=f"cancel:{subscription_id}", org_id=org, issued_at=t0, subscription_id=subscription_id)
+
+
+class Ledger:
+    """A wallet with every event it was given, its book and an auditor fed the same records."""
+
+    def __init__(self) -> None:
+        self.wallet = Wallet(org_id=org)
+        self.book = Book()
+        self.events: list[Event] = []
+
+    def apply(self, events: list[Event]) -> list[Event]:
+        for event in events:
+            evolve(self.wallet, event)
+            self.book.apply(event)
+            self.events.append(event)
+        return events
+
+    def do(self, command: AnyCommand, now: datetime = t0) -> list[Event] | Rejection:
+        result = decide(self.wallet, command, now, book)
+        return result if isinstance(result, Rejection) else self.apply(result)
+
+    def tick(self, resource_id: str, now: datetime) -> list[Event]:
+        return self.apply(decide_resource_due(self.wallet, resource_id, now))
+
+    def run_until(self, resource_id: str, end: datetime) -> None:
+        """What the ledger role's clock does: charge every interval that is over by ``end``."""
+        while True:
+            resource = self.wallet.resources[resource_id]
+            if not resource.running or resource.due_at() > end:
+                return
+            self.tick(resource_id, resource.due_at())
+
+    def audit(self) -> Auditor:
+        """``tollgate audit verify``'s fold of these events, chained as the ledger appends them."""
+        auditor = Auditor(public_keys=None, prices=PriceBooks(book))
+        chain = ChainHead()
+        for offset, event in enumerate(self.events):
+            value = encode(msgspec.structs.replace(event, prev_hash=chain.head))
+            chain.advance(value, org)
+            auditor.feed([Record("tollgate.ledger", 0, offset, org.encode(), value, 0)])
+        auditor.finish()
+        return auditor
+
+
+def test_run_cost_rounds_up_once_on_the_run_total() -> None:
+    assert run_cost_micros(h100, 1, 147) == 228_667  # 5.6 an hour for 147 s: 228,666.67 rounded up
+    assert run_cost_micros(650_000, 2, 3600) == 1_300_000
+    # Charged in intervals, a run costs what it costs at once.
+    assert sum(run_cost_micros(h100, 1, s + 7) - run_cost_micros(h100, 1, s) for s in range(0, 147, 7)) == 228_667
+
+
+def test_start_holds_the_first_interval_and_refuses_what_the_balance_cannot_cover() -> None:
+    ledger = Ledger()
+    ledger.do(grant(93_333))  # one minute of an H100 costs 93,334
+    assert ledger.do(start()) is Rejection.insufficient_credits
+    ledger.do(grant(10_000_000, "g2"))
+    started = ledger.do(start())
+    assert isinstance(started, list)
+    assert isinstance(started[0], ResourceStarted) and started[0].reserved_micros == 93_334
+    assert ledger.wallet.held_micros == 93_334 and ledger.wallet.balance_micros == 10_093_333
+    assert ledger.do(start()) is Rejection.resource_running
+
+
+def test_intervals_are_charged_exactly_and_the_owner_stops_to_the_second() -> None:
+    ledger = Ledger()
+    ledger.do(grant(10_000_000))
+    ledger.do(start())
+    assert ledger.tick("gpu1", at(59.9)) == []  # not over yet
+    charged = ledger.tick("gpu1", at(60.2))
+    assert isinstance(charged[0], ResourceCharged)
+    assert (charged[0].from_s, charged[0].to_s, charged[0].amount_micros, charged[0].next_reserved_micros) == (
+        0,
+        60,
+        93_334,
+        93_333,
+    )
+    stopped = ledger.do(stop(), at(87.3))  # 28 started seconds into the second interval
+    assert isinstance(stopped, list) and isinstance(stopped[0], ResourceCharged)
+    assert (stopped[0].from_s, stopped[0].to_s, stopped[0].ended) == (60, 88, "stopped")
+    assert stopped[0].amount_micros == run_cost_micros(h100, 1, 88) - 93_334
+    resource = ledger.wallet.resources["gpu1"]
+    assert resource.billed_micros == run_cost_micros(h100, 1, 88) == 136_889
+    assert (ledger.wallet.held_micros, ledger.wallet.balance_micros) == (0, 10_000_000 - 136_889)
+    assert ledger.book.balance(revenue) == 136_889 and ledger.book.balance(held_account(org)) == 0
+    assert ledger.do(stop(), at(90)) is Rejection.resource_not_running
+    assert ledger.tick("gpu1", at(200)) == []  # a stopped run is never charged again
+    assert ledger.audit().findings == []
+
+
+def test_a_run_that_runs_out_of_balance_is_stopped_within_one_interval_never_overdrawing() -> None:
+    ledger = Ledger()
+    ledger.do(grant(1_000_000))  # 1 credit: 10 minutes and 42 seconds of an H100
+    ledger.do(start(quantity=1, interval_s=60))
+    ledger.run_until("gpu1", at(3600))
+    resource = ledger.wallet.resources["gpu1"]
+    assert not resource.running and resource.ended == "insufficient_credits"
+    # It stopped at the end of the last interval the balance could hold: 10 whole minutes.
+    assert resource.charged_s == 600 and resource.billed_micros == run_cost_micros(h100, 1, 600) == 933_334
+    assert ledger.wallet.balance_micros == 1_000_000 - 933_334 >= 0  # never overdrawn
+    assert ledger.wallet.held_micros == 0
+    # Warned once, one interval before it ran out.
+    warnings = [e for e in ledger.events if isinstance(e, ResourceBalanceLow)]
+    assert len(warnings) == 1 and warnings[0].stops_at == at(600)
+    ended = [e for e in ledger.events if isinstance(e, ResourceCharged) and e.ended]
+    assert len(ended) == 1 and ended[0].occurred_at == at(600)
+    auditor = ledger.audit()
+    assert auditor.findings == []
+    assert auditor.balance(org)["amount_micros"] == ledger.wallet.balance_micros
+
+
+def test_the_credit_limit_is_the_floor_a_run_may_reach() -> None:
+    ledger = Ledger()
+    ledger.do(grant(100_000))
+    ledger.do(SetCreditLimit(command_id="limit", org_id=org, issued_at=t0, limit_micros=200_000))
+    ledger.do(start())
+    ledger.run_until("gpu1", at(3600))
+    assert ledger.wallet.resources["gpu1"].charged_s == 180  # a fourth minute (373,334) would pass the limit
+    assert ledger.wallet.spendable_micros >= 0 and ledger.wallet.balance_micros == 100_000 - 280_000
+
+
+def test_a_stopped_resource_starts_a_new_run_and_several_gpus_cost_as_many_times() -> None:
+    ledger = Ledger()
+    ledger.do(grant(10_000_000))
+    ledger.do(start("r2", "rtx-4090", quantity=2, interval_s=30))
+    ledger.do(stop("r2"), at(10))
+    assert ledger.wallet.resources["r2"].billed_micros == run_cost_micros(650_000, 2, 10) == 3_612
+    again = ledger.do(start("r2", "rtx-4090", quantity=2, interval_s=30), at(100))
+    assert isinstance(again, list) and isinstance(again[0], ResourceStarted) and again[0].run == 2
+    ledger.tick("r2", at(130))
+    assert ledger.wallet.resources["r2"].billed_micros == 3_612 + run_cost_micros(650_000, 2, 30)
+    assert ledger.audit().findings == []
+
+
+@pytest.mark.parametrize(
+    ("command", "code"),
+    [
+        (start(gpu="tpu-v9"), Rejection.resource_class_not_priced),
+        (start(quantity=0), Rejection.amount_must_be_positive),
+        (start(interval_s=0), Rejection.ttl_must_be_positive),
+        (stop("nowhere"), Rejection.resource_not_found),
+        (subscribe(plan="platinum"), Rejection.plan_not_priced),
+        (cancel("nowhere"), Rejection.subscription_not_found),
+    ],
+)
+def test_refusals(command: AnyCommand, code: Rejection) -> None:
+    ledger = Ledger()
+    ledger.do(grant(100_000_000))
+    assert ledger.do(command) is code
+
+
+def test_a_plan_is_charged_when_accepted_and_at_each_renewal_until_cancelled() -> None:
+    ledger = Ledger()
+    ledger.do(grant(14_999_999))
+    assert ledger.do(subscribe()) is Rejection.insufficient_credits
+    ledger.do(grant(20_000_000, "g2"))
+    subscribed = ledger.do(subscribe(), datetime(2027, 1, 31, 9, 0, tzinfo=UTC))
+    assert isinstance(subscribed, list) and isinstance(subscribed[0], PlanSubscribed)
+    assert subscribed[0].amount_micros == basic and subscribed[0].period_end == datetime(2027, 2, 28, 9, 0, tzinfo=UTC)
+    assert ledger.wallet.balance_micros == 34_999_999 - basic
+    assert ledger.do(subscribe()) is Rejection.subscription_exists
+    assert ledger.apply(decide_plan_due(ledger.wallet, "sub1", datetime(2027, 2, 28, 8, 59, tzinfo=UTC))) == []
+    renewed = ledger.apply(decide_plan_due(ledger.wallet, "sub1", datetime(2027, 2, 28, 9, 0, tzinfo=UTC)))
+    assert isinstance(renewed[0], PlanRenewed)
+    assert (renewed[0].period, renewed[0].period_end) == (2, datetime(2027, 3, 31, 9, 0, tzinfo=UTC))
+    assert ledger.wallet.balance_micros == 34_999_999 - 2 * basic
+    cancelled = ledger.do(cancel(), datetime(2027, 3, 2, tzinfo=UTC))
+    assert isinstance(cancelled, list) and isinstance(cancelled[0], PlanCancelled)
+    assert ledger.do(cancel()) is Rejection.subscription_cancelled
+    ended = ledger.apply(decide_plan_due(ledger.wallet, "sub1", datetime(2027, 3, 31, 9, 0, tzinfo=UTC)))
+    assert isinstance(ended[0], PlanEnded) and ended[0].reason == "cancelled"
+    assert ledger.wallet.balance_micros == 34_999_999 - 2 * basic  # cancelled: no third month
+    assert ledger.do(cancel()) is Rejection.subscription_ended
+    assert ledger.audit().findings == []
+
+
+def test_a_plan_the_balance_cannot_renew_ends() -> None:
+    ledger = Ledger()
+    ledger.do(grant(basic + 5))
+    ledger.do(subscribe())
+    ended = ledger.apply(decide_plan_due(ledger.wallet, "sub1", add_months(t0, 1)))
+    assert isinstance(ended[0], PlanEnded) and ended[0].reason == "insufficient_credits"
+    assert ledger.wallet.balance_micros == 5
+    assert ledger.book.balance(wallet_account(org)) == 5
+
+
+def test_audit_finds_a_resource_charge_that_is_not_its_price() -> None:
+    ledger = Ledger()
+    ledger.do(grant(10_000_000))
+    ledger.do(start())
+    charged = decide_resource_due(ledger.wallet, "gpu1", at(60))
+    assert isinstance(charged[0], ResourceCharged)
+    forged = msgspec.structs.replace(charged[0], amount_micros=90_000, released_micros=3_334)
+    ledger.apply([forged])
+    findings = ledger.audit().findings
+    assert [f.kind for f in findings] == ["resource_charge_mismatch"]
+
+
+def test_every_resource_rejection_code_is_a_rejection() -> None:
+    assert {Rejection(code) for code in rejection_codes} <= set(Rejection)
+
+
+def test_months_end_on_the_same_day_or_the_last_of_a_shorter_month() -> None:
+    anchor = datetime(2027, 1, 31, tzinfo=UTC)
+    assert [add_months(anchor, n).day for n in range(1, 5)] == [28, 31, 30, 31]
+    assert add_months(datetime(2026, 12, 15, tzinfo=UTC), 1) == datetime(2027, 1, 15, tzinfo=UTC)
