@@ -109,9 +109,12 @@ def _time_metered_metadata(core: GatewayCore, row: UsageRow) -> dict[str, Any]:
             "gpu_instance_id": row.request_id,
         }
     if row.source == "hosted_agents":
+        agent = core.balances.get(row.org_id).subscriptions.get(row.request_id)
         return {
-            "category": "hosted_agents",
+            "category": "agents",  # the reference's category of hosted-agent events
             "plan_slug": row.model.removeprefix("hosted-agent:"),
+            "agent_type": agent.agent_type if agent is not None else None,
+            "agent_name": agent.name if agent is not None else None,
             "agent_instance_id": row.request_id,
         }
     return {}

@@ -182,6 +182,9 @@ def test_a_hosted_agent_is_charged_its_month_when_accepted_and_destroying_it_sto
     assert (config["deployed"], config["agentSpend"], config["balance"]) == (1, 15, 5)
     (event,) = _usage_events(owner, "hosted_agents", 1)
     assert (event["model"], event["cost"]["amount_micros"]) == ("hosted-agent:hosted-agent-basic", 15_000_000)
+    assert (event["metadata"]["category"], event["metadata"]["agent_type"]) == ("agents", "openclaw")
+    metadata = event["metadata"]
+    assert (metadata["agent_name"], metadata["agent_instance_id"]) == ("OpenClaw Production", agent["id"])
     destroyed = gw.call("DELETE", f"/v1/hosted-agents/instances/{agent['id']}", owner.key)
     assert destroyed.status_code == 200, destroyed.text
     assert destroyed.json()["instance"]["status"] == "destroyed"
