@@ -223,8 +223,9 @@ class LedgerRole:
             heapq.heappush(self._expiries, (due_at, event.org_id, "resource", event.resource_id))
         elif isinstance(event, (PlanSubscribed, PlanRenewed)):
             heapq.heappush(self._expiries, (event.period_end, event.org_id, "plan", event.subscription_id))
-        elif isinstance(event, (HoldCaptured, HoldReleased, SliceReturned)):
-            # An expired grant whose remainder open holds (or slices) still needed can now expire further.
+        if isinstance(event, (HoldCaptured, HoldReleased, SliceReturned, ResourceCharged)):
+            # An expired grant whose remainder open holds (or slices, or a resource's interval) still
+            # needed can now expire further.
             for grant in wallet.grants.values():
                 if grant.expired and grant.remaining_micros > 0:
                     heapq.heappush(self._expiries, (event.occurred_at, event.org_id, "grant", grant.grant_id))

@@ -106,7 +106,8 @@ def _instance_status(resource: Resource) -> str:
     return "destroyed" if resource.ended == destroyed else "stopped"
 
 
-def _gpu_instance(core: GatewayCore, resource: Resource) -> dict[str, Any]:
+def _gpu_instance(core: GatewayCore, org_id: str, resource: Resource) -> dict[str, Any]:
+    spendable = core.balances.get(org_id).spendable_micros
     book = core.prices.at_version(resource.price_version)
     gpu = book.gpu_classes.get(resource.resource_class) if book is not None else None
     hourly = resource.hourly_micros * resource.quantity
@@ -133,6 +134,9 @@ def _gpu_instance(core: GatewayCore, resource: Resource) -> dict[str, Any]:
         "started_at": iso_or_none(resource.run_started_at),
         "stopped_at": iso_or_none(resource.stopped_at),
         "stop_reason": resource.ended or None,
+        # What the ledger warns of (ResourceBalanceLow): the balance covers the interval being run, not
+        # the one after it; derived as the ledger derives it, so credits granted since clear it.
+        "balance_low": resource.running and spendable < resource.interval_micros(resource.reserved_to_s),
         "error": error if resource.ended == ended_for_credits else None,
     }
 
@@ -149,7 +153,7 @@ async def list_gpu_instances(request: Request[Any, Any, Any], core: Core) -> Res
     token = authorize(request, "user:read")
     resources = core.balances.get(token.org_id).resources.values()
     live = sorted((r for r in resources if r.kind == "gpu" and r.ended != destroyed), key=lambda r: r.created_at)
-    return json_response({"object": "list", "instances": [_gpu_instance(core, r) for r in live]})
+    return json_response({"object": "list", "instances": [_gpu_instance(core, token.org_id, r) for r in live]})
 
 
 @post("/v1/gpu/instances", operation_id="deployGpuInstance", opt={"scope": "user:write"}, status_code=200)
@@ -189,13 +193,13 @@ async def deploy_gpu_instance(request: Request[Any, Any, Any], core: Core) -> Re
         disk_gb=body.disk_gb,
     )
     await _ledger(core, command)
-    return json_response({"instance": _gpu_instance(core, _resource(core, token.org_id, instance_id))})
+    return json_response({"instance": _gpu_instance(core, token.org_id, _resource(core, token.org_id, instance_id))})
 
 
 @get("/v1/gpu/instances/{instance_id:str}", operation_id="getGpuInstance", opt={"scope": "user:read"})
 async def get_gpu_instance(request: Request[Any, Any, Any], core: Core, instance_id: FromPath[str]) -> Response[bytes]:
     token = authorize(request, "user:read")
-    return json_response({"instance": _gpu_instance(core, _resource(core, token.org_id, instance_id))})
+    return json_response({"instance": _gpu_instance(core, token.org_id, _resource(core, token.org_id, instance_id))})
 
 
 async def _stop(core: GatewayCore, org_id: str, resource: Resource, reason: str) -> None:
@@ -223,7 +227,7 @@ async def destroy_gpu_instance(
     token = authorize(request, "user:write")
     resource = _resource(core, token.org_id, instance_id)
     await _stop(core, token.org_id, resource, destroyed)
-    return json_response({"instance": _gpu_instance(core, resource)})
+    return json_response({"instance": _gpu_instance(core, token.org_id, resource)})
 
 
 @post(
@@ -264,7 +268,7 @@ async def gpu_instance_action(
             disk_gb=resource.disk_gb,
         )
         await _ledger(core, command)
-    return json_response({"instance": _gpu_instance(core, _resource(core, token.org_id, instance_id))})
+    return json_response({"instance": _gpu_instance(core, token.org_id, _resource(core, token.org_id, instance_id))})
 
 
 # --- hosted agents -----------------------------------------------------------------------------------

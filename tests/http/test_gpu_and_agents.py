@@ -233,3 +233,17 @@ def test_a_price_book_with_a_negative_gpu_rate_is_refused(gw: Gateway) -> None:
     )
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == "invalid_price_book"
+
+
+def test_a_gpu_whose_balance_covers_one_interval_is_warned_at_once(gw: Gateway) -> None:
+    owner = Account(gw, credits="0.1")  # one minute of an H100 (93,334 micros), not two
+    response = gw.call("POST", "/v1/gpu/instances", owner.key, json={"gpu_slug": "h100-nvl"})
+    assert response.status_code == 200, response.text
+    instance = response.json()["instance"]
+    assert (instance["status"], instance["balance_low"]) == ("running", True)
+    # Nothing else fits meanwhile: the interval's reservation is held.
+    refused = gw.call("POST", "/v1/gpu/instances", owner.key, json={"gpu_slug": "rtx-4090", "num_gpus": 8})
+    assert refused.status_code == 402, refused.text
+    stopped = gw.call("POST", f"/v1/gpu/instances/{instance['id']}/stop", owner.key).json()["instance"]
+    assert (stopped["status"], stopped["balance_low"]) == ("stopped", False)
+    assert owner.balance_micros() == 100_000 - stopped["billed_micros"]

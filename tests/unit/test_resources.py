@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from eventlog import Record
-from ledger.accounts import Book, held_account, revenue, wallet_account
+from ledger.accounts import Book, held_account, postings, revenue, wallet_account
 from ledger.audit import Auditor
 from ledger.chain import ChainHead
 from ledger.pricing import PriceBooks, default_price_book
@@ -21,6 +21,8 @@ from ledger.resources import (
     run_cost_micros,
 )
 from ledger.wallet import Rejection, Wallet, decide, evolve
+from projections.role import usage_row
+from projections.statements import Tally, build_statement
 from schemas.codec import encode
 from schemas.commands import (
     AnyCommand,
@@ -41,6 +43,7 @@ from schemas.events import (
     ResourceCharged,
     ResourceStarted,
 )
+from schemas.units import Units
 
 t0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 org = "org_gpu"
@@ -296,3 +299,41 @@ def test_months_end_on_the_same_day_or_the_last_of_a_shorter_month() -> None:
     anchor = datetime(2027, 1, 31, tzinfo=UTC)
     assert [add_months(anchor, n).day for n in range(1, 5)] == [28, 31, 30, 31]
     assert add_months(datetime(2026, 12, 15, tzinfo=UTC), 1) == datetime(2027, 1, 15, tzinfo=UTC)
+
+
+def test_charges_become_usage_rows_and_statement_lines_that_add_up() -> None:
+    ledger = Ledger()
+    ledger.do(grant(100_000_000))
+    ledger.do(start())
+    ledger.tick("gpu1", at(60))
+    ledger.do(stop(), at(89.5))
+    ledger.do(subscribe(), at(100))
+    rows = [row for row in (usage_row(event) for event in ledger.events) if row is not None]
+    gpu = [row for row in rows if row.source == "gpu_cloud"]
+    assert [(row.model, row.variant, row.request_id) for row in gpu] == [
+        ("gpu-cloud:h100-nvl", "1x60s", "gpu1"),
+        ("gpu-cloud:h100-nvl", "1x30s", "gpu1"),
+    ]
+    assert sum(row.cost_micros for row in gpu) == run_cost_micros(h100, 1, 90)
+    (plan,) = [row for row in rows if row.source == "hosted_agents"]
+    assert (plan.model, plan.cost_micros, plan.endpoint) == (
+        "hosted-agent:hosted-agent-basic",
+        basic,
+        "/v1/hosted-agents/instances/sub1",
+    )
+    tally = Tally()
+    for row in rows:
+        tally.add(row.model, row.price_version, None, Units(), row.cost_micros, row.priced_micros)
+    posted: dict[str, int] = {}
+    for event in ledger.events:
+        for _, credit, amount in postings(event):
+            if credit == revenue:
+                kind = str(type(event).__struct_config__.tag)
+                posted[kind] = posted.get(kind, 0) + amount
+    statement = build_statement(org, t0, t0 + timedelta(days=1), tally.priced_usage(), tally.charged_totals(), posted)
+    lines = {(line.model, line.unit): (line.quantity, line.amount_micros) for line in statement.lines}
+    assert lines == {
+        ("gpu-cloud:h100-nvl", "gpu_intervals"): (2, run_cost_micros(h100, 1, 90)),
+        ("hosted-agent:hosted-agent-basic", "plan_months"): (1, basic),
+    }
+    assert statement.balanced and statement.total_micros == run_cost_micros(h100, 1, 90) + basic
