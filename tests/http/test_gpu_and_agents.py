@@ -49,6 +49,7 @@ def test_the_gpu_catalog_is_public_and_lists_hourly_prices(gw: Gateway) -> None:
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "gpu_not_found"
 
 
+@pytest.mark.heavy  # runs the instance for a second and waits for its usage row
 def test_a_gpu_instance_is_charged_to_the_second_when_its_owner_stops_it(account: Account) -> None:
     gw = account.gw
     before = account.balance_micros()
