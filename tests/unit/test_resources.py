@@ -4,9 +4,12 @@ a run that runs out of balance, renewals; and the postings and the audit that re
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eventlog import Record
 from ledger.accounts import Book, held_account, postings, revenue, wallet_account
@@ -25,6 +28,7 @@ from projections.role import usage_row
 from projections.statements import Tally, build_statement
 from schemas.codec import encode
 from schemas.commands import (
+    AdjustCredits,
     AnyCommand,
     CancelPlan,
     GrantCredits,
@@ -44,6 +48,7 @@ from schemas.events import (
     ResourceStarted,
 )
 from schemas.units import Units
+from tests.support import examples
 
 t0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 org = "org_gpu"
@@ -337,3 +342,71 @@ def test_charges_become_usage_rows_and_statement_lines_that_add_up() -> None:
         ("hosted-agent:hosted-agent-basic", "plan_months"): (1, basic),
     }
     assert statement.balanced and statement.total_micros == run_cost_micros(h100, 1, 90) + basic
+
+
+# --- properties: any sequence of grants, starts, stops, clock ticks, limits and debits ---------------
+
+_step = st.one_of(
+    st.tuples(st.just("grant"), st.integers(1, 400_000)),
+    st.tuples(
+        st.just("start"),
+        st.sampled_from(["r1", "r2", "r3"]),
+        st.sampled_from(["rtx-4090", "h100-nvl"]),
+        st.integers(1, 4),
+    ),
+    st.tuples(st.just("stop"), st.sampled_from(["r1", "r2", "r3"])),
+    st.tuples(st.just("wait"), st.integers(1, 200_000)),  # milliseconds
+    st.tuples(st.just("limit"), st.integers(0, 200_000)),
+    st.tuples(st.just("debit"), st.integers(1, 100_000)),
+    st.tuples(st.just("subscribe"), st.sampled_from(["p1", "p2"])),
+)
+
+
+@settings(max_examples=examples(80), deadline=None)
+@given(st.lists(_step, max_size=40))
+def test_no_sequence_overdraws_and_every_charge_is_exact(steps: list[tuple[Any, ...]]) -> None:
+    ledger = Ledger()
+    now = t0
+    for sequence, step in enumerate(steps):
+        kind = step[0]
+        if kind == "grant":
+            ledger.do(grant(step[1], f"g{sequence}"), now)
+        elif kind == "start":
+            command = msgspec.structs.replace(
+                start(step[1], step[2], step[3], interval_s=30), command_id=f"start{sequence}"
+            )
+            ledger.do(command, now)
+        elif kind == "stop":
+            ledger.do(msgspec.structs.replace(stop(step[1]), command_id=f"stop{sequence}"), now)
+        elif kind == "wait":
+            now += timedelta(milliseconds=step[1])
+            for resource_id in list(ledger.wallet.resources):
+                ledger.run_until(resource_id, now)
+        elif kind == "limit":
+            ledger.do(SetCreditLimit(command_id=f"l{sequence}", org_id=org, issued_at=now, limit_micros=step[1]), now)
+        elif kind == "debit":
+            debit = AdjustCredits(
+                command_id=f"a{sequence}",
+                org_id=org,
+                issued_at=now,
+                adjustment_id=f"a{sequence}",
+                amount_micros=-step[1],
+                reason="x",
+            )
+            ledger.do(debit, now)
+        else:
+            ledger.do(msgspec.structs.replace(subscribe(step[1]), command_id=f"sub{sequence}"), now)
+        wallet = ledger.wallet
+        assert wallet.spendable_micros >= 0, "nothing takes an organization past its credit limit"
+        reserved = sum(r.reserved_micros for r in wallet.resources.values())
+        assert wallet.held_micros == reserved
+        assert ledger.book.balance(held_account(org)) == reserved
+        for resource in wallet.resources.values():
+            if resource.running:
+                assert resource.reserved_micros == resource.cost(resource.reserved_to_s) - resource.cost(
+                    resource.charged_s
+                )
+    charged = sum(e.amount_micros for e in ledger.events if isinstance(e, ResourceCharged))
+    months = sum(e.amount_micros for e in ledger.events if isinstance(e, PlanSubscribed))
+    assert ledger.book.balance(revenue) == charged + months == ledger.wallet.captured_micros
+    assert ledger.audit().findings == []
