@@ -57,7 +57,11 @@ _rejection_message = {
 
 
 async def _ledger(core: GatewayCore, command: AnyCommand) -> Event:
-    """Run a ledger command; a refusal becomes an error in the OpenAI envelope."""
+    """Run a ledger command; a refusal becomes an error in the OpenAI envelope. What this instance's
+    slice of the balance reserves goes back first (the same partition: the ledger reads it before the
+    command), so that a start or a month is refused only for want of the organization's money."""
+    if isinstance(command, (StartResource, SubscribePlan)):
+        core.quota.return_for(command.org_id)
     try:
         outcome = await core.ledger_command(command)
     except TimeoutError:
@@ -246,7 +250,11 @@ async def gpu_instance_action(
         raise ApiError(400, "action must be stop, start or refresh.", code="invalid_parameter", param="action")
     resource = _resource(core, token.org_id, instance_id)
     if action == "stop" and resource.running:
-        await _stop(core, token.org_id, resource, "stopped")
+        try:
+            await _stop(core, token.org_id, resource, "stopped")
+        except ApiError as error:
+            if error.code != "resource_not_running":
+                raise  # else the ledger stopped it first (its balance ran out): answered as it is
     elif action == "start" and not resource.running:
         book = core.prices.current
         if resource.resource_class not in book.gpu_classes:

@@ -248,3 +248,18 @@ def test_a_gpu_whose_balance_covers_one_interval_is_warned_at_once(gw: Gateway) 
     stopped = gw.call("POST", f"/v1/gpu/instances/{instance['id']}/stop", owner.key).json()["instance"]
     assert (stopped["status"], stopped["balance_low"]) == ("stopped", False)
     assert owner.balance_micros() == 100_000 - stopped["billed_micros"]
+
+
+def test_a_gpu_start_is_not_refused_for_what_this_gateways_slice_reserves(gw: Gateway) -> None:
+    owner = Account(gw, credits="0.2")
+    chat = {"model": "sim-chat-small", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    assert gw.call("POST", "/v1/chat/completions", owner.key, json=chat).status_code == 200
+    deadline = time.monotonic() + 10
+    while gw.admin("GET", f"/v1/organizations/{owner.org}/balance").json()["reserved_by_gateways_micros"] == 0:
+        assert time.monotonic() < deadline, "the gateway never took a slice"
+        time.sleep(0.02)
+    # Two H100s for a minute (186,667 micros): more than what the slice leaves, less than the balance.
+    response = gw.call("POST", "/v1/gpu/instances", owner.key, json={"gpu_slug": "h100-nvl", "num_gpus": 2})
+    assert response.status_code == 200, response.text
+    stopped = gw.call("POST", f"/v1/gpu/instances/{response.json()['instance']['id']}/stop", owner.key)
+    assert stopped.json()["instance"]["status"] == "stopped"
