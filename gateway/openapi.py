@@ -58,6 +58,7 @@ json_bodies: Mapping[str, type[Any]] = {
     "setPlan": api.SetPlanBody,
     "deployGpuInstance": api.GpuDeployRequest,
     "createHostedAgentInstance": api.HostedAgentCreateRequest,
+    "renameHostedAgentInstance": api.RenameBody,
 }
 form_bodies: Mapping[str, dict[str, Any]] = {"createTranscription": _transcription_form}
 _user = [{"role": "user", "content": "Say hello."}]

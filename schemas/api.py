@@ -245,3 +245,7 @@ class HostedAgentCreateRequest(msgspec.Struct, frozen=True, kw_only=True, forbid
     default_model: Annotated[str, msgspec.Meta(max_length=200)] | None = None
     config: dict[str, Any] | None = None
     import_config: dict[str, Any] | str | None = None
+
+
+class RenameBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]

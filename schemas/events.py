@@ -580,6 +580,15 @@ class PlanEnded(LedgerFact, frozen=True, kw_only=True, tag="plan.ended.v1"):
     reason: str
 
 
+class HostedAgentChanged(Event, frozen=True, kw_only=True, tag="hosted_agent.changed.v1"):
+    """A hosted agent renamed, or its runtime started, stopped or restarted by its owner: on the tenants
+    topic (no money moves; its plan bills monthly whatever its runtime does). "" leaves a field as it was."""
+
+    instance_id: str
+    name: str = ""
+    runtime: str = ""  # running, stopped
+
+
 ResourceEvent = (
     ResourceStarted
     | ResourceCharged
@@ -635,6 +644,7 @@ AnyEvent = (
     | SliceGranted
     | SliceReturned
     | ResourceEvent
+    | HostedAgentChanged
 )
 
 LedgerEvent = (

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request, Response, delete, get, post
+from litestar import Request, Response, delete, get, patch, post
 from litestar.params import FromPath
 
 from gateway.auth import authorize
@@ -26,9 +26,10 @@ from gateway.errors import ApiError
 from gateway.http import decode_body, derived_id, json_response
 from ledger.money import micros_to_decimal
 from ledger.resources import Resource, Subscription, destroyed, ended_for_credits
-from schemas.api import GpuDeployRequest, HostedAgentCreateRequest
+from schemas.api import GpuDeployRequest, HostedAgentCreateRequest, RenameBody
 from schemas.commands import AnyCommand, CancelPlan, StartResource, StopResource, SubscribePlan
-from schemas.events import CommandRejected, Event
+from schemas.events import CommandRejected, Event, HostedAgentChanged
+from schemas.ids import new_id
 from schemas.moments import iso_or_none, utc_now
 from schemas.resources import GpuClass, PlanPrice
 
@@ -295,10 +296,12 @@ def _plan(plan: PlanPrice) -> dict[str, Any]:
     }
 
 
-def _agent_status(subscription: Subscription) -> str:
+def _agent_status(core: GatewayCore, subscription: Subscription) -> str:
     if subscription.cancel_reason == destroyed:
         return "destroyed"
-    return "stopped" if subscription.ended else "running"
+    if subscription.ended:
+        return "stopped"
+    return core.tenants.agent_runtimes.get(subscription.subscription_id, "running")
 
 
 def _billing_status(subscription: Subscription) -> str:
@@ -317,16 +320,16 @@ def _hosted_agent(core: GatewayCore, subscription: Subscription) -> dict[str, An
         "id": subscription.subscription_id,
         "object": "hosted_agent",
         "agent_type": subscription.agent_type,
-        "name": subscription.name,
+        "name": core.tenants.agent_names.get(subscription.subscription_id, subscription.name),
         "plan_slug": subscription.plan_slug,
-        "status": _agent_status(subscription),
+        "status": _agent_status(core, subscription),
         "default_provider": subscription.default_provider or "empirio",
         "billing_status": _billing_status(subscription),
         "connect_path": f"/agents/{subscription.subscription_id}",
         "api_base_path": f"/agents/{subscription.subscription_id}/v1",
         "replica_min": plan.replica_min if plan is not None else 1,
         "replica_max": plan.replica_max if plan is not None else 1,
-        "replica_current": 0 if subscription.ended else 1,
+        "replica_current": 1 if _agent_status(core, subscription) == "running" else 0,
         "current_period_start": iso_or_none(subscription.period_start),
         "current_period_end": iso_or_none(subscription.period_end),
         "next_billing_at": iso_or_none(subscription.period_end) if renews else None,
@@ -464,6 +467,58 @@ async def destroy_hosted_agent(
     return json_response({"ok": True, "instance": _hosted_agent(core, subscription)})
 
 
+@patch(
+    "/v1/hosted-agents/instances/{instance_id:str}",
+    operation_id="renameHostedAgentInstance",
+    opt={"scope": "user:write"},
+    status_code=200,
+)
+async def rename_hosted_agent(
+    request: Request[Any, Any, Any], core: Core, instance_id: FromPath[str]
+) -> Response[bytes]:
+    token = authorize(request, "user:write")
+    body = await decode_body(request, RenameBody, core.settings.request_body_bytes_max)
+    subscription = _agent(core, token.org_id, instance_id)
+    await _record_change(core, token.org_id, instance_id, name=body.name)
+    return json_response({"ok": True, "instance": _hosted_agent(core, subscription)})
+
+
+async def _record_change(core: GatewayCore, org_id: str, instance_id: str, name: str = "", runtime: str = "") -> None:
+    event = HostedAgentChanged(
+        event_id=new_id("evt"),
+        occurred_at=utc_now(),
+        org_id=org_id,
+        correlation_id=instance_id,
+        instance_id=instance_id,
+        name=name,
+        runtime=runtime,
+    )
+    await core.record_tenant_event(event)
+
+
+@post(
+    "/v1/hosted-agents/instances/{instance_id:str}/{action:str}",
+    operation_id="actionHostedAgentInstance",
+    opt={"scope": "user:write"},
+    status_code=200,
+)
+async def hosted_agent_action(
+    request: Request[Any, Any, Any], core: Core, instance_id: FromPath[str], action: FromPath[str]
+) -> Response[bytes]:
+    """``start``, ``stop``, ``restart`` the agent's (simulated) runtime, or ``refresh``: its plan bills
+    monthly whatever the runtime does (a stopped agent is still paid for until its plan is cancelled)."""
+    token = authorize(request, "user:write")
+    runtimes = {"start": "running", "restart": "running", "stop": "stopped", "refresh": ""}
+    if action not in runtimes:
+        raise ApiError(400, "action must be start, stop, restart or refresh.", code="invalid_parameter", param="action")
+    subscription = _agent(core, token.org_id, instance_id)
+    if runtimes[action] and subscription.ended:
+        raise ApiError(409, "The agent's plan has ended; create a new agent.", code="plan_ended", param="instance_id")
+    if runtimes[action]:
+        await _record_change(core, token.org_id, instance_id, runtime=runtimes[action])
+    return json_response({"ok": True, "instance": _hosted_agent(core, subscription)})
+
+
 route_handlers = [
     list_gpu_types,
     get_gpu_type,
@@ -478,4 +533,6 @@ route_handlers = [
     create_hosted_agent,
     get_hosted_agent,
     destroy_hosted_agent,
+    rename_hosted_agent,
+    hosted_agent_action,
 ]

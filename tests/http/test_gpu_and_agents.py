@@ -263,3 +263,23 @@ def test_a_gpu_start_is_not_refused_for_what_this_gateways_slice_reserves(gw: Ga
     assert response.status_code == 200, response.text
     stopped = gw.call("POST", f"/v1/gpu/instances/{response.json()['instance']['id']}/stop", owner.key)
     assert stopped.json()["instance"]["status"] == "stopped"
+
+
+def test_a_hosted_agent_is_renamed_and_its_runtime_stopped_and_started_while_its_plan_bills(gw: Gateway) -> None:
+    owner = Account(gw, credits="20")
+    agent = gw.call("POST", "/v1/hosted-agents/instances", owner.key, json={"agent_type": "hermes"}).json()["instance"]
+    assert agent["name"] == "Hermes Agent"
+    path = f"/v1/hosted-agents/instances/{agent['id']}"
+    renamed = gw.call("PATCH", path, owner.key, json={"name": "Support bot"})
+    assert renamed.status_code == 200, renamed.text
+    assert renamed.json()["instance"]["name"] == "Support bot"
+    assert gw.call("PATCH", path, owner.key, json={"name": ""}).status_code == 400
+    stopped = gw.call("POST", f"{path}/stop", owner.key)
+    assert stopped.status_code == 200, stopped.text
+    card = stopped.json()["instance"]
+    assert (card["status"], card["replica_current"], card["billing_status"]) == ("stopped", 0, "active")
+    assert gw.call("POST", f"{path}/restart", owner.key).json()["instance"]["status"] == "running"
+    assert gw.call("POST", f"{path}/refresh", owner.key).json()["instance"]["name"] == "Support bot"
+    assert gw.call("POST", f"{path}/explode", owner.key).status_code == 400
+    assert gw.call("GET", path, owner.key).json()["instance"]["name"] == "Support bot"
+    assert owner.balance_micros() == 5_000_000  # one month, whatever the runtime does

@@ -79,12 +79,14 @@ samples: dict[str, Sample] = {
     "/v1/gpu/instances": lambda c, v: {"json": {"gpu_slug": "rtx-4090", "name": f"walk {v}"}},
     "/v1/gpu/instances/{instance_id}/{action}": lambda c, v: {"json": {"variant": v}},  # the body is not read
     "/v1/hosted-agents/instances": lambda c, v: {"json": {"agent_type": "hermes", "name": f"walk {v}"}},
+    "/v1/hosted-agents/instances/{instance_id}/{action}": lambda c, v: {"json": {"variant": v}},  # not read
 }
 # Routes that use the organization's key rather than the platform admin token.
 with_key = {
     "/v1/gpu/instances",
     "/v1/gpu/instances/{instance_id}/{action}",
     "/v1/hosted-agents/instances",
+    "/v1/hosted-agents/instances/{instance_id}/{action}",
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/embeddings",
@@ -124,10 +126,16 @@ def test_every_post_route_is_idempotent_or_says_why_not(gw: Gateway) -> None:
 def test_the_same_key_and_body_answer_once_and_another_body_is_a_409(gw: Gateway, path: str) -> None:
     context = Context(gw)
     url = path.replace("{org_id}", context.org).replace("{token_id}", context.token_id)
-    if "{instance_id}" in url:
-        deployed = gw.call("POST", "/v1/gpu/instances", context.key, json={"gpu_slug": "rtx-4090"})
-        assert deployed.status_code == 200, deployed.text
-        url = url.replace("{instance_id}", deployed.json()["instance"]["id"]).replace("{action}", "refresh")
+    if "{instance_id}" in url:  # a GPU instance or a hosted agent to act on
+        agents = url.startswith("/v1/hosted-agents")
+        made = (
+            gw.call("POST", "/v1/hosted-agents/instances", context.key, json={"agent_type": "hermes"})
+            if agents
+            else gw.call("POST", "/v1/gpu/instances", context.key, json={"gpu_slug": "rtx-4090"})
+        )
+        assert made.status_code in (200, 201), made.text
+        action = "stop" if agents else "refresh"
+        url = url.replace("{instance_id}", made.json()["instance"]["id"]).replace("{action}", action)
     key = context.key if path in with_key else None
     call: Callable[..., Any] = (lambda method, target, **k: gw.call(method, target, key, **k)) if key else gw.admin
     headers = {"Idempotency-Key": f"walk-{uuid.uuid4().hex}"}
