@@ -4,6 +4,7 @@ a run that runs out of balance, renewals; and the postings and the audit that re
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -12,6 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eventlog import Record
+from eventlog.embedded import EmbeddedLog
+from eventlog.settings import Settings
 from ledger.accounts import Book, held_account, postings, revenue, wallet_account
 from ledger.audit import Auditor
 from ledger.chain import ChainHead
@@ -23,10 +26,11 @@ from ledger.resources import (
     rejection_codes,
     run_cost_micros,
 )
+from ledger.role import LedgerRole
 from ledger.wallet import Rejection, Wallet, decide, evolve
 from projections.role import usage_row
 from projections.statements import Tally, build_statement
-from schemas.codec import encode
+from schemas.codec import decode_event, encode
 from schemas.commands import (
     AdjustCredits,
     AnyCommand,
@@ -410,3 +414,45 @@ def test_no_sequence_overdraws_and_every_charge_is_exact(steps: list[tuple[Any, 
     months = sum(e.amount_micros for e in ledger.events if isinstance(e, PlanSubscribed))
     assert ledger.book.balance(revenue) == charged + months == ledger.wallet.captured_micros
     assert ledger.audit().findings == []
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = t0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def test_the_ledger_roles_clock_charges_intervals_stops_the_run_and_renews_plans() -> None:
+    """What the role's expiry heap does with resources and plans (the real broker's test is
+    tests/kafka/test_gpu_runs_out.py): intervals charged when over, the run stopped when the balance
+    cannot cover the next one, a month renewed at its end; and the same dues after a rebuild."""
+    clock = _Clock()
+    log = EmbeddedLog(Path(":memory:"))
+    role = LedgerRole(log, Settings(), book, clock)
+    role.decide_batch([encode(grant(basic + 200_000)), encode(start()), encode(subscribe())])
+    assert role.expire_due(at(59)) == []
+    events = [decode_event(output.value) for output in role.expire_due(at(3600))]
+    charged = [e for e in events if isinstance(e, ResourceCharged)]
+    assert [c.to_s for c in charged] == [60, 120]  # 200,000 micros: two minutes of an H100, not three
+    assert charged[-1].ended == "insufficient_credits" and charged[-1].occurred_at == at(3600)
+    assert role.wallets[org].balance_micros == 200_000 - run_cost_micros(h100, 1, 120)
+    role.decide_batch([encode(grant(basic, "g2"))])
+    renewed = [decode_event(o.value) for o in role.expire_due(add_months(t0, 1))]
+    assert [type(e).__name__ for e in renewed] == ["PlanRenewed"]
+    assert role.wallets[org].subscriptions["sub1"].period == 2
+
+
+def test_a_rebuilt_ledger_role_keeps_charging_a_running_resource() -> None:
+    clock = _Clock()
+    log = EmbeddedLog(Path(":memory:"))
+    first = LedgerRole(log, Settings(), book, clock)
+    records = first.decide_batch([encode(grant(10_000_000)), encode(start())])
+    producer = log.producer("test")
+    producer.send([record for record in records])
+    producer.flush(5)
+    again = LedgerRole(log, Settings(), book, clock)
+    again.rebuild(set(range(log.partitions)))
+    events = [decode_event(o.value) for o in again.expire_due(at(120))]
+    assert [(e.from_s, e.to_s) for e in events if isinstance(e, ResourceCharged)] == [(0, 60), (60, 120)]
