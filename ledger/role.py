@@ -217,7 +217,7 @@ class LedgerRole:
             heapq.heappush(self._expiries, (event.expires_at, event.org_id, "grant", event.grant_id))
         elif isinstance(event, SliceGranted):
             heapq.heappush(self._expiries, (event.expires_at, event.org_id, "slice", event.slice_id))
-        elif isinstance(event, (ResourceStarted, ResourceCharged)) and not getattr(event, "ended", ""):
+        elif isinstance(event, ResourceStarted) or (isinstance(event, ResourceCharged) and not event.ended):
             # The interval held is charged when it is over (ledger/resources.py decide_resource_due).
             due_at = wallet.resources[event.resource_id].due_at()
             heapq.heappush(self._expiries, (due_at, event.org_id, "resource", event.resource_id))

@@ -23,7 +23,11 @@ Money model (integer micros):
   places holds against it in memory: a hold that names an open slice covering it is carved out of it
   (``held`` does not change), and the rest of such a hold goes back to the slice when it is captured
   or released, while the slice is open. What is left of a slice goes back to the wallet when its
-  gateway returns it or it expires. ``held`` is the open holds plus what is left of the open slices.
+  gateway returns it or it expires. ``held`` is the open holds plus what is left of the open slices,
+  plus the interval each running resource holds.
+- Time-metered resources and monthly plans (``ledger/resources.py``): a running resource holds its
+  current interval in ``held`` and is charged out of it when the interval is over (the next one held
+  in the same event); a plan's month is charged outright. Both burn grants in the same order.
 """
 
 from __future__ import annotations
@@ -274,7 +278,8 @@ class Wallet(Aggregate):
         return tuple(GrantBurn(grant_id=g.grant_id, amount_micros=take) for g, take in plan)
 
     def charge(self, amount_micros: int) -> None:
-        """A charge that no hold reserved (a resource's interval, a plan's month): burn it."""
+        """A charge that is not a hold's capture (a resource's interval, paid out of its reservation,
+        which the caller takes out of ``held``; a plan's month): burn it."""
         self.captured_micros += amount_micros
         self._burn(amount_micros)
 

@@ -114,7 +114,7 @@ def _time_metered_metadata(core: GatewayCore, row: UsageRow) -> dict[str, Any]:
             "category": "agents",  # the reference's category of hosted-agent events
             "plan_slug": row.model.removeprefix("hosted-agent:"),
             "agent_type": agent.agent_type if agent is not None else None,
-            "agent_name": agent.name if agent is not None else None,
+            "agent_name": core.tenants.agent_names.get(row.request_id, agent.name) if agent is not None else None,
             "agent_instance_id": row.request_id,
         }
     return {}
