@@ -173,6 +173,8 @@ def _decimals(node: Any) -> Any:
 
 
 anthropic_operations = {"createMessage"}
+# The one operation that answers 422 (the reference's status for workload settings that do not fit).
+unprocessable = {"deployGpuInstance"}
 
 # Every status any route may answer with an error body (gateway/errors.py, the guard, the middleware).
 error_statuses = {
@@ -276,6 +278,8 @@ def _complete(operation: dict[str, Any], method: str, body_refs: Mapping[str, An
     error_ref = "#/components/schemas/AnthropicError" if op_id in anthropic_operations else None
     for status, description in error_statuses.items():
         if op_id in public and status in ("401", "402", "403", "409"):
+            continue
+        if status == "422" and op_id not in unprocessable:
             continue
         schema = {"$ref": error_ref or "#/components/schemas/ErrorEnvelope"}
         code = "529" if error_ref and status == "503" else status

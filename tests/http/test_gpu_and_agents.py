@@ -94,6 +94,8 @@ def test_a_gpu_instance_is_charged_to_the_second_when_its_owner_stops_it(account
     # Stopped: a second stop answers the instance as it is, and nothing more is charged.
     assert gw.call("POST", f"/v1/gpu/instances/{instance['id']}/stop", account.key).json()["instance"] == card
     (event,) = _usage_events(account, "gpu_cloud", 1)
+    spend = gw.call("GET", "/v1/account/usage", account.key).json()["spend"]
+    assert round(spend["gpu_cloud"] * 1_000_000) == card["billed_micros"] and spend["hosted_agents"] == 0
     assert (event["model"], event["source"], event["status"]) == ("gpu-cloud:h100-nvl", "gpu_cloud", "success")
     assert event["cost"]["amount_micros"] == card["billed_micros"]
     assert event["tokens"]["total"] == 0
