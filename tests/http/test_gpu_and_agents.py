@@ -72,6 +72,8 @@ def test_a_gpu_instance_is_charged_to_the_second_when_its_owner_stops_it(account
     interval = gw.settings.resource_interval_s
     held = run_cost_micros(5_600_000, 1, interval)
     assert instance["reserved_micros"] == held
+    card = gw.admin("GET", f"/v1/organizations/{account.org}/balance").json()
+    assert card["held_by_resources_micros"] == held and card["held_micros"] >= held
     # A retry with the same key is the same instance, started once.
     again = gw.call(
         "POST",
