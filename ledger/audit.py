@@ -30,7 +30,17 @@ from ledger.pricing import PriceBooks, price_micros
 from ledger.resources import charge_problem
 from ledger.wallet import HoldStatus, Wallet, evolve
 from schemas.codec import decode_event
-from schemas.events import ChainCheckpoint, Event, HoldCaptured, LedgerFact, ResourceEvent
+from schemas.events import (
+    ChainCheckpoint,
+    Event,
+    HoldCaptured,
+    LedgerFact,
+    PlanRenewed,
+    PlanSubscribed,
+    ResourceCharged,
+    ResourceEvent,
+    ResourceStarted,
+)
 
 findings_max = 1000  # a broken log can break every later link; the first ones are what matter
 
@@ -72,6 +82,7 @@ class Auditor:
     partitions: dict[int, PartitionAudit] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     captures_checked: int = 0
+    time_charges_checked: int = 0  # resource starts and intervals, plan months (ledger/resources.py)
     _chains: dict[int, ChainHead] = field(default_factory=dict)
     _previous: dict[int, tuple[int, str]] = field(default_factory=dict)  # partition -> (offset, event id)
 
@@ -181,6 +192,8 @@ class Auditor:
         if isinstance(event, HoldCaptured):
             self._check_capture(record, wallet, event)
         elif isinstance(event, ResourceEvent):
+            if isinstance(event, (ResourceStarted, ResourceCharged, PlanSubscribed, PlanRenewed)):
+                self.time_charges_checked += 1
             problem = charge_problem(wallet, event, self.prices)
             if problem is not None:
                 self._find(record, event.event_id, "resource_charge_mismatch", problem)
@@ -235,6 +248,7 @@ class Auditor:
         self._previous.update(other._previous)
         self.findings.extend(other.findings[: findings_max - len(self.findings)])
         self.captures_checked += other.captures_checked
+        self.time_charges_checked += other.time_charges_checked
 
     def drop_resolved_holds(self) -> None:
         """Forget holds that are captured or released: a finished fold reports balances, and resolved

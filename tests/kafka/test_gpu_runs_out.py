@@ -118,3 +118,4 @@ def test_a_gpu_whose_balance_runs_out_is_stopped_by_the_ledger_never_overdrawing
     audit = subprocess.run([sys.executable, "-m", "tollgate", *command], capture_output=True, text=True, timeout=300)
     report = json.loads(audit.stdout)
     assert audit.returncode == 0 and report["ok"], report["problems"]
+    assert report["time_charges_checked"] >= 1 + 6  # this run's start and intervals, among others

@@ -210,6 +210,7 @@ def test_a_run_that_runs_out_of_balance_is_stopped_within_one_interval_never_ove
     assert len(ended) == 1 and ended[0].occurred_at == at(600)
     auditor = ledger.audit()
     assert auditor.findings == []
+    assert auditor.time_charges_checked == 1 + 10  # the start and each minute
     assert auditor.balance(org)["amount_micros"] == ledger.wallet.balance_micros
 
 
