@@ -24,11 +24,11 @@ from gateway.auth import authorize
 from gateway.core import Core, GatewayCore
 from gateway.errors import ApiError
 from gateway.http import decode_body, derived_id, json_response
-from ledger.money import micros_to_decimal
+from ledger.money import format_credits, micros_to_decimal
 from ledger.resources import Resource, Subscription, destroyed, ended_for_credits
 from schemas.api import GpuDeployRequest, HostedAgentCreateRequest, RenameBody
 from schemas.commands import AnyCommand, CancelPlan, StartResource, StopResource, SubscribePlan
-from schemas.events import CommandRejected, Event, HostedAgentChanged
+from schemas.events import CommandRejected, Event, HostedAgentChanged, ResourceCharged
 from schemas.ids import new_id
 from schemas.moments import iso_or_none, utc_now
 from schemas.resources import GpuClass, PlanPrice
@@ -207,7 +207,9 @@ async def get_gpu_instance(request: Request[Any, Any, Any], core: Core, instance
     return json_response({"instance": _gpu_instance(core, token.org_id, _resource(core, token.org_id, instance_id))})
 
 
-async def _stop(core: GatewayCore, org_id: str, resource: Resource, reason: str) -> None:
+async def _stop(core: GatewayCore, org_id: str, resource: Resource, reason: str) -> dict[str, str]:
+    """Stop (or destroy) through the ledger; the header of what this stop charged (the seconds of the
+    interval being run)."""
     command = StopResource(
         command_id=f"{reason}:{resource.resource_id}:{resource.run}",
         org_id=org_id,
@@ -216,7 +218,10 @@ async def _stop(core: GatewayCore, org_id: str, resource: Resource, reason: str)
         resource_id=resource.resource_id,
         reason=reason,
     )
-    await _ledger(core, command)
+    outcome = await _ledger(core, command)
+    if isinstance(outcome, ResourceCharged):
+        return {"x-credits-used": format_credits(outcome.amount_micros)}
+    return {}
 
 
 @delete(
@@ -231,8 +236,8 @@ async def destroy_gpu_instance(
     """Destroy: a running instance is charged to the second and stops for good."""
     token = authorize(request, "user:write")
     resource = _resource(core, token.org_id, instance_id)
-    await _stop(core, token.org_id, resource, destroyed)
-    return json_response({"instance": _gpu_instance(core, token.org_id, resource)})
+    charged = await _stop(core, token.org_id, resource, destroyed)
+    return json_response({"instance": _gpu_instance(core, token.org_id, resource)}, headers=charged)
 
 
 @post(
@@ -250,9 +255,10 @@ async def gpu_instance_action(
     if action not in ("stop", "start", "refresh"):
         raise ApiError(400, "action must be stop, start or refresh.", code="invalid_parameter", param="action")
     resource = _resource(core, token.org_id, instance_id)
+    charged: dict[str, str] = {}
     if action == "stop" and resource.running:
         try:
-            await _stop(core, token.org_id, resource, "stopped")
+            charged = await _stop(core, token.org_id, resource, "stopped")
         except ApiError as error:
             if error.code != "resource_not_running":
                 raise  # else the ledger stopped it first (its balance ran out): answered as it is
@@ -277,7 +283,8 @@ async def gpu_instance_action(
             disk_gb=resource.disk_gb,
         )
         await _ledger(core, command)
-    return json_response({"instance": _gpu_instance(core, token.org_id, _resource(core, token.org_id, instance_id))})
+    card = _gpu_instance(core, token.org_id, _resource(core, token.org_id, instance_id))
+    return json_response({"instance": card}, headers=charged)
 
 
 # --- hosted agents -----------------------------------------------------------------------------------
@@ -433,7 +440,9 @@ async def create_hosted_agent(request: Request[Any, Any, Any], core: Core) -> Re
         default_provider=body.default_provider,
     )
     await _ledger(core, command)
-    return json_response({"ok": True, "instance": _hosted_agent(core, _agent(core, token.org_id, instance_id))}, 201)
+    subscription = _agent(core, token.org_id, instance_id)
+    charged = {"x-credits-used": format_credits(subscription.billed_micros)}  # the first month, charged now
+    return json_response({"ok": True, "instance": _hosted_agent(core, subscription)}, 201, headers=charged)
 
 
 @get("/v1/hosted-agents/instances/{instance_id:str}", operation_id="getHostedAgentInstance", opt={"scope": "user:read"})

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from ledger.money import format_credits
 from ledger.resources import run_cost_micros
 from tests.harness import Gateway
 from tests.http.dialects import Account
@@ -90,6 +91,7 @@ def test_a_gpu_instance_is_charged_to_the_second_when_its_owner_stops_it(account
     assert stopped.status_code == 200, stopped.text
     card = stopped.json()["instance"]
     assert card["status"] == "stopped" and card["stop_reason"] == "stopped"
+    assert stopped.headers["x-credits-used"] == format_credits(card["billed_micros"])  # this run's only charge
     seconds = int(card["billed_micros"] * 3600 / 5_600_000 + 0.999)
     assert 2 <= seconds <= interval and card["billed_micros"] == run_cost_micros(5_600_000, 1, seconds)
     assert account.balance_micros() == before - card["billed_micros"]  # the rest of the interval released
@@ -168,6 +170,7 @@ def test_a_hosted_agent_is_charged_its_month_when_accepted_and_destroying_it_sto
         json={"agent_type": "openclaw", "name": "OpenClaw Production", "plan_slug": "hosted-agent-basic"},
     )
     assert created.status_code == 201, created.text
+    assert created.headers["x-credits-used"] == "15"
     body = created.json()
     agent = body["instance"]
     assert body["ok"] is True
