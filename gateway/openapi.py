@@ -59,6 +59,12 @@ json_bodies: Mapping[str, type[Any]] = {
     "deployGpuInstance": api.GpuDeployRequest,
     "createHostedAgentInstance": api.HostedAgentCreateRequest,
     "renameHostedAgentInstance": api.RenameBody,
+    # Casola's Fal queue and core API (gateway/routes/fal.py, gateway/routes/casola.py). A Fal body is
+    # an image model's, a video model's (FalVideoRequest) or a speech model's (FalSpeechRequest), as its slug says.
+    "submitFalRequest": api.FalImageRequest,
+    "getFalRequestStatuses": api.FalBatchStatusRequest,
+    "createCasolaJob": api.CasolaJobRequest,
+    "createCasolaToken": api.CreateToken,
 }
 form_bodies: Mapping[str, dict[str, Any]] = {"createTranscription": _transcription_form}
 _user = [{"role": "user", "content": "Say hello."}]
@@ -93,6 +99,14 @@ body_examples: Mapping[str, dict[str, Any]] = {
         "name": "OpenClaw Production",
         "plan_slug": "hosted-agent-basic",
     },
+    "submitFalRequest": {"prompt": "A cat in space", "sync_mode": True},
+    "getFalRequestStatuses": {"request_ids": ["job_0123456789abcdef"]},
+    "createCasolaJob": {
+        "model_id": "Qwen/Qwen3.5-4B",
+        "task": "openai/chat-completion",
+        "payload": {"messages": _user, "max_tokens": 16},
+    },
+    "createCasolaToken": {"name": "CI Pipeline Token", "scopes": ["user:read", "user:write"]},
 }
 
 # What a successful answer is, beside JSON: streams (stream: true) and audio.
@@ -105,7 +119,9 @@ success_media: Mapping[str, dict[str, Any]] = {
     "createSpeech": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}},
     "createTranscription": {"text/plain": {"schema": {"type": "string"}}},
 }
-# Generation requests may be async (202 and a job), or refused for the balance (402).
+# Generation requests may be async (202 and a job), or refused for the balance (402). A Fal
+# submission answers its queue entry with a 200 (or, with sync_mode, its output); POST /api/jobs is
+# always a 202.
 generation = {
     "createChatCompletion",
     "createCompletion",
@@ -147,6 +163,8 @@ query_parameters: Mapping[str, list[dict[str, Any]]] = {
     "retrieveAccountUsage": [*_window, _page, _cursor],
     "listOrganizationUsage": [*_window, _page, _cursor],
     "listOrganizationUsageByToken": _window,
+    "listCasolaUsage": [*_window, _page, _cursor],
+    "listCasolaUsageByToken": _window,
     "retrieveStatement": [
         _query("from", _moment, "Start of the statement's period (ISO 8601)", required=True),
         _query("to", _moment, "End of the statement's period (ISO 8601)", required=True),

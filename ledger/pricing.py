@@ -564,6 +564,47 @@ def default_price_book() -> PriceBook:
             input_token_rate=100_000,  # 0.10 credits per 1M tokens
         ),
     ]
+    # Image and video models the documents' examples name: ``flux`` (Casola's quickstart, async),
+    # FLUX.1-schnell and Wan 2.2 5B by their Fal slugs (POST /fal/{slug}), seedance-2-0-pro
+    # (EmpirioLabs' video example), on the simulated backends.
+    models += [
+        ModelPrice(
+            model="flux",
+            category="image",
+            pool="default",
+            owned_by="black-forest-labs",
+            description="FLUX as Casola's quickstart names it (simulated): PNG images, priced per image.",
+            image_rate=3_000_000_000,  # 0.003 credits per image
+        ),
+        ModelPrice(
+            model="black-forest-labs/FLUX.1-schnell",
+            category="image",
+            pool="default",
+            owned_by="black-forest-labs",
+            description="FLUX.1 [schnell] (simulated): PNG images, priced per image; also at its Fal slugs.",
+            hugging_face_id="black-forest-labs/FLUX.1-schnell",
+            image_rate=3_000_000_000,
+            fal_slugs=("fal-ai/flux1-schnell-nunchaku", "fal-ai/flux/schnell"),
+        ),
+        ModelPrice(
+            model="Wan-AI/Wan2.2-TI2V-5B",
+            category="video",
+            pool="default",
+            owned_by="wan-ai",
+            description="Wan 2.2 5B text to video (simulated, always async): priced per second; also at its Fal slug.",
+            hugging_face_id="Wan-AI/Wan2.2-TI2V-5B",
+            video_second_rate=20_000_000_000,  # 0.02 credits per second
+            fal_slugs=("fal-ai/wan/v2.2-5b/text-to-video",),
+        ),
+        ModelPrice(
+            model="seedance-2-0-pro",
+            category="video",
+            pool="default",
+            owned_by="bytedance",
+            description="Seedance 2.0 Pro as EmpirioLabs' video example names it (simulated, always async).",
+            video_second_rate=50_000_000_000,  # 0.05 credits per second
+        ),
+    ]
     return PriceBook(
         version="2026-11-01",
         models={price.model: price for price in models},

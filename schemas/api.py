@@ -188,6 +188,54 @@ class VideoRequest(msgspec.Struct, frozen=True, kw_only=True):
     aspect_ratio: str | None = None
 
 
+class FalImageRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /fal/{slug}`` for an image model: what Tollgate reads of a Fal text-to-image body (other
+    fields are accepted and ignored)."""
+
+    prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=4000)]
+    image_size: str | dict[str, int] = "square_hd"
+    num_images: Annotated[int, msgspec.Meta(ge=1, le=4)] = 1
+    sync_mode: bool = False
+    seed: int | None = None
+
+
+class FalVideoRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /fal/{slug}`` for a video model: its length as ``duration`` (seconds) or as ``num_frames``
+    at ``frames_per_second``."""
+
+    prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=4000)]
+    duration: Annotated[int, msgspec.Meta(ge=1, le=10)] | Annotated[str, msgspec.Meta(pattern="^[0-9]{1,2}s?$")] = 5
+    num_frames: Annotated[int, msgspec.Meta(ge=1, le=240)] | None = None
+    frames_per_second: Annotated[int, msgspec.Meta(ge=1, le=60)] = 24
+    sync_mode: bool = False
+    seed: int | None = None
+
+
+class FalSpeechRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /fal/{slug}`` for a speech model: the text to speak as ``text`` (Fal's text-to-speech
+    models) or ``prompt``."""
+
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)] | None = None
+    prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)] | None = None
+    voice: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "alloy"
+    sync_mode: bool = False
+
+
+class FalBatchStatusRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /fal/requests/batch``: the requests whose statuses to read (1 to 50)."""
+
+    request_ids: Annotated[list[str], msgspec.Meta(min_length=1, max_length=50)]
+
+
+class CasolaJobRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /api/jobs``: the model, the task (``openai/chat-completion``, ``fal/text-to-image``...)
+    and the task's own request body."""
+
+    task: Annotated[str, msgspec.Meta(min_length=1)]
+    payload: dict[str, Any]
+    model_id: str = ""
+
+
 class ResponsesRequest(msgspec.Struct, frozen=True, kw_only=True):
     """``POST /v1/responses`` as documented (the gateway reads the body itself: workers/conversations.py);
     fields not listed are forwarded untouched."""

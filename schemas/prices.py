@@ -80,6 +80,9 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True):
     output_modalities: tuple[str, ...] = ()
     features: tuple[str, ...] = ()
     hugging_face_id: str = ""
+    # Fal-compatible slugs that name this model (Casola's Fal queue: POST /fal/{slug}); a slug names
+    # one model of a book.
+    fal_slugs: tuple[str, ...] = ()
 
 
 class PricingRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -113,6 +116,14 @@ class PriceBook(msgspec.Struct, frozen=True, kw_only=True):
 
     def model(self, model_id: str) -> ModelPrice | None:
         return self.models.get(model_id)
+
+    def fal_model(self, slug: str) -> ModelPrice | None:
+        """The model a Fal slug names: the one that lists it in ``fal_slugs``, else the model whose id
+        it is."""
+        for price in self.models.values():
+            if slug in price.fal_slugs:
+                return price
+        return self.models.get(slug)
 
     def may_serve(self, requested: str, served: str) -> bool:
         """Whether ``served`` may answer a request for ``requested``: itself or one of its fallbacks."""

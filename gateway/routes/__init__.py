@@ -6,8 +6,10 @@ from litestar.handlers import HTTPRouteHandler
 
 from gateway.routes import (
     audit,
+    casola,
     credits,
     dashboard,
+    fal,
     generation,
     health,
     jobs,
@@ -34,4 +36,6 @@ route_handlers: list[HTTPRouteHandler] = [
     *dashboard.route_handlers,
     *voices.route_handlers,
     *resources.route_handlers,
+    *fal.route_handlers,
+    *casola.route_handlers,
 ]

@@ -293,7 +293,7 @@ def _rollup_json(row: RollupRow, key_name: str | None) -> dict[str, Any]:
     return body
 
 
-def _rollup_answer(
+def rollup_answer(
     request: Request[Any, Any, Any],
     core: GatewayCore,
     org_id: str,
@@ -326,8 +326,18 @@ def _rollup_answer(
 async def organization_usage(request: Request[Any, Any, Any], core: Core, org_id: FromPath[str]) -> Response[bytes]:
     """Usage per hour or day (``granularity``), per ``group_by`` model (default), token or none, newest
     bucket first, from the rollup tables. ``from``/``to`` select whole buckets."""
+    return organization_usage_answer(request, core, org_id)
+
+
+def organization_usage_answer(request: Request[Any, Any, Any], core: GatewayCore, org_id: str) -> Response[bytes]:
+    """The organization's usage by period (also Casola's ``/api/organizations/{id}/usage``)."""
     group_by = cast(GroupBy, _choice(request, "group_by", ("model", "token", "none")) or "model")
-    return _rollup_answer(request, core, org_id, group_by, by_period=True, object_name="organization_usage")
+    return rollup_answer(request, core, org_id, group_by, by_period=True, object_name="organization_usage")
+
+
+def usage_by_token_answer(request: Request[Any, Any, Any], core: GatewayCore, org_id: str) -> Response[bytes]:
+    """The organization's usage per token (also Casola's ``/api/organizations/{id}/usage/by-token``)."""
+    return rollup_answer(request, core, org_id, "token", by_period=False, object_name="organization_usage_by_token")
 
 
 @get(
@@ -339,7 +349,7 @@ async def organization_usage_by_token(
     request: Request[Any, Any, Any], core: Core, org_id: FromPath[str]
 ) -> Response[bytes]:
     """Totals per API token over the window, from the daily (default) or hourly rollup."""
-    return _rollup_answer(request, core, org_id, "token", by_period=False, object_name="organization_usage_by_token")
+    return usage_by_token_answer(request, core, org_id)
 
 
 def _period(request: Request[Any, Any, Any]) -> tuple[datetime, datetime]:

@@ -35,7 +35,11 @@ semantic_validation |= {"retrieveStatement", "getOrganizationBalanceAt", "listOr
 semantic_validation |= {"retrieveAccountUsage", "listOrganizationUsageByToken"}
 # A cursor must be one the API returned; a key's expires_at must be a moment (msgspec's schema for an
 # optional datetime states its format, which the generator does not always follow).
-semantic_validation |= {"listLedgerEntries", "createToken"}
+semantic_validation |= {"listLedgerEntries", "createToken", "createCasolaToken"}
+semantic_validation |= {"listCasolaUsage", "listCasolaUsageByToken"}
+# A Fal slug must name an image or video model of the book (its body is that model's), and a Casola
+# job's payload must be its task's request body: more than a schema says.
+semantic_validation |= {"submitFalRequest", "createCasolaJob"}
 # A GPU deploy names a GPU class of the catalog, a hosted agent a plan of it (a random slug is a 404).
 semantic_validation |= {"deployGpuInstance", "createHostedAgentInstance"}
 # Positive cases name a model of the default book (a random name is a 404 before anything is metered);
