@@ -264,7 +264,11 @@ class LedgerRole:
                 due = decide_grant_expiry(wallet, item_id, at)
             cause = due[0].event_id if due else ""
             self._count_job_events(due)
-            for event in [*due, *(decide_auto_topup(wallet, at, cause) if due else [])]:
+            for event in due:
+                self._apply(event)
+                outputs += self._emit(event)
+            # Once they are applied: an expiry or a resource's charge lowers the balance it looks at.
+            for event in decide_auto_topup(wallet, at, cause) if due else []:
                 self._apply(event)
                 outputs += self._emit(event)
         for entry in deferred:

@@ -35,6 +35,7 @@ from schemas.commands import (
     AdjustCredits,
     AnyCommand,
     CancelPlan,
+    ConfigureAutoTopUp,
     GrantCredits,
     SetCreditLimit,
     StartResource,
@@ -457,3 +458,16 @@ def test_a_rebuilt_ledger_role_keeps_charging_a_running_resource() -> None:
     again.rebuild(set(range(log.partitions)))
     events = [decode_event(o.value) for o in again.expire_due(at(120))]
     assert [(e.from_s, e.to_s) for e in events if isinstance(e, ResourceCharged)] == [(0, 60), (60, 120)]
+
+
+def test_automatic_top_up_keeps_a_gpu_running() -> None:
+    clock = _Clock()
+    role = LedgerRole(EmbeddedLog(Path(":memory:")), Settings(), book, clock)
+    topup = ConfigureAutoTopUp(
+        command_id="topup", org_id=org, issued_at=t0, enabled=True, threshold_micros=200_000, amount_micros=1_000_000
+    )
+    role.decide_batch([encode(grant(300_000)), encode(topup), encode(start())])
+    events = [decode_event(o.value) for o in role.expire_due(at(3600))]
+    assert not [e for e in events if isinstance(e, ResourceCharged) and e.ended]
+    assert role.wallets[org].resources["gpu1"].charged_s == 3600
+    assert role.wallets[org].balance_micros >= 0
