@@ -118,6 +118,9 @@ class Settings:
     quota_slice_micros_max: int = field(
         default_factory=lambda: int(_env("TOLLGATE_QUOTA_SLICE_MICROS_MAX", "1000000000"))
     )
+    # A time-metered resource (a GPU instance) is charged, and its next interval held, this often
+    # (ledger/resources.py): it is stopped at most this long after its balance runs out of cover.
+    resource_interval_s: int = field(default_factory=lambda: int(_env("TOLLGATE_RESOURCE_INTERVAL_S", "60")))
     # An unresolved hold expires after this; longer than any sync request may take.
     hold_ttl_s: int = field(default_factory=lambda: int(_env("TOLLGATE_HOLD_TTL_S", "900")))
     # How long a sync request waits for its job before answering 504 (the hold then resolves alone).

@@ -65,6 +65,9 @@ json_bodies: Mapping[str, type[Any]] = {
     "setRateLimits": api.RateLimits,
     "setPlan": api.SetPlanBody,
     "createBatch": api.CreateBatch,
+    "deployGpuInstance": api.GpuDeployRequest,
+    "createHostedAgentInstance": api.HostedAgentCreateRequest,
+    "renameHostedAgentInstance": api.RenameBody,
     # Casola's Fal queue and core API (gateway/routes/fal.py, gateway/routes/casola.py). A Fal body is
     # an image model's, a video model's (FalVideoRequest) or a speech model's (FalSpeechRequest), as its slug says.
     "submitFalRequest": api.FalImageRequest,
@@ -99,6 +102,12 @@ body_examples: Mapping[str, dict[str, Any]] = {
         "return_documents": True,
     },
     "createScore": {"model": "qwen3-rerank", "text_1": "What is the capital of France?", "text_2": ["Paris.", "Rome."]},
+    "deployGpuInstance": {"gpu_slug": "rtx-4090", "mode": "model", "hf_id": "Qwen/Qwen2.5-7B-Instruct"},
+    "createHostedAgentInstance": {
+        "agent_type": "openclaw",
+        "name": "OpenClaw Production",
+        "plan_slug": "hosted-agent-basic",
+    },
     "submitFalRequest": {"prompt": "A cat in space", "sync_mode": True},
     "getFalRequestStatuses": {"request_ids": ["job_0123456789abcdef"]},
     "createCasolaJob": {
@@ -137,7 +146,7 @@ generation = {
     "createReranks",
     "createScore",
 }
-public = {"health", "getLedgerPublicKey", "getPricing"}
+public = {"health", "getLedgerPublicKey", "getPricing", "listGpuTypes", "getGpuType", "hostedAgentsHealth"}
 # Open without a credential; one that is sent is checked (gateway/auth.py, opt "anonymous").
 anonymous = {"listModels", "retrieveModel"}
 
@@ -202,6 +211,8 @@ def _decimals(node: Any) -> Any:
 
 
 anthropic_operations = {"createMessage"}
+# The one operation that answers 422 (the reference's status for workload settings that do not fit).
+unprocessable = {"deployGpuInstance"}
 
 # Every status any route may answer with an error body (gateway/errors.py, the guard, the middleware).
 error_statuses = {
@@ -218,6 +229,7 @@ error_statuses = {
     "413": "The body is over the size limit, or a file would take the organization past its storage limit.",
     "414": "The URI is too long.",
     "415": "The body's media type is not accepted.",
+    "422": "The workload settings are not valid together (a GPU deploy in mode custom without an image).",
     "429": (
         "A rate limit, or the organization's limit of requests in flight on this gateway; retry after the "
         "retry-after header."
@@ -304,6 +316,8 @@ def _complete(operation: dict[str, Any], method: str, body_refs: Mapping[str, An
     error_ref = "#/components/schemas/AnthropicError" if op_id in anthropic_operations else None
     for status, description in error_statuses.items():
         if op_id in public and status in ("401", "402", "403", "409"):
+            continue
+        if status == "422" and op_id not in unprocessable:
             continue
         schema = {"$ref": error_ref or "#/components/schemas/ErrorEnvelope"}
         code = "529" if error_ref and status == "503" else status

@@ -29,6 +29,7 @@ import msgspec
 
 from schemas.events import Event, PriceBookPublished
 from schemas.prices import Category, ContextTier, ModelPrice, PriceBook, PricingRow
+from schemas.resources import GpuClass, PlanPrice
 from schemas.units import Units, tools
 
 __all__ = [
@@ -616,4 +617,49 @@ def default_price_book() -> PriceBook:
             storage_byte_day_rate=4,  # 0.004 credits per GB-day (0.12 per GB-month)
         )
     )
-    return PriceBook(version="2026-11-01", models={price.model: price for price in models})
+    return PriceBook(
+        version="2026-11-01",
+        models={price.model: price for price in models},
+        gpu_classes={gpu.slug: gpu for gpu in default_gpu_classes()},
+        plans={plan.slug: plan for plan in default_plans()},
+    )
+
+
+def default_gpu_classes() -> list[GpuClass]:
+    """The GPU Cloud catalog of the demo (EmpirioLabs' GpuType examples): hourly rates per GPU,
+    billed by the second (ledger/resources.py)."""
+    return [
+        GpuClass(
+            slug="rtx-4090",
+            name="RTX 4090",
+            hourly_micros=650_000,
+            vram_gb=24,
+            max_gpus=8,
+            available_count=21,
+            regions=("us-east", "eu-west"),
+        ),
+        GpuClass(
+            slug="h100-nvl",
+            name="H100 NVL",
+            hourly_micros=5_600_000,
+            vram_gb=94,
+            max_gpus=8,
+            available_count=8,
+            regions=("us-east",),
+        ),
+    ]
+
+
+def default_plans() -> list[PlanPrice]:
+    """The hosted-agent plans of the demo (EmpirioLabs' HostedAgentPlan example)."""
+    return [
+        PlanPrice(
+            slug="hosted-agent-basic",
+            display_name="Hosted Agent Basic",
+            description="One OpenClaw or Hermes agent runtime, 10,000 messages a month.",
+            monthly_micros=15_000_000,
+            included_messages_monthly=10_000,
+            replica_min=1,
+            replica_max=3,
+        )
+    ]

@@ -25,6 +25,7 @@ from eventlog.settings import Settings
 from ledger.chain import ChainHead, Signer
 from ledger.price_feed import PriceFeed
 from ledger.pricing import PriceBook, PriceBooks
+from ledger.resources import decide_plan_due, decide_resource_due
 from ledger.storage import Storage, days_per_decision_max, decide_file, next_storage_charge
 from ledger.wallet import (
     Rejection,
@@ -52,6 +53,10 @@ from schemas.events import (
     JobLeased,
     JobLeaseLost,
     JobQueued,
+    PlanRenewed,
+    PlanSubscribed,
+    ResourceCharged,
+    ResourceStarted,
     SliceGranted,
     SliceReturned,
 )
@@ -136,7 +141,8 @@ class LedgerRole:
         self.rejections: Counter[str] = Counter()
         self._owned: set[int] = set()
         self._rebuild_needed: set[int] = set()
-        # (due time, org, "hold" or "grant", id); entries already resolved are skipped when due.
+        # (due time, org, "hold", "grant", "slice", "resource" or "plan", id); entries already
+        # resolved are skipped when due.
         self._expiries: list[tuple[datetime, str, str, str]] = []
         # The hash chain of each owned ledger partition, and who signs its checkpoints.
         self.chains: dict[int, ChainHead] = {}
@@ -216,14 +222,22 @@ class LedgerRole:
             heapq.heappush(self._expiries, (event.expires_at, event.org_id, "grant", event.grant_id))
         elif isinstance(event, SliceGranted):
             heapq.heappush(self._expiries, (event.expires_at, event.org_id, "slice", event.slice_id))
-        elif isinstance(event, (HoldCaptured, HoldReleased, SliceReturned)):
-            # An expired grant whose remainder open holds (or slices) still needed can now expire further.
+        elif isinstance(event, ResourceStarted) or (isinstance(event, ResourceCharged) and not event.ended):
+            # The interval held is charged when it is over (ledger/resources.py decide_resource_due).
+            due_at = wallet.resources[event.resource_id].due_at()
+            heapq.heappush(self._expiries, (due_at, event.org_id, "resource", event.resource_id))
+        elif isinstance(event, (PlanSubscribed, PlanRenewed)):
+            heapq.heappush(self._expiries, (event.period_end, event.org_id, "plan", event.subscription_id))
+        if isinstance(event, (HoldCaptured, HoldReleased, SliceReturned, ResourceCharged)):
+            # An expired grant whose remainder open holds (or slices, or a resource's interval) still
+            # needed can now expire further.
             for grant in wallet.grants.values():
                 if grant.expired and grant.remaining_micros > 0:
                     heapq.heappush(self._expiries, (event.occurred_at, event.org_id, "grant", grant.grant_id))
 
     def expire_due(self, now: datetime, partition_times: dict[int, datetime] | None = None) -> list[Outgoing]:
-        """Release every hold and expire every grant and slice whose time has come, by event.
+        """Release every hold and expire every grant and slice whose time has come, charge every
+        resource interval that is over and renew (or end) every plan period that is, by event.
 
         ``partition_times``: how far the ledger has read each partition's commands (the log's time,
         ``run``). An item is due only once its partition's commands are read up to its due time, so
@@ -247,11 +261,19 @@ class LedgerRole:
                 due = decide_expiry(wallet, item_id, at)
             elif kind == "slice":
                 due = decide_slice_expiry(wallet, item_id, at)
+            elif kind == "resource":
+                due = decide_resource_due(wallet, item_id, at)
+            elif kind == "plan":
+                due = decide_plan_due(wallet, item_id, at)
             else:
                 due = decide_grant_expiry(wallet, item_id, at)
             cause = due[0].event_id if due else ""
             self._count_job_events(due)
-            for event in [*due, *(decide_auto_topup(wallet, at, cause) if due else [])]:
+            for event in due:
+                self._apply(event)
+                outputs += self._emit(event)
+            # Once they are applied: an expiry or a resource's charge lowers the balance it looks at.
+            for event in decide_auto_topup(wallet, at, cause) if due else []:
                 self._apply(event)
                 outputs += self._emit(event)
         for entry in deferred:

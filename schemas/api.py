@@ -277,3 +277,38 @@ class CreateBatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
         ]
         | None
     ) = None
+
+
+# --- GPU Cloud and hosted agents (issue 18; gateway/routes/resources.py) ----------------------------
+
+
+class GpuDeployRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """EmpirioLabs' ``GpuDeployRequest``: a GPU of ``gpu_slug`` (``GET /v1/gpu/catalog``), billed by the
+    second while it runs. ``env`` is the workload's and never reaches the ledger."""
+
+    gpu_slug: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    mode: Literal["model", "template", "custom"] = "model"
+    hf_id: Annotated[str, msgspec.Meta(max_length=300)] | None = None
+    template_slug: Annotated[str, msgspec.Meta(max_length=100)] | None = None
+    image: Annotated[str, msgspec.Meta(max_length=300)] | None = None
+    ports: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=65535)]], msgspec.Meta(max_length=16)] | None = None
+    env: Annotated[dict[str, Annotated[str, msgspec.Meta(max_length=4096)]], msgspec.Meta(max_length=64)] | None = None
+    num_gpus: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    disk_gb: Annotated[int, msgspec.Meta(ge=100, le=300)] = 150
+    name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+
+
+class HostedAgentCreateRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """EmpirioLabs' ``HostedAgentCreateRequest``: the plan (``plan_slug``) is charged monthly."""
+
+    agent_type: Literal["openclaw", "hermes"]
+    name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    plan_slug: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | None = None
+    default_provider: Literal["empirio", "poe", "custom"] = "empirio"
+    default_model: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    config: dict[str, Any] | None = None
+    import_config: dict[str, Any] | str | None = None
+
+
+class RenameBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]

@@ -149,6 +149,51 @@ class DeleteFile(Command, frozen=True, kw_only=True, tag="delete_file.v1"):
     file_id: str
 
 
+# --- time-metered resources and monthly plans (issue 18; decided in ledger/resources.py) ----------
+
+
+class StartResource(Command, frozen=True, kw_only=True, tag="start_resource.v1"):
+    """Start a run of a resource (a new one, or a stopped one again): refused with
+    ``insufficient_credits`` unless the balance covers its first interval."""
+
+    resource_id: str
+    token_id: str
+    kind: str  # "gpu"
+    resource_class: str
+    quantity: int
+    interval_s: int
+    price_version: str = ""
+    label: str = ""
+    image: str = ""
+    disk_gb: int = 0
+
+
+class StopResource(Command, frozen=True, kw_only=True, tag="stop_resource.v1"):
+    """Its owner stops a running resource: charged to the second, the rest of the interval released."""
+
+    resource_id: str
+    reason: str = "stopped"
+
+
+class SubscribePlan(Command, frozen=True, kw_only=True, tag="subscribe_plan.v1"):
+    subscription_id: str
+    token_id: str
+    kind: str  # "hosted_agent"
+    plan_slug: str
+    price_version: str = ""
+    name: str = ""
+    agent_type: str = ""
+    default_provider: str = ""
+
+
+class CancelPlan(Command, frozen=True, kw_only=True, tag="cancel_plan.v1"):
+    subscription_id: str
+    reason: str = "cancelled"
+
+
+ResourceCommand = StartResource | StopResource | SubscribePlan | CancelPlan
+
+
 AnyCommand = (
     GrantCredits
     | RefundCredits
@@ -162,6 +207,7 @@ AnyCommand = (
     | CancelJob
     | GrantSlice
     | ReturnSlice
+    | ResourceCommand
 )
 
 # Files are the ledger's too (storage is metered from them), decided apart from the wallet (ledger/storage.py).

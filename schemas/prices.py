@@ -11,6 +11,7 @@ from typing import Literal
 
 import msgspec
 
+from schemas.resources import GpuClass, PlanPrice
 from schemas.units import Tool
 
 Category = Literal["chat", "embedding", "image", "audio", "video", "rerank", "storage"]
@@ -109,6 +110,9 @@ class Route(msgspec.Struct, frozen=True, kw_only=True):
 class PriceBook(msgspec.Struct, frozen=True, kw_only=True):
     version: str
     models: dict[str, ModelPrice]
+    # Time-metered resources and monthly plans (issue 18), by slug.
+    gpu_classes: dict[str, GpuClass] = msgspec.field(default_factory=dict)
+    plans: dict[str, PlanPrice] = msgspec.field(default_factory=dict)
 
     def model(self, model_id: str) -> ModelPrice | None:
         return self.models.get(model_id)

@@ -18,6 +18,7 @@ from gateway.http import decode_body, json_response
 from ledger.limits import kinds, organization_limits
 from ledger.price_checks import price_book_problems
 from ledger.pricing import PriceBook, price_problems
+from ledger.resources import resource_price_problems
 
 
 def _caller(request: Request[Any, Any, Any]) -> None:
@@ -118,6 +119,9 @@ async def publish_price_book(request: Request[Any, Any, Any], core: Core) -> Res
             raise ApiError(
                 400, f"Model '{model_id}': {'; '.join(problems)}.", code="invalid_price_book", param="models"
             )
+    problems = resource_price_problems(book)
+    if problems:
+        raise ApiError(400, f"{'; '.join(problems[:5])}.", code="invalid_price_book", param="gpu_classes")
     problems = price_book_problems(book)
     if problems:
         # A book that is not monotonic in every unit would break "the hold bounds the capture".

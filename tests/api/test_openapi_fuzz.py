@@ -40,6 +40,8 @@ semantic_validation |= {"listCasolaUsage", "listCasolaUsageByToken"}
 # A Fal slug must name an image or video model of the book (its body is that model's), and a Casola
 # job's payload must be its task's request body: more than a schema says.
 semantic_validation |= {"submitFalRequest", "createCasolaJob"}
+# A GPU deploy names a GPU class of the catalog, a hosted agent a plan of it (a random slug is a 404).
+semantic_validation |= {"deployGpuInstance", "createHostedAgentInstance"}
 # Positive cases name a model of the default book (a random name is a 404 before anything is metered);
 # whether the rest of a valid body fits that model (its output limit, its context) is again more than
 # a schema says, so these operations' valid bodies may be a 400 too.

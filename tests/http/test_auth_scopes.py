@@ -95,7 +95,10 @@ def test_every_scope_on_every_route(gw: Gateway) -> None:
     for method, template, opt in routes(gw):
         path = template.replace("{org_id}", org_a).replace("{token_id}", victim).replace("{model_id}", "sim-chat-small")
         path = path.replace("{path}", "openapi.json").replace("{job_id}", "job_unknown")
-        path = path.replace("{slug}", "fal-ai/flux1-schnell-nunchaku").replace("{request_id}", "job_unknown")
+        gpu = template.startswith("/v1/gpu/")
+        path = path.replace("{slug}", "rtx-4090" if gpu else "fal-ai/flux1-schnell-nunchaku")
+        path = path.replace("{request_id}", "job_unknown")
+        path = path.replace("{instance_id}", "gpu_unknown").replace("{action}", "refresh")
         path = path.replace("{file_id}", "file-unknown").replace("{batch_id}", "batch_unknown")
         assert not re.search(r"\{\w+\}", path), f"fill the path parameter of {template} in this test"
         for credential in credentials:

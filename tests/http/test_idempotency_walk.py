@@ -102,6 +102,10 @@ samples: dict[str, Sample] = {
     "/v1/rerank": lambda c, v: {"json": {"model": "qwen3-0.6b-fp8-score", "query": f"q {v}", "documents": ["a", "b"]}},
     "/v1/reranks": lambda c, v: {"json": {"model": "qwen3-rerank", "query": f"q {v}", "documents": ["a", "b"]}},
     "/v1/score": lambda c, v: {"json": {"model": "qwen3-rerank", "text_1": f"q {v}", "text_2": ["a", "b"]}},
+    "/v1/gpu/instances": lambda c, v: {"json": {"gpu_slug": "rtx-4090", "name": f"walk {v}"}},
+    "/v1/gpu/instances/{instance_id}/{action}": lambda c, v: {"json": {"variant": v}},  # the body is not read
+    "/v1/hosted-agents/instances": lambda c, v: {"json": {"agent_type": "hermes", "name": f"walk {v}"}},
+    "/v1/hosted-agents/instances/{instance_id}/{action}": lambda c, v: {"json": {"variant": v}},  # not read
     "/fal/{slug}": lambda c, v: {"json": {"prompt": f"a {v}", "sync_mode": v == "a"}},
     "/fal/requests/batch": lambda c, v: {"json": {"request_ids": [f"job_{v}"]}},
     "/api/jobs": lambda c, v: {
@@ -120,6 +124,10 @@ samples: dict[str, Sample] = {
 }
 # Routes that use the organization's key rather than the platform admin token.
 with_key = {
+    "/v1/gpu/instances",
+    "/v1/gpu/instances/{instance_id}/{action}",
+    "/v1/hosted-agents/instances",
+    "/v1/hosted-agents/instances/{instance_id}/{action}",
     "/fal/{slug}",
     "/fal/requests/batch",
     "/api/jobs",
@@ -172,6 +180,16 @@ def test_every_post_route_is_idempotent_or_says_why_not(gw: Gateway) -> None:
 def test_the_same_key_and_body_answer_once_and_another_body_is_a_409(gw: Gateway, path: str) -> None:
     context = Context(gw)
     url = path.replace("{org_id}", context.org).replace("{token_id}", context.token_id)
+    if "{instance_id}" in url:  # a GPU instance or a hosted agent to act on
+        agents = url.startswith("/v1/hosted-agents")
+        made = (
+            gw.call("POST", "/v1/hosted-agents/instances", context.key, json={"agent_type": "hermes"})
+            if agents
+            else gw.call("POST", "/v1/gpu/instances", context.key, json={"gpu_slug": "rtx-4090"})
+        )
+        assert made.status_code in (200, 201), made.text
+        action = "stop" if agents else "refresh"
+        url = url.replace("{instance_id}", made.json()["instance"]["id"]).replace("{action}", action)
     url = url.replace("{slug}", "fal-ai/flux1-schnell-nunchaku")
     if "{batch_id}" in url:
         url = url.replace("{batch_id}", context.batch())
