@@ -165,9 +165,16 @@ _cursor = _query("cursor", {"type": "string"}, "The next_cursor of the previous 
 # Query parameters the handlers read themselves (gateway/http.py: limit_param, moment_param).
 query_parameters: Mapping[str, list[dict[str, Any]]] = {
     "listJobs": [
-        _query("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "Page size (default 20)"),
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "Page size (default 25)"),
         _query("after", {"type": "string"}, "The last job id of the previous page"),
-        _query("status", {"type": "string"}, "Only jobs in this status"),
+        _query(
+            "status",
+            {
+                "type": "string",
+                "enum": ["processing", "completed", "failed", "pending", "running", "cancelled", "dead_letter"],
+            },
+            "Only jobs in this status (processing, completed, failed) or state (pending, running, ...)",
+        ),
     ],
     "listLedgerEntries": [_page, _cursor],
     "retrieveAccountUsage": [*_window, _page, _cursor],

@@ -58,6 +58,38 @@ def job_body(job: JobState, prices: PriceBooks) -> dict[str, Any]:
     }
 
 
+# EmpirioLabs' job statuses (its ``Job`` schema: processing, completed, failed) for Tollgate's states.
+empiriolabs_statuses = {
+    "pending": "processing",
+    "running": "processing",
+    "completed": "completed",
+    "failed": "failed",
+    "dead_letter": "failed",
+    "cancelled": "failed",
+}
+# What ``GET /v1/jobs?status=`` matches: EmpirioLabs' statuses, or one of Tollgate's states.
+job_filters: dict[str, tuple[str, ...]] = {
+    **{
+        public: tuple(state for state, shown in empiriolabs_statuses.items() if shown == public)
+        for public in ("processing", "completed", "failed")
+    },
+    **{state: (state,) for state in empiriolabs_statuses if state not in ("completed", "failed")},
+}
+
+
+def public_job(job: JobState, prices: PriceBooks) -> dict[str, Any]:
+    """A job as ``/v1/jobs`` shows it: EmpirioLabs' ``Job`` (``status`` processing, completed or
+    failed; a cancelled or dead-lettered job is failed and its ``error.code`` says which), with
+    Tollgate's own state beside it in ``state`` (pending, running, completed, failed, cancelled,
+    dead_letter)."""
+    body = job_body(job, prices)
+    body["state"] = job.status
+    body["status"] = empiriolabs_statuses.get(job.status, "processing")
+    if job.status == "cancelled":
+        body["error"] = {"code": "cancelled", "message": "The job was cancelled."}
+    return body
+
+
 def job_error(job: JobState) -> dict[str, str] | None:
     """Why a job did not complete (None while it may still, and once it has)."""
     if job.status in ("failed", "dead_letter") or (job.error_code and job.status != "completed"):
@@ -76,17 +108,24 @@ def _own_job(request: Request[Any, Any, Any], core: GatewayCore, job_id: str, sc
 @get("/v1/jobs", operation_id="listJobs", opt={"scope": "user:read"})
 async def list_jobs(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
     token = authorize(request, "user:read")
-    limit = limit_param(request, default=20, maximum=jobs_page_size_max)
+    limit = limit_param(request, default=25, maximum=jobs_page_size_max)
     after = request.query_params.get("after")
     status = request.query_params.get("status")
+    if status is not None and status not in job_filters:
+        raise ApiError(
+            400,
+            f"status must be one of {', '.join(job_filters)}; got {status!r}.",
+            code="invalid_status",
+            param="status",
+        )
     jobs = core.jobs.list(token.org_id, limit + 1 if status is None else 10_000, after)
     if status is not None:
-        jobs = [job for job in jobs if job.status == status][: limit + 1]
+        jobs = [job for job in jobs if job.status in job_filters[status]][: limit + 1]
     page = jobs[:limit]
     return json_response(
         {
             "object": "list",
-            "data": [job_body(job, core.prices) for job in page],
+            "data": [public_job(job, core.prices) for job in page],
             "has_more": len(jobs) > limit,
             "last_id": page[-1].job_id if page else None,
         }
@@ -95,21 +134,23 @@ async def list_jobs(request: Request[Any, Any, Any], core: Core) -> Response[byt
 
 @get("/v1/jobs/{job_id:str}", operation_id="retrieveJob", opt={"scope": "user:read"})
 async def retrieve_job(request: Request[Any, Any, Any], core: Core, job_id: FromPath[str]) -> Response[bytes]:
-    return json_response(job_body(_own_job(request, core, job_id, "user:read"), core.prices))
+    return json_response(public_job(_own_job(request, core, job_id, "user:read"), core.prices))
 
 
 @delete("/v1/jobs/{job_id:str}", operation_id="cancelJob", opt={"scope": "user:write"}, status_code=200)
 async def cancel_job(request: Request[Any, Any, Any], core: Core, job_id: FromPath[str]) -> Response[bytes]:
     """A job not started yet is cancelled at once; a running one stops at its next progress point and
-    is charged for the work done."""
+    is charged for the work done. A job that has ended is left as it is (EmpirioLabs: "a no-op")."""
     job = _own_job(request, core, job_id, "user:write")
     if job.terminal:
-        raise ApiError(409, f"The job is already {job.status}.", code="job_already_finished", param="job_id")
+        return json_response(public_job(job, core.prices))
     cancelled = await request_cancel(core, job)
-    body = job_body(job, core.prices)
+    body = public_job(job, core.prices)
     body["cancel_requested"] = True
     if cancelled:
-        body["status"] = "cancelled"
+        body.update(
+            status="failed", state="cancelled", error={"code": "cancelled", "message": "The job was cancelled."}
+        )
     return json_response(body)
 
 
@@ -129,17 +170,6 @@ async def request_cancel(core: GatewayCore, job: JobState) -> bool:
     return isinstance(released, HoldReleased) and released.reason == "cancelled"
 
 
-# EmpirioLabs' job statuses (its ``Job`` schema: processing, completed, failed) for Tollgate's.
-empiriolabs_statuses = {
-    "pending": "processing",
-    "running": "processing",
-    "completed": "completed",
-    "failed": "failed",
-    "dead_letter": "failed",
-    "cancelled": "failed",
-}
-
-
 @get("/v1/videos/generations/{job_id:str}", operation_id="retrieveVideoGeneration", opt={"scope": "user:read"})
 async def retrieve_video(request: Request[Any, Any, Any], core: Core, job_id: FromPath[str]) -> Response[bytes]:
     """A video job in EmpirioLabs' ``Job`` shape (``GET /v1/videos/generations/{job_id}``): status
@@ -149,23 +179,20 @@ async def retrieve_video(request: Request[Any, Any, Any], core: Core, job_id: Fr
     job = _own_job(request, core, job_id, "user:read")
     if job.endpoint != VIDEOS:
         raise ApiError(404, f"No video generation '{job_id}'.", code="job_not_found", param="job_id")
-    described = job_body(job, core.prices)
-    error = described["error"]
-    if job.status == "cancelled":
-        error = {"code": "cancelled", "message": "The job was cancelled."}
+    described = public_job(job, core.prices)
     return json_response(
         {
             "job_id": job.job_id,
             "id": job.job_id,
             "object": "video.generation",
-            "status": empiriolabs_statuses.get(job.status, "processing"),
+            "status": described["status"],
             "progress": described["progress"],
             "model": job.model,
             "created_at": described["created_at"],
             "completed_at": described["completed_at"],
             "cost_usd": described["cost_usd"],
             "result": described["result"],
-            "error": error,
+            "error": described["error"],
         }
     )
 

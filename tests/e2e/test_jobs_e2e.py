@@ -106,7 +106,7 @@ def wait_job(client: openai.OpenAI, job_id: str, statuses: set[str], timeout_s: 
         job = client.get(f"/jobs/{job_id}", cast_to=httpx.Response)
         assert job.status_code == 200, job.text
         body = dict(json.loads(job.text, parse_float=Decimal))
-        if body["status"] in statuses:
+        if body["state"] in statuses:
             return body
         time.sleep(0.1)
     raise AssertionError(f"job {job_id} never reached {statuses}: {body}")
@@ -263,7 +263,7 @@ def test_video_is_always_async_and_its_job_holds_a_real_video(stack: Stack) -> N
     job_id = submitted.json()["job_id"]
     assert submitted.json()["poll_url"] == f"/v1/jobs/{job_id}"
     job = wait_job(client, job_id, {"completed", "failed", "dead_letter"})
-    assert job["status"] == "completed" and job["progress"] == 1 and job["attempt"] == 1
+    assert job["state"] == job["status"] == "completed" and job["progress"] == 1 and job["attempt"] == 1
     clip = base64.b64decode(job["result"]["data"][0]["b64_json"])
     width, height, fps, frames = media.video_info(clip)
     assert frames == 3 * fps and (width, height) == (64, 36)
@@ -309,13 +309,13 @@ def test_cancelling_a_running_video_charges_the_seconds_rendered(stack: Stack) -
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         job = client.get(f"/jobs/{job_id}", cast_to=httpx.Response).json()
-        if job["status"] == "running" and Decimal(str(job["progress"])) > 0:
+        if job["state"] == "running" and Decimal(str(job["progress"])) > 0:
             break
         time.sleep(0.05)
     cancelled = client.delete(f"/jobs/{job_id}", cast_to=httpx.Response)
     assert cancelled.status_code == 200, cancelled.text
     job = wait_job(client, job_id, {"cancelled", "completed"})
-    assert job["status"] == "cancelled"
+    assert job["state"] == "cancelled" and job["status"] == "failed" and job["error"]["code"] == "cancelled"
     assert job["attempt"] == 1, "heartbeats kept the lease of the one run"
     seconds = next(
         s for s in range(1, 10) if price_micros(book.models["sim-video"], Units(video_seconds=s)) == job["cost_micros"]
@@ -367,7 +367,7 @@ def test_a_stream_whose_client_leaves_is_charged_for_what_was_generated(stack: S
     jobs = client.get("/jobs", cast_to=httpx.Response).json()["data"]
     job_id = next(job["id"] for job in jobs if job["request_id"] == request_id)
     job = wait_job(client, job_id, {"cancelled", "completed"})
-    assert job["status"] == "cancelled"
+    assert job["state"] == "cancelled" and job["status"] == "failed" and job["error"]["code"] == "cancelled"
     assert job["cost_micros"] > 0
     full = price_micros(book.models["sim-chat-small"], Units(input_tokens=30, output_tokens=63))
     assert job["cost_micros"] < full, "charged for part of the reply, not all of it"
@@ -388,7 +388,7 @@ def test_a_failure_a_retry_fixes_is_retried_and_charged_once(stack: Stack) -> No
     settled(stack, key, before, charged)
     jobs = client.get("/jobs", cast_to=httpx.Response).json()["data"]
     job = next(job for job in jobs if job["request_id"] == raw.headers["x-request-id"])
-    assert job["attempt"] == 3 and job["status"] == "completed"
+    assert job["attempt"] == 3 and job["state"] == "completed"
 
 
 def test_a_job_that_keeps_failing_is_dead_lettered_and_nothing_is_charged(stack: Stack) -> None:
@@ -406,7 +406,7 @@ def test_a_job_that_keeps_failing_is_dead_lettered_and_nothing_is_charged(stack:
     request_id = caught.value.response.headers["x-request-id"]
     jobs = client.get("/jobs", cast_to=httpx.Response).json()["data"]
     job = next(job for job in jobs if job["request_id"] == request_id)
-    assert job["status"] == "dead_letter" and job["error"]["code"] == "sim_failure"
+    assert job["state"] == "dead_letter" and job["status"] == "failed" and job["error"]["code"] == "sim_failure"
     settled(stack, key, before, 0)
     # The failed request is an error event of the account's usage, charged nothing.
     deadline = time.monotonic() + 30

@@ -92,7 +92,7 @@ class Stack:
             assert polled.status_code == 200, polled.text
             if job["status"] == "completed" and job.get("result") is not None:
                 return job["result"]["usage"], Decimal(str(job["cost_usd"]))
-            assert job["status"] in ("pending", "running"), job
+            assert job["status"] == "processing", job
             time.sleep(0.02)
         raise AssertionError(f"job {job_id} did not finish")
 

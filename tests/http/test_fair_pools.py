@@ -46,7 +46,7 @@ def test_a_flooding_organization_does_not_starve_another(gw: Gateway) -> None:
         jobs.append(response.json()["job_id"])
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:  # the flood holds its share of the pool
-        statuses = [gw.call("GET", f"/v1/jobs/{job}", flooder).json().get("status") for job in jobs]
+        statuses = [gw.call("GET", f"/v1/jobs/{job}", flooder).json().get("state") for job in jobs]
         if statuses.count("running") >= 2:
             break
         time.sleep(0.05)

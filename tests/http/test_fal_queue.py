@@ -160,7 +160,7 @@ def test_cancel_stops_a_queued_or_running_request_and_charges_only_what_ran(acco
     done = poll_until_done(account, request_id)
     assert done["status"] == "FAILED" and done["error"]["code"] == "cancelled", done
     job = curl(account, "GET", f"/v1/jobs/{request_id}").json()
-    assert job["status"] == "cancelled"
+    assert (job["status"], job["state"]) == ("failed", "cancelled")
     deadline = time.monotonic() + 10
     while account.balance_micros() != before - job["cost_micros"] and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -63,7 +63,7 @@ def settled(gw: Gateway, key: str, job: str, timeout_s: float = 20) -> dict[str,
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         response = gw.call("GET", f"/v1/jobs/{job}", key)
-        if response.status_code == 200 and response.json()["status"] in (
+        if response.status_code == 200 and response.json()["state"] in (
             "completed",
             "failed",
             "cancelled",
@@ -117,7 +117,7 @@ def test_a_cancelled_request_replays_its_409(gw: Gateway, org: str, key: str) ->
     thread.start()
     job = job_id(org, "k-cancel")
     deadline = time.monotonic() + 10
-    while gw.call("GET", f"/v1/jobs/{job}", key).json().get("status") != "running" and time.monotonic() < deadline:
+    while gw.call("GET", f"/v1/jobs/{job}", key).json().get("state") != "running" and time.monotonic() < deadline:
         time.sleep(0.02)
     assert gw.call("DELETE", f"/v1/jobs/{job}", key).status_code == 200
     thread.join(30)

@@ -149,7 +149,7 @@ def test_a_retry_after_the_gateway_died_between_charge_and_reply_gets_the_origin
     client = threading.Thread(target=first_attempt)
     client.start()
     gateway_a = cluster.roles["gateway-a"]
-    wait_for("the job to run", lambda: job_status(cluster.url("b"), key, job_id).get("status") == "running")
+    wait_for("the job to run", lambda: job_status(cluster.url("b"), key, job_id).get("state") == "running")
     os.kill(gateway_a.process.pid, signal.SIGSTOP)  # it can no longer write a reply
     charged = wait_for(
         "the ledger's capture (seen through gateway b)",
