@@ -24,13 +24,44 @@ _transcription_form: dict[str, Any] = {
     "type": "object",
     "required": ["file", "model"],
     "properties": {
-        "file": {"type": "string", "format": "binary", "description": "WAV audio"},
+        "file": {"type": "string", "format": "binary", "description": "WAV or MP3 audio, at most 3 MiB"},
         "model": {"type": "string", "minLength": 1},
         "language": {"type": "string"},
         "prompt": {"type": "string"},
         "response_format": {"type": "string", "enum": ["json", "text", "verbose_json", "srt", "vtt"]},
+        "timestamp_granularities": {
+            "type": "string",
+            "description": "word, segment, or both joined by a comma (or timestamp_granularities[] repeated)",
+        },
+        "translate": {"type": "string", "enum": ["true", "false"], "description": "translate into English"},
         "temperature": {"type": "number", "minimum": 0, "maximum": 1},
         "async": {"type": "string", "enum": ["true", "false"]},
+    },
+}
+_translation_form: dict[str, Any] = {
+    "type": "object",
+    "required": ["file", "model"],
+    "properties": {
+        key: value
+        for key, value in _transcription_form["properties"].items()
+        if key not in ("language", "timestamp_granularities", "translate")
+    },
+}
+# A transcription also takes JSON: the audio at a URL the gateway fetches, or as base64.
+_transcription_json: dict[str, Any] = {
+    "type": "object",
+    "required": ["model"],
+    "properties": {
+        "model": {"type": "string", "minLength": 1},
+        "file_url": {"type": "string", "description": "an http(s) URL of WAV or MP3 audio, at most 3 MiB"},
+        "file": {"type": "string", "description": "the audio as base64, or a data: URL"},
+        "response_format": {"type": "string", "enum": ["json", "text", "verbose_json", "srt", "vtt"]},
+        "timestamp_granularities": {"type": "array", "items": {"type": "string", "enum": ["word", "segment"]}},
+        "language": {"type": "string"},
+        "prompt": {"type": "string"},
+        "translate": {"type": "boolean"},
+        "diarize": {"type": "boolean"},
+        "smart_format": {"type": "boolean"},
     },
 }
 json_bodies: Mapping[str, type[Any]] = {
@@ -57,7 +88,11 @@ json_bodies: Mapping[str, type[Any]] = {
     "setRateLimits": api.RateLimits,
     "setPlan": api.SetPlanBody,
 }
-form_bodies: Mapping[str, dict[str, Any]] = {"createTranscription": _transcription_form}
+form_bodies: Mapping[str, dict[str, Any]] = {
+    "createTranscription": _transcription_form,
+    "createTranslation": _translation_form,
+}
+json_alternatives: Mapping[str, dict[str, Any]] = {"createTranscription": _transcription_json}
 _user = [{"role": "user", "content": "Say hello."}]
 # An example body for each generation operation, on the default price book's models.
 body_examples: Mapping[str, dict[str, Any]] = {
@@ -95,6 +130,7 @@ success_media: Mapping[str, dict[str, Any]] = {
     "createMessage": _event_stream,
     "createSpeech": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}},
     "createTranscription": {"text/plain": {"schema": {"type": "string"}}},
+    "createTranslation": {"text/plain": {"schema": {"type": "string"}}},
 }
 # Generation requests may be async (202 and a job), or refused for the balance (402).
 generation = {
@@ -104,6 +140,7 @@ generation = {
     "createImage",
     "createSpeech",
     "createTranscription",
+    "createTranslation",
     "createVideo",
     "createResponse",
     "createMessage",
@@ -245,10 +282,10 @@ def _complete(operation: dict[str, Any], method: str, body_refs: Mapping[str, An
             media["example"] = body_examples[op_id]
         operation["requestBody"] = {"required": True, "content": {"application/json": media}}
     elif op_id in form_bodies:
-        operation["requestBody"] = {
-            "required": True,
-            "content": {"multipart/form-data": {"schema": form_bodies[op_id]}},
-        }
+        content = {"multipart/form-data": {"schema": form_bodies[op_id]}}
+        if op_id in json_alternatives:
+            content["application/json"] = {"schema": json_alternatives[op_id]}
+        operation["requestBody"] = {"required": True, "content": content}
     responses: dict[str, Any] = operation.setdefault("responses", {})
     for status, response in list(responses.items()):
         if status.startswith("2"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -45,6 +46,7 @@ EMBEDDINGS = "/v1/embeddings"
 IMAGES = "/v1/images/generations"
 SPEECH = "/v1/audio/speech"
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
+TRANSLATIONS = "/v1/audio/translations"
 VIDEOS = "/v1/videos/generations"
 RERANK = "/v1/rerank"  # Casola's shape
 RERANKS = "/v1/reranks"  # EmpirioLabs' shape
@@ -343,24 +345,99 @@ def parse_speech(body: bytes, book: PriceBook) -> MeteredRequest:
     return _metered(SPEECH, price, book, bound, body, _async_flag(fields))
 
 
+transcript_formats = ("json", "text", "srt", "verbose_json", "vtt")
+timestamp_granularities = ("word", "segment")
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptAsk:
+    """What a transcription or translation asks for beside its audio, from a form or a JSON body."""
+
+    model: str
+    task: str  # "transcribe" or "translate"
+    response_format: str = "json"
+    granularities: tuple[str, ...] = ()
+    language: str | None = None
+    prompt: str | None = None
+    run_async: bool = False
+
+
+def _text_field(fields: dict[str, Any], name: str) -> str | None:
+    value = fields.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    raise ApiError(400, f"'{name}' must be a string.", code="invalid_type", param=name)
+
+
+def _flag_field(fields: dict[str, Any], name: str) -> bool:
+    """A boolean of a JSON body (true/false) or a form ("true"/"false")."""
+    value = fields.get(name, False)
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if not isinstance(value, bool):
+        raise ApiError(400, f"'{name}' must be true or false.", code="invalid_type", param=name)
+    return value
+
+
+def transcript_ask(fields: dict[str, Any], translation: bool) -> TranscriptAsk:
+    """The fields of a transcription (``translation``: of ``/v1/audio/translations``), checked:
+    ``response_format`` one of OpenAI's five, ``timestamp_granularities`` a list (the OpenAI SDK's
+    ``timestamp_granularities[]``) or comma-separated text (EmpirioLabs' ``word,segment``), and
+    EmpirioLabs' ``translate`` flag, which makes a transcription a translation."""
+    model = _text_field(fields, "model")
+    if not model:
+        raise ApiError(
+            400, "'model' is required: a model of GET /v1/models.", code="missing_required_parameter", param="model"
+        )
+    response_format = _text_field(fields, "response_format") or "json"
+    if response_format not in transcript_formats:
+        raise ApiError(
+            400,
+            f"response_format must be one of {', '.join(transcript_formats)}.",
+            code="invalid_parameter",
+            param="response_format",
+        )
+    given = fields.get("timestamp_granularities") or []
+    if isinstance(given, str):
+        given = [part.strip() for part in given.split(",") if part.strip()]
+    if not isinstance(given, list) or not all(isinstance(g, str) and g in timestamp_granularities for g in given):
+        raise ApiError(
+            400,
+            "timestamp_granularities must be a list of 'word' and 'segment' (or the two joined by a comma).",
+            code="invalid_parameter",
+            param="timestamp_granularities",
+        )
+    translate = translation or _flag_field(fields, "translate")
+    return TranscriptAsk(
+        model=model,
+        task="translate" if translate else "transcribe",
+        response_format=response_format,
+        granularities=tuple(dict.fromkeys(given)),
+        language=None if translate else _text_field(fields, "language"),
+        prompt=_text_field(fields, "prompt"),
+        run_async=_flag_field(fields, "async"),
+    )
+
+
 def parse_transcription(
-    audio: bytes, duration_ms: int, filename: str | None, text: dict[str, str | None], book: PriceBook
+    audio: bytes, duration_ms: int, filename: str | None, ask: TranscriptAsk, book: PriceBook
 ) -> MeteredRequest:
-    """A multipart transcription: the audio (its duration read from the data already) and the text fields."""
-    model = text.get("model") or ""
-    price = model_price(book, model, lambda p: p.audio_second_rate > 0, "a transcription")
-    run_async = (text.get("async") or "false").lower() == "true"
+    """A transcription or translation: the audio (its duration read from the data already), priced per
+    second of it by a transcription model (a translation is a transcription into English)."""
+    price = model_price(book, ask.model, lambda p: p.audio_second_rate > 0 and p.category == "audio", "a transcription")
     payload = msgspec.json.encode(
         {
-            "model": model,
+            "model": ask.model,
             "file_b64": base64.b64encode(audio).decode(),
             "filename": filename,
-            "language": text.get("language"),
-            "prompt": text.get("prompt"),
+            "language": ask.language,
+            "prompt": ask.prompt,
+            "timestamp_granularities": list(ask.granularities),
         }
     )
     bound = Units(audio_seconds=billed_seconds(duration_ms), calls=1)
-    return _metered(TRANSCRIPTIONS, price, book, bound, payload, run_async)
+    endpoint = TRANSLATIONS if ask.task == "translate" else TRANSCRIPTIONS
+    return _metered(endpoint, price, book, bound, payload, ask.run_async)
 
 
 def parse_video(body: bytes, book: PriceBook) -> MeteredRequest:

@@ -26,6 +26,7 @@ from gateway.requests import (
     SCORE,
     SPEECH,
     TRANSCRIPTIONS,
+    TRANSLATIONS,
     VIDEOS,
 )
 from ledger.money import format_credits, micros_to_decimal
@@ -164,7 +165,7 @@ def usage_of(endpoint: str, units: Units, captured: Charged, price: ModelPrice |
         counts = {"prompt_tokens": units.prompt_tokens, "total_tokens": units.prompt_tokens}
     elif endpoint == IMAGES:
         counts = {"images": units.images}
-    elif endpoint == TRANSCRIPTIONS:
+    elif endpoint in (TRANSCRIPTIONS, TRANSLATIONS):
         counts = {"type": "duration", "seconds": units.audio_seconds}
     elif endpoint == SPEECH:
         counts = {"characters": units.characters}
@@ -188,7 +189,7 @@ def shape_result(
         return {**result, "id": f"chatcmpl-{suffix}", "created": created, "model": captured.model, "usage": usage}
     if endpoint == COMPLETIONS:
         return {**result, "id": f"cmpl-{suffix}", "created": created, "model": captured.model, "usage": usage}
-    if endpoint in (EMBEDDINGS, TRANSCRIPTIONS, SPEECH):
+    if endpoint in (EMBEDDINGS, TRANSCRIPTIONS, TRANSLATIONS, SPEECH):
         return {**result, "usage": usage}
     if endpoint in (RERANK, RERANKS, SCORE):
         return scoring_body(endpoint, request_id, result, captured)

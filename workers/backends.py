@@ -181,6 +181,8 @@ embedding_dimensions_default = 64
 video_width, video_height, video_fps = 64, 36, 2
 speech_ms_per_character = 60
 RERANK, RERANKS, SCORE = "/v1/rerank", "/v1/reranks", "/v1/score"
+TRANSLATIONS = "/v1/audio/translations"
+transcript_segment_words = 12  # words per segment of a simulated verbose_json transcript
 _content_word = re.compile(r"[^\W_]+")
 
 
@@ -223,6 +225,7 @@ class SimulatedBackend(Backend):
             "/v1/images/generations": self._images,
             "/v1/audio/speech": self._speech,
             "/v1/audio/transcriptions": self._transcription,
+            TRANSLATIONS: self._transcription,
             "/v1/videos/generations": self._video,
             RERANK: self._rerank,
             RERANKS: self._rerank,
@@ -392,15 +395,17 @@ class SimulatedBackend(Backend):
         return JobOutput(result=result, units=Units(characters=len(text)))
 
     async def _transcription(self, job: JobContext, token_s: float) -> JobOutput:
+        """A transcription or translation of WAV or MP3 audio in OpenAI's ``verbose_json``: the
+        pseudo-transcript's words spread evenly over the audio, in segments of a few words."""
         try:
             audio = base64.b64decode(str(job.payload.get("file_b64") or ""), validate=True)
-            duration_ms = media.wav_duration_ms(audio)
+            duration_ms = media.audio_duration_ms(audio)
+            words = media.transcript_words(audio)
         except ValueError as error:
-            raise BackendError("invalid_audio", f"the uploaded file is not WAV audio: {error}") from None
+            raise BackendError("invalid_audio", f"the uploaded file is not WAV or MP3 audio: {error}") from None
         seconds = billed_seconds(duration_ms)
-        text = media.transcript_for(audio)
         job.progress(1000, Units(audio_seconds=seconds))
-        result = {"text": text, "duration": duration_ms / 1000, "language": "english"}
+        result = transcript_result(words, duration_ms, job.endpoint, job.payload.get("language"))
         return JobOutput(result=result, units=Units(audio_seconds=seconds))
 
     async def _video(self, job: JobContext, token_s: float) -> JobOutput:
@@ -513,6 +518,42 @@ class SimulatedBackend(Backend):
         else:
             result = conversations.message_result(reply, job.model)
         return JobOutput(result=result, units=units)
+
+
+def transcript_result(words: list[str], duration_ms: int, endpoint: str, language: Any) -> dict[str, Any]:
+    """OpenAI's ``verbose_json`` for ``words`` heard evenly over ``duration_ms`` (times in seconds,
+    to the millisecond; display values, nothing is priced from them)."""
+    count = len(words)
+    timed = [
+        {"word": word, "start": index * duration_ms // count / 1000, "end": (index + 1) * duration_ms // count / 1000}
+        for index, word in enumerate(words)
+    ]
+    segments = []
+    for number, first in enumerate(range(0, count, transcript_segment_words)):
+        chunk = timed[first : first + transcript_segment_words]
+        text = " ".join(str(item["word"]) for item in chunk)
+        segments.append(
+            {
+                "id": number,
+                "seek": 0,
+                "start": chunk[0]["start"],
+                "end": chunk[-1]["end"],
+                "text": (" " + text.capitalize()) if first == 0 else " " + text,
+                "tokens": [],
+                "temperature": 0.0,
+                "avg_logprob": 0.0,
+                "compression_ratio": 1.0,
+                "no_speech_prob": 0.0,
+            }
+        )
+    return {
+        "task": "translate" if endpoint == TRANSLATIONS else "transcribe",
+        "language": "en" if endpoint == TRANSLATIONS or not isinstance(language, str) or not language else language,
+        "duration": duration_ms / 1000,
+        "text": " ".join(words).capitalize() + ".",
+        "segments": segments,
+        "words": timed,
+    }
 
 
 def _content_words(text: str) -> set[str]:

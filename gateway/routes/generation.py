@@ -15,9 +15,9 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, post
-from litestar.datastructures import UploadFile
 from litestar.response import Stream
 
+from gateway import transcripts, uploads
 from gateway.auth import authorize
 from gateway.core import Core, GatewayCore
 from gateway.errors import ApiError
@@ -41,7 +41,9 @@ from gateway.requests import (
     SCORE,
     SPEECH,
     TRANSCRIPTIONS,
+    TRANSLATIONS,
     VIDEOS,
+    TranscriptAsk,
     parse_chat,
     parse_completion,
     parse_embedding,
@@ -51,6 +53,7 @@ from gateway.requests import (
     parse_speech,
     parse_transcription,
     parse_video,
+    transcript_ask,
 )
 from gateway.results import (
     Charge,
@@ -74,9 +77,6 @@ from schemas.events import (
     JobProgressed,
 )
 from workers import media
-
-transcription_upload_bytes_max = 3 * 1024 * 1024  # fits one Kafka record with its base64 and envelope
-transcription_text_fields = ("model", "language", "prompt", "response_format", "async")
 
 
 def overloaded() -> ApiError:
@@ -566,49 +566,79 @@ async def speech(request: Request[Any, Any, Any], core: Core) -> Response[bytes]
     return Response(content=audio, media_type=media_type, headers=charge_headers(charge))
 
 
-def _form_text(form: Any, name: str) -> str | None:
-    """A multipart field that must be text: a part sent as a file is a 400 naming it, here rather than
-    a failure to encode the job's payload later."""
-    value = form.get(name)
-    if value is None or isinstance(value, str):
-        return value
-    raise ApiError(400, f"'{name}' must be a text field, not a file.", code="invalid_type", param=name)
+_transcript_form_fields = ("model", "language", "prompt", "response_format", "async", "translate")
+
+
+async def _transcript_input(
+    request: Request[Any, Any, Any], core: GatewayCore, translation: bool
+) -> tuple[MeteredRequest, TranscriptAsk]:
+    """The audio and fields of a transcription or translation: a multipart upload (OpenAI's shape), or
+    a JSON body with ``file_url`` (EmpirioLabs') or the file as base64 in ``file``."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type == "application/json":
+        body = await read_body(request, core.settings.request_body_bytes_max)
+        fields = decode(body, dict[str, Any])
+        if not isinstance(fields, dict):
+            raise ApiError(400, "The body must be a JSON object.", code="invalid_json")
+        if fields.get("file_url") is not None:
+            upload = await uploads.fetch_url(fields["file_url"])
+            param = "file_url"
+        elif fields.get("file") is not None:
+            upload, param = uploads.Upload(uploads.base64_file(fields["file"], "file"), None), "file"
+        else:
+            raise ApiError(
+                400,
+                "Send the audio as 'file_url', as base64 in 'file', or as a multipart 'file' upload.",
+                code="missing_required_parameter",
+                param="file_url",
+            )
+        ask = transcript_ask(fields, translation)
+    else:
+        form = await uploads.read_form(request)
+        fields = {name: uploads.form_text(form, name) for name in _transcript_form_fields}
+        granularities = uploads.form_texts(form, "timestamp_granularities[]")
+        fields["timestamp_granularities"] = granularities or uploads.form_text(form, "timestamp_granularities")
+        ask = transcript_ask({k: v for k, v in fields.items() if v is not None}, translation)
+        upload = await uploads.form_file(form, "file")
+        param = "file"
+    try:
+        duration_ms = media.audio_duration_ms(upload.content)
+    except ValueError as error:
+        raise ApiError(
+            400, f"The file is not WAV or MP3 audio we can read: {error}", code="invalid_file", param=param
+        ) from None
+    return parse_transcription(upload.content, duration_ms, upload.filename, ask, core.prices.current), ask
+
+
+async def _transcript(request: Request[Any, Any, Any], core: GatewayCore, translation: bool) -> Response[bytes]:
+    token = authorize(request, "user:write")
+    metered, ask = await _transcript_input(request, core, translation)
+    outcome = await run_metered(request, core, token, metered)
+    if isinstance(outcome, Response):
+        return outcome
+    placement, seen = outcome
+    completed = seen[JobCompleted]
+    assert isinstance(completed, JobCompleted)
+    charge = answered(core, token, placement, metered, completed, captured_of(seen))
+    result = msgspec.json.decode(completed.result)
+    usage = usage_of(metered.endpoint, charge.units, charge, metered.price_of(charge.model))
+    headers = charge_headers(charge)
+    if ask.response_format in ("text", "srt", "vtt"):
+        text = transcripts.as_text(result, ask.response_format)
+        return Response(content=text.encode(), media_type="text/plain; charset=utf-8", headers=headers)
+    return json_response(transcripts.as_json(result, usage, ask.response_format, ask.granularities), headers=headers)
 
 
 @post(TRANSCRIPTIONS, operation_id="createTranscription", opt={"scope": "user:write"}, status_code=200)
 async def transcriptions(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
-    token = authorize(request, "user:write")
-    try:
-        form = await request.form()
-    except (UnicodeDecodeError, LookupError):  # Litestar decodes text fields by their declared charset
-        raise ApiError(
-            400,
-            "A form text field is not valid in its declared charset, or names a charset that does not exist; "
-            "send text fields as UTF-8.",
-            code="invalid_encoding",
-        ) from None
-    upload = form.get("file")
-    if not isinstance(upload, UploadFile):
-        raise ApiError(
-            400, "Send the audio as a multipart 'file' field.", code="missing_required_parameter", param="file"
-        )
-    audio = await upload.read()
-    if len(audio) > transcription_upload_bytes_max:
-        raise ApiError(
-            413,
-            f"Audio files may be at most {transcription_upload_bytes_max} bytes.",
-            code="file_too_large",
-            param="file",
-        )
-    try:
-        duration_ms = media.wav_duration_ms(audio)
-    except ValueError as error:
-        raise ApiError(
-            400, f"The file is not WAV audio we can read: {error}", code="invalid_file", param="file"
-        ) from None
-    text = {name: _form_text(form, name) for name in transcription_text_fields}
-    metered = parse_transcription(audio, duration_ms, upload.filename, text, core.prices.current)
-    return await _respond_json(request, core, token, metered)
+    """OpenAI's transcriptions (multipart), and EmpirioLabs' JSON body with ``file_url``."""
+    return await _transcript(request, core, translation=False)
+
+
+@post(TRANSLATIONS, operation_id="createTranslation", opt={"scope": "user:write"}, status_code=200)
+async def translations(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
+    """OpenAI's translations: speech in any language to English text, priced as a transcription."""
+    return await _transcript(request, core, translation=True)
 
 
 @post(VIDEOS, operation_id="createVideo", opt={"scope": "user:write"}, status_code=202)
@@ -646,5 +676,5 @@ async def score(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
     return await _respond_json(request, core, token, parse_score(body, core.prices.current))
 
 
-route_handlers = [chat_completions, completions, embeddings, images, speech, transcriptions, videos]
+route_handlers = [chat_completions, completions, embeddings, images, speech, transcriptions, translations, videos]
 route_handlers += [rerank, reranks, score]

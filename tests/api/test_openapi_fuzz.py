@@ -26,8 +26,8 @@ pytestmark = [pytest.mark.slow]
 examples_per_operation = 12
 # Operations whose valid bodies depend on more than a schema can say: a price book's keys must equal
 # their models' ids (and every rate is checked for monotonicity), a transcription's file must be WAV
-# audio. Their generated "valid" bodies may be refused with a 400; every other check still applies.
-semantic_validation = {"publishPriceBook", "createTranscription"}
+# or MP3 audio. Their generated "valid" bodies may be refused with a 400; every other check still applies.
+semantic_validation = {"publishPriceBook", "createTranscription", "createTranslation"}
 # Amounts have bounds a schema does not state (a grant is positive, a refund names a charge and at most
 # what it charged), and moments must be within what ClickHouse stores.
 semantic_validation |= {"grantCredits", "setCreditLimit", "configureAutoTopUp", "refundCharge", "adjustCredits"}
@@ -46,6 +46,7 @@ models = {
     "createImage": "sim-image",
     "createSpeech": "sim-tts",
     "createTranscription": "sim-whisper",
+    "createTranslation": "sim-whisper",
     "createVideo": "sim-video",
     "createResponse": "sim-chat-small",
     "createMessage": "deepseek-v4-pro",

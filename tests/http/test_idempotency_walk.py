@@ -68,6 +68,7 @@ samples: dict[str, Sample] = {
     "/v1/images/generations": lambda c, v: {"json": {"model": "sim-image", "prompt": f"a {v}"}},
     "/v1/audio/speech": lambda c, v: {"json": {"model": "sim-tts", "input": f"speak {v}"}},
     "/v1/audio/transcriptions": _transcription,
+    "/v1/audio/translations": _transcription,
     "/v1/videos/generations": lambda c, v: {"json": {"model": "sim-video", "prompt": f"clip {v}", "duration": 1}},
     "/v1/responses": lambda c, v: {"json": {"model": "sim-chat-small", "input": f"hello {v}"}},
     "/v1/messages": lambda c, v: {
@@ -85,6 +86,7 @@ with_key = {
     "/v1/images/generations",
     "/v1/audio/speech",
     "/v1/audio/transcriptions",
+    "/v1/audio/translations",
     "/v1/videos/generations",
     "/v1/responses",
     "/v1/messages",
