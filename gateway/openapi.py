@@ -77,6 +77,7 @@ json_bodies: Mapping[str, type[Any]] = {
     "createEmbedding": api.EmbeddingRequest,
     "createImage": api.ImageRequest,
     "createSpeech": api.SpeechRequest,
+    "createSpeechStream": api.SpeechRequest,
     "createVideo": api.VideoRequest,
     "createResponse": api.ResponsesRequest,
     "createMessage": api.MessagesRequest,
@@ -100,7 +101,8 @@ body_examples: Mapping[str, dict[str, Any]] = {
     "createCompletion": {"model": "sim-chat-small", "prompt": "Once upon a time", "max_tokens": 16},
     "createEmbedding": {"model": "sim-embed-small", "input": "The food was delicious."},
     "createImage": {"model": "sim-image", "prompt": "A lighthouse at dawn", "size": "1024x1024"},
-    "createSpeech": {"model": "sim-tts", "input": "Hello there.", "voice": "alloy"},
+    "createSpeech": {"model": "sim-tts", "input": "Hello there.", "voice": "alloy", "response_format": "mp3"},
+    "createSpeechStream": {"model": "tts-1-5-mini", "input": "Hello there.", "voice": "Sarah", "output_format": "PCM"},
     "createVideo": {"model": "sim-video", "prompt": "Waves on a beach", "duration": 2},
     "createResponse": {"model": "sim-chat-small", "input": "Say hello.", "max_output_tokens": 32},
     "createMessage": {"model": "deepseek-v4-pro", "max_tokens": 64, "messages": _user},
@@ -128,7 +130,11 @@ success_media: Mapping[str, dict[str, Any]] = {
     "createCompletion": _event_stream,
     "createResponse": _event_stream,
     "createMessage": _event_stream,
-    "createSpeech": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}},
+    "createSpeech": {
+        media_type: {"schema": {"type": "string", "format": "binary"}}
+        for media_type in ("audio/mpeg", "audio/wav", "audio/pcm")
+    },
+    "createSpeechStream": _event_stream,
     "createTranscription": {"text/plain": {"schema": {"type": "string"}}},
     "createTranslation": {"text/plain": {"schema": {"type": "string"}}},
 }

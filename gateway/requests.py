@@ -45,6 +45,7 @@ COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"
 IMAGES = "/v1/images/generations"
 SPEECH = "/v1/audio/speech"
+SPEECH_STREAM = "/v1/audio/speech:stream"  # EmpirioLabs' streamed speech (the job is a speech job)
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
 TRANSLATIONS = "/v1/audio/translations"
 VIDEOS = "/v1/videos/generations"
@@ -337,12 +338,48 @@ def parse_image(body: bytes, book: PriceBook) -> MeteredRequest:
     return _metered(IMAGES, price, book, bound, body, _async_flag(fields))
 
 
-def parse_speech(body: bytes, book: PriceBook) -> MeteredRequest:
+speech_stream_characters_max = 3000  # EmpirioLabs: "Max 3000 characters per request"
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechAsk:
+    """How speech is answered: the audio format, and whether as the audio itself (OpenAI) or as a JSON
+    ``AudioResponse`` (EmpirioLabs: ``output_format`` or ``response_format`` ``b64_json``/``url``)."""
+
+    audio_format: str  # mp3, wav or pcm
+    audio_response: bool = False
+    inline: bool = False  # b64_json rather than a url
+    timestamp_type: str = "NONE"  # the stream's audio.timestamps: NONE, WORD or CHARACTER
+    text: str = ""  # what is spoken (the stream's timestamps are of its words)
+
+
+def parse_speech(body: bytes, book: PriceBook, stream: bool = False) -> tuple[MeteredRequest, SpeechAsk]:
+    """Speech, priced per character of ``input``; the worker is asked for one audio format (its
+    ``response_format``, as an OpenAI-compatible server takes it)."""
     spoken: SpeechRequest = _decode(body, SpeechRequest)
     price = model_price(book, spoken.model, lambda p: p.character_rate > 0, "a speech")
+    if stream and len(spoken.input) > speech_stream_characters_max:
+        raise ApiError(
+            400,
+            f"input may be at most {speech_stream_characters_max} characters on the streaming endpoint.",
+            code="invalid_parameter",
+            param="input",
+        )
     fields = _fields(body)
+    given = spoken.response_format
+    audio_format = (spoken.output_format or "").lower() or (given if given in ("mp3", "wav", "pcm") else "wav")
+    ask = SpeechAsk(
+        audio_format=audio_format,
+        audio_response=spoken.output_format is not None or given in ("b64_json", "url"),
+        inline=given == "b64_json",
+        timestamp_type=spoken.timestamp_type,
+        text=spoken.input,
+    )
+    fields.pop("output_format", None)
+    fields["response_format"] = audio_format
     bound = msgspec.structs.replace(_per_request(fields), characters=len(spoken.input))
-    return _metered(SPEECH, price, book, bound, body, _async_flag(fields))
+    run_async = False if stream else _async_flag(fields)
+    return _metered(SPEECH, price, book, bound, msgspec.json.encode(fields), run_async), ask
 
 
 transcript_formats = ("json", "text", "srt", "verbose_json", "vtt")

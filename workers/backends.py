@@ -182,6 +182,7 @@ video_width, video_height, video_fps = 64, 36, 2
 speech_ms_per_character = 60
 RERANK, RERANKS, SCORE = "/v1/rerank", "/v1/reranks", "/v1/score"
 TRANSLATIONS = "/v1/audio/translations"
+speech_content_types = {"mp3": "audio/mpeg", "wav": "audio/wav", "pcm": "audio/pcm"}
 transcript_segment_words = 12  # words per segment of a simulated verbose_json transcript
 _content_word = re.compile(r"[^\W_]+")
 
@@ -387,11 +388,30 @@ class SimulatedBackend(Backend):
         return JobOutput(result={"data": data}, units=Units(images=count, variant=variant))
 
     async def _speech(self, job: JobContext, token_s: float) -> JobOutput:
+        """Speech in the ``response_format`` asked for: WAV (16 kHz unless ``sample_rate`` says), MP3
+        (LAME, 16 kHz) or raw 16-bit PCM (24 kHz, as OpenAI's ``pcm``), 60 ms per character."""
         text = str(job.payload.get("input") or "")
         seed = _seed(text, job.payload.get("voice"))
-        audio = await asyncio.to_thread(media.wav_audio, len(text) * speech_ms_per_character, seed)
+        audio_format = str(job.payload.get("response_format") or "wav")
+        given_rate = job.payload.get("sample_rate")
+        rate = int(given_rate) if isinstance(given_rate, str) and given_rate.isdigit() else 0
+        duration_ms = len(text) * speech_ms_per_character
+        if audio_format == "mp3":
+            audio = await asyncio.to_thread(media.mp3_audio, duration_ms, seed)
+            duration_ms = media.mp3_duration_ms(audio)
+        else:
+            wav = await asyncio.to_thread(
+                media.wav_audio, duration_ms, seed, rate or (24000 if audio_format == "pcm" else 16000)
+            )
+            audio = media.wav_samples(wav) if audio_format == "pcm" else wav
         job.progress(1000, Units(characters=len(text)))
-        result = {"content_type": "audio/wav", "audio_b64": base64.b64encode(audio).decode()}
+        result = {
+            "content_type": speech_content_types.get(audio_format, "audio/wav"),
+            "audio_b64": base64.b64encode(audio).decode(),
+            "format": audio_format,
+            "duration_ms": duration_ms,
+            "sample_rate": 16000 if audio_format == "mp3" else rate or (24000 if audio_format == "pcm" else 16000),
+        }
         return JobOutput(result=result, units=Units(characters=len(text)))
 
     async def _transcription(self, job: JobContext, token_s: float) -> JobOutput:

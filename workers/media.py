@@ -39,6 +39,7 @@ __all__ = [
     "video_info",
     "wav_audio",
     "wav_duration_ms",
+    "wav_samples",
 ]
 
 # ---------------------------------------------------------------------------------------------- common
@@ -482,15 +483,19 @@ def mp3_audio(seconds_milli: int, seed: bytes, sample_rate: int = 16000) -> byte
     """``wav_audio``'s samples as a mono MP3 (MPEG-2 layer III at 16 kHz, 32 kbit/s), encoded by LAME:
     the same arguments give the same bytes. LAME pads the stream to whole frames (and adds its encoder
     delay), so ``mp3_duration_ms`` reads back a little more than ``seconds_milli``."""
-    wav = wav_audio(seconds_milli, seed, sample_rate)
-    with wave.open(io.BytesIO(wav), "rb") as reader:
-        pcm = reader.readframes(reader.getnframes())
+    pcm = wav_samples(wav_audio(seconds_milli, seed, sample_rate))
     encoder = lameenc.Encoder()
     encoder.set_bit_rate(mp3_bit_rate_kbps)
     encoder.set_in_sample_rate(sample_rate)
     encoder.set_channels(1)
     encoder.set_quality(7)
     return bytes(encoder.encode(pcm)) + bytes(encoder.flush())
+
+
+def wav_samples(data: bytes) -> bytes:
+    """The sample bytes of a WAV ``wav_audio`` wrote (raw PCM, as OpenAI's ``pcm`` format is)."""
+    with wave.open(io.BytesIO(data), "rb") as reader:
+        return reader.readframes(reader.getnframes())
 
 
 def audio_format(data: bytes) -> str:

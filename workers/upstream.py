@@ -792,7 +792,14 @@ class UpstreamBackend(Backend):
         job.counted_by = "upstream"
         job.progress(1000, units)
         content_type = response.headers.get("content-type", "application/octet-stream").split(";")[0]
-        result = {"content_type": content_type, "audio_b64": base64.b64encode(response.content).decode()}
+        audio_format = str(body.get("response_format") or "mp3")
+        result: dict[str, Any] = {
+            "content_type": content_type,
+            "audio_b64": base64.b64encode(response.content).decode(),
+            "format": audio_format,
+        }
+        with contextlib.suppress(ValueError):  # a duration for EmpirioLabs' AudioResponse, when readable
+            result["duration_ms"] = media.audio_duration_ms(response.content)
         return JobOutput(result=result, units=units)
 
     async def _transcription(self, job: JobContext, client: _Client, model: str) -> JobOutput:

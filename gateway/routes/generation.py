@@ -17,7 +17,7 @@ import msgspec
 from litestar import Request, Response, post
 from litestar.response import Stream
 
-from gateway import transcripts, uploads
+from gateway import speeches, transcripts, uploads
 from gateway.auth import authorize
 from gateway.core import Core, GatewayCore
 from gateway.errors import ApiError
@@ -40,9 +40,11 @@ from gateway.requests import (
     RERANKS,
     SCORE,
     SPEECH,
+    SPEECH_STREAM,
     TRANSCRIPTIONS,
     TRANSLATIONS,
     VIDEOS,
+    SpeechAsk,
     TranscriptAsk,
     parse_chat,
     parse_completion,
@@ -549,21 +551,58 @@ async def images(request: Request[Any, Any, Any], core: Core) -> Response[bytes]
     return await _respond_json(request, core, token, metered)
 
 
-@post(SPEECH, operation_id="createSpeech", opt={"scope": "user:write"}, status_code=200)
-async def speech(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
+async def _spoken(
+    request: Request[Any, Any, Any], core: GatewayCore, stream: bool
+) -> tuple[Response[bytes] | Charge, MeteredRequest, SpeechAsk, dict[str, Any]]:
+    """Run a speech request: its 202 (async), or its charge, the request, how to answer and the result."""
     token = authorize(request, "user:write")
-    metered = parse_speech(await generation_body(request, core), core.prices.current)
+    metered, ask = parse_speech(await generation_body(request, core), core.prices.current, stream)
     outcome = await run_metered(request, core, token, metered)
     if isinstance(outcome, Response):
-        return outcome
+        return outcome, metered, ask, {}
     placement, seen = outcome
     completed = seen[JobCompleted]
     assert isinstance(completed, JobCompleted)
     charge = answered(core, token, placement, metered, completed, captured_of(seen))
-    result = msgspec.json.decode(completed.result)
+    return charge, metered, ask, msgspec.json.decode(completed.result)
+
+
+@post(SPEECH, operation_id="createSpeech", opt={"scope": "user:write"}, status_code=200)
+async def speech(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
+    """OpenAI's speech (the audio is the answer, in ``response_format``: mp3, wav or pcm), or
+    EmpirioLabs' JSON ``AudioResponse`` when the body names ``output_format`` or asks for ``b64_json``
+    or ``url``: ``data[]`` with ``url`` (a ``data:`` URL: no file store yet) or ``b64_json``,
+    ``duration`` and ``format``, and the usage with its charge."""
+    charge, metered, ask, result = await _spoken(request, core, stream=False)
+    if isinstance(charge, Response):
+        return charge
+    if ask.audio_response:
+        usage = usage_of(metered.endpoint, charge.units, charge, metered.price_of(charge.model))
+        return json_response(speeches.audio_response(result, ask.inline, usage), headers=charge_headers(charge))
     audio = base64.b64decode(result["audio_b64"])
     media_type = str(result.get("content_type") or "audio/wav")
     return Response(content=audio, media_type=media_type, headers=charge_headers(charge))
+
+
+@post(SPEECH_STREAM, operation_id="createSpeechStream", opt={"scope": "user:write"}, status_code=200)
+async def speech_stream(request: Request[Any, Any, Any], core: Core) -> Response[bytes] | Stream:
+    """EmpirioLabs' streamed speech: server-sent ``audio.chunk`` events, ``audio.timestamps`` when
+    ``timestamp_type`` asks, ``audio.done`` with the duration and the usage (its exact charge), then
+    ``[DONE]``. The job synthesizes the whole input before the first chunk is sent (the simulated and
+    OpenAI-compatible backends answer speech whole), so the charge is known, and in ``x-credits-used``."""
+    charge, metered, ask, result = await _spoken(request, core, stream=True)
+    if isinstance(charge, Response):
+        return charge
+    usage = usage_of(metered.endpoint, charge.units, charge, metered.price_of(charge.model))
+    events = speeches.stream_events(result, ask, usage)
+    headers = {**charge_headers(charge), "x-request-id": request_id(request), "cache-control": "no-cache"}
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for event in events:
+            yield _sse(event)
+        yield b"data: [DONE]\n\n"
+
+    return Stream(chunks(), media_type="text/event-stream", headers=headers)
 
 
 _transcript_form_fields = ("model", "language", "prompt", "response_format", "async", "translate")
@@ -676,5 +715,6 @@ async def score(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
     return await _respond_json(request, core, token, parse_score(body, core.prices.current))
 
 
-route_handlers = [chat_completions, completions, embeddings, images, speech, transcriptions, translations, videos]
+route_handlers = [chat_completions, completions, embeddings, images, speech, speech_stream]
+route_handlers += [transcriptions, translations, videos]
 route_handlers += [rerank, reranks, score]

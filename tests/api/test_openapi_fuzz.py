@@ -45,6 +45,7 @@ models = {
     "createEmbedding": "sim-embed-small",
     "createImage": "sim-image",
     "createSpeech": "sim-tts",
+    "createSpeechStream": "sim-tts",
     "createTranscription": "sim-whisper",
     "createTranslation": "sim-whisper",
     "createVideo": "sim-video",

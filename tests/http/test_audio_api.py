@@ -11,7 +11,6 @@ import base64
 import threading
 import time
 from collections.abc import Iterator
-from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -21,7 +20,7 @@ from gateway import uploads
 from ledger.pricing import billed_seconds, default_price_book, price_micros
 from schemas.units import Units
 from tests.harness import Gateway
-from tests.http.dialects import Account, reconciles
+from tests.http.dialects import Account, header_reconciles, reconciles
 from workers import media
 
 meeting_mp3 = media.mp3_audio(4_200, b"meeting")
@@ -78,17 +77,6 @@ def _expected_micros(model: str, audio: bytes) -> int:
     price = default_price_book().model(model)
     assert price is not None
     return price_micros(price, Units(audio_seconds=billed_seconds(media.audio_duration_ms(audio)), calls=1))
-
-
-def _header_reconciles(account: Account, before: int, response: Any) -> int:
-    """A plain-text answer: x-credits-used == the balance drop == the usage row."""
-    micros = int(Decimal(response.headers["x-credits-used"]) * 1_000_000)
-    deadline = time.monotonic() + 10
-    while account.balance_micros() != before - micros and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert account.balance_micros() == before - micros
-    assert account.usage_row(response.headers["x-request-id"])[5] == micros
-    return micros
 
 
 # --- the documents' examples, host and key changed ---
@@ -189,7 +177,7 @@ def test_the_sdk_transcribes_an_mp3_with_words(account: Account) -> None:
     transcript = raw.parse()
     assert transcript.text and transcript.segments and transcript.words
     assert transcript.duration == media.mp3_duration_ms(meeting_mp3) / 1000
-    _header_reconciles(account, before, raw)
+    header_reconciles(account, before, raw)
 
 
 @pytest.mark.parametrize("response_format", ["text", "srt", "vtt"])
@@ -211,7 +199,7 @@ def test_text_formats(account: Account, response_format: str) -> None:
         assert text.startswith("WEBVTT\n\n00:00:00.000 --> 00:00:02.500\n")
     else:
         assert text.endswith(".\n") and "\n" not in text[:-1]
-    assert _header_reconciles(account, before, response) == _expected_micros("sim-whisper", recording_wav)
+    assert header_reconciles(account, before, response) == _expected_micros("sim-whisper", recording_wav)
 
 
 def test_the_sdk_translates(account: Account) -> None:
@@ -223,7 +211,7 @@ def test_the_sdk_translates(account: Account) -> None:
     )
     translation = raw.parse()
     assert translation.text
-    assert _header_reconciles(account, before, raw) == _expected_micros("whisper-large-v3-turbo", meeting_mp3)
+    assert header_reconciles(account, before, raw) == _expected_micros("whisper-large-v3-turbo", meeting_mp3)
     verbose = client.audio.translations.create(
         model="whisper-large-v3-turbo", file=("speech.wav", recording_wav, "audio/wav"), response_format="verbose_json"
     )
