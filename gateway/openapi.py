@@ -89,7 +89,22 @@ json_bodies: Mapping[str, type[Any]] = {
     "setRateLimits": api.RateLimits,
     "setPlan": api.SetPlanBody,
 }
+_image_edit_form: dict[str, Any] = {
+    "type": "object",
+    "required": ["image", "prompt"],
+    "properties": {
+        "image": {"type": "string", "format": "binary", "description": "PNG, JPEG, GIF or WebP (or several)"},
+        "mask": {"type": "string", "format": "binary", "description": "a PNG whose transparent pixels are edited"},
+        "prompt": {"type": "string", "minLength": 1},
+        "model": {"type": "string", "minLength": 1},
+        "n": {"type": "string", "enum": ["1", "2", "3", "4"]},
+        "size": {"type": "string", "enum": ["1024x1024", "1792x1024"]},
+        "quality": {"type": "string", "enum": ["standard", "hd"]},
+        "response_format": {"type": "string", "enum": ["b64_json"]},
+    },
+}
 form_bodies: Mapping[str, dict[str, Any]] = {
+    "createImageEdit": _image_edit_form,
     "createTranscription": _transcription_form,
     "createTranslation": _translation_form,
 }

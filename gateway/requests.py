@@ -44,6 +44,7 @@ CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"
 IMAGES = "/v1/images/generations"
+IMAGE_EDITS = "/v1/images/edits"
 SPEECH = "/v1/audio/speech"
 SPEECH_STREAM = "/v1/audio/speech:stream"  # EmpirioLabs' streamed speech (the job is a speech job)
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
@@ -336,6 +337,48 @@ def parse_image(body: bytes, book: PriceBook) -> MeteredRequest:
     fields = _fields(body)
     bound = msgspec.structs.replace(_per_request(fields), images=image.n, variant=variant)
     return _metered(IMAGES, price, book, bound, body, _async_flag(fields))
+
+
+image_edit_inputs_max = 16  # images one edit may send (OpenAI's gpt-image models take up to 16)
+
+
+def parse_image_edit(
+    images: list[bytes], mask: bytes | None, fields: dict[str, str | None], book: PriceBook
+) -> MeteredRequest:
+    """``POST /v1/images/edits``: the images (and mask) already read and checked, priced per image
+    returned as a generation is (by its ``size/quality`` variant)."""
+    prompt = fields.get("prompt") or ""
+    if not prompt or len(prompt) > 32_000:
+        raise ApiError(
+            400, "'prompt' is required (at most 32,000 characters).", code="missing_required_parameter", param="prompt"
+        )
+    price = model_price(book, fields.get("model") or "sim-image", lambda p: p.category == "image", "an image")
+    given_n = fields.get("n") or "1"
+    if not given_n.isascii() or not given_n.isdigit() or not 1 <= int(given_n) <= 4:
+        raise ApiError(400, "n must be an integer from 1 to 4.", code="invalid_parameter", param="n")
+    size = fields.get("size") or "1024x1024"
+    quality = fields.get("quality") or "standard"
+    variant = f"{size}/{quality}"
+    if price.image_variant_rates and variant not in price.image_variant_rates:
+        raise ApiError(400, f"{price.model} has no price for {variant}.", code="invalid_parameter", param="size")
+    if (fields.get("response_format") or "b64_json") != "b64_json":
+        raise ApiError(
+            400,
+            "Only response_format b64_json is served: Tollgate keeps no image files to link to yet.",
+            code="unsupported_parameter",
+            param="response_format",
+        )
+    payload = {
+        "model": price.model,
+        "prompt": prompt,
+        "n": int(given_n),
+        "size": size,
+        "quality": quality,
+        "images_b64": [base64.b64encode(image).decode() for image in images],
+        "mask_b64": base64.b64encode(mask).decode() if mask is not None else None,
+    }
+    bound = Units(images=int(given_n), variant=variant, calls=1)
+    return _metered(IMAGE_EDITS, price, book, bound, msgspec.json.encode(payload))
 
 
 speech_stream_characters_max = 3000  # EmpirioLabs: "Max 3000 characters per request"

@@ -18,6 +18,7 @@ from gateway.requests import (
     CHAT,
     COMPLETIONS,
     EMBEDDINGS,
+    IMAGE_EDITS,
     IMAGES,
     MESSAGES,
     RERANK,
@@ -163,7 +164,7 @@ def usage_of(endpoint: str, units: Units, captured: Charged, price: ModelPrice |
         counts: dict[str, Any] = token_usage(units)
     elif endpoint == EMBEDDINGS:
         counts = {"prompt_tokens": units.prompt_tokens, "total_tokens": units.prompt_tokens}
-    elif endpoint == IMAGES:
+    elif endpoint in (IMAGES, IMAGE_EDITS):
         counts = {"images": units.images}
     elif endpoint in (TRANSCRIPTIONS, TRANSLATIONS):
         counts = {"type": "duration", "seconds": units.audio_seconds}

@@ -182,6 +182,7 @@ video_width, video_height, video_fps = 64, 36, 2
 speech_ms_per_character = 60
 RERANK, RERANKS, SCORE = "/v1/rerank", "/v1/reranks", "/v1/score"
 TRANSLATIONS = "/v1/audio/translations"
+IMAGE_EDITS = "/v1/images/edits"
 speech_content_types = {"mp3": "audio/mpeg", "wav": "audio/wav", "pcm": "audio/pcm"}
 transcript_segment_words = 12  # words per segment of a simulated verbose_json transcript
 _content_word = re.compile(r"[^\W_]+")
@@ -224,6 +225,7 @@ class SimulatedBackend(Backend):
             "/v1/completions": self._completion,
             "/v1/embeddings": self._embeddings,
             "/v1/images/generations": self._images,
+            IMAGE_EDITS: self._images,
             "/v1/audio/speech": self._speech,
             "/v1/audio/transcriptions": self._transcription,
             TRANSLATIONS: self._transcription,
@@ -382,7 +384,10 @@ class SimulatedBackend(Backend):
         variant = f"{size}/{quality}"
         data = []
         for index in range(count):
-            image = await asyncio.to_thread(media.png_image, width, height, _seed(payload.get("prompt"), index, size))
+            # An edit's images seed its results too (the same prompt on other images gives others).
+            edited = (payload.get("images_b64"), payload.get("mask_b64")) if job.endpoint == IMAGE_EDITS else ()
+            seed = _seed(payload.get("prompt"), index, size, *edited)
+            image = await asyncio.to_thread(media.png_image, width, height, seed)
             data.append({"b64_json": base64.b64encode(image).decode(), "revised_prompt": payload.get("prompt")})
             job.progress(1000 * (index + 1) // count, Units(images=index + 1, variant=variant))
         return JobOutput(result={"data": data}, units=Units(images=count, variant=variant))

@@ -63,6 +63,7 @@ IMAGES = "/v1/images/generations"
 SPEECH = "/v1/audio/speech"
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
 TRANSLATIONS = "/v1/audio/translations"
+IMAGE_EDITS = "/v1/images/edits"
 RERANK, RERANKS, SCORE = "/v1/rerank", "/v1/reranks", "/v1/score"
 RESPONSES = conversations.RESPONSES
 MESSAGES = conversations.MESSAGES
@@ -379,6 +380,7 @@ class UpstreamBackend(Backend):
             COMPLETIONS: self._text,
             EMBEDDINGS: self._embeddings,
             IMAGES: self._images,
+            IMAGE_EDITS: self._image_edits,
             SPEECH: self._speech,
             TRANSCRIPTIONS: self._transcription,
             TRANSLATIONS: self._transcription,
@@ -409,7 +411,7 @@ class UpstreamBackend(Backend):
         path: str,
         json: Any = None,
         data: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
-        files: Mapping[str, tuple[str, bytes, str]] | None = None,
+        files: Mapping[str, tuple[str, bytes, str]] | Sequence[tuple[str, tuple[str, bytes, str]]] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> _Reply:
         """One call, its answer read whole: ``json``, or a multipart form of ``data`` and ``files``;
@@ -419,7 +421,7 @@ class UpstreamBackend(Backend):
             form = aiohttp.FormData()
             for name, value in data.items() if isinstance(data, Mapping) else (data or ()):
                 form.add_field(name, value)
-            for name, (filename, content, content_type) in files.items():
+            for name, (filename, content, content_type) in files.items() if isinstance(files, Mapping) else files:
                 form.add_field(name, content, filename=filename, content_type=content_type)
         try:
             async with (
@@ -777,6 +779,30 @@ class UpstreamBackend(Backend):
             raise BackendError("upstream_bad_reply", f"the upstream returned {len(data)} images for n={requested}")
         variant = f"{job.payload.get('size') or '1024x1024'}/{job.payload.get('quality') or 'standard'}"
         units = Units(images=len(data), variant=variant)
+        job.counted_by = "upstream"
+        job.progress(1000, units)
+        return JobOutput(result={key: value for key, value in result.items() if key != "usage"}, units=units)
+
+    async def _image_edits(self, job: JobContext, client: _Client, model: str) -> JobOutput:
+        """An edit, forwarded as OpenAI's multipart form (``image``, or ``image[]`` for several, and
+        ``mask``), metered as a generation: the images returned."""
+        payload = job.payload
+        images = [base64.b64decode(str(image)) for image in payload.get("images_b64") or []]
+        form = [("model", client.upstream.models.get(model, model)), ("prompt", str(payload.get("prompt") or ""))]
+        form += [(key, str(payload[key])) for key in ("n", "size") if payload.get(key)]
+        form.append(("response_format", "b64_json"))
+        field = "image" if len(images) == 1 else "image[]"
+        files = [(field, (f"image{index}.png", image, "image/png")) for index, image in enumerate(images)]
+        if payload.get("mask_b64"):
+            files.append(("mask", ("mask.png", base64.b64decode(str(payload["mask_b64"])), "image/png")))
+        result = self._json(await self._post(client, IMAGE_EDITS, data=form, files=files))
+        data = result.get("data")
+        if not isinstance(data, list) or not data:
+            raise BackendError("upstream_no_usage", "the upstream returned no images; nothing is charged")
+        requested = int(payload.get("n") or 1)
+        if len(data) > requested:
+            raise BackendError("upstream_bad_reply", f"the upstream returned {len(data)} images for n={requested}")
+        units = Units(images=len(data), variant=f"{payload.get('size')}/{payload.get('quality')}")
         job.counted_by = "upstream"
         job.progress(1000, units)
         return JobOutput(result={key: value for key, value in result.items() if key != "usage"}, units=units)

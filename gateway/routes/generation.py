@@ -35,6 +35,7 @@ from gateway.requests import (
     CHAT,
     COMPLETIONS,
     EMBEDDINGS,
+    IMAGE_EDITS,
     IMAGES,
     RERANK,
     RERANKS,
@@ -46,10 +47,12 @@ from gateway.requests import (
     VIDEOS,
     SpeechAsk,
     TranscriptAsk,
+    image_edit_inputs_max,
     parse_chat,
     parse_completion,
     parse_embedding,
     parse_image,
+    parse_image_edit,
     parse_rerank,
     parse_score,
     parse_speech,
@@ -551,6 +554,44 @@ async def images(request: Request[Any, Any, Any], core: Core) -> Response[bytes]
     return await _respond_json(request, core, token, metered)
 
 
+_image_edit_fields = ("model", "prompt", "n", "size", "quality", "response_format", "user")
+
+
+@post(IMAGE_EDITS, operation_id="createImageEdit", opt={"scope": "user:write"}, status_code=200)
+async def image_edits(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
+    """OpenAI's image edits (multipart): ``image`` (one file, or several as ``image`` or ``image[]``;
+    PNG, JPEG, GIF or WebP), an optional PNG ``mask``, ``prompt``; PNG images as ``b64_json``, priced
+    per image as generations are."""
+    token = authorize(request, "user:write")
+    form = await uploads.read_form(request)
+    fields = {name: uploads.form_text(form, name) for name in _image_edit_fields}
+    images = await uploads.form_files(form, "image") + await uploads.form_files(form, "image[]")
+    if not images:
+        raise ApiError(
+            400, "Send the image to edit as a multipart 'image' file.", code="missing_required_parameter", param="image"
+        )
+    if len(images) > image_edit_inputs_max:
+        raise ApiError(400, f"Send at most {image_edit_inputs_max} images.", code="invalid_parameter", param="image")
+    for image in images:
+        try:
+            media.image_size(image.content)
+        except ValueError as error:
+            raise ApiError(
+                400, f"An image is not one we can read: {error}", code="invalid_image", param="image"
+            ) from None
+    mask = await uploads.optional_form_file(form, "mask")
+    if mask is not None:
+        try:
+            media.png_size(mask.content)
+        except ValueError as error:
+            raise ApiError(400, f"The mask must be a PNG: {error}", code="invalid_image", param="mask") from None
+    if sum(len(image.content) for image in images) + len(mask.content if mask else b"") > uploads.upload_bytes_max:
+        raise uploads.too_large("image")
+    contents = [image.content for image in images]
+    metered = parse_image_edit(contents, mask.content if mask else None, fields, core.prices.current)
+    return await _respond_json(request, core, token, metered)
+
+
 async def _spoken(
     request: Request[Any, Any, Any], core: GatewayCore, stream: bool
 ) -> tuple[Response[bytes] | Charge, MeteredRequest, SpeechAsk, dict[str, Any]]:
@@ -715,6 +756,6 @@ async def score(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
     return await _respond_json(request, core, token, parse_score(body, core.prices.current))
 
 
-route_handlers = [chat_completions, completions, embeddings, images, speech, speech_stream]
+route_handlers = [chat_completions, completions, embeddings, images, image_edits, speech, speech_stream]
 route_handlers += [transcriptions, translations, videos]
 route_handlers += [rerank, reranks, score]

@@ -26,8 +26,9 @@ pytestmark = [pytest.mark.slow]
 examples_per_operation = 12
 # Operations whose valid bodies depend on more than a schema can say: a price book's keys must equal
 # their models' ids (and every rate is checked for monotonicity), a transcription's file must be WAV
-# or MP3 audio. Their generated "valid" bodies may be refused with a 400; every other check still applies.
-semantic_validation = {"publishPriceBook", "createTranscription", "createTranslation"}
+# or MP3 audio, an edit's image an image. Their generated "valid" bodies may be refused with a 400; every
+# other check still applies.
+semantic_validation = {"publishPriceBook", "createTranscription", "createTranslation", "createImageEdit"}
 # Amounts have bounds a schema does not state (a grant is positive, a refund names a charge and at most
 # what it charged), and moments must be within what ClickHouse stores.
 semantic_validation |= {"grantCredits", "setCreditLimit", "configureAutoTopUp", "refundCharge", "adjustCredits"}
@@ -44,6 +45,7 @@ models = {
     "createCompletion": "sim-chat-small",
     "createEmbedding": "sim-embed-small",
     "createImage": "sim-image",
+    "createImageEdit": "sim-image",
     "createSpeech": "sim-tts",
     "createSpeechStream": "sim-tts",
     "createTranscription": "sim-whisper",

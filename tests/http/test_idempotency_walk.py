@@ -66,6 +66,10 @@ samples: dict[str, Sample] = {
     "/v1/completions": lambda c, v: {"json": {"model": "sim-chat-small", "prompt": f"say {v}"}},
     "/v1/embeddings": lambda c, v: {"json": {"model": "sim-embed-small", "input": f"text {v}"}},
     "/v1/images/generations": lambda c, v: {"json": {"model": "sim-image", "prompt": f"a {v}"}},
+    "/v1/images/edits": lambda c, v: {
+        "data": {"model": "sim-image", "prompt": f"edit {v}"},
+        "files": {"image": ("a.png", media.png_image(8, 8, b"edit"), "image/png")},
+    },
     "/v1/audio/speech": lambda c, v: {"json": {"model": "sim-tts", "input": f"speak {v}"}},
     "/v1/audio/speech:stream": lambda c, v: {"json": {"model": "tts-1-5-mini", "input": f"stream {v}"}},
     "/v1/audio/transcriptions": _transcription,
@@ -85,6 +89,7 @@ with_key = {
     "/v1/completions",
     "/v1/embeddings",
     "/v1/images/generations",
+    "/v1/images/edits",
     "/v1/audio/speech",
     "/v1/audio/speech:stream",
     "/v1/audio/transcriptions",
