@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 import msgspec
@@ -16,7 +17,7 @@ import msgspec
 from gateway.errors import ApiError
 from gateway.http import check_depth, decode
 from gateway.metering import MeteredRequest
-from ledger.pricing import ModelPrice, PriceBook, billed_seconds, modalities
+from ledger.pricing import ModelPrice, PriceBook, billed_seconds, kind_of, modalities
 from schemas.api import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -45,6 +46,8 @@ COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"
 IMAGES = "/v1/images/generations"
 IMAGE_EDITS = "/v1/images/edits"
+AUDIO_GENERATIONS = "/v1/audio/generations"  # EmpirioLabs: music, podcasts, sound
+MUSIC_GENERATIONS = "/v1/music/generations"
 SPEECH = "/v1/audio/speech"
 SPEECH_STREAM = "/v1/audio/speech:stream"  # EmpirioLabs' streamed speech (the job is a speech job)
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
@@ -381,6 +384,78 @@ def parse_image_edit(
     return _metered(IMAGE_EDITS, price, book, bound, msgspec.json.encode(payload))
 
 
+music_seconds_max = 120  # one result record holds it (a WAV at 16 kHz: 3.8 MB)
+music_seconds_default = 30
+music_sync_seconds_max = 60  # EmpirioLabs: longer generations answer 202 with a job
+music_formats = ("mp3", "wav")
+
+
+def model_kind(body: bytes, book: PriceBook) -> str:
+    """The kind (``kind_of``) of the model a JSON body names; "" when it names none the book has."""
+    fields = _decode(body, dict[str, Any])
+    model = fields.get("model") if isinstance(fields, dict) else None
+    price = book.model(model) if isinstance(model, str) else None
+    return kind_of(price) if price is not None else ""
+
+
+def _duration_ms(value: Any) -> int:
+    """A duration in seconds (a JSON integer or decimal) as whole ms, rounded up, through its digits."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ApiError(400, "duration must be a number of seconds.", code="invalid_type", param="duration")
+    ms = Decimal(str(value)) * 1000
+    if not ms.is_finite() or not 1000 <= ms <= music_seconds_max * 1000:
+        raise ApiError(
+            400,
+            f"duration must be from 1 to {music_seconds_max} seconds.",
+            code="invalid_parameter",
+            param="duration",
+        )
+    return int(ms.to_integral_value(rounding=ROUND_CEILING))
+
+
+def parse_music(body: bytes, book: PriceBook, endpoint: str = AUDIO_GENERATIONS) -> MeteredRequest:
+    """Music (and sound) from a prompt, priced per second of audio asked for (``duration``, by the
+    started second); async when asked, or when longer than a minute (a 202 and a job, as EmpirioLabs
+    answers). ``output_format`` mp3 or wav; the answer is EmpirioLabs' ``AudioResponse``."""
+    fields = _fields(body)
+    model = fields.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(
+            400, "'model' is required: a model of GET /v1/models.", code="missing_required_parameter", param="model"
+        )
+    price = model_price(book, model, lambda p: kind_of(p) == "music", "a music")
+    prompt = fields.get("prompt") if fields.get("prompt") is not None else fields.get("input")
+    if not isinstance(prompt, str) or not prompt or len(prompt) > 4000:
+        raise ApiError(
+            400, "'prompt' is required (at most 4,000 characters).", code="missing_required_parameter", param="prompt"
+        )
+    duration_ms = _duration_ms(fields.get("duration", music_seconds_default))
+    audio_format = fields.get("output_format") or "mp3"
+    if not isinstance(audio_format, str) or audio_format.lower() not in music_formats:
+        raise ApiError(
+            400,
+            f"output_format must be one of {', '.join(music_formats)}.",
+            code="invalid_parameter",
+            param="output_format",
+        )
+    response_format = fields.get("response_format") or "url"
+    if response_format not in ("url", "b64_json"):
+        raise ApiError(
+            400, "response_format must be url or b64_json.", code="invalid_parameter", param="response_format"
+        )
+    payload = {
+        "model": model,
+        "prompt": prompt,
+        "duration_ms": duration_ms,
+        "format": audio_format.lower(),
+        "inline": response_format == "b64_json",
+        "seed": fields.get("seed"),
+    }
+    run_async = _async_flag(fields) or duration_ms > music_sync_seconds_max * 1000
+    bound = Units(audio_seconds=billed_seconds(duration_ms), calls=1)
+    return _metered(endpoint, price, book, bound, msgspec.json.encode(payload), run_async)
+
+
 speech_stream_characters_max = 3000  # EmpirioLabs: "Max 3000 characters per request"
 
 
@@ -396,9 +471,12 @@ class SpeechAsk:
     text: str = ""  # what is spoken (the stream's timestamps are of its words)
 
 
-def parse_speech(body: bytes, book: PriceBook, stream: bool = False) -> tuple[MeteredRequest, SpeechAsk]:
+def parse_speech(
+    body: bytes, book: PriceBook, stream: bool = False, audio_response: bool = False
+) -> tuple[MeteredRequest, SpeechAsk]:
     """Speech, priced per character of ``input``; the worker is asked for one audio format (its
-    ``response_format``, as an OpenAI-compatible server takes it)."""
+    ``response_format``, as an OpenAI-compatible server takes it). ``audio_response``: answered as
+    EmpirioLabs' ``AudioResponse`` whatever the body says (``/v1/audio/generations``)."""
     spoken: SpeechRequest = _decode(body, SpeechRequest)
     price = model_price(book, spoken.model, lambda p: p.character_rate > 0, "a speech")
     if stream and len(spoken.input) > speech_stream_characters_max:
@@ -413,7 +491,7 @@ def parse_speech(body: bytes, book: PriceBook, stream: bool = False) -> tuple[Me
     audio_format = (spoken.output_format or "").lower() or (given if given in ("mp3", "wav", "pcm") else "wav")
     ask = SpeechAsk(
         audio_format=audio_format,
-        audio_response=spoken.output_format is not None or given in ("b64_json", "url"),
+        audio_response=audio_response or spoken.output_format is not None or given in ("b64_json", "url"),
         inline=given == "b64_json",
         timestamp_type=spoken.timestamp_type,
         text=spoken.input,
@@ -504,7 +582,7 @@ def parse_transcription(
 ) -> MeteredRequest:
     """A transcription or translation: the audio (its duration read from the data already), priced per
     second of it by a transcription model (a translation is a transcription into English)."""
-    price = model_price(book, ask.model, lambda p: p.audio_second_rate > 0 and p.category == "audio", "a transcription")
+    price = model_price(book, ask.model, lambda p: kind_of(p) == "transcription", "a transcription")
     payload = msgspec.json.encode(
         {
             "model": ask.model,

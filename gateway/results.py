@@ -12,15 +12,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from gateway import speeches
 from gateway.errors import ApiError
 from gateway.metering import MeteredRequest
 from gateway.requests import (
+    AUDIO_GENERATIONS,
     CHAT,
     COMPLETIONS,
     EMBEDDINGS,
     IMAGE_EDITS,
     IMAGES,
     MESSAGES,
+    MUSIC_GENERATIONS,
     RERANK,
     RERANKS,
     RESPONSES,
@@ -172,6 +175,8 @@ def usage_of(endpoint: str, units: Units, captured: Charged, price: ModelPrice |
         counts = {"characters": units.characters}
     elif endpoint == VIDEOS:
         counts = {"seconds": units.video_seconds}
+    elif endpoint in (AUDIO_GENERATIONS, MUSIC_GENERATIONS):
+        counts = {"seconds": units.audio_seconds}
     else:  # an endpoint without a usage shape of its own: every unit by its name
         counts = {name: quantity for name, quantity in zip(unit_names, unit_quantities(units), strict=True) if quantity}
     return {**counts, **usage_cost(captured, price)}
@@ -192,6 +197,8 @@ def shape_result(
         return {**result, "id": f"cmpl-{suffix}", "created": created, "model": captured.model, "usage": usage}
     if endpoint in (EMBEDDINGS, TRANSCRIPTIONS, TRANSLATIONS, SPEECH):
         return {**result, "usage": usage}
+    if endpoint in (AUDIO_GENERATIONS, MUSIC_GENERATIONS):
+        return speeches.audio_response(result, bool(result.get("inline")), usage)
     if endpoint in (RERANK, RERANKS, SCORE):
         return scoring_body(endpoint, request_id, result, captured)
     if endpoint == RESPONSES:

@@ -278,14 +278,19 @@ _default_modalities: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "video": (("text",), ("video",)),
     "speech": (("text",), ("audio",)),
     "transcription": (("audio",), ("text",)),
+    "music": (("text",), ("audio",)),
     "rerank": (("text",), ("scores",)),
 }
 
 
 def kind_of(price: ModelPrice) -> str:
-    """The category, with audio told apart: ``speech`` (priced per character) or ``transcription``."""
+    """The category, with audio told apart: ``speech`` (priced per character), ``music`` (per second of
+    audio generated: audio among its output modalities) or ``transcription`` (per second of audio read)."""
     if price.category == "audio":
-        return "speech" if price.character_rate > 0 or not price.audio_second_rate else "transcription"
+        if price.character_rate > 0 or not price.audio_second_rate:
+            return "speech"
+        # Priced per second either way: audio out (music, sound) or audio in (transcription).
+        return "music" if "audio" in price.output_modalities else "transcription"
     return price.category
 
 
@@ -572,6 +577,16 @@ def default_price_book() -> PriceBook:
         _transcriber("whisper-large-v3-turbo", "openai", 50_000_000),  # 0.003 credits per minute
         _transcriber("openai-whisper-1", "openai", 100_000_000),  # 0.006 credits per minute
         _transcriber("deepgram-nova-3", "deepgram", 72_000_000),
+        ModelPrice(
+            model="stable-audio-2-5",
+            category="audio",
+            pool="default",
+            owned_by="stability",
+            description="Stable Audio 2.5 as the reference's examples name it (simulated): music per second generated.",
+            input_modalities=("text",),
+            output_modalities=("audio",),
+            audio_second_rate=2_000_000_000,  # 0.002 credits per second
+        ),
         _speaker("Qwen3-TTS", "qwen", 10_000_000),  # 10 credits per 1M characters
         _speaker("gemini-2-5-flash-tts", "google", 20_000_000),
         _speaker("soulx-podcast", "soulx", 15_000_000),

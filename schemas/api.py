@@ -187,6 +187,21 @@ class SpeechRequest(msgspec.Struct, frozen=True, kw_only=True):
     speed: Annotated[float, msgspec.Meta(ge=0.25, le=4.0)] = 1.0
 
 
+class MusicRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /v1/audio/generations`` and ``/v1/music/generations`` as documented (the gateway reads the
+    body itself: gateway/requests.py ``parse_music``; a speech model's script goes in ``input``)."""
+
+    model: Annotated[str, msgspec.Meta(min_length=1)]
+    prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=4000)] | None = None
+    input: Annotated[str, msgspec.Meta(min_length=1, max_length=4000)] | None = None
+    duration: Annotated[float, msgspec.Meta(ge=1, le=120)] = 30
+    steps: int | None = None
+    cfg_scale: float | None = None
+    seed: int | None = None
+    output_format: Literal["mp3", "wav"] = "mp3"
+    response_format: Literal["url", "b64_json"] = "url"
+
+
 class VideoRequest(msgspec.Struct, frozen=True, kw_only=True):
     model: Annotated[str, msgspec.Meta(min_length=1)] = "sim-video"
     prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=4000)]

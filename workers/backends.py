@@ -183,6 +183,8 @@ speech_ms_per_character = 60
 RERANK, RERANKS, SCORE = "/v1/rerank", "/v1/reranks", "/v1/score"
 TRANSLATIONS = "/v1/audio/translations"
 IMAGE_EDITS = "/v1/images/edits"
+AUDIO_GENERATIONS, MUSIC_GENERATIONS = "/v1/audio/generations", "/v1/music/generations"
+music_chunk_ms = 10_000  # a progress point every ten seconds of music: a cancel charges what was made
 speech_content_types = {"mp3": "audio/mpeg", "wav": "audio/wav", "pcm": "audio/pcm"}
 transcript_segment_words = 12  # words per segment of a simulated verbose_json transcript
 _content_word = re.compile(r"[^\W_]+")
@@ -229,6 +231,8 @@ class SimulatedBackend(Backend):
             "/v1/audio/speech": self._speech,
             "/v1/audio/transcriptions": self._transcription,
             TRANSLATIONS: self._transcription,
+            AUDIO_GENERATIONS: self._music,
+            MUSIC_GENERATIONS: self._music,
             "/v1/videos/generations": self._video,
             RERANK: self._rerank,
             RERANKS: self._rerank,
@@ -418,6 +422,29 @@ class SimulatedBackend(Backend):
             "sample_rate": 16000 if audio_format == "mp3" else rate or (24000 if audio_format == "pcm" else 16000),
         }
         return JobOutput(result=result, units=Units(characters=len(text)))
+
+    async def _music(self, job: JobContext, token_s: float) -> JobOutput:
+        """Music for ``duration_ms`` (tones from the prompt and seed), as MP3 or WAV; a progress point
+        every ten seconds of it, priced by the started second generated."""
+        payload = job.payload
+        duration_ms = int(payload.get("duration_ms") or 1000)
+        for made in range(music_chunk_ms, duration_ms, music_chunk_ms):
+            if self._video_second_s:
+                await asyncio.sleep(self._video_second_s)
+            job.progress(1000 * made // duration_ms, Units(audio_seconds=billed_seconds(made)))
+        seed = _seed(payload.get("prompt"), payload.get("seed"), duration_ms)
+        mp3 = payload.get("format") == "mp3"
+        audio = await asyncio.to_thread(media.mp3_audio if mp3 else media.wav_audio, duration_ms, seed)
+        units = Units(audio_seconds=billed_seconds(duration_ms))
+        job.progress(1000, units)
+        result = {
+            "content_type": "audio/mpeg" if mp3 else "audio/wav",
+            "audio_b64": base64.b64encode(audio).decode(),
+            "format": "mp3" if mp3 else "wav",
+            "duration_ms": media.audio_duration_ms(audio),
+            "inline": bool(payload.get("inline")),
+        }
+        return JobOutput(result=result, units=units)
 
     async def _transcription(self, job: JobContext, token_s: float) -> JobOutput:
         """A transcription or translation of WAV or MP3 audio in OpenAI's ``verbose_json``: the

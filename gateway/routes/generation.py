@@ -32,11 +32,13 @@ from gateway.metering import (
     job_id_for,
 )
 from gateway.requests import (
+    AUDIO_GENERATIONS,
     CHAT,
     COMPLETIONS,
     EMBEDDINGS,
     IMAGE_EDITS,
     IMAGES,
+    MUSIC_GENERATIONS,
     RERANK,
     RERANKS,
     SCORE,
@@ -48,11 +50,13 @@ from gateway.requests import (
     SpeechAsk,
     TranscriptAsk,
     image_edit_inputs_max,
+    model_kind,
     parse_chat,
     parse_completion,
     parse_embedding,
     parse_image,
     parse_image_edit,
+    parse_music,
     parse_rerank,
     parse_score,
     parse_speech,
@@ -593,11 +597,11 @@ async def image_edits(request: Request[Any, Any, Any], core: Core) -> Response[b
 
 
 async def _spoken(
-    request: Request[Any, Any, Any], core: GatewayCore, stream: bool
+    request: Request[Any, Any, Any], core: GatewayCore, body: bytes, stream: bool, audio_response: bool = False
 ) -> tuple[Response[bytes] | Charge, MeteredRequest, SpeechAsk, dict[str, Any]]:
     """Run a speech request: its 202 (async), or its charge, the request, how to answer and the result."""
     token = authorize(request, "user:write")
-    metered, ask = parse_speech(await generation_body(request, core), core.prices.current, stream)
+    metered, ask = parse_speech(body, core.prices.current, stream, audio_response)
     outcome = await run_metered(request, core, token, metered)
     if isinstance(outcome, Response):
         return outcome, metered, ask, {}
@@ -608,13 +612,10 @@ async def _spoken(
     return charge, metered, ask, msgspec.json.decode(completed.result)
 
 
-@post(SPEECH, operation_id="createSpeech", opt={"scope": "user:write"}, status_code=200)
-async def speech(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
-    """OpenAI's speech (the audio is the answer, in ``response_format``: mp3, wav or pcm), or
-    EmpirioLabs' JSON ``AudioResponse`` when the body names ``output_format`` or asks for ``b64_json``
-    or ``url``: ``data[]`` with ``url`` (a ``data:`` URL: no file store yet) or ``b64_json``,
-    ``duration`` and ``format``, and the usage with its charge."""
-    charge, metered, ask, result = await _spoken(request, core, stream=False)
+async def _speech_answer(
+    request: Request[Any, Any, Any], core: GatewayCore, body: bytes, audio_response: bool = False
+) -> Response[bytes]:
+    charge, metered, ask, result = await _spoken(request, core, body, False, audio_response)
     if isinstance(charge, Response):
         return charge
     if ask.audio_response:
@@ -625,13 +626,49 @@ async def speech(request: Request[Any, Any, Any], core: Core) -> Response[bytes]
     return Response(content=audio, media_type=media_type, headers=charge_headers(charge))
 
 
+async def _music(request: Request[Any, Any, Any], core: GatewayCore, body: bytes, endpoint: str) -> Response[bytes]:
+    token = authorize(request, "user:write")
+    return await _respond_json(request, core, token, parse_music(body, core.prices.current, endpoint))
+
+
+@post(SPEECH, operation_id="createSpeech", opt={"scope": "user:write"}, status_code=200)
+async def speech(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
+    """OpenAI's speech (the audio is the answer, in ``response_format``: mp3, wav or pcm), or
+    EmpirioLabs' JSON ``AudioResponse`` when the body names ``output_format`` or asks for ``b64_json``
+    or ``url``: ``data[]`` with ``url`` (a ``data:`` URL: no file store yet) or ``b64_json``,
+    ``duration`` and ``format``, and the usage with its charge. A music model (EmpirioLabs' example
+    sends one here) generates music as ``/v1/audio/generations`` does."""
+    body = await generation_body(request, core)
+    if model_kind(body, core.prices.current) == "music":
+        return await _music(request, core, body, AUDIO_GENERATIONS)
+    return await _speech_answer(request, core, body)
+
+
+@post(AUDIO_GENERATIONS, operation_id="createAudioGeneration", opt={"scope": "user:write"}, status_code=200)
+async def audio_generations(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
+    """EmpirioLabs' audio generation: music from a ``prompt`` (priced per second of ``duration``; a job
+    and a 202 past a minute, or with ``"async": true``), or a speech model's script (a podcast: priced
+    per character), each answered as an ``AudioResponse``."""
+    body = await generation_body(request, core)
+    if model_kind(body, core.prices.current) == "speech":
+        return await _speech_answer(request, core, body, audio_response=True)
+    return await _music(request, core, body, AUDIO_GENERATIONS)
+
+
+@post(MUSIC_GENERATIONS, operation_id="createMusic", opt={"scope": "user:write"}, status_code=200)
+async def music_generations(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
+    """Music generation (the provider page's ``/v1/music/generations``): as ``/v1/audio/generations``."""
+    return await _music(request, core, await generation_body(request, core), MUSIC_GENERATIONS)
+
+
 @post(SPEECH_STREAM, operation_id="createSpeechStream", opt={"scope": "user:write"}, status_code=200)
 async def speech_stream(request: Request[Any, Any, Any], core: Core) -> Response[bytes] | Stream:
     """EmpirioLabs' streamed speech: server-sent ``audio.chunk`` events, ``audio.timestamps`` when
     ``timestamp_type`` asks, ``audio.done`` with the duration and the usage (its exact charge), then
     ``[DONE]``. The job synthesizes the whole input before the first chunk is sent (the simulated and
     OpenAI-compatible backends answer speech whole), so the charge is known, and in ``x-credits-used``."""
-    charge, metered, ask, result = await _spoken(request, core, stream=True)
+    body = await generation_body(request, core)
+    charge, metered, ask, result = await _spoken(request, core, body, stream=True)
     if isinstance(charge, Response):
         return charge
     usage = usage_of(metered.endpoint, charge.units, charge, metered.price_of(charge.model))
@@ -757,5 +794,5 @@ async def score(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
 
 
 route_handlers = [chat_completions, completions, embeddings, images, image_edits, speech, speech_stream]
-route_handlers += [transcriptions, translations, videos]
+route_handlers += [audio_generations, music_generations, transcriptions, translations, videos]
 route_handlers += [rerank, reranks, score]

@@ -48,6 +48,8 @@ models = {
     "createImageEdit": "sim-image",
     "createSpeech": "sim-tts",
     "createSpeechStream": "sim-tts",
+    "createAudioGeneration": "stable-audio-2-5",
+    "createMusic": "stable-audio-2-5",
     "createTranscription": "sim-whisper",
     "createTranslation": "sim-whisper",
     "createVideo": "sim-video",
