@@ -94,6 +94,7 @@ json_bodies: Mapping[str, type[Any]] = {
 _image_edit_form: dict[str, Any] = {
     "type": "object",
     "required": ["image", "prompt"],
+    "additionalProperties": False,
     "properties": {
         "image": {"type": "string", "format": "binary", "description": "PNG, JPEG, GIF or WebP (or several)"},
         "mask": {"type": "string", "format": "binary", "description": "a PNG whose transparent pixels are edited"},
@@ -109,6 +110,13 @@ form_bodies: Mapping[str, dict[str, Any]] = {
     "createImageEdit": _image_edit_form,
     "createTranscription": _transcription_form,
     "createTranslation": _translation_form,
+}
+# The media types of a form's file parts.
+form_encodings: Mapping[str, dict[str, Any]] = {
+    "createImageEdit": {
+        "image": {"contentType": "image/png, image/jpeg, image/gif, image/webp"},
+        "mask": {"contentType": "image/png"},
+    },
 }
 json_alternatives: Mapping[str, dict[str, Any]] = {"createTranscription": _transcription_json}
 _user = [{"role": "user", "content": "Say hello."}]
@@ -309,7 +317,9 @@ def _complete(operation: dict[str, Any], method: str, body_refs: Mapping[str, An
             media["example"] = body_examples[op_id]
         operation["requestBody"] = {"required": True, "content": {"application/json": media}}
     elif op_id in form_bodies:
-        content = {"multipart/form-data": {"schema": form_bodies[op_id]}}
+        content: dict[str, Any] = {"multipart/form-data": {"schema": form_bodies[op_id]}}
+        if op_id in form_encodings:
+            content["multipart/form-data"]["encoding"] = form_encodings[op_id]
         if op_id in json_alternatives:
             content["application/json"] = {"schema": json_alternatives[op_id]}
         operation["requestBody"] = {"required": True, "content": content}

@@ -355,16 +355,17 @@ def parse_image_edit(
         raise ApiError(
             400, "'prompt' is required (at most 32,000 characters).", code="missing_required_parameter", param="prompt"
         )
-    price = model_price(book, fields.get("model") or "sim-image", lambda p: p.category == "image", "an image")
-    given_n = fields.get("n") or "1"
-    if not given_n.isascii() or not given_n.isdigit() or not 1 <= int(given_n) <= 4:
+    model = "sim-image" if fields.get("model") is None else str(fields.get("model"))
+    price = model_price(book, model, lambda p: p.category == "image", "an image")
+    given_n = "1" if fields.get("n") is None else str(fields.get("n"))
+    if given_n not in ("1", "2", "3", "4"):
         raise ApiError(400, "n must be an integer from 1 to 4.", code="invalid_parameter", param="n")
-    size = fields.get("size") or "1024x1024"
-    quality = fields.get("quality") or "standard"
+    size = "1024x1024" if fields.get("size") is None else str(fields.get("size"))
+    quality = "standard" if fields.get("quality") is None else str(fields.get("quality"))
     variant = f"{size}/{quality}"
     if price.image_variant_rates and variant not in price.image_variant_rates:
         raise ApiError(400, f"{price.model} has no price for {variant}.", code="invalid_parameter", param="size")
-    if (fields.get("response_format") or "b64_json") != "b64_json":
+    if fields.get("response_format") not in (None, "b64_json"):
         raise ApiError(
             400,
             "Only response_format b64_json is served: Tollgate keeps no image files to link to yet.",
@@ -430,7 +431,7 @@ def parse_music(body: bytes, book: PriceBook, endpoint: str = AUDIO_GENERATIONS)
             400, "'prompt' is required (at most 4,000 characters).", code="missing_required_parameter", param="prompt"
         )
     duration_ms = _duration_ms(fields.get("duration", music_seconds_default))
-    audio_format = fields.get("output_format") or "mp3"
+    audio_format = fields.get("output_format", "mp3")
     if not isinstance(audio_format, str) or audio_format.lower() not in music_formats:
         raise ApiError(
             400,
@@ -438,7 +439,7 @@ def parse_music(body: bytes, book: PriceBook, endpoint: str = AUDIO_GENERATIONS)
             code="invalid_parameter",
             param="output_format",
         )
-    response_format = fields.get("response_format") or "url"
+    response_format = fields.get("response_format", "url")
     if response_format not in ("url", "b64_json"):
         raise ApiError(
             400, "response_format must be url or b64_json.", code="invalid_parameter", param="response_format"
@@ -547,7 +548,8 @@ def transcript_ask(fields: dict[str, Any], translation: bool) -> TranscriptAsk:
         raise ApiError(
             400, "'model' is required: a model of GET /v1/models.", code="missing_required_parameter", param="model"
         )
-    response_format = _text_field(fields, "response_format") or "json"
+    given_format = _text_field(fields, "response_format")
+    response_format = "json" if given_format is None else given_format
     if response_format not in transcript_formats:
         raise ApiError(
             400,

@@ -91,20 +91,39 @@ def unique() -> str:
     return uuid.uuid4().hex[:10]
 
 
+# What `bin/test --quick` selects: no real process, no real server, no test that waits a second or more.
+quick_loop_marks = "not slow and not heavy"
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """The inner loop (``-m "not slow"``) runs property tests with fewer examples (tests.support.examples).
+    """The inner loops (``-m "not slow"``, and ``bin/test --quick``) run property tests with fewer
+    examples (tests.support.examples).
 
     Every ``tollgate dev`` a test starts runs its ClickHouse server on a free port (tests run side by
     side; the default, 8123, is the user's). A ClickHouse URL from the caller's shell reaches no test:
     the tests that want a server say which (the session's, above)."""
-    if config.getoption("markexpr", "") == "not slow":
+    if config.getoption("markexpr", "") in ("not slow", quick_loop_marks):
         os.environ["TOLLGATE_TEST_QUICK"] = "1"
     os.environ["TOLLGATE_DEV_CLICKHOUSE_HTTP_PORT"] = "0"
     os.environ.pop("TOLLGATE_CLICKHOUSE_URL", None)
 
 
-# Real processes (tollgate dev, roles on a broker, llama.cpp's server): not in the inner loop.
+# Real processes (tollgate dev, roles on a broker, llama.cpp's server): not in the inner loop. (tests/api,
+# the schemathesis fuzz of every operation, marks itself slow.)
 tiers_slow = ("e2e", "kafka", "upstream")
+tiers_all_slow = (*tiers_slow, "api")
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """With slow tests deselected (the inner loops), the tiers whose every test is slow are not even
+    imported: their modules import the SDKs, selenium and schemathesis, seconds of every worker's
+    collection for tests that would be deselected anyway."""
+    if "not slow" not in config.getoption("markexpr", ""):
+        return None
+    tests_dir = Path(__file__).resolve().parent
+    if collection_path.resolve().parent == tests_dir and collection_path.name in tiers_all_slow:
+        return True
+    return None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -15,16 +15,18 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import httpx
 import msgspec
-import openai
 
 from ledger.pricing import default_price_book, price_breakdown, price_micros, unit_names
 from projections.usage import PostingRow, UsageRow
 from schemas.events import HoldCaptured, HoldPlaced, JobCompleted, JobLeased, JobProgressed
 from schemas.units import Units
+
+if TYPE_CHECKING:
+    import openai
 
 tollgate = [sys.executable, "-m", "tollgate"]
 
@@ -181,6 +183,8 @@ class Dev:
         self.clickhouse_url = found[-1] if found else ""
 
     def client(self, key: str) -> openai.OpenAI:
+        import openai  # here: the SDK takes a second to import, and every test module imports this one
+
         return openai.OpenAI(base_url=f"{self.base_url}/v1", api_key=key, max_retries=0)
 
     def organization(self, credits: int = 1_000) -> tuple[str, str]:

@@ -13,8 +13,9 @@ Every run of a job first takes a lease from the ledger (``StartJob`` with a fres
 counts runs and dead-letters a job past its attempts); a failure a retry can fix is retried after an
 exponential backoff, as a new run; a stop signal (cancel, dead letter) cancels the backend's call.
 
-Outcomes (``JobCompleted`` + ``CaptureHold``, ``JobFailed`` + ``ReleaseHold``, or on cancel
-``JobCancelled`` + a capture of the work done) and progress go straight to the log on the idempotent
+Outcomes (``JobCompleted`` + ``CaptureHold``, ``JobFailed`` + ``ReleaseHold``, or on a cancel
+during a run ``JobCancelled`` + a capture of the work done; a job stopped before its run began has no
+outcome from the worker: the ledger settles its hold) and progress go straight to the log on the idempotent
 producer, not in a transaction: the client's answer waits on them, and a transaction commit per job
 was the largest cost of a request. A partition's position is committed only once the outcome of every
 job before it is durable, so a crash never loses an outcome; it may repeat one (a worker killed after
@@ -345,13 +346,13 @@ class WorkerRole:
         payload = msgspec.json.decode(job.payload)
         started_at = self._clock()
         for attempt in range(1, job.attempts_max + 1):
-            if running.stop.is_set():  # stopped before this run began: no lease, no work
-                running.outcome = "cancelled"
-                return (
-                    cancelled_records(job, self._clock(), Units(), "", "cancel")
-                    if running.stop_reason == "cancel"
-                    else None
-                )
+            if running.stop.is_set():
+                # Stopped before this run began: no lease, no work, and no outcome either. The ledger
+                # settles the hold: it released it at the cancel if no run held it, else the run that
+                # held it captures its work or its lease runs out. This worker cannot tell which: the
+                # job may be a redelivery whose earlier run completed (killed before committing its
+                # position), and a cancellation from here would give the job a second outcome.
+                return None
             with self._lock:
                 running.run_id = f"{job.job_id}/{uuid.uuid4().hex}"
                 lease = self._lease(running)

@@ -28,7 +28,7 @@ import base64
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -587,12 +587,17 @@ class UpstreamBackend(Backend):
         return Units(input_tokens=prompt, output_tokens=await asyncio.to_thread(counter.count_text, text))
 
     async def _chunks(
-        self, client: _Client, path: str, body: dict[str, Any], output_started: Any
+        self,
+        client: _Client,
+        path: str,
+        body: dict[str, Any],
+        output_started: Callable[[], bool],
+        headers: Mapping[str, str] | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """The JSON chunks of an SSE stream; the upstream connection closes when the caller stops
         (a cancelled task closes it at once)."""
         try:
-            async with client.http() as http, http.post(client.url(path), json=body) as response:
+            async with client.http() as http, http.post(client.url(path), json=body, headers=headers) as response:
                 if response.status >= 400:
                     text = (await response.read()).decode("utf-8", "replace")
                     error = _error_for_status(response.status, text)
@@ -614,8 +619,12 @@ class UpstreamBackend(Backend):
                         chunk = json.loads(data)
                     except ValueError:
                         raise BackendError("upstream_bad_reply", f"a stream chunk is not JSON: {data[:200]}") from None
-                    if isinstance(chunk, dict) and "error" in chunk and not chunk.get("choices"):
-                        raise BackendError("upstream_error", f"the upstream's stream failed: {chunk['error']}", True)
+                    if isinstance(chunk, dict) and (
+                        ("error" in chunk and not chunk.get("choices"))
+                        or chunk.get("type") in ("error", "response.failed")  # the Responses API's
+                    ):
+                        failure = chunk.get("error") or chunk.get("message") or chunk.get("response")
+                        raise BackendError("upstream_error", f"the upstream's stream failed: {failure}", True)
                     if isinstance(chunk, dict):
                         yield chunk
         except _call_errors as error:
@@ -654,12 +663,19 @@ class UpstreamBackend(Backend):
         return JobOutput(result=conversations.message_result(reply, model), units=answer.units)
 
     async def _forward_dialogue(self, job: JobContext, client: _Client, model: str, responses: bool) -> JobOutput:
-        """The request as it came, to the upstream's own endpoint; metered from the usage it reports.
-        Called without streaming: a streamed request gets the answer's parts when it arrives."""
+        """The request as it came, to the upstream's own endpoint; metered from the usage it reports. A
+        streamed request is streamed from the upstream too, each delta relayed as it arrives."""
         body = {key: value for key, value in job.payload.items() if key not in ("async", "sim", "stream")}
-        body.update(model=client.upstream.models.get(model, model), stream=False)
+        streamed = bool(job.payload.get("stream"))
+        body.update(model=client.upstream.models.get(model, model), stream=streamed)
         headers = {} if responses else {"anthropic-version": anthropic_version, "x-api-key": client.upstream.api_key}
-        result = self._json(await self._post(client, job.endpoint, json=body, headers=headers))
+        if streamed:
+            stream = _ResponsesStream(job) if responses else _MessagesStream(job)
+            async for event in self._chunks(client, job.endpoint, body, stream.started, headers):
+                stream.take(event)
+            result = stream.result()
+        else:
+            result = self._json(await self._post(client, job.endpoint, json=body, headers=headers))
         usage = result.pop("usage", None)
         for key in ("id", "created_at", "completed_at"):
             result.pop(key, None)
@@ -689,8 +705,9 @@ class UpstreamBackend(Backend):
             result["cache_creation_input_tokens"] = creation
             parts = _message_parts(result)
         job.counted_by = "upstream"
-        for part, delta in parts:
-            job.progress(999, units, delta, part)
+        if not streamed:  # a stream relayed its parts as they came
+            for part, delta in parts:
+                job.progress(999, units, delta, part)
         job.progress(1000, units)
         return JobOutput(result=result, units=units)
 
@@ -931,6 +948,131 @@ def _embedding_tokens(counter: TokenCounter, given: Any) -> int:
 
 
 UpstreamChatBackend = UpstreamBackend  # the name from when it forwarded chat only
+
+
+class _ResponsesStream:
+    """A streamed Responses answer from an upstream that speaks the API: each text or reasoning delta
+    relayed as it comes, each other output item (function call, web search) when it is done, and the
+    whole answer (with its usage) from ``response.completed``. Until then a stop charges the deltas
+    seen, a delta counted as a token (``counted_by`` says so)."""
+
+    def __init__(self, job: JobContext) -> None:
+        self.job = job
+        self.deltas = 0
+        self.completed: dict[str, Any] | None = None
+
+    def started(self) -> bool:
+        return self.deltas > 0
+
+    def take(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "response.output_text.delta":
+            self._relay(str(event.get("delta") or ""), TEXT)
+        elif kind in ("response.reasoning_text.delta", "response.reasoning_summary_text.delta"):
+            self._relay(str(event.get("delta") or ""), REASONING)
+        elif kind == "response.output_item.done":
+            item = event.get("item")
+            if isinstance(item, dict) and item.get("type") not in ("message", "reasoning"):
+                self._relay(json.dumps(item), ITEM)
+        elif kind == "response.completed" and isinstance(event.get("response"), dict):
+            self.completed = dict(event["response"])
+
+    def _relay(self, delta: str, part: str) -> None:
+        if not delta:
+            return
+        self.deltas += 1
+        self.job.counted_by = "chunks"
+        self.job.progress(999, Units(output_tokens=self.deltas), delta, part)
+
+    def result(self) -> dict[str, Any]:
+        if self.completed is None:
+            raise BackendError("upstream_bad_reply", "the upstream's stream ended before response.completed", True)
+        return self.completed
+
+
+class _MessagesStream:
+    """A streamed Messages answer from an upstream that speaks Anthropic's API: text and thinking
+    deltas relayed as they come, a signature or a tool call when its block ends, and the message
+    assembled from its events (``message_start``'s usage, ``message_delta``'s output count)."""
+
+    def __init__(self, job: JobContext) -> None:
+        self.job = job
+        self.deltas = 0
+        self.message: dict[str, Any] | None = None
+        self.blocks: dict[int, dict[str, Any]] = {}
+        self.tool_json: dict[int, list[str]] = {}
+        self.usage: dict[str, Any] = {}
+
+    def started(self) -> bool:
+        return self.deltas > 0
+
+    def take(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        index = event.get("index")
+        if kind == "message_start" and isinstance(event.get("message"), dict):
+            self.message = dict(event["message"])
+            self.usage.update(self.message.get("usage") or {})
+        elif kind == "content_block_start" and isinstance(index, int) and isinstance(event.get("content_block"), dict):
+            block = dict(event["content_block"])
+            if block.get("type") == "tool_use":
+                block["input"] = {}
+                self.tool_json[index] = []
+            self.blocks[index] = block
+        elif kind == "content_block_delta" and index in self.blocks and isinstance(event.get("delta"), dict):
+            self._delta(self.blocks[index], index, event["delta"])
+        elif kind == "content_block_stop" and index in self.blocks:
+            block = self.blocks[index]
+            if block.get("type") == "thinking" and block.get("signature"):
+                self._relay(str(block["signature"]), REASONING_SIGNATURE, counted=False)
+            elif block.get("type") not in ("text", "thinking"):
+                if index in self.tool_json:
+                    block["input"] = _json_object("".join(self.tool_json.pop(index)))
+                self._relay(json.dumps(block), ITEM, counted=False)
+        elif kind == "message_delta":
+            if isinstance(event.get("delta"), dict) and self.message is not None:
+                self.message.update(event["delta"])
+            self.usage.update(event.get("usage") or {})
+
+    def _delta(self, block: dict[str, Any], index: int, delta: dict[str, Any]) -> None:
+        kind = delta.get("type")
+        if kind == "text_delta":
+            text = str(delta.get("text") or "")
+            block["text"] = str(block.get("text") or "") + text
+            self._relay(text, TEXT)
+        elif kind == "thinking_delta":
+            text = str(delta.get("thinking") or "")
+            block["thinking"] = str(block.get("thinking") or "") + text
+            self._relay(text, REASONING)
+        elif kind == "signature_delta":
+            block["signature"] = str(block.get("signature") or "") + str(delta.get("signature") or "")
+        elif kind == "input_json_delta" and index in self.tool_json:
+            self.tool_json[index].append(str(delta.get("partial_json") or ""))
+
+    def _relay(self, delta: str, part: str, counted: bool = True) -> None:
+        if not delta:
+            return
+        self.deltas += counted
+        self.job.counted_by = "chunks"
+        input_tokens = int(self.usage.get("input_tokens") or 0)
+        self.job.progress(999, Units(input_tokens=input_tokens, output_tokens=self.deltas), delta, part)
+
+    def result(self) -> dict[str, Any]:
+        if self.message is None:
+            raise BackendError("upstream_bad_reply", "the upstream's stream sent no message_start", True)
+        message = dict(self.message)
+        message["content"] = [self.blocks[index] for index in sorted(self.blocks)]
+        message["usage"] = self.usage
+        return message
+
+
+def _json_object(text: str) -> Any:
+    """A tool call's streamed input, put together; an upstream's broken JSON is a bad reply."""
+    if not text:
+        return {}
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise BackendError("upstream_bad_reply", f"a streamed tool input is not JSON: {text[:200]}") from None
 
 
 def _responses_parts(result: dict[str, Any]) -> list[tuple[str, str]]:

@@ -109,6 +109,7 @@ def run_in_range(store: UsageStore, sql: str, start: datetime, end: datetime) ->
     return store.query(expanded)
 
 
+@pytest.mark.heavy  # the real ClickHouse server
 def test_every_clickhouse_query_runs_on_the_server_with_the_totals_written(store: UsageStore) -> None:
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     rows = [

@@ -84,6 +84,7 @@ class LogContract:
         assert consumer.caught_up()
         consumer.close()
 
+    @pytest.mark.heavy  # waits a second between records
     def test_a_consumer_can_start_at_a_time(self, log: EventLog, unique: str) -> None:
         """``start_ms``: the first record stamped at or after it (the rate-limit windows' last minute)."""
         topic = f"t-time-{unique}"

@@ -22,6 +22,8 @@ from schemas.codec import encode
 from schemas.events import HoldCaptured, HoldReleased
 from schemas.units import Units
 
+pytestmark = pytest.mark.heavy  # waits on batch flushes and a crash's redelivery
+
 month = datetime(2026, 11, 1, tzinfo=UTC)
 
 

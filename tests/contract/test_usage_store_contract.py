@@ -26,6 +26,8 @@ from projections.usage.schema import migrations, unit_names_v7, usage_columns
 from schemas.units import Units
 from tests.support import capture_posting, charge, examples, refusal
 
+pytestmark = pytest.mark.heavy  # about 2 s a test (a migrated store each), half of them on the real server
+
 modes = ["embedded", "server"]
 month = datetime(2026, 11, 1, tzinfo=UTC)
 

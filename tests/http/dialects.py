@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import time
 from decimal import Decimal
-from typing import Any
-
-import anthropic
-import openai
+from typing import TYPE_CHECKING, Any
 
 from tests.harness import Gateway
+
+if TYPE_CHECKING:  # the SDKs take seconds to import: only the tests that build a client pay for them
+    import anthropic
+    import openai
 
 base_url = "http://testserver.local"
 
@@ -24,6 +25,8 @@ class Account:
         self.key, _ = gw.key(self.org, ["user:read", "user:write"])
 
     def openai(self, base: str = "/v1") -> openai.OpenAI:
+        import openai
+
         # The SDK takes an httpx.Client (Litestar's test client is one) but types it as an httpx2.Client.
         return openai.OpenAI(
             base_url=base_url + base,
@@ -33,6 +36,8 @@ class Account:
         )
 
     def anthropic(self) -> anthropic.Anthropic:
+        import anthropic
+
         return anthropic.Anthropic(
             base_url=base_url, api_key=self.key, http_client=self.gw.sdk_http_client(), max_retries=0
         )

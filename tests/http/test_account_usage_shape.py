@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
 from tests.harness import Gateway
 from tests.reference import assert_declared_fields_present, reference_validator
 
@@ -19,6 +21,7 @@ def _usage(gw: Gateway, key: str, **params: Any) -> dict[str, Any]:
     return body
 
 
+@pytest.mark.heavy  # waits for the projector's rows of many requests
 def test_account_usage_is_the_reference_shape(gw: Gateway) -> None:
     org = gw.organization("pro", credits="5")
     topup = {"enabled": True, "threshold": "1.5", "amount": "10"}

@@ -167,6 +167,7 @@ def test_embeddings(stack: Stack, given_input: Any, dimensions: int | None, enco
     size=st.sampled_from(["1024x1024", "1792x1024"]),
     quality=st.sampled_from(["standard", "hd"]),
 )
+@pytest.mark.heavy  # generates large PNGs per example
 def test_images(stack: Stack, n: int, size: str, quality: str) -> None:
     body = {"model": "sim-image", "prompt": "a lighthouse", "n": n, "size": size, "quality": quality}
     captured = stack.charged(stack.post("/v1/images/generations", json=body))

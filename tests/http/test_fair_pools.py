@@ -70,6 +70,7 @@ def narrow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     gateway_.close()
 
 
+@pytest.mark.heavy  # holds a gateway full of slow requests
 def test_one_organization_cannot_fill_a_gateway(narrow: Gateway) -> None:
     busy_org = narrow.organization("enterprise", credits="50")
     busy = narrow.key(busy_org, ["user:write"])[0]

@@ -174,6 +174,7 @@ def test_a_lost_cancellation_is_answered_from_the_log(gw: Gateway, org: str, key
 # --- a request still running ---
 
 
+@pytest.mark.heavy  # a first attempt that generates for 2.4 s
 def test_a_retry_while_the_first_attempt_runs_waits_for_its_answer(gw: Gateway, org: str, key: str) -> None:
     answers: list[Any] = []
     thread = threading.Thread(target=lambda: answers.append(post(gw, key, "k-running", chat("wait", **slow))))
@@ -187,6 +188,7 @@ def test_a_retry_while_the_first_attempt_runs_waits_for_its_answer(gw: Gateway, 
     assert settled(gw, key, job_id(org, "k-running"))["cost_micros"] == int(first.json()["usage"]["cost_micros"])
 
 
+@pytest.mark.heavy  # a first attempt that generates for 2.4 s
 def test_a_retry_with_another_body_while_the_first_runs_is_a_409(gw: Gateway, org: str, key: str) -> None:
     thread = threading.Thread(target=lambda: post(gw, key, "k-other", chat("one", **slow)))
     thread.start()
@@ -196,6 +198,7 @@ def test_a_retry_with_another_body_while_the_first_runs_is_a_409(gw: Gateway, or
     assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused", other.text
 
 
+@pytest.mark.heavy  # a first attempt that generates for 2.4 s
 def test_a_retry_whose_first_attempt_still_runs_elsewhere_waits_for_it(
     gw: Gateway, org: str, key: str, unrecorded: None
 ) -> None:
@@ -256,6 +259,7 @@ def forgetful(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     gateway_.close()
 
 
+@pytest.mark.heavy  # waits out a job retention
 def test_a_lost_answer_past_the_job_retention_is_a_clear_409_not_a_second_run(
     forgetful: Gateway, unrecorded: None
 ) -> None:

@@ -15,6 +15,8 @@ import pytest
 
 from tests.harness import Gateway, Signer
 
+pytestmark = pytest.mark.heavy  # waits out the key-set refresh intervals
+
 
 class JwksServer:
     def __init__(self, signers: list[Signer]) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import anthropic
 import pytest
 
 from ledger.pricing import default_price_book, price_micros
@@ -136,6 +135,8 @@ def test_a_streamed_tool_call(account: Account) -> None:
 
 
 def test_402_is_a_billing_error_in_anthropics_envelope(gw: Gateway) -> None:
+    import anthropic  # here, not at the top: the SDK takes seconds to import on every worker's collection
+
     poor = Account(gw, credits="0.000001")
     with pytest.raises(anthropic.APIStatusError) as caught:
         poor.anthropic().messages.create(

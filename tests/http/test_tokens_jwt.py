@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import jwt
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from eventlog import topics
@@ -62,6 +63,7 @@ def test_revoked_key_gets_401_and_is_listed_as_revoked(gw: Gateway) -> None:
     assert {t["id"]: t["status"] for t in listed}[token_id] == "revoked"
 
 
+@pytest.mark.heavy  # waits for a key to expire
 def test_expired_key_gets_401(gw: Gateway) -> None:
     org = gw.organization()
     key, token_id = gw.key(org, ["user:read"], expires_in=1)
@@ -200,6 +202,7 @@ def test_unknown_key_ids_refetch_at_most_once_per_interval(gw: Gateway) -> None:
     assert gw.core.jwks.fetches - before <= 2  # 20 unknown kids within ~0.2 s: one or two fetches
 
 
+@pytest.mark.heavy  # waits for tokens to expire
 def test_verified_tokens_are_cached_but_expire(gw: Gateway) -> None:
     org = gw.organization()
     token = gw.signer.token(org, "user:read", exp=int(time.time()) + 2)

@@ -10,6 +10,7 @@ dodge a cycle is still the same dependency.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 repo = Path(__file__).resolve().parents[2]
@@ -45,21 +46,26 @@ def _imports(path: Path, modules: dict[str, Path]) -> list[tuple[str, list[str],
     return found
 
 
-def test_no_import_runs_from_a_lower_layer_to_a_higher_one() -> None:
+@functools.cache
+def _import_table() -> dict[str, tuple[Path, list[tuple[str, list[str], int]]]]:
+    """Every module's path and imports, parsed once for the three checks."""
     modules = _modules()
+    return {name: (path, _imports(path, modules)) for name, path in modules.items()}
+
+
+def test_no_import_runs_from_a_lower_layer_to_a_higher_one() -> None:
     upward = []
-    for name, path in modules.items():
-        for imported, _, line in _imports(path, modules):
+    for name, (path, imports) in _import_table().items():
+        for imported, _, line in imports:
             if rank[imported.split(".")[0]] > rank[name.split(".")[0]]:
                 upward.append(f"{path.relative_to(repo)}:{line} imports {imported}")
     assert upward == [], "imports from a lower layer to a higher one:\n" + "\n".join(upward)
 
 
 def test_no_module_imports_a_private_name_of_another() -> None:
-    modules = _modules()
     private = []
-    for name, path in modules.items():
-        for imported, names, line in _imports(path, modules):
+    for name, (path, imports) in _import_table().items():
+        for imported, names, line in imports:
             hidden = [n for n in names if n.startswith("_") and not n.startswith("__") and imported != name]
             if hidden:
                 private.append(f"{path.relative_to(repo)}:{line} imports {hidden} from {imported}")
@@ -67,10 +73,11 @@ def test_no_module_imports_a_private_name_of_another() -> None:
 
 
 def test_no_import_cycle_between_modules() -> None:
-    modules = _modules()
+    table = _import_table()
+    modules = {name: path for name, (path, _) in table.items()}
     graph: dict[str, set[str]] = {name: set() for name in modules}
-    for name, path in modules.items():
-        for imported, _, _ in _imports(path, modules):
+    for name, (_, imports) in table.items():
+        for imported, _, _ in imports:
             # A package's __init__ is imported with any of its modules: edges to it count as to it.
             if imported in modules and imported != name:
                 graph[name].add(imported)

@@ -5,6 +5,7 @@ the books of the issue (negative tier and variant rates, a cheaper higher tier) 
 from __future__ import annotations
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import assume, given, settings
 
 from ledger.price_checks import model_price_problems, price_book_problems, rate_max
@@ -80,6 +81,7 @@ def units_and_more(draw: st.DrawFn) -> tuple[Units, Units]:
     return small, large
 
 
+@pytest.mark.heavy  # a thousand generated prices
 @settings(max_examples=examples(1000), deadline=None)
 @given(model_prices(), units_and_more())
 def test_an_accepted_price_is_monotonic_in_every_unit(price: ModelPrice, units: tuple[Units, Units]) -> None:
@@ -88,6 +90,7 @@ def test_an_accepted_price_is_monotonic_in_every_unit(price: ModelPrice, units: 
     assert 0 <= price_micros(price, small) <= price_micros(price, large)
 
 
+@pytest.mark.heavy  # hundreds of generated prices
 @settings(max_examples=examples(600), deadline=None)
 @given(model_prices("asked", step_min=-10), model_prices("fallback", step_min=-10), units_and_more())
 def test_a_hold_on_the_bound_covers_every_capture_at_the_model_or_its_fallback(

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -94,6 +95,7 @@ def test_lines_add_up_to_the_charges_exactly_and_rounding_is_never_negative(
             assert line.unit_price_micros_per_million == listed.get(line.unit, line.unit_price_micros_per_million)
 
 
+@pytest.mark.heavy  # a store per generated example
 def test_a_capture_capped_at_its_hold_still_adds_up(tmp_path: Path) -> None:
     """Usage priced above its hold is charged the hold: its unit lines exceed the charge, and a
     negative hold_cap line (not a failed assertion, not a 500) makes the statement add up."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from eventlog import AssignmentListener, Consumer, Record, topics
+from eventlog import AssignmentListener, Consumer, Outgoing, Record, topics
 from eventlog.embedded import EmbeddedLog
 from eventlog.settings import Settings
 from schemas.events import JobQueued
@@ -21,10 +21,8 @@ from workers.fair import FairSlots
 from workers.role import WorkerRole, _Running, worker_roles
 
 
-def test_a_job_thread_that_crashes_stops_heartbeating_its_lease(tmp_path: Path) -> None:
-    log = EmbeddedLog(tmp_path / "log.sqlite3", partitions=topics.partitions_per_topic)
-    worker = WorkerRole(log, Settings(), SimulatedChatBackend(0))
-    job = JobQueued(
+def _job(payload: msgspec.Raw) -> JobQueued:
+    return JobQueued(
         event_id="e1",
         occurred_at=datetime(2026, 11, 1, tzinfo=UTC),
         org_id="org_a",
@@ -35,9 +33,15 @@ def test_a_job_thread_that_crashes_stops_heartbeating_its_lease(tmp_path: Path) 
         model="sim-chat-small",
         endpoint="/v1/chat/completions",
         pool="default",
-        payload=msgspec.Raw(b"{not json"),  # decoding it raises inside the job thread
+        payload=payload,
         accepted_at=datetime(2026, 11, 1, tzinfo=UTC),
     )
+
+
+def test_a_job_thread_that_crashes_stops_heartbeating_its_lease(tmp_path: Path) -> None:
+    log = EmbeddedLog(tmp_path / "log.sqlite3", partitions=topics.partitions_per_topic)
+    worker = WorkerRole(log, Settings(), SimulatedChatBackend(0))
+    job = _job(payload=msgspec.Raw(b"{not json"))  # decoding it raises inside the job thread
     running = _Running(job, Record(topic="t", partition=0, offset=0, key=b"org_a", value=b"", timestamp_ms=0))
     running.run_id = "job_1/run"
     worker._running[job.job_id] = running
@@ -51,6 +55,24 @@ def test_a_job_thread_that_crashes_stops_heartbeating_its_lease(tmp_path: Path) 
     assert running.stop.is_set(), "the crashed run is marked stopped"
     assert worker._heartbeats() == [], "so no heartbeat renews its lease: the ledger's expiry settles the hold"
     assert job.job_id in worker._running, "and its record stays unfinished, so a restart redelivers it"
+    log.close()
+
+
+def test_a_job_cancelled_before_its_run_began_gets_no_outcome_from_the_worker(tmp_path: Path) -> None:
+    """A redelivered job whose cancel is in the same batch: its earlier run (on a worker killed before
+    committing its position) may have completed and been charged, so a cancellation from here would
+    give the job a second outcome. The ledger settles the hold (released at the cancel when no run held
+    it, else by the run that held it or when its lease runs out)."""
+    log = EmbeddedLog(tmp_path / "log.sqlite3", partitions=topics.partitions_per_topic)
+    worker = WorkerRole(log, Settings(), SimulatedChatBackend(0))
+    sent: list[list[Outgoing]] = []
+    worker._send = sent.append  # type: ignore[method-assign,assignment]
+    job = _job(payload=msgspec.Raw(b'{"messages": [{"role": "user", "content": "hi"}]}'))
+    running = _Running(job, Record(topic="t", partition=0, offset=0, key=b"org_a", value=b"", timestamp_ms=0))
+    running.stop_reason = "cancel"
+    running.stop.set()
+    assert asyncio.run(worker._attempts(running)) is None
+    assert sent == [], "no lease, no JobCancelled, no release"
     log.close()
 
 
