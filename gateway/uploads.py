@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
+import socket
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 from litestar import Request
 from litestar.datastructures import UploadFile
 
@@ -131,18 +134,47 @@ def _unreachable(url: str, why: str) -> ApiError:
     return ApiError(400, f"Could not fetch file_url {url[:200]}: {why}.", code="file_url_unreachable", param="file_url")
 
 
-async def fetch_url(url: Any) -> Upload:
-    """GET ``url`` (http or https), at most ``upload_bytes_max`` bytes within ``file_url_timeout_s``."""
+class _PublicOnly(AbstractResolver):
+    """Resolves as usual, keeping public addresses only: the connection is made to the addresses
+    checked here (no second lookup a changed DNS answer could slip through), redirects included."""
+
+    def __init__(self) -> None:
+        self._resolver = aiohttp.DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        found = await self._resolver.resolve(host, port, family)
+        public = [entry for entry in found if ipaddress.ip_address(entry["host"]).is_global]
+        if not public:
+            raise OSError(f"{host} is not a public address")
+        return public
+
+    async def close(self) -> None:
+        await self._resolver.close()
+
+
+async def fetch_url(url: Any, private_allowed: bool = False) -> Upload:
+    """GET ``url`` (http or https), at most ``upload_bytes_max`` bytes within ``file_url_timeout_s``;
+    only from public addresses unless ``private_allowed`` (``TOLLGATE_FILE_URL_PRIVATE_ALLOWED``)."""
     timeout_s = file_url_timeout_s
     if not isinstance(url, str) or not url:
         raise ApiError(400, "'file_url' must be an http(s) URL.", code="invalid_type", param="file_url")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ApiError(400, "'file_url' must be an http(s) URL.", code="invalid_file_url", param="file_url")
+    if not private_allowed:
+        try:
+            literal = ipaddress.ip_address(parts.hostname.strip("[]"))
+        except ValueError:
+            literal = None
+        if literal is not None and not literal.is_global:
+            raise ApiError(400, "'file_url' must name a public address.", code="file_url_forbidden", param="file_url")
     timeout = aiohttp.ClientTimeout(total=timeout_s)
+    connector = aiohttp.TCPConnector(resolver=None if private_allowed else _PublicOnly())
     try:
         async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
+            aiohttp.ClientSession(timeout=timeout, connector=connector) as session,
             session.get(url, max_redirects=file_url_redirects_max) as response,
         ):
             if response.status != 200:
@@ -156,7 +188,7 @@ async def fetch_url(url: Any) -> Upload:
                 if size > upload_bytes_max:
                     raise too_large("file_url")
                 chunks.append(chunk)
-    except (TimeoutError, aiohttp.ClientError, ValueError) as error:
+    except (TimeoutError, aiohttp.ClientError, ValueError, OSError) as error:
         why = f"it took longer than {timeout_s:g} s" if isinstance(error, TimeoutError) else str(error)
         raise _unreachable(url, why or type(error).__name__) from None
     name = parts.path.rsplit("/", 1)[-1] or None

@@ -698,7 +698,7 @@ async def _transcript_input(
         if not isinstance(fields, dict):
             raise ApiError(400, "The body must be a JSON object.", code="invalid_json")
         if fields.get("file_url") is not None:
-            upload = await uploads.fetch_url(fields["file_url"])
+            upload = await uploads.fetch_url(fields["file_url"], core.settings.file_url_private_allowed)
             param = "file_url"
         elif fields.get("file") is not None:
             upload, param = uploads.Upload(uploads.base64_file(fields["file"], "file"), None), "file"

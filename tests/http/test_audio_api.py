@@ -11,6 +11,7 @@ import base64
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -58,7 +59,9 @@ class _QuietServer(ThreadingHTTPServer):
 
 
 @pytest.fixture(scope="module")
-def files_url() -> Iterator[str]:
+def files_url(gw: Gateway) -> Iterator[str]:
+    """The test's files, served from 127.0.0.1, which this gateway may fetch from for the module
+    (TOLLGATE_FILE_URL_PRIVATE_ALLOWED; off, a private address is refused: test_private_addresses_...)."""
     _Files.files = {
         "/recording.wav": recording_wav,
         "/meeting.mp3": meeting_mp3,
@@ -68,7 +71,10 @@ def files_url() -> Iterator[str]:
     server = _QuietServer(("127.0.0.1", 0), _Files)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    settings = gw.core.settings
+    gw.core.settings = replace(settings, file_url_private_allowed=True)
     yield f"http://127.0.0.1:{server.server_address[1]}"
+    gw.core.settings = settings
     server.shutdown()
     server.server_close()
 
@@ -320,3 +326,34 @@ def test_a_speech_model_does_not_transcribe(account: Account) -> None:
         files={"file": ("a.mp3", meeting_mp3, "audio/mpeg")},
     )
     _error(response, 404, "model_not_found", "model")
+
+
+def test_private_addresses_are_refused_unless_allowed(account: Account) -> None:
+    """A tenant must not make the gateway read the platform's own network: by address, or by a name
+    that resolves to one (checked on the addresses the connection uses)."""
+    settings = account.gw.core.settings
+    account.gw.core.settings = replace(settings, file_url_private_allowed=False)  # the default
+
+    def ask(url: str) -> Any:
+        body = {"model": "deepgram-nova-3", "file_url": url}
+        return account.gw.call("POST", "/v1/audio/transcriptions", account.key, json=body)
+
+    _Files.files = {"/recording.wav": recording_wav}
+    server = _QuietServer(("127.0.0.1", 0), _Files)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for url in (
+            "http://127.0.0.1:9/a.wav",
+            "http://10.0.0.1/a.wav",
+            "http://[::1]/a.wav",
+            "http://169.254.169.254/",
+        ):
+            _error(ask(url), 400, "file_url_forbidden", "file_url")
+        by_name = f"http://localhost:{server.server_address[1]}/recording.wav"
+        _error(ask(by_name), 400, "file_url_unreachable", "file_url")
+        account.gw.core.settings = replace(settings, file_url_private_allowed=True)
+        assert ask(by_name).status_code == 200  # the same server, allowed: the address was what refused
+    finally:
+        account.gw.core.settings = settings
+        server.shutdown()
+        server.server_close()
