@@ -61,7 +61,8 @@ class Settings:
     sim_knobs: bool = field(default_factory=lambda: _env("TOLLGATE_SIM_KNOBS", "").lower() in ("1", "true", "yes"))
     # A transcription's file_url is fetched by the gateway: off, an address that is private, loopback,
     # link-local or otherwise not public (checked on every address it resolves to, redirects included)
-    # is a 400, so that a tenant cannot make the gateway read the platform's own network.
+    # is a 400, so that a tenant cannot make the gateway read the platform's own network. `tollgate dev`
+    # turns it on unless this is set (its demo runs on one machine).
     file_url_private_allowed: bool = field(
         default_factory=lambda: _env("TOLLGATE_FILE_URL_PRIVATE_ALLOWED", "").lower() in ("1", "true", "yes")
     )
