@@ -125,6 +125,9 @@ class Settings:
     quota_slice_micros_max: int = field(
         default_factory=lambda: int(_env("TOLLGATE_QUOTA_SLICE_MICROS_MAX", "1000000000"))
     )
+    # A time-metered resource (a GPU instance) is charged, and its next interval held, this often
+    # (ledger/resources.py): it is stopped at most this long after its balance runs out of cover.
+    resource_interval_s: int = field(default_factory=lambda: int(_env("TOLLGATE_RESOURCE_INTERVAL_S", "60")))
     # An unresolved hold expires after this; longer than any sync request may take.
     hold_ttl_s: int = field(default_factory=lambda: int(_env("TOLLGATE_HOLD_TTL_S", "900")))
     # How long a sync request waits for its job before answering 504 (the hold then resolves alone).
@@ -145,7 +148,14 @@ class Settings:
             o.strip() for o in _env("TOLLGATE_CORS_ALLOW_ORIGINS", "*").split(",") if o.strip()
         )
     )
-    # Largest request body the gateway reads.
+    # Where uploaded files' bytes live (/v1/files): a directory every gateway instance reaches (empty:
+    # data_dir/files). Production puts them in an object store behind the same interface (gateway/blobs.py).
+    files_dir: str = field(default_factory=lambda: _env("TOLLGATE_FILES_DIR", ""))
+    # The most one organization may keep stored in files; an upload past it is refused (413).
+    storage_bytes_max: int = field(
+        default_factory=lambda: int(_env("TOLLGATE_STORAGE_BYTES_MAX", str(1024 * 1024 * 1024)))
+    )
+    # Largest request body the gateway reads (an uploaded file's size is bounded by it too).
     request_body_bytes_max: int = field(
         default_factory=lambda: int(_env("TOLLGATE_REQUEST_BODY_BYTES_MAX", str(4 * 1024 * 1024)))
     )

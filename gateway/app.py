@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import uuid
+from functools import partial
 from typing import Any
 
 from litestar import Litestar, Router
@@ -23,6 +24,7 @@ from gateway.idempotency import IdempotencyMiddleware
 from gateway.openapi import DocumentPlugin
 from gateway.ratelimit import IpLimiter, RateLimitMiddleware
 from gateway.routes import route_handlers
+from gateway.routes.batches import resume_batches
 from gateway.surface import Surface
 
 
@@ -136,6 +138,7 @@ def create_app(core: GatewayCore) -> Litestar:
             IdempotencyMiddleware(),
         ],
         state=State({"core": core}),
+        on_startup=[partial(resume_batches, core)],  # batches this instance ran before a restart
         before_send=[observe.HttpMetrics(core.metrics)],  # every answer counted by route and status
         request_max_body_size=settings.request_body_bytes_max,
         debug=False,

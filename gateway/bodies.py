@@ -30,6 +30,8 @@ def balance_card(core: GatewayCore, org_id: str) -> dict[str, Any]:
         "held": micros_to_decimal(held),
         "held_micros": held,
         "reserved_by_gateways_micros": sliced,
+        # Of held: the intervals running GPU instances hold (ledger/resources.py).
+        "held_by_resources_micros": sum(r.reserved_micros for r in wallet.resources.values() if r.running),
         "credit_limit_micros": wallet.credit_limit_micros,
         "spendable_micros": balance - held + wallet.credit_limit_micros,
         "currency": "USD",

@@ -70,6 +70,7 @@ _endpoints = {
     "music": ["/v1/audio/generations", "/v1/music/generations", "/v1/audio/speech"],
     "video": ["/v1/videos/generations"],
     "rerank": ["/v1/rerank", "/v1/reranks", "/v1/score"],
+    "storage": ["/v1/files"],
 }
 
 
@@ -158,6 +159,7 @@ def _type_and_category(price: ModelPrice) -> tuple[str, str]:
         "music": ("audio", "audio"),
         "transcription": ("transcription", "transcription"),
         "rerank": ("text", "reranker"),
+        "storage": ("file", "storage"),
     }[kind]
 
 
@@ -254,7 +256,13 @@ def _parameters(price: ModelPrice) -> list[dict[str, Any]]:
             {"name": "top_n", "type": "integer", "required": False, "min": 1, "max": 500},
             {"name": "return_documents", "type": "boolean", "required": False, "default": False},
         ],
+        "storage": [
+            {"name": "file", "type": "file", "required": True},
+            {"name": "purpose", "type": "string", "required": True},
+        ],
     }
+    if kind == "storage":
+        return specific[kind]  # uploaded with POST /v1/files, not requested by model
     return [model, *specific[kind], *(common if kind != "transcription" else [])]
 
 

@@ -16,7 +16,8 @@ import hashlib
 import logging
 import secrets
 from datetime import datetime, timedelta
-from typing import TypeAlias
+from pathlib import Path
+from typing import Any, TypeAlias
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from litestar.di import NamedDependency
@@ -25,6 +26,7 @@ from eventlog import EventLog, Outgoing, topics
 from eventlog.metrics import Metrics
 from eventlog.read import Follower
 from eventlog.settings import Settings
+from gateway.blobs import BlobStore, DirectoryBlobStore
 from gateway.chainwatch import ChainWatch
 from gateway.jwks import JwksKeys
 from gateway.metering import AttemptForgotten, Metering
@@ -35,12 +37,14 @@ from gateway.waiters import Seen, Waiters, keys_of
 from ledger.chain import load_public_key
 from ledger.pricing import PriceBook, PriceBooks
 from ledger.wallet import HoldStatus
+from projections.batches import BatchesView
+from projections.files import FilesView
 from projections.jobs import JobsView
 from projections.replies import IdempotencyView
 from projections.usage import UsageStore
 from projections.views import ApiToken, BalancesView, TenantsView
 from schemas.codec import decode_event, encode
-from schemas.commands import AnyCommand, CancelJob
+from schemas.commands import CancelJob, LedgerCommand
 from schemas.events import (
     ApiTokenCreated,
     CommandRejected,
@@ -53,7 +57,7 @@ from schemas.events import (
 )
 from schemas.ids import new_id
 from schemas.moments import utc_now
-from workers.metering import FileContents, NoFiles
+from workers.metering import FileContents
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +78,22 @@ def _ledger_public_key(settings: Settings) -> Ed25519PublicKey | None:
     except ValueError:
         logger.warning("%s is not an Ed25519 key: the usage page cannot verify checkpoints", path)
         return None
+
+
+class StoredFileContents:
+    """A chat request's ``file_id`` read from the files API's store (``workers/metering.py`` inlines it)."""
+
+    def __init__(self, files: FilesView, blobs: BlobStore) -> None:
+        self._files = files
+        self._blobs = blobs
+
+    def read(self, org_id: str, file_id: str, bytes_max: int) -> tuple[str, bytes] | None:
+        # Files are bounded by the upload's body limit; the caller checks its own budget.
+        record = self._files.get(org_id, file_id)
+        if record is None:
+            return None
+        data = self._blobs.get(record.blob_key)
+        return None if data is None else (record.filename, data)
 
 
 class GatewayCore:
@@ -111,8 +131,14 @@ class GatewayCore:
         self.jwks = JwksKeys(settings)
         self.limiter = RateLimiter(settings, self.tenants)
         self.token_used_sent: dict[str, float] = {}
-        # Where a chat request's file_id parts are read from (the files API plugs its store in here).
-        self.files: FileContents = NoFiles()
+        # Uploaded files (/v1/files): their metadata folded from the ledger, their bytes in a blob store.
+        self.stored_files = FilesView()
+        self.blobs: BlobStore = DirectoryBlobStore(Path(settings.files_dir or settings.data_dir / "files"))
+        # Batches (/v1/batches): their state folded from tollgate.jobs; this instance's runner (gateway/batches.py).
+        self.batches = BatchesView()
+        self.batch_runner: Any = None
+        # Where a chat request's file_id parts are read from: the files API's store.
+        self.files: FileContents = StoredFileContents(self.stored_files, self.blobs)
 
     # --- following the log ---
 
@@ -159,6 +185,7 @@ class GatewayCore:
         and shows balances from the same facts."""
         self.jobs.apply(event)
         self.tenants.apply(event)
+        self.stored_files.apply(event)
         self.pending.apply(event)  # the balances view, and the answered charges it now holds
         self.quota.apply(event)  # this instance's slices, and the rests their holds give back
         self.idempotency.apply(event)
@@ -183,6 +210,7 @@ class GatewayCore:
 
     def _fold_jobs(self, event: Event) -> None:
         self.jobs.apply(event)
+        self.batches.apply(event)
         self._offer(event)
 
     def _offer(self, event: Event) -> None:
@@ -229,6 +257,10 @@ class GatewayCore:
         """Append without waiting (rate-limit and last-used events)."""
         self._producer.send(records)
 
+    async def record_job_event(self, event: Event) -> None:
+        """Append an event to tollgate.jobs (a batch's) and wait until this instance has folded it."""
+        await self._append_and_wait(event.event_id, [Outgoing(topics.JOBS, event.org_id, encode(event))], 30)
+
     async def record_tenant_event(self, event: Event) -> None:
         """Append a tenants event and wait until this instance has folded it."""
         await self._append_and_wait(event.event_id, [Outgoing(topics.TENANTS, event.org_id, encode(event))], 30)
@@ -257,7 +289,7 @@ class GatewayCore:
         await self._append_and_wait(event.event_id, [Outgoing(topics.TENANTS, org_id, encode(event))], 30)
         return event, secret
 
-    async def ledger_command(self, command: AnyCommand) -> Event:
+    async def ledger_command(self, command: LedgerCommand) -> Event:
         """Send a command to the ledger; its outcome: the first event it caused, or CommandRejected."""
         seen = await self._append_and_wait(
             command.command_id, [Outgoing(topics.COMMANDS, command.org_id, encode(command))], 30

@@ -165,7 +165,9 @@ class Metering:
             histogram = self._added_by_endpoint[endpoint] = self._added_seconds.labels(endpoint)
         histogram.observe(max(time.perf_counter() - started - completed.duration_ms / 1000, 0.0))
 
-    def _command(self, token: ApiToken, request_id: str, metered: MeteredRequest, slice_id: str) -> PlaceHold:
+    def _command(
+        self, token: ApiToken, request_id: str, metered: MeteredRequest, slice_id: str, carve_from: str = ""
+    ) -> PlaceHold:
         return PlaceHold(
             command_id=request_id,
             org_id=token.org_id,
@@ -176,7 +178,7 @@ class Metering:
             amount_micros=metered.hold_micros,
             ttl_s=self._settings.hold_ttl_s,
             price_version=metered.price_version,
-            slice_id=slice_id,
+            slice_id=slice_id or carve_from,
             job=JobSpec(
                 job_id=job_id_for(request_id),
                 token_id=token.token_id,
@@ -192,11 +194,21 @@ class Metering:
             ),
         )
 
-    def place(self, token: ApiToken, request_id: str, metered: MeteredRequest, slice_allowed: bool = True) -> Placement:
-        """Append the request's hold (and, against a slice, its job); wait for nothing."""
+    def place(
+        self,
+        token: ApiToken,
+        request_id: str,
+        metered: MeteredRequest,
+        slice_allowed: bool = True,
+        carve_from: str = "",
+    ) -> Placement:
+        """Append the request's hold (and, against this gateway's slice, its job); wait for nothing.
+        ``carve_from``: a slice the ledger carves the hold from (a batch's reservation), through the
+        ledger (it queues the job)."""
         hold_micros = metered.hold_micros
+        slice_allowed = slice_allowed and not carve_from
         slice_id = (self.quota.reserve(token.org_id, hold_micros, request_id) if slice_allowed else None) or ""
-        command = self._command(token, request_id, metered, slice_id)
+        command = self._command(token, request_id, metered, slice_id, carve_from)
         records = [Outgoing(topics.COMMANDS, token.org_id, encode(command))]
         if slice_id:
             # The hold first: the ledger reads it before any lease or capture of the job's worker
@@ -215,13 +227,14 @@ class Metering:
         attempt: Attempt,
         future: asyncio.Future[Seen],
         wait_for: Done,
+        carve_from: str = "",
     ) -> Placement:
         """With the waiter registered (so no later event is missed): an earlier attempt's placement,
         its events given to the waiter (which waits for the ledger's charge of a completion, too), or
         a new placement."""
         earlier = self._earlier(token.org_id, request_id, job_id_for(request_id)) if attempt.keyed else None
         if earlier is None:
-            return self.place(token, request_id, metered, slice_allowed=not attempt.retry)
+            return self.place(token, request_id, metered, slice_allowed=not attempt.retry, carve_from=carve_from)
         settled = earlier_attempt_settled if wait_for is request_finished else None
         self._waiters.seed(request_id, future, earlier, settled)
         return Placement(self._command(token, request_id, metered, ""), "", resumed=True)
@@ -274,6 +287,7 @@ class Metering:
         metered: MeteredRequest,
         wait_for: Done = request_finished,
         attempt: Attempt = Attempt(),
+        carve_from: str = "",
     ) -> tuple[Placement, Seen]:
         """Place the request and wait for its outcome (or, with ``wait_for=request_admitted``, only for
         its hold). An async request against a slice waits for its hold too, though its job is already
@@ -285,7 +299,7 @@ class Metering:
         started = time.perf_counter()
         future = self._waiters.expect(request_id, wait_for)
         try:
-            placement = self._resume_or_place(token, request_id, metered, attempt, future, wait_for)
+            placement = self._resume_or_place(token, request_id, metered, attempt, future, wait_for, carve_from)
             if metered.run_async and placement.resumed:
                 return placement, future.result() if future.done() else {}
             seen = await asyncio.wait_for(future, self._settings.request_wait_s_max)

@@ -64,6 +64,14 @@ _transcription_json: dict[str, Any] = {
         "smart_format": {"type": "boolean"},
     },
 }
+_file_form: dict[str, Any] = {
+    "type": "object",
+    "required": ["file", "purpose"],
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": "The file (at most the body limit)"},
+        "purpose": {"type": "string", "enum": ["assistants", "batch", "fine-tune", "vision", "user_data", "evals"]},
+    },
+}
 json_bodies: Mapping[str, type[Any]] = {
     "createOrganization": api.CreateOrganization,
     "grantCredits": api.GrantCreditsBody,
@@ -90,6 +98,16 @@ json_bodies: Mapping[str, type[Any]] = {
     "setTokenLimits": api.RateLimits,
     "setRateLimits": api.RateLimits,
     "setPlan": api.SetPlanBody,
+    "createBatch": api.CreateBatch,
+    "deployGpuInstance": api.GpuDeployRequest,
+    "createHostedAgentInstance": api.HostedAgentCreateRequest,
+    "renameHostedAgentInstance": api.RenameBody,
+    # Casola's Fal queue and core API (gateway/routes/fal.py, gateway/routes/casola.py). A Fal body is
+    # an image model's, a video model's (FalVideoRequest) or a speech model's (FalSpeechRequest), as its slug says.
+    "submitFalRequest": api.FalImageRequest,
+    "getFalRequestStatuses": api.FalBatchStatusRequest,
+    "createCasolaJob": api.CasolaJobRequest,
+    "createCasolaToken": api.CreateToken,
 }
 _image_edit_form: dict[str, Any] = {
     "type": "object",
@@ -110,6 +128,7 @@ form_bodies: Mapping[str, dict[str, Any]] = {
     "createImageEdit": _image_edit_form,
     "createTranscription": _transcription_form,
     "createTranslation": _translation_form,
+    "createFile": _file_form,
 }
 # The media types of a form's file parts.
 form_encodings: Mapping[str, dict[str, Any]] = {
@@ -148,6 +167,20 @@ body_examples: Mapping[str, dict[str, Any]] = {
         "return_documents": True,
     },
     "createScore": {"model": "qwen3-rerank", "text_1": "What is the capital of France?", "text_2": ["Paris.", "Rome."]},
+    "deployGpuInstance": {"gpu_slug": "rtx-4090", "mode": "model", "hf_id": "Qwen/Qwen2.5-7B-Instruct"},
+    "createHostedAgentInstance": {
+        "agent_type": "openclaw",
+        "name": "OpenClaw Production",
+        "plan_slug": "hosted-agent-basic",
+    },
+    "submitFalRequest": {"prompt": "A cat in space", "sync_mode": True},
+    "getFalRequestStatuses": {"request_ids": ["job_0123456789abcdef"]},
+    "createCasolaJob": {
+        "model_id": "Qwen/Qwen3.5-4B",
+        "task": "openai/chat-completion",
+        "payload": {"messages": _user, "max_tokens": 16},
+    },
+    "createCasolaToken": {"name": "CI Pipeline Token", "scopes": ["user:read", "user:write"]},
 }
 
 # What a successful answer is, beside JSON: streams (stream: true) and audio.
@@ -164,8 +197,11 @@ success_media: Mapping[str, dict[str, Any]] = {
     "createSpeechStream": _event_stream,
     "createTranscription": {"text/plain": {"schema": {"type": "string"}}},
     "createTranslation": {"text/plain": {"schema": {"type": "string"}}},
+    "downloadFile": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
 }
-# Generation requests may be async (202 and a job), or refused for the balance (402).
+# Generation requests may be async (202 and a job), or refused for the balance (402). A Fal
+# submission answers its queue entry with a 200 (or, with sync_mode, its output); POST /api/jobs is
+# always a 202.
 generation = {
     "createChatCompletion",
     "createCompletion",
@@ -183,7 +219,7 @@ generation = {
     "createReranks",
     "createScore",
 }
-public = {"health", "getLedgerPublicKey", "getPricing"}
+public = {"health", "getLedgerPublicKey", "getPricing", "listGpuTypes", "getGpuType", "hostedAgentsHealth"}
 # Open without a credential; one that is sent is checked (gateway/auth.py, opt "anonymous").
 anonymous = {"listModels", "retrieveModel"}
 
@@ -210,6 +246,8 @@ query_parameters: Mapping[str, list[dict[str, Any]]] = {
     "retrieveAccountUsage": [*_window, _page, _cursor],
     "listOrganizationUsage": [*_window, _page, _cursor],
     "listOrganizationUsageByToken": _window,
+    "listCasolaUsage": [*_window, _page, _cursor],
+    "listCasolaUsageByToken": _window,
     "retrieveStatement": [
         _query("from", _moment, "Start of the statement's period (ISO 8601)", required=True),
         _query("to", _moment, "End of the statement's period (ISO 8601)", required=True),
@@ -218,7 +256,17 @@ query_parameters: Mapping[str, list[dict[str, Any]]] = {
     "listModels": [
         _query("format", {"type": "string", "enum": ["openrouter"]}, "openrouter: OpenRouter's provider listing")
     ],
+    "listBatches": [
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "Page size (default 20)"),
+        _query("after", {"type": "string"}, "The last batch id of the previous page"),
+    ],
     "listVoices": [_query("model", {"type": "string"}, "Only this speech model's voices")],
+    "listFiles": [
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": 10_000}, "Page size (default 10,000)"),
+        _query("after", {"type": "string"}, "The last file id of the previous page"),
+        _query("order", {"type": "string", "enum": ["asc", "desc"]}, "By creation time (default desc)"),
+        _query("purpose", {"type": "string"}, "Only files of this purpose"),
+    ],
 }
 # A decimal amount in credits, exact to 6 places: as a string (or a JSON number, read from its text).
 _decimal = {"type": "string", "pattern": r"^-?[0-9]{1,12}(\.[0-9]{1,6})?$", "examples": ["25.50"]}
@@ -236,6 +284,8 @@ def _decimals(node: Any) -> Any:
 
 
 anthropic_operations = {"createMessage"}
+# The one operation that answers 422 (the reference's status for workload settings that do not fit).
+unprocessable = {"deployGpuInstance"}
 
 # Every status any route may answer with an error body (gateway/errors.py, the guard, the middleware).
 error_statuses = {
@@ -249,9 +299,10 @@ error_statuses = {
         "A conflict: an Idempotency-Key reused with another body, a job already ended or cancelled, a retried "
         "request whose outcome is no longer kept, or a retried Responses or Messages stream that already ran."
     ),
-    "413": "The body is over the size limit.",
+    "413": "The body is over the size limit, or a file would take the organization past its storage limit.",
     "414": "The URI is too long.",
     "415": "The body's media type is not accepted.",
+    "422": "The workload settings are not valid together (a GPU deploy in mode custom without an image).",
     "429": (
         "A rate limit, or the organization's limit of requests in flight on this gateway; retry after the "
         "retry-after header."
@@ -340,6 +391,8 @@ def _complete(operation: dict[str, Any], method: str, body_refs: Mapping[str, An
     error_ref = "#/components/schemas/AnthropicError" if op_id in anthropic_operations else None
     for status, description in error_statuses.items():
         if op_id in public and status in ("401", "402", "403", "409"):
+            continue
+        if status == "422" and op_id not in unprocessable:
             continue
         schema = {"$ref": error_ref or "#/components/schemas/ErrorEnvelope"}
         code = "529" if error_ref and status == "503" else status

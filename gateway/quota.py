@@ -195,6 +195,17 @@ class Quota:
         for org_id, slice_id in slices:
             self._return(org_id, slice_id)
 
+    def return_for(self, org_id: str) -> None:
+        """Give back this instance's slice of one organization: a charge the ledger reserves itself (a
+        GPU's interval, a plan's month) may need what the slice holds. Its next request asks anew."""
+        with self._lock:
+            org = self._organizations.get(org_id)
+            current = org.current if org is not None else None
+            if org is not None:
+                org.current = None
+        if current is not None:
+            self._return(org_id, current.slice_id)
+
     # --- asking ---
 
     def _organization(self, org_id: str) -> _Organization:

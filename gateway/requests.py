@@ -22,6 +22,9 @@ from schemas.api import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    FalImageRequest,
+    FalSpeechRequest,
+    FalVideoRequest,
     ImageRequest,
     RerankRequest,
     ScoreRequest,
@@ -472,7 +475,12 @@ class SpeechAsk:
     text: str = ""  # what is spoken (the stream's timestamps are of its words)
 
 
-def parse_speech(
+def parse_speech(body: bytes, book: PriceBook) -> MeteredRequest:
+    """``parse_spoken``'s request alone (what the job APIs run: gateway/routes/casola.py)."""
+    return parse_spoken(body, book)[0]
+
+
+def parse_spoken(
     body: bytes, book: PriceBook, stream: bool = False, audio_response: bool = False
 ) -> tuple[MeteredRequest, SpeechAsk]:
     """Speech, priced per character of ``input``; the worker is asked for one audio format (its
@@ -692,3 +700,76 @@ def parse_message(body: bytes, book: PriceBook) -> MeteredRequest:
     )
     payload = msgspec.json.encode(fields)
     return _metered(MESSAGES, price, book, bound, payload, bool(fields.get("async")), bool(fields.get("stream")))
+
+
+# --- Casola's Fal-compatible queue (POST /fal/{slug}) ---
+
+# Fal's named image sizes, as the sizes the image endpoint prices (a size it has no price for is a 400).
+fal_image_sizes = {"square_hd": "1024x1024", "square": "1024x1024", "landscape_16_9": "1792x1024"}
+
+
+def _fal_size(image_size: str | dict[str, int]) -> str:
+    if isinstance(image_size, dict):
+        size = f"{image_size.get('width')}x{image_size.get('height')}"
+        if size in fal_image_sizes.values():
+            return size
+    elif image_size in fal_image_sizes:
+        return fal_image_sizes[image_size]
+    raise ApiError(
+        400,
+        f"image_size must be one of {', '.join(fal_image_sizes)}, or {{width, height}} of 1024x1024 or 1792x1024.",
+        code="invalid_parameter",
+        param="image_size",
+    )
+
+
+def _fal_seconds(video: FalVideoRequest) -> int:
+    if video.num_frames is not None:
+        seconds = -(-video.num_frames // video.frames_per_second)
+    else:
+        seconds = int(str(video.duration).removesuffix("s"))
+    if not 1 <= seconds <= 10:
+        param = "duration" if video.num_frames is None else "num_frames"
+        raise ApiError(400, "A video may be 1 to 10 seconds long.", code="invalid_parameter", param=param)
+    return seconds
+
+
+def parse_fal(slug: str, body: bytes, book: PriceBook) -> MeteredRequest:
+    """A Fal submission as the image, video or speech request it stands for (the model its slug names):
+    queued (async) unless ``sync_mode`` asks to wait for its result."""
+    price = book.fal_model(slug)
+    if price is None or kind_of(price) not in ("image", "video", "speech"):
+        raise ApiError(
+            404,
+            f"No image, video or speech model has the Fal slug '{slug}'; see GET /api/model-status for each "
+            "model's fal_slugs.",
+            code="model_not_found",
+            param="slug",
+        )
+    fields = _fields(body)
+    if kind_of(price) == "speech":
+        spoken: FalSpeechRequest = _decode(body, FalSpeechRequest)
+        text = spoken.text or spoken.prompt
+        if not text:
+            raise ApiError(400, "Send the text to speak as 'text'.", code="missing_required_parameter", param="text")
+        payload: dict[str, Any] = {"model": price.model, "input": text, "voice": spoken.voice}
+        bound = msgspec.structs.replace(_per_request({}), characters=len(text))
+        return _metered(SPEECH, price, book, bound, msgspec.json.encode(payload), not spoken.sync_mode)
+    if price.category == "image":
+        image: FalImageRequest = _decode(body, FalImageRequest)
+        size = _fal_size(image.image_size)
+        variant = f"{size}/standard"
+        if price.image_variant_rates and variant not in price.image_variant_rates:
+            raise ApiError(400, f"{price.model} has no price for {size}.", code="invalid_parameter", param="image_size")
+        payload = {"model": price.model, "prompt": image.prompt, "n": image.num_images, "size": size}
+        bound = msgspec.structs.replace(_per_request({}), images=image.num_images, variant=variant)
+        return _metered(IMAGES, price, book, bound, msgspec.json.encode(payload), not image.sync_mode)
+    video: FalVideoRequest = _decode(body, FalVideoRequest)
+    seconds = _fal_seconds(video)
+    payload = {"model": price.model, "prompt": video.prompt, "duration": seconds}
+    for name in ("resolution", "aspect_ratio"):
+        if isinstance(fields.get(name), str):
+            payload[name] = fields[name]
+    bound = msgspec.structs.replace(_per_request({}), video_seconds=seconds)
+    # A video is always a job; sync_mode waits for it.
+    return _metered(VIDEOS, price, book, bound, msgspec.json.encode(payload), not video.sync_mode)

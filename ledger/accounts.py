@@ -27,6 +27,10 @@ from schemas.events import (
     HoldCaptured,
     HoldPlaced,
     HoldReleased,
+    PlanRenewed,
+    PlanSubscribed,
+    ResourceCharged,
+    ResourceStarted,
     SliceGranted,
     SliceReturned,
 )
@@ -78,6 +82,16 @@ def postings(event: Event) -> list[Posting]:
         return [Posting(wallet_account(org), breakage, event.amount_micros)]
     if isinstance(event, CreditsRefunded):
         return [Posting(refunds, wallet_account(org), event.amount_micros)]
+    if isinstance(event, ResourceStarted):  # its first interval, held like a hold
+        return [Posting(wallet_account(org), held_account(org), event.reserved_micros)]
+    if isinstance(event, ResourceCharged):  # an interval charged out of its reservation, the next one held
+        return [
+            Posting(held_account(org), revenue, event.amount_micros),
+            Posting(held_account(org), wallet_account(org), event.released_micros),
+            Posting(wallet_account(org), held_account(org), event.next_reserved_micros),
+        ]
+    if isinstance(event, (PlanSubscribed, PlanRenewed)):  # a month of a plan, charged outright
+        return [Posting(wallet_account(org), revenue, event.amount_micros)]
     if isinstance(event, CreditsAdjusted):
         if event.amount_micros >= 0:
             return [Posting(adjustments, wallet_account(org), event.amount_micros)]

@@ -27,9 +27,20 @@ from eventlog import Record
 from ledger.accounts import Book, held_account, wallet_account
 from ledger.chain import ChainHead, key_id_of, signature_valid
 from ledger.pricing import PriceBooks, price_micros
+from ledger.resources import charge_problem
 from ledger.wallet import HoldStatus, Wallet, evolve
 from schemas.codec import decode_event
-from schemas.events import ChainCheckpoint, Event, HoldCaptured, LedgerFact
+from schemas.events import (
+    ChainCheckpoint,
+    Event,
+    HoldCaptured,
+    LedgerFact,
+    PlanRenewed,
+    PlanSubscribed,
+    ResourceCharged,
+    ResourceEvent,
+    ResourceStarted,
+)
 
 findings_max = 1000  # a broken log can break every later link; the first ones are what matter
 
@@ -71,6 +82,7 @@ class Auditor:
     partitions: dict[int, PartitionAudit] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     captures_checked: int = 0
+    time_charges_checked: int = 0  # resource starts and intervals, plan months (ledger/resources.py)
     _chains: dict[int, ChainHead] = field(default_factory=dict)
     _previous: dict[int, tuple[int, str]] = field(default_factory=dict)  # partition -> (offset, event id)
 
@@ -179,6 +191,12 @@ class Auditor:
             wallet = self.wallets[event.org_id] = Wallet(org_id=event.org_id)
         if isinstance(event, HoldCaptured):
             self._check_capture(record, wallet, event)
+        elif isinstance(event, ResourceEvent):
+            if isinstance(event, (ResourceStarted, ResourceCharged, PlanSubscribed, PlanRenewed)):
+                self.time_charges_checked += 1
+            problem = charge_problem(wallet, event, self.prices)
+            if problem is not None:
+                self._find(record, event.event_id, "resource_charge_mismatch", problem)
         try:
             evolve(wallet, event)
             self.book.apply(event)
@@ -230,6 +248,7 @@ class Auditor:
         self._previous.update(other._previous)
         self.findings.extend(other.findings[: findings_max - len(self.findings)])
         self.captures_checked += other.captures_checked
+        self.time_charges_checked += other.time_charges_checked
 
     def drop_resolved_holds(self) -> None:
         """Forget holds that are captured or released: a finished fold reports balances, and resolved

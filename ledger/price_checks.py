@@ -79,8 +79,15 @@ def model_price_problems(price: ModelPrice) -> list[str]:
 
 def price_book_problems(book: PriceBook) -> list[str]:
     """Why ``book`` cannot be published, each naming its model (empty: it can)."""
-    return [
+    problems = [
         f"model '{model_id}': {problem}"
         for model_id, price in book.models.items()
         for problem in model_price_problems(price)
     ]
+    named: dict[str, str] = {}
+    for model_id, price in book.models.items():
+        for slug in price.fal_slugs:
+            if slug in named and named[slug] != model_id:
+                problems.append(f"model '{model_id}': the Fal slug '{slug}' names '{named[slug]}' already")
+            named.setdefault(slug, model_id)
+    return problems

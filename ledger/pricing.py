@@ -29,6 +29,7 @@ import msgspec
 
 from schemas.events import Event, PriceBookPublished
 from schemas.prices import Category, ContextTier, ModelPrice, PriceBook, PricingRow
+from schemas.resources import GpuClass, PlanPrice
 from schemas.units import Units, tools
 
 __all__ = [
@@ -280,6 +281,7 @@ _default_modalities: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "transcription": (("audio",), ("text",)),
     "music": (("text",), ("audio",)),
     "rerank": (("text",), ("scores",)),
+    "storage": (("file",), ("file",)),
 }
 
 
@@ -593,7 +595,104 @@ def default_price_book() -> PriceBook:
         _speaker("inworld-tts-mini", "inworld", 5_000_000),
         _speaker("tts-1-5-mini", "inworld", 12_765_957),
     ]
-    return PriceBook(version="2026-11-01", models={price.model: price for price in models})
+    # Image and video models the documents' examples name: ``flux`` (Casola's quickstart, async),
+    # FLUX.1-schnell and Wan 2.2 5B by their Fal slugs (POST /fal/{slug}), seedance-2-0-pro
+    # (EmpirioLabs' video example), on the simulated backends.
+    models += [
+        ModelPrice(
+            model="flux",
+            category="image",
+            pool="default",
+            owned_by="black-forest-labs",
+            description="FLUX as Casola's quickstart names it (simulated): PNG images, priced per image.",
+            image_rate=3_000_000_000,  # 0.003 credits per image
+        ),
+        ModelPrice(
+            model="black-forest-labs/FLUX.1-schnell",
+            category="image",
+            pool="default",
+            owned_by="black-forest-labs",
+            description="FLUX.1 [schnell] (simulated): PNG images, priced per image; also at its Fal slugs.",
+            hugging_face_id="black-forest-labs/FLUX.1-schnell",
+            image_rate=3_000_000_000,
+            fal_slugs=("fal-ai/flux1-schnell-nunchaku", "fal-ai/flux/schnell"),
+        ),
+        ModelPrice(
+            model="Wan-AI/Wan2.2-TI2V-5B",
+            category="video",
+            pool="default",
+            owned_by="wan-ai",
+            description="Wan 2.2 5B text to video (simulated, always async): priced per second; also at its Fal slug.",
+            hugging_face_id="Wan-AI/Wan2.2-TI2V-5B",
+            video_second_rate=20_000_000_000,  # 0.02 credits per second
+            fal_slugs=("fal-ai/wan/v2.2-5b/text-to-video",),
+        ),
+        ModelPrice(
+            model="seedance-2-0-pro",
+            category="video",
+            pool="default",
+            owned_by="bytedance",
+            description="Seedance 2.0 Pro as EmpirioLabs' video example names it (simulated, always async).",
+            video_second_rate=50_000_000_000,  # 0.05 credits per second
+        ),
+    ]
+    # Files (/v1/files) are charged per byte-day stored, daily, by the ledger (ledger/storage.py).
+    models.append(
+        ModelPrice(
+            model="file-storage",
+            category="storage",
+            pool="default",
+            description="Storage of uploaded files (/v1/files): priced per byte-day, charged daily.",
+            max_output_tokens=0,
+            storage_byte_day_rate=4,  # 0.004 credits per GB-day (0.12 per GB-month)
+        )
+    )
+    return PriceBook(
+        version="2026-11-01",
+        models={price.model: price for price in models},
+        gpu_classes={gpu.slug: gpu for gpu in default_gpu_classes()},
+        plans={plan.slug: plan for plan in default_plans()},
+    )
+
+
+def default_gpu_classes() -> list[GpuClass]:
+    """The GPU Cloud catalog of the demo (EmpirioLabs' GpuType examples): hourly rates per GPU,
+    billed by the second (ledger/resources.py)."""
+    return [
+        GpuClass(
+            slug="rtx-4090",
+            name="RTX 4090",
+            hourly_micros=650_000,
+            vram_gb=24,
+            max_gpus=8,
+            available_count=21,
+            regions=("us-east", "eu-west"),
+        ),
+        GpuClass(
+            slug="h100-nvl",
+            name="H100 NVL",
+            hourly_micros=5_600_000,
+            vram_gb=94,
+            max_gpus=8,
+            available_count=8,
+            regions=("us-east",),
+        ),
+    ]
+
+
+def default_plans() -> list[PlanPrice]:
+    """The hosted-agent plans of the demo (EmpirioLabs' HostedAgentPlan example)."""
+    return [
+        PlanPrice(
+            slug="hosted-agent-basic",
+            display_name="Hosted Agent Basic",
+            description="One OpenClaw or Hermes agent runtime, 10,000 messages a month.",
+            monthly_micros=15_000_000,
+            included_messages_monthly=10_000,
+            replica_min=1,
+            replica_max=3,
+        )
+    ]
 
 
 def _transcriber(model: str, owner: str, audio_second_rate: int) -> ModelPrice:

@@ -25,6 +25,8 @@ from eventlog.settings import Settings
 from ledger.chain import ChainHead, Signer
 from ledger.price_feed import PriceFeed
 from ledger.pricing import PriceBook, PriceBooks
+from ledger.resources import decide_plan_due, decide_resource_due
+from ledger.storage import Storage, days_per_decision_max, decide_file, next_storage_charge
 from ledger.wallet import (
     Rejection,
     Wallet,
@@ -36,7 +38,7 @@ from ledger.wallet import (
     evolve,
 )
 from schemas.codec import decode_command, decode_event, encode
-from schemas.commands import AnyCommand
+from schemas.commands import DeleteFile, LedgerCommand, StoreFile
 from schemas.events import (
     ChainCheckpoint,
     CommandRejected,
@@ -51,6 +53,10 @@ from schemas.events import (
     JobLeased,
     JobLeaseLost,
     JobQueued,
+    PlanRenewed,
+    PlanSubscribed,
+    ResourceCharged,
+    ResourceStarted,
     SliceGranted,
     SliceReturned,
 )
@@ -60,6 +66,7 @@ from schemas.moments import utc_now
 logger = logging.getLogger(__name__)
 
 pricing_check_interval_s = 1.0  # how often an idle ledger looks for new price book versions
+storage_check_interval_s = 60.0  # how often the ledger looks for storage days to charge (ledger/storage.py)
 epoch = datetime(1970, 1, 1, tzinfo=UTC)
 
 Clock = Callable[[], datetime]
@@ -73,7 +80,7 @@ def dispatch_copy(event: Event) -> Outgoing | None:
     return None
 
 
-def rejected(command: AnyCommand, rejection: Rejection, now: datetime) -> CommandRejected:
+def rejected(command: LedgerCommand, rejection: Rejection, now: datetime) -> CommandRejected:
     """A refusal is a fact too: the caller learns the code, an auditor sees what was refused."""
     return CommandRejected(
         event_id=event_id_for(command.command_id, "command.rejected"),
@@ -134,7 +141,8 @@ class LedgerRole:
         self.rejections: Counter[str] = Counter()
         self._owned: set[int] = set()
         self._rebuild_needed: set[int] = set()
-        # (due time, org, "hold" or "grant", id); entries already resolved are skipped when due.
+        # (due time, org, "hold", "grant", "slice", "resource" or "plan", id); entries already
+        # resolved are skipped when due.
         self._expiries: list[tuple[datetime, str, str, str]] = []
         # The hash chain of each owned ledger partition, and who signs its checkpoints.
         self.chains: dict[int, ChainHead] = {}
@@ -142,6 +150,7 @@ class LedgerRole:
         self._checkpointed_at = time.monotonic()
         self.metrics = metrics or Metrics()
         self._open = _OpenItems()
+        self.storage = Storage()  # stored files of the owned organizations, for their storage charges
         self._decisions: dict[tuple[str, str], Any] = {}  # (command type, result) -> its counter
         self._lease_events = {
             kind: self.metrics.ledger_lease_events.labels(kind) for kind in ("granted", "renewed", "lost")
@@ -165,6 +174,7 @@ class LedgerRole:
             if partition_of(org) in self._owned and partition_of(org) not in partitions
         }
         self._expiries = [entry for entry in self._expiries if entry[1] in self.wallets]
+        self.storage.forget(set(self.wallets))
         heapq.heapify(self._expiries)
         self.chains = {p: head for p, head in self.chains.items() if p in self._owned and p not in partitions}
         for partition in partitions:
@@ -199,6 +209,7 @@ class LedgerRole:
     def _apply(self, event: Event) -> None:
         wallet = self._wallet(event.org_id)
         evolve(wallet, event)
+        self.storage.apply(event)
         if isinstance(event, (HoldPlaced, HoldCaptured, HoldReleased, JobLeased, JobLeaseLost)):
             self._open.apply(partition_for(event.org_id.encode(), self._log.partitions), event)
         if isinstance(event, HoldPlaced):
@@ -211,14 +222,22 @@ class LedgerRole:
             heapq.heappush(self._expiries, (event.expires_at, event.org_id, "grant", event.grant_id))
         elif isinstance(event, SliceGranted):
             heapq.heappush(self._expiries, (event.expires_at, event.org_id, "slice", event.slice_id))
-        elif isinstance(event, (HoldCaptured, HoldReleased, SliceReturned)):
-            # An expired grant whose remainder open holds (or slices) still needed can now expire further.
+        elif isinstance(event, ResourceStarted) or (isinstance(event, ResourceCharged) and not event.ended):
+            # The interval held is charged when it is over (ledger/resources.py decide_resource_due).
+            due_at = wallet.resources[event.resource_id].due_at()
+            heapq.heappush(self._expiries, (due_at, event.org_id, "resource", event.resource_id))
+        elif isinstance(event, (PlanSubscribed, PlanRenewed)):
+            heapq.heappush(self._expiries, (event.period_end, event.org_id, "plan", event.subscription_id))
+        if isinstance(event, (HoldCaptured, HoldReleased, SliceReturned, ResourceCharged)):
+            # An expired grant whose remainder open holds (or slices, or a resource's interval) still
+            # needed can now expire further.
             for grant in wallet.grants.values():
                 if grant.expired and grant.remaining_micros > 0:
                     heapq.heappush(self._expiries, (event.occurred_at, event.org_id, "grant", grant.grant_id))
 
     def expire_due(self, now: datetime, partition_times: dict[int, datetime] | None = None) -> list[Outgoing]:
-        """Release every hold and expire every grant and slice whose time has come, by event.
+        """Release every hold and expire every grant and slice whose time has come, charge every
+        resource interval that is over and renew (or end) every plan period that is, by event.
 
         ``partition_times``: how far the ledger has read each partition's commands (the log's time,
         ``run``). An item is due only once its partition's commands are read up to its due time, so
@@ -242,15 +261,54 @@ class LedgerRole:
                 due = decide_expiry(wallet, item_id, at)
             elif kind == "slice":
                 due = decide_slice_expiry(wallet, item_id, at)
+            elif kind == "resource":
+                due = decide_resource_due(wallet, item_id, at)
+            elif kind == "plan":
+                due = decide_plan_due(wallet, item_id, at)
             else:
                 due = decide_grant_expiry(wallet, item_id, at)
             cause = due[0].event_id if due else ""
             self._count_job_events(due)
-            for event in [*due, *(decide_auto_topup(wallet, at, cause) if due else [])]:
+            for event in due:
+                self._apply(event)
+                outputs += self._emit(event)
+            # Once they are applied: an expiry or a resource's charge lowers the balance it looks at.
+            for event in decide_auto_topup(wallet, at, cause) if due else []:
                 self._apply(event)
                 outputs += self._emit(event)
         for entry in deferred:
             heapq.heappush(self._expiries, entry)
+        return outputs
+
+    def charge_storage(self, now: datetime, partition_times: dict[int, datetime] | None = None) -> list[Outgoing]:
+        """Charge every owned organization for the storage days that ended (ledger/storage.py), each
+        day only once its partition's commands are read past its end (as expiries wait)."""
+        outputs: list[Outgoing] = []
+        for org_id, state in list(self.storage.orgs.items()):
+            wallet = self.wallets.get(org_id)
+            if wallet is None or state.unbilled_from is None:
+                continue
+            at = now
+            if partition_times is not None:
+                at = min(now, partition_times.get(partition_for(org_id.encode(), self._log.partitions), now))
+            for _ in range(days_per_decision_max):
+                charge = next_storage_charge(state, org_id, at, self.prices.current, wallet.spendable_micros)
+                if charge is None:
+                    break
+                day = state.unbilled_from  # the day charged (days without bytes before it are passed)
+                for command in charge:
+                    if state.unbilled_from != day:
+                        break  # its hold was refused (nothing spendable): the day is recorded, not charged
+                    result = decide(wallet, command, at, self.prices)
+                    if isinstance(result, Rejection):
+                        self.rejections[result.value] += 1
+                        break
+                    for event in result:
+                        self._apply(event)
+                        outputs += self._emit(event)
+                if state.unbilled_from == day:
+                    logger.error("the storage charge of %s for %s was not decided", org_id, day)
+                    break
         return outputs
 
     def _emit(self, event: Event) -> list[Outgoing]:
@@ -283,7 +341,7 @@ class LedgerRole:
         self.metrics.checkpoint_ages.signed_at[partition] = time.time()  # when committed, within a poll
         return outputs
 
-    def _count(self, command: AnyCommand, result: str, events: Sequence[Event]) -> None:
+    def _count(self, command: LedgerCommand, result: str, events: Sequence[Event]) -> None:
         """The decision's counter, and the lease and dead-letter counters of what it decided."""
         key = (str(type(command).__struct_config__.tag), result)
         counter = self._decisions.get(key)
@@ -362,9 +420,13 @@ class LedgerRole:
                 logger.error("skipping a malformed command: %s", error)
                 continue
             wallet = self._wallet(command.org_id)
-            result = decide(wallet, command, now, self.prices)
-            if result is Rejection.price_version_unknown and self._price_feed.poll(until_caught_up=True):
+            result: list[Event] | Rejection
+            if isinstance(command, (StoreFile, DeleteFile)):
+                result = decide_file(self.storage, command, now)
+            else:
                 result = decide(wallet, command, now, self.prices)
+                if result is Rejection.price_version_unknown and self._price_feed.poll(until_caught_up=True):
+                    result = decide(wallet, command, now, self.prices)
             if isinstance(result, Rejection):
                 self.rejections[result.value] += 1
                 self._count(command, result.value, ())
@@ -423,6 +485,7 @@ class LedgerRole:
             on_assigned=self._on_assigned,
         )
         next_pricing_check = 0.0
+        next_storage_check = 0.0
         # How far each owned partition's commands are read, in the log's time (see expire_due).
         partition_times: dict[int, datetime] = {}
         gauges = Every(gauges_refresh_s)
@@ -449,6 +512,9 @@ class LedgerRole:
                     for partition in self._owned:
                         partition_times[partition] = max(partition_times.get(partition, epoch), self._clock())
                 outputs += self.expire_due(self._clock(), partition_times)
+                if time.monotonic() >= next_storage_check and not self._rebuild_needed:
+                    outputs += self.charge_storage(self._clock(), partition_times)
+                    next_storage_check = time.monotonic() + storage_check_interval_s
                 outputs += self.checkpoints(self._clock())
                 if not records and not outputs:
                     continue

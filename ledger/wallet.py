@@ -23,7 +23,11 @@ Money model (integer micros):
   places holds against it in memory: a hold that names an open slice covering it is carved out of it
   (``held`` does not change), and the rest of such a hold goes back to the slice when it is captured
   or released, while the slice is open. What is left of a slice goes back to the wallet when its
-  gateway returns it or it expires. ``held`` is the open holds plus what is left of the open slices.
+  gateway returns it or it expires. ``held`` is the open holds plus what is left of the open slices,
+  plus the interval each running resource holds.
+- Time-metered resources and monthly plans (``ledger/resources.py``): a running resource holds its
+  current interval in ``held`` and is charged out of it when the interval is over (the next one held
+  in the same event); a plan's month is charged outright. Both burn grants in the same order.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Any
 from eventsourcing.domain import Aggregate, CommandMethodDecorator, event
 
 from ledger.pricing import PriceBook, PriceBooks, price_micros, unit_quantities
+from ledger.resources import Resource, Subscription, decide_resource_command, evolve_resource_event
 from schemas.commands import (
     AdjustCredits,
     AnyCommand,
@@ -48,6 +53,7 @@ from schemas.commands import (
     PlaceHold,
     RefundCredits,
     ReleaseHold,
+    ResourceCommand,
     ReturnSlice,
     SetCreditLimit,
     StartJob,
@@ -71,6 +77,7 @@ from schemas.events import (
     JobLeased,
     JobLeaseLost,
     JobQueued,
+    ResourceEvent,
     SliceGranted,
     SliceReturned,
 )
@@ -111,6 +118,16 @@ class Rejection(enum.Enum):
     slice_not_found = "slice_not_found"
     ttl_must_be_positive = "ttl_must_be_positive"
     model_not_a_fallback = "model_not_a_fallback"
+    # Time-metered resources and plans (ledger/resources.py).
+    resource_class_not_priced = "resource_class_not_priced"
+    resource_not_found = "resource_not_found"
+    resource_running = "resource_running"
+    resource_not_running = "resource_not_running"
+    plan_not_priced = "plan_not_priced"
+    subscription_exists = "subscription_exists"
+    subscription_not_found = "subscription_not_found"
+    subscription_ended = "subscription_ended"
+    subscription_cancelled = "subscription_cancelled"
 
 
 class HoldStatus(enum.Enum):
@@ -213,6 +230,9 @@ class Wallet(Aggregate):
         self.slices: dict[str, Slice] = {}
         self.refunds: dict[str, int] = {}
         self.adjustments: dict[str, int] = {}
+        # Time-metered resources and monthly plans (ledger/resources.py), by id.
+        self.resources: dict[str, Resource] = {}
+        self.subscriptions: dict[str, Subscription] = {}
 
     @staticmethod
     def create_id(org_id: str) -> uuid.UUID:
@@ -248,6 +268,20 @@ class Wallet(Aggregate):
     def open_slice(self, slice_id: str) -> Slice | None:
         found = self.slices.get(slice_id) if slice_id else None
         return found if found is not None and found.open else None
+
+    def check(self) -> None:
+        self._check()
+
+    def planned_burns(self, amount_micros: int) -> tuple[GrantBurn, ...]:
+        """Which grants a charge of ``amount_micros`` would burn (the rest: debt). Pure."""
+        plan, _ = burn_plan(list(self.grants.values()), amount_micros)
+        return tuple(GrantBurn(grant_id=g.grant_id, amount_micros=take) for g, take in plan)
+
+    def charge(self, amount_micros: int) -> None:
+        """A charge that is not a hold's capture (a resource's interval, paid out of its reservation,
+        which the caller takes out of ``held``; a plan's month): burn it."""
+        self.captured_micros += amount_micros
+        self._burn(amount_micros)
 
     def _check(self) -> None:
         assert self.held_micros >= 0, "holds never reserve a negative amount"
@@ -432,6 +466,9 @@ def decide(wallet: Wallet, command: AnyCommand, now: datetime, prices: Prices) -
         return _decide_grant_slice(wallet, command, now)
     if isinstance(command, ReturnSlice):
         return _decide_return_slice(wallet, command, now)
+    if isinstance(command, ResourceCommand):
+        decided = decide_resource_command(wallet, command, now, prices)
+        return Rejection(decided) if isinstance(decided, str) else decided
     return _decide_credit_limit(wallet, command, now)
 
 
@@ -798,8 +835,9 @@ def _decide_grant_slice(wallet: Wallet, command: GrantSlice, now: datetime) -> l
     existing = wallet.slices.get(command.slice_id)
     if existing is not None:
         return [] if existing.instance_id == command.instance_id else Rejection.exists_with_different_amount
-    amount = min(command.amount_micros, wallet.spendable_micros // slice_share_of_spendable)
-    if amount < command.minimum_micros:
+    share = wallet.spendable_micros // slice_share_of_spendable
+    amount = command.amount_micros if command.whole else min(command.amount_micros, share)
+    if amount < command.minimum_micros or amount > wallet.spendable_micros:
         return Rejection.insufficient_credits
     return [
         SliceGranted(
@@ -1078,6 +1116,8 @@ def evolve(wallet: Wallet, event: Event) -> None:
         _record_auto_topup(wallet, setting)
     elif isinstance(event, AutoTopUpTriggered):
         _record_auto_topup_triggered(wallet)
+    elif isinstance(event, ResourceEvent):
+        evolve_resource_event(wallet, event)
     if not wallet.auto_topup_armed:
         wallet.rearm_auto_topup()
     # HoldRejected and JobQueued change no balance.

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 
 import msgspec
 
+from ledger.storage import storage_hold_prefix
 from schemas.events import (
     Event,
     HoldCaptured,
@@ -144,6 +145,8 @@ class JobsView:
 
     def _apply(self, event: Event) -> None:
         if isinstance(event, HoldPlaced):
+            if event.hold_id.startswith(storage_hold_prefix):
+                return  # a storage charge (ledger/storage.py): no job runs for it
             if event.job_id not in self.jobs:
                 self.jobs[event.job_id] = JobState(
                     job_id=event.job_id,

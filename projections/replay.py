@@ -11,11 +11,12 @@ from eventlog import EventLog, partition_for, topics
 from eventlog.read import read_topic
 from ledger.price_feed import load_price_books
 from ledger.pricing import PriceBooks
-from projections.role import posting_rows, usage_row
+from projections.role import posting_rows, time_metered_row, usage_row
 from projections.statements import Statement, Tally, build_statement
 from projections.usage import PostingRow, UsageRow, UsageStore
 from schemas.codec import decode_event
-from schemas.events import CreditsRefunded, HoldCaptured
+from schemas.events import CreditsRefunded, HoldCaptured, PlanRenewed, PlanSubscribed, ResourceCharged
+from schemas.units import Units
 
 insert_batch_rows_max = 20_000
 
@@ -77,6 +78,10 @@ def statement_from_log(log: EventLog, org_id: str, start: datetime, end: datetim
                 continue
             if isinstance(event, CreditsRefunded):
                 refunds += event.amount_micros
+            if isinstance(event, (ResourceCharged, PlanSubscribed, PlanRenewed)):
+                row = time_metered_row(event)  # charged at its rate: no units
+                tally.add(row.model, row.price_version, None, Units(), row.cost_micros, row.priced_micros)
+                continue
             if not isinstance(event, HoldCaptured):
                 continue
             book = books.at_version(event.price_version)

@@ -24,7 +24,7 @@ from ledger.pricing import PriceBook, price_breakdown, unit_names, unit_quantiti
 from ledger.wallet import hold_expired_reason
 from projections.usage import PostingRow, UsageRow, UsageStore, rate_columns
 from schemas.codec import decode_event
-from schemas.events import Event, HoldCaptured, HoldRejected, HoldReleased
+from schemas.events import Event, HoldCaptured, HoldRejected, HoldReleased, PlanRenewed, PlanSubscribed, ResourceCharged
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +73,62 @@ def usage_row(event: Event, book: PriceBook | None = None) -> UsageRow | None:
             discount_percent=priced.discount_percent if priced else 0,
             minimum_topup_micros=priced.minimum_topup_micros if priced else 0,
         )
+    if isinstance(event, (ResourceCharged, PlanSubscribed, PlanRenewed)):
+        return time_metered_row(event)
     if isinstance(event, HoldRejected):
         return _error_row(event, 402, event.code)
     if isinstance(event, HoldReleased) and (status_code := failed_status_code(event)) is not None:
         return _error_row(event, status_code, event.reason)
     return None
+
+
+def resource_model(resource_class: str) -> str:
+    """The pseudo-model a GPU's charges are listed under (EmpirioLabs' usage events: ``gpu-cloud:h100-nvl``)."""
+    return f"gpu-cloud:{resource_class}"
+
+
+def plan_model(plan_slug: str) -> str:
+    return f"hosted-agent:{plan_slug}"
+
+
+def time_metered_row(event: ResourceCharged | PlanSubscribed | PlanRenewed) -> UsageRow:
+    """A resource's interval or a plan's month as a usage row: priced by the ledger at its rate, not by
+    units, so every unit is 0. ``variant`` says what a GPU charge covers: "<GPUs>x<seconds>s"."""
+    if isinstance(event, ResourceCharged):
+        source, model, endpoint, request_id = (
+            "gpu_cloud",
+            resource_model(event.resource_class),
+            f"/v1/gpu/instances/{event.resource_id}",
+            event.resource_id,
+        )
+        variant = f"{event.quantity}x{event.to_s - event.from_s}s"
+    else:
+        source, model, endpoint, request_id = (
+            "hosted_agents",
+            plan_model(event.plan_slug),
+            f"/v1/hosted-agents/instances/{event.subscription_id}",
+            event.subscription_id,
+        )
+        variant = ""
+    return UsageRow(
+        event_id=event.event_id,
+        created_at=event.occurred_at,
+        org_id=event.org_id,
+        token_id=event.token_id,
+        model=model,
+        endpoint=endpoint,
+        source=source,
+        status="success",
+        status_code=200,
+        error="",
+        request_id=request_id,
+        job_id="",
+        latency_ms=0,
+        cost_micros=event.amount_micros,
+        priced_micros=event.amount_micros,
+        price_version=event.price_version,
+        variant=variant,
+    )
 
 
 def _error_row(event: HoldRejected | HoldReleased, status_code: int, error: str) -> UsageRow:

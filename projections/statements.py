@@ -17,9 +17,12 @@ up. The allocation, defined once here:
 - one negative ``hold_cap`` line per (model, price version) where captures were capped at their
   hold (usage priced above the hold; the ledger never charges more than it held): what the ledger
   charged minus what the usage listed at;
-- one ``refund`` line (negative) for the period's refunds, if any.
+- one ``refund`` line (negative) for the period's refunds, if any;
+- one ``gpu_intervals`` or ``plan_months`` line per GPU class or plan and price version: what the
+  ledger charged for a time-metered resource's intervals or a plan's months (``ledger/resources.py``).
 
-So sum(unit lines + rounding lines) == sum of HoldCaptured.amount_micros in the period, exactly,
+So sum(unit lines + rounding lines + time lines) == sum of the period's charges (HoldCaptured,
+ResourceCharged, PlanSubscribed and PlanRenewed amounts), exactly,
 and total == charges - refunds.
 """
 
@@ -50,6 +53,9 @@ rounding_unit = "rounding"
 minimum_charge_unit = "minimum_charge"
 hold_cap_unit = "hold_cap"
 refund_unit = "refund"
+# Charges of time-metered resources and plans (ledger/resources.py), by their usage rows' model prefix:
+# the line's quantity counts the charges (intervals, months).
+time_metered_units = {"gpu-cloud:": "gpu_intervals", "hosted-agent:": "plan_months"}
 
 
 class StatementLine(msgspec.Struct, frozen=True, kw_only=True):
@@ -107,6 +113,20 @@ def build_statement(
     lines: list[StatementLine] = []
     for total in charged:
         own = unit_lines.pop((total.model, total.price_version), [])
+        time_unit = next((unit for prefix, unit in time_metered_units.items() if total.model.startswith(prefix)), None)
+        if time_unit is not None and not own:
+            # A GPU's intervals or a plan's months, each charged at its rate by the ledger: one line.
+            lines.append(
+                StatementLine(
+                    model=total.model,
+                    price_version=total.price_version,
+                    unit=time_unit,
+                    quantity=total.requests,
+                    unit_price_micros_per_million=0,
+                    amount_micros=total.cost_micros,
+                )
+            )
+            continue
         rounding = total.priced_micros - total.minimum_topup_micros - sum(line.amount_micros for line in own)
         capped = total.cost_micros - total.priced_micros
         assert rounding >= 0, "a sum of ceilings is at least the floor of the sum"
@@ -148,7 +168,7 @@ def build_statement(
         charges_micros=charges,
         refunds_micros=refunds,
         total_micros=charges - refunds,
-        ledger_charges_micros=posted.get("hold.captured.v1", 0),
+        ledger_charges_micros=sum(amount for kind, amount in posted.items() if kind != "credits.refunded.v1"),
         ledger_refunds_micros=refunds,
     )
 

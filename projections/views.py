@@ -20,6 +20,7 @@ from schemas.events import (
     CommandRejected,
     Event,
     HoldRejected,
+    HostedAgentChanged,
     JobCancelRequested,
     JobDeadLettered,
     JobLeased,
@@ -101,6 +102,9 @@ class TenantsView:
     revoked_at: dict[str, datetime] = field(default_factory=dict)
     last_used_at: dict[str, datetime] = field(default_factory=dict)
     limit_overrides: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Hosted agents' names and runtime states their owners set (instance id -> value).
+    agent_names: dict[str, str] = field(default_factory=dict)
+    agent_runtimes: dict[str, str] = field(default_factory=dict)
 
     def apply(self, event: Event) -> None:
         if isinstance(event, OrganizationCreated):
@@ -141,6 +145,11 @@ class TenantsView:
                 self.organizations[event.org_id] = Organization(org.org_id, org.name, event.plan, org.created_at)
         elif isinstance(event, OrganizationLimitsSet):
             self.limit_overrides[event.org_id] = dict(event.rate_limits)
+        elif isinstance(event, HostedAgentChanged):
+            if event.name:
+                self.agent_names[event.instance_id] = event.name
+            if event.runtime:
+                self.agent_runtimes[event.instance_id] = event.runtime
 
     def mark_used(self, token_id: str, at: datetime) -> None:
         previous = self.last_used_at.get(token_id)

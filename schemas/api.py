@@ -210,6 +210,54 @@ class VideoRequest(msgspec.Struct, frozen=True, kw_only=True):
     aspect_ratio: str | None = None
 
 
+class FalImageRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /fal/{slug}`` for an image model: what Tollgate reads of a Fal text-to-image body (other
+    fields are accepted and ignored)."""
+
+    prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=4000)]
+    image_size: str | dict[str, int] = "square_hd"
+    num_images: Annotated[int, msgspec.Meta(ge=1, le=4)] = 1
+    sync_mode: bool = False
+    seed: int | None = None
+
+
+class FalVideoRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /fal/{slug}`` for a video model: its length as ``duration`` (seconds) or as ``num_frames``
+    at ``frames_per_second``."""
+
+    prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=4000)]
+    duration: Annotated[int, msgspec.Meta(ge=1, le=10)] | Annotated[str, msgspec.Meta(pattern="^[0-9]{1,2}s?$")] = 5
+    num_frames: Annotated[int, msgspec.Meta(ge=1, le=240)] | None = None
+    frames_per_second: Annotated[int, msgspec.Meta(ge=1, le=60)] = 24
+    sync_mode: bool = False
+    seed: int | None = None
+
+
+class FalSpeechRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /fal/{slug}`` for a speech model: the text to speak as ``text`` (Fal's text-to-speech
+    models) or ``prompt``."""
+
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)] | None = None
+    prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)] | None = None
+    voice: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "alloy"
+    sync_mode: bool = False
+
+
+class FalBatchStatusRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /fal/requests/batch``: the requests whose statuses to read (1 to 50)."""
+
+    request_ids: Annotated[list[str], msgspec.Meta(min_length=1, max_length=50)]
+
+
+class CasolaJobRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /api/jobs``: the model, the task (``openai/chat-completion``, ``fal/text-to-image``...)
+    and the task's own request body."""
+
+    task: Annotated[str, msgspec.Meta(min_length=1)]
+    payload: dict[str, Any]
+    model_id: str = ""
+
+
 class ResponsesRequest(msgspec.Struct, frozen=True, kw_only=True):
     """``POST /v1/responses`` as documented (the gateway reads the body itself: workers/conversations.py);
     fields not listed are forwarded untouched."""
@@ -236,3 +284,53 @@ class MessagesRequest(msgspec.Struct, frozen=True, kw_only=True):
     tool_choice: dict[str, Any] | None = None
     thinking: dict[str, Any] | None = None
     stream: bool = False
+
+
+class CreateBatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``POST /v1/batches`` (OpenAI's Batch API): a JSONL file of requests uploaded with purpose batch."""
+
+    input_file_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    endpoint: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+    completion_window: Literal["24h"]
+    metadata: (
+        Annotated[
+            dict[Annotated[str, msgspec.Meta(max_length=64)], Annotated[str, msgspec.Meta(max_length=512)]],
+            msgspec.Meta(max_length=16),
+        ]
+        | None
+    ) = None
+
+
+# --- GPU Cloud and hosted agents (issue 18; gateway/routes/resources.py) ----------------------------
+
+
+class GpuDeployRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """EmpirioLabs' ``GpuDeployRequest``: a GPU of ``gpu_slug`` (``GET /v1/gpu/catalog``), billed by the
+    second while it runs. ``env`` is the workload's and never reaches the ledger."""
+
+    gpu_slug: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    mode: Literal["model", "template", "custom"] = "model"
+    hf_id: Annotated[str, msgspec.Meta(max_length=300)] | None = None
+    template_slug: Annotated[str, msgspec.Meta(max_length=100)] | None = None
+    image: Annotated[str, msgspec.Meta(max_length=300)] | None = None
+    ports: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=65535)]], msgspec.Meta(max_length=16)] | None = None
+    env: Annotated[dict[str, Annotated[str, msgspec.Meta(max_length=4096)]], msgspec.Meta(max_length=64)] | None = None
+    num_gpus: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    disk_gb: Annotated[int, msgspec.Meta(ge=100, le=300)] = 150
+    name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+
+
+class HostedAgentCreateRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """EmpirioLabs' ``HostedAgentCreateRequest``: the plan (``plan_slug``) is charged monthly."""
+
+    agent_type: Literal["openclaw", "hermes"]
+    name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    plan_slug: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | None = None
+    default_provider: Literal["empirio", "poe", "custom"] = "empirio"
+    default_model: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    config: dict[str, Any] | None = None
+    import_config: dict[str, Any] | str | None = None
+
+
+class RenameBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]

@@ -91,6 +91,9 @@ class GrantSlice(Command, frozen=True, kw_only=True, tag="grant_slice.v1"):
     amount_micros: int  # asked for: the ledger grants at most its share of what is spendable
     ttl_s: int
     minimum_micros: int = 1  # less than this is no use to the gateway: refused instead
+    # All of amount_micros or nothing, not limited to the gateway's share: a batch's reservation for
+    # its worst case, which its lines' holds are carved from (gateway/batches.py).
+    whole: bool = False
 
 
 class ReturnSlice(Command, frozen=True, kw_only=True, tag="return_slice.v1"):
@@ -128,6 +131,69 @@ class CancelJob(Command, frozen=True, kw_only=True, tag="cancel_job.v1"):
     reason: str
 
 
+class StoreFile(Command, frozen=True, kw_only=True, tag="store_file.v1"):
+    """Record a file whose bytes the gateway put in the blob store; refused past ``limit_bytes`` of
+    the organization's storage (the ledger, one writer per organization, keeps the count exact)."""
+
+    file_id: str
+    filename: str
+    purpose: str
+    bytes: int
+    sha256: str
+    blob_key: str
+    limit_bytes: int
+    token_id: str = ""
+
+
+class DeleteFile(Command, frozen=True, kw_only=True, tag="delete_file.v1"):
+    file_id: str
+
+
+# --- time-metered resources and monthly plans (issue 18; decided in ledger/resources.py) ----------
+
+
+class StartResource(Command, frozen=True, kw_only=True, tag="start_resource.v1"):
+    """Start a run of a resource (a new one, or a stopped one again): refused with
+    ``insufficient_credits`` unless the balance covers its first interval."""
+
+    resource_id: str
+    token_id: str
+    kind: str  # "gpu"
+    resource_class: str
+    quantity: int
+    interval_s: int
+    price_version: str = ""
+    label: str = ""
+    image: str = ""
+    disk_gb: int = 0
+
+
+class StopResource(Command, frozen=True, kw_only=True, tag="stop_resource.v1"):
+    """Its owner stops a running resource: charged to the second, the rest of the interval released."""
+
+    resource_id: str
+    reason: str = "stopped"
+
+
+class SubscribePlan(Command, frozen=True, kw_only=True, tag="subscribe_plan.v1"):
+    subscription_id: str
+    token_id: str
+    kind: str  # "hosted_agent"
+    plan_slug: str
+    price_version: str = ""
+    name: str = ""
+    agent_type: str = ""
+    default_provider: str = ""
+
+
+class CancelPlan(Command, frozen=True, kw_only=True, tag="cancel_plan.v1"):
+    subscription_id: str
+    reason: str = "cancelled"
+
+
+ResourceCommand = StartResource | StopResource | SubscribePlan | CancelPlan
+
+
 AnyCommand = (
     GrantCredits
     | RefundCredits
@@ -141,4 +207,9 @@ AnyCommand = (
     | CancelJob
     | GrantSlice
     | ReturnSlice
+    | ResourceCommand
 )
+
+# Files are the ledger's too (storage is metered from them), decided apart from the wallet (ledger/storage.py).
+FileCommand = StoreFile | DeleteFile
+LedgerCommand = AnyCommand | FileCommand

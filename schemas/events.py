@@ -269,6 +269,24 @@ class SliceReturned(LedgerFact, frozen=True, kw_only=True, tag="slice.returned.v
     reason: str  # returned, expired
 
 
+class FileStored(LedgerFact, frozen=True, kw_only=True, tag="file.stored.v1"):
+    """A file's metadata (its bytes are in the blob store under ``blob_key``): the files API lists
+    these, and the ledger meters storage (byte-days) from them."""
+
+    file_id: str
+    filename: str
+    purpose: str
+    bytes: int
+    sha256: str
+    blob_key: str
+    token_id: str = ""
+
+
+class FileDeleted(LedgerFact, frozen=True, kw_only=True, tag="file.deleted.v1"):
+    file_id: str
+    bytes: int
+
+
 # --- jobs (queued by the ledger with its hold; the rest by workers) --------------------------------
 
 
@@ -471,6 +489,174 @@ class RequestThrottled(Event, frozen=True, kw_only=True, tag="request.throttled.
     instance_id: str = ""
 
 
+# --- batches (written by the gateway running them, on tollgate.jobs) --------------------------------
+
+
+class BatchCreated(Event, frozen=True, kw_only=True, tag="batch.created.v1"):
+    batch_id: str
+    token_id: str
+    endpoint: str
+    input_file_id: str
+    completion_window: str
+    total: int  # lines in the input file (those refused at once count as failed)
+    failed: int = 0  # lines refused before running (their errors are in the error file)
+    expires_at: datetime
+    metadata: dict[str, str] = msgspec.field(default_factory=dict)
+    instance_id: str = ""  # the gateway instance that runs it (and resumes it after a restart)
+    reserved: str = ""  # the slice reserved for its worst case, its lines' holds carved from it
+
+
+class BatchProgressed(Event, frozen=True, kw_only=True, tag="batch.progressed.v1"):
+    batch_id: str
+    completed: int
+    failed: int
+
+
+class BatchCancelRequested(Event, frozen=True, kw_only=True, tag="batch.cancel_requested.v1"):
+    batch_id: str
+
+
+class BatchEnded(Event, frozen=True, kw_only=True, tag="batch.ended.v1"):
+    batch_id: str
+    status: Literal["completed", "cancelled", "failed", "expired"]
+    completed: int
+    failed: int
+    output_file_id: str = ""
+    error_file_id: str = ""
+    error_code: str = ""
+    error_message: str = ""
+
+
+# --- time-metered resources and monthly plans (issue 18; decided in ledger/resources.py) ----------
+
+
+class ResourceStarted(LedgerFact, frozen=True, kw_only=True, tag="resource.started.v1"):
+    """A resource (a GPU instance of ``resource_class``) starts a run, and its first interval is held
+    (``reserved_micros``). It costs ``hourly_micros`` per unit (``quantity`` GPUs) per hour, billed by
+    the second from ``occurred_at``; the ledger charges it every ``interval_s`` (``ResourceCharged``)."""
+
+    resource_id: str
+    token_id: str
+    kind: str  # "gpu"
+    resource_class: str
+    quantity: int
+    hourly_micros: int
+    interval_s: int
+    reserved_micros: int
+    price_version: str
+    run: int = 1  # the resource's how-manieth run (a stopped instance may be started again)
+    label: str = ""
+    image: str = ""
+    disk_gb: int = 0
+
+
+class ResourceCharged(LedgerFact, frozen=True, kw_only=True, tag="resource.charged.v1"):
+    """The seconds ``from_s``..``to_s`` of a run (counted from its start) are charged: ``amount_micros``
+    = cost(to_s) - cost(from_s), out of the interval's reservation (``released_micros`` of it goes
+    back). ``next_reserved_micros`` holds the next interval; 0 with ``ended`` the run stops here
+    (``stopped`` by its owner, ``insufficient_credits`` when the balance cannot cover the next one)."""
+
+    resource_id: str
+    token_id: str
+    kind: str
+    resource_class: str
+    quantity: int
+    run: int
+    from_s: int
+    to_s: int
+    amount_micros: int
+    released_micros: int
+    next_reserved_micros: int
+    price_version: str
+    grant_burns: tuple[GrantBurn, ...] = ()
+    ended: str = ""
+
+
+class ResourceBalanceLow(LedgerFact, frozen=True, kw_only=True, tag="resource.balance_low.v1"):
+    """A warning: after the interval just reserved, the balance cannot cover another one, so the run
+    stops at ``stops_at`` unless credits arrive (once per run)."""
+
+    resource_id: str
+    run: int
+    spendable_micros: int
+    interval_micros: int
+    stops_at: datetime
+
+
+class ResourceDestroyed(LedgerFact, frozen=True, kw_only=True, tag="resource.destroyed.v1"):
+    """A stopped resource is destroyed by its owner: it never starts again (a running one is destroyed
+    by its last charge, ``ResourceCharged.ended`` "destroyed")."""
+
+    resource_id: str
+
+
+class PlanSubscribed(LedgerFact, frozen=True, kw_only=True, tag="plan.subscribed.v1"):
+    """A monthly plan accepted and its first period charged (``amount_micros``)."""
+
+    subscription_id: str
+    token_id: str
+    kind: str  # "hosted_agent"
+    plan_slug: str
+    amount_micros: int
+    period_start: datetime
+    period_end: datetime
+    price_version: str
+    grant_burns: tuple[GrantBurn, ...] = ()
+    name: str = ""
+    agent_type: str = ""
+    default_provider: str = ""
+
+
+class PlanRenewed(LedgerFact, frozen=True, kw_only=True, tag="plan.renewed.v1"):
+    """The next period of a plan charged at its end (``period`` counts from 1, the first)."""
+
+    subscription_id: str
+    token_id: str
+    kind: str
+    plan_slug: str
+    period: int
+    amount_micros: int
+    period_start: datetime
+    period_end: datetime
+    price_version: str
+    grant_burns: tuple[GrantBurn, ...] = ()
+
+
+class PlanCancelled(LedgerFact, frozen=True, kw_only=True, tag="plan.cancelled.v1"):
+    """No renewal: the plan runs to the end of the period paid for."""
+
+    subscription_id: str
+    reason: str
+
+
+class PlanEnded(LedgerFact, frozen=True, kw_only=True, tag="plan.ended.v1"):
+    """The period paid for is over and nothing renews it (``cancelled``, ``insufficient_credits``)."""
+
+    subscription_id: str
+    reason: str
+
+
+class HostedAgentChanged(Event, frozen=True, kw_only=True, tag="hosted_agent.changed.v1"):
+    """A hosted agent renamed, or its runtime started, stopped or restarted by its owner: on the tenants
+    topic (no money moves; its plan bills monthly whatever its runtime does). "" leaves a field as it was."""
+
+    instance_id: str
+    name: str = ""
+    runtime: str = ""  # running, stopped
+
+
+ResourceEvent = (
+    ResourceStarted
+    | ResourceCharged
+    | ResourceBalanceLow
+    | ResourceDestroyed
+    | PlanSubscribed
+    | PlanRenewed
+    | PlanCancelled
+    | PlanEnded
+)
+
+
 AnyEvent = (
     ChainCheckpoint
     | OrganizationCreated
@@ -513,6 +699,14 @@ AnyEvent = (
     | ApiTokenLimitsSet
     | SliceGranted
     | SliceReturned
+    | FileStored
+    | FileDeleted
+    | BatchCreated
+    | BatchProgressed
+    | BatchCancelRequested
+    | BatchEnded
+    | ResourceEvent
+    | HostedAgentChanged
 )
 
 LedgerEvent = (
@@ -535,4 +729,7 @@ LedgerEvent = (
     | ChainCheckpoint
     | SliceGranted
     | SliceReturned
+    | FileStored
+    | FileDeleted
+    | ResourceEvent
 )

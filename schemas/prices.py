@@ -11,9 +11,10 @@ from typing import Literal
 
 import msgspec
 
+from schemas.resources import GpuClass, PlanPrice
 from schemas.units import Tool
 
-Category = Literal["chat", "embedding", "image", "audio", "video", "rerank"]
+Category = Literal["chat", "embedding", "image", "audio", "video", "rerank", "storage"]
 
 
 class ContextTier(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,6 +80,9 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True):
     output_modalities: tuple[str, ...] = ()
     features: tuple[str, ...] = ()
     hugging_face_id: str = ""
+    # Fal-compatible slugs that name this model (Casola's Fal queue: POST /fal/{slug}); a slug names
+    # one model of a book.
+    fal_slugs: tuple[str, ...] = ()
 
 
 class PricingRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -106,9 +110,20 @@ class Route(msgspec.Struct, frozen=True, kw_only=True):
 class PriceBook(msgspec.Struct, frozen=True, kw_only=True):
     version: str
     models: dict[str, ModelPrice]
+    # Time-metered resources and monthly plans (issue 18), by slug.
+    gpu_classes: dict[str, GpuClass] = msgspec.field(default_factory=dict)
+    plans: dict[str, PlanPrice] = msgspec.field(default_factory=dict)
 
     def model(self, model_id: str) -> ModelPrice | None:
         return self.models.get(model_id)
+
+    def fal_model(self, slug: str) -> ModelPrice | None:
+        """The model a Fal slug names: the one that lists it in ``fal_slugs``, else the model whose id
+        it is."""
+        for price in self.models.values():
+            if slug in price.fal_slugs:
+                return price
+        return self.models.get(slug)
 
     def may_serve(self, requested: str, served: str) -> bool:
         """Whether ``served`` may answer a request for ``requested``: itself or one of its fallbacks."""

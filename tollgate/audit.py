@@ -191,6 +191,7 @@ def verify(args: argparse.Namespace, settings: Settings) -> int:
         "unsigned_records_max": bound,
         "organizations": len(auditor.wallets),
         "captures_checked": auditor.captures_checked,
+        "time_charges_checked": auditor.time_charges_checked,
         "book_total_micros": auditor.book.total_micros(),
         "first_problem": problems[0] if problems else None,
         "problems": problems[:50],
@@ -206,7 +207,8 @@ def verify(args: argparse.Namespace, settings: Settings) -> int:
             f"at most {bound} allowed in a row per partition"
         )
         print(
-            f"captures checked against the price book: {auditor.captures_checked}; book sums to "
+            f"captures checked against the price book: {auditor.captures_checked}, GPU time and plan "
+            f"charges: {auditor.time_charges_checked}; book sums to "
             f"{report['book_total_micros']}"
         )
         print("OK: the log proves every balance" if not problems else f"FAILED: {problems[0]}")

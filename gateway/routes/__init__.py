@@ -6,13 +6,18 @@ from litestar.handlers import HTTPRouteHandler
 
 from gateway.routes import (
     audit,
+    batches,
+    casola,
     credits,
     dashboard,
+    fal,
+    files,
     generation,
     health,
     jobs,
     messages,
     models,
+    resources,
     responses,
     tenants,
     usage,
@@ -32,4 +37,9 @@ route_handlers: list[HTTPRouteHandler] = [
     *health.route_handlers,
     *dashboard.route_handlers,
     *voices.route_handlers,
+    *resources.route_handlers,
+    *fal.route_handlers,
+    *casola.route_handlers,
+    *files.route_handlers,
+    *batches.route_handlers,
 ]

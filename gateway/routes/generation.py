@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,7 +59,7 @@ from gateway.requests import (
     parse_music,
     parse_rerank,
     parse_score,
-    parse_speech,
+    parse_spoken,
     parse_transcription,
     parse_video,
     transcript_ask,
@@ -85,6 +85,7 @@ from schemas.events import (
     JobFailed,
     JobProgressed,
 )
+from schemas.moments import iso_or_none
 from workers import media
 
 
@@ -123,19 +124,28 @@ async def generation_body(request: Request[Any, Any, Any], core: GatewayCore) ->
     return body
 
 
-def _accepted(request_id: str, placement: Placement) -> Response[bytes]:
+def accepted_job(request_id: str, placement: Placement) -> Response[bytes]:
+    """The 202 of an async request: its job, to poll at ``poll_url`` (or, by the same id, at
+    ``/fal/requests/{id}``). An image job says so as Casola's quickstart shows (``object``
+    ``image.generation.async``); a video job is ``processing`` from the start, with its
+    ``created_at``, as EmpirioLabs' ``JobAccepted``."""
     job = placement.command.job
-    body = {
+    body: dict[str, Any] = {
         "id": job.job_id,
         "job_id": job.job_id,
-        "object": "job",
-        "status": "pending",
+        "object": "image.generation.async" if job.endpoint == IMAGES else "job",
+        "status": "processing" if job.endpoint == VIDEOS else "pending",
         "model": job.model,
         "endpoint": job.endpoint,
         "request_id": request_id,
         "poll_url": f"/v1/jobs/{job.job_id}",
     }
+    if job.endpoint == VIDEOS:
+        body["created_at"] = iso_or_none(placement.command.issued_at)
     return json_response(body, status_code=202, headers={"location": f"/v1/jobs/{job.job_id}"})
+
+
+Accepted = Callable[[str, Placement], Response[bytes]]
 
 
 def _attempt(request: Request[Any, Any, Any]) -> Attempt:
@@ -169,10 +179,15 @@ def _forgotten() -> ApiError:
 
 
 async def run_metered(
-    request: Request[Any, Any, Any], core: GatewayCore, token: ApiToken, metered: MeteredRequest
+    request: Request[Any, Any, Any],
+    core: GatewayCore,
+    token: ApiToken,
+    metered: MeteredRequest,
+    accepted: Accepted = accepted_job,
 ) -> tuple[Placement, Seen] | Response[bytes]:
-    """Hold and run the request; the 202 of an async request, else the events that ended it. A retry
-    of a request (its Idempotency-Key) whose earlier attempt is on the log answers from that attempt."""
+    """Hold and run the request; the answer of an async request (``accepted``: a 202 and its job),
+    else the events that ended it. A retry of a request (its Idempotency-Key) whose earlier attempt is
+    on the log answers from that attempt."""
     rid = request_id(request)
     try:
         placement, seen = await core.metering.run(
@@ -189,7 +204,7 @@ async def run_metered(
             504, "The job did not finish in time. Its hold settles on its own; check /v1/jobs.", code="timeout"
         ) from None
     if metered.run_async and (placement.resumed or HoldPlaced in seen):
-        return _accepted(rid, placement)
+        return accepted(rid, placement)
     raise_refusal(core, token, rid, metered, placement, seen)
     return placement, seen
 
@@ -601,7 +616,7 @@ async def _spoken(
 ) -> tuple[Response[bytes] | Charge, MeteredRequest, SpeechAsk, dict[str, Any]]:
     """Run a speech request: its 202 (async), or its charge, the request, how to answer and the result."""
     token = authorize(request, "user:write")
-    metered, ask = parse_speech(body, core.prices.current, stream, audio_response)
+    metered, ask = parse_spoken(body, core.prices.current, stream, audio_response)
     outcome = await run_metered(request, core, token, metered)
     if isinstance(outcome, Response):
         return outcome, metered, ask, {}

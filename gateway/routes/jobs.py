@@ -15,6 +15,7 @@ from gateway.auth import authorize, authorize_admin
 from gateway.core import Core, GatewayCore
 from gateway.errors import ApiError
 from gateway.http import json_response, limit_param
+from gateway.requests import VIDEOS
 from gateway.results import shape_result
 from ledger.money import micros_to_decimal
 from ledger.pricing import PriceBooks
@@ -34,9 +35,7 @@ def job_body(job: JobState, prices: PriceBooks) -> dict[str, Any]:
         result = shape_result(job.endpoint, job.request_id, msgspec.json.decode(job.result), charged, price)
     elif job.result is not None and job.status == "cancelled":
         result = msgspec.json.decode(job.result)
-    error = None
-    if job.status in ("failed", "dead_letter") or (job.error_code and job.status != "completed"):
-        error = {"code": job.error_code or job.status, "message": job.error_message or job.status}
+    error = job_error(job)
     return {
         "id": job.job_id,
         "job_id": job.job_id,
@@ -57,6 +56,13 @@ def job_body(job: JobState, prices: PriceBooks) -> dict[str, Any]:
         "result": result,
         "error": error,
     }
+
+
+def job_error(job: JobState) -> dict[str, str] | None:
+    """Why a job did not complete (None while it may still, and once it has)."""
+    if job.status in ("failed", "dead_letter") or (job.error_code and job.status != "completed"):
+        return {"code": job.error_code or job.status, "message": job.error_message or job.status}
+    return None
 
 
 def _own_job(request: Request[Any, Any, Any], core: GatewayCore, job_id: str, scope: str) -> JobState:
@@ -99,6 +105,17 @@ async def cancel_job(request: Request[Any, Any, Any], core: Core, job_id: FromPa
     job = _own_job(request, core, job_id, "user:write")
     if job.terminal:
         raise ApiError(409, f"The job is already {job.status}.", code="job_already_finished", param="job_id")
+    cancelled = await request_cancel(core, job)
+    body = job_body(job, core.prices)
+    body["cancel_requested"] = True
+    if cancelled:
+        body["status"] = "cancelled"
+    return json_response(body)
+
+
+async def request_cancel(core: GatewayCore, job: JobState) -> bool:
+    """Ask the ledger to cancel a job that has not ended; whether it was cancelled at once (it had not
+    started: released, nothing charged) rather than asked to stop at its next progress point."""
     try:
         seen = await core.cancel_job(job.org_id, job.request_id, job.job_id)
     except TimeoutError:
@@ -108,12 +125,49 @@ async def cancel_job(request: Request[Any, Any, Any], core: Core, job_id: FromPa
     rejected = seen.get(CommandRejected)
     if isinstance(rejected, CommandRejected):
         raise ApiError(409, f"The job cannot be cancelled now: {rejected.code}.", code=rejected.code, param="job_id")
-    body = job_body(job, core.prices)
-    body["cancel_requested"] = True
     released = seen.get(HoldReleased)
-    if isinstance(released, HoldReleased) and released.reason == "cancelled":
-        body["status"] = "cancelled"
-    return json_response(body)
+    return isinstance(released, HoldReleased) and released.reason == "cancelled"
+
+
+# EmpirioLabs' job statuses (its ``Job`` schema: processing, completed, failed) for Tollgate's.
+empiriolabs_statuses = {
+    "pending": "processing",
+    "running": "processing",
+    "completed": "completed",
+    "failed": "failed",
+    "dead_letter": "failed",
+    "cancelled": "failed",
+}
+
+
+@get("/v1/videos/generations/{job_id:str}", operation_id="retrieveVideoGeneration", opt={"scope": "user:read"})
+async def retrieve_video(request: Request[Any, Any, Any], core: Core, job_id: FromPath[str]) -> Response[bytes]:
+    """A video job in EmpirioLabs' ``Job`` shape (``GET /v1/videos/generations/{job_id}``): status
+    ``processing``, ``completed`` or ``failed`` (a cancelled job is failed with the error code
+    ``cancelled``), the result as ``POST /v1/videos/generations`` would answer it. Any other job is
+    not a video generation (404)."""
+    job = _own_job(request, core, job_id, "user:read")
+    if job.endpoint != VIDEOS:
+        raise ApiError(404, f"No video generation '{job_id}'.", code="job_not_found", param="job_id")
+    described = job_body(job, core.prices)
+    error = described["error"]
+    if job.status == "cancelled":
+        error = {"code": "cancelled", "message": "The job was cancelled."}
+    return json_response(
+        {
+            "job_id": job.job_id,
+            "id": job.job_id,
+            "object": "video.generation",
+            "status": empiriolabs_statuses.get(job.status, "processing"),
+            "progress": described["progress"],
+            "model": job.model,
+            "created_at": described["created_at"],
+            "completed_at": described["completed_at"],
+            "cost_usd": described["cost_usd"],
+            "result": described["result"],
+            "error": error,
+        }
+    )
 
 
 @get(
@@ -132,4 +186,4 @@ async def retrieve_organization_job(
     return json_response(job_body(job, core.prices))
 
 
-route_handlers = [list_jobs, retrieve_job, cancel_job, retrieve_organization_job]
+route_handlers = [list_jobs, retrieve_job, cancel_job, retrieve_video, retrieve_organization_job]

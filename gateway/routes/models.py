@@ -18,6 +18,7 @@ from gateway.http import decode_body, json_response
 from ledger.limits import kinds, organization_limits
 from ledger.price_checks import price_book_problems
 from ledger.pricing import PriceBook, price_problems
+from ledger.resources import resource_price_problems
 
 
 def _caller(request: Request[Any, Any, Any]) -> None:
@@ -37,7 +38,9 @@ async def list_models(request: Request[Any, Any, Any], core: Core) -> Response[b
         raise ApiError(400, "format may only be 'openrouter'.", code="invalid_parameter", param="format")
     if shape == "openrouter":
         return json_response({"data": [openrouter_model(p) for p in book.models.values() if p.category == "chat"]})
-    return json_response({"object": "list", "data": [model_card(p, book.version) for p in book.models.values()]})
+    # Storage (file-storage) is priced in the book but is no model a request names: the files API bills it.
+    cards = [model_card(p, book.version) for p in book.models.values() if p.category != "storage"]
+    return json_response({"object": "list", "data": cards})
 
 
 @get("/v1/models/{model_id:path}", operation_id="retrieveModel", opt={"scope": "user:read", "anonymous": True})
@@ -46,7 +49,7 @@ async def retrieve_model(request: Request[Any, Any, Any], core: Core, model_id: 
     _caller(request)
     book = core.prices.current
     price = book.model(model_id.lstrip("/"))
-    if price is None:
+    if price is None or price.category == "storage":
         raise ApiError(
             404,
             f"The model '{model_id.lstrip('/')}' does not exist; see GET /v1/models.",
@@ -116,6 +119,9 @@ async def publish_price_book(request: Request[Any, Any, Any], core: Core) -> Res
             raise ApiError(
                 400, f"Model '{model_id}': {'; '.join(problems)}.", code="invalid_price_book", param="models"
             )
+    problems = resource_price_problems(book)
+    if problems:
+        raise ApiError(400, f"{'; '.join(problems[:5])}.", code="invalid_price_book", param="gpu_classes")
     problems = price_book_problems(book)
     if problems:
         # A book that is not monotonic in every unit would break "the hold bounds the capture".

@@ -61,6 +61,12 @@ def token_card(core: GatewayCore, token: ApiToken) -> dict[str, Any]:
     opt={"scope": "admin:write", "idempotent": token_creation_not_idempotent},
 )
 async def create_token(request: Request[Any, Any, Any], core: Core, org_id: FromPath[str]) -> Response[bytes]:
+    return await new_token(request, core, org_id)
+
+
+async def new_token(request: Request[Any, Any, Any], core: GatewayCore, org_id: str) -> Response[bytes]:
+    """A new key of the organization and its secret (shown once); also Casola's
+    ``POST /api/organizations/{id}/tokens``."""
     authorize_admin(request, org_id)
     body: CreateToken = await decode_body(request, CreateToken, core.settings.request_body_bytes_max)
     scopes: list[str] = list(dict.fromkeys(body.scopes))
@@ -128,6 +134,10 @@ def _within_creator(
 @get("/v1/organizations/{org_id:str}/tokens", operation_id="listTokens", opt={"scope": "admin:read"})
 async def list_tokens(request: Request[Any, Any, Any], core: Core, org_id: FromPath[str]) -> Response[bytes]:
     """The organization's keys, oldest first, revoked and expired ones included; never a secret."""
+    return tokens_answer(request, core, org_id)
+
+
+def tokens_answer(request: Request[Any, Any, Any], core: GatewayCore, org_id: str) -> Response[bytes]:
     authorize_admin(request, org_id, scope="admin:read")
     return json_response({"object": "list", "data": [token_card(core, t) for t in core.tenants.tokens_of(org_id)]})
 

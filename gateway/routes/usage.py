@@ -76,8 +76,8 @@ def _units(row: UsageRow) -> Units:
 def _worker_usage(core: GatewayCore, row: UsageRow, units: Units) -> dict[str, Any] | None:
     """The usage object the request's answer carried (``gateway/results.usage_of``), rebuilt from
     its row: every unit with its count, the tier, the charge. None for a refusal (nothing ran)."""
-    if row.status != "success":
-        return None
+    if row.status != "success" or row.source in ("gpu_cloud", "hosted_agents"):
+        return None  # nothing ran as a request: a time-metered charge (see metadata)
     book = core.prices.at_version(row.price_version)
     price = book.model(row.model) if book is not None else None
     charge = Charge(
@@ -91,9 +91,40 @@ def _worker_usage(core: GatewayCore, row: UsageRow, units: Units) -> dict[str, A
     return usage_of(row.endpoint, units, charge, price)
 
 
+def _time_metered_metadata(core: GatewayCore, row: UsageRow) -> dict[str, Any]:
+    """What a GPU interval or a plan month row adds to its metadata, as the reference shows GPU rows
+    (``gpu_slug``, ``gpu_display``, ``num_gpus``, ``seconds``, ``price_hourly``)."""
+    book = core.prices.at_version(row.price_version)
+    if row.source == "gpu_cloud":
+        slug = row.model.removeprefix("gpu-cloud:")
+        gpu = book.gpu_classes.get(slug) if book is not None else None
+        gpus, _, seconds = row.variant.removesuffix("s").partition("x")  # time_metered_row's "<GPUs>x<seconds>s"
+        return {
+            "category": "gpu_cloud",
+            "gpu_slug": slug,
+            "gpu_display": gpu.name if gpu is not None else slug,
+            "num_gpus": int(gpus) if gpus.isdigit() else 1,
+            "seconds": int(seconds) if seconds.isdigit() else 0,
+            "price_hourly": micros_to_decimal(gpu.hourly_micros) if gpu is not None else None,
+            "gpu_instance_id": row.request_id,
+        }
+    if row.source == "hosted_agents":
+        agent = core.balances.get(row.org_id).subscriptions.get(row.request_id)
+        return {
+            "category": "agents",  # the reference's category of hosted-agent events
+            "plan_slug": row.model.removeprefix("hosted-agent:"),
+            "agent_type": agent.agent_type if agent is not None else None,
+            "agent_name": core.tenants.agent_names.get(row.request_id, agent.name) if agent is not None else None,
+            "agent_instance_id": row.request_id,
+        }
+    return {}
+
+
 def _usage_event(core: GatewayCore, row: UsageRow) -> dict[str, Any]:
     """One event in the reference's ``UsageEvent`` shape (amounts in credits; micros beside them)."""
     units = _units(row)
+    if row.source in ("gpu_cloud", "hosted_agents"):
+        units = Units()  # priced by the ledger at its rate; ``variant`` is what the charge covered
     return {
         "id": row.event_id,
         "object": "usage_event",
@@ -127,6 +158,7 @@ def _usage_event(core: GatewayCore, row: UsageRow) -> dict[str, Any]:
                 for tool in tools
                 if units.tool_calls(tool)
             ],
+            **_time_metered_metadata(core, row),
         },
     }
 
@@ -261,7 +293,7 @@ def _rollup_json(row: RollupRow, key_name: str | None) -> dict[str, Any]:
     return body
 
 
-def _rollup_answer(
+def rollup_answer(
     request: Request[Any, Any, Any],
     core: GatewayCore,
     org_id: str,
@@ -294,8 +326,18 @@ def _rollup_answer(
 async def organization_usage(request: Request[Any, Any, Any], core: Core, org_id: FromPath[str]) -> Response[bytes]:
     """Usage per hour or day (``granularity``), per ``group_by`` model (default), token or none, newest
     bucket first, from the rollup tables. ``from``/``to`` select whole buckets."""
+    return organization_usage_answer(request, core, org_id)
+
+
+def organization_usage_answer(request: Request[Any, Any, Any], core: GatewayCore, org_id: str) -> Response[bytes]:
+    """The organization's usage by period (also Casola's ``/api/organizations/{id}/usage``)."""
     group_by = cast(GroupBy, _choice(request, "group_by", ("model", "token", "none")) or "model")
-    return _rollup_answer(request, core, org_id, group_by, by_period=True, object_name="organization_usage")
+    return rollup_answer(request, core, org_id, group_by, by_period=True, object_name="organization_usage")
+
+
+def usage_by_token_answer(request: Request[Any, Any, Any], core: GatewayCore, org_id: str) -> Response[bytes]:
+    """The organization's usage per token (also Casola's ``/api/organizations/{id}/usage/by-token``)."""
+    return rollup_answer(request, core, org_id, "token", by_period=False, object_name="organization_usage_by_token")
 
 
 @get(
@@ -307,7 +349,7 @@ async def organization_usage_by_token(
     request: Request[Any, Any, Any], core: Core, org_id: FromPath[str]
 ) -> Response[bytes]:
     """Totals per API token over the window, from the daily (default) or hourly rollup."""
-    return _rollup_answer(request, core, org_id, "token", by_period=False, object_name="organization_usage_by_token")
+    return usage_by_token_answer(request, core, org_id)
 
 
 def _period(request: Request[Any, Any, Any]) -> tuple[datetime, datetime]:

@@ -498,14 +498,12 @@ class UsageStore:
         ]
 
     def posted_totals(self, org_id: str, start: datetime, end: datetime) -> dict[str, int]:
-        """What the ledger posted in [start, end), by event kind: captures (held -> revenue) and refunds
-        (refunds -> wallet). Whole days from ``ledger_daily``, the partial days from ``ledger_postings``."""
+        """What the ledger posted in [start, end), by event kind: charges (captures, resource intervals
+        and plan months: -> revenue) and refunds (refunds -> wallet). Whole days from ``ledger_daily``,
+        the partial days from ``ledger_postings``."""
         parameters: dict[str, Any] = {"org_id": org_id}
         split = split_window(start, end, "day")
-        own = (
-            "org_id = {org_id:String}"
-            " AND ((kind = 'hold.captured.v1' AND credit = 'revenue') OR kind = 'credits.refunded.v1')"
-        )
+        own = "org_id = {org_id:String} AND (credit = 'revenue' OR kind = 'credits.refunded.v1')"
         query = (
             "SELECT kind, sum(a) FROM ("
             f" SELECT kind, sum(amount_micros) AS a FROM ledger_postings FINAL WHERE {own}"

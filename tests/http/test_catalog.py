@@ -17,8 +17,14 @@ book = default_price_book()
 def test_the_model_list_is_public_and_a_sent_credential_is_still_checked(gw: Gateway) -> None:
     anonymous = gw.call("GET", "/v1/models")
     assert anonymous.status_code == 200, anonymous.text
-    assert {model["id"] for model in anonymous.json()["data"]} == set(book.models)
+    # Every model a request may name; storage is priced in the book (and on /api/pricing), billed by the files API.
+    models = {name for name, price in book.models.items() if price.category != "storage"}
+    assert {model["id"] for model in anonymous.json()["data"]} == models
     assert gw.call("GET", "/v1/models/sim-image").status_code == 200
+    assert gw.call("GET", "/v1/models/file-storage").status_code == 404
+    key = gw.key(gw.organization(), ["user:read"])[0]
+    assert {model["id"] for model in gw.call("GET", "/api/catalog", key).json()["data"]} == models
+    assert {model["model_id"] for model in gw.call("GET", "/api/model-status", key).json()["models"]} == models
     assert gw.call("GET", "/v1/models", "tg_not_a_real_key").status_code == 401
     assert gw.call("GET", "/api/pricing").status_code == 200
 

@@ -5,6 +5,7 @@ this test until it has a sample body here, or says in its ``opt`` why it cannot 
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,31 @@ class Context:
         self.charged_request = charge.headers["x-request-id"]
         self.unique = uuid.uuid4().hex[:8]
         self.models = gw.admin("GET", "/v1/price-books").json()["data"][0]["models"]
+        self._batch_files: dict[str, str] = {}
+
+    def batch_file(self, url: str = "/v1/chat/completions") -> str:
+        """A batch input file of this context's organization: 200 short chat requests (uploaded once per url);
+        with another url, none of them can run (a batch of it ends at once, moving no money)."""
+        if url in self._batch_files:
+            return self._batch_files[url]
+        lines = b"".join(
+            b'{"custom_id": "r%d", "method": "POST", "url": "%s", "body": '
+            b'{"model": "sim-chat-small", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}}\n'
+            % (i, url.encode())
+            for i in range(200)
+        )
+        files = {"file": ("b.jsonl", lines)}
+        uploaded = self.gw.call("POST", "/v1/files", self.key, files=files, data={"purpose": "batch"})
+        assert uploaded.status_code == 200, uploaded.text
+        self._batch_files[url] = str(uploaded.json()["id"])
+        return self._batch_files[url]
+
+    def batch(self) -> str:
+        """A running batch of this context's organization (its 200 lines take a few seconds)."""
+        body = {"input_file_id": self.batch_file(), "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+        created = self.gw.call("POST", "/v1/batches", self.key, json=body)
+        assert created.status_code == 200, created.text
+        return str(created.json()["id"])
 
     def balance(self) -> tuple[int, int]:
         body = self.gw.admin("GET", f"/v1/organizations/{self.org}/balance").json()
@@ -84,9 +110,35 @@ samples: dict[str, Sample] = {
     "/v1/rerank": lambda c, v: {"json": {"model": "qwen3-0.6b-fp8-score", "query": f"q {v}", "documents": ["a", "b"]}},
     "/v1/reranks": lambda c, v: {"json": {"model": "qwen3-rerank", "query": f"q {v}", "documents": ["a", "b"]}},
     "/v1/score": lambda c, v: {"json": {"model": "qwen3-rerank", "text_1": f"q {v}", "text_2": ["a", "b"]}},
+    "/v1/gpu/instances": lambda c, v: {"json": {"gpu_slug": "rtx-4090", "name": f"walk {v}"}},
+    "/v1/gpu/instances/{instance_id}/{action}": lambda c, v: {"json": {"variant": v}},  # the body is not read
+    "/v1/hosted-agents/instances": lambda c, v: {"json": {"agent_type": "hermes", "name": f"walk {v}"}},
+    "/v1/hosted-agents/instances/{instance_id}/{action}": lambda c, v: {"json": {"variant": v}},  # not read
+    "/fal/{slug}": lambda c, v: {"json": {"prompt": f"a {v}", "sync_mode": v == "a"}},
+    "/fal/requests/batch": lambda c, v: {"json": {"request_ids": [f"job_{v}"]}},
+    "/api/jobs": lambda c, v: {
+        "json": {"model_id": "sim-embed-small", "task": "openai/embedding", "payload": {"input": f"text {v}"}}
+    },
+    "/v1/batches": lambda c, v: {
+        "json": {
+            "input_file_id": c.batch_file("/v1/embeddings"),
+            "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+            "metadata": {"v": v},
+        }
+    },
+    "/v1/batches/{batch_id}/cancel": lambda c, v: {"json": {"v": v}},
+    "/v1/files": lambda c, v: {"data": {"purpose": "user_data"}, "files": {"file": ("a.txt", f"content {v}".encode())}},
 }
 # Routes that use the organization's key rather than the platform admin token.
 with_key = {
+    "/v1/gpu/instances",
+    "/v1/gpu/instances/{instance_id}/{action}",
+    "/v1/hosted-agents/instances",
+    "/v1/hosted-agents/instances/{instance_id}/{action}",
+    "/fal/{slug}",
+    "/fal/requests/batch",
+    "/api/jobs",
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/embeddings",
@@ -104,6 +156,9 @@ with_key = {
     "/v1/rerank",
     "/v1/reranks",
     "/v1/score",
+    "/v1/files",
+    "/v1/batches",
+    "/v1/batches/{batch_id}/cancel",
 }
 
 
@@ -117,6 +172,7 @@ def post_routes(gw: Gateway) -> list[tuple[str, dict[str, Any]]]:
         for handler in getattr(route, "route_handlers", []):
             if "POST" in handler.http_methods:
                 path = route.path_format.replace("{org_id:str}", "{org_id}").replace("{token_id:str}", "{token_id}")
+                path = path.replace("{batch_id:str}", "{batch_id}")
                 found.append((path, dict(handler.opt)))
     return found
 
@@ -126,7 +182,13 @@ def test_every_post_route_is_idempotent_or_says_why_not(gw: Gateway) -> None:
     assert len(routes) >= 18
     exempt = {path: opt["idempotent"] for path, opt in routes if opt.get("idempotent", True) is not True}
     assert all(isinstance(reason, str) and len(reason) > 20 for reason in exempt.values()), exempt
-    assert set(exempt) == {"/v1/organizations/{org_id}/tokens", "/dashboard/login", "/dashboard/logout"}
+    assert set(exempt) == {
+        "/v1/organizations/{org_id}/tokens",
+        "/api/organizations/{org_id}/tokens",
+        "/api/jobs/{job_id}/cancel",
+        "/dashboard/login",
+        "/dashboard/logout",
+    }
     missing = {path for path, _ in routes if path not in samples and path not in exempt}
     assert missing == set(), f"POST routes without a sample body in this test: {missing}"
 
@@ -135,12 +197,29 @@ def test_every_post_route_is_idempotent_or_says_why_not(gw: Gateway) -> None:
 def test_the_same_key_and_body_answer_once_and_another_body_is_a_409(gw: Gateway, path: str) -> None:
     context = Context(gw)
     url = path.replace("{org_id}", context.org).replace("{token_id}", context.token_id)
+    if "{instance_id}" in url:  # a GPU instance or a hosted agent to act on
+        agents = url.startswith("/v1/hosted-agents")
+        made = (
+            gw.call("POST", "/v1/hosted-agents/instances", context.key, json={"agent_type": "hermes"})
+            if agents
+            else gw.call("POST", "/v1/gpu/instances", context.key, json={"gpu_slug": "rtx-4090"})
+        )
+        assert made.status_code in (200, 201), made.text
+        action = "stop" if agents else "refresh"
+        url = url.replace("{instance_id}", made.json()["instance"]["id"]).replace("{action}", action)
+    url = url.replace("{slug}", "fal-ai/flux1-schnell-nunchaku")
+    if "{batch_id}" in url:
+        url = url.replace("{batch_id}", context.batch())
     key = context.key if path in with_key else None
     call: Callable[..., Any] = (lambda method, target, **k: gw.call(method, target, key, **k)) if key else gw.admin
     headers = {"Idempotency-Key": f"walk-{uuid.uuid4().hex}"}
     sample = samples[path](context, "a")
     first = call("POST", url, headers=headers, **sample)
     assert 200 <= first.status_code < 300, (path, first.status_code, first.text)
+    if first.status_code == 202:  # an async job: its charge lands after the answer, replayed or not
+        deadline = time.monotonic() + 10
+        while context.balance()[1] and time.monotonic() < deadline:
+            time.sleep(0.02)
     after_first = context.balance()
     again = call("POST", url, headers=headers, **samples[path](context, "a"))
     assert again.status_code == first.status_code, again.text

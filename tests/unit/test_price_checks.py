@@ -187,3 +187,18 @@ def test_rates_past_the_most_are_refused_and_the_default_book_passes() -> None:
     assert price_book_problems(default_price_book()) == []
     huge = ModelPrice(model="m", category="chat", pool="default", output_token_rate=rate_max + 1)
     assert "at most" in model_price_problems(huge)[0]
+
+
+def test_a_fal_slug_names_one_model_of_a_book() -> None:
+    """``POST /fal/{slug}`` resolves a slug to one model: a book where two models list it is refused;
+    a slug no model lists is the model of that id, if any."""
+    image = ModelPrice(model="img", category="image", pool="default", image_rate=1, fal_slugs=("fal-ai/img",))
+    other = ModelPrice(model="other", category="image", pool="default", image_rate=1, fal_slugs=("fal-ai/img",))
+    clash = PriceBook(version="v", models={"img": image, "other": other})
+    assert price_book_problems(clash) == ["model 'other': the Fal slug 'fal-ai/img' names 'img' already"]
+    book = PriceBook(version="v", models={"img": image})
+    assert price_book_problems(book) == []
+    assert book.fal_model("fal-ai/img") is image and book.fal_model("img") is image
+    assert book.fal_model("fal-ai/nothing") is None
+    default = default_price_book()
+    assert default.fal_model("fal-ai/flux1-schnell-nunchaku") == default.model("black-forest-labs/FLUX.1-schnell")

@@ -8,6 +8,7 @@ import msgspec
 import pytest
 
 from ledger.pricing import default_price_book, price_micros
+from ledger.resources import rejection_codes as resource_rejection_codes
 from ledger.wallet import (
     Rejection,
     Wallet,
@@ -332,7 +333,9 @@ def test_every_rejection_code_has_a_row() -> None:
     covered = {expected for _, _, expected in decision_table if isinstance(expected, Rejection)}
     # insufficient_credits is not a rejection value but a HoldRejected event (rows above cover it);
     # hold_expired needs a later clock: test_a_hold_past_its_ttl_cannot_be_captured covers it.
-    assert covered | {Rejection.insufficient_credits, Rejection.hold_expired} == set(Rejection)
+    # The codes of time-metered resources and plans: tests/unit/test_resources.py covers each.
+    resources = {Rejection(code) for code in resource_rejection_codes}
+    assert covered | resources | {Rejection.insufficient_credits, Rejection.hold_expired} == set(Rejection)
 
 
 def test_capture_charges_the_priced_amount_and_releases_the_rest() -> None:
