@@ -12,8 +12,9 @@ Routes:
   true, then ``data: [DONE]``), sent with chunked transfer encoding.
 - ``POST /v1/completions``: the same for text completions.
 - ``POST /v1/embeddings``: one small vector per input, ``usage`` with ``prompt_tokens``.
-- ``POST /v1/images/generations`` (``n`` tiny images), ``/v1/audio/speech`` (a WAV header),
-  ``/v1/audio/transcriptions`` (a ``verbose_json`` transcript with its ``duration``).
+- ``POST /v1/images/generations`` (``n`` tiny images), ``/v1/images/edits`` (one tiny image),
+  ``/v1/audio/speech`` (a WAV header), ``/v1/audio/transcriptions`` and ``/v1/audio/translations`` (a
+  ``verbose_json`` transcript with its ``duration``).
 - ``"logprobs"`` in a stream's request lists each token in its chunk; ``--no-stream-usage`` (or
   ``_control`` ``stream_usage``) sends streams without a usage chunk, as llama.cpp's server does.
 - ``POST /v1/rerank`` (llama.cpp's shape: every document's ``relevance_score`` in the documents' order,
@@ -352,9 +353,13 @@ class UpstreamProtocol(asyncio.Protocol):
         if method != "POST":
             self._reply(_error(405, f"{method} not allowed", keep_alive), keep_alive, 0)
             return
-        if path == "/v1/audio/transcriptions":  # multipart: answered without reading the audio
+        if path in ("/v1/audio/transcriptions", "/v1/audio/translations"):  # multipart: the audio is not read
             transcript = {"text": "a fake transcript", "language": "english", "duration": 2.5}
             self._reply(_json_response(200, transcript, keep_alive), keep_alive, reply_s)
+            return
+        if path == "/v1/images/edits":  # multipart: answered with one image, whatever it asks
+            edited = {"created": 1_700_000_000, "data": [{"b64_json": "iVBORw0KGgo="}]}
+            self._reply(_json_response(200, edited, keep_alive), keep_alive, reply_s)
             return
         try:
             body = json.loads(raw) if raw else {}

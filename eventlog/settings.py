@@ -59,6 +59,13 @@ class Settings:
     # ignore it (a tenant must not make jobs slow, which would hold a pool). `tollgate dev` turns it on
     # unless this is set.
     sim_knobs: bool = field(default_factory=lambda: _env("TOLLGATE_SIM_KNOBS", "").lower() in ("1", "true", "yes"))
+    # A transcription's file_url is fetched by the gateway: off, an address that is private, loopback,
+    # link-local or otherwise not public (checked on every address it resolves to, redirects included)
+    # is a 400, so that a tenant cannot make the gateway read the platform's own network. `tollgate dev`
+    # turns it on unless this is set (its demo runs on one machine).
+    file_url_private_allowed: bool = field(
+        default_factory=lambda: _env("TOLLGATE_FILE_URL_PRIVATE_ALLOWED", "").lower() in ("1", "true", "yes")
+    )
     # Jobs one worker (per pool) runs at once. They wait on a model (an upstream server, simulated GPU
     # time) as tasks, not threads, so this is sized to the upstream's capacity, not the worker's cores.
     worker_jobs_in_flight_max: int = field(

@@ -64,9 +64,10 @@ _display_scale: dict[str, tuple[int, str]] = {
 _endpoints = {
     "chat": ["/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages"],
     "embedding": ["/v1/embeddings"],
-    "image": ["/v1/images/generations"],
-    "speech": ["/v1/audio/speech"],
-    "transcription": ["/v1/audio/transcriptions"],
+    "image": ["/v1/images/generations", "/v1/images/edits"],
+    "speech": ["/v1/audio/speech", "/v1/audio/speech:stream", "/v1/audio/generations"],
+    "transcription": ["/v1/audio/transcriptions", "/v1/audio/translations"],
+    "music": ["/v1/audio/generations", "/v1/music/generations", "/v1/audio/speech"],
     "video": ["/v1/videos/generations"],
     "rerank": ["/v1/rerank", "/v1/reranks", "/v1/score"],
     "storage": ["/v1/files"],
@@ -155,6 +156,7 @@ def _type_and_category(price: ModelPrice) -> tuple[str, str]:
         "image": ("image", "image"),
         "video": ("video", "video"),
         "speech": ("audio", "audio"),
+        "music": ("audio", "audio"),
         "transcription": ("transcription", "transcription"),
         "rerank": ("text", "reranker"),
         "storage": ("file", "storage"),
@@ -235,9 +237,14 @@ def _parameters(price: ModelPrice) -> list[dict[str, Any]]:
             {"name": "speed", "type": "number", "required": False, "default": 1, "min": 0.25, "max": 4},
         ],
         "transcription": [
-            {"name": "file", "type": "audio", "required": True, "description": "WAV, at most 3 MiB."},
+            {"name": "file", "type": "audio", "required": True, "description": "WAV or MP3, at most 3 MiB."},
             {"name": "language", "type": "string", "required": False},
             {"name": "prompt", "type": "string", "required": False},
+        ],
+        "music": [
+            {"name": "prompt", "type": "string", "required": True},
+            {"name": "duration", "type": "number", "required": False, "default": 30, "min": 1, "max": 120},
+            {"name": "output_format", "type": "enum", "required": False, "allowed_values": ["mp3", "wav"]},
         ],
         "video": [
             {"name": "prompt", "type": "string", "required": True},

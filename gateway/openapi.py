@@ -24,13 +24,44 @@ _transcription_form: dict[str, Any] = {
     "type": "object",
     "required": ["file", "model"],
     "properties": {
-        "file": {"type": "string", "format": "binary", "description": "WAV audio"},
+        "file": {"type": "string", "format": "binary", "description": "WAV or MP3 audio, at most 3 MiB"},
         "model": {"type": "string", "minLength": 1},
         "language": {"type": "string"},
         "prompt": {"type": "string"},
         "response_format": {"type": "string", "enum": ["json", "text", "verbose_json", "srt", "vtt"]},
+        "timestamp_granularities": {
+            "type": "string",
+            "description": "word, segment, or both joined by a comma (or timestamp_granularities[] repeated)",
+        },
+        "translate": {"type": "string", "enum": ["true", "false"], "description": "translate into English"},
         "temperature": {"type": "number", "minimum": 0, "maximum": 1},
         "async": {"type": "string", "enum": ["true", "false"]},
+    },
+}
+_translation_form: dict[str, Any] = {
+    "type": "object",
+    "required": ["file", "model"],
+    "properties": {
+        key: value
+        for key, value in _transcription_form["properties"].items()
+        if key not in ("language", "timestamp_granularities", "translate")
+    },
+}
+# A transcription also takes JSON: the audio at a URL the gateway fetches, or as base64.
+_transcription_json: dict[str, Any] = {
+    "type": "object",
+    "required": ["model"],
+    "properties": {
+        "model": {"type": "string", "minLength": 1},
+        "file_url": {"type": "string", "description": "an http(s) URL of WAV or MP3 audio, at most 3 MiB"},
+        "file": {"type": "string", "description": "the audio as base64, or a data: URL"},
+        "response_format": {"type": "string", "enum": ["json", "text", "verbose_json", "srt", "vtt"]},
+        "timestamp_granularities": {"type": "array", "items": {"type": "string", "enum": ["word", "segment"]}},
+        "language": {"type": "string"},
+        "prompt": {"type": "string"},
+        "translate": {"type": "boolean"},
+        "diarize": {"type": "boolean"},
+        "smart_format": {"type": "boolean"},
     },
 }
 _file_form: dict[str, Any] = {
@@ -54,6 +85,9 @@ json_bodies: Mapping[str, type[Any]] = {
     "createEmbedding": api.EmbeddingRequest,
     "createImage": api.ImageRequest,
     "createSpeech": api.SpeechRequest,
+    "createSpeechStream": api.SpeechRequest,
+    "createAudioGeneration": api.MusicRequest,
+    "createMusic": api.MusicRequest,
     "createVideo": api.VideoRequest,
     "createResponse": api.ResponsesRequest,
     "createMessage": api.MessagesRequest,
@@ -75,7 +109,35 @@ json_bodies: Mapping[str, type[Any]] = {
     "createCasolaJob": api.CasolaJobRequest,
     "createCasolaToken": api.CreateToken,
 }
-form_bodies: Mapping[str, dict[str, Any]] = {"createTranscription": _transcription_form, "createFile": _file_form}
+_image_edit_form: dict[str, Any] = {
+    "type": "object",
+    "required": ["image", "prompt"],
+    "additionalProperties": False,
+    "properties": {
+        "image": {"type": "string", "format": "binary", "description": "PNG, JPEG, GIF or WebP (or several)"},
+        "mask": {"type": "string", "format": "binary", "description": "a PNG whose transparent pixels are edited"},
+        "prompt": {"type": "string", "minLength": 1},
+        "model": {"type": "string", "minLength": 1},
+        "n": {"type": "string", "enum": ["1", "2", "3", "4"]},
+        "size": {"type": "string", "enum": ["1024x1024", "1792x1024"]},
+        "quality": {"type": "string", "enum": ["standard", "hd"]},
+        "response_format": {"type": "string", "enum": ["b64_json"]},
+    },
+}
+form_bodies: Mapping[str, dict[str, Any]] = {
+    "createImageEdit": _image_edit_form,
+    "createTranscription": _transcription_form,
+    "createTranslation": _translation_form,
+    "createFile": _file_form,
+}
+# The media types of a form's file parts.
+form_encodings: Mapping[str, dict[str, Any]] = {
+    "createImageEdit": {
+        "image": {"contentType": "image/png, image/jpeg, image/gif, image/webp"},
+        "mask": {"contentType": "image/png"},
+    },
+}
+json_alternatives: Mapping[str, dict[str, Any]] = {"createTranscription": _transcription_json}
 _user = [{"role": "user", "content": "Say hello."}]
 # An example body for each generation operation, on the default price book's models.
 body_examples: Mapping[str, dict[str, Any]] = {
@@ -83,7 +145,10 @@ body_examples: Mapping[str, dict[str, Any]] = {
     "createCompletion": {"model": "sim-chat-small", "prompt": "Once upon a time", "max_tokens": 16},
     "createEmbedding": {"model": "sim-embed-small", "input": "The food was delicious."},
     "createImage": {"model": "sim-image", "prompt": "A lighthouse at dawn", "size": "1024x1024"},
-    "createSpeech": {"model": "sim-tts", "input": "Hello there.", "voice": "alloy"},
+    "createSpeech": {"model": "sim-tts", "input": "Hello there.", "voice": "alloy", "response_format": "mp3"},
+    "createAudioGeneration": {"model": "stable-audio-2-5", "prompt": "Lo-fi hip hop, 90 BPM", "duration": 10},
+    "createMusic": {"model": "stable-audio-2-5", "prompt": "A calm piano piece", "duration": 10},
+    "createSpeechStream": {"model": "tts-1-5-mini", "input": "Hello there.", "voice": "Sarah", "output_format": "PCM"},
     "createVideo": {"model": "sim-video", "prompt": "Waves on a beach", "duration": 2},
     "createResponse": {"model": "sim-chat-small", "input": "Say hello.", "max_output_tokens": 32},
     "createMessage": {"model": "deepseek-v4-pro", "max_tokens": 64, "messages": _user},
@@ -125,8 +190,13 @@ success_media: Mapping[str, dict[str, Any]] = {
     "createCompletion": _event_stream,
     "createResponse": _event_stream,
     "createMessage": _event_stream,
-    "createSpeech": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}},
+    "createSpeech": {
+        media_type: {"schema": {"type": "string", "format": "binary"}}
+        for media_type in ("audio/mpeg", "audio/wav", "audio/pcm")
+    },
+    "createSpeechStream": _event_stream,
     "createTranscription": {"text/plain": {"schema": {"type": "string"}}},
+    "createTranslation": {"text/plain": {"schema": {"type": "string"}}},
     "downloadFile": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
 }
 # Generation requests may be async (202 and a job), or refused for the balance (402). A Fal
@@ -139,6 +209,9 @@ generation = {
     "createImage",
     "createSpeech",
     "createTranscription",
+    "createTranslation",
+    "createAudioGeneration",
+    "createMusic",
     "createVideo",
     "createResponse",
     "createMessage",
@@ -302,10 +375,12 @@ def _complete(operation: dict[str, Any], method: str, body_refs: Mapping[str, An
             media["example"] = body_examples[op_id]
         operation["requestBody"] = {"required": True, "content": {"application/json": media}}
     elif op_id in form_bodies:
-        operation["requestBody"] = {
-            "required": True,
-            "content": {"multipart/form-data": {"schema": form_bodies[op_id]}},
-        }
+        content: dict[str, Any] = {"multipart/form-data": {"schema": form_bodies[op_id]}}
+        if op_id in form_encodings:
+            content["multipart/form-data"]["encoding"] = form_encodings[op_id]
+        if op_id in json_alternatives:
+            content["application/json"] = {"schema": json_alternatives[op_id]}
+        operation["requestBody"] = {"required": True, "content": content}
     responses: dict[str, Any] = operation.setdefault("responses", {})
     for status, response in list(responses.items()):
         if status.startswith("2"):

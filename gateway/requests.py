@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 import msgspec
@@ -46,8 +48,13 @@ CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"
 IMAGES = "/v1/images/generations"
+IMAGE_EDITS = "/v1/images/edits"
+AUDIO_GENERATIONS = "/v1/audio/generations"  # EmpirioLabs: music, podcasts, sound
+MUSIC_GENERATIONS = "/v1/music/generations"
 SPEECH = "/v1/audio/speech"
+SPEECH_STREAM = "/v1/audio/speech:stream"  # EmpirioLabs' streamed speech (the job is a speech job)
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
+TRANSLATIONS = "/v1/audio/translations"
 VIDEOS = "/v1/videos/generations"
 RERANK = "/v1/rerank"  # Casola's shape
 RERANKS = "/v1/reranks"  # EmpirioLabs' shape
@@ -338,32 +345,267 @@ def parse_image(body: bytes, book: PriceBook) -> MeteredRequest:
     return _metered(IMAGES, price, book, bound, body, _async_flag(fields))
 
 
+image_edit_inputs_max = 16  # images one edit may send (OpenAI's gpt-image models take up to 16)
+
+
+def parse_image_edit(
+    images: list[bytes], mask: bytes | None, fields: dict[str, str | None], book: PriceBook
+) -> MeteredRequest:
+    """``POST /v1/images/edits``: the images (and mask) already read and checked, priced per image
+    returned as a generation is (by its ``size/quality`` variant)."""
+    prompt = fields.get("prompt") or ""
+    if not prompt or len(prompt) > 32_000:
+        raise ApiError(
+            400, "'prompt' is required (at most 32,000 characters).", code="missing_required_parameter", param="prompt"
+        )
+    model = "sim-image" if fields.get("model") is None else str(fields.get("model"))
+    price = model_price(book, model, lambda p: p.category == "image", "an image")
+    given_n = "1" if fields.get("n") is None else str(fields.get("n"))
+    if given_n not in ("1", "2", "3", "4"):
+        raise ApiError(400, "n must be an integer from 1 to 4.", code="invalid_parameter", param="n")
+    size = "1024x1024" if fields.get("size") is None else str(fields.get("size"))
+    quality = "standard" if fields.get("quality") is None else str(fields.get("quality"))
+    variant = f"{size}/{quality}"
+    if price.image_variant_rates and variant not in price.image_variant_rates:
+        raise ApiError(400, f"{price.model} has no price for {variant}.", code="invalid_parameter", param="size")
+    if fields.get("response_format") not in (None, "b64_json"):
+        raise ApiError(
+            400,
+            "Only response_format b64_json is served: Tollgate keeps no image files to link to yet.",
+            code="unsupported_parameter",
+            param="response_format",
+        )
+    payload = {
+        "model": price.model,
+        "prompt": prompt,
+        "n": int(given_n),
+        "size": size,
+        "quality": quality,
+        "images_b64": [base64.b64encode(image).decode() for image in images],
+        "mask_b64": base64.b64encode(mask).decode() if mask is not None else None,
+    }
+    bound = Units(images=int(given_n), variant=variant, calls=1)
+    return _metered(IMAGE_EDITS, price, book, bound, msgspec.json.encode(payload))
+
+
+music_seconds_max = 120  # one result record holds it (a WAV at 16 kHz: 3.8 MB)
+music_seconds_default = 30
+music_sync_seconds_max = 60  # EmpirioLabs: longer generations answer 202 with a job
+music_formats = ("mp3", "wav")
+
+
+def model_kind(body: bytes, book: PriceBook) -> str:
+    """The kind (``kind_of``) of the model a JSON body names; "" when it names none the book has."""
+    fields = _decode(body, dict[str, Any])
+    model = fields.get("model") if isinstance(fields, dict) else None
+    price = book.model(model) if isinstance(model, str) else None
+    return kind_of(price) if price is not None else ""
+
+
+def _duration_ms(value: Any) -> int:
+    """A duration in seconds (a JSON integer or decimal) as whole ms, rounded up, through its digits."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ApiError(400, "duration must be a number of seconds.", code="invalid_type", param="duration")
+    ms = Decimal(str(value)) * 1000
+    if not ms.is_finite() or not 1000 <= ms <= music_seconds_max * 1000:
+        raise ApiError(
+            400,
+            f"duration must be from 1 to {music_seconds_max} seconds.",
+            code="invalid_parameter",
+            param="duration",
+        )
+    return int(ms.to_integral_value(rounding=ROUND_CEILING))
+
+
+def parse_music(body: bytes, book: PriceBook, endpoint: str = AUDIO_GENERATIONS) -> MeteredRequest:
+    """Music (and sound) from a prompt, priced per second of audio asked for (``duration``, by the
+    started second); async when asked, or when longer than a minute (a 202 and a job, as EmpirioLabs
+    answers). ``output_format`` mp3 or wav; the answer is EmpirioLabs' ``AudioResponse``."""
+    fields = _fields(body)
+    model = fields.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(
+            400, "'model' is required: a model of GET /v1/models.", code="missing_required_parameter", param="model"
+        )
+    price = model_price(book, model, lambda p: kind_of(p) == "music", "a music")
+    prompt = fields.get("prompt") if fields.get("prompt") is not None else fields.get("input")
+    if not isinstance(prompt, str) or not prompt or len(prompt) > 4000:
+        raise ApiError(
+            400, "'prompt' is required (at most 4,000 characters).", code="missing_required_parameter", param="prompt"
+        )
+    duration_ms = _duration_ms(fields.get("duration", music_seconds_default))
+    audio_format = fields.get("output_format", "mp3")
+    if not isinstance(audio_format, str) or audio_format.lower() not in music_formats:
+        raise ApiError(
+            400,
+            f"output_format must be one of {', '.join(music_formats)}.",
+            code="invalid_parameter",
+            param="output_format",
+        )
+    response_format = fields.get("response_format", "url")
+    if response_format not in ("url", "b64_json"):
+        raise ApiError(
+            400, "response_format must be url or b64_json.", code="invalid_parameter", param="response_format"
+        )
+    payload = {
+        "model": model,
+        "prompt": prompt,
+        "duration_ms": duration_ms,
+        "format": audio_format.lower(),
+        "inline": response_format == "b64_json",
+        "seed": fields.get("seed"),
+    }
+    run_async = _async_flag(fields) or duration_ms > music_sync_seconds_max * 1000
+    bound = Units(audio_seconds=billed_seconds(duration_ms), calls=1)
+    return _metered(endpoint, price, book, bound, msgspec.json.encode(payload), run_async)
+
+
+speech_stream_characters_max = 3000  # EmpirioLabs: "Max 3000 characters per request"
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechAsk:
+    """How speech is answered: the audio format, and whether as the audio itself (OpenAI) or as a JSON
+    ``AudioResponse`` (EmpirioLabs: ``output_format`` or ``response_format`` ``b64_json``/``url``)."""
+
+    audio_format: str  # mp3, wav or pcm
+    audio_response: bool = False
+    inline: bool = False  # b64_json rather than a url
+    timestamp_type: str = "NONE"  # the stream's audio.timestamps: NONE, WORD or CHARACTER
+    text: str = ""  # what is spoken (the stream's timestamps are of its words)
+
+
 def parse_speech(body: bytes, book: PriceBook) -> MeteredRequest:
+    """``parse_spoken``'s request alone (what the job APIs run: gateway/routes/casola.py)."""
+    return parse_spoken(body, book)[0]
+
+
+def parse_spoken(
+    body: bytes, book: PriceBook, stream: bool = False, audio_response: bool = False
+) -> tuple[MeteredRequest, SpeechAsk]:
+    """Speech, priced per character of ``input``; the worker is asked for one audio format (its
+    ``response_format``, as an OpenAI-compatible server takes it). ``audio_response``: answered as
+    EmpirioLabs' ``AudioResponse`` whatever the body says (``/v1/audio/generations``)."""
     spoken: SpeechRequest = _decode(body, SpeechRequest)
     price = model_price(book, spoken.model, lambda p: p.character_rate > 0, "a speech")
+    if stream and len(spoken.input) > speech_stream_characters_max:
+        raise ApiError(
+            400,
+            f"input may be at most {speech_stream_characters_max} characters on the streaming endpoint.",
+            code="invalid_parameter",
+            param="input",
+        )
     fields = _fields(body)
+    given = spoken.response_format
+    audio_format = (spoken.output_format or "").lower() or (given if given in ("mp3", "wav", "pcm") else "wav")
+    ask = SpeechAsk(
+        audio_format=audio_format,
+        audio_response=audio_response or spoken.output_format is not None or given in ("b64_json", "url"),
+        inline=given == "b64_json",
+        timestamp_type=spoken.timestamp_type,
+        text=spoken.input,
+    )
+    fields.pop("output_format", None)
+    fields["response_format"] = audio_format
     bound = msgspec.structs.replace(_per_request(fields), characters=len(spoken.input))
-    return _metered(SPEECH, price, book, bound, body, _async_flag(fields))
+    run_async = False if stream else _async_flag(fields)
+    return _metered(SPEECH, price, book, bound, msgspec.json.encode(fields), run_async), ask
+
+
+transcript_formats = ("json", "text", "srt", "verbose_json", "vtt")
+timestamp_granularities = ("word", "segment")
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptAsk:
+    """What a transcription or translation asks for beside its audio, from a form or a JSON body."""
+
+    model: str
+    task: str  # "transcribe" or "translate"
+    response_format: str = "json"
+    granularities: tuple[str, ...] = ()
+    language: str | None = None
+    prompt: str | None = None
+    run_async: bool = False
+
+
+def _text_field(fields: dict[str, Any], name: str) -> str | None:
+    value = fields.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    raise ApiError(400, f"'{name}' must be a string.", code="invalid_type", param=name)
+
+
+def _flag_field(fields: dict[str, Any], name: str) -> bool:
+    """A boolean of a JSON body (true/false) or a form ("true"/"false")."""
+    value = fields.get(name, False)
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if not isinstance(value, bool):
+        raise ApiError(400, f"'{name}' must be true or false.", code="invalid_type", param=name)
+    return value
+
+
+def transcript_ask(fields: dict[str, Any], translation: bool) -> TranscriptAsk:
+    """The fields of a transcription (``translation``: of ``/v1/audio/translations``), checked:
+    ``response_format`` one of OpenAI's five, ``timestamp_granularities`` a list (the OpenAI SDK's
+    ``timestamp_granularities[]``) or comma-separated text (EmpirioLabs' ``word,segment``), and
+    EmpirioLabs' ``translate`` flag, which makes a transcription a translation."""
+    model = _text_field(fields, "model")
+    if not model:
+        raise ApiError(
+            400, "'model' is required: a model of GET /v1/models.", code="missing_required_parameter", param="model"
+        )
+    given_format = _text_field(fields, "response_format")
+    response_format = "json" if given_format is None else given_format
+    if response_format not in transcript_formats:
+        raise ApiError(
+            400,
+            f"response_format must be one of {', '.join(transcript_formats)}.",
+            code="invalid_parameter",
+            param="response_format",
+        )
+    given = fields.get("timestamp_granularities") or []
+    if isinstance(given, str):
+        given = [part.strip() for part in given.split(",") if part.strip()]
+    if not isinstance(given, list) or not all(isinstance(g, str) and g in timestamp_granularities for g in given):
+        raise ApiError(
+            400,
+            "timestamp_granularities must be a list of 'word' and 'segment' (or the two joined by a comma).",
+            code="invalid_parameter",
+            param="timestamp_granularities",
+        )
+    translate = translation or _flag_field(fields, "translate")
+    return TranscriptAsk(
+        model=model,
+        task="translate" if translate else "transcribe",
+        response_format=response_format,
+        granularities=tuple(dict.fromkeys(given)),
+        language=None if translate else _text_field(fields, "language"),
+        prompt=_text_field(fields, "prompt"),
+        run_async=_flag_field(fields, "async"),
+    )
 
 
 def parse_transcription(
-    audio: bytes, duration_ms: int, filename: str | None, text: dict[str, str | None], book: PriceBook
+    audio: bytes, duration_ms: int, filename: str | None, ask: TranscriptAsk, book: PriceBook
 ) -> MeteredRequest:
-    """A multipart transcription: the audio (its duration read from the data already) and the text fields."""
-    model = text.get("model") or ""
-    price = model_price(book, model, lambda p: p.audio_second_rate > 0, "a transcription")
-    run_async = (text.get("async") or "false").lower() == "true"
+    """A transcription or translation: the audio (its duration read from the data already), priced per
+    second of it by a transcription model (a translation is a transcription into English)."""
+    price = model_price(book, ask.model, lambda p: kind_of(p) == "transcription", "a transcription")
     payload = msgspec.json.encode(
         {
-            "model": model,
+            "model": ask.model,
             "file_b64": base64.b64encode(audio).decode(),
             "filename": filename,
-            "language": text.get("language"),
-            "prompt": text.get("prompt"),
+            "language": ask.language,
+            "prompt": ask.prompt,
+            "timestamp_granularities": list(ask.granularities),
         }
     )
     bound = Units(audio_seconds=billed_seconds(duration_ms), calls=1)
-    return _metered(TRANSCRIPTIONS, price, book, bound, payload, run_async)
+    endpoint = TRANSLATIONS if ask.task == "translate" else TRANSCRIPTIONS
+    return _metered(endpoint, price, book, bound, payload, ask.run_async)
 
 
 def parse_video(body: bytes, book: PriceBook) -> MeteredRequest:

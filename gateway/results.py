@@ -12,20 +12,25 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from gateway import speeches
 from gateway.errors import ApiError
 from gateway.metering import MeteredRequest
 from gateway.requests import (
+    AUDIO_GENERATIONS,
     CHAT,
     COMPLETIONS,
     EMBEDDINGS,
+    IMAGE_EDITS,
     IMAGES,
     MESSAGES,
+    MUSIC_GENERATIONS,
     RERANK,
     RERANKS,
     RESPONSES,
     SCORE,
     SPEECH,
     TRANSCRIPTIONS,
+    TRANSLATIONS,
     VIDEOS,
 )
 from ledger.money import format_credits, micros_to_decimal
@@ -162,14 +167,16 @@ def usage_of(endpoint: str, units: Units, captured: Charged, price: ModelPrice |
         counts: dict[str, Any] = token_usage(units)
     elif endpoint == EMBEDDINGS:
         counts = {"prompt_tokens": units.prompt_tokens, "total_tokens": units.prompt_tokens}
-    elif endpoint == IMAGES:
+    elif endpoint in (IMAGES, IMAGE_EDITS):
         counts = {"images": units.images}
-    elif endpoint == TRANSCRIPTIONS:
+    elif endpoint in (TRANSCRIPTIONS, TRANSLATIONS):
         counts = {"type": "duration", "seconds": units.audio_seconds}
     elif endpoint == SPEECH:
         counts = {"characters": units.characters}
     elif endpoint == VIDEOS:
         counts = {"seconds": units.video_seconds}
+    elif endpoint in (AUDIO_GENERATIONS, MUSIC_GENERATIONS):
+        counts = {"seconds": units.audio_seconds}
     else:  # an endpoint without a usage shape of its own: every unit by its name
         counts = {name: quantity for name, quantity in zip(unit_names, unit_quantities(units), strict=True) if quantity}
     return {**counts, **usage_cost(captured, price)}
@@ -188,8 +195,10 @@ def shape_result(
         return {**result, "id": f"chatcmpl-{suffix}", "created": created, "model": captured.model, "usage": usage}
     if endpoint == COMPLETIONS:
         return {**result, "id": f"cmpl-{suffix}", "created": created, "model": captured.model, "usage": usage}
-    if endpoint in (EMBEDDINGS, TRANSCRIPTIONS, SPEECH):
+    if endpoint in (EMBEDDINGS, TRANSCRIPTIONS, TRANSLATIONS, SPEECH):
         return {**result, "usage": usage}
+    if endpoint in (AUDIO_GENERATIONS, MUSIC_GENERATIONS):
+        return speeches.audio_response(result, bool(result.get("inline")), usage)
     if endpoint in (RERANK, RERANKS, SCORE):
         return scoring_body(endpoint, request_id, result, captured)
     if endpoint == RESPONSES:

@@ -279,15 +279,20 @@ _default_modalities: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "video": (("text",), ("video",)),
     "speech": (("text",), ("audio",)),
     "transcription": (("audio",), ("text",)),
+    "music": (("text",), ("audio",)),
     "rerank": (("text",), ("scores",)),
     "storage": (("file",), ("file",)),
 }
 
 
 def kind_of(price: ModelPrice) -> str:
-    """The category, with audio told apart: ``speech`` (priced per character) or ``transcription``."""
+    """The category, with audio told apart: ``speech`` (priced per character), ``music`` (per second of
+    audio generated: audio among its output modalities) or ``transcription`` (per second of audio read)."""
     if price.category == "audio":
-        return "speech" if price.character_rate > 0 or not price.audio_second_rate else "transcription"
+        if price.character_rate > 0 or not price.audio_second_rate:
+            return "speech"
+        # Priced per second either way: audio out (music, sound) or audio in (transcription).
+        return "music" if "audio" in price.output_modalities else "transcription"
     return price.category
 
 
@@ -565,6 +570,31 @@ def default_price_book() -> PriceBook:
             input_token_rate=100_000,  # 0.10 credits per 1M tokens
         ),
     ]
+    # Audio models the reference documents' examples name, on the simulated backends: transcription
+    # (Casola's whisper-large-v3-turbo, EmpirioLabs' openai-whisper-1 and deepgram-nova-3) priced per
+    # second of audio; speech (Qwen3-TTS, gemini-2-5-flash-tts, soulx-podcast, inworld-tts-mini,
+    # tts-1-5-mini) per character. tts-1-5-mini's rate makes the 47 characters of EmpirioLabs' streaming
+    # example cost the 0.0006 credits its audio.done event shows.
+    models += [
+        _transcriber("whisper-large-v3-turbo", "openai", 50_000_000),  # 0.003 credits per minute
+        _transcriber("openai-whisper-1", "openai", 100_000_000),  # 0.006 credits per minute
+        _transcriber("deepgram-nova-3", "deepgram", 72_000_000),
+        ModelPrice(
+            model="stable-audio-2-5",
+            category="audio",
+            pool="default",
+            owned_by="stability",
+            description="Stable Audio 2.5 as the reference's examples name it (simulated): music per second generated.",
+            input_modalities=("text",),
+            output_modalities=("audio",),
+            audio_second_rate=2_000_000_000,  # 0.002 credits per second
+        ),
+        _speaker("Qwen3-TTS", "qwen", 10_000_000),  # 10 credits per 1M characters
+        _speaker("gemini-2-5-flash-tts", "google", 20_000_000),
+        _speaker("soulx-podcast", "soulx", 15_000_000),
+        _speaker("inworld-tts-mini", "inworld", 5_000_000),
+        _speaker("tts-1-5-mini", "inworld", 12_765_957),
+    ]
     # Image and video models the documents' examples name: ``flux`` (Casola's quickstart, async),
     # FLUX.1-schnell and Wan 2.2 5B by their Fal slugs (POST /fal/{slug}), seedance-2-0-pro
     # (EmpirioLabs' video example), on the simulated backends.
@@ -663,3 +693,26 @@ def default_plans() -> list[PlanPrice]:
             replica_max=3,
         )
     ]
+
+
+def _transcriber(model: str, owner: str, audio_second_rate: int) -> ModelPrice:
+    return ModelPrice(
+        model=model,
+        category="audio",
+        pool="default",
+        owned_by=owner,
+        description=f"{model} as the reference's examples name it (simulated): WAV or MP3, per second of audio.",
+        audio_second_rate=audio_second_rate,
+    )
+
+
+def _speaker(model: str, owner: str, character_rate: int) -> ModelPrice:
+    return ModelPrice(
+        model=model,
+        category="audio",
+        pool="default",
+        owned_by=owner,
+        description=f"{model} as the reference's examples name it (simulated): WAV, MP3 or PCM, per character.",
+        features=("streaming",),
+        character_rate=character_rate,
+    )

@@ -173,11 +173,33 @@ class ImageRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SpeechRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /v1/audio/speech`` in OpenAI's shape (``response_format`` an audio format: the audio is the
+    answer) and EmpirioLabs' (``output_format``, or ``response_format`` ``b64_json`` or ``url``: a JSON
+    ``AudioResponse``); ``/v1/audio/speech:stream`` adds ``sample_rate`` and ``timestamp_type``."""
+
     model: Annotated[str, msgspec.Meta(min_length=1)]
     input: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
     voice: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "alloy"
-    response_format: Literal["wav"] = "wav"
+    response_format: Literal["mp3", "wav", "pcm", "b64_json", "url"] | None = None
+    output_format: Literal["WAV", "MP3", "PCM", "wav", "mp3", "pcm"] | None = None
+    sample_rate: Literal["8000", "16000", "22050", "24000", "32000", "44100", "48000"] | None = None
+    timestamp_type: Literal["NONE", "WORD", "CHARACTER"] = "NONE"
     speed: Annotated[float, msgspec.Meta(ge=0.25, le=4.0)] = 1.0
+
+
+class MusicRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /v1/audio/generations`` and ``/v1/music/generations`` as documented (the gateway reads the
+    body itself: gateway/requests.py ``parse_music``; a speech model's script goes in ``input``)."""
+
+    model: Annotated[str, msgspec.Meta(min_length=1)]
+    prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=4000)] | None = None
+    input: Annotated[str, msgspec.Meta(min_length=1, max_length=4000)] | None = None
+    duration: Annotated[float, msgspec.Meta(ge=1, le=120)] = 30
+    steps: int | None = None
+    cfg_scale: float | None = None
+    seed: int | None = None
+    output_format: Literal["mp3", "wav"] = "mp3"
+    response_format: Literal["url", "b64_json"] = "url"
 
 
 class VideoRequest(msgspec.Struct, frozen=True, kw_only=True):

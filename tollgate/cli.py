@@ -96,6 +96,9 @@ def settings_for(args: argparse.Namespace) -> Settings:
         settings = replace(settings, kafka_bootstrap="", clickhouse_url="")
         if "TOLLGATE_SIM_KNOBS" not in os.environ:
             settings = replace(settings, sim_knobs=True)  # dev is the platform's own demo
+        if "TOLLGATE_FILE_URL_PRIVATE_ALLOWED" not in os.environ:
+            # On one machine, a file to transcribe is served from it (127.0.0.1).
+            settings = replace(settings, file_url_private_allowed=True)
     return settings
 
 

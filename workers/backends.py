@@ -181,6 +181,12 @@ embedding_dimensions_default = 64
 video_width, video_height, video_fps = 64, 36, 2
 speech_ms_per_character = 60
 RERANK, RERANKS, SCORE = "/v1/rerank", "/v1/reranks", "/v1/score"
+TRANSLATIONS = "/v1/audio/translations"
+IMAGE_EDITS = "/v1/images/edits"
+AUDIO_GENERATIONS, MUSIC_GENERATIONS = "/v1/audio/generations", "/v1/music/generations"
+music_chunk_ms = 10_000  # a progress point every ten seconds of music: a cancel charges what was made
+speech_content_types = {"mp3": "audio/mpeg", "wav": "audio/wav", "pcm": "audio/pcm"}
+transcript_segment_words = 12  # words per segment of a simulated verbose_json transcript
 _content_word = re.compile(r"[^\W_]+")
 
 
@@ -221,8 +227,12 @@ class SimulatedBackend(Backend):
             "/v1/completions": self._completion,
             "/v1/embeddings": self._embeddings,
             "/v1/images/generations": self._images,
+            IMAGE_EDITS: self._images,
             "/v1/audio/speech": self._speech,
             "/v1/audio/transcriptions": self._transcription,
+            TRANSLATIONS: self._transcription,
+            AUDIO_GENERATIONS: self._music,
+            MUSIC_GENERATIONS: self._music,
             "/v1/videos/generations": self._video,
             RERANK: self._rerank,
             RERANKS: self._rerank,
@@ -378,29 +388,76 @@ class SimulatedBackend(Backend):
         variant = f"{size}/{quality}"
         data = []
         for index in range(count):
-            image = await asyncio.to_thread(media.png_image, width, height, _seed(payload.get("prompt"), index, size))
+            # An edit's images seed its results too (the same prompt on other images gives others).
+            edited = (payload.get("images_b64"), payload.get("mask_b64")) if job.endpoint == IMAGE_EDITS else ()
+            seed = _seed(payload.get("prompt"), index, size, *edited)
+            image = await asyncio.to_thread(media.png_image, width, height, seed)
             data.append({"b64_json": base64.b64encode(image).decode(), "revised_prompt": payload.get("prompt")})
             job.progress(1000 * (index + 1) // count, Units(images=index + 1, variant=variant))
         return JobOutput(result={"data": data}, units=Units(images=count, variant=variant))
 
     async def _speech(self, job: JobContext, token_s: float) -> JobOutput:
+        """Speech in the ``response_format`` asked for: WAV (16 kHz unless ``sample_rate`` says), MP3
+        (LAME, 16 kHz) or raw 16-bit PCM (24 kHz, as OpenAI's ``pcm``), 60 ms per character."""
         text = str(job.payload.get("input") or "")
         seed = _seed(text, job.payload.get("voice"))
-        audio = await asyncio.to_thread(media.wav_audio, len(text) * speech_ms_per_character, seed)
+        audio_format = str(job.payload.get("response_format") or "wav")
+        given_rate = job.payload.get("sample_rate")
+        rate = int(given_rate) if isinstance(given_rate, str) and given_rate.isdigit() else 0
+        duration_ms = len(text) * speech_ms_per_character
+        if audio_format == "mp3":
+            audio = await asyncio.to_thread(media.mp3_audio, duration_ms, seed)
+            duration_ms = media.mp3_duration_ms(audio)
+        else:
+            wav = await asyncio.to_thread(
+                media.wav_audio, duration_ms, seed, rate or (24000 if audio_format == "pcm" else 16000)
+            )
+            audio = media.wav_samples(wav) if audio_format == "pcm" else wav
         job.progress(1000, Units(characters=len(text)))
-        result = {"content_type": "audio/wav", "audio_b64": base64.b64encode(audio).decode()}
+        result = {
+            "content_type": speech_content_types.get(audio_format, "audio/wav"),
+            "audio_b64": base64.b64encode(audio).decode(),
+            "format": audio_format,
+            "duration_ms": duration_ms,
+            "sample_rate": 16000 if audio_format == "mp3" else rate or (24000 if audio_format == "pcm" else 16000),
+        }
         return JobOutput(result=result, units=Units(characters=len(text)))
 
+    async def _music(self, job: JobContext, token_s: float) -> JobOutput:
+        """Music for ``duration_ms`` (tones from the prompt and seed), as MP3 or WAV; a progress point
+        every ten seconds of it, priced by the started second generated."""
+        payload = job.payload
+        duration_ms = int(payload.get("duration_ms") or 1000)
+        for made in range(music_chunk_ms, duration_ms, music_chunk_ms):
+            if self._video_second_s:
+                await asyncio.sleep(self._video_second_s)
+            job.progress(1000 * made // duration_ms, Units(audio_seconds=billed_seconds(made)))
+        seed = _seed(payload.get("prompt"), payload.get("seed"), duration_ms)
+        mp3 = payload.get("format") == "mp3"
+        audio = await asyncio.to_thread(media.mp3_audio if mp3 else media.wav_audio, duration_ms, seed)
+        units = Units(audio_seconds=billed_seconds(duration_ms))
+        job.progress(1000, units)
+        result = {
+            "content_type": "audio/mpeg" if mp3 else "audio/wav",
+            "audio_b64": base64.b64encode(audio).decode(),
+            "format": "mp3" if mp3 else "wav",
+            "duration_ms": media.audio_duration_ms(audio),
+            "inline": bool(payload.get("inline")),
+        }
+        return JobOutput(result=result, units=units)
+
     async def _transcription(self, job: JobContext, token_s: float) -> JobOutput:
+        """A transcription or translation of WAV or MP3 audio in OpenAI's ``verbose_json``: the
+        pseudo-transcript's words spread evenly over the audio, in segments of a few words."""
         try:
             audio = base64.b64decode(str(job.payload.get("file_b64") or ""), validate=True)
-            duration_ms = media.wav_duration_ms(audio)
+            duration_ms = media.audio_duration_ms(audio)
+            words = media.transcript_words(audio)
         except ValueError as error:
-            raise BackendError("invalid_audio", f"the uploaded file is not WAV audio: {error}") from None
+            raise BackendError("invalid_audio", f"the uploaded file is not WAV or MP3 audio: {error}") from None
         seconds = billed_seconds(duration_ms)
-        text = media.transcript_for(audio)
         job.progress(1000, Units(audio_seconds=seconds))
-        result = {"text": text, "duration": duration_ms / 1000, "language": "english"}
+        result = transcript_result(words, duration_ms, job.endpoint, job.payload.get("language"))
         return JobOutput(result=result, units=Units(audio_seconds=seconds))
 
     async def _video(self, job: JobContext, token_s: float) -> JobOutput:
@@ -513,6 +570,42 @@ class SimulatedBackend(Backend):
         else:
             result = conversations.message_result(reply, job.model)
         return JobOutput(result=result, units=units)
+
+
+def transcript_result(words: list[str], duration_ms: int, endpoint: str, language: Any) -> dict[str, Any]:
+    """OpenAI's ``verbose_json`` for ``words`` heard evenly over ``duration_ms`` (times in seconds,
+    to the millisecond; display values, nothing is priced from them)."""
+    count = len(words)
+    timed = [
+        {"word": word, "start": index * duration_ms // count / 1000, "end": (index + 1) * duration_ms // count / 1000}
+        for index, word in enumerate(words)
+    ]
+    segments = []
+    for number, first in enumerate(range(0, count, transcript_segment_words)):
+        chunk = timed[first : first + transcript_segment_words]
+        text = " ".join(str(item["word"]) for item in chunk)
+        segments.append(
+            {
+                "id": number,
+                "seek": 0,
+                "start": chunk[0]["start"],
+                "end": chunk[-1]["end"],
+                "text": (" " + text.capitalize()) if first == 0 else " " + text,
+                "tokens": [],
+                "temperature": 0.0,
+                "avg_logprob": 0.0,
+                "compression_ratio": 1.0,
+                "no_speech_prob": 0.0,
+            }
+        )
+    return {
+        "task": "translate" if endpoint == TRANSLATIONS else "transcribe",
+        "language": "en" if endpoint == TRANSLATIONS or not isinstance(language, str) or not language else language,
+        "duration": duration_ms / 1000,
+        "text": " ".join(words).capitalize() + ".",
+        "segments": segments,
+        "words": timed,
+    }
 
 
 def _content_words(text: str) -> set[str]:

@@ -2,14 +2,15 @@
 
 - Images are 8-bit RGB PNG (signature, IHDR, one zlib IDAT, IEND, real CRCs).
 - Audio is mono 16-bit PCM WAV written with the standard ``wave`` module: a sequence of sine tones
-  and pauses picked from the seed, a stand-in for synthesised speech.
+  and pauses picked from the seed, a stand-in for synthesised speech; as MP3, the same samples
+  encoded by LAME (``lameenc``, deterministic: the same samples give the same frames).
 - Video is an uncompressed RIFF AVI (``hdrl``/``avih``/``strl``/``strh``/``strf`` with a 24-bit BI_RGB
   BITMAPINFOHEADER, ``00db`` frames in ``movi``, and an ``idx1`` index). It is the simplest container
   that ffmpeg, VLC and other standard tools play without any codec: frames are raw DIBs, so the
   standard library alone can write it honestly. Keep frames tiny (e.g. 64x36 at 4 fps) so clips stay small.
 
-The parsers (``png_size``, ``wav_duration_ms``, ``video_info``) validate structure and raise ``ValueError``
-on anything else; they count what the bytes actually hold rather than what a header claims.
+The parsers (``png_size``, ``wav_duration_ms``, ``mp3_duration_ms``, ``video_info``) validate structure and
+raise ``ValueError`` on anything else; they count what the bytes actually hold rather than what a header claims.
 """
 
 from __future__ import annotations
@@ -20,16 +21,25 @@ import math
 import struct
 import wave
 import zlib
+from dataclasses import dataclass
+
+import lameenc
 
 __all__ = [
+    "audio_duration_ms",
+    "audio_format",
     "image_size",
+    "mp3_audio",
+    "mp3_duration_ms",
     "png_image",
     "png_size",
     "transcript_for",
+    "transcript_words",
     "video_clip",
     "video_info",
     "wav_audio",
     "wav_duration_ms",
+    "wav_samples",
 ]
 
 # ---------------------------------------------------------------------------------------------- common
@@ -347,6 +357,163 @@ def wav_duration_ms(data: bytes) -> int:
     return -(-frames * 1000 // rate)
 
 
+# ------------------------------------------------------------------------------------------------- MP3
+
+# MPEG audio frame headers (ISO 11172-3, ISO 13818-3 and the unofficial MPEG 2.5): kbit/s by version
+# family (1: MPEG-1, 2: MPEG-2 and 2.5) and layer; sample rates by version; samples per frame.
+_mpeg_versions = {0b11: "1", 0b10: "2", 0b00: "2.5"}
+_mpeg_layers = {0b11: 1, 0b10: 2, 0b01: 3}
+_mpeg_bitrates = {
+    ("1", 1): (0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
+    ("1", 2): (0, 32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
+    ("1", 3): (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    ("2", 1): (0, 32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
+    ("2", 2): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+    ("2", 3): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+_mpeg_rates = {"1": (44100, 48000, 32000), "2": (22050, 24000, 16000), "2.5": (11025, 12000, 8000)}
+_id3v1_bytes = 128
+mp3_bit_rate_kbps = 32  # speech: small files; LAME resamples nothing at the rates used here
+
+
+@dataclass(frozen=True, slots=True)
+class _MpegFrame:
+    version: str
+    layer: int
+    sample_rate: int
+    samples: int  # per frame
+    length: int  # bytes, header included
+    side_info_end: int  # where a Xing/Info tag would start, from the frame's first byte
+
+
+def _mpeg_frame(data: bytes, position: int) -> _MpegFrame | None:
+    """The MPEG audio frame whose header starts at ``position``; None when none does (free-format
+    frames, whose length no header gives, are not read)."""
+    if position + 4 > len(data) or data[position] != 0xFF or data[position + 1] & 0xE0 != 0xE0:
+        return None
+    b1, b2, b3 = data[position + 1], data[position + 2], data[position + 3]
+    version = _mpeg_versions.get((b1 >> 3) & 0b11)
+    layer = _mpeg_layers.get((b1 >> 1) & 0b11)
+    bitrate_index, rate_index = b2 >> 4, (b2 >> 2) & 0b11
+    if version is None or layer is None or bitrate_index in (0, 15) or rate_index == 3:
+        return None
+    family = "1" if version == "1" else "2"
+    bitrate = _mpeg_bitrates[family, layer][bitrate_index] * 1000
+    rate = _mpeg_rates[version][rate_index]
+    padding = (b2 >> 1) & 1
+    if layer == 1:
+        samples, length = 384, (12 * bitrate // rate + padding) * 4
+    elif layer == 2 or version == "1":
+        samples, length = 1152, 144 * bitrate // rate + padding
+    else:  # layer III of MPEG-2 and 2.5: half the samples
+        samples, length = 576, 72 * bitrate // rate + padding
+    mono = (b3 >> 6) == 0b11
+    side_info = (17 if mono else 32) if version == "1" else (9 if mono else 17)
+    crc = 0 if b1 & 1 else 2
+    return _MpegFrame(version, layer, rate, samples, length, 4 + crc + side_info)
+
+
+def _id3v2_end(data: bytes) -> int:
+    """Where the audio starts after a leading ID3v2 tag (0 without one)."""
+    if len(data) < 10 or data[:3] != b"ID3":
+        return 0
+    size_bytes = data[6:10]
+    if any(byte & 0x80 for byte in size_bytes):
+        raise ValueError("corrupt MP3: ID3v2 tag size is not synchsafe")
+    size = 0
+    for byte in size_bytes:
+        size = size << 7 | byte
+    footer = 10 if data[5] & 0x10 else 0
+    return 10 + size + footer
+
+
+def _is_tag_or_end(data: bytes, position: int) -> bool:
+    """Whether what follows the last frame is a trailing tag (ID3v1, APEv2, Lyrics3) or nothing."""
+    rest = data[position:]
+    return (
+        not rest
+        or (rest[:3] == b"TAG" and len(rest) == _id3v1_bytes)
+        or rest[:8] == b"APETAGEX"
+        or rest[:6] == b"LYRICS"
+    )
+
+
+def mp3_duration_ms(data: bytes) -> int:
+    """Duration in ms (rounded up) of an MPEG audio stream (MP3: MPEG-1, 2 or 2.5, layer I, II or III),
+    counted from its frames: every complete frame present adds its samples (1152, 576 or 384), at the
+    stream's one sample rate, in integers. What a header claims (a Xing, Info or VBRI tag's frame count)
+    is never read: such a tag's frame holds no audio and is not counted. A leading ID3v2 tag and a
+    trailing ID3v1, APEv2 or Lyrics3 tag are skipped; a final frame cut short is not counted. Anything
+    else between frames, a change of version, layer or sample rate, or no audio frame at all, raises
+    ValueError."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ValueError("MP3 data must be bytes")
+    data = bytes(data)
+    position = _id3v2_end(data)
+    if position > len(data):
+        raise ValueError("truncated MP3: the ID3v2 tag runs past the end of the data")
+    first: _MpegFrame | None = None
+    frames = 0
+    while not _is_tag_or_end(data, position):
+        frame = _mpeg_frame(data, position)
+        if frame is None:
+            if first is not None and len(data) - position < 4:
+                break  # a few stray bytes after the last frame: a cut-off header
+            what = "no MPEG audio frame" if first is None else "bytes that are not an MPEG audio frame"
+            raise ValueError(f"not an MP3 stream: {what} at byte {position}")
+        if first is None:
+            first = frame
+            tag = data[position + frame.side_info_end : position + frame.side_info_end + 4]
+            vbri = data[position + 36 : position + 40]
+            if tag in (b"Xing", b"Info") or vbri == b"VBRI":
+                position += frame.length  # an encoder's tag in a frame of silence: no audio
+                continue
+        elif (frame.version, frame.layer, frame.sample_rate) != (first.version, first.layer, first.sample_rate):
+            raise ValueError(f"corrupt MP3: the stream changes format at byte {position}")
+        if position + frame.length > len(data):
+            break  # cut short: not played whole, not counted
+        frames += 1
+        position += frame.length
+    if first is None or frames == 0:
+        raise ValueError("not an MP3 stream: no complete MPEG audio frame")
+    return -(-frames * first.samples * 1000 // first.sample_rate)
+
+
+def mp3_audio(seconds_milli: int, seed: bytes, sample_rate: int = 16000) -> bytes:
+    """``wav_audio``'s samples as a mono MP3 (MPEG-2 layer III at 16 kHz, 32 kbit/s), encoded by LAME:
+    the same arguments give the same bytes. LAME pads the stream to whole frames (and adds its encoder
+    delay), so ``mp3_duration_ms`` reads back a little more than ``seconds_milli``."""
+    pcm = wav_samples(wav_audio(seconds_milli, seed, sample_rate))
+    encoder = lameenc.Encoder()
+    encoder.set_bit_rate(mp3_bit_rate_kbps)
+    encoder.set_in_sample_rate(sample_rate)
+    encoder.set_channels(1)
+    encoder.set_quality(7)
+    return bytes(encoder.encode(pcm)) + bytes(encoder.flush())
+
+
+def wav_samples(data: bytes) -> bytes:
+    """The sample bytes of a WAV ``wav_audio`` wrote (raw PCM, as OpenAI's ``pcm`` format is)."""
+    with wave.open(io.BytesIO(data), "rb") as reader:
+        return reader.readframes(reader.getnframes())
+
+
+def audio_format(data: bytes) -> str:
+    """``wav`` or ``mp3``, from the first bytes; ValueError for anything else."""
+    head = bytes(data[:4])
+    if head == b"RIFF":
+        return "wav"
+    if head[:3] == b"ID3" or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0):
+        return "mp3"
+    raise ValueError("not WAV or MP3 audio")
+
+
+def audio_duration_ms(data: bytes) -> int:
+    """The duration of WAV or MP3 audio as its parser measures it (``wav_duration_ms``,
+    ``mp3_duration_ms``); ValueError for anything else."""
+    return wav_duration_ms(data) if audio_format(data) == "wav" else mp3_duration_ms(data)
+
+
 # ------------------------------------------------------------------------------------------------- AVI
 
 _avi_keyframe = 0x10  # AVIIF_KEYFRAME
@@ -563,12 +730,17 @@ _transcript_words = (
 _transcript_words_per_second = 2
 
 
-def transcript_for(audio: bytes) -> str:
-    """A deterministic pseudo-transcript of a WAV: about two words per second of audio (at least one), chosen
-    from a small vocabulary by the audio's SHA-256. Raises ValueError if ``audio`` is not a WAV."""
-    duration_ms = wav_duration_ms(audio)
+def transcript_words(audio: bytes) -> list[str]:
+    """A deterministic pseudo-transcript of WAV or MP3 audio, as words: about two per second of audio
+    (at least one), chosen from a small vocabulary by the audio's SHA-256. Raises ValueError if
+    ``audio`` is neither."""
+    duration_ms = audio_duration_ms(audio)
     count = max(1, -(-duration_ms * _transcript_words_per_second // 1000))
     digest = hashlib.sha256(bytes(audio)).digest()
     picks = hashlib.shake_256(b"tollgate-transcript\0" + digest).digest(count)
-    words = [_transcript_words[b % len(_transcript_words)] for b in picks]
-    return " ".join(words).capitalize() + "."
+    return [_transcript_words[b % len(_transcript_words)] for b in picks]
+
+
+def transcript_for(audio: bytes) -> str:
+    """``transcript_words`` as one sentence."""
+    return " ".join(transcript_words(audio)).capitalize() + "."

@@ -28,8 +28,9 @@ import base64
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import aiohttp
@@ -38,7 +39,7 @@ import msgspec
 from ledger.pricing import billed_seconds
 from schemas.prices import Route
 from schemas.units import Units
-from workers import conversations
+from workers import conversations, media
 from workers.backends import (
     ITEM,
     REASONING,
@@ -61,6 +62,8 @@ EMBEDDINGS = "/v1/embeddings"
 IMAGES = "/v1/images/generations"
 SPEECH = "/v1/audio/speech"
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
+TRANSLATIONS = "/v1/audio/translations"
+IMAGE_EDITS = "/v1/images/edits"
 RERANK, RERANKS, SCORE = "/v1/rerank", "/v1/reranks", "/v1/score"
 RESPONSES = conversations.RESPONSES
 MESSAGES = conversations.MESSAGES
@@ -377,8 +380,10 @@ class UpstreamBackend(Backend):
             COMPLETIONS: self._text,
             EMBEDDINGS: self._embeddings,
             IMAGES: self._images,
+            IMAGE_EDITS: self._image_edits,
             SPEECH: self._speech,
             TRANSCRIPTIONS: self._transcription,
+            TRANSLATIONS: self._transcription,
             RERANK: self._rerank,
             RERANKS: self._rerank,
             SCORE: self._score,
@@ -405,8 +410,8 @@ class UpstreamBackend(Backend):
         client: _Client,
         path: str,
         json: Any = None,
-        data: Mapping[str, str] | None = None,
-        files: Mapping[str, tuple[str, bytes, str]] | None = None,
+        data: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+        files: Mapping[str, tuple[str, bytes, str]] | Sequence[tuple[str, tuple[str, bytes, str]]] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> _Reply:
         """One call, its answer read whole: ``json``, or a multipart form of ``data`` and ``files``;
@@ -414,9 +419,9 @@ class UpstreamBackend(Backend):
         form: aiohttp.FormData | None = None
         if files is not None:
             form = aiohttp.FormData()
-            for name, value in (data or {}).items():
+            for name, value in data.items() if isinstance(data, Mapping) else (data or ()):
                 form.add_field(name, value)
-            for name, (filename, content, content_type) in files.items():
+            for name, (filename, content, content_type) in files.items() if isinstance(files, Mapping) else files:
                 form.add_field(name, content, filename=filename, content_type=content_type)
         try:
             async with (
@@ -795,6 +800,30 @@ class UpstreamBackend(Backend):
         job.progress(1000, units)
         return JobOutput(result={key: value for key, value in result.items() if key != "usage"}, units=units)
 
+    async def _image_edits(self, job: JobContext, client: _Client, model: str) -> JobOutput:
+        """An edit, forwarded as OpenAI's multipart form (``image``, or ``image[]`` for several, and
+        ``mask``), metered as a generation: the images returned."""
+        payload = job.payload
+        images = [base64.b64decode(str(image)) for image in payload.get("images_b64") or []]
+        form = [("model", client.upstream.models.get(model, model)), ("prompt", str(payload.get("prompt") or ""))]
+        form += [(key, str(payload[key])) for key in ("n", "size") if payload.get(key)]
+        form.append(("response_format", "b64_json"))
+        field = "image" if len(images) == 1 else "image[]"
+        files = [(field, (f"image{index}.png", image, "image/png")) for index, image in enumerate(images)]
+        if payload.get("mask_b64"):
+            files.append(("mask", ("mask.png", base64.b64decode(str(payload["mask_b64"])), "image/png")))
+        result = self._json(await self._post(client, IMAGE_EDITS, data=form, files=files))
+        data = result.get("data")
+        if not isinstance(data, list) or not data:
+            raise BackendError("upstream_no_usage", "the upstream returned no images; nothing is charged")
+        requested = int(payload.get("n") or 1)
+        if len(data) > requested:
+            raise BackendError("upstream_bad_reply", f"the upstream returned {len(data)} images for n={requested}")
+        units = Units(images=len(data), variant=f"{payload.get('size')}/{payload.get('quality')}")
+        job.counted_by = "upstream"
+        job.progress(1000, units)
+        return JobOutput(result={key: value for key, value in result.items() if key != "usage"}, units=units)
+
     async def _speech(self, job: JobContext, client: _Client, model: str) -> JobOutput:
         body = {key: value for key, value in job.payload.items() if key != "async"}
         body["model"] = client.upstream.models.get(model, model)
@@ -806,34 +835,58 @@ class UpstreamBackend(Backend):
         job.counted_by = "upstream"
         job.progress(1000, units)
         content_type = response.headers.get("content-type", "application/octet-stream").split(";")[0]
-        result = {"content_type": content_type, "audio_b64": base64.b64encode(response.content).decode()}
+        audio_format = str(body.get("response_format") or "mp3")
+        result: dict[str, Any] = {
+            "content_type": content_type,
+            "audio_b64": base64.b64encode(response.content).decode(),
+            "format": audio_format,
+        }
+        with contextlib.suppress(ValueError):  # a duration for EmpirioLabs' AudioResponse, when readable
+            result["duration_ms"] = media.audio_duration_ms(response.content)
         return JobOutput(result=result, units=units)
 
     async def _transcription(self, job: JobContext, client: _Client, model: str) -> JobOutput:
+        """A transcription or translation, forwarded as OpenAI's multipart form asking for
+        ``verbose_json`` (the gateway shapes the format the client asked for), metered by the duration
+        the upstream reports."""
         payload = job.payload
         try:
             audio = base64.b64decode(str(payload.get("file_b64") or ""), validate=True)
         except ValueError:
             raise BackendError("invalid_audio", "the job's audio is not base64") from None
-        form = {"model": client.upstream.models.get(model, model), "response_format": "verbose_json"}
-        form.update({key: str(payload[key]) for key in ("language", "prompt") if payload.get(key)})
-        files = {"file": (str(payload.get("filename") or "audio.wav"), audio, "audio/wav")}
-        result = self._json(await self._post(client, TRANSCRIPTIONS, data=form, files=files))
+        form = [("model", client.upstream.models.get(model, model)), ("response_format", "verbose_json")]
+        form += [(key, str(payload[key])) for key in ("language", "prompt") if payload.get(key)]
+        form += [("timestamp_granularities[]", str(g)) for g in payload.get("timestamp_granularities") or ()]
+        try:
+            content_type = "audio/mpeg" if media.audio_format(audio) == "mp3" else "audio/wav"
+        except ValueError:
+            content_type = "application/octet-stream"
+        files = {"file": (str(payload.get("filename") or "audio"), audio, content_type)}
+        result = self._json(await self._post(client, job.endpoint, data=form, files=files))
         usage = result.pop("usage", None)
-        if (
-            isinstance(usage, dict)
-            and usage.get("type") == "duration"
-            and isinstance(usage.get("seconds"), int | float)
-        ):
-            seconds = billed_seconds(int(float(usage["seconds"]) * 1000))
-        elif isinstance(result.get("duration"), int | float):
-            seconds = billed_seconds(int(float(result["duration"]) * 1000))
-        else:
+        reported = usage.get("seconds") if isinstance(usage, dict) and usage.get("type") == "duration" else None
+        ms = _reported_ms(reported)
+        ms = _reported_ms(result.get("duration")) if ms is None else ms
+        if ms is None:
             raise BackendError("upstream_no_usage", "the upstream reported no audio duration; nothing is charged")
-        units = Units(audio_seconds=seconds)
+        units = Units(audio_seconds=billed_seconds(ms))
         job.counted_by = "upstream"
         job.progress(1000, units)
         return JobOutput(result=result, units=units)
+
+
+def _reported_ms(seconds: Any) -> int | None:
+    """A duration an upstream reports in seconds (a JSON number), as whole ms rounded up, read through
+    its decimal digits (no float arithmetic on what is billed); None when it is not a duration."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        return None
+    try:
+        ms = Decimal(str(seconds)) * 1000
+    except InvalidOperation:
+        return None
+    if not ms.is_finite() or ms < 0:
+        return None
+    return int(ms.to_integral_value(rounding="ROUND_CEILING"))
 
 
 def _input_tokens(usage: Any) -> int | None:

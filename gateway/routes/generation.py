@@ -15,9 +15,9 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, post
-from litestar.datastructures import UploadFile
 from litestar.response import Stream
 
+from gateway import speeches, transcripts, uploads
 from gateway.auth import authorize
 from gateway.core import Core, GatewayCore
 from gateway.errors import ApiError
@@ -32,25 +32,37 @@ from gateway.metering import (
     job_id_for,
 )
 from gateway.requests import (
+    AUDIO_GENERATIONS,
     CHAT,
     COMPLETIONS,
     EMBEDDINGS,
+    IMAGE_EDITS,
     IMAGES,
+    MUSIC_GENERATIONS,
     RERANK,
     RERANKS,
     SCORE,
     SPEECH,
+    SPEECH_STREAM,
     TRANSCRIPTIONS,
+    TRANSLATIONS,
     VIDEOS,
+    SpeechAsk,
+    TranscriptAsk,
+    image_edit_inputs_max,
+    model_kind,
     parse_chat,
     parse_completion,
     parse_embedding,
     parse_image,
+    parse_image_edit,
+    parse_music,
     parse_rerank,
     parse_score,
-    parse_speech,
+    parse_spoken,
     parse_transcription,
     parse_video,
+    transcript_ask,
 )
 from gateway.results import (
     Charge,
@@ -75,9 +87,6 @@ from schemas.events import (
 )
 from schemas.moments import iso_or_none
 from workers import media
-
-transcription_upload_bytes_max = 3 * 1024 * 1024  # fits one Kafka record with its base64 and envelope
-transcription_text_fields = ("model", "language", "prompt", "response_format", "async")
 
 
 def overloaded() -> ApiError:
@@ -564,10 +573,178 @@ async def images(request: Request[Any, Any, Any], core: Core) -> Response[bytes]
     return await _respond_json(request, core, token, metered)
 
 
+_image_edit_fields = ("model", "prompt", "n", "size", "quality", "response_format", "user")
+
+
+@post(IMAGE_EDITS, operation_id="createImageEdit", opt={"scope": "user:write"}, status_code=200)
+async def image_edits(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
+    """OpenAI's image edits (multipart): ``image`` (one file, or several as ``image`` or ``image[]``;
+    PNG, JPEG, GIF or WebP), an optional PNG ``mask``, ``prompt``; PNG images as ``b64_json``, priced
+    per image as generations are."""
+    token = authorize(request, "user:write")
+    form = await uploads.read_form(request)
+    fields = {name: uploads.form_text(form, name) for name in _image_edit_fields}
+    images = await uploads.form_files(form, "image") + await uploads.form_files(form, "image[]")
+    if not images:
+        raise ApiError(
+            400, "Send the image to edit as a multipart 'image' file.", code="missing_required_parameter", param="image"
+        )
+    if len(images) > image_edit_inputs_max:
+        raise ApiError(400, f"Send at most {image_edit_inputs_max} images.", code="invalid_parameter", param="image")
+    for image in images:
+        try:
+            media.image_size(image.content)
+        except ValueError as error:
+            raise ApiError(
+                400, f"An image is not one we can read: {error}", code="invalid_image", param="image"
+            ) from None
+    mask = await uploads.optional_form_file(form, "mask")
+    if mask is not None:
+        try:
+            media.png_size(mask.content)
+        except ValueError as error:
+            raise ApiError(400, f"The mask must be a PNG: {error}", code="invalid_image", param="mask") from None
+    if sum(len(image.content) for image in images) + len(mask.content if mask else b"") > uploads.upload_bytes_max:
+        raise uploads.too_large("image")
+    contents = [image.content for image in images]
+    metered = parse_image_edit(contents, mask.content if mask else None, fields, core.prices.current)
+    return await _respond_json(request, core, token, metered)
+
+
+async def _spoken(
+    request: Request[Any, Any, Any], core: GatewayCore, body: bytes, stream: bool, audio_response: bool = False
+) -> tuple[Response[bytes] | Charge, MeteredRequest, SpeechAsk, dict[str, Any]]:
+    """Run a speech request: its 202 (async), or its charge, the request, how to answer and the result."""
+    token = authorize(request, "user:write")
+    metered, ask = parse_spoken(body, core.prices.current, stream, audio_response)
+    outcome = await run_metered(request, core, token, metered)
+    if isinstance(outcome, Response):
+        return outcome, metered, ask, {}
+    placement, seen = outcome
+    completed = seen[JobCompleted]
+    assert isinstance(completed, JobCompleted)
+    charge = answered(core, token, placement, metered, completed, captured_of(seen))
+    return charge, metered, ask, msgspec.json.decode(completed.result)
+
+
+async def _speech_answer(
+    request: Request[Any, Any, Any], core: GatewayCore, body: bytes, audio_response: bool = False
+) -> Response[bytes]:
+    charge, metered, ask, result = await _spoken(request, core, body, False, audio_response)
+    if isinstance(charge, Response):
+        return charge
+    if ask.audio_response:
+        usage = usage_of(metered.endpoint, charge.units, charge, metered.price_of(charge.model))
+        return json_response(speeches.audio_response(result, ask.inline, usage), headers=charge_headers(charge))
+    audio = base64.b64decode(result["audio_b64"])
+    media_type = str(result.get("content_type") or "audio/wav")
+    return Response(content=audio, media_type=media_type, headers=charge_headers(charge))
+
+
+async def _music(request: Request[Any, Any, Any], core: GatewayCore, body: bytes, endpoint: str) -> Response[bytes]:
+    token = authorize(request, "user:write")
+    return await _respond_json(request, core, token, parse_music(body, core.prices.current, endpoint))
+
+
 @post(SPEECH, operation_id="createSpeech", opt={"scope": "user:write"}, status_code=200)
 async def speech(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
+    """OpenAI's speech (the audio is the answer, in ``response_format``: mp3, wav or pcm), or
+    EmpirioLabs' JSON ``AudioResponse`` when the body names ``output_format`` or asks for ``b64_json``
+    or ``url``: ``data[]`` with ``url`` (a ``data:`` URL: no file store yet) or ``b64_json``,
+    ``duration`` and ``format``, and the usage with its charge. A music model (EmpirioLabs' example
+    sends one here) generates music as ``/v1/audio/generations`` does."""
+    body = await generation_body(request, core)
+    if model_kind(body, core.prices.current) == "music":
+        return await _music(request, core, body, AUDIO_GENERATIONS)
+    return await _speech_answer(request, core, body)
+
+
+@post(AUDIO_GENERATIONS, operation_id="createAudioGeneration", opt={"scope": "user:write"}, status_code=200)
+async def audio_generations(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
+    """EmpirioLabs' audio generation: music from a ``prompt`` (priced per second of ``duration``; a job
+    and a 202 past a minute, or with ``"async": true``), or a speech model's script (a podcast: priced
+    per character), each answered as an ``AudioResponse``."""
+    body = await generation_body(request, core)
+    if model_kind(body, core.prices.current) == "speech":
+        return await _speech_answer(request, core, body, audio_response=True)
+    return await _music(request, core, body, AUDIO_GENERATIONS)
+
+
+@post(MUSIC_GENERATIONS, operation_id="createMusic", opt={"scope": "user:write"}, status_code=200)
+async def music_generations(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
+    """Music generation (the provider page's ``/v1/music/generations``): as ``/v1/audio/generations``."""
+    return await _music(request, core, await generation_body(request, core), MUSIC_GENERATIONS)
+
+
+@post(SPEECH_STREAM, operation_id="createSpeechStream", opt={"scope": "user:write"}, status_code=200)
+async def speech_stream(request: Request[Any, Any, Any], core: Core) -> Response[bytes] | Stream:
+    """EmpirioLabs' streamed speech: server-sent ``audio.chunk`` events, ``audio.timestamps`` when
+    ``timestamp_type`` asks, ``audio.done`` with the duration and the usage (its exact charge), then
+    ``[DONE]``. The job synthesizes the whole input before the first chunk is sent (the simulated and
+    OpenAI-compatible backends answer speech whole), so the charge is known, and in ``x-credits-used``."""
+    body = await generation_body(request, core)
+    charge, metered, ask, result = await _spoken(request, core, body, stream=True)
+    if isinstance(charge, Response):
+        return charge
+    usage = usage_of(metered.endpoint, charge.units, charge, metered.price_of(charge.model))
+    events = speeches.stream_events(result, ask, usage)
+    headers = {**charge_headers(charge), "x-request-id": request_id(request), "cache-control": "no-cache"}
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for event in events:
+            yield _sse(event)
+        yield b"data: [DONE]\n\n"
+
+    return Stream(chunks(), media_type="text/event-stream", headers=headers)
+
+
+_transcript_form_fields = ("model", "language", "prompt", "response_format", "async", "translate")
+
+
+async def _transcript_input(
+    request: Request[Any, Any, Any], core: GatewayCore, translation: bool
+) -> tuple[MeteredRequest, TranscriptAsk]:
+    """The audio and fields of a transcription or translation: a multipart upload (OpenAI's shape), or
+    a JSON body with ``file_url`` (EmpirioLabs') or the file as base64 in ``file``."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type == "application/json":
+        body = await read_body(request, core.settings.request_body_bytes_max)
+        fields = decode(body, dict[str, Any])
+        if not isinstance(fields, dict):
+            raise ApiError(400, "The body must be a JSON object.", code="invalid_json")
+        if fields.get("file_url") is not None:
+            upload = await uploads.fetch_url(fields["file_url"], core.settings.file_url_private_allowed)
+            param = "file_url"
+        elif fields.get("file") is not None:
+            upload, param = uploads.Upload(uploads.base64_file(fields["file"], "file"), None), "file"
+        else:
+            raise ApiError(
+                400,
+                "Send the audio as 'file_url', as base64 in 'file', or as a multipart 'file' upload.",
+                code="missing_required_parameter",
+                param="file_url",
+            )
+        ask = transcript_ask(fields, translation)
+    else:
+        form = await uploads.read_form(request)
+        fields = {name: uploads.form_text(form, name) for name in _transcript_form_fields}
+        granularities = uploads.form_texts(form, "timestamp_granularities[]")
+        fields["timestamp_granularities"] = granularities or uploads.form_text(form, "timestamp_granularities")
+        ask = transcript_ask({k: v for k, v in fields.items() if v is not None}, translation)
+        upload = await uploads.form_file(form, "file")
+        param = "file"
+    try:
+        duration_ms = media.audio_duration_ms(upload.content)
+    except ValueError as error:
+        raise ApiError(
+            400, f"The file is not WAV or MP3 audio we can read: {error}", code="invalid_file", param=param
+        ) from None
+    return parse_transcription(upload.content, duration_ms, upload.filename, ask, core.prices.current), ask
+
+
+async def _transcript(request: Request[Any, Any, Any], core: GatewayCore, translation: bool) -> Response[bytes]:
     token = authorize(request, "user:write")
-    metered = parse_speech(await generation_body(request, core), core.prices.current)
+    metered, ask = await _transcript_input(request, core, translation)
     outcome = await run_metered(request, core, token, metered)
     if isinstance(outcome, Response):
         return outcome
@@ -576,54 +753,24 @@ async def speech(request: Request[Any, Any, Any], core: Core) -> Response[bytes]
     assert isinstance(completed, JobCompleted)
     charge = answered(core, token, placement, metered, completed, captured_of(seen))
     result = msgspec.json.decode(completed.result)
-    audio = base64.b64decode(result["audio_b64"])
-    media_type = str(result.get("content_type") or "audio/wav")
-    return Response(content=audio, media_type=media_type, headers=charge_headers(charge))
-
-
-def _form_text(form: Any, name: str) -> str | None:
-    """A multipart field that must be text: a part sent as a file is a 400 naming it, here rather than
-    a failure to encode the job's payload later."""
-    value = form.get(name)
-    if value is None or isinstance(value, str):
-        return value
-    raise ApiError(400, f"'{name}' must be a text field, not a file.", code="invalid_type", param=name)
+    usage = usage_of(metered.endpoint, charge.units, charge, metered.price_of(charge.model))
+    headers = charge_headers(charge)
+    if ask.response_format in ("text", "srt", "vtt"):
+        text = transcripts.as_text(result, ask.response_format)
+        return Response(content=text.encode(), media_type="text/plain; charset=utf-8", headers=headers)
+    return json_response(transcripts.as_json(result, usage, ask.response_format, ask.granularities), headers=headers)
 
 
 @post(TRANSCRIPTIONS, operation_id="createTranscription", opt={"scope": "user:write"}, status_code=200)
 async def transcriptions(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
-    token = authorize(request, "user:write")
-    try:
-        form = await request.form()
-    except (UnicodeDecodeError, LookupError):  # Litestar decodes text fields by their declared charset
-        raise ApiError(
-            400,
-            "A form text field is not valid in its declared charset, or names a charset that does not exist; "
-            "send text fields as UTF-8.",
-            code="invalid_encoding",
-        ) from None
-    upload = form.get("file")
-    if not isinstance(upload, UploadFile):
-        raise ApiError(
-            400, "Send the audio as a multipart 'file' field.", code="missing_required_parameter", param="file"
-        )
-    audio = await upload.read()
-    if len(audio) > transcription_upload_bytes_max:
-        raise ApiError(
-            413,
-            f"Audio files may be at most {transcription_upload_bytes_max} bytes.",
-            code="file_too_large",
-            param="file",
-        )
-    try:
-        duration_ms = media.wav_duration_ms(audio)
-    except ValueError as error:
-        raise ApiError(
-            400, f"The file is not WAV audio we can read: {error}", code="invalid_file", param="file"
-        ) from None
-    text = {name: _form_text(form, name) for name in transcription_text_fields}
-    metered = parse_transcription(audio, duration_ms, upload.filename, text, core.prices.current)
-    return await _respond_json(request, core, token, metered)
+    """OpenAI's transcriptions (multipart), and EmpirioLabs' JSON body with ``file_url``."""
+    return await _transcript(request, core, translation=False)
+
+
+@post(TRANSLATIONS, operation_id="createTranslation", opt={"scope": "user:write"}, status_code=200)
+async def translations(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
+    """OpenAI's translations: speech in any language to English text, priced as a transcription."""
+    return await _transcript(request, core, translation=True)
 
 
 @post(VIDEOS, operation_id="createVideo", opt={"scope": "user:write"}, status_code=202)
@@ -661,5 +808,6 @@ async def score(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
     return await _respond_json(request, core, token, parse_score(body, core.prices.current))
 
 
-route_handlers = [chat_completions, completions, embeddings, images, speech, transcriptions, videos]
+route_handlers = [chat_completions, completions, embeddings, images, image_edits, speech, speech_stream]
+route_handlers += [audio_generations, music_generations, transcriptions, translations, videos]
 route_handlers += [rerank, reranks, score]

@@ -77,3 +77,15 @@ def reconciles(account: Account, before_micros: int, request_id: str, usage: Any
     assert account.balance_micros() == before_micros - micros
     assert account.usage_row(request_id)[5] == micros
     return micros
+
+
+def header_reconciles(account: Account, before_micros: int, response: Any) -> int:
+    """An answer without a usage object (audio, plain text): x-credits-used == the balance drop == the
+    usage row's cost; returns the charge in micros."""
+    micros = int(Decimal(response.headers["x-credits-used"]) * 1_000_000)
+    deadline = time.monotonic() + 10
+    while account.balance_micros() != before_micros - micros and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert account.balance_micros() == before_micros - micros
+    assert account.usage_row(response.headers["x-request-id"])[5] == micros
+    return micros

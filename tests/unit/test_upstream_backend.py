@@ -129,6 +129,11 @@ def test_every_endpoint_is_metered_from_what_the_upstream_returns(fake: FakeUpst
     assert spoken.units == Units(characters=8) and spoken.result["content_type"] == "audio/wav"
     heard = run(one(fake.url), job("/v1/audio/transcriptions", {"file_b64": "UklGRg==", "filename": "a.wav"}))
     assert heard.units == Units(audio_seconds=3)  # 2.5 s, billed by the started second
+    translated = run(one(fake.url), job("/v1/audio/translations", {"file_b64": "UklGRg==", "filename": "a.wav"}))
+    assert translated.units == Units(audio_seconds=3) and translated.result["text"]
+    edit = {"prompt": "x", "n": 1, "size": "1024x1024", "quality": "standard", "images_b64": ["iVBORw0KGgo="] * 2}
+    edited = run(one(fake.url), job("/v1/images/edits", {**edit, "mask_b64": "iVBORw0KGgo="}))
+    assert edited.units == Units(images=1, variant="1024x1024/standard") and edited.result["data"]
     with pytest.raises(BackendError) as caught:
         run(one(fake.url), job("/v1/videos/generations", {"prompt": "x"}))
     assert caught.value.code == "unsupported_endpoint"
