@@ -377,6 +377,9 @@ def price_problems(price: ModelPrice) -> list[str]:
     return problems
 
 
+built_in_price_version = "2026-12-03"
+
+
 def default_price_book() -> PriceBook:
     """The price book a fresh Tollgate starts with. Rates in micros per million units."""
     models = [
@@ -647,8 +650,10 @@ def default_price_book() -> PriceBook:
             storage_byte_day_rate=4,  # 0.004 credits per GB-day (0.12 per GB-month)
         )
     )
+    # A version never changes (tests/unit/test_built_in_price_book.py pins this one's digest): any change
+    # to the built-in book's models or prices comes with a new version.
     return PriceBook(
-        version="2026-11-01",
+        version=built_in_price_version,
         models={price.model: price for price in models},
         gpu_classes={gpu.slug: gpu for gpu in default_gpu_classes()},
         plans={plan.slug: plan for plan in default_plans()},
