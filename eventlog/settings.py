@@ -151,6 +151,8 @@ class Settings:
     # Where uploaded files' bytes live (/v1/files): a directory every gateway instance reaches (empty:
     # data_dir/files). Production puts them in an object store behind the same interface (gateway/blobs.py).
     files_dir: str = field(default_factory=lambda: _env("TOLLGATE_FILES_DIR", ""))
+    # How long a media URL (an image, video or audio result asked for as a URL) stays valid.
+    media_url_ttl_s: int = field(default_factory=lambda: int(_env("TOLLGATE_MEDIA_URL_TTL_S", "3600")))
     # The most one organization may keep stored in files; an upload past it is refused (413).
     storage_bytes_max: int = field(
         default_factory=lambda: int(_env("TOLLGATE_STORAGE_BYTES_MAX", str(1024 * 1024 * 1024)))

@@ -29,6 +29,7 @@ from eventlog.settings import Settings
 from gateway.blobs import BlobStore, DirectoryBlobStore
 from gateway.chainwatch import ChainWatch
 from gateway.jwks import JwksKeys
+from gateway.media_urls import MediaStore
 from gateway.metering import AttemptForgotten, Metering
 from gateway.pending import PendingCharges
 from gateway.quota import Quota
@@ -134,6 +135,10 @@ class GatewayCore:
         # Uploaded files (/v1/files): their metadata folded from the ledger, their bytes in a blob store.
         self.stored_files = FilesView()
         self.blobs: BlobStore = DirectoryBlobStore(Path(settings.files_dir or settings.data_dir / "files"))
+        # Results answered as signed URLs (response_format=url): in the same store, signed with a key
+        # derived from the admin secret (instances sharing it verify each other's URLs; none: this one only).
+        media_secret = settings.admin_token.encode() or secrets.token_bytes(32)
+        self.media = MediaStore(self.blobs, media_secret, settings.media_url_ttl_s)
         # Batches (/v1/batches): their state folded from tollgate.jobs; this instance's runner (gateway/batches.py).
         self.batches = BatchesView()
         self.batch_runner: Any = None

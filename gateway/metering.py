@@ -70,6 +70,8 @@ class MeteredRequest:
     stream: bool = False
     # The models that may serve it when its model's upstream fails (the price book's fallbacks).
     fallbacks: tuple[ModelPrice, ...] = ()
+    # Media results answered as signed URLs the gateway serves (response_format=url), not inline.
+    answer_url: bool = False
 
     @property
     def model(self) -> str:

@@ -198,6 +198,10 @@ success_media: Mapping[str, dict[str, Any]] = {
     "createTranscription": {"text/plain": {"schema": {"type": "string"}}},
     "createTranslation": {"text/plain": {"schema": {"type": "string"}}},
     "downloadFile": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    "getMedia": {
+        media_type: {"schema": {"type": "string", "format": "binary"}}
+        for media_type in ("image/png", "video/mp4", "audio/mpeg", "audio/wav")
+    },
 }
 # Generation requests may be async (202 and a job), or refused for the balance (402). A Fal
 # submission answers its queue entry with a 200 (or, with sync_mode, its output); POST /api/jobs is
@@ -219,7 +223,7 @@ generation = {
     "createReranks",
     "createScore",
 }
-public = {"health", "getLedgerPublicKey", "getPricing", "listGpuTypes", "getGpuType", "hostedAgentsHealth"}
+public = {"health", "getLedgerPublicKey", "getPricing", "listGpuTypes", "getGpuType", "hostedAgentsHealth", "getMedia"}
 # Open without a credential; one that is sent is checked (gateway/auth.py, opt "anonymous").
 anonymous = {"listModels", "retrieveModel"}
 
@@ -237,6 +241,10 @@ _window = [
 _cursor = _query("cursor", {"type": "string"}, "The next_cursor of the previous page")
 # Query parameters the handlers read themselves (gateway/http.py: limit_param, moment_param).
 query_parameters: Mapping[str, list[dict[str, Any]]] = {
+    "getMedia": [
+        _query("expires", {"type": "integer"}, "When the URL expires (Unix seconds), as the result gave it", True),
+        _query("signature", {"type": "string"}, "The URL's signature, as the result gave it", True),
+    ],
     "listJobs": [
         _query("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "Page size (default 25)"),
         _query("after", {"type": "string"}, "The last job id of the previous page"),

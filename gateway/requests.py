@@ -7,6 +7,7 @@ request that omits ``max_tokens`` is held for, and runs to, the same limit.
 from __future__ import annotations
 
 import base64
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
@@ -342,7 +343,14 @@ def parse_image(body: bytes, book: PriceBook) -> MeteredRequest:
         raise ApiError(400, f"{price.model} has no price for {variant}.", code="invalid_parameter", param="size")
     fields = _fields(body)
     bound = msgspec.structs.replace(_per_request(fields), images=image.n, variant=variant)
-    return _metered(IMAGES, price, book, bound, body, _async_flag(fields))
+    # The worker always returns the bytes (an upstream too); the gateway keeps them behind a URL.
+    payload = msgspec.json.encode({**fields, "response_format": "b64_json"}) if "response_format" in fields else body
+    metered = _metered(IMAGES, price, book, bound, payload, _async_flag(fields))
+    return _answer_url(metered, image.response_format == "url")
+
+
+def _answer_url(metered: MeteredRequest, answer_url: bool) -> MeteredRequest:
+    return dataclasses.replace(metered, answer_url=answer_url)
 
 
 image_edit_inputs_max = 16  # images one edit may send (OpenAI's gpt-image models take up to 16)
@@ -368,12 +376,9 @@ def parse_image_edit(
     variant = f"{size}/{quality}"
     if price.image_variant_rates and variant not in price.image_variant_rates:
         raise ApiError(400, f"{price.model} has no price for {variant}.", code="invalid_parameter", param="size")
-    if fields.get("response_format") not in (None, "b64_json"):
+    if fields.get("response_format") not in (None, "b64_json", "url"):
         raise ApiError(
-            400,
-            "Only response_format b64_json is served: Tollgate keeps no image files to link to yet.",
-            code="unsupported_parameter",
-            param="response_format",
+            400, "response_format must be url or b64_json.", code="invalid_parameter", param="response_format"
         )
     payload = {
         "model": price.model,
@@ -385,7 +390,10 @@ def parse_image_edit(
         "mask_b64": base64.b64encode(mask).decode() if mask is not None else None,
     }
     bound = Units(images=int(given_n), variant=variant, calls=1)
-    return _metered(IMAGE_EDITS, price, book, bound, msgspec.json.encode(payload))
+    # b64_json unless asked (OpenAI's GPT image models answer edits inline; url when asked for).
+    return _answer_url(
+        _metered(IMAGE_EDITS, price, book, bound, msgspec.json.encode(payload)), fields.get("response_format") == "url"
+    )
 
 
 music_seconds_max = 120  # one result record holds it (a WAV at 16 kHz: 3.8 MB)

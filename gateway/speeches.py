@@ -2,11 +2,10 @@
 server-sent events of ``/v1/audio/speech:stream``, from the worker's result (the audio as base64, its
 format, duration and sample rate).
 
-EmpirioLabs answers a hosted URL by default. Tollgate keeps no media files yet, so ``url`` is a
-``data:`` URL holding the audio (a browser or an HTTP client with data-URL support reads it as it
-would a link), ``b64_json`` when the request asks for it, and the stream's ``audio.done`` has no
-``url`` (``null``): the chunks are the audio. With a file store, ``url`` would name the stored result,
-served by the gateway for about an hour.
+EmpirioLabs answers a hosted URL by default. Here ``url`` is first a ``data:`` URL holding the
+audio; the route replaces it with a signed link the gateway serves for about an hour
+(``gateway/routes/media.py``). ``b64_json`` when the request asks for it; the stream's ``audio.done``
+has no ``url`` (``null``): the chunks are the audio.
 """
 
 from __future__ import annotations

@@ -168,7 +168,9 @@ class ImageRequest(msgspec.Struct, frozen=True, kw_only=True):
     n: Annotated[int, msgspec.Meta(ge=1, le=4)] = 1
     size: Literal["1024x1024", "1792x1024"] = "1024x1024"
     quality: Literal["standard", "hd"] = "standard"
-    response_format: Literal["b64_json"] = "b64_json"
+    # url (the default, as OpenAI's and the documents' examples read data[0].url): a signed URL the
+    # gateway serves for an hour; b64_json: the PNG inline.
+    response_format: Literal["url", "b64_json"] = "url"
     user: str | None = None
 
 

@@ -15,6 +15,7 @@ from gateway.routes import (
     generation,
     health,
     jobs,
+    media,
     messages,
     models,
     resources,
@@ -42,4 +43,5 @@ route_handlers: list[HTTPRouteHandler] = [
     *casola.route_handlers,
     *files.route_handlers,
     *batches.route_handlers,
+    *media.route_handlers,
 ]

@@ -51,7 +51,7 @@ from gateway.requests import (
     parse_video,
 )
 from gateway.routes.generation import run_metered
-from gateway.routes.jobs import job_body, request_cancel
+from gateway.routes.jobs import job_body, linked_result, request_cancel
 from gateway.routes.tenants import new_token, token_creation_not_idempotent, tokens_answer
 from gateway.routes.usage import organization_usage_answer, usage_by_token_answer
 from ledger.money import micros_to_decimal
@@ -204,7 +204,10 @@ async def create_job(request: Request[Any, Any, Any], core: Core) -> Response[by
 
 @get("/api/jobs/{job_id:str}", operation_id="retrieveCasolaJob", opt={"scope": "user:read"})
 async def retrieve_job(request: Request[Any, Any, Any], core: Core, job_id: FromPath[str]) -> Response[bytes]:
-    return json_response(casola_job(_own_job(request, core, job_id, "user:read"), core.prices))
+    job = _own_job(request, core, job_id, "user:read")
+    body = casola_job(job, core.prices)
+    body["result"] = await linked_result(request, core, job, body["result"])  # media as signed URLs
+    return json_response(body)
 
 
 @post(

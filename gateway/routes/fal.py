@@ -37,6 +37,7 @@ from gateway.requests import IMAGES, SPEECH, VIDEOS, parse_fal
 from gateway.results import charge_headers, shape_result
 from gateway.routes.generation import answered, captured_of, generation_body, run_metered
 from gateway.routes.jobs import job_body, job_error, request_cancel
+from gateway.routes.media import linked_url
 from projections.jobs import JobState
 from schemas.api import FalBatchStatusRequest
 from schemas.events import JobCompleted
@@ -91,6 +92,32 @@ def fal_output(endpoint: str, shaped: dict[str, Any], variant: str) -> dict[str,
         video = {"url": _data_uri(data[0], content_type), "content_type": content_type} if data else None
         return {"video": video, "usage": usage}
     return {"response": shaped}
+
+
+async def linked_fal(
+    request: Request[Any, Any, Any], core: GatewayCore, org_id: str, body: dict[str, Any], seed: str = ""
+) -> dict[str, Any]:
+    """A Fal output with its media (``images[].url``, ``video.url``, ``audio.url``) as signed URLs the
+    gateway serves, as Fal's are, rather than ``data:`` URLs."""
+    shaped = dict(body)
+    images = shaped.get("images")
+    if isinstance(images, list):
+        shaped["images"] = [
+            {
+                **image,
+                "url": await linked_url(
+                    request, core, org_id, image.get("url"), seed=f"{seed}/{index}" if seed else ""
+                ),
+            }
+            if isinstance(image, dict)
+            else image
+            for index, image in enumerate(images)
+        ]
+    for name in ("video", "audio"):
+        medium = shaped.get(name)
+        if isinstance(medium, dict):
+            shaped[name] = {**medium, "url": await linked_url(request, core, org_id, medium.get("url"), seed=seed)}
+    return shaped
 
 
 def fal_request(request: Request[Any, Any, Any], core: GatewayCore, job: JobState, output: bool) -> dict[str, Any]:
@@ -151,7 +178,7 @@ async def submit(request: Request[Any, Any, Any], core: Core, slug: FromPath[str
         metered.price_of(charge.model),
     )
     body = {"request_id": placement.command.job.job_id, **fal_output(metered.endpoint, shaped, charge.units.variant)}
-    return json_response(body, headers=charge_headers(charge))
+    return json_response(await linked_fal(request, core, token.org_id, body), headers=charge_headers(charge))
 
 
 # Casola counts every POST and PUT under /fal as a job submission (its rate-limit table).
@@ -180,7 +207,9 @@ async def batch_status(request: Request[Any, Any, Any], core: Core) -> Response[
 @get("/fal/requests/{request_id:str}", operation_id="getFalRequest", opt={"scope": "user:read"})
 async def poll(request: Request[Any, Any, Any], core: Core, request_id: FromPath[str]) -> Response[bytes]:
     """The request's status, and its output once it completed."""
-    return json_response(fal_request(request, core, _own_request(request, core, request_id, "user:read"), True))
+    job = _own_request(request, core, request_id, "user:read")
+    body = fal_request(request, core, job, True)
+    return json_response(await linked_fal(request, core, job.org_id, body, seed=job.job_id))
 
 
 @get("/fal/requests/{request_id:str}/status", operation_id="getFalRequestStatus", opt={"scope": "user:read"})

@@ -73,6 +73,7 @@ from gateway.results import (
     shape_result,
     usage_of,
 )
+from gateway.routes.media import linked
 from gateway.waiters import Seen, request_admitted, request_finished
 from projections.views import ApiToken
 from schemas.events import (
@@ -275,6 +276,7 @@ async def _respond_json(
     charge = answered(core, token, placement, metered, completed, captured_of(seen))
     result = msgspec.json.decode(completed.result)
     body = shape_result(metered.endpoint, request_id(request), result, charge, metered.price_of(charge.model))
+    body = await linked(request, core, token.org_id, body, metered.answer_url)
     added_ms = (time.perf_counter() - started) * 1000 - completed.duration_ms
     headers = {**charge_headers(charge), "x-gateway-added-ms": f"{max(added_ms, 0):.2f}"}
     return json_response(body, headers=headers)
@@ -579,8 +581,8 @@ _image_edit_fields = ("model", "prompt", "n", "size", "quality", "response_forma
 @post(IMAGE_EDITS, operation_id="createImageEdit", opt={"scope": "user:write"}, status_code=200)
 async def image_edits(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
     """OpenAI's image edits (multipart): ``image`` (one file, or several as ``image`` or ``image[]``;
-    PNG, JPEG, GIF or WebP), an optional PNG ``mask``, ``prompt``; PNG images as ``b64_json``, priced
-    per image as generations are."""
+    PNG, JPEG, GIF or WebP), an optional PNG ``mask``, ``prompt``; PNG images as ``b64_json`` (or
+    signed links with ``response_format`` ``url``), priced per image as generations are."""
     token = authorize(request, "user:write")
     form = await uploads.read_form(request)
     fields = {name: uploads.form_text(form, name) for name in _image_edit_fields}
@@ -635,7 +637,9 @@ async def _speech_answer(
         return charge
     if ask.audio_response:
         usage = usage_of(metered.endpoint, charge.units, charge, metered.price_of(charge.model))
-        return json_response(speeches.audio_response(result, ask.inline, usage), headers=charge_headers(charge))
+        answer = speeches.audio_response(result, ask.inline, usage)
+        org_id = authorize(request, "user:write").org_id
+        return json_response(await linked(request, core, org_id, answer, False), headers=charge_headers(charge))
     audio = base64.b64decode(result["audio_b64"])
     media_type = str(result.get("content_type") or "audio/wav")
     return Response(content=audio, media_type=media_type, headers=charge_headers(charge))
@@ -650,7 +654,7 @@ async def _music(request: Request[Any, Any, Any], core: GatewayCore, body: bytes
 async def speech(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
     """OpenAI's speech (the audio is the answer, in ``response_format``: mp3, wav or pcm), or
     EmpirioLabs' JSON ``AudioResponse`` when the body names ``output_format`` or asks for ``b64_json``
-    or ``url``: ``data[]`` with ``url`` (a ``data:`` URL: no file store yet) or ``b64_json``,
+    or ``url``: ``data[]`` with ``url`` (a signed link the gateway serves for an hour) or ``b64_json``,
     ``duration`` and ``format``, and the usage with its charge. A music model (EmpirioLabs' example
     sends one here) generates music as ``/v1/audio/generations`` does."""
     body = await generation_body(request, core)

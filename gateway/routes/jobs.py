@@ -17,6 +17,7 @@ from gateway.errors import ApiError
 from gateway.http import json_response, limit_param
 from gateway.requests import VIDEOS
 from gateway.results import shape_result
+from gateway.routes.media import linked
 from ledger.money import micros_to_decimal
 from ledger.pricing import PriceBooks
 from projections.jobs import JobState
@@ -132,9 +133,20 @@ async def list_jobs(request: Request[Any, Any, Any], core: Core) -> Response[byt
     )
 
 
+async def linked_result(request: Request[Any, Any, Any], core: GatewayCore, job: JobState, result: Any) -> Any:
+    """A finished job's result with its media as signed URLs (a video's bytes, an ``AudioResponse``'s
+    ``data:`` URL), as EmpirioLabs shows ``result.data[].url``; the same copy is reused across polls."""
+    if not isinstance(result, dict) or job.status != "completed":
+        return result
+    return await linked(request, core, job.org_id, result, job.endpoint == VIDEOS, "video/mp4", seed=job.job_id)
+
+
 @get("/v1/jobs/{job_id:str}", operation_id="retrieveJob", opt={"scope": "user:read"})
 async def retrieve_job(request: Request[Any, Any, Any], core: Core, job_id: FromPath[str]) -> Response[bytes]:
-    return json_response(public_job(_own_job(request, core, job_id, "user:read"), core.prices))
+    job = _own_job(request, core, job_id, "user:read")
+    body = public_job(job, core.prices)
+    body["result"] = await linked_result(request, core, job, body["result"])
+    return json_response(body)
 
 
 @delete("/v1/jobs/{job_id:str}", operation_id="cancelJob", opt={"scope": "user:write"}, status_code=200)
@@ -191,7 +203,7 @@ async def retrieve_video(request: Request[Any, Any, Any], core: Core, job_id: Fr
             "created_at": described["created_at"],
             "completed_at": described["completed_at"],
             "cost_usd": described["cost_usd"],
-            "result": described["result"],
+            "result": await linked_result(request, core, job, described["result"]),
             "error": described["error"],
         }
     )

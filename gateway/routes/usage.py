@@ -140,8 +140,8 @@ def _usage_event(core: GatewayCore, row: UsageRow) -> dict[str, Any]:
         "latency_ms": row.latency_ms,
         "tokens": _tokens(units),
         "cost": {"amount": micros_to_decimal(row.cost_micros), "amount_micros": row.cost_micros, "currency": "USD"},
-        # Images, audio and video are answered inline (b64_json, audio bytes, the job's result) and
-        # not stored, so no event has a URL to list.
+        # Media links are made when a result is answered (or polled) and expire within the hour
+        # (gateway/media_urls.py); a usage event outlives them, so it lists none.
         "output_urls": [],
         "metadata": {
             "source": row.source,

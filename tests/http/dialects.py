@@ -89,3 +89,16 @@ def header_reconciles(account: Account, before_micros: int, response: Any) -> in
     assert account.balance_micros() == before_micros - micros
     assert account.usage_row(response.headers["x-request-id"])[5] == micros
     return micros
+
+
+def media_of(gw: Gateway, url: str, content_type: str) -> bytes:
+    """The bytes a result URL serves, fetched without an Authorization header (a signed URL is its
+    own authority), checked to be ``content_type``."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    assert parts.scheme in ("http", "https") and parts.path.startswith("/v1/media/"), url
+    served = gw.call("GET", f"{parts.path}?{parts.query}")
+    assert served.status_code == 200, served.text
+    assert served.headers["content-type"].startswith(content_type), served.headers["content-type"]
+    return bytes(served.content)

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from tests.harness import Gateway
-from tests.http.dialects import Account, reconciles
+from tests.http.dialects import Account, media_of, reconciles
 from tests.reference import reference_validator
+from workers import media
 
 
 @pytest.fixture(scope="module")
@@ -272,6 +273,9 @@ def test_empiriolabs_video_example_answers_processing_and_polls_at_its_own_path(
         time.sleep(0.05)
     assert state["status"] == "completed" and state["progress"] == 1 and state["error"] is None, state
     assert state["result"]["data"][0]["content_type"] == "video/x-msvideo"
+    # EX-114: result.data[].url, a link the gateway serves (no bytes inline)
+    video = state["result"]["data"][0]
+    assert "b64_json" not in video and media.video_info(media_of(account.gw, video["url"], "video/x-msvideo"))[0] > 0
     micros = reconciles(account, before, accepted.headers["x-request-id"], state["result"]["usage"], None)
     assert micros == 8 * 50_000  # 8 seconds at 0.05 credits per second
     # The same job at the openai prefix; another kind of job, an unknown id: 404.

@@ -98,7 +98,7 @@ def test_curl_shaped_edit_runs(account: Account) -> None:
         ({"image": ("a.png", photo, "image/png")}, {"prompt": ""}, 400, "prompt"),
         ({"image": ("a.png", photo, "image/png")}, {"size": "640x480"}, 400, "size"),
         ({"image": ("a.png", photo, "image/png")}, {"n": "9"}, 400, "n"),
-        ({"image": ("a.png", photo, "image/png")}, {"response_format": "url"}, 400, "response_format"),
+        ({"image": ("a.png", photo, "image/png")}, {"response_format": "base64"}, 400, "response_format"),
         ({"image": ("a.png", photo + bytes(uploads.upload_bytes_max), "image/png")}, {}, 413, "image"),
         ({"image": ("a.png", photo, "image/png")}, {"model": "sim-tts"}, 404, "model"),
     ],
