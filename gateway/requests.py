@@ -343,8 +343,9 @@ def parse_image(body: bytes, book: PriceBook) -> MeteredRequest:
         raise ApiError(400, f"{price.model} has no price for {variant}.", code="invalid_parameter", param="size")
     fields = _fields(body)
     bound = msgspec.structs.replace(_per_request(fields), images=image.n, variant=variant)
-    # The worker always returns the bytes (an upstream too); the gateway keeps them behind a URL.
-    payload = msgspec.json.encode({**fields, "response_format": "b64_json"}) if "response_format" in fields else body
+    # The worker always returns the bytes (an upstream is asked for b64_json: its own default may be a
+    # link of its own); the gateway keeps them behind a URL of its own when asked for url.
+    payload = msgspec.json.encode({**fields, "response_format": "b64_json"})
     metered = _metered(IMAGES, price, book, bound, payload, _async_flag(fields))
     return _answer_url(metered, image.response_format == "url")
 

@@ -369,3 +369,15 @@ class FakeUpstream:
         self._loop.call_soon_threadsafe(self._server.close)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+
+
+def served_media(url: str, content_type: str) -> bytes:
+    """The bytes a result's signed media URL serves over real HTTP, fetched without an Authorization
+    header (the URL is its own authority), checked to be ``content_type``."""
+    import httpx
+
+    assert url.startswith("http") and "/v1/media/" in url, url
+    served = httpx.get(url, timeout=30)
+    assert served.status_code == 200, served.text
+    assert served.headers["content-type"].startswith(content_type), served.headers["content-type"]
+    return served.content

@@ -20,7 +20,7 @@ import pytest
 
 from ledger.pricing import default_price_book, price_micros
 from schemas.units import Units
-from tests.support import Admin, Role, free_port, usage, wait_for_text, wait_until_serving
+from tests.support import Admin, Role, free_port, served_media, usage, wait_for_text, wait_until_serving
 from workers import media
 
 admin_token = "tga_jobs_e2e"
@@ -188,7 +188,7 @@ def test_images_are_real_pngs_priced_per_image_and_variant(stack: Stack) -> None
     _, key = stack.org()
     before = balance_micros(stack, key)
     raw = stack.client(key).images.with_raw_response.generate(
-        model="sim-image", prompt="a ledger at dawn", n=2, size="1792x1024", quality="hd"
+        model="sim-image", prompt="a ledger at dawn", n=2, size="1792x1024", quality="hd", response_format="b64_json"
     )
     images = raw.parse()
     assert images.data is not None and len(images.data) == 2
@@ -264,7 +264,9 @@ def test_video_is_always_async_and_its_job_holds_a_real_video(stack: Stack) -> N
     assert submitted.json()["poll_url"] == f"/v1/jobs/{job_id}"
     job = wait_job(client, job_id, {"completed", "failed", "dead_letter"})
     assert job["state"] == job["status"] == "completed" and job["progress"] == 1 and job["attempt"] == 1
-    clip = base64.b64decode(job["result"]["data"][0]["b64_json"])
+    video = job["result"]["data"][0]  # EmpirioLabs' Job: result.data[].url, a signed link
+    assert "b64_json" not in video
+    clip = served_media(video["url"], "video/x-msvideo")
     width, height, fps, frames = media.video_info(clip)
     assert frames == 3 * fps and (width, height) == (64, 36)
     expected = price_micros(book.models["sim-video"], Units(video_seconds=3))

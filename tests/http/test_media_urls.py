@@ -143,3 +143,20 @@ def test_an_expired_url_is_refused_and_its_media_swept(tmp_path: Any) -> None:
     fields = {key: values[0] for key, values in parse_qs(query).items()}
     elsewhere = MediaStore(blobs, b"other secret", ttl_s=3600)
     assert elsewhere.get(org_id, path.rsplit("/", 1)[1], fields["expires"], fields["signature"], now=now) is None
+
+
+def test_the_worker_is_always_asked_for_the_bytes() -> None:
+    """An upstream's own default may be a link of its own: the worker asks for b64_json whatever the
+    client asked, and the gateway makes the link (``answer_url``)."""
+    import msgspec
+
+    from gateway.requests import parse_image
+
+    book = default_price_book()
+    for asked, answer_url in ((None, True), ("url", True), ("b64_json", False)):
+        body: dict[str, Any] = {"model": "sim-image", "prompt": "a cat"}
+        if asked is not None:
+            body["response_format"] = asked
+        metered = parse_image(msgspec.json.encode(body), book)
+        assert msgspec.json.decode(metered.payload)["response_format"] == "b64_json"
+        assert metered.answer_url is answer_url
