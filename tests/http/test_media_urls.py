@@ -160,3 +160,17 @@ def test_the_worker_is_always_asked_for_the_bytes() -> None:
         metered = parse_image(msgspec.json.encode(body), book)
         assert msgspec.json.decode(metered.payload)["response_format"] == "b64_json"
         assert metered.answer_url is answer_url
+
+
+def test_a_sweep_does_bounded_work(tmp_path: Any) -> None:
+    from gateway.blobs import DirectoryBlobStore
+    from gateway.media_urls import sweep_max
+
+    store = MediaStore(DirectoryBlobStore(tmp_path), b"secret", ttl_s=60)
+    now = time.time()
+    for _ in range(sweep_max + 8):
+        store.put("org_a", b"x", "image/png", now=now)
+    assert store.sweep(now + 59) == 0  # none expired yet
+    assert store.sweep(now + 60) == sweep_max
+    assert store.sweep(now + 60) == 8
+    assert not any((tmp_path / "media-org_a").iterdir())
