@@ -583,11 +583,20 @@ def _has_negative(units: Units) -> bool:
     return min(unit_quantities(units)) < 0
 
 
+def _late_run_capture(hold: Hold, now: datetime) -> bool:
+    """A capture after its run's lease ran out, read before the ledger decided that expiry: the expiry
+    would keep the hold open one more time-to-live (``JobLeaseLost``, see decide_expiry) unless the
+    job used up its attempts, so the run's work is charged now as it would be then. Whichever of the
+    two the ledger reads first, the answer is the same (a broker outage decides that order)."""
+    grace_ends = hold.expires_at + timedelta(seconds=max(hold.ttl_s, 1))
+    return hold.leased and (hold.cancel_requested or hold.attempts < hold.attempts_max) and now < grace_ends
+
+
 def _decide_capture(wallet: Wallet, command: CaptureHold, now: datetime, prices: Prices) -> list[Event] | Rejection:
     hold = _open_hold(wallet, command.hold_id)
     if isinstance(hold, Rejection):
         return hold
-    if now >= hold.expires_at:
+    if now >= hold.expires_at and not _late_run_capture(hold, now):
         # Past its time-to-live the hold no longer reserves anything; the expiry event releases it.
         return Rejection.hold_expired
     units = command.units
@@ -724,7 +733,8 @@ def _decide_start_job(wallet: Wallet, command: StartJob, now: datetime) -> list[
 
 def _decide_cancel_job(wallet: Wallet, command: CancelJob, now: datetime) -> list[Event] | Rejection:
     """Cancel: a job no run holds is released at once; a running one stops at its next progress point
-    and its run captures the work done (or its lease runs out and the hold is released)."""
+    and its run captures the work done (or its lease runs out and the hold is released as cancelled a
+    time-to-live later, see decide_expiry)."""
     hold = _open_hold(wallet, command.hold_id)
     if isinstance(hold, Rejection):
         return hold
@@ -929,15 +939,17 @@ def decide_expiry(wallet: Wallet, hold_id: str, now: datetime) -> list[Event]:
     - a job that waited its whole time-to-live without a run: released (``hold_expired``);
     - a lease that ran out (no heartbeat): ``JobLeaseLost``, and the hold waits one more time-to-live
       for the log to redeliver the job to another run, unless the job used up its attempts
-      (dead-lettered) or was cancelled (released).
+      (dead-lettered);
+    - a cancelled job's lease that ran out: ``JobLeaseLost`` too, and the hold is released as
+      cancelled at the end of that time-to-live. The run that held the lease may have finished in
+      time and its capture be late (a broker or ledger outage holds it back): until then it is
+      still charged, once, for the work done (a cancelled job is never run again).
     """
     hold = wallet.holds.get(hold_id)
     if hold is None or hold.status is not HoldStatus.open or now < hold.expires_at:
         return []
     cause = f"expire:{hold.hold_id}:{hold.attempts}:{hold.leased}"
-    if hold.leased and hold.cancel_requested:
-        return [_released(wallet, hold, event_id_for(cause, "hold.released"), now, cancelled_reason, hold.hold_id)]
-    if hold.leased and hold.attempts >= hold.attempts_max:
+    if hold.leased and hold.attempts >= hold.attempts_max and not hold.cancel_requested:
         return _dead_lettered(wallet, hold, now, cause, "lease_expired")
     if hold.leased:
         return [

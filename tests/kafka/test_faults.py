@@ -257,7 +257,7 @@ def run_a_long_job(base_url: str, key: str) -> None:
     response = httpx.post(f"{base_url}/v1/chat/completions", json={**body, "sim": {"token_ms": 200}}, headers=headers)
     assert response.status_code == 202, response.text
     deadline = time.monotonic() + 60
-    while httpx.get(f"{base_url}{response.json()['poll_url']}", headers=headers).json()["status"] != "running":
+    while httpx.get(f"{base_url}{response.json()['poll_url']}", headers=headers).json()["state"] != "running":
         assert time.monotonic() < deadline, "no worker started the long job"
         time.sleep(0.1)
 

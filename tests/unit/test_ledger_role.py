@@ -150,12 +150,13 @@ def test_a_capture_appended_within_its_lease_is_taken_after_a_ledger_outage(tmp_
     assert role.wallets["org"].captured_micros > 0
 
 
-def test_the_ledger_clock_alone_would_lose_that_capture(tmp_path: Path) -> None:
-    """The same capture decided at the ledger's reading time: past the lease, refused (hold_expired)."""
+def test_the_ledger_clock_alone_would_lose_that_capture_after_a_longer_outage(tmp_path: Path) -> None:
+    """The same capture decided at the ledger's reading time: past the lease and the time-to-live of
+    grace a run's late capture gets (30 s here), refused (hold_expired)."""
     clock = Clock()
     role = LedgerRole(EmbeddedLog(tmp_path / "log.sqlite3"), Settings(), default_price_book(), clock)
     lease, capture = _lease_and_capture()
     role.decide_batch([grant(1000), place("h1", 300), lease])
-    clock.now = start + timedelta(seconds=10)
+    clock.now = start + timedelta(seconds=3 + 30)
     outcome = [decode_event(o.value) for o in role.decide_batch([capture])]
     assert [(type(e).__name__, getattr(e, "code", "")) for e in outcome] == [("CommandRejected", "hold_expired")]

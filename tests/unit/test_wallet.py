@@ -571,22 +571,43 @@ def test_a_queued_job_nobody_runs_is_released_at_its_ttl() -> None:
     assert isinstance(expired[0], HoldReleased) and expired[0].reason == "hold_expired"
 
 
-def test_a_cancelled_running_job_whose_lease_ends_is_released_as_cancelled() -> None:
+def test_a_cancelled_running_job_whose_lease_ends_is_released_as_cancelled_a_ttl_later() -> None:
+    """Its run may have finished in time with its capture held back (a broker outage): the hold waits
+    one more time-to-live for it, then is released as cancelled."""
     wallet, _ = run([grant(1000), hold(100), start("r1", lease_s=5), cancel()])
-    expired = decide_expiry(wallet, "h1", now + timedelta(seconds=5))
+    lost = decide_expiry(wallet, "h1", now + timedelta(seconds=5))
+    assert kinds(lost) == [JobLeaseLost]
+    for event in lost:
+        evolve(wallet, event)
+    expired = decide_expiry(wallet, "h1", now + timedelta(seconds=5 + 60))
     assert kinds(expired) == [HoldReleased]
     assert isinstance(expired[0], HoldReleased) and expired[0].reason == "cancelled"
     assert wallet.holds["h1"].cancel_requested
 
 
-def test_a_heartbeat_extends_the_lease_and_a_capture_after_it_lapses_is_refused() -> None:
+def test_a_cancelled_runs_late_capture_is_charged_whether_read_before_or_after_its_lease_expiry() -> None:
+    """A broker outage holds a finished run's capture back past its lease: read before the ledger
+    decides that expiry, or after it, the work is charged once."""
+    late = now + timedelta(seconds=8)
+    before_expiry, _ = run([grant(1000), hold(100), start("r1", lease_s=5), cancel()])
+    assert kinds(decide(before_expiry, capture(), late, book)) == [HoldCaptured]
+    after_expiry, _ = run([grant(1000), hold(100), start("r1", lease_s=5), cancel()])
+    for event in decide_expiry(after_expiry, "h1", now + timedelta(seconds=5)):
+        evolve(after_expiry, event)
+    assert kinds(decide(after_expiry, capture(), late, book)) == [HoldCaptured]
+
+
+def test_a_heartbeat_extends_the_lease_and_a_capture_a_ttl_after_it_lapses_is_refused() -> None:
     wallet, _ = run([grant(1000), hold(100), start("r1", lease_s=10)])
     later = now + timedelta(seconds=8)
     for event in decide(wallet, start("r1", lease_s=10, n=1), later, book):  # type: ignore[union-attr]
         evolve(wallet, event)
     assert wallet.holds["h1"].expires_at == later + timedelta(seconds=10)
     assert wallet.holds["h1"].attempts == 1, "a heartbeat is not a new attempt"
-    assert decide(wallet, capture(), later + timedelta(seconds=10), book) is Rejection.hold_expired
+    # Past the lease, the run's capture is still charged for one more time-to-live (60 s here), as the
+    # lease's expiry would keep the hold open that long for it (decide_expiry's JobLeaseLost).
+    assert kinds(decide(wallet, capture(), later + timedelta(seconds=10), book)) == [HoldCaptured]
+    assert decide(wallet, capture(), later + timedelta(seconds=10 + 60), book) is Rejection.hold_expired
 
 
 def test_heartbeats_never_keep_a_run_past_the_holds_ttl() -> None:
