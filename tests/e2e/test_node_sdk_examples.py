@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from tests.reference import reference
-from tests.support import Dev, usage
+from tests.support import Dev, served_media, usage
 
 pytestmark = [pytest.mark.slow]
 
@@ -82,13 +82,7 @@ def examples() -> dict[str, Example]:
 
 # Node examples that do not work as the documents show them, with the reason; the test asserts what
 # each does today, so fixing the gap fails it until its entry goes.
-not_as_documented: dict[str, str] = {
-    "EX-32": (
-        "its last line prints image.data[0].url, and Tollgate answers POST /v1/images/generations with "
-        "b64_json only (response_format url is a 400: Tollgate keeps no image files to link to yet), so "
-        "the snippet prints `undefined` there; its chat half and the image's charge work"
-    ),
-}
+not_as_documented: dict[str, str] = {}
 
 
 def test_every_node_example_in_the_documents_is_listed() -> None:
@@ -225,8 +219,8 @@ def test_the_node_example_runs_as_written(
         assert content == ran.printed["chat"]["choices"][0]["message"]["content"] and content
         assert ran.printed["chat"]["model"] == "Qwen/Qwen3.5-4B"
         image = ran.printed["image"]
-        assert "EX-32" in not_as_documented and url == "undefined", url  # the gap listed above
-        assert "url" not in image["data"][0] and image["data"][0]["b64_json"].startswith("iVBORw0KGgo"), image
+        assert url == image["data"][0]["url"] and "b64_json" not in image["data"][0], image  # a signed link
+        assert served_media(url, "image/png").startswith(b"\x89PNG")  # fetched with no key, as a browser would
         reconciles(dev, key, before, [ran.printed["chat"]["usage"]["cost_usd"], image["usage"]["cost_usd"]])
     elif name == "EX-37":
         resp = ran.printed["resp"]
