@@ -137,7 +137,7 @@ class GatewayCore:
         self.blobs: BlobStore = DirectoryBlobStore(Path(settings.files_dir or settings.data_dir / "files"))
         # Results answered as signed URLs (response_format=url): in the same store, signed with a key
         # derived from the admin secret (instances sharing it verify each other's URLs; none: this one only).
-        media_secret = settings.admin_token.encode() or secrets.token_bytes(32)
+        media_secret = admin_token.encode() or secrets.token_bytes(32)
         self.media = MediaStore(self.blobs, media_secret, settings.media_url_ttl_s)
         # Batches (/v1/batches): their state folded from tollgate.jobs; this instance's runner (gateway/batches.py).
         self.batches = BatchesView()

@@ -143,6 +143,9 @@ def test_an_expired_url_is_refused_and_its_media_swept(tmp_path: Any) -> None:
     fields = {key: values[0] for key, values in parse_qs(query).items()}
     elsewhere = MediaStore(blobs, b"other secret", ttl_s=3600)
     assert elsewhere.get(org_id, path.rsplit("/", 1)[1], fields["expires"], fields["signature"], now=now) is None
+    # Another instance with the same secret (the admin token) serves it: any gateway behind the balancer.
+    sibling = MediaStore(blobs, b"secret", ttl_s=3600)
+    assert sibling.get(org_id, path.rsplit("/", 1)[1], fields["expires"], fields["signature"], now=now) is not None
 
 
 def test_the_worker_is_always_asked_for_the_bytes() -> None:
