@@ -137,7 +137,22 @@ def test_each_roles_series_move_by_what_was_sent_and_settle(stack: Stack) -> Non
             and total(now["projector"], "tollgate_projector_rows_pending") == 0
         )
 
-    eventually(settled, "every consumer's lag back to 0, and no hold, lease, job or row left open")
+    try:
+        eventually(settled, "every consumer's lag back to 0, and no hold, lease, job or row left open")
+    except AssertionError:
+        # Say which of them did not settle.
+        now = {role: scrape(url) for role, url in stack.metrics_urls.items()}
+        watched = (
+            "tollgate_consumer_lag_records",
+            "tollgate_ledger_open_holds",
+            "tollgate_ledger_open_leases",
+            "tollgate_worker_jobs_running",
+            "tollgate_projector_rows_pending",
+        )
+        open_ = {role: {key: v for key, v in series.items() if key[0] in watched and v} for role, series in now.items()}
+        raise AssertionError(
+            f"not settled: {open_}; ready: {[ready(url) for url in stack.metrics_urls.values()]}"
+        ) from None
     after = {role: scrape(url) for role, url in stack.metrics_urls.items()}
     for role in roles:  # one registry per process: each listener reports its own role's consumers
         lag_roles = {dict(labels)["role"] for (name, labels) in after[role] if name == "tollgate_consumer_lag_records"}
