@@ -181,21 +181,18 @@ async def deploy_gpu_instance(request: Request[Any, Any, Any], core: Core) -> Re
     if body.mode == "custom" and not body.image:
         raise ApiError(422, "mode custom needs an image.", code="invalid_parameter", param="image")
     instance_id = derived_id(request, "gpu")
-    command = StartResource(
-        command_id=f"start:{instance_id}:1",
-        org_id=token.org_id,
-        issued_at=utc_now(),
-        correlation_id=instance_id,
-        resource_id=instance_id,
-        token_id=token.token_id,
-        kind="gpu",
-        resource_class=gpu.slug,
-        quantity=body.num_gpus,
-        interval_s=core.settings.resource_interval_s,
-        price_version=book.version,
-        label=body.name or "",
-        image=body.image or body.hf_id or body.template_slug or "",
-        disk_gb=body.disk_gb,
+    command = _start_gpu(
+        core,
+        token.org_id,
+        token.token_id,
+        instance_id,
+        1,
+        gpu.slug,
+        body.num_gpus,
+        book.version,
+        body.name or "",
+        body.image or body.hf_id or body.template_slug or "",
+        body.disk_gb,
     )
     await _ledger(core, command)
     return json_response({"instance": _gpu_instance(core, token.org_id, _resource(core, token.org_id, instance_id))})
@@ -205,6 +202,38 @@ async def deploy_gpu_instance(request: Request[Any, Any, Any], core: Core) -> Re
 async def get_gpu_instance(request: Request[Any, Any, Any], core: Core, instance_id: FromPath[str]) -> Response[bytes]:
     token = authorize(request, "user:read")
     return json_response({"instance": _gpu_instance(core, token.org_id, _resource(core, token.org_id, instance_id))})
+
+
+def _start_gpu(
+    core: GatewayCore,
+    org_id: str,
+    token_id: str,
+    instance_id: str,
+    run: int,
+    gpu_class: str,
+    num_gpus: int,
+    price_version: str,
+    label: str,
+    image: str,
+    disk_gb: int,
+) -> StartResource:
+    """The ledger command that starts run ``run`` of a GPU instance (its first at deploy, a next at start)."""
+    return StartResource(
+        command_id=f"start:{instance_id}:{run}",
+        org_id=org_id,
+        issued_at=utc_now(),
+        correlation_id=instance_id,
+        resource_id=instance_id,
+        token_id=token_id,
+        kind="gpu",
+        resource_class=gpu_class,
+        quantity=num_gpus,
+        interval_s=core.settings.resource_interval_s,
+        price_version=price_version,
+        label=label,
+        image=image,
+        disk_gb=disk_gb,
+    )
 
 
 async def _stop(core: GatewayCore, org_id: str, resource: Resource, reason: str) -> dict[str, str]:
@@ -266,21 +295,18 @@ async def gpu_instance_action(
         book = core.prices.current
         if resource.resource_class not in book.gpu_classes:
             raise ApiError(409, "This GPU type is no longer offered.", code="gpu_not_found", param="instance_id")
-        command = StartResource(
-            command_id=f"start:{instance_id}:{resource.run + 1}",
-            org_id=token.org_id,
-            issued_at=utc_now(),
-            correlation_id=instance_id,
-            resource_id=instance_id,
-            token_id=token.token_id,
-            kind="gpu",
-            resource_class=resource.resource_class,
-            quantity=resource.quantity,
-            interval_s=core.settings.resource_interval_s,
-            price_version=book.version,
-            label=resource.label,
-            image=resource.image,
-            disk_gb=resource.disk_gb,
+        command = _start_gpu(
+            core,
+            token.org_id,
+            token.token_id,
+            instance_id,
+            resource.run + 1,
+            resource.resource_class,
+            resource.quantity,
+            book.version,
+            resource.label,
+            resource.image,
+            resource.disk_gb,
         )
         await _ledger(core, command)
     card = _gpu_instance(core, token.org_id, _resource(core, token.org_id, instance_id))
