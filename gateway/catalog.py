@@ -71,6 +71,7 @@ _endpoints = {
     "video": ["/v1/videos/generations"],
     "rerank": ["/v1/rerank", "/v1/reranks", "/v1/score"],
     "storage": ["/v1/files"],
+    "3d": ["/v1/3d/generations"],
 }
 
 
@@ -160,6 +161,7 @@ def _type_and_category(price: ModelPrice) -> tuple[str, str]:
         "transcription": ("transcription", "transcription"),
         "rerank": ("text", "reranker"),
         "storage": ("file", "storage"),
+        "3d": ("3d", "3d"),
     }[kind]
 
 
@@ -260,10 +262,53 @@ def _parameters(price: ModelPrice) -> list[dict[str, Any]]:
             {"name": "file", "type": "file", "required": True},
             {"name": "purpose", "type": "string", "required": True},
         ],
+        "3d": [
+            {"name": "image_url", "type": "string", "required": False, "description": "The image, by URL."},
+            {"name": "image", "type": "string", "required": False, "description": "A URL, data: URL or base64."},
+            {
+                "name": "resolution",
+                "type": "enum",
+                "required": False,
+                "default": "1024",
+                "allowed_values": ["512", "1024", "1536"],
+            },
+            {"name": "seed", "type": "integer", "required": False, "default": 42, "min": 0, "max": 2147483647},
+            {
+                "name": "texture_size",
+                "type": "enum",
+                "required": False,
+                "default": "2048",
+                "allowed_values": ["1024", "2048", "4096"],
+            },
+            {
+                "name": "decimation_target",
+                "type": "integer",
+                "required": False,
+                "default": 500000,
+                "min": 10000,
+                "max": 1000000,
+            },
+            {"name": "remesh", "type": "boolean", "required": False, "default": True},
+            {
+                "name": "max_num_tokens",
+                "type": "integer",
+                "required": False,
+                "default": 49152,
+                "min": 1024,
+                "max": 131072,
+            },
+            {
+                "name": "response_format",
+                "type": "enum",
+                "required": False,
+                "default": "url",
+                "allowed_values": ["url", "b64_json"],
+            },
+        ],
     }
     if kind == "storage":
         return specific[kind]  # uploaded with POST /v1/files, not requested by model
-    return [model, *specific[kind], *(common if kind != "transcription" else [])]
+    return [model, *specific[kind], *(common if kind not in ("transcription", "3d") else [])]
 
 
 def model_card(price: ModelPrice, version: str, detail: bool = False) -> dict[str, Any]:

@@ -37,6 +37,7 @@ content_types = {
     "wav": "audio/wav",
     "mp3": "audio/mpeg",
     "pcm": "audio/pcm",
+    "glb": "model/gltf-binary",
     "bin": "application/octet-stream",
 }
 _extensions = {content_type: extension for extension, content_type in content_types.items()}

@@ -46,6 +46,7 @@ from schemas.events import (
     JobFailed,
 )
 from schemas.units import Units, tools
+from workers.meshes import THREE_D
 
 
 class Charged(Protocol):
@@ -177,6 +178,8 @@ def usage_of(endpoint: str, units: Units, captured: Charged, price: ModelPrice |
         counts = {"seconds": units.video_seconds}
     elif endpoint in (AUDIO_GENERATIONS, MUSIC_GENERATIONS):
         counts = {"seconds": units.audio_seconds}
+    elif endpoint == THREE_D:  # one generation per request, priced by the request
+        counts = {"generations": units.calls}
     else:  # an endpoint without a usage shape of its own: every unit by its name
         counts = {name: quantity for name, quantity in zip(unit_names, unit_quantities(units), strict=True) if quantity}
     return {**counts, **usage_cost(captured, price)}

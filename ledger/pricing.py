@@ -277,6 +277,7 @@ _default_modalities: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "embedding": (("text",), ("embeddings",)),
     "image": (("text",), ("image",)),
     "video": (("text",), ("video",)),
+    "3d": (("image",), ("3d",)),
     "speech": (("text",), ("audio",)),
     "transcription": (("audio",), ("text",)),
     "music": (("text",), ("audio",)),
@@ -637,6 +638,20 @@ def default_price_book() -> PriceBook:
             owned_by="bytedance",
             description="Seedance 2.0 Pro as EmpirioLabs' video example names it (simulated, always async).",
             video_second_rate=50_000_000_000,  # 0.05 credits per second
+        ),
+    ]
+    # 3D generation (EmpirioLabs' POST /v1/3d/generations, image to a GLB asset, always async): its
+    # example's model. Priced per generation (one request: the document prices no resolution apart).
+    models += [
+        ModelPrice(
+            model="trellis-2-4b",
+            category="3d",
+            pool="default",
+            owned_by="microsoft",
+            description="TRELLIS.2 4B image to 3D (simulated, always async): a GLB asset, priced per generation.",
+            hugging_face_id="microsoft/TRELLIS.2-4B",
+            max_output_tokens=0,
+            call_rate=150_000_000_000,  # 0.15 credits per generation
         ),
     ]
     # Files (/v1/files) are charged per byte-day stored, daily, by the ledger (ledger/storage.py).

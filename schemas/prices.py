@@ -14,7 +14,7 @@ import msgspec
 from schemas.resources import GpuClass, PlanPrice
 from schemas.units import Tool
 
-Category = Literal["chat", "embedding", "image", "audio", "video", "rerank", "storage"]
+Category = Literal["chat", "embedding", "image", "audio", "video", "rerank", "storage", "3d"]
 
 
 class ContextTier(msgspec.Struct, frozen=True, kw_only=True):

@@ -381,3 +381,38 @@ def served_media(url: str, content_type: str) -> bytes:
     assert served.status_code == 200, served.text
     assert served.headers["content-type"].startswith(content_type), served.headers["content-type"]
     return served.content
+
+
+# --- the reference documents' curl examples, run as a reader copies them ---
+
+
+def fenced_curl(document: Path, title: str) -> str:
+    """The curl command of the fenced ``bash`` block titled ``title`` in a Markdown document (as
+    EmpirioLabs' reference writes its examples: ```` ```bash title="Submit a 3D job" ````), whole:
+    its continuation lines and quoted body as written."""
+    lines = document.read_text().splitlines()
+    opening = f'```bash title="{title}"'
+    start = lines.index(opening) + 1
+    end = lines.index("```", start)
+    command = "\n".join(lines[start:end])
+    assert command.startswith("curl "), command
+    return command
+
+
+def run_curl(command: str, replacements: dict[str, str], env: dict[str, str]) -> dict[str, Any]:
+    """``command`` with each of ``replacements`` made (the host, placeholders), run by bash with
+    ``env`` added (the key in the document's variable), failing on an HTTP error; its JSON answer
+    (numbers as Decimal, so amounts compare exactly)."""
+    for old, new in replacements.items():
+        command = command.replace(old, new)
+    done = subprocess.run(
+        ["bash", "-c", command + " -s --fail-with-body"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, (command, done.stdout, done.stderr)
+    answer: dict[str, Any] = json.loads(done.stdout, parse_float=Decimal)
+    return answer

@@ -31,7 +31,7 @@ import msgspec
 from ledger.pricing import billed_seconds, default_price_book
 from schemas.prices import Route
 from schemas.units import Units
-from workers import conversations, media, metering
+from workers import conversations, media, meshes, metering
 from workers.conversations import Dialogue, Reply, Search, ToolCall
 
 _token_pattern = re.compile(r"\w+|[^\w\s]")
@@ -234,6 +234,7 @@ class SimulatedBackend(Backend):
             AUDIO_GENERATIONS: self._music,
             MUSIC_GENERATIONS: self._music,
             "/v1/videos/generations": self._video,
+            meshes.THREE_D: self._mesh,
             RERANK: self._rerank,
             RERANKS: self._rerank,
             SCORE: self._score,
@@ -470,6 +471,29 @@ class SimulatedBackend(Backend):
         clip = await asyncio.to_thread(media.video_clip, seconds, video_width, video_height, video_fps, seed)
         result = {"data": [{"b64_json": base64.b64encode(clip).decode(), "content_type": "video/x-msvideo"}]}
         return JobOutput(result=result, units=Units(video_seconds=seconds))
+
+    async def _mesh(self, job: JobContext, token_s: float) -> JobOutput:
+        """Image to 3D: a GLB (workers/meshes.py) from the image reference, ``seed`` and ``resolution``,
+        after four stages (sparse structure, geometry, texture, export), each a progress point. One
+        generation is one request's fee, charged when the asset exists: a stop before it charges nothing."""
+        payload = job.payload
+        resolution = str(payload.get("resolution") or "1024")
+        seed = _seed(payload.get("image") or payload.get("image_url"), payload.get("seed"), resolution)
+        for stage in range(1, 4):
+            if self._video_second_s:
+                await asyncio.sleep(self._video_second_s)
+            job.progress(250 * stage, Units())
+        extras = {name: payload.get(name) for name in ("texture_size", "decimation_target", "remesh", "seed")}
+        glb, _ = await asyncio.to_thread(meshes.glb_asset, resolution, seed, {"resolution": resolution, **extras})
+        encoded = base64.b64encode(glb).decode()
+        item = (
+            {"b64_json": encoded}
+            if payload.get("response_format") == "b64_json"
+            else {"url": f"data:{meshes.CONTENT_TYPE};base64,{encoded}"}
+        )
+        units = Units(calls=1)
+        job.progress(1000, units)
+        return JobOutput(result={"data": [{**item, "content_type": meshes.CONTENT_TYPE}]}, units=units)
 
     async def _rerank(self, job: JobContext, token_s: float) -> JobOutput:
         """Every document scored against the query (``relevance``); tokens as a cross-encoder reads

@@ -21,6 +21,7 @@ from gateway.routes import (
     resources,
     responses,
     tenants,
+    three_d,
     usage,
     voices,
 )
@@ -44,4 +45,5 @@ route_handlers: list[HTTPRouteHandler] = [
     *files.route_handlers,
     *batches.route_handlers,
     *media.route_handlers,
+    *three_d.route_handlers,
 ]

@@ -103,6 +103,9 @@ samples: dict[str, Sample] = {
     "/v1/audio/transcriptions": _transcription,
     "/v1/audio/translations": _transcription,
     "/v1/videos/generations": lambda c, v: {"json": {"model": "sim-video", "prompt": f"clip {v}", "duration": 1}},
+    "/v1/3d/generations": lambda c, v: {
+        "json": {"model": "trellis-2-4b", "image_url": f"https://example.com/{v}.png", "resolution": "512"}
+    },
     "/v1/responses": lambda c, v: {"json": {"model": "sim-chat-small", "input": f"hello {v}"}},
     "/v1/messages": lambda c, v: {
         "json": {"model": "sim-chat-small", "max_tokens": 64, "messages": [{"role": "user", "content": f"hi {v}"}]}
@@ -151,6 +154,7 @@ with_key = {
     "/v1/audio/transcriptions",
     "/v1/audio/translations",
     "/v1/videos/generations",
+    "/v1/3d/generations",
     "/v1/responses",
     "/v1/messages",
     "/v1/rerank",
