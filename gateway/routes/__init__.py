@@ -13,6 +13,7 @@ from gateway.routes import (
     fal,
     files,
     generation,
+    generation_templates,
     health,
     jobs,
     media,
@@ -46,4 +47,5 @@ route_handlers: list[HTTPRouteHandler] = [
     *batches.route_handlers,
     *media.route_handlers,
     *three_d.route_handlers,
+    *generation_templates.route_handlers,
 ]

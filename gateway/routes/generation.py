@@ -17,7 +17,7 @@ import msgspec
 from litestar import Request, Response, post
 from litestar.response import Stream
 
-from gateway import speeches, transcripts, uploads
+from gateway import generation_templates, speeches, transcripts, uploads
 from gateway.auth import authorize
 from gateway.core import Core, GatewayCore
 from gateway.errors import ApiError
@@ -571,7 +571,8 @@ async def embeddings(request: Request[Any, Any, Any], core: Core) -> Response[by
 @post(IMAGES, operation_id="createImage", opt={"scope": "user:write"}, status_code=200)
 async def images(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
     token = authorize(request, "user:write")
-    metered = parse_image(await generation_body(request, core), core.prices.current)
+    body = generation_templates.applied(await generation_body(request, core), "image")
+    metered = parse_image(body, core.prices.current)
     return await _respond_json(request, core, token, metered)
 
 
@@ -781,7 +782,8 @@ async def translations(request: Request[Any, Any, Any], core: Core) -> Response[
 async def videos(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
     """Always async: the answer is a job to poll."""
     token = authorize(request, "user:write")
-    metered = parse_video(await generation_body(request, core), core.prices.current)
+    body = generation_templates.applied(await generation_body(request, core), "video")
+    metered = parse_video(body, core.prices.current)
     return await _respond_json(request, core, token, metered)
 
 

@@ -97,6 +97,7 @@ def test_every_scope_on_every_route(gw: Gateway) -> None:
         path = path.replace("{path}", "openapi.json").replace("{job_id}", "job_unknown")
         gpu = template.startswith("/v1/gpu/")
         path = path.replace("{slug}", "rtx-4090" if gpu else "fal-ai/flux1-schnell-nunchaku")
+        path = path.replace("templates/fal-ai/flux1-schnell-nunchaku", "templates/studio-product-shot")
         path = path.replace("{request_id}", "job_unknown")
         path = path.replace("{instance_id}", "gpu_unknown").replace("{action}", "refresh")
         path = path.replace("{file_id}", "file-unknown").replace("{batch_id}", "batch_unknown")
