@@ -41,6 +41,7 @@ from ledger.wallet import HoldStatus
 from projections.batches import BatchesView
 from projections.files import FilesView
 from projections.jobs import JobsView
+from projections.playground import PlaygroundView
 from projections.replies import IdempotencyView
 from projections.usage import UsageStore
 from projections.views import ApiToken, BalancesView, TenantsView
@@ -134,6 +135,9 @@ class GatewayCore:
         self.token_used_sent: dict[str, float] = {}
         # Uploaded files (/v1/files): their metadata folded from the ledger, their bytes in a blob store.
         self.stored_files = FilesView()
+        # Saved Playground conversations (/v1/playground/conversations): summaries folded from the tenants
+        # topic, their messages in the blob store.
+        self.playground = PlaygroundView()
         self.blobs: BlobStore = DirectoryBlobStore(Path(settings.files_dir or settings.data_dir / "files"))
         # Results answered as signed URLs (response_format=url): in the same store, signed with a key
         # derived from the admin secret (instances sharing it verify each other's URLs; none: this one only).
@@ -191,6 +195,7 @@ class GatewayCore:
         self.jobs.apply(event)
         self.tenants.apply(event)
         self.stored_files.apply(event)
+        self.playground.apply(event)
         self.pending.apply(event)  # the balances view, and the answered charges it now holds
         self.quota.apply(event)  # this instance's slices, and the rests their holds give back
         self.idempotency.apply(event)

@@ -645,6 +645,32 @@ class HostedAgentChanged(Event, frozen=True, kw_only=True, tag="hosted_agent.cha
     runtime: str = ""  # running, stopped
 
 
+# --- saved Playground conversations and content-filter policies (issue 18; tenants topic) ---------
+
+
+class PlaygroundConversationSaved(Event, frozen=True, kw_only=True, tag="playground.conversation_saved.v1"):
+    """A chat completion sent with ``X-Playground-Conversation`` was answered and its exchange saved: the
+    conversation's messages (the request's and the answer's) are in the blob store under ``blob_key``;
+    this is its summary as ``GET /v1/playground/conversations`` lists it. No money moves."""
+
+    conversation_id: str
+    model: str
+    title: str
+    message_count: int
+    blob_key: str
+    token_id: str = ""  # the request whose answer was saved is the correlation_id
+
+
+class ContentFilterPolicySet(Event, frozen=True, kw_only=True, tag="content_filter_policy.set.v1"):
+    """An organization's content-filter policy (Casola's ``/api/organizations/{id}/content-filter-policy``)
+    created or changed: the whole policy after the change. ``deleted`` goes back to the platform's
+    default (no policy of its own)."""
+
+    action: str = ""  # block, flag, log or off
+    deleted: bool = False
+    token_id: str = ""
+
+
 ResourceEvent = (
     ResourceStarted
     | ResourceCharged
@@ -707,6 +733,8 @@ AnyEvent = (
     | BatchEnded
     | ResourceEvent
     | HostedAgentChanged
+    | PlaygroundConversationSaved
+    | ContentFilterPolicySet
 )
 
 LedgerEvent = (

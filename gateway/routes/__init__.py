@@ -19,6 +19,7 @@ from gateway.routes import (
     media,
     messages,
     models,
+    playground,
     resources,
     responses,
     tenants,
@@ -48,4 +49,5 @@ route_handlers: list[HTTPRouteHandler] = [
     *media.route_handlers,
     *three_d.route_handlers,
     *generation_templates.route_handlers,
+    *playground.route_handlers,
 ]

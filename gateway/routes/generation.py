@@ -17,7 +17,7 @@ import msgspec
 from litestar import Request, Response, post
 from litestar.response import Stream
 
-from gateway import generation_templates, speeches, transcripts, uploads
+from gateway import generation_templates, playground, speeches, transcripts, uploads
 from gateway.auth import authorize
 from gateway.core import Core, GatewayCore
 from gateway.errors import ApiError
@@ -290,7 +290,11 @@ async def chat_completions(request: Request[Any, Any, Any], core: Core) -> Respo
     token = authorize(request, "user:write")
     body = await generation_body(request, core)
     metered = parse_chat(body, core.prices.current, token.org_id, core.files)
-    return await _text(request, core, token, metered, "chat.completion.chunk")
+    saving = playground.asked(request, metered)  # X-Playground-Conversation: saved once answered
+    answer = await _text(request, core, token, metered, "chat.completion.chunk")
+    if saving is not None and not isinstance(answer, Stream) and answer.status_code == 200:
+        return await playground.saved(core, token, saving, request_id(request), body, answer)
+    return answer
 
 
 @post(COMPLETIONS, operation_id="createCompletion", opt={"scope": "user:write", "tokens": True}, status_code=200)
