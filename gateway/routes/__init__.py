@@ -14,6 +14,7 @@ from gateway.routes import (
     files,
     generation,
     generation_templates,
+    gpu_connect,
     health,
     jobs,
     media,
@@ -50,4 +51,5 @@ route_handlers: list[HTTPRouteHandler] = [
     *three_d.route_handlers,
     *generation_templates.route_handlers,
     *playground.route_handlers,
+    *gpu_connect.route_handlers,
 ]

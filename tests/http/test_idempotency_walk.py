@@ -115,6 +115,7 @@ samples: dict[str, Sample] = {
     "/v1/score": lambda c, v: {"json": {"model": "qwen3-rerank", "text_1": f"q {v}", "text_2": ["a", "b"]}},
     "/v1/gpu/instances": lambda c, v: {"json": {"gpu_slug": "rtx-4090", "name": f"walk {v}"}},
     "/v1/gpu/instances/{instance_id}/{action}": lambda c, v: {"json": {"variant": v}},  # the body is not read
+    "/v1/gpu/connect/{instance_id}/{path}": lambda c, v: {"json": {"messages": [{"role": "user", "content": v}]}},
     "/v1/hosted-agents/instances": lambda c, v: {"json": {"agent_type": "hermes", "name": f"walk {v}"}},
     "/v1/hosted-agents/instances/{instance_id}/{action}": lambda c, v: {"json": {"variant": v}},  # not read
     "/fal/{slug}": lambda c, v: {"json": {"prompt": f"a {v}", "sync_mode": v == "a"}},
@@ -137,6 +138,7 @@ samples: dict[str, Sample] = {
 with_key = {
     "/v1/gpu/instances",
     "/v1/gpu/instances/{instance_id}/{action}",
+    "/v1/gpu/connect/{instance_id}/{path}",
     "/v1/hosted-agents/instances",
     "/v1/hosted-agents/instances/{instance_id}/{action}",
     "/fal/{slug}",
@@ -211,6 +213,7 @@ def test_the_same_key_and_body_answer_once_and_another_body_is_a_409(gw: Gateway
         assert made.status_code in (200, 201), made.text
         action = "stop" if agents else "refresh"
         url = url.replace("{instance_id}", made.json()["instance"]["id"]).replace("{action}", action)
+        url = url.replace("{path}", "v1/chat/completions")
     url = url.replace("{slug}", "fal-ai/flux1-schnell-nunchaku")
     if "{batch_id}" in url:
         url = url.replace("{batch_id}", context.batch())
