@@ -39,6 +39,7 @@ from ledger.chain import load_public_key
 from ledger.pricing import PriceBook, PriceBooks
 from ledger.wallet import HoldStatus
 from projections.batches import BatchesView
+from projections.content_filters import ContentFilterView
 from projections.files import FilesView
 from projections.jobs import JobsView
 from projections.playground import PlaygroundView
@@ -138,6 +139,8 @@ class GatewayCore:
         # Saved Playground conversations (/v1/playground/conversations): summaries folded from the tenants
         # topic, their messages in the blob store.
         self.playground = PlaygroundView()
+        # Organizations' content-filter policies (Casola's /api/organizations/{id}/content-filter-policy).
+        self.content_filters = ContentFilterView()
         self.blobs: BlobStore = DirectoryBlobStore(Path(settings.files_dir or settings.data_dir / "files"))
         # Results answered as signed URLs (response_format=url): in the same store, signed with a key
         # derived from the admin secret (instances sharing it verify each other's URLs; none: this one only).
@@ -196,6 +199,7 @@ class GatewayCore:
         self.tenants.apply(event)
         self.stored_files.apply(event)
         self.playground.apply(event)
+        self.content_filters.apply(event)
         self.pending.apply(event)  # the balances view, and the answered charges it now holds
         self.quota.apply(event)  # this instance's slices, and the rests their holds give back
         self.idempotency.apply(event)

@@ -8,6 +8,7 @@ from gateway.routes import (
     audit,
     batches,
     casola,
+    casola_core,
     credits,
     dashboard,
     fal,
@@ -52,4 +53,5 @@ route_handlers: list[HTTPRouteHandler] = [
     *generation_templates.route_handlers,
     *playground.route_handlers,
     *gpu_connect.route_handlers,
+    *casola_core.route_handlers,
 ]

@@ -86,6 +86,10 @@ samples: dict[str, Sample] = {
         "json": {"requests": 10_000_000 if v == "a" else 9_000_000, "jobs": 10_000_000, "tokens": 100_000_000}
     },
     "/v1/organizations/{org_id}/plan": lambda c, v: {"json": {"plan": "enterprise" if v == "a" else "pro"}},
+    "/api/organizations/{org_id}/content-filter-policy": lambda c, v: {
+        "json": {"action": "flag" if v == "a" else "log"}
+    },
+    "/api/prompt-rewrite": lambda c, v: {"json": {"prompt": f"a cat {v}"}},
     "/v1/organizations/{org_id}/tokens/{token_id}/limits": lambda c, v: {"json": {"requests": 100 if v == "a" else 99}},
     "/v1/price-books": lambda c, v: {"json": {"version": f"walk-{c.unique}-{v}", "models": c.models}},
     "/v1/chat/completions": _chat,
@@ -144,6 +148,7 @@ with_key = {
     "/fal/{slug}",
     "/fal/requests/batch",
     "/api/jobs",
+    "/api/prompt-rewrite",
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/embeddings",
