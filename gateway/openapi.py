@@ -108,6 +108,11 @@ json_bodies: Mapping[str, type[Any]] = {
     "getFalRequestStatuses": api.FalBatchStatusRequest,
     "createCasolaJob": api.CasolaJobRequest,
     "createCasolaToken": api.CreateToken,
+    # Issue 18's 3D generation, Casola's prompt rewrite and content-filter policy.
+    "create3DGeneration": api.ThreeDRequest,
+    "rewriteCasolaPrompt": api.PromptRewriteRequest,
+    "createContentFilterPolicy": api.PolicyBody,
+    "updateContentFilterPolicy": api.PolicyBody,
 }
 _image_edit_form: dict[str, Any] = {
     "type": "object",
@@ -181,6 +186,15 @@ body_examples: Mapping[str, dict[str, Any]] = {
         "payload": {"messages": _user, "max_tokens": 16},
     },
     "createCasolaToken": {"name": "CI Pipeline Token", "scopes": ["user:read", "user:write"]},
+    "create3DGeneration": {
+        "model": "trellis-2-4b",
+        "image_url": "https://example.com/product-photo.png",
+        "resolution": "1024",
+        "texture_size": "2048",
+        "decimation_target": 500000,
+        "seed": 42,
+    },
+    "rewriteCasolaPrompt": {"prompt": "a cat on a roof", "target": "image"},
 }
 
 # What a successful answer is, beside JSON: streams (stream: true) and audio.
@@ -276,6 +290,32 @@ query_parameters: Mapping[str, list[dict[str, Any]]] = {
         _query("after", {"type": "string"}, "The last batch id of the previous page"),
     ],
     "listVoices": [_query("model", {"type": "string"}, "Only this speech model's voices")],
+    **{
+        op_id: [
+            _query("category", {"type": "string"}, "Only templates of this category"),
+            _query("model", {"type": "string"}, "Only templates whose supported_models name this model"),
+            _query("featured", {"type": "string", "enum": ["true", "false"]}, "Only featured templates (or not)"),
+            *(
+                [
+                    _query("modality", {"type": "string", "enum": ["image", "video"]}, "Only this modality"),
+                    _query("type", {"type": "string", "enum": ["image", "video"]}, "Alias of modality"),
+                ]
+                if op_id != "listImageTemplates"
+                else []
+            ),
+        ]
+        for op_id in ("listGenerationTemplates", "listImageTemplates", "listVideoTemplates")
+    },
+    "listPlaygroundConversations": [
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "Page size (default 50)"),
+        _query("before", _moment, "Only conversations updated before this moment (the next_cursor)"),
+        _query("model", {"type": "string"}, "Only conversations with this model"),
+    ],
+    "searchCasolaCatalog": [
+        _query("q", {"type": "string", "minLength": 1, "maxLength": 200}, "Words every result holds", True),
+        _query("type", {"type": "string", "enum": ["model", "template"]}, "Only models or only templates"),
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": 50}, "At most this many (default 20)"),
+    ],
     "listFiles": [
         _query("limit", {"type": "integer", "minimum": 1, "maximum": 10_000}, "Page size (default 10,000)"),
         _query("after", {"type": "string"}, "The last file id of the previous page"),

@@ -336,3 +336,37 @@ class HostedAgentCreateRequest(msgspec.Struct, frozen=True, kw_only=True, forbid
 
 class RenameBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+# --- issue 18: 3D generation, Casola's prompt rewrite and content-filter policy ---
+
+
+class ThreeDRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /v1/3d/generations`` as EmpirioLabs documents it (``create3DGeneration``): its enums and
+    ranges checked at decode; one of ``image`` and ``image_url`` is required (gateway/routes/three_d.py)."""
+
+    model: Annotated[str, msgspec.Meta(min_length=1)]
+    image: str | None = None
+    image_url: str | None = None
+    resolution: Literal["512", "1024", "1536"] = "1024"
+    seed: Annotated[int, msgspec.Meta(ge=0, le=2_147_483_647)] = 42
+    texture_size: Literal["1024", "2048", "4096"] = "2048"
+    decimation_target: Annotated[int, msgspec.Meta(ge=10_000, le=1_000_000)] = 500_000
+    remesh: bool = True
+    max_num_tokens: Annotated[int, msgspec.Meta(ge=1024, le=131_072)] = 49_152
+    response_format: Literal["url", "b64_json"] = "url"
+
+
+class PromptRewriteRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Casola's ``POST /api/prompt-rewrite``: the prompt, the kind of model it is for, and the chat
+    model that rewrites it (a cheap one unless named)."""
+
+    prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=4000)]
+    target: Literal["image", "video", "text"] = "image"
+    model: Annotated[str, msgspec.Meta(min_length=1)] = "sim-chat-small"
+
+
+class PolicyBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An organization's content-filter policy (Casola's ``content-filter-policy``): its action."""
+
+    action: Literal["block", "flag", "log", "off"]

@@ -18,7 +18,7 @@ Errors in the OpenAI-style envelope Casola documents (``{"error": {"code", "mess
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import msgspec
 from litestar import Request, Response, delete, get, patch, post
@@ -35,6 +35,7 @@ from gateway.results import charge_headers, usage_of
 from gateway.routes.generation import answered, captured_of, run_metered
 from ledger.pricing import kind_of
 from projections.content_filters import ContentFilterPolicy, actions
+from schemas.api import PolicyBody, PromptRewriteRequest
 from schemas.events import ContentFilterPolicySet, JobCompleted
 from schemas.ids import new_id
 from schemas.moments import iso_or_none, utc_now
@@ -138,7 +139,6 @@ async def search(request: Request[Any, Any, Any], core: Core) -> Response[bytes]
 
 # --- prompt rewrite ---
 
-prompt_rewrite_model_default = "sim-chat-small"
 rewrite_output_tokens_max = 256
 _rewrite_instructions = {
     "image": "Rewrite the user's prompt for a text-to-image model: name the subject, style, lighting, "
@@ -148,12 +148,6 @@ _rewrite_instructions = {
     "text": "Rewrite the user's prompt for a chat model: make the task, the context and the expected "
     "answer explicit. Answer with the rewritten prompt only.",
 }
-
-
-class PromptRewriteRequest(msgspec.Struct, frozen=True, kw_only=True):
-    prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=4000)]
-    target: Literal["image", "video", "text"] = "image"
-    model: Annotated[str, msgspec.Meta(min_length=1)] = prompt_rewrite_model_default
 
 
 @post("/api/prompt-rewrite", operation_id="rewriteCasolaPrompt", opt={"scope": "user:write"}, status_code=200)
@@ -196,10 +190,6 @@ async def prompt_rewrite(request: Request[Any, Any, Any], core: Core) -> Respons
 
 POLICY = "/api/organizations/{org_id:str}/content-filter-policy"
 default_action = "block"  # what an organization without a policy of its own gets
-
-
-class PolicyBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    action: Literal["block", "flag", "log", "off"]
 
 
 def _enterprise(core: GatewayCore, org_id: str) -> bool:

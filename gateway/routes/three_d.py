@@ -14,7 +14,7 @@ charged) rather than guess.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import msgspec
 from litestar import Request, Response, post
@@ -28,27 +28,11 @@ from gateway.metering import MeteredRequest, Placement
 from gateway.requests import model_price
 from gateway.routes.generation import generation_body, run_metered
 from ledger.pricing import PriceBook
+from schemas.api import ThreeDRequest
 from schemas.moments import iso_or_none
 from schemas.units import Units
 from workers import media
 from workers.meshes import THREE_D
-
-seed_max = 2_147_483_647
-
-
-class ThreeDRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """The document's request body (``create3DGeneration``), its enums and ranges checked here."""
-
-    model: Annotated[str, msgspec.Meta(min_length=1)]
-    image: str | None = None
-    image_url: str | None = None
-    resolution: Literal["512", "1024", "1536"] = "1024"
-    seed: Annotated[int, msgspec.Meta(ge=0, le=seed_max)] = 42
-    texture_size: Literal["1024", "2048", "4096"] = "2048"
-    decimation_target: Annotated[int, msgspec.Meta(ge=10_000, le=1_000_000)] = 500_000
-    remesh: bool = True
-    max_num_tokens: Annotated[int, msgspec.Meta(ge=1024, le=131_072)] = 49_152
-    response_format: Literal["url", "b64_json"] = "url"
 
 
 def _web_url(value: str) -> bool:

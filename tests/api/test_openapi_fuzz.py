@@ -64,6 +64,10 @@ models = {
     "createRerank": "qwen3-0.6b-fp8-score",
     "createReranks": "qwen3-rerank",
     "createScore": "qwen3-rerank",
+    # A 3D generation needs one of image and image_url (the schema requires neither); a prompt rewrite's
+    # chat model is the one of the default book.
+    "create3DGeneration": "trellis-2-4b",
+    "rewriteCasolaPrompt": "sim-chat-small",
 }
 semantic_validation |= set(models)
 # Any bytes are a valid file, but schemathesis (4.32) counts some values of a multipart `format: binary`
