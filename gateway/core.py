@@ -42,6 +42,7 @@ from projections.batches import BatchesView
 from projections.content_filters import ContentFilterView
 from projections.files import FilesView
 from projections.jobs import JobsView
+from projections.library_shares import LibrarySharesView
 from projections.playground import PlaygroundView
 from projections.replies import IdempotencyView
 from projections.usage import UsageStore
@@ -141,11 +142,15 @@ class GatewayCore:
         self.playground = PlaygroundView()
         # Organizations' content-filter policies (Casola's /api/organizations/{id}/content-filter-policy).
         self.content_filters = ContentFilterView()
+        # Library share links (Casola's /api/library/items/{id}/share): the shared results in the blob store.
+        self.library_shares = LibrarySharesView()
         self.blobs: BlobStore = DirectoryBlobStore(Path(settings.files_dir or settings.data_dir / "files"))
         # Results answered as signed URLs (response_format=url): in the same store, signed with a key
         # derived from the admin secret (instances sharing it verify each other's URLs; none: this one only).
         media_secret = admin_token.encode() or secrets.token_bytes(32)
         self.media = MediaStore(self.blobs, media_secret, settings.media_url_ttl_s)
+        # A share link's token is its share id signed with a key of the same secret (never on the log).
+        self.share_link_key = hashlib.sha256(b"tollgate share links v1\n" + media_secret).digest()
         # Batches (/v1/batches): their state folded from tollgate.jobs; this instance's runner (gateway/batches.py).
         self.batches = BatchesView()
         self.batch_runner: Any = None
@@ -200,6 +205,7 @@ class GatewayCore:
         self.stored_files.apply(event)
         self.playground.apply(event)
         self.content_filters.apply(event)
+        self.library_shares.apply(event)
         self.pending.apply(event)  # the balances view, and the answered charges it now holds
         self.quota.apply(event)  # this instance's slices, and the rests their holds give back
         self.idempotency.apply(event)

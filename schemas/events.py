@@ -671,6 +671,18 @@ class ContentFilterPolicySet(Event, frozen=True, kw_only=True, tag="content_filt
     token_id: str = ""
 
 
+class LibraryShareChanged(Event, frozen=True, kw_only=True, tag="library_share.changed.v1"):
+    """A library item (a finished job's result) shared by link, or its link deleted (Casola's
+    ``/api/library/items/{id}/share``). The result as shared is in the blob store under ``blob_key``;
+    the link's token is derived from ``share_id`` with the gateway's secret, never stored."""
+
+    item_id: str
+    share_id: str
+    blob_key: str = ""
+    deleted: bool = False
+    token_id: str = ""
+
+
 ResourceEvent = (
     ResourceStarted
     | ResourceCharged
@@ -735,6 +747,7 @@ AnyEvent = (
     | HostedAgentChanged
     | PlaygroundConversationSaved
     | ContentFilterPolicySet
+    | LibraryShareChanged
 )
 
 LedgerEvent = (

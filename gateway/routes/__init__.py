@@ -18,6 +18,7 @@ from gateway.routes import (
     gpu_connect,
     health,
     jobs,
+    library,
     media,
     messages,
     models,
@@ -54,4 +55,5 @@ route_handlers: list[HTTPRouteHandler] = [
     *playground.route_handlers,
     *gpu_connect.route_handlers,
     *casola_core.route_handlers,
+    *library.route_handlers,
 ]

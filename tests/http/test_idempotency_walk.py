@@ -197,6 +197,7 @@ def test_every_post_route_is_idempotent_or_says_why_not(gw: Gateway) -> None:
         "/v1/organizations/{org_id}/tokens",
         "/api/organizations/{org_id}/tokens",
         "/api/jobs/{job_id}/cancel",
+        "/api/library/items/{item_id}/share",
         "/dashboard/login",
         "/dashboard/logout",
     }
