@@ -292,7 +292,7 @@ class CreateBatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """``POST /v1/batches`` (OpenAI's Batch API): a JSONL file of requests uploaded with purpose batch."""
 
     input_file_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-    endpoint: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+    endpoint: Literal["/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1/embeddings"]
     completion_window: Literal["24h"]
     metadata: (
         Annotated[
