@@ -331,8 +331,9 @@ class _KafkaConsumer(Consumer):
         return _records(self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records))
 
     def commit(self, positions: Mapping[tuple[str, int], int] | None = None, wait: bool = True) -> None:
+        # A waited commit goes to the group's coordinator, which a failover moves: waited out, not raised.
         if positions is None:
-            self._consumer.commit()
+            _through_outage(self._consumer.commit, "offset commit")
             return
         assigned = self._consumer.assignment()
         offsets = {
@@ -341,7 +342,7 @@ class _KafkaConsumer(Consumer):
             if TopicPartition(topic, partition) in assigned  # a revoked partition is another member's now
         }
         if offsets and wait:
-            self._consumer.commit(offsets)
+            _through_outage(functools.partial(self._consumer.commit, offsets), "offset commit")
         elif offsets:
             self._consumer.commit_async(offsets, callback=_log_failed_commit)
 
@@ -349,7 +350,12 @@ class _KafkaConsumer(Consumer):
         assigned = self._consumer.assignment()
         if not assigned:
             return False
-        ends = self._consumer.end_offsets(list(assigned))
+        try:
+            ends = self._consumer.end_offsets(list(assigned))
+        except Exception as error:
+            if _retriable(error):  # the broker cannot say now: not known to be caught up
+                return False
+            raise
         return all(self._consumer.position(tp) >= ends[tp] for tp in assigned)
 
     def lag(self) -> int:

@@ -57,3 +57,32 @@ def test_a_lag_the_broker_cannot_measure_marks_the_role_not_ready() -> None:
     reporter.tick(unavailable)  # type: ignore[arg-type]  # no exception out of the role's loop
     status = metrics.health("ledger").status(stall_s_max=60, lag_records_max=1000)
     assert status["ready"] is False
+
+
+class _BrokerDown:
+    """A KafkaConsumer's calls as they go while the broker is down: each asks the broker and fails."""
+
+    def __init__(self) -> None:
+        self.commits = 0
+
+    def assignment(self) -> set[tuple[str, int]]:
+        return {("tollgate.jobs", 0)}
+
+    def end_offsets(self, partitions: object) -> dict[object, int]:
+        raise KafkaConnectionError("111 ECONNREFUSED")
+
+    def commit(self, offsets: object = None) -> None:
+        self.commits += 1
+        if self.commits < 3:
+            raise KafkaConnectionError("111 ECONNREFUSED")
+
+
+def test_a_follower_is_not_caught_up_while_the_broker_cannot_say() -> None:
+    consumer = kafka_log._KafkaConsumer(_BrokerDown())  # type: ignore[arg-type]
+    assert consumer.caught_up() is False  # not an exception that stops the gateway's follower
+
+
+def test_a_waited_offset_commit_outlasts_a_coordinators_failover() -> None:
+    down = _BrokerDown()
+    kafka_log._KafkaConsumer(down).commit()
+    assert down.commits == 3
