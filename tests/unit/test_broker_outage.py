@@ -78,7 +78,7 @@ class _BrokerDown:
 
 
 def test_a_follower_is_not_caught_up_while_the_broker_cannot_say() -> None:
-    consumer = kafka_log._KafkaConsumer(_BrokerDown())  # type: ignore[arg-type]
+    consumer = kafka_log._KafkaConsumer(_BrokerDown())
     assert consumer.caught_up() is False  # not an exception that stops the gateway's follower
 
 
