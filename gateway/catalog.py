@@ -15,8 +15,11 @@ from ledger.pricing import (
     PriceBook,
     PricingRow,
     catalog_rows,
+    image_aspect_ratios,
+    image_resolutions_px,
     kind_of,
     modalities,
+    prices_by_resolution,
     token_units,
     usd_per_unit,
 )
@@ -207,6 +210,8 @@ def _parameters(price: ModelPrice) -> list[dict[str, Any]]:
         if "web_search" in price.tool_call_rates:
             chat.append({"name": "web_search_options", "type": "object", "required": False})
         return chat + common
+    if kind == "image" and prices_by_resolution(price):
+        return [model, *_resolution_image_parameters(price), *common]
     specific: dict[str, list[dict[str, Any]]] = {
         "embedding": [
             {"name": "input", "type": "array", "required": True},
@@ -264,6 +269,54 @@ def _parameters(price: ModelPrice) -> list[dict[str, Any]]:
     if kind == "storage":
         return specific[kind]  # uploaded with POST /v1/files, not requested by model
     return [model, *specific[kind], *(common if kind != "transcription" else [])]
+
+
+def _resolution_image_parameters(price: ModelPrice) -> list[dict[str, Any]]:
+    """An image model priced by resolution (Wan 2.7): EmpirioLabs' parameters, as its model page lists them."""
+    resolutions = list(price.image_variant_rates)
+    return [
+        {"name": "prompt", "type": "string", "required": True},
+        {
+            "name": "num_images",
+            "type": "integer",
+            "required": False,
+            "default": 1,
+            "min": 1,
+            "max": 4,
+            "description": "Images to generate (n is accepted too); each is charged.",
+        },
+        {
+            "name": "aspect_ratio",
+            "type": "enum",
+            "required": False,
+            "default": "1:1",
+            "allowed_values": list(image_aspect_ratios),
+        },
+        {
+            "name": "resolution",
+            "type": "enum",
+            "required": False,
+            "default": "2K" if "2K" in resolutions else resolutions[0],
+            "allowed_values": resolutions,
+            "description": "The longer side: "
+            + ", ".join(f"{r} {image_resolutions_px[r]} px" for r in resolutions)
+            + "; the price per image follows it (pricing_rows).",
+        },
+        {
+            "name": "thinking_mode",
+            "type": "boolean",
+            "required": False,
+            "default": False,
+            "description": "Plan the composition before drawing; no charge of its own.",
+        },
+        {
+            "name": "response_format",
+            "type": "enum",
+            "required": False,
+            "default": "url",
+            "allowed_values": ["url", "b64_json"],
+        },
+    ]
 
 
 def model_card(price: ModelPrice, version: str, detail: bool = False) -> dict[str, Any]:

@@ -42,11 +42,15 @@ __all__ = [
     "PricingRow",
     "catalog_rows",
     "default_price_book",
+    "image_aspect_ratios",
+    "image_resolutions_px",
     "kind_of",
     "modalities",
     "price_breakdown",
     "price_micros",
     "price_problems",
+    "prices_by_resolution",
+    "resolution_size",
     "tier_label",
     "tiered_units",
     "unit_names",
@@ -305,6 +309,8 @@ def modalities(price: ModelPrice) -> tuple[tuple[str, ...], tuple[str, ...]]:
 def _listed_token_units(price: ModelPrice) -> tuple[str, ...]:
     """The token kinds a request to this model can use: a chat model's every kind its inputs allow
     (image and audio input only when it reads them); other models' prompts are plain (or cached) text."""
+    if price.category == "embedding" and "image" in modalities(price)[0]:
+        return ("input_tokens", "cached_input_tokens", "image_input_tokens")  # image items of a multimodal embedder
     if price.category != "chat":
         return ("input_tokens", "cached_input_tokens")
     inputs = modalities(price)[0]
@@ -639,6 +645,63 @@ def default_price_book() -> PriceBook:
             video_second_rate=50_000_000_000,  # 0.05 credits per second
         ),
     ]
+    # Models the reference documents' examples name that the catalog lacked (issue 18, the examples
+    # harness tests/e2e/test_reference_examples.py), on the simulated backends: chat (mistral-small-4 with
+    # tools, qwen3-5-omni-plus with vision and audio, qwen3-5-9b on /v1/completions, qwen3-max in the
+    # account usage example, qwen3-7-plus the hosted agents' default model), images (Wan 2.7 by both
+    # slugs the document uses, priced by resolution; qwen-image-2-0; seedream-5-0-lite), video
+    # (pixverse-v5-6) and embeddings (text-embedding-v4, tongyi-embedding-vision-plus with image
+    # items, Casola's sglang-qwen3-0.6b-fp8-embed).
+    models += [
+        _chatter("mistral-small-4", "mistral", 100_000, 50_000, 300_000, ("streaming", "tool_calling", "json_mode")),
+        ModelPrice(
+            model="qwen3-5-omni-plus",
+            category="chat",
+            pool="default",
+            owned_by="qwen",
+            description="Qwen3.5 Omni Plus (simulated): reads text, images and audio.",
+            input_modalities=("text", "image", "audio"),
+            features=("streaming", "vision", "audio_input", "tool_calling", "json_mode"),
+            context_length=65_536,
+            max_output_tokens=8_192,
+            input_token_rate=400_000,
+            cached_input_token_rate=100_000,
+            output_token_rate=1_600_000,
+            audio_input_token_rate=1_000_000,
+        ),
+        _chatter("qwen3-5-9b", "qwen", 50_000, 25_000, 150_000, ("streaming", "tool_calling", "json_mode")),
+        _chatter("qwen3-max", "qwen", 1_200_000, 240_000, 6_000_000, ("streaming", "tool_calling", "json_mode")),
+        _chatter("qwen3-7-plus", "qwen", 400_000, 80_000, 1_200_000, ("streaming", "tool_calling", "json_mode")),
+        _wan_image("wan-2-7-image"),
+        _wan_image("wan2-7-image"),
+        ModelPrice(
+            model="qwen-image-2-0",
+            category="image",
+            pool="default",
+            owned_by="qwen",
+            description="Qwen-Image 2.0 (simulated): PNG images, priced per image.",
+            image_rate=20_000_000_000,  # 0.02 credits per image
+        ),
+        ModelPrice(
+            model="seedream-5-0-lite",
+            category="image",
+            pool="default",
+            owned_by="bytedance",
+            description="Seedream 5.0 Lite (simulated): PNG images, priced per image.",
+            image_rate=25_000_000_000,
+        ),
+        ModelPrice(
+            model="pixverse-v5-6",
+            category="video",
+            pool="default",
+            owned_by="pixverse",
+            description="PixVerse v5.6 (simulated, always async): priced per second.",
+            video_second_rate=40_000_000_000,  # 0.04 credits per second
+        ),
+        _embedder("text-embedding-v4", "qwen", 70_000, ("text",)),  # 0.07 credits per 1M tokens
+        _embedder("tongyi-embedding-vision-plus", "qwen", 90_000, ("text", "image")),
+        _embedder("sglang-qwen3-0.6b-fp8-embed", "qwen", 10_000, ("text",)),
+    ]
     # Files (/v1/files) are charged per byte-day stored, daily, by the ledger (ledger/storage.py).
     models.append(
         ModelPrice(
@@ -721,3 +784,71 @@ def _speaker(model: str, owner: str, character_rate: int) -> ModelPrice:
         features=("streaming",),
         character_rate=character_rate,
     )
+
+
+def _chatter(
+    model: str, owner: str, input_rate: int, cached_rate: int, output_rate: int, features: tuple[str, ...]
+) -> ModelPrice:
+    return ModelPrice(
+        model=model,
+        category="chat",
+        pool="default",
+        owned_by=owner,
+        description=f"{model} as the reference's examples name it (simulated).",
+        features=features,
+        context_length=32_768,
+        max_output_tokens=4_096,
+        input_token_rate=input_rate,
+        cached_input_token_rate=cached_rate,
+        output_token_rate=output_rate,
+    )
+
+
+def _wan_image(model: str) -> ModelPrice:
+    """Wan 2.7 Image, priced by ``resolution`` (EmpirioLabs' model page: 0.030 per image, 0.075 for
+    the Pro tier's 4K); ``aspect_ratio`` shapes it (``image_resolutions_px``)."""
+    return ModelPrice(
+        model=model,
+        category="image",
+        pool="default",
+        owned_by="alibaba",
+        description="Wan 2.7 Image (simulated): up to 4K PNG images in nine aspect ratios, priced by resolution.",
+        input_modalities=("text",),
+        image_rate=30_000_000_000,
+        image_variant_rates={"1K": 30_000_000_000, "2K": 30_000_000_000, "4K": 75_000_000_000},
+    )
+
+
+def _embedder(model: str, owner: str, input_rate: int, inputs: tuple[str, ...]) -> ModelPrice:
+    return ModelPrice(
+        model=model,
+        category="embedding",
+        pool="default",
+        owned_by=owner,
+        description=f"{model} as the reference's examples name it (simulated): "
+        + ("text and image items." if "image" in inputs else "text."),
+        input_modalities=inputs if inputs != ("text",) else (),
+        context_length=8_192,
+        max_output_tokens=0,
+        input_token_rate=input_rate,
+    )
+
+
+# Image models priced by EmpirioLabs' ``resolution`` rather than OpenAI's ``size/quality`` (a book's
+# variants all among these): the longer side in pixels of each, the shorter one from ``aspect_ratio``.
+image_resolutions_px = {"1K": 1024, "2K": 2048, "4K": 3840}
+image_aspect_ratios = ("1:1", "16:9", "9:16", "3:2", "2:3", "4:3", "3:4", "5:4", "4:5")
+
+
+def prices_by_resolution(price: ModelPrice) -> bool:
+    return bool(price.image_variant_rates) and set(price.image_variant_rates) <= set(image_resolutions_px)
+
+
+def resolution_size(resolution: str, aspect_ratio: str) -> tuple[int, int]:
+    """(width, height) of an image of ``resolution`` ("4K") at ``aspect_ratio`` ("16:9"): the longer
+    side the resolution's pixels, the shorter one in proportion, down to a multiple of 8 (4K 16:9 is
+    3840x2160)."""
+    across, down = (int(part) for part in aspect_ratio.split(":"))
+    longer = image_resolutions_px[resolution]
+    shorter = longer * min(across, down) // max(across, down) // 8 * 8
+    return (longer, shorter) if across >= down else (shorter, longer)

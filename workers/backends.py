@@ -360,10 +360,17 @@ class SimulatedBackend(Backend):
             inputs = [inputs]  # one list of token ids
         dimensions = int(job.payload.get("dimensions") or embedding_dimensions_default)
         data = []
-        tokens = 0
+        tokens = image_tokens = 0
         for index, item in enumerate(inputs):
-            text = item if isinstance(item, str) else " ".join(str(t) for t in item)
-            tokens += count_sim_tokens(text) if isinstance(item, str) else len(item)
+            if isinstance(item, dict):  # a multimodal item (the gateway checked its shape)
+                text = str(item.get("text") or item.get("url") or "")
+                if item.get("type") == "image":
+                    image_tokens += metering.embedding_items([item]).image_tokens
+                else:
+                    tokens += count_sim_tokens(text)
+            else:
+                text = item if isinstance(item, str) else " ".join(str(t) for t in item)
+                tokens += count_sim_tokens(text) if isinstance(item, str) else len(item)
             raw = b"".join(_seed(text, i) for i in range(math.ceil(dimensions / 32)))[:dimensions]
             vector = [round((byte - 127.5) / 127.5, 6) for byte in raw]
             norm = math.sqrt(sum(v * v for v in vector)) or 1.0
@@ -375,9 +382,10 @@ class SimulatedBackend(Backend):
             else:
                 encoded = vector
             data.append({"object": "embedding", "index": index, "embedding": encoded})
-        job.progress(1000, Units(input_tokens=tokens))
+        units = Units(input_tokens=tokens, image_input_tokens=image_tokens)
+        job.progress(1000, units)
         result = {"object": "list", "model": job.model, "data": data}
-        return JobOutput(result=result, units=Units(input_tokens=tokens))
+        return JobOutput(result=result, units=units)
 
     async def _images(self, job: JobContext, token_s: float) -> JobOutput:
         payload = job.payload
@@ -385,7 +393,8 @@ class SimulatedBackend(Backend):
         size = str(payload.get("size") or "1024x1024")
         quality = str(payload.get("quality") or "standard")
         width, height = (int(side) for side in size.split("x"))
-        variant = f"{size}/{quality}"
+        # The price variant the gateway chose (a resolution, "4K", for a model priced by resolution).
+        variant = str(payload.get("variant") or f"{size}/{quality}")
         data = []
         for index in range(count):
             # An edit's images seed its results too (the same prompt on other images gives others).

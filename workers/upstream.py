@@ -785,7 +785,8 @@ class UpstreamBackend(Backend):
         return JobOutput(result={"model": model, "data": sorted(data, key=lambda entry: entry["index"])}, units=units)
 
     async def _images(self, job: JobContext, client: _Client, model: str) -> JobOutput:
-        body = {key: value for key, value in job.payload.items() if key != "async"}
+        # The gateway's own keys (the price variant, how it answers) are not the upstream's.
+        body = {key: value for key, value in job.payload.items() if key not in ("async", "variant", "answer_shape")}
         body["model"] = client.upstream.models.get(model, model)
         result = self._json(await self._post(client, IMAGES, json=body))
         data = result.get("data")
@@ -794,8 +795,11 @@ class UpstreamBackend(Backend):
         requested = int(job.payload.get("n") or 1)
         if len(data) > requested:
             raise BackendError("upstream_bad_reply", f"the upstream returned {len(data)} images for n={requested}")
-        variant = f"{job.payload.get('size') or '1024x1024'}/{job.payload.get('quality') or 'standard'}"
-        units = Units(images=len(data), variant=variant)
+        variant = (
+            job.payload.get("variant")
+            or f"{job.payload.get('size') or '1024x1024'}/{job.payload.get('quality') or 'standard'}"
+        )
+        units = Units(images=len(data), variant=str(variant))
         job.counted_by = "upstream"
         job.progress(1000, units)
         return JobOutput(result={key: value for key, value in result.items() if key != "usage"}, units=units)
