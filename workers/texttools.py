@@ -326,6 +326,40 @@ def research_chat(payload: Mapping[str, Any], max_output_tokens: int) -> dict[st
     return chat
 
 
+# What a research request sends as its chat completion (the gateway wrote them into the payload).
+research_chat_fields = (
+    "messages",
+    "max_tokens",
+    "reasoning_effort",
+    "search_domain_filter",
+    "search_recency_filter",
+    "search_context_size",
+    "temperature",
+)
+
+
+def upstream_sources(reply: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The sources an upstream research answer lists: Perplexity's ``search_results[]`` (``title``,
+    ``url``, ``snippet``), else its ``citations[]`` (URLs)."""
+    found: list[dict[str, Any]] = []
+    results = reply.get("search_results")
+    for item in results if isinstance(results, list) else []:
+        if isinstance(item, dict) and isinstance(item.get("url"), str):
+            found.append(
+                {
+                    "title": str(item.get("title") or item["url"]),
+                    "url": item["url"],
+                    "content": str(item.get("snippet") or ""),
+                }
+            )
+    if not found:
+        citations = reply.get("citations")
+        for url in citations if isinstance(citations, list) else []:
+            if isinstance(url, str):
+                found.append({"title": url, "url": url, "content": ""})
+    return found
+
+
 def research_question(payload: Mapping[str, Any]) -> str:
     query = payload.get("query")
     if isinstance(query, str):
@@ -581,9 +615,9 @@ def find_pii(
             start, end = match.span()
             if any(start < other_end and other_start < end for other_start, other_end in taken):
                 continue
+            taken.append((start, end))  # a card-like number failing Luhn is no card, and no phone number
             if kind == "CREDIT_CARD" and not _luhn(re.sub(r"\D", "", match.group())):
                 continue
-            taken.append((start, end))
             if kind in wanted and score >= threshold:
                 found.append({"type": kind, "text": match.group(), "start": start, "end": end, "score": score})
     return sorted(found, key=lambda entity: entity["start"])

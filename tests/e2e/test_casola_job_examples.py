@@ -10,20 +10,16 @@ space, up to the command's last argument)."""
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
 import time
 from collections.abc import Iterator
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.reference import reference
-from tests.support import Dev, served_media, usage
+from tests.support import Dev, balance_micros, run_curl, served_media, settled_balance
 
 pytestmark = [pytest.mark.slow]
 
@@ -77,28 +73,15 @@ def run(dev: Dev, key: str, command: str, **placeholders: str) -> dict[str, Any]
     command = command.replace(casola_host, dev.base_url)
     for placeholder, value in placeholders.items():
         command = command.replace(placeholder, value)
-    done = subprocess.run(
-        ["bash", "-c", command + " -s --fail-with-body"],
-        env={**os.environ, "CASOLA_API_KEY": key},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, (command, done.stdout, done.stderr)
-    answer: dict[str, Any] = json.loads(done.stdout, parse_float=Decimal)
-    return answer
+    return run_curl(command, "CASOLA_API_KEY", key)
 
 
 def balance(dev: Dev, key: str) -> int:
-    return int(usage(dev.base_url, key)["balance"]["amount_micros"])
+    return balance_micros(dev.base_url, key)
 
 
 def settled(dev: Dev, key: str, expected: int) -> int:
-    deadline = time.monotonic() + 30
-    while balance(dev, key) != expected and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return balance(dev, key)
+    return settled_balance(dev.base_url, key, expected)
 
 
 def poll(dev: Dev, key: str, command: str, **placeholders: str) -> dict[str, Any]:
