@@ -24,6 +24,7 @@ from ledger.pricing import (
     usd_per_unit,
 )
 from schemas.units import tools
+from workers import texttools
 
 rounding_rule = (
     "Per request: the sum over its units of quantity x rate, less any batch discount, rounded up to the next"
@@ -74,6 +75,11 @@ _endpoints = {
     "video": ["/v1/videos/generations"],
     "rerank": ["/v1/rerank", "/v1/reranks", "/v1/score"],
     "storage": ["/v1/files"],
+    "search": ["/v1/search"],
+    "answer": ["/v1/answer"],
+    "detection": ["/v1/detect"],
+    "vision": ["/v1/images/analysis"],
+    "pii": ["/v1/pii"],
 }
 
 
@@ -163,6 +169,11 @@ def _type_and_category(price: ModelPrice) -> tuple[str, str]:
         "transcription": ("transcription", "transcription"),
         "rerank": ("text", "reranker"),
         "storage": ("file", "storage"),
+        "search": ("text", "tools"),
+        "answer": ("text", "tools"),
+        "detection": ("text", "tools"),
+        "vision": ("multimodal", "image"),
+        "pii": ("text", "tools"),
     }[kind]
 
 
@@ -265,6 +276,7 @@ def _parameters(price: ModelPrice) -> list[dict[str, Any]]:
             {"name": "file", "type": "file", "required": True},
             {"name": "purpose", "type": "string", "required": True},
         ],
+        **texttools.parameters(price),
     }
     if kind == "storage":
         return specific[kind]  # uploaded with POST /v1/files, not requested by model

@@ -41,7 +41,7 @@ from schemas.api import (
     VideoRequest,
 )
 from schemas.units import Units
-from workers import conversations, metering
+from workers import conversations, metering, texttools
 from workers.backends import score_pairs
 from workers.metering import FileContents
 
@@ -222,6 +222,22 @@ def _tools_and_reasoning(price: ModelPrice, fields: dict[str, Any]) -> Units:
     return Units(web_search_calls=searches, search_units=queries)
 
 
+def _search_context(price: ModelPrice, fields: dict[str, Any]) -> str:
+    """The tier a chat model's search queries are priced at (Perplexity's ``search_context_size``, its
+    default written into the payload so the run and the hold agree); "" for a model with one rate."""
+    if not price.search_variant_rates:
+        return ""
+    try:
+        tier = texttools.search_tier(price.model, fields, price.search_variant_rates)
+    except texttools.ToolInputError as error:
+        raise ApiError(400, str(error), code="invalid_parameter", param=error.param) from None
+    fields["search_context_size"] = tier
+    # Its searches are its own, priced per query at this tier: OpenAI's web_search_options (where
+    # Perplexity also reads search_context_size) is no separate web search call here.
+    fields.pop("web_search_options", None)
+    return tier
+
+
 def chat_bound(prompt: metering.Prompt) -> Units:
     """An upper bound on a chat prompt's tokens by kind, for any byte-level tokenizer (a token is at
     least one byte): text in ``input_tokens``, its cacheable prefix in ``cache_write_tokens`` (it may
@@ -249,6 +265,7 @@ def parse_chat(body: bytes, book: PriceBook, org_id: str = "", files: FileConten
         raise ApiError(400, str(error), code=error.code, param=error.param) from None
     _refuse_inputs(price, prompt, fields)
     limit = _output_limit(price, chat.max_tokens, chat.max_completion_tokens, price.max_output_tokens)
+    tier = _search_context(price, fields)
     extra = _tools_and_reasoning(price, fields)
     bound = msgspec.structs.replace(
         chat_bound(prompt),
@@ -257,6 +274,7 @@ def parse_chat(body: bytes, book: PriceBook, org_id: str = "", files: FileConten
         search_units=extra.search_units,
         calls=1,
         batch=_service_tier(fields),
+        variant=tier,
     )
     run_async = _async_flag(fields)
     return _metered(CHAT, price, book, bound, _with_output_limit(fields, limit), run_async, chat.stream)

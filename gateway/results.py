@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from gateway import speeches, transcripts
+from gateway import speeches, texttools, transcripts
 from gateway.errors import ApiError
 from gateway.metering import MeteredRequest
 from gateway.requests import (
@@ -181,6 +181,8 @@ def usage_of(endpoint: str, units: Units, captured: Charged, price: ModelPrice |
         counts = {"seconds": units.video_seconds}
     elif endpoint in (AUDIO_GENERATIONS, MUSIC_GENERATIONS):
         counts = {"seconds": units.audio_seconds}
+    elif endpoint in texttools.endpoints:
+        counts = texttools.counts(endpoint, units)
     else:  # an endpoint without a usage shape of its own: every unit by its name
         counts = {name: quantity for name, quantity in zip(unit_names, unit_quantities(units), strict=True) if quantity}
     return {**counts, **usage_cost(captured, price)}
@@ -210,6 +212,8 @@ def shape_result(
         return speeches.audio_response(result, bool(result.get("inline")), usage)
     if endpoint in (RERANK, RERANKS, SCORE):
         return scoring_body(endpoint, request_id, result, captured)
+    if endpoint in texttools.endpoints:
+        return texttools.shape(endpoint, request_id, result, captured.model, created, usage)
     if endpoint == RESPONSES:
         return response_body(request_id, result, captured, price)
     if endpoint == MESSAGES:

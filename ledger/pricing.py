@@ -165,6 +165,10 @@ def _image_rate(price: ModelPrice, variant: str) -> int:
     return price.image_variant_rates.get(variant, price.image_rate) if variant else price.image_rate
 
 
+def _search_rate(price: ModelPrice, variant: str) -> int:
+    return price.search_variant_rates.get(variant, price.search_unit_rate) if variant else price.search_unit_rate
+
+
 def unit_rates(price: ModelPrice, units: Units) -> tuple[int, ...]:
     """The rate (micros per million units) that applies to each of ``unit_names`` for ``units``:
     the context tier is chosen by the prompt, the image rate by the variant. Pure."""
@@ -177,7 +181,7 @@ def unit_rates(price: ModelPrice, units: Units) -> tuple[int, ...]:
         price.video_second_rate,
         price.character_rate,
         price.call_rate,
-        price.search_unit_rate,
+        _search_rate(price, units.variant),
         price.storage_byte_day_rate,
         *(tool_rates.get(tool, 0) for tool in tools),
     )
@@ -273,6 +277,8 @@ def tier_label(price: ModelPrice, units: Units) -> str:
         return tier.label or f"Over {tier.above_tokens:,} prompt tokens"
     if units.variant and units.variant in price.image_variant_rates:
         return units.variant
+    if units.variant and units.variant in price.search_variant_rates:
+        return units.variant
     return ""
 
 
@@ -286,6 +292,11 @@ _default_modalities: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "music": (("text",), ("audio",)),
     "rerank": (("text",), ("scores",)),
     "storage": (("file",), ("file",)),
+    "search": (("text",), ("text",)),
+    "answer": (("text",), ("text",)),
+    "detection": (("text",), ("text",)),
+    "vision": (("text", "image"), ("text",)),
+    "pii": (("text",), ("text",)),
 }
 
 
@@ -311,8 +322,8 @@ def _listed_token_units(price: ModelPrice) -> tuple[str, ...]:
     (image and audio input only when it reads them); other models' prompts are plain (or cached) text."""
     if price.category == "embedding" and "image" in modalities(price)[0]:
         return ("input_tokens", "cached_input_tokens", "image_input_tokens")  # image items of a multimodal embedder
-    if price.category != "chat":
-        return ("input_tokens", "cached_input_tokens")
+    if price.category not in ("chat", "vision"):
+        return ("input_tokens", "cached_input_tokens", "output_tokens")  # output: a search's summaries
     inputs = modalities(price)[0]
     skipped = {"image_input_tokens": "image", "audio_input_tokens": "audio"}
     return tuple(unit for unit in token_units if skipped.get(unit, "text") in inputs)
@@ -331,6 +342,8 @@ def catalog_rows(price: ModelPrice) -> list[PricingRow]:
                 rows.append(PricingRow(unit=unit, tier=label, above_prompt_tokens=above, rate_micros_per_million=rate))
     for variant, rate in price.image_variant_rates.items():
         rows.append(PricingRow(unit="images", tier=variant, rate_micros_per_million=rate))
+    for variant, rate in price.search_variant_rates.items():
+        rows.append(PricingRow(unit="search_units", tier=variant, rate_micros_per_million=rate))
     # Units with one rate (images: the rate of any variant the book does not name).
     flat = dict(zip(unit_names, unit_rates(price, Units()), strict=True))
     for unit in unit_names[len(token_units) :]:
@@ -365,6 +378,7 @@ def price_problems(price: ModelPrice) -> list[str]:
     }
     named.update({f"tool_call_rates.{tool}": rate for tool, rate in price.tool_call_rates.items()})
     named.update({f"image_variant_rates.{variant}": rate for variant, rate in price.image_variant_rates.items()})
+    named.update({f"search_variant_rates.{variant}": rate for variant, rate in price.search_variant_rates.items()})
     for index, tier in enumerate(price.context_tiers):
         named.update(
             {f"context_tiers[{index}].{k}": v for k, v in msgspec.structs.asdict(tier).items() if k.endswith("_rate")}
@@ -701,6 +715,148 @@ def default_price_book() -> PriceBook:
         _embedder("text-embedding-v4", "qwen", 70_000, ("text",)),  # 0.07 credits per 1M tokens
         _embedder("tongyi-embedding-vision-plus", "qwen", 90_000, ("text", "image")),
         _embedder("sglang-qwen3-0.6b-fp8-embed", "qwen", 10_000, ("text",)),
+    ]
+    # Text tools (issue 18): EmpirioLabs' search, research, answer, detection and image analysis
+    # models its examples name, and Casola's PII detection, on the simulated backends
+    # (workers/texttools.py). Search is priced per query at the tier the request asks for (Tavily's
+    # search_depth: advanced is two of its credits; Exa's result count; Perplexity's
+    # search_context_size), answers per call, detection and PII per token (a bibliography or fact
+    # check also per reference or claim looked up), research per token of each kind and per query.
+    models += [
+        ModelPrice(
+            model="tavily-search",
+            category="search",
+            pool="default",
+            owned_by="tavily",
+            description="Tavily search (simulated): per query, 0.008 credits basic, 0.016 advanced (search_depth).",
+            max_output_tokens=0,
+            search_unit_rate=8_000 * units_per_rate,
+            search_variant_rates={
+                "basic": 8_000 * units_per_rate,
+                "fast": 8_000 * units_per_rate,
+                "ultra-fast": 8_000 * units_per_rate,
+                "advanced": 16_000 * units_per_rate,
+            },
+        ),
+        ModelPrice(
+            model="exa-search",
+            category="search",
+            pool="default",
+            owned_by="exa",
+            description=(
+                "Exa neural search (simulated): per query (0.005 credits for 1-25 results, 0.025 for 26-100),"
+                " summaries of results and subpages per generated token."
+            ),
+            max_output_tokens=0,
+            output_token_rate=15_000_000,
+            search_unit_rate=5_000 * units_per_rate,
+            search_variant_rates={"1-25 results": 5_000 * units_per_rate, "26-100 results": 25_000 * units_per_rate},
+        ),
+        ModelPrice(
+            model="linkup-deep-search",
+            category="search",
+            pool="default",
+            owned_by="linkup",
+            description="Linkup deep search (simulated): a sourced answer, 0.05 credits per query.",
+            max_output_tokens=0,
+            search_unit_rate=50_000 * units_per_rate,
+        ),
+        ModelPrice(
+            model="exa-answer",
+            category="answer",
+            pool="default",
+            owned_by="exa",
+            description="Exa Answer (simulated): a grounded answer with citations, 0.005 credits per call.",
+            max_output_tokens=0,
+            call_rate=5_000 * units_per_rate,
+        ),
+        ModelPrice(
+            model="perplexity-sonar-pro",
+            category="chat",
+            pool="default",
+            owned_by="perplexity",
+            description=(
+                "Perplexity Sonar Pro (simulated): chat grounded in its own searches; per token, and per search"
+                " query at its search_context_size (low, medium, high)."
+            ),
+            features=("streaming", "web_search"),
+            context_length=200_000,
+            max_output_tokens=8_192,
+            input_token_rate=3_000_000,
+            output_token_rate=15_000_000,
+            search_unit_rate=6_000 * units_per_rate,
+            search_variant_rates={
+                "low": 6_000 * units_per_rate,
+                "medium": 10_000 * units_per_rate,
+                "high": 14_000 * units_per_rate,
+            },
+        ),
+        ModelPrice(
+            model="perplexity-advanced-deep-research",
+            category="chat",
+            pool="default",
+            owned_by="perplexity",
+            description=(
+                "Perplexity Advanced Deep Research (simulated): a cited report; per token of each kind (citation"
+                " tokens as input), per search query and per request."
+            ),
+            features=("streaming", "reasoning", "web_search"),
+            context_length=128_000,
+            max_output_tokens=16_384,
+            input_token_rate=2_000_000,
+            cached_input_token_rate=1_000_000,
+            output_token_rate=8_000_000,
+            reasoning_token_rate=3_000_000,
+            search_unit_rate=5_000 * units_per_rate,
+        ),
+        ModelPrice(
+            model="tavily-research",
+            category="chat",
+            pool="default",
+            owned_by="tavily",
+            description="Tavily Research (simulated): a cited report; per token and per search query.",
+            features=("streaming", "reasoning", "web_search"),
+            context_length=128_000,
+            max_output_tokens=16_384,
+            input_token_rate=1_000_000,
+            output_token_rate=4_000_000,
+            search_unit_rate=8_000 * units_per_rate,
+        ),
+        ModelPrice(
+            model="gptzero",
+            category="detection",
+            pool="default",
+            owned_by="gptzero",
+            description=(
+                "GPTZero (simulated): AI detection per input token; a bibliography or fact check also per"
+                " reference or claim looked up."
+            ),
+            context_length=50_000,
+            max_output_tokens=0,
+            input_token_rate=10_000_000,
+            search_unit_rate=2_000 * units_per_rate,
+        ),
+        ModelPrice(
+            model="janus-pro-deepseek",
+            category="vision",
+            pool="default",
+            owned_by="deepseek",
+            description="Janus Pro (simulated): answers a question about an image; per token, image tokens as input.",
+            context_length=16_384,
+            max_output_tokens=1_024,
+            input_token_rate=200_000,
+            output_token_rate=800_000,
+        ),
+        ModelPrice(
+            model="pii-redact",
+            category="pii",
+            pool="default",
+            owned_by="tollgate",
+            description="PII detection and redaction (simulated, Casola's /openai/v1/pii): per input token.",
+            context_length=32_768,
+            max_output_tokens=0,
+            input_token_rate=100_000,
+        ),
     ]
     # Files (/v1/files) are charged per byte-day stored, daily, by the ledger (ledger/storage.py).
     models.append(

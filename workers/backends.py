@@ -31,7 +31,7 @@ import msgspec
 from ledger.pricing import billed_seconds, default_price_book
 from schemas.prices import Route
 from schemas.units import Units
-from workers import conversations, media, metering
+from workers import conversations, media, metering, texttools
 from workers.conversations import Dialogue, Reply, Search, ToolCall
 
 _token_pattern = re.compile(r"\w+|[^\w\s]")
@@ -239,6 +239,12 @@ class SimulatedBackend(Backend):
             SCORE: self._score,
             conversations.RESPONSES: self._dialogue,
             conversations.MESSAGES: self._dialogue,
+            texttools.SEARCH: self._text_tool,
+            texttools.ANSWER: self._text_tool,
+            texttools.DETECT: self._text_tool,
+            texttools.PII: self._text_tool,
+            texttools.RESEARCH: self._research,
+            texttools.IMAGE_ANALYSIS: self._analysis,
         }.get(job.endpoint)
         if runner is None:
             raise BackendError("unsupported_endpoint", f"the simulated backend cannot run {job.endpoint}")
@@ -509,6 +515,50 @@ class SimulatedBackend(Backend):
         job.progress(1000, units)
         data = [{"index": i, "object": "score", "score": relevance(a, b)} for i, (a, b) in enumerate(pairs)]
         return JobOutput(result={"model": job.model, "data": data}, units=units)
+
+    async def _text_tool(self, job: JobContext, token_s: float) -> JobOutput:
+        """Search, answers, detection and PII (workers/texttools.py): one step, its units at the end."""
+        payload = job.payload
+        try:
+            if job.endpoint == texttools.SEARCH:
+                described = self._catalog.model(job.model)
+                tiers = described.search_variant_rates if described is not None else {}
+                tier = str(payload.get("search_tier") or texttools.search_tier(job.model, payload, tiers))
+                result, units = texttools.simulate_search(job.model, payload, tier)
+            elif job.endpoint == texttools.ANSWER:
+                result, units = texttools.simulate_answer(job.model, payload)
+            elif job.endpoint == texttools.DETECT:
+                result, units = texttools.simulate_detect(job.model, payload)
+            else:
+                result, units = texttools.simulate_pii(job.model, payload)
+        except texttools.ToolInputError as error:
+            raise BackendError("invalid_request", str(error)) from None
+        if token_s:
+            await asyncio.sleep(token_s * (units.input_tokens + units.output_tokens + units.search_units))
+        job.progress(1000, units)
+        return JobOutput(result=result, units=units)
+
+    async def _research(self, job: JobContext, token_s: float) -> JobOutput:
+        """A research request runs as the model's chat completion (its reasoning and search queries),
+        then reads its sources: their tokens are input (``citation_tokens``)."""
+        # The gateway wrote the chat fields (messages, max_tokens, reasoning_effort) into the payload.
+        output = await self._chat(job.translated("/v1/chat/completions", dict(job.payload)), token_s)
+        question = texttools.research_question(job.payload)
+        sources, citation_tokens = texttools.research_sources(job.model, question, output.units.search_units)
+        units = msgspec.structs.replace(output.units, input_tokens=output.units.input_tokens + citation_tokens)
+        job.progress(1000, units)
+        report = texttools.research_report(job.model, job.payload, output.result, sources, citation_tokens)
+        return JobOutput(result=report, units=units)
+
+    async def _analysis(self, job: JobContext, token_s: float) -> JobOutput:
+        """An image analysis runs as a chat completion with the image (workers/texttools.py)."""
+        try:
+            chat = texttools.analysis_chat(job.payload)
+        except texttools.ToolInputError as error:
+            raise BackendError("invalid_request", str(error)) from None
+        chat["max_tokens"] = job.payload.get("max_tokens")
+        output = await self._chat(job.translated("/v1/chat/completions", chat), token_s)
+        return JobOutput(result={"answer": texttools.chat_answer(output.result)}, units=output.units)
 
     async def _dialogue(self, job: JobContext, token_s: float) -> JobOutput:
         """Responses and Messages (workers/conversations.py): thinking when asked for, one hosted web

@@ -265,7 +265,15 @@ def charged_units(units: Units, payload: dict[str, Any]) -> Units:
         calls=max(units.calls, 1),
         batch=payload.get("service_tier") in batch_service_tiers,
         web_search_calls=web_searches,
+        variant=units.variant or (_search_tier(payload) if units.search_units else ""),
     )
+
+
+def _search_tier(payload: dict[str, Any]) -> str:
+    """The tier searches were held at (the gateway wrote it: ``search_tier`` for /v1/search, Perplexity's
+    ``search_context_size`` for chat), which prices the search queries a backend reported."""
+    tier = payload.get("search_tier") or payload.get("search_context_size")
+    return tier if isinstance(tier, str) else ""
 
 
 def _parts(fields: dict[str, Any]) -> Iterable[tuple[int, dict[str, Any]]]:

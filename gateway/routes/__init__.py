@@ -21,6 +21,7 @@ from gateway.routes import (
     resources,
     responses,
     tenants,
+    texttools,
     usage,
     voices,
 )
@@ -44,4 +45,5 @@ route_handlers: list[HTTPRouteHandler] = [
     *files.route_handlers,
     *batches.route_handlers,
     *media.route_handlers,
+    *texttools.route_handlers,
 ]

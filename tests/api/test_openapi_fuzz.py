@@ -64,6 +64,12 @@ models = {
     "createRerank": "qwen3-0.6b-fp8-score",
     "createReranks": "qwen3-rerank",
     "createScore": "qwen3-rerank",
+    "createSearch": "tavily-search",
+    "createResearch": "tavily-research",
+    "createAnswer": "exa-answer",
+    "createDetection": "gptzero",
+    "analyzeImage": "janus-pro-deepseek",
+    "createPiiDetection": "pii-redact",
 }
 semantic_validation |= set(models)
 # Any bytes are a valid file, but schemathesis (4.32) counts some values of a multipart `format: binary`

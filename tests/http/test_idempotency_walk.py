@@ -110,6 +110,14 @@ samples: dict[str, Sample] = {
     "/v1/rerank": lambda c, v: {"json": {"model": "qwen3-0.6b-fp8-score", "query": f"q {v}", "documents": ["a", "b"]}},
     "/v1/reranks": lambda c, v: {"json": {"model": "qwen3-rerank", "query": f"q {v}", "documents": ["a", "b"]}},
     "/v1/score": lambda c, v: {"json": {"model": "qwen3-rerank", "text_1": f"q {v}", "text_2": ["a", "b"]}},
+    "/v1/search": lambda c, v: {"json": {"model": "tavily-search", "query": f"q {v}"}},
+    "/v1/research": lambda c, v: {"json": {"model": "tavily-research", "query": f"q {v}", "async": False}},
+    "/v1/answer": lambda c, v: {"json": {"model": "exa-answer", "query": f"q {v}"}},
+    "/v1/detect": lambda c, v: {"json": {"model": "gptzero", "input": f"text {v}."}},
+    "/v1/images/analysis": lambda c, v: {
+        "json": {"model": "janus-pro-deepseek", "image_url": "https://example.com/a.png", "question": f"q {v}"}
+    },
+    "/v1/pii": lambda c, v: {"json": {"input": f"mail {v}@example.com"}},
     "/v1/gpu/instances": lambda c, v: {"json": {"gpu_slug": "rtx-4090", "name": f"walk {v}"}},
     "/v1/gpu/instances/{instance_id}/{action}": lambda c, v: {"json": {"variant": v}},  # the body is not read
     "/v1/hosted-agents/instances": lambda c, v: {"json": {"agent_type": "hermes", "name": f"walk {v}"}},
@@ -156,6 +164,12 @@ with_key = {
     "/v1/rerank",
     "/v1/reranks",
     "/v1/score",
+    "/v1/search",
+    "/v1/research",
+    "/v1/answer",
+    "/v1/detect",
+    "/v1/images/analysis",
+    "/v1/pii",
     "/v1/files",
     "/v1/batches",
     "/v1/batches/{batch_id}/cancel",
