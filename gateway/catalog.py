@@ -80,6 +80,7 @@ _endpoints = {
     "detection": ["/v1/detect"],
     "vision": ["/v1/images/analysis"],
     "pii": ["/v1/pii"],
+    "agent": ["/v1/agents/run"],
 }
 
 
@@ -174,6 +175,7 @@ def _type_and_category(price: ModelPrice) -> tuple[str, str]:
         "detection": ("text", "tools"),
         "vision": ("multimodal", "image"),
         "pii": ("text", "tools"),
+        "agent": ("text", "agents"),
     }[kind]
 
 
@@ -280,6 +282,13 @@ def _parameters(price: ModelPrice) -> list[dict[str, Any]]:
     }
     if kind == "storage":
         return specific[kind]  # uploaded with POST /v1/files, not requested by model
+    if kind == "agent":  # POST /v1/agents/run: neither sampled nor batched
+        return [
+            model,
+            {"name": "input", "type": "string", "required": True, "description": "The instruction, or a follow-up."},
+            {"name": "task_id", "type": "string", "required": False, "description": "Follow up on this task."},
+            {"name": "stream", "type": "boolean", "required": False, "default": True},
+        ]
     return [model, *specific[kind], *(common if kind != "transcription" else [])]
 
 

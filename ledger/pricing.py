@@ -297,6 +297,7 @@ _default_modalities: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "detection": (("text",), ("text",)),
     "vision": (("text", "image"), ("text",)),
     "pii": (("text",), ("text",)),
+    "agent": (("text",), ("text",)),
 }
 
 
@@ -856,6 +857,24 @@ def default_price_book() -> PriceBook:
             context_length=32_768,
             max_output_tokens=0,
             input_token_rate=100_000,
+        ),
+    ]
+    # Agents (POST /v1/agents/run; EmpirioLabs' Manus): a task's steps are priced by the tokens each
+    # reads and writes. One run of the agent (a task, or a follow-up to it) is bounded by the model's
+    # ``context_length`` (the prompt tokens all its steps read together) and ``max_output_tokens``
+    # (what they write together): its hold, and where the agent stops.
+    models += [
+        ModelPrice(
+            model="manus",
+            category="agent",
+            pool="default",
+            owned_by="manus",
+            description="Manus as EmpirioLabs' agents example names it (simulated): a long-running task of "
+            "reasoning and tool steps, each priced by the tokens it reads and writes.",
+            context_length=40_000,
+            max_output_tokens=4_000,
+            input_token_rate=2_000_000,  # 2 credits per 1M tokens read by the steps
+            output_token_rate=8_000_000,  # 8 credits per 1M tokens written
         ),
     ]
     # Files (/v1/files) are charged per byte-day stored, daily, by the ledger (ledger/storage.py).

@@ -29,6 +29,8 @@ Category = Literal[
     "detection",
     "vision",
     "pii",
+    # EmpirioLabs' agents (POST /v1/agents/run): a task's steps priced by the tokens they read and write.
+    "agent",
 ]
 
 

@@ -31,7 +31,7 @@ import msgspec
 from ledger.pricing import billed_seconds, default_price_book
 from schemas.prices import Route
 from schemas.units import Units
-from workers import conversations, media, metering, texttools
+from workers import agents, conversations, media, metering, texttools
 from workers.conversations import Dialogue, Reply, Search, ToolCall
 
 _token_pattern = re.compile(r"\w+|[^\w\s]")
@@ -245,6 +245,7 @@ class SimulatedBackend(Backend):
             texttools.PII: self._text_tool,
             texttools.RESEARCH: self._research,
             texttools.IMAGE_ANALYSIS: self._analysis,
+            agents.AGENTS: self._agent,
         }.get(job.endpoint)
         if runner is None:
             raise BackendError("unsupported_endpoint", f"the simulated backend cannot run {job.endpoint}")
@@ -501,6 +502,13 @@ class SimulatedBackend(Backend):
         job.progress(1000, units)
         results = ranked(scores, documents, payload.get("top_n"), bool(payload.get("return_documents")))
         return JobOutput(result={"model": job.model, "results": results}, units=units)
+
+    async def _agent(self, job: JobContext, token_s: float) -> JobOutput:
+        """An agent task's turn (workers/agents.py); ``sim.step_ms`` sets its step time (knobs on)."""
+        sim = (job.payload.get("sim") or {}) if self._knobs else {}
+        step_ms = sim.get("step_ms", agents.step_ms_default) if isinstance(sim, dict) else agents.step_ms_default
+        result, units = await agents.run_agent(job, int(step_ms) / 1000)
+        return JobOutput(result=result, units=units)
 
     async def _score(self, job: JobContext, token_s: float) -> JobOutput:
         """vLLM's ``/v1/score``: each pair scored as a rerank scores a query and a document."""

@@ -5,6 +5,7 @@ enforce those for every route, so no handler can forget them."""
 from litestar.handlers import HTTPRouteHandler
 
 from gateway.routes import (
+    agents,
     audit,
     batches,
     casola,
@@ -46,4 +47,5 @@ route_handlers: list[HTTPRouteHandler] = [
     *batches.route_handlers,
     *media.route_handlers,
     *texttools.route_handlers,
+    *agents.route_handlers,
 ]

