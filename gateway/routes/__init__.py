@@ -9,6 +9,7 @@ from gateway.routes import (
     audit,
     batches,
     casola,
+    casola_agents,
     credits,
     dashboard,
     fal,
@@ -48,4 +49,5 @@ route_handlers: list[HTTPRouteHandler] = [
     *media.route_handlers,
     *texttools.route_handlers,
     *agents.route_handlers,
+    *casola_agents.route_handlers,
 ]

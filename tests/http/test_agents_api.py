@@ -167,7 +167,7 @@ def test_tasks_are_refused_clearly(gw: Gateway, account: Account) -> None:
     def post(key: str, body: dict[str, Any]) -> Any:
         return gw.call("POST", "/v1/agents/run", key, json=body)
 
-    cases = [
+    cases: list[tuple[dict[str, Any], int, str]] = [
         ({"model": "sim-chat-small", "input": "x"}, 404, "model_not_found"),
         ({"model": "manus", "input": "  "}, 400, "invalid_parameter"),
         ({"model": "manus"}, 400, "missing_required_parameter"),

@@ -69,6 +69,15 @@ def _transcription(context: Context, variant: str) -> dict[str, Any]:
     return {"data": {"model": "sim-whisper"}, "files": {"file": ("a.wav", audio, "audio/wav")}}
 
 
+empty_map_dag = {
+    "nodes": {
+        "m": {
+            "type": "map",
+            "items": "${input.prompts}",
+            "node": {"model_id": "flux", "task": "fal/text-to-image", "payload": {"prompt": "${item}"}},
+        }
+    }
+}
 samples: dict[str, Sample] = {
     "/v1/organizations": lambda c, v: {"json": {"name": f"org {v}", "plan": "free"}},
     "/v1/organizations/{org_id}/credits": lambda c, v: {"json": {"amount": "1.5" if v == "a" else "2", "kind": "paid"}},
@@ -139,6 +148,9 @@ samples: dict[str, Sample] = {
     "/v1/files": lambda c, v: {"data": {"purpose": "user_data"}, "files": {"file": ("a.txt", f"content {v}".encode())}},
     # Blocking (stream false): the answer comes once the task has ended and been charged.
     "/v1/agents/run": lambda c, v: {"json": {"model": "manus", "input": f"walk {v}", "stream": False}},
+    "/api/agents": lambda c, v: {"json": {"name": f"walk {v}", "dag": empty_map_dag}},
+    # An empty map: the run is held nothing and ends at once (its idempotency, not its money, is tested).
+    "/api/agents/{agent_id}/run": lambda c, v: {"json": {"input_params": {"prompts": [], "v": v}}},
 }
 # Routes that use the organization's key rather than the platform admin token.
 with_key = {
@@ -176,6 +188,8 @@ with_key = {
     "/v1/batches",
     "/v1/batches/{batch_id}/cancel",
     "/v1/agents/run",
+    "/api/agents",
+    "/api/agents/{agent_id}/run",
 }
 
 
@@ -226,6 +240,10 @@ def test_the_same_key_and_body_answer_once_and_another_body_is_a_409(gw: Gateway
         action = "stop" if agents else "refresh"
         url = url.replace("{instance_id}", made.json()["instance"]["id"]).replace("{action}", action)
     url = url.replace("{slug}", "fal-ai/flux1-schnell-nunchaku")
+    if "{agent_id}" in url:  # a Casola agent to run
+        made = gw.call("POST", "/api/agents", context.key, json={"name": "walk", "dag": empty_map_dag})
+        assert made.status_code == 201, made.text
+        url = url.replace("{agent_id}", made.json()["agent"]["id"])
     if "{batch_id}" in url:
         url = url.replace("{batch_id}", context.batch())
     key = context.key if path in with_key else None
