@@ -375,6 +375,7 @@ async def run_agent(request: Request[Any, Any, Any], core: Core) -> Response[byt
     if body.stream is True:
         return Stream(
             _stream(core, task_id, body.max_wait_seconds),
+            status_code=200,
             media_type="text/event-stream",
             headers={"cache-control": "no-cache"},
         )
