@@ -86,6 +86,11 @@ def test_a_task_runs_its_steps_and_is_charged_for_them(account: Account) -> None
     assert (usage["prompt_tokens"], usage["completion_tokens"]) == (units.input_tokens, units.output_tokens)
     cost = price_micros(manus, units)
     assert usage["cost_micros"] == cost and Decimal(str(usage["cost_usd"])) == Decimal(cost) / 1_000_000
+    # The public catalog alone predicts it: each token count at its pricing row's rate, rounded up once.
+    rows = account.gw.call("GET", "/v1/models/manus").json()["pricing_rows"]
+    rates = {row["unit"]: Decimal(row["usd_per_unit"]) for row in rows}
+    listed = units.input_tokens * rates["input_tokens"] + units.output_tokens * rates["output_tokens"]
+    assert Decimal(str(usage["cost_usd"])) == listed.quantize(Decimal("0.000001"), rounding="ROUND_CEILING")
     answer = account.gw.call("GET", f"/v1/agents/{task_id}", account.key)
     assert Decimal(answer.headers["x-credits-used"]) == Decimal(cost) / 1_000_000
     _until(lambda: account.balance_micros() == before - cost)
