@@ -18,18 +18,17 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.test_casola_job_examples import api_reference_curl, balance, documents, settled
+from tests.e2e.documents import api_reference_curl, documents, empiriolabs, empiriolabs_host
+from tests.e2e.test_casola_job_examples import balance, settled
 from tests.e2e.test_casola_job_examples import run as run_casola
 from tests.support import Dev, served_media
 
 pytestmark = [pytest.mark.slow]
 
-empiriolabs_host = "https://api.empiriolabs.ai"
-
 
 def empiriolabs_curl(title: str) -> str:
     """The EmpirioLabs document's ```bash block titled ``title``, as written."""
-    lines = (documents / "empiriolabs-api-reference-openapi.txt").read_text().splitlines()
+    lines = (documents / empiriolabs).read_text().splitlines()
     start = lines.index(f'```bash title="{title}"') + 1
     end = lines.index("```", start)
     return "\n".join(lines[start:end])
