@@ -8,8 +8,6 @@ drop (and, for a task, its `x-credits-used`)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -18,37 +16,37 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.documents import api_reference_curl, documents, empiriolabs, empiriolabs_host
-from tests.e2e.test_casola_job_examples import balance, settled
-from tests.e2e.test_casola_job_examples import run as run_casola
-from tests.support import Dev, served_media
+from tests.e2e.documents import api_reference_curl, casola_host, documents, empiriolabs, empiriolabs_host
+from tests.support import Dev, balance_micros, markdown_curl, run_curl, served_media, settled_balance
 
 pytestmark = [pytest.mark.slow]
 
 
 def empiriolabs_curl(title: str) -> str:
     """The EmpirioLabs document's ```bash block titled ``title``, as written."""
-    lines = (documents / empiriolabs).read_text().splitlines()
-    start = lines.index(f'```bash title="{title}"') + 1
-    end = lines.index("```", start)
-    return "\n".join(lines[start:end])
+    return markdown_curl(documents / empiriolabs, title)
 
 
 def run_empiriolabs(dev: Dev, key: str, command: str, task_id: str = "") -> dict[str, Any]:
     command = command.replace(empiriolabs_host, dev.base_url)
     if task_id:
         command = command.replace("task_01HV3K...", task_id)
-    done = subprocess.run(
-        ["bash", "-c", command + " -s --fail-with-body"],
-        env={**os.environ, "EMPIRIOLABS_API_KEY": key},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, (command, done.stdout, done.stderr)
-    answer: dict[str, Any] = json.loads(done.stdout, parse_float=Decimal)
-    return answer
+    return run_curl(command, "EMPIRIOLABS_API_KEY", key)
+
+
+def run_casola(dev: Dev, key: str, command: str, **placeholders: str) -> dict[str, Any]:
+    command = command.replace(casola_host, dev.base_url)
+    for placeholder, value in placeholders.items():
+        command = command.replace(placeholder, value)
+    return run_curl(command, "CASOLA_API_KEY", key)
+
+
+def balance(dev: Dev, key: str) -> int:
+    return balance_micros(dev.base_url, key)
+
+
+def settled(dev: Dev, key: str, expected: int) -> int:
+    return settled_balance(dev.base_url, key, expected)
 
 
 @pytest.fixture(scope="module")
