@@ -37,6 +37,11 @@ class LogError(RuntimeError):
     """The log could not do what was asked; the message says what to check."""
 
 
+class LogUnavailable(LogError):
+    """The broker could not answer (a node down, a leader or coordinator moving): the call may work
+    later. A gauge skips its measurement; a role's own retries are bounded by the adapter."""
+
+
 Acknowledged = Callable[[BaseException | None], None]
 
 

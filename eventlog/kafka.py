@@ -14,16 +14,17 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from kafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 try:  # kafka-python 3.x
@@ -37,6 +38,7 @@ from eventlog import (
     Consumer,
     EventLog,
     LogError,
+    LogUnavailable,
     Outgoing,
     Processor,
     Producer,
@@ -44,6 +46,7 @@ from eventlog import (
 )
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # An idle fetch parks on the broker this long. The broker answers as soon as committed data arrives,
 # so this costs no latency; a short wait (5 ms was tried) only burns broker CPU on empty fetches
@@ -68,6 +71,9 @@ delivery_timeout_ms = 120_000
 # (kafka-python's default is 30 s): a restarted broker is used again within a second, not half a
 # minute later, when it leads partitions again or coordinates a group.
 reconnect_backoff_ms_max = 1000
+# A call the broker cannot answer now (its group coordinator is on a killed node, say) is retried this
+# long before it fails: longer than a failover (fencing after 4 s, then the new coordinator's load).
+outage_wait_s_max = 60.0
 
 
 if KafkaNetClient is not None:
@@ -325,8 +331,9 @@ class _KafkaConsumer(Consumer):
         return _records(self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records))
 
     def commit(self, positions: Mapping[tuple[str, int], int] | None = None, wait: bool = True) -> None:
+        # A waited commit goes to the group's coordinator, which a failover moves: waited out, not raised.
         if positions is None:
-            self._consumer.commit()
+            _through_outage(self._consumer.commit, "offset commit")
             return
         assigned = self._consumer.assignment()
         offsets = {
@@ -335,7 +342,7 @@ class _KafkaConsumer(Consumer):
             if TopicPartition(topic, partition) in assigned  # a revoked partition is another member's now
         }
         if offsets and wait:
-            self._consumer.commit(offsets)
+            _through_outage(functools.partial(self._consumer.commit, offsets), "offset commit")
         elif offsets:
             self._consumer.commit_async(offsets, callback=_log_failed_commit)
 
@@ -343,7 +350,12 @@ class _KafkaConsumer(Consumer):
         assigned = self._consumer.assignment()
         if not assigned:
             return False
-        ends = self._consumer.end_offsets(list(assigned))
+        try:
+            ends = self._consumer.end_offsets(list(assigned))
+        except Exception as error:
+            if _retriable(error):  # the broker cannot say now: not known to be caught up
+                return False
+            raise
         return all(self._consumer.position(tp) >= ends[tp] for tp in assigned)
 
     def lag(self) -> int:
@@ -403,7 +415,9 @@ class _KafkaProcessor(Processor):
         except Exception:  # not in a transaction: nothing to abort
             logger.debug("abort with no open transaction", exc_info=True)
         for tp in list(self._uncommitted):
-            committed = self._consumer.committed(tp)
+            # The group's coordinator may be the broker whose failure aborted the transaction: wait
+            # for its successor rather than let the role die (and lose its partitions' progress).
+            committed = _through_outage(functools.partial(self._consumer.committed, tp), f"committed offset of {tp}")
             if committed is None:
                 self._consumer.seek_to_beginning(tp)
             else:
@@ -422,9 +436,38 @@ class _KafkaProcessor(Processor):
                 self.on_close()
 
 
+def _retriable(error: BaseException) -> bool:
+    return isinstance(error, KafkaError) and bool(getattr(error, "retriable", False))
+
+
+def _through_outage(call: Callable[[], _T], what: str) -> _T:
+    """``call()``, retried while the broker cannot answer it (a retriable error: a refused connection,
+    no coordinator yet), for at most ``outage_wait_s_max``; then LogUnavailable."""
+    deadline = time.monotonic() + outage_wait_s_max
+    backoff_s = 0.1
+    while True:
+        try:
+            return call()
+        except Exception as error:
+            if not _retriable(error):
+                raise
+            if time.monotonic() >= deadline:
+                waited = f"the broker did not answer for {outage_wait_s_max:.0f}s"
+                raise LogUnavailable(f"{what}: {waited} ({error!r})") from error
+            logger.warning("%s: %r; retrying in %.1f s", what, error, backoff_s)
+            time.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, 2.0)
+
+
 def _lags(consumer: KafkaConsumer) -> dict[tuple[str, int], int]:
     """Offsets left per assigned partition: the broker's end (the last stable offset, for a
-    read_committed consumer) less the position."""
+    read_committed consumer) less the position. LogUnavailable while the broker cannot say (a gauge
+    is not worth waiting for)."""
     assigned = list(consumer.assignment())
-    ends = consumer.end_offsets(assigned) if assigned else {}
+    try:
+        ends = consumer.end_offsets(assigned) if assigned else {}
+    except Exception as error:
+        if _retriable(error):
+            raise LogUnavailable(f"partition ends: {error!r}") from error
+        raise
     return {(tp.topic, tp.partition): max(ends[tp] - consumer.position(tp), 0) for tp in assigned}

@@ -32,6 +32,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from eventlog import LogUnavailable
+
 logger = logging.getLogger(__name__)
 
 gauges_refresh_s = 1.0  # how often a role's loop recomputes the gauges of its own state (and its lag)
@@ -125,7 +127,11 @@ class LagReporter:
     def tick(self, lags: Callable[[], Mapping[TopicPartition, int]]) -> None:
         if not self._every.due():
             return
-        measured = lags()
+        try:
+            measured = lags()
+        except LogUnavailable:  # the broker cannot say now (a failover): not ready until it can
+            self._health.stalled(self._source)
+            return
         for tp, lag in measured.items():
             child = self._children.get(tp)
             if child is None:

@@ -2,10 +2,10 @@
 price book's batch rate, its answers collected into an output file and its failures into an error
 file, both downloadable through ``/v1/files``.
 
-Each line is one request to the batch's endpoint (chat completions, completions or embeddings) with
-``"service_tier": "flex"`` written into its body, so its hold and charge are those of any request at
-batch prices (``Units.batch``: the model's batch discount), and it is parsed, bounded and refused by
-the same parser as the synchronous endpoint (``gateway/requests.py``). A line that cannot run (bad
+Each line is one request to the batch's endpoint (chat completions, responses, completions or
+embeddings) with ``"service_tier": "flex"`` written into its body, so its hold and charge are those of
+any request at batch prices (``Units.batch``: the model's batch discount), and it is parsed, bounded
+and refused by the same parser as the synchronous endpoint (``gateway/requests.py``). A line that cannot run (bad
 JSON, another endpoint, a body the endpoint refuses) goes to the error file at once; a line whose
 request is refused or fails (402, a failed job) goes there when it ends. Nothing in a line is a 500.
 
@@ -30,7 +30,16 @@ import msgspec
 from eventlog import Outgoing, topics
 from gateway.errors import ApiError
 from gateway.metering import Attempt, AttemptForgotten, MeteredRequest, OrganizationBusy, Overloaded
-from gateway.requests import CHAT, COMPLETIONS, EMBEDDINGS, parse_chat, parse_completion, parse_embedding
+from gateway.requests import (
+    CHAT,
+    COMPLETIONS,
+    EMBEDDINGS,
+    RESPONSES,
+    parse_chat,
+    parse_completion,
+    parse_embedding,
+    parse_response,
+)
 from gateway.results import charge_of, refusal, shape_result
 from projections.views import ApiToken
 from schemas.codec import encode
@@ -41,8 +50,9 @@ from schemas.moments import utc_now
 
 logger = logging.getLogger(__name__)
 
-endpoints = (CHAT, COMPLETIONS, EMBEDDINGS)
+endpoints = (CHAT, RESPONSES, COMPLETIONS, EMBEDDINGS)
 completion_windows = ("24h",)
+prompt_params = {CHAT: "messages", RESPONSES: "input", COMPLETIONS: "prompt"}  # named by a too-long prompt's 400
 lines_max = 50_000  # OpenAI's bound on a batch's requests
 lines_in_flight_max = 16  # lines of one batch running at once on this gateway
 progress_interval_s = 0.25  # BatchProgressed at most this often per batch
@@ -124,6 +134,8 @@ def parser_for(endpoint: str, org_id: str, core: Any) -> Any:
     book = core.prices.current
     if endpoint == CHAT:
         return lambda body: parse_chat(body, book, org_id, core.files)
+    if endpoint == RESPONSES:
+        return lambda body: parse_response(body, book)
     if endpoint == COMPLETIONS:
         return lambda body: parse_completion(body, book)
     return lambda body: parse_embedding(body, book)
@@ -311,7 +323,7 @@ class BatchRunner:
                 await asyncio.sleep(busy_retry_s)  # the gateway's bounds: wait for a slot, as a client would
             except TimeoutError:
                 return False, error_record(batch_id, line, 504, "timeout", "The job did not finish in time.", rid)
-        error = refusal(seen, metered.model, "messages" if endpoint == CHAT else "prompt")
+        error = refusal(seen, metered.model, prompt_params.get(endpoint, "input"))
         if error is not None:
             return False, error_record(batch_id, line, error.status_code, error.code or "failed", error.message, rid)
         completed = seen[JobCompleted]

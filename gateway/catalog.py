@@ -15,12 +15,16 @@ from ledger.pricing import (
     PriceBook,
     PricingRow,
     catalog_rows,
+    image_aspect_ratios,
+    image_resolutions_px,
     kind_of,
     modalities,
+    prices_by_resolution,
     token_units,
     usd_per_unit,
 )
 from schemas.units import tools
+from workers import texttools
 
 rounding_rule = (
     "Per request: the sum over its units of quantity x rate, less any batch discount, rounded up to the next"
@@ -72,6 +76,12 @@ _endpoints = {
     "rerank": ["/v1/rerank", "/v1/reranks", "/v1/score"],
     "storage": ["/v1/files"],
     "3d": ["/v1/3d/generations"],
+    "search": ["/v1/search"],
+    "answer": ["/v1/answer"],
+    "detection": ["/v1/detect"],
+    "vision": ["/v1/images/analysis"],
+    "pii": ["/v1/pii"],
+    "agent": ["/v1/agents/run"],
 }
 
 
@@ -162,6 +172,12 @@ def _type_and_category(price: ModelPrice) -> tuple[str, str]:
         "rerank": ("text", "reranker"),
         "storage": ("file", "storage"),
         "3d": ("3d", "3d"),
+        "search": ("text", "tools"),
+        "answer": ("text", "tools"),
+        "detection": ("text", "tools"),
+        "vision": ("multimodal", "image"),
+        "pii": ("text", "tools"),
+        "agent": ("text", "agents"),
     }[kind]
 
 
@@ -209,6 +225,8 @@ def _parameters(price: ModelPrice) -> list[dict[str, Any]]:
         if "web_search" in price.tool_call_rates:
             chat.append({"name": "web_search_options", "type": "object", "required": False})
         return chat + common
+    if kind == "image" and prices_by_resolution(price):
+        return [model, *_resolution_image_parameters(price), *common]
     specific: dict[str, list[dict[str, Any]]] = {
         "embedding": [
             {"name": "input", "type": "array", "required": True},
@@ -262,6 +280,7 @@ def _parameters(price: ModelPrice) -> list[dict[str, Any]]:
             {"name": "file", "type": "file", "required": True},
             {"name": "purpose", "type": "string", "required": True},
         ],
+        **texttools.parameters(price),
         "3d": [
             {"name": "image_url", "type": "string", "required": False, "description": "The image, by URL."},
             {"name": "image", "type": "string", "required": False, "description": "A URL, data: URL or base64."},
@@ -308,7 +327,62 @@ def _parameters(price: ModelPrice) -> list[dict[str, Any]]:
     }
     if kind == "storage":
         return specific[kind]  # uploaded with POST /v1/files, not requested by model
+    if kind == "agent":  # POST /v1/agents/run: neither sampled nor batched
+        return [
+            model,
+            {"name": "input", "type": "string", "required": True, "description": "The instruction, or a follow-up."},
+            {"name": "task_id", "type": "string", "required": False, "description": "Follow up on this task."},
+            {"name": "stream", "type": "boolean", "required": False, "default": True},
+        ]
     return [model, *specific[kind], *(common if kind not in ("transcription", "3d") else [])]
+
+
+def _resolution_image_parameters(price: ModelPrice) -> list[dict[str, Any]]:
+    """An image model priced by resolution (Wan 2.7): EmpirioLabs' parameters, as its model page lists them."""
+    resolutions = list(price.image_variant_rates)
+    return [
+        {"name": "prompt", "type": "string", "required": True},
+        {
+            "name": "num_images",
+            "type": "integer",
+            "required": False,
+            "default": 1,
+            "min": 1,
+            "max": 4,
+            "description": "Images to generate (n is accepted too); each is charged.",
+        },
+        {
+            "name": "aspect_ratio",
+            "type": "enum",
+            "required": False,
+            "default": "1:1",
+            "allowed_values": list(image_aspect_ratios),
+        },
+        {
+            "name": "resolution",
+            "type": "enum",
+            "required": False,
+            "default": "2K" if "2K" in resolutions else resolutions[0],
+            "allowed_values": resolutions,
+            "description": "The longer side: "
+            + ", ".join(f"{r} {image_resolutions_px[r]} px" for r in resolutions)
+            + "; the price per image follows it (pricing_rows).",
+        },
+        {
+            "name": "thinking_mode",
+            "type": "boolean",
+            "required": False,
+            "default": False,
+            "description": "Plan the composition before drawing; no charge of its own.",
+        },
+        {
+            "name": "response_format",
+            "type": "enum",
+            "required": False,
+            "default": "url",
+            "allowed_values": ["url", "b64_json"],
+        },
+    ]
 
 
 def model_card(price: ModelPrice, version: str, detail: bool = False) -> dict[str, Any]:

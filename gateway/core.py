@@ -38,6 +38,7 @@ from gateway.waiters import Seen, Waiters, keys_of
 from ledger.chain import load_public_key
 from ledger.pricing import PriceBook, PriceBooks
 from ledger.wallet import HoldStatus
+from projections.agents import AgentStepsView, CasolaAgentsView
 from projections.batches import BatchesView
 from projections.content_filters import ContentFilterView
 from projections.files import FilesView
@@ -154,6 +155,11 @@ class GatewayCore:
         # Batches (/v1/batches): their state folded from tollgate.jobs; this instance's runner (gateway/batches.py).
         self.batches = BatchesView()
         self.batch_runner: Any = None
+        # Agents: EmpirioLabs' tasks' steps, Casola's agents and runs (folded from tollgate.jobs); the
+        # runner of this instance's Casola runs (gateway/routes/casola_agents.py).
+        self.agent_steps = AgentStepsView()
+        self.casola_agents = CasolaAgentsView()
+        self.agent_runner: Any = None
         # Where a chat request's file_id parts are read from: the files API's store.
         self.files: FileContents = StoredFileContents(self.stored_files, self.blobs)
 
@@ -231,6 +237,8 @@ class GatewayCore:
     def _fold_jobs(self, event: Event) -> None:
         self.jobs.apply(event)
         self.batches.apply(event)
+        self.agent_steps.apply(event)
+        self.casola_agents.apply(event)
         self._offer(event)
 
     def _offer(self, event: Event) -> None:

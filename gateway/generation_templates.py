@@ -2,6 +2,10 @@
 "creative effects", each a canonical prompt, a recommended model, the models it supports, default
 parameters and the inputs it needs; and how a generation request's ``template: "<slug>"`` applies one.
 
+The image templates need no input image: ``/v1/images/generations`` takes no images by URL (an edit
+uploads them to ``/v1/images/edits``), so an image template that needs one (the document's
+``background-swap``) could never run there.
+
 Applying a template is a rewrite of the request body before it is parsed and priced, as the document
 says it works: the canonical prompt blends with the caller's ``prompt`` (canonical first, the
 caller's after it), the recommended model is chosen when the body names none, the default parameters
@@ -72,17 +76,16 @@ built_in: tuple[Template, ...] = (
         display_order=1,
     ),
     Template(
-        slug="background-swap",
-        display_name="Background Swap",
-        category="edit",
+        slug="neon-poster",
+        display_name="Neon Poster",
+        category="social",
         modality="image",
-        description="Keeps the subject of your image and places it in a new scene you describe.",
-        canonical_prompt="Keep the subject exactly as it is and replace the background",
+        description="A bold retro poster of whatever you describe, lit by neon tubes.",
+        canonical_prompt="Retro neon poster, glowing tubes on a dark brick wall, high contrast, bold shapes",
         recommended_model="sim-image",
         supported_models=_image_models,
         default_params={"size": "1024x1024"},
-        required_inputs=RequiredInputs(image=True, min_images=1, max_images=1),
-        suggested_prompts=("on a brushed steel studio plinth",),
+        suggested_prompts=("a late-night ramen bar", "a synthwave cassette"),
         display_order=2,
     ),
     Template(

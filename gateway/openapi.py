@@ -16,6 +16,7 @@ import msgspec
 from litestar import Request
 from litestar.openapi.plugins import JsonRenderPlugin
 
+from gateway import texttools
 from schemas import api
 from schemas.prices import PriceBook
 
@@ -94,6 +95,7 @@ json_bodies: Mapping[str, type[Any]] = {
     "createRerank": api.RerankRequest,
     "createReranks": api.RerankRequest,
     "createScore": api.ScoreRequest,
+    **{operation: texttools.request_types[path] for operation, path in texttools.operations.items()},
     "createToken": api.CreateToken,
     "setTokenLimits": api.RateLimits,
     "setRateLimits": api.RateLimits,
@@ -172,6 +174,7 @@ body_examples: Mapping[str, dict[str, Any]] = {
         "return_documents": True,
     },
     "createScore": {"model": "qwen3-rerank", "text_1": "What is the capital of France?", "text_2": ["Paris.", "Rome."]},
+    **texttools.body_examples,
     "deployGpuInstance": {"gpu_slug": "rtx-4090", "mode": "model", "hf_id": "Qwen/Qwen2.5-7B-Instruct"},
     "createHostedAgentInstance": {
         "agent_type": "openclaw",
@@ -236,6 +239,7 @@ generation = {
     "createRerank",
     "createReranks",
     "createScore",
+    *texttools.operations,
 }
 public = {"health", "getLedgerPublicKey", "getPricing", "listGpuTypes", "getGpuType", "hostedAgentsHealth", "getMedia"}
 # Open without a credential; one that is sent is checked (gateway/auth.py, opt "anonymous").

@@ -18,7 +18,15 @@ import msgspec
 from gateway.errors import ApiError
 from gateway.http import check_depth, decode
 from gateway.metering import MeteredRequest
-from ledger.pricing import ModelPrice, PriceBook, billed_seconds, kind_of, modalities
+from ledger.pricing import (
+    ModelPrice,
+    PriceBook,
+    billed_seconds,
+    kind_of,
+    modalities,
+    prices_by_resolution,
+    resolution_size,
+)
 from schemas.api import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -33,7 +41,7 @@ from schemas.api import (
     VideoRequest,
 )
 from schemas.units import Units
-from workers import conversations, metering
+from workers import conversations, metering, texttools
 from workers.backends import score_pairs
 from workers.metering import FileContents
 
@@ -214,6 +222,22 @@ def _tools_and_reasoning(price: ModelPrice, fields: dict[str, Any]) -> Units:
     return Units(web_search_calls=searches, search_units=queries)
 
 
+def _search_context(price: ModelPrice, fields: dict[str, Any]) -> str:
+    """The tier a chat model's search queries are priced at (Perplexity's ``search_context_size``, its
+    default written into the payload so the run and the hold agree); "" for a model with one rate."""
+    if not price.search_variant_rates:
+        return ""
+    try:
+        tier = texttools.search_tier(price.model, fields, price.search_variant_rates)
+    except texttools.ToolInputError as error:
+        raise ApiError(400, str(error), code="invalid_parameter", param=error.param) from None
+    fields["search_context_size"] = tier
+    # Its searches are its own, priced per query at this tier: OpenAI's web_search_options (where
+    # Perplexity also reads search_context_size) is no separate web search call here.
+    fields.pop("web_search_options", None)
+    return tier
+
+
 def chat_bound(prompt: metering.Prompt) -> Units:
     """An upper bound on a chat prompt's tokens by kind, for any byte-level tokenizer (a token is at
     least one byte): text in ``input_tokens``, its cacheable prefix in ``cache_write_tokens`` (it may
@@ -241,6 +265,7 @@ def parse_chat(body: bytes, book: PriceBook, org_id: str = "", files: FileConten
         raise ApiError(400, str(error), code=error.code, param=error.param) from None
     _refuse_inputs(price, prompt, fields)
     limit = _output_limit(price, chat.max_tokens, chat.max_completion_tokens, price.max_output_tokens)
+    tier = _search_context(price, fields)
     extra = _tools_and_reasoning(price, fields)
     bound = msgspec.structs.replace(
         chat_bound(prompt),
@@ -249,6 +274,7 @@ def parse_chat(body: bytes, book: PriceBook, org_id: str = "", files: FileConten
         search_units=extra.search_units,
         calls=1,
         batch=_service_tier(fields),
+        variant=tier,
     )
     run_async = _async_flag(fields)
     return _metered(CHAT, price, book, bound, _with_output_limit(fields, limit), run_async, chat.stream)
@@ -269,11 +295,34 @@ def parse_completion(body: bytes, book: PriceBook) -> MeteredRequest:
     return _metered(COMPLETIONS, price, book, bound, payload, run_async, completion.stream)
 
 
+def _multimodal_embedding_bound(price: ModelPrice, items: list[Any], fields: dict[str, Any]) -> Units:
+    """The bound of EmpirioLabs' multimodal embedding items (``{"type": "text", "text"}``, ``{"type":
+    "image", "url"}``): text at a token per byte, images by the vision rule (``workers/metering.py``:
+    an image by URL, not fetched, counts as the largest)."""
+    if "image" not in modalities(price)[0]:
+        raise ApiError(
+            400,
+            f"{price.model} embeds text only; send 'input' as strings (see input_modalities in GET /v1/models).",
+            code="image_not_supported_by_model",
+            param="input",
+        )
+    try:
+        counted = metering.embedding_items(items)
+    except metering.MeteringError as error:
+        raise ApiError(400, str(error), code=error.code, param=error.param) from None
+    text = tokens_per_request_bound + sum(len(t.encode()) for t in counted.texts)
+    return msgspec.structs.replace(_per_request(fields), input_tokens=text, image_input_tokens=counted.image_tokens)
+
+
 def parse_embedding(body: bytes, book: PriceBook) -> MeteredRequest:
     embedding: EmbeddingRequest = _decode(body, EmbeddingRequest)
     price = model_price(book, embedding.model, lambda p: p.category == "embedding", "an embedding")
     given = embedding.input
     items = given if isinstance(given, list) else [given]
+    if isinstance(given, list) and any(isinstance(item, dict) for item in items):
+        fields = _fields(body)
+        bound = _multimodal_embedding_bound(price, items, fields)
+        return _metered(EMBEDDINGS, price, book, bound, body, _async_flag(fields))
     if isinstance(given, list) and not (
         all(isinstance(i, str) and i for i in items)
         or all(isinstance(i, int) and not isinstance(i, bool) for i in items)
@@ -281,7 +330,8 @@ def parse_embedding(body: bytes, book: PriceBook) -> MeteredRequest:
     ):
         raise ApiError(
             400,
-            "'input' must be a string, a list of strings, a list of token ids, or a list of token id lists.",
+            "'input' must be a string, a list of strings, a list of token ids, a list of token id lists, or a"
+            ' list of items ({"type": "text", "text"} or {"type": "image", "url"}).',
             code="invalid_type",
             param="input",
         )
@@ -335,18 +385,70 @@ def parse_score(body: bytes, book: PriceBook) -> MeteredRequest:
     return _metered(SCORE, price, book, Units(input_tokens=_pairs_bound(pairs)), msgspec.json.encode(fields), run_async)
 
 
-def parse_image(body: bytes, book: PriceBook) -> MeteredRequest:
-    image: ImageRequest = _decode(body, ImageRequest)
-    price = model_price(book, image.model, lambda p: p.category == "image", "an image")
+def _image_count(image: ImageRequest, fields: dict[str, Any]) -> int:
+    """``n``, or EmpirioLabs' ``num_images`` (the same number when both are sent)."""
+    if image.num_images is None:
+        return image.n
+    if "n" in fields and image.n != image.num_images:
+        raise ApiError(
+            400, "Send n or num_images, not both with different values.", code="invalid_parameter", param="num_images"
+        )
+    return image.num_images
+
+
+def _image_variant(price: ModelPrice, image: ImageRequest, fields: dict[str, Any]) -> tuple[str, str]:
+    """(size, variant): a model priced by resolution takes ``resolution`` (default 2K) and
+    ``aspect_ratio`` (default 1:1), the others OpenAI's ``size`` and ``quality``."""
+    if prices_by_resolution(price):
+        if "size" in fields or "quality" in fields:
+            raise ApiError(
+                400,
+                f"{price.model} takes resolution ({', '.join(price.image_variant_rates)}) and aspect_ratio, not size.",
+                code="unsupported_parameter",
+                param="size" if "size" in fields else "quality",
+            )
+        resolution = image.resolution or "2K"
+        if resolution not in price.image_variant_rates:
+            raise ApiError(
+                400, f"{price.model} has no price for {resolution}.", code="invalid_parameter", param="resolution"
+            )
+        width, height = resolution_size(resolution, image.aspect_ratio or "1:1")
+        return f"{width}x{height}", resolution
+    for name in ("resolution", "aspect_ratio"):
+        if name in fields:
+            raise ApiError(
+                400,
+                f"{price.model} takes size and quality, not {name}; see GET /v1/models/{price.model}.",
+                code="unsupported_parameter",
+                param=name,
+            )
     variant = f"{image.size}/{image.quality}"
     if price.image_variant_rates and variant not in price.image_variant_rates:
         raise ApiError(400, f"{price.model} has no price for {variant}.", code="invalid_parameter", param="size")
+    return image.size, variant
+
+
+def parse_image(body: bytes, book: PriceBook) -> MeteredRequest:
+    image: ImageRequest = _decode(body, ImageRequest)
+    price = model_price(book, image.model, lambda p: p.category == "image", "an image")
     fields = _fields(body)
-    bound = msgspec.structs.replace(_per_request(fields), images=image.n, variant=variant)
+    if "image" in fields:
+        raise ApiError(
+            400,
+            "Images to edit by URL are not fetched here: upload them to POST /v1/images/edits.",
+            code="unsupported_parameter",
+            param="image",
+        )
+    count = _image_count(image, fields)
+    size, variant = _image_variant(price, image, fields)
+    bound = msgspec.structs.replace(_per_request(fields), images=count, variant=variant)
     # The worker always returns the bytes (an upstream is asked for b64_json: its own default may be a
-    # link of its own); the gateway keeps them behind a URL of its own when asked for url.
-    payload = msgspec.json.encode({**fields, "response_format": "b64_json"})
-    metered = _metered(IMAGES, price, book, bound, payload, _async_flag(fields))
+    # link of its own); the gateway keeps them behind a URL of its own when asked for url, also when the
+    # job is polled (``answer_shape``, which the worker hands back with the result).
+    payload = {**fields, "n": count, "size": size, "variant": variant, "response_format": "b64_json"}
+    payload.pop("num_images", None)
+    payload["answer_shape"] = {"response_format": image.response_format}
+    metered = _metered(IMAGES, price, book, bound, msgspec.json.encode(payload), _async_flag(fields))
     return _answer_url(metered, image.response_format == "url")
 
 
@@ -522,6 +624,7 @@ def parse_spoken(
 
 
 transcript_formats = ("json", "text", "srt", "verbose_json", "vtt")
+transcription_sync_ms_max = 5 * 60 * 1000  # audio longer than this runs as a job (EmpirioLabs' rule)
 timestamp_granularities = ("word", "segment")
 
 
@@ -602,6 +705,7 @@ def parse_transcription(
     """A transcription or translation: the audio (its duration read from the data already), priced per
     second of it by a transcription model (a translation is a transcription into English)."""
     price = model_price(book, ask.model, lambda p: kind_of(p) == "transcription", "a transcription")
+    shape = {"response_format": ask.response_format, "timestamp_granularities": list(ask.granularities)}
     payload = msgspec.json.encode(
         {
             "model": ask.model,
@@ -610,11 +714,14 @@ def parse_transcription(
             "language": ask.language,
             "prompt": ask.prompt,
             "timestamp_granularities": list(ask.granularities),
+            "answer_shape": shape,  # how a job polled later answers (GET /v1/jobs/{id})
         }
     )
     bound = Units(audio_seconds=billed_seconds(duration_ms), calls=1)
     endpoint = TRANSLATIONS if ask.task == "translate" else TRANSCRIPTIONS
-    return _metered(endpoint, price, book, bound, payload, ask.run_async)
+    # EmpirioLabs: "Long files (over 5 minutes) auto-route to the async job system".
+    run_async = ask.run_async or duration_ms > transcription_sync_ms_max
+    return _metered(endpoint, price, book, bound, payload, run_async)
 
 
 def parse_video(body: bytes, book: PriceBook) -> MeteredRequest:

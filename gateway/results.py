@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from gateway import speeches
+import msgspec
+
+from gateway import speeches, texttools, transcripts
 from gateway.errors import ApiError
 from gateway.metering import MeteredRequest
 from gateway.requests import (
@@ -168,6 +170,8 @@ def usage_of(endpoint: str, units: Units, captured: Charged, price: ModelPrice |
         counts: dict[str, Any] = token_usage(units)
     elif endpoint == EMBEDDINGS:
         counts = {"prompt_tokens": units.prompt_tokens, "total_tokens": units.prompt_tokens}
+        if units.image_input_tokens:  # image items of a multimodal embedder
+            counts["prompt_tokens_details"] = {"image_tokens": units.image_input_tokens}
     elif endpoint in (IMAGES, IMAGE_EDITS):
         counts = {"images": units.images}
     elif endpoint in (TRANSCRIPTIONS, TRANSLATIONS):
@@ -180,6 +184,8 @@ def usage_of(endpoint: str, units: Units, captured: Charged, price: ModelPrice |
         counts = {"seconds": units.audio_seconds}
     elif endpoint == THREE_D:  # one generation per request, priced by the request
         counts = {"generations": units.calls}
+    elif endpoint in texttools.endpoints:
+        counts = texttools.counts(endpoint, units)
     else:  # an endpoint without a usage shape of its own: every unit by its name
         counts = {name: quantity for name, quantity in zip(unit_names, unit_quantities(units), strict=True) if quantity}
     return {**counts, **usage_cost(captured, price)}
@@ -194,6 +200,11 @@ def shape_result(
     created = int(captured.occurred_at.timestamp())
     suffix = request_id.removeprefix("req_")
     usage = usage_of(endpoint, units, captured, price)
+    shape = result.get("answer_shape")
+    if shape is not None:
+        result = {key: value for key, value in result.items() if key != "answer_shape"}
+    if endpoint in (TRANSCRIPTIONS, TRANSLATIONS) and isinstance(shape, dict):
+        return transcript_body(result, usage, shape)
     if endpoint == CHAT:
         return {**result, "id": f"chatcmpl-{suffix}", "created": created, "model": captured.model, "usage": usage}
     if endpoint == COMPLETIONS:
@@ -204,11 +215,38 @@ def shape_result(
         return speeches.audio_response(result, bool(result.get("inline")), usage)
     if endpoint in (RERANK, RERANKS, SCORE):
         return scoring_body(endpoint, request_id, result, captured)
+    if endpoint in texttools.endpoints:
+        return texttools.shape(endpoint, request_id, result, captured.model, created, usage)
     if endpoint == RESPONSES:
         return response_body(request_id, result, captured, price)
     if endpoint == MESSAGES:
         return message_body(request_id, result, captured, price)
     return {**result, "created": created, "usage": usage}
+
+
+def transcript_body(result: dict[str, Any], usage: dict[str, Any], shape: dict[str, Any]) -> dict[str, Any]:
+    """A transcription job's result in the format its request asked for (``answer_shape``): ``json``
+    and ``verbose_json`` as the synchronous answer; ``text``, ``srt`` and ``vtt`` (plain text there)
+    as that text under ``text``, with the usage."""
+    response_format = str(shape.get("response_format") or "json")
+    granularities = tuple(str(g) for g in shape.get("timestamp_granularities") or ())
+    if response_format in ("text", "srt", "vtt"):
+        return {"text": transcripts.as_text(result, response_format), "usage": usage}
+    return transcripts.as_json(result, usage, response_format, granularities)
+
+
+class _Shaped(msgspec.Struct):
+    answer_shape: dict[str, Any] | None = None
+
+
+def asked_for_url(raw_result: bytes | msgspec.Raw) -> bool:
+    """Whether a finished image job's request asked for links (its ``answer_shape``; links are the
+    default), read from the job's result as the worker sent it."""
+    try:
+        shape = msgspec.json.decode(raw_result, type=_Shaped).answer_shape
+    except msgspec.ValidationError:
+        return True
+    return shape is None or shape.get("response_format", "url") == "url"
 
 
 def scoring_body(endpoint: str, request_id: str, result: dict[str, Any], captured: Charged) -> dict[str, Any]:

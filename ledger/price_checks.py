@@ -64,6 +64,8 @@ def model_price_problems(price: ModelPrice) -> list[str]:
             problems.append(f"a tier starts above {tier.above_tokens} tokens; thresholds must not be negative")
     for variant, rate in price.image_variant_rates.items():
         problems.append(_out_of_range(f"image variant '{variant}'", rate))
+    for variant, rate in price.search_variant_rates.items():
+        problems.append(_out_of_range(f"search tier '{variant}'", rate))
     lower_name, lower = "the base rates", tuple(getattr(price, name) for name in _token_rate_names)
     for tier in _effective_tiers(price.context_tiers):
         rates = tuple(getattr(tier, name) for name in _token_rate_names)

@@ -42,11 +42,15 @@ __all__ = [
     "PricingRow",
     "catalog_rows",
     "default_price_book",
+    "image_aspect_ratios",
+    "image_resolutions_px",
     "kind_of",
     "modalities",
     "price_breakdown",
     "price_micros",
     "price_problems",
+    "prices_by_resolution",
+    "resolution_size",
     "tier_label",
     "tiered_units",
     "unit_names",
@@ -161,6 +165,10 @@ def _image_rate(price: ModelPrice, variant: str) -> int:
     return price.image_variant_rates.get(variant, price.image_rate) if variant else price.image_rate
 
 
+def _search_rate(price: ModelPrice, variant: str) -> int:
+    return price.search_variant_rates.get(variant, price.search_unit_rate) if variant else price.search_unit_rate
+
+
 def unit_rates(price: ModelPrice, units: Units) -> tuple[int, ...]:
     """The rate (micros per million units) that applies to each of ``unit_names`` for ``units``:
     the context tier is chosen by the prompt, the image rate by the variant. Pure."""
@@ -173,7 +181,7 @@ def unit_rates(price: ModelPrice, units: Units) -> tuple[int, ...]:
         price.video_second_rate,
         price.character_rate,
         price.call_rate,
-        price.search_unit_rate,
+        _search_rate(price, units.variant),
         price.storage_byte_day_rate,
         *(tool_rates.get(tool, 0) for tool in tools),
     )
@@ -269,6 +277,8 @@ def tier_label(price: ModelPrice, units: Units) -> str:
         return tier.label or f"Over {tier.above_tokens:,} prompt tokens"
     if units.variant and units.variant in price.image_variant_rates:
         return units.variant
+    if units.variant and units.variant in price.search_variant_rates:
+        return units.variant
     return ""
 
 
@@ -283,6 +293,12 @@ _default_modalities: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "music": (("text",), ("audio",)),
     "rerank": (("text",), ("scores",)),
     "storage": (("file",), ("file",)),
+    "search": (("text",), ("text",)),
+    "answer": (("text",), ("text",)),
+    "detection": (("text",), ("text",)),
+    "vision": (("text", "image"), ("text",)),
+    "pii": (("text",), ("text",)),
+    "agent": (("text",), ("text",)),
 }
 
 
@@ -306,8 +322,10 @@ def modalities(price: ModelPrice) -> tuple[tuple[str, ...], tuple[str, ...]]:
 def _listed_token_units(price: ModelPrice) -> tuple[str, ...]:
     """The token kinds a request to this model can use: a chat model's every kind its inputs allow
     (image and audio input only when it reads them); other models' prompts are plain (or cached) text."""
-    if price.category != "chat":
-        return ("input_tokens", "cached_input_tokens")
+    if price.category == "embedding" and "image" in modalities(price)[0]:
+        return ("input_tokens", "cached_input_tokens", "image_input_tokens")  # image items of a multimodal embedder
+    if price.category not in ("chat", "vision"):
+        return ("input_tokens", "cached_input_tokens", "output_tokens")  # output: a search's summaries
     inputs = modalities(price)[0]
     skipped = {"image_input_tokens": "image", "audio_input_tokens": "audio"}
     return tuple(unit for unit in token_units if skipped.get(unit, "text") in inputs)
@@ -326,6 +344,8 @@ def catalog_rows(price: ModelPrice) -> list[PricingRow]:
                 rows.append(PricingRow(unit=unit, tier=label, above_prompt_tokens=above, rate_micros_per_million=rate))
     for variant, rate in price.image_variant_rates.items():
         rows.append(PricingRow(unit="images", tier=variant, rate_micros_per_million=rate))
+    for variant, rate in price.search_variant_rates.items():
+        rows.append(PricingRow(unit="search_units", tier=variant, rate_micros_per_million=rate))
     # Units with one rate (images: the rate of any variant the book does not name).
     flat = dict(zip(unit_names, unit_rates(price, Units()), strict=True))
     for unit in unit_names[len(token_units) :]:
@@ -360,6 +380,7 @@ def price_problems(price: ModelPrice) -> list[str]:
     }
     named.update({f"tool_call_rates.{tool}": rate for tool, rate in price.tool_call_rates.items()})
     named.update({f"image_variant_rates.{variant}": rate for variant, rate in price.image_variant_rates.items()})
+    named.update({f"search_variant_rates.{variant}": rate for variant, rate in price.search_variant_rates.items()})
     for index, tier in enumerate(price.context_tiers):
         named.update(
             {f"context_tiers[{index}].{k}": v for k, v in msgspec.structs.asdict(tier).items() if k.endswith("_rate")}
@@ -654,6 +675,223 @@ def default_price_book() -> PriceBook:
             call_rate=150_000_000_000,  # 0.15 credits per generation
         ),
     ]
+    # Models the reference documents' examples name that the catalog lacked (issue 18, the examples
+    # harness tests/e2e/test_reference_examples.py), on the simulated backends: chat (mistral-small-4 with
+    # tools, qwen3-5-omni-plus with vision and audio, qwen3-5-9b on /v1/completions, qwen3-max in the
+    # account usage example, qwen3-7-plus the hosted agents' default model), images (Wan 2.7 by both
+    # slugs the document uses, priced by resolution; qwen-image-2-0; seedream-5-0-lite), video
+    # (pixverse-v5-6) and embeddings (text-embedding-v4, tongyi-embedding-vision-plus with image
+    # items, Casola's sglang-qwen3-0.6b-fp8-embed).
+    models += [
+        _chatter("mistral-small-4", "mistral", 100_000, 50_000, 300_000, ("streaming", "tool_calling", "json_mode")),
+        ModelPrice(
+            model="qwen3-5-omni-plus",
+            category="chat",
+            pool="default",
+            owned_by="qwen",
+            description="Qwen3.5 Omni Plus (simulated): reads text, images and audio.",
+            input_modalities=("text", "image", "audio"),
+            features=("streaming", "vision", "audio_input", "tool_calling", "json_mode"),
+            context_length=65_536,
+            max_output_tokens=8_192,
+            input_token_rate=400_000,
+            cached_input_token_rate=100_000,
+            output_token_rate=1_600_000,
+            audio_input_token_rate=1_000_000,
+        ),
+        _chatter("qwen3-5-9b", "qwen", 50_000, 25_000, 150_000, ("streaming", "tool_calling", "json_mode")),
+        _chatter("qwen3-max", "qwen", 1_200_000, 240_000, 6_000_000, ("streaming", "tool_calling", "json_mode")),
+        _chatter("qwen3-7-plus", "qwen", 400_000, 80_000, 1_200_000, ("streaming", "tool_calling", "json_mode")),
+        _wan_image("wan-2-7-image"),
+        _wan_image("wan2-7-image"),
+        ModelPrice(
+            model="qwen-image-2-0",
+            category="image",
+            pool="default",
+            owned_by="qwen",
+            description="Qwen-Image 2.0 (simulated): PNG images, priced per image.",
+            image_rate=20_000_000_000,  # 0.02 credits per image
+        ),
+        ModelPrice(
+            model="seedream-5-0-lite",
+            category="image",
+            pool="default",
+            owned_by="bytedance",
+            description="Seedream 5.0 Lite (simulated): PNG images, priced per image.",
+            image_rate=25_000_000_000,
+        ),
+        ModelPrice(
+            model="pixverse-v5-6",
+            category="video",
+            pool="default",
+            owned_by="pixverse",
+            description="PixVerse v5.6 (simulated, always async): priced per second.",
+            video_second_rate=40_000_000_000,  # 0.04 credits per second
+        ),
+        _embedder("text-embedding-v4", "qwen", 70_000, ("text",)),  # 0.07 credits per 1M tokens
+        _embedder("tongyi-embedding-vision-plus", "qwen", 90_000, ("text", "image")),
+        _embedder("sglang-qwen3-0.6b-fp8-embed", "qwen", 10_000, ("text",)),
+    ]
+    # Text tools (issue 18): EmpirioLabs' search, research, answer, detection and image analysis
+    # models its examples name, and Casola's PII detection, on the simulated backends
+    # (workers/texttools.py). Search is priced per query at the tier the request asks for (Tavily's
+    # search_depth: advanced is two of its credits; Exa's result count; Perplexity's
+    # search_context_size), answers per call, detection and PII per token (a bibliography or fact
+    # check also per reference or claim looked up), research per token of each kind and per query.
+    models += [
+        ModelPrice(
+            model="tavily-search",
+            category="search",
+            pool="default",
+            owned_by="tavily",
+            description="Tavily search (simulated): per query, 0.008 credits basic, 0.016 advanced (search_depth).",
+            max_output_tokens=0,
+            search_unit_rate=8_000 * units_per_rate,
+            search_variant_rates={
+                "basic": 8_000 * units_per_rate,
+                "fast": 8_000 * units_per_rate,
+                "ultra-fast": 8_000 * units_per_rate,
+                "advanced": 16_000 * units_per_rate,
+            },
+        ),
+        ModelPrice(
+            model="exa-search",
+            category="search",
+            pool="default",
+            owned_by="exa",
+            description=(
+                "Exa neural search (simulated): per query (0.005 credits for 1-25 results, 0.025 for 26-100),"
+                " summaries of results and subpages per generated token."
+            ),
+            max_output_tokens=0,
+            output_token_rate=15_000_000,
+            search_unit_rate=5_000 * units_per_rate,
+            search_variant_rates={"1-25 results": 5_000 * units_per_rate, "26-100 results": 25_000 * units_per_rate},
+        ),
+        ModelPrice(
+            model="linkup-deep-search",
+            category="search",
+            pool="default",
+            owned_by="linkup",
+            description="Linkup deep search (simulated): a sourced answer, 0.05 credits per query.",
+            max_output_tokens=0,
+            search_unit_rate=50_000 * units_per_rate,
+        ),
+        ModelPrice(
+            model="exa-answer",
+            category="answer",
+            pool="default",
+            owned_by="exa",
+            description="Exa Answer (simulated): a grounded answer with citations, 0.005 credits per call.",
+            max_output_tokens=0,
+            call_rate=5_000 * units_per_rate,
+        ),
+        ModelPrice(
+            model="perplexity-sonar-pro",
+            category="chat",
+            pool="default",
+            owned_by="perplexity",
+            description=(
+                "Perplexity Sonar Pro (simulated): chat grounded in its own searches; per token, and per search"
+                " query at its search_context_size (low, medium, high)."
+            ),
+            features=("streaming", "web_search"),
+            context_length=200_000,
+            max_output_tokens=8_192,
+            input_token_rate=3_000_000,
+            output_token_rate=15_000_000,
+            search_unit_rate=6_000 * units_per_rate,
+            search_variant_rates={
+                "low": 6_000 * units_per_rate,
+                "medium": 10_000 * units_per_rate,
+                "high": 14_000 * units_per_rate,
+            },
+        ),
+        ModelPrice(
+            model="perplexity-advanced-deep-research",
+            category="chat",
+            pool="default",
+            owned_by="perplexity",
+            description=(
+                "Perplexity Advanced Deep Research (simulated): a cited report; per token of each kind (citation"
+                " tokens as input), per search query and per request."
+            ),
+            features=("streaming", "reasoning", "web_search"),
+            context_length=128_000,
+            max_output_tokens=16_384,
+            input_token_rate=2_000_000,
+            cached_input_token_rate=1_000_000,
+            output_token_rate=8_000_000,
+            reasoning_token_rate=3_000_000,
+            search_unit_rate=5_000 * units_per_rate,
+        ),
+        ModelPrice(
+            model="tavily-research",
+            category="chat",
+            pool="default",
+            owned_by="tavily",
+            description="Tavily Research (simulated): a cited report; per token and per search query.",
+            features=("streaming", "reasoning", "web_search"),
+            context_length=128_000,
+            max_output_tokens=16_384,
+            input_token_rate=1_000_000,
+            output_token_rate=4_000_000,
+            search_unit_rate=8_000 * units_per_rate,
+        ),
+        ModelPrice(
+            model="gptzero",
+            category="detection",
+            pool="default",
+            owned_by="gptzero",
+            description=(
+                "GPTZero (simulated): AI detection per input token; a bibliography or fact check also per"
+                " reference or claim looked up."
+            ),
+            context_length=50_000,
+            max_output_tokens=0,
+            input_token_rate=10_000_000,
+            search_unit_rate=2_000 * units_per_rate,
+        ),
+        ModelPrice(
+            model="janus-pro-deepseek",
+            category="vision",
+            pool="default",
+            owned_by="deepseek",
+            description="Janus Pro (simulated): answers a question about an image; per token, image tokens as input.",
+            context_length=16_384,
+            max_output_tokens=1_024,
+            input_token_rate=200_000,
+            output_token_rate=800_000,
+        ),
+        ModelPrice(
+            model="pii-redact",
+            category="pii",
+            pool="default",
+            owned_by="tollgate",
+            description="PII detection and redaction (simulated, Casola's /openai/v1/pii): per input token.",
+            context_length=32_768,
+            max_output_tokens=0,
+            input_token_rate=100_000,
+        ),
+    ]
+    # Agents (POST /v1/agents/run; EmpirioLabs' Manus): a task's steps are priced by the tokens each
+    # reads and writes. One run of the agent (a task, or a follow-up to it) is bounded by the model's
+    # ``context_length`` (the prompt tokens all its steps read together) and ``max_output_tokens``
+    # (what they write together): its hold, and where the agent stops.
+    models += [
+        ModelPrice(
+            model="manus",
+            category="agent",
+            pool="default",
+            owned_by="manus",
+            description="Manus as EmpirioLabs' agents example names it (simulated): a long-running task of "
+            "reasoning and tool steps, each priced by the tokens it reads and writes.",
+            context_length=40_000,
+            max_output_tokens=4_000,
+            input_token_rate=2_000_000,  # 2 credits per 1M tokens read by the steps
+            output_token_rate=8_000_000,  # 8 credits per 1M tokens written
+        ),
+    ]
     # Files (/v1/files) are charged per byte-day stored, daily, by the ledger (ledger/storage.py).
     models.append(
         ModelPrice(
@@ -736,3 +974,71 @@ def _speaker(model: str, owner: str, character_rate: int) -> ModelPrice:
         features=("streaming",),
         character_rate=character_rate,
     )
+
+
+def _chatter(
+    model: str, owner: str, input_rate: int, cached_rate: int, output_rate: int, features: tuple[str, ...]
+) -> ModelPrice:
+    return ModelPrice(
+        model=model,
+        category="chat",
+        pool="default",
+        owned_by=owner,
+        description=f"{model} as the reference's examples name it (simulated).",
+        features=features,
+        context_length=32_768,
+        max_output_tokens=4_096,
+        input_token_rate=input_rate,
+        cached_input_token_rate=cached_rate,
+        output_token_rate=output_rate,
+    )
+
+
+def _wan_image(model: str) -> ModelPrice:
+    """Wan 2.7 Image, priced by ``resolution`` (EmpirioLabs' model page: 0.030 per image, 0.075 for
+    the Pro tier's 4K); ``aspect_ratio`` shapes it (``image_resolutions_px``)."""
+    return ModelPrice(
+        model=model,
+        category="image",
+        pool="default",
+        owned_by="alibaba",
+        description="Wan 2.7 Image (simulated): up to 4K PNG images in nine aspect ratios, priced by resolution.",
+        input_modalities=("text",),
+        image_rate=30_000_000_000,
+        image_variant_rates={"1K": 30_000_000_000, "2K": 30_000_000_000, "4K": 75_000_000_000},
+    )
+
+
+def _embedder(model: str, owner: str, input_rate: int, inputs: tuple[str, ...]) -> ModelPrice:
+    return ModelPrice(
+        model=model,
+        category="embedding",
+        pool="default",
+        owned_by=owner,
+        description=f"{model} as the reference's examples name it (simulated): "
+        + ("text and image items." if "image" in inputs else "text."),
+        input_modalities=inputs if inputs != ("text",) else (),
+        context_length=8_192,
+        max_output_tokens=0,
+        input_token_rate=input_rate,
+    )
+
+
+# Image models priced by EmpirioLabs' ``resolution`` rather than OpenAI's ``size/quality`` (a book's
+# variants all among these): the longer side in pixels of each, the shorter one from ``aspect_ratio``.
+image_resolutions_px = {"1K": 1024, "2K": 2048, "4K": 3840}
+image_aspect_ratios = ("1:1", "16:9", "9:16", "3:2", "2:3", "4:3", "3:4", "5:4", "4:5")
+
+
+def prices_by_resolution(price: ModelPrice) -> bool:
+    return bool(price.image_variant_rates) and set(price.image_variant_rates) <= set(image_resolutions_px)
+
+
+def resolution_size(resolution: str, aspect_ratio: str) -> tuple[int, int]:
+    """(width, height) of an image of ``resolution`` ("4K") at ``aspect_ratio`` ("16:9"): the longer
+    side the resolution's pixels, the shorter one in proportion, down to a multiple of 8 (4K 16:9 is
+    3840x2160)."""
+    across, down = (int(part) for part in aspect_ratio.split(":"))
+    longer = image_resolutions_px[resolution]
+    shorter = longer * min(across, down) // max(across, down) // 8 * 8
+    return (longer, shorter) if across >= down else (shorter, longer)

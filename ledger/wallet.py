@@ -583,13 +583,20 @@ def _has_negative(units: Units) -> bool:
     return min(unit_quantities(units)) < 0
 
 
+def _lapsed_lease_gets_grace(hold: Hold) -> bool:
+    """Whether a run's lease that runs out keeps the hold open one more time-to-live
+    (``JobLeaseLost``): for a redelivery to another run, or for a cancelled run's late capture. A job
+    that used up its attempts (and was not cancelled) is dead-lettered instead."""
+    return hold.leased and (hold.cancel_requested or hold.attempts < hold.attempts_max)
+
+
 def _late_run_capture(hold: Hold, now: datetime) -> bool:
     """A capture after its run's lease ran out, read before the ledger decided that expiry: the expiry
-    would keep the hold open one more time-to-live (``JobLeaseLost``, see decide_expiry) unless the
-    job used up its attempts, so the run's work is charged now as it would be then. Whichever of the
-    two the ledger reads first, the answer is the same (a broker outage decides that order)."""
+    would keep the hold open one more time-to-live (see decide_expiry), so the run's work is charged
+    now as it would be then. Whichever of the two the ledger reads first, the answer is the same (a
+    broker outage decides that order)."""
     grace_ends = hold.expires_at + timedelta(seconds=max(hold.ttl_s, 1))
-    return hold.leased and (hold.cancel_requested or hold.attempts < hold.attempts_max) and now < grace_ends
+    return _lapsed_lease_gets_grace(hold) and now < grace_ends
 
 
 def _decide_capture(wallet: Wallet, command: CaptureHold, now: datetime, prices: Prices) -> list[Event] | Rejection:
@@ -949,7 +956,7 @@ def decide_expiry(wallet: Wallet, hold_id: str, now: datetime) -> list[Event]:
     if hold is None or hold.status is not HoldStatus.open or now < hold.expires_at:
         return []
     cause = f"expire:{hold.hold_id}:{hold.attempts}:{hold.leased}"
-    if hold.leased and hold.attempts >= hold.attempts_max and not hold.cancel_requested:
+    if hold.leased and not _lapsed_lease_gets_grace(hold):
         return _dead_lettered(wallet, hold, now, cause, "lease_expired")
     if hold.leased:
         return [

@@ -128,6 +128,20 @@ class JobsView:
                 return {type(event): event for event in early if isinstance(event, _outcome_events)}
             return None
 
+    def queue_position(self, org_id: str, pool: str, job_id: str) -> int:
+        """How many of the organization's jobs in ``pool`` wait (pending) ahead of ``job_id``, in the
+        order they were queued (Fal's ``queue_position``: 0 is next). A job not folded yet is last.
+        A pool's worker takes one organization's jobs in that order (``workers/fair.py``)."""
+        with self._lock:
+            ahead = 0
+            for queued_id in self._by_org.get(org_id, {}):
+                if queued_id == job_id:
+                    break
+                queued = self.jobs.get(queued_id)
+                if queued is not None and queued.status == "pending" and queued.pool == pool:
+                    ahead += 1
+            return ahead
+
     def list(self, org_id: str, limit: int, after: str | None = None) -> list[JobState]:
         """Newest first; ``after`` is the last job id of the previous page."""
         # All under the lock: pruning (another thread) deletes from both maps between a check and a read.

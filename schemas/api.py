@@ -172,6 +172,13 @@ class ImageRequest(msgspec.Struct, frozen=True, kw_only=True):
     # gateway serves for an hour; b64_json: the PNG inline.
     response_format: Literal["url", "b64_json"] = "url"
     user: str | None = None
+    # EmpirioLabs' fields: ``num_images`` (``n`` by its name), and for a model priced by resolution
+    # (Wan 2.7) ``resolution`` and ``aspect_ratio`` instead of ``size``; ``thinking_mode`` lets the
+    # model plan the image first (no charge of its own).
+    num_images: Annotated[int, msgspec.Meta(ge=1, le=4)] | None = None
+    resolution: Literal["1K", "2K", "4K"] | None = None
+    aspect_ratio: Literal["1:1", "16:9", "9:16", "3:2", "2:3", "4:3", "3:4", "5:4", "4:5"] | None = None
+    thinking_mode: bool = False
 
 
 class SpeechRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -292,7 +299,7 @@ class CreateBatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """``POST /v1/batches`` (OpenAI's Batch API): a JSONL file of requests uploaded with purpose batch."""
 
     input_file_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-    endpoint: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+    endpoint: Literal["/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1/embeddings"]
     completion_window: Literal["24h"]
     metadata: (
         Annotated[

@@ -683,6 +683,33 @@ class LibraryShareChanged(Event, frozen=True, kw_only=True, tag="library_share.c
     token_id: str = ""
 
 
+# --- Casola's agents (POST /api/agents; gateway/routes/casola_agents.py), on tollgate.jobs -------------
+
+
+class AgentCreated(Event, frozen=True, kw_only=True, tag="agent.created.v1"):
+    """An agent: a name and its DAG of nodes (as the client sent it, checked), per organization."""
+
+    agent_id: str
+    token_id: str
+    name: str
+    dag: msgspec.Raw
+
+
+class AgentRunUpdated(Event, frozen=True, kw_only=True, tag="agent.run_updated.v1"):
+    """A run of an agent as its runner sees it now: the whole snapshot (status, every node's state and
+    result, the cost of its charged sub-jobs); the last one stands. No money moves here: each sub-job
+    is a metered request of its own, held and charged by the ledger."""
+
+    run_id: str
+    agent_id: str
+    input_params: msgspec.Raw
+    status: Literal["pending", "running", "completed", "failed", "cancelled"]
+    nodes: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"{}"))
+    cost_micros: int = 0
+    error: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
+    instance_id: str = ""  # the gateway instance that runs it
+
+
 ResourceEvent = (
     ResourceStarted
     | ResourceCharged
@@ -748,6 +775,8 @@ AnyEvent = (
     | PlaygroundConversationSaved
     | ContentFilterPolicySet
     | LibraryShareChanged
+    | AgentCreated
+    | AgentRunUpdated
 )
 
 LedgerEvent = (

@@ -14,7 +14,26 @@ import msgspec
 from schemas.resources import GpuClass, PlanPrice
 from schemas.units import Tool
 
-Category = Literal["chat", "embedding", "image", "audio", "video", "rerank", "storage", "3d"]
+Category = Literal[
+    "chat",
+    "embedding",
+    "image",
+    "audio",
+    "video",
+    "rerank",
+    "storage",
+    # EmpirioLabs' text tools (POST /v1/search, /v1/answer, /v1/detect, /v1/images/analysis) and
+    # Casola's PII detection (/openai/v1/pii); research models are chat models with search queries.
+    "search",
+    "answer",
+    "detection",
+    "vision",
+    "pii",
+    # EmpirioLabs' agents (POST /v1/agents/run): a task's steps priced by the tokens they read and write.
+    "agent",
+    # EmpirioLabs' image to 3D (POST /v1/3d/generations): a GLB asset per generation.
+    "3d",
+]
 
 
 class ContextTier(msgspec.Struct, frozen=True, kw_only=True):
@@ -65,6 +84,9 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True):
     audio_input_token_rate: int | None = None
     reasoning_token_rate: int | None = None
     search_unit_rate: int = 0
+    # Search queries by tier (Tavily's search_depth "advanced", Perplexity's search_context_size "high"):
+    # the usage's variant names the tier; search_unit_rate prices any other.
+    search_variant_rates: dict[str, int] = msgspec.field(default_factory=dict)
     storage_byte_day_rate: int = 0
     # Per invocation of a tool the platform runs (web search...), micros per million invocations.
     tool_call_rates: dict[Tool, int] = msgspec.field(default_factory=dict)

@@ -383,36 +383,46 @@ def served_media(url: str, content_type: str) -> bytes:
     return served.content
 
 
-# --- the reference documents' curl examples, run as a reader copies them ---
+# --- the reference documents' curl examples, run against `tollgate dev` ---
 
 
-def fenced_curl(document: Path, title: str) -> str:
-    """The curl command of the fenced ``bash`` block titled ``title`` in a Markdown document (as
-    EmpirioLabs' reference writes its examples: ```` ```bash title="Submit a 3D job" ````), whole:
-    its continuation lines and quoted body as written."""
-    lines = document.read_text().splitlines()
-    opening = f'```bash title="{title}"'
-    start = lines.index(opening) + 1
-    end = lines.index("```", start)
-    command = "\n".join(lines[start:end])
-    assert command.startswith("curl "), command
-    return command
-
-
-def run_curl(command: str, replacements: dict[str, str], env: dict[str, str]) -> dict[str, Any]:
-    """``command`` with each of ``replacements`` made (the host, placeholders), run by bash with
-    ``env`` added (the key in the document's variable), failing on an HTTP error; its JSON answer
-    (numbers as Decimal, so amounts compare exactly)."""
-    for old, new in replacements.items():
-        command = command.replace(old, new)
+def run_curl(command: str, key_variable: str, key: str, timeout_s: float = 120) -> dict[str, Any]:
+    """A document's curl command (its host and placeholders already changed) run by bash, the key in
+    the document's own variable (``$CASOLA_API_KEY``, ``$EMPIRIOLABS_API_KEY``); its JSON answer,
+    numbers as Decimal. A status of 400 or more fails (curl's --fail-with-body)."""
     done = subprocess.run(
         ["bash", "-c", command + " -s --fail-with-body"],
-        env={**os.environ, **env},
+        env={**os.environ, key_variable: key},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout_s,
         check=False,
     )
     assert done.returncode == 0, (command, done.stdout, done.stderr)
     answer: dict[str, Any] = json.loads(done.stdout, parse_float=Decimal)
     return answer
+
+
+def balance_micros(base_url: str, key: str) -> int:
+    """The organization's balance as its own key reads it (``GET /v1/account/usage``)."""
+    return int(usage(base_url, key)["balance"]["amount_micros"])
+
+
+def settled_balance(base_url: str, key: str, expected: int, timeout_s: float = 30) -> int:
+    """The balance once it is ``expected`` (the ledger records a charge just after its answer), or
+    as it is when ``timeout_s`` has passed."""
+    deadline = time.monotonic() + timeout_s
+    while balance_micros(base_url, key) != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return balance_micros(base_url, key)
+
+
+def markdown_curl(document: Path, title: str) -> str:
+    """The curl command of a Markdown document's fenced block titled ``title`` (```bash title="..."),
+    whole, as a reader copies it into a shell."""
+    text = document.read_text()
+    marker = f'```bash title="{title}"\n'
+    start = text.find(marker)
+    assert start >= 0, f"no block titled {title!r} in {document.name}"
+    body = text[start + len(marker) :]
+    return body[: body.index("\n```")].strip()

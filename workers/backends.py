@@ -31,7 +31,7 @@ import msgspec
 from ledger.pricing import billed_seconds, default_price_book
 from schemas.prices import Route
 from schemas.units import Units
-from workers import conversations, media, meshes, metering
+from workers import agents, conversations, media, meshes, metering, texttools
 from workers.conversations import Dialogue, Reply, Search, ToolCall
 
 _token_pattern = re.compile(r"\w+|[^\w\s]")
@@ -240,6 +240,13 @@ class SimulatedBackend(Backend):
             SCORE: self._score,
             conversations.RESPONSES: self._dialogue,
             conversations.MESSAGES: self._dialogue,
+            texttools.SEARCH: self._text_tool,
+            texttools.ANSWER: self._text_tool,
+            texttools.DETECT: self._text_tool,
+            texttools.PII: self._text_tool,
+            texttools.RESEARCH: self._research,
+            texttools.IMAGE_ANALYSIS: self._analysis,
+            agents.AGENTS: self._agent,
         }.get(job.endpoint)
         if runner is None:
             raise BackendError("unsupported_endpoint", f"the simulated backend cannot run {job.endpoint}")
@@ -361,10 +368,17 @@ class SimulatedBackend(Backend):
             inputs = [inputs]  # one list of token ids
         dimensions = int(job.payload.get("dimensions") or embedding_dimensions_default)
         data = []
-        tokens = 0
+        tokens = image_tokens = 0
         for index, item in enumerate(inputs):
-            text = item if isinstance(item, str) else " ".join(str(t) for t in item)
-            tokens += count_sim_tokens(text) if isinstance(item, str) else len(item)
+            if isinstance(item, dict):  # a multimodal item (the gateway checked its shape)
+                text = str(item.get("text") or item.get("url") or "")
+                if item.get("type") == "image":
+                    image_tokens += metering.embedding_items([item]).image_tokens
+                else:
+                    tokens += count_sim_tokens(text)
+            else:
+                text = item if isinstance(item, str) else " ".join(str(t) for t in item)
+                tokens += count_sim_tokens(text) if isinstance(item, str) else len(item)
             raw = b"".join(_seed(text, i) for i in range(math.ceil(dimensions / 32)))[:dimensions]
             vector = [round((byte - 127.5) / 127.5, 6) for byte in raw]
             norm = math.sqrt(sum(v * v for v in vector)) or 1.0
@@ -376,9 +390,10 @@ class SimulatedBackend(Backend):
             else:
                 encoded = vector
             data.append({"object": "embedding", "index": index, "embedding": encoded})
-        job.progress(1000, Units(input_tokens=tokens))
+        units = Units(input_tokens=tokens, image_input_tokens=image_tokens)
+        job.progress(1000, units)
         result = {"object": "list", "model": job.model, "data": data}
-        return JobOutput(result=result, units=Units(input_tokens=tokens))
+        return JobOutput(result=result, units=units)
 
     async def _images(self, job: JobContext, token_s: float) -> JobOutput:
         payload = job.payload
@@ -386,7 +401,8 @@ class SimulatedBackend(Backend):
         size = str(payload.get("size") or "1024x1024")
         quality = str(payload.get("quality") or "standard")
         width, height = (int(side) for side in size.split("x"))
-        variant = f"{size}/{quality}"
+        # The price variant the gateway chose (a resolution, "4K", for a model priced by resolution).
+        variant = str(payload.get("variant") or f"{size}/{quality}")
         data = []
         for index in range(count):
             # An edit's images seed its results too (the same prompt on other images gives others).
@@ -511,6 +527,13 @@ class SimulatedBackend(Backend):
         results = ranked(scores, documents, payload.get("top_n"), bool(payload.get("return_documents")))
         return JobOutput(result={"model": job.model, "results": results}, units=units)
 
+    async def _agent(self, job: JobContext, token_s: float) -> JobOutput:
+        """An agent task's turn (workers/agents.py); ``sim.step_ms`` sets its step time (knobs on)."""
+        sim = (job.payload.get("sim") or {}) if self._knobs else {}
+        step_ms = sim.get("step_ms", agents.step_ms_default) if isinstance(sim, dict) else agents.step_ms_default
+        result, units = await agents.run_agent(job, int(step_ms) / 1000)
+        return JobOutput(result=result, units=units)
+
     async def _score(self, job: JobContext, token_s: float) -> JobOutput:
         """vLLM's ``/v1/score``: each pair scored as a rerank scores a query and a document."""
         try:
@@ -524,6 +547,50 @@ class SimulatedBackend(Backend):
         job.progress(1000, units)
         data = [{"index": i, "object": "score", "score": relevance(a, b)} for i, (a, b) in enumerate(pairs)]
         return JobOutput(result={"model": job.model, "data": data}, units=units)
+
+    async def _text_tool(self, job: JobContext, token_s: float) -> JobOutput:
+        """Search, answers, detection and PII (workers/texttools.py): one step, its units at the end."""
+        payload = job.payload
+        try:
+            if job.endpoint == texttools.SEARCH:
+                described = self._catalog.model(job.model)
+                tiers = described.search_variant_rates if described is not None else {}
+                tier = str(payload.get("search_tier") or texttools.search_tier(job.model, payload, tiers))
+                result, units = texttools.simulate_search(job.model, payload, tier)
+            elif job.endpoint == texttools.ANSWER:
+                result, units = texttools.simulate_answer(job.model, payload)
+            elif job.endpoint == texttools.DETECT:
+                result, units = texttools.simulate_detect(job.model, payload)
+            else:
+                result, units = texttools.simulate_pii(job.model, payload)
+        except texttools.ToolInputError as error:
+            raise BackendError("invalid_request", str(error)) from None
+        if token_s:
+            await asyncio.sleep(token_s * (units.input_tokens + units.output_tokens + units.search_units))
+        job.progress(1000, units)
+        return JobOutput(result=result, units=units)
+
+    async def _research(self, job: JobContext, token_s: float) -> JobOutput:
+        """A research request runs as the model's chat completion (its reasoning and search queries),
+        then reads its sources: their tokens are input (``citation_tokens``)."""
+        # The gateway wrote the chat fields (messages, max_tokens, reasoning_effort) into the payload.
+        output = await self._chat(job.translated("/v1/chat/completions", dict(job.payload)), token_s)
+        question = texttools.research_question(job.payload)
+        sources, citation_tokens = texttools.research_sources(job.model, question, output.units.search_units)
+        units = msgspec.structs.replace(output.units, input_tokens=output.units.input_tokens + citation_tokens)
+        job.progress(1000, units)
+        report = texttools.research_report(job.model, job.payload, output.result, sources, citation_tokens)
+        return JobOutput(result=report, units=units)
+
+    async def _analysis(self, job: JobContext, token_s: float) -> JobOutput:
+        """An image analysis runs as a chat completion with the image (workers/texttools.py)."""
+        try:
+            chat = texttools.analysis_chat(job.payload)
+        except texttools.ToolInputError as error:
+            raise BackendError("invalid_request", str(error)) from None
+        chat["max_tokens"] = job.payload.get("max_tokens")
+        output = await self._chat(job.translated("/v1/chat/completions", chat), token_s)
+        return JobOutput(result={"answer": texttools.chat_answer(output.result)}, units=output.units)
 
     async def _dialogue(self, job: JobContext, token_s: float) -> JobOutput:
         """Responses and Messages (workers/conversations.py): thinking when asked for, one hosted web

@@ -265,7 +265,15 @@ def charged_units(units: Units, payload: dict[str, Any]) -> Units:
         calls=max(units.calls, 1),
         batch=payload.get("service_tier") in batch_service_tiers,
         web_search_calls=web_searches,
+        variant=units.variant or (_search_tier(payload) if units.search_units else ""),
     )
+
+
+def _search_tier(payload: dict[str, Any]) -> str:
+    """The tier searches were held at (the gateway wrote it: ``search_tier`` for /v1/search, Perplexity's
+    ``search_context_size`` for chat), which prices the search queries a backend reported."""
+    tier = payload.get("search_tier") or payload.get("search_context_size")
+    return tier if isinstance(tier, str) else ""
 
 
 def _parts(fields: dict[str, Any]) -> Iterable[tuple[int, dict[str, Any]]]:
@@ -276,3 +284,37 @@ def _parts(fields: dict[str, Any]) -> Iterable[tuple[int, dict[str, Any]]]:
             for part in content:
                 if isinstance(part, dict):
                     yield index, part
+
+
+@dataclass
+class EmbeddingItems:
+    """A multimodal embedding's items split by kind, as a chat prompt's are."""
+
+    texts: list[str] = field(default_factory=list)
+    image_tokens: int = 0
+    images: int = 0
+
+
+embedding_items_max = 2048  # as many as an embedding's ``input`` list may hold
+
+
+def embedding_items(items: list[Any]) -> EmbeddingItems:
+    """EmpirioLabs' multimodal embedding ``input``: each item ``{"type": "text", "text"}`` (text, by
+    the text rule) or ``{"type": "image", "url"}`` (a URL or ``data:`` URI, by the image rule, at
+    ``auto`` detail). Anything else is a ``MeteringError``."""
+    counted = EmbeddingItems()
+    for index, item in enumerate(items[:embedding_items_max]):
+        where = f"input[{index}]"
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind == "text" and isinstance(item.get("text"), str) and item["text"]:
+            counted.texts.append(item["text"])
+        elif kind == "image" and isinstance(item.get("url"), str) and item["url"]:
+            counted.image_tokens += image_tokens(image_size_of(item["url"]), "auto")
+            counted.images += 1
+        else:
+            raise MeteringError(
+                "invalid_input",
+                'Each input item must be {"type": "text", "text": "..."} or {"type": "image", "url": "..."}.',
+                where,
+            )
+    return counted

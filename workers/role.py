@@ -36,6 +36,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
@@ -70,6 +71,19 @@ progress_interval_s = 0.25  # progress events of a job nobody streams, at most o
 retry_backoff_s_max = 10.0
 delivery_retry_s = 0.5  # an outcome the log could not take is sent again after this
 loop_start_wait_s = 10.0
+
+
+# Endpoints whose payload carries the gateway's ``answer_shape`` (how it answers the client: an image
+# as a link or inline, a transcript's format): the worker hands it back with the result, so a job
+# polled later (GET /v1/jobs/{id}) is answered as the request would have been, on any instance.
+answer_shape_endpoints = frozenset({"/v1/images/generations", "/v1/audio/transcriptions", "/v1/audio/translations"})
+
+
+def with_answer_shape(endpoint: str, result: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+    shape = payload.get("answer_shape")
+    if endpoint not in answer_shape_endpoints or not isinstance(shape, dict):
+        return result
+    return {**result, "answer_shape": shape}
 
 
 def retry_backoff_s(base_ms: int, failed_attempt: int) -> float:
@@ -410,7 +424,11 @@ class WorkerRole:
             finally:
                 running.backend_call = None
             running.outcome = "completed"
-            output = msgspec.structs.replace(output, units=charged_units(output.units, context.payload))
+            output = msgspec.structs.replace(
+                output,
+                units=charged_units(output.units, context.payload),
+                result=with_answer_shape(job.endpoint, output.result, context.payload),
+            )
             return completed_records(
                 job,
                 started_at,

@@ -39,7 +39,7 @@ import msgspec
 from ledger.pricing import billed_seconds
 from schemas.prices import Route
 from schemas.units import Units
-from workers import conversations, media
+from workers import conversations, media, texttools
 from workers.backends import (
     ITEM,
     REASONING,
@@ -389,6 +389,12 @@ class UpstreamBackend(Backend):
             SCORE: self._score,
             RESPONSES: self._dialogue,
             MESSAGES: self._dialogue,
+            texttools.SEARCH: self._text_tool,
+            texttools.ANSWER: self._text_tool,
+            texttools.DETECT: self._text_tool,
+            texttools.PII: self._text_tool,
+            texttools.RESEARCH: self._research,
+            texttools.IMAGE_ANALYSIS: self._analysis,
         }.get(job.endpoint)
         if runner is None:
             raise BackendError("unsupported_endpoint", f"the upstream backend does not forward {job.endpoint}")
@@ -784,8 +790,69 @@ class UpstreamBackend(Backend):
         job.progress(1000, units)
         return JobOutput(result={"model": model, "data": sorted(data, key=lambda entry: entry["index"])}, units=units)
 
+    # --- text tools (workers/texttools.py) ---
+
+    async def _text_tool(self, job: JobContext, client: _Client, model: str) -> JobOutput:
+        """Search, answers, detection and PII forwarded to the upstream's same path (a server with
+        EmpirioLabs' or Casola's surface), its answer relayed in its own shape and metered by its usage:
+        a search's ``num_search_queries`` (at the tier held), a detection's or PII scan's
+        ``prompt_tokens`` (and lookups as ``num_search_queries``), an answer per call. A search,
+        detection or PII answer without them fails the job: nothing is charged."""
+        payload = job.payload
+        body = {key: value for key, value in payload.items() if key not in ("async", "search_tier")}
+        body["model"] = client.upstream.models.get(model, model)
+        reply = self._json(await self._post(client, job.endpoint, json=body))
+        usage = reply.pop("usage", None)
+        if job.endpoint == texttools.SEARCH:
+            units = texttools.search_units_from_usage(usage, str(payload.get("search_tier") or ""))
+        elif job.endpoint == texttools.ANSWER:
+            units = Units(calls=1)  # priced per call: the answer is the call
+        else:
+            units = texttools.tokens_units_from_usage(usage)
+        if units is None:
+            raise BackendError(
+                "upstream_no_usage", f"the upstream's {job.endpoint} reported no usage; nothing is charged"
+            )
+        job.counted_by = "upstream"
+        job.progress(1000, units)
+        return JobOutput(result=reply, units=units)
+
+    async def _research(self, job: JobContext, client: _Client, model: str) -> JobOutput:
+        """A research request as the research model's chat completion on the upstream (EmpirioLabs
+        routes both surfaces to the same worker), metered by its usage: tokens of each kind,
+        ``num_search_queries``, and ``citation_tokens`` (Perplexity's sources read) as input."""
+        body = {key: job.payload[key] for key in texttools.research_chat_fields if key in job.payload}
+        body.update(model=client.upstream.models.get(model, model), stream=False)
+        reply = self._json(await self._post(client, CHAT, json=body))
+        usage = reply.get("usage")
+        units = _units_from_usage(usage)
+        if units is None:
+            raise BackendError("upstream_no_usage", "the upstream's research reported no usage; nothing is charged")
+        citation_tokens = _count(usage, "citation_tokens")
+        units = msgspec.structs.replace(units, input_tokens=units.input_tokens + citation_tokens)
+        job.counted_by = "upstream"
+        job.progress(1000, units)
+        sources = texttools.upstream_sources(reply)
+        return JobOutput(
+            result=texttools.research_report(model, job.payload, reply, sources, citation_tokens), units=units
+        )
+
+    async def _analysis(self, job: JobContext, client: _Client, model: str) -> JobOutput:
+        """An image analysis as a chat completion with the image (any vision model of a vLLM or
+        llama.cpp server), metered as chat is."""
+        try:
+            chat = texttools.analysis_chat(job.payload)
+        except texttools.ToolInputError as error:
+            raise BackendError("invalid_request", str(error)) from None
+        chat["max_tokens"] = job.payload.get("max_tokens")
+        view = job.translated(CHAT, chat)
+        output = await self._text(view, client, model)
+        job.counted_by = view.counted_by
+        return JobOutput(result={"answer": texttools.chat_answer(output.result)}, units=output.units)
+
     async def _images(self, job: JobContext, client: _Client, model: str) -> JobOutput:
-        body = {key: value for key, value in job.payload.items() if key != "async"}
+        # The gateway's own keys (the price variant, how it answers) are not the upstream's.
+        body = {key: value for key, value in job.payload.items() if key not in ("async", "variant", "answer_shape")}
         body["model"] = client.upstream.models.get(model, model)
         result = self._json(await self._post(client, IMAGES, json=body))
         data = result.get("data")
@@ -794,8 +861,11 @@ class UpstreamBackend(Backend):
         requested = int(job.payload.get("n") or 1)
         if len(data) > requested:
             raise BackendError("upstream_bad_reply", f"the upstream returned {len(data)} images for n={requested}")
-        variant = f"{job.payload.get('size') or '1024x1024'}/{job.payload.get('quality') or 'standard'}"
-        units = Units(images=len(data), variant=variant)
+        variant = (
+            job.payload.get("variant")
+            or f"{job.payload.get('size') or '1024x1024'}/{job.payload.get('quality') or 'standard'}"
+        )
+        units = Units(images=len(data), variant=str(variant))
         job.counted_by = "upstream"
         job.progress(1000, units)
         return JobOutput(result={key: value for key, value in result.items() if key != "usage"}, units=units)

@@ -5,9 +5,11 @@ enforce those for every route, so no handler can forget them."""
 from litestar.handlers import HTTPRouteHandler
 
 from gateway.routes import (
+    agents,
     audit,
     batches,
     casola,
+    casola_agents,
     casola_core,
     credits,
     dashboard,
@@ -26,6 +28,7 @@ from gateway.routes import (
     resources,
     responses,
     tenants,
+    texttools,
     three_d,
     usage,
     voices,
@@ -56,4 +59,7 @@ route_handlers: list[HTTPRouteHandler] = [
     *gpu_connect.route_handlers,
     *casola_core.route_handlers,
     *library.route_handlers,
+    *texttools.route_handlers,
+    *agents.route_handlers,
+    *casola_agents.route_handlers,
 ]

@@ -168,6 +168,12 @@ def _metered(body: CasolaJobRequest, book: PriceBook, org_id: str, files: FileCo
     return dataclasses.replace(metered, run_async=True)
 
 
+def metered_job(body: CasolaJobRequest, book: PriceBook, org_id: str, files: FileContents) -> MeteredRequest:
+    """A Casola job (``{model_id, task, payload}``) as the metered request ``POST /api/jobs`` runs: an
+    agent's node runs as exactly this (gateway/agent_runs.py)."""
+    return _metered(body, book, org_id, files)
+
+
 @post("/api/jobs", operation_id="createCasolaJob", opt={"scope": "user:write"}, status_code=202)
 async def create_job(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
     """Queue a job: 202 ``{id, queue_id, status: "pending", ...}``; poll ``GET /api/jobs/{id}``."""

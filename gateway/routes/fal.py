@@ -129,7 +129,7 @@ def fal_request(request: Request[Any, Any, Any], core: GatewayCore, job: JobStat
         **_urls(request, job.job_id),
     }
     if job.status == "pending":
-        body["queue_position"] = 0  # not tracked: the pool's fair scheduler has no single queue order
+        body["queue_position"] = core.jobs.queue_position(job.org_id, job.pool, job.job_id)
     error = job_error(job)
     if job.status == "cancelled":
         body["error"] = {"code": "cancelled", "message": "The request was cancelled."}
@@ -158,9 +158,11 @@ async def submit(request: Request[Any, Any, Any], core: Core, slug: FromPath[str
     metered = parse_fal(slug.strip("/"), await generation_body(request, core), core.prices.current)
 
     def queued(rid: str, placement: Placement) -> Response[bytes]:
-        job_id = placement.command.job.job_id
-        urls = _urls(request, job_id)
-        body = {"request_id": job_id, "status": "IN_QUEUE", "queue_position": 0, "model": metered.model, **urls}
+        job = placement.command.job
+        urls = _urls(request, job.job_id)
+        position = core.jobs.queue_position(token.org_id, job.pool, job.job_id)
+        body = {"request_id": job.job_id, "status": "IN_QUEUE", "queue_position": position, "model": metered.model}
+        body.update(urls)
         return json_response(body, headers={"location": urls["status_url"]})
 
     outcome = await run_metered(request, core, token, metered, queued)

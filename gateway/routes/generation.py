@@ -128,22 +128,26 @@ async def generation_body(request: Request[Any, Any, Any], core: GatewayCore) ->
 def accepted_job(request_id: str, placement: Placement) -> Response[bytes]:
     """The 202 of an async request: its job, to poll at ``poll_url`` (or, by the same id, at
     ``/fal/requests/{id}``). An image job says so as Casola's quickstart shows (``object``
-    ``image.generation.async``); a video job is ``processing`` from the start, with its
-    ``created_at``, as EmpirioLabs' ``JobAccepted``."""
+    ``image.generation.async``); a video or transcription job is ``processing`` from the start, with
+    its ``created_at``, as EmpirioLabs' ``JobAccepted`` (a transcription's with 200, as its document
+    answers a long file)."""
     job = placement.command.job
+    job_accepted = job.endpoint in (VIDEOS, TRANSCRIPTIONS, TRANSLATIONS)
     body: dict[str, Any] = {
         "id": job.job_id,
         "job_id": job.job_id,
         "object": "image.generation.async" if job.endpoint == IMAGES else "job",
-        "status": "processing" if job.endpoint == VIDEOS else "pending",
+        "status": "processing" if job_accepted else "pending",
         "model": job.model,
         "endpoint": job.endpoint,
         "request_id": request_id,
         "poll_url": f"/v1/jobs/{job.job_id}",
     }
-    if job.endpoint == VIDEOS:
+    if job_accepted:
         body["created_at"] = iso_or_none(placement.command.issued_at)
-    return json_response(body, status_code=202, headers={"location": f"/v1/jobs/{job.job_id}"})
+    # EmpirioLabs answers a transcription's job (a long file's) with 200, its oneOf transcript or JobAccepted.
+    status = 200 if job.endpoint in (TRANSCRIPTIONS, TRANSLATIONS) else 202
+    return json_response(body, status_code=status, headers={"location": f"/v1/jobs/{job.job_id}"})
 
 
 Accepted = Callable[[str, Placement], Response[bytes]]

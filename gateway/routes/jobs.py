@@ -15,8 +15,8 @@ from gateway.auth import authorize, authorize_admin
 from gateway.core import Core, GatewayCore
 from gateway.errors import ApiError
 from gateway.http import json_response, limit_param
-from gateway.requests import VIDEOS
-from gateway.results import shape_result
+from gateway.requests import IMAGES, VIDEOS
+from gateway.results import asked_for_url, shape_result
 from gateway.routes.media import linked
 from ledger.money import micros_to_decimal
 from ledger.pricing import PriceBooks
@@ -136,9 +136,12 @@ async def list_jobs(request: Request[Any, Any, Any], core: Core) -> Response[byt
 async def linked_result(request: Request[Any, Any, Any], core: GatewayCore, job: JobState, result: Any) -> Any:
     """A finished job's result with its media as signed URLs (a video's bytes, an ``AudioResponse``'s
     ``data:`` URL), as EmpirioLabs shows ``result.data[].url``; the same copy is reused across polls."""
-    if not isinstance(result, dict) or job.status != "completed":
+    if not isinstance(result, dict) or job.status != "completed" or job.result is None:
         return result
-    return await linked(request, core, job.org_id, result, job.endpoint == VIDEOS, "video/mp4", seed=job.job_id)
+    # Videos are links always; images as their request asked (links unless b64_json), as answered.
+    as_url = job.endpoint == VIDEOS or (job.endpoint == IMAGES and asked_for_url(job.result))
+    content_type = "video/mp4" if job.endpoint == VIDEOS else "image/png"
+    return await linked(request, core, job.org_id, result, as_url, content_type, seed=job.job_id)
 
 
 @get("/v1/jobs/{job_id:str}", operation_id="retrieveJob", opt={"scope": "user:read"})

@@ -68,6 +68,12 @@ models = {
     # chat model is the one of the default book.
     "create3DGeneration": "trellis-2-4b",
     "rewriteCasolaPrompt": "sim-chat-small",
+    "createSearch": "tavily-search",
+    "createResearch": "tavily-research",
+    "createAnswer": "exa-answer",
+    "createDetection": "gptzero",
+    "analyzeImage": "janus-pro-deepseek",
+    "createPiiDetection": "pii-redact",
 }
 semantic_validation |= set(models)
 # Any bytes are a valid file, but schemathesis (4.32) counts some values of a multipart `format: binary`

@@ -4,63 +4,25 @@
 async image polled at the Fal path (EX-33, EX-34), model status (EX-13) and token creation (EX-20).
 Each charge reconciles: the cost the answer states is the balance drop.
 
-The API reference is a flattened web page: its curl lines are joined with ` \\ ` (an escaped space to a
-shell), and some have prose glued to their end; they are taken as a reader copies them (` \\ ` as a
-space, up to the command's last argument)."""
+The commands are read as a reader copies them (tests/e2e/documents.py: the API reference is a
+flattened web page)."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import time
 from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.reference import reference
+from tests.e2e.documents import api_reference_curl, casola_host, quickstart_curl
 from tests.support import Dev, served_media, usage
 
 pytestmark = [pytest.mark.slow]
-
-documents = reference.parent if reference.parent.exists() else Path("/work/shared/reference")
-casola_host = "https://api.casola.ai"
-
-
-def api_reference_curl(marker: str) -> str:
-    """The API reference's curl command that contains ``marker``, as a reader copies it."""
-    for line in (documents / "casola-api-reference.txt").read_text().splitlines():
-        start = line.find("curl ")
-        if start < 0 or marker not in line:
-            continue
-        command = line[start:].replace(" \\ ", " ")
-        body = re.match(r"curl .*?-d '[^']*'", command)
-        if body is None:  # no body: it ends with the credential's header
-            body = re.match(r"curl .*?Bearer \$CASOLA_API_KEY\"", command)
-        assert body is not None, line
-        return body.group(0)
-    raise AssertionError(f"no curl with {marker!r} in the API reference")
-
-
-def quickstart_curl(marker: str) -> str:
-    """The quickstart's (multi-line) curl command that contains ``marker``: its lines up to the last
-    one not ending with a backslash, with its quoted body whole."""
-    lines = (documents / "casola-quickstart-api-integrators.txt").read_text().splitlines()
-    for index, line in enumerate(lines):
-        if not line.startswith("curl "):
-            continue
-        command = [line]
-        while command[-1].endswith("\\") or "\n".join(command).count("'") % 2:
-            index += 1
-            command.append(lines[index])
-        text = "\n".join(command)
-        if marker in text:
-            return text
-    raise AssertionError(f"no curl with {marker!r} in the quickstart")
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import pytest
 from ledger.pricing import default_price_book, price_micros
 from schemas.units import Units
 from tests.reference import reference
-from tests.support import Dev, fenced_curl, run_curl, served_media, usage
+from tests.support import Dev, balance_micros, markdown_curl, run_curl, served_media, settled_balance, usage
 from workers import meshes
 
 pytestmark = [pytest.mark.slow]
@@ -36,10 +36,6 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
     server.stop()
 
 
-def _balance(dev: Dev, key: str) -> int:
-    return int(usage(dev.base_url, key)["balance"]["amount_micros"])
-
-
 def _polled(dev: Dev, key: str, poll_url: str) -> dict[str, Any]:
     deadline = time.monotonic() + 60
     while True:
@@ -53,10 +49,10 @@ def _polled(dev: Dev, key: str, poll_url: str) -> dict[str, Any]:
 
 def test_the_3d_example_runs_as_written_and_its_charge_reconciles(dev: Dev) -> None:
     _, key = dev.organization(credits=10)
-    before = _balance(dev, key)
-    command = fenced_curl(document, "Submit a 3D job")
+    before = balance_micros(dev.base_url, key)
+    command = markdown_curl(document, "Submit a 3D job")
     assert '"model": "trellis-2-4b"' in command
-    accepted = run_curl(command, {empiriolabs_host: dev.base_url}, {"EMPIRIOLABS_API_KEY": key})
+    accepted = run_curl(command.replace(empiriolabs_host, dev.base_url), "EMPIRIOLABS_API_KEY", key)
     assert accepted["status"] == "processing" and accepted["poll_url"] == f"/v1/jobs/{accepted['job_id']}"
     job = _polled(dev, key, accepted["poll_url"])
     assert (job["status"], job["progress"], job["error"]) == ("completed", 1, None), job
@@ -68,10 +64,7 @@ def test_the_3d_example_runs_as_written_and_its_charge_reconciles(dev: Dev) -> N
     assert price is not None
     micros = price_micros(price, Units(calls=1))
     assert job["result"]["usage"]["cost_usd"] == job["cost_usd"] == Decimal(micros) / 1_000_000
-    deadline = time.monotonic() + 30
-    while _balance(dev, key) != before - micros and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _balance(dev, key) == before - micros
+    assert settled_balance(dev.base_url, key, before - micros) == before - micros
     events = usage(dev.base_url, key)["data"]
     charged = [event for event in events if event["request_id"] == job["request_id"]]
     assert [event["cost"]["amount_micros"] for event in charged] == [micros]

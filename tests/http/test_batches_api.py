@@ -321,3 +321,45 @@ def test_a_batch_past_its_completion_window_expires_and_charges_only_what_ran(
     while balance_micros(account) != before - total and time.monotonic() < deadline:
         time.sleep(0.05)
     assert balance_micros(account) == before - total
+
+
+@pytest.mark.heavy  # waits for a batch to run
+def test_a_responses_batch_answers_response_objects_at_the_batch_rate(account: Account) -> None:
+    client = account.openai()
+    before = balance_micros(account)
+    lines = [
+        {
+            "custom_id": f"r{index}",
+            "method": "POST",
+            "url": "/v1/responses",
+            "body": {"model": "sim-chat-large", "input": f"Tell me about item {index}"},
+        }
+        for index in range(3)
+    ]
+    chat_line = line("c", "Not a responses line")  # another endpoint's url goes to the error file
+    uploaded = client.files.create(file=("batch.jsonl", io.BytesIO(jsonl([*lines, chat_line]))), purpose="batch")
+    created = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/responses", completion_window="24h")
+    ended = wait_ended(client, created.id)
+    assert ended.status == "completed", ended
+    assert ended.request_counts is not None
+    assert (ended.request_counts.completed, ended.request_counts.failed) == (3, 1)
+    outputs = records(client, ended.output_file_id)
+    assert [row["custom_id"] for row in outputs] == ["r0", "r1", "r2"]
+    price = book.models["sim-chat-large"]
+    total = 0
+    for row in outputs:
+        body = row["response"]["body"]
+        assert body["object"] == "response" and body["status"] == "completed"
+        assert body["output"][0]["content"][0]["text"]
+        usage = body["usage"]
+        units = Units(input_tokens=usage["input_tokens"], output_tokens=usage["output_tokens"], calls=1, batch=True)
+        assert usage["cost_micros"] == price_micros(price, units)  # the batch discount applied
+        assert usage["cost_micros"] < price_micros(
+            price, Units(input_tokens=units.input_tokens, output_tokens=units.output_tokens, calls=1)
+        )
+        total += usage["cost_micros"]
+    assert [row["error"]["code"] for row in records(client, ended.error_file_id)] == ["invalid_url"]
+    deadline = time.monotonic() + 10
+    while balance_micros(account) != before - total and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert balance_micros(account) == before - total

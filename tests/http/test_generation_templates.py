@@ -55,7 +55,7 @@ def test_filters_and_their_errors(account: Account) -> None:
     assert set(slugs("modality=video")) == set(slugs("type=video")) == {"baseball-stadium", "action-hero", "slow-orbit"}
     assert slugs("category=viral") == ["baseball-stadium"]
     assert slugs("featured=true") == ["studio-product-shot", "baseball-stadium"]
-    assert set(slugs("model=flux")) == {"studio-product-shot", "background-swap", "cinematic-portrait"}
+    assert set(slugs("model=flux")) == {"studio-product-shot", "neon-poster", "cinematic-portrait"}
     assert slugs("model=no-such-model") == []
     images_on_videos = get(account, "/v1/videos/templates?modality=image").json()["data"]
     assert {template["modality"] for template in images_on_videos} == {"image"}
@@ -103,15 +103,24 @@ def test_an_image_template_applies_its_prompt_model_and_defaults_and_is_charged_
     reconciles(account, before, answer.headers["x-request-id"], usage, answer.headers["x-credits-used"])
 
 
-def test_the_documents_image_template_example(account: Account) -> None:
+def test_the_documents_image_template_example_is_refused_with_how_to_edit_instead(account: Account) -> None:
+    """The document's example sends its product photo by URL to a template of its catalog; Tollgate's
+    catalog has no such template, and /v1/images/generations takes no image by URL (an edit uploads it)."""
+    before = account.balance_micros()
     body = {
         "template": "background-swap",
         "prompt": "Place this product on a brushed steel studio plinth",
         "image": ["https://example.com/product.jpg"],
     }
-    answer = account.gw.call("POST", "/v1/images/generations", account.key, json=body)
-    assert answer.status_code == 200, answer.text
-    assert answer.json()["usage"]["cost_micros"] == _image_price("1024x1024/standard")
+    refused = account.gw.call("POST", "/v1/images/generations", account.key, json=body)
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "template_not_found", refused.text
+    plain = {"template": "neon-poster", "prompt": "a ramen bar", "image": ["https://example.com/product.jpg"]}
+    refused = account.gw.call("POST", "/v1/images/generations", account.key, json=plain)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "image", refused.text
+    assert "/v1/images/edits" in refused.json()["error"]["message"]
+    answer = account.gw.call("POST", "/v1/images/generations", account.key, json={"template": "neon-poster"})
+    assert answer.status_code == 200 and answer.json()["usage"]["cost_micros"] == _image_price("1024x1024/standard")
+    assert account.balance_micros() < before
 
 
 def _video_job(account: Account, body: dict[str, Any]) -> dict[str, Any]:
@@ -146,8 +155,8 @@ def test_the_documents_video_template_examples(account: Account) -> None:
 
 refusals = [
     ("/v1/images/generations", {"template": "studio-product-shot", "model": "sim-chat-small"}, "model"),
-    ("/v1/images/generations", {"template": "background-swap", "prompt": "x"}, "image"),
-    ("/v1/images/generations", {"template": "background-swap", "image": ["a", "b"]}, "image"),
+    ("/v1/videos/generations", {"template": "action-hero", "prompt": "x"}, "image"),
+    ("/v1/videos/generations", {"template": "action-hero", "image": ["a", "b"]}, "image"),
     ("/v1/images/generations", {"template": "baseball-stadium", "prompt": "x"}, "template"),
     ("/v1/images/generations", {"template": 7, "prompt": "x"}, "template"),
     ("/v1/videos/generations", {"template": "baseball-stadium"}, "image"),

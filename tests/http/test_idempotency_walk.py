@@ -69,6 +69,15 @@ def _transcription(context: Context, variant: str) -> dict[str, Any]:
     return {"data": {"model": "sim-whisper"}, "files": {"file": ("a.wav", audio, "audio/wav")}}
 
 
+empty_map_dag = {
+    "nodes": {
+        "m": {
+            "type": "map",
+            "items": "${input.prompts}",
+            "node": {"model_id": "flux", "task": "fal/text-to-image", "payload": {"prompt": "${item}"}},
+        }
+    }
+}
 samples: dict[str, Sample] = {
     "/v1/organizations": lambda c, v: {"json": {"name": f"org {v}", "plan": "free"}},
     "/v1/organizations/{org_id}/credits": lambda c, v: {"json": {"amount": "1.5" if v == "a" else "2", "kind": "paid"}},
@@ -117,6 +126,14 @@ samples: dict[str, Sample] = {
     "/v1/rerank": lambda c, v: {"json": {"model": "qwen3-0.6b-fp8-score", "query": f"q {v}", "documents": ["a", "b"]}},
     "/v1/reranks": lambda c, v: {"json": {"model": "qwen3-rerank", "query": f"q {v}", "documents": ["a", "b"]}},
     "/v1/score": lambda c, v: {"json": {"model": "qwen3-rerank", "text_1": f"q {v}", "text_2": ["a", "b"]}},
+    "/v1/search": lambda c, v: {"json": {"model": "tavily-search", "query": f"q {v}"}},
+    "/v1/research": lambda c, v: {"json": {"model": "tavily-research", "query": f"q {v}", "async": False}},
+    "/v1/answer": lambda c, v: {"json": {"model": "exa-answer", "query": f"q {v}"}},
+    "/v1/detect": lambda c, v: {"json": {"model": "gptzero", "input": f"text {v}."}},
+    "/v1/images/analysis": lambda c, v: {
+        "json": {"model": "janus-pro-deepseek", "image_url": "https://example.com/a.png", "question": f"q {v}"}
+    },
+    "/v1/pii": lambda c, v: {"json": {"input": f"mail {v}@example.com"}},
     "/v1/gpu/instances": lambda c, v: {"json": {"gpu_slug": "rtx-4090", "name": f"walk {v}"}},
     "/v1/gpu/instances/{instance_id}/{action}": lambda c, v: {"json": {"variant": v}},  # the body is not read
     "/v1/gpu/connect/{instance_id}/{path}": lambda c, v: {"json": {"messages": [{"role": "user", "content": v}]}},
@@ -137,6 +154,11 @@ samples: dict[str, Sample] = {
     },
     "/v1/batches/{batch_id}/cancel": lambda c, v: {"json": {"v": v}},
     "/v1/files": lambda c, v: {"data": {"purpose": "user_data"}, "files": {"file": ("a.txt", f"content {v}".encode())}},
+    # Blocking (stream false): the answer comes once the task has ended and been charged.
+    "/v1/agents/run": lambda c, v: {"json": {"model": "manus", "input": f"walk {v}", "stream": False}},
+    "/api/agents": lambda c, v: {"json": {"name": f"walk {v}", "dag": empty_map_dag}},
+    # An empty map: the run is held nothing and ends at once (its idempotency, not its money, is tested).
+    "/api/agents/{agent_id}/run": lambda c, v: {"json": {"input_params": {"prompts": [], "v": v}}},
 }
 # Routes that use the organization's key rather than the platform admin token.
 with_key = {
@@ -167,9 +189,18 @@ with_key = {
     "/v1/rerank",
     "/v1/reranks",
     "/v1/score",
+    "/v1/search",
+    "/v1/research",
+    "/v1/answer",
+    "/v1/detect",
+    "/v1/images/analysis",
+    "/v1/pii",
     "/v1/files",
     "/v1/batches",
     "/v1/batches/{batch_id}/cancel",
+    "/v1/agents/run",
+    "/api/agents",
+    "/api/agents/{agent_id}/run",
 }
 
 
@@ -200,6 +231,7 @@ def test_every_post_route_is_idempotent_or_says_why_not(gw: Gateway) -> None:
         "/api/library/items/{item_id}/share",
         "/dashboard/login",
         "/dashboard/logout",
+        "/v1/agents/{task_id}/stop",
     }
     missing = {path for path, _ in routes if path not in samples and path not in exempt}
     assert missing == set(), f"POST routes without a sample body in this test: {missing}"
@@ -221,6 +253,10 @@ def test_the_same_key_and_body_answer_once_and_another_body_is_a_409(gw: Gateway
         url = url.replace("{instance_id}", made.json()["instance"]["id"]).replace("{action}", action)
         url = url.replace("{path}", "v1/chat/completions")
     url = url.replace("{slug}", "fal-ai/flux1-schnell-nunchaku")
+    if "{agent_id}" in url:  # a Casola agent to run
+        made = gw.call("POST", "/api/agents", context.key, json={"name": "walk", "dag": empty_map_dag})
+        assert made.status_code == 201, made.text
+        url = url.replace("{agent_id}", made.json()["agent"]["id"])
     if "{batch_id}" in url:
         url = url.replace("{batch_id}", context.batch())
     key = context.key if path in with_key else None

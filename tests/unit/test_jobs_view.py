@@ -146,3 +146,19 @@ def test_a_rerun_of_a_finished_job_changes_nothing() -> None:
     after = view.get("job_1")
     assert after is not None
     assert (after.status, after.run_finished_at, after.finished_at, bytes(after.result or b"")) == before
+
+
+def test_queue_position_counts_the_organizations_jobs_waiting_ahead_in_the_pool() -> None:
+    """Fal's ``queue_position``: 0 is next; a job running, another organization's or another pool's
+    job is not ahead; a job not folded yet is behind every one waiting."""
+
+    def queued(name: str, org: str = "org_a", pool: str = "default") -> HoldPlaced:
+        return msgspec.structs.replace(
+            placed, event_id=name, job_id=f"job_{name}", request_id=f"req_{name}", org_id=org, pool=pool
+        )
+
+    running = msgspec.structs.replace(leased, job_id="job_a", request_id="req_a")
+    view = fold([queued("a"), queued("b"), queued("x", org="org_b"), queued("c", pool="gpu"), queued("d"), running])
+    positions = {name: view.queue_position("org_a", "default", f"job_{name}") for name in ("b", "d", "new")}
+    assert positions == {"b": 0, "d": 1, "new": 2}
+    assert view.queue_position("org_a", "gpu", "job_c") == 0 and view.queue_position("org_b", "default", "job_x") == 0
