@@ -72,6 +72,10 @@ class MeteredRequest:
     fallbacks: tuple[ModelPrice, ...] = ()
     # Media results answered as signed URLs the gateway serves (response_format=url), not inline.
     answer_url: bool = False
+    # Where the request came from ("": api; "playground", "hosted_agents") and what that names: its
+    # usage row's source (JobSpec.source).
+    source: str = ""
+    source_id: str = ""
 
     @property
     def model(self) -> str:
@@ -193,6 +197,8 @@ class Metering:
                 dispatched=bool(slice_id),
                 fallbacks=tuple(Route(model=price.model, pool=price.pool) for price in metered.fallbacks),
                 context_length=metered.price.context_length if metered.price.category == "chat" else 0,
+                source=metered.source,
+                source_id=metered.source_id,
             ),
         )
 

@@ -18,6 +18,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 
 from gateway import texttools
 from schemas import api
+from schemas import hosted_agents as hosted
 from schemas.prices import PriceBook
 
 # Request bodies by operation id: a msgspec type (JSON) or a ready schema (a multipart form).
@@ -104,6 +105,14 @@ json_bodies: Mapping[str, type[Any]] = {
     "deployGpuInstance": api.GpuDeployRequest,
     "createHostedAgentInstance": api.HostedAgentCreateRequest,
     "renameHostedAgentInstance": api.RenameBody,
+    # A hosted agent's message and configuration (gateway/routes/hosted_agents.py).
+    "messageHostedAgentInstance": hosted.HostedAgentMessageRequest,
+    "saveHostedAgentIntegration": hosted.HostedAgentIntegrationRequest,
+    "setHostedAgentIntegrationBehavior": hosted.HostedAgentBehaviorRequest,
+    "setHostedAgentModel": hosted.HostedAgentModelRequest,
+    "setHostedAgentAccess": hosted.HostedAgentAccessRequest,
+    "addHostedAgentSkill": hosted.HostedAgentSkillRequest,
+    "addHostedAgentMcp": hosted.HostedAgentMcpRequest,
     # Casola's Fal queue and core API (gateway/routes/fal.py, gateway/routes/casola.py). A Fal body is
     # an image model's, a video model's (FalVideoRequest) or a speech model's (FalSpeechRequest), as its slug says.
     "submitFalRequest": api.FalImageRequest,
@@ -181,6 +190,7 @@ body_examples: Mapping[str, dict[str, Any]] = {
         "name": "OpenClaw Production",
         "plan_slug": "hosted-agent-basic",
     },
+    "messageHostedAgentInstance": {"messages": _user},
     "submitFalRequest": {"prompt": "A cat in space", "sync_mode": True},
     "getFalRequestStatuses": {"request_ids": ["job_0123456789abcdef"]},
     "createCasolaJob": {
@@ -320,6 +330,8 @@ query_parameters: Mapping[str, list[dict[str, Any]]] = {
         _query("type", {"type": "string", "enum": ["model", "template"]}, "Only models or only templates"),
         _query("limit", {"type": "integer", "minimum": 1, "maximum": 50}, "At most this many (default 20)"),
     ],
+    "removeHostedAgentSkill": [_query("slug", {"type": "string", "minLength": 1}, "The skill ref to remove", True)],
+    "removeHostedAgentMcp": [_query("name", {"type": "string", "minLength": 1}, "The connector name to remove", True)],
     "listFiles": [
         _query("limit", {"type": "integer", "minimum": 1, "maximum": 10_000}, "Page size (default 10,000)"),
         _query("after", {"type": "string"}, "The last file id of the previous page"),

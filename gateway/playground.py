@@ -3,7 +3,7 @@
 (and optionally ``X-Playground-Title``), and each answered exchange is saved as that conversation:
 the request's messages and the answer's, which ``GET /v1/playground/conversations`` then lists, read
 only, as EmpirioLabs documents it. The request is metered as any chat completion (the header changes
-nothing in its price or usage row).
+nothing in its price); its usage row's ``source`` is ``playground``, naming the conversation.
 
 The messages go to the blob store (``playground-<org>/<conversation id>``, replaced by each save), the
 summary to the tenants topic (``PlaygroundConversationSaved``, folded by ``projections/playground.py``).
@@ -14,6 +14,7 @@ holds the conversation up to its last answer.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 from dataclasses import dataclass
@@ -45,6 +46,11 @@ save_wait_s_max = 10.0
 class Saving:
     conversation_id: str
     title: str  # "" : the earlier title, else the first user message
+
+
+def from_playground(metered: MeteredRequest, saving: Saving) -> MeteredRequest:
+    """The request as the Playground's: its hold, charge and usage row say ``source: playground``."""
+    return dataclasses.replace(metered, source="playground", source_id=saving.conversation_id)
 
 
 def asked(request: Request[Any, Any, Any], metered: MeteredRequest) -> Saving | None:

@@ -162,6 +162,8 @@ class Hold:
     leased: bool = False
     cancel_requested: bool = False
     slice_id: str = ""  # the slice it was carved out of ("": the wallet)
+    source: str = ""  # where its request came from ("": api) and what that names (JobSpec.source)
+    source_id: str = ""
 
 
 @dataclass(slots=True)
@@ -518,6 +520,8 @@ def _decide_place_hold(wallet: Wallet, command: PlaceHold, now: datetime) -> lis
                 code=Rejection.insufficient_credits.value,
                 requested_micros=command.amount_micros,
                 available_micros=wallet.spendable_micros,
+                source=job.source,
+                source_id=job.source_id,
                 **envelope,
             )
         ]
@@ -535,6 +539,8 @@ def _decide_place_hold(wallet: Wallet, command: PlaceHold, now: datetime) -> lis
         pool=job.pool,
         attempts_max=job.attempts_max,
         slice_id=carved.slice_id if carved is not None else "",
+        source=job.source,
+        source_id=job.source_id,
         **envelope,
     )
     if job.dispatched:
@@ -641,6 +647,8 @@ def _decide_capture(wallet: Wallet, command: CaptureHold, now: datetime, prices:
             grant_burns=tuple(GrantBurn(grant_id=g.grant_id, amount_micros=take) for g, take in plan),
             slice_id=back.slice_id if back is not None else "",
             requested_model=hold.model if served != hold.model else "",
+            source=hold.source,
+            source_id=hold.source_id,
             **_envelope(command, now),
         )
     ]
@@ -662,6 +670,8 @@ def _released(wallet: Wallet, hold: Hold, event_id: str, now: datetime, reason: 
         amount_micros=hold.amount_micros,
         reason=reason,
         slice_id=back.slice_id if back is not None else "",
+        source=hold.source,
+        source_id=hold.source_id,
     )
 
 
@@ -1053,6 +1063,8 @@ def evolve(wallet: Wallet, event: Event) -> None:
                 ttl_s=int((event.expires_at - event.occurred_at).total_seconds()),
                 attempts_max=event.attempts_max,
                 slice_id=event.slice_id,
+                source=event.source,
+                source_id=event.source_id,
             ),
         )
     elif isinstance(event, JobLeased):

@@ -11,6 +11,7 @@ from datetime import datetime
 
 from ledger.accounts import Book
 from ledger.wallet import Wallet, evolve
+from projections.hosted_agents import AgentConfig, fold_agent_change
 from schemas.events import (
     ApiTokenCreated,
     ApiTokenLimitsSet,
@@ -19,8 +20,10 @@ from schemas.events import (
     ChainCheckpoint,
     CommandRejected,
     Event,
+    HoldCaptured,
     HoldRejected,
     HostedAgentChanged,
+    HostedAgentConfigured,
     JobCancelRequested,
     JobDeadLettered,
     JobLeased,
@@ -51,6 +54,20 @@ class BalancesView:
         self.wallets: dict[str, Wallet] = {}
         self.book = Book()
         self.updated_at: dict[str, datetime] = {}
+        # Messages each hosted agent answered in its plan's current period: (period start, count), by
+        # instance id (reset when a capture falls in a new period).
+        self.agent_messages: dict[str, tuple[datetime | None, int]] = {}
+
+    def _count_agent_message(self, wallet: Wallet, instance_id: str) -> None:
+        subscription = wallet.subscriptions.get(instance_id)
+        period = subscription.period_start if subscription is not None else None
+        counted_period, count = self.agent_messages.get(instance_id, (period, 0))
+        self.agent_messages[instance_id] = (period, count + 1 if counted_period == period else 1)
+
+    def agent_messages_in_period(self, instance_id: str, period_start: datetime) -> int:
+        """Messages the agent answered in its plan's period that began at ``period_start``."""
+        counted_period, count = self.agent_messages.get(instance_id, (None, 0))
+        return count if counted_period == period_start else 0
 
     def get(self, org_id: str) -> Wallet:
         wallet = self.wallets.get(org_id)
@@ -64,6 +81,8 @@ class BalancesView:
             wallet = self.wallets[event.org_id] = Wallet(org_id=event.org_id)
         evolve(wallet, event)
         self.book.apply(event)
+        if isinstance(event, HoldCaptured) and event.source == "hosted_agents":
+            self._count_agent_message(wallet, event.source_id)
         if not isinstance(event, unchanged_balance):
             self.updated_at[event.org_id] = event.occurred_at
 
@@ -105,6 +124,8 @@ class TenantsView:
     # Hosted agents' names and runtime states their owners set (instance id -> value).
     agent_names: dict[str, str] = field(default_factory=dict)
     agent_runtimes: dict[str, str] = field(default_factory=dict)
+    # Hosted agents' configuration (model, access, integrations, skills, MCP), by instance id.
+    agent_configs: dict[str, AgentConfig] = field(default_factory=dict)
 
     def apply(self, event: Event) -> None:
         if isinstance(event, OrganizationCreated):
@@ -150,6 +171,8 @@ class TenantsView:
                 self.agent_names[event.instance_id] = event.name
             if event.runtime:
                 self.agent_runtimes[event.instance_id] = event.runtime
+        elif isinstance(event, HostedAgentConfigured):
+            fold_agent_change(self.agent_configs, event)
 
     def mark_used(self, token_id: str, at: datetime) -> None:
         previous = self.last_used_at.get(token_id)

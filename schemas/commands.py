@@ -71,6 +71,11 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     # The model's context window in tokens (0: not checked): a prompt and output limit that do not fit
     # fail the job (nothing charged), as a real server refuses them.
     context_length: int = 0
+    # Where the request came from, as EmpirioLabs' usage events name it ("": a direct API request;
+    # "playground": a chat saved as a Playground conversation; "hosted_agents": a hosted agent's message),
+    # and what it names (the conversation's or the agent's id). Carried by the hold to its usage row.
+    source: str = ""
+    source_id: str = ""
 
 
 class PlaceHold(Command, frozen=True, kw_only=True, tag="place_hold.v1"):

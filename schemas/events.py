@@ -201,6 +201,9 @@ class HoldPlaced(LedgerFact, frozen=True, kw_only=True, tag="hold.placed.v1"):
     # The slice it was carved from (its amount was reserved already, by the slice); "" for a hold
     # placed against the wallet. Its job was dispatched by the gateway that holds the slice.
     slice_id: str = ""
+    # Where the request came from ("": api) and what that names (JobSpec.source, source_id).
+    source: str = ""
+    source_id: str = ""
 
 
 class HoldRejected(LedgerFact, frozen=True, kw_only=True, tag="hold.rejected.v1"):
@@ -212,6 +215,9 @@ class HoldRejected(LedgerFact, frozen=True, kw_only=True, tag="hold.rejected.v1"
     code: str
     requested_micros: int
     available_micros: int
+    # Where the request came from ("": api) and what that names (JobSpec.source, source_id).
+    source: str = ""
+    source_id: str = ""
 
 
 class HoldCaptured(LedgerFact, frozen=True, kw_only=True, tag="hold.captured.v1"):
@@ -236,6 +242,9 @@ class HoldCaptured(LedgerFact, frozen=True, kw_only=True, tag="hold.captured.v1"
     # ``model`` is the model that served and priced the job; when a fallback served it, this is the
     # model the hold was placed for ("" otherwise).
     requested_model: str = ""
+    # Where the request came from ("": api) and what that names (JobSpec.source, source_id).
+    source: str = ""
+    source_id: str = ""
 
 
 class HoldReleased(LedgerFact, frozen=True, kw_only=True, tag="hold.released.v1"):
@@ -247,6 +256,9 @@ class HoldReleased(LedgerFact, frozen=True, kw_only=True, tag="hold.released.v1"
     amount_micros: int
     reason: str
     slice_id: str = ""  # the open slice the amount went back to ("": back to the wallet)
+    # Where the request came from ("": api) and what that names (JobSpec.source, source_id).
+    source: str = ""
+    source_id: str = ""
 
 
 class SliceGranted(LedgerFact, frozen=True, kw_only=True, tag="slice.granted.v1"):
@@ -710,6 +722,24 @@ class AgentRunUpdated(Event, frozen=True, kw_only=True, tag="agent.run_updated.v
     instance_id: str = ""  # the gateway instance that runs it
 
 
+# --- hosted agents' configuration (issue 18; tenants topic; gateway/routes/hosted_agents.py) ---------
+
+
+class HostedAgentConfigured(Event, frozen=True, kw_only=True, tag="hosted_agent.configured.v1"):
+    """A hosted agent's configuration changed by its owner: no money moves (its plan covers it).
+    ``change`` says what (``projections/hosted_agents.py`` folds each): ``model``, ``access``,
+    ``integration_saved``, ``integration_removed``, ``channel_behavior``, ``skill_added``,
+    ``skill_removed``, ``mcp_added``, ``mcp_removed``; ``key`` names the integration kind, the skill
+    ref or the connector; ``settings`` is the JSON object of the new values. Never a secret: a
+    credential is kept as its last four characters at most (no agent runtime runs to use it)."""
+
+    instance_id: str
+    change: str
+    key: str = ""
+    settings: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"{}"))
+    token_id: str = ""
+
+
 ResourceEvent = (
     ResourceStarted
     | ResourceCharged
@@ -777,6 +807,7 @@ AnyEvent = (
     | LibraryShareChanged
     | AgentCreated
     | AgentRunUpdated
+    | HostedAgentConfigured
 )
 
 LedgerEvent = (

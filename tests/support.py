@@ -240,6 +240,7 @@ def charge(
         pricing_tier=priced.tier_label,
         discount_percent=priced.discount_percent,
         minimum_topup_micros=priced.minimum_topup_micros,
+        source_id="",
     )
 
 

@@ -19,6 +19,7 @@ from gateway.routes import (
     generation_templates,
     gpu_connect,
     health,
+    hosted_agents,
     jobs,
     library,
     media,
@@ -62,4 +63,5 @@ route_handlers: list[HTTPRouteHandler] = [
     *texttools.route_handlers,
     *agents.route_handlers,
     *casola_agents.route_handlers,
+    *hosted_agents.route_handlers,
 ]

@@ -295,6 +295,8 @@ async def chat_completions(request: Request[Any, Any, Any], core: Core) -> Respo
     body = await generation_body(request, core)
     metered = parse_chat(body, core.prices.current, token.org_id, core.files)
     saving = playground.asked(request, metered)  # X-Playground-Conversation: saved once answered
+    if saving is not None:
+        metered = playground.from_playground(metered, saving)  # its usage row's source: playground
     answer = await _text(request, core, token, metered, "chat.completion.chunk")
     if saving is not None and not isinstance(answer, Stream) and answer.status_code == 200:
         return await playground.saved(core, token, saving, request_id(request), body, answer)

@@ -23,9 +23,11 @@ from litestar.params import FromPath
 from gateway.auth import authorize
 from gateway.core import Core, GatewayCore
 from gateway.errors import ApiError
+from gateway.hosted_agent_config import check_chat_model, record_configuration
 from gateway.http import decode_body, derived_id, json_response
 from ledger.money import format_credits, micros_to_decimal
 from ledger.resources import Resource, Subscription, destroyed, ended_for_credits
+from projections.hosted_agents import AgentConfig, configuration_card
 from schemas.api import GpuDeployRequest, HostedAgentCreateRequest, RenameBody
 from schemas.commands import AnyCommand, CancelPlan, StartResource, StopResource, SubscribePlan
 from schemas.events import CommandRejected, Event, HostedAgentChanged, ResourceCharged
@@ -345,10 +347,11 @@ def _billing_status(subscription: Subscription) -> str:
     return "cancelled" if subscription.cancelled else "active"
 
 
-def _hosted_agent(core: GatewayCore, subscription: Subscription) -> dict[str, Any]:
+def hosted_agent_card(core: GatewayCore, subscription: Subscription) -> dict[str, Any]:
     book = core.prices.at_version(subscription.price_version)
     plan = book.plans.get(subscription.plan_slug) if book is not None else None
     renews = not subscription.cancelled and not subscription.ended
+    config = core.tenants.agent_configs.get(subscription.subscription_id) or AgentConfig()
     return {
         "id": subscription.subscription_id,
         "object": "hosted_agent",
@@ -356,7 +359,8 @@ def _hosted_agent(core: GatewayCore, subscription: Subscription) -> dict[str, An
         "name": core.tenants.agent_names.get(subscription.subscription_id, subscription.name),
         "plan_slug": subscription.plan_slug,
         "status": _agent_status(core, subscription),
-        "default_provider": subscription.default_provider or "empirio",
+        "default_provider": agent_provider(config, subscription),
+        "model": agent_model(config),
         "billing_status": _billing_status(subscription),
         "connect_path": f"/agents/{subscription.subscription_id}",
         "api_base_path": f"/agents/{subscription.subscription_id}/v1",
@@ -368,9 +372,22 @@ def _hosted_agent(core: GatewayCore, subscription: Subscription) -> dict[str, An
         "next_billing_at": iso_or_none(subscription.period_end) if renews else None,
         "billed_amount": micros_to_decimal(subscription.billed_micros),
         "billed_micros": subscription.billed_micros,
-        "messages_used_current_period": 0,
+        "messages_used_current_period": core.balances.agent_messages_in_period(
+            subscription.subscription_id, subscription.period_start
+        ),
         "created_at": iso_or_none(subscription.anchor),
+        **configuration_card(config),  # set through the sub-routes of gateway/routes/hosted_agents.py
     }
+
+
+def agent_provider(config: AgentConfig, subscription: Subscription) -> str:
+    """The provider the agent answers with: as set by ``/model``, else as it was created."""
+    return config.provider or subscription.default_provider or "empirio"
+
+
+def agent_model(config: AgentConfig) -> str:
+    """The model the agent answers with: as set by ``/model`` (or at creation), else its runtime's default."""
+    return config.model or hosted_agent_default_model
 
 
 def _agents(core: GatewayCore, org_id: str) -> list[Subscription]:
@@ -379,7 +396,7 @@ def _agents(core: GatewayCore, org_id: str) -> list[Subscription]:
     return sorted(live, key=lambda s: s.anchor)
 
 
-def _agent(core: GatewayCore, org_id: str, instance_id: str) -> Subscription:
+def owned_agent(core: GatewayCore, org_id: str, instance_id: str) -> Subscription:
     found = core.balances.get(org_id).subscriptions.get(instance_id)
     if found is None or found.kind != "hosted_agent" or found.cancel_reason == destroyed:
         raise ApiError(404, f"No hosted agent '{instance_id}'.", code="instance_not_found", param="instance_id")
@@ -420,7 +437,7 @@ async def hosted_agents_config(request: Request[Any, Any, Any], core: Core) -> R
 @get("/v1/hosted-agents/instances", operation_id="listHostedAgentInstances", opt={"scope": "user:read"})
 async def list_hosted_agents(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
     token = authorize(request, "user:read")
-    return json_response({"instances": [_hosted_agent(core, s) for s in _agents(core, token.org_id)]})
+    return json_response({"instances": [hosted_agent_card(core, s) for s in _agents(core, token.org_id)]})
 
 
 @post(
@@ -449,6 +466,8 @@ async def create_hosted_agent(request: Request[Any, Any, Any], core: Core) -> Re
             f"The hosted-agent limit of this account is {hosted_agents_max}; destroy one first.",
             code="hosted_agent_limit_reached",
         )
+    if body.default_model and body.default_provider == "empirio":
+        check_chat_model(core, body.default_model, "default_model")  # the model its messages are metered by
     instance_id = derived_id(request, "agent")
     runtime = next(r["display_name"] for r in hosted_agent_runtimes if r["slug"] == body.agent_type)
     command = SubscribePlan(
@@ -466,15 +485,18 @@ async def create_hosted_agent(request: Request[Any, Any, Any], core: Core) -> Re
         default_provider=body.default_provider,
     )
     await _ledger(core, command)
-    subscription = _agent(core, token.org_id, instance_id)
+    if body.default_model:
+        model = {"provider": body.default_provider, "model": body.default_model, "custom_provider": None}
+        await record_configuration(core, token.org_id, token.token_id, instance_id, "model", "", model)
+    subscription = owned_agent(core, token.org_id, instance_id)
     charged = {"x-credits-used": format_credits(subscription.billed_micros)}  # the first month, charged now
-    return json_response({"ok": True, "instance": _hosted_agent(core, subscription)}, 201, headers=charged)
+    return json_response({"ok": True, "instance": hosted_agent_card(core, subscription)}, 201, headers=charged)
 
 
 @get("/v1/hosted-agents/instances/{instance_id:str}", operation_id="getHostedAgentInstance", opt={"scope": "user:read"})
 async def get_hosted_agent(request: Request[Any, Any, Any], core: Core, instance_id: FromPath[str]) -> Response[bytes]:
     token = authorize(request, "user:read")
-    return json_response({"instance": _hosted_agent(core, _agent(core, token.org_id, instance_id))})
+    return json_response({"instance": hosted_agent_card(core, owned_agent(core, token.org_id, instance_id))})
 
 
 @delete(
@@ -488,7 +510,7 @@ async def destroy_hosted_agent(
 ) -> Response[bytes]:
     """Destroy: the plan is not renewed (the month paid for is not refunded)."""
     token = authorize(request, "user:write")
-    subscription = _agent(core, token.org_id, instance_id)
+    subscription = owned_agent(core, token.org_id, instance_id)
     if not subscription.ended:
         command = CancelPlan(
             command_id=f"cancel:{instance_id}",
@@ -499,7 +521,7 @@ async def destroy_hosted_agent(
             reason=destroyed,
         )
         await _ledger(core, command)
-    return json_response({"ok": True, "instance": _hosted_agent(core, subscription)})
+    return json_response({"ok": True, "instance": hosted_agent_card(core, subscription)})
 
 
 @patch(
@@ -513,9 +535,9 @@ async def rename_hosted_agent(
 ) -> Response[bytes]:
     token = authorize(request, "user:write")
     body = await decode_body(request, RenameBody, core.settings.request_body_bytes_max)
-    subscription = _agent(core, token.org_id, instance_id)
+    subscription = owned_agent(core, token.org_id, instance_id)
     await _record_change(core, token.org_id, instance_id, name=body.name)
-    return json_response({"ok": True, "instance": _hosted_agent(core, subscription)})
+    return json_response({"ok": True, "instance": hosted_agent_card(core, subscription)})
 
 
 async def _record_change(core: GatewayCore, org_id: str, instance_id: str, name: str = "", runtime: str = "") -> None:
@@ -546,12 +568,12 @@ async def hosted_agent_action(
     runtimes = {"start": "running", "restart": "running", "stop": "stopped", "refresh": ""}
     if action not in runtimes:
         raise ApiError(400, "action must be start, stop, restart or refresh.", code="invalid_parameter", param="action")
-    subscription = _agent(core, token.org_id, instance_id)
+    subscription = owned_agent(core, token.org_id, instance_id)
     if runtimes[action] and subscription.ended:
         raise ApiError(409, "The agent's plan has ended; create a new agent.", code="plan_ended", param="instance_id")
     if runtimes[action]:
         await _record_change(core, token.org_id, instance_id, runtime=runtimes[action])
-    return json_response({"ok": True, "instance": _hosted_agent(core, subscription)})
+    return json_response({"ok": True, "instance": hosted_agent_card(core, subscription)})
 
 
 route_handlers = [

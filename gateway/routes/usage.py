@@ -18,6 +18,7 @@ from gateway.http import json_response, limit_param, moment_param, window_params
 from gateway.results import Charge, usage_of
 from ledger.money import micros_to_decimal
 from ledger.pricing import unit_names, usd_per_unit
+from projections.role import plan_model
 from projections.statements import load_statement, statement_csv, statement_days_max, statement_json
 from projections.usage import (
     CursorError,
@@ -73,10 +74,16 @@ def _units(row: UsageRow) -> Units:
     return Units(**counts, variant=row.variant, batch=row.discount_percent > 0)
 
 
+def _time_metered(row: UsageRow) -> bool:
+    """A GPU interval or a plan month, priced by the ledger at its rate (not by units). A hosted agent's
+    message is a chat completion of its model, with source ``hosted_agents`` too."""
+    return row.source == "gpu_cloud" or (row.source == "hosted_agents" and row.model.startswith(plan_model("")))
+
+
 def _worker_usage(core: GatewayCore, row: UsageRow, units: Units) -> dict[str, Any] | None:
     """The usage object the request's answer carried (``gateway/results.usage_of``), rebuilt from
     its row: every unit with its count, the tier, the charge. None for a refusal (nothing ran)."""
-    if row.status != "success" or row.source in ("gpu_cloud", "hosted_agents"):
+    if row.status != "success" or _time_metered(row):
         return None  # nothing ran as a request: a time-metered charge (see metadata)
     book = core.prices.at_version(row.price_version)
     price = book.model(row.model) if book is not None else None
@@ -109,21 +116,28 @@ def _time_metered_metadata(core: GatewayCore, row: UsageRow) -> dict[str, Any]:
             "gpu_instance_id": row.request_id,
         }
     if row.source == "hosted_agents":
-        agent = core.balances.get(row.org_id).subscriptions.get(row.request_id)
-        return {
+        # A plan month names its agent by request id (rows before migration 8 have no source_id); a
+        # message by source_id.
+        instance_id = row.source_id or row.request_id
+        agent = core.balances.get(row.org_id).subscriptions.get(instance_id)
+        metadata = {
             "category": "agents",  # the reference's category of hosted-agent events
-            "plan_slug": row.model.removeprefix("hosted-agent:"),
             "agent_type": agent.agent_type if agent is not None else None,
-            "agent_name": core.tenants.agent_names.get(row.request_id, agent.name) if agent is not None else None,
-            "agent_instance_id": row.request_id,
+            "agent_name": core.tenants.agent_names.get(instance_id, agent.name) if agent is not None else None,
+            "agent_instance_id": instance_id,
         }
+        if _time_metered(row):
+            metadata["plan_slug"] = row.model.removeprefix(plan_model(""))
+        return metadata
+    if row.source == "playground" and row.source_id:
+        return {"conversation_id": row.source_id}
     return {}
 
 
 def _usage_event(core: GatewayCore, row: UsageRow) -> dict[str, Any]:
     """One event in the reference's ``UsageEvent`` shape (amounts in credits; micros beside them)."""
     units = _units(row)
-    if row.source in ("gpu_cloud", "hosted_agents"):
+    if _time_metered(row):
         units = Units()  # priced by the ledger at its rate; ``variant`` is what the charge covered
     return {
         "id": row.event_id,

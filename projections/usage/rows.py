@@ -69,6 +69,9 @@ class UsageRow(msgspec.Struct, frozen=True, kw_only=True):
     pricing_tier: str = ""
     discount_percent: int = 0
     minimum_topup_micros: int = 0
+    # What the source names: a hosted agent's instance id ("hosted_agents"), a Playground conversation's
+    # id ("playground"); "" for a direct API request.
+    source_id: str = ""
 
 
 class PostingRow(msgspec.Struct, frozen=True, kw_only=True):

@@ -54,6 +54,7 @@ usage_columns = (
     "pricing_tier",
     "discount_percent",
     "minimum_topup_micros",
+    "source_id",  # migration 8
 )
 
 # The columns a usage page shows: every unit and what priced it (the usage object of the answer is
@@ -65,6 +66,7 @@ page_columns = (
     "pricing_tier",
     "discount_percent",
     *(f"{tool}_calls_rate" for tool in tools),
+    "source_id",
 )
 
 # Rows of one event id share created_at, hence a partition: FINAL need not merge across partitions.
@@ -347,6 +349,14 @@ migrations: tuple[tuple[int, tuple[str, ...]], ...] = (
             + hourly_select("usage_events", rollup_measures, rollup_keys),
             _daily_view(rollup_measures, rollup_keys),
             "INSERT INTO usage_hourly " + hourly_select("usage_events FINAL", rollup_measures, rollup_keys),
+        ),
+    ),
+    (
+        8,
+        (
+            # What a row's source names (the hosted agent that answered, the Playground conversation);
+            # not a rollup key: usage pages show it, rollups group by source only.
+            "ALTER TABLE usage_events ADD COLUMN IF NOT EXISTS source_id String DEFAULT '' CODEC(ZSTD(1))",
         ),
     ),
 )

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from projections.statements import load_statement
@@ -81,7 +82,7 @@ def totals(store: UsageStore, org: str = "org_a") -> tuple[tuple[int, int], ...]
 
 def test_migrations_apply_once_and_survive_reopening(opener: Opener) -> None:
     first = opener.open()
-    assert first.schema_version() == 7
+    assert first.schema_version() == 8
     assert first.migrate() == []  # nothing left to apply
     first.insert([charge("e1", month)], [])
     first.close()
@@ -265,8 +266,9 @@ def test_migrations_3_and_4_keep_rows_written_before_them(opener: Opener) -> Non
         store.command("INSERT INTO schema_migrations VALUES (1, now()), (2, now())")
         rows = [charge(f"old{i}", month + timedelta(hours=5 * i)) for i in range(30)]
         store.insert(rows, [capture_posting(r) for r in rows])
-        # 4 rebuilds ledger_postings with its rows, 5 rolls them up, 6 adds priced_micros, 7 every unit
-        assert store.migrate() == [3, 4, 5, 6, 7]
+        # 4 rebuilds ledger_postings with its rows, 5 rolls them up, 6 adds priced_micros, 7 every unit,
+        # 8 the source's id
+        assert store.migrate() == [3, 4, 5, 6, 7, 8]
         expected = (30, sum(row.cost_micros for row in rows))
         assert totals(store) == (expected,) * 4
         assert store.totals_by_org()["org_a"] == (expected[1], expected[1])
@@ -306,10 +308,10 @@ def test_migration_7_rebuilds_the_rollups_with_the_rows_of_schema_6(opener: Open
             charge(f"v6_{i}", month + timedelta(hours=7 * i), model="sim-chat-large", units=large) for i in range(12)
         ]
         added = {*unit_names_v7, *(f"{u}_rate" for u in unit_names_v7), "pricing_tier", "discount_percent"}
-        columns_v6 = [c for c in usage_columns if c not in added and c != "minimum_topup_micros"]
+        columns_v6 = [c for c in usage_columns if c not in added and c not in ("minimum_topup_micros", "source_id")]
         store.insert_columns({c: [getattr(r, c) for r in rows] for c in columns_v6})
         store.insert([], [capture_posting(r) for r in rows])
-        assert store.migrate() == [7]
+        assert store.migrate() == [7, 8]
         expected = (12, sum(row.cost_micros for row in rows))
         assert totals(store) == (expected,) * 4
         statement = load_statement(store, "org_a", month, month + timedelta(days=30))
@@ -323,6 +325,31 @@ def test_migration_7_rebuilds_the_rollups_with_the_rows_of_schema_6(opener: Open
         store.insert([charge("v7", month + timedelta(days=2), model="sim-chat-large", units=large)], [])
         tiers = {line.tier for line in load_statement(store, "org_a", month, month + timedelta(days=30)).lines}
         assert "Over 32,768 prompt tokens" in tiers
+    finally:
+        store.close()
+
+
+def test_migration_8_adds_the_source_id_and_keeps_the_rows_of_schema_7(opener: Opener) -> None:
+    """A database at schema 7 with rows: migration 8 adds ``source_id`` ("" for those rows); a row that
+    names its source's id (a hosted agent's message) reads back with it."""
+    store = opener.open()
+    try:
+        store.command("ALTER TABLE usage_events DROP COLUMN source_id")
+        store.command("ALTER TABLE schema_migrations DELETE WHERE version = 8 SETTINGS mutations_sync = 1")
+        old = charge("v7", month)
+        store.insert_columns({c: [getattr(old, c)] for c in usage_columns if c != "source_id"})
+        assert store.migrate() == [8]
+        message = msgspec.structs.replace(
+            charge("v8", month + timedelta(hours=1)), source="hosted_agents", source_id="agent_1"
+        )
+        store.insert([message], [])
+        rows = {row.event_id: row for row in store.events(UsageFilter(org_id="org_a"))}
+        assert (rows["v7"].source, rows["v7"].source_id) == ("api", "")
+        assert (rows["v8"].source, rows["v8"].source_id) == ("hosted_agents", "agent_1")
+        assert store.summary(UsageFilter(org_id="org_a")).cost_micros_by_source == {
+            "api": old.cost_micros,
+            "hosted_agents": message.cost_micros,
+        }
     finally:
         store.close()
 

@@ -105,6 +105,7 @@ def test_every_scope_on_every_route(gw: Gateway) -> None:
         path = path.replace("{file_id}", "file-unknown").replace("{batch_id}", "batch_unknown")
         path = path.replace("{name}", "00000000000000000000000000000000-png")  # a media URL without its signature
         path = path.replace("{task_id}", "task_unknown")
+        path = path.replace("{kind}", "telegram")  # a hosted agent's integration
         path = path.replace("{agent_id}", "agent_unknown").replace("{run_id}", "run_unknown")
         assert not re.search(r"\{\w+\}", path), f"fill the path parameter of {template} in this test"
         for credential in credentials:

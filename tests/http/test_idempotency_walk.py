@@ -139,6 +139,26 @@ samples: dict[str, Sample] = {
     "/v1/gpu/connect/{instance_id}/{path}": lambda c, v: {"json": {"messages": [{"role": "user", "content": v}]}},
     "/v1/hosted-agents/instances": lambda c, v: {"json": {"agent_type": "hermes", "name": f"walk {v}"}},
     "/v1/hosted-agents/instances/{instance_id}/{action}": lambda c, v: {"json": {"variant": v}},  # not read
+    # A hosted agent's message (charged as a chat) and configuration (its telegram connected first).
+    "/v1/hosted-agents/instances/{instance_id}/message": lambda c, v: {
+        "json": {"messages": [{"role": "user", "content": f"hi {v}"}]}
+    },
+    "/v1/hosted-agents/instances/{instance_id}/integrations": lambda c, v: {
+        "json": {"kind": "discord", "secret": f"discord-token-{v}"}
+    },
+    "/v1/hosted-agents/instances/{instance_id}/integrations/{kind}/behavior": lambda c, v: {
+        "json": {"behavior": {"typing": v == "a"}}
+    },
+    "/v1/hosted-agents/instances/{instance_id}/model": lambda c, v: {
+        "json": {"provider": "empirio", "model": "qwen3-max" if v == "a" else "qwen3-7-plus"}
+    },
+    "/v1/hosted-agents/instances/{instance_id}/access": lambda c, v: {
+        "json": {"mode": "open", "allow": {"slack": [v]}}
+    },
+    "/v1/hosted-agents/instances/{instance_id}/skills": lambda c, v: {"json": {"slug": f"hermes:skill-{v}"}},
+    "/v1/hosted-agents/instances/{instance_id}/mcp": lambda c, v: {
+        "json": {"name": v, "url": "https://mcp.example.com"}
+    },
     "/fal/{slug}": lambda c, v: {"json": {"prompt": f"a {v}", "sync_mode": v == "a"}},
     "/fal/requests/batch": lambda c, v: {"json": {"request_ids": [f"job_{v}"]}},
     "/api/jobs": lambda c, v: {
@@ -167,6 +187,13 @@ with_key = {
     "/v1/gpu/connect/{instance_id}/{path}",
     "/v1/hosted-agents/instances",
     "/v1/hosted-agents/instances/{instance_id}/{action}",
+    "/v1/hosted-agents/instances/{instance_id}/message",
+    "/v1/hosted-agents/instances/{instance_id}/integrations",
+    "/v1/hosted-agents/instances/{instance_id}/integrations/{kind}/behavior",
+    "/v1/hosted-agents/instances/{instance_id}/model",
+    "/v1/hosted-agents/instances/{instance_id}/access",
+    "/v1/hosted-agents/instances/{instance_id}/skills",
+    "/v1/hosted-agents/instances/{instance_id}/mcp",
     "/fal/{slug}",
     "/fal/requests/batch",
     "/api/jobs",
@@ -251,6 +278,11 @@ def test_the_same_key_and_body_answer_once_and_another_body_is_a_409(gw: Gateway
         assert made.status_code in (200, 201), made.text
         action = "stop" if agents else "refresh"
         url = url.replace("{instance_id}", made.json()["instance"]["id"]).replace("{action}", action)
+        if "{kind}" in url:  # a channel's behavior: the channel connected first
+            channel = url.split("/integrations/")[0] + "/integrations"
+            connected = gw.call("POST", channel, context.key, json={"kind": "telegram", "secret": "telegram-token"})
+            assert connected.status_code == 201, connected.text
+            url = url.replace("{kind}", "telegram")
         url = url.replace("{path}", "v1/chat/completions")
     url = url.replace("{slug}", "fal-ai/flux1-schnell-nunchaku")
     if "{agent_id}" in url:  # a Casola agent to run
