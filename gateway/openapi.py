@@ -339,6 +339,11 @@ query_parameters: Mapping[str, list[dict[str, Any]]] = {
         _query("purpose", {"type": "string"}, "Only files of this purpose"),
     ],
 }
+# Path parameters that take one of a few values (the handler answers 400 for another).
+path_enums: Mapping[str, dict[str, tuple[str, ...]]] = {
+    "disconnectHostedAgentIntegration": {"kind": hosted.disconnect_kinds},
+    "setHostedAgentIntegrationBehavior": {"kind": hosted.channel_kinds},
+}
 # A decimal amount in credits, exact to 6 places: as a string (or a JSON number, read from its text).
 _decimal = {"type": "string", "pattern": r"^-?[0-9]{1,12}(\.[0-9]{1,6})?$", "examples": ["25.50"]}
 
@@ -428,6 +433,10 @@ def enrich(document: dict[str, Any]) -> dict[str, Any]:
 
 def _complete(operation: dict[str, Any], method: str, body_refs: Mapping[str, Any]) -> None:
     op_id = operation.get("operationId", "")
+    for parameter in operation.get("parameters", []):
+        values = path_enums.get(op_id, {}).get(parameter.get("name")) if parameter.get("in") == "path" else None
+        if values is not None:
+            parameter["schema"] = {"type": "string", "enum": list(values)}
     if op_id in query_parameters:
         listed = {(p.get("name"), p.get("in")) for p in operation.get("parameters", [])}
         operation.setdefault("parameters", []).extend(

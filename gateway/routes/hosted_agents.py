@@ -184,11 +184,11 @@ async def disconnect_integration(
     request: Request[Any, Any, Any], core: Core, instance_id: FromPath[str], kind: FromPath[str]
 ) -> Response[bytes]:
     token = authorize(request, "user:write")
+    _changeable(core, token.org_id, instance_id)
     if kind not in disconnect_kinds:
         raise ApiError(
             400, f"kind must be one of {', '.join(disconnect_kinds)}.", code="invalid_parameter", param="kind"
         )
-    _changeable(core, token.org_id, instance_id)
     if kind not in _config(core, instance_id).integrations:
         raise ApiError(404, f"No {kind} integration is connected.", code="integration_not_found", param="kind")
     await record_configuration(core, token.org_id, token.token_id, instance_id, "integration_removed", kind)
@@ -206,10 +206,10 @@ async def set_channel_behavior(
 ) -> Response[bytes]:
     """A connected channel's chat signals; fields left out keep their value (the document's defaults)."""
     token = authorize(request, "user:write")
-    if kind not in channel_kinds:
-        raise ApiError(400, f"kind must be one of {', '.join(channel_kinds)}.", code="invalid_parameter", param="kind")
     body = await decode_body(request, HostedAgentBehaviorRequest, core.settings.request_body_bytes_max)
     _changeable(core, token.org_id, instance_id)
+    if kind not in channel_kinds:
+        raise ApiError(400, f"kind must be one of {', '.join(channel_kinds)}.", code="invalid_parameter", param="kind")
     if kind not in _config(core, instance_id).integrations:
         raise ApiError(
             404, f"No {kind} channel is connected; connect it first.", code="integration_not_found", param="kind"

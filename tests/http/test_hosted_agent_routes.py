@@ -12,6 +12,9 @@ from typing import Any
 
 import pytest
 
+from schemas.events import PlanEnded
+from schemas.ids import new_id
+from schemas.moments import utc_now
 from tests.harness import Gateway
 from tests.http.dialects import Account, reconciles
 from tests.reference import reference_validator
@@ -430,3 +433,27 @@ def test_a_chat_saved_as_a_playground_conversation_records_source_playground(gw:
     assert event["metadata"].get("conversation_id") == ("trip" if saved else None)
     spend = gw.call("GET", "/v1/account/usage", owner.key).json()["spend"]
     assert spend["model"] == event["cost"]["amount"] and spend["hosted_agents"] == 0
+
+
+def test_an_agent_whose_plan_ended_refuses_messages_and_changes(gw: Gateway) -> None:
+    """The ledger ends a plan whose renewal the balance cannot cover (``PlanEnded``, ledger/resources.py,
+    decided a month on): folded here as the gateway folds it from the ledger topic."""
+    owner = Account(gw, credits="20")
+    agent_id = _agent(owner)
+    ended = PlanEnded(
+        event_id=new_id("evt"),
+        occurred_at=utc_now(),
+        org_id=owner.org,
+        correlation_id=agent_id,
+        subscription_id=agent_id,
+        reason="insufficient_credits",
+    )
+    gw.core.balances.apply(ended)
+    before = owner.balance_micros()
+    refused = _message(owner, agent_id)
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "plan_ended", refused.text
+    path = f"/v1/hosted-agents/instances/{agent_id}"
+    assert gw.call("POST", f"{path}/skills", owner.key, json={"slug": "hermes:x"}).status_code == 409
+    assert gw.call("GET", f"{path}/skills", owner.key).status_code == 200  # still readable
+    assert gw.call("GET", path, owner.key).json()["instance"]["billing_status"] == "past_due"
+    assert owner.balance_micros() == before
