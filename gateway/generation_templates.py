@@ -2,9 +2,8 @@
 "creative effects", each a canonical prompt, a recommended model, the models it supports, default
 parameters and the inputs it needs; and how a generation request's ``template: "<slug>"`` applies one.
 
-The image templates need no input image: ``/v1/images/generations`` takes no images by URL (an edit
-uploads them to ``/v1/images/edits``), so an image template that needs one (the document's
-``background-swap``) could never run there.
+An image template may need a reference image (the document's ``background-swap``): the request sends
+it as ``image`` (a list of URLs), which ``/v1/images/generations`` fetches and runs as an edit.
 
 Applying a template is a rewrite of the request body before it is parsed and priced, as the document
 says it works: the canonical prompt blends with the caller's ``prompt`` (canonical first, the
@@ -58,6 +57,8 @@ class Template:
 
 
 _image_models = ("sim-image", "flux", "black-forest-labs/FLUX.1-schnell")
+# Models that edit reference images by URL (gateway/requests.py image_references_max): 3 for Qwen.
+_edit_models = ("qwen-image-2-0", "wan2-7-image", "wan-2-7-image", "seedream-5-0-lite", "sim-image")
 _video_models = ("seedance-2-0-pro", "Wan-AI/Wan2.2-TI2V-5B", "sim-video")
 
 built_in: tuple[Template, ...] = (
@@ -99,6 +100,19 @@ built_in: tuple[Template, ...] = (
         supported_models=_image_models,
         default_params={"size": "1792x1024"},
         display_order=3,
+    ),
+    Template(
+        slug="background-swap",
+        display_name="Background Swap",
+        category="edit",
+        modality="image",
+        description="Your product or subject, kept as it is, placed in the scene you describe.",
+        canonical_prompt="Keep the subject of the reference image unchanged and replace its background",
+        recommended_model="qwen-image-2-0",
+        supported_models=_edit_models,
+        required_inputs=RequiredInputs(image=True, min_images=1, max_images=3),
+        suggested_prompts=("on a brushed steel studio plinth", "on a sunlit beach"),
+        display_order=4,
     ),
     Template(
         slug="baseball-stadium",

@@ -50,6 +50,7 @@ from gateway.requests import (
     SpeechAsk,
     TranscriptAsk,
     image_edit_inputs_max,
+    image_reference_urls,
     model_kind,
     parse_chat,
     parse_completion,
@@ -268,10 +269,14 @@ def answered(
 
 
 async def _respond_json(
-    request: Request[Any, Any, Any], core: GatewayCore, token: ApiToken, metered: MeteredRequest
+    request: Request[Any, Any, Any],
+    core: GatewayCore,
+    token: ApiToken,
+    metered: MeteredRequest,
+    accepted: Accepted = accepted_job,
 ) -> Response[bytes]:
     started = time.perf_counter()
-    outcome = await run_metered(request, core, token, metered)
+    outcome = await run_metered(request, core, token, metered, accepted)
     if isinstance(outcome, Response):
         return outcome
     placement, seen = outcome
@@ -580,8 +585,40 @@ async def embeddings(request: Request[Any, Any, Any], core: Core) -> Response[by
 async def images(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
     token = authorize(request, "user:write")
     body = generation_templates.applied(await generation_body(request, core), "image")
-    metered = parse_image(body, core.prices.current)
-    return await _respond_json(request, core, token, metered)
+    urls = image_reference_urls(body)
+    references = [await _reference_image(url, core.settings.file_url_private_allowed) for url in urls]
+    metered = parse_image(body, core.prices.current, references)
+    # Casola's ``async: true`` answers its 202 ``pending``; EmpirioLabs' ``sync: false`` its JobAccepted.
+    casola_async = "async" in decode(body, dict[str, Any])
+    return await _respond_json(request, core, token, metered, accepted_job if casola_async else image_job_accepted)
+
+
+async def _reference_image(url: str, private_allowed: bool) -> bytes:
+    """A reference image by URL, fetched as a transcription's ``file_url`` is, and read as an image."""
+    try:
+        fetched = await uploads.fetch_url(url, private_allowed)
+    except ApiError as error:  # its message names file_url: this request sent it as ``image``
+        raise ApiError(error.status_code, error.message.replace("file_url", "image"), error.code, "image") from None
+    try:
+        media.image_size(fetched.content)
+    except ValueError as error:
+        raise ApiError(400, f"{url[:200]} is not an image we can read: {error}", "invalid_image", "image") from None
+    return fetched.content
+
+
+def image_job_accepted(request_id: str, placement: Placement) -> Response[bytes]:
+    """An image generation sent with ``sync: false``: EmpirioLabs' JobAccepted envelope, answered 200
+    as its document does (Casola's ``async: true`` keeps its 202 ``pending``: ``accepted_job``)."""
+    job = placement.command.job
+    body = {
+        "job_id": job.job_id,
+        "status": "processing",
+        "poll_url": f"/v1/jobs/{job.job_id}",
+        "created_at": iso_or_none(placement.command.issued_at),
+        "model": job.model,
+        "request_id": request_id,
+    }
+    return json_response(body, status_code=200, headers={"location": f"/v1/jobs/{job.job_id}"})
 
 
 _image_edit_fields = ("model", "prompt", "n", "size", "quality", "response_format", "user")
