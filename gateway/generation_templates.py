@@ -153,6 +153,19 @@ built_in: tuple[Template, ...] = (
         default_params={"duration": 3},
         display_order=3,
     ),
+    Template(
+        slug="cinematic-walk",
+        display_name="Cinematic Walk",
+        category="extend",
+        modality="video",
+        description="Continues a video you made: the subject walks on as the camera tracks beside them.",
+        canonical_prompt="Continue the shot: the subject keeps walking as the camera tracks alongside, cinematic light",
+        recommended_model="seedance-2-0-pro",
+        supported_models=_video_models,
+        default_params={"duration": 5},
+        required_inputs=RequiredInputs(video=True),
+        display_order=4,
+    ),
 )
 _by_slug = {template.slug: template for template in built_in}
 
@@ -232,6 +245,12 @@ def _check_inputs(template: Template, fields: dict[str, Any], prompt_given: bool
         raise _refuse(
             f"The template '{template.slug}' needs a reference image of your subject: send it as {names}.",
             "image",
+            "missing_required_parameter",
+        )
+    if inputs.video and fields.get("extend_from") is None:
+        raise _refuse(
+            f"The template '{template.slug}' continues a video: send 'extend_from' ({{job_id}} or {{video_url}}).",
+            "extend_from",
             "missing_required_parameter",
         )
     if inputs.max_images and images > inputs.max_images:

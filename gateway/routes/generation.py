@@ -31,6 +31,7 @@ from gateway.metering import (
     Placement,
     job_id_for,
 )
+from gateway.references import reference_image, resolved_video
 from gateway.requests import (
     AUDIO_GENERATIONS,
     CHAT,
@@ -586,24 +587,11 @@ async def images(request: Request[Any, Any, Any], core: Core) -> Response[bytes]
     token = authorize(request, "user:write")
     body = generation_templates.applied(await generation_body(request, core), "image")
     urls = image_reference_urls(body)
-    references = [await _reference_image(url, core.settings.file_url_private_allowed) for url in urls]
+    references = [await reference_image(url, core.settings.file_url_private_allowed) for url in urls]
     metered = parse_image(body, core.prices.current, references)
     # Casola's ``async: true`` answers its 202 ``pending``; EmpirioLabs' ``sync: false`` its JobAccepted.
     casola_async = "async" in decode(body, dict[str, Any])
     return await _respond_json(request, core, token, metered, accepted_job if casola_async else image_job_accepted)
-
-
-async def _reference_image(url: str, private_allowed: bool) -> bytes:
-    """A reference image by URL, fetched as a transcription's ``file_url`` is, and read as an image."""
-    try:
-        fetched = await uploads.fetch_url(url, private_allowed)
-    except ApiError as error:  # its message names file_url: this request sent it as ``image``
-        raise ApiError(error.status_code, error.message.replace("file_url", "image"), error.code, "image") from None
-    try:
-        media.image_size(fetched.content)
-    except ValueError as error:
-        raise ApiError(400, f"{url[:200]} is not an image we can read: {error}", "invalid_image", "image") from None
-    return fetched.content
 
 
 def image_job_accepted(request_id: str, placement: Placement) -> Response[bytes]:
@@ -828,6 +816,7 @@ async def videos(request: Request[Any, Any, Any], core: Core) -> Response[bytes]
     """Always async: the answer is a job to poll."""
     token = authorize(request, "user:write")
     body = generation_templates.applied(await generation_body(request, core), "video")
+    body = await resolved_video(body, token.org_id, core.jobs.get, core.settings.file_url_private_allowed)
     metered = parse_video(body, core.prices.current)
     return await _respond_json(request, core, token, metered)
 

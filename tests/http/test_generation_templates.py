@@ -52,7 +52,8 @@ def test_filters_and_their_errors(account: Account) -> None:
         assert answer.status_code == 200, answer.text
         return [template["slug"] for template in answer.json()["data"]]
 
-    assert set(slugs("modality=video")) == set(slugs("type=video")) == {"baseball-stadium", "action-hero", "slow-orbit"}
+    videos = {"baseball-stadium", "action-hero", "slow-orbit", "cinematic-walk"}
+    assert set(slugs("modality=video")) == set(slugs("type=video")) == videos
     assert slugs("category=viral") == ["baseball-stadium"]
     assert slugs("featured=true") == ["studio-product-shot", "baseball-stadium"]
     assert set(slugs("model=flux")) == {"studio-product-shot", "neon-poster", "cinematic-portrait"}
@@ -127,9 +128,9 @@ def _video_job(account: Account, body: dict[str, Any]) -> dict[str, Any]:
         time.sleep(0.05)
 
 
-def test_the_documents_video_template_examples(account: Account) -> None:
+def test_the_documents_video_template_examples(account: Account, images_url: str) -> None:
     before = account.balance_micros()
-    job = _video_job(account, {"template": "baseball-stadium", "image_url": "https://example.com/me.jpg"})
+    job = _video_job(account, {"template": "baseball-stadium", "image_url": f"{images_url}/me.jpg"})
     assert job["model"] == "seedance-2-0-pro"  # the recommended model
     price = default_price_book().model("seedance-2-0-pro")
     assert price is not None
@@ -138,7 +139,7 @@ def test_the_documents_video_template_examples(account: Account) -> None:
     reconciles(account, before, job["request_id"], usage, None)
     chosen = _video_job(
         account,
-        {"template": "action-hero", "model": "seedance-2-0-pro", "image_url": "https://example.com/subject.jpg"},
+        {"template": "action-hero", "model": "seedance-2-0-pro", "image_url": f"{images_url}/subject.jpg"},
     )
     assert chosen["model"] == "seedance-2-0-pro" and chosen["result"]["usage"]["seconds"] == 4
     overridden = _video_job(account, {"template": "slow-orbit", "prompt": "a teapot", "duration": 2})

@@ -7,11 +7,7 @@ charged exactly; each refusal is a 400 that charges nothing."""
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -21,39 +17,11 @@ from schemas.units import Units
 from tests.harness import Gateway
 from tests.http.dialects import Account, reconciles
 from tests.reference import component
-from workers import media
-
-photo = media.png_image(64, 48, b"photo")
 
 
 @pytest.fixture(scope="module")
 def account(gw: Gateway) -> Account:
     return Account(gw)
-
-
-class _Files(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        content = photo if self.path.endswith(".png") else b"not an image at all"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(content)))
-        self.end_headers()
-        self.wfile.write(content)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def files_url(gw: Gateway) -> Iterator[str]:
-    """Images served from 127.0.0.1, which this gateway may fetch from for the module."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Files)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    settings = gw.core.settings
-    gw.core.settings = replace(settings, file_url_private_allowed=True)
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    gw.core.settings = settings
-    server.shutdown()
-    server.server_close()
 
 
 def _price(model: str, units: Units) -> int:
@@ -74,9 +42,9 @@ def _refused(account: Account, body: dict[str, Any], code: str, param: str) -> N
     assert account.balance_micros() == before
 
 
-def test_reference_images_by_url_run_as_an_edit(account: Account, files_url: str) -> None:
+def test_reference_images_by_url_run_as_an_edit(account: Account, images_url: str) -> None:
     before = account.balance_micros()
-    body = {"model": "qwen-image-2-0", "prompt": "Add a soft pink sunset", "image": [f"{files_url}/source.png"]}
+    body = {"model": "qwen-image-2-0", "prompt": "Add a soft pink sunset", "image": [f"{images_url}/source.png"]}
     answer = _generate(account, {**body, "num_images": 2, "response_format": "b64_json"})
     assert answer.status_code == 200, answer.text
     result = answer.json()
@@ -88,25 +56,25 @@ def test_reference_images_by_url_run_as_an_edit(account: Account, files_url: str
     assert plain.json()["data"][0]["b64_json"] != result["data"][0]["b64_json"]
 
 
-def test_reference_images_past_the_models_limit_or_not_images_are_refused(account: Account, files_url: str) -> None:
-    four = [f"{files_url}/{index}.png" for index in range(4)]
+def test_reference_images_past_the_models_limit_or_not_images_are_refused(account: Account, images_url: str) -> None:
+    four = [f"{images_url}/{index}.png" for index in range(4)]
     _refused(account, {"model": "qwen-image-2-0", "prompt": "p", "image": four}, "too_many_images", "image")
-    ten = [f"{files_url}/{index}.png" for index in range(10)]
+    ten = [f"{images_url}/{index}.png" for index in range(10)]
     _refused(account, {"model": "wan2-7-image", "prompt": "p", "image": ten}, "too_many_images", "image")
-    not_an_image = [f"{files_url}/a.txt"]
+    not_an_image = [f"{images_url}/a.txt"]
     _refused(account, {"model": "qwen-image-2-0", "prompt": "p", "image": not_an_image}, "invalid_image", "image")
     _refused(account, {"model": "qwen-image-2-0", "prompt": "p", "image": []}, "invalid_parameter", "image")
     unreachable = {"model": "qwen-image-2-0", "prompt": "p", "image": ["http://127.0.0.1:1/a.png"]}
     _refused(account, unreachable, "file_url_unreachable", "image")
-    nine = [f"{files_url}/{index}.png" for index in range(9)]
+    nine = [f"{images_url}/{index}.png" for index in range(9)]
     assert _generate(account, {"model": "wan2-7-image", "prompt": "p", "image": nine}).status_code == 200
 
 
-def test_the_background_swap_template_needs_a_reference_image(account: Account, files_url: str) -> None:
+def test_the_background_swap_template_needs_a_reference_image(account: Account, images_url: str) -> None:
     body = {"template": "background-swap", "prompt": "on a brushed steel studio plinth"}
     _refused(account, body, "missing_required_parameter", "image")
     before = account.balance_micros()
-    answer = _generate(account, {**body, "image": [f"{files_url}/product.png"]})
+    answer = _generate(account, {**body, "image": [f"{images_url}/product.png"]})
     assert answer.status_code == 200, answer.text
     assert answer.headers["x-model-used"] == "qwen-image-2-0"
     usage, header = answer.json()["usage"], answer.headers["x-credits-used"]
