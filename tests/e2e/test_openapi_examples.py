@@ -146,6 +146,9 @@ def _kind_checked(example: Example, answer: Any) -> None:
     asked = example.body.get("num_images_set") or example.body.get("num_images") or example.body.get("n")
     if example.path == "/v1/images/generations":
         assert len(answer["data"]) == (asked or 1) and answer["usage"]["images"] == (asked or 1), (example.id, answer)
+    if example.body.get("domain_filter_mode") == "Include":  # Linkup: sources on the included domains only
+        domains = {domain.strip() for domain in str(example.body["include_domains"]).split(",")}
+        assert {source["url"].split("/")[2] for source in answer["sources"]} <= domains, answer
 
 
 def _polled(dev: Dev, account: Account, answer: dict[str, Any]) -> dict[str, Any]:
