@@ -605,6 +605,9 @@ def image_job_accepted(request_id: str, placement: Placement) -> Response[bytes]
         "created_at": iso_or_none(placement.command.issued_at),
         "model": job.model,
         "request_id": request_id,
+        # The images come when the job ends: ``data: null`` is what no ImageResponse is (the document
+        # answers oneOf JobAccepted or ImageResponse, two schemas that accept each other's objects).
+        "data": None,
     }
     return json_response(body, status_code=200, headers={"location": f"/v1/jobs/{job.job_id}"})
 

@@ -16,7 +16,7 @@ from ledger.pricing import default_price_book, price_micros
 from schemas.units import Units
 from tests.harness import Gateway
 from tests.http.dialects import Account, reconciles
-from tests.reference import component
+from tests.reference import component, reference_validator
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,8 @@ def test_sync_false_answers_the_job_accepted_envelope(account: Account, flag: st
     assert answer.status_code == 200, answer.text
     accepted = answer.json()
     assert set(component("JobAccepted")["properties"]) <= set(accepted) and accepted["status"] == "processing"
-    assert "data" not in accepted and accepted["poll_url"] == f"/v1/jobs/{accepted['job_id']}"
+    assert accepted["data"] is None and accepted["poll_url"] == f"/v1/jobs/{accepted['job_id']}"
+    reference_validator("/v1/images/generations", "post").validate(accepted)  # one of its oneOf, not both
     deadline = time.monotonic() + 10
     while (job := account.gw.call("GET", accepted["poll_url"], account.key).json())["status"] != "completed":
         assert time.monotonic() < deadline, job
@@ -110,6 +111,7 @@ def test_sync_false_answers_the_job_accepted_envelope(account: Account, flag: st
     reconciles(account, before, accepted["request_id"], job["result"]["usage"], None)
     waited = _generate(account, {"model": "qwen-image-2-0", "prompt": "a lighthouse", flag: True})
     assert waited.status_code == 200 and len(waited.json()["data"]) == 1, waited.text
+    reference_validator("/v1/images/generations", "post").validate(waited.json())
     plain = {"model": "qwen-image-2-0", "prompt": "p"}
     _refused(account, {**plain, "sync": True, "wait": False}, "invalid_parameter", "wait")
     _refused(account, {**plain, "sync": False, "async": False}, "invalid_parameter", "async")
