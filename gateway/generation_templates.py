@@ -2,9 +2,8 @@
 "creative effects", each a canonical prompt, a recommended model, the models it supports, default
 parameters and the inputs it needs; and how a generation request's ``template: "<slug>"`` applies one.
 
-The image templates need no input image: ``/v1/images/generations`` takes no images by URL (an edit
-uploads them to ``/v1/images/edits``), so an image template that needs one (the document's
-``background-swap``) could never run there.
+An image template may need a reference image (the document's ``background-swap``): the request sends
+it as ``image`` (a list of URLs), which ``/v1/images/generations`` fetches and runs as an edit.
 
 Applying a template is a rewrite of the request body before it is parsed and priced, as the document
 says it works: the canonical prompt blends with the caller's ``prompt`` (canonical first, the
@@ -58,6 +57,8 @@ class Template:
 
 
 _image_models = ("sim-image", "flux", "black-forest-labs/FLUX.1-schnell")
+# Models that edit reference images by URL (gateway/requests.py image_references_max): 3 for Qwen.
+_edit_models = ("qwen-image-2-0", "wan2-7-image", "wan-2-7-image", "seedream-5-0-lite", "sim-image")
 _video_models = ("seedance-2-0-pro", "Wan-AI/Wan2.2-TI2V-5B", "sim-video")
 
 built_in: tuple[Template, ...] = (
@@ -101,6 +102,19 @@ built_in: tuple[Template, ...] = (
         display_order=3,
     ),
     Template(
+        slug="background-swap",
+        display_name="Background Swap",
+        category="edit",
+        modality="image",
+        description="Your product or subject, kept as it is, placed in the scene you describe.",
+        canonical_prompt="Keep the subject of the reference image unchanged and replace its background",
+        recommended_model="qwen-image-2-0",
+        supported_models=_edit_models,
+        required_inputs=RequiredInputs(image=True, min_images=1, max_images=3),
+        suggested_prompts=("on a brushed steel studio plinth", "on a sunlit beach"),
+        display_order=4,
+    ),
+    Template(
         slug="baseball-stadium",
         display_name="Stadium",
         category="viral",
@@ -138,6 +152,19 @@ built_in: tuple[Template, ...] = (
         supported_models=_video_models,
         default_params={"duration": 3},
         display_order=3,
+    ),
+    Template(
+        slug="cinematic-walk",
+        display_name="Cinematic Walk",
+        category="extend",
+        modality="video",
+        description="Continues a video you made: the subject walks on as the camera tracks beside them.",
+        canonical_prompt="Continue the shot: the subject keeps walking as the camera tracks alongside, cinematic light",
+        recommended_model="seedance-2-0-pro",
+        supported_models=_video_models,
+        default_params={"duration": 5},
+        required_inputs=RequiredInputs(video=True),
+        display_order=4,
     ),
 )
 _by_slug = {template.slug: template for template in built_in}
@@ -218,6 +245,12 @@ def _check_inputs(template: Template, fields: dict[str, Any], prompt_given: bool
         raise _refuse(
             f"The template '{template.slug}' needs a reference image of your subject: send it as {names}.",
             "image",
+            "missing_required_parameter",
+        )
+    if inputs.video and fields.get("extend_from") is None:
+        raise _refuse(
+            f"The template '{template.slug}' continues a video: send 'extend_from' ({{job_id}} or {{video_url}}).",
+            "extend_from",
             "missing_required_parameter",
         )
     if inputs.max_images and images > inputs.max_images:

@@ -428,27 +428,87 @@ def _image_variant(price: ModelPrice, image: ImageRequest, fields: dict[str, Any
     return image.size, variant
 
 
-def parse_image(body: bytes, book: PriceBook) -> MeteredRequest:
+# Reference images an edit by URL may send, by model: the document's limits ("3 for qwen-image-2-0,
+# 9 for wan2-7-image, 14 for seedream-5-0-lite"); other models take what /v1/images/edits takes.
+image_references_max = {"qwen-image-2-0": 3, "wan2-7-image": 9, "wan-2-7-image": 9, "seedream-5-0-lite": 14}
+# Models with Image Set mode (``enable_sequential``: a cohesive series of ``num_images_set`` images).
+image_set_models = ("wan2-7-image", "wan-2-7-image")
+
+
+def image_reference_urls(body: bytes) -> list[str]:
+    """The reference image URLs of an image generation (``image``), checked against its model's limit
+    before any is fetched; [] when it sends none."""
+    image: ImageRequest = _decode(body, ImageRequest)
+    urls = image.image or []
+    if "image" in _fields(body) and not urls:
+        raise ApiError(400, "'image' must list at least one image URL.", code="invalid_parameter", param="image")
+    limit = image_references_max.get(image.model, image_edit_inputs_max)
+    if len(urls) > limit:
+        raise ApiError(
+            400,
+            f"{image.model} takes at most {limit} reference images; {len(urls)} were sent.",
+            code="too_many_images",
+            param="image",
+        )
+    return urls
+
+
+def _image_sync(fields: dict[str, Any]) -> bool:
+    """Whether the caller waits for the images (EmpirioLabs' ``sync``, alias ``wait``; Casola's ``async``
+    says the opposite). Synchronous unless one of them says otherwise."""
+    given = {name: fields[name] for name in ("sync", "wait") if name in fields}
+    if len(set(given.values())) > 1:
+        raise ApiError(400, "Send sync or wait, not both with different values.", "invalid_parameter", "wait")
+    if "async" in fields and given and _async_flag(fields) == next(iter(given.values())):
+        raise ApiError(400, "'async' contradicts 'sync'; send one of them.", code="invalid_parameter", param="async")
+    return next(iter(given.values()), not _async_flag(fields))
+
+
+def _image_set_count(price: ModelPrice, image: ImageRequest) -> int | None:
+    """How many images Image Set mode asks for, or None outside it."""
+    if image.num_images_set is not None and not image.enable_sequential:
+        raise ApiError(
+            400,
+            "num_images_set is the size of an image set: send enable_sequential: true with it.",
+            code="invalid_parameter",
+            param="num_images_set",
+        )
+    if not image.enable_sequential:
+        return None
+    if price.model not in image_set_models:
+        raise ApiError(
+            400,
+            f"{price.model} has no Image Set mode; {', '.join(image_set_models)} have.",
+            code="unsupported_parameter",
+            param="enable_sequential",
+        )
+    return image.num_images_set
+
+
+def parse_image(body: bytes, book: PriceBook, references: list[bytes] | None = None) -> MeteredRequest:
+    """An image generation; with ``references`` (the ``image`` URLs' contents, fetched and checked by
+    the route) it runs as an edit of them (``/v1/images/edits``' job), priced as the generation is."""
     image: ImageRequest = _decode(body, ImageRequest)
     price = model_price(book, image.model, lambda p: p.category == "image", "an image")
     fields = _fields(body)
-    if "image" in fields:
-        raise ApiError(
-            400,
-            "Images to edit by URL are not fetched here: upload them to POST /v1/images/edits.",
-            code="unsupported_parameter",
-            param="image",
-        )
-    count = _image_count(image, fields)
+    if image.image and not references:
+        raise ApiError(400, "The reference images were not fetched.", code="invalid_parameter", param="image")
+    in_set = _image_set_count(price, image)
+    count = in_set if in_set is not None else _image_count(image, fields)
     size, variant = _image_variant(price, image, fields)
     bound = msgspec.structs.replace(_per_request(fields), images=count, variant=variant)
     # The worker always returns the bytes (an upstream is asked for b64_json: its own default may be a
     # link of its own); the gateway keeps them behind a URL of its own when asked for url, also when the
     # job is polled (``answer_shape``, which the worker hands back with the result).
     payload = {**fields, "n": count, "size": size, "variant": variant, "response_format": "b64_json"}
-    payload.pop("num_images", None)
+    for name in ("num_images", "num_images_set", "image", "sync", "wait", "async"):
+        payload.pop(name, None)
     payload["answer_shape"] = {"response_format": image.response_format}
-    metered = _metered(IMAGES, price, book, bound, msgspec.json.encode(payload), _async_flag(fields))
+    endpoint = IMAGES
+    if references:
+        endpoint = IMAGE_EDITS
+        payload["images_b64"] = [base64.b64encode(reference).decode() for reference in references]
+    metered = _metered(endpoint, price, book, bound, msgspec.json.encode(payload), not _image_sync(fields))
     return _answer_url(metered, image.response_format == "url")
 
 

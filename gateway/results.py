@@ -221,6 +221,10 @@ def shape_result(
         return response_body(request_id, result, captured, price)
     if endpoint == MESSAGES:
         return message_body(request_id, result, captured, price)
+    if endpoint in (IMAGES, IMAGE_EDITS):
+        # EmpirioLabs' images answer is oneOf JobAccepted or ImageResponse, two schemas that accept each
+        # other's objects; ``poll_url: null`` (nothing to poll) is what no JobAccepted is.
+        return {**result, "created": created, "usage": usage, "poll_url": None}
     return {**result, "created": created, "usage": usage}
 
 

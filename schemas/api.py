@@ -179,6 +179,16 @@ class ImageRequest(msgspec.Struct, frozen=True, kw_only=True):
     resolution: Literal["1K", "2K", "4K"] | None = None
     aspect_ratio: Literal["1:1", "16:9", "9:16", "3:2", "2:3", "4:3", "3:4", "5:4", "4:5"] | None = None
     thinking_mode: bool = False
+    # Reference images by URL: the request runs as an image edit on them (fetched by the gateway), at
+    # most the model's documented number (gateway/requests.py image_references_max).
+    image: list[Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]] | None = None
+    # Image Set mode (Wan 2.7): ``num_images_set`` cohesive images of one prompt, up to 12.
+    enable_sequential: bool = False
+    num_images_set: Annotated[int, msgspec.Meta(ge=1, le=12)] | None = None
+    # EmpirioLabs' ``sync`` (alias ``wait``): false answers the async JobAccepted envelope (200, its
+    # job polled at /v1/jobs/{id}); Tollgate answers synchronously when neither is sent.
+    sync: bool | None = None
+    wait: bool | None = None
 
 
 class SpeechRequest(msgspec.Struct, frozen=True, kw_only=True):

@@ -479,7 +479,9 @@ class SimulatedBackend(Backend):
 
     async def _video(self, job: JobContext, token_s: float) -> JobOutput:
         seconds = int(job.payload.get("duration") or 5)
-        seed = _seed(job.payload.get("prompt"), seconds)
+        # A reference image and the video an extension continues seed the clip too (when sent).
+        references = [job.payload[name] for name in ("image_b64", "extend_from") if job.payload.get(name)]
+        seed = _seed(job.payload.get("prompt"), seconds, *references)
         for second in range(1, seconds + 1):
             if self._video_second_s:
                 await asyncio.sleep(self._video_second_s)

@@ -175,6 +175,8 @@ def search_bound(model: str, payload: Mapping[str, Any], tier: str) -> Units:
         output = results * (1 + subpages) * summary_tokens_max if summary else 0
     elif family == "tavily":
         _int_field(payload, ("max_results",), tavily_results_default, 0, tavily_results_max)
+    else:  # Linkup: its domain filter is checked before the hold (a 400, not a failed job)
+        _linkup_hosts(payload)
     return Units(search_units=1, output_tokens=output, variant=tier)
 
 
@@ -193,6 +195,32 @@ def _results(seed: bytes, query: str, count: int, host: str) -> list[dict[str, A
     return results
 
 
+def _domains(payload: Mapping[str, Any], name: str) -> list[str]:
+    """A Linkup domain list: a comma-separated string (as EmpirioLabs' example sends it) or a list."""
+    value = payload.get(name)
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        raise ToolInputError(f"'{name}' must be domains, comma-separated or as a list.", name)
+    return [item.strip().lower() for item in items if item.strip()]
+
+
+def _linkup_hosts(payload: Mapping[str, Any]) -> list[str]:
+    """The hosts a Linkup search may cite: only ``include_domains`` with ``domain_filter_mode``
+    ``Include``; never ``exclude_domains`` with ``Exclude`` (the simulated web has two hosts)."""
+    mode = payload.get("domain_filter_mode")
+    if mode not in (None, "Include", "Exclude"):
+        raise ToolInputError("'domain_filter_mode' must be Include or Exclude.", "domain_filter_mode")
+    included, excluded = _domains(payload, "include_domains"), _domains(payload, "exclude_domains")
+    if mode == "Include" and not included:
+        raise ToolInputError("domain_filter_mode Include needs include_domains.", "include_domains")
+    if mode == "Include":
+        return included
+    web = [host for host in ("sources.example.org", "papers.example.org") if mode != "Exclude" or host not in excluded]
+    return web or ["web.example.org"]
+
+
 def simulate_search(model: str, payload: Mapping[str, Any], tier: str) -> tuple[dict[str, Any], Units]:
     query = str(payload.get("query") or "")
     seed = _seed(model, query)
@@ -201,7 +229,11 @@ def simulate_search(model: str, payload: Mapping[str, Any], tier: str) -> tuple[
         return _simulate_exa(seed, query, payload, tier)
     if family == "linkup":
         output_type = payload.get("output_type") or "sourcedAnswer"
-        sources = _results(seed, query, linkup_sources, "sources.example.org")
+        hosts = _linkup_hosts(payload)
+        sources = [
+            {**result, "url": result["url"].replace("sources.example.org", hosts[index % len(hosts)])}
+            for index, result in enumerate(_results(seed, query, linkup_sources, "sources.example.org"))
+        ]
         if output_type == "searchResults":
             body: dict[str, Any] = {
                 "results": [
@@ -209,8 +241,11 @@ def simulate_search(model: str, payload: Mapping[str, Any], tier: str) -> tuple[
                 ]
             }
         else:
+            answer = _sentence(seed, query, 24)
+            if payload.get("enable_inline_citations") is True:  # Linkup marks each source it drew on
+                answer = answer.rstrip(".") + " " + "".join(f"[{index + 1}]" for index in range(len(sources))) + "."
             body = {
-                "answer": _sentence(seed, query, 24),
+                "answer": answer,
                 "sources": [{"name": s["title"], "url": s["url"], "snippet": s["content"]} for s in sources],
             }
         return body, Units(search_units=1, variant=tier)

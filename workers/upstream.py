@@ -889,7 +889,9 @@ class UpstreamBackend(Backend):
         requested = int(payload.get("n") or 1)
         if len(data) > requested:
             raise BackendError("upstream_bad_reply", f"the upstream returned {len(data)} images for n={requested}")
-        units = Units(images=len(data), variant=f"{payload.get('size')}/{payload.get('quality')}")
+        # The price variant the gateway chose (an edit by URL of a model priced by resolution: "4K").
+        variant = payload.get("variant") or f"{payload.get('size')}/{payload.get('quality')}"
+        units = Units(images=len(data), variant=str(variant))
         job.counted_by = "upstream"
         job.progress(1000, units)
         return JobOutput(result={key: value for key, value in result.items() if key != "usage"}, units=units)

@@ -31,6 +31,7 @@ from gateway.metering import (
     Placement,
     job_id_for,
 )
+from gateway.references import reference_image, resolved_video
 from gateway.requests import (
     AUDIO_GENERATIONS,
     CHAT,
@@ -50,6 +51,7 @@ from gateway.requests import (
     SpeechAsk,
     TranscriptAsk,
     image_edit_inputs_max,
+    image_reference_urls,
     model_kind,
     parse_chat,
     parse_completion,
@@ -268,10 +270,14 @@ def answered(
 
 
 async def _respond_json(
-    request: Request[Any, Any, Any], core: GatewayCore, token: ApiToken, metered: MeteredRequest
+    request: Request[Any, Any, Any],
+    core: GatewayCore,
+    token: ApiToken,
+    metered: MeteredRequest,
+    accepted: Accepted = accepted_job,
 ) -> Response[bytes]:
     started = time.perf_counter()
-    outcome = await run_metered(request, core, token, metered)
+    outcome = await run_metered(request, core, token, metered, accepted)
     if isinstance(outcome, Response):
         return outcome
     placement, seen = outcome
@@ -582,8 +588,30 @@ async def embeddings(request: Request[Any, Any, Any], core: Core) -> Response[by
 async def images(request: Request[Any, Any, Any], core: Core) -> Response[bytes]:
     token = authorize(request, "user:write")
     body = generation_templates.applied(await generation_body(request, core), "image")
-    metered = parse_image(body, core.prices.current)
-    return await _respond_json(request, core, token, metered)
+    urls = image_reference_urls(body)
+    references = [await reference_image(url, core.settings.file_url_private_allowed) for url in urls]
+    metered = parse_image(body, core.prices.current, references)
+    # Casola's ``async: true`` answers its 202 ``pending``; EmpirioLabs' ``sync: false`` its JobAccepted.
+    casola_async = "async" in decode(body, dict[str, Any])
+    return await _respond_json(request, core, token, metered, accepted_job if casola_async else image_job_accepted)
+
+
+def image_job_accepted(request_id: str, placement: Placement) -> Response[bytes]:
+    """An image generation sent with ``sync: false``: EmpirioLabs' JobAccepted envelope, answered 200
+    as its document does (Casola's ``async: true`` keeps its 202 ``pending``: ``accepted_job``)."""
+    job = placement.command.job
+    body = {
+        "job_id": job.job_id,
+        "status": "processing",
+        "poll_url": f"/v1/jobs/{job.job_id}",
+        "created_at": iso_or_none(placement.command.issued_at),
+        "model": job.model,
+        "request_id": request_id,
+        # The images come when the job ends: ``data: null`` is what no ImageResponse is (the document
+        # answers oneOf JobAccepted or ImageResponse, two schemas that accept each other's objects).
+        "data": None,
+    }
+    return json_response(body, status_code=200, headers={"location": f"/v1/jobs/{job.job_id}"})
 
 
 _image_edit_fields = ("model", "prompt", "n", "size", "quality", "response_format", "user")
@@ -793,6 +821,7 @@ async def videos(request: Request[Any, Any, Any], core: Core) -> Response[bytes]
     """Always async: the answer is a job to poll."""
     token = authorize(request, "user:write")
     body = generation_templates.applied(await generation_body(request, core), "video")
+    body = await resolved_video(body, token.org_id, core.jobs.get, core.settings.file_url_private_allowed)
     metered = parse_video(body, core.prices.current)
     return await _respond_json(request, core, token, metered)
 

@@ -30,18 +30,17 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.e2e import example_runs
 from tests.e2e.documents import (
     all_documents,
     casola_chat,
@@ -54,7 +53,8 @@ from tests.e2e.documents import (
     provider_compat,
     python_snippets,
 )
-from tests.support import Dev, served_media, usage
+from tests.e2e.example_runs import Account, balance, job_cost, reconciled, recording_mp3, stated_cost
+from tests.support import Dev, served_media
 from workers import media
 
 pytestmark = [pytest.mark.slow]
@@ -117,22 +117,6 @@ runs_polled = ("CR-13", "CR-15")
 jobs_polled = ("EL-23",)
 
 
-def job_cost(dev: Dev, account: Account, answer: dict[str, Any]) -> Decimal:
-    url = dev.base_url + answer["poll_url"]
-    deadline = time.monotonic() + 90
-    while True:
-        polled = httpx.get(url, headers={"Authorization": f"Bearer {account.key}"})
-        assert polled.status_code == 200, polled.text
-        job = json.loads(polled.text, parse_float=Decimal)
-        if job["status"] in ("completed", "failed") or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert job["status"] == "completed", job
-    stated = Decimal(str(job["result"]["usage"]["cost_usd"]))
-    assert stated == Decimal(str(job["cost_usd"])), job
-    return stated
-
-
 def run_cost(dev: Dev, account: Account, answer: dict[str, Any]) -> Decimal:
     url = dev.base_url + answer["run"]["poll_url"]
     deadline = time.monotonic() + 90
@@ -168,67 +152,21 @@ def test_every_curl_example_is_run() -> None:
     assert set(fills) | set(polls) <= set(example_ids())
 
 
-# --- the local stand-in for https://example.com ---
-
-recording_mp3 = media.mp3_audio(3_000, b"recording")
-
-
-class _ExampleDotCom(BaseHTTPRequestHandler):
-    """Any path: audio for an audio name (WAV or MP3), else a PNG image."""
-
-    def do_GET(self) -> None:
-        path = self.path.split("?")[0]
-        if path.endswith(".wav"):
-            body, content_type = media.wav_audio(3_000, path.encode(), 16_000), "audio/wav"
-        elif path.endswith(".mp3"):
-            body, content_type = recording_mp3, "audio/mpeg"
-        else:
-            body, content_type = media.png_image(64, 48, path.encode()), "image/png"
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def example_dot_com() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ExampleDotCom)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
+    with example_runs.example_dot_com() as site:
+        yield site
 
 
 @pytest.fixture(scope="module")
 def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
-    data_dir = tmp_path_factory.mktemp("reference-examples")
-    server = Dev(data_dir, data_dir, env={"TOLLGATE_FILE_URL_PRIVATE_ALLOWED": "1"})
-    yield server
-    server.stop()
-
-
-@dataclass
-class Account:
-    org: str
-    key: str
-    before: int  # the balance before the scenario, micros
-    charged: int = 0  # what the answers stated so far, micros
-    answers: dict[str, Any] = field(default_factory=dict)
-
-
-def _balance(dev: Dev, key: str) -> int:
-    return int(usage(dev.base_url, key)["balance"]["amount_micros"])
+    with example_runs.dev_fetching_urls(tmp_path_factory.mktemp("reference-examples")) as server:
+        yield server
 
 
 @pytest.fixture
 def account(dev: Dev) -> Account:
-    org, _ = dev.organization(credits=10)
-    key = dev.admin.token(org, ["user:read", "user:write", "admin:read", "admin:write"])
-    return Account(org, key, _balance(dev, key))
+    return Account.opened(dev)
 
 
 # --- running one example ---
@@ -293,44 +231,17 @@ def run_curl(command: str, dev: Dev, account: Account, site: str, folder: Path, 
     return Ran(status, headers, done.stdout, folder)
 
 
-def _cost(value: Any) -> Decimal | None:
-    """``usage.cost_usd`` of an answer, of a job's result, or of a stream's events."""
-    if isinstance(value, list):
-        costs = [cost for item in value if (cost := _cost(item)) is not None]
-        return costs[-1] if costs else None
-    if not isinstance(value, dict):
-        return None
-    used = value.get("usage")
-    if isinstance(used, dict) and used.get("cost_usd") is not None:
-        return Decimal(str(used["cost_usd"]))
-    result = value.get("result")
-    return _cost(result) if isinstance(result, dict) else None
-
-
-def stated_cost(ran: Ran) -> Decimal | None:
+def answer_cost(ran: Ran) -> Decimal | None:
     """What the answer says it cost: ``usage.cost_usd`` (the body, the job's result, the stream's last
     usage) and ``x-credits-used``, which must agree when both are there."""
     header = ran.headers.get("x-credits-used")
     answers = ran.documents() if ran.stdout.strip() else []
-    stated = _cost(answers[-1] if len(answers) == 1 else answers)
+    stated = stated_cost(answers[-1] if len(answers) == 1 else answers)
     if len(answers) == 1 and isinstance(answers[0], dict) and answers[0].get("cost_usd") is not None and stated:
         assert Decimal(str(answers[0]["cost_usd"])) == stated, answers[0]  # a job's cost is its result's
     if header is not None and stated is not None:
         assert Decimal(header) == stated, (header, stated)
     return stated if stated is not None else (Decimal(header) if header is not None else None)
-
-
-def reconciled(dev: Dev, account: Account) -> None:
-    """The balance drop and the usage rows' total, once settled, are what the answers stated."""
-    deadline = time.monotonic() + 30
-    while True:
-        report = usage(dev.base_url, account.key)
-        spent = account.before - int(report["balance"]["amount_micros"])
-        recorded = int(report["window_summary"]["total_cost_micros"])
-        if (spent == recorded == account.charged) or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert spent == recorded == account.charged, {"spent": spent, "recorded": recorded, "stated": account.charged}
 
 
 def run_example(example: str, dev: Dev, account: Account, site: str, folder: Path) -> Ran:
@@ -345,7 +256,7 @@ def run_example(example: str, dev: Dev, account: Account, site: str, folder: Pat
         assert str(ran.json().get("status")) == polls[example][0], ran.stdout[-2000:]
     answers = ran.documents() if ran.stdout.strip() else []
     account.answers[example] = answers[0] if len(answers) == 1 else answers
-    cost = stated_cost(ran)
+    cost = answer_cost(ran)
     if example in runs_polled:
         cost = run_cost(dev, account, account.answers[example])
     if example in jobs_polled:
@@ -366,7 +277,7 @@ def _check(example: str, ran: Ran) -> None:
         assert ran.json()["usage"]["prompt_tokens_details"]["image_tokens"] > 0
     elif example == "EL-06":  # a streamed completion: text, then the usage
         events = ran.documents()
-        assert "".join(e["choices"][0]["text"] for e in events if e.get("choices")) and _cost(events)
+        assert "".join(e["choices"][0]["text"] for e in events if e.get("choices")) and stated_cost(events)
     elif example == "EL-08":  # four 4K 16:9 images as links, priced at the 4K rate
         answer = ran.json()
         assert len(answer["data"]) == 4 and answer["usage"]["pricing_tier_label"] == "4K", answer["usage"]
@@ -427,9 +338,9 @@ def test_the_python_sdk_example_runs_as_written(document: str, dev: Dev, account
     if document == casola_chat:  # the streamed text, printed as it came; a stream states no cost
         assert done.stdout.strip(), done.stdout
         deadline = time.monotonic() + 30
-        while _balance(dev, account.key) == account.before and time.monotonic() < deadline:
+        while balance(dev, account.key) == account.before and time.monotonic() < deadline:
             time.sleep(0.1)
-        account.charged = account.before - _balance(dev, account.key)
+        account.charged = account.before - balance(dev, account.key)
         assert account.charged > 0
     else:
         for name in names:

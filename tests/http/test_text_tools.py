@@ -140,6 +140,32 @@ def test_linkup_example_of_the_yaml(account: Account) -> None:
     }
     answer, micros = reconciled(account, before, post(account, "/v1/search", json.dumps(body)))
     assert micros == 50_000 and answer["answer"] and len(answer["sources"]) == 5
+    # Include: every source is on one of the domains; the answer cites them inline.
+    hosts = {source["url"].split("/")[2] for source in answer["sources"]}
+    assert hosts == {"arxiv.org", "openreview.net"} and "[1]" in answer["answer"], answer
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"domain_filter_mode": "Include"}, "include_domains"),
+        ({"domain_filter_mode": "Sometimes", "include_domains": "arxiv.org"}, "domain_filter_mode"),
+        ({"domain_filter_mode": "Include", "include_domains": 7}, "include_domains"),
+    ],
+)
+def test_linkup_domain_filter_refusals(account: Account, fields: dict[str, Any], param: str) -> None:
+    before = account.balance_micros()
+    body = {"model": "linkup-deep-search", "query": "LLM benchmarks", **fields}
+    refused = post(account, "/v1/search", json.dumps(body))
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == param, refused.text
+    assert account.balance_micros() == before
+
+
+def test_linkup_exclude_keeps_the_excluded_domains_out(account: Account) -> None:
+    body = {"model": "linkup-deep-search", "query": "LLM benchmarks", "domain_filter_mode": "Exclude"}
+    excluded = post(account, "/v1/search", json.dumps({**body, "exclude_domains": ["sources.example.org"]}))
+    assert excluded.status_code == 200, excluded.text
+    assert all("sources.example.org" not in source["url"] for source in excluded.json()["sources"])
 
 
 def test_perplexity_sonar_with_geo_and_date_filter_example(account: Account) -> None:
