@@ -290,10 +290,16 @@ class Target:
     key: str = ""
     procs: list[Proc] = field(default_factory=list)
     extra_pids: list[int] = field(default_factory=list)  # processes we did not spawn directly (the broker)
+    extra_names: list[str] = field(default_factory=list)  # one per extra pid, for the per-process breakdown
     notes: dict[str, Any] = field(default_factory=dict)
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs] + self.extra_pids
+
+    def parts(self) -> dict[str, list[int]]:
+        """Each process of the target (with its descendants) by name: where its CPU per request goes."""
+        names = self.extra_names + [f"pid-{pid}" for pid in self.extra_pids[len(self.extra_names) :]]
+        return {p.name: [p.pid] for p in self.procs} | dict(zip(names, ([pid] for pid in self.extra_pids), strict=True))
 
     def check_alive(self) -> None:
         for proc in self.procs:
@@ -351,6 +357,7 @@ def tollgate_env(ctx: Context, data_dir: Path, bootstrap: str) -> dict[str, str]
             "TOLLGATE_IP_REQUESTS_PER_WINDOW_MAX": str(10**12),
         }
     )
+    env.update(ctx.args.tollgate_env)
     return env
 
 
@@ -546,6 +553,7 @@ def start_kafka(ctx: Context) -> Target:
         "Tollgate on Kafka",
         base_url=f"http://127.0.0.1:{http_port}",
         extra_pids=[int(pid_text), clickhouse_pid],
+        extra_names=["kafka-broker", "clickhouse-server"],
     )
     target.notes["broker_pid"] = int(pid_text)
     target.notes["clickhouse_pid"] = clickhouse_pid
@@ -855,21 +863,29 @@ def run_wrk(url: str, key: str, concurrency: int, duration_s: float, work: Path)
 # --------------------------------------------------------------------------------------------- measurement
 
 
-def cpu_groups(ctx: Context, targets: list[Target]) -> dict[str, list[int]]:
+part_separator = "/"  # a group named "<target>/<process>" is one process of a target, not summed again
+
+
+def cpu_groups(ctx: Context, targets: list[Target], parts_of: Target | None = None) -> dict[str, list[int]]:
     groups = {t.name: t.pids() for t in targets if t.name != "direct"}
     assert ctx.upstream is not None
     groups["upstream"] = [ctx.upstream.pid]
+    if parts_of is not None and parts_of.name != "direct":
+        groups |= {f"{parts_of.name}{part_separator}{name}": pids for name, pids in parts_of.parts().items()}
     return groups
 
 
 def measure_point(ctx: Context, targets: list[Target], target: Target, concurrency: int, run: int) -> dict[str, Any]:
     target.check_alive()
-    groups = cpu_groups(ctx, targets)
+    groups = cpu_groups(ctx, targets, parts_of=target)
     tool = run_h2load if ctx.args.load_tool == "h2load" else run_wrk
     before = cpu_snapshot(groups)
     load = tool(target.base_url, target.key, concurrency, ctx.args.duration, ctx.root)
     after = cpu_snapshot(groups)
     used = cpu_delta(before, after)
+    prefix = f"{target.name}{part_separator}"
+    by_process = {k.removeprefix(prefix): v for k, v in used.items() if k.startswith(prefix)}
+    used = {k: v for k, v in used.items() if part_separator not in k}
     own = used["upstream"] if target.name == "direct" else used[target.name]
     others = sum(v for k, v in used.items() if k not in ("upstream", target.name, "machine_busy", "machine_total"))
     bench_total = sum(v for k, v in used.items() if k not in ("machine_busy", "machine_total")) + load.client_cpu_s
@@ -902,6 +918,12 @@ def measure_point(ctx: Context, targets: list[Target], target: Target, concurren
             "other_targets_idle": round(others, 3),
         },
         "cpu_s_per_1k_requests": {"target": per_1k(own), "upstream": per_1k(used["upstream"])},
+        # Every process of the target apart, then the fake upstream and the load tool: what shares the cores.
+        "cpu_s_by_process": {
+            **{name: round(v, 3) for name, v in by_process.items()},
+            "upstream": round(used["upstream"], 3),
+            "load_tool": round(load.client_cpu_s, 3),
+        },
         # Cores busy on the machine outside this benchmark's processes during the run (other jobs: noise).
         "outside_load_cores": round(max(0.0, used["machine_busy"] - bench_total) / wall, 2),
     }
@@ -959,6 +981,10 @@ def aggregate(
             ok = sum(r["requests_ok"] for r in records)
             cpu = sum(r["cpu_s"]["target"] for r in records)
             up_cpu = sum(r["cpu_s"]["upstream"] for r in records)
+            by_process: dict[str, float] = {}
+            for r in records:
+                for process, v in r.get("cpu_s_by_process", {}).items():
+                    by_process[process] = by_process.get(process, 0.0) + v
             row = {
                 "target": name,
                 "concurrency": c,
@@ -972,6 +998,9 @@ def aggregate(
                 "errors_total": sum(r["errors_total"] for r in records),
                 "cpu_s_per_1k_requests": round(cpu / ok * 1000, 4) if ok else None,
                 "upstream_cpu_s_per_1k_requests": round(up_cpu / ok * 1000, 4) if ok else None,
+                "cpu_s_per_1k_requests_by_process": {k: round(v / ok * 1000, 4) for k, v in by_process.items()}
+                if ok
+                else {},
                 "outside_load_cores": round(mean([r["outside_load_cores"] for r in records]), 2),
                 "added_ms": None,
             }
@@ -1291,6 +1320,13 @@ def render(report: dict[str, Any]) -> str:
         "cpu s/1k: CPU seconds per 1,000 requests of the target's own processes (direct: the upstream); upstr s/1k: "
         "the fake upstream's; ext load: cores busy outside this benchmark during the run (machine noise)."
     )
+    out.append("")
+    out.append("CPU seconds per 1,000 requests by process (the fake upstream and the load tool share the same cores):")
+    for row in report["load"]:
+        parts = row.get("cpu_s_per_1k_requests_by_process") or {}
+        if parts:
+            listed = ", ".join(f"{name} {value:.3f}" for name, value in parts.items())
+            out.append(f"  {row['target']} c={row['concurrency']}: {listed}")
     idle = [f"{labels[t['name']]} {t['idle_cores']:.3f}" for t in report["targets"] if t.get("idle_cores") is not None]
     if idle:
         out.append("idle CPU with no traffic, in cores: " + ", ".join(idle))
@@ -1486,6 +1522,13 @@ def git_describe() -> str:
     return "unknown"
 
 
+def env_setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.startswith("TOLLGATE_"):
+        raise argparse.ArgumentTypeError(f"expected TOLLGATE_NAME=VALUE, not {text!r}")
+    return name, value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -1526,6 +1569,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (processes' logs, data)")
     parser.add_argument(
         "--tollgate", default="", help="the tollgate command (default: <repo>/.venv/bin/tollgate, then PATH)"
+    )
+    parser.add_argument(
+        "--tollgate-env",
+        action="append",
+        type=env_setting,
+        default=[],
+        metavar="NAME=VALUE",
+        help="a TOLLGATE_* setting for every Tollgate process (repeatable), to compare settings",
     )
     parser.add_argument("--litellm-spec", default="litellm[proxy]", help="what pip installs for the LiteLLM target")
     parser.add_argument(
@@ -1628,6 +1679,7 @@ def run(args: argparse.Namespace) -> int:
                 "ttfb_requests": args.ttfb_requests,
                 "stream_token_ms": args.stream_token_ms,
                 "stream_tokens": args.stream_tokens,
+                "tollgate_env": dict(args.tollgate_env),
                 "order": "per run, per concurrency: targets in turn (A B C D A B C D)",
             },
             "machine": {
