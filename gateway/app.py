@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import uuid
 from functools import partial
 from typing import Any
 
@@ -26,6 +25,7 @@ from gateway.ratelimit import IpLimiter, RateLimitMiddleware
 from gateway.routes import route_handlers
 from gateway.routes.batches import resume_batches
 from gateway.surface import Surface
+from schemas.ids import random_hex
 
 
 def provide_core(state: State) -> GatewayCore:
@@ -77,7 +77,7 @@ class RequestIdMiddleware(ASGIMiddleware):
     large in its URI or headers is answered here."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        request_id = scope.setdefault("state", {})["request_id"] = f"req_{uuid.uuid4().hex}"
+        request_id = scope.setdefault("state", {})["request_id"] = f"req_{random_hex()}"
         bind_request(request_id)  # the request's log lines carry it (eventlog/logs.py)
         oversized = _oversized(scope)
         if oversized is not None:

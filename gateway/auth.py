@@ -27,7 +27,6 @@ import contextlib
 import hmac
 import logging
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,6 +45,7 @@ from projections.views import ApiToken
 from schemas.api import all_scopes
 from schemas.codec import encode
 from schemas.events import ApiTokenUsed
+from schemas.ids import random_hex
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ def _mark_used(core: GatewayCore, token: ApiToken, now: datetime) -> None:
         return
     last_sent[token.token_id] = moment
     event = ApiTokenUsed(
-        event_id=f"evt_{uuid.uuid4().hex}",
+        event_id=f"evt_{random_hex()}",
         occurred_at=now,
         org_id=token.org_id,
         token_id=token.token_id,

@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,6 +37,7 @@ from ledger.limits import Check, Decision, decide, organization_limits, window_s
 from projections.views import ApiToken, TenantsView
 from schemas.codec import encode
 from schemas.events import Event, HoldCaptured, RequestAdmitted, RequestThrottled
+from schemas.ids import random_hex
 from schemas.units import Units
 
 logger = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ class RateLimiter:
             if decision.admitted:
                 counted = {k: v for k, v in amounts.items() if k != "tokens" and v}
                 event: RequestAdmitted | RequestThrottled = RequestAdmitted(
-                    event_id=f"evt_{uuid.uuid4().hex}",
+                    event_id=f"evt_{random_hex()}",
                     occurred_at=occurred_at,
                     org_id=token.org_id,
                     correlation_id=request_id,
@@ -187,7 +187,7 @@ class RateLimiter:
                 binding = decision.binding
                 assert binding is not None
                 event = RequestThrottled(
-                    event_id=f"evt_{uuid.uuid4().hex}",
+                    event_id=f"evt_{random_hex()}",
                     occurred_at=occurred_at,
                     org_id=token.org_id,
                     correlation_id=request_id,
