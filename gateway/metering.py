@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -76,16 +76,17 @@ class MeteredRequest:
     # usage row's source (JobSpec.source).
     source: str = ""
     source_id: str = ""
+    # The worst case: the bound priced at the priciest model that may serve it, so that a fallback
+    # never charges past the hold. Priced once here (a request reads it half a dozen times).
+    hold_micros: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        held = max(worst_case_micros(price, self.bound) for price in (self.price, *self.fallbacks))
+        object.__setattr__(self, "hold_micros", held)
 
     @property
     def model(self) -> str:
         return self.price.model
-
-    @property
-    def hold_micros(self) -> int:
-        """The worst case: the bound priced at the priciest model that may serve it, so that a
-        fallback never charges past the hold."""
-        return max(worst_case_micros(price, self.bound) for price in (self.price, *self.fallbacks))
 
     def price_of(self, model: str) -> ModelPrice:
         """The price of the model that served (the requested one or one of its fallbacks)."""
