@@ -19,7 +19,10 @@ concurrency the load tool (h2load by default, or wrk) runs ``--runs`` times, tar
 (A B C D A B C D). Reported: requests/s, p50/p90/p99 latency, latency added over ``direct`` at the same
 concurrency, errors and non-2xx answers (must be 0), and CPU seconds per 1,000 requests summed over every
 process of the target (``/proc/<pid>/stat`` utime+stime+cutime+cstime of each process and its
-descendants, before and after the run). Then a streaming measurement: sequential streamed requests on a
+descendants, before and after the run), and apart per process (each Tollgate role, the broker, the
+ClickHouse server, the fake upstream and the load tool: everything that shares the machine's cores).
+``--tollgate-env NAME=VALUE`` sets a setting in every Tollgate process (to compare settings);
+``bench/ab.sh`` runs this script against a baseline commit and the working tree in turn. Then a streaming measurement: sequential streamed requests on a
 raw socket, with the upstream at ``--stream-token-ms`` per token: time to the first byte of the response
 and to the first SSE ``data:`` event carrying content text.
 
