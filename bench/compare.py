@@ -22,9 +22,11 @@ process of the target (``/proc/<pid>/stat`` utime+stime+cutime+cstime of each pr
 descendants, before and after the run), and apart per process (each Tollgate role, the broker, the
 ClickHouse server, the fake upstream and the load tool: everything that shares the machine's cores).
 ``--tollgate-env NAME=VALUE`` sets a setting in every Tollgate process (to compare settings);
-``bench/ab.sh`` runs this script against a baseline commit and the working tree in turn. Then a streaming measurement: sequential streamed requests on a
-raw socket, with the upstream at ``--stream-token-ms`` per token: time to the first byte of the response
-and to the first SSE ``data:`` event carrying content text.
+``bench/ab.sh`` runs this script against a baseline commit and the working tree in turn.
+
+Then a streaming measurement: sequential streamed requests on a raw socket, with the upstream at
+``--stream-token-ms`` per token: time to the first byte of the response and to the first SSE ``data:``
+event carrying content text.
 
 Results: a table on stdout, ``bench/results/compare-<timestamp>.json`` and ``compare-latest.json``, and a
 chart ``bench/results/compare-latest.png`` (matplotlib: this interpreter's, or installed into
