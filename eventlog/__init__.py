@@ -50,6 +50,12 @@ class Producer(abc.ABC):
     outcomes. Safe to call from several threads. A record appended twice (a retry after a crash)
     carries the same event id, and its readers drop the copy."""
 
+    # Whether the records of one send land in the log in their order across topics, so that a reader
+    # of the second topic acts only after the first is written. The embedded log appends a send at
+    # once; Kafka orders a partition only: a record to another topic may be written first (its
+    # leader was up while the first one's moved).
+    ordered_across_topics = False
+
     @abc.abstractmethod
     def send(self, records: Sequence[Outgoing]) -> None:
         """Append without waiting (Kafka batches and retries in the background)."""

@@ -269,6 +269,8 @@ class EmbeddedLog(EventLog):
 
 
 class _EmbeddedProducer(Producer):
+    ordered_across_topics = True  # a send is written whole, in its order, in one SQLite transaction
+
     def __init__(self, log: EmbeddedLog) -> None:
         self._log = log
 

@@ -16,6 +16,7 @@ Two paths (docs/architecture.md, "One metered request"):
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from eventlog import Outgoing, Producer, topics
+from eventlog import Acknowledged, Outgoing, Producer, topics
 from eventlog.metrics import Metrics
 from eventlog.settings import Settings
 from gateway.pending import PendingCharges
@@ -39,6 +40,8 @@ from schemas.ids import event_id_for
 from schemas.moments import utc_now
 from schemas.prices import Route
 from schemas.units import Units
+
+logger = logging.getLogger(__name__)
 
 # Asks the ledger to cancel a job without waiting for its answer: (org id, hold id, job id, reason).
 CancelSoon = Callable[[str, str, str, str], None]
@@ -218,15 +221,39 @@ class Metering:
         slice_allowed = slice_allowed and not carve_from
         slice_id = (self.quota.reserve(token.org_id, hold_micros, request_id) if slice_allowed else None) or ""
         command = self._command(token, request_id, metered, slice_id, carve_from)
-        records = [Outgoing(topics.COMMANDS, token.org_id, encode(command))]
-        if slice_id:
-            # The hold first: the ledger reads it before any lease or capture of the job's worker
-            # (they follow on the same partition, after the worker has read the job).
-            job = queued_job(command, command.issued_at)
-            records.append(Outgoing(topics.dispatch_topic(job.pool), token.org_id, encode(job)))
-            self._pending.carving(token.org_id, request_id, hold_micros)
-        self._producer.send(records)
+        hold = Outgoing(topics.COMMANDS, token.org_id, encode(command))
+        if not slice_id:
+            self._producer.send([hold])
+            return Placement(command, slice_id)
+        # The hold first: the ledger must read it before any lease or capture of the job's worker
+        # (they follow on the same partition, once the worker has read the job). A log that orders one
+        # send across topics (embedded) takes both at once. On Kafka the job waits for its hold to be
+        # written: sent together, the job could reach the worker while the hold was still retrying
+        # towards a partition's new leader, and the worker's lease and capture, written first, were
+        # refused (hold_not_found), the hold then expiring with the work never charged (seen in
+        # tests/kafka/test_broker_faults.py once its chats ran).
+        job = queued_job(command, command.issued_at)
+        dispatch = [Outgoing(topics.dispatch_topic(job.pool), token.org_id, encode(job))]
+        self._pending.carving(token.org_id, request_id, hold_micros)
+        if self._producer.ordered_across_topics:
+            self._producer.send([hold, *dispatch])
+        else:
+            self._producer.send_acknowledged([hold], self._dispatch_once_written(dispatch, request_id))
         return Placement(command, slice_id)
+
+    def _dispatch_once_written(self, dispatch: list[Outgoing], request_id: str) -> Acknowledged:
+        """What to do when a hold is written: send its job, from the event loop (the producer's
+        callback thread must not block on a full buffer). A hold that could not be written has no job:
+        the request waits out its time and nothing is charged."""
+        loop = asyncio.get_running_loop()
+
+        def written(error: BaseException | None) -> None:
+            if error is not None:
+                logger.error("the hold of %s was not written (%r): its job is not dispatched", request_id, error)
+                return
+            loop.call_soon_threadsafe(self._producer.send, dispatch)
+
+        return written
 
     def _resume_or_place(
         self,
