@@ -85,10 +85,21 @@ def test_extend_from_refusals(account: Account, gw: Gateway, images_url: str) ->
     unreachable = {"extend_from": {"video_url": "http://127.0.0.1:1/a.mp4"}, "model": "pixverse-v5-6"}
     _refused(account, unreachable, 400, "file_url_unreachable", "extend_from.video_url")
     image = account.gw.call("POST", "/v1/images/generations", account.key, json={"prompt": "x", "sync": False})
-    deadline = time.monotonic() + 10  # the jobs projection shows it a moment after the answer
-    while account.gw.call("GET", image.json()["poll_url"], account.key).status_code != 200:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    # Until it is charged: the refusal below must leave the balance as it was, and this job's charge,
+    # landing between the two reads, was taken for the refusal's (a flaky failure).
+    deadline = time.monotonic() + 30
+    while True:
+        polled = account.gw.call("GET", image.json()["poll_url"], account.key)
+        if polled.status_code == 200 and polled.json()["status"] == "completed":
+            break
+        assert time.monotonic() < deadline, polled.text
+        time.sleep(0.05)
+    charged = before_balance = account.balance_micros()
+    while time.monotonic() < deadline:  # the balance shows the job's charge a moment after the job
+        time.sleep(0.2)
+        charged, before_balance = account.balance_micros(), charged
+        if charged == before_balance:
+            break
     _refused(account, {"extend_from": {"job_id": image.json()["job_id"]}}, 400, "invalid_parameter", "extend_from")
     stranger = Account(gw)
     theirs = _video(stranger, {"model": "pixverse-v5-6", "prompt": "theirs", "duration": 1}).json()["job_id"]
