@@ -7,8 +7,8 @@ obeys that bound: ``gateway/requests.py`` writes it in), built once per request.
 
 Two paths (docs/architecture.md, "One metered request"):
 - against a slice (``gateway/quota.py``): the worst case is reserved in memory, the gateway appends
-  the hold (to be carved out of the slice) and dispatches the job itself, in that order, without
-  waiting for either; the answer waits only for the worker's outcome;
+  the hold (to be carved out of the slice) and dispatches the job itself once the hold is written
+  (on Kafka; the embedded log writes both in order at once); the answer waits for the worker's outcome;
 - through the ledger (no slice, or not enough left of it): the ledger decides the hold and queues the
   job in one transaction, as every request did before slices.
 """
