@@ -35,7 +35,7 @@ from gateway.agent_dag import (
 )
 from gateway.errors import ApiError
 from gateway.metering import Attempt, AttemptForgotten, OrganizationBusy, Overloaded, job_id_for
-from gateway.results import charge_of, shape_result
+from gateway.results import charge_of_job, shape_result
 from gateway.routes.casola import casola_tasks, metered_job
 from gateway.routes.fal import fal_output
 from gateway.routes.generation import raise_refusal
@@ -43,7 +43,7 @@ from ledger.money import micros_to_decimal
 from projections.views import ApiToken
 from schemas.api import CasolaJobRequest
 from schemas.codec import encode
-from schemas.events import AgentRunUpdated, HoldPlaced, JobCompleted
+from schemas.events import AgentRunUpdated, HoldPlaced
 from schemas.ids import new_id
 from schemas.moments import utc_now
 
@@ -273,22 +273,7 @@ class AgentRunner:
             if HoldPlaced not in seen:
                 job_id = ""  # refused before any job existed (402)
             return SubJob(False, job_id, error={"code": refused.code or "failed", "message": refused.message})
-        completed = seen[JobCompleted]
-        assert isinstance(completed, JobCompleted)
-        charge = charge_of(
-            metered,
-            completed.units,
-            completed.occurred_at,
-            completed.served_model,
-            completed.fallback_depth,
-            completed.counted_by,
-        )
-        if not placement.resumed:  # this instance's balances show the charge at once, as for any answer
-            placed = seen.get(HoldPlaced)
-            carved = isinstance(placed, HoldPlaced) and bool(placed.slice_id)
-            core.pending.answered(
-                token.org_id, placement.command.hold_id, metered.hold_micros, charge.amount_micros, carved
-            )
+        charge, completed = charge_of_job(core.pending, token.org_id, metered, placement, seen)
         shaped = shape_result(
             metered.endpoint, rid, msgspec.json.decode(completed.result), charge, metered.price_of(charge.model)
         )

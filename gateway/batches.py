@@ -40,11 +40,11 @@ from gateway.requests import (
     parse_embedding,
     parse_response,
 )
-from gateway.results import charge_of, refusal, shape_result
+from gateway.results import charge_of_job, refusal, shape_result
 from projections.views import ApiToken
 from schemas.codec import encode
 from schemas.commands import ReturnSlice
-from schemas.events import BatchEnded, BatchProgressed, Event, HoldPlaced, JobCompleted
+from schemas.events import BatchEnded, BatchProgressed, Event
 from schemas.ids import new_id
 from schemas.moments import utc_now
 
@@ -326,21 +326,7 @@ class BatchRunner:
         error = refusal(seen, metered.model, prompt_params.get(endpoint, "input"))
         if error is not None:
             return False, error_record(batch_id, line, error.status_code, error.code or "failed", error.message, rid)
-        completed = seen[JobCompleted]
-        assert isinstance(completed, JobCompleted)
-        charge = charge_of(
-            metered,
-            completed.units,
-            completed.occurred_at,
-            completed.served_model,
-            completed.fallback_depth,
-            completed.counted_by,
-        )
-        if not placement.resumed:  # this instance's balances show the charge at once, as for any answer
-            placed = seen.get(HoldPlaced)
-            carved = isinstance(placed, HoldPlaced) and bool(placed.slice_id)
-            hold_id = placement.command.hold_id
-            self._core.pending.answered(token.org_id, hold_id, metered.hold_micros, charge.amount_micros, carved)
+        charge, completed = charge_of_job(self._core.pending, token.org_id, metered, placement, seen)
         body = shape_result(
             endpoint, rid, msgspec.json.decode(completed.result), charge, metered.price_of(charge.model)
         )

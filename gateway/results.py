@@ -16,7 +16,8 @@ import msgspec
 
 from gateway import speeches, texttools, transcripts
 from gateway.errors import ApiError
-from gateway.metering import MeteredRequest
+from gateway.metering import MeteredRequest, Placement
+from gateway.pending import PendingCharges
 from gateway.requests import (
     AUDIO_GENERATIONS,
     CHAT,
@@ -40,6 +41,7 @@ from ledger.pricing import ModelPrice, price_micros, tier_label, unit_names, uni
 from schemas.events import (
     CommandRejected,
     Event,
+    HoldPlaced,
     HoldRejected,
     HoldReleased,
     JobCancelled,
@@ -103,6 +105,30 @@ def charge_of(
         fallback_depth=fallback_depth if served != metered.model else 0,
         counted_by=counted_by,
     )
+
+
+def charge_of_job(
+    pending: PendingCharges, org_id: str, metered: MeteredRequest, placement: Placement, seen: dict[type, Event]
+) -> tuple[Charge, JobCompleted]:
+    """The charge of a request whose job completed, run inside the gateway (a batch line, an agent
+    run's node), shown in this instance's balances at once unless an earlier run of it answered
+    already. Its hold was carved from a slice when the ledger's HoldPlaced says so (a batch's
+    reservation is not the placement's own slice)."""
+    completed = seen[JobCompleted]
+    assert isinstance(completed, JobCompleted)
+    charge = charge_of(
+        metered,
+        completed.units,
+        completed.occurred_at,
+        completed.served_model,
+        completed.fallback_depth,
+        completed.counted_by,
+    )
+    if not placement.resumed:
+        placed = seen.get(HoldPlaced)
+        carved = isinstance(placed, HoldPlaced) and bool(placed.slice_id)
+        pending.answered(org_id, placement.command.hold_id, metered.hold_micros, charge.amount_micros, carved)
+    return charge, completed
 
 
 def usage_cost(captured: Charged, price: ModelPrice | None = None) -> dict[str, Any]:
