@@ -372,6 +372,33 @@ class FakeUpstream:
         self._thread.join(5)
 
 
+class FakeUpstreamProcess:
+    """bench/fake_upstream.py as a process of its own, for tests that time streams: a fake upstream on a
+    thread of the test process shares its interpreter lock, and its collector pauses, with the client
+    that measures (``control`` goes through the fake's ``/_control``)."""
+
+    def __init__(self, token_ms: float = 0.0, tokens: int = 16) -> None:
+        repository = Path(__file__).resolve().parent.parent
+        self._ready = Path(os.environ.get("TMPDIR", "/tmp")) / f"fake-upstream-{uuid.uuid4().hex}.port"
+        command = [sys.executable, str(repository / "bench" / "fake_upstream.py"), "--ready-file", str(self._ready)]
+        command += ["--token-ms", str(token_ms), "--tokens", str(tokens)]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while not (self._ready.exists() and self._ready.read_text().strip()):
+            assert time.monotonic() < deadline and self.process.poll() is None, "the fake upstream did not start"
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{int(self._ready.read_text())}"
+
+    def control(self, **settings: Any) -> None:
+        response = httpx.post(f"{self.url}/_control", json=settings, timeout=10)
+        assert response.status_code == 200, response.text
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+        self._ready.unlink(missing_ok=True)
+
+
 def served_media(url: str, content_type: str) -> bytes:
     """The bytes a result's signed media URL serves over real HTTP, fetched without an Authorization
     header (the URL is its own authority), checked to be ``content_type``."""
