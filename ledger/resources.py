@@ -411,6 +411,9 @@ def evolve_resource_event(wallet: Wallet, event: ResourceEvent) -> None:
                 disk_gb=event.disk_gb,
             )
         assert not resource.running, "a resource runs once at a time"
+        # Each run is priced as its start says (the decision reserved its first interval from these):
+        # a run that kept an earlier run's class or quantity was charged for hardware it did not hold.
+        resource.resource_class, resource.quantity = event.resource_class, event.quantity
         resource.hourly_micros, resource.interval_s, resource.price_version = (
             event.hourly_micros,
             event.interval_s,

@@ -238,6 +238,25 @@ def test_a_stopped_resource_starts_a_new_run_and_several_gpus_cost_as_many_times
     assert ledger.audit().findings == []
 
 
+def test_a_new_run_is_priced_as_its_own_start_says() -> None:
+    """A stopped resource started again on other hardware (another class, fewer GPUs) holds and is
+    charged for that hardware, not the first run's (found by the property test below: the second
+    run held one GPU and was charged for two)."""
+    ledger = Ledger()
+    ledger.do(grant(10_000_000))
+    ledger.do(start("r4", "rtx-4090", quantity=2, interval_s=30))
+    ledger.do(stop("r4"), at(10))
+    h100 = book.gpu_classes["h100-nvl"].hourly_micros
+    restart = msgspec.structs.replace(start("r4", "h100-nvl", quantity=1, interval_s=30), command_id="restart")
+    ledger.do(restart, at(100))
+    resource = ledger.wallet.resources["r4"]
+    assert (resource.resource_class, resource.quantity) == ("h100-nvl", 1)
+    assert resource.reserved_micros == run_cost_micros(h100, 1, 30) == ledger.wallet.held_micros
+    ledger.tick("r4", at(130))
+    assert resource.billed_micros == run_cost_micros(650_000, 2, 10) + run_cost_micros(h100, 1, 30)
+    assert ledger.audit().findings == []
+
+
 @pytest.mark.parametrize(
     ("command", "code"),
     [
