@@ -33,8 +33,10 @@ tollgate = [sys.executable, "-m", "tollgate"]
 
 def examples(full: int) -> int:
     """Hypothesis examples for a property test: ``full`` in the whole suite, a tenth (at least 10) in
-    the inner loop (``-m "not slow"``, which sets TOLLGATE_TEST_QUICK; see tests/conftest.py)."""
-    return max(full // 10, 10) if os.environ.get("TOLLGATE_TEST_QUICK") == "1" else full
+    the inner loop (``-m "not slow"``, which sets TOLLGATE_TEST_QUICK; see tests/conftest.py), and
+    TOLLGATE_TEST_EXAMPLES_TIMES as many to hunt (``TOLLGATE_TEST_EXAMPLES_TIMES=50 bin/test tests/unit``)."""
+    times = int(os.environ.get("TOLLGATE_TEST_EXAMPLES_TIMES", "1"))
+    return max(full // 10, 10) * times if os.environ.get("TOLLGATE_TEST_QUICK") == "1" else full * times
 
 
 dev_admin_token = "tga_test_admin"
