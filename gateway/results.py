@@ -107,6 +107,18 @@ def charge_of(
     )
 
 
+def charge_of_completed(metered: MeteredRequest, completed: JobCompleted) -> Charge:
+    """``charge_of`` the usage a completed job reports, at the model that served it."""
+    return charge_of(
+        metered,
+        completed.units,
+        completed.occurred_at,
+        completed.served_model,
+        completed.fallback_depth,
+        completed.counted_by,
+    )
+
+
 def charge_of_job(
     pending: PendingCharges, org_id: str, metered: MeteredRequest, placement: Placement, seen: dict[type, Event]
 ) -> tuple[Charge, JobCompleted]:
@@ -116,14 +128,7 @@ def charge_of_job(
     reservation is not the placement's own slice)."""
     completed = seen[JobCompleted]
     assert isinstance(completed, JobCompleted)
-    charge = charge_of(
-        metered,
-        completed.units,
-        completed.occurred_at,
-        completed.served_model,
-        completed.fallback_depth,
-        completed.counted_by,
-    )
+    charge = charge_of_completed(metered, completed)
     if not placement.resumed:
         placed = seen.get(HoldPlaced)
         carved = isinstance(placed, HoldPlaced) and bool(placed.slice_id)

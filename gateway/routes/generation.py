@@ -69,7 +69,7 @@ from gateway.requests import (
 from gateway.results import (
     Charge,
     charge_headers,
-    charge_of,
+    charge_of_completed,
     model_headers,
     refusal,
     shape_result,
@@ -253,14 +253,7 @@ def answered(
             fallback_depth=completed.fallback_depth if captured.requested_model else 0,
             counted_by=completed.counted_by,
         )
-    charge = charge_of(
-        metered,
-        completed.units,
-        completed.occurred_at,
-        completed.served_model,
-        completed.fallback_depth,
-        completed.counted_by,
-    )
+    charge = charge_of_completed(metered, completed)
     if not placement.resumed:  # an earlier attempt's charge: counted by that attempt, or by its capture
         hold_id = placement.command.hold_id
         sliced = bool(placement.slice_id)
