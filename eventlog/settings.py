@@ -134,13 +134,19 @@ class Settings:
     request_wait_s_max: float = field(default_factory=lambda: float(_env("TOLLGATE_REQUEST_WAIT_S_MAX", "120")))
     # Records a role takes from the log per poll / per transaction.
     batch_records_max: int = field(default_factory=lambda: int(_env("TOLLGATE_BATCH_RECORDS_MAX", "500")))
-    # How long a poll waits when the log is idle; bounds shutdown time, not latency.
     # How long a role's poll waits for records when there are none (a poll returns as soon as some
     # arrive): it bounds how late a loop notices a stop or a due expiry, and each empty wake costs CPU.
     poll_wait_ms: int = field(default_factory=lambda: int(_env("TOLLGATE_POLL_WAIT_MS", "500")))
-    # The projector flushes to ClickHouse at this many rows, or after this wait, whichever first.
+    # The projector flushes to ClickHouse at this many rows, or once it has read all there is (or its
+    # first row has waited sink_flush_wait_ms_max), but no sooner than sink_flush_interval_ms_min
+    # after its last flush unless the batch is full: ClickHouse's advice is about one insert a second
+    # (each makes a part in every table and view, and merging parts cost the server more CPU than
+    # the inserts). A quiet stack's first row is flushed at once.
     sink_batch_rows_max: int = field(default_factory=lambda: int(_env("TOLLGATE_SINK_BATCH_ROWS_MAX", "5000")))
     sink_flush_wait_ms_max: int = field(default_factory=lambda: int(_env("TOLLGATE_SINK_FLUSH_WAIT_MS_MAX", "200")))
+    sink_flush_interval_ms_min: int = field(
+        default_factory=lambda: int(_env("TOLLGATE_SINK_FLUSH_INTERVAL_MS_MIN", "1000"))
+    )
     # Origins a browser may call the API from (comma separated; "*" any): keys travel in the
     # Authorization header, never in cookies, so a page can only use a key it was given.
     cors_allow_origins: tuple[str, ...] = field(

@@ -1,7 +1,8 @@
 """The projector role: ledger events to usage rows and ledger postings in ClickHouse.
 
-It flushes in bounded batches, by row count or by wait, and always in this order: write ClickHouse,
-then commit the consumed offsets. A crash between the two redelivers the batch; the store drops
+It flushes in bounded batches, by row count or by wait, at most about once a second under load
+(``Settings.sink_flush_interval_ms_min``), and always in this order: write ClickHouse, then commit
+the consumed offsets. A crash between the two redelivers the batch; the store drops
 event ids it already holds before writing, so neither the raw rows nor the rollups change.
 
 Each usage row records the unit rates that priced it (from the price book version the charge
@@ -208,14 +209,17 @@ class ProjectorRole:
         pending_records = 0
         batch_started = time.monotonic()
         wait_s_max = self._settings.sink_flush_wait_ms_max / 1000
+        interval_s_min = self._settings.sink_flush_interval_ms_min / 1000
+        next_flush_at = 0.0  # no flush before this (monotonic), unless the batch is full
+        caught_up = False
         try:
             self._price_feed.poll(until_caught_up=True)
             while not stop.is_set():
                 room = max(self._settings.sink_batch_rows_max - pending_records, 1)
                 wait_ms = self._settings.poll_wait_ms
-                if pending_records:  # rows wait to be written: never longer than the flush wait
-                    left_s = wait_s_max - (time.monotonic() - batch_started)
-                    wait_ms = min(wait_ms, max(int(left_s * 1000), 1))
+                if pending_records:  # rows wait to be written: until the flush wait, or the next flush allowed
+                    due_at = max(next_flush_at, batch_started + wait_s_max)
+                    wait_ms = min(wait_ms, max(int((due_at - time.monotonic()) * 1000), 1))
                 records = consumer.poll(min(room, self._settings.batch_records_max), wait_ms)
                 if records and pending_records == 0:
                     batch_started = time.monotonic()
@@ -228,11 +232,14 @@ class ProjectorRole:
                     entries.extend(posting_rows(event, type(event).__struct_config__.tag))  # type: ignore[arg-type]
                 pending_records += len(records)
                 self.metrics.projector_rows_pending.set(pending_records)
+                now = time.monotonic()
+                caught_up = caught_up or not records
                 full = pending_records >= self._settings.sink_batch_rows_max
-                waited = pending_records > 0 and time.monotonic() - batch_started >= wait_s_max
-                if full or waited or (pending_records > 0 and not records):
+                due = pending_records > 0 and now >= next_flush_at and (caught_up or now - batch_started >= wait_s_max)
+                if full or due:
                     self._flush(consumer, usage, entries, pending_records)
-                    usage, entries, pending_records = [], [], 0
+                    usage, entries, pending_records, caught_up = [], [], 0, False
+                    next_flush_at = time.monotonic() + interval_s_min
                     self.metrics.projector_rows_pending.set(0)
                 self._lag.tick(consumer.lags)
             if pending_records:

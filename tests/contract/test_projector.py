@@ -57,12 +57,14 @@ class RecordingStore:
         self.store = store
         self.batches: list[int] = []
         self.written: list[int] = []
+        self.flushed_at: list[float] = []  # monotonic
         self.fail_after_write = fail_after_write
 
     def insert(self, usage: Sequence[UsageRow], ledger: Sequence[PostingRow]) -> int:
         written = self.store.insert(usage, ledger)
         self.batches.append(len(usage))
         self.written.append(written)
+        self.flushed_at.append(time.monotonic())
         if self.fail_after_write is not None and len(self.batches) == self.fail_after_write:
             raise RuntimeError("crash after the ClickHouse write, before the commit")
         return written
@@ -120,6 +122,41 @@ def test_batches_are_bounded_by_count_and_flushed_by_wait(parts: tuple[EmbeddedL
     run_until(projector, lambda: sum(recording.batches) >= 1)
     assert recording.batches == [1] and time.monotonic() - started < 5
     assert store.raw_totals_by_org()["org_p"][0] == 231
+
+
+def test_under_a_steady_trickle_it_flushes_about_once_an_interval(parts: tuple[EmbeddedLog, UsageStore]) -> None:
+    """Each flush makes a part in every ClickHouse table and view; a row every 50 ms flushed as it
+    came (the projector is caught up after each) made twenty parts a second to merge."""
+    log, store = parts
+    settings = replace(Settings(), sink_flush_wait_ms_max=20, sink_flush_interval_ms_min=500)
+    recording = RecordingStore(store)
+    projector = ProjectorRole(log, settings, recording, group="g")  # type: ignore[arg-type]
+    stop = threading.Event()
+    thread = threading.Thread(target=projector.run, args=(stop,))
+    thread.start()
+    try:
+        started = time.monotonic()
+        publish(log, [captured(0)])
+        while not recording.batches and time.monotonic() - started < 10:
+            time.sleep(0.005)
+        assert recording.batches == [1]
+        assert recording.flushed_at[0] - started < 0.4  # a quiet projector's first row: at once
+        trickle_started = time.monotonic()
+        for i in range(1, 31):  # 1.5 s of a row every 50 ms
+            publish(log, [captured(i)])
+            time.sleep(0.05)
+        deadline = time.monotonic() + 10
+        while sum(recording.batches) < 31 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert sum(recording.batches) == 31
+    gaps = [b - a for a, b in zip(recording.flushed_at, recording.flushed_at[1:], strict=False)]
+    assert all(gap >= 0.45 for gap in gaps), gaps
+    trickle_s = recording.flushed_at[-1] - trickle_started
+    assert len(recording.batches) - 1 <= trickle_s / 0.5 + 1, (recording.batches, trickle_s)
+    assert store.raw_totals_by_org()["org_p"][0] == 31
 
 
 def test_a_crash_between_write_and_commit_changes_no_total(parts: tuple[EmbeddedLog, UsageStore]) -> None:
