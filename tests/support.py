@@ -438,6 +438,19 @@ def balance_micros(base_url: str, key: str) -> int:
     return int(usage(base_url, key)["balance"]["amount_micros"])
 
 
+def usage_rows_of(
+    base_url: str, key: str, request_id: str, timeout_s: float = 30, **params: Any
+) -> list[dict[str, Any]]:
+    """The usage rows of one request once the projector has written them (ClickHouse is a read model:
+    within about a second of the charge, TOLLGATE_SINK_FLUSH_INTERVAL_MS_MIN), or [] after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = [row for row in usage(base_url, key, **params)["data"] if row["request_id"] == request_id]
+        if rows or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)
+
+
 def settled_balance(base_url: str, key: str, expected: int, timeout_s: float = 30) -> int:
     """The balance once it is ``expected`` (the ledger records a charge just after its answer), or
     as it is when ``timeout_s`` has passed."""

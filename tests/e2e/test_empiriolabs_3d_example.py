@@ -19,7 +19,7 @@ import pytest
 from ledger.pricing import default_price_book, price_micros
 from schemas.units import Units
 from tests.reference import reference
-from tests.support import Dev, balance_micros, markdown_curl, run_curl, served_media, settled_balance, usage
+from tests.support import Dev, balance_micros, markdown_curl, run_curl, served_media, settled_balance, usage_rows_of
 from workers import meshes
 
 pytestmark = [pytest.mark.slow]
@@ -65,7 +65,6 @@ def test_the_3d_example_runs_as_written_and_its_charge_reconciles(dev: Dev) -> N
     micros = price_micros(price, Units(calls=1))
     assert job["result"]["usage"]["cost_usd"] == job["cost_usd"] == Decimal(micros) / 1_000_000
     assert settled_balance(dev.base_url, key, before - micros) == before - micros
-    events = usage(dev.base_url, key)["data"]
-    charged = [event for event in events if event["request_id"] == job["request_id"]]
+    charged = usage_rows_of(dev.base_url, key, job["request_id"])
     assert [event["cost"]["amount_micros"] for event in charged] == [micros]
     assert charged[0]["endpoint"] == "/v1/3d/generations"

@@ -7,7 +7,6 @@ says ``source: hosted_agents`` and names the agent."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import Dev, balance_micros, settled_balance, usage
+from tests.support import Dev, balance_micros, settled_balance, usage_rows_of
 
 pytestmark = [pytest.mark.slow]
 
@@ -35,13 +34,9 @@ def _call(dev: Dev, key: str, method: str, path: str, body: dict[str, Any] | Non
 
 
 def _hosted_event(dev: Dev, key: str, request_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for event in usage(dev.base_url, key, source="hosted_agents")["data"]:
-            if event["request_id"] == request_id:
-                return dict(event)
-        time.sleep(0.2)
-    raise AssertionError(f"no hosted_agents usage event for {request_id}")
+    rows = usage_rows_of(dev.base_url, key, request_id, source="hosted_agents")
+    assert rows, f"no hosted_agents usage event for {request_id}"
+    return rows[0]
 
 
 def test_a_hosted_agents_message_is_charged_as_a_chat_and_reconciles(dev: Dev) -> None:
