@@ -151,10 +151,13 @@ class EventLog(abc.ABC):
         partitions: Sequence[int] | None = None,
         start_ms: int | None = None,
         on_assigned: AssignmentListener | None = None,
+        fill_wait_ms: int = 0,
     ) -> Consumer:
         """A group consumer when ``group`` is set, else one assigned ``partitions`` (default: all).
         ``start_ms`` (assigned consumers only): start at the first record stamped at or after it.
-        ``on_assigned`` (group consumers only) is told the partitions this member owns."""
+        ``on_assigned`` (group consumers only) is told the partitions this member owns.
+        ``fill_wait_ms``: how long the log may hold a read back to fill it, for a reader no request
+        waits on (0: hand over each record as soon as it is there)."""
 
     @abc.abstractmethod
     def processor(

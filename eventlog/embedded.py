@@ -231,7 +231,10 @@ class EmbeddedLog(EventLog):
         partitions: Sequence[int] | None = None,
         start_ms: int | None = None,
         on_assigned: AssignmentListener | None = None,
+        fill_wait_ms: int = 0,
     ) -> Consumer:
+        # fill_wait_ms is not used: a read here is a query of one process's SQLite, with no round
+        # trip to save.
         tps = [
             (topic, p) for topic in topics for p in (partitions if partitions is not None else range(self.partitions))
         ]

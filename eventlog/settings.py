@@ -137,6 +137,10 @@ class Settings:
     # How long a role's poll waits for records when there are none (a poll returns as soon as some
     # arrive): it bounds how late a loop notices a stop or a due expiry, and each empty wake costs CPU.
     poll_wait_ms: int = field(default_factory=lambda: int(_env("TOLLGATE_POLL_WAIT_MS", "500")))
+    # No request waits on the projector (it inserts about once a second): it lets the broker hold a
+    # fetch back up to this long to fill it. On Kafka, under load, that is a few fetches a second
+    # instead of one per record written; a row may come this much later. 0: at once, as other readers.
+    projector_fill_wait_ms: int = field(default_factory=lambda: int(_env("TOLLGATE_PROJECTOR_FILL_WAIT_MS", "500")))
     # The projector flushes to ClickHouse at this many rows, or once it has read all there is (or its
     # first row has waited sink_flush_wait_ms_max), but no sooner than sink_flush_interval_ms_min
     # after its last flush unless the batch is full: ClickHouse's advice is about one insert a second

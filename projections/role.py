@@ -202,7 +202,10 @@ class ProjectorRole:
 
     def run(self, stop: threading.Event) -> None:
         consumer = self._log.consumer(
-            [topics.LEDGER], client_id=f"tollgate-projector-{self._settings.instance_id}", group=self.group
+            [topics.LEDGER],
+            client_id=f"tollgate-projector-{self._settings.instance_id}",
+            group=self.group,
+            fill_wait_ms=self._settings.projector_fill_wait_ms,  # it inserts about once a second anyway
         )
         usage: list[UsageRow] = []
         entries: list[PostingRow] = []

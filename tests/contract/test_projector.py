@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -218,3 +219,23 @@ def released(reason: str) -> HoldReleased:
         amount_micros=500,
         reason=reason,
     )
+
+
+def test_it_reads_the_ledger_with_the_background_fill_wait(parts: tuple[EmbeddedLog, UsageStore]) -> None:
+    """No request waits on the projector (it inserts about once a second): on Kafka the broker may hold
+    its fetches back to fill them (eventlog/kafka.py), instead of waking it for every record."""
+    log, store = parts
+    asked: list[dict[str, Any]] = []
+    consumer = log.consumer
+
+    def recording(topic_names: Sequence[str], **options: Any) -> Any:
+        asked.append({"topics": list(topic_names), **options})
+        return consumer(topic_names, **options)
+
+    log.consumer = recording  # type: ignore[method-assign,assignment]
+    settings = replace(Settings(), projector_fill_wait_ms=432, sink_flush_wait_ms_max=20)
+    projector = ProjectorRole(log, settings, store, group="g")
+    publish(log, [captured(0)])
+    run_until(projector, lambda: bool(store.raw_totals_by_org()))
+    ledger_readers = [options for options in asked if topics.LEDGER in options["topics"]]
+    assert [options.get("fill_wait_ms") for options in ledger_readers] == [432]
