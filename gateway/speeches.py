@@ -94,23 +94,15 @@ def result_audio(result: dict[str, Any]) -> tuple[bytes, str, int]:
     return audio, str(result.get("format") or "wav"), int(result.get("sample_rate") or 24000)
 
 
-def audio_ms(audio: bytes, audio_format: str, sample_rate: int) -> int:
-    """How long the audio sent so far plays (a stream that ended before its job did): a WAV's and an
-    MP3's as their parsers measure them (0 when not one frame yet), raw 16-bit mono PCM by its size."""
-    if audio_format == "pcm":
-        return len(audio) // 2 * 1000 // max(sample_rate, 1)
-    with contextlib.suppress(ValueError):
-        return media.wav_duration_ms(audio) if audio_format == "wav" else media.mp3_duration_ms(audio)
-    return 0
-
-
 class AudioPieces:
     """The audio a stream relays: every piece the worker reports, in order. A retried run makes its
     pieces again from the start (deterministic backends), so only bytes past what the earlier runs'
-    pieces reached are new."""
+    pieces reached are new. It counts the bytes sent (an MP3's are kept, small at 32 kbit/s, to
+    measure what they play; a WAV's or PCM's size says it)."""
 
     def __init__(self) -> None:
-        self.sent = bytearray()
+        self.sent_bytes = 0
+        self._mp3 = bytearray()
         self._by_attempt: dict[int, int] = {}
         self.audio_format = ""
         self.sample_rate = 0
@@ -122,9 +114,22 @@ class AudioPieces:
         self.sample_rate = self.sample_rate or int(piece.get("sample_rate") or 24000)
         start = self._by_attempt.get(event.attempt, 0)
         self._by_attempt[event.attempt] = start + len(audio)
-        new = audio[max(len(self.sent) - start, 0) :]
-        self.sent += new
+        new = audio[max(self.sent_bytes - start, 0) :]
+        self.sent_bytes += len(new)
+        if self.audio_format == "mp3":
+            self._mp3 += new
         return new
+
+    def sent_ms(self) -> int:
+        """How long the audio sent so far plays (a stream that ended before its job did): 16-bit mono
+        samples by their count (past a WAV's 44-byte header), an MP3's frames as its parser counts
+        them (0 before the first whole frame)."""
+        if self.audio_format == "mp3":
+            with contextlib.suppress(ValueError):
+                return media.mp3_duration_ms(bytes(self._mp3))
+            return 0
+        samples = self.sent_bytes - (media.wav_header_bytes if self.audio_format == "wav" else 0)
+        return max(samples, 0) // 2 * 1000 // max(self.sample_rate, 1)
 
 
 def stream_events(

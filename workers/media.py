@@ -302,6 +302,9 @@ def wav_audio(seconds_milli: int, seed: bytes, sample_rate: int = 16000) -> byte
     return out.getvalue()
 
 
+wav_header_bytes = 44
+
+
 def wav_header(frames: int, sample_rate: int) -> bytes:
     """The 44-byte header ``wav_audio`` (the ``wave`` module) writes for ``frames`` mono 16-bit samples:
     a streamed WAV sends it first, its lengths already those of the whole audio."""

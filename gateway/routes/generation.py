@@ -795,7 +795,7 @@ def _speech_ending(
         result = msgspec.json.decode(completed.result)
         audio, audio_format, sample_rate = speeches.result_audio(result)
         events = []
-        rest = audio[len(pieces.sent) :]
+        rest = audio[pieces.sent_bytes :]
         for start in range(0, len(rest), speeches.stream_chunk_bytes):
             piece = rest[start : start + speeches.stream_chunk_bytes]
             events.append(speeches.chunk_event(seq, piece, audio_format, sample_rate, elapsed_ms()))
@@ -812,7 +812,7 @@ def _speech_ending(
             occurred_at=captured.occurred_at if captured else utc_now(),
         )
         usage = usage_of(metered.endpoint, charge.units, charge, metered.price_of(charge.model))
-        duration_ms = speeches.audio_ms(bytes(pieces.sent), pieces.audio_format, pieces.sample_rate)
+        duration_ms = pieces.sent_ms()
         return [speeches.done_event(duration_ms, usage)]
     rejected = ended.get(HoldRejected)
     if isinstance(rejected, HoldRejected):  # against a slice: the ledger could not carve the hold
