@@ -678,9 +678,13 @@ def parse_spoken(
     )
     fields.pop("output_format", None)
     fields["response_format"] = audio_format
+    if stream:  # the worker reports the audio as it is made (OpenAI's speech streams with this field)
+        fields["stream_format"] = "sse"
+    else:
+        fields.pop("stream_format", None)  # a plain answer is whole, whatever the body asked
     bound = msgspec.structs.replace(_per_request(fields), characters=len(spoken.input))
     run_async = False if stream else _async_flag(fields)
-    return _metered(SPEECH, price, book, bound, msgspec.json.encode(fields), run_async), ask
+    return _metered(SPEECH, price, book, bound, msgspec.json.encode(fields), run_async, stream), ask
 
 
 transcript_formats = ("json", "text", "srt", "verbose_json", "vtt")

@@ -94,6 +94,8 @@ ProgressListener = Callable[[int, Units, str, str], None]
 # What a progress point's delta extends (JobProgressed.part): the answer's text, the model's thinking,
 # the signature of that thinking (Anthropic's), or one whole output item as JSON in the endpoint's shape.
 TEXT, REASONING, REASONING_SIGNATURE, ITEM = "", "reasoning", "reasoning_signature", "item"
+# A piece of a streamed speech, following the pieces before it: JSON ``{audio_b64, format, sample_rate}``.
+AUDIO = "audio"
 
 
 class JobContext:
@@ -179,7 +181,14 @@ ChatBackend = Backend  # the name before every endpoint had a backend
 stream_chunk_tokens = 4  # tokens between two progress points of a text job
 embedding_dimensions_default = 64
 video_width, video_height, video_fps = 64, 36, 2
-speech_ms_per_character = 60
+speech_ms_per_character = 60  # the simulated voice speaks a character in 60 ms of audio
+# ... and synthesizes it in 1 ms (60 times faster than it speaks: a 3,000-character input, the stream's
+# most, takes 3 s, its first clause a few tens of ms, which is when a stream's first chunk goes out).
+speech_synthesis_ms_per_character = 1
+speech_first_piece_characters_max = 40  # the first piece is short: its synthesis is the time to first byte
+speech_piece_characters_max = 120  # a piece (one progress event) holds at most 7.2 s of audio (691 KB at 48 kHz)
+speech_piece_characters_min = 20  # shorter clauses join the next one: at most about 4096 / 20 pieces
+_clause_end = re.compile(r"[.!?;:,\u2014\u2026]+[\"')\]]*\s+|\n+")
 RERANK, RERANKS, SCORE = "/v1/rerank", "/v1/reranks", "/v1/score"
 TRANSLATIONS = "/v1/audio/translations"
 IMAGE_EDITS = "/v1/images/edits"
@@ -196,6 +205,25 @@ def _seed(*parts: Any) -> bytes:
 
 def _words(seed: bytes, count: int) -> list[str]:
     return [_vocabulary[(seed[i % len(seed)] + i) % len(_vocabulary)] for i in range(count)]
+
+
+def speech_piece_ends(text: str) -> list[int]:
+    """Where the simulated voice ends each piece of ``text`` (character offsets, the last one its
+    length): at the end of a clause (punctuation then a space, or a line break), a clause shorter than
+    ``speech_piece_characters_min`` joined to the next; one longer than the bound (the first piece's is
+    smaller) cut at its last space before it, or at the bound when it has none."""
+    ends: list[int] = []
+    start, limit = 0, speech_first_piece_characters_max
+    for boundary in [match.end() for match in _clause_end.finditer(text)] + [len(text)]:
+        while boundary - start > limit:
+            space = text.rfind(" ", start + 1, start + limit)
+            cut = space + 1 if space > start else start + limit
+            ends.append(cut)
+            start, limit = cut, speech_piece_characters_max
+        if boundary > start and (boundary - start >= speech_piece_characters_min or boundary == len(text)):
+            ends.append(boundary)
+            start, limit = boundary, speech_piece_characters_max
+    return ends
 
 
 class SimulatedBackend(Backend):
@@ -415,28 +443,49 @@ class SimulatedBackend(Backend):
 
     async def _speech(self, job: JobContext, token_s: float) -> JobOutput:
         """Speech in the ``response_format`` asked for: WAV (16 kHz unless ``sample_rate`` says), MP3
-        (LAME, 16 kHz) or raw 16-bit PCM (24 kHz, as OpenAI's ``pcm``), 60 ms per character."""
+        (LAME, 16 kHz) or raw 16-bit PCM (24 kHz, as OpenAI's ``pcm``), 60 ms per character, synthesized
+        clause by clause (``speech_piece_ends``) in ``speech_synthesis_ms_per_character`` of simulated
+        time each. A progress point after every piece carries the characters spoken so far (what a
+        cancel charges) and, when the job is streamed (``stream_format: "sse"``, as OpenAI's speech
+        takes it), the piece (``AUDIO``: its audio as base64, format and sample rate). The pieces
+        concatenate into the audio made whole, byte for byte (media.SpokenAudio)."""
         text = str(job.payload.get("input") or "")
         seed = _seed(text, job.payload.get("voice"))
         audio_format = str(job.payload.get("response_format") or "wav")
         given_rate = job.payload.get("sample_rate")
         rate = int(given_rate) if isinstance(given_rate, str) and given_rate.isdigit() else 0
-        duration_ms = len(text) * speech_ms_per_character
-        if audio_format == "mp3":
-            audio = await asyncio.to_thread(media.mp3_audio, duration_ms, seed)
-            duration_ms = media.mp3_duration_ms(audio)
-        else:
-            wav = await asyncio.to_thread(
-                media.wav_audio, duration_ms, seed, rate or (24000 if audio_format == "pcm" else 16000)
-            )
-            audio = media.wav_samples(wav) if audio_format == "pcm" else wav
-        job.progress(1000, Units(characters=len(text)))
+        sample_rate = 16000 if audio_format == "mp3" else rate or (24000 if audio_format == "pcm" else 16000)
+        streamed = job.payload.get("stream_format") == "sse"
+        sim = (job.payload.get("sim") or {}) if self._knobs else {}
+        character_ms = speech_synthesis_ms_per_character
+        if isinstance(sim, dict) and isinstance(sim.get("speech_character_ms"), int):
+            character_ms = sim["speech_character_ms"]
+        synthesis = media.SpokenAudio(audio_format, len(text) * speech_ms_per_character, seed, sample_rate)
+        pieces: list[bytes] = []
+        start = 0
+        for end in speech_piece_ends(text):
+            if character_ms:
+                await asyncio.sleep(character_ms * (end - start) / 1000)
+            piece = await asyncio.to_thread(synthesis.piece, end * speech_ms_per_character)
+            pieces.append(piece)
+            start = end
+            delta = ""
+            if streamed:
+                chunk = {
+                    "audio_b64": base64.b64encode(piece).decode(),
+                    "format": audio_format,
+                    "sample_rate": sample_rate,
+                }
+                delta = msgspec.json.encode(chunk).decode()
+            job.progress(1000 * end // len(text), Units(characters=end), delta, AUDIO if streamed else TEXT)
+        audio = b"".join(pieces) or synthesis.piece(synthesis.seconds_milli)
+        duration_ms = media.mp3_duration_ms(audio) if audio_format == "mp3" else synthesis.seconds_milli
         result = {
             "content_type": speech_content_types.get(audio_format, "audio/wav"),
             "audio_b64": base64.b64encode(audio).decode(),
             "format": audio_format,
             "duration_ms": duration_ms,
-            "sample_rate": 16000 if audio_format == "mp3" else rate or (24000 if audio_format == "pcm" else 16000),
+            "sample_rate": sample_rate,
         }
         return JobOutput(result=result, units=Units(characters=len(text)))
 

@@ -15,6 +15,7 @@ raise ``ValueError`` on anything else; they count what the bytes actually hold r
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import math
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 import lameenc
 
 __all__ = [
+    "SpokenAudio",
     "audio_duration_ms",
     "audio_format",
     "image_size",
@@ -39,6 +41,7 @@ __all__ = [
     "video_info",
     "wav_audio",
     "wav_duration_ms",
+    "wav_header",
     "wav_samples",
 ]
 
@@ -248,6 +251,7 @@ _wav_format_float = 3
 _wav_format_extensible = 0xFFFE
 
 
+@functools.lru_cache(maxsize=64)  # a voice's few notes, made again for every piece of a streamed speech
 def _tone(frequency: int, frames: int, sample_rate: int) -> bytes:
     """``frames`` little-endian 16-bit samples of a sine tone with short linear fades at both ends."""
     if frequency == 0:
@@ -260,30 +264,67 @@ def _tone(frequency: int, frames: int, sample_rate: int) -> bytes:
     return struct.pack(f"<{frames}h", *samples)
 
 
-def wav_audio(seconds_milli: int, seed: bytes, sample_rate: int = 16000) -> bytes:
-    """A mono 16-bit PCM WAV lasting ``seconds_milli`` ms (``wav_duration_ms`` reads back exactly that):
-    160 ms tones and pauses picked from the seed."""
+def _wav_pcm(frames: int, seed: bytes, sample_rate: int, start: int, end: int) -> bytes:
+    """Samples ``start`` to ``end`` of the ``frames`` that ``wav_audio`` writes (the notes of a segment
+    depend only on the seed and the segment's index, so any range is made without the rest)."""
+    segment = max(1, sample_rate * _wav_segment_ms // 1000)
+    notes = _stream(b"wav", seed, -(-frames // segment))
+    first = start // segment
+    parts: list[bytes] = []
+    for index in range(first, -(-end // segment)):
+        segment_start = index * segment
+        parts.append(
+            _tone(_wav_notes[notes[index] % len(_wav_notes)], min(segment, frames - segment_start), sample_rate)
+        )
+    offset = first * segment
+    return b"".join(parts)[2 * (start - offset) : 2 * (end - offset)]
+
+
+def _wav_frames(seconds_milli: int, sample_rate: int) -> int:
     _check_int("seconds_milli", seconds_milli, 0, 24 * 3600 * 1000)
     _check_int("sample_rate", sample_rate, 1000, 384000)  # >= 1000 Hz: the frame count is exact to the ms
     frames = seconds_milli * sample_rate // 1000
     if 2 * frames > 0xFFFFFFFF - 36:
         raise ValueError("audio too long for a WAV file")
-    segment = max(1, sample_rate * _wav_segment_ms // 1000)
-    notes = _stream(b"wav", seed, -(-frames // segment))
-    cache: dict[tuple[int, int], bytes] = {}
-    parts: list[bytes] = []
-    for index, start in enumerate(range(0, frames, segment)):
-        key = (_wav_notes[notes[index] % len(_wav_notes)], min(segment, frames - start))
-        if key not in cache:
-            cache[key] = _tone(key[0], key[1], sample_rate)
-        parts.append(cache[key])
+    return frames
+
+
+def wav_audio(seconds_milli: int, seed: bytes, sample_rate: int = 16000) -> bytes:
+    """A mono 16-bit PCM WAV lasting ``seconds_milli`` ms (``wav_duration_ms`` reads back exactly that):
+    160 ms tones and pauses picked from the seed."""
+    frames = _wav_frames(seconds_milli, sample_rate)
     out = io.BytesIO()
     with wave.open(out, "wb") as writer:
         writer.setnchannels(1)
         writer.setsampwidth(2)
         writer.setframerate(sample_rate)
-        writer.writeframes(b"".join(parts))
+        writer.writeframes(_wav_pcm(frames, seed, sample_rate, 0, frames))
     return out.getvalue()
+
+
+wav_header_bytes = 44
+
+
+def wav_header(frames: int, sample_rate: int) -> bytes:
+    """The 44-byte header ``wav_audio`` (the ``wave`` module) writes for ``frames`` mono 16-bit samples:
+    a streamed WAV sends it first, its lengths already those of the whole audio."""
+    data_bytes = 2 * frames
+    return struct.pack(
+        "<4sI4s4sIHHIIHH4sI",
+        b"RIFF",
+        36 + data_bytes,
+        b"WAVE",
+        b"fmt ",
+        16,
+        _wav_format_pcm,
+        1,
+        sample_rate,
+        2 * sample_rate,
+        2,
+        16,
+        b"data",
+        data_bytes,
+    )
 
 
 def _wav_sample_bytes(data: bytes, position: int) -> int:
@@ -479,17 +520,60 @@ def mp3_duration_ms(data: bytes) -> int:
     return -(-frames * first.samples * 1000 // first.sample_rate)
 
 
-def mp3_audio(seconds_milli: int, seed: bytes, sample_rate: int = 16000) -> bytes:
-    """``wav_audio``'s samples as a mono MP3 (MPEG-2 layer III at 16 kHz, 32 kbit/s), encoded by LAME:
-    the same arguments give the same bytes. LAME pads the stream to whole frames (and adds its encoder
-    delay), so ``mp3_duration_ms`` reads back a little more than ``seconds_milli``."""
-    pcm = wav_samples(wav_audio(seconds_milli, seed, sample_rate))
+def _mp3_encoder(sample_rate: int) -> lameenc.Encoder:
     encoder = lameenc.Encoder()
     encoder.set_bit_rate(mp3_bit_rate_kbps)
     encoder.set_in_sample_rate(sample_rate)
     encoder.set_channels(1)
     encoder.set_quality(7)
+    return encoder
+
+
+def mp3_audio(seconds_milli: int, seed: bytes, sample_rate: int = 16000) -> bytes:
+    """``wav_audio``'s samples as a mono MP3 (MPEG-2 layer III at 16 kHz, 32 kbit/s), encoded by LAME:
+    the same arguments give the same bytes. LAME pads the stream to whole frames (and adds its encoder
+    delay), so ``mp3_duration_ms`` reads back a little more than ``seconds_milli``."""
+    pcm = wav_samples(wav_audio(seconds_milli, seed, sample_rate))
+    encoder = _mp3_encoder(sample_rate)
     return bytes(encoder.encode(pcm)) + bytes(encoder.flush())
+
+
+class SpokenAudio:
+    """The audio of ``wav_audio``/``mp3_audio`` (or its raw samples: ``pcm``) for ``seconds_milli`` ms,
+    made piece by piece, as a streaming voice makes it: ``piece(until_ms)`` is the bytes that follow
+    those made before, so the pieces, concatenated, are byte for byte the audio made whole. A WAV's
+    first piece starts with the header of the whole audio (its length is known before the samples);
+    an MP3's pieces are LAME's frames as they come out of one encoder, its last piece with the flush.
+    Not thread-safe: one caller, pieces in order."""
+
+    def __init__(self, audio_format: str, seconds_milli: int, seed: bytes, sample_rate: int) -> None:
+        if audio_format not in ("wav", "mp3", "pcm"):
+            raise ValueError(f"audio format {audio_format!r} is not wav, mp3 or pcm")
+        self.audio_format = audio_format
+        self.seconds_milli = seconds_milli
+        self.sample_rate = sample_rate
+        self._seed = seed
+        self._frames = _wav_frames(seconds_milli, sample_rate)
+        self._made_frames = 0
+        self._started = False
+        self._encoder = _mp3_encoder(sample_rate) if audio_format == "mp3" else None
+
+    def piece(self, until_ms: int) -> bytes:
+        """The audio from where the last piece ended up to ``until_ms`` (the end at ``seconds_milli``)."""
+        _check_int("until_ms", until_ms, 0, self.seconds_milli)
+        end = until_ms * self.sample_rate // 1000
+        if end < self._made_frames:
+            raise ValueError("pieces go forward: this one ends before the last one did")
+        samples = _wav_pcm(self._frames, self._seed, self.sample_rate, self._made_frames, end)
+        self._made_frames = end
+        out = b""
+        if self.audio_format == "wav" and not self._started:
+            out = wav_header(self._frames, self.sample_rate)
+        self._started = True
+        if self._encoder is None:
+            return out + samples
+        out = bytes(self._encoder.encode(samples))
+        return out + (bytes(self._encoder.flush()) if end == self._frames else b"")
 
 
 def wav_samples(data: bytes) -> bytes:

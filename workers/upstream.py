@@ -41,6 +41,7 @@ from schemas.prices import Route
 from schemas.units import Units
 from workers import conversations, media, texttools
 from workers.backends import (
+    AUDIO,
     ITEM,
     REASONING,
     REASONING_SIGNATURE,
@@ -599,15 +600,23 @@ class UpstreamBackend(Backend):
         body: dict[str, Any],
         output_started: Callable[[], bool],
         headers: Mapping[str, str] | None = None,
+        answered_whole: list[_Reply] | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """The JSON chunks of an SSE stream; the upstream connection closes when the caller stops
-        (a cancelled task closes it at once)."""
+        (a cancelled task closes it at once). With ``answered_whole``, an upstream that answers
+        with something other than a stream (one that ignores the ask to stream) has its reply
+        appended there, and no chunk comes."""
         try:
             async with client.http() as http, http.post(client.url(path), json=body, headers=headers) as response:
                 if response.status >= 400:
                     text = (await response.read()).decode("utf-8", "replace")
                     error = _error_for_status(response.status, text)
                     raise _Unserved(error) if response.status in fallback_statuses else error
+                media_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+                if answered_whole is not None and media_type != "text/event-stream":
+                    received = {name.lower(): value for name, value in response.headers.items()}
+                    answered_whole.append(_Reply(response.status, received, await response.read()))
+                    return
                 while True:
                     try:
                         raw = await response.content.readline()
@@ -897,25 +906,68 @@ class UpstreamBackend(Backend):
         return JobOutput(result={key: value for key, value in result.items() if key != "usage"}, units=units)
 
     async def _speech(self, job: JobContext, client: _Client, model: str) -> JobOutput:
+        """Speech, metered by the characters the upstream was given (it reports only audio, or tokens
+        where the price names characters). A streamed job (``stream_format: "sse"``) asks the upstream
+        to stream as OpenAI's speech does (``speech.audio.delta`` events) and relays each delta as a
+        piece (``AUDIO``) as it comes; an upstream that answers whole is relayed as one piece."""
         body = {key: value for key, value in job.payload.items() if key != "async"}
         body["model"] = client.upstream.models.get(model, model)
-        response = await self._post(client, SPEECH, json=body)
-        if not response.content:
-            raise BackendError("upstream_no_usage", "the upstream returned no audio; nothing is charged")
+        audio_format = str(body.get("response_format") or "mp3")
         # Speech is priced by the characters it spoke: the input the upstream was given.
         units = Units(characters=len(str(job.payload.get("input") or "")))
         job.counted_by = "upstream"
+        if body.get("stream_format") == "sse":
+            audio, content_type = await self._speech_streamed(job, client, body, units)
+        else:
+            response = await self._post(client, SPEECH, json=body)
+            audio, content_type = response.content, response.headers.get("content-type", "")
+        if not audio:
+            raise BackendError("upstream_no_usage", "the upstream returned no audio; nothing is charged")
         job.progress(1000, units)
-        content_type = response.headers.get("content-type", "application/octet-stream").split(";")[0]
-        audio_format = str(body.get("response_format") or "mp3")
         result: dict[str, Any] = {
-            "content_type": content_type,
-            "audio_b64": base64.b64encode(response.content).decode(),
+            "content_type": content_type.split(";")[0] or "application/octet-stream",
+            "audio_b64": base64.b64encode(audio).decode(),
             "format": audio_format,
         }
         with contextlib.suppress(ValueError):  # a duration for EmpirioLabs' AudioResponse, when readable
-            result["duration_ms"] = media.audio_duration_ms(response.content)
+            result["duration_ms"] = media.audio_duration_ms(audio)
         return JobOutput(result=result, units=units)
+
+    async def _speech_streamed(
+        self, job: JobContext, client: _Client, body: dict[str, Any], units: Units
+    ) -> tuple[bytes, str]:
+        """(the audio, its content type) of a streamed speech: each ``speech.audio.delta`` relayed as a
+        piece as it arrives (the upstream says nothing of the characters a delta covers, so from the
+        first delta the job counts the whole input it was given, as it is charged whole), or the
+        upstream's whole answer as one piece when it does not stream."""
+        given_rate = body.get("sample_rate")
+        # OpenAI's speech is 24 kHz in every format; a rate asked for is the rate the upstream was given.
+        sample_rate = int(given_rate) if isinstance(given_rate, str) and given_rate.isdigit() else 24000
+        audio_format = str(body.get("response_format") or "mp3")
+        audio = bytearray()
+
+        def relay(piece: bytes) -> None:
+            audio.extend(piece)
+            chunk = {"audio_b64": base64.b64encode(piece).decode(), "format": audio_format, "sample_rate": sample_rate}
+            job.progress(0, units, json.dumps(chunk), AUDIO)
+
+        whole: list[_Reply] = []
+        async for event in self._chunks(client, SPEECH, body, lambda: bool(audio), answered_whole=whole):
+            if event.get("type") == "speech.audio.delta":
+                try:
+                    piece = base64.b64decode(str(event.get("audio") or ""), validate=True)
+                except ValueError:
+                    raise BackendError("upstream_bad_reply", "a speech delta's audio is not base64") from None
+                if piece:
+                    relay(piece)
+            elif event.get("type") == "speech.audio.done":
+                break
+        if whole:
+            if whole[0].content:
+                relay(whole[0].content)
+            return whole[0].content, whole[0].headers.get("content-type", "")
+        content_types = {"mp3": "audio/mpeg", "wav": "audio/wav", "pcm": "audio/pcm"}
+        return bytes(audio), content_types.get(audio_format, "application/octet-stream")
 
     async def _transcription(self, job: JobContext, client: _Client, model: str) -> JobOutput:
         """A transcription or translation, forwarded as OpenAI's multipart form asking for

@@ -84,12 +84,16 @@ from schemas.events import (
     HoldCaptured,
     HoldPlaced,
     HoldRejected,
+    HoldReleased,
+    JobCancelled,
     JobCompleted,
     JobFailed,
     JobProgressed,
 )
-from schemas.moments import iso_or_none
+from schemas.moments import iso_or_none, utc_now
+from schemas.units import Units
 from workers import media
+from workers.backends import AUDIO
 
 
 def overloaded() -> ApiError:
@@ -714,17 +718,142 @@ async def music_generations(request: Request[Any, Any, Any], core: Core) -> Resp
 
 @post(SPEECH_STREAM, operation_id="createSpeechStream", opt={"scope": "user:write"}, status_code=200)
 async def speech_stream(request: Request[Any, Any, Any], core: Core) -> Response[bytes] | Stream:
-    """EmpirioLabs' streamed speech: server-sent ``audio.chunk`` events, ``audio.timestamps`` when
+    """EmpirioLabs' streamed speech: an ``audio.chunk`` for each piece of audio as the job synthesizes
+    it (the first goes out after the first clause, not the whole input), ``audio.timestamps`` when
     ``timestamp_type`` asks, ``audio.done`` with the duration and the usage (its exact charge), then
-    ``[DONE]``. The job synthesizes the whole input before the first chunk is sent (the simulated and
-    OpenAI-compatible backends answer speech whole), so the charge is known, and in ``x-credits-used``."""
+    ``[DONE]``. The charge is not known when the first byte goes out, so it is in ``audio.done``, not
+    in ``x-credits-used`` (as chat streams carry theirs in the final chunk). A client that leaves
+    cancels the job, which is charged for the characters synthesized up to then."""
+    started = time.perf_counter()
     body = await generation_body(request, core)
-    charge, metered, ask, result = await _spoken(request, core, body, stream=True)
-    if isinstance(charge, Response):
-        return charge
+    token = authorize(request, "user:write")
+    metered, ask = parse_spoken(body, core.prices.current, stream=True)
+    if _has_earlier(core, token, request_id(request), _attempt(request)):
+        return await _speech_stream_earlier(request, core, token, metered, ask, started)
+    opened = await open_stream(request, core, token, metered)
+    events = _speech_events(core, token, metered, ask, opened, started)
+    return Stream(events, media_type="text/event-stream", headers=opened.headers)
+
+
+def _elapsed_ms(started: float) -> Callable[[], int]:
+    return lambda: int((time.perf_counter() - started) * 1000)
+
+
+async def _speech_events(
+    core: GatewayCore, token: ApiToken, metered: MeteredRequest, ask: SpeechAsk, opened: OpenedStream, started: float
+) -> AsyncIterator[bytes]:
+    """Relay each piece of audio as it comes, then the stream's end (``_speech_ending``)."""
+    pieces = speeches.AudioPieces()
+    ended: Seen = dict(opened.seen)
+    elapsed_ms = _elapsed_ms(started)
+    seq = 0
+    try:
+        if isinstance(opened.first, JobProgressed):
+            audio = pieces.fresh(opened.first)
+            if audio:
+                yield _sse(speeches.chunk_event(seq, audio, pieces.audio_format, pieces.sample_rate, elapsed_ms()))
+                seq += 1
+        if opened.first is not None:
+            async for event in opened.events:
+                assert not isinstance(event, Placement)
+                ended[type(event)] = event
+                if isinstance(event, JobProgressed) and event.part == AUDIO and event.delta:
+                    audio = pieces.fresh(event)
+                    if audio:
+                        chunk = speeches.chunk_event(seq, audio, pieces.audio_format, pieces.sample_rate, elapsed_ms())
+                        yield _sse(chunk)
+                        seq += 1
+        for ending in _speech_ending(core, token, metered, ask, opened.placement, ended, pieces, seq, elapsed_ms):
+            yield _sse(ending)
+    except TimeoutError:
+        yield _sse(speeches.error_event("The job did not finish in time.", "timeout"))
+    finally:
+        await opened.events.aclose()
+    yield b"data: [DONE]\n\n"
+
+
+def _speech_ending(
+    core: GatewayCore,
+    token: ApiToken,
+    metered: MeteredRequest,
+    ask: SpeechAsk,
+    placement: Placement,
+    ended: Seen,
+    pieces: speeches.AudioPieces,
+    seq: int,
+    elapsed_ms: Callable[[], int],
+) -> list[dict[str, Any]]:
+    """The events after the last piece: a completed job's rest of its audio (what no piece brought: a
+    job that ended before its pieces reached the stream), timestamps and ``audio.done`` with its
+    charge; a job cancelled on the way (``DELETE /v1/jobs/{id}``) ``audio.done`` with what the ledger
+    charged for the characters synthesized; a refusal or failure ``audio.error`` (nothing charged)."""
+    rid = placement.command.request_id
+    completed = ended.get(JobCompleted)
+    if isinstance(completed, JobCompleted):
+        charge = answered(core, token, placement, metered, completed, captured_of(ended))
+        usage = usage_of(metered.endpoint, charge.units, charge, metered.price_of(charge.model))
+        result = msgspec.json.decode(completed.result)
+        audio, audio_format, sample_rate = speeches.result_audio(result)
+        events = []
+        rest = audio[pieces.sent_bytes :]
+        for start in range(0, len(rest), speeches.stream_chunk_bytes):
+            piece = rest[start : start + speeches.stream_chunk_bytes]
+            events.append(speeches.chunk_event(seq, piece, audio_format, sample_rate, elapsed_ms()))
+            seq += 1
+        return events + list(speeches.ending_events(result, ask, usage, seq))
+    captured = captured_of(ended)
+    if JobCancelled in ended and (captured is not None or HoldReleased in ended):
+        charge = Charge(
+            model=captured.model if captured else metered.model,
+            units=captured.units if captured else Units(),
+            amount_micros=captured.amount_micros if captured else 0,
+            priced_micros=captured.priced_micros if captured else 0,
+            price_version=captured.price_version if captured else metered.price_version,
+            occurred_at=captured.occurred_at if captured else utc_now(),
+        )
+        usage = usage_of(metered.endpoint, charge.units, charge, metered.price_of(charge.model))
+        duration_ms = pieces.sent_ms()
+        return [speeches.done_event(duration_ms, usage)]
+    rejected = ended.get(HoldRejected)
+    if isinstance(rejected, HoldRejected):  # against a slice: the ledger could not carve the hold
+        core.record_rejection(token, rid, metered.endpoint, metered.model, 402, rejected.code)
+        core.metering.stop_unheld(placement)
+        error = refusal(ended, metered.model)
+        assert error is not None
+        return [speeches.error_event(error.message, error.code or "insufficient_credits", "insufficient_quota")]
+    failed = ended.get(JobFailed)
+    message = failed.message if isinstance(failed, JobFailed) else "the job ended without a result"
+    code = failed.code if isinstance(failed, JobFailed) else "job_failed"
+    return [speeches.error_event(f"{message}. Nothing was charged.", code)]
+
+
+async def _speech_stream_earlier(
+    request: Request[Any, Any, Any],
+    core: GatewayCore,
+    token: ApiToken,
+    metered: MeteredRequest,
+    ask: SpeechAsk,
+    started: float,
+) -> Response[bytes] | Stream:
+    """A streamed speech retried with its Idempotency-Key after its first attempt began: that attempt's
+    outcome (waited for while it runs), its audio in chunks of ``stream_chunk_bytes`` and its usage."""
+    outcome = await run_metered(request, core, token, metered)
+    if isinstance(outcome, Response):
+        return outcome
+    placement, seen = outcome
+    completed = seen[JobCompleted]
+    assert isinstance(completed, JobCompleted)
+    charge = answered(core, token, placement, metered, completed, captured_of(seen))
     usage = usage_of(metered.endpoint, charge.units, charge, metered.price_of(charge.model))
-    events = speeches.stream_events(result, ask, usage)
-    headers = {**charge_headers(charge), "x-request-id": request_id(request), "cache-control": "no-cache"}
+    result = msgspec.json.decode(completed.result)
+    events = speeches.stream_events(result, ask, usage, _elapsed_ms(started))
+    model = completed.served_model or metered.model
+    requested = metered.model if model != metered.model else ""
+    headers = {
+        "x-request-id": request_id(request),
+        "cache-control": "no-cache",
+        **model_headers(model, requested, completed.fallback_depth),
+    }
 
     async def chunks() -> AsyncIterator[bytes]:
         for event in events:

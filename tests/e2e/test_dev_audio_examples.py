@@ -5,6 +5,7 @@ speech, and its music. Each charge is the balance drop."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -50,8 +51,9 @@ def _balance(dev: Dev, org: str) -> int:
     return int(dev.admin.client.get(f"/v1/organizations/{org}/balance").json()["amount_micros"])
 
 
-def _charged(dev: Dev, org: str, before: int, response: httpx.Response) -> None:
-    micros = int(Decimal(response.headers["x-credits-used"]) * 1_000_000)
+def _charged(dev: Dev, org: str, before: int, response: httpx.Response, cost_usd: Any = None) -> None:
+    """x-credits-used (or, for a stream, its final event's ``cost_usd``) == the balance drop."""
+    micros = int(Decimal(str(cost_usd) if cost_usd is not None else response.headers["x-credits-used"]) * 1_000_000)
     assert micros > 0
     deadline = time.monotonic() + 20
     while _balance(dev, org) != before - micros and time.monotonic() < deadline:
@@ -109,7 +111,10 @@ def test_empiriolabs_file_url_stream_and_music(dev: Dev, account: tuple[str, htt
         },
     )
     assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
-    _charged(dev, org, before, streamed)
+    # Its first chunk goes out before its charge is known: the charge is in audio.done's usage.
+    events = [json.loads(line[6:]) for line in streamed.text.split("\n\n") if line.startswith("data: {")]
+    assert events[-1]["type"] == "audio.done" and "x-credits-used" not in streamed.headers
+    _charged(dev, org, before, streamed, events[-1]["usage"]["cost_usd"])
     before = _balance(dev, org)
     music = client.post(
         "/v1/audio/generations",
