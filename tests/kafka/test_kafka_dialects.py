@@ -4,6 +4,7 @@ header, the balance, the ledger's capture on the topic and the ClickHouse usage 
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -108,3 +110,39 @@ def test_messages_through_kafka(stack: Stack, kafka_bootstrap: str) -> None:
     assert caught.value.status_code == 402
     assert caught.value.response.json()["error"]["type"] == "billing_error"
     reconciled(stack, kafka_bootstrap, org, key, charges)
+
+
+def test_streamed_speech_through_kafka(stack: Stack, kafka_bootstrap: str) -> None:
+    """EmpirioLabs' streamed speech across the processes: each piece of audio travels as the worker's
+    progress on tollgate.jobs and reaches the client as it is made (the first long before the end);
+    the chunks are the plain endpoint's audio, and the charge in audio.done reconciles."""
+    org = stack.admin.organization()
+    stack.admin.grant(org, "1")
+    key = stack.admin.token(org)
+    sentence = "The ledger holds the credits, and the worker speaks every clause of them. "
+    text = (sentence * 30)[:2000].rstrip() + "."  # 2 s of simulated synthesis
+    body = {"model": "inworld-tts-mini", "input": text, "voice": "Ashley", "output_format": "PCM"}
+    headers = {"Authorization": f"Bearer {key}"}
+    arrived: list[tuple[float, Any]] = []
+    started = time.perf_counter()
+    with httpx.stream("POST", f"{stack.base_url}/v1/audio/speech:stream", json=body, headers=headers, timeout=120) as r:
+        assert r.status_code == 200, r.read()
+        request_id = r.headers["x-request-id"]
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                data = line.removeprefix("data: ")
+                arrived.append((time.perf_counter() - started, data if data == "[DONE]" else json.loads(data)))
+    assert arrived[-1][1] == "[DONE]"
+    chunks = [(at, event) for at, event in arrived[:-1] if event["type"] == "audio.chunk"]
+    done_at, done = next((at, event) for at, event in arrived[:-1] if event["type"] == "audio.done")
+    assert len(chunks) > 1 and chunks[0][0] < done_at / 2, (chunks[0][0], done_at)
+    streamed = b"".join(base64.b64decode(event["audio_b64"]) for _, event in chunks)
+    plain = httpx.post(
+        f"{stack.base_url}/v1/audio/speech", json={**body, "response_format": "b64_json"}, headers=headers, timeout=120
+    )
+    assert plain.status_code == 200, plain.text
+    assert streamed == base64.b64decode(plain.json()["data"][0]["b64_json"])
+    assert done["usage"]["processed_characters"] == len(text)
+    micros = [int(Decimal(str(usage["cost_usd"])) * 1_000_000) for usage in (done["usage"], plain.json()["usage"])]
+    assert micros[0] == micros[1] > 0
+    reconciled(stack, kafka_bootstrap, org, key, [(request_id, micros[0]), (plain.headers["x-request-id"], micros[1])])
