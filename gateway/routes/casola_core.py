@@ -32,11 +32,11 @@ from gateway.errors import ApiError
 from gateway.http import decode_body, json_response, limit_param, request_id
 from gateway.requests import CHAT, parse_chat
 from gateway.results import charge_headers, usage_of
-from gateway.routes.generation import answered, captured_of, run_metered
+from gateway.routes.generation import run_answered
 from ledger.pricing import kind_of
 from projections.content_filters import ContentFilterPolicy, actions
 from schemas.api import PolicyBody, PromptRewriteRequest
-from schemas.events import ContentFilterPolicySet, JobCompleted
+from schemas.events import ContentFilterPolicySet
 from schemas.ids import new_id
 from schemas.moments import iso_or_none, utc_now
 from workers.voices import voices_of
@@ -165,13 +165,9 @@ async def prompt_rewrite(request: Request[Any, Any, Any], core: Core) -> Respons
         "max_tokens": rewrite_output_tokens_max,
     }
     metered = parse_chat(msgspec.json.encode(chat), core.prices.current, token.org_id, core.files)
-    outcome = await run_metered(request, core, token, metered)
-    assert not isinstance(outcome, Response), "a prompt rewrite is never async"
-    placement, seen = outcome
-    completed = seen[JobCompleted]
-    assert isinstance(completed, JobCompleted)
-    charge = answered(core, token, placement, metered, completed, captured_of(seen))
-    result = msgspec.json.decode(completed.result)
+    done = await run_answered(request, core, token, metered)
+    assert not isinstance(done, Response), "a prompt rewrite is never async"
+    charge, result = done.charge, done.result
     choices = result.get("choices") if isinstance(result, dict) else None
     message = choices[0].get("message") if isinstance(choices, list) and choices else None
     rewritten = str(message.get("content") or "").strip() if isinstance(message, dict) else ""

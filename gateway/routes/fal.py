@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 from litestar import Request, Response, get, post, put
 from litestar.params import FromPath
 
@@ -35,12 +34,11 @@ from gateway.http import request_id as request_id_of
 from gateway.metering import Placement
 from gateway.requests import IMAGES, SPEECH, VIDEOS, parse_fal
 from gateway.results import charge_headers, shape_result
-from gateway.routes.generation import answered, captured_of, generation_body, run_metered
+from gateway.routes.generation import generation_body, run_answered
 from gateway.routes.jobs import job_body, job_error, request_cancel
 from gateway.routes.media import linked_url
 from projections.jobs import JobState
 from schemas.api import FalBatchStatusRequest
-from schemas.events import JobCompleted
 
 fal_statuses = {
     "pending": "IN_QUEUE",
@@ -165,21 +163,15 @@ async def submit(request: Request[Any, Any, Any], core: Core, slug: FromPath[str
         body.update(urls)
         return json_response(body, headers={"location": urls["status_url"]})
 
-    outcome = await run_metered(request, core, token, metered, queued)
-    if isinstance(outcome, Response):
-        return outcome
-    placement, seen = outcome
-    completed = seen[JobCompleted]
-    assert isinstance(completed, JobCompleted)
-    charge = answered(core, token, placement, metered, completed, captured_of(seen))
-    shaped = shape_result(
-        metered.endpoint,
-        request_id_of(request),
-        msgspec.json.decode(completed.result),
-        charge,
-        metered.price_of(charge.model),
-    )
-    body = {"request_id": placement.command.job.job_id, **fal_output(metered.endpoint, shaped, charge.units.variant)}
+    done = await run_answered(request, core, token, metered, queued)
+    if isinstance(done, Response):
+        return done
+    charge = done.charge
+    shaped = shape_result(metered.endpoint, request_id_of(request), done.result, charge, metered.price_of(charge.model))
+    body = {
+        "request_id": done.placement.command.job.job_id,
+        **fal_output(metered.endpoint, shaped, charge.units.variant),
+    }
     return json_response(await linked_fal(request, core, token.org_id, body), headers=charge_headers(charge))
 
 

@@ -220,6 +220,35 @@ async def run_metered(
     return placement, seen
 
 
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """A request run to its completion: the charge its answer states and the job's result (decoded)."""
+
+    placement: Placement
+    completed: JobCompleted
+    charge: Charge
+    result: Any
+
+
+async def run_answered(
+    request: Request[Any, Any, Any],
+    core: GatewayCore,
+    token: ApiToken,
+    metered: MeteredRequest,
+    accepted: Accepted = accepted_job,
+) -> Answered | Response[bytes]:
+    """``run_metered``, then the charge of its completion (``answered``): what a whole answer needs,
+    or the 202 of an async request."""
+    outcome = await run_metered(request, core, token, metered, accepted)
+    if isinstance(outcome, Response):
+        return outcome
+    placement, seen = outcome
+    completed = seen[JobCompleted]
+    assert isinstance(completed, JobCompleted)
+    charge = answered(core, token, placement, metered, completed, captured_of(seen))
+    return Answered(placement, completed, charge, msgspec.json.decode(completed.result))
+
+
 def raise_refusal(
     core: GatewayCore, token: ApiToken, rid: str, metered: MeteredRequest, placement: Placement, seen: Seen
 ) -> None:
@@ -274,17 +303,13 @@ async def _respond_json(
     accepted: Accepted = accepted_job,
 ) -> Response[bytes]:
     started = time.perf_counter()
-    outcome = await run_metered(request, core, token, metered, accepted)
-    if isinstance(outcome, Response):
-        return outcome
-    placement, seen = outcome
-    completed = seen[JobCompleted]
-    assert isinstance(completed, JobCompleted)
-    charge = answered(core, token, placement, metered, completed, captured_of(seen))
-    result = msgspec.json.decode(completed.result)
-    body = shape_result(metered.endpoint, request_id(request), result, charge, metered.price_of(charge.model))
+    done = await run_answered(request, core, token, metered, accepted)
+    if isinstance(done, Response):
+        return done
+    charge = done.charge
+    body = shape_result(metered.endpoint, request_id(request), done.result, charge, metered.price_of(charge.model))
     body = await linked(request, core, token.org_id, body, metered.answer_url)
-    added_ms = (time.perf_counter() - started) * 1000 - completed.duration_ms
+    added_ms = (time.perf_counter() - started) * 1000 - done.completed.duration_ms
     headers = {**charge_headers(charge), "x-gateway-added-ms": f"{max(added_ms, 0):.2f}"}
     return json_response(body, headers=headers)
 
@@ -655,14 +680,10 @@ async def _spoken(
     """Run a speech request: its 202 (async), or its charge, the request, how to answer and the result."""
     token = authorize(request, "user:write")
     metered, ask = parse_spoken(body, core.prices.current, stream, audio_response)
-    outcome = await run_metered(request, core, token, metered)
-    if isinstance(outcome, Response):
-        return outcome, metered, ask, {}
-    placement, seen = outcome
-    completed = seen[JobCompleted]
-    assert isinstance(completed, JobCompleted)
-    charge = answered(core, token, placement, metered, completed, captured_of(seen))
-    return charge, metered, ask, msgspec.json.decode(completed.result)
+    done = await run_answered(request, core, token, metered)
+    if isinstance(done, Response):
+        return done, metered, ask, {}
+    return done.charge, metered, ask, done.result
 
 
 async def _speech_answer(
@@ -837,16 +858,12 @@ async def _speech_stream_earlier(
 ) -> Response[bytes] | Stream:
     """A streamed speech retried with its Idempotency-Key after its first attempt began: that attempt's
     outcome (waited for while it runs), its audio in chunks of ``stream_chunk_bytes`` and its usage."""
-    outcome = await run_metered(request, core, token, metered)
-    if isinstance(outcome, Response):
-        return outcome
-    placement, seen = outcome
-    completed = seen[JobCompleted]
-    assert isinstance(completed, JobCompleted)
-    charge = answered(core, token, placement, metered, completed, captured_of(seen))
+    done = await run_answered(request, core, token, metered)
+    if isinstance(done, Response):
+        return done
+    charge, completed = done.charge, done.completed
     usage = usage_of(metered.endpoint, charge.units, charge, metered.price_of(charge.model))
-    result = msgspec.json.decode(completed.result)
-    events = speeches.stream_events(result, ask, usage, _elapsed_ms(started))
+    events = speeches.stream_events(done.result, ask, usage, _elapsed_ms(started))
     model = completed.served_model or metered.model
     requested = metered.model if model != metered.model else ""
     headers = {
@@ -910,14 +927,10 @@ async def _transcript_input(
 async def _transcript(request: Request[Any, Any, Any], core: GatewayCore, translation: bool) -> Response[bytes]:
     token = authorize(request, "user:write")
     metered, ask = await _transcript_input(request, core, translation)
-    outcome = await run_metered(request, core, token, metered)
-    if isinstance(outcome, Response):
-        return outcome
-    placement, seen = outcome
-    completed = seen[JobCompleted]
-    assert isinstance(completed, JobCompleted)
-    charge = answered(core, token, placement, metered, completed, captured_of(seen))
-    result = msgspec.json.decode(completed.result)
+    done = await run_answered(request, core, token, metered)
+    if isinstance(done, Response):
+        return done
+    charge, result = done.charge, done.result
     usage = usage_of(metered.endpoint, charge.units, charge, metered.price_of(charge.model))
     headers = charge_headers(charge)
     if ask.response_format in ("text", "srt", "vtt"):

@@ -28,11 +28,10 @@ from gateway.hosted_agent_config import check_chat_model, public_https_host, rec
 from gateway.http import decode_body, json_response, request_id
 from gateway.requests import CHAT, parse_chat
 from gateway.results import charge_headers, shape_result
-from gateway.routes.generation import answered, captured_of, run_metered
+from gateway.routes.generation import run_answered
 from gateway.routes.resources import agent_model, agent_provider, hosted_agent_card, owned_agent
 from ledger.resources import Subscription
 from projections.hosted_agents import AgentConfig, access_card, behavior_of, integration_card
-from schemas.events import JobCompleted
 from schemas.hosted_agents import (
     HostedAgentAccessRequest,
     HostedAgentBehaviorRequest,
@@ -111,15 +110,11 @@ async def message_hosted_agent(
     chat = msgspec.json.encode({"model": model, "messages": body.messages})
     metered = parse_chat(chat, core.prices.current, token.org_id, core.files)
     metered = dataclasses.replace(metered, source="hosted_agents", source_id=instance_id)
-    outcome = await run_metered(request, core, token, metered)
-    if isinstance(outcome, Response):
-        return outcome  # never: a message is answered whole (no async)
-    placement, seen = outcome
-    completed = seen[JobCompleted]
-    assert isinstance(completed, JobCompleted)
-    charge = answered(core, token, placement, metered, completed, captured_of(seen))
+    done = await run_answered(request, core, token, metered)
+    if isinstance(done, Response):
+        return done  # never: a message is answered whole (no async)
+    charge, result = done.charge, done.result
     rid = request_id(request)
-    result = msgspec.json.decode(completed.result)
     completion = shape_result(CHAT, rid, result, charge, metered.price_of(charge.model))
     message = completion["choices"][0]["message"]
     answer = {

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import msgspec
 from litestar import Request, Response, post
 
 from gateway import texttools
@@ -19,8 +18,7 @@ from gateway.core import Core, GatewayCore
 from gateway.http import json_response, request_id
 from gateway.metering import Placement
 from gateway.results import charge_headers, shape_result
-from gateway.routes.generation import accepted_job, answered, captured_of, generation_body, run_metered
-from schemas.events import JobCompleted
+from gateway.routes.generation import accepted_job, generation_body, run_answered
 from schemas.moments import iso_or_none
 
 
@@ -47,16 +45,12 @@ async def _tool(request: Request[Any, Any, Any], core: GatewayCore, endpoint: st
     token = authorize(request, "user:write")
     metered = texttools.parse(endpoint, await generation_body(request, core), core.prices.current)
     accepted = research_accepted if endpoint == texttools.RESEARCH else accepted_job
-    outcome = await run_metered(request, core, token, metered, accepted)
-    if isinstance(outcome, Response):
-        return outcome
-    placement, seen = outcome
-    completed = seen[JobCompleted]
-    assert isinstance(completed, JobCompleted)
-    charge = answered(core, token, placement, metered, completed, captured_of(seen))
-    result = msgspec.json.decode(completed.result)
-    body = shape_result(endpoint, request_id(request), result, charge, metered.price_of(charge.model))
-    added_ms = (time.perf_counter() - started) * 1000 - completed.duration_ms
+    done = await run_answered(request, core, token, metered, accepted)
+    if isinstance(done, Response):
+        return done
+    charge = done.charge
+    body = shape_result(endpoint, request_id(request), done.result, charge, metered.price_of(charge.model))
+    added_ms = (time.perf_counter() - started) * 1000 - done.completed.duration_ms
     headers = {**charge_headers(charge), "x-gateway-added-ms": f"{max(added_ms, 0):.2f}"}
     return json_response(body, headers=headers)
 
