@@ -348,7 +348,7 @@ class WorkerRole:
         outcome (the capture with it) is appended."""
         assert self._producer is not None
         loop = asyncio.get_running_loop()
-        replaced = False
+        replaced = failed_instead = False
         while True:
             done: asyncio.Future[BaseException | None] = loop.create_future()
 
@@ -363,9 +363,10 @@ class WorkerRole:
             if error is None:
                 return True
             if isinstance(error, RecordTooLarge):
-                assert not replaced, "a completion without its audio, or a failure, is small"
-                replaced = True
-                records = self._without_streamed_audio(running, records) or self._too_large(running, error)
+                assert not failed_instead, "a failure's records are small"
+                lighter = None if replaced else self._without_streamed_audio(running, records)
+                replaced, failed_instead = True, lighter is None
+                records = lighter or self._too_large(running, error)
                 continue
             if self._stopping:
                 return False
