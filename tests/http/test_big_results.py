@@ -7,6 +7,7 @@ tests/kafka/test_kafka_big_results.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -16,6 +17,7 @@ import pytest
 
 from eventlog import topics
 from gateway.metering import job_id_for
+from gateway.routes.generation import _audio_past
 from schemas.codec import decode_event
 from schemas.events import JobCompleted
 from tests.harness import Gateway
@@ -122,6 +124,9 @@ def test_a_long_stream_completes_without_its_audio_and_replays_it_from_its_piece
     completed = _completion_on_the_log(account.gw, job_id_for(seen.headers["x-request-id"]))
     result = json.loads(bytes(completed.result))
     assert "audio_b64" not in result and result["audio_in_pieces"] is True and result["audio_bytes"] == len(audio)
+    # A stream that missed its pieces past some byte gets the rest from the pieces on the log.
+    missed = asyncio.run(_audio_past(account.gw.core, completed, result, 100_000))
+    assert missed == audio[100_000:]
 
     before = account.balance_micros()
     replay = account.gw.call(  # the same bytes as the first attempt's body
