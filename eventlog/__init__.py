@@ -16,6 +16,17 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 partition_cache_keys_max = 100_000
+# The largest record either log takes, key, value and framing together: a transcription upload rides
+# in its job (3 MiB of audio, as base64, in a command and then in the job), and a job's outcome
+# (``JobCompleted``: its result, audio or images as base64) in one record. Kafka's topics are created
+# with it and its producers use it as ``max_request_size``; the embedded log refuses the same records,
+# so a result too large for Kafka is too large on a laptop too.
+record_bytes_max = 8 * 1024 * 1024
+# What a record may need beside its value: Kafka's batch header (61 bytes) and the record's own
+# varints, timestamp and key (an organization id), with room to spare. A value within
+# ``record_value_bytes_max`` is never refused, by the producer or by the broker.
+record_framing_bytes_max = 4 * 1024
+record_value_bytes_max = record_bytes_max - record_framing_bytes_max
 
 
 class Record(NamedTuple):
@@ -42,6 +53,26 @@ class LogUnavailable(LogError):
     later. A gauge skips its measurement; a role's own retries are bounded by the adapter."""
 
 
+class RecordTooLarge(LogError):
+    """A record whose value is over ``record_value_bytes_max``: no log takes it, however often it is
+    sent. Raised by ``send`` before any record of the call is appended (the call appends all or none)."""
+
+    def __init__(self, topic: str, value_bytes: int = 0) -> None:
+        size = f"of {value_bytes:,} bytes " if value_bytes else ""
+        super().__init__(
+            f"a record {size}for {topic} is over the log's limit of {record_value_bytes_max:,} bytes a value"
+        )
+        self.topic = topic
+        self.value_bytes = value_bytes
+
+
+def check_record_sizes(records: Sequence[Outgoing]) -> None:
+    """Raise ``RecordTooLarge`` for the first record over the limit, before anything is sent."""
+    for record in records:
+        if len(record.value) > record_value_bytes_max:
+            raise RecordTooLarge(record.topic, len(record.value))
+
+
 Acknowledged = Callable[[BaseException | None], None]
 
 
@@ -58,12 +89,14 @@ class Producer(abc.ABC):
 
     @abc.abstractmethod
     def send(self, records: Sequence[Outgoing]) -> None:
-        """Append without waiting (Kafka batches and retries in the background)."""
+        """Append without waiting (Kafka batches and retries in the background). Raises
+        ``RecordTooLarge`` (and appends none of them) when a record is over the limit."""
 
     @abc.abstractmethod
     def send_acknowledged(self, records: Sequence[Outgoing], on_done: Acknowledged) -> None:
         """Append, and call ``on_done(None)`` once every record is durable (``on_done(error)`` if one
-        could not be written). ``on_done`` may run on another thread."""
+        could not be written). ``on_done`` may run on another thread. Raises ``RecordTooLarge`` as
+        ``send`` does, before appending any."""
 
     @abc.abstractmethod
     def flush(self, timeout_s: float) -> None: ...

@@ -4,6 +4,7 @@ One process owns the file. A transaction is one SQLite transaction, so output re
 positions become visible together, which is the same exactly-once contract the Kafka log gives.
 Partitions follow Kafka's partitioner. A group has a single member, which owns every partition.
 Transactional ids are accepted and not needed: within one process there is no zombie to fence.
+Records are refused over the same size limit as Kafka's (``eventlog.record_value_bytes_max``).
 
 Producers' appends are group-committed: ``send`` hands its records to a flusher thread and returns at
 once (an event loop never waits on SQLite); the flusher writes whatever has gathered since its last
@@ -30,6 +31,7 @@ from eventlog import (
     Processor,
     Producer,
     Record,
+    check_record_sizes,
     partition_for,
 )
 
@@ -81,7 +83,10 @@ class EmbeddedLog(EventLog):
     # --- group commit ---
 
     def submit(self, records: Sequence[Outgoing], on_done: Acknowledged | None = None) -> None:
-        """Append soon, in order with every other submission; ``on_done`` once written."""
+        """Append soon, in order with every other submission; ``on_done`` once written. A record
+        over the limit raises here, as Kafka's producer does, rather than fail the flusher's whole
+        batch (every other producer's records with it)."""
+        check_record_sizes(records)
         with self._pending_lock:
             if self._closed:
                 raise LogError("the embedded log is closed")
@@ -335,6 +340,7 @@ class _EmbeddedProcessor(Processor):
     def commit_transaction(
         self, outputs: Sequence[Outgoing], positions: Mapping[TopicPartition, int] | None = None
     ) -> None:
+        check_record_sizes(outputs)
         committing = dict(self._consumer.positions) if positions is None else dict(positions)
         self._log.append(outputs, self._group, committing)
         self._consumer.committed_positions.update(committing)

@@ -25,7 +25,13 @@ from typing import Any, TypeVar
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from kafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    TopicAlreadyExistsError,
+)
 from kafka.structs import OffsetAndMetadata
 
 try:  # kafka-python 3.x
@@ -44,6 +50,9 @@ from eventlog import (
     Processor,
     Producer,
     Record,
+    RecordTooLarge,
+    check_record_sizes,
+    record_bytes_max,  # topics are created with it and every client allows it (eventlog/__init__.py)
 )
 
 logger = logging.getLogger(__name__)
@@ -63,9 +72,6 @@ fill_fetch_bytes_min = 64 * 1024
 # previous commit's markers are written) showed up as 100 ms steps in transaction latency.
 retry_backoff_ms = 10
 metadata_wait_s_max = 30.0
-# Largest record: a transcription upload rides in its job (3 MiB of audio, as base64, in a command
-# and then in the job). Topics are created with this limit and every client allows it.
-record_bytes_max = 8 * 1024 * 1024
 # Job results and progress are read from the start of tollgate.jobs by every gateway: a day of it
 # covers the hour that finished jobs stay visible, with room for a gateway that was down.
 jobs_retention_ms = 24 * 3600 * 1000
@@ -340,10 +346,14 @@ class _KafkaProducer(Producer):
         self.on_close: Any = None
 
     def send(self, records: Sequence[Outgoing]) -> None:
+        # Checked first, so that a call appends all its records or none (kafka-python would raise
+        # MessageSizeTooLargeError at the big one, after sending those before it).
+        check_record_sizes(records)
         for topic, key, value in records:
             self._producer.send(topic, value=value, key=key.encode())
 
     def send_acknowledged(self, records: Sequence[Outgoing], on_done: Acknowledged) -> None:
+        check_record_sizes(records)
         if not records:
             on_done(None)
             return
@@ -352,6 +362,8 @@ class _KafkaProducer(Producer):
         failed: list[BaseException] = []
 
         def settle(error: BaseException | None) -> None:
+            if isinstance(error, MessageSizeTooLargeError | RecordListTooLargeError):  # the broker's own check
+                error = RecordTooLarge("a topic")
             with lock:
                 if error is not None and not failed:
                     failed.append(error)
@@ -452,6 +464,7 @@ class _KafkaProcessor(Processor):
         )
         if not outputs and not offsets:
             return
+        check_record_sizes(outputs)  # before the transaction begins: nothing of it is sent
         started = time.perf_counter()
         self._producer.begin_transaction()
         for topic, key, value in outputs:

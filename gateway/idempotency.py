@@ -18,6 +18,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import logging
 from typing import Any
 
 import msgspec
@@ -35,7 +36,7 @@ from litestar.types import (
     Send,
 )
 
-from eventlog import Outgoing, topics
+from eventlog import Outgoing, RecordTooLarge, topics
 from gateway.auth import principal_async
 from gateway.core import GatewayCore
 from gateway.errors import ApiError, send_error
@@ -45,6 +46,7 @@ from schemas.events import IdempotencyKeyClaimed, IdempotentReplyRecorded
 from schemas.ids import new_id
 from schemas.moments import utc_now
 
+logger = logging.getLogger(__name__)
 idempotency_key_chars_max = 255
 retry_wait_margin_s = 5.0  # a retry waits for the attempt running here at most its wait, and this
 admin_scope = "admin"  # the key scope of the platform admin token (an organization's keys use its id)
@@ -100,7 +102,11 @@ def record_reply(
         body_base64="" if json_body else base64.b64encode(body).decode(),
     )
     core.idempotency.apply(event)  # this instance answers replays at once; others via the log
-    core.send([Outgoing(topics.IDEMPOTENCY, scope, encode(event))])
+    try:
+        core.send([Outgoing(topics.IDEMPOTENCY, scope, encode(event))])
+    except RecordTooLarge as error:  # an answer near the record limit (an upstream's): other instances
+        # answer a retry from the job's own events on the log, as when a reply was lost
+        logger.warning("an idempotent reply was not recorded on the log: %s", error)
 
 
 class IdempotencyMiddleware(ASGIMiddleware):

@@ -41,8 +41,8 @@ from schemas.api import (
     VideoRequest,
 )
 from schemas.units import Units
-from workers import conversations, metering, texttools
-from workers.backends import score_pairs
+from workers import conversations, metering, result_sizes, texttools
+from workers.backends import embedding_dimensions_default, score_pairs, speech_ms_per_character
 from workers.metering import FileContents
 
 tokens_per_message_bound = 8
@@ -314,12 +314,38 @@ def _multimodal_embedding_bound(price: ModelPrice, items: list[Any], fields: dic
     return msgspec.structs.replace(_per_request(fields), input_tokens=text, image_input_tokens=counted.image_tokens)
 
 
+def check_embeddings_fit(embedding: EmbeddingRequest, items: int) -> None:
+    """A 400 for embeddings whose answer (``items`` vectors of ``dimensions`` values) is over what one
+    result may hold (``workers/result_sizes.py``), naming what would fit."""
+    dimensions = embedding.dimensions or embedding_dimensions_default
+    encoding = embedding.encoding_format
+    size = result_sizes.embedding_result_bytes(items, dimensions, encoding)
+    if size <= result_sizes.job_result_bytes_max:
+        return
+    per_item = result_sizes.embedding_result_bytes(1, dimensions, encoding)
+    options = [f"at most {result_sizes.job_result_bytes_max // per_item:,} inputs a request at {dimensions} dimensions"]
+    if encoding == "float" and result_sizes.embedding_result_bytes(items, dimensions, "base64") <= (
+        result_sizes.job_result_bytes_max
+    ):
+        options.append('encoding_format "base64"')
+    if embedding.dimensions is not None:
+        options.append("fewer dimensions")
+    raise ApiError(
+        400,
+        f"{items:,} embeddings of {dimensions} dimensions ({encoding}) come to about {_megabytes(size)}, more than "
+        f"one result may hold ({_megabytes(result_sizes.job_result_bytes_max)}). Send {', or '.join(options)}.",
+        code="result_too_large",
+        param="input",
+    )
+
+
 def parse_embedding(body: bytes, book: PriceBook) -> MeteredRequest:
     embedding: EmbeddingRequest = _decode(body, EmbeddingRequest)
     price = model_price(book, embedding.model, lambda p: p.category == "embedding", "an embedding")
     given = embedding.input
     items = given if isinstance(given, list) else [given]
     if isinstance(given, list) and any(isinstance(item, dict) for item in items):
+        check_embeddings_fit(embedding, len(items))
         fields = _fields(body)
         bound = _multimodal_embedding_bound(price, items, fields)
         return _metered(EMBEDDINGS, price, book, bound, body, _async_flag(fields))
@@ -337,6 +363,7 @@ def parse_embedding(body: bytes, book: PriceBook) -> MeteredRequest:
         )
     if isinstance(given, list) and all(isinstance(i, int) for i in items):
         items = [items]
+    check_embeddings_fit(embedding, len(items))
     bound_tokens = sum(len(i.encode()) if isinstance(i, str) else (len(i) if isinstance(i, list) else 1) for i in items)
     if bound_tokens > price.context_length * max(len(items), 1):
         raise ApiError(
@@ -676,6 +703,8 @@ def parse_spoken(
         timestamp_type=spoken.timestamp_type,
         text=spoken.input,
     )
+    if not stream:  # a stream's audio travels in pieces: its completion need not hold it (workers/role.py)
+        check_speech_fits(audio_format, len(spoken.input), fields.get("sample_rate"), "sample_rate" in fields)
     fields.pop("output_format", None)
     fields["response_format"] = audio_format
     if stream:  # the worker reports the audio as it is made (OpenAI's speech streams with this field)
@@ -685,6 +714,44 @@ def parse_spoken(
     bound = msgspec.structs.replace(_per_request(fields), characters=len(spoken.input))
     run_async = False if stream else _async_flag(fields)
     return _metered(SPEECH, price, book, bound, msgspec.json.encode(fields), run_async, stream), ask
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1_000_000:.1f} MB"
+
+
+def check_speech_fits(
+    audio_format: str, characters: int, given_rate: object, rate_given: bool, param: str = "input", choices: bool = True
+) -> None:
+    """A 400 for speech whose audio (60 ms a character) is over what one result may hold
+    (``workers/result_sizes.py``), naming what would fit: MP3, a lower ``sample_rate``, a shorter input."""
+    seconds_milli = characters * speech_ms_per_character
+    sample_rate = result_sizes.speech_sample_rate(audio_format, given_rate)
+    if result_sizes.speech_fits(audio_format, seconds_milli, sample_rate):
+        return
+    raw = result_sizes.spoken_audio_bytes(audio_format, seconds_milli, sample_rate)
+    rates = [rate for rate in result_sizes.speech_sample_rates if rate < sample_rate]
+    fitting_rate = max((r for r in rates if result_sizes.speech_fits(audio_format, seconds_milli, r)), default=0)
+    fitting_characters = characters
+    while fitting_characters and not result_sizes.speech_fits(
+        audio_format, fitting_characters * speech_ms_per_character, sample_rate
+    ):
+        fitting_characters = fitting_characters * 9 // 10  # a few steps from 4,096 to what fits
+    while result_sizes.speech_fits(audio_format, (fitting_characters + 1) * speech_ms_per_character, sample_rate):
+        fitting_characters += 1
+    options = ["output as MP3"] if choices else []
+    if fitting_rate and choices:
+        options.append(f"a sample_rate of at most {fitting_rate}")
+    options.append(f"at most {fitting_characters:,} characters a request")
+    raise ApiError(
+        400,
+        f"{characters:,} characters are {seconds_milli / 1000:.1f} s of audio: as 16-bit {audio_format.upper()} at "
+        f"{sample_rate} Hz that is {_megabytes(raw)} ({_megabytes(result_sizes.base64_bytes(raw))} as base64), more "
+        f"than one result may hold ({_megabytes(result_sizes.job_result_bytes_max)}). Ask for "
+        f"{', or '.join(options)}.",
+        code="result_too_large",
+        param="sample_rate" if rate_given and fitting_rate else param,
+    )
 
 
 transcript_formats = ("json", "text", "srt", "verbose_json", "vtt")
@@ -932,6 +999,7 @@ def parse_fal(slug: str, body: bytes, book: PriceBook) -> MeteredRequest:
         text = spoken.text or spoken.prompt
         if not text:
             raise ApiError(400, "Send the text to speak as 'text'.", code="missing_required_parameter", param="text")
+        check_speech_fits("wav", len(text), None, False, "text" if spoken.text else "prompt", choices=False)
         payload: dict[str, Any] = {"model": price.model, "input": text, "voice": spoken.voice}
         bound = msgspec.structs.replace(_per_request({}), characters=len(text))
         return _metered(SPEECH, price, book, bound, msgspec.json.encode(payload), not spoken.sync_mode)

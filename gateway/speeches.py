@@ -14,16 +14,27 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
 
+from eventlog import EventLog, partition_for, topics
 from gateway.requests import SpeechAsk
-from schemas.events import JobProgressed
+from schemas.codec import decode_event
+from schemas.events import JobCompleted, JobProgressed
 from workers import media
+from workers.backends import AUDIO
 
 stream_chunk_bytes = 16 * 1024  # audio bytes per audio.chunk event
+# Reading a long stream's pieces back from tollgate.jobs (its completion says ``audio_in_pieces``):
+# from a little before the job began (the worker's clock stamps the records), at most this many
+# records of the organization's partition, for at most this long.
+pieces_read_slack_ms = 10_000
+pieces_read_records_max = 200_000
+pieces_read_batch_records_max = 500
+pieces_read_s_max = 30.0
 _content_types = {"mp3": "audio/mpeg", "wav": "audio/wav", "pcm": "audio/pcm"}
 
 
@@ -130,6 +141,51 @@ class AudioPieces:
             return 0
         samples = self.sent_bytes - (media.wav_header_bytes if self.audio_format == "wav" else 0)
         return max(samples, 0) // 2 * 1000 // max(self.sample_rate, 1)
+
+
+class AudioNotWhole(Exception):
+    """A long stream's pieces could not be read back whole from the log."""
+
+
+def audio_in_pieces(result: dict[str, Any]) -> int | None:
+    """The audio's size when a completion left its audio in the job's pieces (too large for one
+    record: workers/role.py), else None."""
+    return int(result.get("audio_bytes") or 0) if result.get("audio_in_pieces") else None
+
+
+def audio_from_log(log: EventLog, completed: JobCompleted) -> bytes:
+    """The audio of ``completed``'s job, from its pieces on ``tollgate.jobs`` (the runs' ``JobProgressed``
+    of part ``audio``, in order, a retried run's counted from its start as ``AudioPieces`` does), read
+    from the organization's partition up to the completion. Blocking: call it in a thread."""
+    since_ms = int(completed.occurred_at.timestamp() * 1000) - completed.duration_ms - pieces_read_slack_ms
+    partition = partition_for(completed.org_id.encode(), log.partitions)
+    consumer = log.consumer(
+        [topics.JOBS], client_id=f"speech-pieces-{completed.job_id}", partitions=[partition], start_ms=since_ms
+    )
+    pieces = AudioPieces()
+    audio = bytearray()
+    read = 0
+    deadline = time.monotonic() + pieces_read_s_max
+    try:
+        while read < pieces_read_records_max and time.monotonic() < deadline:
+            records = consumer.poll(pieces_read_batch_records_max, 200)
+            if not records and consumer.caught_up():
+                break
+            read += len(records)
+            for record in records:
+                try:
+                    event = decode_event(record.value)
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    continue  # not an event of ours (the follower skips it too)
+                if getattr(event, "job_id", None) != completed.job_id:
+                    continue
+                if isinstance(event, JobProgressed) and event.part == AUDIO and event.delta:
+                    audio += pieces.fresh(event)
+                elif isinstance(event, JobCompleted):
+                    return bytes(audio)
+    finally:
+        consumer.close()
+    return bytes(audio)
 
 
 def stream_events(

@@ -31,7 +31,7 @@ import msgspec
 from ledger.pricing import billed_seconds, default_price_book
 from schemas.prices import Route
 from schemas.units import Units
-from workers import agents, conversations, media, meshes, metering, texttools
+from workers import agents, conversations, media, meshes, metering, result_sizes, texttools
 from workers.conversations import Dialogue, Reply, Search, ToolCall
 
 _token_pattern = re.compile(r"\w+|[^\w\s]")
@@ -181,6 +181,7 @@ ChatBackend = Backend  # the name before every endpoint had a backend
 stream_chunk_tokens = 4  # tokens between two progress points of a text job
 embedding_dimensions_default = 64
 video_width, video_height, video_fps = 64, 36, 2
+sim_padding_bytes_max = 32 * 1024 * 1024  # the ``result_padding_bytes`` knob's most
 speech_ms_per_character = 60  # the simulated voice speaks a character in 60 ms of audio
 # ... and synthesizes it in 1 ms (60 times faster than it speaks: a 3,000-character input, the stream's
 # most, takes 3 s, its first clause a few tens of ms, which is when a stream's first chunk goes out).
@@ -232,7 +233,9 @@ class SimulatedBackend(Backend):
 
     Fault injection for tests and demos, with ``knobs`` on (the platform's choice, never a tenant's:
     ``TOLLGATE_SIM_KNOBS``): a payload field ``sim`` with ``fail_attempts`` (the first n attempts fail
-    with ``fail_code``, retryably unless ``fatal``) and ``token_ms``. Without ``knobs`` it is ignored."""
+    with ``fail_code``, retryably unless ``fatal``), ``token_ms`` and ``result_padding_bytes`` (a field of
+    that many bytes added to the result: an answer larger than its request bounds). Without ``knobs``
+    it is ignored."""
 
     def __init__(self, latency_ms: int = 0, token_ms: int = 0, video_second_ms: int = 50, knobs: bool = True) -> None:
         self._latency_s = latency_ms / 1000
@@ -278,7 +281,11 @@ class SimulatedBackend(Backend):
         }.get(job.endpoint)
         if runner is None:
             raise BackendError("unsupported_endpoint", f"the simulated backend cannot run {job.endpoint}")
-        return await runner(job, token_s)
+        output = await runner(job, token_s)
+        padding = min(int(sim.get("result_padding_bytes", 0)), sim_padding_bytes_max) if isinstance(sim, dict) else 0
+        if padding > 0:  # an upstream that answers more than its request bounds (a result too large to record)
+            output = msgspec.structs.replace(output, result={**output.result, "sim_padding": "x" * padding})
+        return output
 
     async def _generate(
         self, job: JobContext, base: Units, seed: bytes, token_s: float, reasoning: int = 0
@@ -452,9 +459,7 @@ class SimulatedBackend(Backend):
         text = str(job.payload.get("input") or "")
         seed = _seed(text, job.payload.get("voice"))
         audio_format = str(job.payload.get("response_format") or "wav")
-        given_rate = job.payload.get("sample_rate")
-        rate = int(given_rate) if isinstance(given_rate, str) and given_rate.isdigit() else 0
-        sample_rate = 16000 if audio_format == "mp3" else rate or (24000 if audio_format == "pcm" else 16000)
+        sample_rate = result_sizes.speech_sample_rate(audio_format, job.payload.get("sample_rate"))
         streamed = job.payload.get("stream_format") == "sse"
         sim = (job.payload.get("sim") or {}) if self._knobs else {}
         character_ms = speech_synthesis_ms_per_character

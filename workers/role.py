@@ -40,7 +40,7 @@ from typing import Any
 
 import msgspec
 
-from eventlog import Consumer, EventLog, Outgoing, Producer, Record, topics
+from eventlog import Consumer, EventLog, Outgoing, Producer, Record, RecordTooLarge, topics
 from eventlog.logs import about
 from eventlog.metrics import Metrics
 from eventlog.settings import Settings
@@ -59,7 +59,7 @@ from schemas.events import (
 from schemas.ids import job_output_id
 from schemas.moments import utc_now
 from schemas.units import Units
-from workers.backends import Backend, BackendError, JobContext, JobOutput, JobStopped
+from workers.backends import AUDIO, Backend, BackendError, JobContext, JobOutput, JobStopped
 from workers.fair import FairSlots
 from workers.metering import charged_units
 
@@ -238,6 +238,8 @@ class _Running:
     stop: threading.Event = field(default_factory=threading.Event)
     backend_call: asyncio.Task[JobOutput] | None = None  # the backend's call, cancelled on a stop signal
     outcome: str = "stopped"  # how it ended, for the jobs counter: completed, failed, cancelled or stopped
+    attempt: int = 0  # the run's attempt number (1, 2...), which its outcome names
+    audio_pieces_attempt: int = 0  # the last attempt that reported audio pieces (a streamed speech)
 
 
 class WorkerRole:
@@ -327,7 +329,7 @@ class WorkerRole:
                 # No more heartbeats for it: its lease runs out and the ledger's expiry settles the hold.
                 running.stop.set()
                 return
-            if records and not await self._deliver(records):
+            if records and not await self._deliver(running, records):
                 return  # stopping before the log took the outcome: leave it for redelivery
         self._outcomes[running.outcome if records else "stopped"].inc()
         if logger.isEnabledFor(logging.DEBUG):
@@ -336,24 +338,82 @@ class WorkerRole:
         self._finished.put(running)
         self._room.set()
 
-    async def _deliver(self, records: list[Outgoing]) -> bool:
-        """Send the outcome and wait until the log has it; retry until it does (or the worker stops)."""
+    async def _deliver(self, running: _Running, records: list[Outgoing]) -> bool:
+        """Send the outcome and wait until the log has it; retry until it does (or the worker stops).
+
+        An outcome no log can take (a result over the record limit: the gateway refuses what it can
+        bound, so this is an upstream that answered more) is never retried: it becomes the job's
+        failure, ``result_too_large``, whose release frees the hold. The client gets a 502 at once,
+        not a timeout, and nothing is charged: the log refuses the record before anything of the
+        outcome (the capture with it) is appended."""
         assert self._producer is not None
         loop = asyncio.get_running_loop()
+        replaced = failed_instead = False
         while True:
             done: asyncio.Future[BaseException | None] = loop.create_future()
 
             def acknowledged(error: BaseException | None, done: asyncio.Future[BaseException | None] = done) -> None:
                 loop.call_soon_threadsafe(_settle, done, error)
 
-            self._producer.send_acknowledged(records, acknowledged)
-            error = await done
+            try:
+                self._producer.send_acknowledged(records, acknowledged)
+                error = await done
+            except Exception as refused:  # raised by the send itself: nothing of the outcome went out
+                error = refused
             if error is None:
                 return True
+            if isinstance(error, RecordTooLarge):
+                assert not failed_instead, "a failure's records are small"
+                lighter = None if replaced else self._without_streamed_audio(running, records)
+                replaced, failed_instead = True, lighter is None
+                records = lighter or self._too_large(running, error)
+                continue
             if self._stopping:
                 return False
             logger.warning("the log did not take an outcome (%s); sending it again", error)
             await asyncio.sleep(delivery_retry_s)
+
+    def _without_streamed_audio(self, running: _Running, records: list[Outgoing]) -> list[Outgoing] | None:
+        """A streamed speech's completion without its audio, when this run reported all of it as
+        pieces (``JobProgressed`` of part ``audio``, each small, on the same partition before the
+        outcome): the result keeps its metadata and says ``audio_in_pieces`` with ``audio_bytes``, and
+        the gateway relays (or, for a replay, reads back from the log) the pieces. The capture stays:
+        the client has, or can get, the whole audio. None for any other outcome."""
+        job = running.job
+        if not job.stream or running.audio_pieces_attempt != running.attempt or not records:
+            return None
+        completed = decode_event(records[0].value)
+        if not isinstance(completed, JobCompleted):
+            return None
+        result = msgspec.json.decode(completed.result)
+        audio_b64 = result.pop("audio_b64", None) if isinstance(result, dict) else None
+        if not isinstance(audio_b64, str):
+            return None
+        result["audio_in_pieces"] = True
+        result["audio_bytes"] = len(audio_b64) * 3 // 4 - audio_b64[-2:].count("=")
+        logger.info(
+            "job %s: its audio is too large for one record; the completion refers to its pieces",
+            job.job_id,
+            extra=about(job.request_id, job.org_id),
+        )
+        lighter = msgspec.structs.replace(completed, result=msgspec.Raw(msgspec.json.encode(result)))
+        return [records[0]._replace(value=encode(lighter)), *records[1:]]
+
+    def _too_large(self, running: _Running, error: RecordTooLarge) -> list[Outgoing]:
+        job = running.job
+        logger.warning(
+            "job %s: its outcome is too large for the log (%s); failing it instead",
+            job.job_id,
+            error,
+            extra=about(job.request_id, job.org_id),
+        )
+        running.outcome = "failed"
+        failure = BackendError(
+            "result_too_large",
+            f"the result is too large to deliver ({error}); ask for less in one request "
+            "(a shorter input, a lower sample_rate or MP3, fewer images or inputs)",
+        )
+        return failed_records(job, self._clock(), failure, max(running.attempt, 1))
 
     async def _attempts(self, running: _Running) -> list[Outgoing] | None:
         job = running.job
@@ -367,6 +427,7 @@ class WorkerRole:
                 # job may be a redelivery whose earlier run completed (killed before committing its
                 # position), and a cancellation from here would give the job a second outcome.
                 return None
+            running.attempt = attempt
             with self._lock:
                 running.run_id = f"{job.job_id}/{uuid.uuid4().hex}"
                 lease = self._lease(running)
@@ -416,6 +477,9 @@ class WorkerRole:
                     continue
                 running.outcome = "failed"
                 return failed_records(job, self._clock(), error, attempt)
+            except RecordTooLarge as error:  # a progress point the log refused (one piece over its limit)
+                running.outcome = "failed"
+                return failed_records(job, self._clock(), BackendError("result_too_large", str(error)), attempt)
             except Exception as error:  # a backend bug fails the job (and releases the hold), not the worker
                 logger.exception("backend crashed on job %s", job.job_id, extra=about(job.request_id, job.org_id))
                 crash = BackendError("backend_crashed", f"{type(error).__name__}: {error}")
@@ -456,6 +520,8 @@ class WorkerRole:
                 return  # the completion says the rest
             sequence += 1
             last_report = now
+            if part == AUDIO:
+                running.audio_pieces_attempt = attempt
             event = JobProgressed(
                 event_id=job_output_id(job.job_id, f"progress/{attempt}/{sequence}"),
                 occurred_at=self._clock(),

@@ -7,6 +7,7 @@ leaves a stream cancels its job, which is charged for what was generated up to t
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -784,13 +785,36 @@ async def _speech_events(
                         chunk = speeches.chunk_event(seq, audio, pieces.audio_format, pieces.sample_rate, elapsed_ms())
                         yield _sse(chunk)
                         seq += 1
-        for ending in _speech_ending(core, token, metered, ask, opened.placement, ended, pieces, seq, elapsed_ms):
+        completed = ended.get(JobCompleted)
+        rest = b""
+        if isinstance(completed, JobCompleted):
+            rest = await _audio_past(core, completed, msgspec.json.decode(completed.result), pieces.sent_bytes)
+        for ending in _speech_ending(core, token, metered, ask, opened.placement, ended, pieces, seq, elapsed_ms, rest):
             yield _sse(ending)
+    except speeches.AudioNotWhole as error:
+        yield _sse(speeches.error_event(str(error), "audio_not_whole"))
     except TimeoutError:
         yield _sse(speeches.error_event("The job did not finish in time.", "timeout"))
     finally:
         await opened.events.aclose()
     yield b"data: [DONE]\n\n"
+
+
+async def _audio_past(core: GatewayCore, completed: JobCompleted, result: dict[str, Any], sent_bytes: int) -> bytes:
+    """A completed speech's audio past its first ``sent_bytes``: from its result, or, when the result
+    left it in the job's pieces (a long stream: workers/role.py), none if the stream relayed them all,
+    else read back from the pieces on the log (``speeches.AudioNotWhole`` if they are not all there)."""
+    total = speeches.audio_in_pieces(result)
+    if total is None:
+        return speeches.result_audio(result)[0][sent_bytes:]
+    if sent_bytes >= total:
+        return b""
+    audio = await asyncio.to_thread(speeches.audio_from_log, core.log, completed)
+    if len(audio) != total:
+        raise speeches.AudioNotWhole(
+            f"The job's audio ({total:,} bytes) could be read back only in part ({len(audio):,} bytes)."
+        )
+    return audio[sent_bytes:]
 
 
 def _speech_ending(
@@ -803,8 +827,9 @@ def _speech_ending(
     pieces: speeches.AudioPieces,
     seq: int,
     elapsed_ms: Callable[[], int],
+    rest: bytes,
 ) -> list[dict[str, Any]]:
-    """The events after the last piece: a completed job's rest of its audio (what no piece brought: a
+    """The events after the last piece: a completed job's ``rest`` of its audio (what no piece brought: a
     job that ended before its pieces reached the stream), timestamps and ``audio.done`` with its
     charge; a job cancelled on the way (``DELETE /v1/jobs/{id}``) ``audio.done`` with what the ledger
     charged for the characters synthesized; a refusal or failure ``audio.error`` (nothing charged)."""
@@ -814,9 +839,8 @@ def _speech_ending(
         charge = answered(core, token, placement, metered, completed, captured_of(ended))
         usage = usage_of(metered.endpoint, charge.units, charge, metered.price_of(charge.model))
         result = msgspec.json.decode(completed.result)
-        audio, audio_format, sample_rate = speeches.result_audio(result)
+        audio_format, sample_rate = str(result.get("format") or "wav"), int(result.get("sample_rate") or 24000)
         events = []
-        rest = audio[pieces.sent_bytes :]
         for start in range(0, len(rest), speeches.stream_chunk_bytes):
             piece = rest[start : start + speeches.stream_chunk_bytes]
             events.append(speeches.chunk_event(seq, piece, audio_format, sample_rate, elapsed_ms()))
@@ -863,7 +887,14 @@ async def _speech_stream_earlier(
         return done
     charge, completed = done.charge, done.completed
     usage = usage_of(metered.endpoint, charge.units, charge, metered.price_of(charge.model))
-    events = speeches.stream_events(done.result, ask, usage, _elapsed_ms(started))
+    result = done.result
+    if speeches.audio_in_pieces(result) is not None:  # a long stream's audio, from its pieces on the log
+        try:
+            audio = await _audio_past(core, completed, result, 0)
+        except speeches.AudioNotWhole as error:
+            raise ApiError(502, f"{error} Send the request with a new key.", code="audio_not_whole") from None
+        result = {**result, "audio_b64": base64.b64encode(audio).decode()}
+    events = speeches.stream_events(result, ask, usage, _elapsed_ms(started))
     model = completed.served_model or metered.model
     requested = metered.model if model != metered.model else ""
     headers = {

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from eventlog import Consumer, EventLog, Outgoing, Processor, Record
+from eventlog import Consumer, EventLog, Outgoing, Processor, Record, RecordTooLarge, record_value_bytes_max
 
 wait_s_max = 30.0
 
@@ -196,6 +196,29 @@ class LogContract:
         assert [r.value for r in poll_until(reader, 1)] == [b"once"]
         assert poll_quiet(reader, self.quiet_s) == [], "read_committed hides aborts"
         reader.close()
+
+    def test_a_value_over_the_record_limit_is_refused_and_none_of_its_send_appended(
+        self, log: EventLog, unique: str
+    ) -> None:
+        """The limit is one (``record_value_bytes_max``) and both logs keep it: the largest value is
+        taken (the framing allowance covers the broker's own count), one byte more raises at the send,
+        before any record of that send goes out (a job's outcome and its capture go together or not)."""
+        topic = f"t-size-{unique}"
+        log.ensure_topics([topic])
+        producer = log.producer("test")
+        with pytest.raises(RecordTooLarge):
+            producer.send([Outgoing(topic, "k", b"before"), Outgoing(topic, "k", b"x" * (record_value_bytes_max + 1))])
+        with pytest.raises(RecordTooLarge):
+            producer.send_acknowledged([Outgoing(topic, "k", b"y" * (record_value_bytes_max + 1))], lambda _: None)
+        acknowledged: list[BaseException | None] = []
+        producer.send_acknowledged([Outgoing(topic, "k", b"z" * record_value_bytes_max)], acknowledged.append)
+        producer.flush(30)
+        consumer = log.consumer([topic], client_id="test")
+        records = poll_until(consumer, 1) + poll_quiet(consumer, self.quiet_s)
+        assert acknowledged == [None]
+        assert [len(r.value) for r in records] == [record_value_bytes_max]
+        consumer.close()
+        producer.close()
 
 
 class TestEmbeddedLog(LogContract):

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 
-from eventlog import AssignmentListener, Consumer, Outgoing, Record, topics
+from eventlog import AssignmentListener, Consumer, Outgoing, Record, record_value_bytes_max, topics
 from eventlog.embedded import EmbeddedLog
 from eventlog.settings import Settings
 from schemas.events import JobQueued
-from workers.backends import SimulatedChatBackend
+from schemas.units import Units
+from workers.backends import AUDIO, Backend, JobContext, JobOutput, SimulatedChatBackend
 from workers.fair import FairSlots
 from workers.role import WorkerRole, _Running, worker_roles
 
@@ -118,3 +121,60 @@ def test_each_pool_is_its_own_consumer_group(tmp_path: Path, monkeypatch: pytest
         ((topics.dispatch_topic("video"),), "tollgate-worker-video", "worker-video-7"),
     ]
     log.close()
+
+
+class _Oversized(Backend):
+    """Answers more than one record holds (an upstream's surprise); with ``pieces``, as a streamed
+    speech that reported its audio as a piece first."""
+
+    def __init__(self, pieces: bool) -> None:
+        self._pieces = pieces
+
+    async def run(self, job: JobContext) -> JobOutput:
+        audio_b64 = "A" * (record_value_bytes_max + 4)
+        if self._pieces:
+            job.progress(1000, Units(characters=3), json.dumps({"audio_b64": audio_b64[:64]}), AUDIO)
+        return JobOutput(result={"audio_b64": audio_b64, "format": "wav"}, units=Units(characters=3))
+
+
+def _outcome_of(job: JobQueued, backend: Backend, tmp_path: Path) -> tuple[list[Any], _Running]:
+    """Run ``job`` on a worker over the embedded log: (the events and commands it appended, its run)."""
+    log = EmbeddedLog(tmp_path / "log.sqlite3", partitions=topics.partitions_per_topic)
+    worker = WorkerRole(log, Settings(), backend)
+    worker._producer = log.producer("test")
+    running = _Running(job, Record(topic="t", partition=0, offset=0, key=b"org_a", value=b"", timestamp_ms=0))
+    worker._running[job.job_id] = running
+
+    async def execute() -> None:
+        worker._slots = FairSlots(1, 1)
+        await asyncio.wait_for(worker._execute(running), timeout=10)
+
+    asyncio.run(execute())
+    log.flush_pending()
+    consumer = log.consumer([topics.JOBS, topics.COMMANDS], client_id="test")
+    appended = [msgspec.json.decode(record.value) for record in consumer.poll(1000, 100)]
+    assert worker._finished.get_nowait() is running, "the job finished: no lease is renewed for it"
+    log.close()
+    return appended, running
+
+
+def test_an_outcome_too_large_for_the_log_fails_the_job_and_releases_its_hold(tmp_path: Path) -> None:
+    """Before, the send raised inside the job's task: the job hung, its lease renewed until its hold's
+    time-to-live, and the client waited out its timeout (a 504 after two minutes)."""
+    job = msgspec.structs.replace(_job(msgspec.Raw(b"{}")), endpoint="/v1/audio/speech", model="sim-tts")
+    appended, running = _outcome_of(job, _Oversized(pieces=False), tmp_path)
+    kinds = [event["type"] for event in appended]
+    assert "job.completed.v1" not in kinds and "capture_hold.v1" not in kinds, kinds
+    failed = next(event for event in appended if event["type"] == "job.failed.v1")
+    assert failed["code"] == "result_too_large" and not failed["retryable"] and "too large" in failed["message"]
+    release = next(event for event in appended if event["type"] == "release_hold.v1")
+    assert release["reason"] == "job_failed:result_too_large" and running.outcome == "failed"
+
+
+def test_a_streamed_speech_too_large_for_one_record_completes_without_its_audio(tmp_path: Path) -> None:
+    job = msgspec.structs.replace(_job(msgspec.Raw(b"{}")), endpoint="/v1/audio/speech", model="sim-tts", stream=True)
+    appended, running = _outcome_of(job, _Oversized(pieces=True), tmp_path)
+    completed = next(event for event in appended if event["type"] == "job.completed.v1")
+    audio_bytes = 3 * (record_value_bytes_max + 4) // 4
+    assert completed["result"] == {"format": "wav", "audio_in_pieces": True, "audio_bytes": audio_bytes}
+    assert any(event["type"] == "capture_hold.v1" for event in appended) and running.outcome == "completed"
