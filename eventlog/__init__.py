@@ -145,9 +145,13 @@ class Processor(abc.ABC):
         self, outputs: Sequence[Outgoing], positions: Mapping[tuple[str, int], int] | None = None
     ) -> None:
         """Append ``outputs`` and commit input positions, atomically. The positions are those after
-        every record polled so far, or when given exactly ``positions`` ((topic, partition) -> the
-        next offset to read; ``{}`` commits outputs alone). A member that works on several records at
-        once (a worker) commits only up to its oldest unfinished one."""
+        every record polled so far in the partitions it owns, or when given exactly ``positions``
+        ((topic, partition) -> the next offset to read; ``{}`` commits outputs alone). A rebalance
+        inside ``poll`` calls the processor's ``on_assigned`` before that poll returns: what was polled
+        before it in a partition kept is still to commit, and reading goes on from there; in a partition
+        lost, the new owner reads it again from the committed position, and it is not committed here.
+        A member that works on several records at once (a worker) commits only up to its oldest
+        unfinished one."""
 
     @abc.abstractmethod
     def abort_transaction(self) -> None:

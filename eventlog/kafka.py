@@ -169,6 +169,9 @@ def producer_settings(client_id: str) -> dict[str, Any]:
         "linger_ms": 0,  # a request waits on what this sends: never hold it back; load batches anyway
         "max_request_size": record_bytes_max,
         "selector": _LookupSelector,
+        # kafka-python's own metrics (sensors recorded on every request and batch) are read by
+        # nothing here (Tollgate's are eventlog/metrics.py): off, they cost no CPU per record.
+        "metrics_enabled": False,
     }
     if KafkaNetClient is not None:
         settings["kafka_client"] = _RetryingNetClient
@@ -241,6 +244,7 @@ class KafkaLog(EventLog):
             # is found again (FindCoordinator); static members keep their partitions meanwhile.
             "reconnect_backoff_max_ms": reconnect_backoff_ms_max,
             "selector": _LookupSelector,
+            "metrics_enabled": False,  # as producer_settings says
         }
 
     def consumer(
@@ -298,8 +302,9 @@ class KafkaLog(EventLog):
         )
         producer.init_transactions()
         _await_metadata(consumer, topics)
-        consumer.subscribe(list(topics), listener=_Listener(on_assigned))
-        return self._opened(_KafkaProcessor(consumer, producer))
+        processor = _KafkaProcessor(consumer, producer)
+        consumer.subscribe(list(topics), listener=_Listener(on_assigned, kept=processor.keep_uncommitted))
+        return self._opened(processor)
 
     def close(self) -> None:
         """Close every client made here that is still open (each also closes on its own)."""
@@ -322,13 +327,22 @@ def _await_metadata(consumer: KafkaConsumer, topics: Sequence[str]) -> None:
 
 
 class _Listener(ConsumerRebalanceListener):
-    def __init__(self, on_assigned: AssignmentListener) -> None:
+    def __init__(
+        self, on_assigned: AssignmentListener, kept: Callable[[set[tuple[str, int]]], None] | None = None
+    ) -> None:
         self._on_assigned = on_assigned
+        self._kept = kept
 
     def on_partitions_revoked(self, revoked: Any) -> None:
-        """Nothing is pending here: a processor commits before it polls again."""
+        """Nothing to do before the rebalance: what was polled is sorted out once the assignment is known."""
 
     def on_partitions_assigned(self, assigned: Any) -> None:
+        # kafka-python keeps the position of a partition a member still owns after a rebalance; one
+        # it lost is read by its new owner from the committed position. A processor that polled and
+        # has not committed yet (a ledger gathering a batch: ledger/role.py) must not commit the
+        # positions of partitions it lost.
+        if self._kept is not None:
+            self._kept({(tp.topic, tp.partition) for tp in assigned})
         self._on_assigned({tp.partition for tp in assigned})
 
 
@@ -453,6 +467,12 @@ class _KafkaProcessor(Processor):
         for record in records:
             self._uncommitted[TopicPartition(record.topic, record.partition)] = record.offset + 1
         return records
+
+    def keep_uncommitted(self, owned: set[tuple[str, int]]) -> None:
+        """Forget the positions polled in partitions this member no longer owns (a rebalance)."""
+        for tp in list(self._uncommitted):
+            if (tp.topic, tp.partition) not in owned:
+                del self._uncommitted[tp]
 
     def commit_transaction(
         self, outputs: Sequence[Outgoing], positions: Mapping[tuple[str, int], int] | None = None

@@ -137,6 +137,12 @@ class Settings:
     # How long a role's poll waits for records when there are none (a poll returns as soon as some
     # arrive): it bounds how late a loop notices a stop or a due expiry, and each empty wake costs CPU.
     poll_wait_ms: int = field(default_factory=lambda: int(_env("TOLLGATE_POLL_WAIT_MS", "500")))
+    # The ledger gathers commands no request waits on (leases, outcomes, holds carved from slices)
+    # this long before it decides and commits them: one transaction for several, its fixed cost (on
+    # Kafka, five requests to the coordinator and a marker per partition) shared. A command someone
+    # waits on ends the gathering at once. Captures reach balances and usage this much later. 0: a
+    # transaction per poll.
+    ledger_linger_ms: int = field(default_factory=lambda: int(_env("TOLLGATE_LEDGER_LINGER_MS", "50")))
     # No request waits on the projector (it inserts about once a second): it lets the broker hold a
     # fetch back up to this long to fill it. On Kafka, under load, that is a few fetches a second
     # instead of one per record written; a row may come this much later. 0: at once, as other readers.

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from eventlog import EventLog, Outgoing, Record, partition_for, topics
+from eventlog import EventLog, Outgoing, Processor, Record, partition_for, topics
 from eventlog.logs import about
 from eventlog.metrics import Every, Metrics, gauges_refresh_s
 from eventlog.settings import Settings
@@ -116,6 +116,32 @@ class _OpenItems:
         for items in (self.holds, self.leases):
             for partition in partitions:
                 items.pop(partition, None)
+
+
+class _CommandKind(msgspec.Struct):
+    """What ``awaited`` reads of a command, without decoding the rest of it."""
+
+    type: str
+    slice_id: str = ""
+
+
+_command_kind = msgspec.json.Decoder(_CommandKind)
+# Commands whose ledger events no request waits for: a worker's lease and outcome (the client's
+# answer comes from the worker's outcome on tollgate.jobs) and a hold carved from a gateway's slice
+# (the gateway already reserved it and sent the job). Every other command (a hold decided against
+# the wallet, a slice, a grant, a cancel...) has someone waiting for its answer.
+_unawaited_types = frozenset({"start_job.v1", "capture_hold.v1", "release_hold.v1"})
+
+
+def awaited(value: bytes) -> bool:
+    """Whether a request waits on the ledger's decision of this command (its raw value)."""
+    try:
+        kind = _command_kind.decode(value)
+    except msgspec.DecodeError:
+        return True  # decided (and refused) at once, as before
+    if kind.type == "place_hold.v1":
+        return not kind.slice_id
+    return kind.type not in _unawaited_types
 
 
 class LedgerRole:
@@ -477,6 +503,26 @@ class LedgerRole:
                     outputs += self._emit(event)
         return outputs
 
+    def _gather(self, processor: Processor, records: list[Record]) -> list[Record]:
+        """``records`` and those that follow within ``ledger_linger_ms``, while no request waits on
+        any of them (``awaited``) and the batch is not full: one transaction for what would be
+        several. A rebalance on the way ends the gathering and drops what came before it from the
+        partitions this ledger lost (their new owner reads them from the committed positions; the
+        processor does not commit them); what it kept is decided after the rebuild, as read."""
+        linger_s = self._settings.ledger_linger_ms / 1000
+        batch_max = self._settings.batch_records_max
+        if not records or linger_s <= 0 or self._rebuild_needed or any(awaited(r.value) for r in records):
+            return records
+        deadline = time.monotonic() + linger_s
+        while len(records) < batch_max and (left_s := deadline - time.monotonic()) > 0:
+            more = processor.poll(batch_max - len(records), max(1, int(left_s * 1000)))
+            if self._rebuild_needed:
+                return [r for r in records if r.partition in self._owned] + more
+            records += more
+            if any(awaited(r.value) for r in more):
+                break
+        return records
+
     def run(self, stop: threading.Event, ready: threading.Event | None = None) -> None:
         processor = self._log.processor(
             [topics.COMMANDS],
@@ -492,6 +538,7 @@ class LedgerRole:
         try:
             while not stop.is_set():
                 records = processor.poll(self._settings.batch_records_max, self._settings.poll_wait_ms)
+                records = self._gather(processor, records)
                 if self._owned and not self._rebuild_needed:
                     self._lag.tick(processor.lags)
                 if gauges.due():

@@ -4,11 +4,13 @@ Each subclass provides only a factory (and how to die in the middle of a transac
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kafka import KafkaConsumer, TopicPartition
 
 from eventlog import Consumer, EventLog, Outgoing, Processor, Record, RecordTooLarge, record_value_bytes_max
 
@@ -265,6 +267,51 @@ class TestKafkaLog(LogContract):
             producer.send(topic, value=value, key=key.encode())
         producer.flush()
         processor.abort_transaction()
+
+    def test_a_rebalance_leaves_the_lost_partitions_uncommitted(self, log: EventLog, unique: str) -> None:
+        """A processor that polled records and has not committed them (the ledger gathering a batch)
+        when another member joins: what it polled from the partitions it keeps it commits; those it
+        lost it does not (their new owner reads them), or they would be decided twice."""
+        source, group = f"t-in-{unique}", f"g-{unique}"
+        log.ensure_topics([source])
+        producer = log.producer("test")
+        sent = {f"{key}".encode() for key in range(24)}
+        producer.send([Outgoing(source, f"org-{value.decode()}", value) for value in sorted(sent)])
+        producer.flush(10)
+        assigned: list[set[int]] = []
+        first = log.processor([source], group=group, transactional_id=f"tx-a-{unique}", on_assigned=assigned.append)
+        before = poll_until(first, len(sent))
+        assert {r.value for r in before} == sent
+        second = log.processor([source], group=group, transactional_id=f"tx-b-{unique}", on_assigned=lambda p: None)
+        stop = threading.Event()
+        read_by_second: list[Record] = []
+
+        def join_and_read() -> None:  # the second member joins as it polls
+            while not stop.is_set():
+                read_by_second.extend(second.poll(100, 100))
+
+        joining = threading.Thread(target=join_and_read, daemon=True)
+        joining.start()
+        deadline = time.monotonic() + 60
+        while len(assigned) < 2 and time.monotonic() < deadline:
+            assert first.poll(len(sent), 200) == [], "a partition it keeps goes on from where it was"
+        kept = assigned[-1]
+        assert len(assigned) == 2 and 0 < len(kept) < len(assigned[0]), assigned
+        first.commit_transaction([])
+        looker = KafkaConsumer(bootstrap_servers=log.bootstrap, group_id=group, enable_auto_commit=False)  # type: ignore[attr-defined]
+        committed = {p: looker.committed(TopicPartition(source, p)) for p in range(log.partitions)}
+        looker.close()
+        ends = {p: 1 + max((r.offset for r in before if r.partition == p), default=-1) for p in range(log.partitions)}
+        assert {p: o for p, o in committed.items() if o is not None} == {p: ends[p] for p in kept if ends[p]}
+        lost = {r.value for r in before if r.partition not in kept}
+        deadline = time.monotonic() + 30
+        while {r.value for r in read_by_second} != lost and time.monotonic() < deadline:
+            time.sleep(0.1)
+        stop.set()
+        joining.join(10)
+        second.close()
+        first.close()
+        assert {r.value for r in read_by_second} == lost, "the lost partitions are read again by their new owner"
 
     def test_a_zombie_cannot_commit(self, log: EventLog, unique: str) -> None:
         """Two processors with one transactional id: the newer fences the older."""

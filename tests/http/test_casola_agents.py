@@ -115,7 +115,10 @@ def test_the_documents_agent_runs_its_node_as_a_metered_job(account: Account) ->
     assert node["status"] == "completed" and len(node["job_ids"]) == 1
     url = node["result"]["images[0].url"]
     assert account.gw.call("GET", url.removeprefix("http://testserver.local")).content[:8] == b"\x89PNG\r\n\x1a\n"
-    job = _job(account, node["job_ids"][0])
+    # The run completes with its job's outcome; the job itself once the ledger has settled its charge.
+    deadline = time.monotonic() + 10
+    while (job := _job(account, node["job_ids"][0]))["status"] != "completed" and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert job["status"] == "completed" and job["model_id"] == flux
     assert run["cost_micros"] == node["cost_micros"] == job["cost_micros"] == 3000
     assert Decimal(str(run["cost_usd"])) == Decimal("0.003")

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
-from eventlog import Outgoing, topics
+from eventlog import Outgoing, Record, topics
 from eventlog.embedded import EmbeddedLog
 from eventlog.settings import Settings
 from ledger.pricing import default_price_book
-from ledger.role import LedgerRole
+from ledger.role import LedgerRole, awaited
 from schemas.codec import decode_event, encode
 from schemas.commands import CaptureHold, GrantCredits, JobSpec, PlaceHold, StartJob
 from schemas.events import HoldCaptured, HoldReleased
@@ -160,3 +163,134 @@ def test_the_ledger_clock_alone_would_lose_that_capture_after_a_longer_outage(tm
     clock.now = start + timedelta(seconds=3 + 30)
     outcome = [decode_event(o.value) for o in role.decide_batch([capture])]
     assert [(type(e).__name__, getattr(e, "code", "")) for e in outcome] == [("CommandRejected", "hold_expired")]
+
+
+def _start_job(hold_id: str) -> bytes:
+    return encode(
+        StartJob(
+            command_id="s-" + hold_id,
+            org_id="org",
+            issued_at=start,
+            hold_id=hold_id,
+            job_id="j-" + hold_id,
+            run_id="r",
+            worker_id="w",
+            lease_s=30,
+        )
+    )
+
+
+def test_awaited_tells_the_commands_a_request_waits_on() -> None:
+    sliced = msgspec.json.encode({**msgspec.json.decode(place("h", 1)), "slice_id": "sl"})
+    capture = CaptureHold(command_id="c", org_id="org", issued_at=start, hold_id="h", job_id="j", units=Units())
+    assert not awaited(_start_job("h")), "a lease: the worker runs without waiting for it"
+    assert not awaited(encode(capture)), "an outcome: the client's answer came from the worker"
+    assert not awaited(sliced), "a hold carved from a gateway's slice: the gateway already sent its job"
+    assert awaited(place("h", 1)), "a hold decided against the wallet: its request waits"
+    assert awaited(grant(1)), "an operator waits for a grant"
+    assert awaited(b"not json"), "a malformed command is refused at once"
+
+
+class _ScriptedProcessor:
+    """The processor's poll, as a script of batches (each poll takes the next one); a batch given as
+    a callable runs first, as a rebalance inside Kafka's poll calls the role's ``on_assigned``."""
+
+    def __init__(self, *batches: Any) -> None:
+        self.batches = list(batches)
+        self.waits: list[int] = []
+
+    def poll(self, max_records: int, timeout_ms: int) -> list[Record]:
+        self.waits.append(timeout_ms)
+        if not self.batches:
+            time.sleep(timeout_ms / 1000)
+            return []
+        batch = self.batches.pop(0)
+        return batch() if callable(batch) else batch
+
+
+def _record(value: bytes, offset: int) -> Record:
+    return Record(topics.COMMANDS, 0, offset, b"org", value, 0)
+
+
+def _gathering_role(tmp_path: Path, linger_ms: int, batch_max: int = 500) -> LedgerRole:
+    settings = Settings(ledger_linger_ms=linger_ms, batch_records_max=batch_max)
+    return LedgerRole(EmbeddedLog(tmp_path / "log.sqlite3"), settings, default_price_book())
+
+
+def test_the_ledger_gathers_what_no_request_waits_on_until_one_does(tmp_path: Path) -> None:
+    role = _gathering_role(tmp_path, linger_ms=5000)
+    first, second, third = _record(_start_job("a"), 0), _record(_start_job("b"), 1), _record(grant(1), 2)
+    processor = _ScriptedProcessor([second], [], [third], [_record(_start_job("late"), 3)])
+    started = time.monotonic()
+    gathered = role._gather(processor, [first])  # type: ignore[arg-type]
+    assert gathered == [first, second, third], "gathered until the grant, which someone waits on"
+    assert time.monotonic() - started < 1, "the grant ended the gathering at once, not the linger"
+    assert processor.batches, "nothing was polled after the awaited command"
+
+
+def test_an_awaited_command_is_not_held_back_and_without_a_linger_nothing_is(tmp_path: Path) -> None:
+    awaited_first = _ScriptedProcessor([_record(_start_job("b"), 1)])
+    assert _gathering_role(tmp_path, 5000)._gather(awaited_first, [_record(grant(1), 0)]) == [  # type: ignore[arg-type]
+        _record(grant(1), 0)
+    ]
+    no_linger = _ScriptedProcessor([_record(_start_job("b"), 1)])
+    assert len(_gathering_role(tmp_path, 0)._gather(no_linger, [_record(_start_job("a"), 0)])) == 1  # type: ignore[arg-type]
+    assert awaited_first.waits == no_linger.waits == [], "neither polled again"
+
+
+def test_the_gathering_stops_at_the_linger_and_at_a_full_batch(tmp_path: Path) -> None:
+    lingering = _ScriptedProcessor()
+    started = time.monotonic()
+    assert len(_gathering_role(tmp_path, 200)._gather(lingering, [_record(_start_job("a"), 0)])) == 1  # type: ignore[arg-type]
+    assert 0.15 < time.monotonic() - started < 1.5
+    assert sum(lingering.waits) <= 200
+    full = _ScriptedProcessor([_record(_start_job("b"), 1)], [_record(_start_job("c"), 2)])
+    assert len(_gathering_role(tmp_path, 5000, batch_max=2)._gather(full, [_record(_start_job("a"), 0)])) == 2  # type: ignore[arg-type]
+    assert len(full.batches) == 1
+
+
+def test_a_rebalance_while_gathering_drops_what_came_from_the_partitions_lost(tmp_path: Path) -> None:
+    role = _gathering_role(tmp_path, 5000)
+    kept, lost = _record(_start_job("a"), 0), Record(topics.COMMANDS, 3, 0, b"org", _start_job("b"), 0)
+    after = Record(topics.COMMANDS, 1, 0, b"org", _start_job("c"), 0)
+
+    def rebalance() -> list[Record]:
+        role._on_assigned({0, 1})  # as Kafka's poll calls it, before it returns what it read
+        return [after]
+
+    processor = _ScriptedProcessor([lost], rebalance, [_record(_start_job("d"), 1)])
+    gathered = role._gather(processor, [kept])  # type: ignore[arg-type]
+    assert gathered == [kept, after], "partition 3's command is its new owner's; the gathering ends"
+    assert processor.batches, "nothing polled after the rebalance"
+
+
+def test_the_running_ledger_decides_a_lone_lease_after_its_linger_and_a_grant_at_once(tmp_path: Path) -> None:
+    log = EmbeddedLog(tmp_path / "log.sqlite3")
+    role = LedgerRole(log, Settings(ledger_linger_ms=1500, poll_wait_ms=50), default_price_book())
+    stop, ready = threading.Event(), threading.Event()
+    thread = threading.Thread(target=role.run, args=(stop, ready), daemon=True)
+    thread.start()
+    producer = log.producer("test")
+    ledger = log.consumer([topics.LEDGER], client_id="reader")
+
+    def decided(command_id: str) -> float:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for record in ledger.poll(100, 50):
+                if decode_event(record.value).causation_id == command_id:
+                    return time.monotonic()
+        raise AssertionError(f"{command_id} was not decided")
+
+    try:
+        assert ready.wait(5)
+        sent = time.monotonic()
+        producer.send([Outgoing(topics.COMMANDS, "org", _start_job("lone"))])
+        assert decided("s-lone") - sent > 1.2, "a lease alone waits out the linger for company"
+        sent = time.monotonic()
+        producer.send([Outgoing(topics.COMMANDS, "org", _start_job("early"))])
+        time.sleep(0.1)
+        producer.send([Outgoing(topics.COMMANDS, "org", grant(1000))])
+        assert decided("g") - sent < 0.9, "a grant is decided at once, with the lease gathered before it"
+    finally:
+        stop.set()
+        thread.join(5)
