@@ -38,7 +38,7 @@ from ledger.wallet import (
     evolve,
 )
 from schemas.codec import decode_command, decode_event, encode
-from schemas.commands import DeleteFile, LedgerCommand, StoreFile
+from schemas.commands import CaptureHold, DeleteFile, LedgerCommand, PlaceHold, ReleaseHold, StartJob, StoreFile
 from schemas.events import (
     ChainCheckpoint,
     CommandRejected,
@@ -130,7 +130,8 @@ _command_kind = msgspec.json.Decoder(_CommandKind)
 # answer comes from the worker's outcome on tollgate.jobs) and a hold carved from a gateway's slice
 # (the gateway already reserved it and sent the job). Every other command (a hold decided against
 # the wallet, a slice, a grant, a cancel...) has someone waiting for its answer.
-_unawaited_types = frozenset({"start_job.v1", "capture_hold.v1", "release_hold.v1"})
+_unawaited_types = frozenset(str(kind.__struct_config__.tag) for kind in (StartJob, CaptureHold, ReleaseHold))
+_place_hold_type = str(PlaceHold.__struct_config__.tag)
 
 
 def awaited(value: bytes) -> bool:
@@ -139,7 +140,7 @@ def awaited(value: bytes) -> bool:
         kind = _command_kind.decode(value)
     except msgspec.DecodeError:
         return True  # decided (and refused) at once, as before
-    if kind.type == "place_hold.v1":
+    if kind.type == _place_hold_type:
         return not kind.slice_id
     return kind.type not in _unawaited_types
 
