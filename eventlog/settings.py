@@ -140,10 +140,9 @@ class Settings:
     # The ledger gathers commands no request waits on (leases, outcomes, holds carved from slices)
     # this long before it decides and commits them: one transaction for several, its fixed cost (on
     # Kafka, five requests to the coordinator and a marker per partition) shared. A command someone
-    # waits on ends the gathering at once. Captures reach balances and usage this much later. 0: a
-    # transaction per poll (the default: with 50, tests/e2e/test_jobs_e2e.py's retried job showed
-    # `completed` with attempt 2 of 3 in about one run in six on Kafka, not yet explained).
-    ledger_linger_ms: int = field(default_factory=lambda: int(_env("TOLLGATE_LEDGER_LINGER_MS", "0")))
+    # waits on ends the gathering at once. Captures reach the jobs view, other instances' balances and
+    # usage this much later than the answer. 0: a transaction per poll.
+    ledger_linger_ms: int = field(default_factory=lambda: int(_env("TOLLGATE_LEDGER_LINGER_MS", "50")))
     # No request waits on the projector (it inserts about once a second): it lets the broker hold a
     # fetch back up to this long to fill it. On Kafka, under load, that is a few fetches a second
     # instead of one per record written; a row may come this much later. 0: at once, as other readers.
