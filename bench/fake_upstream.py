@@ -37,7 +37,7 @@ import contextlib
 import json
 import signal
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 header_bytes_max = 64 * 1024
 body_bytes_max = 8 * 1024 * 1024
@@ -260,8 +260,8 @@ class UpstreamProtocol(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (uvloop's are not subclasses of asyncio.Transport, only alike).
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
