@@ -21,6 +21,8 @@ concurrency, errors and non-2xx answers (must be 0), and CPU seconds per 1,000 r
 process of the target (``/proc/<pid>/stat`` utime+stime+cutime+cstime of each process and its
 descendants, before and after the run), and apart per process (each Tollgate role, the broker, the
 ClickHouse server, the fake upstream and the load tool: everything that shares the machine's cores).
+For the Kafka target, also where its requests' time went: each step's p50/p90/p99 after the request's
+admission, from the records' timestamps on the topics (``bench/hops.py``, run after each point).
 ``--tollgate-env NAME=VALUE`` sets a setting in every Tollgate process (to compare settings);
 ``bench/ab.sh`` runs this script against a baseline commit and the working tree in turn.
 
@@ -76,6 +78,9 @@ all_targets = ("direct", "embedded", "kafka", "litellm")
 clock_ticks = os.sysconf("SC_CLK_TCK")
 lifted_limit = 100_000_000  # the API's largest per-minute override
 credits_granted = 1_000_000
+# A request's records on the topics bench/hops.py reads (admission, hold, job, lease, progress,
+# completion, capture, the ledger's decisions...), with room: its read stops there.
+hop_records_per_request_max = 20
 load_body = {
     "model": model,
     "messages": [{"role": "user", "content": "benchmark me, exactly once"}],
@@ -562,6 +567,7 @@ def start_kafka(ctx: Context) -> Target:
     )
     target.notes["broker_pid"] = int(pid_text)
     target.notes["clickhouse_pid"] = clickhouse_pid
+    target.notes["bootstrap"] = bootstrap
     gateway_help = subprocess.run(
         [*tollgate, "gateway", "--help"], capture_output=True, text=True, timeout=60, check=False
     )
@@ -885,6 +891,7 @@ def measure_point(ctx: Context, targets: list[Target], target: Target, concurren
     groups = cpu_groups(ctx, targets, parts_of=target)
     tool = run_h2load if ctx.args.load_tool == "h2load" else run_wrk
     before = cpu_snapshot(groups)
+    started_ms = int(time.time() * 1000)
     load = tool(target.base_url, target.key, concurrency, ctx.args.duration, ctx.root)
     after = cpu_snapshot(groups)
     used = cpu_delta(before, after)
@@ -937,7 +944,29 @@ def measure_point(ctx: Context, targets: list[Target], target: Target, concurren
         f"  {target.name:>8} c={concurrency:<3} run {run}: {record['requests_per_s']:>9} req/s  "
         f"p50 {load.p50_ms:8.3f} ms  p99 {load.p99_ms:8.3f} ms  cpu/1k {per_1k(own)}{flag}"
     )
+    if "bootstrap" in target.notes:
+        record["hops"] = measure_hops(ctx, target, started_ms, load.requests_ok, f"{concurrency}-{run}")
     return {"record": record, "latencies": load.latencies_ms}
+
+
+def measure_hops(ctx: Context, target: Target, since_ms: int, requests: int, label: str) -> dict[str, Any]:
+    """Where the point's requests spent their time on the way through the log (bench/hops.py, run
+    apart: this script never imports Tollgate), after the load so that it costs the point nothing."""
+    out = ctx.root / f"hops-{label}.json"
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve().parent / "hops.py"),
+        *("--bootstrap", str(target.notes["bootstrap"]), "--since-ms", str(since_ms)),
+        *("--records-max", str(max(requests, 1) * hop_records_per_request_max), "--out", str(out)),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    if done.returncode != 0 or not out.exists():
+        log(f"  !! hops of {target.name} could not be read: {done.stderr.strip()[-300:]}")
+        return {}
+    report: dict[str, Any] = json.loads(out.read_text())
+    p50 = {name: figures["p50"] for name, figures in report["ms_after_admission"].items()}
+    log(f"  {target.name:>8} c={label.split('-')[0]:<3} hops, p50 ms after the admission: {p50}")
+    return report
 
 
 def measure_idle(ctx: Context, targets: list[Target], seconds: float) -> dict[str, float]:
