@@ -945,14 +945,16 @@ def measure_point(ctx: Context, targets: list[Target], target: Target, concurren
         f"p50 {load.p50_ms:8.3f} ms  p99 {load.p99_ms:8.3f} ms  cpu/1k {per_1k(own)}{flag}"
     )
     if "bootstrap" in target.notes:
-        record["hops"] = measure_hops(ctx, target, started_ms, load.requests_ok, f"{concurrency}-{run}")
+        record["hops"] = measure_hops(ctx, target, started_ms, load.requests_ok, concurrency, run)
     return {"record": record, "latencies": load.latencies_ms}
 
 
-def measure_hops(ctx: Context, target: Target, since_ms: int, requests: int, label: str) -> dict[str, Any]:
+def measure_hops(
+    ctx: Context, target: Target, since_ms: int, requests: int, concurrency: int, run: int
+) -> dict[str, Any]:
     """Where the point's requests spent their time on the way through the log (bench/hops.py, run
     apart: this script never imports Tollgate), after the load so that it costs the point nothing."""
-    out = ctx.root / f"hops-{label}.json"
+    out = ctx.root / f"hops-{concurrency}-{run}.json"
     command = [
         sys.executable,
         str(Path(__file__).resolve().parent / "hops.py"),
@@ -965,7 +967,7 @@ def measure_hops(ctx: Context, target: Target, since_ms: int, requests: int, lab
         return {}
     report: dict[str, Any] = json.loads(out.read_text())
     p50 = {name: figures["p50"] for name, figures in report["ms_after_admission"].items()}
-    log(f"  {target.name:>8} c={label.split('-')[0]:<3} hops, p50 ms after the admission: {p50}")
+    log(f"  {target.name:>8} c={concurrency:<3} run {run} hops, p50 ms after the admission: {p50}")
     return report
 
 

@@ -15,9 +15,9 @@ LogAppendTime (``tollgate.commands``); every process here shares one clock. Read
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,10 @@ import msgspec
 repo = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(repo))
 
+from bench.e2e import percentile
 from eventlog import topics
 from eventlog.kafka import KafkaLog
+from eventlog.read import read_topic
 
 # (step, record type), in the order a request takes them.
 steps = [
@@ -55,29 +57,25 @@ def read_stamps(bootstrap: str, since_ms: int, records_max: int) -> dict[str, di
     log = KafkaLog(bootstrap)
     wanted = {kind for _, kind in steps}
     names = [topics.REQUESTS, topics.COMMANDS, topics.dispatch_topic("default"), topics.JOBS, topics.LEDGER]
-    consumer = log.consumer(names, client_id=f"tollgate-bench-hops-{time.monotonic_ns()}", start_ms=since_ms)
     decoder = msgspec.json.Decoder(_Stamp)
     stamps: dict[str, dict[str, int]] = defaultdict(dict)
-    read = 0
     try:
-        while read < records_max and not consumer.caught_up():
-            for record in consumer.poll(min(5000, records_max - read), 500):
-                read += 1
-                try:
-                    stamp = decoder.decode(record.value)
-                except msgspec.DecodeError:
-                    continue
-                if stamp.type in wanted and stamp.correlation_id:
-                    stamps[stamp.correlation_id].setdefault(stamp.type, record.timestamp_ms)
+        batches = (batch for name in names for batch in read_topic(log, name, quiet=True, start_ms=since_ms))
+        for record in itertools.islice(itertools.chain.from_iterable(batches), records_max):
+            try:
+                stamp = decoder.decode(record.value)
+            except msgspec.DecodeError:
+                continue
+            if stamp.type in wanted and stamp.correlation_id:
+                stamps[stamp.correlation_id].setdefault(stamp.type, record.timestamp_ms)
     finally:
-        consumer.close()
-        log.close()
+        log.close()  # and the reader an early stop at records_max left open
     return stamps
 
 
 def hop_delays(stamps: dict[str, dict[str, int]]) -> dict[str, Any]:
     """Per step, p50/p90/p99 ms after the request's admission, over the requests that completed."""
-    after: dict[str, list[int]] = defaultdict(list)
+    after: dict[str, list[float]] = defaultdict(list)
     requests = 0
     for seen in stamps.values():
         start = seen.get("request.admitted.v1")
@@ -88,19 +86,11 @@ def hop_delays(stamps: dict[str, dict[str, int]]) -> dict[str, Any]:
             if kind in seen:
                 after[name].append(seen[kind] - start)
 
-    def quantile(values: list[int], share: float) -> int:
-        return values[min(len(values) - 1, int(share * len(values)))]
-
     figures = {}
     for name, _ in steps:
-        values = sorted(after[name])
+        values = after[name]
         if values:
-            figures[name] = {
-                "n": len(values),
-                "p50": quantile(values, 0.5),
-                "p90": quantile(values, 0.9),
-                "p99": quantile(values, 0.99),
-            }
+            figures[name] = {"n": len(values), **{f"p{q}": percentile(values, q) for q in (50, 90, 99)}}
     return {"requests": requests, "ms_after_admission": figures}
 
 
