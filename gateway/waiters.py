@@ -144,7 +144,11 @@ class Waiters:
                 done = waiter.is_done(waiter.seen)
                 if done:
                     waiters.remove(waiter)
-                delivered.append((waiter, done))
+                # A plain waiter only needs its loop once its wait is done: every earlier event of its
+                # request (the hold placed, the lease) would wake the loop for nothing, and each
+                # wake-up is a self-pipe write and a GIL hand-over on the hot path.
+                if done or waiter.stream is not None:
+                    delivered.append((waiter, done))
             if not waiters:
                 del self._waiting[key]
         for waiter, done in delivered:

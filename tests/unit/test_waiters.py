@@ -5,8 +5,10 @@ ledger ends by itself (a job cancelled before any run, a hold that expired) coun
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import msgspec
+import pytest
 from msgspec.structs import replace
 
 from gateway.waiters import Waiters, earlier_attempt_settled, request_finished
@@ -121,5 +123,36 @@ def test_a_seeded_waiter_can_be_given_another_end() -> None:
         assert not future.done()
         waiters.offer("req_1", captured)
         assert (await future)[HoldCaptured] is captured
+
+    asyncio.run(scenario())
+
+
+def test_a_plain_waiter_wakes_its_loop_once_when_its_wait_ends_and_a_stream_for_every_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The follower thread hands a plain waiter only its end: every earlier event (the hold placed,
+    the lease) woke the event loop for nothing, a self-pipe write and a GIL hand-over each. A stream
+    gets every event, in order."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        handed: list[object] = []
+        handing = loop.call_soon_threadsafe
+
+        def counting(callback: Callable[..., object], *args: object) -> asyncio.Handle:
+            handed.append(args[1])
+            return handing(callback, *args)
+
+        monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+        waiters = Waiters()
+        plain = waiters.expect("req_1", request_finished)
+        subscription = waiters.subscribe("req_2", request_finished)
+        for key in ("req_1", "req_2"):
+            waiters.offer(key, placed)
+            waiters.offer(key, progressed)
+            waiters.offer(key, completed)
+        assert handed == [completed, placed, progressed, completed]  # req_1's end; every event of req_2
+        assert (await plain)[JobCompleted] is completed
+        assert [event async for event in subscription.events(loop.time() + 5)] == [placed, progressed, completed]
 
     asyncio.run(scenario())
