@@ -3,7 +3,8 @@
 Two threads:
 - the polling thread owns the pool's dispatch consumer (one consumer group per pool): it takes jobs
   and stop signals, renews the leases of running jobs (a heartbeat every third of the lease) and
-  commits each partition's position up to its oldest unfinished job;
+  commits each partition's position up to its oldest unfinished job (at most every
+  ``positions_commit_interval_s``);
 - the job loop (asyncio, in a thread of its own) runs up to ``worker_jobs_in_flight_max`` jobs at
   once as tasks, so a job waiting on a model (an upstream server, simulated GPU time) holds no thread;
   one organization runs at most ``worker_org_jobs_in_flight_max`` of them, and a freed slot goes to
@@ -71,6 +72,11 @@ progress_interval_s = 0.25  # progress events of a job nobody streams, at most o
 retry_backoff_s_max = 10.0
 delivery_retry_s = 0.5  # an outcome the log could not take is sent again after this
 loop_start_wait_s = 10.0
+# Positions are committed at most this often: under load nearly every poll moves a partition's oldest
+# unfinished job, and a commit per poll (over a hundred a second at 64 clients) cost the worker and the
+# broker a request each. A crash redelivers the jobs run since the last commit, as it redelivers the
+# unfinished ones anyway (their ids make the repeats harmless).
+positions_commit_interval_s = 0.1
 
 
 # Endpoints whose payload carries the gateway's ``answer_shape`` (how it answers the client: an image
@@ -662,6 +668,7 @@ class WorkerRole:
 
     def _poll(self, consumer: Consumer, stop: threading.Event) -> None:
         committed: dict[tuple[str, int], int] = {}
+        commit_due = 0.0
         wait_ms = self._settings.poll_wait_ms
         while not stop.is_set():
             if len(self._running) < self.jobs_taken_max:
@@ -674,6 +681,8 @@ class WorkerRole:
             heartbeats = self._heartbeats()
             if heartbeats:
                 self._send(heartbeats)
+            if time.monotonic() < commit_due:
+                continue
             positions = self._positions()
             if positions != committed:
                 try:
@@ -681,6 +690,7 @@ class WorkerRole:
                     # means a redelivery (outcome ids derive from the job; the ledger refuses repeats).
                     consumer.commit(positions, wait=False)
                     committed = positions
+                    commit_due = time.monotonic() + positions_commit_interval_s
                 except Exception:
                     logger.exception("worker could not commit its positions; they are committed later")
         self.jobs_done += self._drain_finished()

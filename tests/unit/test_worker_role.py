@@ -178,3 +178,39 @@ def test_a_streamed_speech_too_large_for_one_record_completes_without_its_audio(
     audio_bytes = 3 * (record_value_bytes_max + 4) // 4
     assert completed["result"] == {"format": "wav", "audio_in_pieces": True, "audio_bytes": audio_bytes}
     assert any(event["type"] == "capture_hold.v1" for event in appended) and running.outcome == "completed"
+
+
+def test_positions_are_committed_at_most_once_an_interval_and_once_more_on_stopping(tmp_path: Path) -> None:
+    """Under load nearly every poll moves a partition's oldest unfinished job; a commit per poll cost
+    the worker and the broker a request each (over a hundred a second at 64 clients)."""
+    log = EmbeddedLog(tmp_path / "log.sqlite3", partitions=topics.partitions_per_topic)
+    worker = WorkerRole(log, Settings(), SimulatedChatBackend(0))
+    stop = threading.Event()
+    commits: list[tuple[dict[tuple[str, int], int] | None, bool]] = []
+
+    class MovingConsumer:
+        """Each poll finds the partition one record further on; the fiftieth stops the worker."""
+
+        polls = 0
+
+        def poll(self, max_records: int, timeout_ms: int) -> list[Record]:
+            self.polls += 1
+            worker._polled_to[("dispatch", 0)] = self.polls
+            if self.polls == 50:
+                stop.set()
+            return []
+
+        def commit(self, positions: dict[tuple[str, int], int] | None = None, wait: bool = True) -> None:
+            commits.append((positions, wait))
+
+        def lags(self) -> dict[tuple[str, int], int]:
+            return {}
+
+    worker._loop = asyncio.new_event_loop()  # no job comes: nothing runs on it
+    worker._poll(MovingConsumer(), stop)  # type: ignore[arg-type]
+    worker._loop.close()
+
+    assert commits[0] == ({("dispatch", 0): 1}, False), "the first poll's position at once, not waited for"
+    assert len(commits) <= 3, f"50 polls within an interval or two, not a commit each: {commits}"
+    assert commits[-1] == ({("dispatch", 0): 50}, True), "and on stopping, the last position, waited for"
+    log.close()
