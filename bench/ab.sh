@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Before and after, alternating on one machine: bench/compare.py against a baseline commit's code and
-# against this working tree's, ROUNDS times each (A B A B), so machine noise falls on both alike.
+# against this working tree's, ROUNDS times each (A B B A ...), so machine noise falls on both alike.
 #
 #   bench/ab.sh <base-commit> [rounds] [compare.py options...]
 #   bench/ab.sh main 2 --reply-ms 320 --concurrency 64 --targets direct,embedded,kafka --duration 10 --runs 1 --ttfb-requests 0
@@ -23,7 +23,11 @@ git archive "$base" | tar -x -C "$snapshot"
 git ls-files -co --exclude-standard | grep -v '^bench/results/' | tar -cf - -T - | tar -x -C "$current"
 echo "base $(git rev-parse --short "$base") vs working tree $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo '+changes'); results in $out"
 for round in $(seq 1 "$rounds"); do
-  for side in base new; do
+  # A B, then B A: a machine that drifts over the run (this one does, by a few per cent in a quarter
+  # of an hour) then weighs on both sides alike instead of always on the side that runs second.
+  sides="base new"
+  [ $((round % 2)) = 0 ] && sides="new base"
+  for side in $sides; do
     code=$current
     [ "$side" = base ] && code=$snapshot
     cmd="env PYTHONPATH=$code $PWD/.venv/bin/tollgate"
