@@ -116,11 +116,13 @@ def usage_store(settings: Settings) -> Iterator[UsageStore]:
         found.close()
 
 
-def projector_group(settings: Settings) -> str:
-    """Projectors writing one ClickHouse server share a group; an embedded store is one process's own,
-    so its projector needs every partition, in a group named after the store's path."""
+def projector_group(settings: Settings, store: UsageStore) -> str:
+    """Projectors writing one ClickHouse database share a group, the one made with the database (so a
+    second database on the same log, or one made anew, is written from the log's beginning); an
+    embedded store is one process's own, so its projector needs every partition, in a group named
+    after the store's path."""
     if settings.clickhouse_url:
-        return "tollgate-projector"
+        return store.projector_group()
     path = str(embedded_store_path(settings).resolve())
     return f"tollgate-projector-{hashlib.sha256(path.encode()).hexdigest()[:12]}"
 
@@ -219,9 +221,9 @@ class Stack:
         return self.store
 
     def start_projector(self, group: str | None = None) -> ProjectorRole:
-        role = ProjectorRole(
-            self.log, self.settings, self.open_store(), group or projector_group(self.settings), self.metrics
-        )
+        store = self.open_store()
+        group = group or projector_group(self.settings, store)
+        role = ProjectorRole(self.log, self.settings, store, group, self.metrics)
         self.projector = role
         self.run_in_thread("projector", role.run)
         return role

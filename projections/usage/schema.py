@@ -174,6 +174,9 @@ def ledger_daily_select(source: str) -> str:
     """
 
 
+# The projector group of databases that held rows before each database had its own (migration 9).
+legacy_projector_group = "tollgate-projector"
+
 # Numbered, append-only: a database records the numbers it has applied. Never edit a shipped entry.
 migrations: tuple[tuple[int, tuple[str, ...]], ...] = (
     (
@@ -357,6 +360,25 @@ migrations: tuple[tuple[int, tuple[str, ...]], ...] = (
             # What a row's source names (the hosted agent that answered, the Playground conversation);
             # not a rollup key: usage pages show it, rollups group by source only.
             "ALTER TABLE usage_events ADD COLUMN IF NOT EXISTS source_id String DEFAULT '' CODEC(ZSTD(1))",
+        ),
+    ),
+    (
+        9,
+        (
+            # The consumer group of the projectors that write this database, made with it: projectors
+            # writing one database share it however its URL is spelled, and a database made anew (a
+            # second one on the same log, or one dropped and migrated again) gets a group without
+            # positions, so its projector writes every row from the log's beginning. With one shared
+            # name, such a database took over the positions an earlier one had reached and never got
+            # the rows before them. A database that already holds rows keeps the name that wrote them.
+            # The first row is the name (MergeTree keeps every row: a migration re-run after a crash
+            # adds nothing that changes which row is first).
+            "CREATE TABLE IF NOT EXISTS store_identity (projector_group String, created_at DateTime64(6, 'UTC'))"
+            " ENGINE = MergeTree ORDER BY tuple()",
+            f"INSERT INTO store_identity SELECT if((SELECT count() FROM usage_events) + (SELECT count() FROM"
+            f" ledger_postings) > 0, '{legacy_projector_group}', concat('{legacy_projector_group}-',"
+            " replaceAll(toString(generateUUIDv4()), '-', ''))), now64(6)"
+            " WHERE (SELECT count() FROM store_identity) = 0",
         ),
     ),
 )

@@ -47,6 +47,7 @@ from projections.usage.schema import (
     final_settings,
     hourly_select,
     ledger_daily_select,
+    legacy_projector_group,
     migrations,
     page_columns,
     posting_columns,
@@ -187,6 +188,16 @@ class UsageStore:
     def schema_version(self) -> int:
         with self._lock:
             return int(self._client.query("SELECT max(version) FROM schema_migrations").result_rows[0][0])
+
+    def projector_group(self) -> str:
+        """The consumer group of the projectors writing this database, made with it (migration 9)."""
+        with self._lock:
+            rows = self._client.query(
+                "SELECT projector_group FROM store_identity ORDER BY created_at, projector_group LIMIT 1"
+            ).result_rows
+        if not rows:  # migration 9 always writes one; a row deleted by hand falls back to the old name
+            return legacy_projector_group
+        return str(rows[0][0])
 
     # --- writes ---
     # Every insert: the engine does not collapse each block as a merge would (optimize_on_insert=0):

@@ -23,7 +23,7 @@ from projections.usage import (
     parse_usage_cursor,
     usage_cursor,
 )
-from projections.usage.schema import migrations, unit_names_v7, usage_columns
+from projections.usage.schema import legacy_projector_group, migrations, unit_names_v7, usage_columns
 from schemas.units import Units
 from tests.support import capture_posting, charge, examples, refusal
 
@@ -82,7 +82,7 @@ def totals(store: UsageStore, org: str = "org_a") -> tuple[tuple[int, int], ...]
 
 def test_migrations_apply_once_and_survive_reopening(opener: Opener) -> None:
     first = opener.open()
-    assert first.schema_version() == 8
+    assert first.schema_version() == migrations[-1][0]
     assert first.migrate() == []  # nothing left to apply
     first.insert([charge("e1", month)], [])
     first.close()
@@ -267,8 +267,8 @@ def test_migrations_3_and_4_keep_rows_written_before_them(opener: Opener) -> Non
         rows = [charge(f"old{i}", month + timedelta(hours=5 * i)) for i in range(30)]
         store.insert(rows, [capture_posting(r) for r in rows])
         # 4 rebuilds ledger_postings with its rows, 5 rolls them up, 6 adds priced_micros, 7 every unit,
-        # 8 the source's id
-        assert store.migrate() == [3, 4, 5, 6, 7, 8]
+        # 8 the source's id; 9 keeps the projector group the database was made with
+        assert store.migrate() == [3, 4, 5, 6, 7, 8, 9]
         expected = (30, sum(row.cost_micros for row in rows))
         assert totals(store) == (expected,) * 4
         assert store.totals_by_org()["org_a"] == (expected[1], expected[1])
@@ -311,7 +311,7 @@ def test_migration_7_rebuilds_the_rollups_with_the_rows_of_schema_6(opener: Open
         columns_v6 = [c for c in usage_columns if c not in added and c not in ("minimum_topup_micros", "source_id")]
         store.insert_columns({c: [getattr(r, c) for r in rows] for c in columns_v6})
         store.insert([], [capture_posting(r) for r in rows])
-        assert store.migrate() == [7, 8]
+        assert store.migrate() == [7, 8, 9]
         expected = (12, sum(row.cost_micros for row in rows))
         assert totals(store) == (expected,) * 4
         statement = load_statement(store, "org_a", month, month + timedelta(days=30))
@@ -350,6 +350,46 @@ def test_migration_8_adds_the_source_id_and_keeps_the_rows_of_schema_7(opener: O
             "api": old.cost_micros,
             "hosted_agents": message.cost_micros,
         }
+    finally:
+        store.close()
+
+
+def test_migration_9_gives_a_new_database_a_projector_group_of_its_own(opener: Opener, tmp_path: Path) -> None:
+    """Each database is made with its projectors' consumer group: kept when it is opened again, another
+    for another database; both start past the shared name the earlier schema had for every database."""
+    first = opener.open()
+    try:
+        group = first.projector_group()
+        assert group.startswith(legacy_projector_group + "-")
+        assert first.migrate() == [] and first.projector_group() == group
+    finally:
+        first.close()
+    reopened = opener.open()
+    try:
+        assert reopened.projector_group() == group
+    finally:
+        reopened.close()
+    # One embedded engine per process at a time: the other database is opened once the first is closed.
+    other = Opener(opener.mode, tmp_path / "other", opener.url.rsplit("/", 1)[0])
+    another = other.open()
+    try:
+        assert another.projector_group() not in (group, legacy_projector_group)
+    finally:
+        another.close()
+        other.drop()
+
+
+def test_migration_9_keeps_the_shared_projector_group_for_a_database_with_rows(opener: Opener) -> None:
+    """A database that holds rows from before migration 9 keeps the group that wrote them (its positions
+    go on), rather than getting a new one that would read the whole log again."""
+    store = opener.open()
+    try:
+        store.command("DROP TABLE store_identity")
+        store.command("ALTER TABLE schema_migrations DELETE WHERE version = 9 SETTINGS mutations_sync = 1")
+        store.insert([charge("v8", month)], [])
+        assert store.migrate() == [9]
+        assert store.projector_group() == legacy_projector_group
+        assert store.migrate() == [] and store.projector_group() == legacy_projector_group
     finally:
         store.close()
 
