@@ -182,7 +182,7 @@ def test_a_streamed_speech_too_large_for_one_record_completes_without_its_audio(
 
 def test_positions_are_committed_at_most_once_an_interval_and_once_more_on_stopping(tmp_path: Path) -> None:
     """Under load nearly every poll moves a partition's oldest unfinished job; a commit per poll cost
-    the worker and the broker a request each (over a hundred a second at 64 clients)."""
+    the worker and the broker a request each (17-26 a second at 64 clients)."""
     log = EmbeddedLog(tmp_path / "log.sqlite3", partitions=topics.partitions_per_topic)
     worker = WorkerRole(log, Settings(), SimulatedChatBackend(0))
     stop = threading.Event()
