@@ -31,6 +31,7 @@ from kafka.errors import (
     MessageSizeTooLargeError,
     RecordListTooLargeError,
     TopicAlreadyExistsError,
+    UnknownBrokerIdError,
 )
 from kafka.partitioner.default import DefaultPartitioner
 from kafka.structs import OffsetAndMetadata
@@ -546,6 +547,12 @@ class _KafkaProcessor(Processor):
 
 
 def _retriable(error: BaseException) -> bool:
+    # kafka-python does not mark UnknownBrokerIdError retriable, but during a failover it is: a request
+    # addressed to a node the refreshed metadata no longer lists (killed a moment ago). A partition-end
+    # lookup for the lag gauge raised it in tests/kafka/test_broker_faults.py and, not retried, ended a
+    # gateway's history follower, so its balances and jobs stopped for good.
+    if isinstance(error, UnknownBrokerIdError):
+        return True
     return isinstance(error, KafkaError) and bool(getattr(error, "retriable", False))
 
 

@@ -6,12 +6,18 @@ committed offsets)."""
 
 from __future__ import annotations
 
-import pytest
-from kafka.errors import KafkaConnectionError
+import time
 
-from eventlog import LogUnavailable
+import msgspec
+import pytest
+from kafka.errors import KafkaConnectionError, UnknownBrokerIdError
+
+from eventlog import LogUnavailable, Record
 from eventlog import kafka as kafka_log
 from eventlog.metrics import LagReporter, Metrics
+from eventlog.read import Follower
+from schemas.codec import encode
+from tests.support import placed
 
 
 def failing(times: int, error: Exception) -> tuple[list[int], object]:
@@ -86,3 +92,61 @@ def test_a_waited_offset_commit_outlasts_a_coordinators_failover() -> None:
     down = _BrokerDown()
     kafka_log._KafkaConsumer(down).commit()
     assert down.commits == 3
+
+
+class _BrokerLeft(_BrokerDown):
+    """A partition-end lookup addressed to a node the refreshed metadata no longer lists (killed a moment
+    ago): kafka-python raises UnknownBrokerIdError, which it does not mark retriable."""
+
+    def end_offsets(self, partitions: object) -> dict[object, int]:
+        raise UnknownBrokerIdError(2)
+
+
+def test_a_node_that_left_the_metadata_is_a_failover_not_a_bug() -> None:
+    assert kafka_log._retriable(UnknownBrokerIdError(2))
+    with pytest.raises(LogUnavailable, match="partition ends"):
+        kafka_log._KafkaConsumer(_BrokerLeft()).lags()
+
+
+class _Batches:
+    """A consumer with a record on each poll whose lag lookup raises what no one expected."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.polls = 0
+
+    def poll(self, max_records: int, timeout_ms: int) -> list[Record]:
+        self.polls += 1
+        time.sleep(0.01)
+        value = encode(msgspec.structs.replace(placed, event_id=f"e{self.polls}"))
+        return [Record("tollgate.ledger", 0, self.polls, b"org_a", value, 0)]
+
+    def lags(self) -> dict[tuple[str, int], int]:
+        raise self.error
+
+    def caught_up(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("error", [UnknownBrokerIdError(2), RuntimeError("a bug in the gauge")])
+def test_a_lag_gauge_that_raises_never_ends_the_follower_it_measures(error: Exception) -> None:
+    """tests/kafka/test_broker_faults.py: the history follower's lag lookup raised UnknownBrokerIdError
+    while a broker was down, the exception ended the follower's thread, and that gateway's balances and
+    jobs stopped where they were (a job it then answered 404 for, a hold it still showed open)."""
+    metrics = Metrics()
+    folded: list[str] = []
+    consumer = _Batches(error)
+    reporter = LagReporter(metrics, "gateway", "history")
+    follower = Follower(consumer, lambda event: folded.append(event.event_id), "follow-test", 10, 10, reporter)  # type: ignore[arg-type]
+    follower.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(folded) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert folded[:3] == ["e1", "e2", "e3"], "it goes on folding after the gauge failed"
+        assert metrics.health("gateway").status(stall_s_max=60, lag_records_max=1000)["ready"] is False
+    finally:
+        follower.stop()
