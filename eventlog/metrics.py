@@ -129,14 +129,13 @@ class LagReporter:
             return
         try:
             measured = lags()
-        except LogUnavailable:  # the broker cannot say now (a failover): not ready until it can
-            self._health.stalled(self._source)
-            return
-        except Exception:
+        except Exception as error:
             # A gauge must never end the reader it measures (the caller is a follower's, a worker's or
-            # the ledger's loop): whatever the lookup raised, the role shows not ready until a later
-            # measurement works, and goes on reading.
-            logger.warning("could not measure the lag of %s/%s", self._role, self._source, exc_info=True)
+            # the ledger's loop): the role shows not ready until a later measurement works, and goes
+            # on reading. LogUnavailable (the broker cannot say during a failover) is expected; anything
+            # else is logged.
+            if not isinstance(error, LogUnavailable):
+                logger.warning("could not measure the lag of %s/%s", self._role, self._source, exc_info=True)
             self._health.stalled(self._source)
             return
         for tp, lag in measured.items():
