@@ -7,7 +7,9 @@ Steps, in the order a sync chat request takes them: the rate limiter's admission
 the gateway's hold (``tollgate.commands``), its job (``tollgate.dispatch.*``), the worker's lease, its
 completion (``tollgate.jobs``) and capture, and the ledger's decisions (``tollgate.ledger``). A record's
 timestamp is its producer's clock at the send, or the broker's at the append on topics stamped with
-LogAppendTime (``tollgate.commands``); every process here shares one clock. Reads at most
+LogAppendTime (``tollgate.commands``); every process here shares one clock. The admission's moment is
+its event's ``occurred_at`` (the limiter's decision): the gateway appends it with the request's hold
+(``gateway/deferred.py``), so its record's timestamp is the hold's. Reads at most
 ``--records-max`` records. Prints p50/p90/p99 per step in ms and saves bench/results/hops.json;
 ``bench/compare.py`` runs it after each Kafka point.
 """
@@ -31,6 +33,7 @@ from bench.e2e import percentile
 from eventlog import topics
 from eventlog.kafka import KafkaLog
 from eventlog.read import read_topic
+from schemas.moments import parse_moment
 
 # (step, record type), in the order a request takes them.
 steps = [
@@ -50,6 +53,7 @@ records_max_default = 2_000_000
 class _Stamp(msgspec.Struct):
     type: str = ""
     correlation_id: str = ""
+    occurred_at: str = ""
 
 
 def read_stamps(bootstrap: str, since_ms: int, records_max: int) -> dict[str, dict[str, int]]:
@@ -67,7 +71,10 @@ def read_stamps(bootstrap: str, since_ms: int, records_max: int) -> dict[str, di
             except msgspec.DecodeError:
                 continue
             if stamp.type in wanted and stamp.correlation_id:
-                stamps[stamp.correlation_id].setdefault(stamp.type, record.timestamp_ms)
+                at_ms = record.timestamp_ms
+                if stamp.type == "request.admitted.v1" and stamp.occurred_at:
+                    at_ms = int(parse_moment(stamp.occurred_at).timestamp() * 1000)
+                stamps[stamp.correlation_id].setdefault(stamp.type, at_ms)
     finally:
         log.close()  # and the reader an early stop at records_max left open
     return stamps

@@ -14,8 +14,9 @@ from litestar.middleware import ASGIMiddleware, DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from eventlog import Outgoing
 from eventlog.logs import bind_request
-from gateway import observe
+from gateway import deferred, observe
 from gateway.auth import scope_guard
 from gateway.core import GatewayCore
 from gateway.errors import ApiError, exception_handlers, send_error
@@ -84,8 +85,11 @@ class RequestIdMiddleware(ASGIMiddleware):
             await send_error(send, oversized, request_id)
             return
 
+        core: GatewayCore | None = getattr(getattr(scope.get("app"), "state", None), "core", None)
+
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
+                _send_deferred(core, deferred.take())
                 # Read at send time: an Idempotency-Key replaces the id with one derived from the key.
                 current = str(scope["state"]["request_id"])
                 headers: Any = [h for h in message.get("headers", []) if h[0].lower() != b"x-request-id"]
@@ -93,7 +97,18 @@ class RequestIdMiddleware(ASGIMiddleware):
                 message["headers"] = headers
             await send(message)
 
-        await next_app(scope, receive, send_with_id)
+        opened = deferred.open_request()
+        try:
+            await next_app(scope, receive, send_with_id)
+        finally:
+            _send_deferred(core, deferred.close_request(opened))
+
+
+def _send_deferred(core: GatewayCore | None, records: list[Outgoing]) -> None:
+    """What a request deferred and no append took (gateway/deferred.py): its admission, when it
+    placed no hold (a 429, a refusal, a read)."""
+    if records and core is not None:
+        core.send(records)
 
 
 class TollgateApp(Litestar):

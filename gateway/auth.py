@@ -407,7 +407,7 @@ def admit(connection: ASGIConnection[Any, Any, Any, Any], token: ApiToken, rate:
     core = _core(connection)
     request_id = str(connection.scope["state"].get("request_id", ""))
     admission = core.limiter.admit(token, amounts, request_id, connection.url.path)
-    core.send([record(admission)])
+    core.send_with_request([record(admission)])  # with the request's hold: one append for both
     if not admission.decision.admitted:
         raise throttled_error(admission.decision)
     connection.scope["state"]["ratelimit_headers"] = headers_for(admission.decision)

@@ -26,6 +26,7 @@ from eventlog import EventLog, Outgoing, topics
 from eventlog.metrics import Metrics
 from eventlog.read import Follower
 from eventlog.settings import Settings
+from gateway import deferred
 from gateway.blobs import BlobStore, DirectoryBlobStore
 from gateway.chainwatch import ChainWatch
 from gateway.jwks import JwksKeys
@@ -284,6 +285,12 @@ class GatewayCore:
     def send(self, records: list[Outgoing]) -> None:
         """Append without waiting (rate-limit and last-used events)."""
         self._producer.send(records)
+
+    def send_with_request(self, records: list[Outgoing]) -> None:
+        """Append with the request's next append (its hold), or when its response starts; outside a
+        request, at once (``gateway/deferred.py``)."""
+        if not deferred.defer(records):
+            self._producer.send(records)
 
     async def record_job_event(self, event: Event) -> None:
         """Append an event to tollgate.jobs (a batch's) and wait until this instance has folded it."""

@@ -24,9 +24,10 @@ from typing import Any
 
 import msgspec
 
-from eventlog import Acknowledged, Outgoing, Producer, topics
+from eventlog import Acknowledged, Outgoing, Producer, RecordTooLarge, topics
 from eventlog.metrics import Metrics
 from eventlog.settings import Settings
+from gateway import deferred
 from gateway.pending import PendingCharges
 from gateway.quota import Quota
 from gateway.waiters import Done, Seen, Waiters, earlier_attempt_settled, request_finished
@@ -222,9 +223,29 @@ class Metering:
         slice_id = (self.quota.reserve(token.org_id, hold_micros, request_id) if slice_allowed else None) or ""
         command = self._command(token, request_id, metered, slice_id, carve_from)
         hold = Outgoing(topics.COMMANDS, token.org_id, encode(command))
+        # The request's admission goes out with its hold (gateway/deferred.py): one produce request
+        # for both on Kafka, one transaction embedded.
+        riders = deferred.take()
+        try:
+            self._append_hold(token, request_id, command, riders, hold, slice_id)
+        except RecordTooLarge:
+            if riders:
+                self._producer.send(riders)  # the hold is refused; its admission still counts
+            raise
+        return Placement(command, slice_id)
+
+    def _append_hold(
+        self,
+        token: ApiToken,
+        request_id: str,
+        command: PlaceHold,
+        riders: list[Outgoing],
+        hold: Outgoing,
+        slice_id: str,
+    ) -> None:
         if not slice_id:
-            self._producer.send([hold])
-            return Placement(command, slice_id)
+            self._producer.send([*riders, hold])
+            return
         # The hold first: the ledger must read it before any lease or capture of the job's worker
         # (they follow on the same partition, once the worker has read the job). A log that orders one
         # send across topics (embedded) takes both at once. On Kafka the job waits for its hold to be
@@ -234,12 +255,15 @@ class Metering:
         # tests/kafka/test_broker_faults.py once its chats ran).
         job = queued_job(command, command.issued_at)
         dispatch = [Outgoing(topics.dispatch_topic(job.pool), token.org_id, encode(job))]
-        self._pending.carving(token.org_id, request_id, hold_micros)
+        self._pending.carving(token.org_id, request_id, command.amount_micros)
         if self._producer.ordered_across_topics:
-            self._producer.send([hold, *dispatch])
-        else:
-            self._producer.send_acknowledged([hold], self._dispatch_once_written(dispatch, request_id))
-        return Placement(command, slice_id)
+            self._producer.send([*riders, hold, *dispatch])
+            return
+        if riders:
+            # Given to the producer in the same turn of the event loop as the hold, they leave in its
+            # produce request; only the hold's acknowledgement dispatches the job.
+            self._producer.send(riders)
+        self._producer.send_acknowledged([hold], self._dispatch_once_written(dispatch, request_id))
 
     def _dispatch_once_written(self, dispatch: list[Outgoing], request_id: str) -> Acknowledged:
         """What to do when a hold is written: send its job, from the event loop (the producer's

@@ -326,3 +326,44 @@ def test_old_charges_open_no_windows() -> None:
     old = datetime.fromtimestamp(clock.at_s - 3600, UTC)
     limiter.apply(_captured(old, Units(input_tokens=60)))
     assert limiter.stats()["admitted"] == 0 and not limiter._windows
+
+
+def test_a_requests_admission_is_appended_once_and_with_its_hold(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gateway/deferred.py: the admission rides in the hold's append (one produce request on Kafka, one
+    transaction embedded); a request that places no hold (a read, a 429) appends its admission alone.
+    Every admission is appended exactly once."""
+    org = gw.organization("pro", limits={"requests": 1}, credits="5")  # a chat counts as a job, not a request
+    key, _ = gw.key(org, ["user:read", "user:write"])
+    producer = gw.core._producer
+    send = producer.send
+    appends: list[list[tuple[str, str]]] = []  # per send call: (record type, request id)
+
+    def recording(records: list[Any]) -> None:
+        appends.append([(event["type"], event.get("correlation_id", "")) for event in map(_event, records)])
+        send(records)
+
+    monkeypatch.setattr(producer, "send", recording)
+    body = {"model": "sim-chat-small", "messages": [{"role": "user", "content": "Hi"}]}
+    chat = gw.call("POST", "/v1/chat/completions", key, json=body)
+    assert chat.status_code == 200, chat.text
+    read = gw.call("GET", "/v1/models", key)
+    assert read.status_code == 200
+    throttled = gw.call("GET", "/v1/models", key)
+    assert throttled.status_code == 429
+    monkeypatch.undo()
+
+    def calls_with(request_id: str, kind: str) -> list[list[tuple[str, str]]]:
+        return [call for call in appends if (kind, request_id) in call]
+
+    chat_id = chat.headers["x-request-id"]
+    (together,) = calls_with(chat_id, "request.admitted.v1")
+    assert ("place_hold.v1", chat_id) in together  # the same append as its hold
+    for answer in (read, throttled):
+        request_id = answer.headers["x-request-id"]
+        admitted = calls_with(request_id, "request.admitted.v1") + calls_with(request_id, "request.throttled.v1")
+        assert len(admitted) == 1, appends
+
+
+def _event(record: Any) -> dict[str, Any]:
+    decoded: dict[str, Any] = msgspec.json.decode(record.value)
+    return decoded
