@@ -22,6 +22,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
 
+from eventlog import loops
 from eventlog.metrics import serve_metrics
 from eventlog.settings import Settings
 from gateway.app import create_app
@@ -187,7 +188,7 @@ def run_gateway(settings: Settings, projector: bool | None) -> None:
             if not settings.admin_token:
                 print(f"  admin token (generated): {admin_token}", flush=True)
 
-        asyncio.run(serve(core, settings, stack.stop, announce))
+        loops.run(serve(core, settings, stack.stop, announce))
     finally:
         stack.close()
 
@@ -309,7 +310,7 @@ def run_dev_stack(settings: Settings, admin_token: str, stop: threading.Event, s
             settle_garbage_collector()
             print_banner(settings, admin_token, demo, server)
 
-        asyncio.run(serve(core, settings, stack.stop, announce))
+        loops.run(serve(core, settings, stack.stop, announce))
     finally:
         stack.close()
 

@@ -41,7 +41,7 @@ from typing import Any
 
 import msgspec
 
-from eventlog import Consumer, EventLog, Outgoing, Producer, Record, RecordTooLarge, topics
+from eventlog import Consumer, EventLog, Outgoing, Producer, Record, RecordTooLarge, loops, topics
 from eventlog.logs import about
 from eventlog.metrics import Metrics
 from eventlog.settings import Settings
@@ -647,7 +647,7 @@ class WorkerRole:
             on_assigned=self._on_assigned,
         )
         self._producer = self._log.producer(self.worker_id)
-        loop = asyncio.new_event_loop()
+        loop = loops.new_event_loop()
         self._loop = loop
         started = threading.Event()
 

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,8 +14,9 @@ from typing import Any
 
 import msgspec
 import pytest
+import uvloop
 
-from eventlog import AssignmentListener, Consumer, Outgoing, Record, record_value_bytes_max, topics
+from eventlog import AssignmentListener, Consumer, Outgoing, Record, loops, record_value_bytes_max, topics
 from eventlog.embedded import EmbeddedLog
 from eventlog.settings import Settings
 from schemas.events import JobQueued
@@ -214,3 +216,27 @@ def test_positions_are_committed_at_most_once_an_interval_and_once_more_on_stopp
     assert len(commits) <= 3, f"50 polls within an interval or two, not a commit each: {commits}"
     assert commits[-1] == ({("dispatch", 0): 50}, True), "and on stopping, the last position, waited for"
     log.close()
+
+
+def test_the_roles_event_loops_are_uvloop(tmp_path: Path) -> None:
+    """eventlog/loops.py: a worker's jobs and the gateway's server run on uvloop, whose cross-thread
+    wake-ups and sockets are C (a request crosses a loop from other threads several times)."""
+    log = EmbeddedLog(tmp_path / "log.sqlite3", partitions=topics.partitions_per_topic)
+    worker = WorkerRole(log, Settings(poll_wait_ms=10), SimulatedChatBackend(0))
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while worker._loop is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert isinstance(worker._loop, uvloop.Loop)
+    finally:
+        stop.set()
+        thread.join(10)
+        log.close()
+
+    async def running() -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
+
+    assert isinstance(loops.run(running()), uvloop.Loop)  # the gateway's (tollgate/serve.py)
