@@ -280,7 +280,6 @@ class KafkaLog(EventLog):
     ) -> Consumer:
         consumer = KafkaConsumer(**self._consumer_config(client_id, group, from_beginning, fill_wait_ms))
         if group is not None:
-            _no_trip_to_a_known_coordinator(consumer)
             _await_metadata(consumer, topics)
             if on_assigned is not None:
                 consumer.subscribe(list(topics), listener=_Listener(on_assigned))
@@ -311,7 +310,6 @@ class KafkaLog(EventLog):
         self, topics: Sequence[str], *, group: str, transactional_id: str, on_assigned: AssignmentListener
     ) -> Processor:
         consumer = KafkaConsumer(**self._consumer_config(transactional_id, group, True))
-        _no_trip_to_a_known_coordinator(consumer)
         producer = KafkaProducer(
             bootstrap_servers=self.bootstrap,
             # A coordinator that moved (NOT_COORDINATOR, or its broker died) is looked up again and
@@ -333,24 +331,6 @@ class KafkaLog(EventLog):
             with contextlib.suppress(Exception):  # a fenced or broken client still lets go of its threads
                 client.close()
         self._open.clear()
-
-
-def _no_trip_to_a_known_coordinator(consumer: KafkaConsumer) -> None:
-    """A group consumer's every poll first asks its IO thread whether the group's coordinator is known
-    (kafka-python 3.0.12 ``ensure_coordinator_ready``), even while it is known and connected: a
-    cross-thread round trip (a wake-up write, then the interpreter lock handed to the IO thread and
-    back) before each fetch of a worker's jobs and the ledger's commands. Known and connected is
-    answered here, from the state that trip would read; anything else takes the trip as before."""
-    coordinator = consumer._coordinator
-    ask_io_thread = coordinator.ensure_coordinator_ready
-
-    def ensure_coordinator_ready(timeout_ms: int | None = None) -> bool:
-        known = coordinator.coordinator_id
-        if known is not None and coordinator._client.connected(known):
-            return True
-        return bool(ask_io_thread(timeout_ms=timeout_ms))
-
-    coordinator.ensure_coordinator_ready = ensure_coordinator_ready
 
 
 def _await_metadata(consumer: KafkaConsumer, topics: Sequence[str]) -> None:

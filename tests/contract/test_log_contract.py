@@ -8,7 +8,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
@@ -268,36 +267,6 @@ class TestKafkaLog(LogContract):
             producer.send(topic, value=value, key=key.encode())
         producer.flush()
         processor.abort_transaction()
-
-    def test_a_group_consumers_polls_do_not_ask_the_io_thread_for_a_known_coordinator(
-        self, log: EventLog, unique: str
-    ) -> None:
-        """eventlog/kafka.py _no_trip_to_a_known_coordinator: kafka-python asked its IO thread on every
-        poll whether the group's coordinator was known; once it is (and connected) a poll goes straight
-        to its fetch. Counted on the consumer's network loop: no such trip in 20 polls."""
-        source = f"t-coord-{unique}"
-        log.ensure_topics([source])
-        producer = log.producer("test")
-        producer.send([Outgoing(source, "k", b"v")])
-        producer.flush(10)
-        consumer = log.consumer([source], client_id=f"c-{unique}", group=f"g-{unique}")
-        assert [r.value for r in poll_until(consumer, 1)] == [b"v"]  # joined: the coordinator is known
-        net = consumer._consumer._coordinator._net  # type: ignore[attr-defined]
-        run = net.run
-        asked: list[str] = []
-
-        def counting(coro: Any, *args: Any) -> Any:
-            asked.append(getattr(coro, "__name__", repr(coro)))
-            return run(coro, *args)
-
-        net.run = counting
-        try:
-            for _ in range(20):
-                consumer.poll(10, 5)
-        finally:
-            net.run = run
-            consumer.close()
-        assert "ensure_coordinator_ready_async" not in asked, asked
 
     def test_a_rebalance_leaves_the_lost_partitions_uncommitted(self, log: EventLog, unique: str) -> None:
         """A processor that polled records and has not committed them (the ledger gathering a batch)
