@@ -259,11 +259,12 @@ class Metering:
         if self._producer.ordered_across_topics:
             self._producer.send([*riders, hold, *dispatch])
             return
-        if riders:
-            # Given to the producer in the same turn of the event loop as the hold, they leave in its
-            # produce request; only the hold's acknowledgement dispatches the job.
-            self._producer.send(riders)
         self._producer.send_acknowledged([hold], self._dispatch_once_written(dispatch, request_id))
+        if riders:
+            # After the hold (which raises, sending nothing, when it is too large), in the same turn of
+            # the event loop: they leave in its produce request. Only the hold's acknowledgement
+            # dispatches the job.
+            self._producer.send(riders)
 
     def _dispatch_once_written(self, dispatch: list[Outgoing], request_id: str) -> Acknowledged:
         """What to do when a hold is written: send its job, from the event loop (the producer's

@@ -3,6 +3,7 @@ events, and the 429 a client sees (OpenAI envelope, Retry-After, x-ratelimit-* h
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import msgspec
 import openai
 import pytest
 
+from eventlog import RecordTooLarge
 from eventlog.settings import Settings
 from gateway.ratelimit import IpLimiter, RateLimiter, SlidingWindow, format_duration
 from ledger.limits import Check, decide, organization_limits, plan_limits
@@ -367,3 +369,37 @@ def test_a_requests_admission_is_appended_once_and_with_its_hold(gw: Gateway, mo
 def _event(record: Any) -> dict[str, Any]:
     decoded: dict[str, Any] = msgspec.json.decode(record.value)
     return decoded
+
+
+def test_an_admission_is_appended_once_when_its_hold_is_refused_for_size(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Kafka the admission is handed to the producer beside the hold; a hold the log refuses as too
+    large (RecordTooLarge, raised before anything is sent) must not take its admission with it, nor
+    send it twice."""
+    org = gw.organization("pro", credits="5")
+    key, _ = gw.key(org, ["user:write"])
+    body = {"model": "sim-chat-small", "messages": [{"role": "user", "content": "Hi"}]}
+    assert gw.call("POST", "/v1/chat/completions", key, json=body).status_code == 200  # asks for a slice
+    deadline = time.monotonic() + 10
+    while gw.core.quota._organizations[org].current is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert gw.core.quota._organizations[org].current is not None, "the next hold goes against a slice"
+    producer = gw.core._producer
+    send = producer.send
+    admissions: list[str] = []
+
+    def recording(records: list[Any]) -> None:
+        admissions.extend(e["correlation_id"] for e in map(_event, records) if e["type"] == "request.admitted.v1")
+        send(records)
+
+    def too_large(records: list[Any], on_done: Any) -> None:
+        raise RecordTooLarge("tollgate.commands")
+
+    monkeypatch.setattr(producer, "send", recording)
+    monkeypatch.setattr(producer, "send_acknowledged", too_large)
+    monkeypatch.setattr(producer, "ordered_across_topics", False)  # the Kafka path
+    answer = gw.call("POST", "/v1/chat/completions", key, json=body)
+    monkeypatch.undo()
+    assert answer.status_code != 200
+    assert admissions == [answer.headers["x-request-id"]], admissions
