@@ -227,22 +227,14 @@ class Metering:
         # for both on Kafka, one transaction embedded.
         riders = deferred.take()
         try:
-            self._append_hold(token, request_id, command, riders, hold, slice_id)
+            self._append_hold(command, hold, riders, slice_id)
         except RecordTooLarge:
             if riders:
                 self._producer.send(riders)  # the hold is refused; its admission still counts
             raise
         return Placement(command, slice_id)
 
-    def _append_hold(
-        self,
-        token: ApiToken,
-        request_id: str,
-        command: PlaceHold,
-        riders: list[Outgoing],
-        hold: Outgoing,
-        slice_id: str,
-    ) -> None:
+    def _append_hold(self, command: PlaceHold, hold: Outgoing, riders: list[Outgoing], slice_id: str) -> None:
         if not slice_id:
             self._producer.send([*riders, hold])
             return
@@ -254,12 +246,12 @@ class Metering:
         # refused (hold_not_found), the hold then expiring with the work never charged (seen in
         # tests/kafka/test_broker_faults.py once its chats ran).
         job = queued_job(command, command.issued_at)
-        dispatch = [Outgoing(topics.dispatch_topic(job.pool), token.org_id, encode(job))]
-        self._pending.carving(token.org_id, request_id, command.amount_micros)
+        dispatch = [Outgoing(topics.dispatch_topic(job.pool), command.org_id, encode(job))]
+        self._pending.carving(command.org_id, command.request_id, command.amount_micros)
         if self._producer.ordered_across_topics:
             self._producer.send([*riders, hold, *dispatch])
             return
-        self._producer.send_acknowledged([hold], self._dispatch_once_written(dispatch, request_id))
+        self._producer.send_acknowledged([hold], self._dispatch_once_written(dispatch, command.request_id))
         if riders:
             # After the hold (which raises, sending nothing, when it is too large), in the same turn of
             # the event loop: they leave in its produce request. Only the hold's acknowledgement
