@@ -98,6 +98,28 @@ class Producer(abc.ABC):
         could not be written). ``on_done`` may run on another thread. Raises ``RecordTooLarge`` as
         ``send`` does, before appending any."""
 
+    def send_in_turn(
+        self, first: Sequence[Outgoing], then: Sequence[Outgoing], on_failed: Callable[[BaseException], None]
+    ) -> None:
+        """Append ``first``, and ``then`` once ``first`` is durable, so that a reader of ``then`` acts
+        only on what ``first`` wrote (a worker's job after its hold). ``then`` is sent from the thread
+        that learns ``first`` was written, with no hop to the caller's: ``send`` must not block there.
+        If ``first`` (or later ``then``) cannot be written, ``then`` is not sent and
+        ``on_failed(error)`` runs, possibly on another thread. Raises ``RecordTooLarge`` before
+        appending any record of either."""
+        check_record_sizes([*first, *then])
+
+        def written(error: BaseException | None) -> None:
+            if error is None:
+                try:
+                    self.send(then)
+                    return
+                except Exception as unsent:  # on a producer's thread: reported, never raised there
+                    error = unsent
+            on_failed(error)
+
+        self.send_acknowledged(first, written)
+
     @abc.abstractmethod
     def flush(self, timeout_s: float) -> None: ...
 

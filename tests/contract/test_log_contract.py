@@ -222,6 +222,42 @@ class LogContract:
         consumer.close()
         producer.close()
 
+    def test_a_send_in_turn_appends_the_second_part_once_the_first_is_written(self, log: EventLog, unique: str) -> None:
+        """A hold, then its job: the job's topic is one this producer has never sent to (on Kafka its
+        metadata is unknown, and a send from the acknowledging thread waiting for it would stall that
+        thread for max_block_ms). Whoever reads the job finds the hold written already."""
+        holds, jobs = f"t-holds-{unique}", f"t-jobs-{unique}"
+        log.ensure_topics([holds, jobs])
+        producer = log.producer("test")
+        failures: list[BaseException] = []
+        started = time.monotonic()
+        producer.send_in_turn([Outgoing(holds, "org", b"hold")], [Outgoing(jobs, "org", b"job")], failures.append)
+        job_reader = log.consumer([jobs], client_id="test-jobs")
+        assert [r.value for r in poll_until(job_reader, 1, timeout_s=10)] == [b"job"]
+        assert time.monotonic() - started < 10
+        hold_reader = log.consumer([holds], client_id="test-holds")
+        assert [r.value for r in poll_until(hold_reader, 1, timeout_s=0.5)] == [b"hold"]
+        assert failures == []
+        job_reader.close()
+        hold_reader.close()
+        producer.close()
+
+    def test_a_send_in_turn_too_large_appends_neither_part(self, log: EventLog, unique: str) -> None:
+        holds, jobs = f"t-holds-{unique}", f"t-jobs-{unique}"
+        log.ensure_topics([holds, jobs])
+        producer = log.producer("test")
+        with pytest.raises(RecordTooLarge):
+            producer.send_in_turn(
+                [Outgoing(holds, "org", b"hold")],
+                [Outgoing(jobs, "org", b"j" * (record_value_bytes_max + 1))],
+                lambda _: None,
+            )
+        producer.flush(30)
+        reader = log.consumer([holds, jobs], client_id="test")
+        assert poll_quiet(reader, self.quiet_s) == []
+        reader.close()
+        producer.close()
+
 
 class TestEmbeddedLog(LogContract):
     quiet_s = 0.3
