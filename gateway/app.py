@@ -12,7 +12,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.middleware import ASGIMiddleware, DefineMiddleware
 from litestar.openapi import OpenAPIConfig
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
 from eventlog import Outgoing
 from eventlog.logs import bind_request
@@ -111,6 +111,30 @@ def _send_deferred(core: GatewayCore | None, records: list[Outgoing]) -> None:
         core.send(records)
 
 
+def ending_at_content_length(scope: Scope, receive: Receive) -> Receive:
+    """``receive``, where the message that completes a request's announced ``content-length`` says it
+    is the last. Granian hands a body in two messages, its bytes (``more_body``) and then an empty
+    end, so a reader waited for the event loop twice: about 3 ms more per request at 64 clients. The
+    end the server still holds is what a later ``receive`` gets (a disconnect listener skips it)."""
+    if scope["type"] != "http":
+        return receive
+    length = next((value for name, value in scope["headers"] if name == b"content-length"), None)
+    if length is None or not length.isdigit():
+        return receive  # chunked (or a length the server refuses): the server's own end
+    left = int(length)
+
+    async def receive_whole() -> ReceiveMessage:
+        nonlocal left
+        message = await receive()
+        if message["type"] == "http.request" and message.get("more_body"):
+            left -= len(message.get("body", b""))
+            if left <= 0:
+                message["more_body"] = False
+        return message
+
+    return receive_whole
+
+
 class TollgateApp(Litestar):
     """The app, with the surface's aliases resolved before routing and each route family's error
     envelope (gateway/surface.py)."""
@@ -118,7 +142,7 @@ class TollgateApp(Litestar):
     surface: Surface
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self.surface(scope, receive, send, super().__call__)
+        await self.surface(scope, ending_at_content_length(scope, receive), send, super().__call__)
 
 
 api_description = (
