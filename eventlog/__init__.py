@@ -104,9 +104,9 @@ class Producer(abc.ABC):
         """Append ``first``, and ``then`` once ``first`` is durable, so that a reader of ``then`` acts
         only on what ``first`` wrote (a worker's job after its hold). ``then`` is sent from the thread
         that learns ``first`` was written, with no hop to the caller's: ``send`` must not block there.
-        If ``first`` (or later ``then``) cannot be written, ``then`` is not sent and
-        ``on_failed(error)`` runs, possibly on another thread. Raises ``RecordTooLarge`` before
-        appending any record of either."""
+        If ``first`` cannot be written (``then`` is not sent) or ``then`` cannot be sent,
+        ``on_failed(error)`` runs, possibly on another thread; ``then`` is sent as ``send`` sends,
+        without waiting for it. Raises ``RecordTooLarge`` before appending any record of either."""
         check_record_sizes([*first, *then])
 
         def written(error: BaseException | None) -> None:

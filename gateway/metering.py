@@ -256,10 +256,10 @@ class Metering:
         # the request waits out its time and nothing is charged.
         request_id = command.request_id
 
-        def unwritten(error: BaseException) -> None:
-            logger.error("the hold of %s was not written (%r): its job is not dispatched", request_id, error)
+        def undispatched(error: BaseException) -> None:
+            logger.error("the job of %s was not dispatched (its hold or its send failed: %r)", request_id, error)
 
-        self._producer.send_in_turn([hold], dispatch, unwritten)
+        self._producer.send_in_turn([hold], dispatch, undispatched)
         if riders:
             # After the hold (which raises, sending nothing, when it or its job is too large), in the
             # same turn of the event loop: they leave in its produce request.
