@@ -111,14 +111,18 @@ class Producer(abc.ABC):
 
         def written(error: BaseException | None) -> None:
             if error is None:
-                try:
-                    self.send(then)
-                    return
-                except Exception as unsent:  # on a producer's thread: reported, never raised there
-                    error = unsent
-            on_failed(error)
+                self._send_written_turn(then, on_failed)
+            else:
+                on_failed(error)
 
         self.send_acknowledged(first, written)
+
+    def _send_written_turn(self, then: Sequence[Outgoing], on_failed: Callable[[BaseException], None]) -> None:
+        """``send_in_turn``'s second part, on the thread that learned the first was written."""
+        try:
+            self.send(then)
+        except Exception as unsent:  # on a producer's thread: reported, never raised there
+            on_failed(unsent)
 
     @abc.abstractmethod
     def flush(self, timeout_s: float) -> None: ...

@@ -415,29 +415,20 @@ class _KafkaProducer(Producer):
     ) -> None:
         # ``then`` goes out from kafka-python's sender thread (the acknowledgement's callback), where a
         # send must not wait: kafka-python's send waits only for the metadata of a topic it does not
-        # know, which only that thread fetches. So that metadata is fetched here, first; should it be
-        # gone by then (a broker fault), ``then`` is sent from a thread of its own instead.
-        check_record_sizes([*first, *then])
-        then_topics = {record.topic for record in then}
-        for topic in then_topics:
+        # know, which only that thread fetches. So that metadata is fetched here, first.
+        for topic in {record.topic for record in then}:
             self._producer.partitions_for(topic)
+        super().send_in_turn(first, then, on_failed)
+
+    def _send_written_turn(self, then: Sequence[Outgoing], on_failed: Callable[[BaseException], None]) -> None:
+        # Should the metadata be gone by then (a broker fault), from a thread of its own instead.
         cluster = self._producer._metadata
-
-        def send_then() -> None:
-            try:
-                self.send(then)
-            except Exception as unsent:
-                on_failed(unsent)
-
-        def written(error: BaseException | None) -> None:
-            if error is not None:
-                on_failed(error)
-            elif all(cluster.partitions_for_topic(topic) is not None for topic in then_topics):
-                send_then()
-            else:
-                threading.Thread(target=send_then, name="send-in-turn", daemon=True).start()
-
-        self.send_acknowledged(first, written)
+        if all(cluster.partitions_for_topic(record.topic) is not None for record in then):
+            super()._send_written_turn(then, on_failed)
+        else:
+            threading.Thread(
+                target=super()._send_written_turn, args=(then, on_failed), name="send-in-turn", daemon=True
+            ).start()
 
     def flush(self, timeout_s: float) -> None:
         self._producer.flush(timeout=timeout_s)
