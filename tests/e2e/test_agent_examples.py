@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -97,17 +97,21 @@ def test_empiriolabs_agent_examples_run_as_written(dev: Dev) -> None:
     assert settled(dev, key, before - spent) == before - spent
 
 
-def _run_until_done(dev: Dev, key: str, agent_id: str, run_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 90
+def _polled(dev: Dev, key: str, path: str, ended: Callable[[dict[str, Any]], bool], timeout_s: float) -> dict[str, Any]:
+    """``path``'s body (amounts as Decimal) once ``ended`` says so, or after ``timeout_s`` as it is then."""
+    deadline = time.monotonic() + timeout_s
     while True:
-        response = httpx.get(
-            f"{dev.base_url}/api/agents/{agent_id}/runs/{run_id}", headers={"Authorization": f"Bearer {key}"}
-        )
+        response = httpx.get(f"{dev.base_url}{path}", headers={"Authorization": f"Bearer {key}"})
         assert response.status_code == 200, response.text
-        found: dict[str, Any] = json.loads(response.text, parse_float=Decimal)["run"]
-        if found["status"] in ("completed", "failed") or time.monotonic() > deadline:
+        found: dict[str, Any] = json.loads(response.text, parse_float=Decimal)
+        if ended(found) or time.monotonic() > deadline:
             return found
         time.sleep(0.2)
+
+
+def _run_until_done(dev: Dev, key: str, agent_id: str, run_id: str) -> dict[str, Any]:
+    path = f"/api/agents/{agent_id}/runs/{run_id}"
+    return _polled(dev, key, path, lambda body: body["run"]["status"] in ("completed", "failed"), 90)["run"]
 
 
 def _job_once_completed(dev: Dev, key: str, job_id: str) -> dict[str, Any]:
@@ -115,14 +119,7 @@ def _job_once_completed(dev: Dev, key: str, job_id: str) -> dict[str, Any]:
     on its sub-jobs' outcomes (the workers'); the jobs view follows the ledger's events, up to its
     linger later (docs/architecture.md, "The ledger's linger"), so a job read the moment its run ended
     can still show ``queued`` or ``running``."""
-    deadline = time.monotonic() + 30
-    while True:
-        response = httpx.get(f"{dev.base_url}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {key}"})
-        assert response.status_code == 200, response.text
-        job: dict[str, Any] = response.json()
-        if job["status"] == "completed" or time.monotonic() > deadline:
-            return job
-        time.sleep(0.1)
+    return _polled(dev, key, f"/api/jobs/{job_id}", lambda job: job["status"] == "completed", 30)
 
 
 def test_casola_agent_examples_run_as_written(dev: Dev) -> None:
