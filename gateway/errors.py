@@ -15,6 +15,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Send
 
+from eventlog import RecordTooLarge, record_value_bytes_max
 from schemas.api import ErrorBody, ErrorEnvelope
 
 logger = logging.getLogger(__name__)
@@ -132,6 +133,19 @@ def handle_http_exception(request: Request, error: HTTPException) -> Response[by
     return error_response(api_error, _request_id(request))
 
 
+def handle_record_too_large(request: Request, error: RecordTooLarge) -> Response[bytes]:
+    """What a request asked to record (its hold, with the prompt and the files it names inlined) is
+    over the log's limit for one record: the request's size, not a fault of the service. Raised before
+    anything of it was appended, so nothing is held or charged."""
+    api_error = ApiError(
+        413,
+        f"This request, with the files it names, is over the {record_value_bytes_max:,} bytes one request "
+        "may take; send less (fewer or smaller files or images).",
+        code="request_too_large",
+    )
+    return error_response(api_error, _request_id(request))
+
+
 def handle_unexpected(request: Request, error: Exception) -> Response[bytes]:
     logger.exception("unexpected error on %s %s", request.method, request.url.path)
     return error_response(
@@ -143,5 +157,6 @@ def handle_unexpected(request: Request, error: Exception) -> Response[bytes]:
 exception_handlers = {
     ApiError: handle_api_error,
     HTTPException: handle_http_exception,
+    RecordTooLarge: handle_record_too_large,
     Exception: handle_unexpected,
 }

@@ -229,6 +229,9 @@ class Metering:
         try:
             self._append_hold(command, hold, riders, slice_id)
         except RecordTooLarge:
+            if slice_id:  # nothing of the hold went out: what was set aside for it is free again
+                self.quota.unreserve(request_id)
+                self._pending.not_sent(request_id)
             if riders:
                 self._producer.send(riders)  # the hold is refused; its admission still counts
             raise

@@ -89,6 +89,11 @@ class PendingCharges:
             while len(self._carving) > pending_max:
                 self._carved(next(iter(self._carving)))
 
+    def not_sent(self, hold_id: str) -> None:
+        """A carving whose PlaceHold the log refused: nothing will decide it, so it holds nothing."""
+        with self._lock:
+            self._carved(hold_id)
+
     def answered(self, org_id: str, hold_id: str, hold_micros: int, amount_micros: int, carved: bool) -> None:
         with self._lock:
             self._carved(hold_id)  # answered: from here the charge is what shows

@@ -125,6 +125,12 @@ class Quota:
             self._return(org_id, returning)
         return None
 
+    def unreserve(self, hold_id: str) -> None:
+        """A reserved hold that never went out (the log refused its record): no answer of the ledger
+        will free what it reserved, so it is free again now."""
+        with self._lock:
+            self._give_back(hold_id, 0)
+
     def _give_back(self, hold_id: str, kept_micros: int) -> None:
         """The ledger resolved a reserved hold: all it reserved but ``kept_micros`` is free again here,
         as it is in the ledger's slice (under the lock)."""

@@ -5,6 +5,7 @@ a 404; an upload past the organization's storage limit is refused; a chat messag
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import time
@@ -137,6 +138,34 @@ def test_a_chat_message_may_name_an_uploaded_file(account: Account) -> None:
         max_tokens=8,
     )
     assert answer.usage is not None and answer.usage.prompt_tokens > 0
+
+
+def test_a_chat_too_large_to_record_with_its_named_file_is_a_413(account: Account) -> None:
+    """Each part fits its own limit (a body of under 4 MiB, a file of under 4 MiB) and the prompt is
+    a few tokens, but with the file inlined the request's hold is over the log's limit for one record:
+    the client's request is too large (413, in the OpenAI envelope), and nothing is held or charged."""
+    client = account.openai()
+    stored = b"x" * 3_900_000  # one token: a file's text is metered by its words
+    created = client.files.create(file=("big.txt", io.BytesIO(stored)), purpose="user_data")
+    inline = base64.b64encode(b"y" * 2_500_000).decode()  # 5.2 MB and 3.3 MB in base64: over 8 MiB
+    balance = account.balance_micros()
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.chat.completions.create(
+            model="sim-chat-large",
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "file", "file": {"filename": "inline.txt", "file_data": inline}},
+                        {"type": "file", "file": {"file_id": created.id}},
+                    ],
+                }
+            ],
+            max_tokens=8,
+        )
+    assert refused.value.status_code == 413
+    assert isinstance(refused.value.body, dict) and refused.value.body["code"] == "request_too_large"
+    assert account.balance_micros() == balance
 
 
 @pytest.fixture(scope="module")

@@ -371,12 +371,13 @@ def _event(record: Any) -> dict[str, Any]:
     return decoded
 
 
-def test_an_admission_is_appended_once_when_its_hold_is_refused_for_size(
+def test_a_hold_refused_for_size_is_a_413_that_keeps_its_admission_and_frees_its_reservation(
     gw: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On Kafka the admission is handed to the producer beside the hold; a hold the log refuses as too
     large (RecordTooLarge, raised before anything is sent) must not take its admission with it, nor
-    send it twice."""
+    send it twice. The client's request is too large (413, not a 500), and what its slice set aside for
+    it is free again."""
     org = gw.organization("pro", credits="5")
     key, _ = gw.key(org, ["user:write"])
     body = {"model": "sim-chat-small", "messages": [{"role": "user", "content": "Hi"}]}
@@ -401,5 +402,10 @@ def test_an_admission_is_appended_once_when_its_hold_is_refused_for_size(
     monkeypatch.setattr(producer, "ordered_across_topics", False)  # the Kafka path
     answer = gw.call("POST", "/v1/chat/completions", key, json=body)
     monkeypatch.undo()
-    assert answer.status_code != 200
-    assert admissions == [answer.headers["x-request-id"]], admissions
+    assert answer.status_code == 413, answer.text
+    assert answer.json()["error"]["code"] == "request_too_large"
+    request_id = answer.headers["x-request-id"]
+    assert admissions == [request_id], admissions
+    # Nothing of the hold went out, so no answer of the ledger will free what was set aside for it.
+    assert request_id not in gw.core.quota._reservations
+    assert request_id not in gw.core.pending._carving
