@@ -140,7 +140,8 @@ def test_a_chat_message_may_name_an_uploaded_file(account: Account) -> None:
     assert answer.usage is not None and answer.usage.prompt_tokens > 0
 
 
-def test_a_chat_too_large_to_record_with_its_named_file_is_a_413(account: Account) -> None:
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_chat_too_large_to_record_with_its_named_file_is_a_413(account: Account, stream: bool) -> None:
     """Each part fits its own limit (a body of under 4 MiB, a file of under 4 MiB) and the prompt is
     a few tokens, but with the file inlined the request's hold is over the log's limit for one record:
     the client's request is too large (413, in the OpenAI envelope), and nothing is held or charged."""
@@ -162,6 +163,7 @@ def test_a_chat_too_large_to_record_with_its_named_file_is_a_413(account: Accoun
                 }
             ],
             max_tokens=8,
+            stream=stream,
         )
     assert refused.value.status_code == 413
     assert isinstance(refused.value.body, dict) and refused.value.body["code"] == "request_too_large"
