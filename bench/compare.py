@@ -32,7 +32,8 @@ event carrying content text.
 
 Results: a table on stdout, ``bench/results/compare-<timestamp>.json`` and ``compare-latest.json``, and a
 chart ``bench/results/compare-latest.png`` (matplotlib: this interpreter's, or installed into
-``~/.cache/tollgate/bench-venv``).
+``~/.cache/tollgate/bench-venv``). Git ignores all three; the README's chart is a dated copy of one
+(``compare-20261203.png``).
 
 Why h2load rather than wrk by default: wrk 4 "corrects" its latency histogram for coordinated omission
 (every sample longer than the mean interval adds synthetic samples), which on a busy two-core machine turns a
