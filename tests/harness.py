@@ -6,16 +6,18 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import jwt
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from litestar.testing import TestClient
 
-from eventlog import topics
+from eventlog import Outgoing, topics
 from eventlog.embedded import EmbeddedLog
 from eventlog.settings import Settings
 from gateway.app import create_app
@@ -101,6 +103,22 @@ class Gateway:
             return httpx2.Response(answer.status_code, headers=answer.headers.multi_items(), content=answer.content)
 
         return httpx2.Client(transport=httpx2.MockTransport(handle))
+
+    def record_sends(
+        self, monkeypatch: pytest.MonkeyPatch, passing: Callable[[Outgoing], bool] = lambda record: True
+    ) -> list[list[Outgoing]]:
+        """The records of every call of the gateway producer's ``send`` from here on, a list per call; of
+        them only those ``passing`` reach the log. Until ``monkeypatch.undo()``."""
+        producer = self.core._producer
+        send = producer.send
+        calls: list[list[Outgoing]] = []
+
+        def recording(records: list[Outgoing]) -> None:
+            calls.append(list(records))
+            send([record for record in records if passing(record)])
+
+        monkeypatch.setattr(producer, "send", recording)
+        return calls
 
     def call(self, method: str, path: str, key: str | None = None, **kwargs: Any) -> Any:
         headers = dict(kwargs.pop("headers", {}))

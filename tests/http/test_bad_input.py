@@ -145,13 +145,9 @@ def test_cancelling_a_job_when_the_ledger_does_not_answer_is_a_504(
     gw.core.jobs.apply(
         msgspec.structs.replace(placed, org_id=org, job_id=job_id, request_id=f"req_{unique}", hold_id=f"req_{unique}")
     )
-    producer = gw.core._producer
-    send = producer.send
-
-    def drop_commands(records: list[Any]) -> None:
-        send([r for r in records if r.topic != topics.COMMANDS])  # the ledger never sees the cancel
-
-    monkeypatch.setattr(producer, "send", drop_commands)
+    gw.record_sends(
+        monkeypatch, passing=lambda record: record.topic != topics.COMMANDS
+    )  # the ledger never sees the cancel
     monkeypatch.setattr(gateway.core, "cancel_wait_s", 0.2)
     error = assert_error(gw.call("DELETE", f"/v1/jobs/{job_id}", key), 504, "job_id")
     assert error["type"] == "timeout_error" and error["code"] == "timeout"

@@ -336,15 +336,7 @@ def test_a_requests_admission_is_appended_once_and_with_its_hold(gw: Gateway, mo
     Every admission is appended exactly once."""
     org = gw.organization("pro", limits={"requests": 1}, credits="5")  # a chat counts as a job, not a request
     key, _ = gw.key(org, ["user:read", "user:write"])
-    producer = gw.core._producer
-    send = producer.send
-    appends: list[list[tuple[str, str]]] = []  # per send call: (record type, request id)
-
-    def recording(records: list[Any]) -> None:
-        appends.append([(event["type"], event.get("correlation_id", "")) for event in map(_event, records)])
-        send(records)
-
-    monkeypatch.setattr(producer, "send", recording)
+    calls = gw.record_sends(monkeypatch)
     body = {"model": "sim-chat-small", "messages": [{"role": "user", "content": "Hi"}]}
     chat = gw.call("POST", "/v1/chat/completions", key, json=body)
     assert chat.status_code == 200, chat.text
@@ -353,6 +345,8 @@ def test_a_requests_admission_is_appended_once_and_with_its_hold(gw: Gateway, mo
     throttled = gw.call("GET", "/v1/models", key)
     assert throttled.status_code == 429
     monkeypatch.undo()
+    # per send call: (record type, request id)
+    appends = [[(event["type"], event.get("correlation_id", "")) for event in map(_event, call)] for call in calls]
 
     def calls_with(request_id: str, kind: str) -> list[list[tuple[str, str]]]:
         return [call for call in appends if (kind, request_id) in call]
@@ -387,17 +381,11 @@ def test_a_hold_refused_for_size_is_a_413_that_keeps_its_admission_and_frees_its
         time.sleep(0.02)
     assert gw.core.quota._organizations[org].current is not None, "the next hold goes against a slice"
     producer = gw.core._producer
-    send = producer.send
-    admissions: list[str] = []
-
-    def recording(records: list[Any]) -> None:
-        admissions.extend(e["correlation_id"] for e in map(_event, records) if e["type"] == "request.admitted.v1")
-        send(records)
+    calls = gw.record_sends(monkeypatch)
 
     def too_large(records: list[Any], on_done: Any) -> None:
         raise RecordTooLarge("tollgate.commands")
 
-    monkeypatch.setattr(producer, "send", recording)
     monkeypatch.setattr(producer, "send_acknowledged", too_large)
     monkeypatch.setattr(producer, "ordered_across_topics", False)  # the Kafka path
     answer = gw.call("POST", "/v1/chat/completions", key, json=body)
@@ -405,6 +393,9 @@ def test_a_hold_refused_for_size_is_a_413_that_keeps_its_admission_and_frees_its
     assert answer.status_code == 413, answer.text
     assert answer.json()["error"]["code"] == "request_too_large"
     request_id = answer.headers["x-request-id"]
+    admissions = [
+        e["correlation_id"] for call in calls for e in map(_event, call) if e["type"] == "request.admitted.v1"
+    ]
     assert admissions == [request_id], admissions
     # Nothing of the hold went out, so no answer of the ledger will free what was set aside for it.
     assert request_id not in gw.core.quota._reservations
