@@ -145,9 +145,8 @@ def test_cancelling_a_job_when_the_ledger_does_not_answer_is_a_504(
     gw.core.jobs.apply(
         msgspec.structs.replace(placed, org_id=org, job_id=job_id, request_id=f"req_{unique}", hold_id=f"req_{unique}")
     )
-    gw.record_sends(
-        monkeypatch, passing=lambda record: record.topic != topics.COMMANDS
-    )  # the ledger never sees the cancel
+    # The ledger never sees the cancel.
+    gw.record_sends(monkeypatch, passing=lambda record: record.topic != topics.COMMANDS)
     monkeypatch.setattr(gateway.core, "cancel_wait_s", 0.2)
     error = assert_error(gw.call("DELETE", f"/v1/jobs/{job_id}", key), 504, "job_id")
     assert error["type"] == "timeout_error" and error["code"] == "timeout"
