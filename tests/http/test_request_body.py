@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import http.client
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -91,15 +93,18 @@ def granian_port() -> Iterator[int]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
     thread.start()
-    for _ in range(100):
+    deadline = time.monotonic() + 10
+    while True:
         try:
-            http.client.HTTPConnection("127.0.0.1", port, timeout=1).connect()
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
             break
         except OSError:
-            threading.Event().wait(0.05)
+            assert time.monotonic() < deadline, "Granian did not listen within 10 s"
+            time.sleep(0.05)
     yield port
     loop.call_soon_threadsafe(server.stop)
     thread.join(10)
+    loop.close()
 
 
 def test_bodies_of_every_size_arrive_whole_on_one_kept_alive_connection(granian_port: int) -> None:
